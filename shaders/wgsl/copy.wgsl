@@ -1,0 +1,32 @@
+// Block copy between two tensors viewed as (outer, dim, inner): the one kernel behind slice, concat
+// and in-place writes into a preallocated KV cache.
+struct CopyParams {
+    total: u32,
+    count: u32,
+    inner: u32,
+    src_len: u32,
+    src_start: u32,
+    dst_len: u32,
+    dst_start: u32,
+}
+
+@group(0) @binding(0) var<storage, read> src: array<store_t>;
+@group(0) @binding(1) var<storage, read_write> dst: array<store_t>;
+@group(0) @binding(2) var<uniform> p: CopyParams;
+
+@compute @workgroup_size(256)
+fn copy_block(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let idx = (wg.x + wg.y * groups.x) * 256u + lid;
+    if idx >= p.total {
+        return;
+    }
+    let i = idx % p.inner;
+    let rest = idx / p.inner;
+    let j = rest % p.count;
+    let o = rest / p.count;
+    dst[(o * p.dst_len + p.dst_start + j) * p.inner + i] = src[(o * p.src_len + p.src_start + j) * p.inner + i];
+}

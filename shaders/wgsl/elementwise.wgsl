@@ -1,0 +1,55 @@
+// Elementwise ops. All entry points share one binding layout (a, b, out, params) so one module
+// serves unary and binary ops; unary launchers bind their input as `b` too.
+struct ElementwiseParams {
+    n: u32,
+    // Binary ops: b has rhs_n elements and repeats over a (b's shape is a trailing part of a's).
+    rhs_n: u32,
+}
+
+@group(0) @binding(0) var<storage, read> a: array<store_t>;
+@group(0) @binding(1) var<storage, read> b: array<store_t>;
+@group(0) @binding(2) var<storage, read_write> out: array<store_t>;
+@group(0) @binding(3) var<uniform> p: ElementwiseParams;
+
+const SQRT_2_OVER_PI: f32 = 0.7978845608028654;
+
+fn flat_index(wg: vec3<u32>, groups: vec3<u32>, lid: u32) -> u32 {
+    return (wg.x + wg.y * groups.x) * 256u + lid;
+}
+
+@compute @workgroup_size(256)
+fn add(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = flat_index(wg, groups, lid);
+    if i < p.n {
+        out[i] = store_t(f32(a[i]) + f32(b[i % p.rhs_n]));
+    }
+}
+
+@compute @workgroup_size(256)
+fn mul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = flat_index(wg, groups, lid);
+    if i < p.n {
+        out[i] = store_t(f32(a[i]) * f32(b[i % p.rhs_n]));
+    }
+}
+
+// GELU, tanh approximation (PyTorch approximate="tanh").
+@compute @workgroup_size(256)
+fn gelu_tanh(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = flat_index(wg, groups, lid);
+    if i < p.n {
+        let x = f32(a[i]);
+        // tanh saturates to +-1 in f32 long before 10; clamping keeps exp-based tanh from inf/inf.
+        let inner = clamp(SQRT_2_OVER_PI * (x + 0.044715 * x * x * x), -10.0, 10.0);
+        out[i] = store_t(0.5 * x * (1.0 + tanh(inner)));
+    }
+}
+
+@compute @workgroup_size(256)
+fn silu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = flat_index(wg, groups, lid);
+    if i < p.n {
+        let x = f32(a[i]);
+        out[i] = store_t(x / (1.0 + exp(-x)));
+    }
+}

@@ -1,0 +1,41 @@
+// Row reductions with subgroups: one subgroup operation, then the per-subgroup partials combined
+// through workgroup memory (two barriers). Works for any subgroup size: the subgroup index and
+// count come from the builtins, never from an assumed width.
+const REDUCE_WG: u32 = 256u;
+
+struct Lane {
+    @builtin(local_invocation_index) index: u32,
+    @builtin(subgroup_invocation_id) subgroup_lane: u32,
+    @builtin(subgroup_id) subgroup: u32,
+    @builtin(num_subgroups) subgroups: u32,
+}
+
+var<workgroup> reduce_scratch: array<f32, REDUCE_WG>;
+
+fn workgroup_sum(value: f32, lane: Lane) -> f32 {
+    let partial = subgroupAdd(value);
+    if lane.subgroup_lane == 0u {
+        reduce_scratch[lane.subgroup] = partial;
+    }
+    workgroupBarrier();
+    var total = 0.0;
+    for (var i = 0u; i < lane.subgroups; i++) {
+        total += reduce_scratch[i];
+    }
+    workgroupBarrier();
+    return total;
+}
+
+fn workgroup_max(value: f32, lane: Lane) -> f32 {
+    let partial = subgroupMax(value);
+    if lane.subgroup_lane == 0u {
+        reduce_scratch[lane.subgroup] = partial;
+    }
+    workgroupBarrier();
+    var total = reduce_scratch[0];
+    for (var i = 1u; i < lane.subgroups; i++) {
+        total = max(total, reduce_scratch[i]);
+    }
+    workgroupBarrier();
+    return total;
+}

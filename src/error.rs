@@ -1,0 +1,57 @@
+//! Typed errors of the library. Everything a user controls (shapes, files, options, the machine's GPU)
+//! surfaces here as a value, never as a panic.
+
+use crate::tensor::DType;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "no usable GPU adapter{filter}. Adapters seen: {found}. Install a GPU driver with Vulkan, Metal or DX12 \
+         support, or software Vulkan (Debian/Ubuntu: `apt-get install mesa-vulkan-drivers libvulkan1`)"
+    )]
+    NoAdapter { filter: String, found: String },
+
+    #[error("could not open a device on adapter {adapter}: {reason}")]
+    RequestDevice { adapter: String, reason: String },
+
+    #[error("scalewise was not compiled with CUDA support: rebuild with `--features cuda`")]
+    CudaNotCompiled,
+
+    #[error("CUDA unavailable: {0}")]
+    CudaUnavailable(String),
+
+    #[error("{op}: shape mismatch between {lhs:?} and {rhs:?}: {detail}")]
+    ShapeMismatch { op: &'static str, lhs: Vec<usize>, rhs: Vec<usize>, detail: String },
+
+    #[error("{op}: dtype mismatch: {lhs} vs {rhs}")]
+    DTypeMismatch { op: &'static str, lhs: DType, rhs: DType },
+
+    #[error("{op}: unsupported dtype {dtype} (expected {expected})")]
+    UnsupportedDType { op: &'static str, dtype: DType, expected: &'static str },
+
+    #[error("{op}: {msg}")]
+    InvalidArgument { op: &'static str, msg: String },
+
+    #[error("{what} needs {bytes} bytes, above this adapter's {limit_name} of {limit} bytes")]
+    TooLarge { what: String, bytes: u64, limit: u64, limit_name: &'static str },
+
+    #[error("{what} needs the GPU feature {feature}, which this adapter or device does not offer")]
+    MissingFeature { what: String, feature: &'static str },
+
+    #[error("the GPU device was lost: {0}")]
+    DeviceLost(String),
+
+    #[error("the GPU is out of memory while {0}")]
+    OutOfMemory(String),
+
+    #[error("shader {shader} failed to compile: {msg}")]
+    Shader { shader: String, msg: String },
+
+    #[error("GPU error while {what}: {msg}")]
+    Gpu { what: String, msg: String },
+
+    #[error("reading results back from the GPU failed: {0}")]
+    Readback(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

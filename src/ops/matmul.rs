@@ -1,0 +1,141 @@
+//! Batched matmul, including x @ W^T for PyTorch Linear weights, with an optional bias.
+
+use super::{check_operand, index_u32, shape_error, variant_for};
+use crate::device::launch::Kernel;
+use crate::error::{Error, Result};
+use crate::shaders::MATMUL;
+use crate::tensor::{Tensor, numel};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MatmulAlgorithm {
+    /// 64 x 64 output tiles through workgroup memory.
+    #[default]
+    Tiled,
+    /// One thread per output, straight from global memory: the benchmark baseline.
+    Naive,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MatmulOptions<'a> {
+    /// `b` is stored (…, N, K) and used transposed (a PyTorch Linear weight).
+    pub transpose_b: bool,
+    /// Added to every row of the output; shape (N).
+    pub bias: Option<&'a Tensor>,
+    pub algorithm: MatmulAlgorithm,
+}
+
+/// a (…, M, K) @ b (…, K, N) -> (…, M, N). A 2-D `b` is shared by the whole batch.
+pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    matmul_with(a, b, &MatmulOptions::default())
+}
+
+/// PyTorch `Linear`: x (…, K) @ weight (N, K)^T + bias (N) -> (…, N).
+pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    if x.shape().is_empty() {
+        return Err(Error::InvalidArgument { op: "linear", msg: "the input must have at least one dimension".into() });
+    }
+    if weight.shape().len() != 2 {
+        return Err(shape_error("linear", x, weight, "the weight must be 2-D (out_features, in_features)"));
+    }
+    let k = x.shape()[x.shape().len() - 1];
+    let rows = x.numel() / k.max(1);
+    let x2 = x.reshape(&[rows, k])?;
+    let y = matmul_with(&x2, weight, &MatmulOptions { transpose_b: true, bias, ..Default::default() })?;
+    let mut shape = x.shape().to_vec();
+    *shape.last_mut().expect("non-empty") = weight.shape()[0];
+    y.reshape(&shape)
+}
+
+pub fn matmul_with(a: &Tensor, b: &Tensor, options: &MatmulOptions) -> Result<Tensor> {
+    const OP: &str = "matmul";
+    check_operand(OP, a, b)?;
+    let (ar, br) = (a.shape().len(), b.shape().len());
+    if ar < 2 || br < 2 {
+        return Err(shape_error(OP, a, b, "both operands need at least 2 dimensions"));
+    }
+    let (m, k) = (a.shape()[ar - 2], a.shape()[ar - 1]);
+    let (kb, n) = if options.transpose_b {
+        (b.shape()[br - 1], b.shape()[br - 2])
+    } else {
+        (b.shape()[br - 2], b.shape()[br - 1])
+    };
+    if kb != k {
+        let which = if options.transpose_b { "b's last" } else { "b's second-to-last" };
+        return Err(shape_error(OP, a, b, format!("a's last dimension ({k}) must equal {which} dimension ({kb})")));
+    }
+    let batch_dims = &a.shape()[..ar - 2];
+    // A shared 2-D b folds a's batch into M: one large matmul instead of many small ones.
+    let (batch, rows, b_batch_stride) = if br == 2 {
+        (1, numel(batch_dims) * m, 0)
+    } else if &b.shape()[..br - 2] == batch_dims {
+        (numel(batch_dims), m, k * n)
+    } else {
+        return Err(shape_error(OP, a, b, "batch dimensions must match (or b must be 2-D)"));
+    };
+    if let Some(bias) = options.bias {
+        check_operand(OP, a, bias)?;
+        if bias.shape() != [n] {
+            return Err(shape_error(OP, a, bias, format!("the bias must have shape [{n}]")));
+        }
+    }
+    let variant = variant_for(a, &MATMUL, OP)?;
+    let mut out_shape = batch_dims.to_vec();
+    out_shape.extend([m, n]);
+    let out = Tensor::empty(a.device(), &out_shape, a.dtype())?;
+    index_u32(OP, "elements of a", a.numel())?;
+    index_u32(OP, "elements of b", b.numel())?;
+    index_u32(OP, "elements of the output", out.numel())?;
+    let constants =
+        [("B_TRANSPOSED", options.transpose_b as u32 as f64), ("HAS_BIAS", options.bias.is_some() as u32 as f64)];
+    let (entry, tile) = match options.algorithm {
+        MatmulAlgorithm::Tiled => ("matmul_tiled", 64),
+        MatmulAlgorithm::Naive => ("matmul_naive", 16),
+    };
+    let kernel = Kernel { family: &MATMUL, entry, variant, constants: &constants };
+    let bias = options.bias.unwrap_or(b);
+    let params = [rows as u32, n as u32, k as u32, (rows * k) as u32, b_batch_stride as u32, (rows * n) as u32];
+    let groups = [n.div_ceil(tile) as u32, rows.div_ceil(tile) as u32, batch as u32];
+    if rows == 0 || n == 0 {
+        return Ok(out);
+    }
+    a.ctx().dispatch(
+        &kernel,
+        &[a.bind("a", false), b.bind("b", false), bias.bind("bias", false), out.bind("out", true)],
+        &params,
+        groups,
+    )?;
+    Ok(out)
+}
+
+pub mod reference {
+    /// a: batch x m x k, b: (batch or 1) x k x n (or n x k when `transpose_b`), bias: n.
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul(
+        a: &[f32],
+        b: &[f32],
+        bias: Option<&[f32]>,
+        batch: usize,
+        m: usize,
+        k: usize,
+        n: usize,
+        transpose_b: bool,
+        b_shared: bool,
+    ) -> Vec<f64> {
+        let mut out = vec![0.0; batch * m * n];
+        for bi in 0..batch {
+            let a_off = bi * m * k;
+            let b_off = if b_shared { 0 } else { bi * k * n };
+            for i in 0..m {
+                for j in 0..n {
+                    let mut acc = bias.map_or(0.0, |bias| bias[j] as f64);
+                    for kk in 0..k {
+                        let bv = if transpose_b { b[b_off + j * k + kk] } else { b[b_off + kk * n + j] };
+                        acc += a[a_off + i * k + kk] as f64 * bv as f64;
+                    }
+                    out[bi * m * n + i * n + j] = acc;
+                }
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,125 @@
+//! The WGSL sources, one file per kernel family under `shaders/wgsl/`, and how each is specialised.
+//!
+//! A family is written once against two aliases and is compiled per [`Variant`]:
+//! - `store_t`: the element type of its storage arrays (`f32`, `f16` or `u32`); arithmetic is f32;
+//! - for families with row reductions, `Lane` (the entry point's invocation builtins) and
+//!   `workgroup_sum` / `workgroup_max`: a subgroup version and a workgroup-memory tree version, so
+//!   every kernel has a path without subgroups and none assumes a subgroup size.
+
+use crate::tensor::DType;
+
+#[derive(Debug)]
+pub struct ShaderFamily {
+    pub name: &'static str,
+    source: &'static str,
+    /// Prepends `Lane` and the workgroup reduction helpers.
+    uses_reductions: bool,
+    /// The storage types the family is compiled for.
+    pub dtypes: &'static [DType],
+}
+
+/// Storage type and reduction flavour a family is compiled for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Variant {
+    pub dtype: DType,
+    pub subgroups: bool,
+}
+
+impl Variant {
+    /// `[f16]`, `[f32,subgroups]`: how the variant appears in labels and profiles.
+    pub fn suffix(&self) -> String {
+        if self.subgroups { format!("[{},subgroups]", self.dtype) } else { format!("[{}]", self.dtype) }
+    }
+}
+
+const STORE_F32: &str = "alias store_t = f32;\n";
+const STORE_F16: &str = "enable f16;\nalias store_t = f16;\n";
+const STORE_U32: &str = "alias store_t = u32;\n";
+const REDUCE_WORKGROUP: &str = include_str!("../shaders/wgsl/reduce_workgroup.wgsl");
+const REDUCE_SUBGROUP: &str = include_str!("../shaders/wgsl/reduce_subgroup.wgsl");
+
+impl ShaderFamily {
+    pub fn has_subgroup_variant(&self) -> bool {
+        self.uses_reductions
+    }
+
+    /// The complete WGSL module of one variant.
+    pub fn compose(&self, variant: Variant) -> String {
+        let store = match variant.dtype {
+            DType::F32 => STORE_F32,
+            DType::F16 => STORE_F16,
+            DType::U32 => STORE_U32,
+        };
+        let reduce = match (self.uses_reductions, variant.subgroups) {
+            (false, _) => "",
+            (true, false) => REDUCE_WORKGROUP,
+            (true, true) => REDUCE_SUBGROUP,
+        };
+        format!("{store}{reduce}{}", self.source)
+    }
+
+    /// Every variant the library may compile, for validation without a GPU.
+    pub fn variants(&self) -> Vec<Variant> {
+        let flavours: &[bool] = if self.uses_reductions { &[false, true] } else { &[false] };
+        self.dtypes
+            .iter()
+            .flat_map(|&dtype| flavours.iter().map(move |&subgroups| Variant { dtype, subgroups }))
+            .collect()
+    }
+}
+
+const FLOATS: &[DType] = &[DType::F32, DType::F16];
+
+pub static MATMUL: ShaderFamily = ShaderFamily {
+    name: "matmul",
+    source: include_str!("../shaders/wgsl/matmul.wgsl"),
+    uses_reductions: false,
+    dtypes: FLOATS,
+};
+
+pub static NORM: ShaderFamily = ShaderFamily {
+    name: "norm",
+    source: include_str!("../shaders/wgsl/norm.wgsl"),
+    uses_reductions: true,
+    dtypes: FLOATS,
+};
+
+pub static ELEMENTWISE: ShaderFamily = ShaderFamily {
+    name: "elementwise",
+    source: include_str!("../shaders/wgsl/elementwise.wgsl"),
+    uses_reductions: false,
+    dtypes: FLOATS,
+};
+
+pub static EMBEDDING: ShaderFamily = ShaderFamily {
+    name: "embedding",
+    source: include_str!("../shaders/wgsl/embedding.wgsl"),
+    uses_reductions: false,
+    dtypes: FLOATS,
+};
+
+pub static COPY: ShaderFamily = ShaderFamily {
+    name: "copy",
+    source: include_str!("../shaders/wgsl/copy.wgsl"),
+    uses_reductions: false,
+    dtypes: &[DType::F32, DType::F16, DType::U32],
+};
+
+/// The two directions of the f32 <-> f16 conversion are two modules because their bindings differ.
+pub static CAST_TO_F16: ShaderFamily = ShaderFamily {
+    name: "cast_to_f16",
+    source: include_str!("../shaders/wgsl/cast_to_f16.wgsl"),
+    uses_reductions: false,
+    dtypes: &[DType::F16],
+};
+
+pub static CAST_TO_F32: ShaderFamily = ShaderFamily {
+    name: "cast_to_f32",
+    source: include_str!("../shaders/wgsl/cast_to_f32.wgsl"),
+    uses_reductions: false,
+    dtypes: &[DType::F16],
+};
+
+/// Every family, for `scalewise info` and the naga validation test.
+pub static ALL_FAMILIES: &[&ShaderFamily] =
+    &[&MATMUL, &NORM, &ELEMENTWISE, &EMBEDDING, &COPY, &CAST_TO_F16, &CAST_TO_F32];
