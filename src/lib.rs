@@ -13,6 +13,7 @@
 //! # Ok::<(), scalewise::Error>(())
 //! ```
 
+pub mod bench;
 pub mod device;
 pub mod error;
 pub mod ops;

@@ -109,7 +109,7 @@ impl Tensor {
         let tensor = Self::empty(device, shape, dtype)?;
         device.ctx.check_alive()?;
         // Buffer writes must be a multiple of 4 bytes (odd-length f16 data gets one pad element).
-        if bytes.len() % 4 == 0 {
+        if bytes.len().is_multiple_of(4) {
             device.ctx.queue.write_buffer(tensor.buffer.raw(), 0, bytes);
         } else {
             let mut padded = bytes.to_vec();

@@ -8,6 +8,7 @@ struct Lane {
     @builtin(subgroup_invocation_id) subgroup_lane: u32,
     @builtin(subgroup_id) subgroup: u32,
     @builtin(num_subgroups) subgroups: u32,
+    @builtin(subgroup_size) subgroup_size: u32,
 }
 
 var<workgroup> reduce_scratch: array<f32, REDUCE_WG>;
@@ -38,4 +39,30 @@ fn workgroup_max(value: f32, lane: Lane) -> f32 {
     }
     workgroupBarrier();
     return total;
+}
+
+// Teams: the unit that cooperates on one row of a small reduction; here a subgroup, whose lanes
+// split the row and combine with one subgroup operation. Call team_* from subgroup-uniform flow.
+fn team_index(lane: Lane) -> u32 {
+    return lane.subgroup;
+}
+
+fn team_count(lane: Lane, workgroup_threads: u32) -> u32 {
+    return lane.subgroups;
+}
+
+fn member_index(lane: Lane) -> u32 {
+    return lane.subgroup_lane;
+}
+
+fn member_count(lane: Lane) -> u32 {
+    return lane.subgroup_size;
+}
+
+fn team_sum(value: f32) -> f32 {
+    return subgroupAdd(value);
+}
+
+fn team_max(value: f32) -> f32 {
+    return subgroupMax(value);
 }

@@ -36,3 +36,29 @@ fn workgroup_max(value: f32, lane: Lane) -> f32 {
     workgroupBarrier();
     return total;
 }
+
+// Teams: the unit that cooperates on one row of a small reduction. Without subgroups every thread
+// is a team of one (it loops over the row alone); with subgroups a team is a subgroup.
+fn team_index(lane: Lane) -> u32 {
+    return lane.index;
+}
+
+fn team_count(lane: Lane, workgroup_threads: u32) -> u32 {
+    return workgroup_threads;
+}
+
+fn member_index(lane: Lane) -> u32 {
+    return 0u;
+}
+
+fn member_count(lane: Lane) -> u32 {
+    return 1u;
+}
+
+fn team_sum(value: f32) -> f32 {
+    return value;
+}
+
+fn team_max(value: f32) -> f32 {
+    return value;
+}

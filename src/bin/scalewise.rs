@@ -1,1 +1,213 @@
-fn main() {}
+//! The scalewise command line: device information and shader benchmarks (generation arrives with
+//! the VAR models).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use scalewise::bench::{self, MatmulBenchConfig};
+use scalewise::ops::MatmulAlgorithm;
+use scalewise::shaders::ALL_FAMILIES;
+use scalewise::{BackendChoice, DType, Device, DeviceOptions};
+
+#[derive(Parser)]
+#[command(name = "scalewise", version, about = "Cross-vendor GPU kernels for next-scale image generators")]
+struct Cli {
+    #[command(flatten)]
+    device: DeviceArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct DeviceArgs {
+    /// auto, vulkan, metal, dx12, gl or cuda (default: WGPU_BACKEND, else auto).
+    #[arg(long, global = true)]
+    backend: Option<BackendChoice>,
+    /// Pick the adapter whose name contains this text (default: WGPU_ADAPTER_NAME).
+    #[arg(long, global = true)]
+    adapter: Option<String>,
+    /// Do not use f16 kernels even where SHADER_F16 exists.
+    #[arg(long, global = true)]
+    no_f16: bool,
+    /// Do not use subgroup kernels even where SUBGROUP exists.
+    #[arg(long, global = true)]
+    no_subgroups: bool,
+}
+
+impl DeviceArgs {
+    fn open(&self) -> anyhow::Result<Device> {
+        let mut options = DeviceOptions::from_env()?;
+        if let Some(backend) = self.backend {
+            options.backend = backend;
+        }
+        if let Some(adapter) = &self.adapter {
+            options.adapter_name = Some(adapter.clone());
+        }
+        options.allow_f16 &= !self.no_f16;
+        options.allow_subgroups &= !self.no_subgroups;
+        Ok(Device::new(&options)?)
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show the adapter, backend, driver, active features, key limits and kernel variants.
+    Info,
+    /// Benchmark kernels on this device.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Square matmuls: tiled vs naive, f32 and f16; GFLOP/s per size.
+    Matmul(MatmulArgs),
+}
+
+#[derive(Args)]
+struct MatmulArgs {
+    /// Comma-separated square sizes.
+    #[arg(long, value_delimiter = ',', default_values_t = [128, 256, 512])]
+    sizes: Vec<usize>,
+    /// Storage types to measure (f16 is skipped without SHADER_F16).
+    #[arg(long, value_delimiter = ',', default_values = ["f32", "f16"], value_parser = parse_dtype)]
+    dtype: Vec<DType>,
+    #[arg(long, default_value_t = 10)]
+    iters: usize,
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Largest size at which the naive baseline also runs.
+    #[arg(long, default_value_t = 1024)]
+    naive_max: usize,
+    /// The device's f32 FMA peak in GFLOP/s, to print each result as a fraction of it.
+    #[arg(long)]
+    peak_gflops: Option<f64>,
+    /// Where to write the JSON results.
+    #[arg(long, default_value = "bench-results/matmul.json")]
+    json: PathBuf,
+}
+
+fn parse_dtype(s: &str) -> Result<DType, String> {
+    match s {
+        "f32" => Ok(DType::F32),
+        "f16" => Ok(DType::F16),
+        other => Err(format!("unknown dtype {other:?} (expected f32 or f16)")),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let device = cli.device.open()?;
+    match cli.command {
+        Command::Info => info(&device),
+        Command::Bench(BenchCommand::Matmul(args)) => bench_matmul(&device, &args),
+    }
+}
+
+fn info(device: &Device) -> anyhow::Result<()> {
+    let info = device.info();
+    let a = &info.adapter;
+    println!("adapter   {}", a.name);
+    println!("backend   {}", a.backend);
+    println!("type      {}", a.device_type);
+    println!("driver    {} {}", a.driver, a.driver_info);
+    println!("pci ids   vendor {:#06x} device {:#06x}", a.vendor_id, a.device_id);
+    let f = info.features;
+    let on = |b: bool| if b { "yes" } else { "no" };
+    println!(
+        "features  SHADER_F16 {}  SUBGROUP {}  TIMESTAMP_QUERY {}",
+        on(f.shader_f16),
+        on(f.subgroups),
+        on(f.timestamps)
+    );
+    if f.subgroups {
+        println!("subgroups size {}..{}", info.subgroup_size_range.0, info.subgroup_size_range.1);
+    }
+    println!("limits");
+    println!("  max_buffer_size                      {}", bytes(info.max_buffer_size));
+    println!("  max_storage_buffer_binding_size      {}", bytes(info.max_storage_buffer_binding_size));
+    println!("  max_compute_workgroup_storage_size   {}", bytes(info.max_compute_workgroup_storage_size as u64));
+    println!("  max_compute_invocations_per_workgroup {}", info.max_compute_invocations_per_workgroup);
+    println!("  max_compute_workgroups_per_dimension {}", info.max_compute_workgroups_per_dimension);
+    println!("  max_storage_buffers_per_shader_stage {}", info.max_storage_buffers_per_shader_stage);
+    println!("kernel variants");
+    for (what, variant) in info.kernel_variants() {
+        println!("  {what:<32} {variant}");
+    }
+    let families: Vec<&str> = ALL_FAMILIES.iter().map(|f| f.name).collect();
+    println!("shader families  {}", families.join(", "));
+    Ok(())
+}
+
+fn bytes(n: u64) -> String {
+    if n >= 1 << 30 {
+        format!("{:.1} GiB ({n})", n as f64 / (1u64 << 30) as f64)
+    } else if n >= 1 << 20 {
+        format!("{:.1} MiB ({n})", n as f64 / (1u64 << 20) as f64)
+    } else {
+        format!("{:.1} KiB ({n})", n as f64 / 1024.0)
+    }
+}
+
+fn bench_matmul(device: &Device, args: &MatmulArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(!args.sizes.is_empty() && !args.sizes.contains(&0), "--sizes must list sizes above 0");
+    anyhow::ensure!(args.iters > 0, "--iters must be at least 1");
+    let config = MatmulBenchConfig {
+        sizes: args.sizes.clone(),
+        dtypes: args.dtype.clone(),
+        algorithms: vec![MatmulAlgorithm::Tiled, MatmulAlgorithm::Naive],
+        naive_max_size: args.naive_max,
+        warmup: args.warmup,
+        iterations: args.iters,
+    };
+    let info = device.info();
+    println!("matmul on {} ({}), median of {} runs", info.adapter.name, info.adapter.backend, args.iters);
+    let rows = bench::matmul(device, &config)?;
+    println!("{:>6} {:>5} {:>7} {:>11} {:>11} {:>9}", "size", "dtype", "kernel", "median ms", "GFLOP/s", "vs naive");
+    for r in &rows {
+        let naive = rows
+            .iter()
+            .find(|n| n.size == r.size && n.dtype == r.dtype && n.algorithm == MatmulAlgorithm::Naive)
+            .map(|n| format!("{:.2}x", n.median_ms / r.median_ms))
+            .unwrap_or_else(|| "-".into());
+        let peak = args.peak_gflops.map(|p| format!("  {:.1}% of peak", 100.0 * r.gflops / p)).unwrap_or_default();
+        println!(
+            "{:>6} {:>5} {:>7} {:>11.3} {:>11.2} {:>9}{peak}",
+            r.size,
+            r.dtype.to_string(),
+            format!("{:?}", r.algorithm).to_lowercase(),
+            r.median_ms,
+            r.gflops,
+            naive
+        );
+    }
+    if let Some(first) = rows.first() {
+        println!("timing: {:?}", first.timing);
+    }
+    write_atomically(&args.json, &serde_json::to_string_pretty(&bench::matmul_json(device, &rows))?)?;
+    println!("wrote {}", args.json.display());
+    Ok(())
+}
+
+/// Writes through a temporary file and a rename, so an interrupted run never leaves a half file.
+fn write_atomically(path: &Path, contents: &str) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, contents).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}

@@ -5,8 +5,6 @@ use std::collections::HashMap;
 use std::num::NonZeroU64;
 use std::sync::{Arc, Mutex};
 
-use wgpu::util::DeviceExt;
-
 use super::pool::GpuBuffer;
 use super::{GpuContext, poisoned};
 use crate::error::{Error, Result};
@@ -210,11 +208,14 @@ impl GpuContext {
             // Uniform buffers are at least 16 bytes and a multiple of 16.
             let mut words = params.to_vec();
             words.resize(params.len().div_ceil(4).max(1) * 4, 0);
-            let uniform = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            // Not create_buffer_init: it maps at creation and panics on a lost device.
+            let uniform = self.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("params"),
-                contents: bytemuck::cast_slice(&words),
-                usage: wgpu::BufferUsages::UNIFORM,
+                size: words.len() as u64 * 4,
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
             });
+            self.queue.write_buffer(&uniform, 0, bytemuck::cast_slice(&words));
             let mut entries: Vec<wgpu::BindGroupEntry> = bindings
                 .iter()
                 .enumerate()

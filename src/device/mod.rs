@@ -371,6 +371,11 @@ impl GpuContext {
         let result = body();
         let validation_error = pollster::block_on(validation.pop());
         let oom_error = pollster::block_on(oom.pop());
+        if validation_error.is_some() || oom_error.is_some() {
+            // A destroyed or lost device shows up first as invalid resources; polling lets wgpu run
+            // the device-lost callback, so the caller gets DeviceLost rather than a validation error.
+            let _ = self.device.poll(wgpu::PollType::Poll);
+        }
         self.check_alive()?;
         if let Some(error) = oom_error {
             return Err(Error::OutOfMemory(format!("{what}: {error}")));

@@ -32,7 +32,7 @@ fn launch(op: &'static str, entry: &'static str, x: &Tensor, affine: &Affine, p:
     for operand in [affine.weight, affine.bias].into_iter().flatten() {
         check_operand(op, x, operand)?;
     }
-    if !(p.eps.is_finite() && p.eps >= 0.0) || !p.scale.is_finite() {
+    if !p.eps.is_finite() || p.eps < 0.0 || !p.scale.is_finite() {
         return Err(Error::InvalidArgument {
             op,
             msg: format!("eps must be finite and >= 0 (got {}), scale finite (got {})", p.eps, p.scale),
@@ -151,7 +151,7 @@ pub fn group_norm(
         return Err(Error::InvalidArgument { op: OP, msg: format!("x must be (N, C, …) with C > 0, got {shape:?}") });
     }
     let channels = shape[1];
-    if groups == 0 || channels % groups != 0 {
+    if groups == 0 || !channels.is_multiple_of(groups) {
         return Err(Error::InvalidArgument {
             op: OP,
             msg: format!("{groups} groups do not divide {channels} channels"),

@@ -1,0 +1,29 @@
+//! `cargo bench --bench matmul`: tiled vs naive matmul on the default adapter, f32 and f16.
+//! Sizes can be set with SCALEWISE_BENCH_SIZES=256,512,1024. Results also go to
+//! bench-results/matmul.json.
+
+use scalewise::bench::{self, MatmulBenchConfig};
+use scalewise::{Device, DeviceOptions};
+
+fn main() -> anyhow::Result<()> {
+    let device = Device::new(&DeviceOptions::from_env()?)?;
+    let mut config = MatmulBenchConfig::default();
+    if let Ok(sizes) = std::env::var("SCALEWISE_BENCH_SIZES") {
+        config.sizes = sizes.split(',').map(|s| s.trim().parse()).collect::<Result<_, _>>()?;
+    }
+    let rows = bench::matmul(&device, &config)?;
+    println!("matmul on {} ({})", device.info().adapter.name, device.info().adapter.backend);
+    for r in &rows {
+        println!(
+            "  {:>5}^3 {} {:<6} {:>10.3} ms {:>10.2} GFLOP/s",
+            r.size,
+            r.dtype,
+            format!("{:?}", r.algorithm).to_lowercase(),
+            r.median_ms,
+            r.gflops
+        );
+    }
+    std::fs::create_dir_all("bench-results")?;
+    std::fs::write("bench-results/matmul.json", serde_json::to_string_pretty(&bench::matmul_json(&device, &rows))?)?;
+    Ok(())
+}

@@ -1,0 +1,119 @@
+//! Bad input gets typed errors naming the values, never a panic or a wgpu validation abort.
+
+mod common;
+
+use common::devices;
+use scalewise::ops::{self, matmul::MatmulOptions};
+use scalewise::{BackendChoice, DType, Device, DeviceOptions, Error, Tensor};
+
+fn tensor(device: &Device, shape: &[usize]) -> Tensor {
+    let n = shape.iter().product();
+    Tensor::from_f32(device, shape, &vec![0.5; n], DType::F32).unwrap()
+}
+
+#[test]
+fn matmul_shape_mismatch_names_both_shapes() {
+    let (_, device) = &devices()[0];
+    let err = ops::matmul(&tensor(device, &[3, 5]), &tensor(device, &[4, 2])).unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, Error::ShapeMismatch { .. }), "{err:?}");
+    assert!(text.contains("[3, 5]") && text.contains("[4, 2]"), "{text}");
+    let err = ops::linear(&tensor(device, &[2, 3]), &tensor(device, &[4, 3]), Some(&tensor(device, &[5]))).unwrap_err();
+    assert!(err.to_string().contains("[5]"), "{err}");
+    let err = ops::matmul_with(&tensor(device, &[2, 3, 4]), &tensor(device, &[3, 4, 2]), &MatmulOptions::default())
+        .unwrap_err();
+    assert!(matches!(err, Error::ShapeMismatch { .. }), "{err:?}");
+}
+
+#[test]
+fn dtype_mismatch_is_typed() {
+    let (_, device) = &devices()[0];
+    if !device.features().shader_f16 {
+        return;
+    }
+    let a = tensor(device, &[2, 2]);
+    let b = Tensor::from_f32(device, &[2, 2], &[1.0; 4], DType::F16).unwrap();
+    let err = ops::add(&a, &b).unwrap_err();
+    assert!(matches!(err, Error::DTypeMismatch { lhs: DType::F32, rhs: DType::F16, .. }), "{err:?}");
+    let ids = Tensor::from_u32(device, &[2], &[0, 1]).unwrap();
+    assert!(matches!(ops::silu(&ids).unwrap_err(), Error::UnsupportedDType { .. }));
+    assert!(matches!(ops::embedding(&a, &a).unwrap_err(), Error::UnsupportedDType { .. }));
+}
+
+#[test]
+fn f16_without_shader_f16_is_a_missing_feature() {
+    let (_, portable) = &devices()[1];
+    let err = Tensor::from_f32(portable, &[2], &[1.0, 2.0], DType::F16).unwrap_err();
+    assert!(matches!(err, Error::MissingFeature { feature: "SHADER_F16", .. }), "{err:?}");
+}
+
+#[test]
+fn invalid_parameters_are_rejected() {
+    let (_, device) = &devices()[0];
+    let x = tensor(device, &[2, 6, 3, 3]);
+    let err = ops::group_norm(&x, 4, None, None, 1e-6).unwrap_err().to_string();
+    assert!(err.contains("4 groups") && err.contains("6 channels"), "{err}");
+    assert!(ops::group_norm(&x, 0, None, None, 1e-6).is_err());
+    assert!(ops::layer_norm(&tensor(device, &[2, 3]), None, None, f32::NAN).is_err());
+    assert!(ops::layer_norm(&tensor(device, &[2, 3]), Some(&tensor(device, &[4])), None, 1e-5).is_err());
+    assert!(
+        ops::adaln_layer_norm(&tensor(device, &[2, 3, 4]), &tensor(device, &[1, 4]), &tensor(device, &[2, 4]), 1e-6)
+            .is_err()
+    );
+    assert!(ops::add(&tensor(device, &[2, 3]), &tensor(device, &[2])).is_err());
+    assert!(ops::softmax(&tensor(device, &[3, 0])).is_err());
+    let t = tensor(device, &[4, 5]);
+    assert!(t.slice(1, 3..7).is_err());
+    assert!(t.slice(2, 0..1).is_err());
+    assert!(Tensor::concat(&[&t, &tensor(device, &[4, 6])], 0).is_err());
+    assert!(Tensor::concat(&[], 0).is_err());
+    assert!(Tensor::from_f32(device, &[2, 2], &[1.0; 3], DType::F32).is_err());
+}
+
+#[test]
+fn tensors_beyond_the_adapter_limits_are_typed_errors() {
+    let (_, device) = &devices()[0];
+    let info = device.info();
+    // Larger than any buffer: refused before anything is allocated.
+    let elements = (info.max_buffer_size / 4 + 1) as usize;
+    let err = Tensor::empty(device, &[elements], DType::F32).unwrap_err();
+    assert!(matches!(err, Error::TooLarge { limit_name: "max_buffer_size", .. }), "{err:?}");
+    // A buffer that exists but is larger than one storage binding: refused at dispatch.
+    if info.max_storage_buffer_binding_size < info.max_buffer_size && info.max_storage_buffer_binding_size <= 1 << 28 {
+        let elements = (info.max_storage_buffer_binding_size / 4 + 64) as usize;
+        let big = Tensor::empty(device, &[elements], DType::F32).unwrap();
+        let err = ops::silu(&big).unwrap_err();
+        assert!(matches!(err, Error::TooLarge { limit_name: "max_storage_buffer_binding_size", .. }), "{err:?}");
+    }
+}
+
+#[test]
+fn missing_adapter_says_what_to_install() {
+    let options = DeviceOptions { adapter_name: Some("no-such-gpu-anywhere".into()), ..DeviceOptions::default() };
+    let err = Device::new(&options).unwrap_err();
+    assert!(matches!(err, Error::NoAdapter { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("mesa-vulkan-drivers") && text.contains("no-such-gpu-anywhere"), "{text}");
+}
+
+#[test]
+fn cuda_without_the_feature_is_a_typed_error() {
+    let err = Device::new(&DeviceOptions { backend: BackendChoice::Cuda, ..DeviceOptions::default() }).unwrap_err();
+    if cfg!(feature = "cuda") {
+        assert!(matches!(err, Error::CudaUnavailable(_)), "{err:?}");
+    } else {
+        assert!(matches!(err, Error::CudaNotCompiled), "{err:?}");
+    }
+    assert!("quantum".parse::<BackendChoice>().is_err());
+}
+
+#[test]
+fn a_lost_device_fails_every_later_operation() {
+    // A private device: destroying it must not disturb the other tests.
+    let device = Device::new(&DeviceOptions::from_env().unwrap()).unwrap();
+    let t = tensor(&device, &[4, 4]);
+    device.wgpu_device().destroy();
+    let err = ops::silu(&t).unwrap_err();
+    assert!(matches!(err, Error::DeviceLost(_)), "{err:?}");
+    assert!(matches!(t.to_vec_f32().unwrap_err(), Error::DeviceLost(_)));
+}

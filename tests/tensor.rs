@@ -1,0 +1,161 @@
+//! Tensor storage: upload/download, views, slice/concat along every dimension, in-place writes
+//! into a preallocated (KV-cache-like) tensor, dtype conversion.
+
+mod common;
+
+use common::{Rng, devices, dtypes};
+use scalewise::ops::reference_values as stored;
+use scalewise::{DType, Tensor};
+
+/// Row-major index helpers for a reference slice/concat on host data.
+fn host_slice(data: &[f32], shape: &[usize], dim: usize, start: usize, len: usize) -> Vec<f32> {
+    let outer: usize = shape[..dim].iter().product();
+    let inner: usize = shape[dim + 1..].iter().product();
+    let mut out = Vec::new();
+    for o in 0..outer {
+        let base = (o * shape[dim] + start) * inner;
+        out.extend_from_slice(&data[base..base + len * inner]);
+    }
+    out
+}
+
+#[test]
+fn round_trips_every_dtype_including_odd_f16_lengths() {
+    let mut rng = Rng::new("round_trip");
+    for (name, device) in devices() {
+        for dtype in dtypes(device) {
+            for n in [1, 3, 257] {
+                let data = stored(&rng.vec(n, 100.0), dtype);
+                let t = Tensor::from_f32(device, &[n], &data, dtype).unwrap();
+                assert_eq!(t.to_vec_f32().unwrap(), data, "{name} {dtype} n={n}");
+            }
+        }
+        let ids: Vec<u32> = (0..37).map(|_| rng.next_u64() as u32).collect();
+        assert_eq!(Tensor::from_u32(device, &[37], &ids).unwrap().to_vec_u32().unwrap(), ids);
+    }
+}
+
+#[test]
+fn async_readback_polls_until_ready() {
+    let (_, device) = &devices()[0];
+    let data: Vec<f32> = (0..1000).map(|i| i as f32).collect();
+    let t = Tensor::from_f32(device, &[10, 100], &data, DType::F32).unwrap();
+    let pending = t.read_async().unwrap();
+    let mut spins = 0;
+    while !pending.is_ready() {
+        spins += 1;
+        assert!(spins < 1_000_000, "readback never completed");
+        std::thread::yield_now();
+    }
+    assert_eq!(pending.wait_f32().unwrap(), data);
+}
+
+#[test]
+fn reshape_is_a_view_and_checks_the_element_count() {
+    let (_, device) = &devices()[0];
+    let t = Tensor::from_f32(device, &[2, 6], &[1.0; 12], DType::F32).unwrap();
+    let v = t.reshape(&[3, 4]).unwrap();
+    assert_eq!(v.shape(), [3, 4]);
+    assert_eq!(v.to_vec_f32().unwrap(), vec![1.0; 12]);
+    let err = t.reshape(&[5, 2]).unwrap_err().to_string();
+    assert!(err.contains("[2, 6]") && err.contains("[5, 2]"), "{err}");
+}
+
+#[test]
+fn slice_and_concat_along_every_dimension() {
+    let mut rng = Rng::new("slice_concat");
+    for (name, device) in devices() {
+        for dtype in dtypes(device).into_iter().chain([DType::U32]) {
+            let shape = [rng.range(1, 4), rng.range(2, 7), rng.range(1, 5), rng.range(1, 9)];
+            let n: usize = shape.iter().product();
+            let data: Vec<f32> = (0..n).map(|i| i as f32).collect(); // exact in f16 below 2048
+            let t = match dtype {
+                DType::U32 => Tensor::from_u32(device, &shape, &data.iter().map(|&v| v as u32).collect::<Vec<_>>()),
+                _ => Tensor::from_f32(device, &shape, &data, dtype),
+            }
+            .unwrap();
+            let read = |t: &Tensor| -> Vec<f32> {
+                match dtype {
+                    DType::U32 => t.to_vec_u32().unwrap().into_iter().map(|v| v as f32).collect(),
+                    _ => t.to_vec_f32().unwrap(),
+                }
+            };
+            for dim in 0..4 {
+                let len = shape[dim];
+                let cut = rng.range(0, len);
+                let head = t.slice(dim, 0..cut).unwrap();
+                let tail = t.slice(dim, cut..len).unwrap();
+                assert_eq!(read(&head), host_slice(&data, &shape, dim, 0, cut), "{name} {dtype} head dim {dim}");
+                assert_eq!(
+                    read(&tail),
+                    host_slice(&data, &shape, dim, cut, len - cut),
+                    "{name} {dtype} tail dim {dim}"
+                );
+                let joined = Tensor::concat(&[&head, &tail], dim).unwrap();
+                assert_eq!(joined.shape(), shape);
+                assert_eq!(read(&joined), data, "{name} {dtype} concat dim {dim}");
+            }
+        }
+    }
+}
+
+#[test]
+fn write_slice_appends_into_a_preallocated_cache() {
+    let mut rng = Rng::new("write_slice");
+    for (name, device) in devices() {
+        for dtype in dtypes(device) {
+            // A (batch, heads, max_len, head_dim) cache filled one step at a time along dim 2.
+            let (b, h, max_len, d) = (2, 3, 11, 5);
+            let cache = Tensor::zeros(device, &[b, h, max_len, d], dtype).unwrap();
+            let mut want = vec![0.0f32; b * h * max_len * d];
+            let mut pos = 0;
+            for step_len in [1, 4, 6] {
+                let step = stored(&rng.vec(b * h * step_len * d, 1.0), dtype);
+                let ts = Tensor::from_f32(device, &[b, h, step_len, d], &step, dtype).unwrap();
+                cache.write_slice(2, pos, &ts).unwrap();
+                for o in 0..b * h {
+                    for j in 0..step_len {
+                        for i in 0..d {
+                            want[(o * max_len + pos + j) * d + i] = step[(o * step_len + j) * d + i];
+                        }
+                    }
+                }
+                pos += step_len;
+            }
+            assert_eq!(cache.to_vec_f32().unwrap(), want, "{name} {dtype}");
+            let overflow = Tensor::zeros(device, &[b, h, 2, d], dtype).unwrap();
+            assert!(cache.write_slice(2, 10, &overflow).is_err(), "writing past the end must fail");
+        }
+    }
+}
+
+#[test]
+fn converts_between_f32_and_f16() {
+    let mut rng = Rng::new("to_dtype");
+    for (name, device) in devices() {
+        if !device.features().shader_f16 {
+            let t = Tensor::from_f32(device, &[3], &[1.0, 2.0, 3.0], DType::F32).unwrap();
+            let err = t.to_dtype(DType::F16).unwrap_err();
+            assert!(matches!(err, scalewise::Error::MissingFeature { .. }), "{name}: {err}");
+            continue;
+        }
+        let data = rng.vec(301, 50.0);
+        let t = Tensor::from_f32(device, &[301], &data, DType::F32).unwrap();
+        let half = t.to_dtype(DType::F16).unwrap();
+        assert_eq!(half.dtype(), DType::F16);
+        assert_eq!(half.to_vec_f32().unwrap(), stored(&data, DType::F16), "{name}");
+        assert_eq!(half.to_dtype(DType::F32).unwrap().to_vec_f32().unwrap(), stored(&data, DType::F16));
+    }
+}
+
+#[test]
+fn pool_reuses_freed_buffers() {
+    let (_, device) = &devices()[0];
+    let before = device.pool_stats();
+    for _ in 0..5 {
+        let t = Tensor::zeros(device, &[1000, 37], DType::F32).unwrap();
+        drop(t);
+    }
+    let after = device.pool_stats();
+    assert!(after.reused >= before.reused + 4, "{before:?} -> {after:?}");
+}
