@@ -105,6 +105,13 @@ pub static COPY: ShaderFamily = ShaderFamily {
     dtypes: &[DType::F32, DType::F16, DType::U32],
 };
 
+pub static ATTENTION: ShaderFamily = ShaderFamily {
+    name: "attention",
+    source: include_str!("../shaders/wgsl/attention.wgsl"),
+    uses_reductions: true,
+    dtypes: FLOATS,
+};
+
 /// The two directions of the f32 <-> f16 conversion are two modules because their bindings differ.
 pub static CAST_TO_F16: ShaderFamily = ShaderFamily {
     name: "cast_to_f16",
@@ -122,4 +129,4 @@ pub static CAST_TO_F32: ShaderFamily = ShaderFamily {
 
 /// Every family, for `scalewise info` and the naga validation test.
 pub static ALL_FAMILIES: &[&ShaderFamily] =
-    &[&MATMUL, &NORM, &ELEMENTWISE, &EMBEDDING, &COPY, &CAST_TO_F16, &CAST_TO_F32];
+    &[&MATMUL, &NORM, &ATTENTION, &ELEMENTWISE, &EMBEDDING, &COPY, &CAST_TO_F16, &CAST_TO_F32];

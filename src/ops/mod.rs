@@ -1,11 +1,13 @@
 //! Core ops. Each family has a WGSL kernel under `shaders/wgsl/` and a launcher here with its float64
 //! CPU reference beside it (`reference` submodules), which the tests compare against.
 
+pub mod attention;
 pub mod elementwise;
 pub mod embedding;
 pub mod matmul;
 pub mod norm;
 
+pub use attention::{AttentionLayout, AttentionOptions, GratPattern, GroupedLayout, attention, grouped_attention};
 pub use elementwise::{add, gelu_tanh, mul, silu};
 pub use embedding::embedding;
 pub use matmul::{MatmulAlgorithm, linear, matmul, matmul_with};

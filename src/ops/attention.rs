@@ -1,0 +1,459 @@
+//! Dense flash attention and GRAT grouped attention (GRAT-B block, GRAT-X criss-cross; 2D images and
+//! 3D video; text tokens after the image tokens).
+//!
+//! ```no_run
+//! use scalewise::ops::{GratPattern, GroupedLayout, grouped_attention};
+//! # fn demo(q: &scalewise::Tensor, k: &scalewise::Tensor, v: &scalewise::Tensor) -> scalewise::Result<()> {
+//! // A 64 x 96 latent in 16 x 16 groups, criss-cross pattern, then 77 text tokens of which 20 are real.
+//! // q, k, v: (batch, heads, 64 * 96 + 77, head_dim).
+//! let layout = GroupedLayout::image(64, 96).with_pattern(GratPattern::CrissCross).with_text(77, 20);
+//! let out = grouped_attention(q, k, v, &layout, None)?;
+//! # Ok(()) }
+//! ```
+
+use super::{check_operand, index_u32, shape_error};
+use crate::device::launch::{self, Kernel};
+use crate::error::{Error, Result};
+use crate::shaders::{ATTENTION, Variant};
+use crate::tensor::Tensor;
+
+/// Largest head_dim the kernels accept (any size up to it is exact).
+pub const MAX_HEAD_DIM: usize = 256;
+
+/// How (batch, heads, tokens, head_dim) map onto the tensor's dimensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AttentionLayout {
+    /// (B, H, L, D)
+    #[default]
+    HeadsMajor,
+    /// (B, L, H, D): what a fused qkv projection gives after a reshape.
+    TokensMajor,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AttentionOptions {
+    /// Softmax scale; default 1 / sqrt(head_dim).
+    pub scale: Option<f32>,
+    /// Attend only the first `kv_len` keys (a preallocated KV cache); default all.
+    pub kv_len: Option<usize>,
+    pub layout: AttentionLayout,
+}
+
+/// Which key groups a query group attends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GratPattern {
+    /// GRAT-B: the (2r+1)^d box of groups around the query group, shifted inward at the border.
+    Block { radius: usize },
+    /// GRAT-B variant: the box truncated at the border instead of shifted.
+    BlockTruncated { radius: usize },
+    /// GRAT-X: every group sharing a group row or column (2D), or one of three planes (3D).
+    CrissCross,
+    /// Every image group: dense attention through the grouped kernel (a test and a baseline).
+    All,
+}
+
+impl GratPattern {
+    fn code_and_radius(self) -> (u32, usize) {
+        match self {
+            GratPattern::Block { radius } => (0, radius),
+            GratPattern::BlockTruncated { radius } => (1, radius),
+            GratPattern::CrissCross => (2, 0),
+            GratPattern::All => (3, 0),
+        }
+    }
+}
+
+/// The token layout grouped attention works on: a raster-order grid of image tokens, its group
+/// shape and pattern, then `text_len` text tokens of which the first `text_valid` are real.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupedLayout {
+    /// [H, W] for images, [T, H, W] for video.
+    pub grid: Vec<usize>,
+    /// Tokens per group along each grid axis.
+    pub group: Vec<usize>,
+    pub pattern: GratPattern,
+    pub text_len: usize,
+    pub text_valid: usize,
+}
+
+impl GroupedLayout {
+    /// A 2D grid with the defaults: 16 x 16 groups, GRAT-B radius 1, no text.
+    pub fn image(height: usize, width: usize) -> Self {
+        Self {
+            grid: vec![height, width],
+            group: vec![16, 16],
+            pattern: GratPattern::Block { radius: 1 },
+            text_len: 0,
+            text_valid: 0,
+        }
+    }
+
+    /// A 3D (frames, height, width) grid with 4 x 8 x 8 groups, GRAT-B radius 1, no text.
+    pub fn video(frames: usize, height: usize, width: usize) -> Self {
+        Self { grid: vec![frames, height, width], group: vec![4, 8, 8], ..Self::image(height, width) }
+    }
+
+    pub fn with_group(mut self, group: &[usize]) -> Self {
+        self.group = group.to_vec();
+        self
+    }
+
+    pub fn with_pattern(mut self, pattern: GratPattern) -> Self {
+        self.pattern = pattern;
+        self
+    }
+
+    pub fn with_text(mut self, text_len: usize, text_valid: usize) -> Self {
+        self.text_len = text_len;
+        self.text_valid = text_valid;
+        self
+    }
+
+    pub fn image_tokens(&self) -> usize {
+        self.grid.iter().product()
+    }
+
+    pub fn seq_len(&self) -> usize {
+        self.image_tokens() + self.text_len
+    }
+
+    /// Grid, group shape and group counts as (t, h, w), with t = 1 for images.
+    fn dims3(&self) -> ([usize; 3], [usize; 3], [usize; 3]) {
+        let pad = |v: &[usize]| if v.len() == 2 { [1, v[0], v[1]] } else { [v[0], v[1], v[2]] };
+        let grid = pad(&self.grid);
+        let group = pad(&self.group);
+        let counts = [0, 1, 2].map(|a| grid[a].div_ceil(group[a]));
+        (grid, group, counts)
+    }
+
+    /// Checks the layout against a sequence length; errors name the offending values.
+    pub fn validate(&self, seq_len: usize) -> Result<()> {
+        let invalid = |msg: String| Err(Error::InvalidArgument { op: "grouped_attention", msg });
+        if !(2..=3).contains(&self.grid.len()) {
+            return invalid(format!("the grid must be [H, W] or [T, H, W], got {:?}", self.grid));
+        }
+        if self.group.len() != self.grid.len() {
+            return invalid(format!("group shape {:?} does not match grid {:?}", self.group, self.grid));
+        }
+        if self.grid.contains(&0) {
+            return invalid(format!("grid {:?} has an empty axis", self.grid));
+        }
+        if self.group.contains(&0) {
+            return invalid(format!("group shape {:?} has a zero-sized axis", self.group));
+        }
+        if self.text_valid > self.text_len {
+            return invalid(format!("text valid length {} exceeds the text length {}", self.text_valid, self.text_len));
+        }
+        if self.seq_len() != seq_len {
+            return invalid(format!(
+                "grid {:?} ({} tokens) + {} text tokens = {} does not match the sequence length {seq_len}",
+                self.grid,
+                self.image_tokens(),
+                self.text_len,
+                self.seq_len()
+            ));
+        }
+        if let GratPattern::Block { radius } | GratPattern::BlockTruncated { radius } = self.pattern
+            && radius > 1 << 16
+        {
+            return invalid(format!("radius {radius} is out of range"));
+        }
+        Ok(())
+    }
+
+    /// Allowed (query, key) pairs, counting text: the work the grouped kernel does.
+    pub fn attended_pairs(&self) -> u64 {
+        let (grid, group, counts) = self.dims3();
+        let size = |g: [usize; 3]| -> u64 { (0..3).map(|a| group[a].min(grid[a] - g[a] * group[a]) as u64).product() };
+        let all: Vec<[usize; 3]> = (0..counts[0])
+            .flat_map(|t| (0..counts[1]).flat_map(move |h| (0..counts[2]).map(move |w| [t, h, w])))
+            .collect();
+        let mut pairs = 0u64;
+        for &qg in &all {
+            let keys: u64 = all.iter().filter(|&&kg| reference::groups_allowed(self, qg, kg)).map(|&kg| size(kg)).sum();
+            pairs += size(qg) * (keys + self.text_valid as u64);
+        }
+        pairs + self.text_len as u64 * (self.image_tokens() + self.text_valid) as u64
+    }
+
+    /// Fraction of the dense (seq_len^2) pairs attended.
+    pub fn density(&self) -> f64 {
+        self.attended_pairs() as f64 / (self.seq_len() as f64).powi(2)
+    }
+}
+
+/// (batch, heads, tokens, head_dim) of a tensor in `layout`, with its element strides.
+struct Geometry {
+    batch: usize,
+    heads: usize,
+    tokens: usize,
+    dim: usize,
+    strides: [usize; 3],
+}
+
+fn geometry(t: &Tensor, layout: AttentionLayout, what: &str) -> Result<Geometry> {
+    let &[a, b, c, dim] = t.shape() else {
+        return Err(Error::InvalidArgument {
+            op: "attention",
+            msg: format!("{what} must be 4-D, got shape {:?}", t.shape()),
+        });
+    };
+    Ok(match layout {
+        AttentionLayout::HeadsMajor => {
+            Geometry { batch: a, heads: b, tokens: c, dim, strides: [b * c * dim, c * dim, dim] }
+        }
+        AttentionLayout::TokensMajor => {
+            Geometry { batch: a, heads: c, tokens: b, dim, strides: [b * c * dim, dim, c * dim] }
+        }
+    })
+}
+
+/// Query-block and key-tile sizes that fit the adapter's workgroup memory and invocation limits.
+fn tile_config(q: &Tensor, dim: usize) -> Result<(usize, usize)> {
+    let info = q.device().info();
+    let vecs = dim.div_ceil(4);
+    for (bq, bkv) in [(16, 16), (16, 8), (8, 8), (8, 4), (4, 4)] {
+        let floats = 4 * vecs * (bq + 2 * bkv) + 512 + 3 * 16;
+        let words = floats + 16 + 32 + 256; // token tables and the reduction scratch
+        if words * 4 <= info.max_compute_workgroup_storage_size as usize
+            && bq * bkv <= info.max_compute_invocations_per_workgroup as usize
+            && vecs.div_ceil(bkv) <= 16
+        {
+            return Ok((bq, bkv));
+        }
+    }
+    Err(Error::MissingFeature {
+        what: format!(
+            "attention with head_dim {dim} ({} bytes of workgroup memory)",
+            info.max_compute_workgroup_storage_size
+        ),
+        feature: "max_compute_workgroup_storage_size >= 16 KiB",
+    })
+}
+
+struct Launch<'a> {
+    q: &'a Tensor,
+    k: &'a Tensor,
+    v: &'a Tensor,
+    out: &'a Tensor,
+    qg: Geometry,
+    kg: Geometry,
+    scale: f32,
+}
+
+impl Launch<'_> {
+    /// Words of AttentionParams: strides, the dense ranges, then the grouped layout.
+    fn params(&self, dense: [usize; 3], grouped: Option<&GroupedLayout>) -> Result<Vec<u32>> {
+        let u = |what: &str, v: usize| index_u32("attention", what, v);
+        let mut words = vec![u("heads", self.qg.heads)?];
+        for s in self.qg.strides.iter().chain(&self.kg.strides).chain(&self.qg.strides) {
+            words.push(u("a stride", *s)?);
+        }
+        for d in dense {
+            words.push(u("a token count", d)?);
+        }
+        words.push(self.scale.to_bits());
+        match grouped {
+            Some(layout) => {
+                let (grid, group, counts) = layout.dims3();
+                let (pattern, radius) = layout.pattern.code_and_radius();
+                for x in grid.iter().chain(&group).chain(&counts) {
+                    words.push(u("a grid size", *x)?);
+                }
+                let blocks_per_group = group.iter().product::<usize>().div_ceil(self.block_q()?);
+                words.extend([
+                    pattern,
+                    radius as u32,
+                    layout.grid.len() as u32,
+                    u("text start", layout.image_tokens())?,
+                    u("text valid", layout.text_valid)?,
+                    u("blocks per group", blocks_per_group)?,
+                ]);
+            }
+            None => words.extend([1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 2, 0, 0, 1]),
+        }
+        Ok(words)
+    }
+
+    fn block_q(&self) -> Result<usize> {
+        Ok(tile_config(self.q, self.qg.dim)?.0)
+    }
+
+    fn run(&self, entry: &'static str, params: &[u32], blocks: usize) -> Result<()> {
+        let (bq, bkv) = tile_config(self.q, self.qg.dim)?;
+        let vecs = self.qg.dim.div_ceil(4);
+        let constants = [
+            ("HEAD_DIM", self.qg.dim as f64),
+            ("BLOCK_Q", bq as f64),
+            ("BLOCK_KV", bkv as f64),
+            ("THREADS", (bq * bkv) as f64),
+            ("Q_TILE_VECS", (bq * vecs) as f64),
+            ("KV_TILE_VECS", (bkv * vecs) as f64),
+        ];
+        let variant = Variant { dtype: self.q.dtype(), subgroups: self.q.device().features().subgroups };
+        let kernel = Kernel { family: &ATTENTION, entry, variant, constants: &constants };
+        let ctx = self.q.ctx();
+        let mut groups = launch::grid(ctx, blocks as u64, entry)?;
+        groups[2] = index_u32("attention", "batch * heads", self.qg.batch * self.qg.heads)?;
+        ctx.dispatch(
+            &kernel,
+            &[self.q.bind("q", false), self.k.bind("k", false), self.v.bind("v", false), self.out.bind("out", true)],
+            params,
+            groups,
+        )
+    }
+}
+
+fn prepare<'a>(q: &'a Tensor, k: &'a Tensor, v: &'a Tensor, layout: AttentionLayout) -> Result<(Geometry, Geometry)> {
+    const OP: &str = "attention";
+    check_operand(OP, q, k)?;
+    check_operand(OP, q, v)?;
+    if !q.dtype().is_float() {
+        return Err(Error::UnsupportedDType { op: OP, dtype: q.dtype(), expected: "f32 or f16" });
+    }
+    let qg = geometry(q, layout, "q")?;
+    let kg = geometry(k, layout, "k")?;
+    geometry(v, layout, "v")?;
+    if k.shape() != v.shape() {
+        return Err(shape_error(OP, k, v, "k and v must have the same shape"));
+    }
+    if (qg.batch, qg.heads, qg.dim) != (kg.batch, kg.heads, kg.dim) {
+        return Err(shape_error(OP, q, k, "q and k must agree in batch, heads and head_dim"));
+    }
+    if qg.dim == 0 || qg.dim > MAX_HEAD_DIM {
+        return Err(Error::InvalidArgument {
+            op: OP,
+            msg: format!("head_dim {} is outside the supported range 1..={MAX_HEAD_DIM}", qg.dim),
+        });
+    }
+    Ok((qg, kg))
+}
+
+fn softmax_scale(scale: Option<f32>, dim: usize) -> Result<f32> {
+    let scale = scale.unwrap_or(1.0 / (dim as f32).sqrt());
+    if !scale.is_finite() {
+        return Err(Error::InvalidArgument { op: "attention", msg: format!("softmax scale {scale} is not finite") });
+    }
+    Ok(scale)
+}
+
+/// Dense softmax attention, flash style: softmax(scale * q k^T) v over the first `kv_len` keys.
+/// The query length may differ from the key length (a block of new tokens against a KV cache).
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, options: &AttentionOptions) -> Result<Tensor> {
+    let (qg, kg) = prepare(q, k, v, options.layout)?;
+    let kv_len = options.kv_len.unwrap_or(kg.tokens);
+    if kv_len == 0 || kv_len > kg.tokens {
+        return Err(Error::InvalidArgument {
+            op: "attention",
+            msg: format!("kv_len {kv_len} must be in 1..={} (the keys' length)", kg.tokens),
+        });
+    }
+    let out = Tensor::empty(q.device(), q.shape(), q.dtype())?;
+    let scale = softmax_scale(options.scale, qg.dim)?;
+    let tokens = qg.tokens;
+    let launch = Launch { q, k, v, out: &out, qg, kg, scale };
+    let params = launch.params([0, tokens, kv_len], None)?;
+    launch.run("flash_attention", &params, tokens.div_ceil(launch.block_q()?))?;
+    Ok(out)
+}
+
+/// GRAT grouped attention over (B, H, L, D) tensors (L = image tokens in raster order + text).
+/// Exactly softmax attention restricted to the pattern; image queries attend their pattern's groups
+/// and the valid text, text queries attend every valid token.
+pub fn grouped_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    layout: &GroupedLayout,
+    scale: Option<f32>,
+) -> Result<Tensor> {
+    let (qg, kg) = prepare(q, k, v, AttentionLayout::HeadsMajor)?;
+    layout.validate(qg.tokens)?;
+    if kg.tokens != qg.tokens {
+        return Err(shape_error("grouped_attention", q, k, "q and k must have the same sequence length"));
+    }
+    let out = Tensor::empty(q.device(), q.shape(), q.dtype())?;
+    let scale = softmax_scale(scale, qg.dim)?;
+    let image = layout.image_tokens();
+    let launch = Launch { q, k, v, out: &out, qg, kg, scale };
+    let (_, group, counts) = layout.dims3();
+    let blocks = counts.iter().product::<usize>() * group.iter().product::<usize>().div_ceil(launch.block_q()?);
+    let params = launch.params([0, image, image], Some(layout))?;
+    launch.run("grouped_attention", &params, blocks)?;
+    if layout.text_len > 0 {
+        let params = launch.params([image, layout.text_len, image + layout.text_valid], None)?;
+        launch.run("flash_attention", &params, layout.text_len.div_ceil(launch.block_q()?))?;
+    }
+    Ok(out)
+}
+
+/// Float64 references and the pattern predicate, written from the GRAT spec.
+pub mod reference {
+    use super::{GratPattern, GroupedLayout};
+
+    /// Is key group `kg` attended by query group `qg` (group coordinates as (t, h, w))?
+    pub fn groups_allowed(layout: &GroupedLayout, qg: [usize; 3], kg: [usize; 3]) -> bool {
+        let (_, _, counts) = layout.dims3();
+        // Images have a dummy t axis; only the grid's own axes take part in the pattern.
+        let axes: Vec<usize> = if layout.grid.len() == 2 { vec![1, 2] } else { vec![0, 1, 2] };
+        match layout.pattern {
+            GratPattern::All => true,
+            GratPattern::CrissCross => axes.iter().any(|&a| kg[a] == qg[a]),
+            GratPattern::Block { radius: r } => axes.iter().all(|&a| {
+                let n = counts[a] as i64;
+                let r = r as i64;
+                // Centre shifted inward so the window keeps its 2r+1 groups; the whole axis if shorter.
+                let c = if n < 2 * r + 1 { return true } else { (qg[a] as i64).clamp(r, n - 1 - r) };
+                (kg[a] as i64 - c).abs() <= r
+            }),
+            GratPattern::BlockTruncated { radius } => {
+                axes.iter().all(|&a| (kg[a] as i64 - qg[a] as i64).abs() <= radius as i64)
+            }
+        }
+    }
+
+    /// May token `q` attend token `k` (raster-order image tokens, then text)?
+    pub fn allowed(layout: &GroupedLayout, q: usize, k: usize) -> bool {
+        let image = layout.image_tokens();
+        let (grid, group, _) = layout.dims3();
+        if k >= image {
+            return k - image < layout.text_valid;
+        }
+        if q >= image {
+            return true;
+        }
+        let coords = |i: usize| [i / (grid[1] * grid[2]), (i / grid[2]) % grid[1], i % grid[2]];
+        let to_group = |c: [usize; 3]| [c[0] / group[0], c[1] / group[1], c[2] / group[2]];
+        groups_allowed(layout, to_group(coords(q)), to_group(coords(k)))
+    }
+
+    /// softmax(scale * q k^T restricted to `allowed`) v for one (batch, head): q (lq, d), k/v (lk, d).
+    pub fn masked_attention(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        dim: usize,
+        scale: f64,
+        allowed: impl Fn(usize, usize) -> bool,
+    ) -> Vec<f64> {
+        let (lq, lk) = (q.len() / dim, k.len() / dim);
+        let mut out = vec![0.0; lq * dim];
+        for i in 0..lq {
+            let scores: Vec<Option<f64>> = (0..lk)
+                .map(|j| {
+                    allowed(i, j)
+                        .then(|| scale * (0..dim).map(|d| q[i * dim + d] as f64 * k[j * dim + d] as f64).sum::<f64>())
+                })
+                .collect();
+            let max = scores.iter().flatten().fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+            let weights: Vec<f64> = scores.iter().map(|s| s.map_or(0.0, |s| (s - max).exp())).collect();
+            let total: f64 = weights.iter().sum();
+            for (j, w) in weights.iter().enumerate() {
+                for d in 0..dim {
+                    out[i * dim + d] += w / total * v[j * dim + d] as f64;
+                }
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,238 @@
+//! Dense and grouped attention against a float64 softmax attention restricted by the spec's
+//! allowed(q, k) predicate: random ragged grids (2D and 3D), random group shapes, r = 0..2, with and
+//! without text, f32 and f16, batch and heads > 1, head_dim 64, 128 and odd sizes.
+
+mod common;
+
+use common::{Rng, Tol, assert_close, devices, dtypes};
+use scalewise::ops::attention::reference::{allowed, masked_attention};
+use scalewise::ops::{
+    AttentionLayout, AttentionOptions, GratPattern, GroupedLayout, attention, grouped_attention,
+    reference_values as stored,
+};
+use scalewise::{DType, Error, Tensor};
+
+/// Rows of one (batch, head) of a (B, H, L, D) tensor.
+fn head_rows(data: &[f32], heads: usize, len: usize, dim: usize, b: usize, h: usize) -> &[f32] {
+    let start = ((b * heads + h) * len) * dim;
+    &data[start..start + len * dim]
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_grouped(
+    device: &scalewise::Device,
+    dtype: DType,
+    rng: &mut Rng,
+    layout: &GroupedLayout,
+    batch: usize,
+    heads: usize,
+    dim: usize,
+    what: &str,
+) {
+    let len = layout.seq_len();
+    let n = batch * heads * len * dim;
+    let (q, k, v) = (stored(&rng.vec(n, 1.0), dtype), stored(&rng.vec(n, 1.0), dtype), stored(&rng.vec(n, 1.0), dtype));
+    let shape = [batch, heads, len, dim];
+    let up = |x: &[f32]| Tensor::from_f32(device, &shape, x, dtype).unwrap();
+    let scale = 1.0 / (dim as f32).sqrt();
+    let out = grouped_attention(&up(&q), &up(&k), &up(&v), layout, None).unwrap().to_vec_f32().unwrap();
+    let mut want = Vec::with_capacity(n);
+    for b in 0..batch {
+        for h in 0..heads {
+            let rows = |x| head_rows(x, heads, len, dim, b, h);
+            want.extend(masked_attention(rows(&q), rows(&k), rows(&v), dim, scale as f64, |i, j| {
+                allowed(layout, i, j)
+            }));
+        }
+    }
+    assert_close(&out, &want, Tol::for_dtype(dtype, 1.0), what);
+}
+
+fn random_pattern(rng: &mut Rng) -> GratPattern {
+    match rng.range(0, 3) {
+        0 => GratPattern::Block { radius: rng.range(0, 2) },
+        1 => GratPattern::BlockTruncated { radius: rng.range(0, 2) },
+        2 => GratPattern::CrissCross,
+        _ => GratPattern::All,
+    }
+}
+
+#[test]
+fn dense_attention_matches_reference() {
+    let mut rng = Rng::new("dense_attention");
+    for (name, device) in devices() {
+        for dtype in dtypes(device) {
+            for dim in [64, 128, rng.range(1, 255)] {
+                let (batch, heads) = (rng.range(1, 2), rng.range(1, 3));
+                let (lq, lk) = (rng.range(1, 40), rng.range(1, 90));
+                let kv_len = if rng.range(0, 1) == 0 { lk } else { rng.range(1, lk) };
+                let layout =
+                    if rng.range(0, 1) == 0 { AttentionLayout::HeadsMajor } else { AttentionLayout::TokensMajor };
+                let scale = if rng.range(0, 1) == 0 { None } else { Some(0.37f32) };
+                let q = stored(&rng.vec(batch * heads * lq * dim, 1.0), dtype);
+                let k = stored(&rng.vec(batch * heads * lk * dim, 1.0), dtype);
+                let v = stored(&rng.vec(batch * heads * lk * dim, 1.0), dtype);
+                let shape = |len| match layout {
+                    AttentionLayout::HeadsMajor => vec![batch, heads, len, dim],
+                    AttentionLayout::TokensMajor => vec![batch, len, heads, dim],
+                };
+                let up = |x: &[f32], len| Tensor::from_f32(device, &shape(len), x, dtype).unwrap();
+                let options = AttentionOptions { scale, kv_len: Some(kv_len), layout };
+                let out = attention(&up(&q, lq), &up(&k, lk), &up(&v, lk), &options).unwrap().to_vec_f32().unwrap();
+                // The reference works per (batch, head) on (L, D) rows.
+                let gather = |x: &[f32], len: usize, b: usize, h: usize| -> Vec<f32> {
+                    (0..len)
+                        .flat_map(|t| {
+                            let base = match layout {
+                                AttentionLayout::HeadsMajor => ((b * heads + h) * len + t) * dim,
+                                AttentionLayout::TokensMajor => ((b * len + t) * heads + h) * dim,
+                            };
+                            x[base..base + dim].to_vec()
+                        })
+                        .collect()
+                };
+                let scale = scale.unwrap_or(1.0 / (dim as f32).sqrt()) as f64;
+                let mut want = vec![0.0; out.len()];
+                for b in 0..batch {
+                    for h in 0..heads {
+                        let o = masked_attention(
+                            &gather(&q, lq, b, h),
+                            &gather(&k, lk, b, h),
+                            &gather(&v, lk, b, h),
+                            dim,
+                            scale,
+                            |_, j| j < kv_len,
+                        );
+                        for t in 0..lq {
+                            let base = match layout {
+                                AttentionLayout::HeadsMajor => ((b * heads + h) * lq + t) * dim,
+                                AttentionLayout::TokensMajor => ((b * lq + t) * heads + h) * dim,
+                            };
+                            want[base..base + dim].copy_from_slice(&o[t * dim..(t + 1) * dim]);
+                        }
+                    }
+                }
+                let what = format!("{name} {dtype} dense b{batch} h{heads} lq{lq} lk{lk} kv{kv_len} d{dim} {layout:?}");
+                assert_close(&out, &want, Tol::for_dtype(dtype, 1.0), &what);
+            }
+        }
+    }
+}
+
+#[test]
+fn grouped_attention_2d_matches_reference() {
+    let mut rng = Rng::new("grouped_2d");
+    for (name, device) in devices() {
+        for dtype in dtypes(device) {
+            for trial in 0..5 {
+                let grid = [rng.range(1, 23), rng.range(1, 23)];
+                let group = [rng.range(1, 8), rng.range(1, 8)];
+                let text_len = if trial % 2 == 0 { rng.range(1, 9) } else { 0 };
+                let text_valid = rng.range(0, text_len);
+                let layout = GroupedLayout::image(grid[0], grid[1])
+                    .with_group(&group)
+                    .with_pattern(random_pattern(&mut rng))
+                    .with_text(text_len, text_valid);
+                let dim = [64, 128, 24][trial % 3];
+                let (batch, heads) = (rng.range(1, 2), rng.range(1, 2));
+                let what = format!("{name} {dtype} 2D {layout:?} b{batch} h{heads} d{dim}");
+                check_grouped(device, dtype, &mut rng, &layout, batch, heads, dim, &what);
+            }
+        }
+    }
+}
+
+#[test]
+fn grouped_attention_3d_matches_reference() {
+    let mut rng = Rng::new("grouped_3d");
+    for (name, device) in devices() {
+        for dtype in dtypes(device) {
+            for trial in 0..4 {
+                let grid = [rng.range(1, 7), rng.range(1, 11), rng.range(1, 11)];
+                let group = [rng.range(1, 3), rng.range(1, 4), rng.range(1, 4)];
+                let text_len = if trial % 2 == 1 { rng.range(1, 6) } else { 0 };
+                let layout = GroupedLayout::video(grid[0], grid[1], grid[2])
+                    .with_group(&group)
+                    .with_pattern(random_pattern(&mut rng))
+                    .with_text(text_len, rng.range(0, text_len));
+                let dim = if trial % 2 == 0 { 64 } else { 128 };
+                let what = format!("{name} {dtype} 3D {layout:?} d{dim}");
+                check_grouped(device, dtype, &mut rng, &layout, 1, 2, dim, &what);
+            }
+        }
+    }
+}
+
+#[test]
+fn every_pattern_on_one_ragged_video_grid() {
+    // All four patterns and r = 0..2 on one grid that is ragged on every axis.
+    let mut rng = Rng::new("patterns");
+    let (name, device) = &devices()[0];
+    let mut patterns = vec![GratPattern::CrissCross, GratPattern::All];
+    for radius in 0..=2 {
+        patterns.push(GratPattern::Block { radius });
+        patterns.push(GratPattern::BlockTruncated { radius });
+    }
+    for pattern in patterns {
+        let layout = GroupedLayout::video(5, 9, 11).with_group(&[2, 4, 3]).with_pattern(pattern).with_text(3, 2);
+        check_grouped(device, DType::F32, &mut rng, &layout, 1, 1, 32, &format!("{name} {pattern:?}"));
+    }
+}
+
+#[test]
+fn grouped_with_everything_allowed_equals_dense() {
+    let mut rng = Rng::new("all_equals_dense");
+    for (name, device) in devices() {
+        let layout = GroupedLayout::image(13, 21).with_group(&[4, 8]).with_pattern(GratPattern::All).with_text(5, 5);
+        let shape = [2, 2, layout.seq_len(), 64];
+        let n: usize = shape.iter().product();
+        let up = |x: Vec<f32>| Tensor::from_f32(device, &shape, &x, DType::F32).unwrap();
+        let (q, k, v) = (up(rng.vec(n, 1.0)), up(rng.vec(n, 1.0)), up(rng.vec(n, 1.0)));
+        let grouped = grouped_attention(&q, &k, &v, &layout, None).unwrap().to_vec_f32().unwrap();
+        let dense = attention(&q, &k, &v, &AttentionOptions::default()).unwrap().to_vec_f32().unwrap();
+        let dense: Vec<f64> = dense.iter().map(|&x| x as f64).collect();
+        assert_close(&grouped, &dense, Tol::for_dtype(DType::F32, 1.0), name);
+    }
+}
+
+#[test]
+fn density_matches_the_published_key_counts_and_bounds() {
+    // Flux at 8192^2: 512 x 512 tokens in 16 x 16 groups, 512 text tokens.
+    let b = GroupedLayout::image(512, 512);
+    let x = b.clone().with_pattern(GratPattern::CrissCross);
+    let image = 512 * 512;
+    assert_eq!(b.attended_pairs(), image as u64 * 2304, "GRAT-B: 3 x 3 groups = 2304 keys per query");
+    assert_eq!(x.attended_pairs(), image as u64 * 16128, "GRAT-X: 63 groups = 16128 keys per query");
+    // The published bounds count the image queries' work (keys + 512 text) against L^2.
+    let len = (image + 512) as f64;
+    let bound = |keys: f64| len * len / (image as f64 * (keys + 512.0));
+    assert!((bound(2304.0) - 93.4).abs() < 0.5 && (bound(16128.0) - 15.8).abs() < 0.1);
+    // HunyuanVideo 720p: 4 x 8 x 8 groups on 32 x 48 x 80 -> 8 x 6 x 10 = 480 groups, 165 attended.
+    let video = GroupedLayout::video(32, 48, 80).with_pattern(GratPattern::CrissCross);
+    assert_eq!(video.attended_pairs(), 32 * 48 * 80 * 165 * 256);
+    assert!((1.0 / video.density() - 480.0 / 165.0).abs() < 1e-9);
+}
+
+#[test]
+fn bad_layouts_and_shapes_are_typed_errors() {
+    let (_, device) = &devices()[0];
+    let t = |shape: &[usize]| Tensor::zeros(device, shape, DType::F32).unwrap();
+    let q = t(&[1, 2, 40, 64]);
+    let err_text = |r: Result<Tensor, Error>| r.unwrap_err().to_string();
+    let e = err_text(attention(&t(&[1, 1, 4, 300]), &t(&[1, 1, 4, 300]), &t(&[1, 1, 4, 300]), &Default::default()));
+    assert!(e.contains("300"), "{e}");
+    let e = err_text(grouped_attention(&q, &q, &q, &GroupedLayout::image(5, 8).with_group(&[0, 4]), None));
+    assert!(e.contains("[0, 4]"), "{e}");
+    let e = err_text(grouped_attention(&q, &q, &q, &GroupedLayout::image(6, 7), None));
+    assert!(e.contains("42") && e.contains("40"), "{e}");
+    let e = err_text(grouped_attention(&q, &q, &q, &GroupedLayout::image(4, 9).with_text(4, 5), None));
+    assert!(e.contains("valid length 5") && e.contains("text length 4"), "{e}");
+    let e = err_text(attention(&q, &t(&[1, 2, 30, 64]), &t(&[1, 2, 31, 64]), &Default::default()));
+    assert!(e.contains("[1, 2, 30, 64]") && e.contains("[1, 2, 31, 64]"), "{e}");
+    let e = err_text(attention(&q, &t(&[1, 3, 30, 64]), &t(&[1, 3, 30, 64]), &Default::default()));
+    assert!(e.contains("[1, 2, 40, 64]"), "{e}");
+    let options = AttentionOptions { kv_len: Some(0), ..Default::default() };
+    assert!(attention(&q, &q, &q, &options).is_err());
+    let options = AttentionOptions { kv_len: Some(41), ..Default::default() };
+    assert!(attention(&q, &q, &q, &options).is_err());
+}
