@@ -134,3 +134,166 @@ pub fn matmul_json(device: &Device, rows: &[MatmulBenchRow]) -> serde_json::Valu
         })).collect::<Vec<_>>(),
     })
 }
+
+/// One attention shape: a 2D [H, W] or 3D [T, H, W] token grid plus text tokens.
+#[derive(Debug, Clone)]
+pub struct AttentionCase {
+    pub grid: Vec<usize>,
+    pub text: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct AttentionBenchConfig {
+    pub cases: Vec<AttentionCase>,
+    pub heads: usize,
+    pub head_dim: usize,
+    pub dtypes: Vec<DType>,
+    /// The dense baseline is skipped above this many tokens (its cost grows with L^2).
+    pub dense_max_tokens: usize,
+    pub warmup: usize,
+    pub iterations: usize,
+}
+
+impl Default for AttentionBenchConfig {
+    fn default() -> Self {
+        Self {
+            cases: [32, 64].iter().map(|&s| AttentionCase { grid: vec![s, s], text: 0 }).collect(),
+            heads: 1,
+            head_dim: 64,
+            dtypes: vec![DType::F32],
+            dense_max_tokens: 1 << 20,
+            warmup: 1,
+            iterations: 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AttentionBenchRow {
+    pub grid: Vec<usize>,
+    pub text: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    pub dtype: DType,
+    /// "dense", "grat-b", "grat-x", or "grat-b-unfused" / "grat-x-unfused" (separate permutations).
+    pub kernel: &'static str,
+    pub median_ms: f64,
+    /// Effective TFLOP/s counted over attended (query, key) pairs only: 4 * head_dim per pair.
+    pub tflops: f64,
+    /// 1 / density of the pattern (1 for dense).
+    pub density_bound: f64,
+    /// Dense time / this kernel's time, measured in the same run.
+    pub speedup_vs_dense: Option<f64>,
+    pub timing: TimingSource,
+}
+
+impl AttentionBenchRow {
+    /// Measured speedup as a fraction of the density bound.
+    pub fn bound_fraction(&self) -> Option<f64> {
+        self.speedup_vs_dense.map(|s| s / self.density_bound)
+    }
+}
+
+pub fn attention(device: &Device, config: &AttentionBenchConfig) -> Result<Vec<AttentionBenchRow>> {
+    use crate::ops::{AttentionOptions, GratPattern, GroupedLayout};
+    let mut rows = Vec::new();
+    for case in &config.cases {
+        let base = match case.grid.as_slice() {
+            &[h, w] => GroupedLayout::image(h, w),
+            &[t, h, w] => GroupedLayout::video(t, h, w),
+            other => {
+                return Err(Error::InvalidArgument {
+                    op: "bench attention",
+                    msg: format!("grid {other:?} must be HxW or TxHxW"),
+                });
+            }
+        }
+        .with_text(case.text, case.text);
+        let len = base.seq_len();
+        for &dtype in &config.dtypes {
+            if dtype == DType::F16 && !device.features().shader_f16 {
+                continue;
+            }
+            let shape = [1, config.heads, len, config.head_dim];
+            let n = shape.iter().product();
+            let q = Tensor::from_f32(device, &shape, &pseudo_random(n, 3), dtype)?;
+            let k = Tensor::from_f32(device, &shape, &pseudo_random(n, 4), dtype)?;
+            let v = Tensor::from_f32(device, &shape, &pseudo_random(n, 5), dtype)?;
+            let per_pair = 4.0 * config.head_dim as f64 * config.heads as f64;
+            let mut dense_ms = None;
+            if len <= config.dense_max_tokens {
+                let (median_ms, _, timing) = time_dispatches(device, config.warmup, config.iterations, || {
+                    ops::attention(&q, &k, &v, &AttentionOptions::default()).map(drop)
+                })?;
+                dense_ms = Some(median_ms);
+                rows.push(AttentionBenchRow {
+                    grid: case.grid.clone(),
+                    text: case.text,
+                    heads: config.heads,
+                    head_dim: config.head_dim,
+                    dtype,
+                    kernel: "dense",
+                    median_ms,
+                    tflops: (len as f64).powi(2) * per_pair / (median_ms * 1e-3) / 1e12,
+                    density_bound: 1.0,
+                    speedup_vs_dense: Some(1.0),
+                    timing,
+                });
+            }
+            let patterns = [("grat-b", GratPattern::Block { radius: 1 }), ("grat-x", GratPattern::CrissCross)];
+            for ((kernel, pattern), fused) in patterns.into_iter().flat_map(|p| [(p, true), (p, false)]) {
+                let layout = base.clone().with_pattern(pattern);
+                // Fused: the kernel gathers raster tokens. Unfused: permute q, k, v to group-major,
+                // run the group-major kernel, permute the output back (all four timed).
+                let (median_ms, _, timing) = time_dispatches(device, config.warmup, config.iterations, || {
+                    if fused {
+                        return ops::grouped_attention(&q, &k, &v, &layout, None).map(drop);
+                    }
+                    let [gq, gk, gv] = [&q, &k, &v].map(|t| ops::to_group_major(t, &layout));
+                    let out = ops::grouped_attention_in(&gq?, &gk?, &gv?, &layout, None, ops::TokenOrder::GroupMajor)?;
+                    ops::from_group_major(&out, &layout).map(drop)
+                })?;
+                let kernel = match (kernel, fused) {
+                    ("grat-b", true) => "grat-b",
+                    ("grat-b", false) => "grat-b-unfused",
+                    (_, true) => "grat-x",
+                    _ => "grat-x-unfused",
+                };
+                rows.push(AttentionBenchRow {
+                    grid: case.grid.clone(),
+                    text: case.text,
+                    heads: config.heads,
+                    head_dim: config.head_dim,
+                    dtype,
+                    kernel,
+                    median_ms,
+                    tflops: layout.attended_pairs() as f64 * per_pair / (median_ms * 1e-3) / 1e12,
+                    density_bound: 1.0 / layout.density(),
+                    speedup_vs_dense: dense_ms.map(|d| d / median_ms),
+                    timing,
+                });
+            }
+        }
+    }
+    Ok(rows)
+}
+
+pub fn attention_json(device: &Device, rows: &[AttentionBenchRow]) -> serde_json::Value {
+    let info = device.info();
+    serde_json::json!({
+        "benchmark": "attention",
+        "adapter": info.adapter.name,
+        "backend": info.adapter.backend,
+        "driver": format!("{} {}", info.adapter.driver, info.adapter.driver_info),
+        "flops_counted": "4 * head_dim * heads per attended (query, key) pair",
+        "results": rows.iter().map(|r| serde_json::json!({
+            "grid": r.grid, "text": r.text, "heads": r.heads, "head_dim": r.head_dim,
+            "dtype": r.dtype.to_string(), "kernel": r.kernel,
+            "median_ms": r.median_ms, "tflops": r.tflops,
+            "density_bound": r.density_bound,
+            "speedup_vs_dense": r.speedup_vs_dense,
+            "fraction_of_bound": r.bound_fraction(),
+            "timing": format!("{:?}", r.timing),
+        })).collect::<Vec<_>>(),
+    })
+}

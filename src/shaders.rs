@@ -112,6 +112,28 @@ pub static ATTENTION: ShaderFamily = ShaderFamily {
     dtypes: FLOATS,
 };
 
+pub static SCAN: ShaderFamily = ShaderFamily {
+    name: "scan",
+    source: include_str!("../shaders/wgsl/scan.wgsl"),
+    uses_reductions: false,
+    dtypes: FLOATS,
+};
+
+pub static CONV1D: ShaderFamily = ShaderFamily {
+    name: "conv1d",
+    source: include_str!("../shaders/wgsl/conv1d.wgsl"),
+    uses_reductions: false,
+    dtypes: FLOATS,
+};
+
+/// The serial carry pass of the chunked scan (states are always f32).
+pub static SCAN_CARRY: ShaderFamily = ShaderFamily {
+    name: "scan_carry",
+    source: include_str!("../shaders/wgsl/scan_carry.wgsl"),
+    uses_reductions: false,
+    dtypes: &[DType::F32],
+};
+
 /// The two directions of the f32 <-> f16 conversion are two modules because their bindings differ.
 pub static CAST_TO_F16: ShaderFamily = ShaderFamily {
     name: "cast_to_f16",
@@ -128,5 +150,16 @@ pub static CAST_TO_F32: ShaderFamily = ShaderFamily {
 };
 
 /// Every family, for `scalewise info` and the naga validation test.
-pub static ALL_FAMILIES: &[&ShaderFamily] =
-    &[&MATMUL, &NORM, &ATTENTION, &ELEMENTWISE, &EMBEDDING, &COPY, &CAST_TO_F16, &CAST_TO_F32];
+pub static ALL_FAMILIES: &[&ShaderFamily] = &[
+    &MATMUL,
+    &NORM,
+    &ATTENTION,
+    &SCAN,
+    &SCAN_CARRY,
+    &CONV1D,
+    &ELEMENTWISE,
+    &EMBEDDING,
+    &COPY,
+    &CAST_TO_F16,
+    &CAST_TO_F32,
+];

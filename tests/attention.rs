@@ -236,3 +236,59 @@ fn bad_layouts_and_shapes_are_typed_errors() {
     let options = AttentionOptions { kv_len: Some(41), ..Default::default() };
     assert!(attention(&q, &q, &q, &options).is_err());
 }
+
+/// Raster indices of the image tokens in group-major order, built directly from the definition:
+/// groups in raster order, each group's tokens in group-local raster order.
+fn group_major_order(grid: [usize; 3], group: [usize; 3]) -> Vec<usize> {
+    let counts = [0, 1, 2].map(|a| grid[a].div_ceil(group[a]));
+    let mut order = Vec::new();
+    for gt in 0..counts[0] {
+        for gh in 0..counts[1] {
+            for gw in 0..counts[2] {
+                for t in gt * group[0]..((gt + 1) * group[0]).min(grid[0]) {
+                    for h in gh * group[1]..((gh + 1) * group[1]).min(grid[1]) {
+                        for w in gw * group[2]..((gw + 1) * group[2]).min(grid[2]) {
+                            order.push((t * grid[1] + h) * grid[2] + w);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    order
+}
+
+#[test]
+fn group_major_permutation_and_kernel_match_the_raster_path() {
+    use scalewise::ops::{TokenOrder, from_group_major, grouped_attention_in, to_group_major};
+    let mut rng = Rng::new("group_major");
+    for (name, device) in devices() {
+        let layout =
+            GroupedLayout::video(3, 7, 10).with_group(&[2, 3, 4]).with_pattern(GratPattern::CrissCross).with_text(4, 3);
+        let (heads, dim, len) = (2, 40, layout.seq_len());
+        let shape = [1, heads, len, dim];
+        let n = heads * len * dim;
+        let data = rng.vec(n, 1.0);
+        let x = Tensor::from_f32(device, &shape, &data, DType::F32).unwrap();
+        let permuted = to_group_major(&x, &layout).unwrap();
+        let order = group_major_order([3, 7, 10], [2, 3, 4]);
+        let mut want = Vec::with_capacity(n);
+        for h in 0..heads {
+            let rows = &data[h * len * dim..(h + 1) * len * dim];
+            for &token in order.iter().chain(&(210..len).collect::<Vec<_>>()) {
+                want.extend(rows[token * dim..(token + 1) * dim].iter().map(|&v| v as f64));
+            }
+        }
+        assert_close(&permuted.to_vec_f32().unwrap(), &want, Tol { atol: 0.0, rtol: 0.0 }, name);
+        assert_eq!(from_group_major(&permuted, &layout).unwrap().to_vec_f32().unwrap(), data, "{name}: round trip");
+
+        let up = |x: Vec<f32>| Tensor::from_f32(device, &shape, &x, DType::F32).unwrap();
+        let (q, k, v) = (up(rng.vec(n, 1.0)), up(rng.vec(n, 1.0)), up(rng.vec(n, 1.0)));
+        let raster = grouped_attention(&q, &k, &v, &layout, None).unwrap().to_vec_f32().unwrap();
+        let [gq, gk, gv] = [&q, &k, &v].map(|t| to_group_major(t, &layout).unwrap());
+        let grouped = grouped_attention_in(&gq, &gk, &gv, &layout, None, TokenOrder::GroupMajor).unwrap();
+        let back = from_group_major(&grouped, &layout).unwrap().to_vec_f32().unwrap();
+        let raster: Vec<f64> = raster.iter().map(|&v| v as f64).collect();
+        assert_close(&back, &raster, Tol::for_dtype(DType::F32, 1.0), &format!("{name} group-major kernel"));
+    }
+}

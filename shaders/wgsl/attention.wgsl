@@ -17,6 +17,11 @@ override THREADS: u32 = 256u; // BLOCK_Q * BLOCK_KV
 // Tile sizes in vec4s: BLOCK_Q * ceil(HEAD_DIM / 4) and BLOCK_KV * ceil(HEAD_DIM / 4).
 override Q_TILE_VECS: u32 = 256u;
 override KV_TILE_VECS: u32 = 256u;
+// Image tokens arrive group-major (each group's tokens contiguous, groups in raster order) instead of
+// raster-major; text tokens stay after them either way.
+override GROUP_MAJOR: bool = false;
+// permute_tokens: raster -> group-major when true, group-major -> raster when false.
+override TO_GROUP_MAJOR: bool = true;
 
 // Each thread accumulates ceil(HEAD_DIM / 4 / BLOCK_KV) vec4s of its row's output.
 const MAX_OUT_VECS: u32 = 16u;
@@ -292,8 +297,18 @@ fn group_size(group: Group) -> u32 {
     return group.extent.x * group.extent.y * group.extent.z;
 }
 
-// Raster token index of the i-th token of a group (group-local raster order).
+// Where a group starts in the group-major order: every group before it along each axis is full-size.
+fn group_major_start(group: Group) -> u32 {
+    let o = group.origin;
+    let e = group.extent;
+    return o.x * p.grid_h * p.grid_w + e.x * o.y * p.grid_w + e.x * e.y * o.z;
+}
+
+// Token index of the i-th token of a group (group-local raster order).
 fn group_token(group: Group, i: u32) -> u32 {
+    if GROUP_MAJOR {
+        return group_major_start(group) + i;
+    }
     let plane = group.extent.y * group.extent.z;
     let lt = i / plane;
     let lh = (i % plane) / group.extent.z;
@@ -420,4 +435,40 @@ fn grouped_attention(
     }
     attend_range(head, t, lane, p.text_start, p.text_valid, &out);
     finish_queries(head, t, &out);
+}
+
+// ---- The separate group-major permutation (the alternative to the fused addressing above) ----
+
+// Group-major position of a raster image token.
+fn group_major_index(raster: u32) -> u32 {
+    let c = vec3<u32>(raster / (p.grid_h * p.grid_w), (raster / p.grid_w) % p.grid_h, raster % p.grid_w);
+    let group = group_at(c / vec3<u32>(p.group_t, p.group_h, p.group_w));
+    let l = c - group.origin;
+    return group_major_start(group) + (l.x * group.extent.y + l.y) * group.extent.z + l.z;
+}
+
+// o = q with the image tokens of every (batch, head) moved from raster to group-major order or
+// back (TO_GROUP_MAJOR). One thread per element; text tokens are copied in place. Here p.heads counts
+// batch * heads, and the tensors are contiguous (B, H, L, D).
+@compute @workgroup_size(256)
+fn permute_tokens(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>, lane: Lane) {
+    let idx = (wg.x + wg.y * groups.x) * 256u + lane.index;
+    let len = p.text_start + p.text_valid;
+    if idx >= p.heads * len * HEAD_DIM {
+        return;
+    }
+    let d = idx % HEAD_DIM;
+    let token = (idx / HEAD_DIM) % len;
+    let bh = idx / (HEAD_DIM * len);
+    var moved = token;
+    if token < p.text_start {
+        moved = group_major_index(token);
+    }
+    let raster_side = bh * p.q_head_stride + token * p.q_token_stride + d;
+    let grouped_side = bh * p.q_head_stride + moved * p.q_token_stride + d;
+    if TO_GROUP_MAJOR {
+        o[grouped_side] = q[raster_side];
+    } else {
+        o[raster_side] = q[grouped_side];
+    }
 }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use scalewise::bench::{self, MatmulBenchConfig};
+use scalewise::bench::{self, AttentionBenchConfig, AttentionCase, MatmulBenchConfig};
 use scalewise::ops::MatmulAlgorithm;
 use scalewise::shaders::ALL_FAMILIES;
 use scalewise::{BackendChoice, DType, Device, DeviceOptions};
@@ -64,6 +64,43 @@ enum Command {
 enum BenchCommand {
     /// Square matmuls: tiled vs naive, f32 and f16; GFLOP/s per size.
     Matmul(MatmulArgs),
+    /// Dense flash attention vs GRAT-B and GRAT-X: time, TFLOP/s over attended pairs, speedup
+    /// against the dense kernel and against the density bound.
+    Attention(AttentionArgs),
+}
+
+#[derive(Args)]
+struct AttentionArgs {
+    /// Token grids: HxW for images, TxHxW for video (e.g. 64x64,8x12x20).
+    #[arg(long, value_delimiter = ',', default_values = ["32x32", "64x64"], value_parser = parse_grid)]
+    grids: Vec<Vec<usize>>,
+    /// Text tokens after the image tokens (all valid).
+    #[arg(long, default_value_t = 0)]
+    text: usize,
+    #[arg(long, default_value_t = 1)]
+    heads: usize,
+    #[arg(long, default_value_t = 64)]
+    head_dim: usize,
+    #[arg(long, value_delimiter = ',', default_values = ["f32"], value_parser = parse_dtype)]
+    dtype: Vec<DType>,
+    #[arg(long, default_value_t = 3)]
+    iters: usize,
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// Skip the dense baseline above this many tokens.
+    #[arg(long, default_value_t = 1 << 20)]
+    dense_max_tokens: usize,
+    /// Where to write the JSON results.
+    #[arg(long, default_value = "bench-results/attention.json")]
+    json: PathBuf,
+}
+
+fn parse_grid(s: &str) -> Result<Vec<usize>, String> {
+    let dims: Result<Vec<usize>, _> = s.split('x').map(str::parse).collect();
+    match dims {
+        Ok(d) if (2..=3).contains(&d.len()) && !d.contains(&0) => Ok(d),
+        _ => Err(format!("grid {s:?} must be HxW or TxHxW with sizes above 0")),
+    }
 }
 
 #[derive(Args)]
@@ -113,6 +150,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Info => info(&device),
         Command::Bench(BenchCommand::Matmul(args)) => bench_matmul(&device, &args),
+        Command::Bench(BenchCommand::Attention(args)) => bench_attention(&device, &args),
     }
 }
 
@@ -197,6 +235,47 @@ fn bench_matmul(device: &Device, args: &MatmulArgs) -> anyhow::Result<()> {
         println!("timing: {:?}", first.timing);
     }
     write_atomically(&args.json, &serde_json::to_string_pretty(&bench::matmul_json(device, &rows))?)?;
+    println!("wrote {}", args.json.display());
+    Ok(())
+}
+
+fn bench_attention(device: &Device, args: &AttentionArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.iters > 0, "--iters must be at least 1");
+    let config = AttentionBenchConfig {
+        cases: args.grids.iter().map(|g| AttentionCase { grid: g.clone(), text: args.text }).collect(),
+        heads: args.heads,
+        head_dim: args.head_dim,
+        dtypes: args.dtype.clone(),
+        dense_max_tokens: args.dense_max_tokens,
+        warmup: args.warmup,
+        iterations: args.iters,
+    };
+    let info = device.info();
+    println!(
+        "attention on {} ({}): {} heads, head_dim {}, {} text tokens, median of {} runs",
+        info.adapter.name, info.adapter.backend, args.heads, args.head_dim, args.text, args.iters
+    );
+    let rows = bench::attention(device, &config)?;
+    println!(
+        "{:>12} {:>5} {:>14} {:>11} {:>9} {:>9} {:>9} {:>9}",
+        "grid", "dtype", "kernel", "median ms", "TFLOP/s", "speedup", "bound", "of bound"
+    );
+    for r in &rows {
+        let grid = r.grid.iter().map(usize::to_string).collect::<Vec<_>>().join("x");
+        let opt = |v: Option<f64>, suffix: &str| v.map_or("-".into(), |v| format!("{v:.2}{suffix}"));
+        println!(
+            "{:>12} {:>5} {:>14} {:>11.3} {:>9.4} {:>9} {:>9.1} {:>9}",
+            grid,
+            r.dtype.to_string(),
+            r.kernel,
+            r.median_ms,
+            r.tflops,
+            opt(r.speedup_vs_dense, "x"),
+            r.density_bound,
+            opt(r.bound_fraction().map(|f| f * 100.0), "%")
+        );
+    }
+    write_atomically(&args.json, &serde_json::to_string_pretty(&bench::attention_json(device, &rows))?)?;
     println!("wrote {}", args.json.display());
     Ok(())
 }

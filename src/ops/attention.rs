@@ -279,10 +279,11 @@ impl Launch<'_> {
         Ok(tile_config(self.q, self.qg.dim)?.0)
     }
 
-    fn run(&self, entry: &'static str, params: &[u32], blocks: usize) -> Result<()> {
+    fn run(&self, entry: &'static str, params: &[u32], blocks: usize, order: TokenOrder) -> Result<()> {
         let (bq, bkv) = tile_config(self.q, self.qg.dim)?;
         let vecs = self.qg.dim.div_ceil(4);
         let constants = [
+            ("GROUP_MAJOR", (order == TokenOrder::GroupMajor) as u32 as f64),
             ("HEAD_DIM", self.qg.dim as f64),
             ("BLOCK_Q", bq as f64),
             ("BLOCK_KV", bkv as f64),
@@ -353,8 +354,18 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, options: &AttentionOptions)
     let tokens = qg.tokens;
     let launch = Launch { q, k, v, out: &out, qg, kg, scale };
     let params = launch.params([0, tokens, kv_len], None)?;
-    launch.run("flash_attention", &params, tokens.div_ceil(launch.block_q()?))?;
+    launch.run("flash_attention", &params, tokens.div_ceil(launch.block_q()?), TokenOrder::Raster)?;
     Ok(out)
+}
+
+/// Order of the image tokens in a tensor given to grouped attention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TokenOrder {
+    /// (t, y, x) raster order, as models produce them; the kernel gathers groups itself.
+    #[default]
+    Raster,
+    /// Each group's tokens contiguous, groups in raster order ([`to_group_major`]).
+    GroupMajor,
 }
 
 /// GRAT grouped attention over (B, H, L, D) tensors (L = image tokens in raster order + text).
@@ -366,6 +377,18 @@ pub fn grouped_attention(
     v: &Tensor,
     layout: &GroupedLayout,
     scale: Option<f32>,
+) -> Result<Tensor> {
+    grouped_attention_in(q, k, v, layout, scale, TokenOrder::Raster)
+}
+
+/// [`grouped_attention`] on tensors whose image tokens are in `order`; the output is in the same order.
+pub fn grouped_attention_in(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    layout: &GroupedLayout,
+    scale: Option<f32>,
+    order: TokenOrder,
 ) -> Result<Tensor> {
     let (qg, kg) = prepare(q, k, v, AttentionLayout::HeadsMajor)?;
     layout.validate(qg.tokens)?;
@@ -379,11 +402,49 @@ pub fn grouped_attention(
     let (_, group, counts) = layout.dims3();
     let blocks = counts.iter().product::<usize>() * group.iter().product::<usize>().div_ceil(launch.block_q()?);
     let params = launch.params([0, image, image], Some(layout))?;
-    launch.run("grouped_attention", &params, blocks)?;
+    launch.run("grouped_attention", &params, blocks, order)?;
     if layout.text_len > 0 {
         let params = launch.params([image, layout.text_len, image + layout.text_valid], None)?;
-        launch.run("flash_attention", &params, layout.text_len.div_ceil(launch.block_q()?))?;
+        launch.run("flash_attention", &params, layout.text_len.div_ceil(launch.block_q()?), order)?;
     }
+    Ok(out)
+}
+
+/// Moves the image tokens of a (B, H, L, D) tensor from raster to group-major order (text stays).
+pub fn to_group_major(x: &Tensor, layout: &GroupedLayout) -> Result<Tensor> {
+    permute_tokens(x, layout, true)
+}
+
+/// The inverse of [`to_group_major`].
+pub fn from_group_major(x: &Tensor, layout: &GroupedLayout) -> Result<Tensor> {
+    permute_tokens(x, layout, false)
+}
+
+fn permute_tokens(x: &Tensor, layout: &GroupedLayout, to_group_major: bool) -> Result<Tensor> {
+    let (g, _) = prepare(x, x, x, AttentionLayout::HeadsMajor)?;
+    layout.validate(g.tokens)?;
+    let out = Tensor::empty(x.device(), x.shape(), x.dtype())?;
+    let (grid, group, counts) = layout.dims3();
+    let mut params = vec![
+        index_u32("permute_tokens", "batch * heads", g.batch * g.heads)?,
+        0,
+        (g.tokens * g.dim) as u32,
+        g.dim as u32,
+    ];
+    params.extend([0; 10]); // the other strides, the dense ranges and the scale are unused here
+    params.extend(grid.iter().chain(&group).chain(&counts).map(|&v| v as u32));
+    params.extend([0, 0, layout.grid.len() as u32, layout.image_tokens() as u32, layout.text_len as u32, 0]);
+    let constants = [("HEAD_DIM", g.dim as f64), ("TO_GROUP_MAJOR", to_group_major as u32 as f64)];
+    let variant = Variant { dtype: x.dtype(), subgroups: x.device().features().subgroups };
+    let kernel = Kernel { family: &ATTENTION, entry: "permute_tokens", variant, constants: &constants };
+    let ctx = x.ctx();
+    let n = index_u32("permute_tokens", "elements", x.numel())?;
+    ctx.dispatch(
+        &kernel,
+        &[x.bind("x", false), x.bind("x", false), x.bind("x", false), out.bind("out", true)],
+        &params,
+        launch::grid(ctx, (n as u64).div_ceil(256), "permute_tokens")?,
+    )?;
     Ok(out)
 }
 

@@ -2,12 +2,17 @@
 //! CPU reference beside it (`reference` submodules), which the tests compare against.
 
 pub mod attention;
+pub mod conv1d;
 pub mod elementwise;
 pub mod embedding;
 pub mod matmul;
 pub mod norm;
+pub mod scan;
 
-pub use attention::{AttentionLayout, AttentionOptions, GratPattern, GroupedLayout, attention, grouped_attention};
+pub use attention::{
+    AttentionLayout, AttentionOptions, GratPattern, GroupedLayout, TokenOrder, attention, from_group_major,
+    grouped_attention, grouped_attention_in, to_group_major,
+};
 pub use elementwise::{add, gelu_tanh, mul, silu};
 pub use embedding::embedding;
 pub use matmul::{MatmulAlgorithm, linear, matmul, matmul_with};

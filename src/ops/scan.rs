@@ -1,0 +1,428 @@
+//! The Mamba selective scan (Mamba-1) and SSD (Mamba-2), with an initial state in, the final state
+//! out, and either direction; one chunked kernel family serves both (see `shaders/wgsl/scan.wgsl`).
+
+use super::{check_operand, index_u32};
+use crate::device::launch::{self, Kernel};
+use crate::error::{Error, Result};
+use crate::shaders::{SCAN, SCAN_CARRY, Variant};
+use crate::tensor::{DType, Tensor};
+
+/// Largest state size N per channel.
+pub const MAX_STATE: usize = 64;
+/// Storage buffers one scan dispatch binds.
+const SCAN_BINDINGS: u32 = 11;
+
+/// Where time sits in the sequence tensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SequenceLayout {
+    /// u, delta, z, y: (B, D, L); B, C: (B, G, N, L), as mamba_ssm's selective_scan_fn.
+    #[default]
+    ChannelsMajor,
+    /// u, delta, z, y: (B, L, D); B, C: (B, L, G, N), as the activations of a model.
+    TokensMajor,
+}
+
+/// Mamba-1 selective scan arguments (shapes for [`SequenceLayout::ChannelsMajor`]).
+#[derive(Debug, Clone, Copy)]
+pub struct SelectiveScan<'a> {
+    /// (B, D, L)
+    pub u: &'a Tensor,
+    /// (B, D, L)
+    pub delta: &'a Tensor,
+    /// (D, N) f32: A itself (mamba blocks pass -exp(A_log)).
+    pub a: &'a Tensor,
+    /// (B, G, N, L); channel d uses group d / (D / G).
+    pub b: &'a Tensor,
+    /// (B, G, N, L)
+    pub c: &'a Tensor,
+    /// (D) f32
+    pub d_skip: Option<&'a Tensor>,
+    /// (B, D, L): the output is multiplied by silu(z).
+    pub z: Option<&'a Tensor>,
+    /// (D) f32, added to delta before the softplus.
+    pub delta_bias: Option<&'a Tensor>,
+    pub delta_softplus: bool,
+    /// (B, D, N) f32; zeros when absent.
+    pub initial_state: Option<&'a Tensor>,
+    /// Scan from the last step to the first (no flipped copies are made).
+    pub reverse: bool,
+    pub layout: SequenceLayout,
+    /// Steps per chunk of the parallel chunked scan; default chosen from B x D and L.
+    pub chunk_len: Option<usize>,
+}
+
+/// SSD (Mamba-2) scan arguments: A, dt, D and dt_bias are per head; x has nheads * headdim channels.
+#[derive(Debug, Clone, Copy)]
+pub struct SsdScan<'a> {
+    /// (B, H * P, L)
+    pub x: &'a Tensor,
+    /// (B, H, L)
+    pub dt: &'a Tensor,
+    /// (H) f32: A itself (-exp(A_log)).
+    pub a: &'a Tensor,
+    /// (B, G, N, L)
+    pub b: &'a Tensor,
+    pub c: &'a Tensor,
+    /// (H) f32
+    pub d_skip: Option<&'a Tensor>,
+    /// (H) f32
+    pub dt_bias: Option<&'a Tensor>,
+    pub dt_softplus: bool,
+    /// (B, H * P, N) f32, i.e. (B, H, P, N).
+    pub initial_state: Option<&'a Tensor>,
+    pub reverse: bool,
+    pub layout: SequenceLayout,
+    pub chunk_len: Option<usize>,
+}
+
+pub struct ScanOutput {
+    /// Same shape and dtype as u (x).
+    pub y: Tensor,
+    /// (B, D, N) f32: the state after the last processed step.
+    pub final_state: Tensor,
+}
+
+/// What both scans reduce to.
+struct Scan<'a> {
+    x: &'a Tensor,
+    delta: &'a Tensor,
+    a: &'a Tensor,
+    b: &'a Tensor,
+    c: &'a Tensor,
+    d_skip: Option<&'a Tensor>,
+    z: Option<&'a Tensor>,
+    delta_bias: Option<&'a Tensor>,
+    softplus: bool,
+    initial_state: Option<&'a Tensor>,
+    reverse: bool,
+    layout: SequenceLayout,
+    chunk_len: Option<usize>,
+    /// SSD: A, delta, D and delta_bias are per head of `channels_per_head` channels (even when that is 1).
+    per_head: bool,
+    channels_per_head: usize,
+}
+
+pub fn selective_scan(s: &SelectiveScan) -> Result<ScanOutput> {
+    run(&Scan {
+        x: s.u,
+        delta: s.delta,
+        a: s.a,
+        b: s.b,
+        c: s.c,
+        d_skip: s.d_skip,
+        z: s.z,
+        delta_bias: s.delta_bias,
+        softplus: s.delta_softplus,
+        initial_state: s.initial_state,
+        reverse: s.reverse,
+        layout: s.layout,
+        chunk_len: s.chunk_len,
+        per_head: false,
+        channels_per_head: 1,
+    })
+}
+
+pub fn ssd_scan(s: &SsdScan) -> Result<ScanOutput> {
+    const OP: &str = "ssd_scan";
+    let heads = match s.a.shape() {
+        &[h] if h > 0 => h,
+        other => return Err(invalid(OP, format!("A must have shape (nheads), got {other:?}"))),
+    };
+    let channels = sequence_dims(s.x, s.layout, "x")?.1;
+    if !channels.is_multiple_of(heads) {
+        return Err(invalid(OP, format!("{channels} channels are not nheads ({heads}) x headdim")));
+    }
+    run(&Scan {
+        x: s.x,
+        delta: s.dt,
+        a: s.a,
+        b: s.b,
+        c: s.c,
+        d_skip: s.d_skip,
+        z: None,
+        delta_bias: s.dt_bias,
+        softplus: s.dt_softplus,
+        initial_state: s.initial_state,
+        reverse: s.reverse,
+        layout: s.layout,
+        chunk_len: s.chunk_len,
+        per_head: true,
+        channels_per_head: channels / heads,
+    })
+}
+
+fn invalid(op: &'static str, msg: String) -> Error {
+    Error::InvalidArgument { op, msg }
+}
+
+/// (batch, channels, length) of a sequence tensor.
+fn sequence_dims(t: &Tensor, layout: SequenceLayout, what: &str) -> Result<(usize, usize, usize)> {
+    match (t.shape(), layout) {
+        (&[b, d, l], SequenceLayout::ChannelsMajor) => Ok((b, d, l)),
+        (&[b, l, d], SequenceLayout::TokensMajor) => Ok((b, d, l)),
+        (other, _) => Err(invalid("selective_scan", format!("{what} must be 3-D ({layout:?}), got {other:?}"))),
+    }
+}
+
+fn expect_shape(t: &Tensor, shape: &[usize], what: &str) -> Result<()> {
+    if t.shape() != shape {
+        return Err(Error::ShapeMismatch {
+            op: "selective_scan",
+            lhs: shape.to_vec(),
+            rhs: t.shape().to_vec(),
+            detail: format!("{what} must have the shape on the left"),
+        });
+    }
+    Ok(())
+}
+
+fn expect_f32(t: &Tensor, what: &'static str) -> Result<()> {
+    if t.dtype() != DType::F32 {
+        return Err(Error::UnsupportedDType { op: "selective_scan", dtype: t.dtype(), expected: what });
+    }
+    Ok(())
+}
+
+fn run(s: &Scan) -> Result<ScanOutput> {
+    const OP: &str = "selective_scan";
+    let (batch, channels, length) = sequence_dims(s.x, s.layout, "u")?;
+    let heads = channels / s.channels_per_head;
+    let per_head = s.per_head;
+    let (groups, n_state) = match (s.b.shape(), s.layout) {
+        (&[_, g, n, _], SequenceLayout::ChannelsMajor) | (&[_, _, g, n], SequenceLayout::TokensMajor) => (g, n),
+        (other, _) => return Err(invalid(OP, format!("B must be 4-D, got {other:?}"))),
+    };
+    if n_state == 0 || n_state > MAX_STATE {
+        return Err(invalid(OP, format!("state size N = {n_state} is outside the supported range 1..={MAX_STATE}")));
+    }
+    if groups == 0 || !channels.is_multiple_of(groups) {
+        return Err(invalid(OP, format!("{groups} groups do not divide {channels} channels")));
+    }
+    if batch == 0 || channels == 0 || length == 0 {
+        return Err(invalid(OP, format!("empty sequence: batch {batch}, channels {channels}, length {length}")));
+    }
+    if !s.x.dtype().is_float() {
+        return Err(Error::UnsupportedDType { op: OP, dtype: s.x.dtype(), expected: "f32 or f16" });
+    }
+    let seq = |d: usize| match s.layout {
+        SequenceLayout::ChannelsMajor => vec![batch, d, length],
+        SequenceLayout::TokensMajor => vec![batch, length, d],
+    };
+    let bc_shape = match s.layout {
+        SequenceLayout::ChannelsMajor => vec![batch, groups, n_state, length],
+        SequenceLayout::TokensMajor => vec![batch, length, groups, n_state],
+    };
+    for (t, shape, what) in [(s.delta, seq(heads), "delta"), (s.b, bc_shape.clone(), "B"), (s.c, bc_shape, "C")] {
+        check_operand(OP, s.x, t)?;
+        expect_shape(t, &shape, what)?;
+    }
+    if let Some(z) = s.z {
+        check_operand(OP, s.x, z)?;
+        expect_shape(z, &seq(channels), "z")?;
+    }
+    let a_shape = if per_head { vec![heads] } else { vec![channels, n_state] };
+    expect_shape(s.a, &a_shape, "A")?;
+    expect_f32(s.a, "f32 A")?;
+    for (t, what) in [(s.d_skip, "D"), (s.delta_bias, "delta_bias")] {
+        if let Some(t) = t {
+            expect_shape(t, &[heads], what)?;
+            expect_f32(t, "f32 D and delta_bias")?;
+        }
+    }
+    if let Some(h0) = s.initial_state {
+        expect_shape(h0, &[batch, channels, n_state], "the initial state")?;
+        expect_f32(h0, "an f32 initial state")?;
+    }
+    check_finite_a(s.a)?;
+    let ctx = s.x.ctx();
+    if ctx.info.max_storage_buffers_per_shader_stage < SCAN_BINDINGS {
+        return Err(Error::MissingFeature {
+            what: format!("the selective scan ({SCAN_BINDINGS} storage buffers per stage)"),
+            feature: "max_storage_buffers_per_shader_stage >= 11",
+        });
+    }
+
+    let chunk_len = match s.chunk_len {
+        Some(0) => return Err(invalid(OP, "chunk_len must be above 0".into())),
+        Some(c) => c.min(length),
+        None => default_chunk_len(batch * channels, length),
+    };
+    let chunks = length.div_ceil(chunk_len);
+    let strides = match s.layout {
+        SequenceLayout::ChannelsMajor => [[channels * length, length, 1], [heads * length, length, 1]],
+        SequenceLayout::TokensMajor => [[length * channels, 1, channels], [length * heads, 1, heads]],
+    };
+    let bc = match s.layout {
+        SequenceLayout::ChannelsMajor => [groups * n_state * length, n_state * length, length, 1],
+        SequenceLayout::TokensMajor => [length * groups * n_state, n_state, 1, groups * n_state],
+    };
+    let mut params = vec![batch, channels, length, groups, chunk_len, chunks];
+    params.extend(strides.iter().flatten());
+    params.extend(bc);
+    let params: Vec<u32> = params.iter().map(|&v| index_u32(OP, "a size", v)).collect::<Result<_>>()?;
+    index_u32(OP, "elements", s.x.numel())?;
+    index_u32(OP, "state elements", batch * channels * chunks * n_state * 2)?;
+
+    let y = Tensor::empty(s.x.device(), s.x.shape(), s.x.dtype())?;
+    let final_state = Tensor::empty(s.x.device(), &[batch, channels, n_state], DType::F32)?;
+    let flag = |b: bool| b as u32 as f64;
+    let constants_for = |initial: bool| {
+        [
+            ("N_STATE", n_state as f64),
+            ("CHANNELS_PER_HEAD", s.channels_per_head as f64),
+            ("A_PER_HEAD", flag(per_head)),
+            ("HAS_Z", flag(s.z.is_some())),
+            ("HAS_D_SKIP", flag(s.d_skip.is_some())),
+            ("HAS_DELTA_BIAS", flag(s.delta_bias.is_some())),
+            ("DELTA_SOFTPLUS", flag(s.softplus)),
+            ("HAS_INITIAL_STATE", flag(initial)),
+            ("REVERSE", flag(s.reverse)),
+        ]
+    };
+    let variant = Variant { dtype: s.x.dtype(), subgroups: false };
+    let per_group = channels / groups;
+    let groups_y = index_u32(OP, "groups x chunks", groups * chunks)?;
+    let workgroups = [per_group.div_ceil(64) as u32, groups_y, batch as u32];
+    let dispatch = |entry: &'static str, state_in: &Tensor, state_out: &Tensor, initial: bool| {
+        let constants = constants_for(initial);
+        let kernel = Kernel { family: &SCAN, entry, variant, constants: &constants };
+        ctx.dispatch(
+            &kernel,
+            &[
+                s.x.bind("u", false),
+                s.delta.bind("delta", false),
+                s.z.unwrap_or(s.x).bind("z", false),
+                s.a.bind("A", false),
+                s.b.bind("B", false),
+                s.c.bind("C", false),
+                s.d_skip.unwrap_or(s.a).bind("D", false),
+                s.delta_bias.unwrap_or(s.a).bind("delta_bias", false),
+                state_in.bind("state_in", false),
+                y.bind("y", true),
+                state_out.bind("state_out", true),
+            ],
+            &params,
+            workgroups,
+        )
+    };
+    if chunks == 1 {
+        dispatch("scan_chunk_outputs", s.initial_state.unwrap_or(s.a), &final_state, s.initial_state.is_some())?;
+        return Ok(ScanOutput { y, final_state });
+    }
+    let totals = Tensor::empty(s.x.device(), &[batch, channels, chunks, 2 * n_state], DType::F32)?;
+    dispatch("scan_chunk_totals", s.a, &totals, false)?;
+    let chunk_initial = Tensor::empty(s.x.device(), &[batch, channels, chunks, n_state], DType::F32)?;
+    let states = batch * channels * n_state;
+    let carry = Kernel {
+        family: &SCAN_CARRY,
+        entry: "scan_carry",
+        variant: Variant { dtype: DType::F32, subgroups: false },
+        constants: &[],
+    };
+    ctx.dispatch(
+        &carry,
+        &[
+            totals.bind("totals", false),
+            s.initial_state.unwrap_or(&totals).bind("initial_state", false),
+            chunk_initial.bind("chunk_initial", true),
+            final_state.bind("final_state", true),
+        ],
+        &[states as u32, chunks as u32, n_state as u32, s.initial_state.is_some() as u32],
+        launch::grid(ctx, states.div_ceil(64) as u64, "scan_carry")?,
+    )?;
+    dispatch("scan_chunk_outputs", &chunk_initial, &totals, true)?;
+    Ok(ScanOutput { y, final_state })
+}
+
+/// Enough chunks that B x D x chunks threads fill a large GPU, but chunks of at least 64 steps.
+fn default_chunk_len(channels: usize, length: usize) -> usize {
+    const TARGET_THREADS: usize = 32 * 1024;
+    let chunks = TARGET_THREADS.div_ceil(channels).clamp(1, length.div_ceil(64).max(1));
+    length.div_ceil(chunks)
+}
+
+/// A must be finite: one exp(delta * inf) poisons the whole state. A is small (D x N), so the check
+/// reads it back; model blocks hold A on the host already and check it once at load.
+fn check_finite_a(a: &Tensor) -> Result<()> {
+    let values = a.to_vec_f32()?;
+    if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+        return Err(invalid("selective_scan", format!("A[{i}] = {v} is not finite (shape {:?})", a.shape())));
+    }
+    Ok(())
+}
+
+/// Float64 references in the channels-major layout.
+pub mod reference {
+    pub struct ScanReference<'a> {
+        pub batch: usize,
+        pub channels: usize,
+        pub length: usize,
+        pub groups: usize,
+        pub n_state: usize,
+        /// 1 for Mamba-1; headdim P for SSD (A, delta, D, delta_bias per head).
+        pub channels_per_head: usize,
+        /// SSD: A is one scalar per head.
+        pub a_per_head: bool,
+        pub u: &'a [f32],
+        pub delta: &'a [f32],
+        pub a: &'a [f32],
+        pub b: &'a [f32],
+        pub c: &'a [f32],
+        pub d_skip: Option<&'a [f32]>,
+        pub z: Option<&'a [f32]>,
+        pub delta_bias: Option<&'a [f32]>,
+        pub softplus: bool,
+        pub initial_state: Option<&'a [f32]>,
+        pub reverse: bool,
+    }
+
+    fn softplus(x: f64) -> f64 {
+        if x > 20.0 { x } else { x.exp().ln_1p() }
+    }
+
+    /// (y (B, D, L), final state (B, D, N)), straight from the recurrence.
+    pub fn scan(r: &ScanReference) -> (Vec<f64>, Vec<f64>) {
+        let (bs, d, l, n) = (r.batch, r.channels, r.length, r.n_state);
+        let heads = d / r.channels_per_head;
+        let mut y = vec![0.0; bs * d * l];
+        let mut state = vec![0.0; bs * d * n];
+        for b in 0..bs {
+            for ch in 0..d {
+                let head = ch / r.channels_per_head;
+                let g = ch / (d / r.groups);
+                let mut h: Vec<f64> = match r.initial_state {
+                    Some(h0) => h0[(b * d + ch) * n..(b * d + ch + 1) * n].iter().map(|&v| v as f64).collect(),
+                    None => vec![0.0; n],
+                };
+                for i in 0..l {
+                    let t = if r.reverse { l - 1 - i } else { i };
+                    let mut dt = r.delta[(b * heads + head) * l + t] as f64;
+                    if let Some(bias) = r.delta_bias {
+                        dt += bias[head] as f64;
+                    }
+                    if r.softplus {
+                        dt = softplus(dt);
+                    }
+                    let x = r.u[(b * d + ch) * l + t] as f64;
+                    let mut out = 0.0;
+                    for (s, hs) in h.iter_mut().enumerate() {
+                        let a = if r.a_per_head { r.a[head] } else { r.a[ch * n + s] } as f64;
+                        let bc = ((b * r.groups + g) * n + s) * l + t;
+                        *hs = (dt * a).exp() * *hs + dt * r.b[bc] as f64 * x;
+                        out += r.c[bc] as f64 * *hs;
+                    }
+                    if let Some(dk) = r.d_skip {
+                        out += dk[head] as f64 * x;
+                    }
+                    if let Some(z) = r.z {
+                        let g = z[(b * d + ch) * l + t] as f64;
+                        out *= g / (1.0 + (-g).exp());
+                    }
+                    y[(b * d + ch) * l + t] = out;
+                }
+                state[(b * d + ch) * n..(b * d + ch + 1) * n].copy_from_slice(&h);
+            }
+        }
+        (y, state)
+    }
+}
