@@ -69,6 +69,12 @@ pub fn time_dispatches(
     Ok((runs[runs.len() / 2], runs[0], source))
 }
 
+/// A tensor of pseudo-random values in [offset - 0.5, offset + 0.5).
+fn upload_pattern(device: &Device, shape: &[usize], seed: u64, offset: f32, dtype: DType) -> Result<Tensor> {
+    let values: Vec<f32> = pseudo_random(shape.iter().product(), seed).iter().map(|v| v * 0.5 + offset).collect();
+    Tensor::from_f32(device, shape, &values, dtype)
+}
+
 /// Deterministic pseudo-random values in [-1, 1) (benchmarks need no fresh seed, tests do).
 pub fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
     let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -295,5 +301,223 @@ pub fn attention_json(device: &Device, rows: &[AttentionBenchRow]) -> serde_json
             "fraction_of_bound": r.bound_fraction(),
             "timing": format!("{:?}", r.timing),
         })).collect::<Vec<_>>(),
+    })
+}
+
+#[derive(Debug, Clone)]
+pub struct ScanBenchConfig {
+    /// (B, D, N, L) with G = 1, as mamba_ssm's selective_scan_fn takes them (channels-major).
+    pub shapes: Vec<[usize; 4]>,
+    pub dtypes: Vec<DType>,
+    /// The per-step baseline (one dispatch per time step) runs only up to this L.
+    pub naive_max_length: usize,
+    pub warmup: usize,
+    pub iterations: usize,
+}
+
+impl Default for ScanBenchConfig {
+    fn default() -> Self {
+        Self {
+            shapes: vec![[1, 1536, 16, 2048], [8, 2048, 16, 4096], [2, 2048, 64, 680]],
+            dtypes: vec![DType::F32, DType::F16],
+            naive_max_length: 2048,
+            warmup: 1,
+            iterations: 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ScanBenchRow {
+    pub shape: [usize; 4],
+    pub dtype: DType,
+    /// "chunked" (ours) or "per-step" (one dispatch per time step).
+    pub kernel: &'static str,
+    pub median_ms: f64,
+    /// Bytes the fused scan must move: s * (4D + 2GN) per token (u, delta, z, B, C in; y out).
+    pub model_bytes: f64,
+    pub gbps: f64,
+    pub timing: TimingSource,
+    /// Why the shape was not run (e.g. beyond the adapter's binding limit).
+    pub skipped: Option<String>,
+}
+
+pub fn scan(device: &Device, config: &ScanBenchConfig) -> Result<Vec<ScanBenchRow>> {
+    use crate::ops::scan::{SelectiveScan, SequenceLayout, selective_scan_checked};
+    let mut rows = Vec::new();
+    for &shape in &config.shapes {
+        let [batch, d, n, l] = shape;
+        for &dtype in &config.dtypes {
+            if dtype == DType::F16 && !device.features().shader_f16 {
+                continue;
+            }
+            let model_bytes = (dtype.size_in_bytes() * (4 * d + 2 * n) * batch * l) as f64;
+            let row = |kernel, median_ms: f64, timing, skipped| ScanBenchRow {
+                shape,
+                dtype,
+                kernel,
+                median_ms,
+                model_bytes,
+                gbps: model_bytes / (median_ms * 1e-3) / 1e9,
+                timing,
+                skipped,
+            };
+            let seq = [batch, d, l];
+            let up = |shape: &[usize], seed, offset, dtype| upload_pattern(device, shape, seed, offset, dtype);
+            let inputs = (|| -> Result<_> {
+                Ok((
+                    up(&seq, 11, 0.0, dtype)?,
+                    up(&seq, 12, -1.0, dtype)?,
+                    up(&seq, 13, 0.0, dtype)?,
+                    up(&[batch, 1, n, l], 14, 0.0, dtype)?,
+                    up(&[batch, 1, n, l], 15, 0.0, dtype)?,
+                    up(&[d, n], 16, -1.0, DType::F32)?,
+                    up(&[d], 17, 1.0, DType::F32)?,
+                    up(&[d], 18, 0.0, DType::F32)?,
+                ))
+            })();
+            let (u, delta, z, b, c, a, d_skip, delta_bias) = match inputs {
+                Ok(t) => t,
+                Err(e @ Error::TooLarge { .. }) => {
+                    rows.push(row("chunked", f64::NAN, TimingSource::WallClock, Some(e.to_string())));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let whole = SelectiveScan {
+                u: &u,
+                delta: &delta,
+                a: &a,
+                b: &b,
+                c: &c,
+                d_skip: Some(&d_skip),
+                z: Some(&z),
+                delta_bias: Some(&delta_bias),
+                delta_softplus: true,
+                initial_state: None,
+                reverse: false,
+                layout: SequenceLayout::ChannelsMajor,
+                chunk_len: None,
+            };
+            let timed = time_dispatches(device, config.warmup, config.iterations, || {
+                selective_scan_checked(&whole, false).map(drop)
+            });
+            let (median_ms, _, timing) = match timed {
+                Ok(t) => t,
+                // A tensor beyond the adapter's binding limit: say so in the results and go on.
+                Err(e @ Error::TooLarge { .. }) => {
+                    rows.push(row("chunked", f64::NAN, TimingSource::WallClock, Some(e.to_string())));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            rows.push(row("chunked", median_ms, timing, None));
+            if l <= config.naive_max_length {
+                // The steps are sliced before timing: the baseline pays for its dispatches, not copies.
+                let steps: Vec<[Tensor; 5]> = (0..l)
+                    .map(|t| {
+                        Ok([
+                            u.slice(2, t..t + 1)?,
+                            delta.slice(2, t..t + 1)?,
+                            z.slice(2, t..t + 1)?,
+                            b.slice(3, t..t + 1)?,
+                            c.slice(3, t..t + 1)?,
+                        ])
+                    })
+                    .collect::<Result<_>>()?;
+                let (median_ms, _, timing) = time_dispatches(device, 0, 1, || {
+                    let mut state: Option<Tensor> = None;
+                    for [u, delta, z, b, c] in &steps {
+                        let step = SelectiveScan { u, delta, z: Some(z), b, c, initial_state: state.as_ref(), ..whole };
+                        let out = selective_scan_checked(&step, false)?;
+                        state = Some(out.final_state);
+                    }
+                    Ok(())
+                })?;
+                rows.push(row("per-step", median_ms, timing, None));
+            }
+        }
+    }
+    Ok(rows)
+}
+
+pub fn scan_json(device: &Device, rows: &[ScanBenchRow]) -> serde_json::Value {
+    let info = device.info();
+    serde_json::json!({
+        "benchmark": "selective_scan",
+        "adapter": info.adapter.name,
+        "backend": info.adapter.backend,
+        "bytes_model": "s * (4D + 2GN) per token, G = 1",
+        "results": rows.iter().map(|r| serde_json::json!({
+            "batch": r.shape[0], "d": r.shape[1], "n": r.shape[2], "l": r.shape[3],
+            "dtype": r.dtype.to_string(), "kernel": r.kernel,
+            "median_ms": if r.median_ms.is_nan() { None } else { Some(r.median_ms) },
+            "model_bytes": r.model_bytes,
+            "gbps": if r.gbps.is_nan() { None } else { Some(r.gbps) },
+            "timing": format!("{:?}", r.timing),
+            "skipped": r.skipped,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// SSD in our recurrent chunked form against a lower bound on the chunked matrix form, at one shape.
+#[derive(Debug, Clone)]
+pub struct SsdFormComparison {
+    /// (B, L, nheads, headdim, d_state, chunk Q of the matrix form)
+    pub shape: [usize; 6],
+    pub dtype: DType,
+    pub recurrent_ms: f64,
+    /// Only the two products the matrix form cannot avoid, over the full chunks: C B^T (Q x N x Q
+    /// per chunk, ngroups = 1) and (Q x Q) @ x (Q x Q x P per chunk and head). Its decay mask, chunk
+    /// states and the C * state term come on top, so the real form is slower than this.
+    pub matrix_form_lower_bound_ms: f64,
+}
+
+pub fn ssd_forms(device: &Device, dtype: DType, warmup: usize, iterations: usize) -> Result<SsdFormComparison> {
+    use crate::ops::matmul::MatmulOptions;
+    use crate::ops::scan::{SequenceLayout, SsdScan, ssd_scan_checked};
+    // M-VAR d16: d_model 1024, expand 2 -> d_inner 2048, headdim 64 -> 32 heads, d_state 64,
+    // chunk 256, over the 680 tokens of the 256px schedule, CFG batch 2.
+    let (batch, length, heads, head_dim, n, q) = (2, 680, 32, 64, 64, 256);
+    let d_inner = heads * head_dim;
+    let up = |shape: &[usize], seed, offset, dtype| upload_pattern(device, shape, seed, offset, dtype);
+    let x = up(&[batch, length, d_inner], 21, 0.0, dtype)?;
+    let dt = up(&[batch, length, heads], 22, -1.0, dtype)?;
+    let b = up(&[batch, length, 1, n], 23, 0.0, dtype)?;
+    let c = up(&[batch, length, 1, n], 24, 0.0, dtype)?;
+    let a = up(&[heads], 25, -1.0, DType::F32)?;
+    let d_skip = up(&[heads], 26, 1.0, DType::F32)?;
+    let dt_bias = up(&[heads], 27, 0.0, DType::F32)?;
+    let scan = SsdScan {
+        x: &x,
+        dt: &dt,
+        a: &a,
+        b: &b,
+        c: &c,
+        d_skip: Some(&d_skip),
+        dt_bias: Some(&dt_bias),
+        dt_softplus: true,
+        initial_state: None,
+        reverse: false,
+        layout: SequenceLayout::TokensMajor,
+        chunk_len: None,
+    };
+    let (recurrent_ms, _, _) =
+        time_dispatches(device, warmup, iterations, || ssd_scan_checked(&scan, false).map(drop))?;
+    let chunks = batch * (length / q);
+    let cb_left = up(&[chunks, q, n], 28, 0.0, dtype)?;
+    let cb_right = up(&[chunks, q, n], 29, 0.0, dtype)?;
+    let scores = up(&[chunks * heads, q, q], 30, 0.0, dtype)?;
+    let values = up(&[chunks * heads, q, head_dim], 31, 0.0, dtype)?;
+    let transposed = MatmulOptions { transpose_b: true, ..Default::default() };
+    let (matrix_form_lower_bound_ms, _, _) = time_dispatches(device, warmup, iterations, || {
+        ops::matmul_with(&cb_left, &cb_right, &transposed)?;
+        ops::matmul(&scores, &values).map(drop)
+    })?;
+    Ok(SsdFormComparison {
+        shape: [batch, length, heads, head_dim, n, q],
+        dtype,
+        recurrent_ms,
+        matrix_form_lower_bound_ms,
     })
 }

@@ -52,6 +52,18 @@ pub enum Error {
 
     #[error("reading results back from the GPU failed: {0}")]
     Readback(String),
+
+    #[error(
+        "weights under {prefix:?} do not match the model:{}",
+        crate::weights::describe_mismatch(missing, unexpected, misshaped)
+    )]
+    Weights {
+        prefix: String,
+        missing: Vec<String>,
+        unexpected: Vec<String>,
+        /// (key, expected shape, shape found)
+        misshaped: Vec<(String, Vec<usize>, Vec<usize>)>,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -16,9 +16,11 @@
 pub mod bench;
 pub mod device;
 pub mod error;
+pub mod nn;
 pub mod ops;
 pub mod shaders;
 pub mod tensor;
+pub mod weights;
 
 pub use device::{BackendChoice, Device, DeviceInfo, DeviceOptions};
 pub use error::{Error, Result};

@@ -4,36 +4,11 @@
 
 mod common;
 
-use common::{Rng, Tol, assert_close, devices, dtypes};
+use common::{Rng, Tol, assert_close, devices, dtypes, from_tokens_major, to_tokens_major};
 use scalewise::ops::reference_values as stored;
 use scalewise::ops::scan::reference::{ScanReference, scan};
 use scalewise::ops::scan::{ScanOutput, SelectiveScan, SequenceLayout, SsdScan, selective_scan, ssd_scan};
 use scalewise::{DType, Device, Error, Tensor};
-
-/// (B, D, L) channels-major host data as (B, L, D).
-fn to_tokens_major(x: &[f32], batch: usize, d: usize, l: usize) -> Vec<f32> {
-    let mut out = vec![0.0; x.len()];
-    for b in 0..batch {
-        for c in 0..d {
-            for t in 0..l {
-                out[(b * l + t) * d + c] = x[(b * d + c) * l + t];
-            }
-        }
-    }
-    out
-}
-
-fn from_tokens_major(x: &[f32], batch: usize, d: usize, l: usize) -> Vec<f32> {
-    let mut out = vec![0.0; x.len()];
-    for b in 0..batch {
-        for c in 0..d {
-            for t in 0..l {
-                out[(b * d + c) * l + t] = x[(b * l + t) * d + c];
-            }
-        }
-    }
-    out
-}
 
 struct Case {
     batch: usize,

@@ -103,6 +103,21 @@ fn a_value(channel: u32, n: u32) -> f32 {
     return a_log[channel * N_STATE + n];
 }
 
+// SSD: one decay per step serves every state (A is a scalar per head); Mamba-1 needs one per state.
+fn step_head_decay(channel: u32, dt: f32) -> f32 {
+    if A_PER_HEAD {
+        return exp(dt * a_value(channel, 0u));
+    }
+    return 1.0;
+}
+
+fn step_decay(channel: u32, dt: f32, n: u32, head_decay: f32) -> f32 {
+    if A_PER_HEAD {
+        return head_decay;
+    }
+    return exp(dt * a_value(channel, n));
+}
+
 fn softplus(x: f32) -> f32 {
     if x > 20.0 {
         return x;
@@ -173,8 +188,9 @@ fn scan_chunk_totals(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoca
                 let t = time_at(i0 + s);
                 let dt = step_delta(ch, t);
                 let du = dt * f32(u[ch.batch * p.x_batch + ch.channel * p.x_channel + t * p.x_time]);
+                let head_decay = step_head_decay(ch.channel, dt);
                 for (var n = 0u; n < N_STATE; n++) {
-                    let a = exp(dt * a_value(ch.channel, n));
+                    let a = step_decay(ch.channel, dt, n, head_decay);
                     decay[n] *= a;
                     acc[n] = a * acc[n] + du * b_stage[s * N_STATE + n];
                 }
@@ -215,8 +231,10 @@ fn scan_chunk_outputs(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoc
                 let x = f32(u[x_at]);
                 let du = dt * x;
                 var out = 0.0;
+                let head_decay = step_head_decay(ch.channel, dt);
                 for (var n = 0u; n < N_STATE; n++) {
-                    h[n] = exp(dt * a_value(ch.channel, n)) * h[n] + du * b_stage[s * N_STATE + n];
+                    let a = step_decay(ch.channel, dt, n, head_decay);
+                    h[n] = a * h[n] + du * b_stage[s * N_STATE + n];
                     out += c_stage[s * N_STATE + n] * h[n];
                 }
                 out += skip * x;

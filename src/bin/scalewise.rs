@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use scalewise::bench::{self, AttentionBenchConfig, AttentionCase, MatmulBenchConfig};
+use scalewise::bench::{self, AttentionBenchConfig, AttentionCase, MatmulBenchConfig, ScanBenchConfig};
 use scalewise::ops::MatmulAlgorithm;
 use scalewise::shaders::ALL_FAMILIES;
 use scalewise::{BackendChoice, DType, Device, DeviceOptions};
@@ -67,6 +67,40 @@ enum BenchCommand {
     /// Dense flash attention vs GRAT-B and GRAT-X: time, TFLOP/s over attended pairs, speedup
     /// against the dense kernel and against the density bound.
     Attention(AttentionArgs),
+    /// The selective scan: time and GB/s against the bytes-moved model, vs a per-step loop.
+    Scan(ScanArgs),
+}
+
+#[derive(Args)]
+struct ScanArgs {
+    /// Shapes BxDxNxL (G = 1).
+    #[arg(long, value_delimiter = ',', default_values = ["1x1536x16x2048", "8x2048x16x4096", "2x2048x64x680"], value_parser = parse_scan_shape)]
+    shapes: Vec<[usize; 4]>,
+    #[arg(long, value_delimiter = ',', default_values = ["f32", "f16"], value_parser = parse_dtype)]
+    dtype: Vec<DType>,
+    /// Run the per-step baseline up to this sequence length.
+    #[arg(long, default_value_t = 2048)]
+    naive_max_length: usize,
+    #[arg(long, default_value_t = 3)]
+    iters: usize,
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// The device's measured copy bandwidth in GB/s, to print each result as a fraction of it.
+    #[arg(long)]
+    copy_gbps: Option<f64>,
+    /// Also compare SSD's recurrent form with a lower bound on the chunked matrix form (M-VAR d16).
+    #[arg(long)]
+    ssd_forms: bool,
+    #[arg(long, default_value = "bench-results/scan.json")]
+    json: PathBuf,
+}
+
+fn parse_scan_shape(s: &str) -> Result<[usize; 4], String> {
+    let dims: Result<Vec<usize>, _> = s.split('x').map(str::parse).collect();
+    match dims.ok().and_then(|d| <[usize; 4]>::try_from(d).ok()) {
+        Some(d) if !d.contains(&0) => Ok(d),
+        _ => Err(format!("shape {s:?} must be BxDxNxL with sizes above 0")),
+    }
 }
 
 #[derive(Args)]
@@ -151,6 +185,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Info => info(&device),
         Command::Bench(BenchCommand::Matmul(args)) => bench_matmul(&device, &args),
         Command::Bench(BenchCommand::Attention(args)) => bench_attention(&device, &args),
+        Command::Bench(BenchCommand::Scan(args)) => bench_scan(&device, &args),
     }
 }
 
@@ -276,6 +311,66 @@ fn bench_attention(device: &Device, args: &AttentionArgs) -> anyhow::Result<()> 
         );
     }
     write_atomically(&args.json, &serde_json::to_string_pretty(&bench::attention_json(device, &rows))?)?;
+    println!("wrote {}", args.json.display());
+    Ok(())
+}
+
+fn bench_scan(device: &Device, args: &ScanArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.iters > 0, "--iters must be at least 1");
+    let config = ScanBenchConfig {
+        shapes: args.shapes.clone(),
+        dtypes: args.dtype.clone(),
+        naive_max_length: args.naive_max_length,
+        warmup: args.warmup,
+        iterations: args.iters,
+    };
+    let info = device.info();
+    println!("selective scan on {} ({}), median of {} runs", info.adapter.name, info.adapter.backend, args.iters);
+    let rows = bench::scan(device, &config)?;
+    println!(
+        "{:>20} {:>5} {:>9} {:>11} {:>10} {:>9}",
+        "B x D x N x L", "dtype", "kernel", "median ms", "GB/s", "speedup"
+    );
+    for r in &rows {
+        let shape = r.shape.iter().map(usize::to_string).collect::<Vec<_>>().join("x");
+        if let Some(why) = &r.skipped {
+            println!("{shape:>20} {:>5} skipped: {why}", r.dtype.to_string());
+            continue;
+        }
+        let chunked = rows.iter().find(|c| c.shape == r.shape && c.dtype == r.dtype && c.kernel == "chunked");
+        let speedup = chunked
+            .filter(|_| r.kernel == "per-step")
+            .map_or("-".into(), |c| format!("{:.1}x", r.median_ms / c.median_ms));
+        let fraction = args.copy_gbps.map(|c| format!("  {:.1}% of copy", 100.0 * r.gbps / c)).unwrap_or_default();
+        println!(
+            "{shape:>20} {:>5} {:>9} {:>11.3} {:>10.2} {:>9}{fraction}",
+            r.dtype.to_string(),
+            r.kernel,
+            r.median_ms,
+            r.gbps,
+            speedup
+        );
+    }
+    let mut json = bench::scan_json(device, &rows);
+    if args.ssd_forms {
+        let mut forms = Vec::new();
+        for &dtype in &args.dtype {
+            if dtype == DType::F16 && !device.features().shader_f16 {
+                continue;
+            }
+            let f = bench::ssd_forms(device, dtype, args.warmup, args.iters)?;
+            println!(
+                "SSD (B, L, H, P, N, Q) = {:?} {}: recurrent {:.3} ms, matrix form >= {:.3} ms",
+                f.shape, f.dtype, f.recurrent_ms, f.matrix_form_lower_bound_ms
+            );
+            forms.push(serde_json::json!({
+                "shape_b_l_h_p_n_q": f.shape, "dtype": f.dtype.to_string(),
+                "recurrent_ms": f.recurrent_ms, "matrix_form_lower_bound_ms": f.matrix_form_lower_bound_ms,
+            }));
+        }
+        json["ssd_forms"] = serde_json::Value::Array(forms);
+    }
+    write_atomically(&args.json, &serde_json::to_string_pretty(&json)?)?;
     println!("wrote {}", args.json.display());
     Ok(())
 }

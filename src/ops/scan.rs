@@ -84,6 +84,7 @@ pub struct ScanOutput {
 
 /// What both scans reduce to.
 struct Scan<'a> {
+    check_a: bool,
     x: &'a Tensor,
     delta: &'a Tensor,
     a: &'a Tensor,
@@ -103,7 +104,13 @@ struct Scan<'a> {
 }
 
 pub fn selective_scan(s: &SelectiveScan) -> Result<ScanOutput> {
+    selective_scan_checked(s, true)
+}
+
+/// `check_a = false` skips reading A back: for model blocks, which checked it once at load.
+pub(crate) fn selective_scan_checked(s: &SelectiveScan, check_a: bool) -> Result<ScanOutput> {
     run(&Scan {
+        check_a,
         x: s.u,
         delta: s.delta,
         a: s.a,
@@ -123,6 +130,10 @@ pub fn selective_scan(s: &SelectiveScan) -> Result<ScanOutput> {
 }
 
 pub fn ssd_scan(s: &SsdScan) -> Result<ScanOutput> {
+    ssd_scan_checked(s, true)
+}
+
+pub(crate) fn ssd_scan_checked(s: &SsdScan, check_a: bool) -> Result<ScanOutput> {
     const OP: &str = "ssd_scan";
     let heads = match s.a.shape() {
         &[h] if h > 0 => h,
@@ -133,6 +144,7 @@ pub fn ssd_scan(s: &SsdScan) -> Result<ScanOutput> {
         return Err(invalid(OP, format!("{channels} channels are not nheads ({heads}) x headdim")));
     }
     run(&Scan {
+        check_a,
         x: s.x,
         delta: s.dt,
         a: s.a,
@@ -233,7 +245,9 @@ fn run(s: &Scan) -> Result<ScanOutput> {
         expect_shape(h0, &[batch, channels, n_state], "the initial state")?;
         expect_f32(h0, "an f32 initial state")?;
     }
-    check_finite_a(s.a)?;
+    if s.check_a {
+        check_finite_a(s.a)?;
+    }
     let ctx = s.x.ctx();
     if ctx.info.max_storage_buffers_per_shader_stage < SCAN_BINDINGS {
         return Err(Error::MissingFeature {
@@ -245,7 +259,7 @@ fn run(s: &Scan) -> Result<ScanOutput> {
     let chunk_len = match s.chunk_len {
         Some(0) => return Err(invalid(OP, "chunk_len must be above 0".into())),
         Some(c) => c.min(length),
-        None => default_chunk_len(batch * channels, length),
+        None => default_chunk_len(batch * channels, length, ctx_is_cpu(s.x)),
     };
     let chunks = length.div_ceil(chunk_len);
     let strides = match s.layout {
@@ -334,19 +348,28 @@ fn run(s: &Scan) -> Result<ScanOutput> {
     Ok(ScanOutput { y, final_state })
 }
 
-/// Enough chunks that B x D x chunks threads fill a large GPU, but chunks of at least 64 steps.
-fn default_chunk_len(channels: usize, length: usize) -> usize {
-    const TARGET_THREADS: usize = 32 * 1024;
-    let chunks = TARGET_THREADS.div_ceil(channels).clamp(1, length.div_ceil(64).max(1));
+/// Enough chunks that B x D x chunks threads fill the device, but chunks of at least 64 steps.
+/// Chunking recomputes every step once more, so it only pays where threads would otherwise idle:
+/// a large GPU wants tens of thousands of threads, a CPU adapter (lavapipe) a couple of thousand.
+fn default_chunk_len(channels: usize, length: usize, cpu: bool) -> usize {
+    let target_threads: usize = if cpu { 2 * 1024 } else { 32 * 1024 };
+    let chunks = target_threads.div_ceil(channels).clamp(1, length.div_ceil(64).max(1));
     length.div_ceil(chunks)
+}
+
+fn ctx_is_cpu(t: &Tensor) -> bool {
+    t.device().info().adapter.device_type == format!("{:?}", wgpu::DeviceType::Cpu)
 }
 
 /// A must be finite: one exp(delta * inf) poisons the whole state. A is small (D x N), so the check
 /// reads it back; model blocks hold A on the host already and check it once at load.
 fn check_finite_a(a: &Tensor) -> Result<()> {
-    let values = a.to_vec_f32()?;
+    check_finite_host_a(&a.to_vec_f32()?, a.shape())
+}
+
+pub(crate) fn check_finite_host_a(values: &[f32], shape: &[usize]) -> Result<()> {
     if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-        return Err(invalid("selective_scan", format!("A[{i}] = {v} is not finite (shape {:?})", a.shape())));
+        return Err(invalid("selective_scan", format!("A[{i}] = {v} is not finite (shape {shape:?})")));
     }
     Ok(())
 }

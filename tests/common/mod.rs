@@ -104,3 +104,28 @@ pub fn assert_close(got: &[f32], want: &[f64], tol: Tol, what: &str) {
         );
     }
 }
+
+/// (B, D, L) channels-major host data as (B, L, D).
+pub fn to_tokens_major(x: &[f32], batch: usize, d: usize, l: usize) -> Vec<f32> {
+    let mut out = vec![0.0; x.len()];
+    for b in 0..batch {
+        for c in 0..d {
+            for t in 0..l {
+                out[(b * l + t) * d + c] = x[(b * d + c) * l + t];
+            }
+        }
+    }
+    out
+}
+
+pub fn from_tokens_major(x: &[f32], batch: usize, d: usize, l: usize) -> Vec<f32> {
+    let mut out = vec![0.0; x.len()];
+    for b in 0..batch {
+        for c in 0..d {
+            for t in 0..l {
+                out[(b * d + c) * l + t] = x[(b * l + t) * d + c];
+            }
+        }
+    }
+    out
+}

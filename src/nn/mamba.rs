@@ -1,0 +1,299 @@
+//! Mamba-1 (mamba_simple.Mamba) and Mamba-2 (Mamba2) blocks for inference, with the mamba_ssm
+//! state_dict key names. Hyperparameters come from the tensor shapes. Both carry their conv and SSM
+//! state, so a sequence processed in pieces (one scale at a time, as M-VAR does) gives the same
+//! output as processed whole.
+
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::ops::conv1d::{CausalConv1d, causal_conv1d};
+use crate::ops::scan::{
+    SelectiveScan, SequenceLayout, SsdScan, check_finite_host_a, selective_scan_checked, ssd_scan_checked,
+};
+use crate::ops::{linear, mul, rms_norm, silu};
+use crate::tensor::{DType, Tensor};
+use crate::weights::StateDict;
+
+/// What a block carries from one piece of a sequence to the next.
+#[derive(Debug, Clone)]
+pub struct MambaState {
+    /// (B, conv channels, d_conv - 1): the last inputs of the short convolution.
+    pub conv: Tensor,
+    /// (B, d_inner, d_state) f32.
+    pub ssm: Tensor,
+}
+
+fn dims<const N: usize>(sd: &StateDict, prefix: &str, name: &str) -> Result<[usize; N]> {
+    let t = sd.require(prefix, name)?;
+    <[usize; N]>::try_from(t.shape.as_slice()).map_err(|_| Error::Weights {
+        prefix: prefix.to_string(),
+        missing: Vec::new(),
+        unexpected: Vec::new(),
+        misshaped: vec![(format!("{prefix}{name}"), vec![0; N], t.shape.clone())],
+    })
+}
+
+/// A = -exp(A_log), checked finite, uploaded as f32.
+fn a_from_log(device: &Device, sd: &StateDict, prefix: &str, shape: &[usize]) -> Result<Tensor> {
+    let a: Vec<f32> = sd.require(prefix, "A_log")?.data.iter().map(|v| -v.exp()).collect();
+    check_finite_host_a(&a, shape)?;
+    Tensor::from_f32(device, shape, &a, DType::F32)
+}
+
+fn check_input(x: &Tensor, d_model: usize, dtype: DType, op: &'static str) -> Result<(usize, usize)> {
+    match x.shape() {
+        &[b, l, c] if c == d_model && x.dtype() == dtype => Ok((b, l)),
+        other => Err(Error::InvalidArgument {
+            op,
+            msg: format!("input must be ({{batch}}, {{length}}, {d_model}) {dtype}, got {other:?} {}", x.dtype()),
+        }),
+    }
+}
+
+/// Splits the last dimension of `x` into pieces of the given widths.
+fn split_last(x: &Tensor, widths: &[usize]) -> Result<Vec<Tensor>> {
+    let dim = x.shape().len() - 1;
+    let mut start = 0;
+    widths
+        .iter()
+        .map(|&w| {
+            let piece = x.slice(dim, start..start + w);
+            start += w;
+            piece
+        })
+        .collect()
+}
+
+pub struct Mamba1Block {
+    pub d_model: usize,
+    pub d_inner: usize,
+    pub d_state: usize,
+    pub dt_rank: usize,
+    pub d_conv: usize,
+    dtype: DType,
+    in_proj: Tensor,
+    in_proj_bias: Option<Tensor>,
+    conv_weight: Tensor,
+    conv_bias: Option<Tensor>,
+    x_proj: Tensor,
+    dt_proj: Tensor,
+    dt_bias: Tensor,
+    a: Tensor,
+    d_skip: Tensor,
+    out_proj: Tensor,
+    out_proj_bias: Option<Tensor>,
+}
+
+impl Mamba1Block {
+    /// Keys (under `prefix`): in_proj.weight, conv1d.weight, conv1d.bias, x_proj.weight,
+    /// dt_proj.weight, dt_proj.bias, A_log, D, out_proj.weight (and the optional in/out biases).
+    pub fn from_state_dict(device: &Device, sd: &StateDict, prefix: &str, dtype: DType) -> Result<Self> {
+        let [_, d_model] = dims(sd, prefix, "in_proj.weight")?;
+        let [d_inner, d_state] = dims(sd, prefix, "A_log")?;
+        let [_, dt_rank] = dims(sd, prefix, "dt_proj.weight")?;
+        let [_, _, d_conv] = dims(sd, prefix, "conv1d.weight")?;
+        sd.check(
+            prefix,
+            &[
+                ("in_proj.weight", vec![2 * d_inner, d_model], true),
+                ("in_proj.bias", vec![2 * d_inner], false),
+                ("conv1d.weight", vec![d_inner, 1, d_conv], true),
+                ("conv1d.bias", vec![d_inner], false),
+                ("x_proj.weight", vec![dt_rank + 2 * d_state, d_inner], true),
+                ("dt_proj.weight", vec![d_inner, dt_rank], true),
+                ("dt_proj.bias", vec![d_inner], true),
+                ("A_log", vec![d_inner, d_state], true),
+                ("D", vec![d_inner], true),
+                ("out_proj.weight", vec![d_model, d_inner], true),
+                ("out_proj.bias", vec![d_model], false),
+            ],
+        )?;
+        let up = |name: &str, shape: &[usize], dtype| sd.upload(device, prefix, name, shape, dtype);
+        let optional = |name: &str, shape: &[usize]| -> Result<Option<Tensor>> {
+            sd.get(&format!("{prefix}{name}")).map(|_| up(name, shape, dtype)).transpose()
+        };
+        Ok(Self {
+            d_model,
+            d_inner,
+            d_state,
+            dt_rank,
+            d_conv,
+            dtype,
+            in_proj: up("in_proj.weight", &[2 * d_inner, d_model], dtype)?,
+            in_proj_bias: optional("in_proj.bias", &[2 * d_inner])?,
+            conv_weight: up("conv1d.weight", &[d_inner, d_conv], dtype)?,
+            conv_bias: optional("conv1d.bias", &[d_inner])?,
+            x_proj: up("x_proj.weight", &[dt_rank + 2 * d_state, d_inner], dtype)?,
+            dt_proj: up("dt_proj.weight", &[d_inner, dt_rank], dtype)?,
+            dt_bias: up("dt_proj.bias", &[d_inner], DType::F32)?,
+            a: a_from_log(device, sd, prefix, &[d_inner, d_state])?,
+            d_skip: up("D", &[d_inner], DType::F32)?,
+            out_proj: up("out_proj.weight", &[d_model, d_inner], dtype)?,
+            out_proj_bias: optional("out_proj.bias", &[d_model])?,
+        })
+    }
+
+    /// x: (B, L, d_model) -> (B, L, d_model), continuing from `state` (a fresh sequence when None).
+    pub fn forward(&self, x: &Tensor, state: Option<&MambaState>) -> Result<(Tensor, MambaState)> {
+        let (batch, length) = check_input(x, self.d_model, self.dtype, "Mamba1Block::forward")?;
+        let xz = linear(x, &self.in_proj, self.in_proj_bias.as_ref())?;
+        let [xs, z]: [Tensor; 2] = split_last(&xz, &[self.d_inner, self.d_inner])?.try_into().expect("two pieces");
+        let conv = causal_conv1d(&CausalConv1d {
+            x: &xs,
+            weight: &self.conv_weight,
+            bias: self.conv_bias.as_ref(),
+            state: state.map(|s| &s.conv),
+            silu: true,
+            layout: SequenceLayout::TokensMajor,
+        })?;
+        let dbc = linear(&conv.y, &self.x_proj, None)?;
+        let [dt, b, c]: [Tensor; 3] =
+            split_last(&dbc, &[self.dt_rank, self.d_state, self.d_state])?.try_into().expect("three pieces");
+        let delta = linear(&dt, &self.dt_proj, None)?;
+        let bc_shape = [batch, length, 1, self.d_state];
+        let scan = selective_scan_checked(
+            &SelectiveScan {
+                u: &conv.y,
+                delta: &delta,
+                a: &self.a,
+                b: &b.reshape(&bc_shape)?,
+                c: &c.reshape(&bc_shape)?,
+                d_skip: Some(&self.d_skip),
+                z: Some(&z),
+                delta_bias: Some(&self.dt_bias),
+                delta_softplus: true,
+                initial_state: state.map(|s| &s.ssm),
+                reverse: false,
+                layout: SequenceLayout::TokensMajor,
+                chunk_len: None,
+            },
+            false,
+        )?;
+        let out = linear(&scan.y, &self.out_proj, self.out_proj_bias.as_ref())?;
+        Ok((out, MambaState { conv: conv.state, ssm: scan.final_state }))
+    }
+}
+
+/// Mamba-2 with the gated RMSNorm (norm after the gate, eps 1e-5).
+pub struct Mamba2Block {
+    pub d_model: usize,
+    pub d_inner: usize,
+    pub d_state: usize,
+    pub n_heads: usize,
+    pub head_dim: usize,
+    pub n_groups: usize,
+    pub d_conv: usize,
+    dtype: DType,
+    in_proj: Tensor,
+    conv_weight: Tensor,
+    conv_bias: Option<Tensor>,
+    dt_bias: Tensor,
+    a: Tensor,
+    d_skip: Tensor,
+    norm_weight: Tensor,
+    out_proj: Tensor,
+}
+
+impl Mamba2Block {
+    /// Keys: in_proj.weight, conv1d.weight, conv1d.bias, dt_bias, A_log, D, norm.weight,
+    /// out_proj.weight. The shapes give everything but how d_state splits from ngroups, which is
+    /// `n_groups` (1 in M-VAR).
+    pub fn from_state_dict(
+        device: &Device,
+        sd: &StateDict,
+        prefix: &str,
+        n_groups: usize,
+        dtype: DType,
+    ) -> Result<Self> {
+        let [d_model, d_inner] = dims(sd, prefix, "out_proj.weight")?;
+        let [n_heads] = dims(sd, prefix, "A_log")?;
+        let [conv_channels, _, d_conv] = dims(sd, prefix, "conv1d.weight")?;
+        let invalid = |msg: String| Error::InvalidArgument { op: "Mamba2Block", msg };
+        if n_heads == 0 || !d_inner.is_multiple_of(n_heads) {
+            return Err(invalid(format!("d_inner {d_inner} is not a multiple of nheads {n_heads}")));
+        }
+        let group_states = conv_channels.checked_sub(d_inner).map(|v| v / 2).unwrap_or(0);
+        if n_groups == 0 || group_states == 0 || !group_states.is_multiple_of(n_groups) {
+            return Err(invalid(format!(
+                "conv1d has {conv_channels} channels: not d_inner ({d_inner}) + 2 * ngroups ({n_groups}) * d_state"
+            )));
+        }
+        let d_state = group_states / n_groups;
+        let proj = 2 * d_inner + 2 * n_groups * d_state + n_heads;
+        sd.check(
+            prefix,
+            &[
+                ("in_proj.weight", vec![proj, d_model], true),
+                ("conv1d.weight", vec![conv_channels, 1, d_conv], true),
+                ("conv1d.bias", vec![conv_channels], false),
+                ("dt_bias", vec![n_heads], true),
+                ("A_log", vec![n_heads], true),
+                ("D", vec![n_heads], true),
+                ("norm.weight", vec![d_inner], true),
+                ("out_proj.weight", vec![d_model, d_inner], true),
+            ],
+        )?;
+        let up = |name: &str, shape: &[usize], dtype| sd.upload(device, prefix, name, shape, dtype);
+        Ok(Self {
+            d_model,
+            d_inner,
+            d_state,
+            n_heads,
+            head_dim: d_inner / n_heads,
+            n_groups,
+            d_conv,
+            dtype,
+            in_proj: up("in_proj.weight", &[proj, d_model], dtype)?,
+            conv_weight: up("conv1d.weight", &[conv_channels, d_conv], dtype)?,
+            conv_bias: sd
+                .get(&format!("{prefix}conv1d.bias"))
+                .map(|_| up("conv1d.bias", &[conv_channels], dtype))
+                .transpose()?,
+            dt_bias: up("dt_bias", &[n_heads], DType::F32)?,
+            a: a_from_log(device, sd, prefix, &[n_heads])?,
+            d_skip: up("D", &[n_heads], DType::F32)?,
+            norm_weight: up("norm.weight", &[d_inner], dtype)?,
+            out_proj: up("out_proj.weight", &[d_model, d_inner], dtype)?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, state: Option<&MambaState>) -> Result<(Tensor, MambaState)> {
+        let (batch, length) = check_input(x, self.d_model, self.dtype, "Mamba2Block::forward")?;
+        let gn = self.n_groups * self.d_state;
+        let zxbcdt = linear(x, &self.in_proj, None)?;
+        let [z, xbc, dt]: [Tensor; 3] =
+            split_last(&zxbcdt, &[self.d_inner, self.d_inner + 2 * gn, self.n_heads])?.try_into().expect("three");
+        let conv = causal_conv1d(&CausalConv1d {
+            x: &xbc,
+            weight: &self.conv_weight,
+            bias: self.conv_bias.as_ref(),
+            state: state.map(|s| &s.conv),
+            silu: true,
+            layout: SequenceLayout::TokensMajor,
+        })?;
+        let [xs, b, c]: [Tensor; 3] = split_last(&conv.y, &[self.d_inner, gn, gn])?.try_into().expect("three");
+        let bc_shape = [batch, length, self.n_groups, self.d_state];
+        let scan = ssd_scan_checked(
+            &SsdScan {
+                x: &xs,
+                dt: &dt,
+                a: &self.a,
+                b: &b.reshape(&bc_shape)?,
+                c: &c.reshape(&bc_shape)?,
+                d_skip: Some(&self.d_skip),
+                dt_bias: Some(&self.dt_bias),
+                dt_softplus: true,
+                initial_state: state.map(|s| &s.ssm),
+                reverse: false,
+                layout: SequenceLayout::TokensMajor,
+                chunk_len: None,
+            },
+            false,
+        )?;
+        // Gated RMSNorm, normalised per group of d_inner / ngroups channels, then the weight.
+        let gated = mul(&scan.y, &silu(&z)?)?;
+        let per_group = [batch, length, self.n_groups, self.d_inner / self.n_groups];
+        let normed = rms_norm(&gated.reshape(&per_group)?, None, 1e-5)?.reshape(&[batch, length, self.d_inner])?;
+        let out = linear(&mul(&normed, &self.norm_weight)?, &self.out_proj, None)?;
+        Ok((out, MambaState { conv: conv.state, ssm: scan.final_state }))
+    }
+}
