@@ -460,25 +460,25 @@ pub fn scan_json(device: &Device, rows: &[ScanBenchRow]) -> serde_json::Value {
     })
 }
 
-/// SSD in our recurrent chunked form against a lower bound on the chunked matrix form, at one shape.
+/// SSD's two forms side by side at one shape.
 #[derive(Debug, Clone)]
 pub struct SsdFormComparison {
-    /// (B, L, nheads, headdim, d_state, chunk Q of the matrix form)
-    pub shape: [usize; 6],
+    /// (B, L, nheads, headdim, d_state)
+    pub shape: [usize; 5],
     pub dtype: DType,
     pub recurrent_ms: f64,
-    /// Only the two products the matrix form cannot avoid, over the full chunks: C B^T (Q x N x Q
-    /// per chunk, ngroups = 1) and (Q x Q) @ x (Q x Q x P per chunk and head). Its decay mask, chunk
-    /// states and the C * state term come on top, so the real form is slower than this.
-    pub matrix_form_lower_bound_ms: f64,
+    /// (chunk Q, ms) of the chunked matrix form.
+    pub matrix_ms: Vec<(usize, f64)>,
+    /// With Q = 256: only the two products any matrix form must compute, C B^T (Q x N x Q per chunk,
+    /// ngroups 1) and (Q x Q) @ x (per chunk and head), through the tiled matmul, full chunks only.
+    pub matrix_products_lower_bound_ms: f64,
 }
 
+/// M-VAR d16's Mamba-2 (d_inner 2048 = 32 heads x 64, d_state 64) over the 680 tokens of the 256px
+/// schedule with the CFG batch of 2: recurrent vs chunked matrix form with chunks of 64 and 256.
 pub fn ssd_forms(device: &Device, dtype: DType, warmup: usize, iterations: usize) -> Result<SsdFormComparison> {
-    use crate::ops::matmul::MatmulOptions;
-    use crate::ops::scan::{SequenceLayout, SsdScan, ssd_scan_checked};
-    // M-VAR d16: d_model 1024, expand 2 -> d_inner 2048, headdim 64 -> 32 heads, d_state 64,
-    // chunk 256, over the 680 tokens of the 256px schedule, CFG batch 2.
-    let (batch, length, heads, head_dim, n, q) = (2, 680, 32, 64, 64, 256);
+    use crate::ops::scan::{SequenceLayout, SsdForm, SsdScan, ssd_scan_checked};
+    let (batch, length, heads, head_dim, n) = (2, 680, 32, 64, 64);
     let d_inner = heads * head_dim;
     let up = |shape: &[usize], seed, offset, dtype| upload_pattern(device, shape, seed, offset, dtype);
     let x = up(&[batch, length, d_inner], 21, 0.0, dtype)?;
@@ -501,23 +501,31 @@ pub fn ssd_forms(device: &Device, dtype: DType, warmup: usize, iterations: usize
         reverse: false,
         layout: SequenceLayout::TokensMajor,
         chunk_len: None,
+        form: SsdForm::Recurrent,
     };
     let (recurrent_ms, _, _) =
         time_dispatches(device, warmup, iterations, || ssd_scan_checked(&scan, false).map(drop))?;
-    let chunks = batch * (length / q);
+    let mut matrix_ms = Vec::new();
+    for q in [64, 256] {
+        let matrix = SsdScan { form: SsdForm::ChunkedMatrix, chunk_len: Some(q), ..scan };
+        let (ms, _, _) = time_dispatches(device, warmup, iterations, || ssd_scan_checked(&matrix, false).map(drop))?;
+        matrix_ms.push((q, ms));
+    }
+    let (q, chunks) = (256, batch * (length / 256));
     let cb_left = up(&[chunks, q, n], 28, 0.0, dtype)?;
     let cb_right = up(&[chunks, q, n], 29, 0.0, dtype)?;
     let scores = up(&[chunks * heads, q, q], 30, 0.0, dtype)?;
     let values = up(&[chunks * heads, q, head_dim], 31, 0.0, dtype)?;
-    let transposed = MatmulOptions { transpose_b: true, ..Default::default() };
-    let (matrix_form_lower_bound_ms, _, _) = time_dispatches(device, warmup, iterations, || {
+    let transposed = ops::matmul::MatmulOptions { transpose_b: true, ..Default::default() };
+    let (matrix_products_lower_bound_ms, _, _) = time_dispatches(device, warmup, iterations, || {
         ops::matmul_with(&cb_left, &cb_right, &transposed)?;
         ops::matmul(&scores, &values).map(drop)
     })?;
     Ok(SsdFormComparison {
-        shape: [batch, length, heads, head_dim, n, q],
+        shape: [batch, length, heads, head_dim, n],
         dtype,
         recurrent_ms,
-        matrix_form_lower_bound_ms,
+        matrix_ms,
+        matrix_products_lower_bound_ms,
     })
 }

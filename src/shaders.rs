@@ -126,6 +126,14 @@ pub static CONV1D: ShaderFamily = ShaderFamily {
     dtypes: FLOATS,
 };
 
+/// SSD in the chunked matrix form.
+pub static SSD: ShaderFamily = ShaderFamily {
+    name: "ssd",
+    source: include_str!("../shaders/wgsl/ssd.wgsl"),
+    uses_reductions: false,
+    dtypes: FLOATS,
+};
+
 /// The serial carry pass of the chunked scan (states are always f32).
 pub static SCAN_CARRY: ShaderFamily = ShaderFamily {
     name: "scan_carry",

@@ -184,9 +184,9 @@ fn mamba2_reference(sd: &StateDict, p: &str, d: &Mamba2Dims, x: &[f32], batch: u
             let gated: Vec<f64> =
                 (0..per_group).map(|i| yr[g * per_group + i] as f64 * silu(zr[g * per_group + i])).collect();
             let rms = 1.0 / (gated.iter().map(|v| v * v).sum::<f64>() / per_group as f64 + 1e-5).sqrt();
-            for i in 0..per_group {
+            for (i, v) in gated.iter().enumerate() {
                 let c = g * per_group + i;
-                normed[row * di + c] = (gated[i] * rms * norm[c] as f64) as f32;
+                normed[row * di + c] = (v * rms * norm[c] as f64) as f32;
             }
         }
     }

@@ -7,9 +7,10 @@ mod common;
 use common::{Rng, Tol, assert_close, devices, dtypes, from_tokens_major, to_tokens_major};
 use scalewise::ops::reference_values as stored;
 use scalewise::ops::scan::reference::{ScanReference, scan};
-use scalewise::ops::scan::{ScanOutput, SelectiveScan, SequenceLayout, SsdScan, selective_scan, ssd_scan};
+use scalewise::ops::scan::{ScanOutput, SelectiveScan, SequenceLayout, SsdForm, SsdScan, selective_scan, ssd_scan};
 use scalewise::{DType, Device, Error, Tensor};
 
+#[derive(Clone, Copy)]
 struct Case {
     batch: usize,
     channels: usize,
@@ -17,6 +18,7 @@ struct Case {
     groups: usize,
     n_state: usize,
     heads: Option<usize>, // Some(H): SSD with H heads
+    form: SsdForm,
     dtype: DType,
     layout: SequenceLayout,
     z: bool,
@@ -43,6 +45,7 @@ fn random_case(rng: &mut Rng, dtype: DType, ssd: bool) -> Case {
         groups,
         n_state: [1, 3, 16, 64][rng.range(0, 3)],
         heads,
+        form: [SsdForm::Recurrent, SsdForm::ChunkedMatrix][rng.range(0, 1)],
         dtype,
         layout: if rng.range(0, 1) == 0 { SequenceLayout::ChannelsMajor } else { SequenceLayout::TokensMajor },
         z: !ssd && rng.range(0, 1) == 0,
@@ -125,6 +128,7 @@ fn check(device: &Device, rng: &mut Rng, case: &Case, what: &str) {
             reverse: case.reverse,
             layout: case.layout,
             chunk_len: case.chunk_len,
+            form: case.form,
         }),
     }
     .unwrap_or_else(|e| panic!("{what}: {e}"));
@@ -161,7 +165,7 @@ fn check(device: &Device, rng: &mut Rng, case: &Case, what: &str) {
 
 fn describe(case: &Case) -> String {
     format!(
-        "{} B{} D{} L{} G{} N{} heads {:?} {:?} z{} bias{} skip{} softplus{} h0{} rev{} chunk {:?}",
+        "{} B{} D{} L{} G{} N{} heads {:?} {:?} {:?} z{} bias{} skip{} softplus{} h0{} rev{} chunk {:?}",
         case.dtype,
         case.batch,
         case.channels,
@@ -169,6 +173,7 @@ fn describe(case: &Case) -> String {
         case.groups,
         case.n_state,
         case.heads,
+        case.form,
         case.layout,
         case.z,
         case.bias,
@@ -200,7 +205,10 @@ fn ssd_scan_matches_the_recurrence() {
         for dtype in dtypes(device) {
             for _ in 0..6 {
                 let case = random_case(&mut rng, dtype, true);
-                check(device, &mut rng, &case, &format!("{name} {}", describe(&case)));
+                for form in [SsdForm::Recurrent, SsdForm::ChunkedMatrix] {
+                    let case = Case { form, ..case };
+                    check(device, &mut rng, &case, &format!("{name} {}", describe(&case)));
+                }
             }
         }
     }
@@ -218,6 +226,7 @@ fn every_flag_combination_on_a_chunked_scan() {
             groups: 2,
             n_state: 5,
             heads: None,
+            form: SsdForm::Auto,
             dtype: DType::F32,
             layout: SequenceLayout::ChannelsMajor,
             z: bits & 1 != 0,
@@ -333,7 +342,7 @@ fn bad_scan_arguments_are_typed_errors() {
         })
         .map(drop)
     };
-    let err = |a: &Tensor, b: &Tensor| run(a, b).err().expect("an error").to_string();
+    let err = |a: &Tensor, b: &Tensor| run(a, b).expect_err("an error").to_string();
     assert!(run(&t(&[6, 4], -1.0), &bc).is_ok());
     let e = err(&t(&[6, 65], -1.0), &t(&[1, 2, 65, 5], 0.5));
     assert!(e.contains("N = 65"), "{e}");
@@ -361,6 +370,7 @@ fn bad_scan_arguments_are_typed_errors() {
         reverse: false,
         layout: SequenceLayout::ChannelsMajor,
         chunk_len: None,
+        form: SsdForm::Auto,
     });
     assert!(matches!(ssd, Err(Error::InvalidArgument { .. })), "6 channels cannot be 4 heads");
 }

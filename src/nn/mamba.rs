@@ -7,7 +7,7 @@ use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::ops::conv1d::{CausalConv1d, causal_conv1d};
 use crate::ops::scan::{
-    SelectiveScan, SequenceLayout, SsdScan, check_finite_host_a, selective_scan_checked, ssd_scan_checked,
+    SelectiveScan, SequenceLayout, SsdForm, SsdScan, check_finite_host_a, selective_scan_checked, ssd_scan_checked,
 };
 use crate::ops::{linear, mul, rms_norm, silu};
 use crate::tensor::{DType, Tensor};
@@ -286,6 +286,7 @@ impl Mamba2Block {
                 reverse: false,
                 layout: SequenceLayout::TokensMajor,
                 chunk_len: None,
+                form: SsdForm::Auto,
             },
             false,
         )?;

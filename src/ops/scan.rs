@@ -4,7 +4,7 @@
 use super::{check_operand, index_u32};
 use crate::device::launch::{self, Kernel};
 use crate::error::{Error, Result};
-use crate::shaders::{SCAN, SCAN_CARRY, Variant};
+use crate::shaders::{SCAN, SCAN_CARRY, SSD, Variant};
 use crate::tensor::{DType, Tensor};
 
 /// Largest state size N per channel.
@@ -51,6 +51,27 @@ pub struct SelectiveScan<'a> {
     pub chunk_len: Option<usize>,
 }
 
+/// How SSD is computed; both give the same numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SsdForm {
+    /// The recurrent form: measured faster (`scalewise bench scan --ssd-forms`, BENCHMARKS.md) on
+    /// every device measured so far. Revisit with GPU numbers.
+    #[default]
+    Auto,
+    /// The state recurrence (the selective-scan kernels with A per head).
+    Recurrent,
+    /// Mamba-2's chunked matrix form: masked (C B^T) products within chunks, states between them.
+    ChunkedMatrix,
+}
+
+/// Largest headdim the chunked matrix form takes.
+pub const SSD_MAX_HEAD_DIM: usize = 256;
+/// Workgroup memory the chunked matrix form needs.
+const SSD_WORKGROUP_BYTES: u32 = (1024 + 1024 + 4096 + 256) * 4;
+/// Default chunk of the matrix form: its per-token work grows with the chunk, and 64 keeps it near
+/// the recurrence's 2NP at N = P = 64 (Mamba-2's 256 suits tensor-core matmuls we do not have).
+const SSD_DEFAULT_CHUNK: usize = 64;
+
 /// SSD (Mamba-2) scan arguments: A, dt, D and dt_bias are per head; x has nheads * headdim channels.
 #[derive(Debug, Clone, Copy)]
 pub struct SsdScan<'a> {
@@ -73,6 +94,7 @@ pub struct SsdScan<'a> {
     pub reverse: bool,
     pub layout: SequenceLayout,
     pub chunk_len: Option<usize>,
+    pub form: SsdForm,
 }
 
 pub struct ScanOutput {
@@ -85,6 +107,8 @@ pub struct ScanOutput {
 /// What both scans reduce to.
 struct Scan<'a> {
     check_a: bool,
+    /// SSD only: the chunked matrix form instead of the recurrence.
+    matrix_form: bool,
     x: &'a Tensor,
     delta: &'a Tensor,
     a: &'a Tensor,
@@ -110,6 +134,7 @@ pub fn selective_scan(s: &SelectiveScan) -> Result<ScanOutput> {
 /// `check_a = false` skips reading A back: for model blocks, which checked it once at load.
 pub(crate) fn selective_scan_checked(s: &SelectiveScan, check_a: bool) -> Result<ScanOutput> {
     run(&Scan {
+        matrix_form: false,
         check_a,
         x: s.u,
         delta: s.delta,
@@ -143,7 +168,21 @@ pub(crate) fn ssd_scan_checked(s: &SsdScan, check_a: bool) -> Result<ScanOutput>
     if !channels.is_multiple_of(heads) {
         return Err(invalid(OP, format!("{channels} channels are not nheads ({heads}) x headdim")));
     }
+    let head_dim = channels / heads;
+    let matrix_fits =
+        head_dim <= SSD_MAX_HEAD_DIM && s.x.device().info().max_compute_workgroup_storage_size >= SSD_WORKGROUP_BYTES;
+    let form = match s.form {
+        SsdForm::Auto => SsdForm::Recurrent,
+        SsdForm::ChunkedMatrix if !matrix_fits => {
+            return Err(Error::MissingFeature {
+                what: format!("SSD's chunked matrix form with headdim {head_dim} (at most {SSD_MAX_HEAD_DIM})"),
+                feature: "max_compute_workgroup_storage_size >= 25 KiB",
+            });
+        }
+        form => form,
+    };
     run(&Scan {
+        matrix_form: form == SsdForm::ChunkedMatrix,
         check_a,
         x: s.x,
         delta: s.dt,
@@ -259,6 +298,7 @@ fn run(s: &Scan) -> Result<ScanOutput> {
     let chunk_len = match s.chunk_len {
         Some(0) => return Err(invalid(OP, "chunk_len must be above 0".into())),
         Some(c) => c.min(length),
+        None if s.matrix_form => SSD_DEFAULT_CHUNK.min(length),
         None => default_chunk_len(batch * channels, length, ctx_is_cpu(s.x)),
     };
     let chunks = length.div_ceil(chunk_len);
@@ -279,6 +319,12 @@ fn run(s: &Scan) -> Result<ScanOutput> {
 
     let y = Tensor::empty(s.x.device(), s.x.shape(), s.x.dtype())?;
     let final_state = Tensor::empty(s.x.device(), &[batch, channels, n_state], DType::F32)?;
+    if s.matrix_form {
+        let geometry =
+            SsdGeometry { batch, heads, head_dim: s.channels_per_head, length, groups, n_state, chunk_len, chunks };
+        ssd_matrix_form(s, &geometry, &params, &y, &final_state)?;
+        return Ok(ScanOutput { y, final_state });
+    }
     let flag = |b: bool| b as u32 as f64;
     let constants_for = |initial: bool| {
         [
@@ -326,7 +372,89 @@ fn run(s: &Scan) -> Result<ScanOutput> {
     let totals = Tensor::empty(s.x.device(), &[batch, channels, chunks, 2 * n_state], DType::F32)?;
     dispatch("scan_chunk_totals", s.a, &totals, false)?;
     let chunk_initial = Tensor::empty(s.x.device(), &[batch, channels, chunks, n_state], DType::F32)?;
-    let states = batch * channels * n_state;
+    carry_states(s, &totals, &chunk_initial, &final_state, batch * channels * n_state, chunks, n_state)?;
+    dispatch("scan_chunk_outputs", &chunk_initial, &totals, true)?;
+    Ok(ScanOutput { y, final_state })
+}
+
+struct SsdGeometry {
+    batch: usize,
+    heads: usize,
+    head_dim: usize,
+    length: usize,
+    groups: usize,
+    n_state: usize,
+    chunk_len: usize,
+    chunks: usize,
+}
+
+/// Runs `ops` in the chunked matrix form: cumsum, chunk states, carry, outputs (see ssd.wgsl).
+/// `scan_params` are the selective scan's words (batch, channels, length, groups, chunk_len, chunks,
+/// then the strides); SsdParams wants heads and head_dim in place of channels.
+fn ssd_matrix_form(s: &Scan, g: &SsdGeometry, scan_params: &[u32], y: &Tensor, final_state: &Tensor) -> Result<()> {
+    const OP: &str = "ssd_scan";
+    if !g.heads.is_multiple_of(g.groups) {
+        return Err(invalid(OP, format!("{} groups do not divide {} heads", g.groups, g.heads)));
+    }
+    let device = s.x.device();
+    let ctx = s.x.ctx();
+    let channels = g.heads * g.head_dim;
+    let mut params = vec![g.batch as u32, g.heads as u32, g.head_dim as u32, g.length as u32, g.groups as u32];
+    params.extend([g.chunk_len as u32, g.chunks as u32]);
+    params.extend(&scan_params[6..]);
+    let work = Tensor::empty(device, &[2, g.batch, g.heads, g.length], DType::F32)?;
+    let totals = Tensor::empty(device, &[g.batch, channels, g.chunks, 2 * g.n_state], DType::F32)?;
+    let chunk_initial = Tensor::empty(device, &[g.batch, channels, g.chunks, g.n_state], DType::F32)?;
+    let flag = |b: bool| b as u32 as f64;
+    let constants = [
+        ("N_STATE", g.n_state as f64),
+        ("HAS_D_SKIP", flag(s.d_skip.is_some())),
+        ("HAS_DT_BIAS", flag(s.delta_bias.is_some())),
+        ("DT_SOFTPLUS", flag(s.softplus)),
+        ("REVERSE", flag(s.reverse)),
+    ];
+    let variant = Variant { dtype: s.x.dtype(), subgroups: false };
+    let dispatch = |entry: &'static str, workgroups: [u32; 3]| {
+        let kernel = Kernel { family: &SSD, entry, variant, constants: &constants };
+        ctx.dispatch(
+            &kernel,
+            &[
+                s.x.bind("x", false),
+                s.delta.bind("dt", false),
+                s.a.bind("A", false),
+                s.b.bind("B", false),
+                s.c.bind("C", false),
+                s.d_skip.unwrap_or(s.a).bind("D", false),
+                s.delta_bias.unwrap_or(s.a).bind("dt_bias", false),
+                chunk_initial.bind("chunk_initial", false),
+                work.bind("work", true),
+                totals.bind("totals", true),
+                y.bind("y", true),
+            ],
+            &params,
+            workgroups,
+        )
+    };
+    let heads_total = index_u32(OP, "batch * heads", g.batch * g.heads)?;
+    let chunks = index_u32(OP, "chunks", g.chunks)?;
+    let tasks = g.batch * g.heads * g.chunks;
+    dispatch("ssd_cumsum", [index_u32(OP, "cumsum workgroups", tasks.div_ceil(64))?, 1, 1])?;
+    dispatch("ssd_chunk_states", [heads_total, chunks, 1])?;
+    carry_states(s, &totals, &chunk_initial, final_state, g.batch * channels * g.n_state, g.chunks, g.n_state)?;
+    dispatch("ssd_chunk_outputs", [heads_total, chunks, g.chunk_len.div_ceil(16) as u32])
+}
+
+/// The serial pass over chunk totals: every chunk's initial state and the final state.
+fn carry_states(
+    s: &Scan,
+    totals: &Tensor,
+    chunk_initial: &Tensor,
+    final_state: &Tensor,
+    states: usize,
+    chunks: usize,
+    n_state: usize,
+) -> Result<()> {
+    let ctx = s.x.ctx();
     let carry = Kernel {
         family: &SCAN_CARRY,
         entry: "scan_carry",
@@ -337,15 +465,13 @@ fn run(s: &Scan) -> Result<ScanOutput> {
         &carry,
         &[
             totals.bind("totals", false),
-            s.initial_state.unwrap_or(&totals).bind("initial_state", false),
+            s.initial_state.unwrap_or(totals).bind("initial_state", false),
             chunk_initial.bind("chunk_initial", true),
             final_state.bind("final_state", true),
         ],
         &[states as u32, chunks as u32, n_state as u32, s.initial_state.is_some() as u32],
         launch::grid(ctx, states.div_ceil(64) as u64, "scan_carry")?,
-    )?;
-    dispatch("scan_chunk_outputs", &chunk_initial, &totals, true)?;
-    Ok(ScanOutput { y, final_state })
+    )
 }
 
 /// Enough chunks that B x D x chunks threads fill the device, but chunks of at least 64 steps.

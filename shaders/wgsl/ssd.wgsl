@@ -1,0 +1,278 @@
+// SSD (Mamba-2) in the chunked matrix form. Per head h (A scalar), chunk of Q steps, positions in
+// processing order (reversed when REVERSE):
+//   dt_s = softplus(dt_raw + dt_bias), a_s = cumsum_{s' <= s in chunk} dt_s' A      (ssd_cumsum)
+//   chunk total: decay exp(a_end), state sum_s exp(a_end - a_s) dt_s B_s x_s^T     (ssd_chunk_states)
+//   carried initial state of every chunk                                         (scan_carry.wgsl)
+//   y_t = sum_{s <= t} (C_t . B_s) exp(a_t - a_s) dt_s x_s + exp(a_t) C_t S_init + D x_t
+//                                                                              (ssd_chunk_outputs)
+// Every exponent is <= 0 (A < 0, dt > 0), so nothing overflows. The quadratic part is a masked
+// matrix product staged through workgroup memory, like attention without the softmax.
+override N_STATE: u32 = 64u;
+override HAS_D_SKIP: bool = false;
+override HAS_DT_BIAS: bool = false;
+override DT_SOFTPLUS: bool = true;
+override REVERSE: bool = false;
+
+const MAX_STATE: u32 = 64u;
+const MAX_HEAD_DIM: u32 = 256u;
+const ROWS: u32 = 16u; // output rows (time steps) per workgroup, and keys per tile
+const COLS: u32 = 16u; // threads per row
+const STAGE: u32 = 8u; // steps per stage in ssd_chunk_states
+
+struct SsdParams {
+    batch: u32,
+    heads: u32,
+    head_dim: u32,
+    length: u32,
+    groups: u32,
+    chunk_len: u32,
+    chunks: u32,
+    x_batch: u32,
+    x_channel: u32,
+    x_time: u32,
+    dt_batch: u32,
+    dt_channel: u32,
+    dt_time: u32,
+    bc_batch: u32,
+    bc_group: u32,
+    bc_state: u32,
+    bc_time: u32,
+}
+
+@group(0) @binding(0) var<storage, read> x: array<store_t>;
+@group(0) @binding(1) var<storage, read> dt_raw: array<store_t>;
+@group(0) @binding(2) var<storage, read> a_head: array<f32>;
+@group(0) @binding(3) var<storage, read> b_in: array<store_t>;
+@group(0) @binding(4) var<storage, read> c_in: array<store_t>;
+@group(0) @binding(5) var<storage, read> d_skip: array<f32>;
+@group(0) @binding(6) var<storage, read> dt_bias: array<f32>;
+// (batch, channel, chunk, N): each chunk's true initial state, from scan_carry.
+@group(0) @binding(7) var<storage, read> chunk_initial: array<f32>;
+// (batch, head, position) dt, then (batch, head, position) cumulative dt * A within the chunk.
+@group(0) @binding(8) var<storage, read_write> work: array<f32>;
+// (batch, channel, chunk, 2N) pairs for scan_carry: decay, then the chunk's own state.
+@group(0) @binding(9) var<storage, read_write> totals: array<f32>;
+@group(0) @binding(10) var<storage, read_write> y: array<store_t>;
+@group(0) @binding(11) var<uniform> p: SsdParams;
+
+var<workgroup> rows_c: array<f32, 1024>; // ROWS x MAX_STATE
+var<workgroup> keys_b: array<f32, 1024>; // ROWS x MAX_STATE (STAGE x MAX_STATE in chunk_states)
+var<workgroup> keys_x: array<f32, 4096>; // ROWS x MAX_HEAD_DIM: dt_s * x_s
+var<workgroup> scores: array<f32, 256>; // ROWS x ROWS
+
+fn time_at(i: u32) -> u32 {
+    if REVERSE {
+        return p.length - 1u - i;
+    }
+    return i;
+}
+
+fn softplus(v: f32) -> f32 {
+    if v > 20.0 {
+        return v;
+    }
+    let e = exp(v);
+    if e < 1e-4 {
+        return e - 0.5 * e * e;
+    }
+    return log(1.0 + e);
+}
+
+fn work_dt(b: u32, h: u32, i: u32) -> u32 {
+    return (b * p.heads + h) * p.length + i;
+}
+
+fn work_cum(b: u32, h: u32, i: u32) -> u32 {
+    return p.batch * p.heads * p.length + work_dt(b, h, i);
+}
+
+fn x_index(b: u32, channel: u32, i: u32) -> u32 {
+    return b * p.x_batch + channel * p.x_channel + time_at(i) * p.x_time;
+}
+
+fn bc_index(b: u32, h: u32, n: u32, i: u32) -> u32 {
+    let group = h / (p.heads / p.groups);
+    return b * p.bc_batch + group * p.bc_group + n * p.bc_state + time_at(i) * p.bc_time;
+}
+
+// One thread per (batch, head, chunk): processed dt and its running sum times A.
+@compute @workgroup_size(64)
+fn ssd_cumsum(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let task = gid.x;
+    if task >= p.batch * p.heads * p.chunks {
+        return;
+    }
+    let chunk = task % p.chunks;
+    let h = (task / p.chunks) % p.heads;
+    let b = task / (p.chunks * p.heads);
+    let start = chunk * p.chunk_len;
+    let end = min(start + p.chunk_len, p.length);
+    var sum = 0.0;
+    for (var i = start; i < end; i++) {
+        var dt = f32(dt_raw[b * p.dt_batch + h * p.dt_channel + time_at(i) * p.dt_time]);
+        if HAS_DT_BIAS {
+            dt += dt_bias[h];
+        }
+        if DT_SOFTPLUS {
+            dt = softplus(dt);
+        }
+        sum += dt * a_head[h];
+        work[work_dt(b, h, i)] = dt;
+        work[work_cum(b, h, i)] = sum;
+    }
+}
+
+// Workgroup per (batch * head, chunk): the chunk's own end state (N x P) and its decay.
+@compute @workgroup_size(256)
+fn ssd_chunk_states(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) index: u32) {
+    let b = wg.x / p.heads;
+    let h = wg.x % p.heads;
+    let chunk = wg.y;
+    let start = chunk * p.chunk_len;
+    let end = min(start + p.chunk_len, p.length);
+    let end_cum = work[work_cum(b, h, end - 1u)];
+    let outputs = N_STATE * p.head_dim;
+    var acc: array<f32, 64>; // outputs / 256 <= MAX_STATE * MAX_HEAD_DIM / 256 = 64
+    for (var s0 = start; s0 < end; s0 += STAGE) {
+        let count = min(STAGE, end - s0);
+        workgroupBarrier();
+        for (var e = index; e < STAGE * N_STATE; e += 256u) {
+            let s = e / N_STATE;
+            var v = 0.0;
+            if s < count {
+                v = f32(b_in[bc_index(b, h, e % N_STATE, s0 + s)]);
+            }
+            keys_b[e] = v;
+        }
+        for (var e = index; e < STAGE * p.head_dim; e += 256u) {
+            let s = e / p.head_dim;
+            var v = 0.0;
+            if s < count {
+                let i = s0 + s;
+                let weight = exp(end_cum - work[work_cum(b, h, i)]) * work[work_dt(b, h, i)];
+                v = weight * f32(x[x_index(b, h * p.head_dim + e % p.head_dim, i)]);
+            }
+            keys_x[e] = v;
+        }
+        workgroupBarrier();
+        for (var k = 0u; k * 256u + index < outputs; k++) {
+            let o = k * 256u + index;
+            let n = o / p.head_dim;
+            let col = o % p.head_dim;
+            var sum = acc[k];
+            for (var s = 0u; s < count; s++) {
+                sum += keys_b[s * N_STATE + n] * keys_x[s * p.head_dim + col];
+            }
+            acc[k] = sum;
+        }
+    }
+    let decay = exp(end_cum);
+    for (var k = 0u; k * 256u + index < outputs; k++) {
+        let o = k * 256u + index;
+        let n = o / p.head_dim;
+        let channel = h * p.head_dim + o % p.head_dim;
+        let base = ((b * p.heads * p.head_dim + channel) * p.chunks + chunk) * 2u * N_STATE;
+        totals[base + n] = decay;
+        totals[base + N_STATE + n] = acc[k];
+    }
+}
+
+// Workgroup per (batch * head, chunk, block of ROWS steps): thread (r, j) owns step r of the block
+// and the output columns j, j + COLS, ...
+@compute @workgroup_size(256)
+fn ssd_chunk_outputs(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) index: u32) {
+    let b = wg.x / p.heads;
+    let h = wg.x % p.heads;
+    let chunk = wg.y;
+    let start = chunk * p.chunk_len;
+    let end = min(start + p.chunk_len, p.length);
+    let first = start + wg.z * ROWS;
+    if first >= end {
+        return;
+    }
+    let r = index / COLS;
+    let j = index % COLS;
+    let i = first + r;
+    let live = i < end;
+    for (var e = index; e < ROWS * N_STATE; e += 256u) {
+        let row = first + e / N_STATE;
+        var v = 0.0;
+        if row < end {
+            v = f32(c_in[bc_index(b, h, e % N_STATE, row)]);
+        }
+        rows_c[e] = v;
+    }
+    workgroupBarrier();
+    var cum_i = 0.0;
+    if live {
+        cum_i = work[work_cum(b, h, i)];
+    }
+    // The carried-in state, decayed to step i: exp(a_i) C_i . S_init.
+    var acc: array<f32, 16>; // head_dim / COLS <= MAX_HEAD_DIM / COLS
+    if live {
+        let carry = exp(cum_i);
+        for (var k = 0u; j + k * COLS < p.head_dim; k++) {
+            let channel = h * p.head_dim + j + k * COLS;
+            let base = ((b * p.heads * p.head_dim + channel) * p.chunks + chunk) * N_STATE;
+            var sum = 0.0;
+            for (var n = 0u; n < N_STATE; n++) {
+                sum += rows_c[r * N_STATE + n] * chunk_initial[base + n];
+            }
+            acc[k] = carry * sum;
+        }
+    }
+    // Within the chunk: keys up to the block's last step (causal).
+    let last = min(first + ROWS, end);
+    for (var s0 = start; s0 < last; s0 += ROWS) {
+        workgroupBarrier();
+        for (var e = index; e < ROWS * N_STATE; e += 256u) {
+            let s = s0 + e / N_STATE;
+            var v = 0.0;
+            if s < end {
+                v = f32(b_in[bc_index(b, h, e % N_STATE, s)]);
+            }
+            keys_b[e] = v;
+        }
+        for (var e = index; e < ROWS * p.head_dim; e += 256u) {
+            let s = s0 + e / p.head_dim;
+            var v = 0.0;
+            if s < end {
+                v = work[work_dt(b, h, s)] * f32(x[x_index(b, h * p.head_dim + e % p.head_dim, s)]);
+            }
+            keys_x[e] = v;
+        }
+        workgroupBarrier();
+        // Score of step i against key s0 + j: (C_i . B_s) exp(a_i - a_s), zero above the diagonal.
+        let s = s0 + j;
+        var score = 0.0;
+        if live && s <= i {
+            var dot = 0.0;
+            for (var n = 0u; n < N_STATE; n++) {
+                dot += rows_c[r * N_STATE + n] * keys_b[j * N_STATE + n];
+            }
+            score = dot * exp(cum_i - work[work_cum(b, h, s)]);
+        }
+        scores[r * ROWS + j] = score;
+        workgroupBarrier();
+        if live {
+            for (var k = 0u; j + k * COLS < p.head_dim; k++) {
+                let col = j + k * COLS;
+                var sum = acc[k];
+                for (var key = 0u; key < ROWS; key++) {
+                    sum += scores[r * ROWS + key] * keys_x[key * p.head_dim + col];
+                }
+                acc[k] = sum;
+            }
+        }
+    }
+    if live {
+        var skip = 0.0;
+        if HAS_D_SKIP {
+            skip = d_skip[h];
+        }
+        for (var k = 0u; j + k * COLS < p.head_dim; k++) {
+            let at = x_index(b, h * p.head_dim + j + k * COLS, i);
+            y[at] = store_t(acc[k] + skip * f32(x[at]));
+        }
+    }
+}
