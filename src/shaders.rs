@@ -126,6 +126,22 @@ pub static CONV1D: ShaderFamily = ShaderFamily {
     dtypes: FLOATS,
 };
 
+/// Bicubic, area and nearest x2 resampling of NCHW planes (the multi-scale VQVAE).
+pub static RESAMPLE: ShaderFamily = ShaderFamily {
+    name: "resample",
+    source: include_str!("../shaders/wgsl/resample.wgsl"),
+    uses_reductions: false,
+    dtypes: FLOATS,
+};
+
+/// 2-D convolution, stride 1, same padding (the VQVAE decoder).
+pub static CONV2D: ShaderFamily = ShaderFamily {
+    name: "conv2d",
+    source: include_str!("../shaders/wgsl/conv2d.wgsl"),
+    uses_reductions: false,
+    dtypes: FLOATS,
+};
+
 /// SSD in the chunked matrix form.
 pub static SSD: ShaderFamily = ShaderFamily {
     name: "ssd",
@@ -163,6 +179,7 @@ pub static ALL_FAMILIES: &[&ShaderFamily] = &[
     &NORM,
     &ATTENTION,
     &SCAN,
+    &SSD,
     &SCAN_CARRY,
     &CONV1D,
     &ELEMENTWISE,
@@ -170,4 +187,6 @@ pub static ALL_FAMILIES: &[&ShaderFamily] = &[
     &COPY,
     &CAST_TO_F16,
     &CAST_TO_F32,
+    &RESAMPLE,
+    &CONV2D,
 ];

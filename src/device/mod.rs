@@ -153,6 +153,16 @@ impl DeviceInfo {
             ),
             ("matmul", "tiled 64x64x16, 4x4 per thread".into()),
             (
+                "attention softmax statistics",
+                if f.subgroups { "subgroup teams".into() } else { "one thread per row".into() },
+            ),
+            ("attention tiles", "from head_dim and workgroup memory (16x16 .. 4x4)".into()),
+            (
+                "selective scan",
+                "chunked (chunk totals, carry, recompute), chunks sized for the adapter; no subgroups".into(),
+            ),
+            ("ssd", "recurrent form (chunked matrix form on request)".into()),
+            (
                 "profiling",
                 if f.timestamps { "GPU timestamps per dispatch".into() } else { "wall clock per dispatch".into() },
             ),

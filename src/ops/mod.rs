@@ -3,20 +3,24 @@
 
 pub mod attention;
 pub mod conv1d;
+pub mod conv2d;
 pub mod elementwise;
 pub mod embedding;
 pub mod matmul;
 pub mod norm;
+pub mod resample;
 pub mod scan;
 
 pub use attention::{
     AttentionLayout, AttentionOptions, GratPattern, GroupedLayout, TokenOrder, attention, from_group_major,
     grouped_attention, grouped_attention_in, to_group_major,
 };
+pub use conv2d::{Conv2dAlgorithm, conv2d, conv2d_with};
 pub use elementwise::{add, gelu_tanh, mul, silu};
 pub use embedding::embedding;
 pub use matmul::{MatmulAlgorithm, linear, matmul, matmul_with};
 pub use norm::{adaln_layer_norm, group_norm, layer_norm, modulate, rms_norm, softmax, softmax_scaled};
+pub use resample::{downsample_area, upsample_bicubic, upsample_nearest2x};
 
 use crate::device::launch::{self, Binding, Kernel};
 use crate::error::{Error, Result};

@@ -1,0 +1,174 @@
+//! 2-D convolution with stride 1 and "same" zero padding, the convolutions of the VQVAE decoder.
+
+use super::{check_operand, dispatch_elements, index_u32, shape_error, variant_for};
+use crate::device::launch::{self, Kernel};
+use crate::error::{Error, Result};
+use crate::shaders::CONV2D;
+use crate::tensor::Tensor;
+
+/// Widest kernel supported.
+pub const MAX_KERNEL: usize = 7;
+
+// The tiled kernel's geometry (see shaders/wgsl/conv2d.wgsl).
+const TILE_W: usize = 16;
+const TILE_H: usize = 8;
+const COUT_BLOCK: usize = 32;
+const PATCH_CAP: usize = 1536;
+const WEIGHT_CAP: usize = 2560;
+const MAX_CIN_CHUNK: usize = 16;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Conv2dAlgorithm {
+    /// 16 x 8 pixels x 32 output channels per workgroup, input patch and weights through workgroup
+    /// memory.
+    #[default]
+    Tiled,
+    /// One thread per output, straight from global memory: the benchmark baseline.
+    Naive,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Conv2dOptions<'a> {
+    /// (Cout)
+    pub bias: Option<&'a Tensor>,
+    pub algorithm: Conv2dAlgorithm,
+}
+
+/// PyTorch `Conv2d(Cin, Cout, k, stride=1, padding=(k - 1) / 2)` for odd k <= 7:
+/// x (B, Cin, H, W), weight (Cout, Cin, k, k), bias (Cout) -> (B, Cout, H, W).
+pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    conv2d_with(x, weight, &Conv2dOptions { bias, ..Default::default() })
+}
+
+/// Input channels per staging step of the tiled kernel for kernel size `k`.
+fn cin_chunk(k: usize, cin: usize) -> usize {
+    let patch = (TILE_H + k - 1) * (TILE_W + k - 1);
+    (PATCH_CAP / patch).min(WEIGHT_CAP / (COUT_BLOCK * k * k)).min(MAX_CIN_CHUNK).min(cin).max(1)
+}
+
+pub fn conv2d_with(x: &Tensor, weight: &Tensor, options: &Conv2dOptions) -> Result<Tensor> {
+    const OP: &str = "conv2d";
+    let &[batch, cin, height, width] = x.shape() else {
+        return Err(Error::InvalidArgument {
+            op: OP,
+            msg: format!("x must be 4-D (B, Cin, H, W), got {:?}", x.shape()),
+        });
+    };
+    let &[cout, w_cin, kh, kw] = weight.shape() else {
+        return Err(shape_error(OP, x, weight, format!("the weight must be 4-D (Cout, {cin}, k, k)")));
+    };
+    if w_cin != cin {
+        return Err(shape_error(
+            OP,
+            x,
+            weight,
+            format!("x has {cin} input channels but the weight expects {w_cin} (weight is (Cout, Cin, k, k))"),
+        ));
+    }
+    if kh != kw {
+        return Err(shape_error(OP, x, weight, format!("the kernel must be square, got {kh} x {kw}")));
+    }
+    let k = kh;
+    if k % 2 == 0 || k > MAX_KERNEL {
+        return Err(Error::InvalidArgument {
+            op: OP,
+            msg: format!("kernel size {k} (weight {:?}) must be odd and at most {MAX_KERNEL}", weight.shape()),
+        });
+    }
+    check_operand(OP, x, weight)?;
+    if let Some(bias) = options.bias {
+        check_operand(OP, x, bias)?;
+        if bias.shape() != [cout] {
+            return Err(shape_error(OP, weight, bias, format!("the bias must have shape [{cout}]")));
+        }
+    }
+    let variant = variant_for(x, &CONV2D, OP)?;
+    let out = Tensor::empty(x.device(), &[batch, cout, height, width], x.dtype())?;
+    index_u32(OP, "elements of x", x.numel())?;
+    index_u32(OP, "elements of the weight", weight.numel())?;
+    index_u32(OP, "elements of the output", out.numel())?;
+    if out.numel() == 0 {
+        return Ok(out);
+    }
+    let (tiles_x, tiles_y) = (width.div_ceil(TILE_W), height.div_ceil(TILE_H));
+    let cout_blocks = cout.div_ceil(COUT_BLOCK);
+    let params = [
+        batch as u32,
+        cin as u32,
+        cout as u32,
+        height as u32,
+        width as u32,
+        tiles_x as u32,
+        index_u32(OP, "tiles", tiles_x * tiles_y)?,
+        cout_blocks as u32,
+    ];
+    let chunk = cin_chunk(k, cin);
+    let constants =
+        [("KSIZE", k as f64), ("HAS_BIAS", options.bias.is_some() as u32 as f64), ("CIN_CHUNK", chunk as f64)];
+    let bindings = [
+        x.bind("x", false),
+        weight.bind("weight", false),
+        options.bias.unwrap_or(weight).bind("bias", false),
+        out.bind("y", true),
+    ];
+    match options.algorithm {
+        Conv2dAlgorithm::Tiled => {
+            let kernel = Kernel { family: &CONV2D, entry: "conv2d_tiled", variant, constants: &constants };
+            let workgroups = tiles_x * tiles_y * cout_blocks * batch;
+            let ctx = x.ctx();
+            ctx.dispatch(&kernel, &bindings, &params, launch::grid(ctx, workgroups as u64, kernel.entry)?)?;
+        }
+        Conv2dAlgorithm::Naive => {
+            let kernel = Kernel { family: &CONV2D, entry: "conv2d_naive", variant, constants: &constants };
+            dispatch_elements(x, &kernel, &bindings, &params, out.numel())?;
+        }
+    }
+    Ok(out)
+}
+
+pub mod reference {
+    /// x (B, Cin, H, W), weight (Cout, Cin, k, k), bias (Cout) -> (B, Cout, H, W): the direct sum over
+    /// in-bounds taps with padding (k - 1) / 2.
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv2d(
+        x: &[f32],
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        batch: usize,
+        cin: usize,
+        height: usize,
+        width: usize,
+        k: usize,
+    ) -> Vec<f64> {
+        let cout = weight.len() / (cin * k * k);
+        let pad = (k - 1) as isize / 2;
+        let mut out = vec![0.0; batch * cout * height * width];
+        for b in 0..batch {
+            for o in 0..cout {
+                for r in 0..height {
+                    for c in 0..width {
+                        let mut acc = bias.map_or(0.0, |bias| bias[o] as f64);
+                        for i in 0..cin {
+                            for ky in 0..k {
+                                let iy = r as isize + ky as isize - pad;
+                                if iy < 0 || iy >= height as isize {
+                                    continue;
+                                }
+                                for kx in 0..k {
+                                    let ix = c as isize + kx as isize - pad;
+                                    if ix < 0 || ix >= width as isize {
+                                        continue;
+                                    }
+                                    let xv = x[((b * cin + i) * height + iy as usize) * width + ix as usize];
+                                    acc += weight[((o * cin + i) * k + ky) * k + kx] as f64 * xv as f64;
+                                }
+                            }
+                        }
+                        out[((b * cout + o) * height + r) * width + c] = acc;
+                    }
+                }
+            }
+        }
+        out
+    }
+}

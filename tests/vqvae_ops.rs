@@ -1,0 +1,307 @@
+//! The VQVAE's ops against their float64 references: bicubic upsampling from every VAR scale to the
+//! 16 x 16 latent, area downsampling back to every scale, nearest x2, and conv2d (tiled and naive)
+//! with k = 1, 3, 5, 7 on shapes that are not multiples of the tiles; typed errors for bad arguments.
+
+mod common;
+
+use common::{Rng, Tol, assert_close, devices, dtypes};
+use scalewise::ops::conv2d::{self, Conv2dAlgorithm, Conv2dOptions, conv2d, conv2d_with};
+use scalewise::ops::reference_values as stored;
+use scalewise::ops::resample::{self, downsample_area, upsample_bicubic, upsample_nearest2x};
+use scalewise::{DType, Device, Error, Tensor};
+
+/// The token-map side lengths of VAR's 10 scales (the last, 16, is the latent).
+const VAR_SCALES: [usize; 9] = [1, 2, 3, 4, 5, 6, 8, 10, 13];
+
+#[test]
+fn bicubic_weights_match_hand_computed_values() {
+    // Keys' kernel with a = -0.75: W(d) = 1.25|d|^3 - 2.25|d|^2 + 1 for |d| <= 1,
+    // -0.75|d|^3 + 3.75|d|^2 - 6|d| + 3 for 1 < |d| < 2. For t = 0.75 the taps at distances
+    // 1.75, 0.75, 0.25, 1.25 weigh:
+    //   W(1.75) = -0.75 * 5.359375 + 3.75 * 3.0625 - 10.5 + 3 = -0.03515625
+    //   W(0.75) = 1.25 * 0.421875 - 2.25 * 0.5625 + 1          =  0.26171875
+    //   W(0.25) = 1.25 * 0.015625 - 2.25 * 0.0625 + 1          =  0.87890625
+    //   W(1.25) = -0.75 * 1.953125 + 3.75 * 1.5625 - 7.5 + 3   = -0.10546875   (sum 1)
+    let keys = resample::reference::keys_cubic;
+    for (d, want) in [(1.75, -0.03515625), (0.75, 0.26171875), (0.25, 0.87890625), (1.25, -0.10546875), (2.0, 0.0)] {
+        assert!((keys(d) - want).abs() < 1e-15, "W({d}) = {} != {want}", keys(d));
+    }
+    // 2 -> 4, align_corners = false: src = (dst + 0.5) / 2 - 0.5 = -0.25, 0.25, 0.75, 1.25.
+    //   dst 0: floor -1, t 0.75, taps -2, -1, 0, 1 -> clamped 0, 0, 0, 1:
+    //          in[0] (-0.03515625 + 0.26171875 + 0.87890625) + in[1] (-0.10546875) = 1.10546875 in[0] - 0.10546875 in[1]
+    //   dst 1: floor 0, t 0.25, taps -1, 0, 1, 2 -> 0, 0, 1, 1:
+    //          in[0] (-0.10546875 + 0.87890625) + in[1] (0.26171875 - 0.03515625) = 0.7734375 in[0] + 0.2265625 in[1]
+    //   dst 2, 3: the mirror images (0.2265625, 0.7734375), (-0.10546875, 1.10546875).
+    // So a ramp [0, 1] becomes L = [-0.10546875, 0.2265625, 0.7734375, 1.10546875], and the linear
+    // input [[1, 2], [3, 4]] (1 + col + 2 row) becomes 1 + L[col] + 2 L[row]:
+    let want_ramp: [f64; 16] = [
+        0.68359375, 1.015625, 1.5625, 1.89453125, // 0.7890625 + L
+        1.34765625, 1.6796875, 2.2265625, 2.55859375, // 1.453125 + L
+        2.44140625, 2.7734375, 3.3203125, 3.65234375, // 2.546875 + L
+        3.10546875, 3.4375, 3.984375, 4.31640625, // 3.2109375 + L
+    ];
+    // and the impulse [[1, 0], [0, 0]] becomes the outer product of the first column.
+    let column = [1.10546875, 0.7734375, 0.2265625, -0.10546875];
+    let want_impulse: Vec<f64> = (0..16).map(|i| column[i / 4] * column[i % 4]).collect();
+    let ramp = [1.0, 2.0, 3.0, 4.0];
+    let impulse = [1.0, 0.0, 0.0, 0.0];
+    let exact = Tol { atol: 1e-12, rtol: 0.0 };
+    let reference = |x: &[f32]| resample::reference::upsample_bicubic(x, 1, 2, 2, 4, 4);
+    let as_f32 = |v: &[f64]| v.iter().map(|&v| v as f32).collect::<Vec<_>>();
+    assert_close(&as_f32(&reference(&ramp)), &want_ramp, exact, "reference, ramp");
+    assert_close(&as_f32(&reference(&impulse)), &want_impulse, exact, "reference, impulse");
+    for (name, device) in devices() {
+        for (x, want) in [(&ramp, &want_ramp[..]), (&impulse, &want_impulse[..])] {
+            let t = Tensor::from_f32(device, &[1, 1, 2, 2], x, DType::F32).unwrap();
+            let got = upsample_bicubic(&t, 4, 4).unwrap().to_vec_f32().unwrap();
+            assert_close(&got, want, Tol::for_dtype(DType::F32, 4.0), &format!("{name}: {x:?} 2x2 -> 4x4"));
+        }
+        // A 1 x 1 input gives a constant (the weights sum to 1 over the clamped taps).
+        let one = Tensor::from_f32(device, &[1, 2, 1, 1], &[0.75, -3.0], DType::F32).unwrap();
+        let got = upsample_bicubic(&one, 5, 3).unwrap().to_vec_f32().unwrap();
+        let want: Vec<f64> = (0..30).map(|i| if i < 15 { 0.75 } else { -3.0 }).collect();
+        assert_close(&got, &want, Tol::for_dtype(DType::F32, 1.0), &format!("{name}: 1x1 -> 5x3"));
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Resample {
+    Bicubic,
+    Area,
+    Nearest2x,
+}
+
+/// Runs one resampling of a random (B, C, in_h, in_w) input against its reference.
+#[allow(clippy::too_many_arguments)]
+fn check_resample(
+    device: &Device,
+    rng: &mut Rng,
+    dtype: DType,
+    op: Resample,
+    (batch, channels): (usize, usize),
+    (in_h, in_w): (usize, usize),
+    (out_h, out_w): (usize, usize),
+    what: &str,
+) {
+    let planes = batch * channels;
+    let x = stored(&rng.vec(planes * in_h * in_w, 1.0), dtype);
+    let t = Tensor::from_f32(device, &[batch, channels, in_h, in_w], &x, dtype).unwrap();
+    let (got, want) = match op {
+        Resample::Bicubic => (
+            upsample_bicubic(&t, out_h, out_w),
+            resample::reference::upsample_bicubic(&x, planes, in_h, in_w, out_h, out_w),
+        ),
+        Resample::Area => (
+            downsample_area(&t, out_h, out_w),
+            resample::reference::downsample_area(&x, planes, in_h, in_w, out_h, out_w),
+        ),
+        Resample::Nearest2x => {
+            (upsample_nearest2x(&t), resample::reference::upsample_nearest2x(&x, planes, in_h, in_w))
+        }
+    };
+    let got = got.unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert_eq!(got.shape(), [batch, channels, out_h, out_w], "{what}");
+    assert_eq!(got.dtype(), dtype, "{what}");
+    // Bicubic overshoots by up to about 1.4x the input range.
+    assert_close(&got.to_vec_f32().unwrap(), &want, Tol::for_dtype(dtype, 2.0), what);
+}
+
+#[test]
+fn bicubic_from_every_var_scale_to_the_latent() {
+    let mut rng = Rng::new("bicubic_var_scales");
+    for (name, device) in devices() {
+        for dtype in dtypes(device) {
+            for pn in VAR_SCALES {
+                let bc = (rng.range(1, 2), rng.range(1, 5));
+                let what = format!("{name} {dtype} bicubic {bc:?} {pn}x{pn} -> 16x16");
+                check_resample(device, &mut rng, dtype, Resample::Bicubic, bc, (pn, pn), (16, 16), &what);
+            }
+        }
+    }
+}
+
+#[test]
+fn area_from_the_latent_to_every_var_scale() {
+    let mut rng = Rng::new("area_var_scales");
+    for (name, device) in devices() {
+        for dtype in dtypes(device) {
+            for pn in VAR_SCALES {
+                let bc = (rng.range(1, 2), rng.range(1, 5));
+                let what = format!("{name} {dtype} area {bc:?} 16x16 -> {pn}x{pn}");
+                check_resample(device, &mut rng, dtype, Resample::Area, bc, (16, 16), (pn, pn), &what);
+            }
+        }
+    }
+}
+
+#[test]
+fn resampling_random_shapes() {
+    let mut rng = Rng::new("resample_random");
+    for (name, device) in devices() {
+        for dtype in dtypes(device) {
+            for _ in 0..4 {
+                let bc = (rng.range(1, 3), rng.range(1, 7));
+                let input = (rng.range(1, 23), rng.range(1, 23));
+                // Any output size: bicubic also samples down (no antialias), area also repeats up.
+                let output = (rng.range(1, 29), rng.range(1, 29));
+                for op in [Resample::Bicubic, Resample::Area] {
+                    let what = format!("{name} {dtype} {op:?} {bc:?} {input:?} -> {output:?}");
+                    check_resample(device, &mut rng, dtype, op, bc, input, output, &what);
+                }
+                let doubled = (2 * input.0, 2 * input.1);
+                let what = format!("{name} {dtype} nearest2x {bc:?} {input:?}");
+                check_resample(device, &mut rng, dtype, Resample::Nearest2x, bc, input, doubled, &what);
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct ConvCase {
+    batch: usize,
+    cin: usize,
+    cout: usize,
+    height: usize,
+    width: usize,
+    k: usize,
+    bias: bool,
+}
+
+fn check_conv(device: &Device, rng: &mut Rng, dtype: DType, case: ConvCase, algorithm: Conv2dAlgorithm, what: &str) {
+    let ConvCase { batch, cin, cout, height, width, k, bias } = case;
+    let x = stored(&rng.vec(batch * cin * height * width, 1.0), dtype);
+    // Weights scaled as a trained layer's would be, so outputs stay near 1 whatever the fan-in.
+    let w = stored(&rng.vec(cout * cin * k * k, 1.7 / ((cin * k * k) as f32).sqrt()), dtype);
+    let b = stored(&rng.vec(cout, 0.5), dtype);
+    let up = |v: &[f32], shape: &[usize]| Tensor::from_f32(device, shape, v, dtype).unwrap();
+    let (tx, tw, tb) = (up(&x, &[batch, cin, height, width]), up(&w, &[cout, cin, k, k]), up(&b, &[cout]));
+    let options = Conv2dOptions { bias: bias.then_some(&tb), algorithm };
+    let got = conv2d_with(&tx, &tw, &options).unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert_eq!(got.shape(), [batch, cout, height, width], "{what}");
+    let want = conv2d::reference::conv2d(&x, &w, bias.then_some(&b[..]), batch, cin, height, width, k);
+    assert_close(&got.to_vec_f32().unwrap(), &want, Tol::for_dtype(dtype, 2.0), what);
+}
+
+#[test]
+fn conv2d_matches_reference() {
+    let mut rng = Rng::new("conv2d");
+    for (name, device) in devices() {
+        for dtype in dtypes(device) {
+            // Fixed cases: channels above the 32-channel block and the input-channel chunk and not
+            // multiples of either, planes smaller than, equal to and larger than one 16 x 8 tile.
+            let mut cases = vec![
+                ConvCase { batch: 2, cin: 37, cout: 45, height: 11, width: 19, k: 3, bias: true },
+                ConvCase { batch: 1, cin: 40, cout: 33, height: 9, width: 17, k: 1, bias: false },
+                ConvCase { batch: 1, cin: 7, cout: 3, height: 8, width: 16, k: 5, bias: true },
+                ConvCase { batch: 1, cin: 5, cout: 65, height: 3, width: 2, k: 3, bias: false },
+                ConvCase { batch: 1, cin: 3, cout: 6, height: 10, width: 13, k: 7, bias: true },
+            ];
+            for _ in 0..4 {
+                cases.push(ConvCase {
+                    batch: rng.range(1, 2),
+                    cin: rng.range(1, 48),
+                    cout: rng.range(1, 48),
+                    height: rng.range(1, 21),
+                    width: rng.range(1, 21),
+                    k: [1, 3, 3, 5][rng.range(0, 3)],
+                    bias: rng.range(0, 1) == 0,
+                });
+            }
+            for case in cases {
+                for algorithm in [Conv2dAlgorithm::Tiled, Conv2dAlgorithm::Naive] {
+                    let what = format!("{name} {dtype} {algorithm:?} {case:?}");
+                    check_conv(device, &mut rng, dtype, case, algorithm, &what);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn conv2d_default_is_the_tiled_kernel_and_equals_naive() {
+    let mut rng = Rng::new("conv2d_default");
+    let (_, device) = &devices()[0];
+    let (cin, cout, h, w) = (20, 35, 18, 33);
+    let x = Tensor::from_f32(device, &[1, cin, h, w], &rng.vec(cin * h * w, 1.0), DType::F32).unwrap();
+    let wt = Tensor::from_f32(device, &[cout, cin, 3, 3], &rng.vec(cout * cin * 9, 0.1), DType::F32).unwrap();
+    let bias = Tensor::from_f32(device, &[cout], &rng.vec(cout, 1.0), DType::F32).unwrap();
+    let tiled = conv2d(&x, &wt, Some(&bias)).unwrap().to_vec_f32().unwrap();
+    let naive = conv2d_with(&x, &wt, &Conv2dOptions { bias: Some(&bias), algorithm: Conv2dAlgorithm::Naive })
+        .unwrap()
+        .to_vec_f32()
+        .unwrap();
+    let want: Vec<f64> = naive.iter().map(|&v| v as f64).collect();
+    assert_close(&tiled, &want, Tol::for_dtype(DType::F32, 2.0), "tiled vs naive");
+}
+
+#[test]
+fn bad_vqvae_arguments_are_typed_errors() {
+    let (_, device) = &devices()[0];
+    let t = |shape: &[usize]| Tensor::zeros(device, shape, DType::F32).unwrap();
+    let conv = |x: &Tensor, w: &Tensor, b: Option<&Tensor>| conv2d(x, w, b).expect_err("an error");
+    let x = t(&[1, 4, 6, 5]);
+    assert!(conv2d(&x, &t(&[8, 4, 3, 3]), Some(&t(&[8]))).is_ok());
+
+    let e = conv(&t(&[4, 6, 5]), &t(&[8, 4, 3, 3]), None);
+    assert!(matches!(e, Error::InvalidArgument { .. }) && e.to_string().contains("[4, 6, 5]"), "{e}");
+    let e = conv(&x, &t(&[8, 3, 3, 3]), None);
+    assert!(matches!(e, Error::ShapeMismatch { .. }), "{e}");
+    assert!(e.to_string().contains("[1, 4, 6, 5]") && e.to_string().contains("[8, 3, 3, 3]"), "{e}");
+    assert!(e.to_string().contains("4 input channels"), "{e}");
+    let e = conv(&x, &t(&[8, 4, 3]), None);
+    assert!(matches!(e, Error::ShapeMismatch { .. }) && e.to_string().contains("[8, 4, 3]"), "{e}");
+    let e = conv(&x, &t(&[8, 4, 3, 1]), None);
+    assert!(matches!(e, Error::ShapeMismatch { .. }) && e.to_string().contains("3 x 1"), "{e}");
+    for k in [2, 4, 9] {
+        let e = conv(&x, &t(&[8, 4, k, k]), None);
+        assert!(matches!(e, Error::InvalidArgument { .. }) && e.to_string().contains(&format!("size {k}")), "{e}");
+    }
+    let e = conv(&x, &t(&[8, 4, 3, 3]), Some(&t(&[4])));
+    assert!(matches!(e, Error::ShapeMismatch { .. }) && e.to_string().contains("[8]"), "{e}");
+    assert!(e.to_string().contains("[4]"), "{e}");
+    let e = conv(&x, &t(&[8, 4, 3, 3]), Some(&t(&[1, 8])));
+    assert!(matches!(e, Error::ShapeMismatch { .. }), "{e}");
+    if device.features().shader_f16 {
+        let half = Tensor::zeros(device, &[8, 4, 3, 3], DType::F16).unwrap();
+        assert!(matches!(conv(&x, &half, None), Error::DTypeMismatch { .. }));
+    }
+    let ids = Tensor::from_u32(device, &[1, 1, 2, 2], &[0, 1, 2, 3]).unwrap();
+    assert!(matches!(conv(&ids, &t(&[1, 1, 1, 1]), None), Error::DTypeMismatch { .. }));
+
+    let e = upsample_bicubic(&t(&[4, 4]), 8, 8).expect_err("2-D input");
+    assert!(matches!(e, Error::InvalidArgument { .. }) && e.to_string().contains("[4, 4]"), "{e}");
+    let e = downsample_area(&t(&[1, 2, 0, 4]), 2, 2).expect_err("empty plane");
+    assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
+    let e = downsample_area(&x, 0, 3).expect_err("zero output");
+    assert!(matches!(e, Error::InvalidArgument { .. }) && e.to_string().contains("0 x 3"), "{e}");
+    let e = upsample_nearest2x(&t(&[1, 2, 3, 4, 5])).expect_err("5-D input");
+    assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
+    assert!(matches!(upsample_bicubic(&ids, 4, 4), Err(Error::UnsupportedDType { .. })));
+    // Empty batches are fine and dispatch nothing.
+    assert_eq!(upsample_bicubic(&t(&[0, 3, 2, 2]), 5, 5).unwrap().shape(), [0, 3, 5, 5]);
+    assert_eq!(conv2d(&t(&[0, 4, 6, 5]), &t(&[8, 4, 3, 3]), None).unwrap().shape(), [0, 8, 6, 5]);
+}
+
+/// Lavapipe timing of a decoder-like conv (160 -> 160 channels, 3x3, 64 x 64):
+/// `cargo test --test vqvae_ops -- --ignored --nocapture conv2d_bench`.
+#[test]
+#[ignore]
+fn conv2d_bench_tiled_vs_naive() {
+    let (_, device) = &devices()[0];
+    let (c, h, w) = (160, 64, 64);
+    let x =
+        Tensor::from_f32(device, &[1, c, h, w], &scalewise::bench::pseudo_random(c * h * w, 1), DType::F32).unwrap();
+    let wt =
+        Tensor::from_f32(device, &[c, c, 3, 3], &scalewise::bench::pseudo_random(c * c * 9, 2), DType::F32).unwrap();
+    let bias = Tensor::from_f32(device, &[c], &scalewise::bench::pseudo_random(c, 3), DType::F32).unwrap();
+    let mut times = Vec::new();
+    for algorithm in [Conv2dAlgorithm::Tiled, Conv2dAlgorithm::Naive] {
+        let options = Conv2dOptions { bias: Some(&bias), algorithm };
+        let (median, min, source) =
+            scalewise::bench::time_dispatches(device, 1, 3, || conv2d_with(&x, &wt, &options).map(drop)).unwrap();
+        let gflops = 2.0 * (c * c * 9 * h * w) as f64 / (median * 1e-3) / 1e9;
+        eprintln!("{algorithm:?}: median {median:.2} ms, min {min:.2} ms ({source:?}), {gflops:.2} GFLOP/s");
+        times.push(median);
+    }
+    eprintln!("naive / tiled = {:.2}", times[1] / times[0]);
+}
