@@ -281,27 +281,3 @@ fn bad_vqvae_arguments_are_typed_errors() {
     assert_eq!(upsample_bicubic(&t(&[0, 3, 2, 2]), 5, 5).unwrap().shape(), [0, 3, 5, 5]);
     assert_eq!(conv2d(&t(&[0, 4, 6, 5]), &t(&[8, 4, 3, 3]), None).unwrap().shape(), [0, 8, 6, 5]);
 }
-
-/// Lavapipe timing of a decoder-like conv (160 -> 160 channels, 3x3, 64 x 64):
-/// `cargo test --test vqvae_ops -- --ignored --nocapture conv2d_bench`.
-#[test]
-#[ignore]
-fn conv2d_bench_tiled_vs_naive() {
-    let (_, device) = &devices()[0];
-    let (c, h, w) = (160, 64, 64);
-    let x =
-        Tensor::from_f32(device, &[1, c, h, w], &scalewise::bench::pseudo_random(c * h * w, 1), DType::F32).unwrap();
-    let wt =
-        Tensor::from_f32(device, &[c, c, 3, 3], &scalewise::bench::pseudo_random(c * c * 9, 2), DType::F32).unwrap();
-    let bias = Tensor::from_f32(device, &[c], &scalewise::bench::pseudo_random(c, 3), DType::F32).unwrap();
-    let mut times = Vec::new();
-    for algorithm in [Conv2dAlgorithm::Tiled, Conv2dAlgorithm::Naive] {
-        let options = Conv2dOptions { bias: Some(&bias), algorithm };
-        let (median, min, source) =
-            scalewise::bench::time_dispatches(device, 1, 3, || conv2d_with(&x, &wt, &options).map(drop)).unwrap();
-        let gflops = 2.0 * (c * c * 9 * h * w) as f64 / (median * 1e-3) / 1e9;
-        eprintln!("{algorithm:?}: median {median:.2} ms, min {min:.2} ms ({source:?}), {gflops:.2} GFLOP/s");
-        times.push(median);
-    }
-    eprintln!("naive / tiled = {:.2}", times[1] / times[0]);
-}
