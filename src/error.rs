@@ -64,6 +64,19 @@ pub enum Error {
         /// (key, expected shape, shape found)
         misshaped: Vec<(String, Vec<usize>, Vec<usize>)>,
     },
+
+    /// A weights file that cannot be read: missing, truncated, corrupt, or not a format scalewise reads.
+    /// `path` is `<memory>` for the `StateDict::from_*_bytes` constructors.
+    #[error("weights file {}: {reason}", path.display())]
+    WeightsFile { path: std::path::PathBuf, reason: String },
+
+    /// A tensor whose element type scalewise does not convert (complex, float8, quantized, ...).
+    #[error(
+        "weights file {}: tensor {key:?} has dtype {dtype}; scalewise loads F32, F16, BF16 and F64 tensors \
+         (as f32) and skips integer and bool buffers",
+        path.display()
+    )]
+    WeightsDType { path: std::path::PathBuf, key: String, dtype: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,424 @@
+//! Named host tensors (a state_dict), the files they come from, and strict key/shape validation for
+//! the model builders.
+//!
+//! [`StateDict::load`] reads, without Python:
+//! - **safetensors** files: F32, F16, BF16 and F64 tensors are converted to f32; integer and bool tensors
+//!   are recorded in [`StateDict::skipped`]; any other dtype is an [`Error::WeightsDType`] naming the key.
+//!   The header's `__metadata__` lands in [`StateDict::metadata`].
+//! - **PyTorch checkpoints** written by `torch.save` (the zip format, the default since torch 1.6; the
+//!   official VAR and VQVAE `.pth` files): `<root>/data.pkl` is interpreted by a small pickle machine that
+//!   knows only the objects state dicts are made of (no code runs), and tensors are gathered from the
+//!   `<root>/data/<key>` storages honouring storage offsets and strides (non-contiguous views included).
+//!   The top-level object must be a dict. If none of its values is a tensor and it has a `state_dict`,
+//!   `model` or `module` entry holding a dict (checked in that order, repeatedly, so
+//!   `{"model": {"module": sd}}` works too), that dict is the state_dict; training checkpoints such as
+//!   `{"epoch": 3, "model": sd, "optimizer": ...}` therefore load their weights. Non-tensor values in the
+//!   state_dict (`_extra_state`) are recorded as skipped with dtype `object`.
+//!
+//! Every read is bounds-checked against the file: a truncated, corrupt or foreign file yields
+//! [`Error::WeightsFile`] naming the path, never a panic or an allocation larger than the file justifies.
+
+mod pickle;
+mod pth;
+mod safetensors;
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::tensor::{DType, Tensor};
+
+/// A tensor in host memory, as f32.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostTensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+/// A tensor present in a weights file but not loaded: an integer or bool buffer such as BatchNorm's
+/// `num_batches_tracked`, or a non-tensor state_dict value (`dtype` is then `object`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedTensor {
+    /// The stored element type in safetensors spelling (`I64`, `I32`, `I16`, `I8`, `U8`, `BOOL`, ...).
+    pub dtype: String,
+    pub shape: Vec<usize>,
+}
+
+/// Parameters by their PyTorch state_dict names.
+#[derive(Debug, Clone, Default)]
+pub struct StateDict {
+    tensors: BTreeMap<String, HostTensor>,
+    /// String metadata: a safetensors file's `__metadata__` (empty for `.pth` files).
+    pub metadata: BTreeMap<String, String>,
+    /// Tensors the file holds that were not loaded (see [`SkippedTensor`]). [`StateDict::check`] ignores
+    /// them.
+    pub skipped: BTreeMap<String, SkippedTensor>,
+}
+
+/// The file formats [`StateDict::load`] recognises by content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WeightsFormat {
+    Safetensors,
+    /// torch.save's zip checkpoint (`.pth`, `.pt`, `.bin`, `.ckpt`).
+    TorchZip,
+}
+
+/// The path reported by the constructors that read from memory.
+const MEMORY: &str = "<memory>";
+
+impl StateDict {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Reads a safetensors file or a torch.save zip checkpoint, whichever the content is (the extension
+    /// does not matter).
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let fail = |reason: String| file_error(path, reason);
+        let mut file = File::open(path).map_err(|e| fail(format!("cannot open: {e}")))?;
+        let len = file.metadata().map_err(|e| fail(format!("cannot read its size: {e}")))?.len();
+        let mut head = [0u8; 16];
+        let mut got = 0;
+        while got < head.len() {
+            match file.read(&mut head[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(fail(format!("cannot read: {e}"))),
+            }
+        }
+        file.seek(SeekFrom::Start(0)).map_err(|e| fail(format!("cannot seek: {e}")))?;
+        match sniff(&head[..got], len).map_err(fail)? {
+            WeightsFormat::Safetensors => safetensors::read(&mut FileSource { file, len }, path),
+            WeightsFormat::TorchZip => pth::read(std::io::BufReader::new(file), len, path),
+        }
+    }
+
+    /// Reads a safetensors file or a torch.save zip checkpoint held in memory.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        match sniff(bytes, bytes.len() as u64).map_err(|reason| file_error(Path::new(MEMORY), reason))? {
+            WeightsFormat::Safetensors => Self::from_safetensors_bytes(bytes),
+            WeightsFormat::TorchZip => Self::from_pth_bytes(bytes),
+        }
+    }
+
+    /// Reads a safetensors file held in memory.
+    pub fn from_safetensors_bytes(bytes: &[u8]) -> Result<Self> {
+        safetensors::read(&mut SliceSource(bytes), Path::new(MEMORY))
+    }
+
+    /// Reads a torch.save zip checkpoint held in memory.
+    pub fn from_pth_bytes(bytes: &[u8]) -> Result<Self> {
+        pth::read(std::io::Cursor::new(bytes), bytes.len() as u64, Path::new(MEMORY))
+    }
+
+    /// The number of loaded tensors (skipped ones not counted).
+    pub fn len(&self) -> usize {
+        self.tensors.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tensors.is_empty()
+    }
+
+    /// The loaded tensors in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &HostTensor)> {
+        self.tensors.iter().map(|(k, t)| (k.as_str(), t))
+    }
+
+    /// Removes and returns a tensor (for builders that take ownership of large tables).
+    pub fn remove(&mut self, key: &str) -> Option<HostTensor> {
+        self.tensors.remove(key)
+    }
+
+    pub fn insert(&mut self, key: impl Into<String>, shape: &[usize], data: Vec<f32>) -> Result<()> {
+        let key = key.into();
+        if shape.iter().product::<usize>() != data.len() {
+            return Err(Error::ShapeMismatch {
+                op: "StateDict::insert",
+                lhs: shape.to_vec(),
+                rhs: vec![data.len()],
+                detail: format!("{key}: the shape and the number of values disagree"),
+            });
+        }
+        self.tensors.insert(key, HostTensor { shape: shape.to_vec(), data });
+        Ok(())
+    }
+
+    pub fn get(&self, key: &str) -> Option<&HostTensor> {
+        self.tensors.get(key)
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
+    }
+
+    /// Checks that the keys under `prefix` are exactly `expected` (name relative to the prefix, shape;
+    /// `None` for an optional key) and reports every problem at once.
+    pub fn check(&self, prefix: &str, expected: &[(&str, Vec<usize>, bool)]) -> Result<()> {
+        let mut missing = Vec::new();
+        let mut misshaped = Vec::new();
+        for (name, shape, required) in expected {
+            let key = format!("{prefix}{name}");
+            match self.tensors.get(&key) {
+                None if *required => missing.push(key),
+                None => {}
+                Some(t) if &t.shape != shape => misshaped.push((key, shape.clone(), t.shape.clone())),
+                Some(_) => {}
+            }
+        }
+        let unexpected: Vec<String> = self
+            .tensors
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .filter(|k| !expected.iter().any(|(name, _, _)| **k == format!("{prefix}{name}")))
+            .cloned()
+            .collect();
+        if missing.is_empty() && unexpected.is_empty() && misshaped.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Weights { prefix: prefix.to_string(), missing, unexpected, misshaped })
+    }
+
+    /// The tensor under `key`, or a Weights error naming it.
+    pub fn require(&self, prefix: &str, name: &str) -> Result<&HostTensor> {
+        let key = format!("{prefix}{name}");
+        self.tensors.get(&key).ok_or_else(|| Error::Weights {
+            prefix: prefix.to_string(),
+            missing: vec![key],
+            unexpected: Vec::new(),
+            misshaped: Vec::new(),
+        })
+    }
+
+    /// Uploads `prefix + name` as `dtype`, reshaped to `shape` (same element count).
+    pub fn upload(&self, device: &Device, prefix: &str, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        let t = self.require(prefix, name)?;
+        Tensor::from_f32(device, shape, &t.data, dtype)
+    }
+}
+
+pub(crate) fn describe_mismatch(
+    missing: &[String],
+    unexpected: &[String],
+    misshaped: &[(String, Vec<usize>, Vec<usize>)],
+) -> String {
+    let mut text = String::new();
+    if !missing.is_empty() {
+        text.push_str(&format!(" missing {}.", missing.join(", ")));
+    }
+    if !unexpected.is_empty() {
+        text.push_str(&format!(" unexpected {}.", unexpected.join(", ")));
+    }
+    for (key, want, got) in misshaped {
+        text.push_str(&format!(" {key} has shape {got:?}, expected {want:?}."));
+    }
+    text
+}
+
+/// An [`Error::WeightsFile`].
+pub(crate) fn file_error(path: &Path, reason: impl Into<String>) -> Error {
+    Error::WeightsFile { path: path.to_path_buf(), reason: reason.into() }
+}
+
+/// Tells the format from the first bytes (`head`, up to 16) of a file of `len` bytes.
+fn sniff(head: &[u8], len: u64) -> std::result::Result<WeightsFormat, String> {
+    if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
+        return Ok(WeightsFormat::TorchZip);
+    }
+    // Before the legacy check: a header length such as 0x280 starts with the bytes 80 02 too.
+    if head.len() >= 9 && head[8] == b'{' {
+        return Ok(WeightsFormat::Safetensors);
+    }
+    if head.starts_with(b"PYTORCH1") {
+        return Err("a TorchScript archive from torch's preview format, which scalewise does not read".into());
+    }
+    if head.len() >= 2 && head[0] == 0x80 && (2..=5).contains(&head[1]) {
+        return Err("a PyTorch checkpoint in the legacy (pre-1.6, non-zip) pickle format, which scalewise does \
+                    not read; re-save it with torch >= 1.6 (`torch.save(torch.load(p), p)`) or convert it to \
+                    safetensors"
+            .into());
+    }
+    if head.len() < 9 {
+        return Err(format!("the file is only {len} bytes long: too short to be a weights file"));
+    }
+    let shown: Vec<String> = head.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    Err(format!("neither a safetensors file nor a torch.save zip checkpoint (first bytes {})", shown.join(" ")))
+}
+
+/// Random access to a weights file's bytes, in memory or on disk.
+pub(crate) trait ByteSource {
+    fn len(&self) -> u64;
+    /// `len` bytes at `offset`; a range past the end is an error.
+    fn read_at(&mut self, offset: u64, len: usize) -> std::result::Result<Cow<'_, [u8]>, String>;
+}
+
+struct SliceSource<'a>(&'a [u8]);
+
+impl ByteSource for SliceSource<'_> {
+    fn len(&self) -> u64 {
+        self.0.len() as u64
+    }
+
+    fn read_at(&mut self, offset: u64, len: usize) -> std::result::Result<Cow<'_, [u8]>, String> {
+        usize::try_from(offset)
+            .ok()
+            .and_then(|start| Some(start..start.checked_add(len)?))
+            .and_then(|range| self.0.get(range))
+            .map(Cow::Borrowed)
+            .ok_or_else(|| format!("{len} bytes at offset {offset} lie past the end ({} bytes)", self.0.len()))
+    }
+}
+
+struct FileSource {
+    file: File,
+    len: u64,
+}
+
+impl ByteSource for FileSource {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn read_at(&mut self, offset: u64, len: usize) -> std::result::Result<Cow<'_, [u8]>, String> {
+        if offset.checked_add(len as u64).is_none_or(|end| end > self.len) {
+            return Err(format!("{len} bytes at offset {offset} lie past the end ({} bytes)", self.len));
+        }
+        let mut buf = vec![0u8; len];
+        self.file.seek(SeekFrom::Start(offset)).map_err(|e| format!("seek to {offset} failed: {e}"))?;
+        self.file.read_exact(&mut buf).map_err(|e| format!("reading {len} bytes at {offset} failed: {e}"))?;
+        Ok(Cow::Owned(buf))
+    }
+}
+
+/// The floating-point element types converted to f32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FloatType {
+    F32,
+    F16,
+    BF16,
+    F64,
+}
+
+impl FloatType {
+    pub(crate) fn size(self) -> usize {
+        match self {
+            FloatType::F32 => 4,
+            FloatType::F16 | FloatType::BF16 => 2,
+            FloatType::F64 => 8,
+        }
+    }
+
+    /// One little-endian element (`bytes.len() == self.size()`) as f32.
+    fn decode_one(self, c: &[u8]) -> f32 {
+        match self {
+            FloatType::F32 => f32::from_le_bytes([c[0], c[1], c[2], c[3]]),
+            FloatType::F16 => half::f16::from_le_bytes([c[0], c[1]]).to_f32(),
+            FloatType::BF16 => half::bf16::from_le_bytes([c[0], c[1]]).to_f32(),
+            FloatType::F64 => f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32,
+        }
+    }
+
+    /// Little-endian elements to f32 (`bytes.len()` a multiple of the element size).
+    pub(crate) fn decode(self, bytes: &[u8]) -> Vec<f32> {
+        match self {
+            FloatType::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+            FloatType::F16 => bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            FloatType::BF16 => {
+                bytes.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
+            }
+            FloatType::F64 => bytes
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
+                .collect(),
+        }
+    }
+}
+
+/// What a loader does with a stored element type.
+pub(crate) enum Conversion {
+    Float(FloatType),
+    /// Integer or bool: recorded in [`StateDict::skipped`] under this dtype name.
+    Skip(&'static str),
+    Reject,
+}
+
+/// Elements beyond the storage's own count that a view with stride 0 (an expanded tensor) may reach:
+/// 16 Mi elements (64 MiB as f32). Views without overlap never need it.
+const MAX_EXPANSION: usize = 1 << 24;
+
+/// The elements of a strided view (`offset`, `shape`, `stride` in elements, as torch stores them) of a
+/// little-endian storage, converted to f32 in row-major order.
+pub(crate) fn gather(
+    storage: &[u8],
+    ty: FloatType,
+    offset: u64,
+    shape: &[usize],
+    stride: &[u64],
+) -> std::result::Result<Vec<f32>, String> {
+    if shape.len() != stride.len() {
+        return Err(format!("shape {shape:?} and stride {stride:?} differ in rank"));
+    }
+    let numel = shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| format!("shape {shape:?} has more elements than this machine can address"))?;
+    if numel == 0 {
+        return Ok(Vec::new());
+    }
+    let size = ty.size();
+    let available = (storage.len() / size) as u64;
+    let last = shape.iter().zip(stride).try_fold(offset, |acc, (&d, &s)| s.checked_mul(d as u64 - 1)?.checked_add(acc));
+    if !matches!(last, Some(last) if last < available) {
+        return Err(format!(
+            "a view with offset {offset}, shape {shape:?} and stride {stride:?} reaches past its storage of \
+             {available} elements"
+        ));
+    }
+    if numel as u64 > available && numel > MAX_EXPANSION {
+        return Err(format!(
+            "a view of shape {shape:?} has {numel} elements but its storage holds only {available} (an expanded \
+             tensor larger than scalewise materialises)"
+        ));
+    }
+    let contiguous = {
+        let mut expected = 1u64;
+        let mut ok = true;
+        for (&d, &s) in shape.iter().zip(stride).rev() {
+            if d != 1 && s != expected {
+                ok = false;
+                break;
+            }
+            expected = expected.saturating_mul(d as u64);
+        }
+        ok
+    };
+    // The last element's index is below `available`, which bounds every index below: the conversions to
+    // usize cannot truncate and the slices stay inside `storage`.
+    if contiguous {
+        let start = offset as usize * size;
+        return Ok(ty.decode(&storage[start..start + numel * size]));
+    }
+    let mut out = Vec::with_capacity(numel);
+    let mut index = vec![0usize; shape.len()];
+    let mut at = offset;
+    for _ in 0..numel {
+        let byte = at as usize * size;
+        out.push(ty.decode_one(&storage[byte..byte + size]));
+        for d in (0..shape.len()).rev() {
+            index[d] += 1;
+            at += stride[d];
+            if index[d] < shape[d] {
+                break;
+            }
+            at -= stride[d] * shape[d] as u64;
+            index[d] = 0;
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,88 @@
+//! safetensors files: an 8-byte little-endian header length, a JSON header (dtype, shape, data_offsets
+//! per tensor, optional `__metadata__`), then the tensors' bytes.
+
+use std::path::Path;
+
+use ::safetensors::Dtype;
+use ::safetensors::tensor::Metadata;
+
+use super::{ByteSource, Conversion, FloatType, HostTensor, SkippedTensor, StateDict, file_error};
+use crate::error::{Error, Result};
+
+/// The format's own limit on the JSON header.
+const MAX_HEADER_BYTES: u64 = 100_000_000;
+
+pub(super) fn read(src: &mut dyn ByteSource, path: &Path) -> Result<StateDict> {
+    let fail = |reason: String| file_error(path, reason);
+    let len = src.len();
+    let header_len = {
+        let bytes = src.read_at(0, 8).map_err(|e| fail(format!("too short for a safetensors header: {e}")))?;
+        u64::from_le_bytes(bytes[..8].try_into().map_err(|_| fail("short read".into()))?)
+    };
+    if header_len > MAX_HEADER_BYTES {
+        return Err(fail(format!("a safetensors header of {header_len} bytes, above the format's 100 MB limit")));
+    }
+    if 8 + header_len > len {
+        return Err(fail(format!(
+            "the safetensors header claims {header_len} bytes but the file has only {} after its length field \
+             (truncated?)",
+            len - 8
+        )));
+    }
+    let header = src.read_at(8, header_len as usize).map_err(fail)?;
+    let meta: Metadata =
+        serde_json::from_slice(&header).map_err(|e| fail(format!("invalid safetensors header: {e}")))?;
+    let data_start = 8 + header_len;
+    let data_len = meta.data_len() as u64;
+    if data_start + data_len != len {
+        return Err(fail(format!(
+            "the safetensors header describes {data_len} bytes of tensor data but the file holds {} (truncated or \
+             padded)",
+            len - data_start
+        )));
+    }
+
+    let mut sd = StateDict::new();
+    if let Some(metadata) = meta.metadata() {
+        sd.metadata = metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    }
+    for key in meta.offset_keys() {
+        let Some(info) = meta.info(&key) else { continue };
+        match conversion(info.dtype) {
+            Conversion::Float(ty) => {
+                let (start, end) = info.data_offsets;
+                // The header was validated: offsets are contiguous, match dtype * shape, and end within
+                // `data_len`, itself checked against the file's length.
+                let bytes = src.read_at(data_start + start as u64, end - start).map_err(fail)?;
+                let data = ty.decode(&bytes);
+                sd.tensors.insert(key, HostTensor { shape: info.shape.clone(), data });
+            }
+            Conversion::Skip(dtype) => {
+                sd.skipped.insert(key, SkippedTensor { dtype: dtype.into(), shape: info.shape.clone() });
+            }
+            Conversion::Reject => {
+                return Err(Error::WeightsDType { path: path.to_path_buf(), key, dtype: format!("{:?}", info.dtype) });
+            }
+        }
+    }
+    Ok(sd)
+}
+
+fn conversion(dtype: Dtype) -> Conversion {
+    match dtype {
+        Dtype::F32 => Conversion::Float(FloatType::F32),
+        Dtype::F16 => Conversion::Float(FloatType::F16),
+        Dtype::BF16 => Conversion::Float(FloatType::BF16),
+        Dtype::F64 => Conversion::Float(FloatType::F64),
+        Dtype::BOOL => Conversion::Skip("BOOL"),
+        Dtype::U8 => Conversion::Skip("U8"),
+        Dtype::I8 => Conversion::Skip("I8"),
+        Dtype::I16 => Conversion::Skip("I16"),
+        Dtype::U16 => Conversion::Skip("U16"),
+        Dtype::I32 => Conversion::Skip("I32"),
+        Dtype::U32 => Conversion::Skip("U32"),
+        Dtype::I64 => Conversion::Skip("I64"),
+        Dtype::U64 => Conversion::Skip("U64"),
+        _ => Conversion::Reject,
+    }
+}
