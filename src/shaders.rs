@@ -173,6 +173,14 @@ pub static CAST_TO_F32: ShaderFamily = ShaderFamily {
     dtypes: &[DType::F16],
 };
 
+/// The VAR sampler step: CFG, top-k, top-p and the Philox multinomial draw (logits are always f32).
+pub static SAMPLE: ShaderFamily = ShaderFamily {
+    name: "sample",
+    source: include_str!("../shaders/wgsl/sample.wgsl"),
+    uses_reductions: true,
+    dtypes: &[DType::F32],
+};
+
 /// Every family, for `scalewise info` and the naga validation test.
 pub static ALL_FAMILIES: &[&ShaderFamily] = &[
     &MATMUL,
@@ -189,4 +197,5 @@ pub static ALL_FAMILIES: &[&ShaderFamily] = &[
     &CAST_TO_F32,
     &RESAMPLE,
     &CONV2D,
+    &SAMPLE,
 ];

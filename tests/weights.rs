@@ -418,10 +418,13 @@ fn pth_strided_views_parameters_and_skipped_kinds() {
     assert_eq!(sd.len(), 3);
 }
 
+/// (what, data.pkl, storage records, expected text in the error)
+type BadCase = (&'static str, Vec<u8>, Vec<(&'static str, Vec<u8>)>, &'static str);
+
 #[test]
 fn pth_bad_views_and_types_are_errors() {
     let storage = || vec![("0", f32_storage([1.0, 2.0, 3.0, 4.0]))];
-    let cases: Vec<(&str, Vec<u8>, Vec<(&str, Vec<u8>)>, &str)> = vec![
+    let cases: Vec<BadCase> = vec![
         ("past the end", p::tensor("FloatStorage", "0", 4, 0, &[5], &[1]), storage(), "reaches past"),
         ("offset past the end", p::tensor("FloatStorage", "0", 4, 3, &[2], &[1]), storage(), "reaches past"),
         ("strided past the end", p::tensor("FloatStorage", "0", 4, 0, &[2, 2], &[3, 1]), storage(), "reaches past"),

@@ -9,6 +9,7 @@ pub mod embedding;
 pub mod matmul;
 pub mod norm;
 pub mod resample;
+pub mod sample;
 pub mod scan;
 
 pub use attention::{

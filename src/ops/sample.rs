@@ -1,0 +1,323 @@
+//! The VAR next-scale sampler step (spec VAR.md section 2, steps c-e), entirely on the GPU: CFG
+//! combine, top-k, top-p and a multinomial draw, one workgroup of 256 threads per token row.
+//!
+//! Semantics (the official order; [`reference`] is the executable definition):
+//! - CFG: logits (2B, T, V) with the conditional half first give
+//!   guided = (1 + t) * cond - t * uncond, t = cfg * cfg_ratio (computed in f32). Without CFG the
+//!   logits (B, T, V) are used as they are.
+//! - top-k: keeps logits >= the k-th largest value, ties kept; k = 0 or k >= V disables it.
+//! - top-p on the top-k survivors (the others are -inf): in the ascending order of (value, index),
+//!   the prefix whose cumulative softmax mass is <= 1 - top_p is removed, never the last (largest)
+//!   element. Equal values are ordered by index, so among ties at the cut the lowest indices go
+//!   first. top_p <= 0 or >= 1 disables it (top_p = 1 removes only zero-mass elements officially).
+//! - draw: u in [0, 1) from the top 24 bits of the first Philox4x32-10 word of counter
+//!   (token index, batch row, 0, 0) under the key of (seed, step) ([`reference::draw_key`]); the
+//!   token is the first index, in index order, whose cumulative filtered probability exceeds u.
+//!   The stream of a batch row depends on neither the batch size nor the device.
+//! - top_k = 1 is argmax: the lowest index among the kept maxima, independent of the RNG.
+//!
+//! The kernel finds the thresholds without sorting: bisection on an order-preserving u32 key of the
+//! values with workgroup reductions of counts (top-k) and masses (top-p), then a bisection on the
+//! index for the ties at the top-p cut. The result equals the sort-based definition up to f32
+//! rounding of the masses; the draw scans the row in a fixed order that does not depend on subgroups.
+
+use super::{dispatch_elements, dispatch_rows, index_u32};
+use crate::device::Device;
+use crate::device::launch::{Binding, Kernel};
+use crate::error::{Error, Result};
+use crate::shaders::{SAMPLE, Variant};
+use crate::tensor::{DType, Tensor};
+
+/// How to sample one step. `Default`: no CFG, no top-k, no top-p, seed 0, step 0.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampleOptions {
+    /// Guidance scale; `None` means no CFG (the logits are (B, T, V) and used as they are).
+    pub cfg: Option<f32>,
+    /// Multiplies `cfg` (VAR ramps it as scale index / (scales - 1)).
+    pub cfg_ratio: f32,
+    /// 0 or >= V: no top-k.
+    pub top_k: usize,
+    /// In [0, 1]; 0 or 1: no top-p.
+    pub top_p: f32,
+    pub seed: u64,
+    /// Keys the random stream together with `seed` (the scale index in VAR).
+    pub step: u32,
+    /// Also return the guided logits after filtering (-inf where removed), for smooth mode.
+    pub keep_filtered_logits: bool,
+}
+
+impl Default for SampleOptions {
+    fn default() -> Self {
+        Self { cfg: None, cfg_ratio: 1.0, top_k: 0, top_p: 0.0, seed: 0, step: 0, keep_filtered_logits: false }
+    }
+}
+
+impl SampleOptions {
+    /// The CFG weight t = cfg * cfg_ratio in f32, as the kernel uses it; `None` without CFG.
+    pub fn guidance(&self) -> Option<f32> {
+        self.cfg.map(|cfg| cfg * self.cfg_ratio)
+    }
+}
+
+/// What [`sample_tokens`] produces, on the logits' device.
+#[derive(Debug)]
+pub struct SampleOutput {
+    /// (B, T) u32 token ids.
+    pub ids: Tensor,
+    /// (B, T, V) f32 guided logits with -inf where filtered, when `keep_filtered_logits` is set.
+    /// A new tensor: with CFG its shape differs from the input's, and the caller's logits stay intact.
+    pub filtered_logits: Option<Tensor>,
+}
+
+const OP: &str = "sample_tokens";
+
+fn invalid(msg: String) -> Error {
+    Error::InvalidArgument { op: OP, msg }
+}
+
+/// One sampler step on logits (2B, T, V) with CFG or (B, T, V) without; see the module docs.
+pub fn sample_tokens(logits: &Tensor, options: &SampleOptions) -> Result<SampleOutput> {
+    if logits.dtype() != DType::F32 {
+        return Err(Error::UnsupportedDType { op: OP, dtype: logits.dtype(), expected: "f32" });
+    }
+    let &[rows_in, tokens, vocab] = logits.shape() else {
+        return Err(invalid(format!(
+            "logits must be (B, T, V) or (2B, T, V) with CFG, got shape {:?}",
+            logits.shape()
+        )));
+    };
+    if vocab == 0 {
+        return Err(invalid(format!("logits have an empty vocabulary (shape {:?})", logits.shape())));
+    }
+    let batch = match options.cfg {
+        Some(cfg) => {
+            if !cfg.is_finite() || cfg < 0.0 {
+                return Err(invalid(format!("cfg must be finite and >= 0, got {cfg}")));
+            }
+            if !options.cfg_ratio.is_finite() || options.cfg_ratio < 0.0 {
+                return Err(invalid(format!("cfg_ratio must be finite and >= 0, got {}", options.cfg_ratio)));
+            }
+            if !rows_in.is_multiple_of(2) {
+                return Err(invalid(format!(
+                    "CFG needs the conditional and unconditional halves stacked (2B rows), got {rows_in} rows \
+                     in shape {:?}",
+                    logits.shape()
+                )));
+            }
+            rows_in / 2
+        }
+        None => rows_in,
+    };
+    if !(0.0..=1.0).contains(&options.top_p) {
+        return Err(invalid(format!("top_p must be in [0, 1], got {}", options.top_p)));
+    }
+    if options.top_k > vocab {
+        return Err(invalid(format!("top_k = {} exceeds the vocabulary size V = {vocab}", options.top_k)));
+    }
+    index_u32(OP, "logits elements", logits.numel())?;
+    let rows = batch * tokens;
+    let device = logits.device();
+    let ids = Tensor::empty(device, &[batch, tokens], DType::U32)?;
+    let cfg = options.cfg.is_some();
+    let keep = options.keep_filtered_logits;
+    // With CFG the kernel stores the guided values first, so it needs the full buffer either way.
+    let filtered = if cfg || keep {
+        Tensor::empty(device, &[batch, tokens, vocab], DType::F32)?
+    } else {
+        Tensor::empty(device, &[1], DType::F32)?
+    };
+    if rows == 0 {
+        return Ok(SampleOutput { ids, filtered_logits: keep.then_some(filtered) });
+    }
+    let top_k = if options.top_k >= vocab { 0 } else { options.top_k };
+    let top_p = if options.top_p > 0.0 && options.top_p < 1.0 { options.top_p } else { 0.0 };
+    let key = reference::draw_key(options.seed, options.step);
+    let constants = [("CFG", cfg as u32 as f64), ("KEEP_FILTERED", keep as u32 as f64)];
+    let kernel = Kernel { family: &SAMPLE, entry: "sample", variant: variant(device), constants: &constants };
+    let params = [
+        0,
+        0,
+        0,
+        0,
+        rows as u32,
+        tokens as u32,
+        vocab as u32,
+        top_k as u32,
+        top_p.to_bits(),
+        options.guidance().unwrap_or(0.0).to_bits(),
+        key[0],
+        key[1],
+        (rows * vocab) as u32,
+    ];
+    let bindings: [Binding; 3] = [logits.bind("logits", false), ids.bind("ids", true), filtered.bind("filtered", true)];
+    dispatch_rows(logits, &kernel, &bindings, &params, rows)?;
+    Ok(SampleOutput { ids, filtered_logits: keep.then_some(filtered) })
+}
+
+fn variant(device: &Device) -> Variant {
+    Variant { dtype: DType::F32, subgroups: SAMPLE.has_subgroup_variant() && device.features().subgroups }
+}
+
+/// The kernel's Philox4x32-10 words for the counters (counter\[0\] + i, counter\[1..4\]), i < count:
+/// a (count, 4) u32 tensor. Exposed to check the WGSL generator against [`reference::philox4x32_10`].
+pub fn philox_words(device: &Device, key: [u32; 2], counter: [u32; 4], count: usize) -> Result<Tensor> {
+    const OP: &str = "philox_words";
+    index_u32(OP, "words", count.saturating_mul(4))?;
+    let out = Tensor::empty(device, &[count, 4], DType::U32)?;
+    let unused_in = Tensor::empty(device, &[1], DType::F32)?;
+    let unused_out = Tensor::empty(device, &[1], DType::F32)?;
+    let kernel = Kernel { family: &SAMPLE, entry: "philox_words", variant: variant(device), constants: &[] };
+    let mut params = [0u32; 13];
+    params[..4].copy_from_slice(&counter);
+    params[4] = count as u32;
+    params[10] = key[0];
+    params[11] = key[1];
+    let bindings: [Binding; 3] =
+        [unused_in.bind("unused", false), out.bind("words", true), unused_out.bind("unused", true)];
+    dispatch_elements(&out, &kernel, &bindings, &params, count)?;
+    Ok(out)
+}
+
+/// The float64 definition: CFG, the sort-based top-k / top-p, Philox and the inverse-CDF draw.
+pub mod reference {
+    use super::SampleOptions;
+
+    pub const PHILOX_M: [u32; 2] = [0xD251_1F53, 0xCD9E_8D57];
+    pub const PHILOX_W: [u32; 2] = [0x9E37_79B9, 0xBB67_AE85];
+    /// Counter word that separates key derivation from draws ("SMPL").
+    pub const KEY_DOMAIN: u32 = 0x534D_504C;
+
+    /// (high, low) words of a * b from 16-bit halves, exactly as the WGSL does it.
+    pub fn mul_hi_lo(a: u32, b: u32) -> (u32, u32) {
+        let (a_lo, a_hi, b_lo, b_hi) = (a & 0xFFFF, a >> 16, b & 0xFFFF, b >> 16);
+        let (ll, lh, hl, hh) = (a_lo * b_lo, a_lo * b_hi, a_hi * b_lo, a_hi * b_hi);
+        let carry = ((ll >> 16) + (lh & 0xFFFF) + (hl & 0xFFFF)) >> 16;
+        (hh.wrapping_add(lh >> 16).wrapping_add(hl >> 16).wrapping_add(carry), a.wrapping_mul(b))
+    }
+
+    /// Philox4x32-10 (Salmon, Moraes, Dror, Shaw 2011; Random123's reference).
+    pub fn philox4x32_10(counter: [u32; 4], key: [u32; 2]) -> [u32; 4] {
+        let (mut c, mut k) = (counter, key);
+        for _ in 0..10 {
+            let (hi0, lo0) = mul_hi_lo(PHILOX_M[0], c[0]);
+            let (hi1, lo1) = mul_hi_lo(PHILOX_M[1], c[2]);
+            c = [hi1 ^ c[1] ^ k[0], lo1, hi0 ^ c[3] ^ k[1], lo0];
+            k = [k[0].wrapping_add(PHILOX_W[0]), k[1].wrapping_add(PHILOX_W[1])];
+        }
+        c
+    }
+
+    /// The key of one (seed, step): the first two words of Philox under the key (seed low, seed high)
+    /// at counter (step, KEY_DOMAIN, 0, 0).
+    pub fn draw_key(seed: u64, step: u32) -> [u32; 2] {
+        let words = philox4x32_10([step, KEY_DOMAIN, 0, 0], [seed as u32, (seed >> 32) as u32]);
+        [words[0], words[1]]
+    }
+
+    /// u in [0, 1) with 24 bits for (token, batch row) under `key`.
+    pub fn uniform(key: [u32; 2], token: u32, batch_row: u32) -> f64 {
+        (philox4x32_10([token, batch_row, 0, 0], key)[0] >> 8) as f64 / (1u64 << 24) as f64
+    }
+
+    /// Guided logits (B * T * V) from logits (2B, T, V) with weight t, or the logits themselves.
+    pub fn guide(logits: &[f32], t: Option<f32>) -> Vec<f64> {
+        match t {
+            None => logits.iter().map(|&x| x as f64).collect(),
+            Some(t) => {
+                let t = t as f64;
+                let (cond, uncond) = logits.split_at(logits.len() / 2);
+                cond.iter().zip(uncond).map(|(&x, &y)| (1.0 + t) * x as f64 - t * y as f64).collect()
+            }
+        }
+    }
+
+    /// top-k then top-p on one row (-inf where removed), with the options' conventions: top_k = 0 or
+    /// >= V and top_p outside (0, 1) disable the stage.
+    pub fn filter_row(row: &[f64], top_k: usize, top_p: f64) -> Vec<f64> {
+        let tail = (top_p > 0.0 && top_p < 1.0).then_some(1.0 - top_p);
+        filter_row_tail(row, top_k, tail)
+    }
+
+    /// `filter_row` with the top-p tail mass given directly (`None`: no top-p).
+    pub fn filter_row_tail(row: &[f64], top_k: usize, tail: Option<f64>) -> Vec<f64> {
+        let mut out = row.to_vec();
+        if top_k > 0 && top_k < row.len() {
+            let mut sorted = row.to_vec();
+            sorted.sort_by(|a, b| b.total_cmp(a));
+            let kth = sorted[top_k - 1];
+            for v in &mut out {
+                if *v < kth {
+                    *v = f64::NEG_INFINITY;
+                }
+            }
+        }
+        if let Some(tail) = tail {
+            let max = out.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let exps: Vec<f64> = out.iter().map(|&v| (v - max).exp()).collect();
+            let total: f64 = exps.iter().sum();
+            let mut order: Vec<usize> = (0..row.len()).collect();
+            // -0 and +0 are equal values, ordered by index like any other tie.
+            order.sort_by(|&a, &b| (out[a] + 0.0).total_cmp(&(out[b] + 0.0)).then(a.cmp(&b)));
+            let mut cumulative = 0.0;
+            let mut remove = Vec::new();
+            for &i in &order[..order.len() - 1] {
+                cumulative += exps[i] / total;
+                if cumulative <= tail {
+                    remove.push(i);
+                }
+            }
+            for i in remove {
+                out[i] = f64::NEG_INFINITY;
+            }
+        }
+        out
+    }
+
+    /// The first index whose cumulative probability (index order) exceeds u.
+    pub fn draw_row(filtered: &[f64], u: f64) -> usize {
+        let max = filtered.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let weights: Vec<f64> = filtered.iter().map(|&v| (v - max).exp()).collect();
+        let target = u * weights.iter().sum::<f64>();
+        let mut cumulative = 0.0;
+        for (i, &w) in weights.iter().enumerate() {
+            cumulative += w;
+            if cumulative > target {
+                return i;
+            }
+        }
+        weights.iter().rposition(|&w| w > 0.0).unwrap_or(0)
+    }
+
+    /// The lowest index of the maximum.
+    pub fn argmax_row(row: &[f64]) -> usize {
+        let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        row.iter().position(|&v| v == max).unwrap_or(0)
+    }
+
+    /// The reference's results for one call.
+    pub struct Sampled {
+        /// (B, T) token ids.
+        pub ids: Vec<u32>,
+        /// (B, T, V) guided logits, -inf where filtered.
+        pub filtered: Vec<f64>,
+    }
+
+    /// The whole step on logits of shape (rows_in, tokens, vocab), as [`super::sample_tokens`].
+    pub fn sample(logits: &[f32], tokens: usize, vocab: usize, options: &SampleOptions) -> Sampled {
+        let guided = guide(logits, options.guidance());
+        let key = draw_key(options.seed, options.step);
+        let mut ids = Vec::new();
+        let mut filtered = Vec::with_capacity(guided.len());
+        for (row, values) in guided.chunks(vocab).enumerate() {
+            let kept = filter_row(values, options.top_k, options.top_p as f64);
+            let id = if options.top_k == 1 {
+                argmax_row(&kept)
+            } else {
+                draw_row(&kept, uniform(key, (row % tokens) as u32, (row / tokens) as u32))
+            };
+            ids.push(id as u32);
+            filtered.extend(kept);
+        }
+        Sampled { ids, filtered }
+    }
+}
