@@ -14,6 +14,8 @@ pub struct ShaderFamily {
     source: &'static str,
     /// Prepends `Lane` and the workgroup reduction helpers.
     uses_reductions: bool,
+    /// Plain WGSL shared between families (functions only), prepended after the preludes.
+    snippets: &'static [&'static str],
     /// The storage types the family is compiled for.
     pub dtypes: &'static [DType],
 }
@@ -37,6 +39,9 @@ const STORE_F16: &str = "enable f16;\nalias store_t = f16;\n";
 const STORE_U32: &str = "alias store_t = u32;\n";
 const REDUCE_WORKGROUP: &str = include_str!("../shaders/wgsl/reduce_workgroup.wgsl");
 const REDUCE_SUBGROUP: &str = include_str!("../shaders/wgsl/reduce_subgroup.wgsl");
+/// The launch::grid contract, in every module.
+const GRID: &str = include_str!("../shaders/wgsl/grid.wgsl");
+const SEQUENCE: &str = include_str!("../shaders/wgsl/sequence.wgsl");
 
 impl ShaderFamily {
     pub fn has_subgroup_variant(&self) -> bool {
@@ -55,7 +60,7 @@ impl ShaderFamily {
             (true, false) => REDUCE_WORKGROUP,
             (true, true) => REDUCE_SUBGROUP,
         };
-        format!("{store}{reduce}{}", self.source)
+        format!("{store}{GRID}{reduce}{}{}", self.snippets.concat(), self.source)
     }
 
     /// Every variant the library may compile, for validation without a GPU.
@@ -74,6 +79,7 @@ pub static MATMUL: ShaderFamily = ShaderFamily {
     name: "matmul",
     source: include_str!("../shaders/wgsl/matmul.wgsl"),
     uses_reductions: false,
+    snippets: &[],
     dtypes: FLOATS,
 };
 
@@ -81,6 +87,7 @@ pub static NORM: ShaderFamily = ShaderFamily {
     name: "norm",
     source: include_str!("../shaders/wgsl/norm.wgsl"),
     uses_reductions: true,
+    snippets: &[],
     dtypes: FLOATS,
 };
 
@@ -88,6 +95,7 @@ pub static ELEMENTWISE: ShaderFamily = ShaderFamily {
     name: "elementwise",
     source: include_str!("../shaders/wgsl/elementwise.wgsl"),
     uses_reductions: false,
+    snippets: &[],
     dtypes: FLOATS,
 };
 
@@ -95,6 +103,7 @@ pub static EMBEDDING: ShaderFamily = ShaderFamily {
     name: "embedding",
     source: include_str!("../shaders/wgsl/embedding.wgsl"),
     uses_reductions: false,
+    snippets: &[],
     dtypes: FLOATS,
 };
 
@@ -102,6 +111,7 @@ pub static COPY: ShaderFamily = ShaderFamily {
     name: "copy",
     source: include_str!("../shaders/wgsl/copy.wgsl"),
     uses_reductions: false,
+    snippets: &[],
     dtypes: &[DType::F32, DType::F16, DType::U32],
 };
 
@@ -109,6 +119,7 @@ pub static ATTENTION: ShaderFamily = ShaderFamily {
     name: "attention",
     source: include_str!("../shaders/wgsl/attention.wgsl"),
     uses_reductions: true,
+    snippets: &[],
     dtypes: FLOATS,
 };
 
@@ -116,6 +127,7 @@ pub static SCAN: ShaderFamily = ShaderFamily {
     name: "scan",
     source: include_str!("../shaders/wgsl/scan.wgsl"),
     uses_reductions: false,
+    snippets: &[SEQUENCE],
     dtypes: FLOATS,
 };
 
@@ -123,6 +135,7 @@ pub static CONV1D: ShaderFamily = ShaderFamily {
     name: "conv1d",
     source: include_str!("../shaders/wgsl/conv1d.wgsl"),
     uses_reductions: false,
+    snippets: &[],
     dtypes: FLOATS,
 };
 
@@ -131,6 +144,7 @@ pub static RESAMPLE: ShaderFamily = ShaderFamily {
     name: "resample",
     source: include_str!("../shaders/wgsl/resample.wgsl"),
     uses_reductions: false,
+    snippets: &[],
     dtypes: FLOATS,
 };
 
@@ -139,6 +153,7 @@ pub static CONV2D: ShaderFamily = ShaderFamily {
     name: "conv2d",
     source: include_str!("../shaders/wgsl/conv2d.wgsl"),
     uses_reductions: false,
+    snippets: &[],
     dtypes: FLOATS,
 };
 
@@ -147,6 +162,7 @@ pub static SSD: ShaderFamily = ShaderFamily {
     name: "ssd",
     source: include_str!("../shaders/wgsl/ssd.wgsl"),
     uses_reductions: false,
+    snippets: &[SEQUENCE],
     dtypes: FLOATS,
 };
 
@@ -155,6 +171,7 @@ pub static SCAN_CARRY: ShaderFamily = ShaderFamily {
     name: "scan_carry",
     source: include_str!("../shaders/wgsl/scan_carry.wgsl"),
     uses_reductions: false,
+    snippets: &[],
     dtypes: &[DType::F32],
 };
 
@@ -163,6 +180,7 @@ pub static CAST_TO_F16: ShaderFamily = ShaderFamily {
     name: "cast_to_f16",
     source: include_str!("../shaders/wgsl/cast_to_f16.wgsl"),
     uses_reductions: false,
+    snippets: &[],
     dtypes: &[DType::F16],
 };
 
@@ -170,6 +188,7 @@ pub static CAST_TO_F32: ShaderFamily = ShaderFamily {
     name: "cast_to_f32",
     source: include_str!("../shaders/wgsl/cast_to_f32.wgsl"),
     uses_reductions: false,
+    snippets: &[],
     dtypes: &[DType::F16],
 };
 
@@ -178,6 +197,7 @@ pub static SAMPLE: ShaderFamily = ShaderFamily {
     name: "sample",
     source: include_str!("../shaders/wgsl/sample.wgsl"),
     uses_reductions: true,
+    snippets: &[],
     dtypes: &[DType::F32],
 };
 

@@ -263,7 +263,7 @@ fn flash_attention(
     lane: Lane,
 ) {
     let t = lane.index;
-    let block = wg.x + wg.y * groups.x;
+    let block = grid_workgroup(wg, groups);
     let first = block * BLOCK_Q;
     // Uniform per workgroup: whole surplus workgroups leave before any barrier.
     if first >= p.q_count {
@@ -403,7 +403,7 @@ fn grouped_attention(
     lane: Lane,
 ) {
     let t = lane.index;
-    let block = wg.x + wg.y * groups.x;
+    let block = grid_workgroup(wg, groups);
     let g = block / p.blocks_per_group;
     let first = (block % p.blocks_per_group) * BLOCK_Q;
     if g >= p.groups_t * p.groups_h * p.groups_w {
@@ -452,7 +452,7 @@ fn group_major_index(raster: u32) -> u32 {
 // batch * heads, and the tensors are contiguous (B, H, L, D).
 @compute @workgroup_size(256)
 fn permute_tokens(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>, lane: Lane) {
-    let idx = (wg.x + wg.y * groups.x) * 256u + lane.index;
+    let idx = grid_workgroup(wg, groups) * 256u + lane.index;
     let len = p.text_start + p.text_valid;
     if idx >= p.heads * len * HEAD_DIM {
         return;

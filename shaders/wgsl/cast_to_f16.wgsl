@@ -13,7 +13,7 @@ fn cast_f32_to_store(
     @builtin(num_workgroups) groups: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let idx = (wg.x + wg.y * groups.x) * 256u + lid;
+    let idx = grid_workgroup(wg, groups) * 256u + lid;
     if idx < p.n {
         dst[idx] = store_t(src[idx]);
     }

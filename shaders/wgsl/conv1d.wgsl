@@ -25,10 +25,6 @@ struct ConvParams {
 @group(0) @binding(5) var<storage, read_write> state_out: array<store_t>; // (B, C, WIDTH - 1)
 @group(0) @binding(6) var<uniform> p: ConvParams;
 
-fn flat(wg: vec3<u32>, groups: vec3<u32>, index: u32) -> u32 {
-    return (wg.x + wg.y * groups.x) * 256u + index;
-}
-
 // Input at time t of the extended sequence x' (t < 0 reads the carried state, zeros without one).
 fn extended(b: u32, c: u32, t: i32) -> f32 {
     if t >= 0 {
@@ -44,7 +40,7 @@ fn extended(b: u32, c: u32, t: i32) -> f32 {
 // the layout is tokens-major (the channel stride is 1 there).
 @compute @workgroup_size(256)
 fn conv1d(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>, @builtin(local_invocation_index) index: u32) {
-    let i = flat(wg, groups, index);
+    let i = grid_workgroup(wg, groups) * 256u + index;
     if i >= p.batch * p.channels * p.length {
         return;
     }
@@ -67,7 +63,7 @@ fn conv1d(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups:
 @compute @workgroup_size(256)
 fn conv1d_state(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>, @builtin(local_invocation_index) index: u32) {
     let keep = WIDTH - 1u;
-    let i = flat(wg, groups, index);
+    let i = grid_workgroup(wg, groups) * 256u + index;
     if keep == 0u || i >= p.batch * p.channels * keep {
         return;
     }

@@ -48,7 +48,7 @@ fn conv2d_tiled(
     @builtin(num_workgroups) groups: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let f = wg.x + wg.y * groups.x;
+    let f = grid_workgroup(wg, groups);
     if f >= p.tiles * p.cout_blocks * p.batch {
         return;
     }
@@ -147,7 +147,7 @@ fn conv2d_tiled(
 // measured against.
 @compute @workgroup_size(256)
 fn conv2d_naive(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>, @builtin(local_invocation_index) index: u32) {
-    let i = (wg.x + wg.y * groups.x) * 256u + index;
+    let i = grid_workgroup(wg, groups) * 256u + index;
     if i >= p.batch * p.cout * p.height * p.width {
         return;
     }

@@ -13,13 +13,9 @@ struct ElementwiseParams {
 
 const SQRT_2_OVER_PI: f32 = 0.7978845608028654;
 
-fn flat_index(wg: vec3<u32>, groups: vec3<u32>, lid: u32) -> u32 {
-    return (wg.x + wg.y * groups.x) * 256u + lid;
-}
-
 @compute @workgroup_size(256)
 fn add(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let i = flat_index(wg, groups, lid);
+    let i = grid_workgroup(wg, groups) * 256u + lid;
     if i < p.n {
         out[i] = store_t(f32(a[i]) + f32(b[i % p.rhs_n]));
     }
@@ -27,7 +23,7 @@ fn add(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: ve
 
 @compute @workgroup_size(256)
 fn mul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let i = flat_index(wg, groups, lid);
+    let i = grid_workgroup(wg, groups) * 256u + lid;
     if i < p.n {
         out[i] = store_t(f32(a[i]) * f32(b[i % p.rhs_n]));
     }
@@ -36,7 +32,7 @@ fn mul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: ve
 // GELU, tanh approximation (PyTorch approximate="tanh").
 @compute @workgroup_size(256)
 fn gelu_tanh(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let i = flat_index(wg, groups, lid);
+    let i = grid_workgroup(wg, groups) * 256u + lid;
     if i < p.n {
         let x = f32(a[i]);
         // tanh saturates to +-1 in f32 long before 10; clamping keeps exp-based tanh from inf/inf.
@@ -47,7 +43,7 @@ fn gelu_tanh(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) grou
 
 @compute @workgroup_size(256)
 fn silu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let i = flat_index(wg, groups, lid);
+    let i = grid_workgroup(wg, groups) * 256u + lid;
     if i < p.n {
         let x = f32(a[i]);
         out[i] = store_t(x / (1.0 + exp(-x)));

@@ -13,7 +13,7 @@ struct EmbeddingParams {
 
 @compute @workgroup_size(256)
 fn embedding(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let i = (wg.x + wg.y * groups.x) * 256u + lid;
+    let i = grid_workgroup(wg, groups) * 256u + lid;
     if i >= p.n {
         return;
     }

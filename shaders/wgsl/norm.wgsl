@@ -25,10 +25,6 @@ struct NormParams {
 @group(0) @binding(3) var<storage, read_write> out: array<store_t>;
 @group(0) @binding(4) var<uniform> p: NormParams;
 
-fn row_index(wg: vec3<u32>, groups: vec3<u32>) -> u32 {
-    return wg.x + wg.y * groups.x;
-}
-
 // weight/bias applied to a normalised value at affine row `arow`, channel `c`.
 fn affine(v: f32, arow: u32, c: u32) -> f32 {
     var y = v;
@@ -48,7 +44,7 @@ fn affine(v: f32, arow: u32, c: u32) -> f32 {
 
 @compute @workgroup_size(REDUCE_WG)
 fn layer_norm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>, lane: Lane) {
-    let row = row_index(wg, groups);
+    let row = grid_workgroup(wg, groups);
     // `row` is the same for the whole workgroup, so this exit keeps the barriers uniform.
     if row >= p.rows {
         return;
@@ -73,7 +69,7 @@ fn layer_norm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) gro
 
 @compute @workgroup_size(REDUCE_WG)
 fn rms_norm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>, lane: Lane) {
-    let row = row_index(wg, groups);
+    let row = grid_workgroup(wg, groups);
     if row >= p.rows {
         return;
     }
@@ -94,7 +90,7 @@ fn rms_norm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) group
 // elements are contiguous. p.rows = N * groups, p.cols = C (for the per-channel affine).
 @compute @workgroup_size(REDUCE_WG)
 fn group_norm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>, lane: Lane) {
-    let group_row = row_index(wg, groups);
+    let group_row = grid_workgroup(wg, groups);
     if group_row >= p.rows {
         return;
     }
@@ -122,7 +118,7 @@ fn group_norm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) gro
 // softmax(scale * x) along each row.
 @compute @workgroup_size(REDUCE_WG)
 fn softmax(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>, lane: Lane) {
-    let row = row_index(wg, groups);
+    let row = grid_workgroup(wg, groups);
     if row >= p.rows {
         return;
     }
@@ -146,7 +142,7 @@ fn softmax(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups
 // scale/shift: (B, C) bound as weight/bias. One thread per element.
 @compute @workgroup_size(256)
 fn modulate(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let i = (wg.x + wg.y * groups.x) * 256u + lid;
+    let i = grid_workgroup(wg, groups) * 256u + lid;
     if i >= p.rows * p.cols {
         return;
     }

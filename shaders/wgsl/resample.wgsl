@@ -23,10 +23,6 @@ struct ResampleParams {
 
 const CUBIC_A: f32 = -0.75;
 
-fn flat(wg: vec3<u32>, groups: vec3<u32>, index: u32) -> u32 {
-    return (wg.x + wg.y * groups.x) * 256u + index;
-}
-
 // Keys' kernel for |x| <= 1 and for 1 < |x| < 2 (PyTorch's cubic_convolution1 / 2).
 fn cubic1(v: f32) -> f32 {
     return ((CUBIC_A + 2.0) * v - (CUBIC_A + 3.0)) * v * v + 1.0;
@@ -52,7 +48,7 @@ fn at(plane: u32, row: u32, col: u32) -> f32 {
 
 @compute @workgroup_size(256)
 fn upsample_bicubic(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>, @builtin(local_invocation_index) index: u32) {
-    let i = flat(wg, groups, index);
+    let i = grid_workgroup(wg, groups) * 256u + index;
     if i >= p.planes * p.out_h * p.out_w {
         return;
     }
@@ -82,7 +78,7 @@ fn upsample_bicubic(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroup
 
 @compute @workgroup_size(256)
 fn downsample_area(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>, @builtin(local_invocation_index) index: u32) {
-    let i = flat(wg, groups, index);
+    let i = grid_workgroup(wg, groups) * 256u + index;
     if i >= p.planes * p.out_h * p.out_w {
         return;
     }
@@ -104,7 +100,7 @@ fn downsample_area(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups
 
 @compute @workgroup_size(256)
 fn upsample_nearest2x(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>, @builtin(local_invocation_index) index: u32) {
-    let i = flat(wg, groups, index);
+    let i = grid_workgroup(wg, groups) * 256u + index;
     if i >= p.planes * p.out_h * p.out_w {
         return;
     }

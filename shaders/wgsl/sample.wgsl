@@ -84,7 +84,7 @@ fn philox4x32_10(counter: vec4<u32>, key: vec2<u32>) -> vec4<u32> {
 // Raw words for counters (counter_base.x + i, counter_base.yzw), i < p.rows: four per thread.
 @compute @workgroup_size(256)
 fn philox_words(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let i = (wg.x + wg.y * groups.x) * 256u + lid;
+    let i = grid_workgroup(wg, groups) * 256u + lid;
     if i >= p.rows {
         return;
     }
@@ -154,7 +154,7 @@ fn broadcast(v: u32, lane: Lane) -> u32 {
 
 @compute @workgroup_size(REDUCE_WG)
 fn sample(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>, lane: Lane) {
-    let row = wg.x + wg.y * groups.x;
+    let row = grid_workgroup(wg, groups);
     // `row` is the same for the whole workgroup, so this exit keeps the barriers uniform.
     if row >= p.rows {
         return;

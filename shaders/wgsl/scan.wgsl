@@ -86,10 +86,7 @@ fn channel_of(wg: vec3<u32>, index: u32) -> Channel {
 }
 
 fn time_at(i: u32) -> u32 {
-    if REVERSE {
-        return p.length - 1u - i;
-    }
-    return i;
+    return step_time(i, p.length, REVERSE);
 }
 
 fn head_param(channel: u32) -> u32 {
@@ -116,18 +113,6 @@ fn step_decay(channel: u32, dt: f32, n: u32, head_decay: f32) -> f32 {
         return head_decay;
     }
     return exp(dt * a_value(channel, n));
-}
-
-fn softplus(x: f32) -> f32 {
-    if x > 20.0 {
-        return x;
-    }
-    // log1p(exp(x)) without losing exp(x) << 1 to rounding.
-    let e = exp(x);
-    if e < 1e-4 {
-        return e - 0.5 * e * e;
-    }
-    return log(1.0 + e);
 }
 
 fn step_delta(ch: Channel, t: u32) -> f32 {

@@ -16,7 +16,7 @@ struct CarryParams {
 
 @compute @workgroup_size(64)
 fn scan_carry(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>, @builtin(local_invocation_index) index: u32) {
-    let s = (wg.x + wg.y * groups.x) * 64u + index;
+    let s = grid_workgroup(wg, groups) * 64u + index;
     if s >= p.states {
         return;
     }

@@ -61,21 +61,7 @@ var<workgroup> keys_x: array<f32, 4096>; // ROWS x MAX_HEAD_DIM: dt_s * x_s
 var<workgroup> scores: array<f32, 256>; // ROWS x ROWS
 
 fn time_at(i: u32) -> u32 {
-    if REVERSE {
-        return p.length - 1u - i;
-    }
-    return i;
-}
-
-fn softplus(v: f32) -> f32 {
-    if v > 20.0 {
-        return v;
-    }
-    let e = exp(v);
-    if e < 1e-4 {
-        return e - 0.5 * e * e;
-    }
-    return log(1.0 + e);
+    return step_time(i, p.length, REVERSE);
 }
 
 fn work_dt(b: u32, h: u32, i: u32) -> u32 {

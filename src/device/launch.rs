@@ -140,7 +140,8 @@ impl PipelineCache {
 }
 
 /// Splits `groups` workgroups over x and y so that neither exceeds the per-dimension limit.
-/// Kernels recover the flat index as `wg.x + wg.y * num_wg.x` and skip indices past the end.
+/// Kernels recover the flat index with `grid_workgroup` (shaders/wgsl/grid.wgsl) and skip indices past
+/// the end.
 pub(crate) fn grid(ctx: &GpuContext, groups: u64, what: &str) -> Result<[u32; 3]> {
     let max = ctx.info.max_compute_workgroups_per_dimension as u64;
     if groups == 0 {

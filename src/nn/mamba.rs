@@ -5,7 +5,7 @@
 
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::ops::conv1d::{CausalConv1d, causal_conv1d};
+use crate::ops::conv1d::{CausalConv1d, Conv1dOutput, causal_conv1d};
 use crate::ops::scan::{
     SelectiveScan, SequenceLayout, SsdForm, SsdScan, check_finite_host_a, selective_scan_checked, ssd_scan_checked,
 };
@@ -49,18 +49,28 @@ fn check_input(x: &Tensor, d_model: usize, dtype: DType, op: &'static str) -> Re
     }
 }
 
-/// Splits the last dimension of `x` into pieces of the given widths.
-fn split_last(x: &Tensor, widths: &[usize]) -> Result<Vec<Tensor>> {
+/// Splits the last dimension of `x` into pieces of the given widths (copies: tensors have no offsets).
+fn split_last<const N: usize>(x: &Tensor, widths: [usize; N]) -> Result<[Tensor; N]> {
     let dim = x.shape().len() - 1;
     let mut start = 0;
-    widths
-        .iter()
-        .map(|&w| {
-            let piece = x.slice(dim, start..start + w);
-            start += w;
-            piece
-        })
-        .collect()
+    let mut pieces = Vec::with_capacity(N);
+    for w in widths {
+        pieces.push(x.slice(dim, start..start + w)?);
+        start += w;
+    }
+    Ok(pieces.try_into().unwrap_or_else(|_| unreachable!("one piece per width")))
+}
+
+/// The blocks' short convolution over tokens-major activations: causal, SiLU, state carried.
+fn short_conv(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, state: Option<&MambaState>) -> Result<Conv1dOutput> {
+    causal_conv1d(&CausalConv1d {
+        x,
+        weight,
+        bias,
+        state: state.map(|s| &s.conv),
+        silu: true,
+        layout: SequenceLayout::TokensMajor,
+    })
 }
 
 pub struct Mamba1Block {
@@ -136,18 +146,10 @@ impl Mamba1Block {
     pub fn forward(&self, x: &Tensor, state: Option<&MambaState>) -> Result<(Tensor, MambaState)> {
         let (batch, length) = check_input(x, self.d_model, self.dtype, "Mamba1Block::forward")?;
         let xz = linear(x, &self.in_proj, self.in_proj_bias.as_ref())?;
-        let [xs, z]: [Tensor; 2] = split_last(&xz, &[self.d_inner, self.d_inner])?.try_into().expect("two pieces");
-        let conv = causal_conv1d(&CausalConv1d {
-            x: &xs,
-            weight: &self.conv_weight,
-            bias: self.conv_bias.as_ref(),
-            state: state.map(|s| &s.conv),
-            silu: true,
-            layout: SequenceLayout::TokensMajor,
-        })?;
+        let [xs, z] = split_last(&xz, [self.d_inner, self.d_inner])?;
+        let conv = short_conv(&xs, &self.conv_weight, self.conv_bias.as_ref(), state)?;
         let dbc = linear(&conv.y, &self.x_proj, None)?;
-        let [dt, b, c]: [Tensor; 3] =
-            split_last(&dbc, &[self.dt_rank, self.d_state, self.d_state])?.try_into().expect("three pieces");
+        let [dt, b, c] = split_last(&dbc, [self.dt_rank, self.d_state, self.d_state])?;
         let delta = linear(&dt, &self.dt_proj, None)?;
         let bc_shape = [batch, length, 1, self.d_state];
         let scan = selective_scan_checked(
@@ -260,17 +262,9 @@ impl Mamba2Block {
         let (batch, length) = check_input(x, self.d_model, self.dtype, "Mamba2Block::forward")?;
         let gn = self.n_groups * self.d_state;
         let zxbcdt = linear(x, &self.in_proj, None)?;
-        let [z, xbc, dt]: [Tensor; 3] =
-            split_last(&zxbcdt, &[self.d_inner, self.d_inner + 2 * gn, self.n_heads])?.try_into().expect("three");
-        let conv = causal_conv1d(&CausalConv1d {
-            x: &xbc,
-            weight: &self.conv_weight,
-            bias: self.conv_bias.as_ref(),
-            state: state.map(|s| &s.conv),
-            silu: true,
-            layout: SequenceLayout::TokensMajor,
-        })?;
-        let [xs, b, c]: [Tensor; 3] = split_last(&conv.y, &[self.d_inner, gn, gn])?.try_into().expect("three");
+        let [z, xbc, dt] = split_last(&zxbcdt, [self.d_inner, self.d_inner + 2 * gn, self.n_heads])?;
+        let conv = short_conv(&xbc, &self.conv_weight, self.conv_bias.as_ref(), state)?;
+        let [xs, b, c] = split_last(&conv.y, [self.d_inner, gn, gn])?;
         let bc_shape = [batch, length, self.n_groups, self.d_state];
         let scan = ssd_scan_checked(
             &SsdScan {

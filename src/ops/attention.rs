@@ -239,9 +239,25 @@ struct Launch<'a> {
     qg: Geometry,
     kg: Geometry,
     scale: f32,
+    /// Query rows per workgroup and keys per tile, from head_dim and the adapter's limits.
+    block_q: usize,
+    block_kv: usize,
 }
 
-impl Launch<'_> {
+impl<'a> Launch<'a> {
+    fn new(
+        q: &'a Tensor,
+        k: &'a Tensor,
+        v: &'a Tensor,
+        out: &'a Tensor,
+        qg: Geometry,
+        kg: Geometry,
+        scale: f32,
+    ) -> Result<Self> {
+        let (block_q, block_kv) = tile_config(q, qg.dim)?;
+        Ok(Self { q, k, v, out, qg, kg, scale, block_q, block_kv })
+    }
+
     /// Words of AttentionParams: strides, the dense ranges, then the grouped layout.
     fn params(&self, dense: [usize; 3], grouped: Option<&GroupedLayout>) -> Result<Vec<u32>> {
         let u = |what: &str, v: usize| index_u32("attention", what, v);
@@ -260,7 +276,7 @@ impl Launch<'_> {
                 for x in grid.iter().chain(&group).chain(&counts) {
                     words.push(u("a grid size", *x)?);
                 }
-                let blocks_per_group = group.iter().product::<usize>().div_ceil(self.block_q()?);
+                let blocks_per_group = group.iter().product::<usize>().div_ceil(self.block_q);
                 words.extend([
                     pattern,
                     radius as u32,
@@ -275,12 +291,8 @@ impl Launch<'_> {
         Ok(words)
     }
 
-    fn block_q(&self) -> Result<usize> {
-        Ok(tile_config(self.q, self.qg.dim)?.0)
-    }
-
     fn run(&self, entry: &'static str, params: &[u32], blocks: usize, order: TokenOrder) -> Result<()> {
-        let (bq, bkv) = tile_config(self.q, self.qg.dim)?;
+        let (bq, bkv) = (self.block_q, self.block_kv);
         let vecs = self.qg.dim.div_ceil(4);
         let constants = [
             ("GROUP_MAJOR", (order == TokenOrder::GroupMajor) as u32 as f64),
@@ -352,9 +364,9 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, options: &AttentionOptions)
     let out = Tensor::empty(q.device(), q.shape(), q.dtype())?;
     let scale = softmax_scale(options.scale, qg.dim)?;
     let tokens = qg.tokens;
-    let launch = Launch { q, k, v, out: &out, qg, kg, scale };
+    let launch = Launch::new(q, k, v, &out, qg, kg, scale)?;
     let params = launch.params([0, tokens, kv_len], None)?;
-    launch.run("flash_attention", &params, tokens.div_ceil(launch.block_q()?), TokenOrder::Raster)?;
+    launch.run("flash_attention", &params, tokens.div_ceil(launch.block_q), TokenOrder::Raster)?;
     Ok(out)
 }
 
@@ -398,14 +410,14 @@ pub fn grouped_attention_in(
     let out = Tensor::empty(q.device(), q.shape(), q.dtype())?;
     let scale = softmax_scale(scale, qg.dim)?;
     let image = layout.image_tokens();
-    let launch = Launch { q, k, v, out: &out, qg, kg, scale };
+    let launch = Launch::new(q, k, v, &out, qg, kg, scale)?;
     let (_, group, counts) = layout.dims3();
-    let blocks = counts.iter().product::<usize>() * group.iter().product::<usize>().div_ceil(launch.block_q()?);
+    let blocks = counts.iter().product::<usize>() * group.iter().product::<usize>().div_ceil(launch.block_q);
     let params = launch.params([0, image, image], Some(layout))?;
     launch.run("grouped_attention", &params, blocks, order)?;
     if layout.text_len > 0 {
         let params = launch.params([image, layout.text_len, image + layout.text_valid], None)?;
-        launch.run("flash_attention", &params, layout.text_len.div_ceil(launch.block_q()?), order)?;
+        launch.run("flash_attention", &params, layout.text_len.div_ceil(launch.block_q), order)?;
     }
     Ok(out)
 }
