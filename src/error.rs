@@ -77,6 +77,10 @@ pub enum Error {
         path.display()
     )]
     WeightsDType { path: std::path::PathBuf, key: String, dtype: String },
+
+    /// Writing an output file failed; nothing partial is left under `path`.
+    #[error("cannot write {}: {reason}", path.display())]
+    Output { path: std::path::PathBuf, reason: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

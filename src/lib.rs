@@ -16,6 +16,8 @@
 pub mod bench;
 pub mod device;
 pub mod error;
+pub mod generate;
+pub mod image;
 pub mod nn;
 pub mod ops;
 pub mod shaders;

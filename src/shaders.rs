@@ -201,6 +201,24 @@ pub static SAMPLE: ShaderFamily = ShaderFamily {
     dtypes: &[DType::F32],
 };
 
+/// VAR attention input: split the fused qkv into heads, cosine-normalise, append K/V to the caches.
+pub static QKV_HEADS: ShaderFamily = ShaderFamily {
+    name: "qkv_heads",
+    source: include_str!("../shaders/wgsl/qkv_heads.wgsl"),
+    uses_reductions: true,
+    snippets: &[],
+    dtypes: FLOATS,
+};
+
+/// The AdaLN-gated residual add of a VAR block.
+pub static RESIDUAL: ShaderFamily = ShaderFamily {
+    name: "residual",
+    source: include_str!("../shaders/wgsl/residual.wgsl"),
+    uses_reductions: false,
+    snippets: &[],
+    dtypes: FLOATS,
+};
+
 /// Every family, for `scalewise info` and the naga validation test.
 pub static ALL_FAMILIES: &[&ShaderFamily] = &[
     &MATMUL,
@@ -218,4 +236,6 @@ pub static ALL_FAMILIES: &[&ShaderFamily] = &[
     &RESAMPLE,
     &CONV2D,
     &SAMPLE,
+    &QKV_HEADS,
+    &RESIDUAL,
 ];

@@ -309,6 +309,45 @@ impl Tensor {
         Ok(out)
     }
 
+    /// Swaps the last two dimensions (a copy): (…, M, N) -> (…, N, M). The VQVAE moves between
+    /// token maps (B, H * W, C) and images (B, C, H, W) with it.
+    pub fn transpose_last2(&self) -> Result<Self> {
+        let rank = self.shape.len();
+        if rank < 2 {
+            return Err(Error::InvalidArgument {
+                op: "transpose_last2",
+                msg: format!("needs at least 2 dimensions, got shape {:?}", self.shape),
+            });
+        }
+        let (m, n) = (self.shape[rank - 2], self.shape[rank - 1]);
+        let mut shape = self.shape.clone();
+        shape[rank - 2] = n;
+        shape[rank - 1] = m;
+        let out = Self::empty(&self.device, &shape, self.dtype)?;
+        let total = self.numel() as u64;
+        if total == 0 {
+            return Ok(out);
+        }
+        let total32 = u32::try_from(total).map_err(|_| Error::InvalidArgument {
+            op: "transpose_last2",
+            msg: format!("{total} elements exceed the 32-bit index range"),
+        })?;
+        let ctx = self.ctx();
+        let kernel = Kernel {
+            family: &shaders::COPY,
+            entry: "transpose_last2",
+            variant: Variant { dtype: self.dtype, subgroups: false },
+            constants: &[],
+        };
+        ctx.dispatch(
+            &kernel,
+            &[self.bind("src", false), out.bind("dst", true)],
+            &[total32, m as u32, n as u32, 0, 0, 0, 0],
+            launch::grid(ctx, total.div_ceil(256), "transpose_last2")?,
+        )?;
+        Ok(out)
+    }
+
     fn dim_len(&self, op: &'static str, dim: usize) -> Result<usize> {
         self.shape.get(dim).copied().ok_or_else(|| Error::InvalidArgument {
             op,

@@ -30,3 +30,23 @@ fn copy_block(
     let o = rest / p.count;
     dst[(o * p.dst_len + p.dst_start + j) * p.inner + i] = src[(o * p.src_len + p.src_start + j) * p.inner + i];
 }
+
+// (outer, count, inner) -> (outer, inner, count): the token-map <-> NCHW transposes of the VQVAE.
+// Reuses CopyParams: total elements, count and inner.
+@compute @workgroup_size(256)
+fn transpose_last2(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let idx = grid_workgroup(wg, groups) * 256u + lid;
+    if idx >= p.total {
+        return;
+    }
+    // idx walks the output (o, i, j) so writes are contiguous.
+    let j = idx % p.count;
+    let rest = idx / p.count;
+    let i = rest % p.inner;
+    let o = rest / p.inner;
+    dst[idx] = src[(o * p.count + j) * p.inner + i];
+}

@@ -353,3 +353,43 @@ fn sample(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups:
         }
     }
 }
+
+// Smooth mode (VAR's more_smooth): softmax((logits * mul + g) / tau) per row, g = -log(-log(u)) a
+// Gumbel draw per element with u from Philox at counter (token, batch row, element, 1) under the
+// step's key. Reuses SampleParams: cfg_t = mul, top_p = tau. `logits` are the filtered logits
+// (-inf where removed, which get probability 0); the probabilities go to `filtered`.
+@compute @workgroup_size(REDUCE_WG)
+fn gumbel_softmax(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>, lane: Lane) {
+    let row = grid_workgroup(wg, groups);
+    if row >= p.rows {
+        return;
+    }
+    let n = p.vocab;
+    let base = row * n;
+    let token = row % p.tokens;
+    let batch_row = row / p.tokens;
+    let neg_inf = bitcast<f32>(0xFF800000u);
+    var local_max = neg_inf;
+    for (var c = lane.index; c < n; c += REDUCE_WG) {
+        let x = f32(logits[base + c]);
+        var z = neg_inf;
+        if x > neg_inf {
+            let words = philox4x32_10(vec4<u32>(token, batch_row, c, 1u), vec2<u32>(p.key0, p.key1));
+            // u in (0, 1): the half-step offset keeps both logs finite.
+            let u = (f32(words.x >> 8u) + 0.5) * (1.0 / 16777216.0);
+            z = (x * p.cfg_t - log(-log(u))) / p.top_p;
+        }
+        // Each thread reads back only what it wrote itself.
+        filtered[base + c] = store_t(z);
+        local_max = max(local_max, z);
+    }
+    let row_max = workgroup_max(local_max, lane);
+    var local_sum = 0.0;
+    for (var c = lane.index; c < n; c += REDUCE_WG) {
+        local_sum += exp(f32(filtered[base + c]) - row_max);
+    }
+    let total = workgroup_sum(local_sum, lane);
+    for (var c = lane.index; c < n; c += REDUCE_WG) {
+        filtered[base + c] = store_t(exp(f32(filtered[base + c]) - row_max) / total);
+    }
+}

@@ -11,6 +11,7 @@ pub mod norm;
 pub mod resample;
 pub mod sample;
 pub mod scan;
+pub mod transformer;
 
 pub use attention::{
     AttentionLayout, AttentionOptions, GratPattern, GroupedLayout, TokenOrder, attention, from_group_major,
@@ -22,6 +23,7 @@ pub use embedding::embedding;
 pub use matmul::{MatmulAlgorithm, linear, matmul, matmul_with};
 pub use norm::{adaln_layer_norm, group_norm, layer_norm, modulate, rms_norm, softmax, softmax_scaled};
 pub use resample::{downsample_area, upsample_bicubic, upsample_nearest2x};
+pub use transformer::{QkvHeads, gated_residual, qkv_heads};
 
 use crate::device::launch::{self, Binding, Kernel};
 use crate::error::{Error, Result};

@@ -178,6 +178,44 @@ pub fn philox_words(device: &Device, key: [u32; 2], counter: [u32; 4], count: us
     Ok(out)
 }
 
+/// Smooth mode (VAR's `more_smooth`): per row, softmax((logits * mul + g) / tau) with a Gumbel draw g
+/// per element from the (seed, step) stream, on filtered logits (B, T, V) f32 (-inf entries get
+/// probability 0). Returns the probabilities (B, T, V); times a codebook they give the soft token
+/// embeddings.
+pub fn gumbel_softmax(logits: &Tensor, mul: f32, tau: f32, seed: u64, step: u32) -> Result<Tensor> {
+    const OP: &str = "gumbel_softmax";
+    if logits.dtype() != DType::F32 {
+        return Err(Error::UnsupportedDType { op: OP, dtype: logits.dtype(), expected: "f32" });
+    }
+    let &[batch, tokens, vocab] = logits.shape() else {
+        return Err(Error::InvalidArgument {
+            op: OP,
+            msg: format!("logits must be (B, T, V), got {:?}", logits.shape()),
+        });
+    };
+    if !(tau.is_finite() && tau > 0.0 && mul.is_finite()) {
+        return Err(Error::InvalidArgument {
+            op: OP,
+            msg: format!("tau must be > 0 and finite (got {tau}), mul finite (got {mul})"),
+        });
+    }
+    index_u32(OP, "logits elements", logits.numel())?;
+    let device = logits.device();
+    let probs = Tensor::empty(device, logits.shape(), DType::F32)?;
+    let rows = batch * tokens;
+    if rows == 0 || vocab == 0 {
+        return Ok(probs);
+    }
+    let unused = Tensor::empty(device, &[1], DType::U32)?;
+    let key = reference::draw_key(seed, step);
+    let kernel = Kernel { family: &SAMPLE, entry: "gumbel_softmax", variant: variant(device), constants: &[] };
+    let params =
+        [0, 0, 0, 0, rows as u32, tokens as u32, vocab as u32, 0, tau.to_bits(), mul.to_bits(), key[0], key[1], 0];
+    let bindings: [Binding; 3] = [logits.bind("logits", false), unused.bind("unused", true), probs.bind("probs", true)];
+    dispatch_rows(logits, &kernel, &bindings, &params, rows)?;
+    Ok(probs)
+}
+
 /// The float64 definition: CFG, the sort-based top-k / top-p, Philox and the inverse-CDF draw.
 pub mod reference {
     use super::SampleOptions;
@@ -212,6 +250,26 @@ pub mod reference {
     pub fn draw_key(seed: u64, step: u32) -> [u32; 2] {
         let words = philox4x32_10([step, KEY_DOMAIN, 0, 0], [seed as u32, (seed >> 32) as u32]);
         [words[0], words[1]]
+    }
+
+    /// The Gumbel-softmax probabilities of one row (see [`super::gumbel_softmax`]).
+    pub fn gumbel_softmax_row(row: &[f32], mul: f32, tau: f32, key: [u32; 2], token: u32, batch_row: u32) -> Vec<f64> {
+        let z: Vec<f64> = row
+            .iter()
+            .enumerate()
+            .map(|(c, &x)| {
+                if x == f32::NEG_INFINITY {
+                    return f64::NEG_INFINITY;
+                }
+                let word = philox4x32_10([token, batch_row, c as u32, 1], key)[0];
+                let u = ((word >> 8) as f64 + 0.5) / (1u64 << 24) as f64;
+                (x as f64 * mul as f64 - (-u.ln()).ln()) / tau as f64
+            })
+            .collect();
+        let max = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let e: Vec<f64> = z.iter().map(|v| (v - max).exp()).collect();
+        let total: f64 = e.iter().sum();
+        e.iter().map(|v| v / total).collect()
     }
 
     /// u in [0, 1) with 24 bits for (token, batch row) under `key`.

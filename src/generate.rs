@@ -1,0 +1,387 @@
+//! Next-scale generation (spec VAR.md section 2): the VAR transformer and the multi-scale VQVAE
+//! driven scale by scale. [`Generation`] is an iterator that yields after every scale with the token
+//! map, the GPU time of each stage and, on request, the image decoded from the current f_hat, so a
+//! UI can show the picture sharpen while it is generated.
+//!
+//! ```no_run
+//! # fn main() -> scalewise::Result<()> {
+//! use scalewise::generate::{GenerateOptions, Pipeline};
+//! let device = scalewise::Device::from_env()?;
+//! let pipeline = Pipeline::load(&device, "var_d16.pth", "vae_ch160v4096z32.pth", None)?;
+//! let options = GenerateOptions { labels: vec![207], seed: 1, ..GenerateOptions::default() };
+//! let mut generation = pipeline.start(&options)?;
+//! for step in generation.by_ref() {
+//!     let step = step?;
+//!     println!("scale {} ({}x{}): {:.1} ms", step.index, step.side, step.side, step.times.total_ms());
+//! }
+//! let images = generation.decode()?;
+//! images[0].save_png("out.png")?;
+//! # Ok(()) }
+//! ```
+
+use std::path::Path;
+
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::image::Image;
+use crate::nn::var::{VarConditions, VarKvCache};
+use crate::nn::{VarModel, VqVae};
+use crate::ops::matmul;
+use crate::ops::sample::{SampleOptions, gumbel_softmax, sample_tokens};
+use crate::tensor::{DType, Tensor};
+use crate::weights::StateDict;
+
+/// A VAR transformer and the VQVAE it was trained with.
+pub struct Pipeline {
+    pub var: VarModel,
+    pub vae: VqVae,
+}
+
+/// How to generate. `Default`: the official demo's settings (cfg 4, top-k 900, top-p 0.95).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateOptions {
+    /// One class label per image (the batch).
+    pub labels: Vec<usize>,
+    pub seed: u64,
+    /// Classifier-free guidance; ramps linearly from 0 at the first scale to `cfg` at the last. 0
+    /// turns guidance off (and skips the unconditional half).
+    pub cfg: f32,
+    /// 0: no top-k; 1: argmax.
+    pub top_k: usize,
+    /// In [0, 1]; 0 or 1: no top-p.
+    pub top_p: f32,
+    /// The official `more_smooth` mode: Gumbel-softmax mixtures of codebook vectors feed f_hat.
+    pub smooth: bool,
+    /// Decode f_hat after every scale (costs a full decoder pass each).
+    pub preview_every_scale: bool,
+    /// Return every scale's raw logits (2B or B, n, V) (tests, analysis).
+    pub keep_logits: bool,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        Self {
+            labels: vec![0],
+            seed: 0,
+            cfg: 4.0,
+            top_k: 900,
+            top_p: 0.95,
+            smooth: false,
+            preview_every_scale: false,
+            keep_logits: false,
+        }
+    }
+}
+
+/// GPU time of one scale's stages in milliseconds (timestamps where the adapter has them).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StageTimes {
+    pub transformer_ms: f64,
+    pub sampling_ms: f64,
+    /// Codebook lookup, Phi, f_hat accumulation and the next scale's input.
+    pub accumulate_ms: f64,
+    /// The preview decode, when one was asked for.
+    pub decode_ms: f64,
+}
+
+impl StageTimes {
+    pub fn total_ms(&self) -> f64 {
+        self.transformer_ms + self.sampling_ms + self.accumulate_ms + self.decode_ms
+    }
+}
+
+/// What one scale produced.
+#[derive(Debug, Clone)]
+pub struct ScaleStep {
+    pub index: usize,
+    pub scales: usize,
+    /// Token-map side.
+    pub side: usize,
+    /// (B, side * side) token ids, row-major per image.
+    pub tokens: Vec<u32>,
+    pub times: StageTimes,
+    /// Decoded from f_hat after this scale, when `preview_every_scale` is set.
+    pub images: Option<Vec<Image>>,
+    /// Raw logits (2B with CFG, side * side, V), when `keep_logits` is set.
+    pub logits: Option<Vec<f32>>,
+}
+
+impl Pipeline {
+    /// Pairs a transformer with its VQVAE, checking that they fit together.
+    pub fn new(var: VarModel, vae: VqVae) -> Result<Self> {
+        let (vc, ac) = (&var.config, &vae.config);
+        if vc.vocab != ac.vocab || vc.cvae != ac.cvae {
+            return Err(Error::InvalidArgument {
+                op: "Pipeline",
+                msg: format!(
+                    "the VAR model predicts {} tokens of {} channels but the VQVAE codebook is {} x {}: they were not \
+                     trained together",
+                    vc.vocab, vc.cvae, ac.vocab, ac.cvae
+                ),
+            });
+        }
+        Ok(Self { var, vae })
+    }
+
+    /// Loads both checkpoints (safetensors or .pth). `dtype` defaults to f16 where the device has
+    /// SHADER_F16, else f32.
+    pub fn load(device: &Device, var: impl AsRef<Path>, vae: impl AsRef<Path>, dtype: Option<DType>) -> Result<Self> {
+        let dtype = dtype.unwrap_or(if device.features().shader_f16 { DType::F16 } else { DType::F32 });
+        let vae_sd = StateDict::load(vae)?;
+        let vae = VqVae::from_state_dict(device, &vae_sd, dtype)?;
+        drop(vae_sd);
+        let var_sd = StateDict::load(var)?;
+        let var = VarModel::from_state_dict(device, &var_sd, dtype)?;
+        Self::new(var, vae)
+    }
+
+    pub fn device(&self) -> &Device {
+        self.var.device()
+    }
+
+    /// Output image side in pixels.
+    pub fn image_size(&self) -> usize {
+        self.var.config.latent_side() * self.vae.config.upscale()
+    }
+
+    /// Checks options against the model: one clear error per problem.
+    pub fn validate(&self, options: &GenerateOptions) -> Result<()> {
+        let bad = |msg: String| Err(Error::InvalidArgument { op: "generate", msg });
+        let config = &self.var.config;
+        if options.labels.is_empty() {
+            return bad("no class labels given (the batch is empty)".into());
+        }
+        if let Some(&label) = options.labels.iter().find(|&&l| l >= config.num_classes) {
+            return bad(format!(
+                "class {label} is outside 0..={} (this model has {} classes)",
+                config.num_classes - 1,
+                config.num_classes
+            ));
+        }
+        if !options.cfg.is_finite() || options.cfg < 0.0 {
+            return bad(format!("cfg must be a finite number >= 0, got {}", options.cfg));
+        }
+        if !(0.0..=1.0).contains(&options.top_p) {
+            return bad(format!("top-p must be in [0, 1], got {}", options.top_p));
+        }
+        if options.top_k > config.vocab {
+            return bad(format!("top-k {} is above the vocabulary size {}", options.top_k, config.vocab));
+        }
+        Ok(())
+    }
+
+    /// Starts a generation; iterate it to run the scales.
+    pub fn start(&self, options: &GenerateOptions) -> Result<Generation<'_>> {
+        self.validate(options)?;
+        let batch = options.labels.len();
+        let cfg_halves = options.cfg > 0.0;
+        let mut labels: Vec<u32> = options.labels.iter().map(|&l| l as u32).collect();
+        if cfg_halves {
+            labels.extend(std::iter::repeat_n(self.var.config.num_classes as u32, batch));
+        }
+        let conditions = self.var.conditions(&labels)?;
+        let cache = self.var.new_cache(labels.len())?;
+        let side = self.var.config.latent_side();
+        let f_hat = Tensor::zeros(self.device(), &[batch, self.var.config.cvae, side, side], self.vae.dtype)?;
+        let next_input = self.var.first_input(&conditions)?;
+        Ok(Generation {
+            pipeline: self,
+            options: options.clone(),
+            cfg_halves,
+            conditions,
+            cache,
+            next_input: Some(next_input),
+            f_hat,
+            scale: 0,
+            tokens: Vec::new(),
+        })
+    }
+
+    /// Runs a whole generation and decodes the final images.
+    pub fn generate(&self, options: &GenerateOptions) -> Result<(Vec<Image>, Vec<ScaleStep>)> {
+        let mut generation = self.start(options)?;
+        let steps = generation.by_ref().collect::<Result<Vec<_>>>()?;
+        Ok((generation.decode()?, steps))
+    }
+}
+
+/// A generation in progress: each `next()` runs one scale.
+pub struct Generation<'a> {
+    pipeline: &'a Pipeline,
+    options: GenerateOptions,
+    cfg_halves: bool,
+    conditions: VarConditions,
+    cache: VarKvCache,
+    next_input: Option<Tensor>,
+    f_hat: Tensor,
+    scale: usize,
+    tokens: Vec<Vec<u32>>,
+}
+
+/// Runs `body` with the device profiler on and returns its result with the summed GPU time in ms.
+fn timed<T>(device: &Device, body: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
+    device.start_profiling()?;
+    let result = body();
+    let timings = device.finish_profiling()?;
+    Ok((result?, timings.iter().map(|t| t.nanoseconds).sum::<f64>() / 1e6))
+}
+
+impl Generation<'_> {
+    pub fn scales(&self) -> usize {
+        self.pipeline.var.config.patch_nums.len()
+    }
+
+    /// Scales run so far.
+    pub fn completed(&self) -> usize {
+        self.scale
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.scale >= self.scales()
+    }
+
+    /// Token ids of every scale run so far: per scale (B, side * side) row-major.
+    pub fn tokens(&self) -> &[Vec<u32>] {
+        &self.tokens
+    }
+
+    /// The accumulated latent f_hat (B, Cvae, S, S).
+    pub fn f_hat(&self) -> &Tensor {
+        &self.f_hat
+    }
+
+    /// Decoder output for the current f_hat as (B, 3, H, W) values in [-1, 1] (unclamped).
+    pub fn decode_raw(&self) -> Result<Tensor> {
+        self.pipeline.vae.decode(&self.f_hat)
+    }
+
+    /// The images decoded from the current f_hat (after the last scale: the result).
+    pub fn decode(&self) -> Result<Vec<Image>> {
+        let out = self.decode_raw()?;
+        let &[batch, _, h, w] = out.shape() else { unreachable!("the decoder returns (B, 3, H, W)") };
+        Ok(Image::from_decoder_output(&out.to_vec_f32()?, batch, h, w))
+    }
+
+    /// Runs the next scale with the given token ids (B * side^2) instead of sampling: teacher forcing,
+    /// or replaying a token dump.
+    pub fn step_forced(&mut self, ids: &[u32]) -> Result<ScaleStep> {
+        self.run_scale(Some(ids))
+    }
+
+    /// Runs the next scale.
+    pub fn step(&mut self) -> Result<ScaleStep> {
+        self.run_scale(None)
+    }
+
+    fn run_scale(&mut self, forced: Option<&[u32]>) -> Result<ScaleStep> {
+        let pipeline = self.pipeline;
+        let config = &pipeline.var.config;
+        let device = pipeline.device();
+        let si = self.scale;
+        let scales = config.patch_nums.len();
+        if si >= scales {
+            return Err(Error::InvalidArgument { op: "Generation", msg: format!("all {scales} scales are done") });
+        }
+        let side = config.patch_nums[si];
+        let batch = self.options.labels.len();
+        if let Some(ids) = forced {
+            if ids.len() != batch * side * side {
+                return Err(Error::InvalidArgument {
+                    op: "Generation::step_forced",
+                    msg: format!(
+                        "scale {si} needs {} ids ({batch} x {side}^2), got {}",
+                        batch * side * side,
+                        ids.len()
+                    ),
+                });
+            }
+            if let Some(&bad) = ids.iter().find(|&&id| id as usize >= config.vocab) {
+                return Err(Error::InvalidArgument {
+                    op: "Generation::step_forced",
+                    msg: format!("token id {bad} is outside the vocabulary of {}", config.vocab),
+                });
+            }
+        }
+        let x = self.next_input.take().expect("an input exists for every scale not yet run");
+        let (logits, transformer_ms) = timed(device, || pipeline.var.forward(&x, &self.conditions, &mut self.cache))?;
+        let ratio = if scales > 1 { si as f32 / (scales - 1) as f32 } else { 0.0 };
+        let sample_options = SampleOptions {
+            cfg: self.cfg_halves.then_some(self.options.cfg),
+            cfg_ratio: ratio,
+            top_k: self.options.top_k,
+            top_p: self.options.top_p,
+            seed: self.options.seed,
+            step: si as u32,
+            keep_filtered_logits: self.options.smooth && forced.is_none(),
+        };
+        let ((ids, soft), sampling_ms) = timed(device, || {
+            let ids = match forced {
+                Some(ids) => {
+                    return Ok((Tensor::from_u32(device, &[batch, side * side], ids)?, None));
+                }
+                None => sample_tokens(&logits, &sample_options)?,
+            };
+            let soft = match &ids.filtered_logits {
+                Some(filtered) => {
+                    let tau = (0.27 * (1.0 - 0.95 * ratio)).max(0.005);
+                    let probs = gumbel_softmax(filtered, 1.0 + ratio, tau, self.options.seed, si as u32)?;
+                    Some(probs)
+                }
+                None => None,
+            };
+            Ok((ids.ids, soft))
+        })?;
+        let (_, accumulate_ms) = timed(device, || {
+            let vae = &pipeline.vae;
+            let h = match &soft {
+                Some(probs) => {
+                    let mixed = matmul(&probs.to_dtype(vae.dtype)?, vae.codebook())?;
+                    vae.tokens_to_map(&mixed, side)?
+                }
+                None => vae.lookup(&ids, side)?,
+            };
+            self.f_hat = vae.accumulate(&self.f_hat, &h, si, scales)?;
+            if si + 1 < scales {
+                let next_side = config.patch_nums[si + 1];
+                let token_map = vae.next_token_map(&self.f_hat, next_side)?;
+                self.next_input = Some(pipeline.var.scale_input(si + 1, &token_map, self.cfg_halves)?);
+            }
+            Ok(())
+        })?;
+        let tokens = ids.to_vec_u32()?;
+        let logits = if self.options.keep_logits { Some(logits.to_vec_f32()?) } else { None };
+        self.scale += 1;
+        self.tokens.push(tokens.clone());
+        let (images, decode_ms) = if self.options.preview_every_scale {
+            let (images, ms) = timed(device, || self.decode())?;
+            (Some(images), ms)
+        } else {
+            (None, 0.0)
+        };
+        Ok(ScaleStep {
+            index: si,
+            scales,
+            side,
+            tokens,
+            times: StageTimes { transformer_ms, sampling_ms, accumulate_ms, decode_ms },
+            images,
+            logits,
+        })
+    }
+}
+
+impl Iterator for Generation<'_> {
+    type Item = Result<ScaleStep>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.is_done() {
+            return None;
+        }
+        let step = self.step();
+        if step.is_err() {
+            // A failed scale leaves no consistent state to continue from.
+            self.scale = self.scales();
+        }
+        Some(step)
+    }
+}

@@ -1,0 +1,198 @@
+//! Random state_dicts with the official VAR and VQVAE key names and shapes, for benchmarks (timing
+//! needs the real shapes, not trained values) and loader tests. Values are scaled like a trained
+//! model's (weights ~ N(0, 1/fan_in), unit norm weights), so activations stay finite at any depth.
+
+use crate::error::Result;
+use crate::weights::StateDict;
+
+/// A VAR transformer shape; [`VarShape::official`] gives var_d{depth}.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VarShape {
+    pub depth: usize,
+    pub width: usize,
+    pub heads: usize,
+    pub num_classes: usize,
+    pub vocab: usize,
+    pub cvae: usize,
+    pub patch_nums: Vec<usize>,
+    pub shared_adaln: bool,
+}
+
+impl VarShape {
+    /// var_d{depth} at 256px: width 64 * depth, heads = depth.
+    pub fn official(depth: usize) -> Self {
+        Self {
+            depth,
+            width: 64 * depth,
+            heads: depth,
+            num_classes: 1000,
+            vocab: 4096,
+            cvae: 32,
+            patch_nums: super::var::PATCH_NUMS_256.to_vec(),
+            shared_adaln: false,
+        }
+    }
+}
+
+/// A VQVAE decoder shape; [`VaeShape::official`] is vae_ch160v4096z32's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VaeShape {
+    pub ch: usize,
+    pub ch_mult: Vec<usize>,
+    /// Decoder ResBlocks per level (num_res_blocks + 1 officially).
+    pub blocks_per_level: usize,
+    pub vocab: usize,
+    pub cvae: usize,
+    pub phi_convs: usize,
+}
+
+impl VaeShape {
+    pub fn official() -> Self {
+        Self { ch: 160, ch_mult: vec![1, 1, 2, 2, 4], blocks_per_level: 3, vocab: 4096, cvae: 32, phi_convs: 4 }
+    }
+}
+
+/// SplitMix64-driven normal values (Box-Muller), deterministic per seed.
+struct Normal(u64);
+
+impl Normal {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn uniform(&mut self) -> f32 {
+        ((self.next_u64() >> 40) as f32 + 0.5) / (1u64 << 24) as f32
+    }
+
+    fn values(&mut self, n: usize, std: f32, mean: f32) -> Vec<f32> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let (u, v) = (self.uniform(), self.uniform());
+            let r = (-2.0 * u.ln()).sqrt();
+            let angle = std::f32::consts::TAU * v;
+            out.push(mean + std * r * angle.cos());
+            if out.len() < n {
+                out.push(mean + std * r * angle.sin());
+            }
+        }
+        out
+    }
+}
+
+struct Builder {
+    sd: StateDict,
+    rng: Normal,
+}
+
+impl Builder {
+    fn normal(&mut self, key: String, shape: &[usize], std: f32, mean: f32) -> Result<()> {
+        let n = shape.iter().product();
+        let data = self.rng.values(n, std, mean);
+        self.sd.insert(key, shape, data)
+    }
+
+    fn linear(&mut self, prefix: &str, out: usize, inp: usize) -> Result<()> {
+        self.normal(format!("{prefix}.weight"), &[out, inp], (inp as f32).powf(-0.5), 0.0)?;
+        self.normal(format!("{prefix}.bias"), &[out], 0.02, 0.0)
+    }
+
+    fn conv(&mut self, prefix: &str, out: usize, inp: usize, k: usize) -> Result<()> {
+        self.normal(format!("{prefix}.weight"), &[out, inp, k, k], ((inp * k * k) as f32).powf(-0.5), 0.0)?;
+        self.normal(format!("{prefix}.bias"), &[out], 0.02, 0.0)
+    }
+
+    fn norm(&mut self, prefix: &str, c: usize) -> Result<()> {
+        self.normal(format!("{prefix}.weight"), &[c], 0.05, 1.0)?;
+        self.normal(format!("{prefix}.bias"), &[c], 0.05, 0.0)
+    }
+}
+
+/// A random VAR checkpoint of `shape`; the schedule goes into the metadata.
+pub fn var_state_dict(shape: &VarShape, seed: u64) -> Result<StateDict> {
+    let mut b = Builder { sd: StateDict::new(), rng: Normal(seed) };
+    let c = shape.width;
+    let l: usize = shape.patch_nums.iter().map(|p| p * p).sum();
+    b.normal("pos_start".into(), &[1, 1, c], 0.02, 0.0)?;
+    b.normal("pos_1LC".into(), &[1, l, c], 0.02, 0.0)?;
+    b.normal("class_emb.weight".into(), &[shape.num_classes + 1, c], 0.5, 0.0)?;
+    b.normal("lvl_embed.weight".into(), &[shape.patch_nums.len(), c], 0.02, 0.0)?;
+    b.linear("word_embed", c, shape.cvae)?;
+    if shape.shared_adaln {
+        b.linear("shared_ada_lin.1", 6 * c, c)?;
+    }
+    for i in 0..shape.depth {
+        let p = format!("blocks.{i}");
+        b.normal(format!("{p}.attn.scale_mul_1H11"), &[1, shape.heads, 1, 1], 0.3, 2.5)?;
+        b.normal(format!("{p}.attn.q_bias"), &[c], 0.02, 0.0)?;
+        b.normal(format!("{p}.attn.v_bias"), &[c], 0.02, 0.0)?;
+        b.normal(format!("{p}.attn.mat_qkv.weight"), &[3 * c, c], (c as f32).powf(-0.5), 0.0)?;
+        b.linear(&format!("{p}.attn.proj"), c, c)?;
+        b.linear(&format!("{p}.ffn.fc1"), 4 * c, c)?;
+        b.linear(&format!("{p}.ffn.fc2"), c, 4 * c)?;
+        if shape.shared_adaln {
+            b.normal(format!("{p}.ada_gss"), &[1, 1, 6, c], 0.02, 0.0)?;
+        } else {
+            b.normal(format!("{p}.ada_lin.1.weight"), &[6 * c, c], 0.1 * (c as f32).powf(-0.5), 0.0)?;
+            b.normal(format!("{p}.ada_lin.1.bias"), &[6 * c], 0.02, 0.0)?;
+        }
+    }
+    b.normal("head_nm.ada_lin.1.weight".into(), &[2 * c, c], 0.1 * (c as f32).powf(-0.5), 0.0)?;
+    b.normal("head_nm.ada_lin.1.bias".into(), &[2 * c], 0.02, 0.0)?;
+    b.linear("head", shape.vocab, c)?;
+    let mut sd = b.sd;
+    sd.metadata.insert(super::var::META_PATCH_NUMS.into(), serde_json::to_string(&shape.patch_nums).expect("list"));
+    Ok(sd)
+}
+
+/// A random VQVAE (codebook, Phi, post_quant_conv and decoder) of `shape`.
+pub fn vae_state_dict(shape: &VaeShape, seed: u64) -> Result<StateDict> {
+    let mut b = Builder { sd: StateDict::new(), rng: Normal(seed) };
+    let z = shape.cvae;
+    b.normal("quantize.embedding.weight".into(), &[shape.vocab, z], 0.5, 0.0)?;
+    for k in 0..shape.phi_convs {
+        b.conv(&format!("quantize.quant_resi.qresi_ls.{k}"), z, z, 3)?;
+    }
+    b.conv("post_quant_conv", z, z, 3)?;
+    let widths: Vec<usize> = shape.ch_mult.iter().map(|m| m * shape.ch).collect();
+    let top = *widths.last().expect("at least one level");
+    b.conv("decoder.conv_in", top, z, 3)?;
+    let res = |b: &mut Builder, p: &str, cin: usize, cout: usize| -> Result<()> {
+        b.norm(&format!("{p}.norm1"), cin)?;
+        b.conv(&format!("{p}.conv1"), cout, cin, 3)?;
+        b.norm(&format!("{p}.norm2"), cout)?;
+        b.conv(&format!("{p}.conv2"), cout, cout, 3)?;
+        if cin != cout {
+            b.conv(&format!("{p}.nin_shortcut"), cout, cin, 1)?;
+        }
+        Ok(())
+    };
+    let attn = |b: &mut Builder, p: &str, c: usize| -> Result<()> {
+        b.norm(&format!("{p}.norm"), c)?;
+        b.conv(&format!("{p}.qkv"), 3 * c, c, 1)?;
+        b.conv(&format!("{p}.proj_out"), c, c, 1)
+    };
+    res(&mut b, "decoder.mid.block_1", top, top)?;
+    attn(&mut b, "decoder.mid.attn_1", top)?;
+    res(&mut b, "decoder.mid.block_2", top, top)?;
+    let mut cin = top;
+    let last = widths.len() - 1;
+    for i in (0..widths.len()).rev() {
+        for j in 0..shape.blocks_per_level {
+            res(&mut b, &format!("decoder.up.{i}.block.{j}"), cin, widths[i])?;
+            cin = widths[i];
+            if i == last {
+                attn(&mut b, &format!("decoder.up.{i}.attn.{j}"), cin)?;
+            }
+        }
+        if i != 0 {
+            b.conv(&format!("decoder.up.{i}.upsample.conv"), cin, cin, 3)?;
+        }
+    }
+    b.norm("decoder.norm_out", cin)?;
+    b.conv("decoder.conv_out", 3, cin, 3)?;
+    Ok(b.sd)
+}

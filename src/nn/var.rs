@@ -1,0 +1,560 @@
+//! The VAR transformer (spec VAR.md sections 3-4) for KV-cached next-scale inference, loaded from the
+//! official state_dict key names with every hyperparameter inferred from the tensor shapes.
+
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::ops::attention::{AttentionLayout, AttentionOptions, attention};
+use crate::ops::{QkvHeads, adaln_layer_norm, add, gated_residual, gelu_tanh, linear, qkv_heads, silu};
+use crate::tensor::{DType, Tensor};
+use crate::weights::StateDict;
+
+/// LayerNorm epsilon of every VAR norm.
+pub const LN_EPS: f32 = 1e-6;
+
+/// The official 256px, 512px and 1024px scale schedules (side of each token map).
+pub const PATCH_NUMS_256: &[usize] = &[1, 2, 3, 4, 5, 6, 8, 10, 13, 16];
+pub const PATCH_NUMS_512: &[usize] = &[1, 2, 3, 4, 6, 9, 13, 18, 24, 32];
+pub const PATCH_NUMS_1024: &[usize] = &[1, 2, 3, 4, 5, 7, 9, 12, 16, 21, 27, 36, 48, 64];
+
+/// Metadata key (safetensors `__metadata__`) holding the scale schedule as a JSON list.
+pub const META_PATCH_NUMS: &str = "patch_nums";
+
+/// What the shapes of a VAR checkpoint say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VarConfig {
+    pub depth: usize,
+    /// Model width C.
+    pub width: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    pub mlp_hidden: usize,
+    /// Real classes; the class table has one more row, the null class of CFG.
+    pub num_classes: usize,
+    /// Codebook size V (the logits' width).
+    pub vocab: usize,
+    /// VQVAE latent channels.
+    pub cvae: usize,
+    pub patch_nums: Vec<usize>,
+    /// d36 style: one shared AdaLN projection plus a per-block additive `ada_gss`.
+    pub shared_adaln: bool,
+}
+
+impl VarConfig {
+    /// Total tokens over all scales.
+    pub fn seq_len(&self) -> usize {
+        self.patch_nums.iter().map(|p| p * p).sum()
+    }
+
+    /// First token of each scale.
+    pub fn scale_starts(&self) -> Vec<usize> {
+        self.patch_nums
+            .iter()
+            .scan(0, |acc, p| {
+                let start = *acc;
+                *acc += p * p;
+                Some(start)
+            })
+            .collect()
+    }
+
+    /// The last scale's side: the VQVAE latent is that many tokens square.
+    pub fn latent_side(&self) -> usize {
+        *self.patch_nums.last().unwrap_or(&0)
+    }
+
+    /// Parameter count.
+    pub fn parameters(&self) -> usize {
+        let c = self.width;
+        let block = 3 * c * c + 2 * c + c * c + c + 2 * c * self.mlp_hidden + self.mlp_hidden + c + 2 + self.heads;
+        let ada = if self.shared_adaln { 6 * c } else { 6 * c * c + 6 * c };
+        let shared = if self.shared_adaln { 6 * c * c + 6 * c } else { 0 };
+        self.depth * (block + ada)
+            + shared
+            + (self.num_classes + 1) * c
+            + c
+            + self.seq_len() * c
+            + self.patch_nums.len() * c
+            + c * self.cvae
+            + c
+            + 2 * c * c
+            + 2 * c
+            + self.vocab * c
+            + self.vocab
+    }
+
+    /// Infers the configuration from a checkpoint's shapes (and `patch_nums` metadata when the
+    /// schedule is not an official one), rejecting VQVAE files and pre-April-2024 uploads.
+    pub fn infer(sd: &StateDict) -> Result<Self> {
+        let bad = |reason: String| Error::InvalidArgument { op: "VAR checkpoint", msg: reason };
+        if sd.get("class_emb.weight").is_none() {
+            if sd.get("quantize.embedding.weight").is_some() || sd.get("decoder.conv_in.weight").is_some() {
+                return Err(bad(
+                    "this is a VQVAE checkpoint (it holds quantize.* and decoder.* keys), not a VAR transformer: \
+                     pass it as --vae and the var_d*.pth file as --var"
+                        .into(),
+                ));
+            }
+            return Err(bad(format!(
+                "not a VAR transformer checkpoint: class_emb.weight is missing (the file has {} tensors{})",
+                sd.len(),
+                sd.keys().next().map(|k| format!(", the first is {k:?}")).unwrap_or_default()
+            )));
+        }
+        let shape = |key: &str| sd.require("", key).map(|t| t.shape.clone());
+        let class_shape = shape("class_emb.weight")?;
+        let [rows, width] = two(&class_shape, "class_emb.weight")?;
+        if rows < 2 {
+            return Err(bad(format!("class_emb.weight has {rows} rows; it needs the classes plus the null class")));
+        }
+        let depth = (0..).take_while(|i| sd.get(&format!("blocks.{i}.attn.mat_qkv.weight")).is_some()).count();
+        if depth == 0 {
+            return Err(bad("no transformer blocks: blocks.0.attn.mat_qkv.weight is missing".into()));
+        }
+        let heads = match sd.get("blocks.0.attn.scale_mul_1H11") {
+            Some(t) if t.shape.len() == 4 && t.shape[1] > 0 => t.shape[1],
+            Some(t) => {
+                return Err(bad(format!(
+                    "blocks.0.attn.scale_mul_1H11 has shape {:?}, expected (1, heads, 1, 1)",
+                    t.shape
+                )));
+            }
+            None => {
+                return Err(bad(
+                    "blocks.0.attn.scale_mul_1H11 is missing: this is a pre-April-2024 VAR upload (before the \
+                     attention temperature was added). Download the current checkpoints (var_d16.pth ... \
+                     var_d30.pth from the FoundationVision/var Hugging Face repository)"
+                        .into(),
+                ));
+            }
+        };
+        if !width.is_multiple_of(heads) {
+            return Err(bad(format!("width {width} is not divisible by {heads} heads")));
+        }
+        let head_dim = width / heads;
+        let mlp_hidden = two(&shape("blocks.0.ffn.fc1.weight")?, "blocks.0.ffn.fc1.weight")?[0];
+        let vocab = two(&shape("head.weight")?, "head.weight")?[0];
+        let cvae = two(&shape("word_embed.weight")?, "word_embed.weight")?[1];
+        let pos_shape = shape("pos_1LC")?;
+        let seq_len = match pos_shape.as_slice() {
+            [1, l, c] if *c == width => *l,
+            _ => return Err(bad(format!("pos_1LC has shape {pos_shape:?}, expected (1, L, {width})"))),
+        };
+        let scales = two(&shape("lvl_embed.weight")?, "lvl_embed.weight")?[0];
+        let patch_nums = match sd.metadata.get(META_PATCH_NUMS) {
+            Some(text) => serde_json::from_str::<Vec<usize>>(text)
+                .map_err(|e| bad(format!("metadata {META_PATCH_NUMS} = {text:?} is not a JSON list of sides: {e}")))?,
+            None => schedule_from_mask(sd, seq_len)
+                .or_else(|| {
+                    [PATCH_NUMS_256, PATCH_NUMS_512, PATCH_NUMS_1024]
+                        .into_iter()
+                        .find(|p| p.len() == scales && p.iter().map(|s| s * s).sum::<usize>() == seq_len)
+                        .map(<[usize]>::to_vec)
+                })
+                .ok_or_else(|| {
+                    bad(format!(
+                        "{scales} scales with {seq_len} tokens match no official schedule; store the schedule as \
+                         safetensors metadata {META_PATCH_NUMS:?} (e.g. \"[1, 2, 3, 4]\")"
+                    ))
+                })?,
+        };
+        let config = VarConfig {
+            depth,
+            width,
+            heads,
+            head_dim,
+            mlp_hidden,
+            num_classes: rows - 1,
+            vocab,
+            cvae,
+            shared_adaln: sd.get("shared_ada_lin.1.weight").is_some(),
+            patch_nums,
+        };
+        if config.patch_nums.len() != scales || config.seq_len() != seq_len || config.patch_nums.contains(&0)
+        {
+            return Err(bad(format!(
+                "the schedule {:?} ({} tokens) disagrees with lvl_embed ({scales} scales) and pos_1LC ({seq_len} tokens)",
+                config.patch_nums,
+                config.seq_len()
+            )));
+        }
+        config.validate(sd)?;
+        Ok(config)
+    }
+
+    /// Every key the checkpoint must (or may) hold, with its shape.
+    fn expected_keys(&self) -> Vec<(String, Vec<usize>, bool)> {
+        let (c, l) = (self.width, self.seq_len());
+        let mut keys: Vec<(String, Vec<usize>, bool)> = vec![
+            ("pos_start".into(), vec![1, 1, c], true),
+            ("pos_1LC".into(), vec![1, l, c], true),
+            ("class_emb.weight".into(), vec![self.num_classes + 1, c], true),
+            ("lvl_embed.weight".into(), vec![self.patch_nums.len(), c], true),
+            ("word_embed.weight".into(), vec![c, self.cvae], true),
+            ("word_embed.bias".into(), vec![c], true),
+            ("head_nm.ada_lin.1.weight".into(), vec![2 * c, c], true),
+            ("head_nm.ada_lin.1.bias".into(), vec![2 * c], true),
+            ("head.weight".into(), vec![self.vocab, c], true),
+            ("head.bias".into(), vec![self.vocab], true),
+            // Buffers without learned state (lvl_1L is an integer buffer and skipped on load).
+            ("attn_bias_for_masking".into(), vec![1, 1, l, l], false),
+        ];
+        if self.shared_adaln {
+            keys.push(("shared_ada_lin.1.weight".into(), vec![6 * c, c], true));
+            keys.push(("shared_ada_lin.1.bias".into(), vec![6 * c], true));
+        }
+        for i in 0..self.depth {
+            let p = format!("blocks.{i}.");
+            let mut add =
+                |name: &str, shape: Vec<usize>, required: bool| keys.push((format!("{p}{name}"), shape, required));
+            add("attn.scale_mul_1H11", vec![1, self.heads, 1, 1], true);
+            add("attn.q_bias", vec![c], true);
+            add("attn.v_bias", vec![c], true);
+            add("attn.zero_k_bias", vec![c], false);
+            add("attn.mat_qkv.weight", vec![3 * c, c], true);
+            add("attn.proj.weight", vec![c, c], true);
+            add("attn.proj.bias", vec![c], true);
+            add("ffn.fc1.weight", vec![self.mlp_hidden, c], true);
+            add("ffn.fc1.bias", vec![self.mlp_hidden], true);
+            add("ffn.fc2.weight", vec![c, self.mlp_hidden], true);
+            add("ffn.fc2.bias", vec![c], true);
+            if self.shared_adaln {
+                add("ada_gss", vec![1, 1, 6, c], true);
+            } else {
+                add("ada_lin.1.weight", vec![6 * c, c], true);
+                add("ada_lin.1.bias", vec![6 * c], true);
+            }
+        }
+        keys
+    }
+
+    /// One error listing every missing, unexpected and mis-shaped key.
+    fn validate(&self, sd: &StateDict) -> Result<()> {
+        let keys = self.expected_keys();
+        let borrowed: Vec<(&str, Vec<usize>, bool)> =
+            keys.iter().map(|(k, s, r)| (k.as_str(), s.clone(), *r)).collect();
+        sd.check("", &borrowed)
+    }
+}
+
+/// The schedule written in the `attn_bias_for_masking` buffer (1, 1, L, L): a query of scale s sees
+/// exactly the tokens of scales 0..=s, so the distinct counts of finite entries per row are the
+/// cumulative scale ends. `None` when the buffer is absent or not of that form.
+fn schedule_from_mask(sd: &StateDict, seq_len: usize) -> Option<Vec<usize>> {
+    let mask = sd.get("attn_bias_for_masking")?;
+    if mask.shape != [1, 1, seq_len, seq_len] {
+        return None;
+    }
+    let mut sides = Vec::new();
+    let mut end = 0;
+    for row in mask.data.chunks_exact(seq_len) {
+        let visible = row.iter().take_while(|v| v.is_finite()).count();
+        if row[visible..].iter().any(|v| v.is_finite()) {
+            return None;
+        }
+        if visible != end {
+            let tokens = visible.checked_sub(end)?;
+            let side = (tokens as f64).sqrt().round() as usize;
+            if side * side != tokens {
+                return None;
+            }
+            sides.push(side);
+            end = visible;
+        }
+    }
+    (end == seq_len).then_some(sides)
+}
+
+fn two(shape: &[usize], key: &str) -> Result<[usize; 2]> {
+    <[usize; 2]>::try_from(shape).map_err(|_| Error::Weights {
+        prefix: String::new(),
+        missing: Vec::new(),
+        unexpected: Vec::new(),
+        misshaped: vec![(key.to_string(), vec![0, 0], shape.to_vec())],
+    })
+}
+
+struct VarBlock {
+    /// Per-block AdaLN Linear(C, 6C), or the additive ada_gss (6C) of the shared variant.
+    ada_weight: Option<Tensor>,
+    ada_bias: Tensor,
+    qkv_weight: Tensor,
+    /// cat(q_bias, 0, v_bias): K has no bias.
+    qkv_bias: Tensor,
+    /// exp(min(scale_mul_1H11, ln 100)) per head, f32.
+    head_scale: Tensor,
+    proj_weight: Tensor,
+    proj_bias: Tensor,
+    fc1_weight: Tensor,
+    fc1_bias: Tensor,
+    fc2_weight: Tensor,
+    fc2_bias: Tensor,
+}
+
+/// The VAR transformer on one device.
+pub struct VarModel {
+    pub config: VarConfig,
+    /// Storage type of activations and weights (the head and the logits are always f32).
+    pub dtype: DType,
+    device: Device,
+    class_emb: Tensor,
+    /// pos_start + lvl_embed[0] + pos_1LC[0] (1, C): added to the class embedding for scale 0.
+    first_pos: Tensor,
+    /// lvl_embed[scale] + pos_1LC[tokens of the scale], one (n, C) tensor per scale.
+    scale_pos: Vec<Tensor>,
+    word_embed_weight: Tensor,
+    word_embed_bias: Tensor,
+    shared_ada: Option<(Tensor, Tensor)>,
+    blocks: Vec<VarBlock>,
+    head_ada_weight: Tensor,
+    head_ada_bias: Tensor,
+    head_weight: Tensor,
+    head_bias: Tensor,
+}
+
+/// Per-generation conditioning: the AdaLN parameters of every block and of the head, computed once
+/// from the class embeddings (they do not change across scales).
+pub struct VarConditions {
+    /// (2B, C) class embeddings: the start token and the AdaLN input.
+    pub cond: Tensor,
+    /// Per block: gamma1, gamma2, scale1, scale2, shift1, shift2, each (2B, C).
+    blocks: Vec<[Tensor; 6]>,
+    /// Head AdaLN scale and shift (2B, C), f32.
+    head: [Tensor; 2],
+}
+
+/// Keys and values of every block for the tokens generated so far.
+pub struct VarKvCache {
+    k: Vec<Tensor>,
+    v: Vec<Tensor>,
+    /// Tokens cached.
+    pub len: usize,
+    /// Tokens the cache can hold.
+    pub capacity: usize,
+}
+
+impl VarModel {
+    /// Loads the transformer from a state_dict with official key names; `dtype` is the storage type
+    /// of weights and activations (f16 needs SHADER_F16).
+    pub fn from_state_dict(device: &Device, sd: &StateDict, dtype: DType) -> Result<Self> {
+        if !dtype.is_float() {
+            return Err(Error::InvalidArgument {
+                op: "VarModel",
+                msg: format!("dtype must be f32 or f16, got {dtype}"),
+            });
+        }
+        let config = VarConfig::infer(sd)?;
+        let c = config.width;
+        let up = |key: &str, shape: &[usize], dtype: DType| sd.upload(device, "", key, shape, dtype);
+        let host = |key: &str| sd.require("", key).map(|t| t.data.as_slice());
+
+        let class_emb = up("class_emb.weight", &[config.num_classes + 1, c], dtype)?;
+        let pos = host("pos_1LC")?;
+        let lvl = host("lvl_embed.weight")?;
+        let start = host("pos_start")?;
+        let mut scale_pos = Vec::with_capacity(config.patch_nums.len());
+        for (si, (&pn, first)) in config.patch_nums.iter().zip(config.scale_starts()).enumerate() {
+            let n = pn * pn;
+            let mut values = vec![0f32; n * c];
+            for t in 0..n {
+                for ch in 0..c {
+                    values[t * c + ch] = lvl[si * c + ch] + pos[(first + t) * c + ch];
+                }
+            }
+            scale_pos.push(Tensor::from_f32(device, &[n, c], &values, dtype)?);
+        }
+        // The official sum: cond + pos_start + (lvl_embed[0] + pos_1LC[0]), in that association.
+        let first: Vec<f32> = (0..c).map(|ch| start[ch] + (lvl[ch] + pos[ch])).collect();
+        let first_pos = Tensor::from_f32(device, &[1, c], &first, dtype)?;
+
+        let shared_ada = if config.shared_adaln {
+            Some((up("shared_ada_lin.1.weight", &[6 * c, c], dtype)?, up("shared_ada_lin.1.bias", &[6 * c], dtype)?))
+        } else {
+            None
+        };
+        let ln_100 = 100f32.ln();
+        let mut blocks = Vec::with_capacity(config.depth);
+        for i in 0..config.depth {
+            let key = |name: &str| format!("blocks.{i}.{name}");
+            let (ada_weight, ada_bias) = if config.shared_adaln {
+                (None, up(&key("ada_gss"), &[6 * c], dtype)?)
+            } else {
+                (Some(up(&key("ada_lin.1.weight"), &[6 * c, c], dtype)?), up(&key("ada_lin.1.bias"), &[6 * c], dtype)?)
+            };
+            let mut bias = vec![0f32; 3 * c];
+            bias[..c].copy_from_slice(host(&key("attn.q_bias"))?);
+            bias[2 * c..].copy_from_slice(host(&key("attn.v_bias"))?);
+            let scales: Vec<f32> = host(&key("attn.scale_mul_1H11"))?.iter().map(|s| s.min(ln_100).exp()).collect();
+            if let Some(bad) = scales.iter().find(|s| !s.is_finite()) {
+                return Err(Error::InvalidArgument {
+                    op: "VAR checkpoint",
+                    msg: format!("{} holds a non-finite temperature ({bad})", key("attn.scale_mul_1H11")),
+                });
+            }
+            blocks.push(VarBlock {
+                ada_weight,
+                ada_bias,
+                qkv_weight: up(&key("attn.mat_qkv.weight"), &[3 * c, c], dtype)?,
+                qkv_bias: Tensor::from_f32(device, &[3 * c], &bias, dtype)?,
+                head_scale: Tensor::from_f32(device, &[config.heads], &scales, DType::F32)?,
+                proj_weight: up(&key("attn.proj.weight"), &[c, c], dtype)?,
+                proj_bias: up(&key("attn.proj.bias"), &[c], dtype)?,
+                fc1_weight: up(&key("ffn.fc1.weight"), &[config.mlp_hidden, c], dtype)?,
+                fc1_bias: up(&key("ffn.fc1.bias"), &[config.mlp_hidden], dtype)?,
+                fc2_weight: up(&key("ffn.fc2.weight"), &[c, config.mlp_hidden], dtype)?,
+                fc2_bias: up(&key("ffn.fc2.bias"), &[c], dtype)?,
+            });
+        }
+        Ok(Self {
+            dtype,
+            device: device.clone(),
+            class_emb,
+            first_pos,
+            scale_pos,
+            word_embed_weight: up("word_embed.weight", &[c, config.cvae], dtype)?,
+            word_embed_bias: up("word_embed.bias", &[c], dtype)?,
+            shared_ada,
+            blocks,
+            // The head runs in f32 as the official get_logits does.
+            head_ada_weight: up("head_nm.ada_lin.1.weight", &[2 * c, c], DType::F32)?,
+            head_ada_bias: up("head_nm.ada_lin.1.bias", &[2 * c], DType::F32)?,
+            head_weight: up("head.weight", &[config.vocab, c], DType::F32)?,
+            head_bias: up("head.bias", &[config.vocab], DType::F32)?,
+            config,
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// An empty cache for `rows` sequences (2B with CFG) over the whole schedule.
+    pub fn new_cache(&self, rows: usize) -> Result<VarKvCache> {
+        let capacity = self.config.seq_len();
+        let shape = [rows, capacity, self.config.heads, self.config.head_dim];
+        let mut k = Vec::with_capacity(self.config.depth);
+        let mut v = Vec::with_capacity(self.config.depth);
+        for _ in 0..self.config.depth {
+            k.push(Tensor::empty(&self.device, &shape, self.dtype)?);
+            v.push(Tensor::empty(&self.device, &shape, self.dtype)?);
+        }
+        Ok(VarKvCache { k, v, len: 0, capacity })
+    }
+
+    /// The AdaLN parameters for class labels (2B with CFG: conditional labels, then the null class).
+    pub fn conditions(&self, labels: &[u32]) -> Result<VarConditions> {
+        if let Some(&bad) = labels.iter().find(|&&l| l as usize > self.config.num_classes) {
+            return Err(Error::InvalidArgument {
+                op: "VarModel::conditions",
+                msg: format!("label {bad} is outside 0..={} (the last is the null class)", self.config.num_classes),
+            });
+        }
+        let c = self.config.width;
+        let rows = labels.len();
+        let ids = Tensor::from_u32(&self.device, &[rows], labels)?;
+        let cond = crate::ops::embedding(&ids, &self.class_emb)?;
+        let act = silu(&cond)?;
+        let mut blocks = Vec::with_capacity(self.blocks.len());
+        let shared = match &self.shared_ada {
+            Some((w, b)) => Some(linear(&act, w, Some(b))?),
+            None => None,
+        };
+        for block in &self.blocks {
+            let ada = match (&block.ada_weight, &shared) {
+                (Some(w), _) => linear(&act, w, Some(&block.ada_bias))?,
+                (None, Some(shared)) => add(shared, &block.ada_bias)?,
+                (None, None) => unreachable!("blocks without ada_lin only exist with the shared AdaLN"),
+            };
+            blocks.push(split_chunks::<6>(&ada, rows, c)?);
+        }
+        let act32 = act.to_dtype(DType::F32)?;
+        let head = linear(&act32, &self.head_ada_weight, Some(&self.head_ada_bias))?;
+        Ok(VarConditions { cond, blocks, head: split_chunks::<2>(&head, rows, c)? })
+    }
+
+    /// The input of scale 0: cond + pos_start + lvl_pos[0], (2B, 1, C).
+    pub fn first_input(&self, conditions: &VarConditions) -> Result<Tensor> {
+        let rows = conditions.cond.shape()[0];
+        add(&conditions.cond, &self.first_pos.reshape(&[self.config.width])?)?.reshape(&[rows, 1, self.config.width])
+    }
+
+    /// The input of scale `si` > 0 from the VQVAE's next token map (B, n, Cvae): word_embed + the
+    /// scale's position embeddings, duplicated for the CFG halves when `cfg_halves` is set.
+    pub fn scale_input(&self, si: usize, token_map: &Tensor, cfg_halves: bool) -> Result<Tensor> {
+        let pos = self.scale_pos.get(si).ok_or_else(|| Error::InvalidArgument {
+            op: "VarModel::scale_input",
+            msg: format!("scale {si} is outside the schedule of {} scales", self.config.patch_nums.len()),
+        })?;
+        let x = linear(&token_map.to_dtype(self.dtype)?, &self.word_embed_weight, Some(&self.word_embed_bias))?;
+        let x = add(&x, pos)?;
+        if cfg_halves { Tensor::concat(&[&x, &x], 0) } else { Ok(x) }
+    }
+
+    /// Runs every block on the new tokens x (2B, n, C), appending their keys and values to the cache,
+    /// and returns the f32 logits (2B, n, V).
+    pub fn forward(&self, x: &Tensor, conditions: &VarConditions, cache: &mut VarKvCache) -> Result<Tensor> {
+        let &[rows, tokens, width] = x.shape() else {
+            return Err(Error::InvalidArgument {
+                op: "VarModel::forward",
+                msg: format!("x must be (2B, n, C), got {:?}", x.shape()),
+            });
+        };
+        if width != self.config.width
+            || rows != conditions.cond.shape()[0]
+            || cache.k.first().is_some_and(|k| k.shape()[0] != rows)
+        {
+            return Err(Error::ShapeMismatch {
+                op: "VarModel::forward",
+                lhs: x.shape().to_vec(),
+                rhs: conditions.cond.shape().to_vec(),
+                detail: "x, the conditions and the cache must agree in rows and width".into(),
+            });
+        }
+        if cache.len + tokens > cache.capacity {
+            return Err(Error::InvalidArgument {
+                op: "VarModel::forward",
+                msg: format!("{tokens} new tokens do not fit the cache ({} of {} used)", cache.len, cache.capacity),
+            });
+        }
+        let mut x = x.clone();
+        for (i, block) in self.blocks.iter().enumerate() {
+            let [gamma1, gamma2, scale1, scale2, shift1, shift2] = &conditions.blocks[i];
+            let h = adaln_layer_norm(&x, scale1, shift1, LN_EPS)?;
+            let qkv = linear(&h, &block.qkv_weight, Some(&block.qkv_bias))?;
+            let q = qkv_heads(&QkvHeads {
+                qkv: &qkv,
+                heads: self.config.heads,
+                l2_norm: true,
+                head_scale: &block.head_scale,
+                k_cache: &cache.k[i],
+                v_cache: &cache.v[i],
+                start: cache.len,
+            })?;
+            let options = AttentionOptions {
+                scale: Some(1.0),
+                kv_len: Some(cache.len + tokens),
+                layout: AttentionLayout::TokensMajor,
+            };
+            let o = attention(&q, &cache.k[i], &cache.v[i], &options)?.reshape(&[rows, tokens, width])?;
+            let o = linear(&o, &block.proj_weight, Some(&block.proj_bias))?;
+            x = gated_residual(&x, &o, gamma1)?;
+            let h = adaln_layer_norm(&x, scale2, shift2, LN_EPS)?;
+            let h = gelu_tanh(&linear(&h, &block.fc1_weight, Some(&block.fc1_bias))?)?;
+            let h = linear(&h, &block.fc2_weight, Some(&block.fc2_bias))?;
+            x = gated_residual(&x, &h, gamma2)?;
+        }
+        cache.len += tokens;
+        let [scale, shift] = &conditions.head;
+        let h = adaln_layer_norm(&x.to_dtype(DType::F32)?, scale, shift, LN_EPS)?;
+        linear(&h, &self.head_weight, Some(&self.head_bias))
+    }
+}
+
+/// Splits (rows, N * C) into N tensors (rows, C).
+fn split_chunks<const N: usize>(x: &Tensor, rows: usize, c: usize) -> Result<[Tensor; N]> {
+    let x = x.reshape(&[rows, N, c])?;
+    let mut out = Vec::with_capacity(N);
+    for i in 0..N {
+        out.push(x.slice(1, i..i + 1)?.reshape(&[rows, c])?);
+    }
+    Ok(out.try_into().unwrap_or_else(|_| unreachable!("N chunks")))
+}

@@ -1,0 +1,485 @@
+//! The multi-scale VQVAE of VAR (spec VAR.md section 5) for generation: codebook lookup, the Phi
+//! residual convolutions with their fixed scale table, f_hat accumulation, the next scale's input, and
+//! the decoder. The architecture (widths, blocks per level, attention levels, codebook) is read from
+//! the tensor shapes, so the official vae_ch160v4096z32 and smaller variants load alike.
+
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::ops::matmul::MatmulOptions;
+use crate::ops::{
+    add, conv2d, downsample_area, embedding, group_norm, matmul_with, silu, softmax_scaled, upsample_bicubic,
+    upsample_nearest2x,
+};
+use crate::tensor::{DType, Tensor};
+use crate::weights::StateDict;
+
+/// GroupNorm of every decoder norm: 32 groups, eps 1e-6.
+pub const GROUPS: usize = 32;
+pub const GN_EPS: f32 = 1e-6;
+
+/// The Phi index of each scale for the official 10-scale schedule with 4 convs. argmin over
+/// linspace(1/12, 11/12, 4) has two exact ties in real arithmetic, so the official table is used as is.
+pub const PHI_TABLE_10: [usize; 10] = [0, 0, 1, 1, 1, 2, 2, 3, 3, 3];
+
+/// The Phi conv used at scale `si` of `scales` with `convs` partially shared convs: the official
+/// numpy computation argmin |linspace(1/3/K, 1 - 1/3/K, K) - si / (SN - 1)| in float64 (first
+/// minimum), with the official table for 10 scales and 4 convs.
+pub fn phi_index(si: usize, scales: usize, convs: usize) -> usize {
+    if convs <= 1 {
+        return 0;
+    }
+    if scales == 10 && convs == 4 {
+        return PHI_TABLE_10[si];
+    }
+    let at = if scales > 1 { si as f64 / (scales - 1) as f64 } else { 0.0 };
+    // numpy.linspace: start + i * step, the last tick exactly `stop`.
+    let start = 1.0 / 3.0 / convs as f64;
+    let stop = 1.0 - 1.0 / 3.0 / convs as f64;
+    let step = (stop - start) / (convs - 1) as f64;
+    let tick = |i: usize| if i == convs - 1 { stop } else { i as f64 * step + start };
+    let mut best = 0;
+    for i in 1..convs {
+        if (tick(i) - at).abs() < (tick(best) - at).abs() {
+            best = i;
+        }
+    }
+    best
+}
+
+/// What the shapes of a VQVAE checkpoint say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VqVaeConfig {
+    pub vocab: usize,
+    /// Latent (codebook vector) channels.
+    pub cvae: usize,
+    /// Phi convolutions (quant_resi).
+    pub phi_convs: usize,
+    /// Channels of each decoder level, level 0 (full resolution) first.
+    pub level_channels: Vec<usize>,
+    /// ResBlocks per decoder level.
+    pub blocks_per_level: usize,
+    /// Levels with an AttnBlock after each ResBlock.
+    pub attn_levels: Vec<usize>,
+    pub mid_attention: bool,
+}
+
+impl VqVaeConfig {
+    /// Pixels per latent token along each axis.
+    pub fn upscale(&self) -> usize {
+        1 << (self.level_channels.len().saturating_sub(1))
+    }
+}
+
+struct Conv {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+struct Norm {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+struct ResBlock {
+    norm1: Norm,
+    conv1: Conv,
+    norm2: Norm,
+    conv2: Conv,
+    shortcut: Option<Conv>,
+}
+
+/// The decoder's single-head spatial self-attention block (public so it can be checked alone).
+pub struct AttnBlock {
+    channels: usize,
+    norm: Norm,
+    qkv: Conv,
+    proj_out: Conv,
+}
+
+struct UpLevel {
+    blocks: Vec<ResBlock>,
+    attn: Vec<AttnBlock>,
+    upsample: Option<Conv>,
+}
+
+pub struct VqVae {
+    pub config: VqVaeConfig,
+    pub dtype: DType,
+    device: Device,
+    codebook: Tensor,
+    /// Phi_k folded into one conv: 0.5 x + 0.5 conv(x) = conv'(x) with the identity added to the centre tap.
+    phi: Vec<Conv>,
+    post_quant_conv: Conv,
+    conv_in: Conv,
+    mid: (ResBlock, Option<AttnBlock>, ResBlock),
+    /// Level 0 first; decoding runs them from the last to the first.
+    up: Vec<UpLevel>,
+    norm_out: Norm,
+    conv_out: Conv,
+}
+
+fn weights_error(missing: Vec<String>, misshaped: Vec<(String, Vec<usize>, Vec<usize>)>) -> Error {
+    Error::Weights { prefix: String::new(), missing, unexpected: Vec::new(), misshaped }
+}
+
+/// Keys a VQVAE checkpoint may hold that generation does not use.
+fn unused_vae_key(key: &str) -> bool {
+    key.starts_with("encoder.") || key.starts_with("quant_conv.") || key == "quantize.ema_vocab_hit_SV"
+}
+
+impl VqVaeConfig {
+    pub fn infer(sd: &StateDict) -> Result<Self> {
+        let bad = |reason: String| Error::InvalidArgument { op: "VQVAE checkpoint", msg: reason };
+        let Some(codebook) = sd.get("quantize.embedding.weight") else {
+            if sd.get("class_emb.weight").is_some() || sd.get("blocks.0.attn.mat_qkv.weight").is_some() {
+                return Err(bad(
+                    "this is a VAR transformer checkpoint (it holds class_emb and blocks.* keys), not the VQVAE: \
+                     pass it as --var and the vae_ch160v4096z32.pth file as --vae"
+                        .into(),
+                ));
+            }
+            return Err(bad(format!(
+                "not a VQVAE checkpoint: quantize.embedding.weight is missing (the file has {} tensors)",
+                sd.len()
+            )));
+        };
+        let &[vocab, cvae] = codebook.shape.as_slice() else {
+            return Err(weights_error(
+                vec![],
+                vec![("quantize.embedding.weight".into(), vec![0, 0], codebook.shape.clone())],
+            ));
+        };
+        let phi_convs =
+            (0..).take_while(|k| sd.get(&format!("quantize.quant_resi.qresi_ls.{k}.weight")).is_some()).count();
+        if phi_convs == 0 {
+            return Err(weights_error(vec!["quantize.quant_resi.qresi_ls.0.weight".into()], vec![]));
+        }
+        let levels = (0..).take_while(|i| sd.get(&format!("decoder.up.{i}.block.0.conv1.weight")).is_some()).count();
+        if levels == 0 {
+            return Err(weights_error(vec!["decoder.up.0.block.0.conv1.weight".into()], vec![]));
+        }
+        let blocks_per_level =
+            (0..).take_while(|j| sd.get(&format!("decoder.up.0.block.{j}.conv1.weight")).is_some()).count();
+        let mut level_channels = Vec::with_capacity(levels);
+        for i in 0..levels {
+            let key = format!("decoder.up.{i}.block.0.conv1.weight");
+            let shape = &sd.require("", &key)?.shape;
+            level_channels.push(shape[0]);
+        }
+        if let Some(&c) = level_channels.iter().find(|&&c| c == 0 || !c.is_multiple_of(GROUPS)) {
+            return Err(bad(format!("decoder level width {c} is not a positive multiple of the {GROUPS} norm groups")));
+        }
+        let attn_levels =
+            (0..levels).filter(|i| sd.get(&format!("decoder.up.{i}.attn.0.qkv.weight")).is_some()).collect();
+        let config = VqVaeConfig {
+            vocab,
+            cvae,
+            phi_convs,
+            level_channels,
+            blocks_per_level,
+            attn_levels,
+            mid_attention: sd.get("decoder.mid.attn_1.qkv.weight").is_some(),
+        };
+        config.validate(sd)?;
+        Ok(config)
+    }
+
+    fn expected_keys(&self) -> Vec<(String, Vec<usize>)> {
+        let z = self.cvae;
+        let mut keys: Vec<(String, Vec<usize>)> = vec![("quantize.embedding.weight".into(), vec![self.vocab, z])];
+        let conv = |keys: &mut Vec<(String, Vec<usize>)>, p: &str, cout: usize, cin: usize, k: usize| {
+            keys.push((format!("{p}.weight"), vec![cout, cin, k, k]));
+            keys.push((format!("{p}.bias"), vec![cout]));
+        };
+        for k in 0..self.phi_convs {
+            conv(&mut keys, &format!("quantize.quant_resi.qresi_ls.{k}"), z, z, 3);
+        }
+        conv(&mut keys, "post_quant_conv", z, z, 3);
+        let top = *self.level_channels.last().expect("at least one level");
+        conv(&mut keys, "decoder.conv_in", top, z, 3);
+        let norm = |keys: &mut Vec<(String, Vec<usize>)>, p: &str, c: usize| {
+            keys.push((format!("{p}.weight"), vec![c]));
+            keys.push((format!("{p}.bias"), vec![c]));
+        };
+        let res = |keys: &mut Vec<(String, Vec<usize>)>, p: &str, cin: usize, cout: usize| {
+            norm(keys, &format!("{p}.norm1"), cin);
+            conv(keys, &format!("{p}.conv1"), cout, cin, 3);
+            norm(keys, &format!("{p}.norm2"), cout);
+            conv(keys, &format!("{p}.conv2"), cout, cout, 3);
+            if cin != cout {
+                conv(keys, &format!("{p}.nin_shortcut"), cout, cin, 1);
+            }
+        };
+        let attn = |keys: &mut Vec<(String, Vec<usize>)>, p: &str, c: usize| {
+            norm(keys, &format!("{p}.norm"), c);
+            conv(keys, &format!("{p}.qkv"), 3 * c, c, 1);
+            conv(keys, &format!("{p}.proj_out"), c, c, 1);
+        };
+        res(&mut keys, "decoder.mid.block_1", top, top);
+        if self.mid_attention {
+            attn(&mut keys, "decoder.mid.attn_1", top);
+        }
+        res(&mut keys, "decoder.mid.block_2", top, top);
+        let mut cin = top;
+        for i in (0..self.level_channels.len()).rev() {
+            let cout = self.level_channels[i];
+            for j in 0..self.blocks_per_level {
+                res(&mut keys, &format!("decoder.up.{i}.block.{j}"), cin, cout);
+                cin = cout;
+                if self.attn_levels.contains(&i) {
+                    attn(&mut keys, &format!("decoder.up.{i}.attn.{j}"), cout);
+                }
+            }
+            if i != 0 {
+                conv(&mut keys, &format!("decoder.up.{i}.upsample.conv"), cout, cout, 3);
+            }
+        }
+        norm(&mut keys, "decoder.norm_out", cin);
+        conv(&mut keys, "decoder.conv_out", 3, cin, 3);
+        keys
+    }
+
+    /// One error listing every missing, unexpected and mis-shaped key (the encoder, quant_conv and the
+    /// training statistics are accepted and ignored).
+    fn validate(&self, sd: &StateDict) -> Result<()> {
+        let mut keys: Vec<(String, Vec<usize>, bool)> =
+            self.expected_keys().into_iter().map(|(k, s)| (k, s, true)).collect();
+        for (key, t) in sd.iter() {
+            if unused_vae_key(key) {
+                keys.push((key.to_string(), t.shape.clone(), false));
+            }
+        }
+        let borrowed: Vec<(&str, Vec<usize>, bool)> =
+            keys.iter().map(|(k, s, r)| (k.as_str(), s.clone(), *r)).collect();
+        sd.check("", &borrowed)
+    }
+}
+
+impl VqVae {
+    pub fn from_state_dict(device: &Device, sd: &StateDict, dtype: DType) -> Result<Self> {
+        if !dtype.is_float() {
+            return Err(Error::InvalidArgument { op: "VqVae", msg: format!("dtype must be f32 or f16, got {dtype}") });
+        }
+        let config = VqVaeConfig::infer(sd)?;
+        let tensor = |key: &str| -> Result<Tensor> {
+            let t = sd.require("", key)?;
+            Tensor::from_f32(device, &t.shape, &t.data, dtype)
+        };
+        let conv = |p: &str| -> Result<Conv> {
+            Ok(Conv { weight: tensor(&format!("{p}.weight"))?, bias: tensor(&format!("{p}.bias"))? })
+        };
+        let norm = |p: &str| -> Result<Norm> {
+            Ok(Norm { weight: tensor(&format!("{p}.weight"))?, bias: tensor(&format!("{p}.bias"))? })
+        };
+        let res = |p: &str| -> Result<ResBlock> {
+            Ok(ResBlock {
+                norm1: norm(&format!("{p}.norm1"))?,
+                conv1: conv(&format!("{p}.conv1"))?,
+                norm2: norm(&format!("{p}.norm2"))?,
+                conv2: conv(&format!("{p}.conv2"))?,
+                shortcut: match sd.get(&format!("{p}.nin_shortcut.weight")) {
+                    Some(_) => Some(conv(&format!("{p}.nin_shortcut"))?),
+                    None => None,
+                },
+            })
+        };
+        let attn = |p: &str, channels: usize| AttnBlock::from_state_dict(device, sd, &format!("{p}."), channels, dtype);
+        let z = config.cvae;
+        let mut phi = Vec::with_capacity(config.phi_convs);
+        for k in 0..config.phi_convs {
+            let p = format!("quantize.quant_resi.qresi_ls.{k}");
+            let w = sd.require("", &format!("{p}.weight"))?;
+            let b = sd.require("", &format!("{p}.bias"))?;
+            let mut weight: Vec<f32> = w.data.iter().map(|v| 0.5 * v).collect();
+            for c in 0..z {
+                // Centre tap of output c from input c.
+                weight[(c * z + c) * 9 + 4] += 0.5;
+            }
+            let bias: Vec<f32> = b.data.iter().map(|v| 0.5 * v).collect();
+            phi.push(Conv {
+                weight: Tensor::from_f32(device, &w.shape, &weight, dtype)?,
+                bias: Tensor::from_f32(device, &b.shape, &bias, dtype)?,
+            });
+        }
+        let top = *config.level_channels.last().expect("inferred levels");
+        let up = (0..config.level_channels.len())
+            .map(|i| -> Result<UpLevel> {
+                let c = config.level_channels[i];
+                Ok(UpLevel {
+                    blocks: (0..config.blocks_per_level)
+                        .map(|j| res(&format!("decoder.up.{i}.block.{j}")))
+                        .collect::<Result<_>>()?,
+                    attn: if config.attn_levels.contains(&i) {
+                        (0..config.blocks_per_level)
+                            .map(|j| attn(&format!("decoder.up.{i}.attn.{j}"), c))
+                            .collect::<Result<_>>()?
+                    } else {
+                        Vec::new()
+                    },
+                    upsample: if i != 0 { Some(conv(&format!("decoder.up.{i}.upsample.conv"))?) } else { None },
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            dtype,
+            device: device.clone(),
+            codebook: tensor("quantize.embedding.weight")?,
+            phi,
+            post_quant_conv: conv("post_quant_conv")?,
+            conv_in: conv("decoder.conv_in")?,
+            mid: (
+                res("decoder.mid.block_1")?,
+                if config.mid_attention { Some(attn("decoder.mid.attn_1", top)?) } else { None },
+                res("decoder.mid.block_2")?,
+            ),
+            up,
+            norm_out: norm("decoder.norm_out")?,
+            conv_out: conv("decoder.conv_out")?,
+            config,
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The codebook (V, Cvae).
+    pub fn codebook(&self) -> &Tensor {
+        &self.codebook
+    }
+
+    /// Codebook vectors of token ids (B, n) as a map (B, Cvae, side, side), n = side^2 row-major.
+    pub fn lookup(&self, ids: &Tensor, side: usize) -> Result<Tensor> {
+        let &[batch, n] = ids.shape() else {
+            return Err(Error::InvalidArgument {
+                op: "VqVae::lookup",
+                msg: format!("ids must be (B, n), got {:?}", ids.shape()),
+            });
+        };
+        if n != side * side {
+            return Err(Error::InvalidArgument {
+                op: "VqVae::lookup",
+                msg: format!("{n} tokens are not a {side} x {side} map"),
+            });
+        }
+        self.tokens_to_map(&embedding(ids, &self.codebook)?, side)
+            .and_then(|m| m.reshape(&[batch, self.config.cvae, side, side]))
+    }
+
+    /// (B, n, Cvae) token vectors -> (B, Cvae, side, side).
+    pub fn tokens_to_map(&self, tokens: &Tensor, side: usize) -> Result<Tensor> {
+        let batch = tokens.shape()[0];
+        tokens.transpose_last2()?.reshape(&[batch, self.config.cvae, side, side])
+    }
+
+    /// f_hat (B, Cvae, S, S) += Phi_si(h upsampled bicubically to S x S) for scale `si` of `scales`
+    /// (no upsampling when h is already S x S, the last scale).
+    pub fn accumulate(&self, f_hat: &Tensor, h: &Tensor, si: usize, scales: usize) -> Result<Tensor> {
+        let (side_h, side_w) = (f_hat.shape()[2], f_hat.shape()[3]);
+        let h = if h.shape()[2..] == [side_h, side_w] { h.clone() } else { upsample_bicubic(h, side_h, side_w)? };
+        let phi = &self.phi[phi_index(si, scales, self.phi.len())];
+        add(f_hat, &conv2d(&h, &phi.weight, Some(&phi.bias))?)
+    }
+
+    /// The next scale's VAR input: f_hat area-downsampled to side x side, as tokens (B, side^2, Cvae).
+    pub fn next_token_map(&self, f_hat: &Tensor, side: usize) -> Result<Tensor> {
+        let batch = f_hat.shape()[0];
+        let small =
+            if f_hat.shape()[2..] == [side, side] { f_hat.clone() } else { downsample_area(f_hat, side, side)? };
+        small.reshape(&[batch, self.config.cvae, side * side])?.transpose_last2()
+    }
+
+    /// decoder(post_quant_conv(f_hat)): (B, Cvae, h, w) -> (B, 3, h * up, w * up), unclamped, in the
+    /// model's [-1, 1] range.
+    pub fn decode(&self, f_hat: &Tensor) -> Result<Tensor> {
+        let x = apply_conv(&f_hat.to_dtype(self.dtype)?, &self.post_quant_conv)?;
+        let mut h = apply_conv(&x, &self.conv_in)?;
+        h = self.mid.0.forward(&h)?;
+        if let Some(attn) = &self.mid.1 {
+            h = attn.forward(&h)?;
+        }
+        h = self.mid.2.forward(&h)?;
+        for level in self.up.iter().rev() {
+            for (j, block) in level.blocks.iter().enumerate() {
+                h = block.forward(&h)?;
+                if let Some(attn) = level.attn.get(j) {
+                    h = attn.forward(&h)?;
+                }
+            }
+            if let Some(conv) = &level.upsample {
+                h = apply_conv(&upsample_nearest2x(&h)?, conv)?;
+            }
+        }
+        let h = silu(&self.norm_out.apply(&h)?)?;
+        apply_conv(&h, &self.conv_out)
+    }
+}
+
+fn apply_conv(x: &Tensor, conv: &Conv) -> Result<Tensor> {
+    conv2d(x, &conv.weight, Some(&conv.bias))
+}
+
+impl Norm {
+    fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        group_norm(x, GROUPS, Some(&self.weight), Some(&self.bias), GN_EPS)
+    }
+}
+
+impl ResBlock {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let h = apply_conv(&silu(&self.norm1.apply(x)?)?, &self.conv1)?;
+        let h = apply_conv(&silu(&self.norm2.apply(&h)?)?, &self.conv2)?;
+        let skip = match &self.shortcut {
+            Some(conv) => apply_conv(x, conv)?,
+            None => x.clone(),
+        };
+        add(&skip, &h)
+    }
+}
+
+impl AttnBlock {
+    /// Loads `{prefix}norm`, `{prefix}qkv` and `{prefix}proj_out` for `channels` channels.
+    pub fn from_state_dict(
+        device: &Device,
+        sd: &StateDict,
+        prefix: &str,
+        channels: usize,
+        dtype: DType,
+    ) -> Result<Self> {
+        let c = channels;
+        let up = |name: &str, shape: &[usize]| sd.upload(device, prefix, name, shape, dtype);
+        Ok(AttnBlock {
+            channels,
+            norm: Norm { weight: up("norm.weight", &[c])?, bias: up("norm.bias", &[c])? },
+            qkv: Conv { weight: up("qkv.weight", &[3 * c, c, 1, 1])?, bias: up("qkv.bias", &[3 * c])? },
+            proj_out: Conv { weight: up("proj_out.weight", &[c, c, 1, 1])?, bias: up("proj_out.bias", &[c])? },
+        })
+    }
+
+    /// Single-head attention over the H * W positions, scale C^-0.5, with a residual.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let &[batch, c, height, width] = x.shape() else {
+            return Err(Error::InvalidArgument {
+                op: "AttnBlock",
+                msg: format!("x must be (B, C, H, W), got {:?}", x.shape()),
+            });
+        };
+        if c != self.channels {
+            return Err(Error::InvalidArgument {
+                op: "AttnBlock",
+                msg: format!("x has {c} channels, the block {}", self.channels),
+            });
+        }
+        let hw = height * width;
+        let qkv = apply_conv(&self.norm.apply(x)?, &self.qkv)?.reshape(&[batch, 3, c, hw])?;
+        let part = |i: usize| qkv.slice(1, i..i + 1).and_then(|t| t.reshape(&[batch, c, hw]));
+        let (q, k, v) = (part(0)?, part(1)?, part(2)?);
+        let transpose_b = MatmulOptions { transpose_b: true, ..Default::default() };
+        // scores (B, HW, HW) = q^T k
+        let scores = matmul_with(&q.transpose_last2()?, &k.transpose_last2()?, &transpose_b)?;
+        let weights = softmax_scaled(&scores, (self.channels as f32).powf(-0.5))?;
+        // out (B, C, HW) = v weights^T
+        let out = matmul_with(&v, &weights, &transpose_b)?.reshape(&[batch, c, height, width])?;
+        add(x, &apply_conv(&out, &self.proj_out)?)
+    }
+}
