@@ -529,3 +529,127 @@ pub fn ssd_forms(device: &Device, dtype: DType, warmup: usize, iterations: usize
         matrix_products_lower_bound_ms,
     })
 }
+
+/// `scalewise bench generate`: one whole VAR generation with random weights of an official shape.
+#[derive(Debug, Clone)]
+pub struct GenerateBenchConfig {
+    pub var: crate::nn::synthetic::VarShape,
+    pub vae: crate::nn::synthetic::VaeShape,
+    pub batch: usize,
+    pub cfg: f32,
+    pub dtype: DType,
+    pub warmup: usize,
+    pub iterations: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct GenerateBenchResult {
+    pub var_parameters: usize,
+    pub image_size: usize,
+    /// Per scale: side and GPU stage times of the profiled run.
+    pub scales: Vec<(usize, crate::generate::StageTimes)>,
+    /// Final decode of the profiled run.
+    pub decode_ms: f64,
+    /// End-to-end wall clock (sampling to final image read back), median and minimum of the unprofiled runs.
+    pub median_ms: f64,
+    pub min_ms: f64,
+    /// Largest GPU memory held by live tensors during the runs.
+    pub peak_bytes: u64,
+    pub timing: TimingSource,
+}
+
+impl GenerateBenchResult {
+    pub fn transformer_ms(&self) -> f64 {
+        self.scales.iter().map(|(_, t)| t.transformer_ms).sum()
+    }
+    pub fn sampling_ms(&self) -> f64 {
+        self.scales.iter().map(|(_, t)| t.sampling_ms).sum()
+    }
+    pub fn accumulate_ms(&self) -> f64 {
+        self.scales.iter().map(|(_, t)| t.accumulate_ms).sum()
+    }
+}
+
+pub fn generate(device: &Device, config: &GenerateBenchConfig) -> Result<GenerateBenchResult> {
+    use crate::generate::{GenerateOptions, Pipeline};
+    use crate::nn::{VarModel, VqVae, synthetic};
+    let vae = VqVae::from_state_dict(device, &synthetic::vae_state_dict(&config.vae, 2)?, config.dtype)?;
+    let var_sd = synthetic::var_state_dict(&config.var, 1)?;
+    let var = VarModel::from_state_dict(device, &var_sd, config.dtype)?;
+    drop(var_sd);
+    let pipeline = Pipeline::new(var, vae)?;
+    let labels: Vec<usize> = (0..config.batch).map(|i| (7 + 31 * i) % config.var.num_classes).collect();
+    let options = |seed: u64, profile_stages: bool| GenerateOptions {
+        labels: labels.clone(),
+        seed,
+        cfg: config.cfg,
+        top_k: 900.min(config.var.vocab),
+        top_p: 0.96,
+        profile_stages,
+        ..GenerateOptions::default()
+    };
+    let base = device.pool_stats().live_bytes;
+    let mut walls = Vec::new();
+    for i in 0..config.warmup + config.iterations.max(1) {
+        device.synchronize()?;
+        let start = std::time::Instant::now();
+        let mut generation = pipeline.start(&options(i as u64, false))?;
+        for step in generation.by_ref() {
+            step?;
+        }
+        generation.decode()?;
+        if i >= config.warmup {
+            walls.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    walls.sort_by(f64::total_cmp);
+    let mut generation = pipeline.start(&options(0, true))?;
+    let mut scales = Vec::new();
+    for step in generation.by_ref() {
+        let step = step?;
+        scales.push((step.side, step.times));
+    }
+    device.start_profiling()?;
+    let decoded = generation.decode();
+    let timings = device.finish_profiling()?;
+    decoded?;
+    let timing = timings.first().map_or(TimingSource::WallClock, |t| t.source);
+    Ok(GenerateBenchResult {
+        var_parameters: pipeline.var.config.parameters(),
+        image_size: pipeline.image_size(),
+        scales,
+        decode_ms: timings.iter().map(|t| t.nanoseconds).sum::<f64>() / 1e6,
+        median_ms: walls[walls.len() / 2],
+        min_ms: walls[0],
+        peak_bytes: device.pool_stats().peak_live_bytes.saturating_sub(base),
+        timing,
+    })
+}
+
+pub fn generate_json(device: &Device, config: &GenerateBenchConfig, r: &GenerateBenchResult) -> serde_json::Value {
+    serde_json::json!({
+        "adapter": device.info().adapter.name,
+        "backend": device.info().adapter.backend.to_string(),
+        "depth": config.var.depth,
+        "width": config.var.width,
+        "var_parameters": r.var_parameters,
+        "image_size": r.image_size,
+        "batch": config.batch,
+        "cfg": config.cfg,
+        "dtype": config.dtype.to_string(),
+        "timing": format!("{:?}", r.timing),
+        "median_ms": r.median_ms,
+        "min_ms": r.min_ms,
+        "transformer_ms": r.transformer_ms(),
+        "sampling_ms": r.sampling_ms(),
+        "accumulate_ms": r.accumulate_ms(),
+        "decode_ms": r.decode_ms,
+        "peak_bytes": r.peak_bytes,
+        "scales": r.scales.iter().map(|(side, t)| serde_json::json!({
+            "side": side,
+            "transformer_ms": t.transformer_ms,
+            "sampling_ms": t.sampling_ms,
+            "accumulate_ms": t.accumulate_ms,
+        })).collect::<Vec<_>>(),
+    })
+}

@@ -56,6 +56,9 @@ pub struct GenerateOptions {
     pub preview_every_scale: bool,
     /// Return every scale's raw logits (2B or B, n, V) (tests, analysis).
     pub keep_logits: bool,
+    /// Time each stage with the device profiler (GPU timestamps where available). Each stage then
+    /// waits for the GPU; turn it off to measure end-to-end latency (the times are then zero).
+    pub profile_stages: bool,
 }
 
 impl Default for GenerateOptions {
@@ -69,6 +72,7 @@ impl Default for GenerateOptions {
             smooth: false,
             preview_every_scale: false,
             keep_logits: false,
+            profile_stages: true,
         }
     }
 }
@@ -218,8 +222,12 @@ pub struct Generation<'a> {
     tokens: Vec<Vec<u32>>,
 }
 
-/// Runs `body` with the device profiler on and returns its result with the summed GPU time in ms.
-fn timed<T>(device: &Device, body: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
+/// Runs `body` with the device profiler on (when `profile` is set) and returns its result with the
+/// summed GPU time in ms.
+fn timed<T>(device: &Device, profile: bool, body: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
+    if !profile {
+        return Ok((body()?, 0.0));
+    }
     device.start_profiling()?;
     let result = body();
     let timings = device.finish_profiling()?;
@@ -302,8 +310,10 @@ impl Generation<'_> {
                 });
             }
         }
+        let profile = self.options.profile_stages;
         let x = self.next_input.take().expect("an input exists for every scale not yet run");
-        let (logits, transformer_ms) = timed(device, || pipeline.var.forward(&x, &self.conditions, &mut self.cache))?;
+        let (logits, transformer_ms) =
+            timed(device, profile, || pipeline.var.forward(&x, &self.conditions, &mut self.cache))?;
         let ratio = if scales > 1 { si as f32 / (scales - 1) as f32 } else { 0.0 };
         let sample_options = SampleOptions {
             cfg: self.cfg_halves.then_some(self.options.cfg),
@@ -314,7 +324,7 @@ impl Generation<'_> {
             step: si as u32,
             keep_filtered_logits: self.options.smooth && forced.is_none(),
         };
-        let ((ids, soft), sampling_ms) = timed(device, || {
+        let ((ids, soft), sampling_ms) = timed(device, profile, || {
             let ids = match forced {
                 Some(ids) => {
                     return Ok((Tensor::from_u32(device, &[batch, side * side], ids)?, None));
@@ -331,7 +341,7 @@ impl Generation<'_> {
             };
             Ok((ids.ids, soft))
         })?;
-        let (_, accumulate_ms) = timed(device, || {
+        let (_, accumulate_ms) = timed(device, profile, || {
             let vae = &pipeline.vae;
             let h = match &soft {
                 Some(probs) => {
@@ -353,7 +363,7 @@ impl Generation<'_> {
         self.scale += 1;
         self.tokens.push(tokens.clone());
         let (images, decode_ms) = if self.options.preview_every_scale {
-            let (images, ms) = timed(device, || self.decode())?;
+            let (images, ms) = timed(device, profile, || self.decode())?;
             (Some(images), ms)
         } else {
             (None, 0.0)

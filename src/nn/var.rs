@@ -169,8 +169,7 @@ impl VarConfig {
             shared_adaln: sd.get("shared_ada_lin.1.weight").is_some(),
             patch_nums,
         };
-        if config.patch_nums.len() != scales || config.seq_len() != seq_len || config.patch_nums.contains(&0)
-        {
+        if config.patch_nums.len() != scales || config.seq_len() != seq_len || config.patch_nums.contains(&0) {
             return Err(bad(format!(
                 "the schedule {:?} ({} tokens) disagrees with lvl_embed ({scales} scales) and pos_1LC ({seq_len} tokens)",
                 config.patch_nums,

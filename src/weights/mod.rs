@@ -117,6 +117,16 @@ impl StateDict {
         pth::read(std::io::Cursor::new(bytes), bytes.len() as u64, Path::new(MEMORY))
     }
 
+    /// The tensors and metadata as a safetensors file, stored as `dtype` (f32 or f16).
+    pub fn to_safetensors_bytes(&self, dtype: DType) -> Result<Vec<u8>> {
+        safetensors::write(self, dtype)
+    }
+
+    /// Writes a safetensors file atomically (a temporary file renamed into place).
+    pub fn save_safetensors(&self, path: impl AsRef<Path>, dtype: DType) -> Result<()> {
+        crate::image::write_atomic(path.as_ref(), &self.to_safetensors_bytes(dtype)?)
+    }
+
     /// The number of loaded tensors (skipped ones not counted).
     pub fn len(&self) -> usize {
         self.tensors.len()

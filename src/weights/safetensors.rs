@@ -86,3 +86,31 @@ fn conversion(dtype: Dtype) -> Conversion {
         _ => Conversion::Reject,
     }
 }
+
+/// The state_dict as safetensors bytes, every tensor stored as `dtype` (F32 or F16), with its metadata.
+pub(super) fn write(sd: &StateDict, dtype: crate::tensor::DType) -> Result<Vec<u8>> {
+    use crate::tensor::DType;
+    type Encode = fn(&[f32]) -> Vec<u8>;
+    let (st_dtype, bytes_of): (Dtype, Encode) = match dtype {
+        DType::F32 => (Dtype::F32, |v| v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        DType::F16 => (Dtype::F16, |v| v.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect()),
+        other => {
+            return Err(Error::InvalidArgument {
+                op: "StateDict::to_safetensors",
+                msg: format!("tensors are written as f32 or f16, not {other}"),
+            });
+        }
+    };
+    let data: Vec<(String, Vec<u8>, Vec<usize>)> =
+        sd.iter().map(|(k, t)| (k.to_string(), bytes_of(&t.data), t.shape.clone())).collect();
+    let views = data
+        .iter()
+        .map(|(k, bytes, shape)| {
+            ::safetensors::tensor::TensorView::new(st_dtype, shape.clone(), bytes).map(|view| (k.as_str(), view))
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| Error::InvalidArgument { op: "StateDict::to_safetensors", msg: e.to_string() })?;
+    let metadata = (!sd.metadata.is_empty()).then(|| sd.metadata.clone().into_iter().collect());
+    ::safetensors::tensor::serialize(views, metadata)
+        .map_err(|e| Error::InvalidArgument { op: "StateDict::to_safetensors", msg: e.to_string() })
+}

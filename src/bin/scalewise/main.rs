@@ -1,5 +1,6 @@
-//! The scalewise command line: device information and shader benchmarks (generation arrives with
-//! the VAR models).
+//! The scalewise command line: device information, VAR generation and benchmarks.
+
+mod generate;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -55,6 +56,8 @@ impl DeviceArgs {
 enum Command {
     /// Show the adapter, backend, driver, active features, key limits and kernel variants.
     Info,
+    /// Generate images with a VAR model and its VQVAE (class-conditional, coarse to fine).
+    Generate(generate::GenerateArgs),
     /// Benchmark kernels on this device.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -69,6 +72,9 @@ enum BenchCommand {
     Attention(AttentionArgs),
     /// The selective scan: time and GB/s against the bytes-moved model, vs a per-step loop.
     Scan(ScanArgs),
+    /// One whole VAR generation with random weights of an official shape: per-scale and total time,
+    /// transformer / sampling / decode split, peak GPU memory.
+    Generate(generate::GenerateBenchArgs),
 }
 
 #[derive(Args)]
@@ -183,6 +189,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let device = cli.device.open()?;
     match cli.command {
         Command::Info => info(&device),
+        Command::Generate(args) => generate::generate(&device, &args),
+        Command::Bench(BenchCommand::Generate(args)) => generate::bench_generate(&device, &args),
         Command::Bench(BenchCommand::Matmul(args)) => bench_matmul(&device, &args),
         Command::Bench(BenchCommand::Attention(args)) => bench_attention(&device, &args),
         Command::Bench(BenchCommand::Scan(args)) => bench_scan(&device, &args),

@@ -1,0 +1,154 @@
+//! `scalewise generate` end to end on the tiny PyTorch fixtures: outputs, the greedy parity through
+//! the CLI, and bad input (clear error, non-zero exit, no output file touched).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use scalewise::DType;
+use scalewise::weights::StateDict;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/var").join(name)
+}
+
+fn scratch(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("scalewise-cli-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_scalewise")).args(args).output().expect("the scalewise binary runs")
+}
+
+fn generate(var: &Path, vae: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["generate", "--var", var.to_str().unwrap(), "--vae", vae.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn tokens_json(path: &Path) -> Vec<Vec<u32>> {
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    serde_json::from_value(json["tokens"].clone()).unwrap()
+}
+
+#[test]
+fn generate_writes_image_tokens_and_every_scale() {
+    let dir = scratch("outputs");
+    let out = dir.join("out.png");
+    let tokens = dir.join("tokens.json");
+    let scales = dir.join("scales");
+    let result = generate(
+        &fixture("tiny_var.pth"),
+        &fixture("tiny_vae.pth"),
+        &[
+            "--class",
+            "3",
+            "--seed",
+            "7",
+            "--batch",
+            "2",
+            "--out",
+            out.to_str().unwrap(),
+            "--dump-tokens",
+            tokens.to_str().unwrap(),
+            "--every-scale",
+            scales.to_str().unwrap(),
+        ],
+    );
+    assert!(result.status.success(), "{}", stderr(&result));
+    assert!(stderr(&result).contains("scale  6/6"), "progress on stderr: {}", stderr(&result));
+    assert_eq!(&std::fs::read(&out).unwrap()[..8], b"\x89PNG\r\n\x1a\n");
+    let sides = [1, 2, 3, 4, 5, 6];
+    let dumped = tokens_json(&tokens);
+    assert_eq!(dumped.iter().map(Vec::len).collect::<Vec<_>>(), sides.map(|s| s * s));
+    assert!(dumped.iter().flatten().all(|&t| t < 64));
+    for (i, side) in sides.iter().enumerate() {
+        assert!(scales.join(format!("scale_{i:02}_{side}x{side}.png")).is_file(), "scale {i} image");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn greedy_cli_run_matches_pytorch_tokens() {
+    // The golden greedy run: labels [0, 1], cfg 2.5, top-k 1. A batch row's result does not depend on
+    // the batch, so class 0 alone gives the first row's tokens.
+    let golden = StateDict::load(fixture("golden.safetensors")).unwrap();
+    let cfg = golden.metadata["greedy_cfg"].clone();
+    let label = golden.get("greedy.labels").unwrap().data[0] as u32;
+    let dir = scratch("greedy");
+    let tokens = dir.join("tokens.json");
+    let result = generate(
+        &fixture("tiny_var.pth"),
+        &fixture("tiny_vae.pth"),
+        &[
+            "--no-f16",
+            "--quiet",
+            "--class",
+            &label.to_string(),
+            "--cfg",
+            &cfg,
+            "--top-k",
+            "1",
+            "--out",
+            dir.join("out.png").to_str().unwrap(),
+            "--dump-tokens",
+            tokens.to_str().unwrap(),
+        ],
+    );
+    assert!(result.status.success(), "{}", stderr(&result));
+    for (si, got) in tokens_json(&tokens).iter().enumerate() {
+        let want = &golden.get(&format!("greedy.tokens.{si}")).unwrap().data;
+        let want: Vec<u32> = want[..got.len()].iter().map(|&v| v as u32).collect();
+        assert_eq!(got, &want, "scale {si}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_input_fails_clearly_without_touching_the_output() {
+    let dir = scratch("bad");
+    let out = dir.join("out.png");
+    std::fs::write(&out, b"the user's file").unwrap();
+    let (var, vae) = (fixture("tiny_var.pth"), fixture("tiny_vae.pth"));
+    let truncated = dir.join("truncated.pth");
+    std::fs::write(&truncated, &std::fs::read(&var).unwrap()[..100_000]).unwrap();
+    let corrupt = dir.join("corrupt.safetensors");
+    std::fs::write(&corrupt, b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\": 12345678}").unwrap();
+    let old = dir.join("pre2024.safetensors");
+    let mut sd = StateDict::load(&var).unwrap();
+    for i in 0..2 {
+        sd.remove(&format!("blocks.{i}.attn.scale_mul_1H11"));
+    }
+    sd.save_safetensors(&old, DType::F32).unwrap();
+    let o = out.to_str().unwrap();
+    let cases: Vec<(PathBuf, PathBuf, Vec<&str>, &str)> = vec![
+        (vae.clone(), vae.clone(), vec!["--class", "1"], "pass it as --vae"),
+        (var.clone(), var.clone(), vec!["--class", "1"], "pass it as --var"),
+        (truncated.clone(), vae.clone(), vec!["--class", "1"], "truncated"),
+        (corrupt.clone(), vae.clone(), vec!["--class", "1"], "corrupt.safetensors"),
+        (old.clone(), vae.clone(), vec!["--class", "1"], "pre-April-2024"),
+        (var.clone(), vae.clone(), vec!["--class", "10"], "class 10 is outside 0..=9"),
+        (var.clone(), vae.clone(), vec!["--class", "1", "--cfg", "-0.5"], "--cfg must be"),
+        (var.clone(), vae.clone(), vec!["--class", "1", "--top-p", "1.5"], "--top-p must be in [0, 1]"),
+        (var.clone(), vae.clone(), vec!["--class", "1", "--top-k", "65"], "top-k 65 is above the vocabulary size 64"),
+        (dir.join("missing.pth"), vae.clone(), vec!["--class", "1"], "no such file"),
+    ];
+    for (var, vae, mut extra, message) in cases {
+        extra.extend(["--out", o]);
+        let result = generate(&var, &vae, &extra);
+        let err = stderr(&result);
+        assert!(!result.status.success(), "{extra:?} should fail");
+        assert!(err.contains(message), "{extra:?}: expected {message:?} in: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert_eq!(std::fs::read(&out).unwrap(), b"the user's file", "{extra:?} touched the output");
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(leftovers.len(), 4, "no temporary files left: {leftovers:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
