@@ -78,6 +78,8 @@ impl Tensor {
     pub fn zeros(device: &Device, shape: &[usize], dtype: DType) -> Result<Self> {
         let tensor = Self::empty(device, shape, dtype)?;
         let bytes = tensor.padded_bytes();
+        // The pooled buffer may still be read by recorded kernels: they must run first.
+        device.ctx.flush()?;
         device.ctx.checked("clearing a tensor", || {
             let mut encoder = device.ctx.device.create_command_encoder(&Default::default());
             encoder.clear_buffer(tensor.buffer.raw(), 0, Some(bytes));
@@ -107,6 +109,9 @@ impl Tensor {
 
     fn from_bytes(device: &Device, shape: &[usize], dtype: DType, bytes: &[u8]) -> Result<Self> {
         let tensor = Self::empty(device, shape, dtype)?;
+        // queue.write_buffer lands before commands submitted later, and the pooled buffer may still be
+        // read by recorded kernels: submit them first.
+        device.ctx.flush()?;
         device.ctx.check_alive()?;
         // Buffer writes must be a multiple of 4 bytes (odd-length f16 data gets one pad element).
         if bytes.len().is_multiple_of(4) {
@@ -183,6 +188,7 @@ impl Tensor {
     pub fn read_async(&self) -> Result<PendingRead> {
         let ctx = self.ctx();
         let bytes = self.padded_bytes();
+        ctx.flush()?;
         let staging = ctx.checked("starting a readback", || {
             let staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("readback"),

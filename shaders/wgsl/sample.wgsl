@@ -354,6 +354,17 @@ fn sample(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups:
     }
 }
 
+// -log(u) for u = (bits + 0.5) / 2^24 in (0, 1), accurate at both ends: near u = 1 the f32 u would
+// round to 1 (and log(u) to 0, making the Gumbel draw infinite), so there it is the series of
+// -log(1 - t) in t = 1 - u, which is exact in f32.
+fn exponential(bits: u32) -> f32 {
+    let t = (f32(16777215u - bits) + 0.5) * (1.0 / 16777216.0);
+    if t < 0.0625 {
+        return t * (1.0 + t * (0.5 + t * (1.0 / 3.0 + t * (0.25 + t * 0.2))));
+    }
+    return -log((f32(bits) + 0.5) * (1.0 / 16777216.0));
+}
+
 // Smooth mode (VAR's more_smooth): softmax((logits * mul + g) / tau) per row, g = -log(-log(u)) a
 // Gumbel draw per element with u from Philox at counter (token, batch row, element, 1) under the
 // step's key. Reuses SampleParams: cfg_t = mul, top_p = tau. `logits` are the filtered logits
@@ -375,9 +386,7 @@ fn gumbel_softmax(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
         var z = neg_inf;
         if x > neg_inf {
             let words = philox4x32_10(vec4<u32>(token, batch_row, c, 1u), vec2<u32>(p.key0, p.key1));
-            // u in (0, 1): the half-step offset keeps both logs finite.
-            let u = (f32(words.x >> 8u) + 0.5) * (1.0 / 16777216.0);
-            z = (x * p.cfg_t - log(-log(u))) / p.top_p;
+            z = (x * p.cfg_t - log(exponential(words.x >> 8u))) / p.top_p;
         }
         // Each thread reads back only what it wrote itself.
         filtered[base + c] = store_t(z);

@@ -139,6 +139,16 @@ impl PipelineCache {
     }
 }
 
+/// Dispatches recorded into one command encoder, submitted together by [`GpuContext::flush`].
+pub(crate) struct PendingCommands {
+    encoder: wgpu::CommandEncoder,
+    dispatches: u32,
+}
+
+/// Recorded dispatches per submission: enough to amortise the submit, few enough that the GPU starts
+/// early.
+const DISPATCHES_PER_SUBMIT: u32 = 64;
+
 /// Splits `groups` workgroups over x and y so that neither exceeds the per-dimension limit.
 /// Kernels recover the flat index with `grid_workgroup` (shaders/wgsl/grid.wgsl) and skip indices past
 /// the end.
@@ -161,6 +171,20 @@ pub(crate) fn grid(ctx: &GpuContext, groups: u64, what: &str) -> Result<[u32; 3]
 }
 
 impl GpuContext {
+    /// Submits the recorded dispatches, if any.
+    pub(crate) fn flush(&self) -> Result<()> {
+        // The lock is held until the submission: another thread's flush must not return (and submit
+        // a readback or upload) while these commands are taken but not yet submitted.
+        let mut pending = self.pending.lock().map_err(poisoned)?;
+        if let Some(commands) = pending.take() {
+            self.checked("submitting kernels", || {
+                self.queue.submit([commands.encoder.finish()]);
+                Ok(())
+            })?;
+        }
+        Ok(())
+    }
+
     /// Runs one kernel: checks sizes against the adapter's limits, binds, dispatches, submits.
     /// `params` fill the uniform buffer that follows the storage bindings.
     pub(crate) fn dispatch(
@@ -236,20 +260,31 @@ impl GpuContext {
                 layout: &cached.layout,
                 entries: &entries,
             });
-            let mut encoder =
-                self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(&label) });
+            let profiling = profiler.is_some();
+            let mut pending = self.pending.lock().map_err(poisoned)?;
+            let mut commands = pending.take().unwrap_or_else(|| PendingCommands {
+                encoder: self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("kernels") }),
+                dispatches: 0,
+            });
             {
                 let timestamp_writes = match (profiler.as_ref(), timestamp_slot) {
                     (Some(p), Some(slot)) => p.timestamp_writes(slot),
                     _ => None,
                 };
-                let mut pass =
-                    encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(&label), timestamp_writes });
+                let mut pass = commands
+                    .encoder
+                    .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(&label), timestamp_writes });
                 pass.set_pipeline(&cached.pipeline);
                 pass.set_bind_group(0, &bind_group, &[]);
                 pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
             }
-            self.queue.submit([encoder.finish()]);
+            commands.dispatches += 1;
+            // Profiled dispatches are submitted one by one, as they are timed.
+            if profiling || commands.dispatches >= DISPATCHES_PER_SUBMIT {
+                self.queue.submit([commands.encoder.finish()]);
+            } else {
+                *pending = Some(commands);
+            }
             Ok(())
         })?;
         if let (Some(start), Some(p)) = (wall_start, profiler.as_mut()) {

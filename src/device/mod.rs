@@ -189,6 +189,8 @@ pub(crate) struct GpuContext {
     pub pool: Arc<pool::BufferPool>,
     pub pipelines: launch::PipelineCache,
     pub profiler: Mutex<Option<profiler::Profiler>>,
+    /// Dispatches recorded but not yet submitted (see [`GpuContext::flush`]).
+    pub(crate) pending: Mutex<Option<launch::PendingCommands>>,
     /// Set by wgpu's device-lost callback: every later operation fails with this message.
     lost: Arc<Mutex<Option<String>>>,
     /// Errors that escaped every error scope (recorded instead of wgpu's default panic).
@@ -291,6 +293,7 @@ impl Device {
                 pool,
                 pipelines: launch::PipelineCache::default(),
                 profiler: Mutex::new(None),
+                pending: Mutex::new(None),
                 lost,
                 uncaptured,
             }),
@@ -317,6 +320,13 @@ impl Device {
     /// Blocks until every submitted command has finished.
     pub fn synchronize(&self) -> Result<()> {
         self.ctx.wait_idle()
+    }
+
+    /// Submits the kernels recorded so far. scalewise records consecutive dispatches into one command
+    /// buffer and submits it before any upload, readback or wait, so callers only need this before
+    /// using the queue themselves (`wgpu_queue`) for work that must follow scalewise's.
+    pub fn flush(&self) -> Result<()> {
+        self.ctx.flush()
     }
 
     /// Allocation statistics of the buffer pool (live, cached and peak bytes).
@@ -360,6 +370,7 @@ impl GpuContext {
     }
 
     pub fn wait_idle(&self) -> Result<()> {
+        self.flush()?;
         self.check_alive()?;
         self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| self.poll_error(e))?;
         Ok(())

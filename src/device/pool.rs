@@ -103,6 +103,10 @@ impl BufferPool {
             })?,
         };
         if self.poison {
+            if reused {
+                // Recorded kernels may still use the buffer; the poison must land after them.
+                ctx.flush()?;
+            }
             ctx.queue.write_buffer(&buffer, 0, &vec![0xFF; class as usize]);
         }
         {

@@ -115,6 +115,7 @@ fn read_batch(ctx: &GpuContext, queries: &mut TimestampQueries) -> Result<Vec<Di
         return Ok(Vec::new());
     }
     let bytes = count as u64 * 16;
+    ctx.flush()?;
     ctx.checked("resolving timestamps", || {
         let mut encoder =
             ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("timestamps") });

@@ -37,6 +37,9 @@ pub fn qkv_heads(args: &QkvHeads) -> Result<Tensor> {
         });
     }
     let dim = width3 / 3 / heads;
+    if args.k_cache.shape() != args.v_cache.shape() {
+        return Err(shape_error(OP, args.k_cache, args.v_cache, "the key and value caches must have the same shape"));
+    }
     for cache in [args.k_cache, args.v_cache] {
         check_operand(OP, qkv, cache)?;
         match cache.shape() {

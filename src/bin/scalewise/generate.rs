@@ -214,7 +214,10 @@ pub struct GenerateBenchArgs {
 }
 
 pub fn bench_generate(device: &Device, args: &GenerateBenchArgs) -> anyhow::Result<()> {
-    ensure!(args.depth >= 1 && args.vae_ch >= 32 && args.vae_ch.is_multiple_of(32), "--depth >= 1, --vae-ch a multiple of 32");
+    ensure!(
+        args.depth >= 1 && args.vae_ch >= 32 && args.vae_ch.is_multiple_of(32),
+        "--depth >= 1, --vae-ch a multiple of 32"
+    );
     ensure!(args.batch >= 1 && args.iters >= 1, "--batch and --iters must be at least 1");
     let dtype = args.dtype.unwrap_or(if device.features().shader_f16 { DType::F16 } else { DType::F32 });
     if dtype == DType::F16 && !device.features().shader_f16 {
