@@ -1,4 +1,4 @@
-//! `cargo bench --bench attention`: dense flash attention vs GRAT-B / GRAT-X on square 2D grids.
+//! `cargo bench -p scalewise --bench attention`: dense flash attention vs GRAT-B / GRAT-X on square 2D grids.
 //! SCALEWISE_BENCH_GRIDS=32,64,128 sets the grid sides; results also go to
 //! bench-results/attention.json.
 

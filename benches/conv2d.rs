@@ -1,4 +1,4 @@
-//! `cargo bench --bench conv2d`: tiled vs naive conv2d at a VQVAE-decoder shape
+//! `cargo bench -p scalewise --bench conv2d`: tiled vs naive conv2d at a VQVAE-decoder shape
 //! (B1, 160 -> 160 channels, 64 x 64, 3 x 3, bias), f32.
 
 use scalewise::bench::{pseudo_random, time_dispatches};

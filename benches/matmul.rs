@@ -1,4 +1,4 @@
-//! `cargo bench --bench matmul`: tiled vs naive matmul on the default adapter, f32 and f16.
+//! `cargo bench -p scalewise --bench matmul`: tiled vs naive matmul on the default adapter, f32 and f16.
 //! Sizes can be set with SCALEWISE_BENCH_SIZES=256,512,1024. Results also go to
 //! bench-results/matmul.json.
 

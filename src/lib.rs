@@ -14,6 +14,7 @@
 //! ```
 
 pub mod bench;
+pub mod demo;
 pub mod device;
 pub mod error;
 pub mod generate;

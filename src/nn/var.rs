@@ -18,6 +18,8 @@ pub const PATCH_NUMS_1024: &[usize] = &[1, 2, 3, 4, 5, 7, 9, 12, 16, 21, 27, 36,
 
 /// Metadata key (safetensors `__metadata__`) holding the scale schedule as a JSON list.
 pub const META_PATCH_NUMS: &str = "patch_nums";
+/// Metadata key holding the class names as a JSON list of strings.
+pub const META_CLASS_NAMES: &str = "class_names";
 
 /// What the shapes of a VAR checkpoint say.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +39,8 @@ pub struct VarConfig {
     pub patch_nums: Vec<usize>,
     /// d36 style: one shared AdaLN projection plus a per-block additive `ada_gss`.
     pub shared_adaln: bool,
+    /// Class names from the checkpoint's metadata (`class_names`, a JSON list), when it has them.
+    pub class_names: Option<Vec<String>>,
 }
 
 impl VarConfig {
@@ -55,6 +59,44 @@ impl VarConfig {
                 Some(start)
             })
             .collect()
+    }
+
+    /// The class id of `text`: a number in 0..num_classes, or one of the class names (any case).
+    pub fn resolve_class(&self, text: &str) -> Result<usize> {
+        let text = text.trim();
+        if let Ok(id) = text.parse::<usize>() {
+            if id >= self.num_classes {
+                return Err(Error::InvalidArgument {
+                    op: "class",
+                    msg: format!(
+                        "class {id} is outside 0..={} (this model has {} classes)",
+                        self.num_classes - 1,
+                        self.num_classes
+                    ),
+                });
+            }
+            return Ok(id);
+        }
+        let names = self.class_names.as_deref().unwrap_or(&[]);
+        if let Some(id) = names.iter().position(|n| n.eq_ignore_ascii_case(text)) {
+            return Ok(id);
+        }
+        Err(Error::InvalidArgument {
+            op: "class",
+            msg: if names.is_empty() {
+                format!(
+                    "{text:?} is not a class number (this model's classes are 0..={} and have no names)",
+                    self.num_classes - 1
+                )
+            } else {
+                format!("unknown class {text:?}; this model's classes are: {}", names.join(", "))
+            },
+        })
+    }
+
+    /// The class's name, or its number when the checkpoint has no names.
+    pub fn class_name(&self, id: usize) -> String {
+        self.class_names.as_ref().and_then(|n| n.get(id).cloned()).unwrap_or_else(|| id.to_string())
     }
 
     /// The last scale's side: the VQVAE latent is that many tokens square.
@@ -168,7 +210,22 @@ impl VarConfig {
             cvae,
             shared_adaln: sd.get("shared_ada_lin.1.weight").is_some(),
             patch_nums,
+            class_names: match sd.metadata.get(META_CLASS_NAMES) {
+                Some(text) => Some(serde_json::from_str::<Vec<String>>(text).map_err(|e| {
+                    bad(format!("metadata {META_CLASS_NAMES} = {text:?} is not a JSON list of names: {e}"))
+                })?),
+                None => None,
+            },
         };
+        if let Some(names) = &config.class_names
+            && names.len() != config.num_classes
+        {
+            return Err(bad(format!(
+                "metadata {META_CLASS_NAMES} has {} names for {} classes",
+                names.len(),
+                config.num_classes
+            )));
+        }
         if config.patch_nums.len() != scales || config.seq_len() != seq_len || config.patch_nums.contains(&0) {
             return Err(bad(format!(
                 "the schedule {:?} ({} tokens) disagrees with lvl_embed ({scales} scales) and pos_1LC ({seq_len} tokens)",

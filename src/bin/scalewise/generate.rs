@@ -14,14 +14,18 @@ use scalewise::{DType, Device};
 #[derive(Args)]
 pub struct GenerateArgs {
     /// VAR transformer checkpoint: the official var_d*.pth, or safetensors with the same keys.
-    #[arg(long, value_name = "FILE")]
-    var: PathBuf,
+    #[arg(long, value_name = "FILE", requires = "vae", conflicts_with = "demo")]
+    var: Option<PathBuf>,
     /// Multi-scale VQVAE checkpoint: vae_ch160v4096z32.pth, or safetensors with the same keys.
-    #[arg(long, value_name = "FILE")]
-    vae: PathBuf,
-    /// Class label(s) 0..num_classes-1; several (comma separated) make a batch, repeated to fill --batch.
-    #[arg(long = "class", value_name = "N", value_delimiter = ',', required = true)]
-    classes: Vec<usize>,
+    #[arg(long, value_name = "FILE", requires = "var", conflicts_with = "demo")]
+    vae: Option<PathBuf>,
+    /// The small demo model built into scalewise (the default when no --var/--vae is given).
+    #[arg(long)]
+    demo: bool,
+    /// Class(es): a number 0..num_classes-1 or a class name (the demo model's names); several
+    /// (comma separated) make a batch, repeated to fill --batch.
+    #[arg(long = "class", value_name = "N|NAME", value_delimiter = ',', required = true)]
+    classes: Vec<String>,
     /// Random seed: the same seed gives the same image on any GPU.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -60,7 +64,9 @@ fn check_args(args: &GenerateArgs) -> anyhow::Result<()> {
     ensure!((0.0..=1.0).contains(&args.top_p), "--top-p must be in [0, 1], got {}", args.top_p);
     ensure!(args.batch >= 1, "--batch must be at least 1");
     for (flag, path) in [("--var", &args.var), ("--vae", &args.vae)] {
-        ensure!(path.is_file(), "{flag} {}: no such file", path.display());
+        if let Some(path) = path {
+            ensure!(path.is_file(), "{flag} {}: no such file", path.display());
+        }
     }
     let parent = |p: &Path| p.parent().filter(|d| !d.as_os_str().is_empty()).map(Path::to_path_buf);
     for (flag, path) in [("--out", Some(&args.out)), ("--dump-tokens", args.dump_tokens.as_ref())] {
@@ -115,12 +121,16 @@ impl Progress {
 pub fn generate(device: &Device, args: &GenerateArgs) -> anyhow::Result<()> {
     check_args(args)?;
     let started = std::time::Instant::now();
-    let pipeline = Pipeline::load(device, &args.var, &args.vae, None).context("loading the model")?;
+    let pipeline = match (&args.var, &args.vae) {
+        (Some(var), Some(vae)) => Pipeline::load(device, var, vae, None).context("loading the model")?,
+        _ => scalewise::demo::pipeline(device, None).context("loading the demo model")?,
+    };
     let load_s = started.elapsed().as_secs_f64();
     let config = &pipeline.var.config;
-    let batch = args.batch.max(args.classes.len());
+    let classes = args.classes.iter().map(|c| config.resolve_class(c)).collect::<scalewise::Result<Vec<_>>>()?;
+    let batch = args.batch.max(classes.len());
     let options = GenerateOptions {
-        labels: (0..batch).map(|i| args.classes[i % args.classes.len()]).collect(),
+        labels: (0..batch).map(|i| classes[i % classes.len()]).collect(),
         seed: args.seed,
         cfg: args.cfg,
         top_k: args.top_k.unwrap_or(900.min(config.vocab)),
@@ -132,7 +142,8 @@ pub fn generate(device: &Device, args: &GenerateArgs) -> anyhow::Result<()> {
     pipeline.validate(&options)?;
     if !args.quiet {
         eprintln!(
-            "model: VAR depth {} width {} ({:.2}M parameters, {} classes), {}px, {} weights, loaded in {load_s:.1} s",
+            "model: {}VAR depth {} width {} ({:.2}M parameters, {} classes), {}px, {} weights, loaded in {load_s:.1} s",
+            if args.var.is_none() { "demo " } else { "" },
             config.depth,
             config.width,
             config.parameters() as f64 / 1e6,

@@ -58,9 +58,22 @@ enum Command {
     Info,
     /// Generate images with a VAR model and its VQVAE (class-conditional, coarse to fine).
     Generate(generate::GenerateArgs),
+    /// Convert a checkpoint (.pth or safetensors) to safetensors, optionally as f16 (half the size).
+    Convert(ConvertArgs),
     /// Benchmark kernels on this device.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Args)]
+struct ConvertArgs {
+    /// The checkpoint to read (torch.save .pth or safetensors).
+    input: PathBuf,
+    /// The safetensors file to write (atomically).
+    output: PathBuf,
+    /// Store the tensors as f16 instead of f32.
+    #[arg(long)]
+    f16: bool,
 }
 
 #[derive(Subcommand)]
@@ -186,10 +199,20 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Convert(args) = &cli.command {
+        // No GPU needed.
+        let sd = scalewise::weights::StateDict::load(&args.input)?;
+        anyhow::ensure!(args.output != args.input, "the output must differ from the input");
+        let dtype = if args.f16 { DType::F16 } else { DType::F32 };
+        sd.save_safetensors(&args.output, dtype)?;
+        println!("wrote {} tensors ({dtype}) to {}", sd.len(), args.output.display());
+        return Ok(());
+    }
     let device = cli.device.open()?;
     match cli.command {
         Command::Info => info(&device),
         Command::Generate(args) => generate::generate(&device, &args),
+        Command::Convert(_) => unreachable!("handled before opening a device"),
         Command::Bench(BenchCommand::Generate(args)) => generate::bench_generate(&device, &args),
         Command::Bench(BenchCommand::Matmul(args)) => bench_matmul(&device, &args),
         Command::Bench(BenchCommand::Attention(args)) => bench_attention(&device, &args),

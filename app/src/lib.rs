@@ -1,0 +1,540 @@
+//! The scalewise desktop app: pick a class, press Generate and watch the image appear at 1x1 and
+//! sharpen scale by scale. Compute and UI share one wgpu device (eframe's, opened with the optional
+//! features scalewise uses); generation runs on a worker thread.
+
+pub mod worker;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use eframe::egui;
+use egui::{Color32, RichText, TextureHandle, TextureOptions, Vec2};
+use scalewise::Device;
+use scalewise::generate::{GenerateOptions, Pipeline, StageTimes};
+use scalewise::image::Image;
+use worker::{GenerationEvent, GenerationJob, LoadJob, ModelSource};
+
+/// The features the compute backend uses when the adapter has them.
+pub fn wanted_features() -> eframe::wgpu::Features {
+    Device::wanted_features(&scalewise::DeviceOptions::default())
+}
+
+/// eframe's wgpu setup: the default adapter choice, a device with the adapter's limits and the
+/// optional features scalewise uses (f16, subgroups, timestamps) where they exist.
+pub fn wgpu_setup() -> egui_wgpu::WgpuSetup {
+    let mut setup = egui_wgpu::WgpuSetupCreateNew::without_display_handle();
+    setup.device_descriptor = Arc::new(|adapter| eframe::wgpu::DeviceDescriptor {
+        label: Some("scalewise app device"),
+        required_features: adapter.features() & wanted_features(),
+        required_limits: adapter.limits(),
+        ..Default::default()
+    });
+    egui_wgpu::WgpuSetup::CreateNew(setup)
+}
+
+/// One scale as shown: the decoded image of f_hat after it, and its GPU times.
+pub struct ScaleFrame {
+    pub index: usize,
+    pub scales: usize,
+    pub side: usize,
+    pub times: StageTimes,
+    pub images: Vec<Image>,
+    texture: TextureHandle,
+}
+
+/// What the Generate button produces.
+#[derive(Default)]
+enum Status {
+    #[default]
+    Idle,
+    Loading,
+    Generating,
+    Done {
+        wall_ms: f64,
+    },
+    Cancelled,
+}
+
+pub struct ScalewiseApp {
+    device: Option<Device>,
+    device_error: Option<String>,
+    pipeline: Option<Arc<Pipeline>>,
+    model: Option<ModelSource>,
+    load: Option<LoadJob>,
+    job: Option<GenerationJob>,
+    status: Status,
+    /// Shown in red at the top until dismissed.
+    banner: Option<String>,
+    notice: Option<String>,
+    // Controls.
+    class: usize,
+    class_filter: String,
+    seed: u64,
+    cfg: f32,
+    top_k: usize,
+    top_p: f32,
+    smooth: bool,
+    batch: usize,
+    var_path: String,
+    vae_path: String,
+    save_dir: String,
+    // Results.
+    frames: Vec<ScaleFrame>,
+    selected: Option<usize>,
+    /// Measured times vary run to run; snapshot tests turn them off.
+    show_times: bool,
+}
+
+impl ScalewiseApp {
+    /// The app on eframe's wgpu device (or a device of its own when eframe renders otherwise),
+    /// loading the demo model.
+    pub fn new(cc: &eframe::CreationContext<'_>) -> Self {
+        let (device, device_error) = match cc.wgpu_render_state.as_ref() {
+            Some(rs) => {
+                (Some(Device::from_wgpu(&rs.adapter.get_info(), rs.device.clone(), rs.queue.clone(), false)), None)
+            }
+            None => match Device::from_env() {
+                Ok(device) => (Some(device), None),
+                Err(e) => (None, Some(e.to_string())),
+            },
+        };
+        let mut app = Self {
+            device,
+            banner: device_error.clone(),
+            device_error,
+            pipeline: None,
+            model: None,
+            load: None,
+            job: None,
+            status: Status::Idle,
+            notice: None,
+            class: 0,
+            class_filter: String::new(),
+            seed: 0,
+            cfg: 4.0,
+            top_k: 900,
+            top_p: 0.95,
+            smooth: false,
+            batch: 1,
+            var_path: String::new(),
+            vae_path: String::new(),
+            save_dir: "scalewise-output".into(),
+            frames: Vec::new(),
+            selected: None,
+            show_times: true,
+        };
+        app.load_model(&cc.egui_ctx, ModelSource::Demo);
+        app
+    }
+
+    /// True when no model load or generation is in flight.
+    pub fn is_idle(&self) -> bool {
+        self.load.is_none() && self.job.is_none()
+    }
+
+    /// The scales shown so far (the filmstrip).
+    pub fn frames(&self) -> &[ScaleFrame] {
+        &self.frames
+    }
+
+    /// The error banner, if one is shown.
+    pub fn banner(&self) -> Option<&str> {
+        self.banner.as_deref()
+    }
+
+    pub fn pipeline(&self) -> Option<&Pipeline> {
+        self.pipeline.as_deref()
+    }
+
+    /// Show measured times (on by default; reproducible screenshots turn them off).
+    pub fn set_show_times(&mut self, show: bool) {
+        self.show_times = show;
+    }
+
+    pub fn set_model_paths(&mut self, var: &str, vae: &str) {
+        self.var_path = var.into();
+        self.vae_path = vae.into();
+    }
+
+    pub fn load_model(&mut self, ctx: &egui::Context, source: ModelSource) {
+        let Some(device) = self.device.clone() else { return };
+        self.job = None;
+        let ctx = ctx.clone();
+        self.load = Some(LoadJob::spawn(device, source, move || ctx.request_repaint()));
+        self.status = Status::Loading;
+    }
+
+    /// Starts a generation with the current controls (cancelling one in flight).
+    pub fn generate(&mut self, ctx: &egui::Context) {
+        let Some(pipeline) = self.pipeline.clone() else { return };
+        let config = &pipeline.var.config;
+        let options = GenerateOptions {
+            labels: vec![self.class.min(config.num_classes - 1); self.batch.max(1)],
+            seed: self.seed,
+            cfg: self.cfg,
+            top_k: self.top_k.min(config.vocab),
+            top_p: self.top_p,
+            smooth: self.smooth,
+            preview_every_scale: true,
+            ..GenerateOptions::default()
+        };
+        if let Err(e) = pipeline.validate(&options) {
+            self.banner = Some(e.to_string());
+            return;
+        }
+        self.job = None;
+        self.frames.clear();
+        self.selected = None;
+        let wake_ctx = ctx.clone();
+        match GenerationJob::spawn(pipeline, options, move || wake_ctx.request_repaint()) {
+            Ok(job) => {
+                self.job = Some(job);
+                self.status = Status::Generating;
+            }
+            Err(e) => self.banner = Some(format!("cannot start the generation thread: {e}")),
+        }
+    }
+
+    pub fn cancel(&mut self) {
+        if let Some(job) = &self.job {
+            job.cancel();
+        }
+    }
+
+    /// Writes the final image and every scale into the save folder.
+    pub fn save(&mut self) {
+        let Some(last) = self.frames.last() else {
+            self.banner = Some("nothing to save yet: generate an image first".into());
+            return;
+        };
+        let dir = PathBuf::from(&self.save_dir);
+        let stem = format!("class{}_seed{}", self.class, self.seed);
+        let result = (|| -> Result<PathBuf, String> {
+            std::fs::create_dir_all(dir.join(&stem)).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            let columns = grid_columns(last.images.len());
+            let final_path = dir.join(format!("{stem}.png"));
+            Image::grid(&last.images, columns).save_png(&final_path).map_err(|e| e.to_string())?;
+            for frame in &self.frames {
+                let path = dir.join(&stem).join(format!("scale_{:02}_{}x{}.png", frame.index, frame.side, frame.side));
+                Image::grid(&frame.images, columns).save_png(&path).map_err(|e| e.to_string())?;
+            }
+            Ok(final_path)
+        })();
+        match result {
+            Ok(path) => self.notice = Some(format!("saved {} and {} scales", path.display(), self.frames.len())),
+            Err(e) => self.banner = Some(e),
+        }
+    }
+
+    fn poll_workers(&mut self, ctx: &egui::Context) {
+        if let Some(result) = self.load.as_ref().and_then(LoadJob::poll) {
+            let source = self.load.take().map(|l| l.source).expect("a load job");
+            match result {
+                Ok(pipeline) => {
+                    let config = &pipeline.var.config;
+                    self.class = self.class.min(config.num_classes - 1);
+                    self.top_k = self.top_k.min(config.vocab);
+                    self.pipeline = Some(Arc::new(pipeline));
+                    self.model = Some(source);
+                    self.banner = None;
+                }
+                Err(e) => self.banner = Some(format!("could not load {}: {e}", source.describe())),
+            }
+            self.status = Status::Idle;
+        }
+        let events = self.job.as_ref().map(GenerationJob::poll).unwrap_or_default();
+        for event in events {
+            match event {
+                GenerationEvent::Scale { index, scales, side, times, images } => {
+                    let grid = Image::grid(&images, grid_columns(images.len()));
+                    let color = egui::ColorImage::from_rgb([grid.width, grid.height], &grid.rgb);
+                    let texture = ctx.load_texture(format!("scale-{index}"), color, TextureOptions::NEAREST);
+                    self.frames.push(ScaleFrame { index, scales, side, times, images, texture });
+                }
+                GenerationEvent::Done { wall_ms } => {
+                    self.status = Status::Done { wall_ms };
+                    self.job = None;
+                }
+                GenerationEvent::Failed(e) => {
+                    self.banner = Some(format!("generation failed: {e}"));
+                    self.status = Status::Idle;
+                    self.job = None;
+                }
+                GenerationEvent::Cancelled => {
+                    self.status = Status::Cancelled;
+                    self.job = None;
+                }
+            }
+        }
+    }
+
+    fn handle_input(&mut self, ctx: &egui::Context) {
+        let (enter, save, dropped) = ctx.input(|i| {
+            (
+                i.key_pressed(egui::Key::Enter),
+                i.modifiers.command && i.key_pressed(egui::Key::S),
+                i.raw
+                    .dropped_files
+                    .iter()
+                    .map(|f| f.path().to_path_buf())
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .collect::<Vec<_>>(),
+            )
+        });
+        if enter && self.job.is_none() && self.load.is_none() {
+            self.generate(ctx);
+        }
+        if save {
+            self.save();
+        }
+        for path in dropped {
+            // A dropped checkpoint fills the VAE field when its name says so, else the VAR field.
+            let name = path.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+            if name.contains("vae") {
+                self.vae_path = path.display().to_string();
+            } else {
+                self.var_path = path.display().to_string();
+            }
+        }
+    }
+
+    fn controls(&mut self, ui: &mut egui::Ui) {
+        let ctx = ui.ctx().clone();
+        ui.heading("Model");
+        ui.label(self.model.as_ref().map_or("loading…".into(), ModelSource::describe));
+        if let Some(pipeline) = &self.pipeline {
+            let c = &pipeline.var.config;
+            ui.label(
+                RichText::new(format!(
+                    "VAR d{} · width {} · {} heads · {} classes\n{}px · {} scales · codebook {} · {}",
+                    c.depth,
+                    c.width,
+                    c.heads,
+                    c.num_classes,
+                    pipeline.image_size(),
+                    c.patch_nums.len(),
+                    c.vocab,
+                    pipeline.var.dtype
+                ))
+                .small(),
+            );
+        }
+        ui.horizontal(|ui| {
+            let label = ui.label("VAR");
+            ui.add(egui::TextEdit::singleline(&mut self.var_path).hint_text("var_d16.pth").desired_width(170.0))
+                .labelled_by(label.id);
+        });
+        ui.horizontal(|ui| {
+            let label = ui.label("VAE");
+            ui.add(
+                egui::TextEdit::singleline(&mut self.vae_path).hint_text("vae_ch160v4096z32.pth").desired_width(170.0),
+            )
+            .labelled_by(label.id);
+        });
+        ui.horizontal(|ui| {
+            let busy = !self.is_idle();
+            if ui.add_enabled(!busy, egui::Button::new("Load files")).clicked() {
+                let source = ModelSource::Files { var: self.var_path.trim().into(), vae: self.vae_path.trim().into() };
+                self.load_model(&ctx, source);
+            }
+            if ui.add_enabled(!busy, egui::Button::new("Demo model")).clicked() {
+                self.load_model(&ctx, ModelSource::Demo);
+            }
+        });
+        ui.label(RichText::new("or drop .pth / .safetensors files on the window").small().weak());
+        ui.separator();
+
+        let Some(pipeline) = self.pipeline.clone() else { return };
+        let config = &pipeline.var.config;
+        ui.heading("Class");
+        ui.add(egui::TextEdit::singleline(&mut self.class_filter).hint_text("search classes"));
+        let filter = self.class_filter.to_lowercase();
+        egui::ScrollArea::vertical().id_salt("classes").max_height(160.0).show(ui, |ui| {
+            for id in 0..config.num_classes {
+                let name = config.class_name(id);
+                let label = if config.class_names.is_some() { format!("{id}: {name}") } else { format!("class {id}") };
+                let shown = filter.is_empty() || label.to_lowercase().contains(&filter);
+                if shown && ui.selectable_label(self.class == id, label).clicked() {
+                    self.class = id;
+                }
+            }
+        });
+        ui.separator();
+        ui.heading("Sampling");
+        ui.horizontal(|ui| {
+            let label = ui.label("seed");
+            ui.add(egui::DragValue::new(&mut self.seed)).labelled_by(label.id);
+            if ui.button("random").clicked() {
+                self.seed = random_seed();
+            }
+        });
+        ui.add(egui::Slider::new(&mut self.cfg, 0.0..=10.0).text("cfg"));
+        ui.add(egui::Slider::new(&mut self.top_k, 0..=config.vocab).text("top-k"));
+        ui.add(egui::Slider::new(&mut self.top_p, 0.0..=1.0).text("top-p"));
+        ui.checkbox(&mut self.smooth, "smooth (Gumbel) mode");
+        ui.add(egui::Slider::new(&mut self.batch, 1..=16).text("batch"));
+        ui.separator();
+        ui.horizontal(|ui| {
+            if self.job.is_some() {
+                if ui.button("Cancel").clicked() {
+                    self.cancel();
+                }
+            } else if ui.add_enabled(self.load.is_none(), egui::Button::new("Generate")).clicked() {
+                self.generate(&ctx);
+            }
+            ui.label(RichText::new("Enter").small().weak());
+        });
+        ui.separator();
+        ui.heading("Save");
+        ui.horizontal(|ui| {
+            let label = ui.label("folder");
+            ui.add(egui::TextEdit::singleline(&mut self.save_dir).desired_width(130.0)).labelled_by(label.id);
+            if ui.add_enabled(!self.frames.is_empty(), egui::Button::new("Save")).clicked() {
+                self.save();
+            }
+        });
+        ui.label(RichText::new("Ctrl+S: the final PNG and every scale").small().weak());
+    }
+
+    fn performance(&self, ui: &mut egui::Ui) {
+        ui.heading("Performance");
+        if let Some(device) = &self.device {
+            let info = device.info();
+            let f = info.features;
+            ui.label(format!("{} ({})", info.adapter.name, info.adapter.backend));
+            ui.label(
+                RichText::new(format!(
+                    "f16 {} · subgroups {} · timestamps {}",
+                    yes_no(f.shader_f16),
+                    yes_no(f.subgroups),
+                    yes_no(f.timestamps)
+                ))
+                .small(),
+            );
+        } else if let Some(e) = &self.device_error {
+            ui.colored_label(Color32::RED, e);
+        }
+        if self.frames.is_empty() || !self.show_times {
+            return;
+        }
+        ui.separator();
+        egui::Grid::new("times").striped(true).show(ui, |ui| {
+            for header in ["scale", "transformer", "sampling", "decode"] {
+                ui.label(RichText::new(header).strong());
+            }
+            ui.end_row();
+            for f in &self.frames {
+                ui.label(format!("{} ({}²)", f.index + 1, f.side));
+                ui.label(format!("{:.1} ms", f.times.transformer_ms));
+                ui.label(format!("{:.1} ms", f.times.sampling_ms));
+                ui.label(format!("{:.1} ms", f.times.accumulate_ms + f.times.decode_ms));
+                ui.end_row();
+            }
+        });
+        let total: f64 = self.frames.iter().map(|f| f.times.total_ms()).sum();
+        ui.label(format!("GPU total {total:.1} ms"));
+        if let Status::Done { wall_ms } = self.status {
+            ui.label(format!("wall clock {wall_ms:.0} ms"));
+        }
+    }
+
+    fn viewer(&mut self, ui: &mut egui::Ui) {
+        let status = match &self.status {
+            Status::Idle if self.pipeline.is_none() => "no model loaded".to_string(),
+            Status::Idle => "press Generate (or Enter)".to_string(),
+            Status::Loading => "loading the model…".to_string(),
+            Status::Generating => format!("generating… {} scales so far", self.frames.len()),
+            Status::Done { wall_ms } if self.show_times => format!("done in {wall_ms:.0} ms"),
+            Status::Done { .. } => "done".to_string(),
+            Status::Cancelled => "cancelled".to_string(),
+        };
+        ui.label(status);
+        let shown = self.selected.or(self.frames.len().checked_sub(1));
+        let strip_height = 96.0;
+        if let Some(frame) = shown.and_then(|i| self.frames.get(i)) {
+            let time = if self.show_times { format!(", {:.1} ms", frame.times.total_ms()) } else { String::new() };
+            ui.label(
+                RichText::new(format!(
+                    "scale {}/{}, {} x {} tokens{time}",
+                    frame.index + 1,
+                    frame.scales,
+                    frame.side,
+                    frame.side
+                ))
+                .strong(),
+            );
+            let room = ui.available_size() - Vec2::new(0.0, strip_height + 24.0);
+            let size = frame.texture.size_vec2();
+            let scale = (room.x / size.x).min(room.y / size.y).max(0.1);
+            ui.add(egui::Image::new((frame.texture.id(), size * scale)));
+        }
+        if !self.frames.is_empty() {
+            ui.separator();
+            egui::ScrollArea::horizontal().id_salt("filmstrip").show(ui, |ui| {
+                ui.horizontal(|ui| {
+                    for (i, frame) in self.frames.iter().enumerate() {
+                        let size = frame.texture.size_vec2();
+                        let thumb = size * (strip_height / size.y.max(1.0));
+                        let button = egui::Button::image(egui::Image::new((frame.texture.id(), thumb)))
+                            .selected(shown == Some(i));
+                        if ui
+                            .add(button)
+                            .on_hover_text(format!("scale {} ({}x{})", i + 1, frame.side, frame.side))
+                            .clicked()
+                        {
+                            self.selected = Some(i);
+                        }
+                    }
+                });
+            });
+        }
+    }
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b { "on" } else { "off" }
+}
+
+fn grid_columns(n: usize) -> usize {
+    (n as f64).sqrt().ceil().max(1.0) as usize
+}
+
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    hasher.finish() % 1_000_000
+}
+
+impl eframe::App for ScalewiseApp {
+    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+        let ctx = ui.ctx().clone();
+        self.poll_workers(&ctx);
+        self.handle_input(&ctx);
+        egui::Panel::top("banner").show(ui, |ui| {
+            ui.horizontal(|ui| {
+                ui.strong("scalewise");
+                ui.label("next-scale generation on any GPU");
+                if let Some(notice) = &self.notice {
+                    ui.label(RichText::new(notice).small());
+                }
+            });
+            if let Some(banner) = self.banner.clone() {
+                ui.horizontal(|ui| {
+                    ui.colored_label(Color32::from_rgb(220, 50, 50), format!("Error: {banner}"));
+                    if ui.small_button("dismiss").clicked() {
+                        self.banner = None;
+                    }
+                });
+            }
+        });
+        egui::Panel::left("controls").default_size(280.0).show(ui, |ui| {
+            egui::ScrollArea::vertical().id_salt("controls-scroll").show(ui, |ui| self.controls(ui));
+        });
+        egui::Panel::right("performance").default_size(250.0).show(ui, |ui| self.performance(ui));
+        egui::CentralPanel::default().show(ui, |ui| self.viewer(ui));
+        if !self.is_idle() {
+            ctx.request_repaint_after(std::time::Duration::from_millis(100));
+        }
+    }
+}
