@@ -559,14 +559,13 @@ pub struct GenerateBenchResult {
 }
 
 impl GenerateBenchResult {
-    pub fn transformer_ms(&self) -> f64 {
-        self.scales.iter().map(|(_, t)| t.transformer_ms).sum()
-    }
-    pub fn sampling_ms(&self) -> f64 {
-        self.scales.iter().map(|(_, t)| t.sampling_ms).sum()
-    }
-    pub fn accumulate_ms(&self) -> f64 {
-        self.scales.iter().map(|(_, t)| t.accumulate_ms).sum()
+    /// The stage times summed over the scales.
+    pub fn totals(&self) -> crate::generate::StageTimes {
+        let mut total = crate::generate::StageTimes::default();
+        for (_, times) in &self.scales {
+            total += *times;
+        }
+        total
     }
 }
 
@@ -609,16 +608,13 @@ pub fn generate(device: &Device, config: &GenerateBenchConfig) -> Result<Generat
         let step = step?;
         scales.push((step.side, step.times));
     }
-    device.start_profiling()?;
-    let decoded = generation.decode();
-    let timings = device.finish_profiling()?;
-    decoded?;
-    let timing = timings.first().map_or(TimingSource::WallClock, |t| t.source);
+    let (_, decode_ms) = crate::generate::timed(device, true, || generation.decode())?;
+    let timing = if device.features().timestamps { TimingSource::GpuTimestamps } else { TimingSource::WallClock };
     Ok(GenerateBenchResult {
-        var_parameters: pipeline.var.config.parameters(),
+        var_parameters: pipeline.var.config.parameters,
         image_size: pipeline.image_size(),
         scales,
-        decode_ms: timings.iter().map(|t| t.nanoseconds).sum::<f64>() / 1e6,
+        decode_ms,
         median_ms: walls[walls.len() / 2],
         min_ms: walls[0],
         peak_bytes: device.pool_stats().peak_live_bytes.saturating_sub(base),
@@ -640,9 +636,9 @@ pub fn generate_json(device: &Device, config: &GenerateBenchConfig, r: &Generate
         "timing": format!("{:?}", r.timing),
         "median_ms": r.median_ms,
         "min_ms": r.min_ms,
-        "transformer_ms": r.transformer_ms(),
-        "sampling_ms": r.sampling_ms(),
-        "accumulate_ms": r.accumulate_ms(),
+        "transformer_ms": r.totals().transformer_ms,
+        "sampling_ms": r.totals().sampling_ms,
+        "accumulate_ms": r.totals().accumulate_ms,
         "decode_ms": r.decode_ms,
         "peak_bytes": r.peak_bytes,
         "scales": r.scales.iter().map(|(side, t)| serde_json::json!({

@@ -26,7 +26,7 @@ pub fn vae_state_dict() -> Result<StateDict> {
 
 /// The demo pipeline on `device`; `dtype` defaults to f16 where the device has SHADER_F16.
 pub fn pipeline(device: &Device, dtype: Option<DType>) -> Result<Pipeline> {
-    let dtype = dtype.unwrap_or(if device.features().shader_f16 { DType::F16 } else { DType::F32 });
+    let dtype = dtype.unwrap_or(device.preferred_float());
     let vae = VqVae::from_state_dict(device, &vae_state_dict()?, dtype)?;
     let var = VarModel::from_state_dict(device, &var_state_dict()?, dtype)?;
     Pipeline::new(var, vae)

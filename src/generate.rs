@@ -56,8 +56,8 @@ pub struct GenerateOptions {
     pub preview_every_scale: bool,
     /// Return every scale's raw logits (2B or B, n, V) (tests, analysis).
     pub keep_logits: bool,
-    /// Time each stage with the device profiler (GPU timestamps where available). Each stage then
-    /// waits for the GPU; turn it off to measure end-to-end latency (the times are then zero).
+    /// Time each stage: GPU timestamps where the device has them, else the wall clock with a wait at
+    /// the end of each stage. Turn it off to measure end-to-end latency (the times are then zero).
     pub profile_stages: bool,
 }
 
@@ -86,6 +86,15 @@ pub struct StageTimes {
     pub accumulate_ms: f64,
     /// The preview decode, when one was asked for.
     pub decode_ms: f64,
+}
+
+impl std::ops::AddAssign for StageTimes {
+    fn add_assign(&mut self, other: Self) {
+        self.transformer_ms += other.transformer_ms;
+        self.sampling_ms += other.sampling_ms;
+        self.accumulate_ms += other.accumulate_ms;
+        self.decode_ms += other.decode_ms;
+    }
 }
 
 impl StageTimes {
@@ -130,7 +139,7 @@ impl Pipeline {
     /// Loads both checkpoints (safetensors or .pth). `dtype` defaults to f16 where the device has
     /// SHADER_F16, else f32.
     pub fn load(device: &Device, var: impl AsRef<Path>, vae: impl AsRef<Path>, dtype: Option<DType>) -> Result<Self> {
-        let dtype = dtype.unwrap_or(if device.features().shader_f16 { DType::F16 } else { DType::F32 });
+        let dtype = dtype.unwrap_or(device.preferred_float());
         let vae_sd = StateDict::load(vae)?;
         let vae = VqVae::from_state_dict(device, &vae_sd, dtype)?;
         drop(vae_sd);
@@ -222,11 +231,19 @@ pub struct Generation<'a> {
     tokens: Vec<Vec<u32>>,
 }
 
-/// Runs `body` with the device profiler on (when `profile` is set) and returns its result with the
-/// summed GPU time in ms.
-fn timed<T>(device: &Device, profile: bool, body: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
+/// Runs `body` and returns its result with the stage's time in ms (0 when `profile` is off): the sum
+/// of GPU timestamps where the device has them (the kernels stay batched), else the wall clock up to
+/// the stage's completion (one wait per stage rather than the profiler's wait per dispatch).
+pub(crate) fn timed<T>(device: &Device, profile: bool, body: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
     if !profile {
         return Ok((body()?, 0.0));
+    }
+    if !device.features().timestamps {
+        device.synchronize()?;
+        let start = std::time::Instant::now();
+        let result = body()?;
+        device.synchronize()?;
+        return Ok((result, start.elapsed().as_secs_f64() * 1e3));
     }
     device.start_profiling()?;
     let result = body();

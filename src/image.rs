@@ -1,10 +1,10 @@
 //! 8-bit RGB images from decoder output, grids and nearest upscaling for previews, and PNG files
 //! written atomically (a temporary file renamed into place, so a failure never leaves a partial file).
 
-use std::io::Write;
 use std::path::Path;
 
 use crate::error::{Error, Result};
+use crate::output::write_atomic;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Image {
@@ -97,27 +97,4 @@ fn to_byte(v: f32) -> u8 {
     let unit = (v.clamp(-1.0, 1.0) + 1.0) * 0.5;
     // NaN (a broken kernel) maps to 0 rather than panicking.
     (unit * 255.0).round().clamp(0.0, 255.0) as u8
-}
-
-/// Writes `bytes` to a temporary file beside `path` and renames it into place, so `path` either keeps
-/// its old content or gets the whole new one.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let fail = |reason: String| Error::Output { path: path.to_path_buf(), reason };
-    let name = path.file_name().ok_or_else(|| fail("the path names no file".into()))?;
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
-    let result = (|| -> std::io::Result<()> {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(fail(e.to_string()));
-    }
-    Ok(())
 }

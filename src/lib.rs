@@ -21,6 +21,7 @@ pub mod generate;
 pub mod image;
 pub mod nn;
 pub mod ops;
+pub mod output;
 pub mod shaders;
 pub mod tensor;
 pub mod weights;

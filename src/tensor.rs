@@ -232,6 +232,25 @@ impl Tensor {
         Ok(out)
     }
 
+    /// Cuts `dim` into consecutive pieces of the given sizes, which must add up to its length (copies:
+    /// tensors have no offsets).
+    pub fn split<const N: usize>(&self, dim: usize, sizes: [usize; N]) -> Result<[Self; N]> {
+        let len = self.dim_len("split", dim)?;
+        if sizes.iter().sum::<usize>() != len {
+            return Err(Error::InvalidArgument {
+                op: "split",
+                msg: format!("sizes {sizes:?} do not add up to dimension {dim} of shape {:?}", self.shape),
+            });
+        }
+        let mut start = 0;
+        let mut pieces = Vec::with_capacity(N);
+        for size in sizes {
+            pieces.push(self.slice(dim, start..start + size)?);
+            start += size;
+        }
+        Ok(pieces.try_into().unwrap_or_else(|_| unreachable!("one piece per size")))
+    }
+
     /// Joins tensors along `dim`; all other dimensions and the dtype must agree.
     pub fn concat(tensors: &[&Tensor], dim: usize) -> Result<Self> {
         let first =

@@ -255,34 +255,22 @@ fn scanning_in_pieces_with_carried_state_equals_scanning_whole() {
         let c = up(rng.vec(batch * g * n * l, 1.0), &[batch, g, n, l]);
         let z = up(rng.vec(batch * d * l, 1.0), &shape_seq);
         for reverse in [false, true] {
-            #[allow(clippy::too_many_arguments)]
-            fn args<'t>(
-                a: &'t Tensor,
-                u: &'t Tensor,
-                delta: &'t Tensor,
-                b: &'t Tensor,
-                c: &'t Tensor,
-                z: &'t Tensor,
-                initial_state: Option<&'t Tensor>,
-                reverse: bool,
-            ) -> SelectiveScan<'t> {
-                SelectiveScan {
-                    u,
-                    delta,
-                    a,
-                    b,
-                    c,
-                    d_skip: None,
-                    z: Some(z),
-                    delta_bias: None,
-                    delta_softplus: true,
-                    initial_state,
-                    reverse,
-                    layout: SequenceLayout::ChannelsMajor,
-                    chunk_len: None,
-                }
-            }
-            let whole = selective_scan(&args(&a, &u, &delta, &b, &c, &z, None, reverse)).unwrap();
+            let whole_args = SelectiveScan {
+                u: &u,
+                delta: &delta,
+                a: &a,
+                b: &b,
+                c: &c,
+                d_skip: None,
+                z: Some(&z),
+                delta_bias: None,
+                delta_softplus: true,
+                initial_state: None,
+                reverse,
+                layout: SequenceLayout::ChannelsMajor,
+                chunk_len: None,
+            };
+            let whole = selective_scan(&whole_args).unwrap();
             // Three pieces (one scale at a time, as M-VAR does), in processing order.
             let cuts = [0, 17, 18, l];
             let mut ranges: Vec<_> = cuts.windows(2).map(|w| w[0]..w[1]).collect();
@@ -294,7 +282,16 @@ fn scanning_in_pieces_with_carried_state_equals_scanning_whole() {
             for (k, range) in ranges.iter().enumerate() {
                 let s = |t: &Tensor, dim| t.slice(dim, range.clone()).unwrap();
                 let (pu, pd, pb, pc, pz) = (s(&u, 2), s(&delta, 2), s(&b, 3), s(&c, 3), s(&z, 2));
-                let out = selective_scan(&args(&a, &pu, &pd, &pb, &pc, &pz, state.as_ref(), reverse)).unwrap();
+                let piece = SelectiveScan {
+                    u: &pu,
+                    delta: &pd,
+                    b: &pb,
+                    c: &pc,
+                    z: Some(&pz),
+                    initial_state: state.as_ref(),
+                    ..whole_args
+                };
+                let out = selective_scan(&piece).unwrap();
                 state = Some(out.final_state);
                 pieces[k] = Some(out.y);
             }

@@ -118,6 +118,12 @@ fn tiny_checkpoints_load_with_inferred_hyperparameters() {
     assert_eq!((c.depth, c.width, c.heads, c.head_dim, c.mlp_hidden), (2, 64, 2, 32, 256));
     assert_eq!((c.num_classes, c.vocab, c.cvae), (10, 64, 8));
     assert_eq!(c.patch_nums, serde_json::from_value::<Vec<usize>>(meta("patch_nums")).unwrap());
+    // Per block: qkv 3C^2, q/v biases 2C, proj C^2 + C, MLP 8C^2 + 5C, AdaLN 6C^2 + 6C, 2 temperatures.
+    // Then class table 11C, pos_start C, pos_1LC 91C, lvl_embed 6C, word_embed 8C + C, head AdaLN
+    // 2C^2 + 2C, head 64C + 64.
+    let w = 64;
+    let block = 18 * w * w + 14 * w + 2;
+    assert_eq!(c.parameters, 2 * block + (11 + 1 + 91 + 6 + 8 + 1 + 2 + 64) * w + 2 * w * w + 64);
     let v = &pipeline.vae.config;
     assert_eq!((v.vocab, v.cvae, v.phi_convs, v.blocks_per_level), (64, 8, 4, 2));
     assert_eq!(v.level_channels, [64, 32]);

@@ -219,6 +219,7 @@ fn conv2d_matches_reference() {
 
 #[test]
 fn conv2d_default_is_the_tiled_kernel_and_equals_naive() {
+    assert_eq!(Conv2dOptions::default().algorithm, Conv2dAlgorithm::Tiled, "the default conv2d is the tiled kernel");
     let mut rng = Rng::new("conv2d_default");
     let (_, device) = &devices()[0];
     let (cin, cout, h, w) = (20, 35, 18, 33);

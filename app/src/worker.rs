@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::thread::JoinHandle;
 
+use scalewise::Device;
 use scalewise::generate::{GenerateOptions, Pipeline, StageTimes};
 use scalewise::image::Image;
-use scalewise::{DType, Device};
 
 /// What a generation reports, in order: every scale, then `Done`, `Failed` or `Cancelled`.
 pub enum GenerationEvent {
@@ -125,10 +125,9 @@ impl LoadJob {
         let (tx, result) = channel();
         let what = source.clone();
         std::thread::spawn(move || {
-            let dtype = if device.features().shader_f16 { DType::F16 } else { DType::F32 };
             let loaded = match &what {
-                ModelSource::Demo => scalewise::demo::pipeline(&device, Some(dtype)),
-                ModelSource::Files { var, vae } => Pipeline::load(&device, var, vae, Some(dtype)),
+                ModelSource::Demo => scalewise::demo::pipeline(&device, None),
+                ModelSource::Files { var, vae } => Pipeline::load(&device, var, vae, None),
             };
             let _ = tx.send(loaded.map_err(|e| e.to_string()));
             wake();

@@ -260,7 +260,9 @@ impl GpuContext {
                 layout: &cached.layout,
                 entries: &entries,
             });
-            let profiling = profiler.is_some();
+            // Wall-clock profiling (no timestamp queries) times each dispatch alone, so it must submit
+            // at once; timestamped dispatches stay batched (their queries resolve after a flush).
+            let wall_clock = wall_start.is_some();
             let mut pending = self.pending.lock().map_err(poisoned)?;
             let mut commands = pending.take().unwrap_or_else(|| PendingCommands {
                 encoder: self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("kernels") }),
@@ -279,8 +281,7 @@ impl GpuContext {
                 pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
             }
             commands.dispatches += 1;
-            // Profiled dispatches are submitted one by one, as they are timed.
-            if profiling || commands.dispatches >= DISPATCHES_PER_SUBMIT {
+            if wall_clock || commands.dispatches >= DISPATCHES_PER_SUBMIT {
                 self.queue.submit([commands.encoder.finish()]);
             } else {
                 *pending = Some(commands);

@@ -308,6 +308,11 @@ impl Device {
         self.ctx.info.features
     }
 
+    /// The storage type models use by default here: f16 where SHADER_F16 is active, else f32.
+    pub fn preferred_float(&self) -> crate::tensor::DType {
+        if self.features().shader_f16 { crate::tensor::DType::F16 } else { crate::tensor::DType::F32 }
+    }
+
     /// The underlying wgpu device and queue, for engineers mixing scalewise kernels into their own code.
     pub fn wgpu_device(&self) -> &wgpu::Device {
         &self.ctx.device

@@ -49,16 +49,9 @@ fn check_input(x: &Tensor, d_model: usize, dtype: DType, op: &'static str) -> Re
     }
 }
 
-/// Splits the last dimension of `x` into pieces of the given widths (copies: tensors have no offsets).
+/// Splits the last dimension of `x` into pieces of the given widths.
 fn split_last<const N: usize>(x: &Tensor, widths: [usize; N]) -> Result<[Tensor; N]> {
-    let dim = x.shape().len() - 1;
-    let mut start = 0;
-    let mut pieces = Vec::with_capacity(N);
-    for w in widths {
-        pieces.push(x.slice(dim, start..start + w)?);
-        start += w;
-    }
-    Ok(pieces.try_into().unwrap_or_else(|_| unreachable!("one piece per width")))
+    x.split(x.shape().len() - 1, widths)
 }
 
 /// The blocks' short convolution over tokens-major activations: causal, SiLU, state carried.

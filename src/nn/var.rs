@@ -41,6 +41,8 @@ pub struct VarConfig {
     pub shared_adaln: bool,
     /// Class names from the checkpoint's metadata (`class_names`, a JSON list), when it has them.
     pub class_names: Option<Vec<String>>,
+    /// Learned values in the checkpoint (buffers such as the attention mask not counted).
+    pub parameters: usize,
 }
 
 impl VarConfig {
@@ -102,26 +104,6 @@ impl VarConfig {
     /// The last scale's side: the VQVAE latent is that many tokens square.
     pub fn latent_side(&self) -> usize {
         *self.patch_nums.last().unwrap_or(&0)
-    }
-
-    /// Parameter count.
-    pub fn parameters(&self) -> usize {
-        let c = self.width;
-        let block = 3 * c * c + 2 * c + c * c + c + 2 * c * self.mlp_hidden + self.mlp_hidden + c + 2 + self.heads;
-        let ada = if self.shared_adaln { 6 * c } else { 6 * c * c + 6 * c };
-        let shared = if self.shared_adaln { 6 * c * c + 6 * c } else { 0 };
-        self.depth * (block + ada)
-            + shared
-            + (self.num_classes + 1) * c
-            + c
-            + self.seq_len() * c
-            + self.patch_nums.len() * c
-            + c * self.cvae
-            + c
-            + 2 * c * c
-            + 2 * c
-            + self.vocab * c
-            + self.vocab
     }
 
     /// Infers the configuration from a checkpoint's shapes (and `patch_nums` metadata when the
@@ -210,6 +192,11 @@ impl VarConfig {
             cvae,
             shared_adaln: sd.get("shared_ada_lin.1.weight").is_some(),
             patch_nums,
+            parameters: sd
+                .iter()
+                .filter(|(key, _)| *key != "attn_bias_for_masking" && !key.ends_with(".zero_k_bias"))
+                .map(|(_, t)| t.data.len())
+                .sum(),
             class_names: match sd.metadata.get(META_CLASS_NAMES) {
                 Some(text) => Some(serde_json::from_str::<Vec<String>>(text).map_err(|e| {
                     bad(format!("metadata {META_CLASS_NAMES} = {text:?} is not a JSON list of names: {e}"))
@@ -520,11 +507,11 @@ impl VarModel {
                 (None, Some(shared)) => add(shared, &block.ada_bias)?,
                 (None, None) => unreachable!("blocks without ada_lin only exist with the shared AdaLN"),
             };
-            blocks.push(split_chunks::<6>(&ada, rows, c)?);
+            blocks.push(ada.split(1, [c; 6])?);
         }
         let act32 = act.to_dtype(DType::F32)?;
         let head = linear(&act32, &self.head_ada_weight, Some(&self.head_ada_bias))?;
-        Ok(VarConditions { cond, blocks, head: split_chunks::<2>(&head, rows, c)? })
+        Ok(VarConditions { cond, blocks, head: head.split(1, [c; 2])? })
     }
 
     /// The input of scale 0: cond + pos_start + lvl_pos[0], (2B, 1, C).
@@ -603,14 +590,4 @@ impl VarModel {
         let h = adaln_layer_norm(&x.to_dtype(DType::F32)?, scale, shift, LN_EPS)?;
         linear(&h, &self.head_weight, Some(&self.head_bias))
     }
-}
-
-/// Splits (rows, N * C) into N tensors (rows, C).
-fn split_chunks<const N: usize>(x: &Tensor, rows: usize, c: usize) -> Result<[Tensor; N]> {
-    let x = x.reshape(&[rows, N, c])?;
-    let mut out = Vec::with_capacity(N);
-    for i in 0..N {
-        out.push(x.slice(1, i..i + 1)?.reshape(&[rows, c])?);
-    }
-    Ok(out.try_into().unwrap_or_else(|_| unreachable!("N chunks")))
 }

@@ -350,7 +350,7 @@ impl VqVae {
 
     /// Codebook vectors of token ids (B, n) as a map (B, Cvae, side, side), n = side^2 row-major.
     pub fn lookup(&self, ids: &Tensor, side: usize) -> Result<Tensor> {
-        let &[batch, n] = ids.shape() else {
+        let &[_, n] = ids.shape() else {
             return Err(Error::InvalidArgument {
                 op: "VqVae::lookup",
                 msg: format!("ids must be (B, n), got {:?}", ids.shape()),
@@ -363,7 +363,6 @@ impl VqVae {
             });
         }
         self.tokens_to_map(&embedding(ids, &self.codebook)?, side)
-            .and_then(|m| m.reshape(&[batch, self.config.cvae, side, side]))
     }
 
     /// (B, n, Cvae) token vectors -> (B, Cvae, side, side).
@@ -471,9 +470,8 @@ impl AttnBlock {
             });
         }
         let hw = height * width;
-        let qkv = apply_conv(&self.norm.apply(x)?, &self.qkv)?.reshape(&[batch, 3, c, hw])?;
-        let part = |i: usize| qkv.slice(1, i..i + 1).and_then(|t| t.reshape(&[batch, c, hw]));
-        let (q, k, v) = (part(0)?, part(1)?, part(2)?);
+        let qkv = apply_conv(&self.norm.apply(x)?, &self.qkv)?.reshape(&[batch, 3 * c, hw])?;
+        let [q, k, v] = qkv.split(1, [c; 3])?;
         let transpose_b = MatmulOptions { transpose_b: true, ..Default::default() };
         // scores (B, HW, HW) = q^T k
         let scores = matmul_with(&q.transpose_last2()?, &k.transpose_last2()?, &transpose_b)?;

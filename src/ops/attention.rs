@@ -468,7 +468,7 @@ pub mod reference {
     pub fn groups_allowed(layout: &GroupedLayout, qg: [usize; 3], kg: [usize; 3]) -> bool {
         let (_, _, counts) = layout.dims3();
         // Images have a dummy t axis; only the grid's own axes take part in the pattern.
-        let axes: Vec<usize> = if layout.grid.len() == 2 { vec![1, 2] } else { vec![0, 1, 2] };
+        let axes: &[usize] = if layout.grid.len() == 2 { &[1, 2] } else { &[0, 1, 2] };
         match layout.pattern {
             GratPattern::All => true,
             GratPattern::CrissCross => axes.iter().any(|&a| kg[a] == qg[a]),

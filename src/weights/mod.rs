@@ -124,7 +124,7 @@ impl StateDict {
 
     /// Writes a safetensors file atomically (a temporary file renamed into place).
     pub fn save_safetensors(&self, path: impl AsRef<Path>, dtype: DType) -> Result<()> {
-        crate::image::write_atomic(path.as_ref(), &self.to_safetensors_bytes(dtype)?)
+        crate::output::write_atomic(path.as_ref(), &self.to_safetensors_bytes(dtype)?)
     }
 
     /// The number of loaded tensors (skipped ones not counted).
@@ -336,17 +336,7 @@ impl FloatType {
 
     /// Little-endian elements to f32 (`bytes.len()` a multiple of the element size).
     pub(crate) fn decode(self, bytes: &[u8]) -> Vec<f32> {
-        match self {
-            FloatType::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-            FloatType::F16 => bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-            FloatType::BF16 => {
-                bytes.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
-            }
-            FloatType::F64 => bytes
-                .chunks_exact(8)
-                .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
-                .collect(),
-        }
+        bytes.chunks_exact(self.size()).map(|c| self.decode_one(c)).collect()
     }
 }
 

@@ -3,12 +3,13 @@
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 use clap::Args;
 use scalewise::bench::{self, GenerateBenchConfig};
 use scalewise::generate::{GenerateOptions, Pipeline, ScaleStep};
-use scalewise::image::{Image, write_atomic};
+use scalewise::image::Image;
 use scalewise::nn::synthetic::{VaeShape, VarShape};
+use scalewise::output::write_atomic;
 use scalewise::{DType, Device};
 
 #[derive(Args)]
@@ -146,7 +147,7 @@ pub fn generate(device: &Device, args: &GenerateArgs) -> anyhow::Result<()> {
             if args.var.is_none() { "demo " } else { "" },
             config.depth,
             config.width,
-            config.parameters() as f64 / 1e6,
+            config.parameters as f64 / 1e6,
             config.num_classes,
             pipeline.image_size(),
             pipeline.var.dtype,
@@ -160,10 +161,7 @@ pub fn generate(device: &Device, args: &GenerateArgs) -> anyhow::Result<()> {
     for step in generation.by_ref() {
         let step = step?;
         progress.scale(&step);
-        totals.transformer_ms += step.times.transformer_ms;
-        totals.sampling_ms += step.times.sampling_ms;
-        totals.accumulate_ms += step.times.accumulate_ms;
-        totals.decode_ms += step.times.decode_ms;
+        totals += step.times;
         if let Some(images) = step.images {
             previews.push((step.index, step.side, images));
         }
@@ -230,10 +228,8 @@ pub fn bench_generate(device: &Device, args: &GenerateBenchArgs) -> anyhow::Resu
         "--depth >= 1, --vae-ch a multiple of 32"
     );
     ensure!(args.batch >= 1 && args.iters >= 1, "--batch and --iters must be at least 1");
-    let dtype = args.dtype.unwrap_or(if device.features().shader_f16 { DType::F16 } else { DType::F32 });
-    if dtype == DType::F16 && !device.features().shader_f16 {
-        bail!("--dtype f16 needs SHADER_F16, which this device does not offer");
-    }
+    // f16 on a device without SHADER_F16 fails with a typed error when the weights are uploaded.
+    let dtype = args.dtype.unwrap_or(device.preferred_float());
     let config = GenerateBenchConfig {
         var: VarShape::official(args.depth),
         vae: VaeShape { ch: args.vae_ch, ..VaeShape::official() },
@@ -265,12 +261,10 @@ pub fn bench_generate(device: &Device, args: &GenerateBenchArgs) -> anyhow::Resu
             t.accumulate_ms
         );
     }
+    let totals = r.totals();
     println!(
         "GPU total: transformer {:.1} ms, sampling {:.1} ms, accumulate {:.1} ms, decode {:.1} ms",
-        r.transformer_ms(),
-        r.sampling_ms(),
-        r.accumulate_ms(),
-        r.decode_ms
+        totals.transformer_ms, totals.sampling_ms, totals.accumulate_ms, r.decode_ms
     );
     println!(
         "end to end (unprofiled wall clock): median {:.1} ms, min {:.1} ms per batch; peak GPU memory {:.1} MiB",

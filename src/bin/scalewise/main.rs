@@ -414,13 +414,10 @@ fn bench_scan(device: &Device, args: &ScanArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes through a temporary file and a rename, so an interrupted run never leaves a half file.
+/// Writes a results file atomically, creating its folder first.
 fn write_atomically(path: &Path, contents: &str) -> anyhow::Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, contents).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    Ok(scalewise::output::write_atomic(path, contents.as_bytes())?)
 }
