@@ -19,6 +19,7 @@ pub mod device;
 pub mod error;
 pub mod generate;
 pub mod image;
+pub mod labels;
 pub mod nn;
 pub mod ops;
 pub mod output;

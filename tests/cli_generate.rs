@@ -152,3 +152,50 @@ fn bad_input_fails_clearly_without_touching_the_output() {
     assert_eq!(leftovers.len(), 4, "no temporary files left: {leftovers:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_1000_class_model_takes_imagenet_names() {
+    use scalewise::nn::synthetic::{VaeShape, VarShape, vae_state_dict, var_state_dict};
+    let dir = scratch("imagenet");
+    // The official label space (1000 classes, no names in the file) at a tiny width.
+    let var_shape = VarShape {
+        depth: 1,
+        width: 32,
+        heads: 2,
+        num_classes: 1000,
+        vocab: 16,
+        cvae: 4,
+        patch_nums: vec![1, 2],
+        shared_adaln: false,
+    };
+    let vae_shape = VaeShape { ch: 32, ch_mult: vec![1, 1], blocks_per_level: 1, vocab: 16, cvae: 4, phi_convs: 1 };
+    let (var, vae) = (dir.join("var.safetensors"), dir.join("vae.safetensors"));
+    var_state_dict(&var_shape, 3).unwrap().save_safetensors(&var, DType::F32).unwrap();
+    vae_state_dict(&vae_shape, 4).unwrap().save_safetensors(&vae, DType::F32).unwrap();
+
+    // By name, in any case, mixed with numbers: the dumped tokens equal those of the numbers.
+    let (named, numbered) = (dir.join("named.json"), dir.join("numbered.json"));
+    for (classes, tokens) in [("Golden Retriever,tench", &named), ("207,0", &numbered)] {
+        let out = dir.join("out.png");
+        let args = ["--class", classes, "--seed", "5", "--out", out.to_str().unwrap()];
+        let result =
+            generate(&var, &vae, &[&args[..], &["--quiet", "--dump-tokens", tokens.to_str().unwrap()]].concat());
+        assert!(result.status.success(), "{classes}: {}", stderr(&result));
+    }
+    assert_eq!(tokens_json(&named), tokens_json(&numbered));
+
+    // A partial name fails with the classes it could mean.
+    let result = generate(&var, &vae, &["--class", "retriever", "--out", dir.join("x.png").to_str().unwrap()]);
+    let err = stderr(&result);
+    assert!(!result.status.success());
+    assert!(err.contains("did you mean") && err.contains("207 \"golden retriever\""), "{err}");
+    assert!(!dir.join("x.png").exists());
+
+    // `scalewise classes` lists them from the file without a GPU, filtered by words.
+    let listed = run(&["classes", "--var", var.to_str().unwrap(), "golden"]);
+    assert!(listed.status.success(), "{}", stderr(&listed));
+    assert_eq!(String::from_utf8_lossy(&listed.stdout).trim(), "207  golden retriever");
+    let all = run(&["classes", "--imagenet"]);
+    assert_eq!(String::from_utf8_lossy(&all.stdout).lines().count(), 1000);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -572,6 +572,29 @@ fn inferred_configs_equal_the_synthetic_shapes() {
 }
 
 #[test]
+fn class_names_come_from_metadata_else_imagenet_for_1000_classes() {
+    use scalewise::nn::var::META_CLASS_NAMES;
+    let imagenet = VarShape { num_classes: 1000, ..var_shape(false) };
+    let mut sd = var_state_dict(&imagenet, 5).unwrap();
+    let config = VarConfig::infer(&sd).unwrap();
+    assert_eq!(config.class_names.as_deref(), Some(scalewise::labels::imagenet()));
+    assert_eq!(config.class_name(207), "golden retriever");
+    assert_eq!(config.resolve_class("golden retriever").unwrap(), 207);
+    // Names in the file win, and must number the classes.
+    let own: Vec<String> = (0..1000).map(|i| format!("thing {i}")).collect();
+    sd.metadata.insert(META_CLASS_NAMES.into(), serde_json::to_string(&own).unwrap());
+    assert_eq!(VarConfig::infer(&sd).unwrap().class_name(207), "thing 207");
+    sd.metadata.insert(META_CLASS_NAMES.into(), serde_json::to_string(&own[..999]).unwrap());
+    let err = VarConfig::infer(&sd).unwrap_err().to_string();
+    assert!(err.contains("999 names for 1000 classes"), "{err}");
+    // Other class counts stay unnamed: numbers only.
+    let config = VarConfig::infer(&var_state_dict(&var_shape(false), 5).unwrap()).unwrap();
+    assert_eq!(config.class_names, None);
+    assert_eq!(config.class_name(3), "3");
+    assert!(config.resolve_class("tench").unwrap_err().to_string().contains("no names"));
+}
+
+#[test]
 fn checkpoint_mixups_name_the_right_flag() {
     let (_, device) = &devices()[0];
     let vae = vae_state_dict(&vae_shape(), 1).unwrap();

@@ -2,6 +2,7 @@
 //! sharpen scale by scale. Compute and UI share one wgpu device (eframe's, opened with the optional
 //! features scalewise uses); generation runs on a worker thread.
 
+pub mod file_browser;
 pub mod worker;
 
 use std::path::PathBuf;
@@ -9,6 +10,7 @@ use std::sync::Arc;
 
 use eframe::egui;
 use egui::{Color32, RichText, TextureHandle, TextureOptions, Vec2};
+use file_browser::{BrowserAction, FileBrowser, PickTarget};
 use scalewise::Device;
 use scalewise::generate::{GenerateOptions, Pipeline, StageTimes};
 use scalewise::image::Image;
@@ -77,6 +79,8 @@ pub struct ScalewiseApp {
     batch: usize,
     var_path: String,
     vae_path: String,
+    /// The open file picker, if any.
+    browser: Option<FileBrowser>,
     save_dir: String,
     // Results.
     frames: Vec<ScaleFrame>,
@@ -118,6 +122,7 @@ impl ScalewiseApp {
             batch: 1,
             var_path: String::new(),
             vae_path: String::new(),
+            browser: None,
             save_dir: "scalewise-output".into(),
             frames: Vec::new(),
             selected: None,
@@ -154,6 +159,21 @@ impl ScalewiseApp {
     pub fn set_model_paths(&mut self, var: &str, vae: &str) {
         self.var_path = var.into();
         self.vae_path = vae.into();
+    }
+
+    /// The VAR and VAE path fields.
+    pub fn model_paths(&self) -> (&str, &str) {
+        (&self.var_path, &self.vae_path)
+    }
+
+    /// The class the next generation uses.
+    pub fn class(&self) -> usize {
+        self.class
+    }
+
+    /// The open file picker, if any.
+    pub fn browser(&self) -> Option<&FileBrowser> {
+        self.browser.as_ref()
     }
 
     pub fn load_model(&mut self, ctx: &egui::Context, source: ModelSource) {
@@ -269,6 +289,8 @@ impl ScalewiseApp {
     }
 
     fn handle_input(&mut self, ctx: &egui::Context) {
+        // Enter in a text field (the class search, a path, the seed) confirms that field only.
+        let typing = ctx.egui_wants_keyboard_input() || self.browser.is_some();
         let (enter, save, dropped) = ctx.input(|i| {
             (
                 i.key_pressed(egui::Key::Enter),
@@ -281,7 +303,7 @@ impl ScalewiseApp {
                     .collect::<Vec<_>>(),
             )
         });
-        if enter && self.job.is_none() && self.load.is_none() {
+        if enter && !typing && self.job.is_none() && self.load.is_none() {
             self.generate(ctx);
         }
         if save {
@@ -321,15 +343,23 @@ impl ScalewiseApp {
         }
         ui.horizontal(|ui| {
             let label = ui.label("VAR");
-            ui.add(egui::TextEdit::singleline(&mut self.var_path).hint_text("var_d16.pth").desired_width(170.0))
+            ui.add(egui::TextEdit::singleline(&mut self.var_path).hint_text("var_d16.pth").desired_width(150.0))
                 .labelled_by(label.id);
+            if ui.button("Browse VAR").clicked() {
+                self.browser = Some(FileBrowser::open(PickTarget::Var, &self.var_path));
+            }
         });
         ui.horizontal(|ui| {
             let label = ui.label("VAE");
             ui.add(
-                egui::TextEdit::singleline(&mut self.vae_path).hint_text("vae_ch160v4096z32.pth").desired_width(170.0),
+                egui::TextEdit::singleline(&mut self.vae_path).hint_text("vae_ch160v4096z32.pth").desired_width(150.0),
             )
             .labelled_by(label.id);
+            if ui.button("Browse VAE").clicked() {
+                // Start beside the VAR file when the VAE field is still empty: they usually sit together.
+                let start = if self.vae_path.trim().is_empty() { &self.var_path } else { &self.vae_path };
+                self.browser = Some(FileBrowser::open(PickTarget::Vae, start));
+            }
         });
         ui.horizontal(|ui| {
             let busy = !self.is_idle();
@@ -347,18 +377,37 @@ impl ScalewiseApp {
         let Some(pipeline) = self.pipeline.clone() else { return };
         let config = &pipeline.var.config;
         ui.heading("Class");
-        ui.add(egui::TextEdit::singleline(&mut self.class_filter).hint_text("search classes"));
-        let filter = self.class_filter.to_lowercase();
-        egui::ScrollArea::vertical().id_salt("classes").max_height(160.0).show(ui, |ui| {
-            for id in 0..config.num_classes {
-                let name = config.class_name(id);
-                let label = if config.class_names.is_some() { format!("{id}: {name}") } else { format!("class {id}") };
-                let shown = filter.is_empty() || label.to_lowercase().contains(&filter);
-                if shown && ui.selectable_label(self.class == id, label).clicked() {
-                    self.class = id;
-                }
-            }
+        ui.label(RichText::new(format!("{}: {}", self.class, config.class_name(self.class))).strong());
+        ui.horizontal(|ui| {
+            let label = ui.label("search");
+            ui.add(egui::TextEdit::singleline(&mut self.class_filter).hint_text("name or number"))
+                .labelled_by(label.id);
         });
+        let names = config.class_names.as_deref().unwrap_or(&[]);
+        let ids: Vec<usize> = if names.is_empty() {
+            let query = self.class_filter.trim();
+            (0..config.num_classes).filter(|id| query.is_empty() || id.to_string().contains(query)).collect()
+        } else {
+            scalewise::labels::search(names, &self.class_filter)
+        };
+        if ids.is_empty() {
+            ui.label(RichText::new("no class matches").weak());
+        }
+        // Only the visible rows are laid out: ImageNet has 1000.
+        let row_height = ui.spacing().interact_size.y;
+        egui::ScrollArea::vertical().id_salt("classes").max_height(160.0).show_rows(
+            ui,
+            row_height,
+            ids.len(),
+            |ui, rows| {
+                for &id in &ids[rows] {
+                    let label = if names.is_empty() { format!("class {id}") } else { format!("{id}: {}", names[id]) };
+                    if ui.selectable_label(self.class == id, label).clicked() {
+                        self.class = id;
+                    }
+                }
+            },
+        );
         ui.separator();
         ui.heading("Sampling");
         ui.horizontal(|ui| {
@@ -533,6 +582,20 @@ impl eframe::App for ScalewiseApp {
         });
         egui::Panel::right("performance").default_size(250.0).show(ui, |ui| self.performance(ui));
         egui::CentralPanel::default().show(ui, |ui| self.viewer(ui));
+        if let Some(browser) = &mut self.browser {
+            match browser.show(&ctx) {
+                BrowserAction::None => {}
+                BrowserAction::Closed => self.browser = None,
+                BrowserAction::Picked(target, path) => {
+                    let path = path.display().to_string();
+                    match target {
+                        PickTarget::Var => self.var_path = path,
+                        PickTarget::Vae => self.vae_path = path,
+                    }
+                    self.browser = None;
+                }
+            }
+        }
         if !self.is_idle() {
             ctx.request_repaint_after(std::time::Duration::from_millis(100));
         }

@@ -71,3 +71,71 @@ fn a_corrupt_checkpoint_shows_the_banner_and_the_app_keeps_working() {
     assert!(!harness.state().frames().is_empty());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Picks checkpoints with the built-in file browser, loads them (a 1000-class model without names of
+/// its own, so ImageNet's), then finds a class by searching its name.
+#[test]
+fn browse_for_checkpoints_load_them_and_search_imagenet_classes() {
+    use scalewise::DType;
+    use scalewise::nn::synthetic::{VaeShape, VarShape, vae_state_dict, var_state_dict};
+    let dir = std::env::temp_dir().join(format!("scalewise-app-browse-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("models")).unwrap();
+    std::fs::write(dir.join("models/readme.txt"), b"not a checkpoint").unwrap();
+    let shape = VarShape {
+        depth: 1,
+        width: 32,
+        heads: 2,
+        num_classes: 1000,
+        vocab: 16,
+        cvae: 4,
+        patch_nums: vec![1, 2],
+        shared_adaln: false,
+    };
+    let vae = VaeShape { ch: 32, ch_mult: vec![1, 1], blocks_per_level: 1, vocab: 16, cvae: 4, phi_convs: 1 };
+    var_state_dict(&shape, 1).unwrap().save_safetensors(dir.join("models/var_tiny.safetensors"), DType::F32).unwrap();
+    vae_state_dict(&vae, 2).unwrap().save_safetensors(dir.join("models/vae_tiny.safetensors"), DType::F32).unwrap();
+
+    let mut harness = harness();
+    settle(&mut harness, Duration::from_secs(60));
+    // The VAR field names the folder: the browser opens there and shows the folder, not the files.
+    harness.state_mut().set_model_paths(&dir.display().to_string(), "");
+    harness.get_by_label("Browse VAR").click();
+    harness.run_steps(2);
+    let listed = harness.state().browser().expect("the browser is open").listed();
+    assert_eq!(listed, ["models/"]);
+    harness.get_by_label("models/").click();
+    harness.run_steps(2);
+    let listed = harness.state().browser().unwrap().listed();
+    assert_eq!(listed, ["vae_tiny.safetensors", "var_tiny.safetensors"], "checkpoints only");
+    harness.get_by_label("var_tiny.safetensors").click();
+    harness.run_steps(2);
+    assert!(harness.state().browser().is_none(), "a pick closes the browser");
+    // The VAE browser starts beside the VAR file.
+    harness.get_by_label("Browse VAE").click();
+    harness.run_steps(2);
+    harness.get_by_label("vae_tiny.safetensors").click();
+    harness.run_steps(2);
+    let models = dir.join("models").canonicalize().unwrap();
+    let (var_path, vae_path) = harness.state().model_paths();
+    assert_eq!(var_path, models.join("var_tiny.safetensors").display().to_string());
+    assert_eq!(vae_path, models.join("vae_tiny.safetensors").display().to_string());
+
+    harness.get_by_label("Load files").click();
+    harness.step();
+    settle(&mut harness, Duration::from_secs(60));
+    assert!(harness.state().banner().is_none(), "{:?}", harness.state().banner());
+    assert_eq!(harness.state().pipeline().unwrap().var.config.num_classes, 1000);
+    harness.get_by_label("search").click();
+    harness.run_steps(2);
+    harness.get_by_label("search").type_text("golden ret");
+    harness.run_steps(2);
+    harness.key_press(egui::Key::Enter);
+    harness.run_steps(2);
+    // Enter in the search field confirms the search; it does not start a generation.
+    assert!(harness.state().is_idle() && harness.state().frames().is_empty());
+    harness.get_by_label("207: golden retriever").click();
+    harness.run_steps(2);
+    assert_eq!(harness.state().class(), 207);
+    let _ = std::fs::remove_dir_all(&dir);
+}

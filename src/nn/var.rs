@@ -39,7 +39,8 @@ pub struct VarConfig {
     pub patch_nums: Vec<usize>,
     /// d36 style: one shared AdaLN projection plus a per-block additive `ada_gss`.
     pub shared_adaln: bool,
-    /// Class names from the checkpoint's metadata (`class_names`, a JSON list), when it has them.
+    /// Class names: the checkpoint's metadata (`class_names`, a JSON list) when it has them, else
+    /// ImageNet's for a 1000-class model (the official checkpoints carry no names), else none.
     pub class_names: Option<Vec<String>>,
     /// Learned values in the checkpoint (buffers such as the attention mask not counted).
     pub parameters: usize,
@@ -63,40 +64,13 @@ impl VarConfig {
             .collect()
     }
 
-    /// The class id of `text`: a number in 0..num_classes, or one of the class names (any case).
+    /// The class id of `text`: a number in 0..num_classes, or one of the class names (see
+    /// [`crate::labels::resolve`]).
     pub fn resolve_class(&self, text: &str) -> Result<usize> {
-        let text = text.trim();
-        if let Ok(id) = text.parse::<usize>() {
-            if id >= self.num_classes {
-                return Err(Error::InvalidArgument {
-                    op: "class",
-                    msg: format!(
-                        "class {id} is outside 0..={} (this model has {} classes)",
-                        self.num_classes - 1,
-                        self.num_classes
-                    ),
-                });
-            }
-            return Ok(id);
-        }
-        let names = self.class_names.as_deref().unwrap_or(&[]);
-        if let Some(id) = names.iter().position(|n| n.eq_ignore_ascii_case(text)) {
-            return Ok(id);
-        }
-        Err(Error::InvalidArgument {
-            op: "class",
-            msg: if names.is_empty() {
-                format!(
-                    "{text:?} is not a class number (this model's classes are 0..={} and have no names)",
-                    self.num_classes - 1
-                )
-            } else {
-                format!("unknown class {text:?}; this model's classes are: {}", names.join(", "))
-            },
-        })
+        crate::labels::resolve(self.class_names.as_deref().unwrap_or(&[]), self.num_classes, text)
     }
 
-    /// The class's name, or its number when the checkpoint has no names.
+    /// The class's name, or its number when the model has no names.
     pub fn class_name(&self, id: usize) -> String {
         self.class_names.as_ref().and_then(|n| n.get(id).cloned()).unwrap_or_else(|| id.to_string())
     }
@@ -201,6 +175,7 @@ impl VarConfig {
                 Some(text) => Some(serde_json::from_str::<Vec<String>>(text).map_err(|e| {
                     bad(format!("metadata {META_CLASS_NAMES} = {text:?} is not a JSON list of names: {e}"))
                 })?),
+                None if rows - 1 == crate::labels::IMAGENET_CLASSES => Some(crate::labels::imagenet().to_vec()),
                 None => None,
             },
         };

@@ -2,6 +2,7 @@
 
 mod generate;
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -60,6 +61,8 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Convert a checkpoint (.pth or safetensors) to safetensors, optionally as f16 (half the size).
     Convert(ConvertArgs),
+    /// List a model's classes (id and name), optionally only those matching a search.
+    Classes(ClassesArgs),
     /// Benchmark kernels on this device.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -74,6 +77,19 @@ struct ConvertArgs {
     /// Store the tensors as f16 instead of f32.
     #[arg(long)]
     f16: bool,
+}
+
+#[derive(Args)]
+struct ClassesArgs {
+    /// A VAR checkpoint (default: the demo model). 1000-class models without names of their own
+    /// get ImageNet's.
+    #[arg(long, value_name = "FILE", conflicts_with = "imagenet")]
+    var: Option<PathBuf>,
+    /// The ImageNet names (the official checkpoints' classes) without loading a file.
+    #[arg(long)]
+    imagenet: bool,
+    /// Only the classes whose names contain every one of these words (or whose number is given).
+    search: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -187,6 +203,34 @@ fn parse_dtype(s: &str) -> Result<DType, String> {
     }
 }
 
+/// `scalewise classes`: needs no GPU, only the checkpoint's shapes and metadata.
+fn list_classes(args: &ClassesArgs) -> anyhow::Result<()> {
+    let (names, count) = if args.imagenet {
+        (scalewise::labels::imagenet().to_vec(), scalewise::labels::IMAGENET_CLASSES)
+    } else {
+        let sd = match &args.var {
+            Some(path) => scalewise::weights::StateDict::load(path)?,
+            None => scalewise::demo::var_state_dict()?,
+        };
+        let config = scalewise::nn::VarConfig::infer(&sd)?;
+        (config.class_names.unwrap_or_default(), config.num_classes)
+    };
+    if names.is_empty() {
+        println!("this model's {count} classes have no names: use the numbers 0..={}", count.saturating_sub(1));
+        return Ok(());
+    }
+    let ids = scalewise::labels::search(&names, &args.search.join(" "));
+    anyhow::ensure!(!ids.is_empty(), "no class name contains {:?}", args.search.join(" "));
+    let mut out = std::io::stdout().lock();
+    for id in ids {
+        // A closed pipe (`| head`) ends the listing quietly.
+        if writeln!(out, "{id:>4}  {}", names[id]).is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -208,11 +252,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         println!("wrote {} tensors ({dtype}) to {}", sd.len(), args.output.display());
         return Ok(());
     }
+    if let Command::Classes(args) = &cli.command {
+        return list_classes(args);
+    }
     let device = cli.device.open()?;
     match cli.command {
         Command::Info => info(&device),
         Command::Generate(args) => generate::generate(&device, &args),
-        Command::Convert(_) => unreachable!("handled before opening a device"),
+        Command::Convert(_) | Command::Classes(_) => unreachable!("handled before opening a device"),
         Command::Bench(BenchCommand::Generate(args)) => generate::bench_generate(&device, &args),
         Command::Bench(BenchCommand::Matmul(args)) => bench_matmul(&device, &args),
         Command::Bench(BenchCommand::Attention(args)) => bench_attention(&device, &args),
