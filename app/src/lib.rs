@@ -87,6 +87,37 @@ pub struct ScalewiseApp {
     selected: Option<usize>,
     /// Measured times vary run to run; snapshot tests turn them off.
     show_times: bool,
+    /// How long this app's own per-frame work took (CPU, excluding egui's tessellation and the
+    /// GPU's rendering), to show that generation never stalls the UI thread.
+    ui_times: UiFrameTimes,
+}
+
+/// The app's per-frame CPU time, split by whether work was in flight.
+#[derive(Debug, Clone, Default)]
+pub struct UiFrameTimes {
+    /// Milliseconds per frame while a load or generation was running (the last 4096 frames).
+    pub busy_ms: Vec<f64>,
+    /// The same while idle.
+    pub idle_ms: Vec<f64>,
+}
+
+impl UiFrameTimes {
+    const KEEP: usize = 4096;
+
+    fn record(&mut self, busy: bool, ms: f64) {
+        let times = if busy { &mut self.busy_ms } else { &mut self.idle_ms };
+        if times.len() == Self::KEEP {
+            times.remove(0);
+        }
+        times.push(ms);
+    }
+
+    /// (median, max) of `times` in ms, or None when empty.
+    pub fn summary(times: &[f64]) -> Option<(f64, f64)> {
+        let mut sorted = times.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        Some((*sorted.get(sorted.len() / 2)?, *sorted.last()?))
+    }
 }
 
 impl ScalewiseApp {
@@ -127,6 +158,7 @@ impl ScalewiseApp {
             frames: Vec::new(),
             selected: None,
             show_times: true,
+            ui_times: UiFrameTimes::default(),
         };
         app.load_model(&cc.egui_ctx, ModelSource::Demo);
         app
@@ -151,6 +183,16 @@ impl ScalewiseApp {
         self.pipeline.as_deref()
     }
 
+    /// The app's per-frame CPU times so far.
+    pub fn ui_frame_times(&self) -> &UiFrameTimes {
+        &self.ui_times
+    }
+
+    /// Forgets the per-frame times measured so far.
+    pub fn reset_ui_frame_times(&mut self) {
+        self.ui_times = UiFrameTimes::default();
+    }
+
     /// Show measured times (on by default; reproducible screenshots turn them off).
     pub fn set_show_times(&mut self, show: bool) {
         self.show_times = show;
@@ -164,6 +206,16 @@ impl ScalewiseApp {
     /// The VAR and VAE path fields.
     pub fn model_paths(&self) -> (&str, &str) {
         (&self.var_path, &self.vae_path)
+    }
+
+    /// The compute device (eframe's), if one opened.
+    pub fn device(&self) -> Option<&Device> {
+        self.device.as_ref()
+    }
+
+    /// Images per generation (shown as a grid).
+    pub fn set_batch(&mut self, batch: usize) {
+        self.batch = batch.max(1);
     }
 
     /// The class the next generation uses.
@@ -485,6 +537,13 @@ impl ScalewiseApp {
         if let Status::Done { wall_ms } = self.status {
             ui.label(format!("wall clock {wall_ms:.0} ms"));
         }
+        if let Some((median, max)) = UiFrameTimes::summary(&self.ui_times.busy_ms) {
+            ui.label(
+                RichText::new(format!("UI thread per frame while busy: median {median:.2} ms, max {max:.1} ms"))
+                    .small(),
+            )
+            .on_hover_text("the app's own work each frame (not egui's drawing): generation runs on a worker thread");
+        }
     }
 
     fn viewer(&mut self, ui: &mut egui::Ui) {
@@ -557,6 +616,8 @@ fn random_seed() -> u64 {
 
 impl eframe::App for ScalewiseApp {
     fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+        let frame_start = std::time::Instant::now();
+        let busy = !self.is_idle();
         let ctx = ui.ctx().clone();
         self.poll_workers(&ctx);
         self.handle_input(&ctx);
@@ -599,5 +660,6 @@ impl eframe::App for ScalewiseApp {
         if !self.is_idle() {
             ctx.request_repaint_after(std::time::Duration::from_millis(100));
         }
+        self.ui_times.record(busy, frame_start.elapsed().as_secs_f64() * 1e3);
     }
 }
