@@ -143,7 +143,9 @@ def draw(cls, rng):
     elif name in ("horizontal_stripes", "vertical_stripes", "checkerboard"):
         c0 = _vivid(rng) if rng.random() < 0.5 else _muted(rng)
         c1 = _far(rng, _vivid, [c0], 0.6)
-        period = rng.uniform(8, 16) if name != "checkerboard" else rng.uniform(12, 24)
+        # Checkerboard squares of 12-20 px: two or more latent cells each (at 6-12 px, one cell,
+        # the small demo VAR did not learn them).
+        period = rng.uniform(8, 16) if name != "checkerboard" else rng.uniform(24, 40)
         ph = rng.uniform(0, period, 2)
 
         def band(coord, p):

@@ -9,10 +9,16 @@ comma-separated list, and every stage after `vae` resumes from the checkpoints i
     /tmp/torchenv/bin/python scripts/train_demo.py --stage all \
         --vae-minutes 20 --dec-minutes 6 --var-minutes 34 --work /tmp/scalewise_demo --out assets/demo
 
-The shipped assets/demo files were made with exactly these settings, run as
-`--stage vae,tokenize,var`, then `--stage classifier --threads 1` (concurrently, under nice),
+The shipped assets/demo files were made in two steps. First a base run with exactly these settings,
+run as `--stage vae,tokenize,var`, then `--stage classifier --threads 1` (concurrently, under nice),
 then `--stage decoder,export,eval` (the decoder stage leaves the tokens unchanged, so its position
-does not matter). Then check the Rust generator against PyTorch with scripts/demo_parity.py.
+does not matter); the checkerboard squares were then 6-12 px (period 12-24), about one latent cell,
+and the VAR learnt them poorly (12.5% recognised). Then, with today's 12-20 px squares (period
+24-40 in demo_data.py; the VQVAE kept as it was, every other class's images unchanged):
+`--stage tokenize`, `--stage classifier --threads 1 --cls-rounds 4` (concurrently, under nice) with
+`--stage var --var-resume 1 --var-minutes 16 --var-lr 5e-4 --var-class-weights checkerboard=2`,
+then `--stage export,eval`. A fresh `--stage all` run trains on the new squares from the start.
+Then check the Rust generator against PyTorch with scripts/demo_parity.py.
 
 Stages (in order):
     vae        train the VQVAE (encoder -> quant_conv -> residual quantization over patch_nums with

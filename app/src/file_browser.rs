@@ -79,7 +79,7 @@ impl FileBrowser {
 
     /// Shows `dir`. A folder that cannot be read keeps the browser open with the reason shown.
     pub fn go(&mut self, dir: PathBuf) {
-        let dir = dir.canonicalize().unwrap_or(dir);
+        let dir = resolve(dir);
         self.location = dir.display().to_string();
         match list(&dir, self.show_all) {
             Ok(entries) => {
@@ -185,6 +185,13 @@ fn list(dir: &Path, show_all: bool) -> std::io::Result<Vec<Entry>> {
     Ok(entries)
 }
 
+/// An absolute path with links and `..` resolved, as a user would read it. Windows' canonical form
+/// is a verbatim `\\?\C:\...` path that confuses people and some tools, so it gets the plain
+/// absolute path there instead.
+fn resolve(dir: PathBuf) -> PathBuf {
+    if cfg!(windows) { std::path::absolute(&dir).unwrap_or(dir) } else { dir.canonicalize().unwrap_or(dir) }
+}
+
 fn is_checkpoint(path: &Path) -> bool {
     path.extension()
         .map(|e| e.to_string_lossy().to_lowercase())
@@ -248,10 +255,9 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("scalewise-browser-open-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let field = dir.join("var_d16.pth").display().to_string();
-        assert_eq!(FileBrowser::open(PickTarget::Var, &field).dir(), dir.canonicalize().unwrap());
-        assert_eq!(FileBrowser::open(PickTarget::Vae, &dir.display().to_string()).dir(), dir.canonicalize().unwrap());
-        let cwd = std::env::current_dir().unwrap().canonicalize().unwrap();
-        assert_eq!(FileBrowser::open(PickTarget::Var, "").dir(), cwd);
+        assert_eq!(FileBrowser::open(PickTarget::Var, &field).dir(), resolve(dir.clone()));
+        assert_eq!(FileBrowser::open(PickTarget::Vae, &dir.display().to_string()).dir(), resolve(dir.clone()));
+        assert_eq!(FileBrowser::open(PickTarget::Var, "").dir(), resolve(std::env::current_dir().unwrap()));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
