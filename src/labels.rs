@@ -36,6 +36,9 @@ pub fn resolve(names: &[String], num_classes: usize, text: &str) -> Result<usize
     if num_classes == 0 {
         return Err(error("this model has no classes".into()));
     }
+    if text.is_empty() {
+        return Err(error("an empty class name (a stray comma in --class?)".into()));
+    }
     if let Ok(id) = text.parse::<usize>() {
         if id >= num_classes {
             return Err(error(format!(
@@ -54,7 +57,8 @@ pub fn resolve(names: &[String], num_classes: usize, text: &str) -> Result<usize
     if let Some(id) = names.iter().position(|n| n == text) {
         return Ok(id);
     }
-    let folded: Vec<usize> = (0..names.len()).filter(|&i| names[i].eq_ignore_ascii_case(text)).collect();
+    let lower = text.to_lowercase();
+    let folded: Vec<usize> = (0..names.len()).filter(|&i| names[i].to_lowercase() == lower).collect();
     match folded.as_slice() {
         [id] => return Ok(*id),
         [] => {}
@@ -68,7 +72,7 @@ pub fn resolve(names: &[String], num_classes: usize, text: &str) -> Result<usize
     if names.len() <= 2 * SUGGESTIONS {
         return Err(error(format!("unknown class {text:?}; this model's classes are: {}", names.join(", "))));
     }
-    let matches = search(names, text);
+    let matches = search(names, num_classes, text);
     Err(error(if matches.is_empty() {
         format!("unknown class {text:?}: no class name contains it (the {} names: `scalewise classes`)", names.len())
     } else {
@@ -79,13 +83,14 @@ pub fn resolve(names: &[String], num_classes: usize, text: &str) -> Result<usize
     }))
 }
 
-/// The ids whose names contain every word of `query` (ignoring case), in id order; all ids for an
-/// empty query. Numbers in the query match the id too, so "207" finds class 207.
-pub fn search(names: &[String], query: &str) -> Vec<usize> {
+/// The ids among `num_classes` classes named `names` (empty: unnamed) that match every word of
+/// `query`, in id order; all ids for an empty query. A word matches a name containing it (ignoring
+/// case) or the class's number, so "207" finds class 207 and "golden ret" finds "golden retriever".
+pub fn search(names: &[String], num_classes: usize, query: &str) -> Vec<usize> {
     let words: Vec<String> = query.split_whitespace().map(str::to_lowercase).collect();
-    (0..names.len())
+    (0..num_classes)
         .filter(|&id| {
-            let name = names[id].to_lowercase();
+            let name = names.get(id).map(|n| n.to_lowercase()).unwrap_or_default();
             words.iter().all(|w| name.contains(w.as_str()) || id.to_string() == *w)
         })
         .collect()
@@ -129,6 +134,10 @@ mod tests {
         let e = resolve(names, 1000, "CARDIGAN").unwrap_err().to_string();
         assert!(e.contains("264") && e.contains("474"), "{e}");
         assert!(resolve(names, 1000, "1000").unwrap_err().to_string().contains("0..=999"));
+        assert!(resolve(names, 1000, " ").unwrap_err().to_string().contains("empty class name"));
+        // Case folding is Unicode's, as in search.
+        let accented: Vec<String> = ["Café", "tea"].map(String::from).to_vec();
+        assert_eq!(resolve(&accented, 2, "CAFÉ").unwrap(), 0);
     }
 
     #[test]
@@ -150,10 +159,14 @@ mod tests {
     #[test]
     fn search_matches_every_word_and_ids() {
         let names = imagenet();
-        assert_eq!(search(names, "golden ret"), vec![207]);
-        assert_eq!(search(names, "RETRIEVER GOLDEN"), vec![207]);
-        assert!(search(names, "207").contains(&207));
-        assert_eq!(search(names, "").len(), 1000);
-        assert_eq!(search(names, "shark"), vec![2, 3]);
+        assert_eq!(search(names, 1000, "golden ret"), vec![207]);
+        assert_eq!(search(names, 1000, "RETRIEVER GOLDEN"), vec![207]);
+        assert!(search(names, 1000, "207").contains(&207));
+        assert_eq!(search(names, 1000, "").len(), 1000);
+        assert_eq!(search(names, 1000, "shark"), vec![2, 3]);
+        // Unnamed classes are found by number only.
+        assert_eq!(search(&[], 300, "207"), vec![207]);
+        assert_eq!(search(&[], 300, "").len(), 300);
+        assert!(search(&[], 300, "dog").is_empty());
     }
 }

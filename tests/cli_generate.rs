@@ -155,20 +155,10 @@ fn bad_input_fails_clearly_without_touching_the_output() {
 
 #[test]
 fn a_1000_class_model_takes_imagenet_names() {
-    use scalewise::nn::synthetic::{VaeShape, VarShape, vae_state_dict, var_state_dict};
+    use scalewise::nn::synthetic::{tiny_imagenet, vae_state_dict, var_state_dict};
     let dir = scratch("imagenet");
     // The official label space (1000 classes, no names in the file) at a tiny width.
-    let var_shape = VarShape {
-        depth: 1,
-        width: 32,
-        heads: 2,
-        num_classes: 1000,
-        vocab: 16,
-        cvae: 4,
-        patch_nums: vec![1, 2],
-        shared_adaln: false,
-    };
-    let vae_shape = VaeShape { ch: 32, ch_mult: vec![1, 1], blocks_per_level: 1, vocab: 16, cvae: 4, phi_convs: 1 };
+    let (var_shape, vae_shape) = tiny_imagenet();
     let (var, vae) = (dir.join("var.safetensors"), dir.join("vae.safetensors"));
     var_state_dict(&var_shape, 3).unwrap().save_safetensors(&var, DType::F32).unwrap();
     vae_state_dict(&vae_shape, 4).unwrap().save_safetensors(&vae, DType::F32).unwrap();

@@ -113,8 +113,10 @@ impl FileBrowser {
                     go_to = Some(home);
                 }
                 let location = ui.add(egui::TextEdit::singleline(&mut self.location).desired_width(f32::INFINITY));
-                if location.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter)) {
-                    let typed = PathBuf::from(self.location.trim());
+                let typed = self.location.trim();
+                if location.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter)) && !typed.is_empty() {
+                    // Relative to the folder shown (an absolute path replaces it).
+                    let typed = self.dir.join(typed);
                     if typed.is_file() {
                         action = BrowserAction::Picked(self.target, typed);
                     } else {

@@ -5,6 +5,7 @@
 pub mod file_browser;
 pub mod worker;
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -96,9 +97,9 @@ pub struct ScalewiseApp {
 #[derive(Debug, Clone, Default)]
 pub struct UiFrameTimes {
     /// Milliseconds per frame while a load or generation was running (the last 4096 frames).
-    pub busy_ms: Vec<f64>,
+    pub busy_ms: VecDeque<f64>,
     /// The same while idle.
-    pub idle_ms: Vec<f64>,
+    pub idle_ms: VecDeque<f64>,
 }
 
 impl UiFrameTimes {
@@ -107,14 +108,14 @@ impl UiFrameTimes {
     fn record(&mut self, busy: bool, ms: f64) {
         let times = if busy { &mut self.busy_ms } else { &mut self.idle_ms };
         if times.len() == Self::KEEP {
-            times.remove(0);
+            times.pop_front();
         }
-        times.push(ms);
+        times.push_back(ms);
     }
 
     /// (median, max) of `times` in ms, or None when empty.
-    pub fn summary(times: &[f64]) -> Option<(f64, f64)> {
-        let mut sorted = times.to_vec();
+    pub fn summary(times: &VecDeque<f64>) -> Option<(f64, f64)> {
+        let mut sorted: Vec<f64> = times.iter().copied().collect();
         sorted.sort_by(f64::total_cmp);
         Some((*sorted.get(sorted.len() / 2)?, *sorted.last()?))
     }
@@ -364,11 +365,22 @@ impl ScalewiseApp {
         for path in dropped {
             // A dropped checkpoint fills the VAE field when its name says so, else the VAR field.
             let name = path.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
-            if name.contains("vae") {
-                self.vae_path = path.display().to_string();
-            } else {
-                self.var_path = path.display().to_string();
-            }
+            let target = if name.contains("vae") { PickTarget::Vae } else { PickTarget::Var };
+            self.set_path_field(target, &path);
+        }
+    }
+
+    /// Puts a picked or dropped file into its path field. The fields are text, so a path that is
+    /// not valid Unicode would be changed by the conversion and then not found: say so instead.
+    fn set_path_field(&mut self, target: PickTarget, path: &std::path::Path) {
+        let Some(text) = path.to_str() else {
+            self.banner =
+                Some(format!("{} is not valid Unicode; rename it (or a parent folder) to load it", path.display()));
+            return;
+        };
+        match target {
+            PickTarget::Var => self.var_path = text.to_string(),
+            PickTarget::Vae => self.vae_path = text.to_string(),
         }
     }
 
@@ -436,12 +448,7 @@ impl ScalewiseApp {
                 .labelled_by(label.id);
         });
         let names = config.class_names.as_deref().unwrap_or(&[]);
-        let ids: Vec<usize> = if names.is_empty() {
-            let query = self.class_filter.trim();
-            (0..config.num_classes).filter(|id| query.is_empty() || id.to_string().contains(query)).collect()
-        } else {
-            scalewise::labels::search(names, &self.class_filter)
-        };
+        let ids = scalewise::labels::search(names, config.num_classes, &self.class_filter);
         if ids.is_empty() {
             ui.label(RichText::new("no class matches").weak());
         }
@@ -648,11 +655,7 @@ impl eframe::App for ScalewiseApp {
                 BrowserAction::None => {}
                 BrowserAction::Closed => self.browser = None,
                 BrowserAction::Picked(target, path) => {
-                    let path = path.display().to_string();
-                    match target {
-                        PickTarget::Var => self.var_path = path,
-                        PickTarget::Vae => self.vae_path = path,
-                    }
+                    self.set_path_field(target, &path);
                     self.browser = None;
                 }
             }

@@ -77,22 +77,12 @@ fn a_corrupt_checkpoint_shows_the_banner_and_the_app_keeps_working() {
 #[test]
 fn browse_for_checkpoints_load_them_and_search_imagenet_classes() {
     use scalewise::DType;
-    use scalewise::nn::synthetic::{VaeShape, VarShape, vae_state_dict, var_state_dict};
+    use scalewise::nn::synthetic::{tiny_imagenet, vae_state_dict, var_state_dict};
     let dir = std::env::temp_dir().join(format!("scalewise-app-browse-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("models")).unwrap();
     std::fs::write(dir.join("models/readme.txt"), b"not a checkpoint").unwrap();
-    let shape = VarShape {
-        depth: 1,
-        width: 32,
-        heads: 2,
-        num_classes: 1000,
-        vocab: 16,
-        cvae: 4,
-        patch_nums: vec![1, 2],
-        shared_adaln: false,
-    };
-    let vae = VaeShape { ch: 32, ch_mult: vec![1, 1], blocks_per_level: 1, vocab: 16, cvae: 4, phi_convs: 1 };
+    let (shape, vae) = tiny_imagenet();
     var_state_dict(&shape, 1).unwrap().save_safetensors(dir.join("models/var_tiny.safetensors"), DType::F32).unwrap();
     vae_state_dict(&vae, 2).unwrap().save_safetensors(dir.join("models/vae_tiny.safetensors"), DType::F32).unwrap();
 
@@ -116,10 +106,13 @@ fn browse_for_checkpoints_load_them_and_search_imagenet_classes() {
     harness.run_steps(2);
     harness.get_by_label("vae_tiny.safetensors").click();
     harness.run_steps(2);
-    let models = dir.join("models").canonicalize().unwrap();
+    // Compared as files, not as text: the browser shows canonical paths (plain absolute ones on Windows).
+    let same_file = |field: &str, name: &str| {
+        std::path::Path::new(field).canonicalize().unwrap() == dir.join("models").join(name).canonicalize().unwrap()
+    };
     let (var_path, vae_path) = harness.state().model_paths();
-    assert_eq!(var_path, models.join("var_tiny.safetensors").display().to_string());
-    assert_eq!(vae_path, models.join("vae_tiny.safetensors").display().to_string());
+    assert!(same_file(var_path, "var_tiny.safetensors"), "{var_path}");
+    assert!(same_file(vae_path, "vae_tiny.safetensors"), "{vae_path}");
 
     harness.get_by_label("Load files").click();
     harness.step();

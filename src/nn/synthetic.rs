@@ -34,6 +34,24 @@ impl VarShape {
     }
 }
 
+/// A VAR and VQVAE pair with ImageNet's 1000 classes (and no names in the file) at a tiny width:
+/// depth 1, width 32, 2 heads, codebook 16 x 4, scales 1 and 2, a 32-channel two-level decoder.
+/// Fast enough to load and generate in tests of the ImageNet class names.
+pub fn tiny_imagenet() -> (VarShape, VaeShape) {
+    let var = VarShape {
+        depth: 1,
+        width: 32,
+        heads: 2,
+        num_classes: 1000,
+        vocab: 16,
+        cvae: 4,
+        patch_nums: vec![1, 2],
+        shared_adaln: false,
+    };
+    let vae = VaeShape { ch: 32, ch_mult: vec![1, 1], blocks_per_level: 1, vocab: 16, cvae: 4, phi_convs: 1 };
+    (var, vae)
+}
+
 /// A VQVAE decoder shape; [`VaeShape::official`] is vae_ch160v4096z32's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VaeShape {

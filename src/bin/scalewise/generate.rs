@@ -23,8 +23,9 @@ pub struct GenerateArgs {
     /// The small demo model built into scalewise (the default when no --var/--vae is given).
     #[arg(long)]
     demo: bool,
-    /// Class(es): a number 0..num_classes-1 or a class name (the demo model's names); several
-    /// (comma separated) make a batch, repeated to fill --batch.
+    /// Class(es): a number 0..num_classes-1 or a class name (the model's own names, else ImageNet's
+    /// for 1000-class models; `scalewise classes` lists them); several (comma separated) make a
+    /// batch, repeated to fill --batch.
     #[arg(long = "class", value_name = "N|NAME", value_delimiter = ',', required = true)]
     classes: Vec<String>,
     /// Random seed: the same seed gives the same image on any GPU.

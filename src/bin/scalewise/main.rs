@@ -88,7 +88,8 @@ struct ClassesArgs {
     /// The ImageNet names (the official checkpoints' classes) without loading a file.
     #[arg(long)]
     imagenet: bool,
-    /// Only the classes whose names contain every one of these words (or whose number is given).
+    /// Only the classes matching every one of these words: a word matches the names containing it,
+    /// or the class with that number.
     search: Vec<String>,
 }
 
@@ -203,7 +204,8 @@ fn parse_dtype(s: &str) -> Result<DType, String> {
     }
 }
 
-/// `scalewise classes`: needs no GPU, only the checkpoint's shapes and metadata.
+/// `scalewise classes`: no GPU; the checkpoint is read on the CPU (the whole file: the loader has no
+/// header-only mode) for its shapes and metadata.
 fn list_classes(args: &ClassesArgs) -> anyhow::Result<()> {
     let (names, count) = if args.imagenet {
         (scalewise::labels::imagenet().to_vec(), scalewise::labels::IMAGENET_CLASSES)
@@ -219,7 +221,7 @@ fn list_classes(args: &ClassesArgs) -> anyhow::Result<()> {
         println!("this model's {count} classes have no names: use the numbers 0..={}", count.saturating_sub(1));
         return Ok(());
     }
-    let ids = scalewise::labels::search(&names, &args.search.join(" "));
+    let ids = scalewise::labels::search(&names, count, &args.search.join(" "));
     anyhow::ensure!(!ids.is_empty(), "no class name contains {:?}", args.search.join(" "));
     let mut out = std::io::stdout().lock();
     for id in ids {
