@@ -84,6 +84,9 @@ pub struct ScalewiseApp {
     browser: Option<FileBrowser>,
     save_dir: String,
     // Results.
+    /// File name stem for saving the frames: class and seed of the generation that made them
+    /// (not of the controls, which may have changed since).
+    result_stem: String,
     frames: Vec<ScaleFrame>,
     selected: Option<usize>,
     /// Measured times vary run to run; snapshot tests turn them off.
@@ -156,6 +159,7 @@ impl ScalewiseApp {
             vae_path: String::new(),
             browser: None,
             save_dir: "scalewise-output".into(),
+            result_stem: String::new(),
             frames: Vec::new(),
             selected: None,
             show_times: true,
@@ -258,6 +262,8 @@ impl ScalewiseApp {
         self.job = None;
         self.frames.clear();
         self.selected = None;
+        let class = options.labels[0] as usize;
+        self.result_stem = format!("{class}_{}_seed{}", file_name_part(&config.class_name(class)), self.seed);
         let wake_ctx = ctx.clone();
         match GenerationJob::spawn(pipeline, options, move || wake_ctx.request_repaint()) {
             Ok(job) => {
@@ -274,14 +280,28 @@ impl ScalewiseApp {
         }
     }
 
-    /// Writes the final image and every scale into the save folder.
-    pub fn save(&mut self) {
+    /// The folder Save writes into.
+    pub fn set_save_dir(&mut self, dir: &str) {
+        self.save_dir = dir.into();
+    }
+
+    /// Writes the final image as `{class}_{name}_seed{seed}.png` and every scale into the folder of
+    /// that name, inside the save folder. Earlier saves are kept: a taken name gets a `_2`, `_3`...
+    /// suffix. Returns the final image's path.
+    pub fn save(&mut self) -> Option<PathBuf> {
         let Some(last) = self.frames.last() else {
             self.banner = Some("nothing to save yet: generate an image first".into());
-            return;
+            return None;
         };
         let dir = PathBuf::from(&self.save_dir);
-        let stem = format!("class{}_seed{}", self.class, self.seed);
+        let taken = |stem: &str| dir.join(stem).exists() || dir.join(format!("{stem}.png")).exists();
+        let base = &self.result_stem;
+        let Some(stem) =
+            std::iter::once(base.clone()).chain((2..10_000).map(|i| format!("{base}_{i}"))).find(|s| !taken(s))
+        else {
+            self.banner = Some(format!("{} holds too many saves named {base}", dir.display()));
+            return None;
+        };
         let result = (|| -> Result<PathBuf, String> {
             std::fs::create_dir_all(dir.join(&stem)).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
             let columns = grid_columns(last.images.len());
@@ -294,8 +314,14 @@ impl ScalewiseApp {
             Ok(final_path)
         })();
         match result {
-            Ok(path) => self.notice = Some(format!("saved {} and {} scales", path.display(), self.frames.len())),
-            Err(e) => self.banner = Some(e),
+            Ok(path) => {
+                self.notice = Some(format!("saved {} and {} scales", path.display(), self.frames.len()));
+                Some(path)
+            }
+            Err(e) => {
+                self.banner = Some(e);
+                None
+            }
         }
     }
 
@@ -606,6 +632,20 @@ impl ScalewiseApp {
     }
 }
 
+/// `name` as part of a file name: letters and digits kept (lowercased), runs of anything else
+/// turned into one '_' ("Labrador retriever" -> "labrador_retriever").
+fn file_name_part(name: &str) -> String {
+    let mut out = String::new();
+    for c in name.chars() {
+        if c.is_alphanumeric() {
+            out.extend(c.to_lowercase());
+        } else if !out.ends_with('_') {
+            out.push('_');
+        }
+    }
+    out.trim_matches('_').to_string()
+}
+
 fn yes_no(b: bool) -> &'static str {
     if b { "on" } else { "off" }
 }
@@ -664,5 +704,19 @@ impl eframe::App for ScalewiseApp {
             ctx.request_repaint_after(std::time::Duration::from_millis(100));
         }
         self.ui_times.record(busy, frame_start.elapsed().as_secs_f64() * 1e3);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::file_name_part;
+
+    #[test]
+    fn class_names_become_file_name_parts() {
+        assert_eq!(file_name_part("Labrador retriever"), "labrador_retriever");
+        assert_eq!(file_name_part("jack-o'-lantern"), "jack_o_lantern");
+        assert_eq!(file_name_part("red_disc"), "red_disc");
+        assert_eq!(file_name_part("../etc/passwd"), "etc_passwd");
+        assert_eq!(file_name_part("207"), "207");
     }
 }

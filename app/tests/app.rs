@@ -47,6 +47,26 @@ fn generates_on_the_demo_model_and_fills_the_filmstrip() {
         assert_eq!(frame.images.len(), 1);
     }
     harness.snapshot("generated_demo");
+
+    // Save: the final image and every scale, named by the generation's class and seed; a second
+    // save keeps the first.
+    let dir = std::env::temp_dir().join(format!("scalewise-app-save-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    harness.state_mut().set_save_dir(&dir.display().to_string());
+    let first = harness.state_mut().save().expect("saved");
+    assert_eq!(first, dir.join("0_red_disc_seed0.png"));
+    let decoded = |path: &std::path::Path| {
+        let bytes = std::fs::read(path).unwrap();
+        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{}", path.display());
+        u32::from_be_bytes(bytes[16..20].try_into().unwrap()) as usize
+    };
+    assert_eq!(decoded(&first), harness.state().pipeline().unwrap().image_size());
+    let scale_files = std::fs::read_dir(dir.join("0_red_disc_seed0")).unwrap().count();
+    assert_eq!(scale_files, scales.len());
+    let second = harness.state_mut().save().expect("saved again");
+    assert_eq!(second, dir.join("0_red_disc_seed0_2.png"));
+    assert!(first.exists() && dir.join("0_red_disc_seed0_2").is_dir());
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
