@@ -608,7 +608,9 @@ pub fn generate(device: &Device, config: &GenerateBenchConfig) -> Result<Generat
         let step = step?;
         scales.push((step.side, step.times));
     }
-    let (_, decode_ms) = crate::generate::timed(device, true, || generation.decode())?;
+    let mut clock = crate::generate::StageClock::start(device, true)?;
+    clock.stage(|| generation.decode())?;
+    let decode_ms = clock.finish()?[0];
     let timing = if device.features().timestamps { TimingSource::GpuTimestamps } else { TimingSource::WallClock };
     Ok(GenerateBenchResult {
         var_parameters: pipeline.var.config.parameters,

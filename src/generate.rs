@@ -231,24 +231,89 @@ pub struct Generation<'a> {
     tokens: Vec<Vec<u32>>,
 }
 
-/// Runs `body` and returns its result with the stage's time in ms (0 when `profile` is off): the sum
-/// of GPU timestamps where the device has them (the kernels stay batched), else the wall clock up to
-/// the stage's completion (one wait per stage rather than the profiler's wait per dispatch).
-pub(crate) fn timed<T>(device: &Device, profile: bool, body: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
-    if !profile {
-        return Ok((body()?, 0.0));
+/// Times the stages of one scale. With GPU timestamps one profiler spans the scale and each stage
+/// owns the dispatches recorded during it, so the kernels stay batched and the timestamps come back
+/// in one readback per scale. Without timestamps each stage is bracketed by waits (the wall clock up
+/// to its completion). Off, it only runs the stages.
+pub(crate) struct StageClock<'a> {
+    device: &'a Device,
+    mode: ClockMode,
+    /// Per stage: the dispatch count at its end (timestamps) or its milliseconds (wall clock).
+    marks: Vec<usize>,
+    wall_ms: Vec<f64>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ClockMode {
+    Off,
+    Timestamps,
+    WallClock,
+}
+
+impl<'a> StageClock<'a> {
+    pub(crate) fn start(device: &'a Device, profile: bool) -> Result<Self> {
+        let mode = match (profile, device.features().timestamps) {
+            (false, _) => ClockMode::Off,
+            (true, true) => ClockMode::Timestamps,
+            (true, false) => ClockMode::WallClock,
+        };
+        if mode == ClockMode::Timestamps {
+            device.start_profiling()?;
+        }
+        Ok(Self { device, mode, marks: Vec::new(), wall_ms: Vec::new() })
     }
-    if !device.features().timestamps {
-        device.synchronize()?;
-        let start = std::time::Instant::now();
-        let result = body()?;
-        device.synchronize()?;
-        return Ok((result, start.elapsed().as_secs_f64() * 1e3));
+
+    /// Runs one stage.
+    pub(crate) fn stage<T>(&mut self, body: impl FnOnce() -> Result<T>) -> Result<T> {
+        match self.mode {
+            ClockMode::Off => body(),
+            ClockMode::Timestamps => {
+                let result = body()?;
+                self.marks.push(self.device.profiled_dispatches()?);
+                Ok(result)
+            }
+            ClockMode::WallClock => {
+                self.device.synchronize()?;
+                let start = std::time::Instant::now();
+                let result = body()?;
+                self.device.synchronize()?;
+                self.wall_ms.push(start.elapsed().as_secs_f64() * 1e3);
+                Ok(result)
+            }
+        }
     }
-    device.start_profiling()?;
-    let result = body();
-    let timings = device.finish_profiling()?;
-    Ok((result?, timings.iter().map(|t| t.nanoseconds).sum::<f64>() / 1e6))
+
+    /// Milliseconds per stage, in the order they ran (empty when off).
+    pub(crate) fn finish(mut self) -> Result<Vec<f64>> {
+        match self.mode {
+            ClockMode::Off => Ok(Vec::new()),
+            ClockMode::WallClock => Ok(std::mem::take(&mut self.wall_ms)),
+            ClockMode::Timestamps => {
+                self.mode = ClockMode::Off; // the profiler is finished here, not again on drop
+                let timings = self.device.finish_profiling()?;
+                let mut start = 0;
+                Ok(self
+                    .marks
+                    .iter()
+                    .map(|&end| {
+                        let ns: f64 =
+                            timings[start.min(end)..end.min(timings.len())].iter().map(|t| t.nanoseconds).sum();
+                        start = end;
+                        ns / 1e6
+                    })
+                    .collect())
+            }
+        }
+    }
+}
+
+impl Drop for StageClock<'_> {
+    /// A stage that failed leaves the profiler installed; stop it so later dispatches are not timed.
+    fn drop(&mut self) {
+        if self.mode == ClockMode::Timestamps {
+            let _ = self.device.finish_profiling();
+        }
+    }
 }
 
 impl Generation<'_> {
@@ -327,10 +392,9 @@ impl Generation<'_> {
                 });
             }
         }
-        let profile = self.options.profile_stages;
+        let mut clock = StageClock::start(device, self.options.profile_stages)?;
         let x = self.next_input.take().expect("an input exists for every scale not yet run");
-        let (logits, transformer_ms) =
-            timed(device, profile, || pipeline.var.forward(&x, &self.conditions, &mut self.cache))?;
+        let logits = clock.stage(|| pipeline.var.forward(&x, &self.conditions, &mut self.cache))?;
         let ratio = if scales > 1 { si as f32 / (scales - 1) as f32 } else { 0.0 };
         let sample_options = SampleOptions {
             cfg: self.cfg_halves.then_some(self.options.cfg),
@@ -341,7 +405,7 @@ impl Generation<'_> {
             step: si as u32,
             keep_filtered_logits: self.options.smooth && forced.is_none(),
         };
-        let ((ids, soft), sampling_ms) = timed(device, profile, || {
+        let (ids, soft) = clock.stage(|| {
             let ids = match forced {
                 Some(ids) => {
                     return Ok((Tensor::from_u32(device, &[batch, side * side], ids)?, None));
@@ -358,7 +422,7 @@ impl Generation<'_> {
             };
             Ok((ids.ids, soft))
         })?;
-        let (_, accumulate_ms) = timed(device, profile, || {
+        clock.stage(|| {
             let vae = &pipeline.vae;
             let h = match &soft {
                 Some(probs) => {
@@ -379,18 +443,20 @@ impl Generation<'_> {
         let logits = if self.options.keep_logits { Some(logits.to_vec_f32()?) } else { None };
         self.scale += 1;
         self.tokens.push(tokens.clone());
-        let (images, decode_ms) = if self.options.preview_every_scale {
-            let (images, ms) = timed(device, profile, || self.decode())?;
-            (Some(images), ms)
-        } else {
-            (None, 0.0)
-        };
+        let images = if self.options.preview_every_scale { Some(clock.stage(|| self.decode())?) } else { None };
+        let ms = clock.finish()?;
+        let stage_ms = |i: usize| ms.get(i).copied().unwrap_or(0.0);
         Ok(ScaleStep {
             index: si,
             scales,
             side,
             tokens,
-            times: StageTimes { transformer_ms, sampling_ms, accumulate_ms, decode_ms },
+            times: StageTimes {
+                transformer_ms: stage_ms(0),
+                sampling_ms: stage_ms(1),
+                accumulate_ms: stage_ms(2),
+                decode_ms: stage_ms(3),
+            },
             images,
             logits,
         })

@@ -351,6 +351,12 @@ impl Device {
         Ok(())
     }
 
+    /// Dispatches recorded since [`Device::start_profiling`] (0 when not profiling): the index the
+    /// next dispatch's entry will have in [`Device::finish_profiling`]'s list.
+    pub fn profiled_dispatches(&self) -> Result<usize> {
+        Ok(self.ctx.profiler.lock().map_err(poisoned)?.as_ref().map_or(0, profiler::Profiler::recorded))
+    }
+
     /// Stops recording and returns one entry per dispatch since [`Device::start_profiling`].
     pub fn finish_profiling(&self) -> Result<Vec<DispatchTiming>> {
         let profiler = self.ctx.profiler.lock().map_err(poisoned)?.take();

@@ -92,6 +92,11 @@ impl Profiler {
         })
     }
 
+    /// Dispatches recorded so far (timed or still waiting for their timestamps).
+    pub fn recorded(&self) -> usize {
+        self.done.len() + self.timestamps.as_ref().map_or(0, |q| q.pending_labels.len())
+    }
+
     pub fn record_wall_clock(&mut self, label: &str, elapsed: Duration) {
         self.done.push(DispatchTiming {
             label: label.to_string(),
