@@ -163,9 +163,10 @@ fn a_1000_class_model_takes_imagenet_names() {
     var_state_dict(&var_shape, 3).unwrap().save_safetensors(&var, DType::F32).unwrap();
     vae_state_dict(&vae_shape, 4).unwrap().save_safetensors(&vae, DType::F32).unwrap();
 
-    // By name, in any case, mixed with numbers: the dumped tokens equal those of the numbers.
-    let (named, numbered) = (dir.join("named.json"), dir.join("numbered.json"));
-    for (classes, tokens) in [("Golden Retriever,tench", &named), ("207,0", &numbered)] {
+    // By name in any case, and mixed with a number: the dumped tokens (first image) equal those of
+    // the numbers, and a neighbouring class's differ (the label reaches the model).
+    let (named, numbered, other) = (dir.join("named.json"), dir.join("numbered.json"), dir.join("other.json"));
+    for (classes, tokens) in [("Golden Retriever,0", &named), ("207,0", &numbered), ("208,0", &other)] {
         let out = dir.join("out.png");
         let args = ["--class", classes, "--seed", "5", "--out", out.to_str().unwrap()];
         let result =
@@ -173,6 +174,7 @@ fn a_1000_class_model_takes_imagenet_names() {
         assert!(result.status.success(), "{classes}: {}", stderr(&result));
     }
     assert_eq!(tokens_json(&named), tokens_json(&numbered));
+    assert_ne!(tokens_json(&named), tokens_json(&other), "class 208 gave class 207's tokens");
 
     // A partial name fails with the classes it could mean.
     let result = generate(&var, &vae, &["--class", "retriever", "--out", dir.join("x.png").to_str().unwrap()]);
@@ -186,6 +188,7 @@ fn a_1000_class_model_takes_imagenet_names() {
     assert!(listed.status.success(), "{}", stderr(&listed));
     assert_eq!(String::from_utf8_lossy(&listed.stdout).trim(), "207  golden retriever");
     let all = run(&["classes", "--imagenet"]);
+    assert!(all.status.success(), "{}", stderr(&all));
     assert_eq!(String::from_utf8_lossy(&all.stdout).lines().count(), 1000);
     let _ = std::fs::remove_dir_all(&dir);
 }

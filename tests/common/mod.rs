@@ -129,3 +129,37 @@ pub fn from_tokens_major(x: &[f32], batch: usize, d: usize, l: usize) -> Vec<f32
     }
     out
 }
+
+/// Asserts that `err` is one `Error::Weights` listing exactly these missing, unexpected and
+/// mis-shaped keys (name, expected shape, found shape), and that its message names every key and
+/// both shapes of each mis-shaped one. Returns the message for further checks.
+pub fn assert_weights_error(
+    err: scalewise::Error,
+    missing: &[&str],
+    unexpected: &[&str],
+    misshaped: &[(&str, &[usize], &[usize])],
+) -> String {
+    let text = err.to_string();
+    let scalewise::Error::Weights {
+        missing: got_missing, unexpected: got_unexpected, misshaped: got_misshaped, ..
+    } = err
+    else {
+        panic!("not a Weights error: {text}")
+    };
+    assert_eq!(got_missing, missing, "{text}");
+    assert_eq!(got_unexpected, unexpected, "{text}");
+    let want: Vec<(String, Vec<usize>, Vec<usize>)> =
+        misshaped.iter().map(|(k, want, got)| (k.to_string(), want.to_vec(), got.to_vec())).collect();
+    assert_eq!(got_misshaped, want, "{text}");
+    let shapes = misshaped.iter().flat_map(|(_, want, got)| [format!("{want:?}"), format!("{got:?}")]);
+    for needle in missing
+        .iter()
+        .chain(unexpected)
+        .map(|k| k.to_string())
+        .chain(misshaped.iter().map(|m| m.0.to_string()))
+        .chain(shapes)
+    {
+        assert!(text.contains(&needle), "{text} should mention {needle}");
+    }
+    text
+}
