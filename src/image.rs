@@ -33,6 +33,11 @@ impl Image {
             .collect()
     }
 
+    /// The images in a grid as close to square as they fill: ceil(sqrt(n)) columns.
+    pub fn square_grid(images: &[Image]) -> Image {
+        Self::grid(images, (images.len() as f64).sqrt().ceil() as usize)
+    }
+
     /// The images in a grid of `columns` (the last row may be short), 2 black pixels between.
     pub fn grid(images: &[Image], columns: usize) -> Image {
         let Some(first) = images.first() else { return Image { width: 0, height: 0, rgb: Vec::new() } };

@@ -43,13 +43,13 @@ fn main() {
         harness.step();
         let (wall_ms, frame_ms) = wait(&mut harness, Duration::from_secs(600));
         let busy = &harness.state().ui_frame_times().busy_ms;
-        let busy_sorted: Vec<f64> = busy.iter().copied().collect();
+        let busy_list: Vec<f64> = busy.iter().copied().collect();
         let (median, max) = UiFrameTimes::summary(busy).expect("frames while generating");
         println!(
             "  batch {batch}: generation {wall_ms:.0} ms over {} frames; app work per frame median {median:.2} ms, \
              p99 {:.2} ms, max {max:.2} ms; egui frame median {:.1} ms, p95 {:.1} ms",
             frame_ms.len(),
-            percentile(&busy_sorted, 0.99),
+            percentile(&busy_list, 0.99),
             percentile(&frame_ms, 0.5),
             percentile(&frame_ms, 0.95),
         );

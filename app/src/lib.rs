@@ -35,13 +35,16 @@ pub fn wgpu_setup() -> egui_wgpu::WgpuSetup {
     egui_wgpu::WgpuSetup::CreateNew(setup)
 }
 
-/// One scale as shown: the decoded image of f_hat after it, and its GPU times.
+/// One scale as shown: the decoded image of f_hat after it (the batch as one grid), and its GPU times.
 pub struct ScaleFrame {
     pub index: usize,
     pub scales: usize,
     pub side: usize,
     pub times: StageTimes,
-    pub images: Vec<Image>,
+    /// Images in the batch.
+    pub batch: usize,
+    /// What is shown and saved: the batch in a square grid.
+    pub grid: Image,
     texture: TextureHandle,
 }
 
@@ -72,6 +75,9 @@ pub struct ScalewiseApp {
     // Controls.
     class: usize,
     class_filter: String,
+    /// The classes the search shows, recomputed when the search or the model changes (not per
+    /// frame: ImageNet has 1000 names).
+    class_ids: Vec<usize>,
     seed: u64,
     cfg: f32,
     top_k: usize,
@@ -89,31 +95,36 @@ pub struct ScalewiseApp {
     result_stem: String,
     frames: Vec<ScaleFrame>,
     selected: Option<usize>,
-    /// Measured times vary run to run; snapshot tests turn them off.
+    /// Measured times vary run to run and the adapter machine to machine; snapshot tests turn both
+    /// off.
     show_times: bool,
     /// How long this app's own per-frame work took (CPU, excluding egui's tessellation and the
     /// GPU's rendering), to show that generation never stalls the UI thread.
     ui_times: UiFrameTimes,
 }
 
-/// The app's per-frame CPU time, split by whether work was in flight.
+/// The app's per-frame CPU time while a load or generation runs.
 #[derive(Debug, Clone, Default)]
 pub struct UiFrameTimes {
-    /// Milliseconds per frame while a load or generation was running (the last 4096 frames).
+    /// Milliseconds per busy frame (the last 4096).
     pub busy_ms: VecDeque<f64>,
-    /// The same while idle.
-    pub idle_ms: VecDeque<f64>,
+    /// (median, max) of `busy_ms`, taken when the last load or generation ended (the panel shows
+    /// this rather than sorting the samples every frame).
+    pub last_summary: Option<(f64, f64)>,
 }
 
 impl UiFrameTimes {
     const KEEP: usize = 4096;
 
-    fn record(&mut self, busy: bool, ms: f64) {
-        let times = if busy { &mut self.busy_ms } else { &mut self.idle_ms };
-        if times.len() == Self::KEEP {
-            times.pop_front();
+    fn record(&mut self, ms: f64) {
+        if self.busy_ms.len() == Self::KEEP {
+            self.busy_ms.pop_front();
         }
-        times.push_back(ms);
+        self.busy_ms.push_back(ms);
+    }
+
+    fn end_of_work(&mut self) {
+        self.last_summary = Self::summary(&self.busy_ms);
     }
 
     /// (median, max) of `times` in ms, or None when empty.
@@ -149,6 +160,7 @@ impl ScalewiseApp {
             notice: None,
             class: 0,
             class_filter: String::new(),
+            class_ids: Vec::new(),
             seed: 0,
             cfg: 4.0,
             top_k: 900,
@@ -198,7 +210,7 @@ impl ScalewiseApp {
         self.ui_times = UiFrameTimes::default();
     }
 
-    /// Show measured times (on by default; reproducible screenshots turn them off).
+    /// Show measured times and the adapter (on by default; reproducible screenshots turn them off).
     pub fn set_show_times(&mut self, show: bool) {
         self.show_times = show;
     }
@@ -233,17 +245,24 @@ impl ScalewiseApp {
         self.browser.as_ref()
     }
 
+    /// Loads a model on a worker thread (nothing while a generation runs: the controls that call
+    /// this are disabled then, and replacing the job would block the UI until its scale finished).
     pub fn load_model(&mut self, ctx: &egui::Context, source: ModelSource) {
         let Some(device) = self.device.clone() else { return };
-        self.job = None;
+        if self.job.is_some() {
+            return;
+        }
         let ctx = ctx.clone();
         self.load = Some(LoadJob::spawn(device, source, move || ctx.request_repaint()));
         self.status = Status::Loading;
     }
 
-    /// Starts a generation with the current controls (cancelling one in flight).
+    /// Starts a generation with the current controls (nothing while one is in flight: Cancel first).
     pub fn generate(&mut self, ctx: &egui::Context) {
         let Some(pipeline) = self.pipeline.clone() else { return };
+        if self.job.is_some() {
+            return;
+        }
         let config = &pipeline.var.config;
         let options = GenerateOptions {
             labels: vec![self.class.min(config.num_classes - 1); self.batch.max(1)],
@@ -259,7 +278,6 @@ impl ScalewiseApp {
             self.banner = Some(e.to_string());
             return;
         }
-        self.job = None;
         self.frames.clear();
         self.selected = None;
         let class = options.labels[0] as usize;
@@ -304,12 +322,11 @@ impl ScalewiseApp {
         };
         let result = (|| -> Result<PathBuf, String> {
             std::fs::create_dir_all(dir.join(&stem)).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-            let columns = grid_columns(last.images.len());
             let final_path = dir.join(format!("{stem}.png"));
-            Image::grid(&last.images, columns).save_png(&final_path).map_err(|e| e.to_string())?;
+            last.grid.save_png(&final_path).map_err(|e| e.to_string())?;
             for frame in &self.frames {
                 let path = dir.join(&stem).join(format!("scale_{:02}_{}x{}.png", frame.index, frame.side, frame.side));
-                Image::grid(&frame.images, columns).save_png(&path).map_err(|e| e.to_string())?;
+                frame.grid.save_png(&path).map_err(|e| e.to_string())?;
             }
             Ok(final_path)
         })();
@@ -333,6 +350,11 @@ impl ScalewiseApp {
                     let config = &pipeline.var.config;
                     self.class = self.class.min(config.num_classes - 1);
                     self.top_k = self.top_k.min(config.vocab);
+                    self.class_ids = scalewise::labels::search(
+                        config.class_names.as_deref().unwrap_or(&[]),
+                        config.num_classes,
+                        &self.class_filter,
+                    );
                     self.pipeline = Some(Arc::new(pipeline));
                     self.model = Some(source);
                     self.banner = None;
@@ -345,10 +367,10 @@ impl ScalewiseApp {
         for event in events {
             match event {
                 GenerationEvent::Scale { index, scales, side, times, images } => {
-                    let grid = Image::grid(&images, grid_columns(images.len()));
+                    let grid = Image::square_grid(&images);
                     let color = egui::ColorImage::from_rgb([grid.width, grid.height], &grid.rgb);
                     let texture = ctx.load_texture(format!("scale-{index}"), color, TextureOptions::NEAREST);
-                    self.frames.push(ScaleFrame { index, scales, side, times, images, texture });
+                    self.frames.push(ScaleFrame { index, scales, side, times, batch: images.len(), grid, texture });
                 }
                 GenerationEvent::Done { wall_ms } => {
                     self.status = Status::Done { wall_ms };
@@ -468,13 +490,17 @@ impl ScalewiseApp {
         let config = &pipeline.var.config;
         ui.heading("Class");
         ui.label(RichText::new(format!("{}: {}", self.class, config.class_name(self.class))).strong());
-        ui.horizontal(|ui| {
+        let search = ui.horizontal(|ui| {
             let label = ui.label("search");
             ui.add(egui::TextEdit::singleline(&mut self.class_filter).hint_text("name or number"))
-                .labelled_by(label.id);
+                .labelled_by(label.id)
+                .changed()
         });
         let names = config.class_names.as_deref().unwrap_or(&[]);
-        let ids = scalewise::labels::search(names, config.num_classes, &self.class_filter);
+        if search.inner {
+            self.class_ids = scalewise::labels::search(names, config.num_classes, &self.class_filter);
+        }
+        let ids = &self.class_ids;
         if ids.is_empty() {
             ui.label(RichText::new("no class matches").weak());
         }
@@ -532,7 +558,10 @@ impl ScalewiseApp {
 
     fn performance(&self, ui: &mut egui::Ui) {
         ui.heading("Performance");
-        if let Some(device) = &self.device {
+        if !self.show_times {
+            ui.label(RichText::new("adapter and times hidden\n(reproducible snapshot)").weak());
+        }
+        if let Some(device) = self.device.as_ref().filter(|_| self.show_times) {
             let info = device.info();
             let f = info.features;
             ui.label(format!("{} ({})", info.adapter.name, info.adapter.backend));
@@ -570,7 +599,7 @@ impl ScalewiseApp {
         if let Status::Done { wall_ms } = self.status {
             ui.label(format!("wall clock {wall_ms:.0} ms"));
         }
-        if let Some((median, max)) = UiFrameTimes::summary(&self.ui_times.busy_ms) {
+        if let Some((median, max)) = self.ui_times.last_summary {
             ui.label(
                 RichText::new(format!("UI thread per frame while busy: median {median:.2} ms, max {max:.1} ms"))
                     .small(),
@@ -650,10 +679,6 @@ fn yes_no(b: bool) -> &'static str {
     if b { "on" } else { "off" }
 }
 
-fn grid_columns(n: usize) -> usize {
-    (n as f64).sqrt().ceil().max(1.0) as usize
-}
-
 fn random_seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
@@ -703,7 +728,12 @@ impl eframe::App for ScalewiseApp {
         if !self.is_idle() {
             ctx.request_repaint_after(std::time::Duration::from_millis(100));
         }
-        self.ui_times.record(busy, frame_start.elapsed().as_secs_f64() * 1e3);
+        if busy {
+            self.ui_times.record(frame_start.elapsed().as_secs_f64() * 1e3);
+            if self.is_idle() {
+                self.ui_times.end_of_work();
+            }
+        }
     }
 }
 

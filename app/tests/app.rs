@@ -44,7 +44,9 @@ fn generates_on_the_demo_model_and_fills_the_filmstrip() {
     assert_eq!(frames.len(), scales.len(), "one filmstrip frame per scale");
     for (frame, side) in frames.iter().zip(&scales) {
         assert_eq!(frame.side, *side);
-        assert_eq!(frame.images.len(), 1);
+        assert_eq!(frame.batch, 1);
+        let size = harness.state().pipeline().unwrap().image_size();
+        assert_eq!((frame.grid.width, frame.grid.height), (size, size), "scale {}", frame.index);
     }
     harness.snapshot("generated_demo");
 

@@ -169,10 +169,9 @@ pub fn generate(device: &Device, args: &GenerateArgs) -> anyhow::Result<()> {
     }
     let images = generation.decode()?;
     let wall_ms = started.elapsed().as_secs_f64() * 1e3;
-    let columns = (batch as f64).sqrt().ceil() as usize;
 
     // Everything is computed; only now are files written (each atomically).
-    Image::grid(&images, columns).save_png(&args.out)?;
+    Image::square_grid(&images).save_png(&args.out)?;
     if let Some(path) = &args.dump_tokens {
         let first: Vec<Vec<u32>> =
             generation.tokens().iter().zip(&config.patch_nums).map(|(ids, side)| ids[..side * side].to_vec()).collect();
@@ -183,7 +182,7 @@ pub fn generate(device: &Device, args: &GenerateArgs) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         for (index, side, images) in &previews {
             let path = dir.join(format!("scale_{index:02}_{side}x{side}.png"));
-            Image::grid(images, columns).save_png(&path)?;
+            Image::square_grid(images).save_png(&path)?;
         }
     }
     if !args.quiet {
