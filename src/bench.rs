@@ -625,6 +625,7 @@ pub fn generate(device: &Device, config: &GenerateBenchConfig) -> Result<Generat
 }
 
 pub fn generate_json(device: &Device, config: &GenerateBenchConfig, r: &GenerateBenchResult) -> serde_json::Value {
+    let totals = r.totals();
     serde_json::json!({
         "adapter": device.info().adapter.name,
         "backend": device.info().adapter.backend.to_string(),
@@ -638,9 +639,9 @@ pub fn generate_json(device: &Device, config: &GenerateBenchConfig, r: &Generate
         "timing": format!("{:?}", r.timing),
         "median_ms": r.median_ms,
         "min_ms": r.min_ms,
-        "transformer_ms": r.totals().transformer_ms,
-        "sampling_ms": r.totals().sampling_ms,
-        "accumulate_ms": r.totals().accumulate_ms,
+        "transformer_ms": totals.transformer_ms,
+        "sampling_ms": totals.sampling_ms,
+        "accumulate_ms": totals.accumulate_ms,
         "decode_ms": r.decode_ms,
         "peak_bytes": r.peak_bytes,
         "scales": r.scales.iter().map(|(side, t)| serde_json::json!({

@@ -47,7 +47,7 @@ fn main() {
         let (median, max) = UiFrameTimes::summary(busy).expect("frames while generating");
         println!(
             "  batch {batch}: generation {wall_ms:.0} ms over {} frames; app work per frame median {median:.2} ms, \
-             p99 {:.2} ms, max {max:.2} ms; egui frame median {:.1} ms, p95 {:.1} ms",
+             p99 {:.2} ms, max {max:.2} ms; kittest step (app plus egui layout and kittest's own work) median {:.1} ms, p95 {:.1} ms",
             frame_ms.len(),
             percentile(&busy_list, 0.99),
             percentile(&frame_ms, 0.5),

@@ -334,9 +334,18 @@ impl FloatType {
         }
     }
 
-    /// Little-endian elements to f32 (`bytes.len()` a multiple of the element size).
+    /// Little-endian elements to f32 (`bytes.len()` a multiple of the element size). One loop per
+    /// type with a fixed element size: this runs over every parameter of a checkpoint.
     pub(crate) fn decode(self, bytes: &[u8]) -> Vec<f32> {
-        bytes.chunks_exact(self.size()).map(|c| self.decode_one(c)).collect()
+        fn each<const N: usize>(bytes: &[u8], convert: impl Fn([u8; N]) -> f32) -> Vec<f32> {
+            bytes.chunks_exact(N).map(|c| convert(c.try_into().expect("chunks of N bytes"))).collect()
+        }
+        match self {
+            FloatType::F32 => each(bytes, f32::from_le_bytes),
+            FloatType::F16 => each(bytes, |b| half::f16::from_le_bytes(b).to_f32()),
+            FloatType::BF16 => each(bytes, |b| half::bf16::from_le_bytes(b).to_f32()),
+            FloatType::F64 => each(bytes, |b| f64::from_le_bytes(b) as f32),
+        }
     }
 }
 

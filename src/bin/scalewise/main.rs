@@ -207,21 +207,22 @@ fn parse_dtype(s: &str) -> Result<DType, String> {
 /// `scalewise classes`: no GPU; the checkpoint is read on the CPU (the whole file: the loader has no
 /// header-only mode) for its shapes and metadata.
 fn list_classes(args: &ClassesArgs) -> anyhow::Result<()> {
-    let (names, count) = if args.imagenet {
-        (scalewise::labels::imagenet().to_vec(), scalewise::labels::IMAGENET_CLASSES)
+    let loaded;
+    let (names, count): (&[String], usize) = if args.imagenet {
+        (scalewise::labels::imagenet(), scalewise::labels::IMAGENET_CLASSES)
     } else {
         let sd = match &args.var {
             Some(path) => scalewise::weights::StateDict::load(path)?,
             None => scalewise::demo::var_state_dict()?,
         };
-        let config = scalewise::nn::VarConfig::infer(&sd)?;
-        (config.class_names.unwrap_or_default(), config.num_classes)
+        loaded = scalewise::nn::VarConfig::infer(&sd)?;
+        (loaded.class_names.as_deref().unwrap_or_default(), loaded.num_classes)
     };
     if names.is_empty() {
         println!("this model's {count} classes have no names: use the numbers 0..={}", count.saturating_sub(1));
         return Ok(());
     }
-    let ids = scalewise::labels::search(&names, count, &args.search.join(" "));
+    let ids = scalewise::labels::search(names, count, &args.search.join(" "));
     anyhow::ensure!(!ids.is_empty(), "no class name contains {:?}", args.search.join(" "));
     let mut out = std::io::stdout().lock();
     for id in ids {
@@ -245,28 +246,27 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    if let Command::Convert(args) = &cli.command {
-        // No GPU needed.
-        let sd = scalewise::weights::StateDict::load(&args.input)?;
-        anyhow::ensure!(args.output != args.input, "the output must differ from the input");
-        let dtype = if args.f16 { DType::F16 } else { DType::F32 };
-        sd.save_safetensors(&args.output, dtype)?;
-        println!("wrote {} tensors ({dtype}) to {}", sd.len(), args.output.display());
-        return Ok(());
+    let Cli { device, command } = cli;
+    // Convert and classes need no GPU; the others open the device first.
+    match command {
+        Command::Convert(args) => convert(&args),
+        Command::Classes(args) => list_classes(&args),
+        Command::Info => info(&device.open()?),
+        Command::Generate(args) => generate::generate(&device.open()?, &args),
+        Command::Bench(BenchCommand::Generate(args)) => generate::bench_generate(&device.open()?, &args),
+        Command::Bench(BenchCommand::Matmul(args)) => bench_matmul(&device.open()?, &args),
+        Command::Bench(BenchCommand::Attention(args)) => bench_attention(&device.open()?, &args),
+        Command::Bench(BenchCommand::Scan(args)) => bench_scan(&device.open()?, &args),
     }
-    if let Command::Classes(args) = &cli.command {
-        return list_classes(args);
-    }
-    let device = cli.device.open()?;
-    match cli.command {
-        Command::Info => info(&device),
-        Command::Generate(args) => generate::generate(&device, &args),
-        Command::Convert(_) | Command::Classes(_) => unreachable!("handled before opening a device"),
-        Command::Bench(BenchCommand::Generate(args)) => generate::bench_generate(&device, &args),
-        Command::Bench(BenchCommand::Matmul(args)) => bench_matmul(&device, &args),
-        Command::Bench(BenchCommand::Attention(args)) => bench_attention(&device, &args),
-        Command::Bench(BenchCommand::Scan(args)) => bench_scan(&device, &args),
-    }
+}
+
+fn convert(args: &ConvertArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.output != args.input, "the output must differ from the input");
+    let sd = scalewise::weights::StateDict::load(&args.input)?;
+    let dtype = if args.f16 { DType::F16 } else { DType::F32 };
+    sd.save_safetensors(&args.output, dtype)?;
+    println!("wrote {} tensors ({dtype}) to {}", sd.len(), args.output.display());
+    Ok(())
 }
 
 fn info(device: &Device) -> anyhow::Result<()> {
