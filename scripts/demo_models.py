@@ -17,20 +17,19 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-LN_EPS = 1e-6
-GN_EPS = 1e-6
-GN_GROUPS = 32
-PHI_K = 4
-MAX_SCALE_MUL = math.log(100.0)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Resampling primitives and Phi table (spec section 5)
-# ----------------------------------------------------------------------------------------------------
-def phi_index(si, sn, k=PHI_K):
-    """Phi conv index of scale si of sn scales: first argmin in float64 numpy (spec section 5)."""
-    ticks = np.linspace(1 / 3 / k, 1 - 1 / 3 / k, k)
-    return int(np.argmin(np.abs(ticks - si / (sn - 1))))
+# The constants, the Phi table and the VQVAE decoder's building blocks (sized by their arguments)
+# are the fixture generator's; this file adds what it sizes by constructor arguments.
+import var_reference
+from var_reference import (
+    LN_EPS,
+    MAX_SCALE_MUL,
+    PHI_K,
+    AttnBlock,
+    ResBlock,
+    Upsample,
+    group_norm,
+    phi_index,
+)
 
 
 def bicubic_up(x, size):
@@ -182,56 +181,7 @@ class VAR(nn.Module):
 # ----------------------------------------------------------------------------------------------------
 # Multi-scale VQVAE
 # ----------------------------------------------------------------------------------------------------
-def group_norm(ch):
-    return nn.GroupNorm(GN_GROUPS, ch, eps=GN_EPS, affine=True)
-
-
-class ResBlock(nn.Module):
-    def __init__(self, cin, cout):
-        super().__init__()
-        self.norm1 = group_norm(cin)
-        self.conv1 = nn.Conv2d(cin, cout, 3, 1, 1)
-        self.norm2 = group_norm(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1)
-        self.nin_shortcut = nn.Conv2d(cin, cout, 1) if cin != cout else None
-
-    def forward(self, x):
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(F.silu(self.norm2(h)))
-        return (x if self.nin_shortcut is None else self.nin_shortcut(x)) + h
-
-
-class AttnBlock(nn.Module):
-    def __init__(self, ch):
-        super().__init__()
-        self.norm = group_norm(ch)
-        self.qkv = nn.Conv2d(ch, 3 * ch, 1)
-        self.proj_out = nn.Conv2d(ch, ch, 1)
-
-    def forward(self, x):
-        b, c, hh, ww = x.shape
-        q, k, v = self.qkv(self.norm(x)).view(b, 3, c, hh * ww).unbind(1)
-        w = torch.einsum("bci,bcj->bij", q, k) * (c ** -0.5)
-        h = torch.einsum("bij,bcj->bci", w.softmax(dim=-1), v).view(b, c, hh, ww)
-        return x + self.proj_out(h)
-
-
-class Upsample(nn.Module):
-    def __init__(self, ch):
-        super().__init__()
-        self.conv = nn.Conv2d(ch, ch, 3, 1, 1)
-
-    def forward(self, x):
-        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
-
-
-class Mid(nn.Module):
-    def __init__(self, ch):
-        super().__init__()
-        self.block_1 = ResBlock(ch, ch)
-        self.attn_1 = AttnBlock(ch)
-        self.block_2 = ResBlock(ch, ch)
-
+class Mid(var_reference.Mid):
     def forward(self, x):
         return self.block_2(self.attn_1(self.block_1(x)))
 
