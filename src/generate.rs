@@ -58,6 +58,8 @@ pub struct GenerateOptions {
     pub keep_logits: bool,
     /// Time each stage: GPU timestamps where the device has them, else the wall clock with a wait at
     /// the end of each stage. Turn it off to measure end-to-end latency (the times are then zero).
+    /// The profiler belongs to the device, so generations profiled at the same time on one device
+    /// from several threads get approximate times (their results are unaffected).
     pub profile_stages: bool,
 }
 
@@ -291,15 +293,18 @@ impl<'a> StageClock<'a> {
             ClockMode::Timestamps => {
                 self.mode = ClockMode::Off; // the profiler is finished here, not again on drop
                 let timings = self.device.finish_profiling()?;
+                // The profiler belongs to the device: another thread profiling the same device at
+                // the same time replaces it, and the counts no longer line up. Clamp rather than
+                // index out of range; the times are then only approximate.
+                let at = |i: usize| i.min(timings.len());
                 let mut start = 0;
                 Ok(self
                     .marks
                     .iter()
                     .map(|&end| {
-                        let ns: f64 =
-                            timings[start.min(end)..end.min(timings.len())].iter().map(|t| t.nanoseconds).sum();
+                        let range = at(start)..at(end).max(at(start));
                         start = end;
-                        ns / 1e6
+                        timings[range].iter().map(|t| t.nanoseconds).sum::<f64>() / 1e6
                     })
                     .collect())
             }

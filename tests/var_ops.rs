@@ -663,6 +663,10 @@ fn run(pipeline: &Pipeline, options: &GenerateOptions) -> Run {
     Run { tokens, f_hat, raw, images: generation.decode().unwrap() }
 }
 
+/// The device's profiler is shared: tests that profile hold this so they don't run at the same time
+/// (tests of one binary run in parallel threads on the same devices).
+static PROFILING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn bits(values: &[f32]) -> Vec<u32> {
     values.iter().map(|v| v.to_bits()).collect()
 }
@@ -752,6 +756,7 @@ fn previews_come_for_every_scale_at_the_image_size() {
     let pipeline = tiny_pipeline(device, false, 71);
     let size = pipeline.image_size();
     assert_eq!(size, 3 * 2);
+    let _profiling = PROFILING.lock().unwrap_or_else(|e| e.into_inner());
     let preview = GenerateOptions { preview_every_scale: true, profile_stages: true, ..options(vec![1, 2, 3], 8) };
     let mut generation = pipeline.start(&preview).unwrap();
     let mut last = None;
@@ -818,6 +823,31 @@ fn the_iterator_walks_the_schedule_and_then_stops() {
     let err = generation.step().unwrap_err();
     assert!(matches!(err, Error::InvalidArgument { .. }) && err.to_string().contains("3 scales"), "{err:?}");
     assert!(generation.step_forced(&[0; 9]).is_err());
+}
+
+#[test]
+fn concurrent_profiled_generations_on_one_device_finish_with_their_own_results() {
+    let (_, device) = &devices()[0];
+    let pipeline = tiny_pipeline(device, false, 91);
+    let profiled =
+        |seed| GenerateOptions { profile_stages: true, preview_every_scale: true, ..options(vec![1, 3], seed) };
+    let _profiling = PROFILING.lock().unwrap_or_else(|e| e.into_inner());
+    let alone: Vec<Run> = (0..3).map(|seed| run(&pipeline, &profiled(seed))).collect();
+    // Three threads share the device (and its one profiler): no failure, the same tokens and images.
+    let together: Vec<Run> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..3)
+            .map(|seed| {
+                scope.spawn({
+                    let pipeline = &pipeline;
+                    move || run(pipeline, &profiled(seed))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("a generation thread")).collect()
+    });
+    for (seed, (a, t)) in alone.iter().zip(&together).enumerate() {
+        assert_eq!((&a.tokens, &a.images), (&t.tokens, &t.images), "seed {seed}");
+    }
 }
 
 #[test]
