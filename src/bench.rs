@@ -92,7 +92,7 @@ pub fn matmul(device: &Device, config: &MatmulBenchConfig) -> Result<Vec<MatmulB
     let mut rows = Vec::new();
     for &size in &config.sizes {
         for &dtype in &config.dtypes {
-            if dtype == DType::F16 && !device.features().shader_f16 {
+            if dtype == DType::F16 && !device.caps().f16 {
                 continue;
             }
             let a = Tensor::from_f32(device, &[size, size], &pseudo_random(size * size, 1), dtype)?;
@@ -217,7 +217,7 @@ pub fn attention(device: &Device, config: &AttentionBenchConfig) -> Result<Vec<A
         .with_text(case.text, case.text);
         let len = base.seq_len();
         for &dtype in &config.dtypes {
-            if dtype == DType::F16 && !device.features().shader_f16 {
+            if dtype == DType::F16 && !device.caps().f16 {
                 continue;
             }
             let shape = [1, config.heads, len, config.head_dim];
@@ -348,7 +348,7 @@ pub fn scan(device: &Device, config: &ScanBenchConfig) -> Result<Vec<ScanBenchRo
     for &shape in &config.shapes {
         let [batch, d, n, l] = shape;
         for &dtype in &config.dtypes {
-            if dtype == DType::F16 && !device.features().shader_f16 {
+            if dtype == DType::F16 && !device.caps().f16 {
                 continue;
             }
             let model_bytes = (dtype.size_in_bytes() * (4 * d + 2 * n) * batch * l) as f64;
@@ -611,7 +611,7 @@ pub fn generate(device: &Device, config: &GenerateBenchConfig) -> Result<Generat
     let mut clock = crate::generate::StageClock::start(device, true)?;
     clock.stage(|| generation.decode())?;
     let decode_ms = clock.finish()?[0];
-    let timing = if device.features().timestamps { TimingSource::GpuTimestamps } else { TimingSource::WallClock };
+    let timing = if device.caps().timestamps { TimingSource::GpuTimestamps } else { TimingSource::WallClock };
     Ok(GenerateBenchResult {
         var_parameters: pipeline.var.config.parameters,
         image_size: pipeline.image_size(),

@@ -1,7 +1,7 @@
 //! Typed errors of the library. Everything a user controls (shapes, files, options, the machine's GPU)
 //! surfaces here as a value, never as a panic.
 
-use crate::tensor::DType;
+use crate::dtype::DType;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -41,22 +41,39 @@ pub enum Error {
     #[error("the GPU device was lost: {0}")]
     DeviceLost(String),
 
-    #[error("the GPU is out of memory while {0}")]
-    OutOfMemory(String),
+    #[error("the GPU is out of memory while {what}: {source}")]
+    OutOfMemory {
+        what: String,
+        #[source]
+        source: wgpu::Error,
+    },
 
-    #[error("shader {shader} failed to compile: {msg}")]
-    Shader { shader: String, msg: String },
+    #[error("shader {shader} failed to compile: {source}")]
+    Shader {
+        shader: String,
+        #[source]
+        source: wgpu::Error,
+    },
+
+    /// An error wgpu reported (validation, internal) while scalewise was doing `what`.
+    #[error("GPU error while {what}: {source}")]
+    Wgpu {
+        what: String,
+        #[source]
+        source: wgpu::Error,
+    },
 
     #[error("GPU error while {what}: {msg}")]
     Gpu { what: String, msg: String },
 
+    /// The backend has no kernel for this family and storage type.
+    #[error("the {backend} backend does not run {family} kernels on {dtype} storage")]
+    Unsupported { family: &'static str, dtype: DType, backend: String },
+
     #[error("reading results back from the GPU failed: {0}")]
     Readback(String),
 
-    #[error(
-        "weights under {prefix:?} do not match the model:{}",
-        crate::weights::describe_mismatch(missing, unexpected, misshaped)
-    )]
+    #[error("weights under {prefix:?} do not match the model:{}", describe_mismatch(missing, unexpected, misshaped))]
     Weights {
         prefix: String,
         missing: Vec<String>,
@@ -84,3 +101,22 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The detail of an [`Error::Weights`]: every missing, unexpected and mis-shaped key.
+fn describe_mismatch(
+    missing: &[String],
+    unexpected: &[String],
+    misshaped: &[(String, Vec<usize>, Vec<usize>)],
+) -> String {
+    let mut text = String::new();
+    if !missing.is_empty() {
+        text.push_str(&format!(" missing {}.", missing.join(", ")));
+    }
+    if !unexpected.is_empty() {
+        text.push_str(&format!(" unexpected {}.", unexpected.join(", ")));
+    }
+    for (key, want, got) in misshaped {
+        text.push_str(&format!(" {key} has shape {got:?}, expected {want:?}."));
+    }
+    text
+}

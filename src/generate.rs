@@ -254,7 +254,7 @@ enum ClockMode {
 
 impl<'a> StageClock<'a> {
     pub(crate) fn start(device: &'a Device, profile: bool) -> Result<Self> {
-        let mode = match (profile, device.features().timestamps) {
+        let mode = match (profile, device.caps().timestamps) {
             (false, _) => ClockMode::Off,
             (true, true) => ClockMode::Timestamps,
             (true, false) => ClockMode::WallClock,

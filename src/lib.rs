@@ -16,17 +16,19 @@
 pub mod bench;
 pub mod demo;
 pub mod device;
+pub mod dtype;
 pub mod error;
 pub mod generate;
 pub mod image;
+pub mod kernels;
 pub mod labels;
 pub mod nn;
 pub mod ops;
 pub mod output;
-pub mod shaders;
 pub mod tensor;
 pub mod weights;
 
-pub use device::{BackendChoice, Device, DeviceInfo, DeviceOptions};
+pub use device::{BackendChoice, Caps, Device, DeviceInfo, DeviceOptions};
+pub use dtype::DType;
 pub use error::{Error, Result};
-pub use tensor::{DType, Tensor};
+pub use tensor::Tensor;

@@ -1,52 +1,18 @@
 //! Tensor = device storage + shape + dtype. Contiguous row-major; clones and reshapes share storage.
 //! Floating tensors are f32, or f16 storage with f32 arithmetic inside every kernel.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use half::f16;
-
-use crate::device::launch::{Binding, Kernel};
-use crate::device::{Device, GpuBuffer, GpuContext, launch, poisoned};
+use crate::device::{Arg, Device, Grid, Launch, Readback, Storage};
+use crate::dtype::numel;
+pub use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
-use crate::shaders::{self, Variant};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DType {
-    F32,
-    /// Half-precision storage; kernels accumulate in f32. Needs SHADER_F16.
-    F16,
-    /// Indices (token ids, class labels).
-    U32,
-}
-
-impl DType {
-    pub fn size_in_bytes(self) -> usize {
-        match self {
-            DType::F32 | DType::U32 => 4,
-            DType::F16 => 2,
-        }
-    }
-
-    pub fn is_float(self) -> bool {
-        matches!(self, DType::F32 | DType::F16)
-    }
-}
-
-impl std::fmt::Display for DType {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            DType::F32 => "f32",
-            DType::F16 => "f16",
-            DType::U32 => "u32",
-        })
-    }
-}
+use crate::kernels::{CastParams, Constants, CopyParams, Family, size};
 
 #[derive(Clone)]
 pub struct Tensor {
     device: Device,
-    buffer: Arc<GpuBuffer>,
+    storage: Arc<Storage>,
     shape: Vec<usize>,
     dtype: DType,
 }
@@ -57,71 +23,58 @@ impl std::fmt::Debug for Tensor {
     }
 }
 
-pub(crate) fn numel(shape: &[usize]) -> usize {
-    shape.iter().product()
-}
-
 impl Tensor {
     /// An uninitialised tensor (NaN-filled when the device poisons allocations).
     pub fn empty(device: &Device, shape: &[usize], dtype: DType) -> Result<Self> {
-        if dtype == DType::F16 && !device.features().shader_f16 {
+        if dtype == DType::F16 && !device.caps().f16 {
             return Err(Error::MissingFeature { what: "f16 tensor storage".into(), feature: "SHADER_F16" });
         }
         let bytes = numel(shape)
             .checked_mul(dtype.size_in_bytes())
             .ok_or_else(|| Error::InvalidArgument { op: "Tensor::empty", msg: format!("shape {shape:?} overflows") })?;
-        let what = format!("a {dtype} tensor of shape {shape:?}");
-        let buffer = device.ctx.pool.acquire(&device.ctx, bytes as u64, &what)?;
-        Ok(Self { device: device.clone(), buffer: Arc::new(buffer), shape: shape.to_vec(), dtype })
+        let storage = device.alloc(bytes as u64, &format!("a {dtype} tensor of shape {shape:?}"))?;
+        Ok(Self { device: device.clone(), storage: Arc::new(storage), shape: shape.to_vec(), dtype })
     }
 
     pub fn zeros(device: &Device, shape: &[usize], dtype: DType) -> Result<Self> {
         let tensor = Self::empty(device, shape, dtype)?;
-        let bytes = tensor.padded_bytes();
-        // The pooled buffer may still be read by recorded kernels: they must run first.
-        device.ctx.flush()?;
-        device.ctx.checked("clearing a tensor", || {
-            let mut encoder = device.ctx.device.create_command_encoder(&Default::default());
-            encoder.clear_buffer(tensor.buffer.raw(), 0, Some(bytes));
-            device.ctx.queue.submit([encoder.finish()]);
-            Ok(())
+        device.zero(&tensor.storage, tensor.padded_bytes())?;
+        Ok(tensor)
+    }
+
+    /// Uploads `data` as its own storage type (`f32` as F32, `half::f16` as F16, `u32` as U32).
+    pub fn from_slice<T: Element>(device: &Device, shape: &[usize], data: &[T]) -> Result<Self> {
+        Self::from_slice_as(device, shape, data, T::DTYPE)
+    }
+
+    /// Uploads `data` stored as `dtype`: floats convert between f32 and f16; indices stay u32.
+    pub fn from_slice_as<T: Element>(device: &Device, shape: &[usize], data: &[T], dtype: DType) -> Result<Self> {
+        const OP: &str = "Tensor::from_slice";
+        if numel(shape) != data.len() {
+            return Err(Error::ShapeMismatch {
+                op: OP,
+                lhs: shape.to_vec(),
+                rhs: vec![data.len()],
+                detail: format!("the shape holds {} elements but {} were given", numel(shape), data.len()),
+            });
+        }
+        let bytes = T::encode(data, dtype).ok_or_else(|| Error::UnsupportedDType {
+            op: OP,
+            dtype,
+            expected: if T::DTYPE.is_float() { "f32 or f16 for float data" } else { "u32 for index data" },
         })?;
+        let tensor = Self::empty(device, shape, dtype)?;
+        device.write(&tensor.storage, &bytes)?;
         Ok(tensor)
     }
 
     /// Uploads f32 data, stored as `dtype` (F32 or F16).
     pub fn from_f32(device: &Device, shape: &[usize], data: &[f32], dtype: DType) -> Result<Self> {
-        check_len("Tensor::from_f32", shape, data.len())?;
-        match dtype {
-            DType::F32 => Self::from_bytes(device, shape, dtype, bytemuck::cast_slice(data)),
-            DType::F16 => {
-                let halves: Vec<f16> = data.iter().map(|&x| f16::from_f32(x)).collect();
-                Self::from_bytes(device, shape, dtype, bytemuck::cast_slice(&halves))
-            }
-            DType::U32 => Err(Error::UnsupportedDType { op: "Tensor::from_f32", dtype, expected: "f32 or f16" }),
-        }
+        Self::from_slice_as(device, shape, data, dtype)
     }
 
     pub fn from_u32(device: &Device, shape: &[usize], data: &[u32]) -> Result<Self> {
-        check_len("Tensor::from_u32", shape, data.len())?;
-        Self::from_bytes(device, shape, DType::U32, bytemuck::cast_slice(data))
-    }
-
-    fn from_bytes(device: &Device, shape: &[usize], dtype: DType, bytes: &[u8]) -> Result<Self> {
-        let tensor = Self::empty(device, shape, dtype)?;
-        // queue.write_buffer lands before commands submitted later, and the pooled buffer may still be
-        // read by recorded kernels: submit them first.
-        device.ctx.flush()?;
-        device.ctx.check_alive()?;
-        // Buffer writes must be a multiple of 4 bytes (odd-length f16 data gets one pad element).
-        if bytes.len().is_multiple_of(4) {
-            device.ctx.queue.write_buffer(tensor.buffer.raw(), 0, bytes);
-        } else {
-            let mut padded = bytes.to_vec();
-            padded.resize(bytes.len().div_ceil(4) * 4, 0);
-            device.ctx.queue.write_buffer(tensor.buffer.raw(), 0, &padded);
-        }
-        Ok(tensor)
+        Self::from_slice(device, shape, data)
     }
 
     pub fn device(&self) -> &Device {
@@ -149,17 +102,27 @@ impl Tensor {
         self.size_in_bytes().div_ceil(4).max(1) * 4
     }
 
-    pub(crate) fn ctx(&self) -> &GpuContext {
-        &self.device.ctx
+    /// This tensor as a kernel argument the kernel only reads.
+    pub(crate) fn arg<'a>(&'a self, name: &'a str) -> Arg<'a> {
+        Arg { storage: &self.storage, bytes: self.padded_bytes(), writable: false, name }
     }
 
-    pub(crate) fn bind<'a>(&'a self, name: &'a str, writable: bool) -> Binding<'a> {
-        Binding { buffer: &self.buffer, bytes: self.padded_bytes(), writable, name }
+    /// This tensor as a kernel argument the kernel writes.
+    pub(crate) fn arg_mut<'a>(&'a self, name: &'a str) -> Arg<'a> {
+        Arg { storage: &self.storage, bytes: self.padded_bytes(), writable: true, name }
     }
 
     /// Does `other` live on the same device?
     pub(crate) fn same_device(&self, other: &Tensor) -> bool {
-        Arc::ptr_eq(&self.device.ctx, &other.device.ctx)
+        self.device.same(&other.device)
+    }
+
+    /// The shape as `N` dimensions, or an error naming `op` and the shape.
+    pub fn dims<const N: usize>(&self, op: &'static str) -> Result<[usize; N]> {
+        <[usize; N]>::try_from(self.shape.as_slice()).map_err(|_| Error::InvalidArgument {
+            op,
+            msg: format!("needs a {N}-D tensor, got shape {:?}", self.shape),
+        })
     }
 
     /// Same storage, new shape with the same number of elements.
@@ -175,42 +138,24 @@ impl Tensor {
         Ok(Self { shape: shape.to_vec(), ..self.clone() })
     }
 
+    /// Blocking download as `T` (f16 widened to f32 and the reverse; indices only as u32).
+    pub fn to_vec<T: Element>(&self) -> Result<Vec<T>> {
+        self.read_async()?.wait()
+    }
+
     /// Blocking download as f32 (f16 widened).
     pub fn to_vec_f32(&self) -> Result<Vec<f32>> {
-        self.read_async()?.wait_f32()
+        self.to_vec()
     }
 
     pub fn to_vec_u32(&self) -> Result<Vec<u32>> {
-        self.read_async()?.wait_u32()
+        self.to_vec()
     }
 
     /// Starts copying the tensor to host memory; poll or wait on the returned handle.
     pub fn read_async(&self) -> Result<PendingRead> {
-        let ctx = self.ctx();
-        let bytes = self.padded_bytes();
-        ctx.flush()?;
-        let staging = ctx.checked("starting a readback", || {
-            let staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("readback"),
-                size: bytes,
-                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            });
-            let mut encoder = ctx.device.create_command_encoder(&Default::default());
-            encoder.copy_buffer_to_buffer(self.buffer.raw(), 0, &staging, 0, bytes);
-            ctx.queue.submit([encoder.finish()]);
-            Ok(staging)
-        })?;
-        let mapped = Arc::new(AtomicBool::new(false));
-        let outcome = Arc::new(Mutex::new(None));
-        let (flag, slot) = (Arc::clone(&mapped), Arc::clone(&outcome));
-        staging.slice(..).map_async(wgpu::MapMode::Read, move |result| {
-            if let Ok(mut slot) = slot.lock() {
-                *slot = Some(result.map_err(|e| e.to_string()));
-            }
-            flag.store(true, Ordering::Release);
-        });
-        Ok(PendingRead { device: self.device.clone(), staging, mapped, outcome, len: self.numel(), dtype: self.dtype })
+        let readback = self.device.read(&self.storage, self.padded_bytes())?;
+        Ok(PendingRead { readback, len: self.numel(), dtype: self.dtype, _device: self.device.clone() })
     }
 
     /// A copy of `range` along `dim`.
@@ -315,22 +260,24 @@ impl Tensor {
             return Ok(self.clone());
         }
         let (family, entry) = match (self.dtype, dtype) {
-            (DType::F32, DType::F16) => (&shaders::CAST_TO_F16, "cast_f32_to_store"),
-            (DType::F16, DType::F32) => (&shaders::CAST_TO_F32, "cast_store_to_f32"),
+            (DType::F32, DType::F16) => (Family::CastToF16, "cast_f32_to_store"),
+            (DType::F16, DType::F32) => (Family::CastToF32, "cast_store_to_f32"),
             (from, to) => {
                 return Err(Error::InvalidArgument { op: "to_dtype", msg: format!("cannot convert {from} to {to}") });
             }
         };
         let out = Self::empty(&self.device, &self.shape, dtype)?;
-        let n = self.numel() as u64;
-        let ctx = self.ctx();
-        let kernel = Kernel { family, entry, variant: Variant { dtype: DType::F16, subgroups: false }, constants: &[] };
-        ctx.dispatch(
-            &kernel,
-            &[self.bind("src", false), out.bind("dst", true)],
-            &[n as u32],
-            launch::grid(ctx, n.div_ceil(256), "to_dtype")?,
-        )?;
+        let n = index_u32("to_dtype", self.numel())?;
+        let params = CastParams { n };
+        self.device.launch(&Launch::new(
+            family,
+            entry,
+            DType::F16,
+            &Constants::new(family),
+            &[self.arg("src"), out.arg_mut("dst")],
+            &params,
+            Grid::Linear(elements_grid(self.numel())),
+        ))?;
         Ok(out)
     }
 
@@ -349,27 +296,25 @@ impl Tensor {
         shape[rank - 2] = n;
         shape[rank - 1] = m;
         let out = Self::empty(&self.device, &shape, self.dtype)?;
-        let total = self.numel() as u64;
-        if total == 0 {
+        if self.numel() == 0 {
             return Ok(out);
         }
-        let total32 = u32::try_from(total).map_err(|_| Error::InvalidArgument {
-            op: "transpose_last2",
-            msg: format!("{total} elements exceed the 32-bit index range"),
-        })?;
-        let ctx = self.ctx();
-        let kernel = Kernel {
-            family: &shaders::COPY,
-            entry: "transpose_last2",
-            variant: Variant { dtype: self.dtype, subgroups: false },
-            constants: &[],
+        // The copy params in the transpose's reading: total elements, then M and N.
+        let params = CopyParams {
+            total: index_u32("transpose_last2", self.numel())?,
+            count: m as u32,
+            inner: n as u32,
+            ..Default::default()
         };
-        ctx.dispatch(
-            &kernel,
-            &[self.bind("src", false), out.bind("dst", true)],
-            &[total32, m as u32, n as u32, 0, 0, 0, 0],
-            launch::grid(ctx, total.div_ceil(256), "transpose_last2")?,
-        )?;
+        self.device.launch(&Launch::new(
+            Family::Copy,
+            "transpose_last2",
+            self.dtype,
+            &Constants::new(Family::Copy),
+            &[self.arg("src"), out.arg_mut("dst")],
+            &params,
+            Grid::Linear(elements_grid(self.numel())),
+        ))?;
         Ok(out)
     }
 
@@ -381,18 +326,6 @@ impl Tensor {
     }
 }
 
-fn check_len(op: &'static str, shape: &[usize], len: usize) -> Result<()> {
-    if numel(shape) != len {
-        return Err(Error::ShapeMismatch {
-            op,
-            lhs: shape.to_vec(),
-            rhs: vec![len],
-            detail: format!("the shape holds {} elements but {len} were given", numel(shape)),
-        });
-    }
-    Ok(())
-}
-
 pub(crate) fn check_same_device(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
     if a.same_device(b) {
         Ok(())
@@ -401,100 +334,73 @@ pub(crate) fn check_same_device(op: &'static str, a: &Tensor, b: &Tensor) -> Res
     }
 }
 
+/// Workgroups of a one-thread-per-element kernel over `n` elements.
+pub(crate) fn elements_grid(n: usize) -> u64 {
+    (n as u64).div_ceil(size::THREADS_1D as u64)
+}
+
+fn index_u32(op: &'static str, value: usize) -> Result<u32> {
+    u32::try_from(value)
+        .map_err(|_| Error::InvalidArgument { op, msg: format!("{value} elements exceed the 32-bit index range") })
+}
+
 /// dst[o, dst_start + j, i] = src[o, src_start + j, i] for j < count, viewing both tensors as
 /// (outer, dim, inner) around `dim`.
 fn copy_block(src: &Tensor, dst: &Tensor, dim: usize, src_start: usize, dst_start: usize, count: usize) -> Result<()> {
     let outer = numel(&src.shape[..dim]);
     let inner = numel(&src.shape[dim + 1..]);
-    let total = (outer * count * inner) as u64;
-    let ctx = src.ctx();
-    let kernel = Kernel {
-        family: &shaders::COPY,
-        entry: "copy_block",
-        variant: Variant { dtype: src.dtype, subgroups: false },
-        constants: &[],
+    let total = outer * count * inner;
+    let params = CopyParams {
+        total: index_u32("copy", total)?,
+        count: count as u32,
+        inner: inner as u32,
+        src_len: src.shape[dim] as u32,
+        src_start: src_start as u32,
+        dst_len: dst.shape[dim] as u32,
+        dst_start: dst_start as u32,
     };
-    let params = [
-        total as u32,
-        count as u32,
-        inner as u32,
-        src.shape[dim] as u32,
-        src_start as u32,
-        dst.shape[dim] as u32,
-        dst_start as u32,
-    ];
-    ctx.dispatch(
-        &kernel,
-        &[src.bind("src", false), dst.bind("dst", true)],
+    src.device.launch(&Launch::new(
+        Family::Copy,
+        "copy_block",
+        src.dtype,
+        &Constants::new(Family::Copy),
+        &[src.arg("src"), dst.arg_mut("dst")],
         &params,
-        launch::grid(ctx, total.div_ceil(256), "copy")?,
-    )
+        Grid::Linear(elements_grid(total)),
+    ))
 }
 
 /// A download in flight.
 pub struct PendingRead {
-    device: Device,
-    staging: wgpu::Buffer,
-    mapped: Arc<AtomicBool>,
-    outcome: Arc<Mutex<Option<Result<(), String>>>>,
+    readback: Readback,
     len: usize,
     dtype: DType,
+    /// Keeps the device (and so the backend the readback polls) alive.
+    _device: Device,
 }
 
 impl PendingRead {
     /// Non-blocking: has the copy arrived?
     pub fn is_ready(&self) -> bool {
-        let _ = self.device.ctx.device.poll(wgpu::PollType::Poll);
-        self.mapped.load(Ordering::Acquire)
+        self.readback.is_ready()
     }
 
-    fn wait_bytes(self) -> Result<Vec<u8>> {
-        let ctx = &self.device.ctx;
-        while !self.mapped.load(Ordering::Acquire) {
-            ctx.wait_idle()?;
-        }
-        if let Some(Err(e)) = self.outcome.lock().map_err(poisoned)?.take() {
-            return Err(Error::Readback(e));
-        }
-        let bytes = {
-            let view = self.staging.slice(..).get_mapped_range().map_err(|e| Error::Readback(e.to_string()))?;
-            view.to_vec()
-        };
-        self.staging.unmap();
-        Ok(bytes)
+    /// Waits and converts to `T`.
+    pub fn wait<T: Element>(self) -> Result<Vec<T>> {
+        let (len, dtype) = (self.len, self.dtype);
+        let bytes = self.readback.wait()?;
+        T::decode(&bytes, len, dtype).ok_or(Error::UnsupportedDType {
+            op: "to_vec",
+            dtype,
+            expected: if T::DTYPE.is_float() { "f32 or f16 for float data" } else { "u32 for index data" },
+        })
     }
 
     pub fn wait_f32(self) -> Result<Vec<f32>> {
-        let (len, dtype) = (self.len, self.dtype);
-        let bytes = self.wait_bytes()?;
-        match dtype {
-            DType::F32 => Ok(bytemuck::pod_collect_to_vec::<u8, f32>(&bytes[..len * 4])),
-            DType::F16 => {
-                Ok(bytemuck::pod_collect_to_vec::<u8, f16>(&bytes[..len * 2]).iter().map(|h| h.to_f32()).collect())
-            }
-            DType::U32 => Err(Error::UnsupportedDType { op: "to_vec_f32", dtype, expected: "f32 or f16" }),
-        }
+        self.wait()
     }
 
     pub fn wait_u32(self) -> Result<Vec<u32>> {
-        let (len, dtype) = (self.len, self.dtype);
-        if dtype != DType::U32 {
-            return Err(Error::UnsupportedDType { op: "to_vec_u32", dtype, expected: "u32" });
-        }
-        let bytes = self.wait_bytes()?;
-        Ok(bytemuck::pod_collect_to_vec::<u8, u32>(&bytes[..len * 4]))
+        self.wait()
     }
-}
-
-/// Maps a MAP_READ buffer that already holds the data and copies `bytes` of it out.
-pub(crate) fn map_and_read(ctx: &GpuContext, staging: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
-    let (sender, receiver) = std::sync::mpsc::channel();
-    staging.slice(..bytes).map_async(wgpu::MapMode::Read, move |result| {
-        let _ = sender.send(result);
-    });
-    ctx.wait_idle()?;
-    receiver.recv().map_err(|e| Error::Readback(e.to_string()))?.map_err(|e| Error::Readback(e.to_string()))?;
-    let data = staging.slice(..bytes).get_mapped_range().map_err(|e| Error::Readback(e.to_string()))?.to_vec();
-    staging.unmap();
-    Ok(data)
 }

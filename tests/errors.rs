@@ -28,7 +28,7 @@ fn matmul_shape_mismatch_names_both_shapes() {
 #[test]
 fn dtype_mismatch_is_typed() {
     let (_, device) = &devices()[0];
-    if !device.features().shader_f16 {
+    if !device.caps().f16 {
         return;
     }
     let a = tensor(device, &[2, 2]);
@@ -73,14 +73,14 @@ fn invalid_parameters_are_rejected() {
 #[test]
 fn tensors_beyond_the_adapter_limits_are_typed_errors() {
     let (_, device) = &devices()[0];
-    let info = device.info();
+    let caps = device.caps();
     // Larger than any buffer: refused before anything is allocated.
-    let elements = (info.max_buffer_size / 4 + 1) as usize;
+    let elements = (caps.max_buffer_bytes / 4 + 1) as usize;
     let err = Tensor::empty(device, &[elements], DType::F32).unwrap_err();
     assert!(matches!(err, Error::TooLarge { limit_name: "max_buffer_size", .. }), "{err:?}");
     // A buffer that exists but is larger than one storage binding: refused at dispatch.
-    if info.max_storage_buffer_binding_size < info.max_buffer_size && info.max_storage_buffer_binding_size <= 1 << 28 {
-        let elements = (info.max_storage_buffer_binding_size / 4 + 64) as usize;
+    if caps.max_arg_bytes < caps.max_buffer_bytes && caps.max_arg_bytes <= 1 << 28 {
+        let elements = (caps.max_arg_bytes / 4 + 64) as usize;
         let big = Tensor::empty(device, &[elements], DType::F32).unwrap();
         let err = ops::silu(&big).unwrap_err();
         assert!(matches!(err, Error::TooLarge { limit_name: "max_storage_buffer_binding_size", .. }), "{err:?}");
@@ -112,7 +112,7 @@ fn a_lost_device_fails_every_later_operation() {
     // A private device: destroying it must not disturb the other tests.
     let device = Device::new(&DeviceOptions::from_env().unwrap()).unwrap();
     let t = tensor(&device, &[4, 4]);
-    device.wgpu_device().destroy();
+    device.wgpu().expect("a wgpu device").0.destroy();
     let err = ops::silu(&t).unwrap_err();
     assert!(matches!(err, Error::DeviceLost(_)), "{err:?}");
     assert!(matches!(t.to_vec_f32().unwrap_err(), Error::DeviceLost(_)));

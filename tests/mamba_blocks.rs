@@ -286,7 +286,7 @@ fn mamba2_block_matches_reference_and_pieces_equal_whole() {
 fn f16_blocks_track_f32_blocks() {
     let mut rng = Rng::new("mamba_f16");
     let (name, device) = &devices()[0];
-    if !device.features().shader_f16 {
+    if !device.caps().f16 {
         return;
     }
     let dims = Mamba1Dims { d_model: 16, d_inner: 32, n: 16, rank: 1, width: 4 };

@@ -375,7 +375,7 @@ fn bad_options_are_typed_errors_naming_the_values() {
     let ids = Tensor::from_u32(device, &[1, 1, 4], &[0, 1, 2, 3]).unwrap();
     let err = sample::sample_tokens(&ids, &SampleOptions::default()).unwrap_err();
     assert!(matches!(err, Error::UnsupportedDType { dtype: DType::U32, .. }), "{err:?}");
-    if device.features().shader_f16 {
+    if device.caps().f16 {
         let half = Tensor::from_f32(device, &[1, 1, 4], &[0.0; 4], DType::F16).unwrap();
         let err = sample::sample_tokens(&half, &SampleOptions::default()).unwrap_err();
         assert!(matches!(err, Error::UnsupportedDType { dtype: DType::F16, .. }), "{err:?}");

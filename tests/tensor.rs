@@ -133,7 +133,7 @@ fn write_slice_appends_into_a_preallocated_cache() {
 fn converts_between_f32_and_f16() {
     let mut rng = Rng::new("to_dtype");
     for (name, device) in devices() {
-        if !device.features().shader_f16 {
+        if !device.caps().f16 {
             let t = Tensor::from_f32(device, &[3], &[1.0, 2.0, 3.0], DType::F32).unwrap();
             let err = t.to_dtype(DType::F16).unwrap_err();
             assert!(matches!(err, scalewise::Error::MissingFeature { .. }), "{name}: {err}");

@@ -192,7 +192,7 @@ fn gated_residual_shape_errors_are_typed() {
     }
     let err = gated_residual(&t(&[7]), &t(&[7]), &t(&[1, 7])).unwrap_err();
     assert!(matches!(err, Error::ShapeMismatch { .. }), "{err:?}");
-    if device.features().shader_f16 {
+    if device.caps().f16 {
         let half = Tensor::zeros(device, &[2, 7], DType::F16).unwrap();
         let err = gated_residual(&x, &x, &half).unwrap_err();
         assert!(matches!(err, Error::DTypeMismatch { .. }), "{err:?}");

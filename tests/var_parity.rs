@@ -135,7 +135,7 @@ fn tiny_checkpoints_load_with_inferred_hyperparameters() {
 fn teacher_forced_logits_fhat_and_image_match_pytorch() {
     for (name, device) in devices() {
         let mut dtypes = vec![DType::F32];
-        if device.features().shader_f16 {
+        if device.caps().f16 {
             dtypes.push(DType::F16);
         }
         for dtype in dtypes {

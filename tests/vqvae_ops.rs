@@ -262,7 +262,7 @@ fn bad_vqvae_arguments_are_typed_errors() {
     assert!(e.to_string().contains("[4]"), "{e}");
     let e = conv(&x, &t(&[8, 4, 3, 3]), Some(&t(&[1, 8])));
     assert!(matches!(e, Error::ShapeMismatch { .. }), "{e}");
-    if device.features().shader_f16 {
+    if device.caps().f16 {
         let half = Tensor::zeros(device, &[8, 4, 3, 3], DType::F16).unwrap();
         assert!(matches!(conv(&x, &half, None), Error::DTypeMismatch { .. }));
     }

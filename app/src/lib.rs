@@ -563,12 +563,12 @@ impl ScalewiseApp {
         }
         if let Some(device) = self.device.as_ref().filter(|_| self.show_times) {
             let info = device.info();
-            let f = info.features;
+            let f = info.caps;
             ui.label(format!("{} ({})", info.adapter.name, info.adapter.backend));
             ui.label(
                 RichText::new(format!(
                     "f16 {} · subgroups {} · timestamps {}",
-                    yes_no(f.shader_f16),
+                    yes_no(f.f16),
                     yes_no(f.subgroups),
                     yes_no(f.timestamps)
                 ))

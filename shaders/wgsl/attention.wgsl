@@ -450,9 +450,9 @@ fn group_major_index(raster: u32) -> u32 {
 // o = q with the image tokens of every (batch, head) moved from raster to group-major order or
 // back (TO_GROUP_MAJOR). One thread per element; text tokens are copied in place. Here p.heads counts
 // batch * heads, and the tensors are contiguous (B, H, L, D).
-@compute @workgroup_size(256)
+@compute @workgroup_size(THREADS_1D)
 fn permute_tokens(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>, lane: Lane) {
-    let idx = grid_workgroup(wg, groups) * 256u + lane.index;
+    let idx = grid_workgroup(wg, groups) * THREADS_1D + lane.index;
     let len = p.text_start + p.text_valid;
     if idx >= p.heads * len * HEAD_DIM {
         return;

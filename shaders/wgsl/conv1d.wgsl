@@ -8,7 +8,7 @@ override HAS_BIAS: bool = true;
 override APPLY_SILU: bool = false;
 override HAS_STATE: bool = false;
 
-struct ConvParams {
+struct Conv1dParams {
     batch: u32,
     channels: u32,
     length: u32,
@@ -23,7 +23,7 @@ struct ConvParams {
 @group(0) @binding(3) var<storage, read> state_in: array<store_t>; // (B, C, WIDTH - 1)
 @group(0) @binding(4) var<storage, read_write> y: array<store_t>;
 @group(0) @binding(5) var<storage, read_write> state_out: array<store_t>; // (B, C, WIDTH - 1)
-@group(0) @binding(6) var<uniform> p: ConvParams;
+@group(0) @binding(6) var<uniform> p: Conv1dParams;
 
 // Input at time t of the extended sequence x' (t < 0 reads the carried state, zeros without one).
 fn extended(b: u32, c: u32, t: i32) -> f32 {
@@ -38,9 +38,9 @@ fn extended(b: u32, c: u32, t: i32) -> f32 {
 
 // One thread per output element, consecutive threads on consecutive channels of one time step when
 // the layout is tokens-major (the channel stride is 1 there).
-@compute @workgroup_size(256)
+@compute @workgroup_size(THREADS_1D)
 fn conv1d(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>, @builtin(local_invocation_index) index: u32) {
-    let i = grid_workgroup(wg, groups) * 256u + index;
+    let i = grid_workgroup(wg, groups) * THREADS_1D + index;
     if i >= p.batch * p.channels * p.length {
         return;
     }
@@ -60,10 +60,10 @@ fn conv1d(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups:
     y[b * p.batch_stride + c * p.channel_stride + t * p.time_stride] = store_t(acc);
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(THREADS_1D)
 fn conv1d_state(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>, @builtin(local_invocation_index) index: u32) {
     let keep = WIDTH - 1u;
-    let i = grid_workgroup(wg, groups) * 256u + index;
+    let i = grid_workgroup(wg, groups) * THREADS_1D + index;
     if keep == 0u || i >= p.batch * p.channels * keep {
         return;
     }

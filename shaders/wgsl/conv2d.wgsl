@@ -7,7 +7,7 @@ override HAS_BIAS: bool = false;
 // weights of one step fit PATCH_CAP and WEIGHT_CAP.
 override CIN_CHUNK: u32 = 8u;
 
-struct ConvParams {
+struct Conv2dParams {
     batch: u32,
     cin: u32,
     cout: u32,
@@ -22,7 +22,7 @@ struct ConvParams {
 @group(0) @binding(1) var<storage, read> weight: array<store_t>;
 @group(0) @binding(2) var<storage, read> bias: array<store_t>;
 @group(0) @binding(3) var<storage, read_write> y: array<store_t>;
-@group(0) @binding(4) var<uniform> p: ConvParams;
+@group(0) @binding(4) var<uniform> p: Conv2dParams;
 
 // Tiled kernel: one workgroup of 128 threads computes a 16 x 8 tile of output pixels for a block of
 // 32 output channels. Per step of CIN_CHUNK input channels it stages, in f32 workgroup memory,
@@ -34,15 +34,11 @@ struct ConvParams {
 // ly + 6) x 8 output channels = 8 vec4 accumulators: per tap 4 patch reads and 8 weight reads feed
 // 32 FMAs. A warp of 32 threads shares its 8 channels, so weight reads are broadcasts, and reads
 // the patch along rows (consecutive addresses).
-const TILE_W: u32 = 16u;
-const TILE_H: u32 = 8u;
-const COUT_BLOCK: u32 = 32u;
-const THREADS: u32 = 128u;
 
-var<workgroup> x_tile: array<f32, 1536>;
-var<workgroup> w_tile: array<f32, 2560>;
+var<workgroup> x_tile: array<f32, CONV_PATCH_CAP>;
+var<workgroup> w_tile: array<f32, CONV_WEIGHT_CAP>;
 
-@compute @workgroup_size(128)
+@compute @workgroup_size(CONV_THREADS)
 fn conv2d_tiled(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(num_workgroups) groups: vec3<u32>,
@@ -53,14 +49,14 @@ fn conv2d_tiled(
         return;
     }
     let tile = f % p.tiles;
-    let co0 = ((f / p.tiles) % p.cout_blocks) * COUT_BLOCK;
+    let co0 = ((f / p.tiles) % p.cout_blocks) * CONV_COUT_BLOCK;
     let b = f / (p.tiles * p.cout_blocks);
-    let x0 = (tile % p.tiles_x) * TILE_W;
-    let y0 = (tile / p.tiles_x) * TILE_H;
+    let x0 = (tile % p.tiles_x) * CONV_TILE_W;
+    let y0 = (tile / p.tiles_x) * CONV_TILE_H;
 
     let pad = (KSIZE - 1u) / 2u;
-    let pw = TILE_W + KSIZE - 1u;
-    let patch_len = (TILE_H + KSIZE - 1u) * pw; // per input channel
+    let pw = CONV_TILE_W + KSIZE - 1u;
+    let patch_len = (CONV_TILE_H + KSIZE - 1u) * pw; // per input channel
     let taps = KSIZE * KSIZE;
     let w_len = CIN_CHUNK * taps; // per output channel
 
@@ -78,7 +74,7 @@ fn conv2d_tiled(
     var acc6 = vec4<f32>(0.0);
     var acc7 = vec4<f32>(0.0);
     for (var c0 = 0u; c0 < p.cin; c0 += CIN_CHUNK) {
-        for (var e = lid; e < CIN_CHUNK * patch_len; e += THREADS) {
+        for (var e = lid; e < CIN_CHUNK * patch_len; e += CONV_THREADS) {
             let ci = e / patch_len;
             let r = e % patch_len;
             let iy = i32(y0 + r / pw) - i32(pad);
@@ -89,7 +85,7 @@ fn conv2d_tiled(
             }
             x_tile[e] = v;
         }
-        for (var e = lid; e < COUT_BLOCK * w_len; e += THREADS) {
+        for (var e = lid; e < CONV_COUT_BLOCK * w_len; e += CONV_THREADS) {
             let co = e / w_len;
             let r = e % w_len; // ci * taps + ky * KSIZE + kx
             var v = 0.0;
@@ -145,9 +141,9 @@ fn conv2d_tiled(
 
 // One thread per output element, straight from global memory: the baseline the tiled kernel is
 // measured against.
-@compute @workgroup_size(256)
+@compute @workgroup_size(THREADS_1D)
 fn conv2d_naive(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>, @builtin(local_invocation_index) index: u32) {
-    let i = grid_workgroup(wg, groups) * 256u + index;
+    let i = grid_workgroup(wg, groups) * THREADS_1D + index;
     if i >= p.batch * p.cout * p.height * p.width {
         return;
     }

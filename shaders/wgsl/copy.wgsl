@@ -14,13 +14,13 @@ struct CopyParams {
 @group(0) @binding(1) var<storage, read_write> dst: array<store_t>;
 @group(0) @binding(2) var<uniform> p: CopyParams;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(THREADS_1D)
 fn copy_block(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(num_workgroups) groups: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let idx = grid_workgroup(wg, groups) * 256u + lid;
+    let idx = grid_workgroup(wg, groups) * THREADS_1D + lid;
     if idx >= p.total {
         return;
     }
@@ -33,13 +33,13 @@ fn copy_block(
 
 // (outer, count, inner) -> (outer, inner, count): the token-map <-> NCHW transposes of the VQVAE.
 // Reuses CopyParams: total elements, count and inner.
-@compute @workgroup_size(256)
+@compute @workgroup_size(THREADS_1D)
 fn transpose_last2(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(num_workgroups) groups: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let idx = grid_workgroup(wg, groups) * 256u + lid;
+    let idx = grid_workgroup(wg, groups) * THREADS_1D + lid;
     if idx >= p.total {
         return;
     }

@@ -13,26 +13,26 @@ struct ElementwiseParams {
 
 const SQRT_2_OVER_PI: f32 = 0.7978845608028654;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(THREADS_1D)
 fn add(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let i = grid_workgroup(wg, groups) * 256u + lid;
+    let i = grid_workgroup(wg, groups) * THREADS_1D + lid;
     if i < p.n {
         out[i] = store_t(f32(a[i]) + f32(b[i % p.rhs_n]));
     }
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(THREADS_1D)
 fn mul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let i = grid_workgroup(wg, groups) * 256u + lid;
+    let i = grid_workgroup(wg, groups) * THREADS_1D + lid;
     if i < p.n {
         out[i] = store_t(f32(a[i]) * f32(b[i % p.rhs_n]));
     }
 }
 
 // GELU, tanh approximation (PyTorch approximate="tanh").
-@compute @workgroup_size(256)
+@compute @workgroup_size(THREADS_1D)
 fn gelu_tanh(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let i = grid_workgroup(wg, groups) * 256u + lid;
+    let i = grid_workgroup(wg, groups) * THREADS_1D + lid;
     if i < p.n {
         let x = f32(a[i]);
         // tanh saturates to +-1 in f32 long before 10; clamping keeps exp-based tanh from inf/inf.
@@ -41,9 +41,9 @@ fn gelu_tanh(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) grou
     }
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(THREADS_1D)
 fn silu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let i = grid_workgroup(wg, groups) * 256u + lid;
+    let i = grid_workgroup(wg, groups) * THREADS_1D + lid;
     if i < p.n {
         let x = f32(a[i]);
         out[i] = store_t(x / (1.0 + exp(-x)));

@@ -11,9 +11,9 @@ struct EmbeddingParams {
 @group(0) @binding(2) var<storage, read_write> out: array<store_t>;
 @group(0) @binding(3) var<uniform> p: EmbeddingParams;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(THREADS_1D)
 fn embedding(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let i = grid_workgroup(wg, groups) * 256u + lid;
+    let i = grid_workgroup(wg, groups) * THREADS_1D + lid;
     if i >= p.n {
         return;
     }

@@ -23,12 +23,9 @@ struct MatmulParams {
 // workgroup memory (f32, whatever the storage type). Each thread owns a 4 x 4 micro-tile strided by
 // 16 rows and 16 columns, so neighbouring threads read neighbouring workgroup-memory words and
 // write neighbouring addresses of C.
-const TILE_M: u32 = 64u;
-const TILE_N: u32 = 64u;
-const TILE_K: u32 = 16u;
 
-var<workgroup> a_tile: array<f32, 1024>; // [TILE_K][TILE_M], k-major so the inner loop reads rows
-var<workgroup> b_tile: array<f32, 1024>; // [TILE_K][TILE_N]
+var<workgroup> a_tile: array<f32, TILE_K * TILE_M>; // [TILE_K][TILE_M], k-major so the inner loop reads rows
+var<workgroup> b_tile: array<f32, TILE_K * TILE_N>; // [TILE_K][TILE_N]
 
 fn load_a(batch: u32, row: u32, col: u32) -> f32 {
     if row < p.m && col < p.k {
@@ -47,7 +44,7 @@ fn load_b(batch: u32, kk: u32, col: u32) -> f32 {
     return 0.0;
 }
 
-@compute @workgroup_size(16, 16)
+@compute @workgroup_size(MATMUL_SIDE, MATMUL_SIDE)
 fn matmul_tiled(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(local_invocation_id) local: vec3<u32>,
@@ -111,7 +108,7 @@ fn matmul_tiled(
 }
 
 // One thread per output element: the baseline the tiled kernel is measured against.
-@compute @workgroup_size(16, 16)
+@compute @workgroup_size(MATMUL_SIDE, MATMUL_SIDE)
 fn matmul_naive(@builtin(global_invocation_id) gid: vec3<u32>) {
     let row = gid.y;
     let col = gid.x;

@@ -140,9 +140,9 @@ fn softmax(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups
 
 // AdaLN modulation without normalisation: out = x * (1 + scale[b]) + shift[b] for x: (B, L, C),
 // scale/shift: (B, C) bound as weight/bias. One thread per element.
-@compute @workgroup_size(256)
+@compute @workgroup_size(THREADS_1D)
 fn modulate(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let i = grid_workgroup(wg, groups) * 256u + lid;
+    let i = grid_workgroup(wg, groups) * THREADS_1D + lid;
     if i >= p.rows * p.cols {
         return;
     }

@@ -1,7 +1,6 @@
 // Row reductions with subgroups: one subgroup operation, then the per-subgroup partials combined
 // through workgroup memory (two barriers). Works for any subgroup size: the subgroup index and
 // count come from the builtins, never from an assumed width.
-const REDUCE_WG: u32 = 256u;
 
 struct Lane {
     @builtin(local_invocation_index) index: u32,

@@ -1,6 +1,5 @@
 // Row reductions without subgroups: a binary tree in workgroup memory (log2(REDUCE_WG) barriers).
 // Kernels that use these run with @workgroup_size(REDUCE_WG) and call them from uniform control flow.
-const REDUCE_WG: u32 = 256u;
 
 struct Lane {
     @builtin(local_invocation_index) index: u32,

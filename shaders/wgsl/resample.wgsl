@@ -13,8 +13,8 @@ struct ResampleParams {
     in_w: u32,
     out_h: u32,
     out_w: u32,
-    scale_h: u32, // f32 bits (bicubic only)
-    scale_w: u32,
+    scale_h: f32, // bicubic only
+    scale_w: f32,
 }
 
 @group(0) @binding(0) var<storage, read> x: array<store_t>;
@@ -46,17 +46,17 @@ fn at(plane: u32, row: u32, col: u32) -> f32 {
     return f32(x[(plane * p.in_h + row) * p.in_w + col]);
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(THREADS_1D)
 fn upsample_bicubic(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>, @builtin(local_invocation_index) index: u32) {
-    let i = grid_workgroup(wg, groups) * 256u + index;
+    let i = grid_workgroup(wg, groups) * THREADS_1D + index;
     if i >= p.planes * p.out_h * p.out_w {
         return;
     }
     let ox = i % p.out_w;
     let oy = (i / p.out_w) % p.out_h;
     let plane = i / (p.out_w * p.out_h);
-    let src_x = bitcast<f32>(p.scale_w) * (f32(ox) + 0.5) - 0.5;
-    let src_y = bitcast<f32>(p.scale_h) * (f32(oy) + 0.5) - 0.5;
+    let src_x = p.scale_w * (f32(ox) + 0.5) - 0.5;
+    let src_y = p.scale_h * (f32(oy) + 0.5) - 0.5;
     let fx = floor(src_x);
     let fy = floor(src_y);
     let wx = cubic_weights(src_x - fx);
@@ -76,9 +76,9 @@ fn upsample_bicubic(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroup
     y[i] = store_t(rows.x * wy.x + rows.y * wy.y + rows.z * wy.z + rows.w * wy.w);
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(THREADS_1D)
 fn downsample_area(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>, @builtin(local_invocation_index) index: u32) {
-    let i = grid_workgroup(wg, groups) * 256u + index;
+    let i = grid_workgroup(wg, groups) * THREADS_1D + index;
     if i >= p.planes * p.out_h * p.out_w {
         return;
     }
@@ -98,9 +98,9 @@ fn downsample_area(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups
     y[i] = store_t(sum / f32((y1 - y0) * (x1 - x0)));
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(THREADS_1D)
 fn upsample_nearest2x(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>, @builtin(local_invocation_index) index: u32) {
-    let i = grid_workgroup(wg, groups) * 256u + index;
+    let i = grid_workgroup(wg, groups) * THREADS_1D + index;
     if i >= p.planes * p.out_h * p.out_w {
         return;
     }

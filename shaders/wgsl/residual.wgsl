@@ -13,9 +13,9 @@ struct ResidualParams {
 @group(0) @binding(3) var<storage, read_write> out: array<store_t>;
 @group(0) @binding(4) var<uniform> p: ResidualParams;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(THREADS_1D)
 fn gated_residual(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let i = grid_workgroup(wg, groups) * 256u + lid;
+    let i = grid_workgroup(wg, groups) * THREADS_1D + lid;
     if i < p.n {
         let g = gate[(i / p.per_batch) * p.channels + i % p.channels];
         out[i] = store_t(f32(x[i]) + f32(y[i]) * f32(g));

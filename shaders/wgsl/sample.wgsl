@@ -82,9 +82,9 @@ fn philox4x32_10(counter: vec4<u32>, key: vec2<u32>) -> vec4<u32> {
 }
 
 // Raw words for counters (counter_base.x + i, counter_base.yzw), i < p.rows: four per thread.
-@compute @workgroup_size(256)
+@compute @workgroup_size(THREADS_1D)
 fn philox_words(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let i = grid_workgroup(wg, groups) * 256u + lid;
+    let i = grid_workgroup(wg, groups) * THREADS_1D + lid;
     if i >= p.rows {
         return;
     }

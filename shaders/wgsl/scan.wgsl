@@ -25,8 +25,6 @@ override DELTA_SOFTPLUS: bool = false;
 override HAS_INITIAL_STATE: bool = false;
 override REVERSE: bool = false;
 
-const SCAN_WG: u32 = 64u;
-const MAX_STATE: u32 = 64u;
 const STAGE_STEPS: u32 = 16u;
 
 struct ScanParams {
@@ -65,7 +63,7 @@ struct ScanParams {
 @group(0) @binding(10) var<storage, read_write> state_out: array<f32>;
 @group(0) @binding(11) var<uniform> p: ScanParams;
 
-var<workgroup> b_stage: array<f32, 1024>; // STAGE_STEPS * MAX_STATE
+var<workgroup> b_stage: array<f32, STAGE_STEPS * MAX_STATE>;
 var<workgroup> c_stage: array<f32, 1024>;
 
 struct Channel {

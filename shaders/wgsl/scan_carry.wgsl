@@ -14,9 +14,9 @@ struct CarryParams {
 @group(0) @binding(3) var<storage, read_write> final_state: array<f32>; // (batch, channel, N)
 @group(0) @binding(4) var<uniform> p: CarryParams;
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(SCAN_WG)
 fn scan_carry(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>, @builtin(local_invocation_index) index: u32) {
-    let s = grid_workgroup(wg, groups) * 64u + index;
+    let s = grid_workgroup(wg, groups) * SCAN_WG + index;
     if s >= p.states {
         return;
     }

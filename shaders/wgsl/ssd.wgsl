@@ -13,10 +13,7 @@ override HAS_DT_BIAS: bool = false;
 override DT_SOFTPLUS: bool = true;
 override REVERSE: bool = false;
 
-const MAX_STATE: u32 = 64u;
-const MAX_HEAD_DIM: u32 = 256u;
-const ROWS: u32 = 16u; // output rows (time steps) per workgroup, and keys per tile
-const COLS: u32 = 16u; // threads per row
+// SSD_ROWS: output rows (time steps) per workgroup, and keys per tile; SSD_COLS: threads per row.
 const STAGE: u32 = 8u; // steps per stage in ssd_chunk_states
 
 struct SsdParams {
@@ -55,10 +52,10 @@ struct SsdParams {
 @group(0) @binding(10) var<storage, read_write> y: array<store_t>;
 @group(0) @binding(11) var<uniform> p: SsdParams;
 
-var<workgroup> rows_c: array<f32, 1024>; // ROWS x MAX_STATE
-var<workgroup> keys_b: array<f32, 1024>; // ROWS x MAX_STATE (STAGE x MAX_STATE in chunk_states)
-var<workgroup> keys_x: array<f32, 4096>; // ROWS x MAX_HEAD_DIM: dt_s * x_s
-var<workgroup> scores: array<f32, 256>; // ROWS x ROWS
+var<workgroup> rows_c: array<f32, SSD_ROWS * MAX_STATE>;
+var<workgroup> keys_b: array<f32, SSD_ROWS * MAX_STATE>; // STAGE x MAX_STATE in chunk_states
+var<workgroup> keys_x: array<f32, SSD_ROWS * SSD_MAX_HEAD_DIM>; // dt_s * x_s
+var<workgroup> scores: array<f32, SSD_ROWS * SSD_ROWS>;
 
 fn time_at(i: u32) -> u32 {
     return step_time(i, p.length, REVERSE);
@@ -82,7 +79,7 @@ fn bc_index(b: u32, h: u32, n: u32, i: u32) -> u32 {
 }
 
 // One thread per (batch, head, chunk): processed dt and its running sum times A.
-@compute @workgroup_size(64)
+@compute @workgroup_size(SCAN_WG)
 fn ssd_cumsum(@builtin(global_invocation_id) gid: vec3<u32>) {
     let task = gid.x;
     if task >= p.batch * p.heads * p.chunks {
@@ -109,7 +106,7 @@ fn ssd_cumsum(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 
 // Workgroup per (batch * head, chunk): the chunk's own end state (N x P) and its decay.
-@compute @workgroup_size(256)
+@compute @workgroup_size(SSD_ROWS * SSD_COLS)
 fn ssd_chunk_states(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) index: u32) {
     let b = wg.x / p.heads;
     let h = wg.x % p.heads;
@@ -118,7 +115,7 @@ fn ssd_chunk_states(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocat
     let end = min(start + p.chunk_len, p.length);
     let end_cum = work[work_cum(b, h, end - 1u)];
     let outputs = N_STATE * p.head_dim;
-    var acc: array<f32, 64>; // outputs / 256 <= MAX_STATE * MAX_HEAD_DIM / 256 = 64
+    var acc: array<f32, 64>; // outputs / 256 <= MAX_STATE * SSD_MAX_HEAD_DIM / 256 = 64
     for (var s0 = start; s0 < end; s0 += STAGE) {
         let count = min(STAGE, end - s0);
         workgroupBarrier();
@@ -163,24 +160,24 @@ fn ssd_chunk_states(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocat
     }
 }
 
-// Workgroup per (batch * head, chunk, block of ROWS steps): thread (r, j) owns step r of the block
-// and the output columns j, j + COLS, ...
-@compute @workgroup_size(256)
+// Workgroup per (batch * head, chunk, block of SSD_ROWS steps): thread (r, j) owns step r of the block
+// and the output columns j, j + SSD_COLS, ...
+@compute @workgroup_size(SSD_ROWS * SSD_COLS)
 fn ssd_chunk_outputs(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) index: u32) {
     let b = wg.x / p.heads;
     let h = wg.x % p.heads;
     let chunk = wg.y;
     let start = chunk * p.chunk_len;
     let end = min(start + p.chunk_len, p.length);
-    let first = start + wg.z * ROWS;
+    let first = start + wg.z * SSD_ROWS;
     if first >= end {
         return;
     }
-    let r = index / COLS;
-    let j = index % COLS;
+    let r = index / SSD_COLS;
+    let j = index % SSD_COLS;
     let i = first + r;
     let live = i < end;
-    for (var e = index; e < ROWS * N_STATE; e += 256u) {
+    for (var e = index; e < SSD_ROWS * N_STATE; e += 256u) {
         let row = first + e / N_STATE;
         var v = 0.0;
         if row < end {
@@ -194,11 +191,11 @@ fn ssd_chunk_outputs(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoca
         cum_i = work[work_cum(b, h, i)];
     }
     // The carried-in state, decayed to step i: exp(a_i) C_i . S_init.
-    var acc: array<f32, 16>; // head_dim / COLS <= MAX_HEAD_DIM / COLS
+    var acc: array<f32, 16>; // head_dim / SSD_COLS <= SSD_MAX_HEAD_DIM / SSD_COLS
     if live {
         let carry = exp(cum_i);
-        for (var k = 0u; j + k * COLS < p.head_dim; k++) {
-            let channel = h * p.head_dim + j + k * COLS;
+        for (var k = 0u; j + k * SSD_COLS < p.head_dim; k++) {
+            let channel = h * p.head_dim + j + k * SSD_COLS;
             let base = ((b * p.heads * p.head_dim + channel) * p.chunks + chunk) * N_STATE;
             var sum = 0.0;
             for (var n = 0u; n < N_STATE; n++) {
@@ -208,10 +205,10 @@ fn ssd_chunk_outputs(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoca
         }
     }
     // Within the chunk: keys up to the block's last step (causal).
-    let last = min(first + ROWS, end);
-    for (var s0 = start; s0 < last; s0 += ROWS) {
+    let last = min(first + SSD_ROWS, end);
+    for (var s0 = start; s0 < last; s0 += SSD_ROWS) {
         workgroupBarrier();
-        for (var e = index; e < ROWS * N_STATE; e += 256u) {
+        for (var e = index; e < SSD_ROWS * N_STATE; e += 256u) {
             let s = s0 + e / N_STATE;
             var v = 0.0;
             if s < end {
@@ -219,7 +216,7 @@ fn ssd_chunk_outputs(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoca
             }
             keys_b[e] = v;
         }
-        for (var e = index; e < ROWS * p.head_dim; e += 256u) {
+        for (var e = index; e < SSD_ROWS * p.head_dim; e += 256u) {
             let s = s0 + e / p.head_dim;
             var v = 0.0;
             if s < end {
@@ -238,14 +235,14 @@ fn ssd_chunk_outputs(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoca
             }
             score = dot * exp(cum_i - work[work_cum(b, h, s)]);
         }
-        scores[r * ROWS + j] = score;
+        scores[r * SSD_ROWS + j] = score;
         workgroupBarrier();
         if live {
-            for (var k = 0u; j + k * COLS < p.head_dim; k++) {
-                let col = j + k * COLS;
+            for (var k = 0u; j + k * SSD_COLS < p.head_dim; k++) {
+                let col = j + k * SSD_COLS;
                 var sum = acc[k];
-                for (var key = 0u; key < ROWS; key++) {
-                    sum += scores[r * ROWS + key] * keys_x[key * p.head_dim + col];
+                for (var key = 0u; key < SSD_ROWS; key++) {
+                    sum += scores[r * SSD_ROWS + key] * keys_x[key * p.head_dim + col];
                 }
                 acc[k] = sum;
             }
@@ -256,8 +253,8 @@ fn ssd_chunk_outputs(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoca
         if HAS_D_SKIP {
             skip = d_skip[h];
         }
-        for (var k = 0u; j + k * COLS < p.head_dim; k++) {
-            let at = x_index(b, h * p.head_dim + j + k * COLS, i);
+        for (var k = 0u; j + k * SSD_COLS < p.head_dim; k++) {
+            let at = x_index(b, h * p.head_dim + j + k * SSD_COLS, i);
             y[at] = store_t(acc[k] + skip * f32(x[at]));
         }
     }

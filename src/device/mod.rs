@@ -1,22 +1,28 @@
-//! The device runtime: adapter choice, optional features, limits, the buffer pool, the pipeline cache
-//! and the per-dispatch profiler. Models and ops talk to [`Device`]; only this module (and the op
-//! launchers through [`launch`]) touches wgpu.
+//! The device layer: [`Device`] is an enum over backends and the one place that matches on it. Ops
+//! describe each kernel launch as a [`Launch`] value (family, entry, dtype, typed constants, arguments,
+//! params bytes, grid) and read what the hardware offers from [`Caps`]; they never see wgpu or CUDA.
+//!
+//! - `wgpu/`: adapter choice, buffer pool, WGSL composition and the pipeline cache, launches,
+//!   profiling, staging readback.
+//! - `cuda`: the CUDA backend's place; without the `cuda` feature a stand-in that answers "not
+//!   compiled with CUDA support".
 
-mod adapter;
 mod cuda;
-pub(crate) mod launch;
-mod pool;
-mod profiler;
+mod wgpu;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-pub use adapter::AdapterSummary;
-pub use pool::PoolStats;
-pub use profiler::{DispatchTiming, TimingSource};
+pub use self::wgpu::{AdapterSummary, DispatchTiming, PoolStats, TimingSource};
 
-pub(crate) use pool::GpuBuffer;
+/// The WGSL modules the wgpu backend compiles, for validating them without a GPU (tests/kernels.rs,
+/// `scalewise info`).
+pub mod wgsl {
+    pub use super::wgpu::shaders::{Variant, compose, variants};
+}
 
+use crate::dtype::DType;
 use crate::error::{Error, Result};
+use crate::kernels::{Constants, Family, KernelParams};
 
 /// Which compute backend to open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -112,49 +118,58 @@ impl DeviceOptions {
     }
 }
 
-/// The optional GPU features this device actually enabled.
+/// What a device offers the ops: the optional features it enabled and the limits kernels must respect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ActiveFeatures {
-    pub shader_f16: bool,
+pub struct Caps {
+    /// f16 storage kernels.
+    pub f16: bool,
+    /// Subgroup (warp, wave) reductions; `subgroup_sizes` is the range the hardware may use.
     pub subgroups: bool,
+    pub subgroup_sizes: (u32, u32),
+    /// GPU timestamps for profiling.
     pub timestamps: bool,
+    /// Workgroup (shared) memory per workgroup, bytes.
+    pub shared_memory_bytes: u32,
+    /// Threads per workgroup.
+    pub max_threads_per_group: u32,
+    /// Workgroups per grid dimension.
+    pub max_groups_per_dim: u32,
+    /// Storage buffers one kernel may bind.
+    pub max_storage_args: u32,
+    /// Bytes one kernel argument may span.
+    pub max_arg_bytes: u64,
+    /// Bytes of one allocation.
+    pub max_buffer_bytes: u64,
+    /// A software rasteriser on the CPU (lavapipe, llvmpipe, WARP): few, wide "cores".
+    pub is_cpu: bool,
 }
 
 /// Everything `scalewise info` shows.
 #[derive(Debug, Clone)]
 pub struct DeviceInfo {
     pub adapter: AdapterSummary,
-    pub features: ActiveFeatures,
-    pub subgroup_size_range: (u32, u32),
-    pub max_buffer_size: u64,
-    pub max_storage_buffer_binding_size: u64,
-    pub max_compute_workgroup_storage_size: u32,
-    pub max_compute_invocations_per_workgroup: u32,
-    pub max_compute_workgroups_per_dimension: u32,
-    pub max_storage_buffers_per_shader_stage: u32,
+    pub caps: Caps,
 }
 
 impl DeviceInfo {
     /// Which kernel variants ops will pick on this device, one line per family choice.
     pub fn kernel_variants(&self) -> Vec<(&'static str, String)> {
-        let f = self.features;
+        let c = self.caps;
+        let size = crate::kernels::size::TILE_M;
         vec![
-            (
-                "storage",
-                if f.shader_f16 { "f32 and f16 (f32 accumulation)".into() } else { "f32 only (no SHADER_F16)".into() },
-            ),
+            ("storage", if c.f16 { "f32 and f16 (f32 accumulation)".into() } else { "f32 only (no f16)".into() }),
             (
                 "row reductions (softmax, norms)",
-                if f.subgroups {
-                    format!("subgroup (size {}..{})", self.subgroup_size_range.0, self.subgroup_size_range.1)
+                if c.subgroups {
+                    format!("subgroup (size {}..{})", c.subgroup_sizes.0, c.subgroup_sizes.1)
                 } else {
                     "workgroup tree (no subgroups)".into()
                 },
             ),
-            ("matmul", "tiled 64x64x16, 4x4 per thread".into()),
+            ("matmul", format!("tiled {size}x{size}x{}, 4x4 per thread", crate::kernels::size::TILE_K)),
             (
                 "attention softmax statistics",
-                if f.subgroups { "subgroup teams".into() } else { "one thread per row".into() },
+                if c.subgroups { "subgroup teams".into() } else { "one thread per row".into() },
             ),
             ("attention tiles", "from head_dim and workgroup memory (16x16 .. 4x4)".into()),
             (
@@ -164,37 +179,162 @@ impl DeviceInfo {
             ("ssd", "recurrent form (chunked matrix form on request)".into()),
             (
                 "profiling",
-                if f.timestamps { "GPU timestamps per dispatch".into() } else { "wall clock per dispatch".into() },
+                if c.timestamps { "GPU timestamps per dispatch".into() } else { "wall clock per dispatch".into() },
             ),
         ]
     }
 }
 
-/// A compute device. Cheap to clone: clones share the wgpu device, the pools and the caches.
+/// Device memory of one tensor, on whichever backend allocated it.
+pub(crate) enum Storage {
+    Wgpu(self::wgpu::GpuBuffer),
+    #[cfg(feature = "cuda")]
+    #[expect(dead_code, reason = "constructed once the CUDA backend allocates (issue 14)")]
+    Cuda(cuda::CudaBuffer),
+}
+
+/// One kernel argument: a tensor's storage, the bytes the kernel may touch (the tensor's size, not the
+/// allocation's), whether it writes them, and a name for errors.
+pub(crate) struct Arg<'a> {
+    pub storage: &'a Storage,
+    pub bytes: u64,
+    pub writable: bool,
+    pub name: &'a str,
+}
+
+/// How many workgroups (thread blocks) a launch runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grid {
+    /// Exactly these counts per dimension.
+    Groups([u32; 3]),
+    /// This many workgroups in one flat range; the backend spreads them over its grid dimensions and
+    /// the kernel recovers the flat index (`grid_workgroup` in WGSL) and skips indices past the end.
+    Linear(u64),
+    /// A flat range as in `Linear`, repeated `batch` times along z (the kernel reads z as the batch).
+    Batched { groups: u64, batch: u32 },
+}
+
+/// One kernel launch, as every op describes it and every backend receives it.
+pub(crate) struct Launch<'a> {
+    pub family: Family,
+    pub entry: &'static str,
+    /// The storage type the kernel is compiled for.
+    pub dtype: DType,
+    pub constants: &'a Constants,
+    /// Storage arguments in binding order.
+    pub args: &'a [Arg<'a>],
+    /// The family's params struct as bytes, and that struct's name (checked against the family).
+    pub params: &'a [u8],
+    pub params_struct: &'static str,
+    pub grid: Grid,
+}
+
+impl<'a> Launch<'a> {
+    pub fn new<P: KernelParams>(
+        family: Family,
+        entry: &'static str,
+        dtype: DType,
+        constants: &'a Constants,
+        args: &'a [Arg<'a>],
+        params: &'a P,
+        grid: Grid,
+    ) -> Self {
+        Self {
+            family,
+            entry,
+            dtype,
+            constants,
+            args,
+            params: bytemuck::bytes_of(params),
+            params_struct: P::LAYOUT.struct_name,
+            grid,
+        }
+    }
+
+    /// The contract checks every backend relies on: params of the family's struct, constants the
+    /// family declares, a dtype it is compiled for.
+    pub fn check(&self) -> Result<()> {
+        let fail = |msg: String| Err(Error::InvalidArgument { op: "launch", msg });
+        if self.params_struct != self.family.params_layout().struct_name {
+            return fail(format!(
+                "{} takes {}, got {}",
+                self.family,
+                self.family.params_layout().struct_name,
+                self.params_struct
+            ));
+        }
+        if self.constants.family() != self.family {
+            return fail(format!("constants of {} given to {}", self.constants.family(), self.family));
+        }
+        self.constants.check().or_else(fail)?;
+        if !self.family.dtypes().contains(&self.dtype) {
+            return Err(Error::UnsupportedDType {
+                op: self.family.name(),
+                dtype: self.dtype,
+                expected: "a dtype the family is compiled for",
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A download in flight: poll it or wait for the bytes.
+pub(crate) enum Readback {
+    Wgpu(self::wgpu::Readback),
+}
+
+impl Readback {
+    pub fn is_ready(&self) -> bool {
+        match self {
+            Readback::Wgpu(r) => r.is_ready(),
+        }
+    }
+
+    pub fn wait(self) -> Result<Vec<u8>> {
+        match self {
+            Readback::Wgpu(r) => r.wait(),
+        }
+    }
+}
+
+/// What every backend implements. Ops never call it directly: they go through [`Device`].
+pub(crate) trait BackendDevice: Send + Sync {
+    fn info(&self) -> &DeviceInfo;
+    fn alloc(&self, bytes: u64, what: &str) -> Result<Storage>;
+    /// Copies `bytes` to the start of `dst`, after every kernel recorded so far.
+    fn write(&self, dst: &Storage, bytes: &[u8]) -> Result<()>;
+    /// Zeroes the first `bytes` of `dst`, after every kernel recorded so far.
+    fn zero(&self, dst: &Storage, bytes: u64) -> Result<()>;
+    fn read(&self, src: &Storage, bytes: u64) -> Result<Readback>;
+    fn supports(&self, family: Family, dtype: DType) -> bool;
+    fn launch(&self, launch: &Launch) -> Result<()>;
+    fn flush(&self) -> Result<()>;
+    fn synchronize(&self) -> Result<()>;
+    fn pool_stats(&self) -> PoolStats;
+    fn trim_pool(&self);
+    fn start_profiling(&self) -> Result<()>;
+    fn profiled_dispatches(&self) -> Result<usize>;
+    fn finish_profiling(&self) -> Result<Vec<DispatchTiming>>;
+}
+
+#[allow(clippy::large_enum_variant, reason = "one per device, behind an Arc")]
+enum Backend {
+    Wgpu(self::wgpu::WgpuDevice),
+    #[cfg(feature = "cuda")]
+    #[expect(dead_code, reason = "constructed once the CUDA backend opens devices (issue 14)")]
+    Cuda(cuda::CudaDevice),
+}
+
+/// A compute device. Cheap to clone: clones share the backend device, the pools and the caches.
 #[derive(Clone)]
 pub struct Device {
-    pub(crate) ctx: Arc<GpuContext>,
+    backend: Arc<Backend>,
 }
 
 impl std::fmt::Debug for Device {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Device").field("adapter", &self.ctx.info.adapter.name).finish()
+        f.debug_struct("Device").field("adapter", &self.info().adapter.name).finish()
     }
-}
-
-pub(crate) struct GpuContext {
-    pub device: wgpu::Device,
-    pub queue: wgpu::Queue,
-    pub info: DeviceInfo,
-    pub pool: Arc<pool::BufferPool>,
-    pub pipelines: launch::PipelineCache,
-    pub profiler: Mutex<Option<profiler::Profiler>>,
-    /// Dispatches recorded but not yet submitted (see [`GpuContext::flush`]).
-    pub(crate) pending: Mutex<Option<launch::PendingCommands>>,
-    /// Set by wgpu's device-lost callback: every later operation fails with this message.
-    lost: Arc<Mutex<Option<String>>>,
-    /// Errors that escaped every error scope (recorded instead of wgpu's default panic).
-    uncaptured: Arc<Mutex<Vec<String>>>,
 }
 
 impl Device {
@@ -209,215 +349,141 @@ impl Device {
     }
 
     pub async fn new_async(options: &DeviceOptions) -> Result<Self> {
-        if options.backend == BackendChoice::Cuda {
-            return Err(cuda::open_cuda_device());
-        }
-        let adapter = adapter::select_adapter(options).await?;
-        let wanted = Self::wanted_features(options);
-        let required_features = adapter.features() & wanted;
-        let adapter_info = adapter.get_info();
-        let (device, queue) = adapter
-            .request_device(&wgpu::DeviceDescriptor {
-                label: Some("scalewise"),
-                required_features,
-                // Everything the adapter offers: large buffers, large bindings, more workgroup memory.
-                required_limits: adapter.limits(),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| Error::RequestDevice { adapter: adapter_info.name.clone(), reason: e.to_string() })?;
-        Ok(Self::from_wgpu(&adapter_info, device, queue, options.poison_allocations))
+        let backend = if options.backend == BackendChoice::Cuda {
+            cuda::open(options)?
+        } else {
+            Backend::Wgpu(self::wgpu::WgpuDevice::open(options).await?)
+        };
+        Ok(Self { backend: Arc::new(backend) })
     }
 
-    /// The features scalewise asks for when they exist, minus the ones `options` disallows.
-    pub fn wanted_features(options: &DeviceOptions) -> wgpu::Features {
-        let mut wanted = wgpu::Features::empty();
-        if options.allow_f16 {
-            wanted |= wgpu::Features::SHADER_F16;
-        }
-        if options.allow_subgroups {
-            wanted |= wgpu::Features::SUBGROUP;
-        }
-        if options.allow_timestamps {
-            wanted |= wgpu::Features::TIMESTAMP_QUERY;
-        }
-        wanted
+    /// The wgpu features scalewise asks for when they exist, minus the ones `options` disallows.
+    pub fn wanted_features(options: &DeviceOptions) -> ::wgpu::Features {
+        self::wgpu::wanted_features(options)
     }
 
-    /// Wraps a device somebody else opened (eframe's, say), so the compute backend and the UI share it.
-    /// The kernel variants follow the features that device was created with.
+    /// Wraps a wgpu device somebody else opened (eframe's, say), so the compute backend and the UI
+    /// share it. The kernel variants follow the features that device was created with.
     pub fn from_wgpu(
-        adapter_info: &wgpu::AdapterInfo,
-        device: wgpu::Device,
-        queue: wgpu::Queue,
+        adapter_info: &::wgpu::AdapterInfo,
+        device: ::wgpu::Device,
+        queue: ::wgpu::Queue,
         poison_allocations: bool,
     ) -> Self {
-        let features = device.features();
-        let limits = device.limits();
-        let active = ActiveFeatures {
-            shader_f16: features.contains(wgpu::Features::SHADER_F16),
-            subgroups: features.contains(wgpu::Features::SUBGROUP),
-            timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
-        };
-        let info = DeviceInfo {
-            adapter: AdapterSummary::from_info(adapter_info),
-            features: active,
-            subgroup_size_range: (adapter_info.subgroup_min_size, adapter_info.subgroup_max_size),
-            max_buffer_size: limits.max_buffer_size,
-            max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
-            max_compute_workgroup_storage_size: limits.max_compute_workgroup_storage_size,
-            max_compute_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
-            max_compute_workgroups_per_dimension: limits.max_compute_workgroups_per_dimension,
-            max_storage_buffers_per_shader_stage: limits.max_storage_buffers_per_shader_stage,
-        };
-        let lost = Arc::new(Mutex::new(None));
-        let lost_flag = Arc::clone(&lost);
-        device.set_device_lost_callback(move |reason, message| {
-            if let Ok(mut slot) = lost_flag.lock() {
-                *slot = Some(format!("{reason:?}: {message}"));
-            }
-        });
-        let uncaptured = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&uncaptured);
-        device.on_uncaptured_error(Arc::new(move |error: wgpu::Error| {
-            if let Ok(mut errors) = sink.lock() {
-                errors.push(error.to_string());
-            }
-        }));
-        let pool = Arc::new(pool::BufferPool::new(poison_allocations));
-        Self {
-            ctx: Arc::new(GpuContext {
-                device,
-                queue,
-                info,
-                pool,
-                pipelines: launch::PipelineCache::default(),
-                profiler: Mutex::new(None),
-                pending: Mutex::new(None),
-                lost,
-                uncaptured,
-            }),
+        let inner = self::wgpu::WgpuDevice::from_wgpu(adapter_info, device, queue, poison_allocations);
+        Self { backend: Arc::new(Backend::Wgpu(inner)) }
+    }
+
+    /// The backend behind this device: the one `match` on it.
+    fn imp(&self) -> &dyn BackendDevice {
+        match &*self.backend {
+            Backend::Wgpu(d) => d,
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(d) => d,
+        }
+    }
+
+    /// The underlying wgpu device and queue (for engineers mixing scalewise kernels into their own
+    /// wgpu code); `None` on another backend.
+    pub fn wgpu(&self) -> Option<(&::wgpu::Device, &::wgpu::Queue)> {
+        match &*self.backend {
+            Backend::Wgpu(d) => Some((d.raw_device(), d.raw_queue())),
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(_) => None,
         }
     }
 
     pub fn info(&self) -> &DeviceInfo {
-        &self.ctx.info
+        self.imp().info()
     }
 
-    pub fn features(&self) -> ActiveFeatures {
-        self.ctx.info.features
+    pub fn caps(&self) -> Caps {
+        self.info().caps
     }
 
-    /// The storage type models use by default here: f16 where SHADER_F16 is active, else f32.
-    pub fn preferred_float(&self) -> crate::tensor::DType {
-        if self.features().shader_f16 { crate::tensor::DType::F16 } else { crate::tensor::DType::F32 }
+    /// The storage type models use by default here: f16 where the device has f16 kernels, else f32.
+    pub fn preferred_float(&self) -> DType {
+        if self.caps().f16 { DType::F16 } else { DType::F32 }
     }
 
-    /// The underlying wgpu device and queue, for engineers mixing scalewise kernels into their own code.
-    pub fn wgpu_device(&self) -> &wgpu::Device {
-        &self.ctx.device
+    /// Does this backend run `family`'s kernels on `dtype` storage?
+    pub fn supports(&self, family: Family, dtype: DType) -> bool {
+        self.imp().supports(family, dtype)
     }
 
-    pub fn wgpu_queue(&self) -> &wgpu::Queue {
-        &self.ctx.queue
+    /// Same device (clones share it)?
+    pub fn same(&self, other: &Device) -> bool {
+        Arc::ptr_eq(&self.backend, &other.backend)
+    }
+
+    pub(crate) fn alloc(&self, bytes: u64, what: &str) -> Result<Storage> {
+        self.imp().alloc(bytes, what)
+    }
+
+    pub(crate) fn write(&self, dst: &Storage, bytes: &[u8]) -> Result<()> {
+        self.imp().write(dst, bytes)
+    }
+
+    pub(crate) fn zero(&self, dst: &Storage, bytes: u64) -> Result<()> {
+        self.imp().zero(dst, bytes)
+    }
+
+    pub(crate) fn read(&self, src: &Storage, bytes: u64) -> Result<Readback> {
+        self.imp().read(src, bytes)
+    }
+
+    /// Runs one kernel: the contract is checked, then the backend records it.
+    pub(crate) fn launch(&self, launch: &Launch) -> Result<()> {
+        launch.check()?;
+        if !self.supports(launch.family, launch.dtype) {
+            return Err(Error::Unsupported {
+                family: launch.family.name(),
+                dtype: launch.dtype,
+                backend: self.info().adapter.backend.clone(),
+            });
+        }
+        self.imp().launch(launch)
     }
 
     /// Blocks until every submitted command has finished.
     pub fn synchronize(&self) -> Result<()> {
-        self.ctx.wait_idle()
+        self.imp().synchronize()
     }
 
-    /// Submits the kernels recorded so far. scalewise records consecutive dispatches into one command
-    /// buffer and submits it before any upload, readback or wait, so callers only need this before
-    /// using the queue themselves (`wgpu_queue`) for work that must follow scalewise's.
+    /// Submits the kernels recorded so far. scalewise records consecutive dispatches and submits them
+    /// before any upload, readback or wait, so callers only need this before using the queue
+    /// themselves for work that must follow scalewise's.
     pub fn flush(&self) -> Result<()> {
-        self.ctx.flush()
+        self.imp().flush()
     }
 
     /// Allocation statistics of the buffer pool (live, cached and peak bytes).
     pub fn pool_stats(&self) -> PoolStats {
-        self.ctx.pool.stats()
+        self.imp().pool_stats()
     }
 
     /// Releases every cached (unused) buffer back to the driver.
     pub fn trim_pool(&self) {
-        self.ctx.pool.trim();
+        self.imp().trim_pool()
     }
 
     /// Starts recording the duration of every dispatch (GPU timestamps where available).
     pub fn start_profiling(&self) -> Result<()> {
-        let profiler = profiler::Profiler::new(&self.ctx)?;
-        *self.ctx.profiler.lock().map_err(poisoned)? = Some(profiler);
-        Ok(())
+        self.imp().start_profiling()
     }
 
     /// Dispatches recorded since [`Device::start_profiling`] (0 when not profiling): the index the
     /// next dispatch's entry will have in [`Device::finish_profiling`]'s list.
     pub fn profiled_dispatches(&self) -> Result<usize> {
-        Ok(self.ctx.profiler.lock().map_err(poisoned)?.as_ref().map_or(0, profiler::Profiler::recorded))
+        self.imp().profiled_dispatches()
     }
 
     /// Stops recording and returns one entry per dispatch since [`Device::start_profiling`].
     pub fn finish_profiling(&self) -> Result<Vec<DispatchTiming>> {
-        let profiler = self.ctx.profiler.lock().map_err(poisoned)?.take();
-        match profiler {
-            Some(profiler) => profiler.finish(&self.ctx),
-            None => Ok(Vec::new()),
-        }
+        self.imp().finish_profiling()
     }
 }
 
 pub(crate) fn poisoned<T>(_: std::sync::PoisonError<T>) -> Error {
     Error::Gpu { what: "locking device state".into(), msg: "a thread panicked while holding the lock".into() }
-}
-
-impl GpuContext {
-    /// Fails fast once wgpu has reported the device lost.
-    pub fn check_alive(&self) -> Result<()> {
-        match self.lost.lock().map_err(poisoned)?.as_ref() {
-            Some(reason) => Err(Error::DeviceLost(reason.clone())),
-            None => Ok(()),
-        }
-    }
-
-    pub fn wait_idle(&self) -> Result<()> {
-        self.flush()?;
-        self.check_alive()?;
-        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| self.poll_error(e))?;
-        Ok(())
-    }
-
-    pub fn poll_error(&self, error: wgpu::PollError) -> Error {
-        match self.check_alive() {
-            Err(lost) => lost,
-            Ok(()) => Error::Gpu { what: "waiting for the GPU".into(), msg: error.to_string() },
-        }
-    }
-
-    /// Runs `body` inside validation and out-of-memory error scopes and turns what they caught
-    /// into typed errors naming `what`.
-    pub fn checked<T>(&self, what: &str, body: impl FnOnce() -> Result<T>) -> Result<T> {
-        self.check_alive()?;
-        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let result = body();
-        let validation_error = pollster::block_on(validation.pop());
-        let oom_error = pollster::block_on(oom.pop());
-        if validation_error.is_some() || oom_error.is_some() {
-            // A destroyed or lost device shows up first as invalid resources; polling lets wgpu run
-            // the device-lost callback, so the caller gets DeviceLost rather than a validation error.
-            let _ = self.device.poll(wgpu::PollType::Poll);
-        }
-        self.check_alive()?;
-        if let Some(error) = oom_error {
-            return Err(Error::OutOfMemory(format!("{what}: {error}")));
-        }
-        if let Some(error) = validation_error {
-            return Err(Error::Gpu { what: what.to_string(), msg: error.to_string() });
-        }
-        if let Some(message) = self.uncaptured.lock().map_err(poisoned)?.pop() {
-            return Err(Error::Gpu { what: what.to_string(), msg: message });
-        }
-        result
-    }
 }

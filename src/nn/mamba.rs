@@ -3,14 +3,16 @@
 //! state, so a sequence processed in pieces (one scale at a time, as M-VAR does) gives the same
 //! output as processed whole.
 
+use super::Loader;
 use crate::device::Device;
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::ops::conv1d::{CausalConv1d, Conv1dOutput, causal_conv1d};
 use crate::ops::scan::{
     SelectiveScan, SequenceLayout, SsdForm, SsdScan, check_finite_host_a, selective_scan_checked, ssd_scan_checked,
 };
 use crate::ops::{linear, mul, rms_norm, silu};
-use crate::tensor::{DType, Tensor};
+use crate::tensor::Tensor;
 use crate::weights::StateDict;
 
 /// What a block carries from one piece of a sequence to the next.
@@ -32,11 +34,9 @@ fn dims<const N: usize>(sd: &StateDict, prefix: &str, name: &str) -> Result<[usi
     })
 }
 
-/// A = -exp(A_log), checked finite, uploaded as f32.
-fn a_from_log(device: &Device, sd: &StateDict, prefix: &str, shape: &[usize]) -> Result<Tensor> {
-    let a: Vec<f32> = sd.require(prefix, "A_log")?.data.iter().map(|v| -v.exp()).collect();
-    check_finite_host_a(&a, shape)?;
-    Tensor::from_f32(device, shape, &a, DType::F32)
+/// A = -exp(A_log) (uploaded as f32, and checked finite once the keys are known to be right).
+fn a_from_log(a_log: &[f32]) -> Vec<f32> {
+    a_log.iter().map(|v| -v.exp()).collect()
 }
 
 fn check_input(x: &Tensor, d_model: usize, dtype: DType, op: &'static str) -> Result<(usize, usize)> {
@@ -94,45 +94,31 @@ impl Mamba1Block {
         let [d_inner, d_state] = dims(sd, prefix, "A_log")?;
         let [_, dt_rank] = dims(sd, prefix, "dt_proj.weight")?;
         let [_, _, d_conv] = dims(sd, prefix, "conv1d.weight")?;
-        sd.check(
-            prefix,
-            &[
-                ("in_proj.weight", vec![2 * d_inner, d_model], true),
-                ("in_proj.bias", vec![2 * d_inner], false),
-                ("conv1d.weight", vec![d_inner, 1, d_conv], true),
-                ("conv1d.bias", vec![d_inner], false),
-                ("x_proj.weight", vec![dt_rank + 2 * d_state, d_inner], true),
-                ("dt_proj.weight", vec![d_inner, dt_rank], true),
-                ("dt_proj.bias", vec![d_inner], true),
-                ("A_log", vec![d_inner, d_state], true),
-                ("D", vec![d_inner], true),
-                ("out_proj.weight", vec![d_model, d_inner], true),
-                ("out_proj.bias", vec![d_model], false),
-            ],
-        )?;
-        let up = |name: &str, shape: &[usize], dtype| sd.upload(device, prefix, name, shape, dtype);
-        let optional = |name: &str, shape: &[usize]| -> Result<Option<Tensor>> {
-            sd.get(&format!("{prefix}{name}")).map(|_| up(name, shape, dtype)).transpose()
-        };
-        Ok(Self {
+        let lp = Loader::new_with_prefix(device, sd, prefix, dtype);
+        let lp32 = lp.with_dtype(DType::F32);
+        let a = a_from_log(&lp.host("A_log", &[d_inner, d_state]));
+        let block = Self {
             d_model,
             d_inner,
             d_state,
             dt_rank,
             d_conv,
             dtype,
-            in_proj: up("in_proj.weight", &[2 * d_inner, d_model], dtype)?,
-            in_proj_bias: optional("in_proj.bias", &[2 * d_inner])?,
-            conv_weight: up("conv1d.weight", &[d_inner, d_conv], dtype)?,
-            conv_bias: optional("conv1d.bias", &[d_inner])?,
-            x_proj: up("x_proj.weight", &[dt_rank + 2 * d_state, d_inner], dtype)?,
-            dt_proj: up("dt_proj.weight", &[d_inner, dt_rank], dtype)?,
-            dt_bias: up("dt_proj.bias", &[d_inner], DType::F32)?,
-            a: a_from_log(device, sd, prefix, &[d_inner, d_state])?,
-            d_skip: up("D", &[d_inner], DType::F32)?,
-            out_proj: up("out_proj.weight", &[d_model, d_inner], dtype)?,
-            out_proj_bias: optional("out_proj.bias", &[d_model])?,
-        })
+            in_proj: lp.tensor("in_proj.weight", &[2 * d_inner, d_model])?,
+            in_proj_bias: lp.optional("in_proj.bias", &[2 * d_inner])?,
+            conv_weight: lp.tensor_as("conv1d.weight", &[d_inner, 1, d_conv], &[d_inner, d_conv])?,
+            conv_bias: lp.optional("conv1d.bias", &[d_inner])?,
+            x_proj: lp.tensor("x_proj.weight", &[dt_rank + 2 * d_state, d_inner])?,
+            dt_proj: lp.tensor("dt_proj.weight", &[d_inner, dt_rank])?,
+            dt_bias: lp32.tensor("dt_proj.bias", &[d_inner])?,
+            a: lp32.upload(&[d_inner, d_state], &a)?,
+            d_skip: lp32.tensor("D", &[d_inner])?,
+            out_proj: lp.tensor("out_proj.weight", &[d_model, d_inner])?,
+            out_proj_bias: lp.optional("out_proj.bias", &[d_model])?,
+        };
+        lp.finish()?;
+        check_finite_host_a(&a, &[d_inner, d_state])?;
+        Ok(block)
     }
 
     /// x: (B, L, d_model) -> (B, L, d_model), continuing from `state` (a fresh sequence when None).
@@ -214,21 +200,10 @@ impl Mamba2Block {
         }
         let d_state = group_states / n_groups;
         let proj = 2 * d_inner + 2 * n_groups * d_state + n_heads;
-        sd.check(
-            prefix,
-            &[
-                ("in_proj.weight", vec![proj, d_model], true),
-                ("conv1d.weight", vec![conv_channels, 1, d_conv], true),
-                ("conv1d.bias", vec![conv_channels], false),
-                ("dt_bias", vec![n_heads], true),
-                ("A_log", vec![n_heads], true),
-                ("D", vec![n_heads], true),
-                ("norm.weight", vec![d_inner], true),
-                ("out_proj.weight", vec![d_model, d_inner], true),
-            ],
-        )?;
-        let up = |name: &str, shape: &[usize], dtype| sd.upload(device, prefix, name, shape, dtype);
-        Ok(Self {
+        let lp = Loader::new_with_prefix(device, sd, prefix, dtype);
+        let lp32 = lp.with_dtype(DType::F32);
+        let a = a_from_log(&lp.host("A_log", &[n_heads]));
+        let block = Self {
             d_model,
             d_inner,
             d_state,
@@ -237,18 +212,18 @@ impl Mamba2Block {
             n_groups,
             d_conv,
             dtype,
-            in_proj: up("in_proj.weight", &[proj, d_model], dtype)?,
-            conv_weight: up("conv1d.weight", &[conv_channels, d_conv], dtype)?,
-            conv_bias: sd
-                .get(&format!("{prefix}conv1d.bias"))
-                .map(|_| up("conv1d.bias", &[conv_channels], dtype))
-                .transpose()?,
-            dt_bias: up("dt_bias", &[n_heads], DType::F32)?,
-            a: a_from_log(device, sd, prefix, &[n_heads])?,
-            d_skip: up("D", &[n_heads], DType::F32)?,
-            norm_weight: up("norm.weight", &[d_inner], dtype)?,
-            out_proj: up("out_proj.weight", &[d_model, d_inner], dtype)?,
-        })
+            in_proj: lp.tensor("in_proj.weight", &[proj, d_model])?,
+            conv_weight: lp.tensor_as("conv1d.weight", &[conv_channels, 1, d_conv], &[conv_channels, d_conv])?,
+            conv_bias: lp.optional("conv1d.bias", &[conv_channels])?,
+            dt_bias: lp32.tensor("dt_bias", &[n_heads])?,
+            a: lp32.upload(&[n_heads], &a)?,
+            d_skip: lp32.tensor("D", &[n_heads])?,
+            norm_weight: lp.tensor("norm.weight", &[d_inner])?,
+            out_proj: lp.tensor("out_proj.weight", &[d_model, d_inner])?,
+        };
+        lp.finish()?;
+        check_finite_host_a(&a, &[n_heads])?;
+        Ok(block)
     }
 
     pub fn forward(&self, x: &Tensor, state: Option<&MambaState>) -> Result<(Tensor, MambaState)> {

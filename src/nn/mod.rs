@@ -1,10 +1,12 @@
 //! Layers built from ops, loaded from PyTorch state_dict names.
 
+pub mod loader;
 pub mod mamba;
 pub mod synthetic;
 pub mod var;
 pub mod vqvae;
 
+pub use loader::Loader;
 pub use mamba::{Mamba1Block, Mamba2Block, MambaState};
 pub use var::{VarConfig, VarModel};
 pub use vqvae::{VqVae, VqVaeConfig};

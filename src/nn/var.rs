@@ -1,11 +1,13 @@
 //! The VAR transformer (spec VAR.md sections 3-4) for KV-cached next-scale inference, loaded from the
 //! official state_dict key names with every hyperparameter inferred from the tensor shapes.
 
+use super::Loader;
 use crate::device::Device;
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::ops::attention::{AttentionLayout, AttentionOptions, attention};
 use crate::ops::{QkvHeads, adaln_layer_norm, add, gated_residual, gelu_tanh, linear, qkv_heads, silu};
-use crate::tensor::{DType, Tensor};
+use crate::tensor::Tensor;
 use crate::weights::StateDict;
 
 /// LayerNorm epsilon of every VAR norm.
@@ -195,62 +197,7 @@ impl VarConfig {
                 config.seq_len()
             )));
         }
-        config.validate(sd)?;
         Ok(config)
-    }
-
-    /// Every key the checkpoint must (or may) hold, with its shape.
-    fn expected_keys(&self) -> Vec<(String, Vec<usize>, bool)> {
-        let (c, l) = (self.width, self.seq_len());
-        let mut keys: Vec<(String, Vec<usize>, bool)> = vec![
-            ("pos_start".into(), vec![1, 1, c], true),
-            ("pos_1LC".into(), vec![1, l, c], true),
-            ("class_emb.weight".into(), vec![self.num_classes + 1, c], true),
-            ("lvl_embed.weight".into(), vec![self.patch_nums.len(), c], true),
-            ("word_embed.weight".into(), vec![c, self.cvae], true),
-            ("word_embed.bias".into(), vec![c], true),
-            ("head_nm.ada_lin.1.weight".into(), vec![2 * c, c], true),
-            ("head_nm.ada_lin.1.bias".into(), vec![2 * c], true),
-            ("head.weight".into(), vec![self.vocab, c], true),
-            ("head.bias".into(), vec![self.vocab], true),
-            // Buffers without learned state (lvl_1L is an integer buffer and skipped on load).
-            ("attn_bias_for_masking".into(), vec![1, 1, l, l], false),
-        ];
-        if self.shared_adaln {
-            keys.push(("shared_ada_lin.1.weight".into(), vec![6 * c, c], true));
-            keys.push(("shared_ada_lin.1.bias".into(), vec![6 * c], true));
-        }
-        for i in 0..self.depth {
-            let p = format!("blocks.{i}.");
-            let mut add =
-                |name: &str, shape: Vec<usize>, required: bool| keys.push((format!("{p}{name}"), shape, required));
-            add("attn.scale_mul_1H11", vec![1, self.heads, 1, 1], true);
-            add("attn.q_bias", vec![c], true);
-            add("attn.v_bias", vec![c], true);
-            add("attn.zero_k_bias", vec![c], false);
-            add("attn.mat_qkv.weight", vec![3 * c, c], true);
-            add("attn.proj.weight", vec![c, c], true);
-            add("attn.proj.bias", vec![c], true);
-            add("ffn.fc1.weight", vec![self.mlp_hidden, c], true);
-            add("ffn.fc1.bias", vec![self.mlp_hidden], true);
-            add("ffn.fc2.weight", vec![c, self.mlp_hidden], true);
-            add("ffn.fc2.bias", vec![c], true);
-            if self.shared_adaln {
-                add("ada_gss", vec![1, 1, 6, c], true);
-            } else {
-                add("ada_lin.1.weight", vec![6 * c, c], true);
-                add("ada_lin.1.bias", vec![6 * c], true);
-            }
-        }
-        keys
-    }
-
-    /// One error listing every missing, unexpected and mis-shaped key.
-    fn validate(&self, sd: &StateDict) -> Result<()> {
-        let keys = self.expected_keys();
-        let borrowed: Vec<(&str, Vec<usize>, bool)> =
-            keys.iter().map(|(k, s, r)| (k.as_str(), s.clone(), *r)).collect();
-        sd.check("", &borrowed)
     }
 }
 
@@ -361,14 +308,17 @@ impl VarModel {
             });
         }
         let config = VarConfig::infer(sd)?;
-        let c = config.width;
-        let up = |key: &str, shape: &[usize], dtype: DType| sd.upload(device, "", key, shape, dtype);
-        let host = |key: &str| sd.require("", key).map(|t| t.data.as_slice());
+        let (c, l) = (config.width, config.seq_len());
+        let lp = Loader::new(device, sd, dtype);
+        // The head runs in f32 as the official get_logits does, and so do the attention temperatures.
+        let lp32 = lp.with_dtype(DType::F32);
 
-        let class_emb = up("class_emb.weight", &[config.num_classes + 1, c], dtype)?;
-        let pos = host("pos_1LC")?;
-        let lvl = host("lvl_embed.weight")?;
-        let start = host("pos_start")?;
+        let class_emb = lp.tensor("class_emb.weight", &[config.num_classes + 1, c])?;
+        let pos = lp.host("pos_1LC", &[1, l, c]);
+        let lvl = lp.host("lvl_embed.weight", &[config.patch_nums.len(), c]);
+        let start = lp.host("pos_start", &[1, 1, c]);
+        // A buffer without learned state (lvl_1L is an integer buffer and skipped on load).
+        lp.accept("attn_bias_for_masking", &[1, 1, l, l]);
         let mut scale_pos = Vec::with_capacity(config.patch_nums.len());
         for (si, (&pn, first)) in config.patch_nums.iter().zip(config.scale_starts()).enumerate() {
             let n = pn * pn;
@@ -378,67 +328,83 @@ impl VarModel {
                     values[t * c + ch] = lvl[si * c + ch] + pos[(first + t) * c + ch];
                 }
             }
-            scale_pos.push(Tensor::from_f32(device, &[n, c], &values, dtype)?);
+            scale_pos.push(lp.upload(&[n, c], &values)?);
         }
         // The official sum: cond + pos_start + (lvl_embed[0] + pos_1LC[0]), in that association.
         let first: Vec<f32> = (0..c).map(|ch| start[ch] + (lvl[ch] + pos[ch])).collect();
-        let first_pos = Tensor::from_f32(device, &[1, c], &first, dtype)?;
+        let first_pos = lp.upload(&[1, c], &first)?;
 
         let shared_ada = if config.shared_adaln {
-            Some((up("shared_ada_lin.1.weight", &[6 * c, c], dtype)?, up("shared_ada_lin.1.bias", &[6 * c], dtype)?))
+            let shared = lp.pp("shared_ada_lin.1");
+            Some((shared.tensor("weight", &[6 * c, c])?, shared.tensor("bias", &[6 * c])?))
         } else {
             None
         };
         let ln_100 = 100f32.ln();
+        // The first non-finite temperature, reported once the keys are known to be right.
+        let mut bad_temperature = None;
         let mut blocks = Vec::with_capacity(config.depth);
         for i in 0..config.depth {
-            let key = |name: &str| format!("blocks.{i}.{name}");
+            let block = lp.pp("blocks").pp(i);
+            let (attn, ffn) = (block.pp("attn"), block.pp("ffn"));
             let (ada_weight, ada_bias) = if config.shared_adaln {
-                (None, up(&key("ada_gss"), &[6 * c], dtype)?)
+                (None, block.tensor_as("ada_gss", &[1, 1, 6, c], &[6 * c])?)
             } else {
-                (Some(up(&key("ada_lin.1.weight"), &[6 * c, c], dtype)?), up(&key("ada_lin.1.bias"), &[6 * c], dtype)?)
+                let ada = block.pp("ada_lin.1");
+                (Some(ada.tensor("weight", &[6 * c, c])?), ada.tensor("bias", &[6 * c])?)
             };
             let mut bias = vec![0f32; 3 * c];
-            bias[..c].copy_from_slice(host(&key("attn.q_bias"))?);
-            bias[2 * c..].copy_from_slice(host(&key("attn.v_bias"))?);
-            let scales: Vec<f32> = host(&key("attn.scale_mul_1H11"))?.iter().map(|s| s.min(ln_100).exp()).collect();
-            if let Some(bad) = scales.iter().find(|s| !s.is_finite()) {
-                return Err(Error::InvalidArgument {
-                    op: "VAR checkpoint",
-                    msg: format!("{} holds a non-finite temperature ({bad})", key("attn.scale_mul_1H11")),
-                });
+            bias[..c].copy_from_slice(&attn.host("q_bias", &[c]));
+            bias[2 * c..].copy_from_slice(&attn.host("v_bias", &[c]));
+            attn.accept("zero_k_bias", &[c]);
+            let scales: Vec<f32> =
+                attn.host("scale_mul_1H11", &[1, config.heads, 1, 1]).iter().map(|s| s.min(ln_100).exp()).collect();
+            if bad_temperature.is_none()
+                && let Some(&bad) = scales.iter().find(|s| !s.is_finite())
+            {
+                bad_temperature = Some((attn.key("scale_mul_1H11"), bad));
             }
             blocks.push(VarBlock {
                 ada_weight,
                 ada_bias,
-                qkv_weight: up(&key("attn.mat_qkv.weight"), &[3 * c, c], dtype)?,
-                qkv_bias: Tensor::from_f32(device, &[3 * c], &bias, dtype)?,
-                head_scale: Tensor::from_f32(device, &[config.heads], &scales, DType::F32)?,
-                proj_weight: up(&key("attn.proj.weight"), &[c, c], dtype)?,
-                proj_bias: up(&key("attn.proj.bias"), &[c], dtype)?,
-                fc1_weight: up(&key("ffn.fc1.weight"), &[config.mlp_hidden, c], dtype)?,
-                fc1_bias: up(&key("ffn.fc1.bias"), &[config.mlp_hidden], dtype)?,
-                fc2_weight: up(&key("ffn.fc2.weight"), &[c, config.mlp_hidden], dtype)?,
-                fc2_bias: up(&key("ffn.fc2.bias"), &[c], dtype)?,
+                qkv_weight: attn.tensor("mat_qkv.weight", &[3 * c, c])?,
+                qkv_bias: attn.upload(&[3 * c], &bias)?,
+                head_scale: lp32.upload(&[config.heads], &scales)?,
+                proj_weight: attn.tensor("proj.weight", &[c, c])?,
+                proj_bias: attn.tensor("proj.bias", &[c])?,
+                fc1_weight: ffn.tensor("fc1.weight", &[config.mlp_hidden, c])?,
+                fc1_bias: ffn.tensor("fc1.bias", &[config.mlp_hidden])?,
+                fc2_weight: ffn.tensor("fc2.weight", &[c, config.mlp_hidden])?,
+                fc2_bias: ffn.tensor("fc2.bias", &[c])?,
             });
         }
-        Ok(Self {
+        let word_embed = lp.pp("word_embed");
+        let head_ada = lp32.pp("head_nm.ada_lin.1");
+        let head = lp32.pp("head");
+        let model = Self {
             dtype,
             device: device.clone(),
             class_emb,
             first_pos,
             scale_pos,
-            word_embed_weight: up("word_embed.weight", &[c, config.cvae], dtype)?,
-            word_embed_bias: up("word_embed.bias", &[c], dtype)?,
+            word_embed_weight: word_embed.tensor("weight", &[c, config.cvae])?,
+            word_embed_bias: word_embed.tensor("bias", &[c])?,
             shared_ada,
             blocks,
-            // The head runs in f32 as the official get_logits does.
-            head_ada_weight: up("head_nm.ada_lin.1.weight", &[2 * c, c], DType::F32)?,
-            head_ada_bias: up("head_nm.ada_lin.1.bias", &[2 * c], DType::F32)?,
-            head_weight: up("head.weight", &[config.vocab, c], DType::F32)?,
-            head_bias: up("head.bias", &[config.vocab], DType::F32)?,
+            head_ada_weight: head_ada.tensor("weight", &[2 * c, c])?,
+            head_ada_bias: head_ada.tensor("bias", &[2 * c])?,
+            head_weight: head.tensor("weight", &[config.vocab, c])?,
+            head_bias: head.tensor("bias", &[config.vocab])?,
             config,
-        })
+        };
+        lp.finish()?;
+        if let Some((key, bad)) = bad_temperature {
+            return Err(Error::InvalidArgument {
+                op: "VAR checkpoint",
+                msg: format!("{key} holds a non-finite temperature ({bad})"),
+            });
+        }
+        Ok(model)
     }
 
     pub fn device(&self) -> &Device {

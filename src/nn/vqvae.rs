@@ -3,14 +3,16 @@
 //! the decoder. The architecture (widths, blocks per level, attention levels, codebook) is read from
 //! the tensor shapes, so the official vae_ch160v4096z32 and smaller variants load alike.
 
+use super::Loader;
 use crate::device::Device;
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::ops::matmul::MatmulOptions;
 use crate::ops::{
     add, conv2d, downsample_area, embedding, group_norm, matmul_with, silu, softmax_scaled, upsample_bicubic,
     upsample_nearest2x,
 };
-use crate::tensor::{DType, Tensor};
+use crate::tensor::Tensor;
 use crate::weights::StateDict;
 
 /// GroupNorm of every decoder norm: 32 groups, eps 1e-6.
@@ -180,78 +182,7 @@ impl VqVaeConfig {
             attn_levels,
             mid_attention: sd.get("decoder.mid.attn_1.qkv.weight").is_some(),
         };
-        config.validate(sd)?;
         Ok(config)
-    }
-
-    fn expected_keys(&self) -> Vec<(String, Vec<usize>)> {
-        let z = self.cvae;
-        let mut keys: Vec<(String, Vec<usize>)> = vec![("quantize.embedding.weight".into(), vec![self.vocab, z])];
-        let conv = |keys: &mut Vec<(String, Vec<usize>)>, p: &str, cout: usize, cin: usize, k: usize| {
-            keys.push((format!("{p}.weight"), vec![cout, cin, k, k]));
-            keys.push((format!("{p}.bias"), vec![cout]));
-        };
-        for k in 0..self.phi_convs {
-            conv(&mut keys, &format!("quantize.quant_resi.qresi_ls.{k}"), z, z, 3);
-        }
-        conv(&mut keys, "post_quant_conv", z, z, 3);
-        let top = *self.level_channels.last().expect("at least one level");
-        conv(&mut keys, "decoder.conv_in", top, z, 3);
-        let norm = |keys: &mut Vec<(String, Vec<usize>)>, p: &str, c: usize| {
-            keys.push((format!("{p}.weight"), vec![c]));
-            keys.push((format!("{p}.bias"), vec![c]));
-        };
-        let res = |keys: &mut Vec<(String, Vec<usize>)>, p: &str, cin: usize, cout: usize| {
-            norm(keys, &format!("{p}.norm1"), cin);
-            conv(keys, &format!("{p}.conv1"), cout, cin, 3);
-            norm(keys, &format!("{p}.norm2"), cout);
-            conv(keys, &format!("{p}.conv2"), cout, cout, 3);
-            if cin != cout {
-                conv(keys, &format!("{p}.nin_shortcut"), cout, cin, 1);
-            }
-        };
-        let attn = |keys: &mut Vec<(String, Vec<usize>)>, p: &str, c: usize| {
-            norm(keys, &format!("{p}.norm"), c);
-            conv(keys, &format!("{p}.qkv"), 3 * c, c, 1);
-            conv(keys, &format!("{p}.proj_out"), c, c, 1);
-        };
-        res(&mut keys, "decoder.mid.block_1", top, top);
-        if self.mid_attention {
-            attn(&mut keys, "decoder.mid.attn_1", top);
-        }
-        res(&mut keys, "decoder.mid.block_2", top, top);
-        let mut cin = top;
-        for i in (0..self.level_channels.len()).rev() {
-            let cout = self.level_channels[i];
-            for j in 0..self.blocks_per_level {
-                res(&mut keys, &format!("decoder.up.{i}.block.{j}"), cin, cout);
-                cin = cout;
-                if self.attn_levels.contains(&i) {
-                    attn(&mut keys, &format!("decoder.up.{i}.attn.{j}"), cout);
-                }
-            }
-            if i != 0 {
-                conv(&mut keys, &format!("decoder.up.{i}.upsample.conv"), cout, cout, 3);
-            }
-        }
-        norm(&mut keys, "decoder.norm_out", cin);
-        conv(&mut keys, "decoder.conv_out", 3, cin, 3);
-        keys
-    }
-
-    /// One error listing every missing, unexpected and mis-shaped key (the encoder, quant_conv and the
-    /// training statistics are accepted and ignored).
-    fn validate(&self, sd: &StateDict) -> Result<()> {
-        let mut keys: Vec<(String, Vec<usize>, bool)> =
-            self.expected_keys().into_iter().map(|(k, s)| (k, s, true)).collect();
-        for (key, t) in sd.iter() {
-            if unused_vae_key(key) {
-                keys.push((key.to_string(), t.shape.clone(), false));
-            }
-        }
-        let borrowed: Vec<(&str, Vec<usize>, bool)> =
-            keys.iter().map(|(k, s, r)| (k.as_str(), s.clone(), *r)).collect();
-        sd.check("", &borrowed)
     }
 }
 
@@ -261,82 +192,70 @@ impl VqVae {
             return Err(Error::InvalidArgument { op: "VqVae", msg: format!("dtype must be f32 or f16, got {dtype}") });
         }
         let config = VqVaeConfig::infer(sd)?;
-        let tensor = |key: &str| -> Result<Tensor> {
-            let t = sd.require("", key)?;
-            Tensor::from_f32(device, &t.shape, &t.data, dtype)
-        };
-        let conv = |p: &str| -> Result<Conv> {
-            Ok(Conv { weight: tensor(&format!("{p}.weight"))?, bias: tensor(&format!("{p}.bias"))? })
-        };
-        let norm = |p: &str| -> Result<Norm> {
-            Ok(Norm { weight: tensor(&format!("{p}.weight"))?, bias: tensor(&format!("{p}.bias"))? })
-        };
-        let res = |p: &str| -> Result<ResBlock> {
-            Ok(ResBlock {
-                norm1: norm(&format!("{p}.norm1"))?,
-                conv1: conv(&format!("{p}.conv1"))?,
-                norm2: norm(&format!("{p}.norm2"))?,
-                conv2: conv(&format!("{p}.conv2"))?,
-                shortcut: match sd.get(&format!("{p}.nin_shortcut.weight")) {
-                    Some(_) => Some(conv(&format!("{p}.nin_shortcut"))?),
-                    None => None,
-                },
-            })
-        };
-        let attn = |p: &str, channels: usize| AttnBlock::from_state_dict(device, sd, &format!("{p}."), channels, dtype);
+        let lp = Loader::new(device, sd, dtype);
+        // The encoder, quant_conv and the training statistics are accepted and ignored.
+        lp.accept_if(unused_vae_key);
         let z = config.cvae;
+        let levels = config.level_channels.len();
+        let top = *config.level_channels.last().expect("inferred levels");
+        let codebook = lp.tensor("quantize.embedding.weight", &[config.vocab, z])?;
         let mut phi = Vec::with_capacity(config.phi_convs);
         for k in 0..config.phi_convs {
-            let p = format!("quantize.quant_resi.qresi_ls.{k}");
-            let w = sd.require("", &format!("{p}.weight"))?;
-            let b = sd.require("", &format!("{p}.bias"))?;
-            let mut weight: Vec<f32> = w.data.iter().map(|v| 0.5 * v).collect();
+            let p = lp.pp("quantize.quant_resi.qresi_ls").pp(k);
+            let mut weight: Vec<f32> = p.host("weight", &[z, z, 3, 3]).iter().map(|v| 0.5 * v).collect();
             for c in 0..z {
                 // Centre tap of output c from input c.
                 weight[(c * z + c) * 9 + 4] += 0.5;
             }
-            let bias: Vec<f32> = b.data.iter().map(|v| 0.5 * v).collect();
-            phi.push(Conv {
-                weight: Tensor::from_f32(device, &w.shape, &weight, dtype)?,
-                bias: Tensor::from_f32(device, &b.shape, &bias, dtype)?,
-            });
+            let bias: Vec<f32> = p.host("bias", &[z]).iter().map(|v| 0.5 * v).collect();
+            phi.push(Conv { weight: p.upload(&[z, z, 3, 3], &weight)?, bias: p.upload(&[z], &bias)? });
         }
-        let top = *config.level_channels.last().expect("inferred levels");
-        let up = (0..config.level_channels.len())
+        let post_quant_conv = Conv::load(&lp.pp("post_quant_conv"), z, z, 3)?;
+        let dec = lp.pp("decoder");
+        let conv_in = Conv::load(&dec.pp("conv_in"), top, z, 3)?;
+        let mid = dec.pp("mid");
+        let mid = (
+            ResBlock::load(&mid.pp("block_1"), top, top)?,
+            if config.mid_attention { Some(AttnBlock::load(&mid.pp("attn_1"), top)?) } else { None },
+            ResBlock::load(&mid.pp("block_2"), top, top)?,
+        );
+        // Decoding runs from the last level (fed by the middle at `top` channels) to level 0.
+        let up = (0..levels)
             .map(|i| -> Result<UpLevel> {
+                let level = dec.pp("up").pp(i);
                 let c = config.level_channels[i];
+                let input = config.level_channels[(i + 1).min(levels - 1)];
                 Ok(UpLevel {
                     blocks: (0..config.blocks_per_level)
-                        .map(|j| res(&format!("decoder.up.{i}.block.{j}")))
+                        .map(|j| ResBlock::load(&level.pp("block").pp(j), if j == 0 { input } else { c }, c))
                         .collect::<Result<_>>()?,
                     attn: if config.attn_levels.contains(&i) {
                         (0..config.blocks_per_level)
-                            .map(|j| attn(&format!("decoder.up.{i}.attn.{j}"), c))
+                            .map(|j| AttnBlock::load(&level.pp("attn").pp(j), c))
                             .collect::<Result<_>>()?
                     } else {
                         Vec::new()
                     },
-                    upsample: if i != 0 { Some(conv(&format!("decoder.up.{i}.upsample.conv"))?) } else { None },
+                    upsample: if i != 0 { Some(Conv::load(&level.pp("upsample.conv"), c, c, 3)?) } else { None },
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self {
+        let c0 = config.level_channels[0];
+        let vae = Self {
             dtype,
             device: device.clone(),
-            codebook: tensor("quantize.embedding.weight")?,
+            codebook,
             phi,
-            post_quant_conv: conv("post_quant_conv")?,
-            conv_in: conv("decoder.conv_in")?,
-            mid: (
-                res("decoder.mid.block_1")?,
-                if config.mid_attention { Some(attn("decoder.mid.attn_1", top)?) } else { None },
-                res("decoder.mid.block_2")?,
-            ),
+            post_quant_conv,
+            conv_in,
+            mid,
             up,
-            norm_out: norm("decoder.norm_out")?,
-            conv_out: conv("decoder.conv_out")?,
+            norm_out: Norm::load(&dec.pp("norm_out"), c0)?,
+            conv_out: Conv::load(&dec.pp("conv_out"), 3, c0, 3)?,
             config,
-        })
+        };
+        lp.finish()?;
+        Ok(vae)
     }
 
     pub fn device(&self) -> &Device {
@@ -414,17 +333,40 @@ impl VqVae {
     }
 }
 
+impl Conv {
+    /// `weight` (cout, cin, k, k) and `bias` (cout).
+    fn load(lp: &Loader, cout: usize, cin: usize, k: usize) -> Result<Self> {
+        Ok(Conv { weight: lp.tensor("weight", &[cout, cin, k, k])?, bias: lp.tensor("bias", &[cout])? })
+    }
+}
+
 fn apply_conv(x: &Tensor, conv: &Conv) -> Result<Tensor> {
     conv2d(x, &conv.weight, Some(&conv.bias))
 }
 
 impl Norm {
+    /// GroupNorm `weight` and `bias`, (c) each.
+    fn load(lp: &Loader, c: usize) -> Result<Self> {
+        Ok(Norm { weight: lp.tensor("weight", &[c])?, bias: lp.tensor("bias", &[c])? })
+    }
+
     fn apply(&self, x: &Tensor) -> Result<Tensor> {
         group_norm(x, GROUPS, Some(&self.weight), Some(&self.bias), GN_EPS)
     }
 }
 
 impl ResBlock {
+    /// norm1, conv1, norm2, conv2, and the 1x1 nin_shortcut when the width changes.
+    fn load(lp: &Loader, cin: usize, cout: usize) -> Result<Self> {
+        Ok(ResBlock {
+            norm1: Norm::load(&lp.pp("norm1"), cin)?,
+            conv1: Conv::load(&lp.pp("conv1"), cout, cin, 3)?,
+            norm2: Norm::load(&lp.pp("norm2"), cout)?,
+            conv2: Conv::load(&lp.pp("conv2"), cout, cout, 3)?,
+            shortcut: if cin != cout { Some(Conv::load(&lp.pp("nin_shortcut"), cout, cin, 1)?) } else { None },
+        })
+    }
+
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = apply_conv(&silu(&self.norm1.apply(x)?)?, &self.conv1)?;
         let h = apply_conv(&silu(&self.norm2.apply(&h)?)?, &self.conv2)?;
@@ -437,7 +379,8 @@ impl ResBlock {
 }
 
 impl AttnBlock {
-    /// Loads `{prefix}norm`, `{prefix}qkv` and `{prefix}proj_out` for `channels` channels.
+    /// Loads `{prefix}norm`, `{prefix}qkv` and `{prefix}proj_out` for `channels` channels: a missing or
+    /// mis-shaped key is an error, other keys under `prefix` are ignored.
     pub fn from_state_dict(
         device: &Device,
         sd: &StateDict,
@@ -445,13 +388,21 @@ impl AttnBlock {
         channels: usize,
         dtype: DType,
     ) -> Result<Self> {
+        let lp = Loader::new_with_prefix(device, sd, prefix, dtype);
+        let block = Self::load(&lp, channels)?;
+        lp.accept_if(|_| true);
+        lp.finish()?;
+        Ok(block)
+    }
+
+    /// The block under `lp`'s prefix for `channels` channels.
+    pub fn load(lp: &Loader, channels: usize) -> Result<Self> {
         let c = channels;
-        let up = |name: &str, shape: &[usize]| sd.upload(device, prefix, name, shape, dtype);
         Ok(AttnBlock {
             channels,
-            norm: Norm { weight: up("norm.weight", &[c])?, bias: up("norm.bias", &[c])? },
-            qkv: Conv { weight: up("qkv.weight", &[3 * c, c, 1, 1])?, bias: up("qkv.bias", &[3 * c])? },
-            proj_out: Conv { weight: up("proj_out.weight", &[c, c, 1, 1])?, bias: up("proj_out.bias", &[c])? },
+            norm: Norm::load(&lp.pp("norm"), c)?,
+            qkv: Conv::load(&lp.pp("qkv"), 3 * c, c, 1)?,
+            proj_out: Conv::load(&lp.pp("proj_out"), c, c, 1)?,
         })
     }
 

@@ -11,10 +11,10 @@
 //! # Ok(()) }
 //! ```
 
-use super::{check_operand, index_u32, shape_error};
-use crate::device::launch::{self, Kernel};
+use super::{check_operand, elements, index_u32, launch, shape_error};
+use crate::device::Grid;
 use crate::error::{Error, Result};
-use crate::shaders::{ATTENTION, Variant};
+use crate::kernels::{AttentionParams, Constants, Family};
 use crate::tensor::Tensor;
 
 /// Largest head_dim the kernels accept (any size up to it is exact).
@@ -210,28 +210,25 @@ fn geometry(t: &Tensor, layout: AttentionLayout, what: &str) -> Result<Geometry>
 
 /// Query-block and key-tile sizes that fit the adapter's workgroup memory and invocation limits.
 fn tile_config(q: &Tensor, dim: usize) -> Result<(usize, usize)> {
-    let info = q.device().info();
+    let caps = q.device().caps();
     let vecs = dim.div_ceil(4);
     for (bq, bkv) in [(16, 16), (16, 8), (8, 8), (8, 4), (4, 4)] {
         let floats = 4 * vecs * (bq + 2 * bkv) + 512 + 3 * 16;
         let words = floats + 16 + 32 + 256; // token tables and the reduction scratch
-        if words * 4 <= info.max_compute_workgroup_storage_size as usize
-            && bq * bkv <= info.max_compute_invocations_per_workgroup as usize
+        if words * 4 <= caps.shared_memory_bytes as usize
+            && bq * bkv <= caps.max_threads_per_group as usize
             && vecs.div_ceil(bkv) <= 16
         {
             return Ok((bq, bkv));
         }
     }
     Err(Error::MissingFeature {
-        what: format!(
-            "attention with head_dim {dim} ({} bytes of workgroup memory)",
-            info.max_compute_workgroup_storage_size
-        ),
+        what: format!("attention with head_dim {dim} ({} bytes of workgroup memory)", caps.shared_memory_bytes),
         feature: "max_compute_workgroup_storage_size >= 16 KiB",
     })
 }
 
-struct Launch<'a> {
+struct AttentionLaunch<'a> {
     q: &'a Tensor,
     k: &'a Tensor,
     v: &'a Tensor,
@@ -244,7 +241,7 @@ struct Launch<'a> {
     block_kv: usize,
 }
 
-impl<'a> Launch<'a> {
+impl<'a> AttentionLaunch<'a> {
     fn new(
         q: &'a Tensor,
         k: &'a Tensor,
@@ -258,62 +255,71 @@ impl<'a> Launch<'a> {
         Ok(Self { q, k, v, out, qg, kg, scale, block_q, block_kv })
     }
 
-    /// Words of AttentionParams: strides, the dense ranges, then the grouped layout.
-    fn params(&self, dense: [usize; 3], grouped: Option<&GroupedLayout>) -> Result<Vec<u32>> {
+    /// AttentionParams: strides, the dense ranges, then the grouped layout (a single group of one
+    /// token for dense launches).
+    fn params(&self, dense: [usize; 3], grouped: Option<&GroupedLayout>) -> Result<AttentionParams> {
         let u = |what: &str, v: usize| index_u32("attention", what, v);
-        let mut words = vec![u("heads", self.qg.heads)?];
-        for s in self.qg.strides.iter().chain(&self.kg.strides).chain(&self.qg.strides) {
-            words.push(u("a stride", *s)?);
-        }
-        for d in dense {
-            words.push(u("a token count", d)?);
-        }
-        words.push(self.scale.to_bits());
+        let [qb, qh, qt] = self.qg.strides;
+        let [kb, kh, kt] = self.kg.strides;
+        let mut p = AttentionParams {
+            heads: u("heads", self.qg.heads)?,
+            q_batch_stride: u("a stride", qb)?,
+            q_head_stride: u("a stride", qh)?,
+            q_token_stride: u("a stride", qt)?,
+            kv_batch_stride: u("a stride", kb)?,
+            kv_head_stride: u("a stride", kh)?,
+            kv_token_stride: u("a stride", kt)?,
+            o_batch_stride: u("a stride", qb)?,
+            o_head_stride: u("a stride", qh)?,
+            o_token_stride: u("a stride", qt)?,
+            q_start: u("a token count", dense[0])?,
+            q_count: u("a token count", dense[1])?,
+            kv_len: u("a token count", dense[2])?,
+            scale: self.scale,
+            axes: 2,
+            blocks_per_group: 1,
+            ..Default::default()
+        };
         match grouped {
             Some(layout) => {
                 let (grid, group, counts) = layout.dims3();
                 let (pattern, radius) = layout.pattern.code_and_radius();
-                for x in grid.iter().chain(&group).chain(&counts) {
-                    words.push(u("a grid size", *x)?);
-                }
-                let blocks_per_group = group.iter().product::<usize>().div_ceil(self.block_q);
-                words.extend([
-                    pattern,
-                    radius as u32,
-                    layout.grid.len() as u32,
-                    u("text start", layout.image_tokens())?,
-                    u("text valid", layout.text_valid)?,
-                    u("blocks per group", blocks_per_group)?,
-                ]);
+                [p.grid_t, p.grid_h, p.grid_w] =
+                    [u("a grid size", grid[0])?, u("a grid size", grid[1])?, u("a grid size", grid[2])?];
+                [p.group_t, p.group_h, p.group_w] =
+                    [u("a grid size", group[0])?, u("a grid size", group[1])?, u("a grid size", group[2])?];
+                [p.groups_t, p.groups_h, p.groups_w] =
+                    [u("a grid size", counts[0])?, u("a grid size", counts[1])?, u("a grid size", counts[2])?];
+                p.pattern = pattern;
+                p.radius = radius as u32;
+                p.axes = layout.grid.len() as u32;
+                p.text_start = u("text start", layout.image_tokens())?;
+                p.text_valid = u("text valid", layout.text_valid)?;
+                p.blocks_per_group = u("blocks per group", group.iter().product::<usize>().div_ceil(self.block_q))?;
             }
-            None => words.extend([1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 2, 0, 0, 1]),
+            None => {
+                [p.grid_t, p.grid_h, p.grid_w, p.group_t, p.group_h, p.group_w, p.groups_t, p.groups_h, p.groups_w] =
+                    [1; 9];
+            }
         }
-        Ok(words)
+        Ok(p)
     }
 
-    fn run(&self, entry: &'static str, params: &[u32], blocks: usize, order: TokenOrder) -> Result<()> {
-        let (bq, bkv) = (self.block_q, self.block_kv);
-        let vecs = self.qg.dim.div_ceil(4);
-        let constants = [
-            ("GROUP_MAJOR", (order == TokenOrder::GroupMajor) as u32 as f64),
-            ("HEAD_DIM", self.qg.dim as f64),
-            ("BLOCK_Q", bq as f64),
-            ("BLOCK_KV", bkv as f64),
-            ("THREADS", (bq * bkv) as f64),
-            ("Q_TILE_VECS", (bq * vecs) as f64),
-            ("KV_TILE_VECS", (bkv * vecs) as f64),
-        ];
-        let variant = Variant { dtype: self.q.dtype(), subgroups: self.q.device().features().subgroups };
-        let kernel = Kernel { family: &ATTENTION, entry, variant, constants: &constants };
-        let ctx = self.q.ctx();
-        let mut groups = launch::grid(ctx, blocks as u64, entry)?;
-        groups[2] = index_u32("attention", "batch * heads", self.qg.batch * self.qg.heads)?;
-        ctx.dispatch(
-            &kernel,
-            &[self.q.bind("q", false), self.k.bind("k", false), self.v.bind("v", false), self.out.bind("out", true)],
-            params,
-            groups,
-        )
+    fn run(&self, entry: &'static str, params: &AttentionParams, blocks: usize, order: TokenOrder) -> Result<()> {
+        let (bq, bkv) = (self.block_q as u32, self.block_kv as u32);
+        let vecs = self.qg.dim.div_ceil(4) as u32;
+        let constants = Constants::new(Family::Attention)
+            .set("GROUP_MAJOR", order == TokenOrder::GroupMajor)
+            .set("HEAD_DIM", self.qg.dim as u32)
+            .set("BLOCK_Q", bq)
+            .set("BLOCK_KV", bkv)
+            .set("THREADS", bq * bkv)
+            .set("Q_TILE_VECS", bq * vecs)
+            .set("KV_TILE_VECS", bkv * vecs);
+        let batch = index_u32("attention", "batch * heads", self.qg.batch * self.qg.heads)?;
+        let args = [self.q.arg("q"), self.k.arg("k"), self.v.arg("v"), self.out.arg_mut("out")];
+        let grid = Grid::Batched { groups: blocks as u64, batch };
+        launch(self.q, Family::Attention, entry, self.q.dtype(), &constants, &args, params, grid)
     }
 }
 
@@ -364,7 +370,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, options: &AttentionOptions)
     let out = Tensor::empty(q.device(), q.shape(), q.dtype())?;
     let scale = softmax_scale(options.scale, qg.dim)?;
     let tokens = qg.tokens;
-    let launch = Launch::new(q, k, v, &out, qg, kg, scale)?;
+    let launch = AttentionLaunch::new(q, k, v, &out, qg, kg, scale)?;
     let params = launch.params([0, tokens, kv_len], None)?;
     launch.run("flash_attention", &params, tokens.div_ceil(launch.block_q), TokenOrder::Raster)?;
     Ok(out)
@@ -410,7 +416,7 @@ pub fn grouped_attention_in(
     let out = Tensor::empty(q.device(), q.shape(), q.dtype())?;
     let scale = softmax_scale(scale, qg.dim)?;
     let image = layout.image_tokens();
-    let launch = Launch::new(q, k, v, &out, qg, kg, scale)?;
+    let launch = AttentionLaunch::new(q, k, v, &out, qg, kg, scale)?;
     let (_, group, counts) = layout.dims3();
     let blocks = counts.iter().product::<usize>() * group.iter().product::<usize>().div_ceil(launch.block_q);
     let params = launch.params([0, image, image], Some(layout))?;
@@ -437,26 +443,31 @@ fn permute_tokens(x: &Tensor, layout: &GroupedLayout, to_group_major: bool) -> R
     layout.validate(g.tokens)?;
     let out = Tensor::empty(x.device(), x.shape(), x.dtype())?;
     let (grid, group, counts) = layout.dims3();
-    let mut params = vec![
-        index_u32("permute_tokens", "batch * heads", g.batch * g.heads)?,
-        0,
-        (g.tokens * g.dim) as u32,
-        g.dim as u32,
-    ];
-    params.extend([0; 10]); // the other strides, the dense ranges and the scale are unused here
-    params.extend(grid.iter().chain(&group).chain(&counts).map(|&v| v as u32));
-    params.extend([0, 0, layout.grid.len() as u32, layout.image_tokens() as u32, layout.text_len as u32, 0]);
-    let constants = [("HEAD_DIM", g.dim as f64), ("TO_GROUP_MAJOR", to_group_major as u32 as f64)];
-    let variant = Variant { dtype: x.dtype(), subgroups: x.device().features().subgroups };
-    let kernel = Kernel { family: &ATTENTION, entry: "permute_tokens", variant, constants: &constants };
-    let ctx = x.ctx();
+    // permute_tokens reads heads as batch * heads, the head and token strides, the grid, and the
+    // text range; the other fields are unused.
+    let params = AttentionParams {
+        heads: index_u32("permute_tokens", "batch * heads", g.batch * g.heads)?,
+        q_head_stride: (g.tokens * g.dim) as u32,
+        q_token_stride: g.dim as u32,
+        grid_t: grid[0] as u32,
+        grid_h: grid[1] as u32,
+        grid_w: grid[2] as u32,
+        group_t: group[0] as u32,
+        group_h: group[1] as u32,
+        group_w: group[2] as u32,
+        groups_t: counts[0] as u32,
+        groups_h: counts[1] as u32,
+        groups_w: counts[2] as u32,
+        axes: layout.grid.len() as u32,
+        text_start: layout.image_tokens() as u32,
+        text_valid: layout.text_len as u32,
+        ..Default::default()
+    };
+    let constants =
+        Constants::new(Family::Attention).set("HEAD_DIM", g.dim as u32).set("TO_GROUP_MAJOR", to_group_major);
     let n = index_u32("permute_tokens", "elements", x.numel())?;
-    ctx.dispatch(
-        &kernel,
-        &[x.bind("x", false), x.bind("x", false), x.bind("x", false), out.bind("out", true)],
-        &params,
-        launch::grid(ctx, (n as u64).div_ceil(256), "permute_tokens")?,
-    )?;
+    let args = [x.arg("x"), x.arg("x"), x.arg("x"), out.arg_mut("out")];
+    launch(x, Family::Attention, "permute_tokens", x.dtype(), &constants, &args, &params, elements(n as usize))?;
     Ok(out)
 }
 

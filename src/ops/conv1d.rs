@@ -1,10 +1,9 @@
 //! Depthwise causal conv1d with carried state (the short convolution of Mamba blocks).
 
-use super::{check_operand, dispatch_elements, index_u32, shape_error, variant_for};
-use crate::device::launch::Kernel;
+use super::{check_operand, elements, float_dtype, index_u32, launch, shape_error};
 use crate::error::{Error, Result};
+use crate::kernels::{Constants, Conv1dParams, Family};
 use crate::ops::scan::SequenceLayout;
-use crate::shaders::CONV1D;
 use crate::tensor::Tensor;
 
 /// Widest kernel supported.
@@ -72,38 +71,39 @@ pub fn causal_conv1d(args: &CausalConv1d) -> Result<Conv1dOutput> {
             ));
         }
     }
-    let variant = variant_for(x, &CONV1D, OP)?;
+    let dtype = float_dtype(OP, x)?;
     let y = Tensor::empty(x.device(), x.shape(), x.dtype())?;
     let state = Tensor::empty(x.device(), &[batch, channels, width - 1], x.dtype())?;
     let strides = match args.layout {
         SequenceLayout::ChannelsMajor => [channels * length, length, 1],
         SequenceLayout::TokensMajor => [length * channels, 1, channels],
     };
-    let mut params = vec![index_u32(OP, "batch", batch)?, channels as u32, index_u32(OP, "length", length)?];
-    for s in strides {
-        params.push(index_u32(OP, "a stride", s)?);
-    }
+    let params = Conv1dParams {
+        batch: index_u32(OP, "batch", batch)?,
+        channels: channels as u32,
+        length: index_u32(OP, "length", length)?,
+        batch_stride: index_u32(OP, "a stride", strides[0])?,
+        channel_stride: index_u32(OP, "a stride", strides[1])?,
+        time_stride: index_u32(OP, "a stride", strides[2])?,
+    };
     index_u32(OP, "elements", x.numel())?;
-    let flag = |b: bool| b as u32 as f64;
-    let constants = [
-        ("WIDTH", width as f64),
-        ("HAS_BIAS", flag(args.bias.is_some())),
-        ("APPLY_SILU", flag(args.silu)),
-        ("HAS_STATE", flag(args.state.is_some())),
-    ];
+    let constants = Constants::new(Family::Conv1d)
+        .set("WIDTH", width as u32)
+        .set("HAS_BIAS", args.bias.is_some())
+        .set("APPLY_SILU", args.silu)
+        .set("HAS_STATE", args.state.is_some());
     let bindings = [
-        x.bind("x", false),
-        args.weight.bind("weight", false),
-        args.bias.unwrap_or(x).bind("bias", false),
-        args.state.unwrap_or(x).bind("state_in", false),
-        y.bind("y", true),
-        state.bind("state_out", true),
+        x.arg("x"),
+        args.weight.arg("weight"),
+        args.bias.unwrap_or(x).arg("bias"),
+        args.state.unwrap_or(x).arg("state_in"),
+        y.arg_mut("y"),
+        state.arg_mut("state_out"),
     ];
-    let conv = Kernel { family: &CONV1D, entry: "conv1d", variant, constants: &constants };
-    dispatch_elements(x, &conv, &bindings, &params, x.numel())?;
+    launch(x, Family::Conv1d, "conv1d", dtype, &constants, &bindings, &params, elements(x.numel()))?;
     if width > 1 {
-        let kernel = Kernel { family: &CONV1D, entry: "conv1d_state", variant, constants: &constants };
-        dispatch_elements(x, &kernel, &bindings, &params, batch * channels * (width - 1))?;
+        let grid = elements(batch * channels * (width - 1));
+        launch(x, Family::Conv1d, "conv1d_state", dtype, &constants, &bindings, &params, grid)?;
     }
     Ok(Conv1dOutput { y, state })
 }

@@ -1,20 +1,20 @@
 //! 2-D convolution with stride 1 and "same" zero padding, the convolutions of the VQVAE decoder.
 
-use super::{check_operand, dispatch_elements, index_u32, shape_error, variant_for};
-use crate::device::launch::{self, Kernel};
+use super::{check_operand, elements, float_dtype, index_u32, launch, shape_error};
+use crate::device::Grid;
 use crate::error::{Error, Result};
-use crate::shaders::CONV2D;
+use crate::kernels::{Constants, Conv2dParams, Family, size};
 use crate::tensor::Tensor;
 
 /// Widest kernel supported.
 pub const MAX_KERNEL: usize = 7;
 
 // The tiled kernel's geometry (see shaders/wgsl/conv2d.wgsl).
-const TILE_W: usize = 16;
-const TILE_H: usize = 8;
-const COUT_BLOCK: usize = 32;
-const PATCH_CAP: usize = 1536;
-const WEIGHT_CAP: usize = 2560;
+const TILE_W: usize = size::CONV_TILE_W as usize;
+const TILE_H: usize = size::CONV_TILE_H as usize;
+const COUT_BLOCK: usize = size::CONV_COUT_BLOCK as usize;
+const PATCH_CAP: usize = size::CONV_PATCH_CAP as usize;
+const WEIGHT_CAP: usize = size::CONV_WEIGHT_CAP as usize;
 const MAX_CIN_CHUNK: usize = 16;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -82,7 +82,7 @@ pub fn conv2d_with(x: &Tensor, weight: &Tensor, options: &Conv2dOptions) -> Resu
             return Err(shape_error(OP, weight, bias, format!("the bias must have shape [{cout}]")));
         }
     }
-    let variant = variant_for(x, &CONV2D, OP)?;
+    let dtype = float_dtype(OP, x)?;
     let out = Tensor::empty(x.device(), &[batch, cout, height, width], x.dtype())?;
     index_u32(OP, "elements of x", x.numel())?;
     index_u32(OP, "elements of the weight", weight.numel())?;
@@ -92,37 +92,26 @@ pub fn conv2d_with(x: &Tensor, weight: &Tensor, options: &Conv2dOptions) -> Resu
     }
     let (tiles_x, tiles_y) = (width.div_ceil(TILE_W), height.div_ceil(TILE_H));
     let cout_blocks = cout.div_ceil(COUT_BLOCK);
-    let params = [
-        batch as u32,
-        cin as u32,
-        cout as u32,
-        height as u32,
-        width as u32,
-        tiles_x as u32,
-        index_u32(OP, "tiles", tiles_x * tiles_y)?,
-        cout_blocks as u32,
-    ];
-    let chunk = cin_chunk(k, cin);
-    let constants =
-        [("KSIZE", k as f64), ("HAS_BIAS", options.bias.is_some() as u32 as f64), ("CIN_CHUNK", chunk as f64)];
-    let bindings = [
-        x.bind("x", false),
-        weight.bind("weight", false),
-        options.bias.unwrap_or(weight).bind("bias", false),
-        out.bind("y", true),
-    ];
-    match options.algorithm {
-        Conv2dAlgorithm::Tiled => {
-            let kernel = Kernel { family: &CONV2D, entry: "conv2d_tiled", variant, constants: &constants };
-            let workgroups = tiles_x * tiles_y * cout_blocks * batch;
-            let ctx = x.ctx();
-            ctx.dispatch(&kernel, &bindings, &params, launch::grid(ctx, workgroups as u64, kernel.entry)?)?;
-        }
-        Conv2dAlgorithm::Naive => {
-            let kernel = Kernel { family: &CONV2D, entry: "conv2d_naive", variant, constants: &constants };
-            dispatch_elements(x, &kernel, &bindings, &params, out.numel())?;
-        }
-    }
+    let params = Conv2dParams {
+        batch: batch as u32,
+        cin: cin as u32,
+        cout: cout as u32,
+        height: height as u32,
+        width: width as u32,
+        tiles_x: tiles_x as u32,
+        tiles: index_u32(OP, "tiles", tiles_x * tiles_y)?,
+        cout_blocks: cout_blocks as u32,
+    };
+    let constants = Constants::new(Family::Conv2d)
+        .set("KSIZE", k as u32)
+        .set("HAS_BIAS", options.bias.is_some())
+        .set("CIN_CHUNK", cin_chunk(k, cin) as u32);
+    let bindings = [x.arg("x"), weight.arg("weight"), options.bias.unwrap_or(weight).arg("bias"), out.arg_mut("y")];
+    let (entry, grid) = match options.algorithm {
+        Conv2dAlgorithm::Tiled => ("conv2d_tiled", Grid::Linear((tiles_x * tiles_y * cout_blocks * batch) as u64)),
+        Conv2dAlgorithm::Naive => ("conv2d_naive", elements(out.numel())),
+    };
+    launch(x, Family::Conv2d, entry, dtype, &constants, &bindings, &params, grid)?;
     Ok(out)
 }
 

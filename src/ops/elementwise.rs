@@ -1,10 +1,9 @@
 //! Elementwise ops: add and mul (the right operand may repeat over the left's leading dimensions, as
 //! a bias does), GELU (tanh form) and SiLU.
 
-use super::{check_operand, dispatch_elements, index_u32, shape_error, variant_for};
-use crate::device::launch::Kernel;
+use super::{check_operand, elements, float_dtype, index_u32, launch, shape_error};
 use crate::error::Result;
-use crate::shaders::ELEMENTWISE;
+use crate::kernels::{Constants, ElementwiseParams, Family};
 use crate::tensor::Tensor;
 
 fn binary(op: &'static str, entry: &'static str, a: &Tensor, b: &Tensor) -> Result<Tensor> {
@@ -18,31 +17,35 @@ fn binary(op: &'static str, entry: &'static str, a: &Tensor, b: &Tensor) -> Resu
             "the right operand's shape must equal the trailing dimensions of the left's",
         ));
     }
-    let variant = variant_for(a, &ELEMENTWISE, op)?;
-    let out = Tensor::empty(a.device(), a.shape(), a.dtype())?;
-    let n = index_u32(op, "elements", a.numel())?;
-    let kernel = Kernel { family: &ELEMENTWISE, entry, variant, constants: &[] };
-    dispatch_elements(
+    let dtype = float_dtype(op, a)?;
+    let out = Tensor::empty(a.device(), a.shape(), dtype)?;
+    let params = ElementwiseParams { n: index_u32(op, "elements", a.numel())?, rhs_n: b.numel().max(1) as u32 };
+    launch(
         a,
-        &kernel,
-        &[a.bind("a", false), b.bind("b", false), out.bind("out", true)],
-        &[n, b.numel().max(1) as u32],
-        a.numel(),
+        Family::Elementwise,
+        entry,
+        dtype,
+        &Constants::new(Family::Elementwise),
+        &[a.arg("a"), b.arg("b"), out.arg_mut("out")],
+        &params,
+        elements(a.numel()),
     )?;
     Ok(out)
 }
 
 fn unary(op: &'static str, x: &Tensor) -> Result<Tensor> {
-    let variant = variant_for(x, &ELEMENTWISE, op)?;
-    let out = Tensor::empty(x.device(), x.shape(), x.dtype())?;
-    let n = index_u32(op, "elements", x.numel())?;
-    let kernel = Kernel { family: &ELEMENTWISE, entry: op, variant, constants: &[] };
-    dispatch_elements(
+    let dtype = float_dtype(op, x)?;
+    let out = Tensor::empty(x.device(), x.shape(), dtype)?;
+    let params = ElementwiseParams { n: index_u32(op, "elements", x.numel())?, rhs_n: 1 };
+    launch(
         x,
-        &kernel,
-        &[x.bind("x", false), x.bind("x", false), out.bind("out", true)],
-        &[n, 1],
-        x.numel(),
+        Family::Elementwise,
+        op,
+        dtype,
+        &Constants::new(Family::Elementwise),
+        &[x.arg("x"), x.arg("x"), out.arg_mut("out")],
+        &params,
+        elements(x.numel()),
     )?;
     Ok(out)
 }

@@ -1,9 +1,8 @@
 //! Embedding gather: rows of a (vocab, dim) table picked by u32 ids.
 
-use super::{dispatch_elements, index_u32, variant_for};
-use crate::device::launch::Kernel;
+use super::{elements, float_dtype, index_u32, launch};
 use crate::error::{Error, Result};
-use crate::shaders::EMBEDDING;
+use crate::kernels::{Constants, EmbeddingParams, Family};
 use crate::tensor::{DType, Tensor, check_same_device};
 
 /// out[..., :] = table[ids[...], :]; shape ids.shape + [dim]. An id outside the table gives a NaN
@@ -20,18 +19,24 @@ pub fn embedding(ids: &Tensor, table: &Tensor) -> Result<Tensor> {
             msg: format!("the table must be 2-D (vocab, dim), got shape {:?}", table.shape()),
         });
     };
-    let variant = variant_for(table, &EMBEDDING, OP)?;
+    let dtype = float_dtype(OP, table)?;
     let mut shape = ids.shape().to_vec();
     shape.push(dim);
     let out = Tensor::empty(table.device(), &shape, table.dtype())?;
-    let n = index_u32(OP, "output elements", out.numel())?;
-    let kernel = Kernel { family: &EMBEDDING, entry: "embedding", variant, constants: &[] };
-    dispatch_elements(
+    let params = EmbeddingParams {
+        n: index_u32(OP, "output elements", out.numel())?,
+        dim: dim as u32,
+        vocab: index_u32(OP, "vocab", vocab)?,
+    };
+    launch(
         table,
-        &kernel,
-        &[ids.bind("ids", false), table.bind("table", false), out.bind("out", true)],
-        &[n, dim as u32, index_u32(OP, "vocab", vocab)?],
-        out.numel(),
+        Family::Embedding,
+        "embedding",
+        dtype,
+        &Constants::new(Family::Embedding),
+        &[ids.arg("ids"), table.arg("table"), out.arg_mut("out")],
+        &params,
+        elements(out.numel()),
     )?;
     Ok(out)
 }

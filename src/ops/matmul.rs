@@ -1,10 +1,11 @@
 //! Batched matmul, including x @ W^T for PyTorch Linear weights, with an optional bias.
 
-use super::{check_operand, index_u32, shape_error, variant_for};
-use crate::device::launch::Kernel;
+use super::{check_operand, float_dtype, index_u32, launch, shape_error};
+use crate::device::Grid;
+use crate::dtype::numel;
 use crate::error::{Error, Result};
-use crate::shaders::MATMUL;
-use crate::tensor::{Tensor, numel};
+use crate::kernels::{Constants, Family, MatmulParams, size};
+use crate::tensor::Tensor;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum MatmulAlgorithm {
@@ -78,7 +79,7 @@ pub fn matmul_with(a: &Tensor, b: &Tensor, options: &MatmulOptions) -> Result<Te
             return Err(shape_error(OP, a, bias, format!("the bias must have shape [{n}]")));
         }
     }
-    let variant = variant_for(a, &MATMUL, OP)?;
+    let dtype = float_dtype(OP, a)?;
     let mut out_shape = batch_dims.to_vec();
     out_shape.extend([m, n]);
     let out = Tensor::empty(a.device(), &out_shape, a.dtype())?;
@@ -86,23 +87,33 @@ pub fn matmul_with(a: &Tensor, b: &Tensor, options: &MatmulOptions) -> Result<Te
     index_u32(OP, "elements of b", b.numel())?;
     index_u32(OP, "elements of the output", out.numel())?;
     let constants =
-        [("B_TRANSPOSED", options.transpose_b as u32 as f64), ("HAS_BIAS", options.bias.is_some() as u32 as f64)];
-    let (entry, tile) = match options.algorithm {
-        MatmulAlgorithm::Tiled => ("matmul_tiled", 64),
-        MatmulAlgorithm::Naive => ("matmul_naive", 16),
+        Constants::new(Family::Matmul).set("B_TRANSPOSED", options.transpose_b).set("HAS_BIAS", options.bias.is_some());
+    let (entry, tile_m, tile_n) = match options.algorithm {
+        MatmulAlgorithm::Tiled => ("matmul_tiled", size::TILE_M, size::TILE_N),
+        MatmulAlgorithm::Naive => ("matmul_naive", size::MATMUL_SIDE, size::MATMUL_SIDE),
     };
-    let kernel = Kernel { family: &MATMUL, entry, variant, constants: &constants };
     let bias = options.bias.unwrap_or(b);
-    let params = [rows as u32, n as u32, k as u32, (rows * k) as u32, b_batch_stride as u32, (rows * n) as u32];
-    let groups = [n.div_ceil(tile) as u32, rows.div_ceil(tile) as u32, batch as u32];
+    let params = MatmulParams {
+        m: rows as u32,
+        n: n as u32,
+        k: k as u32,
+        a_batch_stride: (rows * k) as u32,
+        b_batch_stride: b_batch_stride as u32,
+        c_batch_stride: (rows * n) as u32,
+    };
+    let groups = [(n as u32).div_ceil(tile_n), (rows as u32).div_ceil(tile_m), batch as u32];
     if rows == 0 || n == 0 {
         return Ok(out);
     }
-    a.ctx().dispatch(
-        &kernel,
-        &[a.bind("a", false), b.bind("b", false), bias.bind("bias", false), out.bind("out", true)],
+    launch(
+        a,
+        Family::Matmul,
+        entry,
+        dtype,
+        &constants,
+        &[a.arg("a"), b.arg("b"), bias.arg("bias"), out.arg_mut("out")],
         &params,
-        groups,
+        Grid::Groups(groups),
     )?;
     Ok(out)
 }

@@ -25,17 +25,17 @@ pub use norm::{adaln_layer_norm, group_norm, layer_norm, modulate, rms_norm, sof
 pub use resample::{downsample_area, upsample_bicubic, upsample_nearest2x};
 pub use transformer::{QkvHeads, gated_residual, qkv_heads};
 
-use crate::device::launch::{self, Binding, Kernel};
+use crate::device::{Arg, Grid, Launch};
 use crate::error::{Error, Result};
-use crate::shaders::{ShaderFamily, Variant};
-use crate::tensor::{DType, Tensor, check_same_device};
+use crate::kernels::{Constants, Family, KernelParams};
+use crate::tensor::{DType, Tensor, check_same_device, elements_grid};
 
-/// The variant of `family` a float op on `dtype` runs on this device.
-fn variant_for(x: &Tensor, family: &ShaderFamily, op: &'static str) -> Result<Variant> {
+/// The storage type a float op on `x` runs its kernel for: x's own, which must be f32 or f16.
+fn float_dtype(op: &'static str, x: &Tensor) -> Result<DType> {
     if !x.dtype().is_float() {
         return Err(Error::UnsupportedDType { op, dtype: x.dtype(), expected: "f32 or f16" });
     }
-    Ok(Variant { dtype: x.dtype(), subgroups: family.has_subgroup_variant() && x.device().features().subgroups })
+    Ok(x.dtype())
 }
 
 /// Same device and dtype as `x`.
@@ -57,16 +57,29 @@ fn index_u32(op: &'static str, what: &str, value: usize) -> Result<u32> {
         .map_err(|_| Error::InvalidArgument { op, msg: format!("{what} = {value} exceeds the 32-bit index range") })
 }
 
-/// Launches a one-thread-per-element kernel over `n` elements (256 per workgroup) on `x`'s device.
-fn dispatch_elements(x: &Tensor, kernel: &Kernel, bindings: &[Binding], params: &[u32], n: usize) -> Result<()> {
-    let ctx = x.ctx();
-    ctx.dispatch(kernel, bindings, params, launch::grid(ctx, n.div_ceil(256) as u64, kernel.entry)?)
+/// One kernel of `family` on `on`'s device: every op's launches come through here.
+#[allow(clippy::too_many_arguments)]
+fn launch<P: KernelParams>(
+    on: &Tensor,
+    family: Family,
+    entry: &'static str,
+    dtype: DType,
+    constants: &Constants,
+    args: &[Arg],
+    params: &P,
+    grid: Grid,
+) -> Result<()> {
+    on.device().launch(&Launch::new(family, entry, dtype, constants, args, params, grid))
 }
 
-/// Launches one workgroup per row.
-fn dispatch_rows(x: &Tensor, kernel: &Kernel, bindings: &[Binding], params: &[u32], rows: usize) -> Result<()> {
-    let ctx = x.ctx();
-    ctx.dispatch(kernel, bindings, params, launch::grid(ctx, rows as u64, kernel.entry)?)
+/// The grid of a one-thread-per-element kernel over `n` elements.
+fn elements(n: usize) -> Grid {
+    Grid::Linear(elements_grid(n))
+}
+
+/// The grid of a one-workgroup-per-row kernel.
+fn rows(n: usize) -> Grid {
+    Grid::Linear(n as u64)
 }
 
 /// The f32 values a tensor of `dtype` actually holds after upload (f16 rounds), for references.

@@ -1,10 +1,9 @@
 //! Normalisations and softmax (one workgroup per row, subgroup or workgroup-tree reductions), and
 //! the AdaLN modulation x * (1 + scale) + shift.
 
-use super::{check_operand, dispatch_elements, dispatch_rows, index_u32, shape_error, variant_for};
-use crate::device::launch::{Binding, Kernel};
+use super::{check_operand, elements, float_dtype, index_u32, launch, rows as row_grid, shape_error};
 use crate::error::{Error, Result};
-use crate::shaders::NORM;
+use crate::kernels::{Constants, Family, NormParams};
 use crate::tensor::Tensor;
 
 /// What the `weight` and `bias` operands of a norm kernel are.
@@ -17,8 +16,9 @@ struct Affine<'a> {
     rows_per_affine: usize,
 }
 
+/// The sizes of one norm launch, before they become [`NormParams`].
 #[derive(Default)]
-struct NormParams {
+struct NormSizes {
     rows: usize,
     cols: usize,
     eps: f32,
@@ -27,8 +27,8 @@ struct NormParams {
     scale: f32,
 }
 
-fn launch(op: &'static str, entry: &'static str, x: &Tensor, affine: &Affine, p: NormParams) -> Result<Tensor> {
-    let variant = variant_for(x, &NORM, op)?;
+fn run(op: &'static str, entry: &'static str, x: &Tensor, affine: &Affine, p: NormSizes) -> Result<Tensor> {
+    let dtype = float_dtype(op, x)?;
     for operand in [affine.weight, affine.bias].into_iter().flatten() {
         check_operand(op, x, operand)?;
     }
@@ -40,32 +40,28 @@ fn launch(op: &'static str, entry: &'static str, x: &Tensor, affine: &Affine, p:
     }
     let out = Tensor::empty(x.device(), x.shape(), x.dtype())?;
     index_u32(op, "elements", x.numel())?;
-    let constants = [
-        ("HAS_WEIGHT", affine.weight.is_some() as u32 as f64),
-        ("HAS_BIAS", affine.bias.is_some() as u32 as f64),
-        ("MODULATE", affine.modulate as u32 as f64),
+    let constants = Constants::new(Family::Norm)
+        .set("HAS_WEIGHT", affine.weight.is_some())
+        .set("HAS_BIAS", affine.bias.is_some())
+        .set("MODULATE", affine.modulate);
+    let params = NormParams {
+        rows: p.rows as u32,
+        cols: p.cols as u32,
+        rows_per_affine: affine.rows_per_affine.max(1) as u32,
+        eps: p.eps,
+        channels_per_group: p.channels_per_group as u32,
+        spatial: p.spatial as u32,
+        scale: p.scale,
+    };
+    let args = [
+        x.arg("x"),
+        affine.weight.unwrap_or(x).arg("weight"),
+        affine.bias.unwrap_or(x).arg("bias"),
+        out.arg_mut("out"),
     ];
-    let kernel = Kernel { family: &NORM, entry, variant, constants: &constants };
-    let params = [
-        p.rows as u32,
-        p.cols as u32,
-        affine.rows_per_affine.max(1) as u32,
-        p.eps.to_bits(),
-        p.channels_per_group as u32,
-        p.spatial as u32,
-        p.scale.to_bits(),
-    ];
-    let bindings: [Binding; 4] = [
-        x.bind("x", false),
-        affine.weight.unwrap_or(x).bind("weight", false),
-        affine.bias.unwrap_or(x).bind("bias", false),
-        out.bind("out", true),
-    ];
-    if entry == "modulate" {
-        dispatch_elements(x, &kernel, &bindings, &params, x.numel())?;
-    } else {
-        dispatch_rows(x, &kernel, &bindings, &params, p.rows)?;
-    }
+    // modulate is elementwise; the others reduce one row per workgroup.
+    let grid = if entry == "modulate" { elements(x.numel()) } else { row_grid(p.rows) };
+    launch(x, Family::Norm, entry, dtype, &constants, &args, &params, grid)?;
     Ok(out)
 }
 
@@ -95,7 +91,7 @@ pub fn layer_norm(x: &Tensor, weight: Option<&Tensor>, bias: Option<&Tensor>, ep
     check_channel_vector(OP, x, weight, cols)?;
     check_channel_vector(OP, x, bias, cols)?;
     let affine = Affine { weight, bias, modulate: false, rows_per_affine: rows };
-    launch(OP, "layer_norm", x, &affine, NormParams { rows, cols, eps, ..Default::default() })
+    run(OP, "layer_norm", x, &affine, NormSizes { rows, cols, eps, ..Default::default() })
 }
 
 /// Checks that scale and shift are (B, C) for x (B, L, C) and returns (B, rows per batch entry).
@@ -116,7 +112,7 @@ pub fn adaln_layer_norm(x: &Tensor, scale: &Tensor, shift: &Tensor, eps: f32) ->
     let rows_per_affine = check_modulation(OP, x, scale, shift)?;
     let (rows, cols) = last_dim(OP, x)?;
     let affine = Affine { weight: Some(scale), bias: Some(shift), modulate: true, rows_per_affine };
-    launch(OP, "layer_norm", x, &affine, NormParams { rows, cols, eps, ..Default::default() })
+    run(OP, "layer_norm", x, &affine, NormSizes { rows, cols, eps, ..Default::default() })
 }
 
 /// x * (1 + scale[b]) + shift[b] for x (B, …, C) and scale/shift (B, C).
@@ -125,7 +121,7 @@ pub fn modulate(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Result<Tensor> {
     let rows_per_affine = check_modulation(OP, x, scale, shift)?;
     let (rows, cols) = last_dim(OP, x)?;
     let affine = Affine { weight: Some(scale), bias: Some(shift), modulate: true, rows_per_affine };
-    launch(OP, "modulate", x, &affine, NormParams { rows, cols, ..Default::default() })
+    run(OP, "modulate", x, &affine, NormSizes { rows, cols, ..Default::default() })
 }
 
 /// RMSNorm over the last dimension: x / sqrt(mean(x^2) + eps) * weight.
@@ -134,7 +130,7 @@ pub fn rms_norm(x: &Tensor, weight: Option<&Tensor>, eps: f32) -> Result<Tensor>
     let (rows, cols) = last_dim(OP, x)?;
     check_channel_vector(OP, x, weight, cols)?;
     let affine = Affine { weight, bias: None, modulate: false, rows_per_affine: rows };
-    launch(OP, "rms_norm", x, &affine, NormParams { rows, cols, eps, ..Default::default() })
+    run(OP, "rms_norm", x, &affine, NormSizes { rows, cols, eps, ..Default::default() })
 }
 
 /// GroupNorm over x (N, C, …spatial) with `groups` dividing C and optional per-channel affine.
@@ -161,7 +157,7 @@ pub fn group_norm(
     check_channel_vector(OP, x, bias, channels)?;
     let spatial: usize = shape[2..].iter().product();
     let affine = Affine { weight, bias, modulate: false, rows_per_affine: usize::MAX };
-    let params = NormParams {
+    let params = NormSizes {
         rows: shape[0] * groups,
         cols: channels,
         eps,
@@ -169,7 +165,7 @@ pub fn group_norm(
         spatial,
         ..Default::default()
     };
-    launch(OP, "group_norm", x, &affine, params)
+    run(OP, "group_norm", x, &affine, params)
 }
 
 /// Softmax over the last dimension.
@@ -182,7 +178,7 @@ pub fn softmax_scaled(x: &Tensor, scale: f32) -> Result<Tensor> {
     const OP: &str = "softmax";
     let (rows, cols) = last_dim(OP, x)?;
     let affine = Affine { weight: None, bias: None, modulate: false, rows_per_affine: rows };
-    launch(OP, "softmax", x, &affine, NormParams { rows, cols, scale, ..Default::default() })
+    run(OP, "softmax", x, &affine, NormSizes { rows, cols, scale, ..Default::default() })
 }
 
 pub mod reference {

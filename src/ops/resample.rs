@@ -1,10 +1,9 @@
 //! Spatial resampling of (B, C, H, W) tensors for the multi-scale VQVAE: bicubic upsampling and area
 //! (adaptive average) downsampling between token-map scales, and the decoder's nearest x2 upsampling.
 
-use super::{dispatch_elements, index_u32, variant_for};
-use crate::device::launch::Kernel;
+use super::{elements, float_dtype, index_u32, launch};
 use crate::error::{Error, Result};
-use crate::shaders::RESAMPLE;
+use crate::kernels::{Constants, Family, ResampleParams};
 use crate::tensor::Tensor;
 
 /// (B, C, H, W) of a 4-D input with a non-empty plane.
@@ -26,7 +25,7 @@ fn resample(op: &'static str, entry: &'static str, x: &Tensor, out_h: usize, out
             msg: format!("output size {out_h} x {out_w} must be positive (input {:?})", x.shape()),
         });
     }
-    let variant = variant_for(x, &RESAMPLE, op)?;
+    let dtype = float_dtype(op, x)?;
     let out = Tensor::empty(x.device(), &[batch, channels, out_h, out_w], x.dtype())?;
     index_u32(op, "elements of x", x.numel())?;
     let n = index_u32(op, "elements of the output", out.numel())?;
@@ -34,18 +33,18 @@ fn resample(op: &'static str, entry: &'static str, x: &Tensor, out_h: usize, out
     index_u32(op, "in_h * out_h + out_h", (in_h + 1) * out_h)?;
     index_u32(op, "in_w * out_w + out_w", (in_w + 1) * out_w)?;
     // PyTorch's scale for an explicit output size: in / out, rounded to f32.
-    let scale = |i: usize, o: usize| (i as f32 / o as f32).to_bits();
-    let params = [
-        (batch * channels) as u32,
-        in_h as u32,
-        in_w as u32,
-        out_h as u32,
-        out_w as u32,
-        scale(in_h, out_h),
-        scale(in_w, out_w),
-    ];
-    let kernel = Kernel { family: &RESAMPLE, entry, variant, constants: &[] };
-    dispatch_elements(x, &kernel, &[x.bind("x", false), out.bind("y", true)], &params, n as usize)?;
+    let scale = |i: usize, o: usize| i as f32 / o as f32;
+    let params = ResampleParams {
+        planes: (batch * channels) as u32,
+        in_h: in_h as u32,
+        in_w: in_w as u32,
+        out_h: out_h as u32,
+        out_w: out_w as u32,
+        scale_h: scale(in_h, out_h),
+        scale_w: scale(in_w, out_w),
+    };
+    let args = [x.arg("x"), out.arg_mut("y")];
+    launch(x, Family::Resample, entry, dtype, &Constants::new(Family::Resample), &args, &params, elements(n as usize))?;
     Ok(out)
 }
 

@@ -21,11 +21,10 @@
 //! index for the ties at the top-p cut. The result equals the sort-based definition up to f32
 //! rounding of the masses; the draw scans the row in a fixed order that does not depend on subgroups.
 
-use super::{dispatch_elements, dispatch_rows, index_u32};
+use super::{elements, index_u32, launch, rows as row_grid};
 use crate::device::Device;
-use crate::device::launch::{Binding, Kernel};
 use crate::error::{Error, Result};
-use crate::shaders::{SAMPLE, Variant};
+use crate::kernels::{Constants, Family, SampleParams};
 use crate::tensor::{DType, Tensor};
 
 /// How to sample one step. `Default`: no CFG, no top-k, no top-p, seed 0, step 0.
@@ -132,30 +131,22 @@ pub fn sample_tokens(logits: &Tensor, options: &SampleOptions) -> Result<SampleO
     let top_k = if options.top_k >= vocab { 0 } else { options.top_k };
     let top_p = if options.top_p > 0.0 && options.top_p < 1.0 { options.top_p } else { 0.0 };
     let key = reference::draw_key(options.seed, options.step);
-    let constants = [("CFG", cfg as u32 as f64), ("KEEP_FILTERED", keep as u32 as f64)];
-    let kernel = Kernel { family: &SAMPLE, entry: "sample", variant: variant(device), constants: &constants };
-    let params = [
-        0,
-        0,
-        0,
-        0,
-        rows as u32,
-        tokens as u32,
-        vocab as u32,
-        top_k as u32,
-        top_p.to_bits(),
-        options.guidance().unwrap_or(0.0).to_bits(),
-        key[0],
-        key[1],
-        (rows * vocab) as u32,
-    ];
-    let bindings: [Binding; 3] = [logits.bind("logits", false), ids.bind("ids", true), filtered.bind("filtered", true)];
-    dispatch_rows(logits, &kernel, &bindings, &params, rows)?;
+    let constants = Constants::new(Family::Sample).set("CFG", cfg).set("KEEP_FILTERED", keep);
+    let params = SampleParams {
+        counter_base: [0; 4],
+        rows: rows as u32,
+        tokens: tokens as u32,
+        vocab: vocab as u32,
+        top_k: top_k as u32,
+        top_p,
+        cfg_t: options.guidance().unwrap_or(0.0),
+        key0: key[0],
+        key1: key[1],
+        uncond_offset: (rows * vocab) as u32,
+    };
+    let bindings = [logits.arg("logits"), ids.arg_mut("ids"), filtered.arg_mut("filtered")];
+    launch(logits, Family::Sample, "sample", DType::F32, &constants, &bindings, &params, row_grid(rows))?;
     Ok(SampleOutput { ids, filtered_logits: keep.then_some(filtered) })
-}
-
-fn variant(device: &Device) -> Variant {
-    Variant { dtype: DType::F32, subgroups: SAMPLE.has_subgroup_variant() && device.features().subgroups }
 }
 
 /// The kernel's Philox4x32-10 words for the counters (counter\[0\] + i, counter\[1..4\]), i < count:
@@ -166,15 +157,11 @@ pub fn philox_words(device: &Device, key: [u32; 2], counter: [u32; 4], count: us
     let out = Tensor::empty(device, &[count, 4], DType::U32)?;
     let unused_in = Tensor::empty(device, &[1], DType::F32)?;
     let unused_out = Tensor::empty(device, &[1], DType::F32)?;
-    let kernel = Kernel { family: &SAMPLE, entry: "philox_words", variant: variant(device), constants: &[] };
-    let mut params = [0u32; 13];
-    params[..4].copy_from_slice(&counter);
-    params[4] = count as u32;
-    params[10] = key[0];
-    params[11] = key[1];
-    let bindings: [Binding; 3] =
-        [unused_in.bind("unused", false), out.bind("words", true), unused_out.bind("unused", true)];
-    dispatch_elements(&out, &kernel, &bindings, &params, count)?;
+    let params =
+        SampleParams { counter_base: counter, rows: count as u32, key0: key[0], key1: key[1], ..Default::default() };
+    let bindings = [unused_in.arg("unused"), out.arg_mut("words"), unused_out.arg_mut("unused")];
+    let constants = Constants::new(Family::Sample);
+    launch(&out, Family::Sample, "philox_words", DType::F32, &constants, &bindings, &params, elements(count))?;
     Ok(out)
 }
 
@@ -208,11 +195,20 @@ pub fn gumbel_softmax(logits: &Tensor, mul: f32, tau: f32, seed: u64, step: u32)
     }
     let unused = Tensor::empty(device, &[1], DType::U32)?;
     let key = reference::draw_key(seed, step);
-    let kernel = Kernel { family: &SAMPLE, entry: "gumbel_softmax", variant: variant(device), constants: &[] };
-    let params =
-        [0, 0, 0, 0, rows as u32, tokens as u32, vocab as u32, 0, tau.to_bits(), mul.to_bits(), key[0], key[1], 0];
-    let bindings: [Binding; 3] = [logits.bind("logits", false), unused.bind("unused", true), probs.bind("probs", true)];
-    dispatch_rows(logits, &kernel, &bindings, &params, rows)?;
+    // gumbel_softmax reads tau from the top_p slot and the logit multiplier from cfg_t.
+    let params = SampleParams {
+        rows: rows as u32,
+        tokens: tokens as u32,
+        vocab: vocab as u32,
+        top_p: tau,
+        cfg_t: mul,
+        key0: key[0],
+        key1: key[1],
+        ..Default::default()
+    };
+    let bindings = [logits.arg("logits"), unused.arg_mut("unused"), probs.arg_mut("probs")];
+    let constants = Constants::new(Family::Sample);
+    launch(logits, Family::Sample, "gumbel_softmax", DType::F32, &constants, &bindings, &params, row_grid(rows))?;
     Ok(probs)
 }
 

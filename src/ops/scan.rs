@@ -1,14 +1,14 @@
 //! The Mamba selective scan (Mamba-1) and SSD (Mamba-2), with an initial state in, the final state
 //! out, and either direction; one chunked kernel family serves both (see `shaders/wgsl/scan.wgsl`).
 
-use super::{check_operand, index_u32};
-use crate::device::launch::{self, Kernel};
+use super::{check_operand, index_u32, launch};
+use crate::device::Grid;
 use crate::error::{Error, Result};
-use crate::shaders::{SCAN, SCAN_CARRY, SSD, Variant};
+use crate::kernels::{CarryParams, Constants, Family, ScanParams, SsdParams, size};
 use crate::tensor::{DType, Tensor};
 
 /// Largest state size N per channel.
-pub const MAX_STATE: usize = 64;
+pub const MAX_STATE: usize = size::MAX_STATE as usize;
 /// Storage buffers one scan dispatch binds.
 const SCAN_BINDINGS: u32 = 11;
 
@@ -65,9 +65,11 @@ pub enum SsdForm {
 }
 
 /// Largest headdim the chunked matrix form takes.
-pub const SSD_MAX_HEAD_DIM: usize = 256;
+pub const SSD_MAX_HEAD_DIM: usize = size::SSD_MAX_HEAD_DIM as usize;
 /// Workgroup memory the chunked matrix form needs.
-const SSD_WORKGROUP_BYTES: u32 = (1024 + 1024 + 4096 + 256) * 4;
+const SSD_WORKGROUP_BYTES: u32 =
+    (2 * size::SSD_ROWS * size::MAX_STATE + size::SSD_ROWS * size::SSD_MAX_HEAD_DIM + size::SSD_ROWS * size::SSD_ROWS)
+        * 4;
 /// Default chunk of the matrix form: its per-token work grows with the chunk, and 64 keeps it near
 /// the recurrence's 2NP at N = P = 64 (Mamba-2's 256 suits tensor-core matmuls we do not have).
 const SSD_DEFAULT_CHUNK: usize = 64;
@@ -169,8 +171,7 @@ pub(crate) fn ssd_scan_checked(s: &SsdScan, check_a: bool) -> Result<ScanOutput>
         return Err(invalid(OP, format!("{channels} channels are not nheads ({heads}) x headdim")));
     }
     let head_dim = channels / heads;
-    let matrix_fits =
-        head_dim <= SSD_MAX_HEAD_DIM && s.x.device().info().max_compute_workgroup_storage_size >= SSD_WORKGROUP_BYTES;
+    let matrix_fits = head_dim <= SSD_MAX_HEAD_DIM && s.x.device().caps().shared_memory_bytes >= SSD_WORKGROUP_BYTES;
     let form = match s.form {
         SsdForm::Auto => SsdForm::Recurrent,
         SsdForm::ChunkedMatrix if !matrix_fits => {
@@ -287,8 +288,8 @@ fn run(s: &Scan) -> Result<ScanOutput> {
     if s.check_a {
         check_finite_a(s.a)?;
     }
-    let ctx = s.x.ctx();
-    if ctx.info.max_storage_buffers_per_shader_stage < SCAN_BINDINGS {
+    let caps = s.x.device().caps();
+    if caps.max_storage_args < SCAN_BINDINGS {
         return Err(Error::MissingFeature {
             what: format!("the selective scan ({SCAN_BINDINGS} storage buffers per stage)"),
             feature: "max_storage_buffers_per_shader_stage >= 11",
@@ -299,7 +300,7 @@ fn run(s: &Scan) -> Result<ScanOutput> {
         Some(0) => return Err(invalid(OP, "chunk_len must be above 0".into())),
         Some(c) => c.min(length),
         None if s.matrix_form => SSD_DEFAULT_CHUNK.min(length),
-        None => default_chunk_len(batch * channels, length, ctx_is_cpu(s.x)),
+        None => default_chunk_len(batch * channels, length, caps.is_cpu),
     };
     let chunks = length.div_ceil(chunk_len);
     let strides = match s.layout {
@@ -310,10 +311,26 @@ fn run(s: &Scan) -> Result<ScanOutput> {
         SequenceLayout::ChannelsMajor => [groups * n_state * length, n_state * length, length, 1],
         SequenceLayout::TokensMajor => [length * groups * n_state, n_state, 1, groups * n_state],
     };
-    let mut params = vec![batch, channels, length, groups, chunk_len, chunks];
-    params.extend(strides.iter().flatten());
-    params.extend(bc);
-    let params: Vec<u32> = params.iter().map(|&v| index_u32(OP, "a size", v)).collect::<Result<_>>()?;
+    let u = |v: usize| index_u32(OP, "a size", v);
+    let [[x_batch, x_channel, x_time], [dt_batch, dt_channel, dt_time]] = strides;
+    let params = ScanParams {
+        batch: u(batch)?,
+        channels: u(channels)?,
+        length: u(length)?,
+        groups: u(groups)?,
+        chunk_len: u(chunk_len)?,
+        chunks: u(chunks)?,
+        x_batch: u(x_batch)?,
+        x_channel: u(x_channel)?,
+        x_time: u(x_time)?,
+        dt_batch: u(dt_batch)?,
+        dt_channel: u(dt_channel)?,
+        dt_time: u(dt_time)?,
+        bc_batch: u(bc[0])?,
+        bc_group: u(bc[1])?,
+        bc_state: u(bc[2])?,
+        bc_time: u(bc[3])?,
+    };
     index_u32(OP, "elements", s.x.numel())?;
     index_u32(OP, "state elements", batch * channels * chunks * n_state * 2)?;
 
@@ -325,45 +342,37 @@ fn run(s: &Scan) -> Result<ScanOutput> {
         ssd_matrix_form(s, &geometry, &params, &y, &final_state)?;
         return Ok(ScanOutput { y, final_state });
     }
-    let flag = |b: bool| b as u32 as f64;
     let constants_for = |initial: bool| {
-        [
-            ("N_STATE", n_state as f64),
-            ("CHANNELS_PER_HEAD", s.channels_per_head as f64),
-            ("A_PER_HEAD", flag(per_head)),
-            ("HAS_Z", flag(s.z.is_some())),
-            ("HAS_D_SKIP", flag(s.d_skip.is_some())),
-            ("HAS_DELTA_BIAS", flag(s.delta_bias.is_some())),
-            ("DELTA_SOFTPLUS", flag(s.softplus)),
-            ("HAS_INITIAL_STATE", flag(initial)),
-            ("REVERSE", flag(s.reverse)),
-        ]
+        Constants::new(Family::Scan)
+            .set("N_STATE", n_state as u32)
+            .set("CHANNELS_PER_HEAD", s.channels_per_head as u32)
+            .set("A_PER_HEAD", per_head)
+            .set("HAS_Z", s.z.is_some())
+            .set("HAS_D_SKIP", s.d_skip.is_some())
+            .set("HAS_DELTA_BIAS", s.delta_bias.is_some())
+            .set("DELTA_SOFTPLUS", s.softplus)
+            .set("HAS_INITIAL_STATE", initial)
+            .set("REVERSE", s.reverse)
     };
-    let variant = Variant { dtype: s.x.dtype(), subgroups: false };
-    let per_group = channels / groups;
+    let dtype = s.x.dtype();
+    let per_group = (channels / groups) as u32;
     let groups_y = index_u32(OP, "groups x chunks", groups * chunks)?;
-    let workgroups = [per_group.div_ceil(64) as u32, groups_y, batch as u32];
+    let grid = Grid::Groups([per_group.div_ceil(size::SCAN_WG), groups_y, batch as u32]);
     let dispatch = |entry: &'static str, state_in: &Tensor, state_out: &Tensor, initial: bool| {
-        let constants = constants_for(initial);
-        let kernel = Kernel { family: &SCAN, entry, variant, constants: &constants };
-        ctx.dispatch(
-            &kernel,
-            &[
-                s.x.bind("u", false),
-                s.delta.bind("delta", false),
-                s.z.unwrap_or(s.x).bind("z", false),
-                s.a.bind("A", false),
-                s.b.bind("B", false),
-                s.c.bind("C", false),
-                s.d_skip.unwrap_or(s.a).bind("D", false),
-                s.delta_bias.unwrap_or(s.a).bind("delta_bias", false),
-                state_in.bind("state_in", false),
-                y.bind("y", true),
-                state_out.bind("state_out", true),
-            ],
-            &params,
-            workgroups,
-        )
+        let args = [
+            s.x.arg("u"),
+            s.delta.arg("delta"),
+            s.z.unwrap_or(s.x).arg("z"),
+            s.a.arg("A"),
+            s.b.arg("B"),
+            s.c.arg("C"),
+            s.d_skip.unwrap_or(s.a).arg("D"),
+            s.delta_bias.unwrap_or(s.a).arg("delta_bias"),
+            state_in.arg("state_in"),
+            y.arg_mut("y"),
+            state_out.arg_mut("state_out"),
+        ];
+        launch(s.x, Family::Scan, entry, dtype, &constants_for(initial), &args, &params, grid)
     };
     if chunks == 1 {
         dispatch("scan_chunk_outputs", s.initial_state.unwrap_or(s.a), &final_state, s.initial_state.is_some())?;
@@ -389,59 +398,66 @@ struct SsdGeometry {
 }
 
 /// Runs `ops` in the chunked matrix form: cumsum, chunk states, carry, outputs (see ssd.wgsl).
-/// `scan_params` are the selective scan's words (batch, channels, length, groups, chunk_len, chunks,
-/// then the strides); SsdParams wants heads and head_dim in place of channels.
-fn ssd_matrix_form(s: &Scan, g: &SsdGeometry, scan_params: &[u32], y: &Tensor, final_state: &Tensor) -> Result<()> {
+/// `scan` holds the selective scan's sizes and strides; SsdParams wants heads and head_dim in place of
+/// channels.
+fn ssd_matrix_form(s: &Scan, g: &SsdGeometry, scan: &ScanParams, y: &Tensor, final_state: &Tensor) -> Result<()> {
     const OP: &str = "ssd_scan";
     if !g.heads.is_multiple_of(g.groups) {
         return Err(invalid(OP, format!("{} groups do not divide {} heads", g.groups, g.heads)));
     }
     let device = s.x.device();
-    let ctx = s.x.ctx();
     let channels = g.heads * g.head_dim;
-    let mut params = vec![g.batch as u32, g.heads as u32, g.head_dim as u32, g.length as u32, g.groups as u32];
-    params.extend([g.chunk_len as u32, g.chunks as u32]);
-    params.extend(&scan_params[6..]);
+    let params = SsdParams {
+        batch: g.batch as u32,
+        heads: g.heads as u32,
+        head_dim: g.head_dim as u32,
+        length: g.length as u32,
+        groups: g.groups as u32,
+        chunk_len: g.chunk_len as u32,
+        chunks: g.chunks as u32,
+        x_batch: scan.x_batch,
+        x_channel: scan.x_channel,
+        x_time: scan.x_time,
+        dt_batch: scan.dt_batch,
+        dt_channel: scan.dt_channel,
+        dt_time: scan.dt_time,
+        bc_batch: scan.bc_batch,
+        bc_group: scan.bc_group,
+        bc_state: scan.bc_state,
+        bc_time: scan.bc_time,
+    };
     let work = Tensor::empty(device, &[2, g.batch, g.heads, g.length], DType::F32)?;
     let totals = Tensor::empty(device, &[g.batch, channels, g.chunks, 2 * g.n_state], DType::F32)?;
     let chunk_initial = Tensor::empty(device, &[g.batch, channels, g.chunks, g.n_state], DType::F32)?;
-    let flag = |b: bool| b as u32 as f64;
-    let constants = [
-        ("N_STATE", g.n_state as f64),
-        ("HAS_D_SKIP", flag(s.d_skip.is_some())),
-        ("HAS_DT_BIAS", flag(s.delta_bias.is_some())),
-        ("DT_SOFTPLUS", flag(s.softplus)),
-        ("REVERSE", flag(s.reverse)),
-    ];
-    let variant = Variant { dtype: s.x.dtype(), subgroups: false };
+    let constants = Constants::new(Family::Ssd)
+        .set("N_STATE", g.n_state as u32)
+        .set("HAS_D_SKIP", s.d_skip.is_some())
+        .set("HAS_DT_BIAS", s.delta_bias.is_some())
+        .set("DT_SOFTPLUS", s.softplus)
+        .set("REVERSE", s.reverse);
     let dispatch = |entry: &'static str, workgroups: [u32; 3]| {
-        let kernel = Kernel { family: &SSD, entry, variant, constants: &constants };
-        ctx.dispatch(
-            &kernel,
-            &[
-                s.x.bind("x", false),
-                s.delta.bind("dt", false),
-                s.a.bind("A", false),
-                s.b.bind("B", false),
-                s.c.bind("C", false),
-                s.d_skip.unwrap_or(s.a).bind("D", false),
-                s.delta_bias.unwrap_or(s.a).bind("dt_bias", false),
-                chunk_initial.bind("chunk_initial", false),
-                work.bind("work", true),
-                totals.bind("totals", true),
-                y.bind("y", true),
-            ],
-            &params,
-            workgroups,
-        )
+        let args = [
+            s.x.arg("x"),
+            s.delta.arg("dt"),
+            s.a.arg("A"),
+            s.b.arg("B"),
+            s.c.arg("C"),
+            s.d_skip.unwrap_or(s.a).arg("D"),
+            s.delta_bias.unwrap_or(s.a).arg("dt_bias"),
+            chunk_initial.arg("chunk_initial"),
+            work.arg_mut("work"),
+            totals.arg_mut("totals"),
+            y.arg_mut("y"),
+        ];
+        launch(s.x, Family::Ssd, entry, s.x.dtype(), &constants, &args, &params, Grid::Groups(workgroups))
     };
     let heads_total = index_u32(OP, "batch * heads", g.batch * g.heads)?;
     let chunks = index_u32(OP, "chunks", g.chunks)?;
-    let tasks = g.batch * g.heads * g.chunks;
-    dispatch("ssd_cumsum", [index_u32(OP, "cumsum workgroups", tasks.div_ceil(64))?, 1, 1])?;
+    let tasks = index_u32(OP, "cumsum tasks", g.batch * g.heads * g.chunks)?;
+    dispatch("ssd_cumsum", [tasks.div_ceil(size::SCAN_WG), 1, 1])?;
     dispatch("ssd_chunk_states", [heads_total, chunks, 1])?;
     carry_states(s, &totals, &chunk_initial, final_state, g.batch * channels * g.n_state, g.chunks, g.n_state)?;
-    dispatch("ssd_chunk_outputs", [heads_total, chunks, g.chunk_len.div_ceil(16) as u32])
+    dispatch("ssd_chunk_outputs", [heads_total, chunks, (g.chunk_len as u32).div_ceil(size::SSD_ROWS)])
 }
 
 /// The serial pass over chunk totals: every chunk's initial state and the final state.
@@ -454,24 +470,20 @@ fn carry_states(
     chunks: usize,
     n_state: usize,
 ) -> Result<()> {
-    let ctx = s.x.ctx();
-    let carry = Kernel {
-        family: &SCAN_CARRY,
-        entry: "scan_carry",
-        variant: Variant { dtype: DType::F32, subgroups: false },
-        constants: &[],
+    let args = [
+        totals.arg("totals"),
+        s.initial_state.unwrap_or(totals).arg("initial_state"),
+        chunk_initial.arg_mut("chunk_initial"),
+        final_state.arg_mut("final_state"),
+    ];
+    let params = CarryParams {
+        states: states as u32,
+        chunks: chunks as u32,
+        n_state: n_state as u32,
+        has_initial: s.initial_state.is_some() as u32,
     };
-    ctx.dispatch(
-        &carry,
-        &[
-            totals.bind("totals", false),
-            s.initial_state.unwrap_or(totals).bind("initial_state", false),
-            chunk_initial.bind("chunk_initial", true),
-            final_state.bind("final_state", true),
-        ],
-        &[states as u32, chunks as u32, n_state as u32, s.initial_state.is_some() as u32],
-        launch::grid(ctx, states.div_ceil(64) as u64, "scan_carry")?,
-    )
+    let grid = Grid::Linear((states as u64).div_ceil(size::SCAN_WG as u64));
+    launch(s.x, Family::ScanCarry, "scan_carry", DType::F32, &Constants::new(Family::ScanCarry), &args, &params, grid)
 }
 
 /// Enough chunks that B x D x chunks threads fill the device, but chunks of at least 64 steps.
@@ -481,10 +493,6 @@ fn default_chunk_len(channels: usize, length: usize, cpu: bool) -> usize {
     let target_threads: usize = if cpu { 2 * 1024 } else { 32 * 1024 };
     let chunks = target_threads.div_ceil(channels).clamp(1, length.div_ceil(64).max(1));
     length.div_ceil(chunks)
-}
-
-fn ctx_is_cpu(t: &Tensor) -> bool {
-    t.device().info().adapter.device_type == format!("{:?}", wgpu::DeviceType::Cpu)
 }
 
 /// A must be finite: one exp(delta * inf) poisons the whole state. A is small (D x N), so the check

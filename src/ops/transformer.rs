@@ -1,10 +1,9 @@
 //! Transformer-block glue kernels of VAR: the fused qkv split with cosine normalisation that feeds a
 //! KV cache, and the AdaLN-gated residual add.
 
-use super::{check_operand, dispatch_elements, dispatch_rows, index_u32, shape_error, variant_for};
-use crate::device::launch::{Binding, Kernel};
+use super::{check_operand, elements, float_dtype, index_u32, launch, rows as row_grid, shape_error};
 use crate::error::{Error, Result};
-use crate::shaders::{QKV_HEADS, RESIDUAL};
+use crate::kernels::{Constants, Family, QkvParams, ResidualParams};
 use crate::tensor::{DType, Tensor};
 
 /// The attention inputs of one step: `qkv` (B, T, 3 * H * D) from the fused projection (its bias
@@ -25,7 +24,7 @@ pub struct QkvHeads<'a> {
 pub fn qkv_heads(args: &QkvHeads) -> Result<Tensor> {
     const OP: &str = "qkv_heads";
     let qkv = args.qkv;
-    let variant = variant_for(qkv, &QKV_HEADS, OP)?;
+    let dtype = float_dtype(OP, qkv)?;
     let &[batch, tokens, width3] = qkv.shape() else {
         return Err(Error::InvalidArgument { op: OP, msg: format!("qkv must be (B, T, 3C), got {:?}", qkv.shape()) });
     };
@@ -67,17 +66,23 @@ pub fn qkv_heads(args: &QkvHeads) -> Result<Tensor> {
         return Ok(q);
     }
     let cap = args.k_cache.shape()[1];
-    let constants = [("L2_NORM", args.l2_norm as u32 as f64)];
-    let kernel = Kernel { family: &QKV_HEADS, entry: "qkv_heads", variant, constants: &constants };
-    let params = [rows as u32, tokens as u32, heads as u32, dim as u32, cap as u32, args.start as u32];
-    let bindings: [Binding; 5] = [
-        qkv.bind("qkv", false),
-        args.head_scale.bind("head_scale", false),
-        q.bind("q", true),
-        args.k_cache.bind("k_cache", true),
-        args.v_cache.bind("v_cache", true),
+    let constants = Constants::new(Family::QkvHeads).set("L2_NORM", args.l2_norm);
+    let params = QkvParams {
+        rows: rows as u32,
+        tokens: tokens as u32,
+        heads: heads as u32,
+        dim: dim as u32,
+        cap: cap as u32,
+        start: args.start as u32,
+    };
+    let bindings = [
+        qkv.arg("qkv"),
+        args.head_scale.arg("head_scale"),
+        q.arg_mut("q"),
+        args.k_cache.arg_mut("k_cache"),
+        args.v_cache.arg_mut("v_cache"),
     ];
-    dispatch_rows(qkv, &kernel, &bindings, &params, rows * heads)?;
+    launch(qkv, Family::QkvHeads, "qkv_heads", dtype, &constants, &bindings, &params, row_grid(rows * heads))?;
     Ok(q)
 }
 
@@ -96,7 +101,7 @@ pub fn gated_residual(x: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Tensor> {
     if !ok {
         return Err(shape_error(OP, x, gate, "x must be (B, …, C) with gate (B, C)"));
     }
-    let variant = variant_for(x, &RESIDUAL, OP)?;
+    let dtype = float_dtype(OP, x)?;
     let out = Tensor::empty(x.device(), x.shape(), x.dtype())?;
     let n = index_u32(OP, "elements", x.numel())?;
     if n == 0 {
@@ -104,13 +109,16 @@ pub fn gated_residual(x: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Tensor> {
     }
     let channels = gate.shape()[1];
     let per_batch = x.numel() / x.shape()[0];
-    let kernel = Kernel { family: &RESIDUAL, entry: "gated_residual", variant, constants: &[] };
-    dispatch_elements(
+    let params = ResidualParams { n, per_batch: per_batch as u32, channels: channels as u32 };
+    launch(
         x,
-        &kernel,
-        &[x.bind("x", false), y.bind("y", false), gate.bind("gate", false), out.bind("out", true)],
-        &[n, per_batch as u32, channels as u32],
-        x.numel(),
+        Family::Residual,
+        "gated_residual",
+        dtype,
+        &Constants::new(Family::Residual),
+        &[x.arg("x"), y.arg("y"), gate.arg("gate"), out.arg_mut("out")],
+        &params,
+        elements(x.numel()),
     )?;
     Ok(out)
 }

@@ -1,5 +1,5 @@
-//! Named host tensors (a state_dict), the files they come from, and strict key/shape validation for
-//! the model builders.
+//! Named host tensors (a state_dict) and the files they come from. Host-only: the models read a
+//! state_dict onto a device through [`crate::nn::Loader`], which also validates its keys and shapes.
 //!
 //! [`StateDict::load`] reads, without Python:
 //! - **safetensors** files: F32, F16, BF16 and F64 tensors are converted to f32; integer and bool tensors
@@ -28,9 +28,8 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
-use crate::device::Device;
+use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::tensor::{DType, Tensor};
 
 /// A tensor in host memory, as f32.
 #[derive(Debug, Clone, PartialEq)]
@@ -205,30 +204,6 @@ impl StateDict {
             misshaped: Vec::new(),
         })
     }
-
-    /// Uploads `prefix + name` as `dtype`, reshaped to `shape` (same element count).
-    pub fn upload(&self, device: &Device, prefix: &str, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
-        let t = self.require(prefix, name)?;
-        Tensor::from_f32(device, shape, &t.data, dtype)
-    }
-}
-
-pub(crate) fn describe_mismatch(
-    missing: &[String],
-    unexpected: &[String],
-    misshaped: &[(String, Vec<usize>, Vec<usize>)],
-) -> String {
-    let mut text = String::new();
-    if !missing.is_empty() {
-        text.push_str(&format!(" missing {}.", missing.join(", ")));
-    }
-    if !unexpected.is_empty() {
-        text.push_str(&format!(" unexpected {}.", unexpected.join(", ")));
-    }
-    for (key, want, got) in misshaped {
-        text.push_str(&format!(" {key} has shape {got:?}, expected {want:?}."));
-    }
-    text
 }
 
 /// An [`Error::WeightsFile`].

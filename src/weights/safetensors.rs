@@ -88,8 +88,8 @@ fn conversion(dtype: Dtype) -> Conversion {
 }
 
 /// The state_dict as safetensors bytes, every tensor stored as `dtype` (F32 or F16), with its metadata.
-pub(super) fn write(sd: &StateDict, dtype: crate::tensor::DType) -> Result<Vec<u8>> {
-    use crate::tensor::DType;
+pub(super) fn write(sd: &StateDict, dtype: crate::dtype::DType) -> Result<Vec<u8>> {
+    use crate::dtype::DType;
     type Encode = fn(&[f32]) -> Vec<u8>;
     let (st_dtype, bytes_of): (Dtype, Encode) = match dtype {
         DType::F32 => (Dtype::F32, |v| v.iter().flat_map(|x| x.to_le_bytes()).collect()),

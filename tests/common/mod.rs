@@ -22,7 +22,7 @@ pub fn devices() -> &'static [(&'static str, Device)] {
 
 /// The dtypes a device supports.
 pub fn dtypes(device: &Device) -> Vec<DType> {
-    if device.features().shader_f16 { vec![DType::F32, DType::F16] } else { vec![DType::F32] }
+    if device.caps().f16 { vec![DType::F32, DType::F16] } else { vec![DType::F32] }
 }
 
 /// SplitMix64, seeded from the clock unless SCALEWISE_TEST_SEED is set; the seed is printed so a

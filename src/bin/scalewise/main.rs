@@ -9,8 +9,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use scalewise::bench::{self, AttentionBenchConfig, AttentionCase, MatmulBenchConfig, ScanBenchConfig};
+use scalewise::kernels::Family;
 use scalewise::ops::MatmulAlgorithm;
-use scalewise::shaders::ALL_FAMILIES;
 use scalewise::{BackendChoice, DType, Device, DeviceOptions};
 
 #[derive(Parser)]
@@ -277,29 +277,25 @@ fn info(device: &Device) -> anyhow::Result<()> {
     println!("type      {}", a.device_type);
     println!("driver    {} {}", a.driver, a.driver_info);
     println!("pci ids   vendor {:#06x} device {:#06x}", a.vendor_id, a.device_id);
-    let f = info.features;
+    let c = info.caps;
     let on = |b: bool| if b { "yes" } else { "no" };
-    println!(
-        "features  SHADER_F16 {}  SUBGROUP {}  TIMESTAMP_QUERY {}",
-        on(f.shader_f16),
-        on(f.subgroups),
-        on(f.timestamps)
-    );
-    if f.subgroups {
-        println!("subgroups size {}..{}", info.subgroup_size_range.0, info.subgroup_size_range.1);
+    println!("features  f16 {}  subgroups {}  timestamps {}", on(c.f16), on(c.subgroups), on(c.timestamps));
+    if c.subgroups {
+        println!("subgroups size {}..{}", c.subgroup_sizes.0, c.subgroup_sizes.1);
     }
+    println!("cpu adapter {}", on(c.is_cpu));
     println!("limits");
-    println!("  max_buffer_size                      {}", bytes(info.max_buffer_size));
-    println!("  max_storage_buffer_binding_size      {}", bytes(info.max_storage_buffer_binding_size));
-    println!("  max_compute_workgroup_storage_size   {}", bytes(info.max_compute_workgroup_storage_size as u64));
-    println!("  max_compute_invocations_per_workgroup {}", info.max_compute_invocations_per_workgroup);
-    println!("  max_compute_workgroups_per_dimension {}", info.max_compute_workgroups_per_dimension);
-    println!("  max_storage_buffers_per_shader_stage {}", info.max_storage_buffers_per_shader_stage);
+    println!("  buffer                      {}", bytes(c.max_buffer_bytes));
+    println!("  kernel argument             {}", bytes(c.max_arg_bytes));
+    println!("  workgroup memory            {}", bytes(c.shared_memory_bytes as u64));
+    println!("  threads per workgroup       {}", c.max_threads_per_group);
+    println!("  workgroups per dimension    {}", c.max_groups_per_dim);
+    println!("  storage buffers per kernel  {}", c.max_storage_args);
     println!("kernel variants");
     for (what, variant) in info.kernel_variants() {
         println!("  {what:<32} {variant}");
     }
-    let families: Vec<&str> = ALL_FAMILIES.iter().map(|f| f.name).collect();
+    let families: Vec<&str> = Family::ALL.iter().map(|f| f.name()).collect();
     println!("shader families  {}", families.join(", "));
     Ok(())
 }
@@ -435,7 +431,7 @@ fn bench_scan(device: &Device, args: &ScanArgs) -> anyhow::Result<()> {
     if args.ssd_forms {
         let mut forms = Vec::new();
         for &dtype in &args.dtype {
-            if dtype == DType::F16 && !device.features().shader_f16 {
+            if dtype == DType::F16 && !device.caps().f16 {
                 continue;
             }
             let f = bench::ssd_forms(device, dtype, args.warmup, args.iters)?;

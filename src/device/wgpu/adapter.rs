@@ -1,7 +1,7 @@
 //! Adapter choice: a discrete GPU first, then integrated, virtual, software; Vulkan/Metal/DX12 before
 //! GL at equal rank (GL llvmpipe has no f16, no subgroups and only 16 storage buffers per stage).
 
-use super::{BackendChoice, DeviceOptions};
+use crate::device::{BackendChoice, DeviceOptions};
 use crate::error::{Error, Result};
 
 /// What `scalewise info` shows of an adapter.

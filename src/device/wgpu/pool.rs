@@ -6,7 +6,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::{GpuContext, poisoned};
+use super::WgpuDevice;
+use crate::device::poisoned;
 use crate::error::{Error, Result};
 
 /// Past this many cached (unused) bytes, freed buffers go back to the driver instead of the pool.
@@ -82,8 +83,8 @@ impl BufferPool {
     }
 
     /// A storage buffer of at least `bytes` bytes; `what` names the tensor in errors.
-    pub fn acquire(self: &Arc<Self>, ctx: &GpuContext, bytes: u64, what: &str) -> Result<GpuBuffer> {
-        let limit = ctx.info.max_buffer_size;
+    pub fn acquire(self: &Arc<Self>, ctx: &WgpuDevice, bytes: u64, what: &str) -> Result<GpuBuffer> {
+        let limit = ctx.info.caps.max_buffer_bytes;
         if bytes > limit {
             return Err(Error::TooLarge { what: what.to_string(), bytes, limit, limit_name: "max_buffer_size" });
         }
@@ -105,7 +106,7 @@ impl BufferPool {
         if self.poison {
             if reused {
                 // Recorded kernels may still use the buffer; the poison must land after them.
-                ctx.flush()?;
+                ctx.flush_pending()?;
             }
             ctx.queue.write_buffer(&buffer, 0, &vec![0xFF; class as usize]);
         }

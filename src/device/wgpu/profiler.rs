@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::GpuContext;
+use super::WgpuDevice;
 use crate::error::{Error, Result};
 
 /// How many dispatches fit in the query set before it is read back and reused.
@@ -38,8 +38,8 @@ pub(crate) struct Profiler {
 }
 
 impl Profiler {
-    pub fn new(ctx: &GpuContext) -> Result<Self> {
-        let timestamps = if ctx.info.features.timestamps {
+    pub fn new(ctx: &WgpuDevice) -> Result<Self> {
+        let timestamps = if ctx.info.caps.timestamps {
             let bytes = DISPATCHES_PER_BATCH as u64 * 2 * 8;
             Some(ctx.checked("creating the timestamp query set", || {
                 Ok(TimestampQueries {
@@ -71,7 +71,7 @@ impl Profiler {
     }
 
     /// Reserves the begin/end query pair for the next dispatch; `None` means wall-clock timing.
-    pub fn timestamp_slot(&mut self, ctx: &GpuContext, label: &str) -> Result<Option<u32>> {
+    pub fn timestamp_slot(&mut self, ctx: &WgpuDevice, label: &str) -> Result<Option<u32>> {
         let Some(queries) = self.timestamps.as_mut() else {
             return Ok(None);
         };
@@ -105,7 +105,7 @@ impl Profiler {
         });
     }
 
-    pub fn finish(mut self, ctx: &GpuContext) -> Result<Vec<DispatchTiming>> {
+    pub fn finish(mut self, ctx: &WgpuDevice) -> Result<Vec<DispatchTiming>> {
         if let Some(queries) = self.timestamps.as_mut() {
             let batch = read_batch(ctx, queries)?;
             self.done.extend(batch);
@@ -114,13 +114,13 @@ impl Profiler {
     }
 }
 
-fn read_batch(ctx: &GpuContext, queries: &mut TimestampQueries) -> Result<Vec<DispatchTiming>> {
+fn read_batch(ctx: &WgpuDevice, queries: &mut TimestampQueries) -> Result<Vec<DispatchTiming>> {
     let count = queries.pending_labels.len() as u32;
     if count == 0 {
         return Ok(Vec::new());
     }
     let bytes = count as u64 * 16;
-    ctx.flush()?;
+    ctx.flush_pending()?;
     ctx.checked("resolving timestamps", || {
         let mut encoder =
             ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("timestamps") });
@@ -129,7 +129,7 @@ fn read_batch(ctx: &GpuContext, queries: &mut TimestampQueries) -> Result<Vec<Di
         ctx.queue.submit([encoder.finish()]);
         Ok(())
     })?;
-    let raw = crate::tensor::map_and_read(ctx, &queries.staging, bytes)?;
+    let raw = super::readback::map_and_read(ctx, &queries.staging, bytes)?;
     let ticks: Vec<u64> = raw.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("chunks of 8"))).collect();
     if ticks.len() < 2 * count as usize {
         return Err(Error::Readback(format!("{} timestamps came back for {count} dispatches", ticks.len())));

@@ -1,0 +1,291 @@
+//! Launching on wgpu: the pipeline cache keyed by (family, variant, entry point, constants, argument
+//! access), and the checked dispatch every [`Launch`] goes through.
+
+use std::collections::HashMap;
+use std::num::NonZeroU64;
+use std::sync::{Arc, Mutex};
+
+use super::WgpuDevice;
+use super::shaders::{self, Variant};
+use crate::device::{Arg, Grid, Launch, poisoned};
+use crate::error::{Error, Result};
+use crate::kernels::{ConstValue, Family};
+
+#[derive(Hash, PartialEq, Eq, Clone)]
+struct PipelineKey {
+    family: Family,
+    variant: Variant,
+    entry: &'static str,
+    constants: Vec<(&'static str, ConstValue)>,
+    writable: Vec<bool>,
+}
+
+struct CachedPipeline {
+    pipeline: wgpu::ComputePipeline,
+    layout: wgpu::BindGroupLayout,
+}
+
+#[derive(Default)]
+pub(crate) struct PipelineCache {
+    modules: Mutex<HashMap<(Family, Variant), Arc<wgpu::ShaderModule>>>,
+    pipelines: Mutex<HashMap<PipelineKey, Arc<CachedPipeline>>>,
+    /// Held while compiling: two threads missing the same pipeline compile it once (the second finds
+    /// it when it gets the lock), and the error scopes of one compilation never see another's errors.
+    compiling: Mutex<()>,
+}
+
+impl PipelineCache {
+    fn module(&self, ctx: &WgpuDevice, family: Family, variant: Variant) -> Result<Arc<wgpu::ShaderModule>> {
+        if let Some(module) = self.modules.lock().map_err(poisoned)?.get(&(family, variant)) {
+            return Ok(Arc::clone(module));
+        }
+        let source = shaders::compose(family, variant);
+        let label = format!("{family}{}", variant.suffix());
+        let module = ctx
+            .checked(&format!("compiling shader {label}"), || {
+                Ok(ctx.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(&label),
+                    source: wgpu::ShaderSource::Wgsl(source.into()),
+                }))
+            })
+            .map_err(|e| match e {
+                // Only a validation error is the shader's fault; a lost device or exhausted memory
+                // stays what it is.
+                Error::Wgpu { source, .. } => Error::Shader { shader: label.clone(), source },
+                other => other,
+            })?;
+        let module = Arc::new(module);
+        self.modules.lock().map_err(poisoned)?.insert((family, variant), Arc::clone(&module));
+        Ok(module)
+    }
+
+    fn pipeline(
+        &self,
+        ctx: &WgpuDevice,
+        key: PipelineKey,
+        constants: &[(String, f64)],
+        label: &str,
+    ) -> Result<Arc<CachedPipeline>> {
+        if let Some(cached) = self.pipelines.lock().map_err(poisoned)?.get(&key) {
+            return Ok(Arc::clone(cached));
+        }
+        let _compiling = self.compiling.lock().map_err(poisoned)?;
+        if let Some(cached) = self.pipelines.lock().map_err(poisoned)?.get(&key) {
+            return Ok(Arc::clone(cached));
+        }
+        let module = self.module(ctx, key.family, key.variant)?;
+        let constants: Vec<(&str, f64)> = constants.iter().map(|(name, value)| (name.as_str(), *value)).collect();
+        let cached = ctx.checked(&format!("building pipeline {label}"), || {
+            let storage =
+                key.writable.iter().map(|&writable| wgpu::BufferBindingType::Storage { read_only: !writable });
+            let entries: Vec<wgpu::BindGroupLayoutEntry> = storage
+                .chain([wgpu::BufferBindingType::Uniform])
+                .enumerate()
+                .map(|(i, ty)| wgpu::BindGroupLayoutEntry {
+                    binding: i as u32,
+                    visibility: wgpu::ShaderStages::COMPUTE,
+                    ty: wgpu::BindingType::Buffer { ty, has_dynamic_offset: false, min_binding_size: None },
+                    count: None,
+                })
+                .collect();
+            let layout = ctx
+                .device
+                .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(label), entries: &entries });
+            let pipeline_layout = ctx.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some(label),
+                bind_group_layouts: &[Some(&layout)],
+                immediate_size: 0,
+            });
+            let pipeline = ctx.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(label),
+                layout: Some(&pipeline_layout),
+                module: &module,
+                entry_point: Some(key.entry),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants: &constants,
+                    // Every kernel initialises the workgroup memory it reads; zeroing it costs time.
+                    zero_initialize_workgroup_memory: false,
+                },
+                cache: None,
+            });
+            Ok(CachedPipeline { pipeline, layout })
+        })?;
+        let cached = Arc::new(cached);
+        self.pipelines.lock().map_err(poisoned)?.insert(key, Arc::clone(&cached));
+        Ok(cached)
+    }
+}
+
+/// Dispatches recorded into one command encoder, submitted together by `flush_pending`.
+pub(crate) struct PendingCommands {
+    encoder: wgpu::CommandEncoder,
+    dispatches: u32,
+}
+
+impl PendingCommands {
+    pub fn finish(self) -> wgpu::CommandBuffer {
+        self.encoder.finish()
+    }
+}
+
+/// Recorded dispatches per submission: enough to amortise the submit, few enough that the GPU starts
+/// early.
+const DISPATCHES_PER_SUBMIT: u32 = 64;
+
+impl WgpuDevice {
+    /// The workgroup counts of `grid`: a linear grid is split over x and y so that neither exceeds the
+    /// per-dimension limit (kernels recover the flat index with `grid_workgroup`).
+    fn workgroups(&self, grid: Grid, label: &str) -> Result<[u32; 3]> {
+        let max = self.info.caps.max_groups_per_dim;
+        match grid {
+            Grid::Groups(groups) => {
+                if groups.iter().any(|&g| g > max) {
+                    return Err(Error::InvalidArgument {
+                        op: "dispatch",
+                        msg: format!("{label}: {groups:?} workgroups exceed the per-dimension limit {max}"),
+                    });
+                }
+                Ok(groups)
+            }
+            Grid::Linear(groups) => self.workgroups(Grid::Batched { groups, batch: 1 }, label),
+            Grid::Batched { groups: 0, .. } => Ok([0, 1, 1]),
+            Grid::Batched { groups, batch } => {
+                let max = max as u64;
+                let x = groups.min(max);
+                let y = groups.div_ceil(x);
+                if y > max {
+                    return Err(Error::TooLarge {
+                        what: format!("{label} ({groups} workgroups)"),
+                        bytes: groups,
+                        limit: max * max,
+                        limit_name: "max_compute_workgroups_per_dimension squared (counted in workgroups, not bytes)",
+                    });
+                }
+                if batch > max as u32 {
+                    return Err(Error::InvalidArgument {
+                        op: "dispatch",
+                        msg: format!("{label}: a batch of {batch} exceeds the per-dimension limit {max}"),
+                    });
+                }
+                Ok([x as u32, y as u32, batch])
+            }
+        }
+    }
+
+    fn check_args(&self, args: &[Arg], label: &str) -> Result<()> {
+        let binding_limit = self.info.caps.max_arg_bytes;
+        for arg in args {
+            if arg.bytes > binding_limit {
+                return Err(Error::TooLarge {
+                    what: format!("argument {} of {label}", arg.name),
+                    bytes: arg.bytes,
+                    limit: binding_limit,
+                    limit_name: "max_storage_buffer_binding_size",
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Records one kernel: checks sizes against the adapter's limits, binds, dispatches, and submits
+    /// every [`DISPATCHES_PER_SUBMIT`] dispatches. The params fill the uniform buffer that follows the
+    /// storage bindings.
+    pub(crate) fn dispatch(&self, launch: &Launch) -> Result<()> {
+        let variant = shaders::variant(launch.family, launch.dtype, self.info.caps.subgroups);
+        let label = format!("{}{}::{}", launch.family, variant.suffix(), launch.entry);
+        self.check_args(launch.args, &label)?;
+        let workgroups = self.workgroups(launch.grid, &label)?;
+        if workgroups.contains(&0) {
+            return Ok(());
+        }
+        let key = PipelineKey {
+            family: launch.family,
+            variant,
+            entry: launch.entry,
+            constants: launch.constants.values().to_vec(),
+            writable: launch.args.iter().map(|a| a.writable).collect(),
+        };
+        let constants: Vec<(String, f64)> =
+            launch.constants.values().iter().map(|(name, value)| (name.to_string(), value.as_f64())).collect();
+        let cached = self.pipelines.pipeline(self, key, &constants, &label)?;
+        let mut profiler = self.profiler.lock().map_err(poisoned)?;
+        let timestamp_slot = match profiler.as_mut() {
+            Some(p) => p.timestamp_slot(self, &label)?,
+            None => None,
+        };
+        let wall_start = match (&*profiler, timestamp_slot) {
+            (Some(_), None) => {
+                self.wait_idle()?;
+                Some(std::time::Instant::now())
+            }
+            _ => None,
+        };
+        self.checked(&format!("running {label}"), || {
+            // Uniform buffers are at least 16 bytes and a multiple of 16.
+            let mut bytes = launch.params.to_vec();
+            bytes.resize(launch.params.len().div_ceil(16).max(1) * 16, 0);
+            // Not create_buffer_init: it maps at creation and panics on a lost device.
+            let uniform = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("params"),
+                size: bytes.len() as u64,
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            self.queue.write_buffer(&uniform, 0, &bytes);
+            let mut entries: Vec<wgpu::BindGroupEntry> = launch
+                .args
+                .iter()
+                .enumerate()
+                .map(|(i, arg)| wgpu::BindGroupEntry {
+                    binding: i as u32,
+                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: arg.storage.wgpu().raw(),
+                        offset: 0,
+                        size: NonZeroU64::new(arg.bytes.div_ceil(4).max(1) * 4),
+                    }),
+                })
+                .collect();
+            entries.push(wgpu::BindGroupEntry {
+                binding: launch.args.len() as u32,
+                resource: uniform.as_entire_binding(),
+            });
+            let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some(&label),
+                layout: &cached.layout,
+                entries: &entries,
+            });
+            // Wall-clock profiling (no timestamp queries) times each dispatch alone, so it must submit
+            // at once; timestamped dispatches stay batched (their queries resolve after a flush).
+            let wall_clock = wall_start.is_some();
+            let mut pending = self.pending.lock().map_err(poisoned)?;
+            let mut commands = pending.take().unwrap_or_else(|| PendingCommands {
+                encoder: self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("kernels") }),
+                dispatches: 0,
+            });
+            {
+                let timestamp_writes = match (profiler.as_ref(), timestamp_slot) {
+                    (Some(p), Some(slot)) => p.timestamp_writes(slot),
+                    _ => None,
+                };
+                let mut pass = commands
+                    .encoder
+                    .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(&label), timestamp_writes });
+                pass.set_pipeline(&cached.pipeline);
+                pass.set_bind_group(0, &bind_group, &[]);
+                pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
+            }
+            commands.dispatches += 1;
+            if wall_clock || commands.dispatches >= DISPATCHES_PER_SUBMIT {
+                self.queue.submit([commands.encoder.finish()]);
+            } else {
+                *pending = Some(commands);
+            }
+            Ok(())
+        })?;
+        if let (Some(start), Some(p)) = (wall_start, profiler.as_mut()) {
+            self.wait_idle()?;
+            p.record_wall_clock(&label, start.elapsed());
+        }
+        Ok(())
+    }
+}

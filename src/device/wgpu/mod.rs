@@ -1,0 +1,281 @@
+//! The wgpu backend: WGSL kernels on Vulkan, Metal, DX12 and GL. All of scalewise's wgpu calls live
+//! under this folder.
+
+mod adapter;
+mod launch;
+mod pool;
+mod profiler;
+mod readback;
+pub(crate) mod shaders;
+
+use std::sync::{Arc, Mutex};
+
+pub use adapter::AdapterSummary;
+pub(crate) use pool::GpuBuffer;
+pub use pool::PoolStats;
+pub use profiler::{DispatchTiming, TimingSource};
+pub(crate) use readback::Readback;
+
+use super::{BackendDevice, Caps, DeviceInfo, DeviceOptions, Launch, Storage, poisoned};
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::kernels::Family;
+
+/// The features scalewise asks for when they exist, minus the ones `options` disallows.
+pub(crate) fn wanted_features(options: &DeviceOptions) -> wgpu::Features {
+    let mut wanted = wgpu::Features::empty();
+    if options.allow_f16 {
+        wanted |= wgpu::Features::SHADER_F16;
+    }
+    if options.allow_subgroups {
+        wanted |= wgpu::Features::SUBGROUP;
+    }
+    if options.allow_timestamps {
+        wanted |= wgpu::Features::TIMESTAMP_QUERY;
+    }
+    wanted
+}
+
+pub(crate) struct WgpuDevice {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    info: DeviceInfo,
+    pool: Arc<pool::BufferPool>,
+    pipelines: launch::PipelineCache,
+    profiler: Mutex<Option<profiler::Profiler>>,
+    /// Dispatches recorded but not yet submitted (see [`WgpuDevice::flush_pending`]).
+    pending: Mutex<Option<launch::PendingCommands>>,
+    /// Set by wgpu's device-lost callback: every later operation fails with this message.
+    lost: Arc<Mutex<Option<String>>>,
+    /// Errors that escaped every error scope (recorded instead of wgpu's default panic).
+    uncaptured: Arc<Mutex<Vec<wgpu::Error>>>,
+}
+
+impl WgpuDevice {
+    pub async fn open(options: &DeviceOptions) -> Result<Self> {
+        let adapter = adapter::select_adapter(options).await?;
+        let required_features = adapter.features() & wanted_features(options);
+        let adapter_info = adapter.get_info();
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("scalewise"),
+                required_features,
+                // Everything the adapter offers: large buffers, large bindings, more workgroup memory.
+                required_limits: adapter.limits(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::RequestDevice { adapter: adapter_info.name.clone(), reason: e.to_string() })?;
+        Ok(Self::from_wgpu(&adapter_info, device, queue, options.poison_allocations))
+    }
+
+    pub fn from_wgpu(
+        adapter_info: &wgpu::AdapterInfo,
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        poison_allocations: bool,
+    ) -> Self {
+        let features = device.features();
+        let limits = device.limits();
+        let caps = Caps {
+            f16: features.contains(wgpu::Features::SHADER_F16),
+            subgroups: features.contains(wgpu::Features::SUBGROUP),
+            subgroup_sizes: (adapter_info.subgroup_min_size, adapter_info.subgroup_max_size),
+            timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
+            shared_memory_bytes: limits.max_compute_workgroup_storage_size,
+            max_threads_per_group: limits.max_compute_invocations_per_workgroup,
+            max_groups_per_dim: limits.max_compute_workgroups_per_dimension,
+            max_storage_args: limits.max_storage_buffers_per_shader_stage,
+            max_arg_bytes: limits.max_storage_buffer_binding_size,
+            max_buffer_bytes: limits.max_buffer_size,
+            is_cpu: adapter_info.device_type == wgpu::DeviceType::Cpu,
+        };
+        let info = DeviceInfo { adapter: AdapterSummary::from_info(adapter_info), caps };
+        let lost = Arc::new(Mutex::new(None));
+        let lost_flag = Arc::clone(&lost);
+        device.set_device_lost_callback(move |reason, message| {
+            if let Ok(mut slot) = lost_flag.lock() {
+                *slot = Some(format!("{reason:?}: {message}"));
+            }
+        });
+        let uncaptured = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&uncaptured);
+        device.on_uncaptured_error(Arc::new(move |error: wgpu::Error| {
+            if let Ok(mut errors) = sink.lock() {
+                errors.push(error);
+            }
+        }));
+        Self {
+            device,
+            queue,
+            info,
+            pool: Arc::new(pool::BufferPool::new(poison_allocations)),
+            pipelines: launch::PipelineCache::default(),
+            profiler: Mutex::new(None),
+            pending: Mutex::new(None),
+            lost,
+            uncaptured,
+        }
+    }
+
+    pub fn raw_device(&self) -> &wgpu::Device {
+        &self.device
+    }
+
+    pub fn raw_queue(&self) -> &wgpu::Queue {
+        &self.queue
+    }
+
+    /// Fails fast once wgpu has reported the device lost.
+    fn check_alive(&self) -> Result<()> {
+        match self.lost.lock().map_err(poisoned)?.as_ref() {
+            Some(reason) => Err(Error::DeviceLost(reason.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn wait_idle(&self) -> Result<()> {
+        self.flush_pending()?;
+        self.check_alive()?;
+        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| self.poll_error(e))?;
+        Ok(())
+    }
+
+    fn poll_error(&self, error: wgpu::PollError) -> Error {
+        match self.check_alive() {
+            Err(lost) => lost,
+            Ok(()) => Error::Gpu { what: "waiting for the GPU".into(), msg: error.to_string() },
+        }
+    }
+
+    /// Runs `body` inside validation and out-of-memory error scopes and turns what they caught into
+    /// typed errors naming `what`, keeping wgpu's error as the source. A lost device wins over what
+    /// the scopes saw (a destroyed device shows up first as invalid resources).
+    fn checked<T>(&self, what: &str, body: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.check_alive()?;
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let result = body();
+        let validation_error = pollster::block_on(validation.pop());
+        let oom_error = pollster::block_on(oom.pop());
+        if validation_error.is_some() || oom_error.is_some() {
+            // Polling lets wgpu run the device-lost callback before we decide what to report.
+            let _ = self.device.poll(wgpu::PollType::Poll);
+        }
+        self.check_alive()?;
+        if let Some(source) = oom_error {
+            return Err(Error::OutOfMemory { what: what.to_string(), source });
+        }
+        if let Some(source) = validation_error.or_else(|| self.uncaptured.lock().ok()?.pop()) {
+            return Err(Error::Wgpu { what: what.to_string(), source });
+        }
+        result
+    }
+
+    /// Submits the recorded dispatches, if any.
+    fn flush_pending(&self) -> Result<()> {
+        // The lock is held until the submission: another thread's flush must not return (and submit
+        // a readback or upload) while these commands are taken but not yet submitted.
+        let mut pending = self.pending.lock().map_err(poisoned)?;
+        if let Some(commands) = pending.take() {
+            self.checked("submitting kernels", || {
+                self.queue.submit([commands.finish()]);
+                Ok(())
+            })?;
+        }
+        Ok(())
+    }
+}
+
+impl Storage {
+    fn wgpu(&self) -> &GpuBuffer {
+        match self {
+            Storage::Wgpu(buffer) => buffer,
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(buffer) => match *buffer {},
+        }
+    }
+}
+
+impl BackendDevice for WgpuDevice {
+    fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    fn alloc(&self, bytes: u64, what: &str) -> Result<Storage> {
+        Ok(Storage::Wgpu(self.pool.acquire(self, bytes, what)?))
+    }
+
+    fn write(&self, dst: &Storage, bytes: &[u8]) -> Result<()> {
+        // queue.write_buffer lands before commands submitted later, and a pooled buffer may still be
+        // read by recorded kernels: submit them first.
+        self.flush_pending()?;
+        self.check_alive()?;
+        // Buffer writes must be a multiple of 4 bytes (odd-length f16 data gets one pad element).
+        if bytes.len().is_multiple_of(4) {
+            self.queue.write_buffer(dst.wgpu().raw(), 0, bytes);
+        } else {
+            let mut padded = bytes.to_vec();
+            padded.resize(bytes.len().div_ceil(4) * 4, 0);
+            self.queue.write_buffer(dst.wgpu().raw(), 0, &padded);
+        }
+        Ok(())
+    }
+
+    fn zero(&self, dst: &Storage, bytes: u64) -> Result<()> {
+        // The pooled buffer may still be read by recorded kernels: they must run first.
+        self.flush_pending()?;
+        self.checked("clearing a tensor", || {
+            let mut encoder = self.device.create_command_encoder(&Default::default());
+            encoder.clear_buffer(dst.wgpu().raw(), 0, Some(bytes.div_ceil(4) * 4));
+            self.queue.submit([encoder.finish()]);
+            Ok(())
+        })
+    }
+
+    fn read(&self, src: &Storage, bytes: u64) -> Result<super::Readback> {
+        Ok(super::Readback::Wgpu(readback::Readback::start(self, src.wgpu().raw(), bytes)?))
+    }
+
+    fn supports(&self, family: Family, dtype: DType) -> bool {
+        family.dtypes().contains(&dtype) && (dtype != DType::F16 || self.info.caps.f16)
+    }
+
+    fn launch(&self, launch: &Launch) -> Result<()> {
+        self.dispatch(launch)
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.flush_pending()
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.wait_idle()
+    }
+
+    fn pool_stats(&self) -> PoolStats {
+        self.pool.stats()
+    }
+
+    fn trim_pool(&self) {
+        self.pool.trim();
+    }
+
+    fn start_profiling(&self) -> Result<()> {
+        let profiler = profiler::Profiler::new(self)?;
+        *self.profiler.lock().map_err(poisoned)? = Some(profiler);
+        Ok(())
+    }
+
+    fn profiled_dispatches(&self) -> Result<usize> {
+        Ok(self.profiler.lock().map_err(poisoned)?.as_ref().map_or(0, profiler::Profiler::recorded))
+    }
+
+    fn finish_profiling(&self) -> Result<Vec<DispatchTiming>> {
+        let profiler = self.profiler.lock().map_err(poisoned)?.take();
+        match profiler {
+            Some(profiler) => profiler.finish(self),
+            None => Ok(Vec::new()),
+        }
+    }
+}

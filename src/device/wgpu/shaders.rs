@@ -1,0 +1,121 @@
+//! The WGSL sources, one file per kernel family under `shaders/wgsl/`, and how each is composed.
+//!
+//! A family is written once against two aliases and is compiled per [`Variant`]:
+//! - `store_t`: the element type of its storage arrays (`f32`, `f16` or `u32`); arithmetic is f32;
+//! - for families with row reductions, `Lane` (the entry point's invocation builtins) and
+//!   `workgroup_sum` / `workgroup_max`: a subgroup version and a workgroup-memory tree version, so
+//!   every kernel has a path without subgroups and none assumes a subgroup size.
+//!
+//! Every module starts with the block sizes of [`crate::kernels::size`] as WGSL constants.
+
+use crate::dtype::DType;
+use crate::kernels::{Family, size};
+
+/// Storage type and reduction flavour a family is compiled for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Variant {
+    pub dtype: DType,
+    pub subgroups: bool,
+}
+
+impl Variant {
+    /// `[f16]`, `[f32,subgroups]`: how the variant appears in labels and profiles.
+    pub fn suffix(&self) -> String {
+        if self.subgroups { format!("[{},subgroups]", self.dtype) } else { format!("[{}]", self.dtype) }
+    }
+}
+
+const STORE_F32: &str = "alias store_t = f32;\n";
+const STORE_F16: &str = "enable f16;\nalias store_t = f16;\n";
+const STORE_U32: &str = "alias store_t = u32;\n";
+const REDUCE_WORKGROUP: &str = include_str!("../../../shaders/wgsl/reduce_workgroup.wgsl");
+const REDUCE_SUBGROUP: &str = include_str!("../../../shaders/wgsl/reduce_subgroup.wgsl");
+/// The `Grid::Linear` contract, in every module.
+const GRID: &str = include_str!("../../../shaders/wgsl/grid.wgsl");
+const SEQUENCE: &str = include_str!("../../../shaders/wgsl/sequence.wgsl");
+
+macro_rules! wgsl {
+    ($name:literal) => {
+        include_str!(concat!("../../../shaders/wgsl/", $name, ".wgsl"))
+    };
+}
+
+/// The family's own source and the shared snippets (plain WGSL functions) it needs.
+fn source(family: Family) -> (&'static str, &'static [&'static str]) {
+    match family {
+        Family::Matmul => (wgsl!("matmul"), &[]),
+        Family::Norm => (wgsl!("norm"), &[]),
+        Family::Attention => (wgsl!("attention"), &[]),
+        Family::Scan => (wgsl!("scan"), &[SEQUENCE]),
+        Family::Ssd => (wgsl!("ssd"), &[SEQUENCE]),
+        Family::ScanCarry => (wgsl!("scan_carry"), &[]),
+        Family::Conv1d => (wgsl!("conv1d"), &[]),
+        Family::Elementwise => (wgsl!("elementwise"), &[]),
+        Family::Embedding => (wgsl!("embedding"), &[]),
+        Family::Copy => (wgsl!("copy"), &[]),
+        Family::CastToF16 => (wgsl!("cast_to_f16"), &[]),
+        Family::CastToF32 => (wgsl!("cast_to_f32"), &[]),
+        Family::Resample => (wgsl!("resample"), &[]),
+        Family::Conv2d => (wgsl!("conv2d"), &[]),
+        Family::Sample => (wgsl!("sample"), &[]),
+        Family::QkvHeads => (wgsl!("qkv_heads"), &[]),
+        Family::Residual => (wgsl!("residual"), &[]),
+    }
+}
+
+/// `const NAME: u32 = V;` for every block size, so host and kernels share one definition.
+fn block_sizes() -> String {
+    [
+        ("THREADS_1D", size::THREADS_1D),
+        ("REDUCE_WG", size::REDUCE_WG),
+        ("TILE_M", size::TILE_M),
+        ("TILE_N", size::TILE_N),
+        ("TILE_K", size::TILE_K),
+        ("MATMUL_SIDE", size::MATMUL_SIDE),
+        ("CONV_TILE_W", size::CONV_TILE_W),
+        ("CONV_TILE_H", size::CONV_TILE_H),
+        ("CONV_COUT_BLOCK", size::CONV_COUT_BLOCK),
+        ("CONV_THREADS", size::CONV_THREADS),
+        ("CONV_PATCH_CAP", size::CONV_PATCH_CAP),
+        ("CONV_WEIGHT_CAP", size::CONV_WEIGHT_CAP),
+        ("SCAN_WG", size::SCAN_WG),
+        ("MAX_STATE", size::MAX_STATE),
+        ("SSD_ROWS", size::SSD_ROWS),
+        ("SSD_COLS", size::SSD_COLS),
+        ("SSD_MAX_HEAD_DIM", size::SSD_MAX_HEAD_DIM),
+    ]
+    .iter()
+    .map(|(name, value)| format!("const {name}: u32 = {value}u;\n"))
+    .collect()
+}
+
+/// The variant of `family` that runs `dtype` on a device with or without subgroups.
+pub fn variant(family: Family, dtype: DType, subgroups: bool) -> Variant {
+    Variant { dtype, subgroups: subgroups && family.uses_reductions() }
+}
+
+/// The complete WGSL module of one variant.
+pub fn compose(family: Family, variant: Variant) -> String {
+    let store = match variant.dtype {
+        DType::F32 => STORE_F32,
+        DType::F16 => STORE_F16,
+        DType::U32 => STORE_U32,
+    };
+    let reduce = match (family.uses_reductions(), variant.subgroups) {
+        (false, _) => "",
+        (true, false) => REDUCE_WORKGROUP,
+        (true, true) => REDUCE_SUBGROUP,
+    };
+    let (own, snippets) = source(family);
+    format!("{store}{}{GRID}{reduce}{}{own}", block_sizes(), snippets.concat())
+}
+
+/// Every variant the library may compile, for validation without a GPU.
+pub fn variants(family: Family) -> Vec<Variant> {
+    let flavours: &[bool] = if family.uses_reductions() { &[false, true] } else { &[false] };
+    family
+        .dtypes()
+        .iter()
+        .flat_map(|&dtype| flavours.iter().map(move |&subgroups| Variant { dtype, subgroups }))
+        .collect()
+}
