@@ -237,7 +237,7 @@ pub struct Generation<'a> {
 /// owns the dispatches recorded during it, so the kernels stay batched and the timestamps come back
 /// in one readback per scale. Without timestamps each stage is bracketed by waits (the wall clock up
 /// to its completion). Off, it only runs the stages.
-pub(crate) struct StageClock<'a> {
+pub struct StageClock<'a> {
     device: &'a Device,
     mode: ClockMode,
     /// Per stage: the dispatch count at its end (timestamps) or its milliseconds (wall clock).
@@ -253,7 +253,7 @@ enum ClockMode {
 }
 
 impl<'a> StageClock<'a> {
-    pub(crate) fn start(device: &'a Device, profile: bool) -> Result<Self> {
+    pub fn start(device: &'a Device, profile: bool) -> Result<Self> {
         let mode = match (profile, device.caps().timestamps) {
             (false, _) => ClockMode::Off,
             (true, true) => ClockMode::Timestamps,
@@ -266,7 +266,7 @@ impl<'a> StageClock<'a> {
     }
 
     /// Runs one stage.
-    pub(crate) fn stage<T>(&mut self, body: impl FnOnce() -> Result<T>) -> Result<T> {
+    pub fn stage<T>(&mut self, body: impl FnOnce() -> Result<T>) -> Result<T> {
         match self.mode {
             ClockMode::Off => body(),
             ClockMode::Timestamps => {
@@ -286,7 +286,7 @@ impl<'a> StageClock<'a> {
     }
 
     /// Milliseconds per stage, in the order they ran (empty when off).
-    pub(crate) fn finish(mut self) -> Result<Vec<f64>> {
+    pub fn finish(mut self) -> Result<Vec<f64>> {
         match self.mode {
             ClockMode::Off => Ok(Vec::new()),
             ClockMode::WallClock => Ok(std::mem::take(&mut self.wall_ms)),

@@ -304,7 +304,7 @@ impl std::fmt::Display for Family {
 }
 
 params! {
-    /// C[b] = A[b] @ op(B[b]) (+ bias); A: M x K, C: M x N.
+    /// `C[b] = A[b] @ op(B[b]) (+ bias)`; A: M x K, C: M x N.
     MatmulParams { m: u32, n: u32, k: u32, a_batch_stride: u32, b_batch_stride: u32, c_batch_stride: u32 }
 
     NormParams {

@@ -3,6 +3,14 @@
 //! Kernels are WGSL compute shaders dispatched through wgpu (Vulkan, Metal, DX12, GL), each with a
 //! float64 CPU reference beside its launcher in [`ops`].
 //!
+//! Data flows one way: weights file -> [`weights`] (host bytes) -> [`nn::Loader`] -> models in [`nn`]
+//! -> [`ops`] -> [`device`] -> a backend, and back as token maps and images ([`generate`], [`image`]).
+//! [`dtype`] and [`error`] sit below everything. Each op describes its kernel launches as
+//! `device::Launch` values against the contract in [`kernels`] (family, params struct, typed
+//! constants, block sizes); [`Device`] is the one place that matches on the backend (wgpu now, CUDA
+//! behind the `cuda` feature). The CLI, benchmark reports and synthetic checkpoints live in the
+//! workspace's `cli/` and `support/` packages, not here.
+//!
 //! ```no_run
 //! use scalewise::{Device, DeviceOptions, DType, Tensor, ops};
 //! let device = Device::new(&DeviceOptions::default())?;
@@ -13,7 +21,7 @@
 //! # Ok::<(), scalewise::Error>(())
 //! ```
 
-pub mod bench;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod device;
 pub mod dtype;

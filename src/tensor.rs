@@ -117,11 +117,12 @@ impl Tensor {
         self.device.same(&other.device)
     }
 
-    /// The shape as `N` dimensions, or an error naming `op` and the shape.
-    pub fn dims<const N: usize>(&self, op: &'static str) -> Result<[usize; N]> {
+    /// The shape as `N` dimensions, or an error naming `op`, what the tensor is (`"x (B, C, H, W)"`)
+    /// and the shape it has.
+    pub fn dims<const N: usize>(&self, op: &'static str, what: &str) -> Result<[usize; N]> {
         <[usize; N]>::try_from(self.shape.as_slice()).map_err(|_| Error::InvalidArgument {
             op,
-            msg: format!("needs a {N}-D tensor, got shape {:?}", self.shape),
+            msg: format!("{what} must be {N}-D, got shape {:?}", self.shape),
         })
     }
 

@@ -4,13 +4,13 @@
 
 mod common;
 
-use common::{Rng, Tol, assert_close, devices, dtypes};
+use common::{Rng, Seeded, Tol, WGPU_FULL, assert_close, dtypes, full_device};
 use scalewise::ops::attention::reference::{allowed, masked_attention};
 use scalewise::ops::{
     AttentionLayout, AttentionOptions, GratPattern, GroupedLayout, attention, grouped_attention,
     reference_values as stored,
 };
-use scalewise::{DType, Error, Tensor};
+use scalewise::{DType, Device, Error, Tensor};
 
 /// Rows of one (batch, head) of a (B, H, L, D) tensor.
 fn head_rows(data: &[f32], heads: usize, len: usize, dim: usize, b: usize, h: usize) -> &[f32] {
@@ -57,10 +57,9 @@ fn random_pattern(rng: &mut Rng) -> GratPattern {
     }
 }
 
-#[test]
-fn dense_attention_matches_reference() {
-    let mut rng = Rng::new("dense_attention");
-    for (name, device) in devices() {
+backend_tests! {
+    fn dense_attention_matches_reference(device: &Device, config: &str) {
+        let mut rng = Rng::for_config("dense_attention", config);
         for dtype in dtypes(device) {
             for dim in [64, 128, rng.range(1, 255)] {
                 let (batch, heads) = (rng.range(1, 2), rng.range(1, 3));
@@ -112,17 +111,17 @@ fn dense_attention_matches_reference() {
                         }
                     }
                 }
-                let what = format!("{name} {dtype} dense b{batch} h{heads} lq{lq} lk{lk} kv{kv_len} d{dim} {layout:?}");
+                let what =
+                    format!("{config} {dtype} dense b{batch} h{heads} lq{lq} lk{lk} kv{kv_len} d{dim} {layout:?}");
                 assert_close(&out, &want, Tol::for_dtype(dtype, 1.0), &what);
             }
         }
     }
 }
 
-#[test]
-fn grouped_attention_2d_matches_reference() {
-    let mut rng = Rng::new("grouped_2d");
-    for (name, device) in devices() {
+backend_tests! {
+    fn grouped_attention_2d_matches_reference(device: &Device, config: &str) {
+        let mut rng = Rng::for_config("grouped_2d", config);
         for dtype in dtypes(device) {
             for trial in 0..5 {
                 let grid = [rng.range(1, 23), rng.range(1, 23)];
@@ -135,17 +134,16 @@ fn grouped_attention_2d_matches_reference() {
                     .with_text(text_len, text_valid);
                 let dim = [64, 128, 24][trial % 3];
                 let (batch, heads) = (rng.range(1, 2), rng.range(1, 2));
-                let what = format!("{name} {dtype} 2D {layout:?} b{batch} h{heads} d{dim}");
+                let what = format!("{config} {dtype} 2D {layout:?} b{batch} h{heads} d{dim}");
                 check_grouped(device, dtype, &mut rng, &layout, batch, heads, dim, &what);
             }
         }
     }
 }
 
-#[test]
-fn grouped_attention_3d_matches_reference() {
-    let mut rng = Rng::new("grouped_3d");
-    for (name, device) in devices() {
+backend_tests! {
+    fn grouped_attention_3d_matches_reference(device: &Device, config: &str) {
+        let mut rng = Rng::for_config("grouped_3d", config);
         for dtype in dtypes(device) {
             for trial in 0..4 {
                 let grid = [rng.range(1, 7), rng.range(1, 11), rng.range(1, 11)];
@@ -156,7 +154,7 @@ fn grouped_attention_3d_matches_reference() {
                     .with_pattern(random_pattern(&mut rng))
                     .with_text(text_len, rng.range(0, text_len));
                 let dim = if trial % 2 == 0 { 64 } else { 128 };
-                let what = format!("{name} {dtype} 3D {layout:?} d{dim}");
+                let what = format!("{config} {dtype} 3D {layout:?} d{dim}");
                 check_grouped(device, dtype, &mut rng, &layout, 1, 2, dim, &what);
             }
         }
@@ -166,8 +164,8 @@ fn grouped_attention_3d_matches_reference() {
 #[test]
 fn every_pattern_on_one_ragged_video_grid() {
     // All four patterns and r = 0..2 on one grid that is ragged on every axis.
-    let mut rng = Rng::new("patterns");
-    let (name, device) = &devices()[0];
+    let mut rng = Rng::for_test("patterns");
+    let (name, device) = (WGPU_FULL, full_device());
     let mut patterns = vec![GratPattern::CrissCross, GratPattern::All];
     for radius in 0..=2 {
         patterns.push(GratPattern::Block { radius });
@@ -179,10 +177,9 @@ fn every_pattern_on_one_ragged_video_grid() {
     }
 }
 
-#[test]
-fn grouped_with_everything_allowed_equals_dense() {
-    let mut rng = Rng::new("all_equals_dense");
-    for (name, device) in devices() {
+backend_tests! {
+    fn grouped_with_everything_allowed_equals_dense(device: &Device, config: &str) {
+        let mut rng = Rng::for_config("all_equals_dense", config);
         let layout = GroupedLayout::image(13, 21).with_group(&[4, 8]).with_pattern(GratPattern::All).with_text(5, 5);
         let shape = [2, 2, layout.seq_len(), 64];
         let n: usize = shape.iter().product();
@@ -191,7 +188,67 @@ fn grouped_with_everything_allowed_equals_dense() {
         let grouped = grouped_attention(&q, &k, &v, &layout, None).unwrap().to_vec_f32().unwrap();
         let dense = attention(&q, &k, &v, &AttentionOptions::default()).unwrap().to_vec_f32().unwrap();
         let dense: Vec<f64> = dense.iter().map(|&x| x as f64).collect();
-        assert_close(&grouped, &dense, Tol::for_dtype(DType::F32, 1.0), name);
+        assert_close(&grouped, &dense, Tol::for_dtype(DType::F32, 1.0), config);
+    }
+}
+
+/// (B, H, L, D) host data as (B, L, H, D).
+fn heads_to_tokens_major(x: &[f32], batch: usize, heads: usize, len: usize, dim: usize) -> Vec<f32> {
+    let mut out = vec![0.0; x.len()];
+    for b in 0..batch {
+        for h in 0..heads {
+            for t in 0..len {
+                let (from, to) = (((b * heads + h) * len + t) * dim, ((b * len + t) * heads + h) * dim);
+                out[to..to + dim].copy_from_slice(&x[from..from + dim]);
+            }
+        }
+    }
+    out
+}
+
+backend_tests! {
+    /// (B, L, H, D) tensors, as a fused qkv projection leaves them, give the (B, H, L, D) result
+    /// transposed: the strides reach the kernel, no copy is made.
+    fn grouped_attention_reads_tokens_major_tensors(device: &Device, config: &str) {
+        let mut rng = Rng::for_config("grouped_tokens_major", config);
+        for dtype in dtypes(device) {
+            for trial in 0..3 {
+                let (batch, heads, dim) = (rng.range(1, 2), rng.range(2, 3), [64, 24, 40][trial]);
+                let heads_major = GroupedLayout::image(rng.range(3, 17), rng.range(3, 17))
+                    .with_group(&[rng.range(2, 6), rng.range(2, 6)])
+                    .with_pattern(random_pattern(&mut rng))
+                    .with_text(3, rng.range(0, 3));
+                let tokens_major = heads_major.clone().with_tensors(AttentionLayout::TokensMajor);
+                let len = heads_major.seq_len();
+                let n = batch * heads * len * dim;
+                let inputs: Vec<Vec<f32>> = (0..3).map(|_| stored(&rng.vec(n, 1.0), dtype)).collect();
+                let up = |x: &[f32], shape: &[usize]| Tensor::from_f32(device, shape, x, dtype).unwrap();
+                let hm = [batch, heads, len, dim];
+                let tm = [batch, len, heads, dim];
+                let want = grouped_attention(&up(&inputs[0], &hm), &up(&inputs[1], &hm), &up(&inputs[2], &hm), &heads_major, None)
+                    .unwrap()
+                    .to_vec_f32()
+                    .unwrap();
+                let t = |x: &[f32]| heads_to_tokens_major(x, batch, heads, len, dim);
+                let got = grouped_attention(
+                    &up(&t(&inputs[0]), &tm),
+                    &up(&t(&inputs[1]), &tm),
+                    &up(&t(&inputs[2]), &tm),
+                    &tokens_major,
+                    None,
+                )
+                .unwrap();
+                assert_eq!(got.shape(), tm);
+                let want: Vec<f64> = t(&want).iter().map(|&x| x as f64).collect();
+                // The same kernel on the same values in another memory order: equal up to rounding.
+                let what = format!("{config} {dtype} {tokens_major:?} b{batch} h{heads} d{dim}");
+                assert_close(&got.to_vec_f32().unwrap(), &want, Tol::for_dtype(dtype, 1.0), &what);
+            }
+        }
+        let layout = GroupedLayout::image(4, 4).with_tensors(AttentionLayout::TokensMajor);
+        let x = Tensor::zeros(device, &[1, 16, 1, 8], DType::F32).unwrap();
+        let err = scalewise::ops::to_group_major(&x, &layout).unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument { .. }), "{err:?}");
     }
 }
 
@@ -215,7 +272,7 @@ fn density_matches_the_published_key_counts_and_bounds() {
 
 #[test]
 fn bad_layouts_and_shapes_are_typed_errors() {
-    let (_, device) = &devices()[0];
+    let device = full_device();
     let t = |shape: &[usize]| Tensor::zeros(device, shape, DType::F32).unwrap();
     let q = t(&[1, 2, 40, 64]);
     let err_text = |r: Result<Tensor, Error>| r.unwrap_err().to_string();
@@ -258,11 +315,10 @@ fn group_major_order(grid: [usize; 3], group: [usize; 3]) -> Vec<usize> {
     order
 }
 
-#[test]
-fn group_major_permutation_and_kernel_match_the_raster_path() {
-    use scalewise::ops::{TokenOrder, from_group_major, grouped_attention_in, to_group_major};
-    let mut rng = Rng::new("group_major");
-    for (name, device) in devices() {
+backend_tests! {
+    fn group_major_permutation_and_kernel_match_the_raster_path(device: &Device, config: &str) {
+        use scalewise::ops::{TokenOrder, from_group_major, grouped_attention_in, to_group_major};
+        let mut rng = Rng::for_config("group_major", config);
         let layout =
             GroupedLayout::video(3, 7, 10).with_group(&[2, 3, 4]).with_pattern(GratPattern::CrissCross).with_text(4, 3);
         let (heads, dim, len) = (2, 40, layout.seq_len());
@@ -279,8 +335,8 @@ fn group_major_permutation_and_kernel_match_the_raster_path() {
                 want.extend(rows[token * dim..(token + 1) * dim].iter().map(|&v| v as f64));
             }
         }
-        assert_close(&permuted.to_vec_f32().unwrap(), &want, Tol { atol: 0.0, rtol: 0.0 }, name);
-        assert_eq!(from_group_major(&permuted, &layout).unwrap().to_vec_f32().unwrap(), data, "{name}: round trip");
+        assert_close(&permuted.to_vec_f32().unwrap(), &want, Tol { atol: 0.0, rtol: 0.0 }, config);
+        assert_eq!(from_group_major(&permuted, &layout).unwrap().to_vec_f32().unwrap(), data, "{config}: round trip");
 
         let up = |x: Vec<f32>| Tensor::from_f32(device, &shape, &x, DType::F32).unwrap();
         let (q, k, v) = (up(rng.vec(n, 1.0)), up(rng.vec(n, 1.0)), up(rng.vec(n, 1.0)));
@@ -289,6 +345,6 @@ fn group_major_permutation_and_kernel_match_the_raster_path() {
         let grouped = grouped_attention_in(&gq, &gk, &gv, &layout, None, TokenOrder::GroupMajor).unwrap();
         let back = from_group_major(&grouped, &layout).unwrap().to_vec_f32().unwrap();
         let raster: Vec<f64> = raster.iter().map(|&v| v as f64).collect();
-        assert_close(&back, &raster, Tol::for_dtype(DType::F32, 1.0), &format!("{name} group-major kernel"));
+        assert_close(&back, &raster, Tol::for_dtype(DType::F32, 1.0), &format!("{config} group-major kernel"));
     }
 }

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::devices;
+use common::{WGPU_FULL, full_device};
 use scalewise::generate::{GenerateOptions, Pipeline};
 use scalewise::weights::StateDict;
 use scalewise::{DType, Device};
@@ -85,7 +85,7 @@ fn demo(device: &Device) -> Pipeline {
 
 #[test]
 fn the_demo_model_carries_its_names_and_schedule() {
-    let (_, device) = &devices()[0];
+    let device = full_device();
     let pipeline = demo(device);
     let config = &pipeline.var.config;
     let names = config.class_names.as_ref().expect("class names in the metadata");
@@ -102,7 +102,7 @@ fn every_class_is_recognised_in_generated_images() {
     let classifier = Classifier::load();
     // One device: the kernels' portable variants are covered by the parity tests, and this test is
     // about the model as a whole.
-    let (device_name, device) = &devices()[0];
+    let (device_name, device) = (WGPU_FULL, full_device());
     let pipeline = demo(device);
     let config = &pipeline.var.config;
     assert_eq!(classifier.classes, config.num_classes);
@@ -137,7 +137,7 @@ fn every_class_is_recognised_in_generated_images() {
 
 #[test]
 fn the_same_seed_gives_the_same_image_and_other_seeds_differ() {
-    let (_, device) = &devices()[0];
+    let device = full_device();
     let pipeline = demo(device);
     let a = generate(&pipeline, vec![1], 42);
     let b = generate(&pipeline, vec![1], 42);

@@ -4,13 +4,13 @@
 
 mod common;
 
-use common::{Rng, Tol, assert_close, devices, from_tokens_major, to_tokens_major};
+use common::{Rng, Seeded, Tol, WGPU_FULL, assert_close, from_tokens_major, full_device, skip, to_tokens_major};
 use scalewise::nn::{Mamba1Block, Mamba2Block, MambaState};
 use scalewise::ops::conv1d::reference::causal_conv1d;
 use scalewise::ops::matmul::reference::matmul;
 use scalewise::ops::scan::reference::{ScanReference, scan};
 use scalewise::weights::StateDict;
-use scalewise::{DType, Error, Tensor};
+use scalewise::{DType, Device, Error, Tensor};
 
 fn f32s(x: Vec<f64>) -> Vec<f32> {
     x.into_iter().map(|v| v as f32).collect()
@@ -215,10 +215,9 @@ fn as_f64(t: &Tensor) -> Vec<f64> {
     t.to_vec_f32().unwrap().iter().map(|&v| v as f64).collect()
 }
 
-#[test]
-fn mamba1_block_matches_reference_and_pieces_equal_whole() {
-    let mut rng = Rng::new("mamba1_block");
-    for (name, device) in devices() {
+backend_tests! {
+    fn mamba1_block_matches_reference_and_pieces_equal_whole(device: &Device, config: &str) {
+        let mut rng = Rng::for_config("mamba1_block", config);
         let d_model = rng.range(4, 24);
         let dims =
             Mamba1Dims { d_model, d_inner: 2 * d_model, n: rng.range(2, 16), rank: d_model.div_ceil(16), width: 4 };
@@ -235,21 +234,21 @@ fn mamba1_block_matches_reference_and_pieces_equal_whole() {
         let tx = Tensor::from_f32(device, &[batch, length, d_model], &x, DType::F32).unwrap();
         let (whole, _) = block.forward(&tx, None).unwrap();
         let want = mamba1_reference(&sd, p, &dims, &x, batch, length);
-        assert_close(&whole.to_vec_f32().unwrap(), &want, Tol::for_dtype(DType::F32, 10.0), &format!("{name} mamba1"));
+        let tol = Tol::for_dtype(DType::F32, 10.0);
+        assert_close(&whole.to_vec_f32().unwrap(), &want, tol, &format!("{config} mamba1"));
         let pieces = in_pieces(|x, s| block.forward(x, s), &tx, &lengths);
         assert_close(
             &pieces.to_vec_f32().unwrap(),
             &as_f64(&whole),
             Tol::for_dtype(DType::F32, 10.0),
-            &format!("{name} mamba1 pieces"),
+            &format!("{config} mamba1 pieces"),
         );
     }
 }
 
-#[test]
-fn mamba2_block_matches_reference_and_pieces_equal_whole() {
-    let mut rng = Rng::new("mamba2_block");
-    for (name, device) in devices() {
+backend_tests! {
+    fn mamba2_block_matches_reference_and_pieces_equal_whole(device: &Device, config: &str) {
+        let mut rng = Rng::for_config("mamba2_block", config);
         for groups in [1, 2] {
             let dims = Mamba2Dims {
                 d_model: rng.range(4, 20),
@@ -269,7 +268,7 @@ fn mamba2_block_matches_reference_and_pieces_equal_whole() {
             let tx = Tensor::from_f32(device, &[batch, length, dims.d_model], &x, DType::F32).unwrap();
             let (whole, _) = block.forward(&tx, None).unwrap();
             let want = mamba2_reference(&sd, p, &dims, &x, batch, length);
-            let what = format!("{name} mamba2 groups {groups}");
+            let what = format!("{config} mamba2 groups {groups}");
             assert_close(&whole.to_vec_f32().unwrap(), &want, Tol::for_dtype(DType::F32, 10.0), &what);
             let pieces = in_pieces(|x, s| block.forward(x, s), &tx, &lengths);
             assert_close(
@@ -284,9 +283,10 @@ fn mamba2_block_matches_reference_and_pieces_equal_whole() {
 
 #[test]
 fn f16_blocks_track_f32_blocks() {
-    let mut rng = Rng::new("mamba_f16");
-    let (name, device) = &devices()[0];
+    let mut rng = Rng::for_test("mamba_f16");
+    let (name, device) = (WGPU_FULL, full_device());
     if !device.caps().f16 {
+        skip("mamba_blocks::f16_blocks_track_f32_blocks", "the adapter has no SHADER_F16");
         return;
     }
     let dims = Mamba1Dims { d_model: 16, d_inner: 32, n: 16, rank: 1, width: 4 };
@@ -304,8 +304,8 @@ fn f16_blocks_track_f32_blocks() {
 
 #[test]
 fn state_dict_problems_are_listed_together() {
-    let mut rng = Rng::new("mamba_keys");
-    let (_, device) = &devices()[0];
+    let mut rng = Rng::for_test("mamba_keys");
+    let device = full_device();
     let dims = Mamba1Dims { d_model: 8, d_inner: 16, n: 4, rank: 1, width: 4 };
     let mut sd = mamba1_state_dict(&mut rng, "m.", &dims);
     let mut broken = StateDict::new();

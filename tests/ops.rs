@@ -1,20 +1,19 @@
 //! Every core op against its float64 reference: random shapes that are not multiples of the tile
-//! sizes, fresh random inputs, NaN-poisoned outputs, f32 and f16, with and without subgroups.
+//! sizes, seeded random inputs, NaN-poisoned outputs, f32 and f16, with and without subgroups.
 
 mod common;
 
-use common::{Rng, Tol, assert_close, devices, dtypes};
+use common::{Rng, Seeded, Tol, assert_close, dtypes};
 use scalewise::ops::{self, MatmulAlgorithm, matmul::MatmulOptions, reference_values as stored};
-use scalewise::{DType, Tensor};
+use scalewise::{DType, Device, Tensor};
 
-fn upload(device: &scalewise::Device, shape: &[usize], data: &[f32], dtype: DType) -> Tensor {
+fn upload(device: &Device, shape: &[usize], data: &[f32], dtype: DType) -> Tensor {
     Tensor::from_f32(device, shape, data, dtype).expect("upload")
 }
 
-#[test]
-fn matmul_matches_reference_on_ragged_shapes() {
-    let mut rng = Rng::new("matmul");
-    for (name, device) in devices() {
+backend_tests! {
+    fn matmul_matches_reference_on_ragged_shapes(device: &Device, config: &str) {
+        let mut rng = Rng::for_config("matmul", config);
         for dtype in dtypes(device) {
             for trial in 0..6 {
                 let batch = rng.range(1, 3);
@@ -50,8 +49,9 @@ fn matmul_matches_reference_on_ragged_shapes() {
                     let options = MatmulOptions { transpose_b, bias: with_bias.then_some(&tbias), algorithm };
                     let out = ops::matmul_with(&ta, &tb, &options).expect("matmul");
                     assert_eq!(out.shape(), [batch, m, n]);
-                    let what =
-                        format!("{name} {dtype} {algorithm:?} b{batch} {m}x{k}x{n} t={transpose_b} shared={b_shared}");
+                    let what = format!(
+                        "{config} {dtype} {algorithm:?} b{batch} {m}x{k}x{n} t={transpose_b} shared={b_shared}"
+                    );
                     assert_close(&out.to_vec_f32().unwrap(), &want, Tol::for_dtype(dtype, (k as f64).sqrt()), &what);
                 }
             }
@@ -59,10 +59,9 @@ fn matmul_matches_reference_on_ragged_shapes() {
     }
 }
 
-#[test]
-fn linear_is_x_times_weight_transposed_plus_bias() {
-    let mut rng = Rng::new("linear");
-    for (name, device) in devices() {
+backend_tests! {
+    fn linear_is_x_times_weight_transposed_plus_bias(device: &Device, config: &str) {
+        let mut rng = Rng::for_config("linear", config);
         for dtype in dtypes(device) {
             let (b, l, k, n) = (2, rng.range(1, 70), rng.range(1, 90), rng.range(1, 130));
             let x = stored(&rng.vec(b * l * k, 1.0), dtype);
@@ -80,16 +79,15 @@ fn linear_is_x_times_weight_transposed_plus_bias() {
                 &out.to_vec_f32().unwrap(),
                 &want,
                 Tol::for_dtype(dtype, (k as f64).sqrt()),
-                &format!("{name} {dtype} linear"),
+                &format!("{config} {dtype} linear"),
             );
         }
     }
 }
 
-#[test]
-fn layer_norm_with_and_without_affine() {
-    let mut rng = Rng::new("layer_norm");
-    for (name, device) in devices() {
+backend_tests! {
+    fn layer_norm_with_and_without_affine(device: &Device, config: &str) {
+        let mut rng = Rng::for_config("layer_norm", config);
         for dtype in dtypes(device) {
             for cols in [1, 3, rng.range(4, 255), rng.range(257, 1100)] {
                 let rows = rng.range(1, 9);
@@ -106,7 +104,7 @@ fn layer_norm_with_and_without_affine() {
                     &plain.to_vec_f32().unwrap(),
                     &want,
                     tol,
-                    &format!("{name} {dtype} layer_norm {rows}x{cols}"),
+                    &format!("{config} {dtype} layer_norm {rows}x{cols}"),
                 );
                 let affine = ops::layer_norm(&tx, Some(&tw), Some(&tb), 1e-5).unwrap();
                 let want = ops::norm::reference::layer_norm(&x, cols, Some(&w), Some(&b), 1e-5);
@@ -114,17 +112,16 @@ fn layer_norm_with_and_without_affine() {
                     &affine.to_vec_f32().unwrap(),
                     &want,
                     tol,
-                    &format!("{name} {dtype} layer_norm affine {rows}x{cols}"),
+                    &format!("{config} {dtype} layer_norm affine {rows}x{cols}"),
                 );
             }
         }
     }
 }
 
-#[test]
-fn adaln_modulation_fused_and_alone() {
-    let mut rng = Rng::new("adaln");
-    for (name, device) in devices() {
+backend_tests! {
+    fn adaln_modulation_fused_and_alone(device: &Device, config: &str) {
+        let mut rng = Rng::for_config("adaln", config);
         for dtype in dtypes(device) {
             let (batch, tokens, cols) = (rng.range(1, 3), rng.range(1, 20), rng.range(2, 300));
             let x = stored(&rng.vec(batch * tokens * cols, 2.0), dtype);
@@ -136,18 +133,17 @@ fn adaln_modulation_fused_and_alone() {
             let tol = Tol::for_dtype(dtype, 10.0);
             let fused = ops::adaln_layer_norm(&tx, &ts, &th, 1e-6).unwrap();
             let want = ops::norm::reference::modulate(&x, cols, &scale, &shift, batch, Some(1e-6));
-            assert_close(&fused.to_vec_f32().unwrap(), &want, tol, &format!("{name} {dtype} adaln_layer_norm"));
+            assert_close(&fused.to_vec_f32().unwrap(), &want, tol, &format!("{config} {dtype} adaln_layer_norm"));
             let alone = ops::modulate(&tx, &ts, &th).unwrap();
             let want = ops::norm::reference::modulate(&x, cols, &scale, &shift, batch, None);
-            assert_close(&alone.to_vec_f32().unwrap(), &want, tol, &format!("{name} {dtype} modulate"));
+            assert_close(&alone.to_vec_f32().unwrap(), &want, tol, &format!("{config} {dtype} modulate"));
         }
     }
 }
 
-#[test]
-fn rms_norm_matches_reference() {
-    let mut rng = Rng::new("rms_norm");
-    for (name, device) in devices() {
+backend_tests! {
+    fn rms_norm_matches_reference(device: &Device, config: &str) {
+        let mut rng = Rng::for_config("rms_norm", config);
         for dtype in dtypes(device) {
             let (rows, cols) = (rng.range(1, 7), rng.range(1, 700));
             let x = stored(&rng.vec(rows * cols, 3.0), dtype);
@@ -156,18 +152,17 @@ fn rms_norm_matches_reference() {
             let tol = Tol::for_dtype(dtype, 10.0);
             let got = ops::rms_norm(&tx, Some(&upload(device, &[cols], &w, dtype)), 1e-5).unwrap();
             let want = ops::norm::reference::rms_norm(&x, cols, Some(&w), 1e-5);
-            assert_close(&got.to_vec_f32().unwrap(), &want, tol, &format!("{name} {dtype} rms_norm {rows}x{cols}"));
+            assert_close(&got.to_vec_f32().unwrap(), &want, tol, &format!("{config} {dtype} rms_norm {rows}x{cols}"));
             let got = ops::rms_norm(&tx, None, 1e-5).unwrap();
             let want = ops::norm::reference::rms_norm(&x, cols, None, 1e-5);
-            assert_close(&got.to_vec_f32().unwrap(), &want, tol, &format!("{name} {dtype} rms_norm plain"));
+            assert_close(&got.to_vec_f32().unwrap(), &want, tol, &format!("{config} {dtype} rms_norm plain"));
         }
     }
 }
 
-#[test]
-fn group_norm_matches_reference() {
-    let mut rng = Rng::new("group_norm");
-    for (name, device) in devices() {
+backend_tests! {
+    fn group_norm_matches_reference(device: &Device, config: &str) {
+        let mut rng = Rng::for_config("group_norm", config);
         for dtype in dtypes(device) {
             for (groups, per_group) in [(1, 3), (4, 5), (32, 2)] {
                 let channels = groups * per_group;
@@ -186,17 +181,16 @@ fn group_norm_matches_reference() {
                 )
                 .unwrap();
                 let want = ops::norm::reference::group_norm(&x, channels, spatial, groups, Some(&wt), Some(&bs), 1e-6);
-                let what = format!("{name} {dtype} group_norm n{n} c{channels} g{groups} {h}x{w}");
+                let what = format!("{config} {dtype} group_norm n{n} c{channels} g{groups} {h}x{w}");
                 assert_close(&got.to_vec_f32().unwrap(), &want, Tol::for_dtype(dtype, 10.0), &what);
             }
         }
     }
 }
 
-#[test]
-fn softmax_matches_reference_including_large_logits() {
-    let mut rng = Rng::new("softmax");
-    for (name, device) in devices() {
+backend_tests! {
+    fn softmax_matches_reference_including_large_logits(device: &Device, config: &str) {
+        let mut rng = Rng::for_config("softmax", config);
         for dtype in dtypes(device) {
             for cols in [1, rng.range(2, 200), rng.range(300, 4100)] {
                 let rows = rng.range(1, 5);
@@ -206,7 +200,7 @@ fn softmax_matches_reference_including_large_logits() {
                 for scale in [1.0f32, 0.125] {
                     let got = ops::softmax_scaled(&tx, scale).unwrap();
                     let want = ops::norm::reference::softmax(&x, cols, scale as f64);
-                    let what = format!("{name} {dtype} softmax {rows}x{cols} scale {scale}");
+                    let what = format!("{config} {dtype} softmax {rows}x{cols} scale {scale}");
                     assert_close(&got.to_vec_f32().unwrap(), &want, Tol::for_dtype(dtype, 1e-2), &what);
                 }
             }
@@ -214,10 +208,9 @@ fn softmax_matches_reference_including_large_logits() {
     }
 }
 
-#[test]
-fn activations_and_binary_ops_match_reference() {
-    let mut rng = Rng::new("elementwise");
-    for (name, device) in devices() {
+backend_tests! {
+    fn activations_and_binary_ops_match_reference(device: &Device, config: &str) {
+        let mut rng = Rng::for_config("elementwise", config);
         for dtype in dtypes(device) {
             let (rows, cols) = (rng.range(1, 40), rng.range(1, 300));
             let x = stored(&rng.vec(rows * cols, 6.0), dtype);
@@ -228,7 +221,7 @@ fn activations_and_binary_ops_match_reference() {
             let tbias = upload(device, &[cols], &bias, dtype);
             let tol = Tol::for_dtype(dtype, 4.0);
             let check = |got: Tensor, want: Vec<f64>, op: &str| {
-                assert_close(&got.to_vec_f32().unwrap(), &want, tol, &format!("{name} {dtype} {op} {rows}x{cols}"));
+                assert_close(&got.to_vec_f32().unwrap(), &want, tol, &format!("{config} {dtype} {op} {rows}x{cols}"));
             };
             check(ops::gelu_tanh(&tx).unwrap(), ops::elementwise::reference::gelu_tanh(&x), "gelu_tanh");
             check(ops::silu(&tx).unwrap(), ops::elementwise::reference::silu(&x), "silu");
@@ -240,9 +233,8 @@ fn activations_and_binary_ops_match_reference() {
     }
 }
 
-#[test]
-fn gelu_and_silu_stay_finite_at_extremes() {
-    for (name, device) in devices() {
+backend_tests! {
+    fn gelu_and_silu_stay_finite_at_extremes(device: &Device, config: &str) {
         let x = [-1e4f32, -90.0, -20.0, 0.0, 20.0, 90.0, 1e4];
         let t = upload(device, &[x.len()], &x, DType::F32);
         let tol = Tol::for_dtype(DType::F32, 1.0);
@@ -250,16 +242,16 @@ fn gelu_and_silu_stay_finite_at_extremes() {
             &ops::gelu_tanh(&t).unwrap().to_vec_f32().unwrap(),
             &ops::elementwise::reference::gelu_tanh(&x),
             tol,
-            name,
+            config,
         );
-        assert_close(&ops::silu(&t).unwrap().to_vec_f32().unwrap(), &ops::elementwise::reference::silu(&x), tol, name);
+        let silu = ops::silu(&t).unwrap().to_vec_f32().unwrap();
+        assert_close(&silu, &ops::elementwise::reference::silu(&x), tol, config);
     }
 }
 
-#[test]
-fn embedding_gathers_rows_and_poisons_bad_ids() {
-    let mut rng = Rng::new("embedding");
-    for (name, device) in devices() {
+backend_tests! {
+    fn embedding_gathers_rows_and_poisons_bad_ids(device: &Device, config: &str) {
+        let mut rng = Rng::for_config("embedding", config);
         for dtype in dtypes(device) {
             let (vocab, dim) = (rng.range(2, 300), rng.range(1, 70));
             let table = stored(&rng.vec(vocab * dim, 1.0), dtype);
@@ -273,7 +265,7 @@ fn embedding_gathers_rows_and_poisons_bad_ids() {
                 &out.to_vec_f32().unwrap(),
                 &want,
                 Tol { atol: 0.0, rtol: 0.0 },
-                &format!("{name} {dtype} embedding"),
+                &format!("{config} {dtype} embedding"),
             );
         }
     }

@@ -13,7 +13,7 @@ mod common;
 
 use std::collections::HashSet;
 
-use common::{Rng, Tol, assert_close, devices};
+use common::{Rng, Seeded, Tol, WGPU_FULL, assert_close, full_device};
 use scalewise::ops::sample::{self, SampleOptions, reference};
 use scalewise::{DType, Device, Error, Tensor};
 
@@ -94,12 +94,11 @@ struct Case {
     step: f32,
 }
 
-#[test]
-fn filtering_and_draws_match_the_reference_with_ties_and_ragged_vocabularies() {
-    let mut rng = Rng::new("sample_filter");
-    let mut partial_tie_cuts = 0;
-    let (mut draws, mut exact_draws) = (0, 0);
-    for (name, device) in devices() {
+backend_tests! {
+    fn filtering_and_draws_match_the_reference_with_ties_and_ragged_vocabularies(device: &Device, config: &str) {
+        let mut rng = Rng::for_config("sample_filter", config);
+        let mut partial_tie_cuts = 0;
+        let (mut draws, mut exact_draws) = (0, 0);
         for vocab in [4096, 1000, 37] {
             let cases = [
                 // t = 1.5: exact in f32 for logits on these grids.
@@ -125,7 +124,7 @@ fn filtering_and_draws_match_the_reference_with_ties_and_ragged_vocabularies() {
                     keep_filtered_logits: true,
                 };
                 let what = format!(
-                    "{name} V={vocab} b{batch} t{tokens} cfg {:?} ratio {} top_k {} top_p {} grid {}",
+                    "{config} V={vocab} b{batch} t{tokens} cfg {:?} ratio {} top_k {} top_p {} grid {}",
                     case.cfg, case.cfg_ratio, case.top_k, case.top_p, case.step
                 );
                 let input = upload(device, &[rows_in, tokens, vocab], &logits);
@@ -174,16 +173,18 @@ fn filtering_and_draws_match_the_reference_with_ties_and_ragged_vocabularies() {
                 }
             }
         }
+        eprintln!(
+            "{config}: {exact_draws} of {draws} draws equal the reference exactly; {partial_tie_cuts} rows cut \
+             inside a tie"
+        );
+        assert!(partial_tie_cuts > 0, "{config}: no row exercised a top-p cut inside a group of equal values");
+        assert!(exact_draws + 2 >= draws, "{config}: {} draws differ from the reference", draws - exact_draws);
     }
-    eprintln!("{exact_draws} of {draws} draws equal the reference exactly; {partial_tie_cuts} rows cut inside a tie");
-    assert!(partial_tie_cuts > 0, "no row exercised a top-p cut inside a group of equal values");
-    assert!(exact_draws + 2 >= draws, "{} draws differ from the reference", draws - exact_draws);
 }
 
-#[test]
-fn cfg_with_a_non_dyadic_weight_matches_the_reference() {
-    let mut rng = Rng::new("sample_cfg");
-    for (name, device) in devices() {
+backend_tests! {
+    fn cfg_with_a_non_dyadic_weight_matches_the_reference(device: &Device, config: &str) {
+        let mut rng = Rng::for_config("sample_cfg", config);
         let (batch, tokens, vocab) = (2, 4, rng.range(300, 4096));
         let logits = rng.vec(2 * batch * tokens * vocab, 6.0);
         let options = SampleOptions {
@@ -196,21 +197,20 @@ fn cfg_with_a_non_dyadic_weight_matches_the_reference() {
         let out = sample::sample_tokens(&upload(device, &[2 * batch, tokens, vocab], &logits), &options).unwrap();
         let guided = reference::guide(&logits, options.guidance());
         let got = out.filtered_logits.unwrap().to_vec_f32().unwrap();
-        assert_close(&got, &guided, Tol::for_dtype(DType::F32, 30.0), &format!("{name} guided logits"));
+        assert_close(&got, &guided, Tol::for_dtype(DType::F32, 30.0), &format!("{config} guided logits"));
         let ids = out.ids.to_vec_u32().unwrap();
         let key = reference::draw_key(options.seed, options.step);
         for (row, &id) in ids.iter().enumerate() {
             let span = row * vocab..(row + 1) * vocab;
             let u = reference::uniform(key, (row % tokens) as u32, (row / tokens) as u32);
-            check_draw(id, &vec![true; vocab], &guided[span], 0, u, &format!("{name} row {row}"));
+            check_draw(id, &vec![true; vocab], &guided[span], 0, u, &format!("{config} row {row}"));
         }
     }
 }
 
-#[test]
-fn top_k_one_is_the_argmax_whatever_the_seed() {
-    let mut rng = Rng::new("sample_argmax");
-    for (name, device) in devices() {
+backend_tests! {
+    fn top_k_one_is_the_argmax_whatever_the_seed(device: &Device, config: &str) {
+        let mut rng = Rng::for_config("sample_argmax", config);
         for vocab in [4096, 777, 3] {
             let (batch, tokens) = (2, 5);
             // Coarse values: the maximum is often tied and the lowest index must win.
@@ -221,46 +221,50 @@ fn top_k_one_is_the_argmax_whatever_the_seed() {
             for seed in [0, 1, rng.next_u64()] {
                 let options = SampleOptions { cfg: Some(3.0), cfg_ratio: 0.5, top_k: 1, seed, ..Default::default() };
                 let ids = sample::sample_tokens(&input, &options).unwrap().ids.to_vec_u32().unwrap();
-                assert_eq!(ids, want, "{name} V={vocab} seed {seed}");
+                assert_eq!(ids, want, "{config} V={vocab} seed {seed}");
             }
         }
     }
 }
 
-#[test]
-fn same_seed_same_tokens_on_every_device_and_batch_size() {
-    let mut rng = Rng::new("sample_determinism");
-    let (tokens, vocab) = (16, 4096);
-    // Flat-ish logits: every draw has thousands of candidates.
-    let logits = rng.vec(3 * tokens * vocab, 1.0);
-    let options = SampleOptions { seed: 1234, step: 3, top_k: 900, ..Default::default() };
-    let mut per_device = Vec::new();
-    for (name, device) in devices() {
+backend_tests! {
+    /// Every configuration draws the tokens `wgpu_full` draws (the inputs are the same in every
+    /// configuration: one seed for the test, whatever the configuration).
+    fn same_seed_same_tokens_on_every_device_and_batch_size(device: &Device, config: &str) {
+        let mut rng = Rng::for_test("sample_determinism");
+        let (tokens, vocab) = (16, 4096);
+        // Flat-ish logits: every draw has thousands of candidates.
+        let logits = rng.vec(3 * tokens * vocab, 1.0);
+        let options = SampleOptions { seed: 1234, step: 3, top_k: 900, ..Default::default() };
+        let draw = |device: &Device| {
+            let input = upload(device, &[3, tokens, vocab], &logits);
+            sample::sample_tokens(&input, &options).unwrap().ids.to_vec_u32().unwrap()
+        };
         let input = upload(device, &[3, tokens, vocab], &logits);
         let ids = sample::sample_tokens(&input, &options).unwrap().ids.to_vec_u32().unwrap();
         let again = sample::sample_tokens(&input, &options).unwrap().ids.to_vec_u32().unwrap();
-        assert_eq!(ids, again, "{name}: same seed, different tokens");
+        assert_eq!(ids, again, "{config}: same seed, different tokens");
         let two_rows = upload(device, &[2, tokens, vocab], &logits[..2 * tokens * vocab]);
         let fewer = sample::sample_tokens(&two_rows, &options).unwrap().ids.to_vec_u32().unwrap();
-        assert_eq!(fewer, ids[..2 * tokens], "{name}: tokens depend on the batch size");
+        assert_eq!(fewer, ids[..2 * tokens], "{config}: tokens depend on the batch size");
         for other in [SampleOptions { seed: 1235, ..options.clone() }, SampleOptions { step: 4, ..options.clone() }] {
             let differ = sample::sample_tokens(&input, &other).unwrap().ids.to_vec_u32().unwrap();
             let same = ids.iter().zip(&differ).filter(|(a, b)| a == b).count();
-            assert!(same < ids.len() / 4, "{name}: {same} of {} tokens repeat for another seed or step", ids.len());
+            assert!(same < ids.len() / 4, "{config}: {same} of {} tokens repeat for another seed or step", ids.len());
         }
-        per_device.push(ids);
+        if config != WGPU_FULL {
+            assert_eq!(ids, draw(full_device()), "{config}: tokens differ from {WGPU_FULL}'s");
+        }
     }
-    assert!(per_device.windows(2).all(|w| w[0] == w[1]), "tokens differ between devices");
 }
 
-#[test]
-fn draws_follow_the_softmax_distribution() {
-    let probabilities = [0.1, 0.25, 0.05, 0.4, 0.2];
-    let logits_row: Vec<f32> = probabilities.iter().map(|p: &f64| (p.ln() + 3.0) as f32).collect();
-    let (batch, tokens) = (4, 5000);
-    let draws = (batch * tokens) as f64;
-    let logits: Vec<f32> = logits_row.iter().copied().cycle().take(batch * tokens * 5).collect();
-    for (name, device) in devices() {
+backend_tests! {
+    fn draws_follow_the_softmax_distribution(device: &Device, config: &str) {
+        let probabilities = [0.1, 0.25, 0.05, 0.4, 0.2];
+        let logits_row: Vec<f32> = probabilities.iter().map(|p: &f64| (p.ln() + 3.0) as f32).collect();
+        let (batch, tokens) = (4, 5000);
+        let draws = (batch * tokens) as f64;
+        let logits: Vec<f32> = logits_row.iter().copied().cycle().take(batch * tokens * 5).collect();
         let input = upload(device, &[batch, tokens, 5], &logits);
         let options = SampleOptions { seed: 2024, step: 9, ..Default::default() };
         let ids = sample::sample_tokens(&input, &options).unwrap().ids.to_vec_u32().unwrap();
@@ -269,37 +273,43 @@ fn draws_follow_the_softmax_distribution() {
             let sigma = (draws * p * (1.0 - p)).sqrt();
             assert!(
                 (count - draws * p).abs() <= 3.0 * sigma,
-                "{name}: token {token} drawn {count} times, expected {} +- {:.1} (3 sigma)",
+                "{config}: token {token} drawn {count} times, expected {} +- {:.1} (3 sigma)",
                 draws * p,
                 3.0 * sigma
             );
         }
-        assert!(ids.iter().all(|&id| id < 5), "{name}: token out of range");
+        assert!(ids.iter().all(|&id| id < 5), "{config}: token out of range");
     }
 }
 
+/// Random123's known-answer vectors: (counter, key, words).
+const PHILOX_KNOWN: [([u32; 4], [u32; 2], [u32; 4]); 3] = [
+    ([0u32; 4], [0u32; 2], [0x6627_e8d5, 0xe169_c58d, 0xbc57_ac4c, 0x9b00_dbd8]),
+    ([u32::MAX; 4], [u32::MAX; 2], [0x408f_276d, 0x41c8_3b0e, 0xa20b_c7c6, 0x6d54_51fd]),
+    (
+        [0x243f_6a88, 0x85a3_08d3, 0x1319_8a2e, 0x0370_7344],
+        [0xa409_3822, 0x299f_31d0],
+        [0xd16c_fe09, 0x94fd_cceb, 0x5001_e420, 0x2412_6ea1],
+    ),
+];
+
 #[test]
-fn philox_words_on_the_gpu_equal_the_cpu_reference() {
-    // Random123's known-answer vectors.
-    let known = [
-        ([0u32; 4], [0u32; 2], [0x6627_e8d5, 0xe169_c58d, 0xbc57_ac4c, 0x9b00_dbd8]),
-        ([u32::MAX; 4], [u32::MAX; 2], [0x408f_276d, 0x41c8_3b0e, 0xa20b_c7c6, 0x6d54_51fd]),
-        (
-            [0x243f_6a88, 0x85a3_08d3, 0x1319_8a2e, 0x0370_7344],
-            [0xa409_3822, 0x299f_31d0],
-            [0xd16c_fe09, 0x94fd_cceb, 0x5001_e420, 0x2412_6ea1],
-        ),
-    ];
-    for (counter, key, want) in known {
+fn philox_known_answers_and_mul_hi_lo_on_the_cpu() {
+    for (counter, key, want) in PHILOX_KNOWN {
         assert_eq!(reference::philox4x32_10(counter, key), want, "Philox known answer for {counter:x?} {key:x?}");
     }
-    let mut rng = Rng::new("philox");
+    let mut rng = Rng::for_test("philox");
     for _ in 0..10_000 {
         let (a, b) = (rng.next_u64() as u32, rng.next_u64() as u32);
         let wide = a as u64 * b as u64;
         assert_eq!(reference::mul_hi_lo(a, b), ((wide >> 32) as u32, wide as u32), "{a:#x} * {b:#x}");
     }
-    for (name, device) in devices() {
+}
+
+backend_tests! {
+    fn philox_words_on_the_gpu_equal_the_cpu_reference(device: &Device, config: &str) {
+        let known = PHILOX_KNOWN;
+        let mut rng = Rng::for_config("philox_words", config);
         let random = [rng.next_u64() as u32, rng.next_u64() as u32, rng.next_u64() as u32, rng.next_u64() as u32];
         let cases = [
             (known[0].1, known[0].0),
@@ -316,17 +326,16 @@ fn philox_words_on_the_gpu_equal_the_cpu_reference() {
                 assert_eq!(
                     got[4 * i..4 * i + 4],
                     reference::philox4x32_10(c, key),
-                    "{name}: counter {c:x?} key {key:x?}"
+                    "{config}: counter {c:x?} key {key:x?}"
                 );
             }
         }
     }
 }
 
-#[test]
-fn disabled_stages_and_empty_inputs() {
-    let mut rng = Rng::new("sample_disabled");
-    for (name, device) in devices() {
+backend_tests! {
+    fn disabled_stages_and_empty_inputs(device: &Device, config: &str) {
+        let mut rng = Rng::for_config("sample_disabled", config);
         let (tokens, vocab) = (3, 500);
         let logits = rng.vec(2 * tokens * vocab, 3.0);
         let input = upload(device, &[2, tokens, vocab], &logits);
@@ -336,9 +345,9 @@ fn disabled_stages_and_empty_inputs() {
             (out.ids.to_vec_u32().unwrap(), out.filtered_logits.unwrap().to_vec_f32().unwrap())
         };
         let plain = run(0, 0.0);
-        assert_eq!(plain.1, logits, "{name}: nothing filtered without top-k and top-p");
-        assert_eq!(run(vocab, 0.0), plain, "{name}: top_k = V");
-        assert_eq!(run(0, 1.0), plain, "{name}: top_p = 1");
+        assert_eq!(plain.1, logits, "{config}: nothing filtered without top-k and top-p");
+        assert_eq!(run(vocab, 0.0), plain, "{config}: top_k = V");
+        assert_eq!(run(0, 1.0), plain, "{config}: top_p = 1");
         // A one-token vocabulary and a step with no tokens.
         let single = upload(device, &[2, 2, 1], &[0.5, -1.0, 3.0, 0.0]);
         for top_k in [0, 1] {
@@ -355,7 +364,7 @@ fn disabled_stages_and_empty_inputs() {
 
 #[test]
 fn bad_options_are_typed_errors_naming_the_values() {
-    let (_, device) = &devices()[0];
+    let device = full_device();
     let logits = upload(device, &[3, 2, 10], &[0.5; 60]);
     let even = upload(device, &[2, 2, 10], &[0.5; 40]);
     let invalid = |tensor: &Tensor, options: SampleOptions, needle: &str| {

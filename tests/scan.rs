@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Rng, Tol, assert_close, devices, dtypes, from_tokens_major, to_tokens_major};
+use common::{Rng, Seeded, Tol, WGPU_FULL, assert_close, dtypes, from_tokens_major, full_device, to_tokens_major};
 use scalewise::ops::reference_values as stored;
 use scalewise::ops::scan::reference::{ScanReference, scan};
 use scalewise::ops::scan::{ScanOutput, SelectiveScan, SequenceLayout, SsdForm, SsdScan, selective_scan, ssd_scan};
@@ -185,29 +185,27 @@ fn describe(case: &Case) -> String {
     )
 }
 
-#[test]
-fn selective_scan_matches_the_recurrence() {
-    let mut rng = Rng::new("selective_scan");
-    for (name, device) in devices() {
+backend_tests! {
+    fn selective_scan_matches_the_recurrence(device: &Device, config: &str) {
+        let mut rng = Rng::for_config("selective_scan", config);
         for dtype in dtypes(device) {
             for _ in 0..8 {
                 let case = random_case(&mut rng, dtype, false);
-                check(device, &mut rng, &case, &format!("{name} {}", describe(&case)));
+                check(device, &mut rng, &case, &format!("{config} {}", describe(&case)));
             }
         }
     }
 }
 
-#[test]
-fn ssd_scan_matches_the_recurrence() {
-    let mut rng = Rng::new("ssd_scan");
-    for (name, device) in devices() {
+backend_tests! {
+    fn ssd_scan_matches_the_recurrence(device: &Device, config: &str) {
+        let mut rng = Rng::for_config("ssd_scan", config);
         for dtype in dtypes(device) {
             for _ in 0..6 {
                 let case = random_case(&mut rng, dtype, true);
                 for form in [SsdForm::Recurrent, SsdForm::ChunkedMatrix] {
                     let case = Case { form, ..case };
-                    check(device, &mut rng, &case, &format!("{name} {}", describe(&case)));
+                    check(device, &mut rng, &case, &format!("{config} {}", describe(&case)));
                 }
             }
         }
@@ -216,8 +214,8 @@ fn ssd_scan_matches_the_recurrence() {
 
 #[test]
 fn every_flag_combination_on_a_chunked_scan() {
-    let mut rng = Rng::new("scan_flags");
-    let (name, device) = &devices()[0];
+    let mut rng = Rng::for_test("scan_flags");
+    let (name, device) = (WGPU_FULL, full_device());
     for bits in 0..64u32 {
         let case = Case {
             batch: 2,
@@ -241,10 +239,9 @@ fn every_flag_combination_on_a_chunked_scan() {
     }
 }
 
-#[test]
-fn scanning_in_pieces_with_carried_state_equals_scanning_whole() {
-    let mut rng = Rng::new("scan_pieces");
-    for (name, device) in devices() {
+backend_tests! {
+    fn scanning_in_pieces_with_carried_state_equals_scanning_whole(device: &Device, config: &str) {
+        let mut rng = Rng::for_config("scan_pieces", config);
         let (batch, d, l, g, n) = (2, 12, 50, 3, 16);
         let shape_seq = [batch, d, l];
         let up = |x: Vec<f32>, shape: &[usize]| Tensor::from_f32(device, shape, &x, DType::F32).unwrap();
@@ -302,13 +299,13 @@ fn scanning_in_pieces_with_carried_state_equals_scanning_whole() {
             let joined = Tensor::concat(&pieces.iter().collect::<Vec<_>>(), 2).unwrap();
             let want: Vec<f64> = whole.y.to_vec_f32().unwrap().iter().map(|&v| v as f64).collect();
             let tol = Tol::for_dtype(DType::F32, 4.0);
-            assert_close(&joined.to_vec_f32().unwrap(), &want, tol, &format!("{name} reverse={reverse}: y"));
+            assert_close(&joined.to_vec_f32().unwrap(), &want, tol, &format!("{config} reverse={reverse}: y"));
             let want: Vec<f64> = whole.final_state.to_vec_f32().unwrap().iter().map(|&v| v as f64).collect();
             assert_close(
                 &state.unwrap().to_vec_f32().unwrap(),
                 &want,
                 tol,
-                &format!("{name} reverse={reverse}: state"),
+                &format!("{config} reverse={reverse}: state"),
             );
         }
     }
@@ -316,7 +313,7 @@ fn scanning_in_pieces_with_carried_state_equals_scanning_whole() {
 
 #[test]
 fn bad_scan_arguments_are_typed_errors() {
-    let (_, device) = &devices()[0];
+    let device = full_device();
     let t = |shape: &[usize], fill: f32| {
         Tensor::from_f32(device, shape, &vec![fill; shape.iter().product()], DType::F32).unwrap()
     };
@@ -372,11 +369,10 @@ fn bad_scan_arguments_are_typed_errors() {
     assert!(matches!(ssd, Err(Error::InvalidArgument { .. })), "6 channels cannot be 4 heads");
 }
 
-#[test]
-fn causal_conv1d_matches_reference_and_carries_state() {
-    use scalewise::ops::conv1d::{CausalConv1d, causal_conv1d, reference};
-    let mut rng = Rng::new("conv1d");
-    for (name, device) in devices() {
+backend_tests! {
+    fn causal_conv1d_matches_reference_and_carries_state(device: &Device, config: &str) {
+        use scalewise::ops::conv1d::{CausalConv1d, causal_conv1d, reference};
+        let mut rng = Rng::for_config("conv1d", config);
         for dtype in dtypes(device) {
             for _ in 0..6 {
                 let (batch, channels, length, width) =
@@ -418,7 +414,7 @@ fn causal_conv1d_matches_reference_and_carries_state() {
                 if tokens {
                     y = from_tokens_major(&y, batch, channels, length);
                 }
-                let what = format!("{name} {dtype} conv1d B{batch} C{channels} L{length} W{width} {layout:?}");
+                let what = format!("{config} {dtype} conv1d B{batch} C{channels} L{length} W{width} {layout:?}");
                 assert_close(&y, &want_y, Tol::for_dtype(dtype, 4.0), &what);
                 if width > 1 {
                     assert_close(&out.state.to_vec_f32().unwrap(), &want_state, Tol { atol: 0.0, rtol: 0.0 }, &what);
@@ -431,8 +427,8 @@ fn causal_conv1d_matches_reference_and_carries_state() {
 #[test]
 fn causal_conv1d_in_pieces_equals_whole_even_for_pieces_shorter_than_the_kernel() {
     use scalewise::ops::conv1d::{CausalConv1d, causal_conv1d};
-    let mut rng = Rng::new("conv1d_pieces");
-    let (name, device) = &devices()[0];
+    let mut rng = Rng::for_test("conv1d_pieces");
+    let (name, device) = (WGPU_FULL, full_device());
     let (batch, channels, length) = (2, 5, 23);
     let up = |v: Vec<f32>, shape: &[usize]| Tensor::from_f32(device, shape, &v, DType::F32).unwrap();
     let x = up(rng.vec(batch * length * channels, 1.0), &[batch, length, channels]);

@@ -3,9 +3,9 @@
 
 mod common;
 
-use common::{Rng, devices, dtypes};
+use common::{Rng, Seeded, dtypes, full_device};
 use scalewise::ops::reference_values as stored;
-use scalewise::{DType, Tensor};
+use scalewise::{DType, Device, Tensor};
 
 /// Row-major index helpers for a reference slice/concat on host data.
 fn host_slice(data: &[f32], shape: &[usize], dim: usize, start: usize, len: usize) -> Vec<f32> {
@@ -19,15 +19,14 @@ fn host_slice(data: &[f32], shape: &[usize], dim: usize, start: usize, len: usiz
     out
 }
 
-#[test]
-fn round_trips_every_dtype_including_odd_f16_lengths() {
-    let mut rng = Rng::new("round_trip");
-    for (name, device) in devices() {
+backend_tests! {
+    fn round_trips_every_dtype_including_odd_f16_lengths(device: &Device, config: &str) {
+        let mut rng = Rng::for_config("round_trip", config);
         for dtype in dtypes(device) {
             for n in [1, 3, 257] {
                 let data = stored(&rng.vec(n, 100.0), dtype);
                 let t = Tensor::from_f32(device, &[n], &data, dtype).unwrap();
-                assert_eq!(t.to_vec_f32().unwrap(), data, "{name} {dtype} n={n}");
+                assert_eq!(t.to_vec_f32().unwrap(), data, "{config} {dtype} n={n}");
             }
         }
         let ids: Vec<u32> = (0..37).map(|_| rng.next_u64() as u32).collect();
@@ -37,7 +36,7 @@ fn round_trips_every_dtype_including_odd_f16_lengths() {
 
 #[test]
 fn async_readback_polls_until_ready() {
-    let (_, device) = &devices()[0];
+    let device = full_device();
     let data: Vec<f32> = (0..1000).map(|i| i as f32).collect();
     let t = Tensor::from_f32(device, &[10, 100], &data, DType::F32).unwrap();
     let pending = t.read_async().unwrap();
@@ -52,7 +51,7 @@ fn async_readback_polls_until_ready() {
 
 #[test]
 fn reshape_is_a_view_and_checks_the_element_count() {
-    let (_, device) = &devices()[0];
+    let device = full_device();
     let t = Tensor::from_f32(device, &[2, 6], &[1.0; 12], DType::F32).unwrap();
     let v = t.reshape(&[3, 4]).unwrap();
     assert_eq!(v.shape(), [3, 4]);
@@ -61,10 +60,9 @@ fn reshape_is_a_view_and_checks_the_element_count() {
     assert!(err.contains("[2, 6]") && err.contains("[5, 2]"), "{err}");
 }
 
-#[test]
-fn slice_and_concat_along_every_dimension() {
-    let mut rng = Rng::new("slice_concat");
-    for (name, device) in devices() {
+backend_tests! {
+    fn slice_and_concat_along_every_dimension(device: &Device, config: &str) {
+        let mut rng = Rng::for_config("slice_concat", config);
         for dtype in dtypes(device).into_iter().chain([DType::U32]) {
             let shape = [rng.range(1, 4), rng.range(2, 7), rng.range(1, 5), rng.range(1, 9)];
             let n: usize = shape.iter().product();
@@ -85,24 +83,23 @@ fn slice_and_concat_along_every_dimension() {
                 let cut = rng.range(0, len);
                 let head = t.slice(dim, 0..cut).unwrap();
                 let tail = t.slice(dim, cut..len).unwrap();
-                assert_eq!(read(&head), host_slice(&data, &shape, dim, 0, cut), "{name} {dtype} head dim {dim}");
+                assert_eq!(read(&head), host_slice(&data, &shape, dim, 0, cut), "{config} {dtype} head dim {dim}");
                 assert_eq!(
                     read(&tail),
                     host_slice(&data, &shape, dim, cut, len - cut),
-                    "{name} {dtype} tail dim {dim}"
+                    "{config} {dtype} tail dim {dim}"
                 );
                 let joined = Tensor::concat(&[&head, &tail], dim).unwrap();
                 assert_eq!(joined.shape(), shape);
-                assert_eq!(read(&joined), data, "{name} {dtype} concat dim {dim}");
+                assert_eq!(read(&joined), data, "{config} {dtype} concat dim {dim}");
             }
         }
     }
 }
 
-#[test]
-fn write_slice_appends_into_a_preallocated_cache() {
-    let mut rng = Rng::new("write_slice");
-    for (name, device) in devices() {
+backend_tests! {
+    fn write_slice_appends_into_a_preallocated_cache(device: &Device, config: &str) {
+        let mut rng = Rng::for_config("write_slice", config);
         for dtype in dtypes(device) {
             // A (batch, heads, max_len, head_dim) cache filled one step at a time along dim 2.
             let (b, h, max_len, d) = (2, 3, 11, 5);
@@ -122,35 +119,35 @@ fn write_slice_appends_into_a_preallocated_cache() {
                 }
                 pos += step_len;
             }
-            assert_eq!(cache.to_vec_f32().unwrap(), want, "{name} {dtype}");
+            assert_eq!(cache.to_vec_f32().unwrap(), want, "{config} {dtype}");
             let overflow = Tensor::zeros(device, &[b, h, 2, d], dtype).unwrap();
             assert!(cache.write_slice(2, 10, &overflow).is_err(), "writing past the end must fail");
         }
     }
 }
 
-#[test]
-fn converts_between_f32_and_f16() {
-    let mut rng = Rng::new("to_dtype");
-    for (name, device) in devices() {
+backend_tests! {
+    fn converts_between_f32_and_f16(device: &Device, config: &str) {
+        let mut rng = Rng::for_config("to_dtype", config);
         if !device.caps().f16 {
+            // Without SHADER_F16 the check is that the conversion is refused.
             let t = Tensor::from_f32(device, &[3], &[1.0, 2.0, 3.0], DType::F32).unwrap();
             let err = t.to_dtype(DType::F16).unwrap_err();
-            assert!(matches!(err, scalewise::Error::MissingFeature { .. }), "{name}: {err}");
-            continue;
+            assert!(matches!(err, scalewise::Error::MissingFeature { .. }), "{config}: {err}");
+            return;
         }
         let data = rng.vec(301, 50.0);
         let t = Tensor::from_f32(device, &[301], &data, DType::F32).unwrap();
         let half = t.to_dtype(DType::F16).unwrap();
         assert_eq!(half.dtype(), DType::F16);
-        assert_eq!(half.to_vec_f32().unwrap(), stored(&data, DType::F16), "{name}");
+        assert_eq!(half.to_vec_f32().unwrap(), stored(&data, DType::F16), "{config}");
         assert_eq!(half.to_dtype(DType::F32).unwrap().to_vec_f32().unwrap(), stored(&data, DType::F16));
     }
 }
 
 #[test]
 fn pool_reuses_freed_buffers() {
-    let (_, device) = &devices()[0];
+    let device = full_device();
     let before = device.pool_stats();
     for _ in 0..5 {
         let t = Tensor::zeros(device, &[1000, 37], DType::F32).unwrap();

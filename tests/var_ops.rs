@@ -6,9 +6,8 @@
 
 mod common;
 
-use common::{Rng, Tol, assert_close, assert_weights_error, devices, dtypes};
+use common::{Rng, Seeded, Tol, assert_close, assert_weights_error, dtypes, full_device};
 use scalewise::generate::{GenerateOptions, Pipeline};
-use scalewise::nn::synthetic::{VaeShape, VarShape, vae_state_dict, var_state_dict};
 use scalewise::nn::var::META_PATCH_NUMS;
 use scalewise::nn::vqvae::phi_index;
 use scalewise::nn::{VarConfig, VarModel, VqVae, VqVaeConfig};
@@ -16,6 +15,7 @@ use scalewise::ops::sample::{gumbel_softmax, reference as sample_ref};
 use scalewise::ops::transformer::reference as transformer_ref;
 use scalewise::ops::{QkvHeads, gated_residual, qkv_heads, reference_values};
 use scalewise::{DType, Device, Error, Tensor};
+use scalewise_support::synthetic::{VaeShape, VarShape, vae_state_dict, var_state_dict};
 
 fn upload(device: &Device, shape: &[usize], data: &[f32], dtype: DType) -> Tensor {
     Tensor::from_f32(device, shape, data, dtype).expect("upload")
@@ -31,10 +31,9 @@ fn max_abs(values: &[f64]) -> f64 {
 const K_SENTINEL: f32 = 7.5;
 const V_SENTINEL: f32 = -3.25;
 
-#[test]
-fn qkv_heads_matches_the_reference_and_fills_only_the_new_cache_rows() {
-    let mut rng = Rng::new("qkv_heads");
-    for (name, device) in devices() {
+backend_tests! {
+    fn qkv_heads_matches_the_reference_and_fills_only_the_new_cache_rows(device: &Device, config: &str) {
+        let mut rng = Rng::for_config("qkv_heads", config);
         for dtype in dtypes(device) {
             for dim in [32, 64, 24, rng.range(1, 100)] {
                 for l2_norm in [true, false] {
@@ -53,8 +52,9 @@ fn qkv_heads_matches_the_reference_and_fills_only_the_new_cache_rows() {
                         }
                     }
                     let head_scale: Vec<f32> = (0..heads).map(|_| 1.0 + 19.0 * rng.uniform(1.0).abs()).collect();
-                    let what =
-                        format!("{name} {dtype} b{batch} t{tokens} h{heads} d{dim} cap{cap} start{start} l2 {l2_norm}");
+                    let what = format!(
+                        "{config} {dtype} b{batch} t{tokens} h{heads} d{dim} cap{cap} start{start} l2 {l2_norm}"
+                    );
                     let qkv = upload(device, &[batch, tokens, 3 * width], &data, dtype);
                     let scale = upload(device, &[heads], &head_scale, DType::F32);
                     let cache_shape = [batch, cap, heads, dim];
@@ -113,7 +113,7 @@ fn qkv_heads_matches_the_reference_and_fills_only_the_new_cache_rows() {
 
 #[test]
 fn qkv_heads_rejects_mismatched_caches_and_scales() {
-    let (_, device) = &devices()[0];
+    let device = full_device();
     let (batch, tokens, heads, dim) = (2, 3, 2, 8);
     let qkv =
         upload(device, &[batch, tokens, 3 * heads * dim], &vec![0.5; batch * tokens * 3 * heads * dim], DType::F32);
@@ -143,10 +143,9 @@ fn qkv_heads_rejects_mismatched_caches_and_scales() {
 // ---------------------------------------------------------------------------------------------
 // gated_residual
 
-#[test]
-fn gated_residual_matches_the_reference_on_ragged_shapes() {
-    let mut rng = Rng::new("gated_residual");
-    for (name, device) in devices() {
+backend_tests! {
+    fn gated_residual_matches_the_reference_on_ragged_shapes(device: &Device, config: &str) {
+        let mut rng = Rng::for_config("gated_residual", config);
         for dtype in dtypes(device) {
             for rank in [3, 3, 3, 2, 4] {
                 let batch = rng.range(1, 3);
@@ -168,7 +167,7 @@ fn gated_residual_matches_the_reference_on_ragged_shapes() {
                     .map(|i| x[i] as f64 + y[i] as f64 * g[(i / per_batch) * channels + i % channels] as f64)
                     .collect();
                 let tol = Tol::for_dtype(dtype, max_abs(&want));
-                assert_close(&out.to_vec_f32().unwrap(), &want, tol, &format!("{name} {dtype} {shape:?}"));
+                assert_close(&out.to_vec_f32().unwrap(), &want, tol, &format!("{config} {dtype} {shape:?}"));
             }
         }
     }
@@ -176,7 +175,7 @@ fn gated_residual_matches_the_reference_on_ragged_shapes() {
 
 #[test]
 fn gated_residual_shape_errors_are_typed() {
-    let (_, device) = &devices()[0];
+    let device = full_device();
     let t = |shape: &[usize]| Tensor::zeros(device, shape, DType::F32).unwrap();
     let x = t(&[2, 5, 7]);
     let cases = [
@@ -202,10 +201,9 @@ fn gated_residual_shape_errors_are_typed() {
 // ---------------------------------------------------------------------------------------------
 // transpose_last2
 
-#[test]
-fn transpose_last2_matches_the_reference_for_every_dtype() {
-    let mut rng = Rng::new("transpose_last2");
-    for (name, device) in devices() {
+backend_tests! {
+    fn transpose_last2_matches_the_reference_for_every_dtype(device: &Device, config: &str) {
+        let mut rng = Rng::for_config("transpose_last2", config);
         let mut kinds = dtypes(device);
         kinds.push(DType::U32);
         for dtype in kinds {
@@ -239,7 +237,7 @@ fn transpose_last2_matches_the_reference_for_every_dtype() {
                 let out = input.transpose_last2().expect("transpose_last2");
                 let mut want_shape = shape.clone();
                 want_shape.swap(rank - 2, rank - 1);
-                assert_eq!(out.shape(), want_shape.as_slice(), "{name} {dtype} {shape:?}");
+                assert_eq!(out.shape(), want_shape.as_slice(), "{config} {dtype} {shape:?}");
                 assert_eq!(out.dtype(), dtype);
                 let got = bits_of(&out);
                 for o in 0..outer {
@@ -248,7 +246,7 @@ fn transpose_last2_matches_the_reference_for_every_dtype() {
                             assert_eq!(
                                 got[(o * n + j) * m + i],
                                 host[(o * m + i) * n + j],
-                                "{name} {dtype} {shape:?}: element ({o}, {j}, {i})"
+                                "{config} {dtype} {shape:?}: element ({o}, {j}, {i})"
                             );
                         }
                     }
@@ -256,8 +254,8 @@ fn transpose_last2_matches_the_reference_for_every_dtype() {
                 // Twice is the identity, and the input is untouched.
                 let back = out.transpose_last2().unwrap();
                 assert_eq!(back.shape(), shape.as_slice());
-                assert_eq!(bits_of(&back), host, "{name} {dtype} {shape:?}: twice");
-                assert_eq!(bits_of(&input), host, "{name} {dtype} {shape:?}: the input changed");
+                assert_eq!(bits_of(&back), host, "{config} {dtype} {shape:?}: twice");
+                assert_eq!(bits_of(&input), host, "{config} {dtype} {shape:?}: the input changed");
             }
         }
         let err = Tensor::zeros(device, &[5], DType::F32).unwrap().transpose_last2().unwrap_err();
@@ -300,11 +298,10 @@ fn gumbel_row_tolerance(row: &[f32], mul: f32, tau: f32, key: [u32; 2], token: u
     z.iter().zip(&dz).map(|(&zi, &d)| d + shared + (8.0 + 3.0 * (zi - max).abs()) * ulp + 1e-6).collect()
 }
 
-#[test]
-fn gumbel_softmax_matches_the_reference_rows() {
-    let mut rng = Rng::new("gumbel_softmax");
-    let mut masked = 0;
-    for (name, device) in devices() {
+backend_tests! {
+    fn gumbel_softmax_matches_the_reference_rows(device: &Device, config: &str) {
+        let mut rng = Rng::for_config("gumbel_softmax", config);
+        let mut masked = 0;
         for (vocab, tau, mul) in [
             (rng.range(1, 60), 1.0, 1.0),
             (257, 0.27, 1.0 + rng.uniform(1.0).abs()),
@@ -325,7 +322,7 @@ fn gumbel_softmax_matches_the_reference_rows() {
                 }
             }
             let (seed, step) = (rng.next_u64(), rng.range(0, 20) as u32);
-            let what = format!("{name} V={vocab} b{batch} t{tokens} tau {tau} mul {mul} seed {seed} step {step}");
+            let what = format!("{config} V={vocab} b{batch} t{tokens} tau {tau} mul {mul} seed {seed} step {step}");
             let input = upload(device, &[batch, tokens, vocab], &logits, DType::F32);
             let probs = gumbel_softmax(&input, mul, tau, seed, step).expect("gumbel_softmax");
             assert_eq!(probs.shape(), [batch, tokens, vocab], "{what}");
@@ -353,14 +350,13 @@ fn gumbel_softmax_matches_the_reference_rows() {
                 assert!((sum - 1.0).abs() <= 2e-5 + vocab as f64 * 6e-8, "{what} row {r}: sums to {sum}");
             }
         }
+        assert!(masked > 0, "{config}: no -inf logit exercised");
     }
-    assert!(masked > 0, "no -inf logit exercised");
 }
 
-#[test]
-fn gumbel_softmax_is_deterministic_per_seed_and_step() {
-    let mut rng = Rng::new("gumbel_determinism");
-    for (name, device) in devices() {
+backend_tests! {
+    fn gumbel_softmax_is_deterministic_per_seed_and_step(device: &Device, config: &str) {
+        let mut rng = Rng::for_config("gumbel_determinism", config);
         let (batch, tokens, vocab) = (2, 3, 300);
         let logits = rng.vec(batch * tokens * vocab, 1.0);
         let input = upload(device, &[batch, tokens, vocab], &logits, DType::F32);
@@ -369,23 +365,23 @@ fn gumbel_softmax_is_deterministic_per_seed_and_step() {
         let again = run(42, 3);
         assert!(
             base.iter().zip(&again).all(|(a, b)| a.to_bits() == b.to_bits()),
-            "{name}: same seed and step, different output"
+            "{config}: same seed and step, different output"
         );
         for (seed, step) in [(42, 4), (43, 3)] {
             let other = run(seed, step);
             let diff = base.iter().zip(&other).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-            assert!(diff > 0.05, "{name}: seed {seed} step {step} barely changes the output (max diff {diff})");
+            assert!(diff > 0.05, "{config}: seed {seed} step {step} barely changes the output (max diff {diff})");
         }
         // A batch row's noise does not depend on the batch size.
         let first = upload(device, &[1, tokens, vocab], &logits[..tokens * vocab], DType::F32);
         let alone = gumbel_softmax(&first, 1.2, 0.5, 42, 3).unwrap().to_vec_f32().unwrap();
-        assert_eq!(alone, base[..tokens * vocab], "{name}: batch row 0 depends on the batch size");
+        assert_eq!(alone, base[..tokens * vocab], "{config}: batch row 0 depends on the batch size");
     }
 }
 
 #[test]
 fn gumbel_softmax_invalid_arguments_are_typed() {
-    let (_, device) = &devices()[0];
+    let device = full_device();
     let input = upload(device, &[1, 2, 5], &[0.5; 10], DType::F32);
     for (mul, tau, needle) in [
         (1.0, 0.0, "tau"),
@@ -408,25 +404,24 @@ fn gumbel_softmax_invalid_arguments_are_typed() {
     assert_eq!(gumbel_softmax(&empty, 1.0, 1.0, 0, 0).unwrap().shape(), [2, 0, 5]);
 }
 
-/// Seed 0, step 180488: the Philox word of (token 0, batch row 0, element 2) has its top 24 bits all
-/// set, so u = (2^24 - 1 + 0.5) / 2^24 = 1 - 2^-25, which is below 1 in the float64 reference but
-/// rounds to exactly 1.0 in f32. A draw of this kind happens once in 2^24 unfiltered elements (a few
-/// percent of smooth-mode 256px images).
-#[test]
-fn gumbel_softmax_stays_finite_when_the_uniform_rounds_to_one() {
-    let (seed, step, hit) = (0u64, 180_488u32, 2usize);
-    let key = sample_ref::draw_key(seed, step);
-    assert_eq!(sample_ref::philox4x32_10([0, 0, hit as u32, 1], key)[0] >> 8, 0xFF_FFFF, "fixture draw");
-    let vocab = 16;
-    let logits: Vec<f32> = (0..vocab).map(|c| 0.1 * c as f32).collect();
-    let want = sample_ref::gumbel_softmax_row(&logits, 1.0, 0.27, key, 0, 0);
-    assert!(want.iter().all(|p| p.is_finite()), "reference");
-    for (name, device) in devices() {
+backend_tests! {
+    /// Seed 0, step 180488: the Philox word of (token 0, batch row 0, element 2) has its top 24 bits all
+    /// set, so u = (2^24 - 1 + 0.5) / 2^24 = 1 - 2^-25, which is below 1 in the float64 reference but
+    /// rounds to exactly 1.0 in f32. A draw of this kind happens once in 2^24 unfiltered elements (a few
+    /// percent of smooth-mode 256px images).
+    fn gumbel_softmax_stays_finite_when_the_uniform_rounds_to_one(device: &Device, config: &str) {
+        let (seed, step, hit) = (0u64, 180_488u32, 2usize);
+        let key = sample_ref::draw_key(seed, step);
+        assert_eq!(sample_ref::philox4x32_10([0, 0, hit as u32, 1], key)[0] >> 8, 0xFF_FFFF, "fixture draw");
+        let vocab = 16;
+        let logits: Vec<f32> = (0..vocab).map(|c| 0.1 * c as f32).collect();
+        let want = sample_ref::gumbel_softmax_row(&logits, 1.0, 0.27, key, 0, 0);
+        assert!(want.iter().all(|p| p.is_finite()), "reference");
         let input = upload(device, &[1, 1, vocab], &logits, DType::F32);
         let got = gumbel_softmax(&input, 1.0, 0.27, seed, step).unwrap().to_vec_f32().unwrap();
-        assert!(got.iter().all(|p| p.is_finite()), "{name}: probabilities {got:?} (reference {want:?})");
+        assert!(got.iter().all(|p| p.is_finite()), "{config}: probabilities {got:?} (reference {want:?})");
         let sum: f32 = got.iter().sum();
-        assert!((sum - 1.0).abs() < 1e-5, "{name}: sums to {sum}");
+        assert!((sum - 1.0).abs() < 1e-5, "{config}: sums to {sum}");
     }
 }
 
@@ -520,7 +515,7 @@ fn inferred_configs_equal_the_synthetic_shapes() {
         assert!(config.mid_attention);
         assert_eq!(config.upscale(), 1 << (channels.len() - 1));
     }
-    let (_, device) = &devices()[0];
+    let device = full_device();
     let pipeline = tiny_pipeline(device, false, 1);
     check_var_config(&pipeline.var.config, &var_shape(false));
     assert_eq!(pipeline.image_size(), 6);
@@ -551,7 +546,7 @@ fn class_names_come_from_metadata_else_imagenet_for_1000_classes() {
 
 #[test]
 fn checkpoint_mixups_name_the_right_flag() {
-    let (_, device) = &devices()[0];
+    let device = full_device();
     let vae = vae_state_dict(&vae_shape(), 1).unwrap();
     let var = var_state_dict(&var_shape(false), 2).unwrap();
     let err = VarModel::from_state_dict(device, &vae, DType::F32).err().expect("a VQVAE is not a VAR");
@@ -566,7 +561,7 @@ fn checkpoint_mixups_name_the_right_flag() {
 
 #[test]
 fn pre_april_2024_checkpoints_are_recognised() {
-    let (_, device) = &devices()[0];
+    let device = full_device();
     let shape = var_shape(false);
     let mut sd = var_state_dict(&shape, 3).unwrap();
     for i in 0..shape.depth {
@@ -578,7 +573,7 @@ fn pre_april_2024_checkpoints_are_recognised() {
 
 #[test]
 fn one_weights_error_lists_every_problem() {
-    let (_, device) = &devices()[0];
+    let device = full_device();
     let mut sd = var_state_dict(&var_shape(false), 4).unwrap();
     assert!(sd.remove("blocks.1.ffn.fc2.bias").is_some());
     sd.insert("blocks.0.attn.extra_bias", &[64], vec![0.0; 64]).unwrap();
@@ -602,7 +597,7 @@ fn one_weights_error_lists_every_problem() {
 
 #[test]
 fn vae_training_leftovers_are_ignored() {
-    let (_, device) = &devices()[0];
+    let device = full_device();
     let shape = vae_shape();
     let mut sd = vae_state_dict(&shape, 6).unwrap();
     sd.insert("encoder.conv_in.weight", &[32, 3, 3, 3], vec![0.1; 32 * 27]).unwrap();
@@ -616,7 +611,7 @@ fn vae_training_leftovers_are_ignored() {
 
 #[test]
 fn pipeline_rejects_a_vae_of_another_codebook() {
-    let (_, device) = &devices()[0];
+    let device = full_device();
     let vae = || VqVae::from_state_dict(device, &vae_state_dict(&vae_shape(), 7).unwrap(), DType::F32).unwrap();
     let var = |shape: VarShape| VarModel::from_state_dict(device, &var_state_dict(&shape, 8).unwrap(), DType::F32);
     let err = Pipeline::new(var(VarShape { vocab: 48, ..var_shape(false) }).unwrap(), vae()).err().expect("vocab");
@@ -673,7 +668,7 @@ fn bits(values: &[f32]) -> Vec<u32> {
 
 #[test]
 fn shared_adaln_checkpoints_load_and_generate() {
-    let (_, device) = &devices()[0];
+    let device = full_device();
     let pipeline = tiny_pipeline(device, true, 21);
     assert!(pipeline.var.config.shared_adaln);
     let result = run(&pipeline, &options(vec![1, 4], 5));
@@ -693,26 +688,25 @@ fn shared_adaln_checkpoints_load_and_generate() {
     assert_ne!(bits(&run(&changed, &options(vec![1, 4], 5)).raw), bits(&result.raw), "ada_gss has no effect");
 }
 
-#[test]
-fn same_seed_same_generation_and_other_seeds_differ() {
-    for (name, device) in devices() {
+backend_tests! {
+    fn same_seed_same_generation_and_other_seeds_differ(device: &Device, config: &str) {
         let pipeline = tiny_pipeline(device, false, 31);
         let first = run(&pipeline, &options(vec![2, 0], 77));
         let second = run(&pipeline, &options(vec![2, 0], 77));
-        assert_eq!(first.tokens, second.tokens, "{name}: tokens");
-        assert_eq!(bits(&first.f_hat), bits(&second.f_hat), "{name}: f_hat");
-        assert_eq!(bits(&first.raw), bits(&second.raw), "{name}: decoder output");
-        assert_eq!(first.images, second.images, "{name}: images");
+        assert_eq!(first.tokens, second.tokens, "{config}: tokens");
+        assert_eq!(bits(&first.f_hat), bits(&second.f_hat), "{config}: f_hat");
+        assert_eq!(bits(&first.raw), bits(&second.raw), "{config}: decoder output");
+        assert_eq!(first.images, second.images, "{config}: images");
         let other = run(&pipeline, &options(vec![2, 0], 78));
-        assert_ne!(other.tokens, first.tokens, "{name}: seed 78 repeats seed 77's tokens");
+        assert_ne!(other.tokens, first.tokens, "{config}: seed 78 repeats seed 77's tokens");
         let same = other.tokens.concat().iter().zip(first.tokens.concat()).filter(|(a, b)| **a == *b).count();
-        assert!(same * 2 < first.tokens.concat().len(), "{name}: {same} tokens repeat for another seed");
+        assert!(same * 2 < first.tokens.concat().len(), "{config}: {same} tokens repeat for another seed");
     }
 }
 
 #[test]
 fn top_k_one_ignores_the_seed() {
-    let (_, device) = &devices()[0];
+    let device = full_device();
     let pipeline = tiny_pipeline(device, false, 41);
     let greedy = |seed| run(&pipeline, &GenerateOptions { top_k: 1, top_p: 0.9, ..options(vec![3, 1], seed) });
     let (a, b) = (greedy(1), greedy(0xDEAD_BEEF));
@@ -722,7 +716,7 @@ fn top_k_one_ignores_the_seed() {
 
 #[test]
 fn a_batch_rows_stream_does_not_depend_on_the_batch_size() {
-    let (_, device) = &devices()[0];
+    let device = full_device();
     let pipeline = tiny_pipeline(device, false, 51);
     let (a, b) = (3, 1);
     let pair = run(&pipeline, &options(vec![a, b], 99));
@@ -736,7 +730,7 @@ fn a_batch_rows_stream_does_not_depend_on_the_batch_size() {
 
 #[test]
 fn smooth_mode_is_deterministic_and_feeds_soft_tokens() {
-    let (_, device) = &devices()[0];
+    let device = full_device();
     let pipeline = tiny_pipeline(device, false, 61);
     let smooth = GenerateOptions { smooth: true, top_k: 20, top_p: 0.95, ..options(vec![0, 4], 5) };
     let a = run(&pipeline, &smooth);
@@ -752,7 +746,7 @@ fn smooth_mode_is_deterministic_and_feeds_soft_tokens() {
 
 #[test]
 fn previews_come_for_every_scale_at_the_image_size() {
-    let (_, device) = &devices()[0];
+    let device = full_device();
     let pipeline = tiny_pipeline(device, false, 71);
     let size = pipeline.image_size();
     assert_eq!(size, 3 * 2);
@@ -787,7 +781,7 @@ fn previews_come_for_every_scale_at_the_image_size() {
 
 #[test]
 fn invalid_options_are_named() {
-    let (_, device) = &devices()[0];
+    let device = full_device();
     let pipeline = tiny_pipeline(device, false, 81);
     let good = options(vec![0, 4], 0);
     assert!(pipeline.start(&good).is_ok());
@@ -810,7 +804,7 @@ fn invalid_options_are_named() {
 
 #[test]
 fn the_iterator_walks_the_schedule_and_then_stops() {
-    let (_, device) = &devices()[0];
+    let device = full_device();
     let pipeline = tiny_pipeline(device, false, 91);
     let mut generation = pipeline.start(&options(vec![2], 3)).unwrap();
     assert_eq!((generation.scales(), generation.completed(), generation.is_done()), (3, 0, false));
@@ -827,7 +821,7 @@ fn the_iterator_walks_the_schedule_and_then_stops() {
 
 #[test]
 fn concurrent_profiled_generations_on_one_device_finish_with_their_own_results() {
-    let (_, device) = &devices()[0];
+    let device = full_device();
     let pipeline = tiny_pipeline(device, false, 91);
     let profiled =
         |seed| GenerateOptions { profile_stages: true, preview_every_scale: true, ..options(vec![1, 3], seed) };
@@ -852,7 +846,7 @@ fn concurrent_profiled_generations_on_one_device_finish_with_their_own_results()
 
 #[test]
 fn teacher_forcing_checks_its_ids_and_replays_a_sampled_run() {
-    let (_, device) = &devices()[0];
+    let device = full_device();
     let pipeline = tiny_pipeline(device, false, 101);
     let opts = options(vec![4, 2], 17);
     let sampled = run(&pipeline, &opts);

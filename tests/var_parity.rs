@@ -7,7 +7,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{Tol, assert_close, devices};
+use common::{Tol, assert_close, full_device};
 use scalewise::generate::{GenerateOptions, Pipeline};
 use scalewise::nn::vqvae::{AttnBlock, phi_index};
 use scalewise::nn::{VarModel, VqVae};
@@ -54,16 +54,15 @@ fn tol32(want: &[f64]) -> Tol {
     Tol { atol: 2e-6 * magnitude.max(1.0), rtol: 1e-5 }
 }
 
-#[test]
-fn bicubic_and_area_match_pytorch_on_every_scale() {
-    for (name, device) in devices() {
+backend_tests! {
+    fn bicubic_and_area_match_pytorch_on_every_scale(device: &Device, config: &str) {
         for pn in PRIMITIVE_SCALES {
             let up = upsample_bicubic(&upload(device, &format!("bicubic.in.{pn}")), 16, 16).unwrap();
             let w = want(&format!("bicubic.out.{pn}"));
-            assert_close(&up.to_vec_f32().unwrap(), &w, tol32(&w), &format!("{name}: bicubic {pn} -> 16"));
+            assert_close(&up.to_vec_f32().unwrap(), &w, tol32(&w), &format!("{config}: bicubic {pn} -> 16"));
             let down = downsample_area(&upload(device, "area.in"), pn, pn).unwrap();
             let w = want(&format!("area.out.{pn}"));
-            assert_close(&down.to_vec_f32().unwrap(), &w, tol32(&w), &format!("{name}: area 16 -> {pn}"));
+            assert_close(&down.to_vec_f32().unwrap(), &w, tol32(&w), &format!("{config}: area 16 -> {pn}"));
         }
     }
 }
@@ -77,9 +76,8 @@ fn phi_tables_match_the_official_argmin() {
     assert_eq!(table6, (0..6).map(|si| phi_index(si, 6, 4)).collect::<Vec<_>>());
 }
 
-#[test]
-fn group_norm_and_attention_block_match_pytorch() {
-    for (name, device) in devices() {
+backend_tests! {
+    fn group_norm_and_attention_block_match_pytorch(device: &Device, config: &str) {
         let x = upload(device, "group_norm.in");
         let out = group_norm(
             &x,
@@ -90,12 +88,12 @@ fn group_norm_and_attention_block_match_pytorch() {
         )
         .unwrap();
         let w = want("group_norm.out");
-        assert_close(&out.to_vec_f32().unwrap(), &w, tol32(&w), &format!("{name}: group norm"));
+        assert_close(&out.to_vec_f32().unwrap(), &w, tol32(&w), &format!("{config}: group norm"));
 
         let block = AttnBlock::from_state_dict(device, golden(), "attn_block.", 64, DType::F32).unwrap();
         let out = block.forward(&upload(device, "attn_block.in")).unwrap();
         let w = want("attn_block.out");
-        assert_close(&out.to_vec_f32().unwrap(), &w, tol32(&w), &format!("{name}: attention block"));
+        assert_close(&out.to_vec_f32().unwrap(), &w, tol32(&w), &format!("{config}: attention block"));
     }
 }
 
@@ -112,7 +110,7 @@ fn to_unit(raw: &[f32]) -> Vec<f32> {
 
 #[test]
 fn tiny_checkpoints_load_with_inferred_hyperparameters() {
-    let (_, device) = &devices()[0];
+    let device = full_device();
     let pipeline = tiny_pipeline(device, DType::F32);
     let c = &pipeline.var.config;
     assert_eq!((c.depth, c.width, c.heads, c.head_dim, c.mlp_hidden), (2, 64, 2, 32, 256));
@@ -131,9 +129,8 @@ fn tiny_checkpoints_load_with_inferred_hyperparameters() {
     assert_eq!(pipeline.image_size(), 12);
 }
 
-#[test]
-fn teacher_forced_logits_fhat_and_image_match_pytorch() {
-    for (name, device) in devices() {
+backend_tests! {
+    fn teacher_forced_logits_fhat_and_image_match_pytorch(device: &Device, config: &str) {
         let mut dtypes = vec![DType::F32];
         if device.caps().f16 {
             dtypes.push(DType::F16);
@@ -155,24 +152,23 @@ fn teacher_forced_logits_fhat_and_image_match_pytorch() {
                 let err = logits.iter().zip(&w).fold(0f64, |m, (&g, &w)| m.max((g as f64 - w).abs()));
                 let range = w.iter().fold(0f64, |m, v| m.max(v.abs()));
                 // Reported with --nocapture (BENCHMARKS.md quotes these).
-                eprintln!("{name} {dtype}: scale {si} logits max |err| {err:.2e} (max |logit| {range:.1})");
-                assert_close(&logits, &w, tol, &format!("{name} {dtype}: logits of scale {si}"));
+                eprintln!("{config} {dtype}: scale {si} logits max |err| {err:.2e} (max |logit| {range:.1})");
+                assert_close(&logits, &w, tol, &format!("{config} {dtype}: logits of scale {si}"));
             }
             let w = want("tf.fhat");
             let f_hat = generation.f_hat().to_dtype(DType::F32).unwrap().to_vec_f32().unwrap();
             let tol = if dtype == DType::F16 { Tol { atol: 5e-3, rtol: 2e-3 } } else { tol32(&w) };
-            assert_close(&f_hat, &w, tol, &format!("{name} {dtype}: f_hat"));
+            assert_close(&f_hat, &w, tol, &format!("{config} {dtype}: f_hat"));
             let raw = generation.decode_raw().unwrap().to_dtype(DType::F32).unwrap().to_vec_f32().unwrap();
             let w = want("tf.image");
             let tol = if dtype == DType::F16 { Tol { atol: 2e-2, rtol: 0.0 } } else { tol32(&w) };
-            assert_close(&to_unit(&raw), &w, tol, &format!("{name} {dtype}: decoded image"));
+            assert_close(&to_unit(&raw), &w, tol, &format!("{config} {dtype}: decoded image"));
         }
     }
 }
 
-#[test]
-fn greedy_generation_reproduces_pytorch_tokens_and_image() {
-    for (name, device) in devices() {
+backend_tests! {
+    fn greedy_generation_reproduces_pytorch_tokens_and_image(device: &Device, config: &str) {
         let pipeline = tiny_pipeline(device, DType::F32);
         let labels: Vec<usize> = ids("greedy.labels").iter().map(|&l| l as usize).collect();
         let cfg = meta("greedy_cfg").as_f64().unwrap() as f32;
@@ -183,12 +179,12 @@ fn greedy_generation_reproduces_pytorch_tokens_and_image() {
             assert_eq!(
                 step.tokens,
                 ids(&format!("greedy.tokens.{}", step.index)),
-                "{name}: tokens of scale {}",
+                "{config}: tokens of scale {}",
                 step.index
             );
         }
         let raw = generation.decode_raw().unwrap().to_vec_f32().unwrap();
         let w = want("greedy.image");
-        assert_close(&to_unit(&raw), &w, tol32(&w), &format!("{name}: greedy image"));
+        assert_close(&to_unit(&raw), &w, tol32(&w), &format!("{config}: greedy image"));
     }
 }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Rng, Tol, assert_close, devices, dtypes};
+use common::{Rng, Seeded, Tol, assert_close, dtypes, full_device};
 use scalewise::ops::conv2d::{self, Conv2dAlgorithm, Conv2dOptions, conv2d, conv2d_with};
 use scalewise::ops::reference_values as stored;
 use scalewise::ops::resample::{self, downsample_area, upsample_bicubic, upsample_nearest2x};
@@ -12,6 +12,20 @@ use scalewise::{DType, Device, Error, Tensor};
 
 /// The token-map side lengths of VAR's 10 scales (the last, 16, is the latent).
 const VAR_SCALES: [usize; 9] = [1, 2, 3, 4, 5, 6, 8, 10, 13];
+
+/// Inputs [[1, 2], [3, 4]] and [[1, 0], [0, 0]] and their 2x2 -> 4x4 bicubic upsamplings,
+/// computed by hand (see [`bicubic_weights_match_hand_computed_values`]).
+fn hand_computed_bicubic() -> [([f32; 4], Vec<f64>); 2] {
+    let want_ramp = vec![
+        0.68359375, 1.015625, 1.5625, 1.89453125, // 0.7890625 + L
+        1.34765625, 1.6796875, 2.2265625, 2.55859375, // 1.453125 + L
+        2.44140625, 2.7734375, 3.3203125, 3.65234375, // 2.546875 + L
+        3.10546875, 3.4375, 3.984375, 4.31640625, // 3.2109375 + L
+    ];
+    let column = [1.10546875, 0.7734375, 0.2265625, -0.10546875];
+    let want_impulse: Vec<f64> = (0..16).map(|i| column[i / 4] * column[i % 4]).collect();
+    [([1.0, 2.0, 3.0, 4.0], want_ramp), ([1.0, 0.0, 0.0, 0.0], want_impulse)]
+}
 
 #[test]
 fn bicubic_weights_match_hand_computed_values() {
@@ -33,34 +47,28 @@ fn bicubic_weights_match_hand_computed_values() {
     //          in[0] (-0.10546875 + 0.87890625) + in[1] (0.26171875 - 0.03515625) = 0.7734375 in[0] + 0.2265625 in[1]
     //   dst 2, 3: the mirror images (0.2265625, 0.7734375), (-0.10546875, 1.10546875).
     // So a ramp [0, 1] becomes L = [-0.10546875, 0.2265625, 0.7734375, 1.10546875], and the linear
-    // input [[1, 2], [3, 4]] (1 + col + 2 row) becomes 1 + L[col] + 2 L[row]:
-    let want_ramp: [f64; 16] = [
-        0.68359375, 1.015625, 1.5625, 1.89453125, // 0.7890625 + L
-        1.34765625, 1.6796875, 2.2265625, 2.55859375, // 1.453125 + L
-        2.44140625, 2.7734375, 3.3203125, 3.65234375, // 2.546875 + L
-        3.10546875, 3.4375, 3.984375, 4.31640625, // 3.2109375 + L
-    ];
-    // and the impulse [[1, 0], [0, 0]] becomes the outer product of the first column.
-    let column = [1.10546875, 0.7734375, 0.2265625, -0.10546875];
-    let want_impulse: Vec<f64> = (0..16).map(|i| column[i / 4] * column[i % 4]).collect();
-    let ramp = [1.0, 2.0, 3.0, 4.0];
-    let impulse = [1.0, 0.0, 0.0, 0.0];
+    // input [[1, 2], [3, 4]] (1 + col + 2 row) becomes 1 + L[col] + 2 L[row], and the impulse
+    // [[1, 0], [0, 0]] the outer product of the first column: `hand_computed_bicubic`.
     let exact = Tol { atol: 1e-12, rtol: 0.0 };
     let reference = |x: &[f32]| resample::reference::upsample_bicubic(x, 1, 2, 2, 4, 4);
     let as_f32 = |v: &[f64]| v.iter().map(|&v| v as f32).collect::<Vec<_>>();
+    let [(ramp, want_ramp), (impulse, want_impulse)] = hand_computed_bicubic();
     assert_close(&as_f32(&reference(&ramp)), &want_ramp, exact, "reference, ramp");
     assert_close(&as_f32(&reference(&impulse)), &want_impulse, exact, "reference, impulse");
-    for (name, device) in devices() {
-        for (x, want) in [(&ramp, &want_ramp[..]), (&impulse, &want_impulse[..])] {
-            let t = Tensor::from_f32(device, &[1, 1, 2, 2], x, DType::F32).unwrap();
+}
+
+backend_tests! {
+    fn bicubic_kernel_matches_hand_computed_values(device: &Device, config: &str) {
+        for (x, want) in hand_computed_bicubic() {
+            let t = Tensor::from_f32(device, &[1, 1, 2, 2], &x, DType::F32).unwrap();
             let got = upsample_bicubic(&t, 4, 4).unwrap().to_vec_f32().unwrap();
-            assert_close(&got, want, Tol::for_dtype(DType::F32, 4.0), &format!("{name}: {x:?} 2x2 -> 4x4"));
+            assert_close(&got, &want, Tol::for_dtype(DType::F32, 4.0), &format!("{config}: {x:?} 2x2 -> 4x4"));
         }
         // A 1 x 1 input gives a constant (the weights sum to 1 over the clamped taps).
         let one = Tensor::from_f32(device, &[1, 2, 1, 1], &[0.75, -3.0], DType::F32).unwrap();
         let got = upsample_bicubic(&one, 5, 3).unwrap().to_vec_f32().unwrap();
         let want: Vec<f64> = (0..30).map(|i| if i < 15 { 0.75 } else { -3.0 }).collect();
-        assert_close(&got, &want, Tol::for_dtype(DType::F32, 1.0), &format!("{name}: 1x1 -> 5x3"));
+        assert_close(&got, &want, Tol::for_dtype(DType::F32, 1.0), &format!("{config}: 1x1 -> 5x3"));
     }
 }
 
@@ -106,38 +114,35 @@ fn check_resample(
     assert_close(&got.to_vec_f32().unwrap(), &want, Tol::for_dtype(dtype, 2.0), what);
 }
 
-#[test]
-fn bicubic_from_every_var_scale_to_the_latent() {
-    let mut rng = Rng::new("bicubic_var_scales");
-    for (name, device) in devices() {
+backend_tests! {
+    fn bicubic_from_every_var_scale_to_the_latent(device: &Device, config: &str) {
+        let mut rng = Rng::for_config("bicubic_var_scales", config);
         for dtype in dtypes(device) {
             for pn in VAR_SCALES {
                 let bc = (rng.range(1, 2), rng.range(1, 5));
-                let what = format!("{name} {dtype} bicubic {bc:?} {pn}x{pn} -> 16x16");
+                let what = format!("{config} {dtype} bicubic {bc:?} {pn}x{pn} -> 16x16");
                 check_resample(device, &mut rng, dtype, Resample::Bicubic, bc, (pn, pn), (16, 16), &what);
             }
         }
     }
 }
 
-#[test]
-fn area_from_the_latent_to_every_var_scale() {
-    let mut rng = Rng::new("area_var_scales");
-    for (name, device) in devices() {
+backend_tests! {
+    fn area_from_the_latent_to_every_var_scale(device: &Device, config: &str) {
+        let mut rng = Rng::for_config("area_var_scales", config);
         for dtype in dtypes(device) {
             for pn in VAR_SCALES {
                 let bc = (rng.range(1, 2), rng.range(1, 5));
-                let what = format!("{name} {dtype} area {bc:?} 16x16 -> {pn}x{pn}");
+                let what = format!("{config} {dtype} area {bc:?} 16x16 -> {pn}x{pn}");
                 check_resample(device, &mut rng, dtype, Resample::Area, bc, (16, 16), (pn, pn), &what);
             }
         }
     }
 }
 
-#[test]
-fn resampling_random_shapes() {
-    let mut rng = Rng::new("resample_random");
-    for (name, device) in devices() {
+backend_tests! {
+    fn resampling_random_shapes(device: &Device, config: &str) {
+        let mut rng = Rng::for_config("resample_random", config);
         for dtype in dtypes(device) {
             for _ in 0..4 {
                 let bc = (rng.range(1, 3), rng.range(1, 7));
@@ -145,11 +150,11 @@ fn resampling_random_shapes() {
                 // Any output size: bicubic also samples down (no antialias), area also repeats up.
                 let output = (rng.range(1, 29), rng.range(1, 29));
                 for op in [Resample::Bicubic, Resample::Area] {
-                    let what = format!("{name} {dtype} {op:?} {bc:?} {input:?} -> {output:?}");
+                    let what = format!("{config} {dtype} {op:?} {bc:?} {input:?} -> {output:?}");
                     check_resample(device, &mut rng, dtype, op, bc, input, output, &what);
                 }
                 let doubled = (2 * input.0, 2 * input.1);
-                let what = format!("{name} {dtype} nearest2x {bc:?} {input:?}");
+                let what = format!("{config} {dtype} nearest2x {bc:?} {input:?}");
                 check_resample(device, &mut rng, dtype, Resample::Nearest2x, bc, input, doubled, &what);
             }
         }
@@ -182,10 +187,9 @@ fn check_conv(device: &Device, rng: &mut Rng, dtype: DType, case: ConvCase, algo
     assert_close(&got.to_vec_f32().unwrap(), &want, Tol::for_dtype(dtype, 2.0), what);
 }
 
-#[test]
-fn conv2d_matches_reference() {
-    let mut rng = Rng::new("conv2d");
-    for (name, device) in devices() {
+backend_tests! {
+    fn conv2d_matches_reference(device: &Device, config: &str) {
+        let mut rng = Rng::for_config("conv2d", config);
         for dtype in dtypes(device) {
             // Fixed cases: channels above the 32-channel block and the input-channel chunk and not
             // multiples of either, planes smaller than, equal to and larger than one 16 x 8 tile.
@@ -209,7 +213,7 @@ fn conv2d_matches_reference() {
             }
             for case in cases {
                 for algorithm in [Conv2dAlgorithm::Tiled, Conv2dAlgorithm::Naive] {
-                    let what = format!("{name} {dtype} {algorithm:?} {case:?}");
+                    let what = format!("{config} {dtype} {algorithm:?} {case:?}");
                     check_conv(device, &mut rng, dtype, case, algorithm, &what);
                 }
             }
@@ -220,8 +224,8 @@ fn conv2d_matches_reference() {
 #[test]
 fn conv2d_default_is_the_tiled_kernel_and_equals_naive() {
     assert_eq!(Conv2dOptions::default().algorithm, Conv2dAlgorithm::Tiled, "the default conv2d is the tiled kernel");
-    let mut rng = Rng::new("conv2d_default");
-    let (_, device) = &devices()[0];
+    let mut rng = Rng::for_test("conv2d_default");
+    let device = full_device();
     let (cin, cout, h, w) = (20, 35, 18, 33);
     let x = Tensor::from_f32(device, &[1, cin, h, w], &rng.vec(cin * h * w, 1.0), DType::F32).unwrap();
     let wt = Tensor::from_f32(device, &[cout, cin, 3, 3], &rng.vec(cout * cin * 9, 0.1), DType::F32).unwrap();
@@ -237,7 +241,7 @@ fn conv2d_default_is_the_tiled_kernel_and_equals_naive() {
 
 #[test]
 fn bad_vqvae_arguments_are_typed_errors() {
-    let (_, device) = &devices()[0];
+    let device = full_device();
     let t = |shape: &[usize]| Tensor::zeros(device, shape, DType::F32).unwrap();
     let conv = |x: &Tensor, w: &Tensor, b: Option<&Tensor>| conv2d(x, w, b).expect_err("an error");
     let x = t(&[1, 4, 6, 5]);

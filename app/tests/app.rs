@@ -99,7 +99,7 @@ fn a_corrupt_checkpoint_shows_the_banner_and_the_app_keeps_working() {
 #[test]
 fn browse_for_checkpoints_load_them_and_search_imagenet_classes() {
     use scalewise::DType;
-    use scalewise::nn::synthetic::{tiny_imagenet, vae_state_dict, var_state_dict};
+    use scalewise_support::synthetic::{tiny_imagenet, vae_state_dict, var_state_dict};
     let dir = std::env::temp_dir().join(format!("scalewise-app-browse-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("models")).unwrap();

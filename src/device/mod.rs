@@ -1,5 +1,5 @@
 //! The device layer: [`Device`] is an enum over backends and the one place that matches on it. Ops
-//! describe each kernel launch as a [`Launch`] value (family, entry, dtype, typed constants, arguments,
+//! describe each kernel launch as a `Launch` value (family, entry, dtype, typed constants, arguments,
 //! params bytes, grid) and read what the hardware offers from [`Caps`]; they never see wgpu or CUDA.
 //!
 //! - `wgpu/`: adapter choice, buffer pool, WGSL composition and the pipeline cache, launches,

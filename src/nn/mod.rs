@@ -2,7 +2,6 @@
 
 pub mod loader;
 pub mod mamba;
-pub mod synthetic;
 pub mod var;
 pub mod vqvae;
 

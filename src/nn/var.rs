@@ -476,12 +476,7 @@ impl VarModel {
     /// Runs every block on the new tokens x (2B, n, C), appending their keys and values to the cache,
     /// and returns the f32 logits (2B, n, V).
     pub fn forward(&self, x: &Tensor, conditions: &VarConditions, cache: &mut VarKvCache) -> Result<Tensor> {
-        let &[rows, tokens, width] = x.shape() else {
-            return Err(Error::InvalidArgument {
-                op: "VarModel::forward",
-                msg: format!("x must be (2B, n, C), got {:?}", x.shape()),
-            });
-        };
+        let [rows, tokens, width] = x.dims("VarModel::forward", "x (2B, n, C)")?;
         if width != self.config.width
             || rows != conditions.cond.shape()[0]
             || cache.k.first().is_some_and(|k| k.shape()[0] != rows)

@@ -269,12 +269,7 @@ impl VqVae {
 
     /// Codebook vectors of token ids (B, n) as a map (B, Cvae, side, side), n = side^2 row-major.
     pub fn lookup(&self, ids: &Tensor, side: usize) -> Result<Tensor> {
-        let &[_, n] = ids.shape() else {
-            return Err(Error::InvalidArgument {
-                op: "VqVae::lookup",
-                msg: format!("ids must be (B, n), got {:?}", ids.shape()),
-            });
-        };
+        let [_, n] = ids.dims("VqVae::lookup", "ids (B, n)")?;
         if n != side * side {
             return Err(Error::InvalidArgument {
                 op: "VqVae::lookup",
@@ -408,12 +403,7 @@ impl AttnBlock {
 
     /// Single-head attention over the H * W positions, scale C^-0.5, with a residual.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let &[batch, c, height, width] = x.shape() else {
-            return Err(Error::InvalidArgument {
-                op: "AttnBlock",
-                msg: format!("x must be (B, C, H, W), got {:?}", x.shape()),
-            });
-        };
+        let [batch, c, height, width] = x.dims("AttnBlock", "x (B, C, H, W)")?;
         if c != self.channels {
             return Err(Error::InvalidArgument {
                 op: "AttnBlock",

@@ -74,6 +74,9 @@ pub struct GroupedLayout {
     pub pattern: GratPattern,
     pub text_len: usize,
     pub text_valid: usize,
+    /// How q, k, v and the output are stored: (B, H, L, D) by default, or (B, L, H, D) as a fused qkv
+    /// projection produces them (no transpose needed).
+    pub tensors: AttentionLayout,
 }
 
 impl GroupedLayout {
@@ -85,6 +88,7 @@ impl GroupedLayout {
             pattern: GratPattern::Block { radius: 1 },
             text_len: 0,
             text_valid: 0,
+            tensors: AttentionLayout::HeadsMajor,
         }
     }
 
@@ -100,6 +104,12 @@ impl GroupedLayout {
 
     pub fn with_pattern(mut self, pattern: GratPattern) -> Self {
         self.pattern = pattern;
+        self
+    }
+
+    /// Tensors stored (B, L, H, D) (`AttentionLayout::TokensMajor`) or (B, H, L, D).
+    pub fn with_tensors(mut self, tensors: AttentionLayout) -> Self {
+        self.tensors = tensors;
         self
     }
 
@@ -192,12 +202,7 @@ struct Geometry {
 }
 
 fn geometry(t: &Tensor, layout: AttentionLayout, what: &str) -> Result<Geometry> {
-    let &[a, b, c, dim] = t.shape() else {
-        return Err(Error::InvalidArgument {
-            op: "attention",
-            msg: format!("{what} must be 4-D, got shape {:?}", t.shape()),
-        });
-    };
+    let [a, b, c, dim] = t.dims("attention", what)?;
     Ok(match layout {
         AttentionLayout::HeadsMajor => {
             Geometry { batch: a, heads: b, tokens: c, dim, strides: [b * c * dim, c * dim, dim] }
@@ -386,7 +391,8 @@ pub enum TokenOrder {
     GroupMajor,
 }
 
-/// GRAT grouped attention over (B, H, L, D) tensors (L = image tokens in raster order + text).
+/// GRAT grouped attention over (B, H, L, D) tensors, or (B, L, H, D) ones with
+/// `layout.tensors = AttentionLayout::TokensMajor` (L = image tokens in raster order + text).
 /// Exactly softmax attention restricted to the pattern; image queries attend their pattern's groups
 /// and the valid text, text queries attend every valid token.
 pub fn grouped_attention(
@@ -408,7 +414,7 @@ pub fn grouped_attention_in(
     scale: Option<f32>,
     order: TokenOrder,
 ) -> Result<Tensor> {
-    let (qg, kg) = prepare(q, k, v, AttentionLayout::HeadsMajor)?;
+    let (qg, kg) = prepare(q, k, v, layout.tensors)?;
     layout.validate(qg.tokens)?;
     if kg.tokens != qg.tokens {
         return Err(shape_error("grouped_attention", q, k, "q and k must have the same sequence length"));
@@ -439,6 +445,12 @@ pub fn from_group_major(x: &Tensor, layout: &GroupedLayout) -> Result<Tensor> {
 }
 
 fn permute_tokens(x: &Tensor, layout: &GroupedLayout, to_group_major: bool) -> Result<Tensor> {
+    if layout.tensors != AttentionLayout::HeadsMajor {
+        return Err(Error::InvalidArgument {
+            op: "to_group_major",
+            msg: "permutes (B, H, L, D) tensors; the layout says (B, L, H, D)".into(),
+        });
+    }
     let (g, _) = prepare(x, x, x, AttentionLayout::HeadsMajor)?;
     layout.validate(g.tokens)?;
     let out = Tensor::empty(x.device(), x.shape(), x.dtype())?;

@@ -48,12 +48,7 @@ fn cin_chunk(k: usize, cin: usize) -> usize {
 
 pub fn conv2d_with(x: &Tensor, weight: &Tensor, options: &Conv2dOptions) -> Result<Tensor> {
     const OP: &str = "conv2d";
-    let &[batch, cin, height, width] = x.shape() else {
-        return Err(Error::InvalidArgument {
-            op: OP,
-            msg: format!("x must be 4-D (B, Cin, H, W), got {:?}", x.shape()),
-        });
-    };
+    let [batch, cin, height, width] = x.dims(OP, "x (B, Cin, H, W)")?;
     let &[cout, w_cin, kh, kw] = weight.shape() else {
         return Err(shape_error(OP, x, weight, format!("the weight must be 4-D (Cout, {cin}, k, k)")));
     };

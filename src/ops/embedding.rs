@@ -13,12 +13,7 @@ pub fn embedding(ids: &Tensor, table: &Tensor) -> Result<Tensor> {
     if ids.dtype() != DType::U32 {
         return Err(Error::UnsupportedDType { op: OP, dtype: ids.dtype(), expected: "u32 ids" });
     }
-    let &[vocab, dim] = table.shape() else {
-        return Err(Error::InvalidArgument {
-            op: OP,
-            msg: format!("the table must be 2-D (vocab, dim), got shape {:?}", table.shape()),
-        });
-    };
+    let [vocab, dim] = table.dims(OP, "the table (vocab, dim)")?;
     let dtype = float_dtype(OP, table)?;
     let mut shape = ids.shape().to_vec();
     shape.push(dim);

@@ -8,9 +8,7 @@ use crate::tensor::Tensor;
 
 /// (B, C, H, W) of a 4-D input with a non-empty plane.
 fn planes(op: &'static str, x: &Tensor) -> Result<(usize, usize, usize, usize)> {
-    let &[b, c, h, w] = x.shape() else {
-        return Err(Error::InvalidArgument { op, msg: format!("x must be 4-D (B, C, H, W), got {:?}", x.shape()) });
-    };
+    let [b, c, h, w] = x.dims(op, "x (B, C, H, W)")?;
     if h == 0 || w == 0 {
         return Err(Error::InvalidArgument { op, msg: format!("x of shape {:?} has an empty plane", x.shape()) });
     }

@@ -174,12 +174,7 @@ pub fn gumbel_softmax(logits: &Tensor, mul: f32, tau: f32, seed: u64, step: u32)
     if logits.dtype() != DType::F32 {
         return Err(Error::UnsupportedDType { op: OP, dtype: logits.dtype(), expected: "f32" });
     }
-    let &[batch, tokens, vocab] = logits.shape() else {
-        return Err(Error::InvalidArgument {
-            op: OP,
-            msg: format!("logits must be (B, T, V), got {:?}", logits.shape()),
-        });
-    };
+    let [batch, tokens, vocab] = logits.dims(OP, "logits (B, T, V)")?;
     if !(tau.is_finite() && tau > 0.0 && mul.is_finite()) {
         return Err(Error::InvalidArgument {
             op: OP,

@@ -133,8 +133,9 @@ pub fn selective_scan(s: &SelectiveScan) -> Result<ScanOutput> {
     selective_scan_checked(s, true)
 }
 
-/// `check_a = false` skips reading A back: for model blocks, which checked it once at load.
-pub(crate) fn selective_scan_checked(s: &SelectiveScan, check_a: bool) -> Result<ScanOutput> {
+/// `check_a = false` skips reading A back: for model blocks, which checked it once at load, and for
+/// benchmarks, which time the kernels alone.
+pub fn selective_scan_checked(s: &SelectiveScan, check_a: bool) -> Result<ScanOutput> {
     run(&Scan {
         matrix_form: false,
         check_a,
@@ -160,7 +161,8 @@ pub fn ssd_scan(s: &SsdScan) -> Result<ScanOutput> {
     ssd_scan_checked(s, true)
 }
 
-pub(crate) fn ssd_scan_checked(s: &SsdScan, check_a: bool) -> Result<ScanOutput> {
+/// [`ssd_scan`] without reading A back (see [`selective_scan_checked`]).
+pub fn ssd_scan_checked(s: &SsdScan, check_a: bool) -> Result<ScanOutput> {
     const OP: &str = "ssd_scan";
     let heads = match s.a.shape() {
         &[h] if h > 0 => h,

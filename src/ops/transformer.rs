@@ -25,9 +25,7 @@ pub fn qkv_heads(args: &QkvHeads) -> Result<Tensor> {
     const OP: &str = "qkv_heads";
     let qkv = args.qkv;
     let dtype = float_dtype(OP, qkv)?;
-    let &[batch, tokens, width3] = qkv.shape() else {
-        return Err(Error::InvalidArgument { op: OP, msg: format!("qkv must be (B, T, 3C), got {:?}", qkv.shape()) });
-    };
+    let [batch, tokens, width3] = qkv.dims(OP, "qkv (B, T, 3C)")?;
     let heads = args.heads;
     if heads == 0 || !width3.is_multiple_of(3 * heads) || width3 == 0 {
         return Err(Error::InvalidArgument {

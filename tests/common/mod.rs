@@ -1,23 +1,131 @@
-//! Shared test support: the devices every op is checked on, fresh random inputs, and the
+//! Shared test support: the backend configurations every op test runs on ([`backend_tests!`]),
+//! reported skips ([`skip`]), seeded random inputs ([`Rng`]), and the
 //! |got - want| <= atol + rtol * |want| comparison against float64 references.
+//!
+//! Random inputs come from a fixed default seed (a constant mixed with a hash of the name the test
+//! gives [`Seeded::for_test`]), so every run draws the same inputs and different tests draw different ones.
+//! Each test prints `{name}: SCALEWISE_TEST_SEED=N` (shown by `cargo test` when it fails, or always
+//! with `-- --nocapture`); setting SCALEWISE_TEST_SEED=N replays that test's inputs, or explores new
+//! ones.
 #![allow(dead_code)]
 
+use std::fmt::Display;
+use std::io::Write;
 use std::sync::OnceLock;
 
-use scalewise::{DType, Device, DeviceOptions};
+use scalewise::{BackendChoice, DType, Device, DeviceOptions};
 
-/// Each op runs on the adapter with every optional feature it has, and again with f16, subgroups and
-/// timestamps switched off (the portable path). Outputs are NaN-poisoned at allocation.
-pub fn devices() -> &'static [(&'static str, Device)] {
-    static DEVICES: OnceLock<Vec<(&'static str, Device)>> = OnceLock::new();
-    DEVICES.get_or_init(|| {
-        let base = DeviceOptions { poison_allocations: true, ..DeviceOptions::from_env().expect("valid environment") };
-        let full = Device::new(&base).expect("a GPU adapter (install mesa-vulkan-drivers for software Vulkan)");
-        let portable =
-            Device::new(&DeviceOptions { allow_f16: false, allow_subgroups: false, allow_timestamps: false, ..base })
-                .expect("a portable device");
-        vec![("full", full), ("portable", portable)]
+/// The configurations an op test runs on; the names end each generated test's path
+/// (`matmul_matches_reference::wgpu_portable`) and are passed to its body for assertion messages.
+pub const WGPU_FULL: &str = "wgpu_full";
+pub const WGPU_PORTABLE: &str = "wgpu_portable";
+pub const CUDA: &str = "cuda";
+
+/// One test per backend configuration for each function listed:
+///
+/// ```ignore
+/// backend_tests! {
+///     fn matmul_matches_reference(device: &Device, config: &str) { ... }
+/// }
+/// ```
+///
+/// keeps the function as written and adds `mod matmul_matches_reference` with three tests:
+///
+/// - `wgpu_full`: the wgpu adapter with every optional feature it has ([`full_device`]);
+/// - `wgpu_portable`: the same adapter with f16, subgroups and timestamps off ([`portable_device`]);
+/// - `cuda`: the CUDA backend ([`cuda_device`]). Without the `cuda` cargo feature there is nothing to
+///   run, and the test is `#[ignore]`d with that reason, so libtest lists it as ignored rather than
+///   passed. With the feature, a CUDA device that cannot be opened (no driver or GPU, or, until the
+///   NVRTC kernels land, always) is a [`skip`]: the test prints `SKIP <test>: <error>` past the
+///   output capture and returns. libtest has no runtime skip, so it still counts as passed; the
+///   SKIP line is what says it did not run.
+///
+/// A failure names its configuration twice: in the test's path, and in the messages the body
+/// builds from `config`. Devices are opened once per test binary and shared by its tests.
+#[macro_export]
+macro_rules! backend_tests {
+    ($(
+        $(#[$meta:meta])*
+        fn $name:ident($device:ident: $device_ty:ty, $config:ident: $config_ty:ty) $body:block
+    )*) => {$(
+        $(#[$meta])*
+        fn $name($device: $device_ty, $config: $config_ty) $body
+
+        mod $name {
+            #[test]
+            fn wgpu_full() {
+                super::$name($crate::common::full_device(), $crate::common::WGPU_FULL)
+            }
+
+            #[test]
+            fn wgpu_portable() {
+                super::$name($crate::common::portable_device(), $crate::common::WGPU_PORTABLE)
+            }
+
+            #[test]
+            #[cfg_attr(not(feature = "cuda"), ignore = "scalewise built without the cuda feature")]
+            fn cuda() {
+                match $crate::common::cuda_device() {
+                    Ok(device) => super::$name(device, $crate::common::CUDA),
+                    Err(reason) => $crate::common::skip(concat!(module_path!(), "::cuda"), reason),
+                }
+            }
+        }
+    )*};
+}
+
+/// The environment's device options (WGPU_BACKEND, WGPU_ADAPTER_NAME, SCALEWISE_DISABLE) on a wgpu
+/// backend, with outputs NaN-poisoned at allocation.
+fn wgpu_options() -> DeviceOptions {
+    let mut options =
+        DeviceOptions { poison_allocations: true, ..DeviceOptions::from_env().expect("valid environment") };
+    if options.backend == BackendChoice::Cuda {
+        options.backend = BackendChoice::Auto;
+    }
+    options
+}
+
+/// The wgpu adapter with every optional feature it has (`wgpu_full`). A machine without one fails
+/// here: the suite needs a wgpu adapter, software Vulkan at least.
+pub fn full_device() -> &'static Device {
+    static DEVICE: OnceLock<Device> = OnceLock::new();
+    DEVICE.get_or_init(|| {
+        Device::new(&wgpu_options()).expect("a GPU adapter (install mesa-vulkan-drivers for software Vulkan)")
     })
+}
+
+/// The same adapter with f16, subgroups and timestamps switched off: the portable path
+/// (`wgpu_portable`).
+pub fn portable_device() -> &'static Device {
+    static DEVICE: OnceLock<Device> = OnceLock::new();
+    DEVICE.get_or_init(|| {
+        let options =
+            DeviceOptions { allow_f16: false, allow_subgroups: false, allow_timestamps: false, ..wgpu_options() };
+        Device::new(&options).expect("a portable device")
+    })
+}
+
+/// The CUDA device, or why it cannot be opened here (the typed error, as text).
+pub fn cuda_device() -> Result<&'static Device, &'static str> {
+    static DEVICE: OnceLock<Result<Device, String>> = OnceLock::new();
+    DEVICE
+        .get_or_init(|| {
+            let options = DeviceOptions {
+                backend: BackendChoice::Cuda,
+                poison_allocations: true,
+                ..DeviceOptions::from_env().expect("valid environment")
+            };
+            Device::new(&options).map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(String::as_str)
+}
+
+/// Reports that `test`, or the part of it named there, did not run here, and why. The line goes
+/// straight to the process's stderr, past libtest's output capture, so `cargo test` shows it even
+/// though the test passes (libtest has no runtime skip).
+pub fn skip(test: &str, reason: impl Display) {
+    let _ = writeln!(std::io::stderr(), "SKIP {test}: {reason}");
 }
 
 /// The dtypes a device supports.
@@ -25,40 +133,41 @@ pub fn dtypes(device: &Device) -> Vec<DType> {
     if device.caps().f16 { vec![DType::F32, DType::F16] } else { vec![DType::F32] }
 }
 
-/// SplitMix64, seeded from the clock unless SCALEWISE_TEST_SEED is set; the seed is printed so a
-/// failure can be replayed.
-pub struct Rng(u64);
+/// The default seed's constant part; [`Seeded::for_test`] mixes in a hash of the test's name.
+pub const DEFAULT_SEED: u64 = 0x5CA1_E5EED;
 
-impl Rng {
-    pub fn new(test: &str) -> Self {
-        let seed = std::env::var("SCALEWISE_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
-        });
+pub use scalewise_support::Rng;
+
+/// The tests' seeding of the one generator (`scalewise_support::Rng`): a fixed default seed per test
+/// name, or SCALEWISE_TEST_SEED when set; the seed is printed so a failure can be replayed.
+pub trait Seeded {
+    fn for_test(test: &str) -> Self;
+
+    /// The stream of one configuration of a [`backend_tests!`] test (`{test}::{config}`): each
+    /// configuration draws its own inputs, as the device loops did.
+    fn for_config(test: &str, config: &str) -> Self;
+}
+
+impl Seeded for Rng {
+    fn for_test(test: &str) -> Self {
+        let seed = match std::env::var("SCALEWISE_TEST_SEED") {
+            Ok(s) if !s.trim().is_empty() => {
+                s.trim().parse().unwrap_or_else(|_| panic!("SCALEWISE_TEST_SEED={s:?} is not an unsigned integer"))
+            }
+            _ => DEFAULT_SEED ^ fnv1a(test),
+        };
         eprintln!("{test}: SCALEWISE_TEST_SEED={seed}");
-        Self(seed)
+        Rng::new(seed)
     }
 
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+    fn for_config(test: &str, config: &str) -> Self {
+        Self::for_test(&format!("{test}::{config}"))
     }
+}
 
-    /// Uniform in lo..=hi.
-    pub fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + (self.next_u64() % (hi - lo + 1) as u64) as usize
-    }
-
-    /// Uniform in [-scale, scale).
-    pub fn uniform(&mut self, scale: f32) -> f32 {
-        ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-    }
-
-    pub fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
-        (0..n).map(|_| self.uniform(scale)).collect()
-    }
+/// FNV-1a: a stable hash of a test's name (std's hashers may change between releases).
+fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xCBF2_9CE4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01B3))
 }
 
 /// Tolerance for a result stored as `dtype`.

@@ -5,12 +5,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, ensure};
 use clap::Args;
-use scalewise::bench::{self, GenerateBenchConfig};
 use scalewise::generate::{GenerateOptions, Pipeline, ScaleStep};
 use scalewise::image::Image;
-use scalewise::nn::synthetic::{VaeShape, VarShape};
 use scalewise::output::write_atomic;
 use scalewise::{DType, Device};
+use scalewise_cli::bench::{self, GenerateBenchConfig};
+use scalewise_support::synthetic::{VaeShape, VarShape};
 
 #[derive(Args)]
 pub struct GenerateArgs {

@@ -2,8 +2,8 @@
 //! SCALEWISE_BENCH_GRIDS=32,64,128 sets the grid sides; results also go to
 //! bench-results/attention.json.
 
-use scalewise::bench::{self, AttentionBenchConfig, AttentionCase};
 use scalewise::{Device, DeviceOptions};
+use scalewise_cli::bench::{self, AttentionBenchConfig, AttentionCase};
 
 fn main() -> anyhow::Result<()> {
     let device = Device::new(&DeviceOptions::from_env()?)?;

@@ -2,8 +2,8 @@
 //! Sizes can be set with SCALEWISE_BENCH_SIZES=256,512,1024. Results also go to
 //! bench-results/matmul.json.
 
-use scalewise::bench::{self, MatmulBenchConfig};
 use scalewise::{Device, DeviceOptions};
+use scalewise_cli::bench::{self, MatmulBenchConfig};
 
 fn main() -> anyhow::Result<()> {
     let device = Device::new(&DeviceOptions::from_env()?)?;

@@ -8,10 +8,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use scalewise::bench::{self, AttentionBenchConfig, AttentionCase, MatmulBenchConfig, ScanBenchConfig};
 use scalewise::kernels::Family;
 use scalewise::ops::MatmulAlgorithm;
 use scalewise::{BackendChoice, DType, Device, DeviceOptions};
+use scalewise_cli::bench::{self, AttentionBenchConfig, AttentionCase, MatmulBenchConfig, ScanBenchConfig};
 
 #[derive(Parser)]
 #[command(name = "scalewise", version, about = "Cross-vendor GPU kernels for next-scale image generators")]

@@ -2,8 +2,10 @@
 //! needs the real shapes, not trained values) and loader tests. Values are scaled like a trained
 //! model's (weights ~ N(0, 1/fan_in), unit norm weights), so activations stay finite at any depth.
 
-use crate::error::Result;
-use crate::weights::StateDict;
+use scalewise::Result;
+use scalewise::weights::StateDict;
+
+use crate::Rng;
 
 /// A VAR transformer shape; [`VarShape::official`] gives var_d{depth}.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,7 +30,7 @@ impl VarShape {
             num_classes: 1000,
             vocab: 4096,
             cvae: 32,
-            patch_nums: super::var::PATCH_NUMS_256.to_vec(),
+            patch_nums: scalewise::nn::var::PATCH_NUMS_256.to_vec(),
             shared_adaln: false,
         }
     }
@@ -70,46 +72,15 @@ impl VaeShape {
     }
 }
 
-/// SplitMix64-driven normal values (Box-Muller), deterministic per seed.
-struct Normal(u64);
-
-impl Normal {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn uniform(&mut self) -> f32 {
-        ((self.next_u64() >> 40) as f32 + 0.5) / (1u64 << 24) as f32
-    }
-
-    fn values(&mut self, n: usize, std: f32, mean: f32) -> Vec<f32> {
-        let mut out = Vec::with_capacity(n);
-        while out.len() < n {
-            let (u, v) = (self.uniform(), self.uniform());
-            let r = (-2.0 * u.ln()).sqrt();
-            let angle = std::f32::consts::TAU * v;
-            out.push(mean + std * r * angle.cos());
-            if out.len() < n {
-                out.push(mean + std * r * angle.sin());
-            }
-        }
-        out
-    }
-}
-
 struct Builder {
     sd: StateDict,
-    rng: Normal,
+    rng: Rng,
 }
 
 impl Builder {
     fn normal(&mut self, key: String, shape: &[usize], std: f32, mean: f32) -> Result<()> {
         let n = shape.iter().product();
-        let data = self.rng.values(n, std, mean);
+        let data = self.rng.normal_vec(n, std, mean);
         self.sd.insert(key, shape, data)
     }
 
@@ -131,7 +102,7 @@ impl Builder {
 
 /// A random VAR checkpoint of `shape`; the schedule goes into the metadata.
 pub fn var_state_dict(shape: &VarShape, seed: u64) -> Result<StateDict> {
-    let mut b = Builder { sd: StateDict::new(), rng: Normal(seed) };
+    let mut b = Builder { sd: StateDict::new(), rng: Rng::new(seed) };
     let c = shape.width;
     let l: usize = shape.patch_nums.iter().map(|p| p * p).sum();
     b.normal("pos_start".into(), &[1, 1, c], 0.02, 0.0)?;
@@ -162,13 +133,14 @@ pub fn var_state_dict(shape: &VarShape, seed: u64) -> Result<StateDict> {
     b.normal("head_nm.ada_lin.1.bias".into(), &[2 * c], 0.02, 0.0)?;
     b.linear("head", shape.vocab, c)?;
     let mut sd = b.sd;
-    sd.metadata.insert(super::var::META_PATCH_NUMS.into(), serde_json::to_string(&shape.patch_nums).expect("list"));
+    sd.metadata
+        .insert(scalewise::nn::var::META_PATCH_NUMS.into(), serde_json::to_string(&shape.patch_nums).expect("list"));
     Ok(sd)
 }
 
 /// A random VQVAE (codebook, Phi, post_quant_conv and decoder) of `shape`.
 pub fn vae_state_dict(shape: &VaeShape, seed: u64) -> Result<StateDict> {
-    let mut b = Builder { sd: StateDict::new(), rng: Normal(seed) };
+    let mut b = Builder { sd: StateDict::new(), rng: Rng::new(seed) };
     let z = shape.cvae;
     b.normal("quantize.embedding.weight".into(), &[shape.vocab, z], 0.5, 0.0)?;
     for k in 0..shape.phi_convs {

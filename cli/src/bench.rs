@@ -1,10 +1,9 @@
 //! Shader benchmarks shared by `scalewise bench` and `cargo bench`: each kernel timed per dispatch
 //! (GPU timestamps where the adapter has them), median of several runs after a warm-up.
 
-use crate::device::{Device, TimingSource};
-use crate::error::{Error, Result};
-use crate::ops::{self, MatmulAlgorithm, matmul::MatmulOptions};
-use crate::tensor::{DType, Tensor};
+use scalewise::device::{Device, TimingSource};
+use scalewise::ops::{self, MatmulAlgorithm, matmul::MatmulOptions};
+use scalewise::{DType, Error, Result, Tensor};
 
 #[derive(Debug, Clone)]
 pub struct MatmulBenchConfig {
@@ -77,15 +76,7 @@ fn upload_pattern(device: &Device, shape: &[usize], seed: u64, offset: f32, dtyp
 
 /// Deterministic pseudo-random values in [-1, 1) (benchmarks need no fresh seed, tests do).
 pub fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
+    scalewise_support::Rng::new(seed).vec(n, 1.0)
 }
 
 pub fn matmul(device: &Device, config: &MatmulBenchConfig) -> Result<Vec<MatmulBenchRow>> {
@@ -201,7 +192,7 @@ impl AttentionBenchRow {
 }
 
 pub fn attention(device: &Device, config: &AttentionBenchConfig) -> Result<Vec<AttentionBenchRow>> {
-    use crate::ops::{AttentionOptions, GratPattern, GroupedLayout};
+    use scalewise::ops::{AttentionOptions, GratPattern, GroupedLayout};
     let mut rows = Vec::new();
     for case in &config.cases {
         let base = match case.grid.as_slice() {
@@ -343,7 +334,7 @@ pub struct ScanBenchRow {
 }
 
 pub fn scan(device: &Device, config: &ScanBenchConfig) -> Result<Vec<ScanBenchRow>> {
-    use crate::ops::scan::{SelectiveScan, SequenceLayout, selective_scan_checked};
+    use scalewise::ops::scan::{SelectiveScan, SequenceLayout, selective_scan_checked};
     let mut rows = Vec::new();
     for &shape in &config.shapes {
         let [batch, d, n, l] = shape;
@@ -477,7 +468,7 @@ pub struct SsdFormComparison {
 /// M-VAR d16's Mamba-2 (d_inner 2048 = 32 heads x 64, d_state 64) over the 680 tokens of the 256px
 /// schedule with the CFG batch of 2: recurrent vs chunked matrix form with chunks of 64 and 256.
 pub fn ssd_forms(device: &Device, dtype: DType, warmup: usize, iterations: usize) -> Result<SsdFormComparison> {
-    use crate::ops::scan::{SequenceLayout, SsdForm, SsdScan, ssd_scan_checked};
+    use scalewise::ops::scan::{SequenceLayout, SsdForm, SsdScan, ssd_scan_checked};
     let (batch, length, heads, head_dim, n) = (2, 680, 32, 64, 64);
     let d_inner = heads * head_dim;
     let up = |shape: &[usize], seed, offset, dtype| upload_pattern(device, shape, seed, offset, dtype);
@@ -533,8 +524,8 @@ pub fn ssd_forms(device: &Device, dtype: DType, warmup: usize, iterations: usize
 /// `scalewise bench generate`: one whole VAR generation with random weights of an official shape.
 #[derive(Debug, Clone)]
 pub struct GenerateBenchConfig {
-    pub var: crate::nn::synthetic::VarShape,
-    pub vae: crate::nn::synthetic::VaeShape,
+    pub var: scalewise_support::synthetic::VarShape,
+    pub vae: scalewise_support::synthetic::VaeShape,
     pub batch: usize,
     pub cfg: f32,
     pub dtype: DType,
@@ -547,7 +538,7 @@ pub struct GenerateBenchResult {
     pub var_parameters: usize,
     pub image_size: usize,
     /// Per scale: side and GPU stage times of the profiled run.
-    pub scales: Vec<(usize, crate::generate::StageTimes)>,
+    pub scales: Vec<(usize, scalewise::generate::StageTimes)>,
     /// Final decode of the profiled run.
     pub decode_ms: f64,
     /// End-to-end wall clock (sampling to final image read back), median and minimum of the unprofiled runs.
@@ -560,8 +551,8 @@ pub struct GenerateBenchResult {
 
 impl GenerateBenchResult {
     /// The stage times summed over the scales.
-    pub fn totals(&self) -> crate::generate::StageTimes {
-        let mut total = crate::generate::StageTimes::default();
+    pub fn totals(&self) -> scalewise::generate::StageTimes {
+        let mut total = scalewise::generate::StageTimes::default();
         for (_, times) in &self.scales {
             total += *times;
         }
@@ -570,8 +561,9 @@ impl GenerateBenchResult {
 }
 
 pub fn generate(device: &Device, config: &GenerateBenchConfig) -> Result<GenerateBenchResult> {
-    use crate::generate::{GenerateOptions, Pipeline};
-    use crate::nn::{VarModel, VqVae, synthetic};
+    use scalewise::generate::{GenerateOptions, Pipeline};
+    use scalewise::nn::{VarModel, VqVae};
+    use scalewise_support::synthetic;
     let vae = VqVae::from_state_dict(device, &synthetic::vae_state_dict(&config.vae, 2)?, config.dtype)?;
     let var_sd = synthetic::var_state_dict(&config.var, 1)?;
     let var = VarModel::from_state_dict(device, &var_sd, config.dtype)?;
@@ -608,7 +600,7 @@ pub fn generate(device: &Device, config: &GenerateBenchConfig) -> Result<Generat
         let step = step?;
         scales.push((step.side, step.times));
     }
-    let mut clock = crate::generate::StageClock::start(device, true)?;
+    let mut clock = scalewise::generate::StageClock::start(device, true)?;
     clock.stage(|| generation.decode())?;
     let decode_ms = clock.finish()?[0];
     let timing = if device.caps().timestamps { TimingSource::GpuTimestamps } else { TimingSource::WallClock };

@@ -1,9 +1,9 @@
 //! `cargo bench -p scalewise --bench conv2d`: tiled vs naive conv2d at a VQVAE-decoder shape
 //! (B1, 160 -> 160 channels, 64 x 64, 3 x 3, bias), f32.
 
-use scalewise::bench::{pseudo_random, time_dispatches};
 use scalewise::ops::conv2d::{Conv2dAlgorithm, Conv2dOptions, conv2d_with};
 use scalewise::{DType, Device, DeviceOptions, Tensor};
+use scalewise_cli::bench::{pseudo_random, time_dispatches};
 
 fn main() -> anyhow::Result<()> {
     let device = Device::new(&DeviceOptions::from_env()?)?;

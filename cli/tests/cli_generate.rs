@@ -8,7 +8,7 @@ use scalewise::DType;
 use scalewise::weights::StateDict;
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/var").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/var").join(name)
 }
 
 fn scratch(test: &str) -> PathBuf {
@@ -155,7 +155,7 @@ fn bad_input_fails_clearly_without_touching_the_output() {
 
 #[test]
 fn a_1000_class_model_takes_imagenet_names() {
-    use scalewise::nn::synthetic::{tiny_imagenet, vae_state_dict, var_state_dict};
+    use scalewise_support::synthetic::{tiny_imagenet, vae_state_dict, var_state_dict};
     let dir = scratch("imagenet");
     // The official label space (1000 classes, no names in the file) at a tiny width.
     let (var_shape, vae_shape) = tiny_imagenet();

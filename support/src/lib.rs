@@ -1,0 +1,7 @@
+//! Support shared by scalewise's tests, benchmarks and CLI benchmarks, kept out of the library: the
+//! random generator and synthetic checkpoints with the official key names and shapes.
+
+pub mod rng;
+pub mod synthetic;
+
+pub use rng::Rng;
