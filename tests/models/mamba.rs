@@ -2,9 +2,7 @@
 //! reference composed from the op references, and processed in pieces with carried state (one
 //! "scale" at a time) against processed whole.
 
-mod common;
-
-use common::{Rng, Seeded, Tol, WGPU_FULL, assert_close, from_tokens_major, full_device, skip, to_tokens_major};
+use crate::common::{Rng, Seeded, Tol, WGPU_FULL, assert_close, from_tokens_major, full_device, skip, to_tokens_major};
 use scalewise::nn::{Mamba1Block, Mamba2Block, MambaState};
 use scalewise::ops::conv1d::reference::causal_conv1d;
 use scalewise::ops::matmul::reference::matmul;
@@ -286,7 +284,7 @@ fn f16_blocks_track_f32_blocks() {
     let mut rng = Rng::for_test("mamba_f16");
     let (name, device) = (WGPU_FULL, full_device());
     if !device.caps().f16 {
-        skip("mamba_blocks::f16_blocks_track_f32_blocks", "the adapter has no SHADER_F16");
+        skip("mamba::f16_blocks_track_f32_blocks", "the adapter has no SHADER_F16");
         return;
     }
     let dims = Mamba1Dims { d_model: 16, d_inner: 32, n: 16, rank: 1, width: 4 };

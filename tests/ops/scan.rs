@@ -2,9 +2,9 @@
 //! chunk, small and large D x N, groups, with and without z / delta_bias / D, initial and final
 //! states, reverse, f16 storage, both layouts, single-pass and chunked; pieces equal the whole.
 
-mod common;
-
-use common::{Rng, Seeded, Tol, WGPU_FULL, assert_close, dtypes, from_tokens_major, full_device, to_tokens_major};
+use crate::common::{
+    Rng, Seeded, Tol, WGPU_FULL, assert_close, dtypes, from_tokens_major, full_device, to_tokens_major,
+};
 use scalewise::ops::reference_values as stored;
 use scalewise::ops::scan::reference::{ScanReference, scan};
 use scalewise::ops::scan::{ScanOutput, SelectiveScan, SequenceLayout, SsdForm, SsdScan, selective_scan, ssd_scan};

@@ -2,9 +2,7 @@
 //! allowed(q, k) predicate: random ragged grids (2D and 3D), random group shapes, r = 0..2, with and
 //! without text, f32 and f16, batch and heads > 1, head_dim 64, 128 and odd sizes.
 
-mod common;
-
-use common::{Rng, Seeded, Tol, WGPU_FULL, assert_close, dtypes, full_device};
+use crate::common::{Rng, Seeded, Tol, WGPU_FULL, assert_close, dtypes, full_device};
 use scalewise::ops::attention::reference::{allowed, masked_attention};
 use scalewise::ops::{
     AttentionLayout, AttentionOptions, GratPattern, GroupedLayout, attention, grouped_attention,

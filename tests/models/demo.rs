@@ -4,9 +4,7 @@
 //! kernel anywhere shows up as unrecognisable images. Also: the same seed gives the same image,
 //! different seeds give different images.
 
-mod common;
-
-use common::{WGPU_FULL, full_device};
+use crate::common::{WGPU_FULL, full_device};
 use scalewise::generate::{GenerateOptions, Pipeline};
 use scalewise::weights::StateDict;
 use scalewise::{DType, Device};

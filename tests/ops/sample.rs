@@ -9,11 +9,9 @@
 //! cumulative boundary: the GPU's kept set must lie between the reference's sets for tail +- DELTA,
 //! and its token between the reference's draws for u -+ DELTA.
 
-mod common;
-
 use std::collections::HashSet;
 
-use common::{Rng, Seeded, Tol, WGPU_FULL, assert_close, full_device};
+use crate::common::{Rng, Seeded, Tol, WGPU_FULL, assert_close, full_device};
 use scalewise::ops::sample::{self, SampleOptions, reference};
 use scalewise::{DType, Device, Error, Tensor};
 

@@ -4,9 +4,7 @@
 //! checkpoint loaders on synthetic state_dicts with the official key names; and the behaviour of a
 //! generation (determinism, batch independence, options, teacher forcing) on a tiny random pipeline.
 
-mod common;
-
-use common::{Rng, Seeded, Tol, assert_close, assert_weights_error, dtypes, full_device};
+use crate::common::{Rng, Seeded, Tol, assert_close, assert_weights_error, dtypes, full_device};
 use scalewise::generate::{GenerateOptions, Pipeline};
 use scalewise::nn::var::META_PATCH_NUMS;
 use scalewise::nn::vqvae::phi_index;

@@ -3,11 +3,9 @@
 //! teacher-forced logits of a tiny VAR + VQVAE, and a greedy generation.
 //! Regenerate with `python scripts/var_reference.py --out tests/fixtures/var`.
 
-mod common;
-
 use std::path::PathBuf;
 
-use common::{Tol, assert_close, full_device};
+use crate::common::{Tol, assert_close, full_device};
 use scalewise::generate::{GenerateOptions, Pipeline};
 use scalewise::nn::vqvae::{AttnBlock, phi_index};
 use scalewise::nn::{VarModel, VqVae};

@@ -1,0 +1,50 @@
+//! GELU, SiLU, add and mul (with broadcasting) against their float64 references.
+
+use crate::common::{Rng, Seeded, Tol, assert_close, dtypes};
+use scalewise::ops::{self, reference_values as stored};
+use scalewise::{DType, Device, Tensor};
+
+fn upload(device: &Device, shape: &[usize], data: &[f32], dtype: DType) -> Tensor {
+    Tensor::from_f32(device, shape, data, dtype).expect("upload")
+}
+
+backend_tests! {
+    fn activations_and_binary_ops_match_reference(device: &Device, config: &str) {
+        let mut rng = Rng::for_config("elementwise", config);
+        for dtype in dtypes(device) {
+            let (rows, cols) = (rng.range(1, 40), rng.range(1, 300));
+            let x = stored(&rng.vec(rows * cols, 6.0), dtype);
+            let y = stored(&rng.vec(rows * cols, 2.0), dtype);
+            let bias = stored(&rng.vec(cols, 2.0), dtype);
+            let tx = upload(device, &[rows, cols], &x, dtype);
+            let ty = upload(device, &[rows, cols], &y, dtype);
+            let tbias = upload(device, &[cols], &bias, dtype);
+            let tol = Tol::for_dtype(dtype, 4.0);
+            let check = |got: Tensor, want: Vec<f64>, op: &str| {
+                assert_close(&got.to_vec_f32().unwrap(), &want, tol, &format!("{config} {dtype} {op} {rows}x{cols}"));
+            };
+            check(ops::gelu_tanh(&tx).unwrap(), ops::elementwise::reference::gelu_tanh(&x), "gelu_tanh");
+            check(ops::silu(&tx).unwrap(), ops::elementwise::reference::silu(&x), "silu");
+            check(ops::add(&tx, &ty).unwrap(), ops::elementwise::reference::add(&x, &y), "add");
+            check(ops::mul(&tx, &ty).unwrap(), ops::elementwise::reference::mul(&x, &y), "mul");
+            check(ops::add(&tx, &tbias).unwrap(), ops::elementwise::reference::add(&x, &bias), "add broadcast");
+            check(ops::mul(&tx, &tbias).unwrap(), ops::elementwise::reference::mul(&x, &bias), "mul broadcast");
+        }
+    }
+}
+
+backend_tests! {
+    fn gelu_and_silu_stay_finite_at_extremes(device: &Device, config: &str) {
+        let x = [-1e4f32, -90.0, -20.0, 0.0, 20.0, 90.0, 1e4];
+        let t = upload(device, &[x.len()], &x, DType::F32);
+        let tol = Tol::for_dtype(DType::F32, 1.0);
+        assert_close(
+            &ops::gelu_tanh(&t).unwrap().to_vec_f32().unwrap(),
+            &ops::elementwise::reference::gelu_tanh(&x),
+            tol,
+            config,
+        );
+        let silu = ops::silu(&t).unwrap().to_vec_f32().unwrap();
+        assert_close(&silu, &ops::elementwise::reference::silu(&x), tol, config);
+    }
+}
