@@ -170,6 +170,11 @@ fn fnv1a(text: &str) -> u64 {
     text.bytes().fold(0xCBF2_9CE4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01B3))
 }
 
+/// Uploads `data` as `dtype`, panicking with a clear message if the device refuses.
+pub fn upload(device: &Device, shape: &[usize], data: &[f32], dtype: DType) -> scalewise::Tensor {
+    scalewise::Tensor::from_f32(device, shape, data, dtype).expect("upload")
+}
+
 /// Tolerance for a result stored as `dtype`.
 #[derive(Clone, Copy, Debug)]
 pub struct Tol {

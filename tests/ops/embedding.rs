@@ -1,12 +1,8 @@
 //! Embedding gathers, including the NaN rows of ids outside the table.
 
-use crate::common::{Rng, Seeded, Tol, assert_close, dtypes};
+use crate::common::{Rng, Seeded, Tol, assert_close, dtypes, upload};
 use scalewise::ops::{self, reference_values as stored};
-use scalewise::{DType, Device, Tensor};
-
-fn upload(device: &Device, shape: &[usize], data: &[f32], dtype: DType) -> Tensor {
-    Tensor::from_f32(device, shape, data, dtype).expect("upload")
-}
+use scalewise::{Device, Tensor};
 
 backend_tests! {
     fn embedding_gathers_rows_and_poisons_bad_ids(device: &Device, config: &str) {

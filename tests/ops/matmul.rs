@@ -1,12 +1,8 @@
 //! Batched matmul and Linear against the float64 reference on ragged shapes, f32 and f16.
 
-use crate::common::{Rng, Seeded, Tol, assert_close, dtypes};
+use crate::common::{Rng, Seeded, Tol, assert_close, dtypes, upload};
+use scalewise::Device;
 use scalewise::ops::{self, MatmulAlgorithm, matmul::MatmulOptions, reference_values as stored};
-use scalewise::{DType, Device, Tensor};
-
-fn upload(device: &Device, shape: &[usize], data: &[f32], dtype: DType) -> Tensor {
-    Tensor::from_f32(device, shape, data, dtype).expect("upload")
-}
 
 backend_tests! {
     fn matmul_matches_reference_on_ragged_shapes(device: &Device, config: &str) {

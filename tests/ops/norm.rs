@@ -1,12 +1,8 @@
 //! LayerNorm, AdaLN modulation, RMSNorm, GroupNorm and softmax against their float64 references.
 
-use crate::common::{Rng, Seeded, Tol, assert_close, dtypes};
+use crate::common::{Rng, Seeded, Tol, assert_close, dtypes, upload};
+use scalewise::Device;
 use scalewise::ops::{self, reference_values as stored};
-use scalewise::{DType, Device, Tensor};
-
-fn upload(device: &Device, shape: &[usize], data: &[f32], dtype: DType) -> Tensor {
-    Tensor::from_f32(device, shape, data, dtype).expect("upload")
-}
 
 backend_tests! {
     fn layer_norm_with_and_without_affine(device: &Device, config: &str) {
