@@ -64,7 +64,7 @@ struct ScanParams {
 @group(0) @binding(11) var<uniform> p: ScanParams;
 
 var<workgroup> b_stage: array<f32, STAGE_STEPS * MAX_STATE>;
-var<workgroup> c_stage: array<f32, 1024>;
+var<workgroup> c_stage: array<f32, STAGE_STEPS * MAX_STATE>;
 
 struct Channel {
     batch: u32,

@@ -14,6 +14,7 @@ override DT_SOFTPLUS: bool = true;
 override REVERSE: bool = false;
 
 // SSD_ROWS: output rows (time steps) per workgroup, and keys per tile; SSD_COLS: threads per row.
+const SSD_THREADS: u32 = SSD_ROWS * SSD_COLS;
 const STAGE: u32 = 8u; // steps per stage in ssd_chunk_states
 
 struct SsdParams {
@@ -106,7 +107,7 @@ fn ssd_cumsum(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 
 // Workgroup per (batch * head, chunk): the chunk's own end state (N x P) and its decay.
-@compute @workgroup_size(SSD_ROWS * SSD_COLS)
+@compute @workgroup_size(SSD_THREADS)
 fn ssd_chunk_states(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) index: u32) {
     let b = wg.x / p.heads;
     let h = wg.x % p.heads;
@@ -115,11 +116,11 @@ fn ssd_chunk_states(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocat
     let end = min(start + p.chunk_len, p.length);
     let end_cum = work[work_cum(b, h, end - 1u)];
     let outputs = N_STATE * p.head_dim;
-    var acc: array<f32, 64>; // outputs / 256 <= MAX_STATE * SSD_MAX_HEAD_DIM / 256 = 64
+    var acc: array<f32, MAX_STATE * SSD_MAX_HEAD_DIM / SSD_THREADS>; // outputs per thread
     for (var s0 = start; s0 < end; s0 += STAGE) {
         let count = min(STAGE, end - s0);
         workgroupBarrier();
-        for (var e = index; e < STAGE * N_STATE; e += 256u) {
+        for (var e = index; e < STAGE * N_STATE; e += SSD_THREADS) {
             let s = e / N_STATE;
             var v = 0.0;
             if s < count {
@@ -127,7 +128,7 @@ fn ssd_chunk_states(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocat
             }
             keys_b[e] = v;
         }
-        for (var e = index; e < STAGE * p.head_dim; e += 256u) {
+        for (var e = index; e < STAGE * p.head_dim; e += SSD_THREADS) {
             let s = e / p.head_dim;
             var v = 0.0;
             if s < count {
@@ -138,8 +139,8 @@ fn ssd_chunk_states(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocat
             keys_x[e] = v;
         }
         workgroupBarrier();
-        for (var k = 0u; k * 256u + index < outputs; k++) {
-            let o = k * 256u + index;
+        for (var k = 0u; k * SSD_THREADS + index < outputs; k++) {
+            let o = k * SSD_THREADS + index;
             let n = o / p.head_dim;
             let col = o % p.head_dim;
             var sum = acc[k];
@@ -150,8 +151,8 @@ fn ssd_chunk_states(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocat
         }
     }
     let decay = exp(end_cum);
-    for (var k = 0u; k * 256u + index < outputs; k++) {
-        let o = k * 256u + index;
+    for (var k = 0u; k * SSD_THREADS + index < outputs; k++) {
+        let o = k * SSD_THREADS + index;
         let n = o / p.head_dim;
         let channel = h * p.head_dim + o % p.head_dim;
         let base = ((b * p.heads * p.head_dim + channel) * p.chunks + chunk) * 2u * N_STATE;
@@ -162,7 +163,7 @@ fn ssd_chunk_states(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocat
 
 // Workgroup per (batch * head, chunk, block of SSD_ROWS steps): thread (r, j) owns step r of the block
 // and the output columns j, j + SSD_COLS, ...
-@compute @workgroup_size(SSD_ROWS * SSD_COLS)
+@compute @workgroup_size(SSD_THREADS)
 fn ssd_chunk_outputs(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) index: u32) {
     let b = wg.x / p.heads;
     let h = wg.x % p.heads;
@@ -177,7 +178,7 @@ fn ssd_chunk_outputs(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoca
     let j = index % SSD_COLS;
     let i = first + r;
     let live = i < end;
-    for (var e = index; e < SSD_ROWS * N_STATE; e += 256u) {
+    for (var e = index; e < SSD_ROWS * N_STATE; e += SSD_THREADS) {
         let row = first + e / N_STATE;
         var v = 0.0;
         if row < end {
@@ -191,7 +192,7 @@ fn ssd_chunk_outputs(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoca
         cum_i = work[work_cum(b, h, i)];
     }
     // The carried-in state, decayed to step i: exp(a_i) C_i . S_init.
-    var acc: array<f32, 16>; // head_dim / SSD_COLS <= SSD_MAX_HEAD_DIM / SSD_COLS
+    var acc: array<f32, SSD_MAX_HEAD_DIM / SSD_COLS>; // head_dim / SSD_COLS columns per thread
     if live {
         let carry = exp(cum_i);
         for (var k = 0u; j + k * SSD_COLS < p.head_dim; k++) {
@@ -208,7 +209,7 @@ fn ssd_chunk_outputs(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoca
     let last = min(first + SSD_ROWS, end);
     for (var s0 = start; s0 < last; s0 += SSD_ROWS) {
         workgroupBarrier();
-        for (var e = index; e < SSD_ROWS * N_STATE; e += 256u) {
+        for (var e = index; e < SSD_ROWS * N_STATE; e += SSD_THREADS) {
             let s = s0 + e / N_STATE;
             var v = 0.0;
             if s < end {
@@ -216,7 +217,7 @@ fn ssd_chunk_outputs(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoca
             }
             keys_b[e] = v;
         }
-        for (var e = index; e < SSD_ROWS * p.head_dim; e += 256u) {
+        for (var e = index; e < SSD_ROWS * p.head_dim; e += SSD_THREADS) {
             let s = s0 + e / p.head_dim;
             var v = 0.0;
             if s < end {
