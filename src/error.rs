@@ -102,6 +102,12 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// A u32 view of a count, or a typed error when a shape outgrows the kernels' 32-bit indexing.
+pub(crate) fn index_u32(op: &'static str, what: &str, value: usize) -> Result<u32> {
+    u32::try_from(value)
+        .map_err(|_| Error::InvalidArgument { op, msg: format!("{what} = {value} exceeds the 32-bit index range") })
+}
+
 /// The detail of an [`Error::Weights`]: every missing, unexpected and mis-shaped key.
 fn describe_mismatch(
     missing: &[String],

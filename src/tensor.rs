@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::device::{Arg, Device, Grid, Launch, Readback, Storage};
 use crate::dtype::numel;
 pub use crate::dtype::{DType, Element};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, index_u32};
 use crate::kernels::{CastParams, Constants, CopyParams, Family, size};
 
 #[derive(Clone)]
@@ -268,7 +268,7 @@ impl Tensor {
             }
         };
         let out = Self::empty(&self.device, &self.shape, dtype)?;
-        let n = index_u32("to_dtype", self.numel())?;
+        let n = index_u32("to_dtype", "elements", self.numel())?;
         let params = CastParams { n };
         self.device.launch(&Launch::new(
             family,
@@ -302,7 +302,7 @@ impl Tensor {
         }
         // The copy params in the transpose's reading: total elements, then M and N.
         let params = CopyParams {
-            total: index_u32("transpose_last2", self.numel())?,
+            total: index_u32("transpose_last2", "elements", self.numel())?,
             count: m as u32,
             inner: n as u32,
             ..Default::default()
@@ -340,11 +340,6 @@ pub(crate) fn elements_grid(n: usize) -> u64 {
     (n as u64).div_ceil(size::THREADS_1D as u64)
 }
 
-fn index_u32(op: &'static str, value: usize) -> Result<u32> {
-    u32::try_from(value)
-        .map_err(|_| Error::InvalidArgument { op, msg: format!("{value} elements exceed the 32-bit index range") })
-}
-
 /// dst[o, dst_start + j, i] = src[o, src_start + j, i] for j < count, viewing both tensors as
 /// (outer, dim, inner) around `dim`.
 fn copy_block(src: &Tensor, dst: &Tensor, dim: usize, src_start: usize, dst_start: usize, count: usize) -> Result<()> {
@@ -352,7 +347,7 @@ fn copy_block(src: &Tensor, dst: &Tensor, dim: usize, src_start: usize, dst_star
     let inner = numel(&src.shape[dim + 1..]);
     let total = outer * count * inner;
     let params = CopyParams {
-        total: index_u32("copy", total)?,
+        total: index_u32("copy", "elements", total)?,
         count: count as u32,
         inner: inner as u32,
         src_len: src.shape[dim] as u32,

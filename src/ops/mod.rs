@@ -26,7 +26,7 @@ pub use resample::{downsample_area, upsample_bicubic, upsample_nearest2x};
 pub use transformer::{QkvHeads, gated_residual, qkv_heads};
 
 use crate::device::{Arg, Grid, Launch};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, index_u32};
 use crate::kernels::{Constants, Family, KernelParams};
 use crate::tensor::{DType, Tensor, check_same_device, elements_grid};
 
@@ -49,12 +49,6 @@ fn check_operand(op: &'static str, x: &Tensor, other: &Tensor) -> Result<()> {
 
 fn shape_error(op: &'static str, lhs: &Tensor, rhs: &Tensor, detail: impl Into<String>) -> Error {
     Error::ShapeMismatch { op, lhs: lhs.shape().to_vec(), rhs: rhs.shape().to_vec(), detail: detail.into() }
-}
-
-/// A u32 view of a count, or a typed error when a shape outgrows the kernels' 32-bit indexing.
-fn index_u32(op: &'static str, what: &str, value: usize) -> Result<u32> {
-    u32::try_from(value)
-        .map_err(|_| Error::InvalidArgument { op, msg: format!("{what} = {value} exceeds the 32-bit index range") })
 }
 
 /// One kernel of `family` on `on`'s device: every op's launches come through here.

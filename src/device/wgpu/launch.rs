@@ -59,13 +59,7 @@ impl PipelineCache {
         Ok(module)
     }
 
-    fn pipeline(
-        &self,
-        ctx: &WgpuDevice,
-        key: PipelineKey,
-        constants: &[(String, f64)],
-        label: &str,
-    ) -> Result<Arc<CachedPipeline>> {
+    fn pipeline(&self, ctx: &WgpuDevice, key: PipelineKey, label: &str) -> Result<Arc<CachedPipeline>> {
         if let Some(cached) = self.pipelines.lock().map_err(poisoned)?.get(&key) {
             return Ok(Arc::clone(cached));
         }
@@ -74,7 +68,8 @@ impl PipelineCache {
             return Ok(Arc::clone(cached));
         }
         let module = self.module(ctx, key.family, key.variant)?;
-        let constants: Vec<(&str, f64)> = constants.iter().map(|(name, value)| (name.as_str(), *value)).collect();
+        // Only a miss needs wgpu's (name, f64) form of the constants.
+        let constants: Vec<(&str, f64)> = key.constants.iter().map(|&(name, value)| (name, value.as_f64())).collect();
         let cached = ctx.checked(&format!("building pipeline {label}"), || {
             let storage =
                 key.writable.iter().map(|&writable| wgpu::BufferBindingType::Storage { read_only: !writable });
@@ -205,9 +200,7 @@ impl WgpuDevice {
             constants: launch.constants.values().to_vec(),
             writable: launch.args.iter().map(|a| a.writable).collect(),
         };
-        let constants: Vec<(String, f64)> =
-            launch.constants.values().iter().map(|(name, value)| (name.to_string(), value.as_f64())).collect();
-        let cached = self.pipelines.pipeline(self, key, &constants, &label)?;
+        let cached = self.pipelines.pipeline(self, key, &label)?;
         let mut profiler = self.profiler.lock().map_err(poisoned)?;
         let timestamp_slot = match profiler.as_mut() {
             Some(p) => p.timestamp_slot(self, &label)?,
