@@ -82,6 +82,19 @@ pub enum Error {
         misshaped: Vec<(String, Vec<usize>, Vec<usize>)>,
     },
 
+    /// Weights holding NaN or infinities (refused unless the state_dict allows them:
+    /// [`crate::weights::LoadOptions::allow_non_finite`], the CLI's `--allow-non-finite`).
+    #[error(
+        "weights under {prefix:?} hold non-finite values (NaN or infinity), which would make every image the \
+         same or black:{} (--allow-non-finite / LoadOptions::allow_non_finite loads them anyway)",
+        describe_non_finite(tensors)
+    )]
+    NonFiniteWeights {
+        prefix: String,
+        /// (key, non-finite values, values)
+        tensors: Vec<(String, usize, usize)>,
+    },
+
     /// A weights file that cannot be read: missing, truncated, corrupt, or not a format scalewise reads.
     /// `path` is `<memory>` for the `StateDict::from_*_bytes` constructors.
     #[error("weights file {}: {reason}", path.display())]
@@ -108,7 +121,21 @@ pub(crate) fn index_u32(op: &'static str, what: &str, value: usize) -> Result<u3
         .map_err(|_| Error::InvalidArgument { op, msg: format!("{what} = {value} exceeds the 32-bit index range") })
 }
 
-/// The detail of an [`Error::Weights`]: every missing, unexpected and mis-shaped key.
+/// How many names an error lists before it only counts the rest: a hostile file may hold 100k keys.
+const LISTED: usize = 12;
+
+/// `names` joined with ", ", at most [`LISTED`] of them, each [`shown`], then how many were left out.
+fn listed<'a>(names: impl ExactSizeIterator<Item = &'a str>) -> String {
+    let total = names.len();
+    let mut text: Vec<String> = names.take(LISTED).map(|n| shown(n).into_owned()).collect();
+    if total > LISTED {
+        text.push(format!("and {} more", total - LISTED));
+    }
+    text.join(", ")
+}
+
+/// The detail of an [`Error::Weights`]: the missing, unexpected and mis-shaped keys (the first few of
+/// each, and counts).
 fn describe_mismatch(
     missing: &[String],
     unexpected: &[String],
@@ -116,13 +143,48 @@ fn describe_mismatch(
 ) -> String {
     let mut text = String::new();
     if !missing.is_empty() {
-        text.push_str(&format!(" missing {}.", missing.join(", ")));
+        text.push_str(&format!(" missing {}.", listed(missing.iter().map(String::as_str))));
     }
     if !unexpected.is_empty() {
-        text.push_str(&format!(" unexpected {}.", unexpected.join(", ")));
+        text.push_str(&format!(" unexpected {}.", listed(unexpected.iter().map(String::as_str))));
     }
-    for (key, want, got) in misshaped {
-        text.push_str(&format!(" {key} has shape {got:?}, expected {want:?}."));
+    for (key, want, got) in misshaped.iter().take(LISTED) {
+        text.push_str(&format!(" {} has shape {got:?}, expected {want:?}.", shown(key)));
+    }
+    if misshaped.len() > LISTED {
+        text.push_str(&format!(" {} more keys have the wrong shape.", misshaped.len() - LISTED));
     }
     text
+}
+
+fn describe_non_finite(tensors: &[(String, usize, usize)]) -> String {
+    let mut text: Vec<String> =
+        tensors.iter().take(LISTED).map(|(key, bad, all)| format!(" {} ({bad} of {all} values)", shown(key))).collect();
+    if tensors.len() > LISTED {
+        text.push(format!(" and {} more tensors", tensors.len() - LISTED));
+    }
+    text.join(",")
+}
+
+/// A name read from a file (a key, a class name, metadata), made safe to print: control characters
+/// and other invisible code points are escaped (no terminal escape sequences or line breaks reach the
+/// terminal), and very long names are cut.
+pub fn shown(name: &str) -> std::borrow::Cow<'_, str> {
+    const LONGEST: usize = 160;
+    let plain = |c: char| {
+        !c.is_control()
+            && !matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+    };
+    if name.len() <= LONGEST && name.chars().all(plain) {
+        return std::borrow::Cow::Borrowed(name);
+    }
+    let mut text = String::new();
+    for c in name.chars() {
+        if text.len() >= LONGEST {
+            text.push_str(&format!("... ({} bytes in all)", name.len()));
+            break;
+        }
+        if plain(c) { text.push(c) } else { text.extend(c.escape_unicode()) }
+    }
+    std::borrow::Cow::Owned(text)
 }

@@ -29,7 +29,11 @@ use crate::nn::{VarModel, VqVae};
 use crate::ops::matmul;
 use crate::ops::sample::{SampleOptions, gumbel_softmax, sample_tokens};
 use crate::tensor::{DType, Tensor};
-use crate::weights::StateDict;
+use crate::weights::{LoadOptions, StateDict};
+
+/// The largest batch a generation accepts whatever the adapter, a bound on host-side bookkeeping (labels,
+/// token lists, images) before any buffer is sized.
+pub const MAX_BATCH: usize = 4096;
 
 /// A VAR transformer and the VQVAE it was trained with.
 pub struct Pipeline {
@@ -46,7 +50,8 @@ pub struct GenerateOptions {
     /// Classifier-free guidance; ramps linearly from 0 at the first scale to `cfg` at the last. 0
     /// turns guidance off (and skips the unconditional half).
     pub cfg: f32,
-    /// 0: no top-k; 1: argmax.
+    /// 0: no top-k; 1: argmax; at or above the vocabulary size every token is kept (so the default,
+    /// the official 900, also suits models with smaller codebooks).
     pub top_k: usize,
     /// In [0, 1]; 0 or 1: no top-p.
     pub top_p: f32,
@@ -141,11 +146,22 @@ impl Pipeline {
     /// Loads both checkpoints (safetensors or .pth). `dtype` defaults to f16 where the device has
     /// SHADER_F16, else f32.
     pub fn load(device: &Device, var: impl AsRef<Path>, vae: impl AsRef<Path>, dtype: Option<DType>) -> Result<Self> {
+        Self::load_with(device, var, vae, dtype, &LoadOptions::default())
+    }
+
+    /// [`Pipeline::load`] with explicit limits and checks for reading the files.
+    pub fn load_with(
+        device: &Device,
+        var: impl AsRef<Path>,
+        vae: impl AsRef<Path>,
+        dtype: Option<DType>,
+        options: &LoadOptions,
+    ) -> Result<Self> {
         let dtype = dtype.unwrap_or(device.preferred_float());
-        let vae_sd = StateDict::load(vae)?;
+        let vae_sd = StateDict::load_with(vae, options)?;
         let vae = VqVae::from_state_dict(device, &vae_sd, dtype)?;
         drop(vae_sd);
-        let var_sd = StateDict::load(var)?;
+        let var_sd = StateDict::load_with(var, options)?;
         let var = VarModel::from_state_dict(device, &var_sd, dtype)?;
         Self::new(var, vae)
     }
@@ -179,10 +195,58 @@ impl Pipeline {
         if !(0.0..=1.0).contains(&options.top_p) {
             return bad(format!("top-p must be in [0, 1], got {}", options.top_p));
         }
-        if options.top_k > config.vocab {
-            return bad(format!("top-k {} is above the vocabulary size {}", options.top_k, config.vocab));
+        self.check_batch(options.labels.len(), options.cfg > 0.0)
+    }
+
+    /// The most images one generation may hold on this device: every buffer a generation of `batch`
+    /// images allocates must fit the adapter's per-binding limit. Checked before anything is allocated,
+    /// so an oversized batch is one clear error instead of a failure deep inside a kernel (or an
+    /// allocation the machine cannot survive).
+    pub fn max_batch(&self, cfg: bool) -> usize {
+        let per_image = self.largest_buffer_per_image(cfg);
+        let limit = self.device().caps().max_arg_bytes.min(self.device().caps().max_buffer_bytes);
+        let by_memory = usize::try_from(limit / per_image.max(1)).unwrap_or(usize::MAX);
+        by_memory.min(MAX_BATCH)
+    }
+
+    fn check_batch(&self, batch: usize, cfg: bool) -> Result<()> {
+        let max = self.max_batch(cfg);
+        if batch > max {
+            let per_image = self.largest_buffer_per_image(cfg);
+            return Err(Error::InvalidArgument {
+                op: "generate",
+                msg: format!(
+                    "a batch of {batch} images is more than this model runs on this adapter: at most {max} (each image \
+                     needs buffers of up to {per_image} bytes{}, and the adapter binds at most {} bytes per buffer)",
+                    if cfg { " with CFG" } else { "" },
+                    self.device().caps().max_arg_bytes.min(self.device().caps().max_buffer_bytes),
+                ),
+            });
         }
         Ok(())
+    }
+
+    /// The largest buffer one image contributes to: logits, the FFN's hidden activations, a block's
+    /// KV cache, or a decoder activation at full resolution (saturating: a model too large for the
+    /// arithmetic cannot run a single image anyway).
+    fn largest_buffer_per_image(&self, cfg: bool) -> u64 {
+        let (v, a) = (&self.var.config, &self.vae.config);
+        let halves: u64 = if cfg { 2 } else { 1 };
+        let last = (v.latent_side() as u64).saturating_mul(v.latent_side() as u64);
+        let tokens = v.seq_len() as u64;
+        let weight_bytes = self.var.dtype.size_in_bytes() as u64;
+        let image = self.image_size() as u64;
+        let pixels = image.saturating_mul(image);
+        let widest_level = a.level_channels.iter().copied().max().unwrap_or(0) as u64;
+        [
+            halves.saturating_mul(last).saturating_mul(v.vocab as u64).saturating_mul(4),
+            halves.saturating_mul(last).saturating_mul(v.mlp_hidden as u64).saturating_mul(4),
+            halves.saturating_mul(tokens).saturating_mul(v.width as u64).saturating_mul(weight_bytes),
+            pixels.saturating_mul(widest_level).saturating_mul(4),
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(0)
     }
 
     /// Starts a generation; iterate it to run the scales.
@@ -404,7 +468,8 @@ impl Generation<'_> {
         let sample_options = SampleOptions {
             cfg: self.cfg_halves.then_some(self.options.cfg),
             cfg_ratio: ratio,
-            top_k: self.options.top_k,
+            // Above the vocabulary, top-k keeps every token (the official 900 on a smaller codebook).
+            top_k: self.options.top_k.min(config.vocab),
             top_p: self.options.top_p,
             seed: self.options.seed,
             step: si as u32,

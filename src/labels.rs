@@ -70,7 +70,8 @@ pub fn resolve(names: &[String], num_classes: usize, text: &str) -> Result<usize
         }
     }
     if names.len() <= 2 * SUGGESTIONS {
-        return Err(error(format!("unknown class {text:?}; this model's classes are: {}", names.join(", "))));
+        let all: Vec<_> = names.iter().map(|n| crate::error::shown(n)).collect();
+        return Err(error(format!("unknown class {text:?}; this model's classes are: {}", all.join(", "))));
     }
     let matches = search(names, num_classes, text);
     Err(error(if matches.is_empty() {
@@ -97,7 +98,7 @@ pub fn search(names: &[String], num_classes: usize, query: &str) -> Vec<usize> {
 }
 
 fn listing(names: &[String], ids: &[usize]) -> String {
-    ids.iter().map(|&i| format!("{i} {:?}", names[i])).collect::<Vec<_>>().join(", ")
+    ids.iter().map(|&i| format!("{i} \"{}\"", crate::error::shown(&names[i]))).collect::<Vec<_>>().join(", ")
 }
 
 #[cfg(test)]

@@ -1,29 +1,155 @@
-//! Output files written so that a failure never leaves a partial file behind.
+//! Output files written so that a failure never leaves a partial file behind and never touches
+//! anything but the regular file the user named.
+//!
+//! [`StagedOutput`] is the building block: [`StagedOutput::create`] first checks the target (an
+//! existing target must be a regular, writable file: never a directory, a symbolic link, a device
+//! node, a FIFO or a socket), then creates a temporary file beside it under an unpredictable name
+//! with `O_CREAT | O_EXCL`, which never opens an existing file or follows a planted symbolic link.
+//! The bytes go to that file; [`StagedOutput::commit`] renames it over the target. Dropped without a
+//! commit, the temporary file is removed and the target keeps its old content. A caller with
+//! several outputs stages all of them before any expensive work (which also proves each folder
+//! writable) and commits them only when everything has succeeded.
 
+use std::fs::{File, OpenOptions};
+use std::hash::{BuildHasher, Hasher};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{Error, Result};
 
 /// Writes `bytes` to a temporary file beside `path` and renames it into place, so `path` either keeps
-/// its old content or gets the whole new one.
+/// its old content or gets the whole new one. See [`StagedOutput`] for what `path` may be.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let fail = |reason: String| Error::Output { path: path.to_path_buf(), reason };
-    let name = path.file_name().ok_or_else(|| fail("the path names no file".into()))?;
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
-    let result = (|| -> std::io::Result<()> {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(fail(e.to_string()));
+    let mut staged = StagedOutput::create(path)?;
+    staged.write_all(bytes)?;
+    staged.commit()
+}
+
+/// An output file being written: see the module documentation.
+#[derive(Debug)]
+pub struct StagedOutput {
+    target: PathBuf,
+    temp: PathBuf,
+    file: Option<File>,
+    committed: bool,
+}
+
+impl StagedOutput {
+    /// Checks `target` ([`check_target`]) and creates the temporary file beside it.
+    pub fn create(target: &Path) -> Result<Self> {
+        check_target(target)?;
+        let fail = |reason: String| Error::Output { path: target.to_path_buf(), reason };
+        let name = target.file_name().ok_or_else(|| fail("the path names no file".into()))?;
+        let dir = folder_of(target);
+        // Random names, so another user of a shared folder cannot plant the temporary name in advance;
+        // O_EXCL (`create_new`) is what makes a planted name harmless, the randomness only avoids the
+        // retries.
+        for _ in 0..16 {
+            let temp = dir.join(format!(".{}.{:016x}.tmp", name.to_string_lossy(), random_u64()));
+            match OpenOptions::new().write(true).create_new(true).open(&temp) {
+                Ok(file) => return Ok(Self { target: target.to_path_buf(), temp, file: Some(file), committed: false }),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(fail(format!("cannot create a file in the folder {}: {e}", dir.display()))),
+            }
+        }
+        Err(fail(format!("could not find a free temporary name in {}", dir.display())))
     }
-    Ok(())
+
+    /// The file this output replaces when committed.
+    pub fn target(&self) -> &Path {
+        &self.target
+    }
+
+    /// Appends `bytes` to the staged file.
+    pub fn write_all(&mut self, bytes: &[u8]) -> Result<()> {
+        let file = self.file.as_mut().ok_or_else(|| Error::Output {
+            path: self.target.clone(),
+            reason: "the staged file was already closed".into(),
+        })?;
+        file.write_all(bytes).map_err(|e| Error::Output { path: self.target.clone(), reason: e.to_string() })
+    }
+
+    /// Flushes the staged file to disk and renames it over the target. The target is checked again
+    /// first: something other than a regular file put there since [`StagedOutput::create`] is left
+    /// alone and the commit fails.
+    pub fn commit(mut self) -> Result<()> {
+        let fail = |reason: String| Error::Output { path: self.target.clone(), reason };
+        if let Some(file) = self.file.take() {
+            file.sync_all().map_err(|e| fail(e.to_string()))?;
+        }
+        check_target(&self.target)?;
+        std::fs::rename(&self.temp, &self.target).map_err(|e| fail(e.to_string()))?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for StagedOutput {
+    fn drop(&mut self) {
+        if !self.committed {
+            self.file.take();
+            let _ = std::fs::remove_file(&self.temp);
+        }
+    }
+}
+
+/// Whether `target` may be written: its folder exists, and the target is absent or a regular file
+/// that is not read-only. Directories, symbolic links (even to regular files), device nodes, FIFOs
+/// and sockets are refused, so writing an output never replaces one of them.
+pub fn check_target(target: &Path) -> Result<()> {
+    let fail = |reason: String| Err(Error::Output { path: target.to_path_buf(), reason });
+    if target.file_name().is_none() {
+        return fail("the path names no file".into());
+    }
+    let dir = folder_of(target);
+    match std::fs::metadata(&dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return fail(format!("{} is not a folder", dir.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return fail(format!("the folder {} does not exist", dir.display()));
+        }
+        Err(e) => return fail(format!("cannot read the folder {}: {e}", dir.display())),
+    }
+    match std::fs::symlink_metadata(target) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => fail(format!("cannot inspect it: {e}")),
+        Ok(m) => {
+            let kind = m.file_type();
+            if kind.is_symlink() {
+                fail("it is a symbolic link; scalewise only replaces regular files (name the file it points to)".into())
+            } else if kind.is_dir() {
+                fail("it is a directory, not a file".into())
+            } else if !kind.is_file() {
+                fail(
+                    "it is not a regular file (a device, FIFO or socket); scalewise only replaces regular files".into(),
+                )
+            } else if m.permissions().readonly() {
+                fail("it is read-only; scalewise does not replace read-only files".into())
+            } else {
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The folder `path` lies in (`.` for a bare file name).
+fn folder_of(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// 64 unpredictable bits: std's per-process random hasher keys (seeded from the OS), mixed with a
+/// counter, the process id and the time.
+fn random_u64() -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    hasher.write_u32(std::process::id());
+    if let Ok(t) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        hasher.write_u128(t.as_nanos());
+    }
+    hasher.finish()
 }

@@ -296,85 +296,7 @@ fn garbage_and_foreign_files_fail_naming_the_file() {
 
 // ------------------------------------------------------------------- hand-made pickles in a torch archive
 
-/// A zip in torch.save's layout (STORED records under `archive/`) holding `data.pkl` and `storages`.
-fn torch_archive(pkl: &[u8], storages: &[(&str, Vec<u8>)]) -> Vec<u8> {
-    use zip::write::SimpleFileOptions;
-    let options = SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
-    let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
-    w.start_file("archive/data.pkl", options).unwrap();
-    w.write_all(pkl).unwrap();
-    w.start_file("archive/byteorder", options).unwrap();
-    w.write_all(b"little").unwrap();
-    for (key, bytes) in storages {
-        w.start_file(format!("archive/data/{key}"), options).unwrap();
-        w.write_all(bytes).unwrap();
-    }
-    w.start_file("archive/version", options).unwrap();
-    w.write_all(b"3\n").unwrap();
-    w.finish().unwrap().into_inner()
-}
-
-/// Protocol-2 pickle fragments, as Python's pickler writes them.
-mod p {
-    pub fn str(s: &str) -> Vec<u8> {
-        let mut out = vec![b'X'];
-        out.extend_from_slice(&(s.len() as u32).to_le_bytes());
-        out.extend_from_slice(s.as_bytes());
-        out
-    }
-
-    pub fn int(i: i32) -> Vec<u8> {
-        let mut out = vec![b'J'];
-        out.extend_from_slice(&i.to_le_bytes());
-        out
-    }
-
-    pub fn global(module: &str, name: &str) -> Vec<u8> {
-        format!("c{module}\n{name}\n").into_bytes()
-    }
-
-    pub fn tuple(items: &[Vec<u8>]) -> Vec<u8> {
-        let mut out = vec![b'('];
-        for item in items {
-            out.extend_from_slice(item);
-        }
-        out.push(b't');
-        out
-    }
-
-    pub fn ordered_dict() -> Vec<u8> {
-        let mut out = global("collections", "OrderedDict");
-        out.extend_from_slice(b")R");
-        out
-    }
-
-    /// `_rebuild_tensor_v2(storage, offset, size, stride, False, OrderedDict())`.
-    pub fn tensor(class: &str, key: &str, numel: i32, offset: i32, size: &[i32], stride: &[i32]) -> Vec<u8> {
-        let mut out = global("torch._utils", "_rebuild_tensor_v2");
-        let mut storage = tuple(&[str("storage"), global("torch", class), str(key), str("cpu"), int(numel)]);
-        storage.push(b'Q');
-        let size = tuple(&size.iter().map(|&d| int(d)).collect::<Vec<_>>());
-        let stride = tuple(&stride.iter().map(|&d| int(d)).collect::<Vec<_>>());
-        out.extend_from_slice(&tuple(&[storage, int(offset), size, stride, vec![0x89], ordered_dict()]));
-        out.push(b'R');
-        out
-    }
-
-    /// `{key: value, ...}` as a whole pickle.
-    pub fn dict(entries: &[(&str, Vec<u8>)]) -> Vec<u8> {
-        let mut out = vec![0x80, 2, b'}', b'('];
-        for (k, v) in entries {
-            out.extend_from_slice(&str(k));
-            out.extend_from_slice(v);
-        }
-        out.extend_from_slice(b"u.");
-        out
-    }
-}
-
-fn f32_storage(values: impl IntoIterator<Item = f32>) -> Vec<u8> {
-    values.into_iter().flat_map(f32::to_le_bytes).collect()
-}
+use scalewise_support::torch_file::{self as p, f32_storage, torch_archive};
 
 #[test]
 fn pth_strided_views_parameters_and_skipped_kinds() {
@@ -430,7 +352,9 @@ fn pth_bad_views_and_types_are_errors() {
         ("past the end", p::tensor("FloatStorage", "0", 4, 0, &[5], &[1]), storage(), "reaches past"),
         ("offset past the end", p::tensor("FloatStorage", "0", 4, 3, &[2], &[1]), storage(), "reaches past"),
         ("strided past the end", p::tensor("FloatStorage", "0", 4, 0, &[2, 2], &[3, 1]), storage(), "reaches past"),
-        ("huge expansion", p::tensor("FloatStorage", "0", 4, 0, &[1 << 30, 1 << 30], &[0, 0]), storage(), "expanded"),
+        ("huge expansion", p::tensor("FloatStorage", "0", 4, 0, &[1 << 30, 1 << 30], &[0, 0]), storage(), "expand"),
+        // Within the file's budget, but more than 4 times its storage (and above the small-view floor).
+        ("view expansion", p::tensor("FloatStorage", "0", 4, 0, &[5000], &[0]), storage(), "more than 4 times"),
         ("missing storage", p::tensor("FloatStorage", "9", 4, 0, &[4], &[1]), storage(), "archive/data/9"),
         ("rank mismatch", p::tensor("FloatStorage", "0", 4, 0, &[2, 2], &[1]), storage(), "rank"),
         ("negative stride", p::tensor("FloatStorage", "0", 4, 3, &[2], &[-1]), storage(), "negative"),
@@ -440,6 +364,18 @@ fn pth_bad_views_and_types_are_errors() {
         let msg = StateDict::from_pth_bytes(&archive).expect_err(what).to_string();
         assert!(msg.contains(needle), "{what}: {msg}");
     }
+    // Many views, each within its own bound, that together expand a tiny file far beyond its size.
+    let views: Vec<(String, Vec<u8>)> =
+        (0..300).map(|i| (format!("w{i}"), p::tensor("FloatStorage", "0", 4, 0, &[4096], &[0]))).collect();
+    let entries: Vec<(&str, Vec<u8>)> = views.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    let archive = torch_archive(&p::dict(&entries), &storage());
+    let msg = StateDict::from_pth_bytes(&archive).expect_err("300 expanded views").to_string();
+    assert!(msg.contains("8 times the file's size"), "{msg}");
+    // The configurable limit applies whatever the file's size.
+    let archive = torch_archive(&p::dict(&[("w", p::tensor("FloatStorage", "0", 4, 0, &[4], &[1]))]), &storage());
+    let tight = scalewise::weights::LoadOptions { max_bytes: 8, ..Default::default() };
+    let msg = StateDict::from_bytes_with(&archive, &tight).expect_err("a limit of 8 bytes").to_string();
+    assert!(msg.contains("LoadOptions::max_bytes"), "{msg}");
     let complex = p::tensor("ComplexFloatStorage", "0", 2, 0, &[2], &[1]);
     let archive = torch_archive(&p::dict(&[("c", complex)]), &storage());
     match StateDict::from_pth_bytes(&archive) {

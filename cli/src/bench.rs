@@ -79,7 +79,29 @@ pub fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
     scalewise_support::Rng::new(seed).vec(n, 1.0)
 }
 
+/// Refuses, before anything is allocated on the host or the GPU, a buffer of `dims` elements of `dtype`
+/// above the adapter's per-binding limit (checked arithmetic: a size from the command line may be
+/// anything).
+pub fn check_fits(device: &Device, what: &str, dims: &[usize], dtype: DType) -> Result<()> {
+    let limit = device.caps().max_arg_bytes.min(device.caps().max_buffer_bytes);
+    let bytes = dims.iter().try_fold(dtype.size_in_bytes() as u64, |n, &d| n.checked_mul(d as u64));
+    match bytes {
+        Some(bytes) if bytes <= limit => Ok(()),
+        _ => Err(Error::TooLarge {
+            what: format!("{what} {dims:?} ({dtype})"),
+            bytes: bytes.unwrap_or(u64::MAX),
+            limit,
+            limit_name: "per-buffer binding limit",
+        }),
+    }
+}
+
 pub fn matmul(device: &Device, config: &MatmulBenchConfig) -> Result<Vec<MatmulBenchRow>> {
+    for &size in &config.sizes {
+        for &dtype in &config.dtypes {
+            check_fits(device, "a matmul operand", &[size, size], dtype)?;
+        }
+    }
     let mut rows = Vec::new();
     for &size in &config.sizes {
         for &dtype in &config.dtypes {
@@ -208,6 +230,9 @@ pub fn attention(device: &Device, config: &AttentionBenchConfig) -> Result<Vec<A
         .with_text(case.text, case.text);
         let len = base.seq_len();
         for &dtype in &config.dtypes {
+            check_fits(device, "attention's q, k and v", &[config.heads, len, config.head_dim], dtype)?;
+        }
+        for &dtype in &config.dtypes {
             if dtype == DType::F16 && !device.caps().f16 {
                 continue;
             }
@@ -335,6 +360,13 @@ pub struct ScanBenchRow {
 
 pub fn scan(device: &Device, config: &ScanBenchConfig) -> Result<Vec<ScanBenchRow>> {
     use scalewise::ops::scan::{SelectiveScan, SequenceLayout, selective_scan_checked};
+    for &[batch, d, n, l] in &config.shapes {
+        for &dtype in &config.dtypes {
+            check_fits(device, "the scan's (B, D, L) inputs", &[batch, d, l], dtype)?;
+            check_fits(device, "the scan's (B, N, L) inputs", &[batch, n, l], dtype)?;
+            check_fits(device, "the scan's (B, D, N) state", &[batch, d, n], DType::F32)?;
+        }
+    }
     let mut rows = Vec::new();
     for &shape in &config.shapes {
         let [batch, d, n, l] = shape;

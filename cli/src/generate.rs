@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, ensure};
 use clap::Args;
-use scalewise::generate::{GenerateOptions, Pipeline, ScaleStep};
+use scalewise::generate::{GenerateOptions, MAX_BATCH, Pipeline, ScaleStep};
 use scalewise::image::Image;
-use scalewise::output::write_atomic;
+use scalewise::output::StagedOutput;
 use scalewise::{DType, Device};
 use scalewise_cli::bench::{self, GenerateBenchConfig};
 use scalewise_support::synthetic::{VaeShape, VarShape};
@@ -58,28 +58,115 @@ pub struct GenerateArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    #[command(flatten)]
+    weights: super::WeightsArgs,
 }
 
-/// Fails early, before any GPU work, on what can be checked without the model.
-fn check_args(args: &GenerateArgs) -> anyhow::Result<()> {
+/// The output files of one `generate` run, staged (see [`scalewise::output::StagedOutput`]) before
+/// the model loads, so that a bad target is refused before any work and nothing is written or
+/// replaced unless the whole run succeeds.
+pub struct Outputs {
+    image: StagedOutput,
+    tokens: Option<StagedOutput>,
+    scales: Option<ScalesFolder>,
+}
+
+/// The `--every-scale` folder: created by this run when it did not exist (and removed again, when
+/// still empty, if the run fails).
+struct ScalesFolder {
+    path: PathBuf,
+    created: bool,
+    files: Vec<StagedOutput>,
+    committed: bool,
+}
+
+impl Drop for ScalesFolder {
+    fn drop(&mut self) {
+        if !self.committed && self.created {
+            self.files.clear();
+            let _ = std::fs::remove_dir(&self.path);
+        }
+    }
+}
+
+/// Fails early, before the device opens and the model loads, on everything that can be checked
+/// without the model: numbers, input files and every output target (staged here).
+pub fn check_args(args: &GenerateArgs) -> anyhow::Result<Outputs> {
     ensure!(args.cfg.is_finite() && args.cfg >= 0.0, "--cfg must be a finite number >= 0, got {}", args.cfg);
     ensure!((0.0..=1.0).contains(&args.top_p), "--top-p must be in [0, 1], got {}", args.top_p);
-    ensure!(args.batch >= 1, "--batch must be at least 1");
+    ensure!((1..=MAX_BATCH).contains(&args.batch), "--batch must be between 1 and {MAX_BATCH}, got {}", args.batch);
+    ensure!(
+        args.classes.len() <= MAX_BATCH,
+        "--class lists {} classes; a batch holds at most {MAX_BATCH}",
+        args.classes.len()
+    );
     for (flag, path) in [("--var", &args.var), ("--vae", &args.vae)] {
         if let Some(path) = path {
-            ensure!(path.is_file(), "{flag} {}: no such file", path.display());
+            check_input_file(flag, path)?;
         }
     }
-    let parent = |p: &Path| p.parent().filter(|d| !d.as_os_str().is_empty()).map(Path::to_path_buf);
-    for (flag, path) in [("--out", Some(&args.out)), ("--dump-tokens", args.dump_tokens.as_ref())] {
-        if let Some(dir) = path.and_then(|p| parent(p)) {
-            ensure!(dir.is_dir(), "{flag}: the directory {} does not exist", dir.display());
+    let mut targets: Vec<(&str, &Path)> = vec![("--out", &args.out)];
+    if let Some(path) = &args.dump_tokens {
+        targets.push(("--dump-tokens", path));
+    }
+    for (i, (flag, path)) in targets.iter().enumerate() {
+        if let Some((other, _)) = targets[..i].iter().find(|(_, p)| same_file(p, path)) {
+            anyhow::bail!("{flag} and {other} name the same file {}", path.display());
         }
     }
-    if let Some(dir) = &args.every_scale {
-        ensure!(!dir.is_file(), "--every-scale {} is a file, not a directory", dir.display());
+    let stage = |flag: &str, path: &Path| StagedOutput::create(path).with_context(|| format!("{flag}"));
+    let image = stage("--out", &args.out)?;
+    let tokens = args.dump_tokens.as_deref().map(|p| stage("--dump-tokens", p)).transpose()?;
+    let scales = args.every_scale.as_deref().map(scales_folder).transpose()?;
+    Ok(Outputs { image, tokens, scales })
+}
+
+/// An input checkpoint: a readable regular file (a directory, FIFO or device is named as such; a
+/// FIFO would otherwise block the loader).
+pub fn check_input_file(flag: &str, path: &Path) -> anyhow::Result<()> {
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => anyhow::bail!("{flag} {}: no such file", path.display()),
+        Err(e) => anyhow::bail!("{flag} {}: {e}", path.display()),
+        Ok(m) if m.is_dir() => anyhow::bail!("{flag} {}: is a directory, not a checkpoint file", path.display()),
+        Ok(m) if !m.is_file() => {
+            anyhow::bail!("{flag} {}: not a regular file (a FIFO, socket or device)", path.display())
+        }
+        Ok(_) => std::fs::File::open(path).map(drop).with_context(|| format!("{flag} {}", path.display())),
     }
-    Ok(())
+}
+
+/// Whether two output paths name the same file (same folder after resolving it, same name).
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    let resolve = |p: &Path| {
+        let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        (std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf()), p.file_name().map(|n| n.to_owned()))
+    };
+    resolve(a) == resolve(b)
+}
+
+/// Checks (or creates) the `--every-scale` folder; its files are staged once the model's schedule is
+/// known.
+fn scales_folder(path: &Path) -> anyhow::Result<ScalesFolder> {
+    let flag = "--every-scale";
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => {
+            Ok(ScalesFolder { path: path.to_path_buf(), created: false, files: Vec::new(), committed: false })
+        }
+        Ok(m) if m.file_type().is_symlink() => {
+            anyhow::bail!("{flag} {}: is a symbolic link; name the folder itself", path.display())
+        }
+        Ok(_) => anyhow::bail!("{flag} {}: exists and is not a folder", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir(path).with_context(|| format!("{flag}: creating the folder {}", path.display()))?;
+            Ok(ScalesFolder { path: path.to_path_buf(), created: true, files: Vec::new(), committed: false })
+        }
+        Err(e) => anyhow::bail!("{flag} {}: {e}", path.display()),
+    }
+}
+
+/// The file `--every-scale` writes for scale `index` of side `side`.
+fn scale_file(dir: &Path, index: usize, side: usize) -> PathBuf {
+    dir.join(format!("scale_{index:02}_{side}x{side}.png"))
 }
 
 struct Progress {
@@ -120,17 +207,30 @@ impl Progress {
     }
 }
 
-pub fn generate(device: &Device, args: &GenerateArgs) -> anyhow::Result<()> {
-    check_args(args)?;
+/// `scalewise generate`: arguments and output targets are checked by [`check_args`] (in `main`,
+/// before the device opens), then the model loads, the generation runs, and only then are the
+/// staged outputs written and renamed into place.
+pub fn generate(device: &Device, args: &GenerateArgs, mut outputs: Outputs) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let pipeline = match (&args.var, &args.vae) {
-        (Some(var), Some(vae)) => Pipeline::load(device, var, vae, None).context("loading the model")?,
+        (Some(var), Some(vae)) => {
+            Pipeline::load_with(device, var, vae, None, &args.weights.options()).context("loading the model")?
+        }
         _ => scalewise::demo::pipeline(device, None).context("loading the demo model")?,
     };
     let load_s = started.elapsed().as_secs_f64();
     let config = &pipeline.var.config;
     let classes = args.classes.iter().map(|c| config.resolve_class(c)).collect::<scalewise::Result<Vec<_>>>()?;
+    if let Some(k) = args.top_k {
+        ensure!(k <= config.vocab, "--top-k {k} is above this model's vocabulary of {} tokens", config.vocab);
+    }
     let batch = args.batch.max(classes.len());
+    let max_batch = pipeline.max_batch(args.cfg > 0.0);
+    ensure!(
+        batch <= max_batch,
+        "--batch {batch}: this model runs at most {max_batch} images at once on this adapter ({})",
+        device.info().adapter.name
+    );
     let options = GenerateOptions {
         labels: (0..batch).map(|i| classes[i % classes.len()]).collect(),
         seed: args.seed,
@@ -142,6 +242,12 @@ pub fn generate(device: &Device, args: &GenerateArgs) -> anyhow::Result<()> {
         ..GenerateOptions::default()
     };
     pipeline.validate(&options)?;
+    if let Some(folder) = &mut outputs.scales {
+        for (index, &side) in config.patch_nums.iter().enumerate() {
+            let path = scale_file(&folder.path, index, side);
+            folder.files.push(StagedOutput::create(&path).context("--every-scale")?);
+        }
+    }
     if !args.quiet {
         eprintln!(
             "model: {}VAR depth {} width {} ({:.2}M parameters, {} classes), {}px, {} weights, loaded in {load_s:.1} s",
@@ -164,26 +270,39 @@ pub fn generate(device: &Device, args: &GenerateArgs) -> anyhow::Result<()> {
         progress.scale(&step);
         totals += step.times;
         if let Some(images) = step.images {
-            previews.push((step.index, step.side, images));
+            previews.push(images);
         }
     }
     let images = generation.decode()?;
     let wall_ms = started.elapsed().as_secs_f64() * 1e3;
 
-    // Everything is computed; only now are files written (each atomically).
-    Image::square_grid(&images).save_png(&args.out)?;
-    if let Some(path) = &args.dump_tokens {
+    // Everything is computed: fill the staged files, then rename them into place.
+    outputs.image.write_all(&Image::square_grid(&images).to_png()?)?;
+    if let Some(staged) = &mut outputs.tokens {
         let first: Vec<Vec<u32>> =
             generation.tokens().iter().zip(&config.patch_nums).map(|(ids, side)| ids[..side * side].to_vec()).collect();
-        let json = serde_json::json!({ "tokens": first });
-        write_atomic(path, serde_json::to_string(&json)?.as_bytes())?;
+        staged.write_all(serde_json::to_string(&serde_json::json!({ "tokens": first }))?.as_bytes())?;
     }
-    if let Some(dir) = &args.every_scale {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        for (index, side, images) in &previews {
-            let path = dir.join(format!("scale_{index:02}_{side}x{side}.png"));
-            Image::square_grid(images).save_png(&path)?;
+    if let Some(folder) = &mut outputs.scales {
+        ensure!(
+            previews.len() == folder.files.len(),
+            "the generation decoded {} of {} scales",
+            previews.len(),
+            folder.files.len()
+        );
+        for (staged, images) in folder.files.iter_mut().zip(&previews) {
+            staged.write_all(&Image::square_grid(images).to_png()?)?;
         }
+    }
+    outputs.image.commit()?;
+    if let Some(staged) = outputs.tokens.take() {
+        staged.commit()?;
+    }
+    if let Some(folder) = &mut outputs.scales {
+        for staged in folder.files.drain(..) {
+            staged.commit()?;
+        }
+        folder.committed = true;
     }
     if !args.quiet {
         eprintln!(
@@ -224,10 +343,14 @@ pub struct GenerateBenchArgs {
 
 pub fn bench_generate(device: &Device, args: &GenerateBenchArgs) -> anyhow::Result<()> {
     ensure!(
-        args.depth >= 1 && args.vae_ch >= 32 && args.vae_ch.is_multiple_of(32),
-        "--depth >= 1, --vae-ch a multiple of 32"
+        (1..=64).contains(&args.depth) && (32..=1024).contains(&args.vae_ch) && args.vae_ch.is_multiple_of(32),
+        "--depth must be in 1..=64 and --vae-ch a multiple of 32 in 32..=1024"
     );
-    ensure!(args.batch >= 1 && args.iters >= 1, "--batch and --iters must be at least 1");
+    ensure!(
+        (1..=MAX_BATCH).contains(&args.batch) && args.iters >= 1,
+        "--batch must be in 1..={MAX_BATCH} and --iters at least 1"
+    );
+    ensure!(args.cfg.is_finite() && args.cfg >= 0.0, "--cfg must be a finite number >= 0, got {}", args.cfg);
     // f16 on a device without SHADER_F16 fails with a typed error when the weights are uploaded.
     let dtype = args.dtype.unwrap_or(device.preferred_float());
     let config = GenerateBenchConfig {

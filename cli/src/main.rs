@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use generate::check_input_file;
 use scalewise::kernels::Family;
 use scalewise::ops::MatmulAlgorithm;
 use scalewise::{BackendChoice, DType, Device, DeviceOptions};
@@ -53,6 +54,29 @@ impl DeviceArgs {
     }
 }
 
+/// How weights files are read (generate, convert, classes).
+#[derive(Args)]
+struct WeightsArgs {
+    /// Load weights holding NaN or infinity instead of refusing them (they give blank or identical
+    /// images; for inspecting broken checkpoints).
+    #[arg(long)]
+    allow_non_finite: bool,
+    /// The most host memory, in MiB, one weights file may expand to (independently, a file never
+    /// expands to more than 8 times its own size).
+    #[arg(long, value_name = "MIB")]
+    max_weights_mib: Option<u64>,
+}
+
+impl WeightsArgs {
+    fn options(&self) -> scalewise::weights::LoadOptions {
+        let defaults = scalewise::weights::LoadOptions::default();
+        scalewise::weights::LoadOptions {
+            max_bytes: self.max_weights_mib.map_or(defaults.max_bytes, |m| m.saturating_mul(1 << 20)),
+            allow_non_finite: self.allow_non_finite,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Show the adapter, backend, driver, active features, key limits and kernel variants.
@@ -77,6 +101,8 @@ struct ConvertArgs {
     /// Store the tensors as f16 instead of f32.
     #[arg(long)]
     f16: bool,
+    #[command(flatten)]
+    weights: WeightsArgs,
 }
 
 #[derive(Args)]
@@ -91,6 +117,8 @@ struct ClassesArgs {
     /// Only the classes matching every one of these words: a word matches the names containing it,
     /// or the class with that number.
     search: Vec<String>,
+    #[command(flatten)]
+    weights: WeightsArgs,
 }
 
 #[derive(Subcommand)]
@@ -212,7 +240,10 @@ fn list_classes(args: &ClassesArgs) -> anyhow::Result<()> {
         (scalewise::labels::imagenet(), scalewise::labels::IMAGENET_CLASSES)
     } else {
         let sd = match &args.var {
-            Some(path) => scalewise::weights::StateDict::load(path)?,
+            Some(path) => {
+                check_input_file("--var", path)?;
+                scalewise::weights::StateDict::load_with(path, &args.weights.options())?
+            }
             None => scalewise::demo::var_state_dict()?,
         };
         loaded = scalewise::nn::VarConfig::infer(&sd)?;
@@ -227,14 +258,35 @@ fn list_classes(args: &ClassesArgs) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     for id in ids {
         // A closed pipe (`| head`) ends the listing quietly.
-        if writeln!(out, "{id:>4}  {}", names[id]).is_err() {
+        // Names come from the file: escaped, so they cannot move the cursor or spoof lines.
+        if writeln!(out, "{id:>4}  {}", scalewise::error::shown(&names[id])).is_err() {
             break;
         }
     }
     Ok(())
 }
 
+/// On a headless Linux machine (no XDG_RUNTIME_DIR), Mesa's implicit Vulkan layer
+/// VK_LAYER_MESA_device_select probes for a Wayland display while the adapters are enumerated, and
+/// libwayland prints "error: XDG_RUNTIME_DIR is invalid or not set in the environment." twice before
+/// anything else. The layer only reorders GPUs (scalewise ranks adapters itself), so there it is
+/// switched off, unless the user asked for its selection (MESA_VK_DEVICE_SELECT, DRI_PRIME).
+fn quiet_headless_vulkan_probe() {
+    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    let runtime_dir_ok = var("XDG_RUNTIME_DIR").is_some_and(|dir| Path::new(&dir).is_dir());
+    if cfg!(target_os = "linux")
+        && !runtime_dir_ok
+        && var("NODEVICE_SELECT").is_none()
+        && var("MESA_VK_DEVICE_SELECT").is_none()
+        && var("DRI_PRIME").is_none()
+    {
+        // SAFETY: called first thing in main, before any other thread exists.
+        unsafe { std::env::set_var("NODEVICE_SELECT", "1") };
+    }
+}
+
 fn main() -> ExitCode {
+    quiet_headless_vulkan_probe();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -252,7 +304,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Convert(args) => convert(&args),
         Command::Classes(args) => list_classes(&args),
         Command::Info => info(&device.open()?),
-        Command::Generate(args) => generate::generate(&device.open()?, &args),
+        Command::Generate(args) => {
+            // Arguments and output targets first: a bad one is refused before the device opens.
+            let outputs = generate::check_args(&args)?;
+            generate::generate(&device.open()?, &args, outputs)
+        }
         Command::Bench(BenchCommand::Generate(args)) => generate::bench_generate(&device.open()?, &args),
         Command::Bench(BenchCommand::Matmul(args)) => bench_matmul(&device.open()?, &args),
         Command::Bench(BenchCommand::Attention(args)) => bench_attention(&device.open()?, &args),
@@ -261,10 +317,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn convert(args: &ConvertArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(args.output != args.input, "the output must differ from the input");
-    let sd = scalewise::weights::StateDict::load(&args.input)?;
+    check_input_file("input", &args.input)?;
+    anyhow::ensure!(!generate::same_file(&args.input, &args.output), "the output must differ from the input");
+    // The target is checked (and its temporary file created) before the input is read.
+    let mut staged = scalewise::output::StagedOutput::create(&args.output)?;
+    let sd = scalewise::weights::StateDict::load_with(&args.input, &args.weights.options())?;
     let dtype = if args.f16 { DType::F16 } else { DType::F32 };
-    sd.save_safetensors(&args.output, dtype)?;
+    staged.write_all(&sd.to_safetensors_bytes(dtype)?)?;
+    staged.commit()?;
     println!("wrote {} tensors ({dtype}) to {}", sd.len(), args.output.display());
     Ok(())
 }

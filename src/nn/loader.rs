@@ -38,12 +38,14 @@ struct Record<'a> {
     missing: Vec<String>,
     /// (key, expected shape, shape found)
     misshaped: Vec<(String, Vec<usize>, Vec<usize>)>,
+    /// (key, non-finite values, values) of tensors read with NaN or infinities.
+    non_finite: Vec<(String, usize, usize)>,
     acceptors: Vec<Acceptor<'a>>,
 }
 
 impl Record<'_> {
     fn has_problems(&self) -> bool {
-        !self.missing.is_empty() || !self.misshaped.is_empty()
+        !self.missing.is_empty() || !self.misshaped.is_empty() || !self.non_finite.is_empty()
     }
 }
 
@@ -80,6 +82,7 @@ impl<'a> Loader<'a> {
                 requested: BTreeSet::new(),
                 missing: Vec::new(),
                 misshaped: Vec::new(),
+                non_finite: Vec::new(),
                 acceptors: Vec::new(),
             })),
         }
@@ -124,16 +127,21 @@ impl<'a> Loader<'a> {
         self.record.borrow().has_problems()
     }
 
-    /// The values of `name`, which must have `shape`. A missing or mis-shaped key is recorded for
-    /// [`Loader::finish`] and reads as zeros of `shape`'s size, so the loading code can carry on.
+    /// The values of `name`, which must have `shape` and (unless the state_dict allows them) hold no
+    /// NaN or infinity. A missing, mis-shaped or non-finite key is recorded for [`Loader::finish`] and
+    /// reads as zeros of `shape`'s size, so the loading code can carry on.
     pub fn host(&self, name: impl Display, shape: &[usize]) -> Cow<'a, [f32]> {
         let key = self.key(name);
         let mut record = self.record.borrow_mut();
         let found = self.sd.get(&key);
         match found {
-            Some(t) if t.shape == shape => {
+            Some(t) if t.shape == shape && (self.sd.allow_non_finite || t.data.iter().all(|v| v.is_finite())) => {
                 record.requested.insert(key);
                 return Cow::Borrowed(t.data.as_slice());
+            }
+            Some(t) if t.shape == shape => {
+                let bad = t.data.iter().filter(|v| !v.is_finite()).count();
+                record.non_finite.push((key.clone(), bad, t.data.len()));
             }
             Some(t) => record.misshaped.push((key.clone(), shape.to_vec(), t.shape.clone())),
             None => record.missing.push(key.clone()),
@@ -211,9 +219,14 @@ impl<'a> Loader<'a> {
         let mut misshaped = record.misshaped.clone();
         misshaped.sort();
         misshaped.dedup();
-        if missing.is_empty() && unexpected.is_empty() && misshaped.is_empty() {
-            return Ok(());
+        if !missing.is_empty() || !unexpected.is_empty() || !misshaped.is_empty() {
+            return Err(Error::Weights { prefix: record.root.clone(), missing, unexpected, misshaped });
         }
-        Err(Error::Weights { prefix: record.root.clone(), missing, unexpected, misshaped })
+        if !record.non_finite.is_empty() {
+            let mut tensors = record.non_finite.clone();
+            tensors.sort();
+            return Err(Error::NonFiniteWeights { prefix: record.root.clone(), tensors });
+        }
+        Ok(())
     }
 }

@@ -26,11 +26,9 @@ pub struct MambaState {
 
 fn dims<const N: usize>(sd: &StateDict, prefix: &str, name: &str) -> Result<[usize; N]> {
     let t = sd.require(prefix, name)?;
-    <[usize; N]>::try_from(t.shape.as_slice()).map_err(|_| Error::Weights {
-        prefix: prefix.to_string(),
-        missing: Vec::new(),
-        unexpected: Vec::new(),
-        misshaped: vec![(format!("{prefix}{name}"), vec![0; N], t.shape.clone())],
+    <[usize; N]>::try_from(t.shape.as_slice()).map_err(|_| Error::InvalidArgument {
+        op: "Mamba checkpoint",
+        msg: format!("{prefix}{name} has shape {:?}: expected {N} dimensions", t.shape),
     })
 }
 

@@ -141,8 +141,12 @@ impl VarConfig {
         };
         let scales = two(&shape("lvl_embed.weight")?, "lvl_embed.weight")?[0];
         let patch_nums = match sd.metadata.get(META_PATCH_NUMS) {
-            Some(text) => serde_json::from_str::<Vec<usize>>(text)
-                .map_err(|e| bad(format!("metadata {META_PATCH_NUMS} = {text:?} is not a JSON list of sides: {e}")))?,
+            Some(text) => serde_json::from_str::<Vec<usize>>(text).map_err(|e| {
+                bad(format!(
+                    "metadata {META_PATCH_NUMS} = {:?} is not a JSON list of sides: {e}",
+                    crate::error::shown(text)
+                ))
+            })?,
             None => schedule_from_mask(sd, seq_len)
                 .or_else(|| {
                     [PATCH_NUMS_256, PATCH_NUMS_512, PATCH_NUMS_1024]
@@ -157,6 +161,19 @@ impl VarConfig {
                     ))
                 })?,
         };
+        if let Some(&side) = patch_nums.iter().find(|&&side| side == 0 || side > MAX_SIDE) {
+            return Err(bad(format!(
+                "the schedule {patch_nums:?} has a side of {side}: sides must be in 1..={MAX_SIDE}"
+            )));
+        }
+        // Sides are bounded, so the squares cannot overflow; the sum is checked against pos_1LC below.
+        let scheduled: usize = patch_nums.iter().map(|s| s * s).sum();
+        if patch_nums.len() != scales || scheduled != seq_len {
+            return Err(bad(format!(
+                "the schedule {patch_nums:?} ({scheduled} tokens) disagrees with lvl_embed ({scales} scales) and pos_1LC \
+                 ({seq_len} tokens)"
+            )));
+        }
         let config = VarConfig {
             depth,
             width,
@@ -175,7 +192,10 @@ impl VarConfig {
                 .sum(),
             class_names: match sd.metadata.get(META_CLASS_NAMES) {
                 Some(text) => Some(serde_json::from_str::<Vec<String>>(text).map_err(|e| {
-                    bad(format!("metadata {META_CLASS_NAMES} = {text:?} is not a JSON list of names: {e}"))
+                    bad(format!(
+                        "metadata {META_CLASS_NAMES} = {:?} is not a JSON list of names: {e}",
+                        crate::error::shown(text)
+                    ))
                 })?),
                 None if rows - 1 == crate::labels::IMAGENET_CLASSES => Some(crate::labels::imagenet().to_vec()),
                 None => None,
@@ -188,13 +208,6 @@ impl VarConfig {
                 "metadata {META_CLASS_NAMES} has {} names for {} classes",
                 names.len(),
                 config.num_classes
-            )));
-        }
-        if config.patch_nums.len() != scales || config.seq_len() != seq_len || config.patch_nums.contains(&0) {
-            return Err(bad(format!(
-                "the schedule {:?} ({} tokens) disagrees with lvl_embed ({scales} scales) and pos_1LC ({seq_len} tokens)",
-                config.patch_nums,
-                config.seq_len()
             )));
         }
         Ok(config)
@@ -230,13 +243,15 @@ fn schedule_from_mask(sd: &StateDict, seq_len: usize) -> Option<Vec<usize>> {
 }
 
 fn two(shape: &[usize], key: &str) -> Result<[usize; 2]> {
-    <[usize; 2]>::try_from(shape).map_err(|_| Error::Weights {
-        prefix: String::new(),
-        missing: Vec::new(),
-        unexpected: Vec::new(),
-        misshaped: vec![(key.to_string(), vec![0, 0], shape.to_vec())],
+    <[usize; 2]>::try_from(shape).map_err(|_| Error::InvalidArgument {
+        op: "VAR checkpoint",
+        msg: format!("{key} has shape {shape:?}: expected a matrix (2 dimensions)"),
     })
 }
+
+/// The largest scale side a schedule may name: 1024 px images have 64 tokens a side; 4096 leaves room
+/// for any model while keeping every token count far from overflow.
+const MAX_SIDE: usize = 4096;
 
 struct VarBlock {
     /// Per-block AdaLN Linear(C, 6C), or the additive ada_gss (6C) of the shared variant.
@@ -340,9 +355,8 @@ impl VarModel {
         } else {
             None
         };
+        // NaN temperatures never get here: the loader refuses non-finite weights (unless allowed).
         let ln_100 = 100f32.ln();
-        // The first non-finite temperature, reported once the keys are known to be right.
-        let mut bad_temperature = None;
         let mut blocks = Vec::with_capacity(config.depth);
         for i in 0..config.depth {
             let block = lp.pp("blocks").pp(i);
@@ -359,11 +373,6 @@ impl VarModel {
             attn.accept("zero_k_bias", &[c]);
             let scales: Vec<f32> =
                 attn.host("scale_mul_1H11", &[1, config.heads, 1, 1]).iter().map(|s| s.min(ln_100).exp()).collect();
-            if bad_temperature.is_none()
-                && let Some(&bad) = scales.iter().find(|s| !s.is_finite())
-            {
-                bad_temperature = Some((attn.key("scale_mul_1H11"), bad));
-            }
             blocks.push(VarBlock {
                 ada_weight,
                 ada_bias,
@@ -398,12 +407,6 @@ impl VarModel {
             config,
         };
         lp.finish()?;
-        if let Some((key, bad)) = bad_temperature {
-            return Err(Error::InvalidArgument {
-                op: "VAR checkpoint",
-                msg: format!("{key} holds a non-finite temperature ({bad})"),
-            });
-        }
         Ok(model)
     }
 

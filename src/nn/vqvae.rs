@@ -65,6 +65,10 @@ pub struct VqVaeConfig {
     pub mid_attention: bool,
 }
 
+/// The most decoder levels a VQVAE may have: each doubles the image side (the official one has 5, so
+/// 16 pixels per token); more would overflow the size arithmetic long before it made sense.
+const MAX_LEVELS: usize = 12;
+
 impl VqVaeConfig {
     /// Pixels per latent token along each axis.
     pub fn upscale(&self) -> usize {
@@ -146,10 +150,10 @@ impl VqVaeConfig {
             )));
         };
         let &[vocab, cvae] = codebook.shape.as_slice() else {
-            return Err(weights_error(
-                vec![],
-                vec![("quantize.embedding.weight".into(), vec![0, 0], codebook.shape.clone())],
-            ));
+            return Err(bad(format!(
+                "quantize.embedding.weight has shape {:?}: expected a matrix (codebook size, channels)",
+                codebook.shape
+            )));
         };
         let phi_convs =
             (0..).take_while(|k| sd.get(&format!("quantize.quant_resi.qresi_ls.{k}.weight")).is_some()).count();
@@ -162,11 +166,19 @@ impl VqVaeConfig {
         }
         let blocks_per_level =
             (0..).take_while(|j| sd.get(&format!("decoder.up.0.block.{j}.conv1.weight")).is_some()).count();
+        if levels > MAX_LEVELS {
+            return Err(bad(format!(
+                "the decoder has {levels} levels (decoder.up.*); at most {MAX_LEVELS} are supported (the official VQVAE \
+                 has 5)"
+            )));
+        }
         let mut level_channels = Vec::with_capacity(levels);
         for i in 0..levels {
             let key = format!("decoder.up.{i}.block.0.conv1.weight");
-            let shape = &sd.require("", &key)?.shape;
-            level_channels.push(shape[0]);
+            match sd.require("", &key)?.shape.as_slice() {
+                &[out, _, _, _] => level_channels.push(out),
+                other => return Err(bad(format!("{key} has shape {other:?}: expected a 4-dimensional conv weight"))),
+            }
         }
         if let Some(&c) = level_channels.iter().find(|&&c| c == 0 || !c.is_multiple_of(GROUPS)) {
             return Err(bad(format!("decoder level width {c} is not a positive multiple of the {GROUPS} norm groups")));

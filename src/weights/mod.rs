@@ -47,10 +47,82 @@ pub struct SkippedTensor {
     pub shape: Vec<usize>,
 }
 
+/// Limits and checks applied while a weights file is read and a model loads from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// The most bytes (as f32) the tensors of one file may occupy in host memory. Independently of it, a
+    /// file never expands to more than [`EXPANSION_FACTOR`] times its own size, so a small hostile file
+    /// cannot become a large allocation. Default [`DEFAULT_MAX_BYTES`].
+    pub max_bytes: u64,
+    /// Load NaN and infinite weights instead of refusing them (they make every image the same, or
+    /// black). Default false.
+    pub allow_non_finite: bool,
+}
+
+/// The default of [`LoadOptions::max_bytes`]: 64 GiB, four times the largest official checkpoint.
+pub const DEFAULT_MAX_BYTES: u64 = 64 << 30;
+
+/// How many bytes of f32 tensors one byte of a file may become: f16 and bf16 double, a tensor saved
+/// under two names (tied weights) counts twice, and a few broadcast (stride 0) views add a little.
+pub const EXPANSION_FACTOR: u64 = 8;
+
+/// Slack on the expansion bound, for tiny files whose few expanded views are legitimately larger than
+/// eight times the file.
+const EXPANSION_SLACK: u64 = 1 << 20;
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { max_bytes: DEFAULT_MAX_BYTES, allow_non_finite: false }
+    }
+}
+
+impl LoadOptions {
+    /// The host bytes a file of `file_len` bytes may expand to.
+    pub(crate) fn budget(&self, file_len: u64) -> u64 {
+        file_len.saturating_mul(EXPANSION_FACTOR).saturating_add(EXPANSION_SLACK).min(self.max_bytes)
+    }
+}
+
+/// Counts the host bytes a reader materialises against [`LoadOptions::budget`].
+pub(crate) struct Budget {
+    left: u64,
+    total: u64,
+    max_bytes: u64,
+}
+
+impl Budget {
+    pub(crate) fn new(options: &LoadOptions, file_len: u64) -> Self {
+        let total = options.budget(file_len);
+        Self { left: total, total, max_bytes: options.max_bytes }
+    }
+
+    /// Reserves `elements` f32 values for tensor `key`, or says why the file may not grow that large.
+    pub(crate) fn take(&mut self, key: &str, elements: usize) -> std::result::Result<(), String> {
+        let bytes = (elements as u64).saturating_mul(4);
+        if bytes > self.left {
+            let limit = if self.total == self.max_bytes {
+                format!("the limit of {} bytes (LoadOptions::max_bytes)", self.max_bytes)
+            } else {
+                format!("{} bytes, {EXPANSION_FACTOR} times the file's size", self.total)
+            };
+            return Err(format!(
+                "tensor {} would bring the loaded tensors to more than {limit}: a file whose views expand far beyond \
+                 its stored bytes",
+                crate::error::shown(key)
+            ));
+        }
+        self.left -= bytes;
+        Ok(())
+    }
+}
+
 /// Parameters by their PyTorch state_dict names.
 #[derive(Debug, Clone, Default)]
 pub struct StateDict {
     tensors: BTreeMap<String, HostTensor>,
+    /// Whether models may load NaN and infinite values from this state_dict (see
+    /// [`LoadOptions::allow_non_finite`]); otherwise the model loaders refuse them, naming the tensor.
+    pub allow_non_finite: bool,
     /// String metadata: a safetensors file's `__metadata__` (empty for `.pth` files).
     pub metadata: BTreeMap<String, String>,
     /// Tensors the file holds that were not loaded (see [`SkippedTensor`]). [`StateDict::check`] ignores
@@ -77,6 +149,11 @@ impl StateDict {
     /// Reads a safetensors file or a torch.save zip checkpoint, whichever the content is (the extension
     /// does not matter).
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        Self::load_with(path, &LoadOptions::default())
+    }
+
+    /// [`StateDict::load`] with explicit limits and checks.
+    pub fn load_with(path: impl AsRef<Path>, options: &LoadOptions) -> Result<Self> {
         let path = path.as_ref();
         let fail = |reason: String| file_error(path, reason);
         let mut file = File::open(path).map_err(|e| fail(format!("cannot open: {e}")))?;
@@ -92,28 +169,39 @@ impl StateDict {
             }
         }
         file.seek(SeekFrom::Start(0)).map_err(|e| fail(format!("cannot seek: {e}")))?;
-        match sniff(&head[..got], len).map_err(fail)? {
-            WeightsFormat::Safetensors => safetensors::read(&mut FileSource { file, len }, path),
-            WeightsFormat::TorchZip => pth::read(std::io::BufReader::new(file), len, path),
-        }
+        let mut sd = match sniff(&head[..got], len).map_err(fail)? {
+            WeightsFormat::Safetensors => safetensors::read(&mut FileSource { file, len }, path, options),
+            WeightsFormat::TorchZip => pth::read(std::io::BufReader::new(file), len, path, options),
+        }?;
+        sd.allow_non_finite = options.allow_non_finite;
+        Ok(sd)
     }
 
     /// Reads a safetensors file or a torch.save zip checkpoint held in memory.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
-        match sniff(bytes, bytes.len() as u64).map_err(|reason| file_error(Path::new(MEMORY), reason))? {
-            WeightsFormat::Safetensors => Self::from_safetensors_bytes(bytes),
-            WeightsFormat::TorchZip => Self::from_pth_bytes(bytes),
-        }
+        Self::from_bytes_with(bytes, &LoadOptions::default())
+    }
+
+    /// [`StateDict::from_bytes`] with explicit limits and checks.
+    pub fn from_bytes_with(bytes: &[u8], options: &LoadOptions) -> Result<Self> {
+        let mut sd = match sniff(bytes, bytes.len() as u64).map_err(|reason| file_error(Path::new(MEMORY), reason))? {
+            WeightsFormat::Safetensors => safetensors::read(&mut SliceSource(bytes), Path::new(MEMORY), options),
+            WeightsFormat::TorchZip => {
+                pth::read(std::io::Cursor::new(bytes), bytes.len() as u64, Path::new(MEMORY), options)
+            }
+        }?;
+        sd.allow_non_finite = options.allow_non_finite;
+        Ok(sd)
     }
 
     /// Reads a safetensors file held in memory.
     pub fn from_safetensors_bytes(bytes: &[u8]) -> Result<Self> {
-        safetensors::read(&mut SliceSource(bytes), Path::new(MEMORY))
+        safetensors::read(&mut SliceSource(bytes), Path::new(MEMORY), &LoadOptions::default())
     }
 
     /// Reads a torch.save zip checkpoint held in memory.
     pub fn from_pth_bytes(bytes: &[u8]) -> Result<Self> {
-        pth::read(std::io::Cursor::new(bytes), bytes.len() as u64, Path::new(MEMORY))
+        pth::read(std::io::Cursor::new(bytes), bytes.len() as u64, Path::new(MEMORY), &LoadOptions::default())
     }
 
     /// The tensors and metadata as a safetensors file, stored as `dtype` (f32 or f16).
@@ -181,11 +269,15 @@ impl StateDict {
                 Some(_) => {}
             }
         }
+        // One set of full names, so the scan over the state_dict is linear in its keys.
+        let known: std::collections::HashSet<String> =
+            expected.iter().map(|(name, _, _)| format!("{prefix}{name}")).collect();
         let unexpected: Vec<String> = self
             .tensors
-            .keys()
-            .filter(|k| k.starts_with(prefix))
-            .filter(|k| !expected.iter().any(|(name, _, _)| **k == format!("{prefix}{name}")))
+            .range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+            .map(|(k, _)| k)
+            .take_while(|k| k.starts_with(prefix))
+            .filter(|k| !known.contains(k.as_str()))
             .cloned()
             .collect();
         if missing.is_empty() && unexpected.is_empty() && misshaped.is_empty() {
@@ -332,9 +424,12 @@ pub(crate) enum Conversion {
     Reject,
 }
 
-/// Elements beyond the storage's own count that a view with stride 0 (an expanded tensor) may reach:
-/// 16 Mi elements (64 MiB as f32). Views without overlap never need it.
-const MAX_EXPANSION: usize = 1 << 24;
+/// How many times its storage's element count one view may hold (views with stride 0, expanded
+/// tensors, repeat elements; views without overlap never exceed 1).
+const VIEW_EXPANSION: u64 = 4;
+
+/// Elements any view may hold whatever its storage: small broadcast buffers stay loadable.
+const VIEW_EXPANSION_FLOOR: u64 = 4096;
 
 /// The elements of a strided view (`offset`, `shape`, `stride` in elements, as torch stores them) of a
 /// little-endian storage, converted to f32 in row-major order.
@@ -364,10 +459,10 @@ pub(crate) fn gather(
              {available} elements"
         ));
     }
-    if numel as u64 > available && numel > MAX_EXPANSION {
+    if numel as u64 > available.saturating_mul(VIEW_EXPANSION).max(VIEW_EXPANSION_FLOOR) {
         return Err(format!(
             "a view of shape {shape:?} has {numel} elements but its storage holds only {available} (an expanded \
-             tensor larger than scalewise materialises)"
+             tensor more than {VIEW_EXPANSION} times its storage, which scalewise does not materialise)"
         ));
     }
     let contiguous = {

@@ -10,7 +10,7 @@ use std::rc::Rc;
 use zip::{CompressionMethod, ZipArchive};
 
 use super::pickle::{self, TensorRef, Unpickled, Value, describe};
-use super::{Conversion, FloatType, HostTensor, SkippedTensor, StateDict, file_error, gather};
+use super::{Budget, Conversion, FloatType, HostTensor, LoadOptions, SkippedTensor, StateDict, file_error, gather};
 use crate::error::{Error, Result};
 
 /// A state_dict entry to gather from a storage: key, element type, view.
@@ -23,8 +23,9 @@ const MAX_PICKLE_BYTES: u64 = 64 << 20;
 /// Entries that hold the state_dict inside a training checkpoint, in the order they are tried.
 const STATE_DICT_ENTRIES: [&str; 3] = ["state_dict", "model", "module"];
 
-pub(super) fn read<R: Read + Seek>(reader: R, file_len: u64, path: &Path) -> Result<StateDict> {
+pub(super) fn read<R: Read + Seek>(reader: R, file_len: u64, path: &Path, options: &LoadOptions) -> Result<StateDict> {
     let fail = |reason: String| file_error(path, reason);
+    let mut budget = Budget::new(options, file_len);
     let mut archive = ZipArchive::new(reader)
         .map_err(|e| fail(format!("not a readable zip archive (truncated or damaged?): {e}")))?;
     let root = archive
@@ -93,6 +94,8 @@ pub(super) fn read<R: Read + Seek>(reader: R, file_len: u64, path: &Path) -> Res
         let name = format!("{root}/data/{storage_key}");
         let bytes = read_record(&mut archive, &name, file_len).map_err(fail)?;
         for (key, ty, t) in tensors {
+            let elements = t.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).unwrap_or(usize::MAX);
+            budget.take(&key, elements).map_err(fail)?;
             let data = gather(&bytes, ty, t.offset, &t.shape, &t.stride)
                 .map_err(|e| fail(format!("tensor {key:?} (storage {name}): {e}")))?;
             sd.tensors.insert(key, HostTensor { shape: t.shape.clone(), data });

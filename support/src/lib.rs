@@ -3,5 +3,6 @@
 
 pub mod rng;
 pub mod synthetic;
+pub mod torch_file;
 
 pub use rng::Rng;

@@ -59,38 +59,43 @@ fn adapter_rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
 
 pub(crate) async fn select_adapter(options: &DeviceOptions) -> Result<wgpu::Adapter> {
     let backends = backends_for(options.backend);
-    let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle();
-    descriptor.backends = backends;
-    let instance = wgpu::Instance::new(descriptor);
-    let adapters = instance.enumerate_adapters(backends).await;
-    let found = if adapters.is_empty() {
-        "none".to_string()
+    // Auto probes the primary backends first and GL only when none of them has a matching adapter:
+    // GL's probe on a headless Linux machine (EGL through Wayland) prints "error: XDG_RUNTIME_DIR is
+    // invalid" to stderr, and a machine with Vulkan never needs it.
+    let passes = if backends == wgpu::Backends::all() {
+        vec![wgpu::Backends::PRIMARY, wgpu::Backends::all() - wgpu::Backends::PRIMARY]
     } else {
-        adapters
-            .iter()
-            .map(|a| {
-                let info = a.get_info();
-                format!("{} ({:?}, {:?})", info.name, info.backend, info.device_type)
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
+        vec![backends]
     };
     let wanted_name = options.adapter_name.as_ref().map(|n| n.to_lowercase());
-    let best = adapters
-        .into_iter()
-        .filter(|a| match &wanted_name {
-            Some(name) => a.get_info().name.to_lowercase().contains(name.as_str()),
-            None => true,
-        })
-        .max_by_key(|a| adapter_rank(&a.get_info()));
-    best.ok_or_else(|| {
-        let mut filter = String::new();
-        if options.backend != BackendChoice::Auto {
-            filter.push_str(&format!(" for backend {:?}", options.backend));
+    let mut seen = Vec::new();
+    for pass in passes {
+        let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle();
+        descriptor.backends = pass;
+        let instance = wgpu::Instance::new(descriptor);
+        let adapters = instance.enumerate_adapters(pass).await;
+        seen.extend(adapters.iter().map(|a| {
+            let info = a.get_info();
+            format!("{} ({:?}, {:?})", info.name, info.backend, info.device_type)
+        }));
+        let best = adapters
+            .into_iter()
+            .filter(|a| match &wanted_name {
+                Some(name) => a.get_info().name.to_lowercase().contains(name.as_str()),
+                None => true,
+            })
+            .max_by_key(|a| adapter_rank(&a.get_info()));
+        if let Some(best) = best {
+            return Ok(best);
         }
-        if let Some(name) = &options.adapter_name {
-            filter.push_str(&format!(" whose name contains {name:?}"));
-        }
-        Error::NoAdapter { filter, found }
-    })
+    }
+    let found = if seen.is_empty() { "none".to_string() } else { seen.join(", ") };
+    let mut filter = String::new();
+    if options.backend != BackendChoice::Auto {
+        filter.push_str(&format!(" for backend {:?}", options.backend));
+    }
+    if let Some(name) = &options.adapter_name {
+        filter.push_str(&format!(" whose name contains {name:?}"));
+    }
+    Err(Error::NoAdapter { filter, found })
 }
