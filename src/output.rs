@@ -153,3 +153,60 @@ fn random_u64() -> u64 {
     }
     hasher.finish()
 }
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("scalewise-output-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn entries(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> =
+            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn staged_files_have_fresh_names_and_vanish_unless_committed() {
+        let dir = scratch("staged");
+        let target = dir.join("out.png");
+        std::fs::write(&target, b"old").unwrap();
+        let mut a = StagedOutput::create(&target).unwrap();
+        let b = StagedOutput::create(&target).unwrap();
+        assert_ne!(a.temp, b.temp, "two stagings of one target share a temporary name");
+        assert_eq!(entries(&dir).len(), 3);
+        a.write_all(b"new").unwrap();
+        drop(b);
+        drop(a);
+        assert_eq!(entries(&dir), ["out.png"], "dropped stagings leave nothing behind");
+        assert_eq!(std::fs::read(&target).unwrap(), b"old");
+        let mut c = StagedOutput::create(&target).unwrap();
+        c.write_all(b"new").unwrap();
+        c.commit().unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"new");
+        assert_eq!(entries(&dir), ["out.png"]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_link_planted_after_staging_is_not_followed() {
+        let dir = scratch("planted");
+        let target = dir.join("out.png");
+        let victim = dir.join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let mut staged = StagedOutput::create(&target).unwrap();
+        staged.write_all(b"new").unwrap();
+        std::os::unix::fs::symlink(&victim, &target).unwrap();
+        let err = staged.commit().unwrap_err().to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert_eq!(entries(&dir), ["out.png", "victim"]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -136,7 +136,12 @@ fn bad_input_fails_clearly_without_touching_the_output() {
         (var.clone(), vae.clone(), vec!["--class", "10"], "class 10 is outside 0..=9"),
         (var.clone(), vae.clone(), vec!["--class", "1", "--cfg", "-0.5"], "--cfg must be"),
         (var.clone(), vae.clone(), vec!["--class", "1", "--top-p", "1.5"], "--top-p must be in [0, 1]"),
-        (var.clone(), vae.clone(), vec!["--class", "1", "--top-k", "65"], "top-k 65 is above the vocabulary size 64"),
+        (
+            var.clone(),
+            vae.clone(),
+            vec!["--class", "1", "--top-k", "65"],
+            "--top-k 65 is above this model's vocabulary of 64",
+        ),
         (dir.join("missing.pth"), vae.clone(), vec!["--class", "1"], "no such file"),
     ];
     for (var, vae, mut extra, message) in cases {

@@ -1,0 +1,479 @@
+//! The bad-input corpus (RELIABILITY.md): one test per class of fault a hostile or careless user can
+//! produce, each asserting a non-zero exit, one clear message, no panic, and that the files already
+//! in place (the user's `out.png`, device nodes, symlink targets) are untouched, with no temporary
+//! file left behind. The hand-made hostile files live in `tests/bad_inputs/` (see its README); the
+//! rest are derived at run time from the tiny fixtures, so the corpus stays small.
+#![cfg(unix)]
+
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use scalewise::DType;
+use scalewise::weights::StateDict;
+use scalewise_support::torch_file::{self as p, f32_storage, torch_archive};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/var").join(name)
+}
+
+fn corpus(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/bad_inputs").join(name)
+}
+
+/// A fresh folder holding the user's existing `out.png`.
+struct Scratch {
+    dir: PathBuf,
+}
+
+const USERS_FILE: &[u8] = b"the user's file";
+
+impl Scratch {
+    fn new(test: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("scalewise-bad-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("out.png"), USERS_FILE).unwrap();
+        Self { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn out(&self) -> String {
+        self.path("out.png").to_str().unwrap().to_string()
+    }
+
+    /// The user's file is as it was and nothing but `expected` files lie in the folder.
+    fn assert_untouched(&self, case: &str, expected: &[&str]) {
+        assert_eq!(std::fs::read(self.path("out.png")).unwrap(), USERS_FILE, "{case}: out.png was touched");
+        let mut names: Vec<String> = std::fs::read_dir(&self.dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        let mut want: Vec<String> = expected.iter().map(|s| s.to_string()).chain(["out.png".to_string()]).collect();
+        want.sort();
+        assert_eq!(names, want, "{case}: files left in the folder");
+    }
+
+    fn save(&self, name: &str, sd: &StateDict) -> PathBuf {
+        let path = self.path(name);
+        sd.save_safetensors(&path, DType::F32).unwrap();
+        path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_scalewise")).args(args).output().expect("the scalewise binary runs")
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Runs and checks a failing case: exit code 1, `needle` in a single-line message, no panic.
+fn fails(case: &str, args: &[&str], needle: &str) -> String {
+    let out = run(args);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{case}: exit status {:?}, stderr: {err}", out.status);
+    assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "{case}: panic: {err}");
+    assert!(err.contains(needle), "{case}: expected {needle:?} in: {err}");
+    let error_lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(error_lines.len(), 1, "{case}: one error line expected: {err}");
+    assert!(err.len() < 2000, "{case}: a {}-byte message", err.len());
+    err
+}
+
+fn generate_args<'a>(var: &'a str, vae: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["generate", "--var", var, "--vae", vae, "--quiet"];
+    args.extend_from_slice(extra);
+    args
+}
+
+fn tiny() -> (String, String) {
+    (fixture("tiny_var.pth").to_str().unwrap().into(), fixture("tiny_vae.pth").to_str().unwrap().into())
+}
+
+#[test]
+fn formerly_panicking_inputs_are_errors() {
+    let s = Scratch::new("panics");
+    let (var, vae) = tiny();
+    let mut sd = StateDict::load(fixture("tiny_vae.pth")).unwrap();
+    sd.remove("decoder.up.0.block.0.conv1.weight");
+    sd.insert("decoder.up.0.block.0.conv1.weight", &[], vec![1.0]).unwrap();
+    let zero_d = s.save("zero_d_vae.safetensors", &sd);
+    let out = s.out();
+    fails(
+        "0-d decoder conv",
+        &generate_args(&var, path_str(&zero_d), &["--class", "1", "--out", &out]),
+        "expected a 4-dimensional conv weight",
+    );
+    for batch in ["2305843009213693952", "1000000000", "10000000"] {
+        fails(
+            &format!("--batch {batch}"),
+            &generate_args(&var, &vae, &["--class", "1", "--batch", batch, "--out", &out]),
+            "--batch must be between 1 and 4096",
+        );
+    }
+    s.assert_untouched("panics", &["zero_d_vae.safetensors"]);
+}
+
+#[test]
+fn memory_bombs_are_refused_before_allocating() {
+    let s = Scratch::new("bombs");
+    let (var, vae) = tiny();
+    let out = s.out();
+    // The committed 10 KB file whose 64 tensors all view one 4-byte storage with stride 0 (16 GiB if
+    // materialised), and one whose views each stay small but add up far beyond the file.
+    for (file, needle) in
+        [("stride0_bomb.pth", "8 times the file's size"), ("many_views.pth", "8 times the file's size")]
+    {
+        let bomb = corpus(file);
+        fails(file, &generate_args(path_str(&bomb), &vae, &["--class", "1", "--out", &out]), needle);
+        let converted = s.path("converted.safetensors");
+        fails(&format!("convert {file}"), &["convert", path_str(&bomb), path_str(&converted)], needle);
+        fails(&format!("classes {file}"), &["classes", "--var", path_str(&bomb)], needle);
+    }
+    // The configurable limit.
+    fails(
+        "--max-weights-mib 0",
+        &generate_args(&var, &vae, &["--class", "1", "--max-weights-mib", "0", "--out", &out]),
+        "LoadOptions::max_bytes",
+    );
+    fails(
+        "bench scan 2^32 tokens",
+        &["bench", "scan", "--shapes", "1x1x1x4294967296", "--json", path_str(&s.path("scan.json"))],
+        "above this adapter's",
+    );
+    fails(
+        "bench matmul 2^20",
+        &["bench", "matmul", "--sizes", "1048576", "--json", path_str(&s.path("mm.json"))],
+        "above this adapter's",
+    );
+    s.assert_untouched("bombs", &[]);
+}
+
+#[test]
+fn output_targets_are_checked_before_the_model_loads() {
+    let s = Scratch::new("outputs");
+    let (var, vae) = tiny();
+    let out = s.out();
+    // A planted symlink at the output: its target is never written.
+    let victim = s.path("victim.txt");
+    std::fs::write(&victim, b"precious").unwrap();
+    let link = s.path("link.png");
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    fails("symlink --out", &generate_args(&var, &vae, &["--class", "1", "--out", path_str(&link)]), "symbolic link");
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    // A device node (as root, the old code replaced /dev/null with a PNG).
+    fails("device --out", &generate_args(&var, &vae, &["--class", "1", "--out", "/dev/null"]), "not a regular file");
+    fails(
+        "device --dump-tokens",
+        &generate_args(&var, &vae, &["--class", "1", "--out", &out, "--dump-tokens", "/dev/null"]),
+        "not a regular file",
+    );
+    assert!(std::fs::metadata("/dev/null").unwrap().file_type().is_char_device(), "/dev/null was replaced");
+    // A directory, a missing folder, a read-only file.
+    let folder = s.path("folder");
+    std::fs::create_dir(&folder).unwrap();
+    fails(
+        "directory --out",
+        &generate_args(&var, &vae, &["--class", "1", "--out", path_str(&folder)]),
+        "is a directory",
+    );
+    let nowhere = s.path("missing/out.png");
+    fails(
+        "missing folder",
+        &generate_args(&var, &vae, &["--class", "1", "--out", path_str(&nowhere)]),
+        "does not exist",
+    );
+    let readonly = s.path("readonly.png");
+    std::fs::write(&readonly, b"keep").unwrap();
+    let mut perms = std::fs::metadata(&readonly).unwrap().permissions();
+    perms.set_readonly(true);
+    std::fs::set_permissions(&readonly, perms).unwrap();
+    fails("read-only --out", &generate_args(&var, &vae, &["--class", "1", "--out", path_str(&readonly)]), "read-only");
+    // A bad second target leaves the first untouched (it used to be written first).
+    fails(
+        "bad --dump-tokens",
+        &generate_args(&var, &vae, &["--class", "1", "--out", &out, "--dump-tokens", path_str(&folder)]),
+        "is a directory",
+    );
+    let file = s.path("victim.txt");
+    fails(
+        "--every-scale names a file",
+        &generate_args(&var, &vae, &["--class", "1", "--out", &out, "--every-scale", path_str(&file)]),
+        "not a folder",
+    );
+    fails(
+        "--out and --dump-tokens the same",
+        &generate_args(&var, &vae, &["--class", "1", "--out", &out, "--dump-tokens", &out]),
+        "name the same file",
+    );
+    // A scales folder this run would have created is removed again when the run fails.
+    let scales = s.path("new-scales");
+    fails(
+        "--every-scale with a bad class",
+        &generate_args(&var, &vae, &["--class", "99", "--out", &out, "--every-scale", path_str(&scales)]),
+        "class 99 is outside",
+    );
+    assert!(!scales.exists(), "the scales folder was left behind");
+    // An existing scale file that is a symlink is refused before the generation.
+    let existing = s.path("scales");
+    std::fs::create_dir(&existing).unwrap();
+    std::os::unix::fs::symlink(&victim, existing.join("scale_00_1x1.png")).unwrap();
+    fails(
+        "symlink in --every-scale",
+        &generate_args(&var, &vae, &["--class", "1", "--out", &out, "--every-scale", path_str(&existing)]),
+        "symbolic link",
+    );
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    assert_eq!(std::fs::read_dir(&existing).unwrap().count(), 1, "temporary files left in the scales folder");
+    // Targets are checked before the model loads: with a model file that would fail to load, the bad
+    // target is what is reported.
+    fails(
+        "target before model",
+        &generate_args(path_str(&corpus("stride0_bomb.pth")), &vae, &["--class", "1", "--out", path_str(&folder)]),
+        "is a directory",
+    );
+    s.assert_untouched("outputs", &["folder", "link.png", "readonly.png", "scales", "victim.txt"]);
+}
+
+#[test]
+fn inputs_that_are_not_regular_files_are_named() {
+    let s = Scratch::new("inputs");
+    let (_, vae) = tiny();
+    let out = s.out();
+    let folder = s.path("a-folder");
+    std::fs::create_dir(&folder).unwrap();
+    fails(
+        "directory --var",
+        &generate_args(path_str(&folder), &vae, &["--class", "1", "--out", &out]),
+        "is a directory",
+    );
+    let fifo = s.path("fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status().map(|s| s.success()).unwrap_or(false);
+    if made {
+        fails(
+            "FIFO --var",
+            &generate_args(path_str(&fifo), &vae, &["--class", "1", "--out", &out]),
+            "not a regular file",
+        );
+    } else {
+        eprintln!("SKIP the FIFO case: mkfifo is not available");
+    }
+    fails(
+        "missing --var",
+        &generate_args(path_str(&s.path("nope.pth")), &vae, &["--class", "1", "--out", &out]),
+        "no such file",
+    );
+    let mut expected = vec!["a-folder"];
+    if made {
+        expected.push("fifo");
+    }
+    s.assert_untouched("inputs", &expected);
+}
+
+#[test]
+fn non_finite_weights_are_refused_by_name() {
+    let s = Scratch::new("nonfinite");
+    let (var, vae) = tiny();
+    let out = s.out();
+    let mut bad_var = StateDict::load(&var).unwrap();
+    let poison = |sd: &mut StateDict, key: &str, value: f32| {
+        let t = sd.remove(key).unwrap_or_else(|| panic!("{key} in the fixture"));
+        let mut data = t.data;
+        let middle = data.len() / 2;
+        data[middle] = value;
+        sd.insert(key, &t.shape, data).unwrap();
+    };
+    poison(&mut bad_var, "blocks.1.ffn.fc1.weight", f32::NAN);
+    let nan_var = s.save("nan_var.safetensors", &bad_var);
+    let mut temperature = StateDict::load(&var).unwrap();
+    poison(&mut temperature, "blocks.0.attn.scale_mul_1H11", f32::NAN);
+    let nan_temperature = s.save("nan_temperature.safetensors", &temperature);
+    let mut bad_vae = StateDict::load(&vae).unwrap();
+    poison(&mut bad_vae, "decoder.conv_out.weight", f32::INFINITY);
+    let inf_vae = s.save("inf_vae.safetensors", &bad_vae);
+    fails(
+        "NaN in the VAR",
+        &generate_args(path_str(&nan_var), &vae, &["--class", "1", "--out", &out]),
+        "blocks.1.ffn.fc1.weight (1 of",
+    );
+    fails(
+        "NaN temperature",
+        &generate_args(path_str(&nan_temperature), &vae, &["--class", "1", "--out", &out]),
+        "blocks.0.attn.scale_mul_1H11",
+    );
+    fails(
+        "Inf in the VAE",
+        &generate_args(&var, path_str(&inf_vae), &["--class", "1", "--out", &out]),
+        "decoder.conv_out.weight",
+    );
+    s.assert_untouched("nonfinite", &["inf_vae.safetensors", "nan_temperature.safetensors", "nan_var.safetensors"]);
+    // The opt-out loads them (the image is then whatever the arithmetic gives).
+    let forced = s.path("forced.png");
+    let result = run(&generate_args(
+        path_str(&nan_var),
+        &vae,
+        &["--class", "1", "--allow-non-finite", "--out", path_str(&forced)],
+    ));
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    assert!(forced.is_file());
+}
+
+#[test]
+fn sizes_from_files_use_checked_arithmetic() {
+    use scalewise_support::synthetic::{VarShape, var_state_dict};
+    let s = Scratch::new("arithmetic");
+    let (_, vae) = tiny();
+    let out = s.out();
+    // A schedule whose squares wrap around to the model's real token count (2^32 squared is 0 mod
+    // 2^64): 1 + 2^64 wraps to 1 + 0.
+    let shape = VarShape {
+        depth: 1,
+        width: 32,
+        heads: 2,
+        num_classes: 10,
+        vocab: 64,
+        cvae: 4,
+        patch_nums: vec![1, 2],
+        shared_adaln: false,
+    };
+    for sides in ["[1, 4294967296]", "[1, 9223372036854775808]"] {
+        let mut sd = var_state_dict(&shape, 1).unwrap();
+        sd.metadata.insert("patch_nums".into(), sides.into());
+        let file = s.save("wrapped.safetensors", &sd);
+        fails(
+            sides,
+            &generate_args(path_str(&file), &vae, &["--class", "1", "--out", &out]),
+            "sides must be in 1..=4096",
+        );
+    }
+    // A VQVAE with 70 decoder levels would shift the image size out of range.
+    let mut sd = StateDict::load(&vae).unwrap();
+    let conv = sd.get("decoder.up.0.block.0.conv1.weight").unwrap().clone();
+    for i in 0..70 {
+        sd.insert(format!("decoder.up.{i}.block.0.conv1.weight"), &conv.shape, conv.data.clone()).unwrap();
+    }
+    let deep = s.save("deep_vae.safetensors", &sd);
+    let (var, _) = tiny();
+    fails("70 decoder levels", &generate_args(&var, path_str(&deep), &["--class", "1", "--out", &out]), "at most 12");
+    s.assert_untouched("arithmetic", &["deep_vae.safetensors", "wrapped.safetensors"]);
+}
+
+#[test]
+fn messages_are_short_escaped_and_name_the_fault() {
+    let s = Scratch::new("messages");
+    let (var, vae) = tiny();
+    let out = s.out();
+    // 100k unexpected keys: the error lists a few and counts the rest.
+    let mut sd = StateDict::load(&var).unwrap();
+    for i in 0..100_000 {
+        sd.insert(format!("extra.{i}"), &[1], vec![0.0]).unwrap();
+    }
+    let noisy = s.save("noisy.safetensors", &sd);
+    let err = fails("100k keys", &generate_args(path_str(&noisy), &vae, &["--class", "1", "--out", &out]), "more");
+    assert!(err.contains("and 99988 more"), "{err}");
+    // Names with terminal escapes and line breaks, as keys and as class names, are printed escaped.
+    let mut sd = StateDict::load(&var).unwrap();
+    sd.insert("evil\u{1b}[2J\nerror: fake", &[1], vec![0.0]).unwrap();
+    let evil = s.save("evil_key.safetensors", &sd);
+    let err = fails("escape in a key", &generate_args(path_str(&evil), &vae, &["--class", "1", "--out", &out]), "evil");
+    assert!(!err.contains('\u{1b}') && err.lines().count() == 1, "{err:?}");
+    let mut sd = StateDict::load(&var).unwrap();
+    let names: Vec<String> = (0..10).map(|i| format!("class{i}\u{1b}[31m\nred")).collect();
+    sd.metadata.insert("class_names".into(), serde_json::to_string(&names).unwrap());
+    let evil_names = s.save("evil_names.safetensors", &sd);
+    let listed = run(&["classes", "--var", path_str(&evil_names)]);
+    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    let stdout = String::from_utf8_lossy(&listed.stdout);
+    assert!(!stdout.contains('\u{1b}') && stdout.lines().count() == 10, "{stdout:?}");
+    // A wrong-rank tensor says what rank it expected (it used to say "expected [0, 0]").
+    let mut sd = StateDict::load(&var).unwrap();
+    let t = sd.remove("class_emb.weight").unwrap();
+    sd.insert("class_emb.weight", &[1, t.shape[0], t.shape[1]], t.data).unwrap();
+    let rank = s.save("rank.safetensors", &sd);
+    let err =
+        fails("3-d class_emb", &generate_args(path_str(&rank), &vae, &["--class", "1", "--out", &out]), "2 dimensions");
+    assert!(!err.contains("[0, 0]"), "{err}");
+    // Safetensors header faults name the tensor.
+    for (file, needle) in [
+        (
+            "offsets_mismatch.safetensors",
+            "tensor b: data_offsets [4, 12] hold 8 bytes but dtype F32 with shape [3] needs 12",
+        ),
+        ("overlap.safetensors", "tensor a: its data starts at byte 0 where byte 4 was expected after tensor b"),
+        ("bad_dtype.safetensors", "tensor \"a\" has dtype F128"),
+    ] {
+        fails(file, &generate_args(path_str(&corpus(file)), &vae, &["--class", "1", "--out", &out]), needle);
+    }
+    s.assert_untouched(
+        "messages",
+        &["evil_key.safetensors", "evil_names.safetensors", "noisy.safetensors", "rank.safetensors"],
+    );
+}
+
+#[test]
+fn a_headless_machine_gets_no_spurious_errors() {
+    let out = Command::new(env!("CARGO_BIN_EXE_scalewise"))
+        .arg("info")
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("NODEVICE_SELECT")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("error"), "stderr of a successful `info`: {err}");
+}
+
+/// Regenerates the hand-made files of `tests/bad_inputs/` (run with `--ignored` after changing them).
+#[test]
+#[ignore = "writes tests/bad_inputs/; run by hand"]
+fn write_corpus() {
+    let one = || vec![("0", f32_storage([1.0]))];
+    // 64 views of 1024 x 1024 stride-0 elements over one 4-byte storage: 256 MiB each, 16 GiB in all.
+    let views: Vec<(String, Vec<u8>)> =
+        (0..64).map(|i| (format!("w{i}"), p::tensor("FloatStorage", "0", 1, 0, &[1024, 1024], &[0, 0]))).collect();
+    let entries: Vec<(&str, Vec<u8>)> = views.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    std::fs::write(corpus("stride0_bomb.pth"), torch_archive(&p::dict(&entries), &one())).unwrap();
+    // 300 views of 4096 elements: each within the per-view floor, 4.9 MB in all from 45 KB.
+    let views: Vec<(String, Vec<u8>)> =
+        (0..300).map(|i| (format!("v{i}"), p::tensor("FloatStorage", "0", 1, 0, &[4096], &[0]))).collect();
+    let entries: Vec<(&str, Vec<u8>)> = views.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    std::fs::write(corpus("many_views.pth"), torch_archive(&p::dict(&entries), &one())).unwrap();
+    let safetensors = |header: &str, data: usize| {
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header.as_bytes());
+        bytes.extend(std::iter::repeat_n(0u8, data));
+        bytes
+    };
+    let files = [
+        (
+            "offsets_mismatch.safetensors",
+            safetensors(
+                r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[3],"data_offsets":[4,12]}}"#,
+                12,
+            ),
+        ),
+        (
+            "overlap.safetensors",
+            safetensors(
+                r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#,
+                8,
+            ),
+        ),
+        ("bad_dtype.safetensors", safetensors(r#"{"a":{"dtype":"F128","shape":[1],"data_offsets":[0,16]}}"#, 16)),
+    ];
+    for (name, bytes) in files {
+        std::fs::write(corpus(name), bytes).unwrap();
+    }
+}
