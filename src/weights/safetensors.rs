@@ -34,7 +34,7 @@ pub(super) fn read(src: &mut dyn ByteSource, path: &Path, options: &LoadOptions)
     let (metadata, entries) = parse_header(&header).map_err(fail)?;
     let data_start = 8 + header_len;
     let data_len = entries.last().map_or(0, |e| e.end);
-    if data_start + data_len != len {
+    if data_start.checked_add(data_len) != Some(len) {
         return Err(fail(format!(
             "the safetensors header describes {data_len} bytes of tensor data but the file holds {} (truncated or \
              padded)",
