@@ -676,3 +676,150 @@ pub fn generate_json(device: &Device, config: &GenerateBenchConfig, r: &Generate
         })).collect::<Vec<_>>(),
     })
 }
+
+/// `scalewise bench soak`: many generations in one process on the demo model, watching memory and
+/// determinism.
+#[derive(Debug, Clone)]
+pub struct SoakConfig {
+    pub generations: usize,
+    /// Distinct (seed, class) pairs cycled through: each repeats generations / distinct times.
+    pub distinct: usize,
+    /// Generations before the memory baseline is taken (caches and pools fill first).
+    pub warmup: usize,
+    pub dtype: Option<DType>,
+}
+
+/// One sample of a soak run.
+#[derive(Debug, Clone, Copy)]
+pub struct SoakSample {
+    pub generation: usize,
+    /// Resident set size of the process (None where /proc is unavailable).
+    pub rss_bytes: Option<u64>,
+    /// GPU bytes held by live tensors and kept for reuse by the buffer pool.
+    pub pool_live_bytes: u64,
+    pub pool_cached_bytes: u64,
+    pub wall_ms: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct SoakResult {
+    pub samples: Vec<SoakSample>,
+    /// Generations whose image differed from the first one of the same seed and class.
+    pub mismatches: Vec<usize>,
+    /// Generations compared with an earlier one of the same seed and class.
+    pub compared: usize,
+}
+
+impl SoakResult {
+    /// RSS growth from the end of the warm-up to the end of the run, in bytes (None without /proc).
+    pub fn rss_growth(&self, warmup: usize) -> Option<i64> {
+        let base = self.samples.iter().find(|s| s.generation + 1 >= warmup)?.rss_bytes?;
+        let last = self.samples.last()?.rss_bytes?;
+        Some(last as i64 - base as i64)
+    }
+
+    /// Pool growth (live + cached) over the same span.
+    pub fn pool_growth(&self, warmup: usize) -> Option<i64> {
+        let base = self.samples.iter().find(|s| s.generation + 1 >= warmup)?;
+        let last = self.samples.last()?;
+        let total = |s: &SoakSample| (s.pool_live_bytes + s.pool_cached_bytes) as i64;
+        Some(total(last) - total(base))
+    }
+}
+
+/// The process's resident set size from /proc/self/status (Linux), else None.
+pub fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+pub fn soak(device: &Device, config: &SoakConfig, mut progress: impl FnMut(&SoakSample)) -> Result<SoakResult> {
+    use scalewise::generate::GenerateOptions;
+    let pipeline = scalewise::demo::pipeline(device, config.dtype)?;
+    let classes = pipeline.var.config.num_classes;
+    let distinct = config.distinct.max(1);
+    let mut first_hash: Vec<Option<u64>> = vec![None; distinct];
+    let (mut samples, mut mismatches, mut compared) = (Vec::new(), Vec::new(), 0);
+    for generation in 0..config.generations {
+        let pair = generation % distinct;
+        let options = GenerateOptions {
+            labels: vec![pair % classes],
+            seed: 1000 + pair as u64,
+            profile_stages: false,
+            ..GenerateOptions::default()
+        };
+        let started = std::time::Instant::now();
+        let (images, _) = pipeline.generate(&options)?;
+        let wall_ms = started.elapsed().as_secs_f64() * 1e3;
+        let hash = images
+            .iter()
+            .flat_map(|image| image.rgb.iter())
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+        match first_hash[pair] {
+            None => first_hash[pair] = Some(hash),
+            Some(first) => {
+                compared += 1;
+                if first != hash {
+                    mismatches.push(generation);
+                }
+            }
+        }
+        let pool = device.pool_stats();
+        let sample = SoakSample {
+            generation,
+            rss_bytes: resident_bytes(),
+            pool_live_bytes: pool.live_bytes,
+            pool_cached_bytes: pool.cached_bytes,
+            wall_ms,
+        };
+        progress(&sample);
+        samples.push(sample);
+    }
+    Ok(SoakResult { samples, mismatches, compared })
+}
+
+/// `scalewise bench precision`: the demo model with f32 and with f16 weights, same seeds and classes,
+/// compared token for token per scale and image for image.
+#[derive(Debug, Clone)]
+pub struct PrecisionResult {
+    /// Generations per precision (classes x seeds).
+    pub runs: usize,
+    /// Per scale: side, tokens equal in both precisions, tokens compared.
+    pub scales: Vec<(usize, usize, usize)>,
+    /// Runs whose whole token sequence agreed, and whose final images were bit-identical.
+    pub identical_tokens: usize,
+    pub identical_images: usize,
+}
+
+pub fn precision(device: &Device, seeds: &[u64]) -> Result<PrecisionResult> {
+    use scalewise::generate::GenerateOptions;
+    if !device.caps().f16 {
+        return Err(Error::MissingFeature { what: "comparing f16 with f32 weights".into(), feature: "SHADER_F16" });
+    }
+    let f32_pipeline = scalewise::demo::pipeline(device, Some(DType::F32))?;
+    let f16_pipeline = scalewise::demo::pipeline(device, Some(DType::F16))?;
+    let config = &f32_pipeline.var.config;
+    let mut scales: Vec<(usize, usize, usize)> = config.patch_nums.iter().map(|&s| (s, 0, 0)).collect();
+    let (mut runs, mut identical_tokens, mut identical_images) = (0, 0, 0);
+    for class in 0..config.num_classes {
+        for &seed in seeds {
+            let options =
+                GenerateOptions { labels: vec![class], seed, profile_stages: false, ..GenerateOptions::default() };
+            let (image_a, steps_a) = f32_pipeline.generate(&options)?;
+            let (image_b, steps_b) = f16_pipeline.generate(&options)?;
+            let mut all_equal = true;
+            for ((a, b), row) in steps_a.iter().zip(&steps_b).zip(scales.iter_mut()) {
+                let equal = a.tokens.iter().zip(&b.tokens).filter(|(x, y)| x == y).count();
+                all_equal &= equal == a.tokens.len();
+                row.1 += equal;
+                row.2 += a.tokens.len();
+            }
+            runs += 1;
+            identical_tokens += usize::from(all_equal);
+            identical_images += usize::from(image_a == image_b);
+        }
+    }
+    Ok(PrecisionResult { runs, scales, identical_tokens, identical_images })
+}

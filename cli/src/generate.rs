@@ -114,7 +114,7 @@ pub fn check_args(args: &GenerateArgs) -> anyhow::Result<Outputs> {
             anyhow::bail!("{flag} and {other} name the same file {}", path.display());
         }
     }
-    let stage = |flag: &str, path: &Path| StagedOutput::create(path).with_context(|| format!("{flag}"));
+    let stage = |flag: &str, path: &Path| StagedOutput::create(path).with_context(|| flag.to_string());
     let image = stage("--out", &args.out)?;
     let tokens = args.dump_tokens.as_deref().map(|p| stage("--dump-tokens", p)).transpose()?;
     let scales = args.every_scale.as_deref().map(scales_folder).transpose()?;
@@ -351,6 +351,7 @@ pub fn bench_generate(device: &Device, args: &GenerateBenchArgs) -> anyhow::Resu
         "--batch must be in 1..={MAX_BATCH} and --iters at least 1"
     );
     ensure!(args.cfg.is_finite() && args.cfg >= 0.0, "--cfg must be a finite number >= 0, got {}", args.cfg);
+    super::results_target(&args.json)?;
     // f16 on a device without SHADER_F16 fails with a typed error when the weights are uploaded.
     let dtype = args.dtype.unwrap_or(device.preferred_float());
     let config = GenerateBenchConfig {

@@ -133,6 +133,42 @@ enum BenchCommand {
     /// One whole VAR generation with random weights of an official shape: per-scale and total time,
     /// transformer / sampling / decode split, peak GPU memory.
     Generate(generate::GenerateBenchArgs),
+    /// Many demo generations in one process: resident memory and GPU pool size sampled after each,
+    /// every image compared with the first of the same seed and class. Fails if memory grows past
+    /// --max-growth-mib after the warm-up or an image differs.
+    Soak(SoakArgs),
+    /// The demo model with f32 and with f16 weights on this device, same seeds and classes: how many
+    /// tokens per scale and how many images agree.
+    Precision(PrecisionArgs),
+}
+
+#[derive(Args)]
+struct PrecisionArgs {
+    /// Seeds per class.
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 2, 3])]
+    seeds: Vec<u64>,
+    #[arg(long, default_value = "bench-results/precision.json")]
+    json: PathBuf,
+}
+
+#[derive(Args)]
+struct SoakArgs {
+    #[arg(long, default_value_t = 200)]
+    generations: usize,
+    /// Distinct (seed, class) pairs, cycled.
+    #[arg(long, default_value_t = 5)]
+    distinct: usize,
+    /// Generations before the memory baseline.
+    #[arg(long, default_value_t = 10)]
+    warmup: usize,
+    /// The most resident memory may grow after the warm-up, in MiB.
+    #[arg(long, default_value_t = 8)]
+    max_growth_mib: u64,
+    /// f16 or f32 weights (default f16 where the device has SHADER_F16).
+    #[arg(long, value_parser = parse_dtype)]
+    dtype: Option<DType>,
+    #[arg(long, default_value = "bench-results/soak.json")]
+    json: PathBuf,
 }
 
 #[derive(Args)]
@@ -313,6 +349,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Matmul(args)) => bench_matmul(&device.open()?, &args),
         Command::Bench(BenchCommand::Attention(args)) => bench_attention(&device.open()?, &args),
         Command::Bench(BenchCommand::Scan(args)) => bench_scan(&device.open()?, &args),
+        Command::Bench(BenchCommand::Soak(args)) => bench_soak(&device.open()?, &args),
+        Command::Bench(BenchCommand::Precision(args)) => bench_precision(&device.open()?, &args),
     }
 }
 
@@ -371,6 +409,7 @@ fn bytes(n: u64) -> String {
 }
 
 fn bench_matmul(device: &Device, args: &MatmulArgs) -> anyhow::Result<()> {
+    results_target(&args.json)?;
     anyhow::ensure!(!args.sizes.is_empty() && !args.sizes.contains(&0), "--sizes must list sizes above 0");
     anyhow::ensure!(args.iters > 0, "--iters must be at least 1");
     let config = MatmulBenchConfig {
@@ -411,6 +450,7 @@ fn bench_matmul(device: &Device, args: &MatmulArgs) -> anyhow::Result<()> {
 }
 
 fn bench_attention(device: &Device, args: &AttentionArgs) -> anyhow::Result<()> {
+    results_target(&args.json)?;
     anyhow::ensure!(args.iters > 0, "--iters must be at least 1");
     let config = AttentionBenchConfig {
         cases: args.grids.iter().map(|g| AttentionCase { grid: g.clone(), text: args.text }).collect(),
@@ -452,6 +492,7 @@ fn bench_attention(device: &Device, args: &AttentionArgs) -> anyhow::Result<()> 
 }
 
 fn bench_scan(device: &Device, args: &ScanArgs) -> anyhow::Result<()> {
+    results_target(&args.json)?;
     anyhow::ensure!(args.iters > 0, "--iters must be at least 1");
     let config = ScanBenchConfig {
         shapes: args.shapes.clone(),
@@ -516,6 +557,110 @@ fn bench_scan(device: &Device, args: &ScanArgs) -> anyhow::Result<()> {
     }
     write_atomically(&args.json, &serde_json::to_string_pretty(&json)?)?;
     println!("wrote {}", args.json.display());
+    Ok(())
+}
+
+fn bench_soak(device: &Device, args: &SoakArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (1..=1_000_000).contains(&args.generations) && args.warmup < args.generations,
+        "--generations must be in 1..=1000000 and above --warmup"
+    );
+    results_target(&args.json)?;
+    let config = bench::SoakConfig {
+        generations: args.generations,
+        distinct: args.distinct,
+        warmup: args.warmup,
+        dtype: args.dtype,
+    };
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    println!(
+        "soak: {} demo generations on {}, {} distinct seeds",
+        args.generations,
+        device.info().adapter.name,
+        args.distinct
+    );
+    println!("{:>10} {:>10} {:>14} {:>14} {:>9}", "generation", "RSS MiB", "pool live MiB", "pool cache MiB", "ms");
+    let every = (args.generations / 20).max(1);
+    let result = bench::soak(device, &config, |s| {
+        if s.generation % every == 0 || s.generation + 1 == args.generations {
+            println!(
+                "{:>10} {:>10} {:>14.2} {:>14.2} {:>9.0}",
+                s.generation,
+                s.rss_bytes.map_or("-".into(), |b| format!("{:.1}", mib(b))),
+                mib(s.pool_live_bytes),
+                mib(s.pool_cached_bytes),
+                s.wall_ms
+            );
+        }
+    })?;
+    let rss_growth = result.rss_growth(args.warmup);
+    let pool_growth = result.pool_growth(args.warmup);
+    let walls: Vec<f64> = result.samples.iter().map(|s| s.wall_ms).collect();
+    println!(
+        "after the {} warm-up generations: RSS {} MiB, GPU pool {} MiB; {} of {} repeated generations bit-identical",
+        args.warmup,
+        rss_growth.map_or("n/a".into(), |g| format!("{:+.2}", g as f64 / (1 << 20) as f64)),
+        pool_growth.map_or("n/a".into(), |g| format!("{:+.2}", g as f64 / (1 << 20) as f64)),
+        result.compared - result.mismatches.len(),
+        result.compared
+    );
+    let json = serde_json::json!({
+        "adapter": device.info().adapter.name,
+        "generations": args.generations, "distinct": args.distinct, "warmup": args.warmup,
+        "rss_growth_bytes": rss_growth, "pool_growth_bytes": pool_growth,
+        "compared": result.compared, "mismatches": result.mismatches,
+        "wall_ms": walls,
+        "rss_bytes": result.samples.iter().map(|s| s.rss_bytes).collect::<Vec<_>>(),
+        "pool_bytes": result.samples.iter().map(|s| s.pool_live_bytes + s.pool_cached_bytes).collect::<Vec<_>>(),
+    });
+    write_atomically(&args.json, &serde_json::to_string_pretty(&json)?)?;
+    println!("wrote {}", args.json.display());
+    anyhow::ensure!(
+        result.mismatches.is_empty(),
+        "generations {:?} differ from the first of their seed",
+        result.mismatches
+    );
+    if let Some(growth) = rss_growth {
+        anyhow::ensure!(
+            growth <= (args.max_growth_mib << 20) as i64,
+            "resident memory grew by {:.1} MiB after the warm-up (limit {} MiB)",
+            growth as f64 / (1 << 20) as f64,
+            args.max_growth_mib
+        );
+    }
+    Ok(())
+}
+
+fn bench_precision(device: &Device, args: &PrecisionArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(!args.seeds.is_empty() && args.seeds.len() <= 1000, "--seeds must list 1 to 1000 seeds");
+    results_target(&args.json)?;
+    let r = bench::precision(device, &args.seeds)?;
+    println!("demo model, f32 vs f16 weights on {}: {} generations each", device.info().adapter.name, r.runs);
+    println!("{:>5} {:>7} {:>16}", "scale", "side", "tokens agreeing");
+    for (i, (side, equal, total)) in r.scales.iter().enumerate() {
+        println!("{i:>5} {side:>7} {:>9.1}% of {total}", 100.0 * *equal as f64 / (*total).max(1) as f64);
+    }
+    println!(
+        "whole token sequences equal: {} of {}; final images bit-identical: {} of {}",
+        r.identical_tokens, r.runs, r.identical_images, r.runs
+    );
+    let json = serde_json::json!({
+        "adapter": device.info().adapter.name, "seeds": args.seeds, "runs": r.runs,
+        "scales": r.scales.iter().map(|(side, equal, total)| serde_json::json!({"side": side, "equal": equal, "total": total})).collect::<Vec<_>>(),
+        "identical_tokens": r.identical_tokens, "identical_images": r.identical_images,
+    });
+    write_atomically(&args.json, &serde_json::to_string_pretty(&json)?)?;
+    println!("wrote {}", args.json.display());
+    Ok(())
+}
+
+/// Checks a results file's target before a benchmark runs (creating its folder), so a bad --json
+/// fails at once rather than after the measurements.
+pub(crate) fn results_target(path: &Path) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("--json: creating {}", dir.display()))?;
+    }
+    scalewise::output::check_target(path).context("--json")?;
     Ok(())
 }
 

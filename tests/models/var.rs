@@ -637,6 +637,23 @@ fn options(labels: Vec<usize>, seed: u64) -> GenerateOptions {
     GenerateOptions { labels, seed, cfg: 2.0, top_k: 0, top_p: 0.0, profile_stages: false, ..Default::default() }
 }
 
+#[test]
+fn default_options_suit_a_small_codebook_and_oversized_batches_are_refused_early() {
+    let device = full_device();
+    let pipeline = tiny_pipeline(device, false, 21);
+    // The official top-k 900 on a 32-token codebook keeps every token, like top-k 0.
+    let defaults = GenerateOptions { profile_stages: false, ..GenerateOptions::default() };
+    pipeline.validate(&defaults).expect("the defaults validate on any model");
+    let all = GenerateOptions { top_k: 0, ..defaults.clone() };
+    assert_eq!(run(&pipeline, &defaults).tokens, run(&pipeline, &all).tokens);
+    // A batch beyond what the adapter binds is one error naming the largest batch, before any allocation.
+    let max = pipeline.max_batch(true);
+    assert!((1..=scalewise::generate::MAX_BATCH).contains(&max), "{max}");
+    let too_many = GenerateOptions { labels: vec![0; scalewise::generate::MAX_BATCH + 1], ..defaults };
+    let err = pipeline.start(&too_many).err().expect("an oversized batch").to_string();
+    assert!(err.contains(&format!("at most {max}")), "{err}");
+}
+
 struct Run {
     tokens: Vec<Vec<u32>>,
     f_hat: Vec<f32>,
