@@ -26,6 +26,9 @@ What it writes into --out (default tests/fixtures/mvar):
                          variant (prefix "cos." / "plain."): teacher-forced logits of the CFG-doubled
                          batch for every scale, and a greedy (top_k 1) CFG generation's tokens.
 
+Each variant's weights come from the first seed (11 or 12, then in steps of 100) for which the fixture
+is well-conditioned: its logits evaluated in float32 stay within 2e-6 of their range from float64.
+
 Self-checks (always run; `--check` runs them without writing anything): the per-scale inference that
 re-runs Mamba-2 over the whole prefix from a zero state (the official code) equals the one that
 carries the Mamba state (SSM state + last 3 conv inputs) from scale to scale, and equals the
@@ -40,6 +43,7 @@ Run (deterministic):
 """
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -88,6 +92,8 @@ GREEDY_CFG = 2.5
 GREEDY_FIRST_LABELS = (1, 8)
 MARGIN_REL = 1e-3
 MAMBA_CHECK_LEN = 30
+COND_REL = 2e-6
+GAMMA_LIFT = 0.3
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -308,7 +314,7 @@ def init_mvar(model, seed):
         elif name.endswith("ada_lin.1.bias"):
             b = rand(g, p.shape, 0.1).view(-1, C)
             if b.shape[0] == 9:
-                b[:3] += 0.6  # the gammas: every branch (attention, Mamba, FFN) weighs in the logits
+                b[:3] += GAMMA_LIFT  # the gammas: every branch (attention, Mamba, FFN) weighs in the logits
             p.copy_(b.view(-1))
         elif name == "head.weight":
             p.copy_(rand(g, p.shape, 3.0 / math.sqrt(C)))
@@ -355,23 +361,22 @@ def maxdiff(a, b):
 
 
 @torch.no_grad()
-def teacher_forcing(model, vae, labels, tokens):
-    """Logits per scale by the three forms: (recompute, carry, full sequence)."""
+def teacher_forcing(model, vae, labels, tokens, modes=("recompute", "carry")):
+    """Logits per scale by the given per-scale forms, then by the full-sequence form."""
     b = len(labels)
     cond = model.class_emb(vr.cfg_labels(labels))
-    f_hat = torch.zeros(b, CVAE, vr.LATENT, vr.LATENT, dtype=torch.float64)
+    f_hat = torch.zeros(b, CVAE, vr.LATENT, vr.LATENT, dtype=model.pos_1LC.dtype)
     xs = [model.sos(cond)]
     for si, pn in enumerate(PATCH_NUMS):
         f_hat, nxt = vae.accumulate(f_hat, vae.embed(tokens[si], pn), si)
         if nxt is not None:
             xs.append(model.next_tokens(nxt, si + 1))
-    by_mode = {}
-    for mode in ("recompute", "carry"):
+    by_mode = []
+    for mode in modes:
         memories = model.new_memories()
-        by_mode[mode] = [model.step(x, cond, mode, memories) for x in xs]
+        by_mode.append([model.step(x, cond, mode, memories) for x in xs])
     full_all = model.forward_full(torch.cat(xs, dim=1), cond)
-    full = [full_all[:, bb:ee] for (bb, ee) in BEGIN_ENDS]
-    return by_mode["recompute"], by_mode["carry"], full
+    return (*by_mode, [full_all[:, bb:ee] for (bb, ee) in BEGIN_ENDS])
 
 
 @torch.no_grad()
@@ -405,13 +410,34 @@ def load_vae(path):
     return vae.double().eval()
 
 
+def float32_error(model, vae32, tf_tokens, reference):
+    """Max over scales of |float32 logits - float64 logits| / max |float64 logit| (teacher forced)."""
+    model32 = copy.deepcopy(model).float()
+    rec32, _ = teacher_forcing(model32, vae32, TF_LABELS, tf_tokens, modes=("recompute",))
+    return max(maxdiff(a.double(), c) / c.abs().max().item() for a, c in zip(rec32, reference))
+
+
 def build_variant(name, cosine, seed, vae, tf_tokens, out, meta):
-    model = TinyMVAR(cosine)
-    init_mvar(model, seed)
-    sd = saved_state_dict(model)
+    """Draws weights from `seed`, or the next seed while the fixture is ill-conditioned (float32
+    evaluation further than COND_REL of the logits' range from float64: a tolerance would then measure
+    the fixture, not the implementation)."""
+    vae32 = copy.deepcopy(vae).float()
+    for seed in range(seed, seed + 50 * 100, 100):
+        model = TinyMVAR(cosine)
+        init_mvar(model, seed)
+        sd = saved_state_dict(model)
+        model = model.double().eval()
+        rec, car, full = teacher_forcing(model, vae, TF_LABELS, tf_tokens)
+        cond = float32_error(model, vae32, tf_tokens, rec)
+        print(f"{name}: seed {seed}: float32 logits within {cond:.2e} of the range")
+        if cond <= COND_REL:
+            break
+    else:
+        raise SystemExit(f"{name}: no seed gives a float32 error <= {COND_REL} of the range")
+    meta[f"{name}_seed"] = json.dumps(seed)
+    meta[f"{name}_float32_rel_error"] = json.dumps(float(f"{cond:.3g}"))
     per_block = 22 if cosine else 21  # learned tensors + zero_k_bias + patch_nums, as MVAR.md counts
     assert len(sd) == per_block * DEPTH + 12, len(sd)
-    model = model.double().eval()
 
     # the Mamba layer alone: token loop vs the quadratic SSD form
     g = torch.Generator().manual_seed(seed + 100)
@@ -433,7 +459,6 @@ def build_variant(name, cosine, seed, vae, tf_tokens, out, meta):
         out["mamba.in"] = vr.f32(u)
         out["mamba.out"] = vr.f32(m_loop)
 
-    rec, car, full = teacher_forcing(model, vae, TF_LABELS, tf_tokens)
     d_car = max(maxdiff(a, c) for a, c in zip(rec, car))
     d_full = max(maxdiff(a, c) for a, c in zip(rec, full))
     print(f"{name}: teacher forcing: recompute vs carried state {d_car:.3e}, vs full sequence {d_full:.3e}")
