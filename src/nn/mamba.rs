@@ -152,6 +152,33 @@ impl Mamba1Block {
     }
 }
 
+/// The hyperparameters of a Mamba-2 layer (what its weight shapes say, given ngroups).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mamba2Dims {
+    pub d_model: usize,
+    pub d_inner: usize,
+    pub d_state: usize,
+    pub n_heads: usize,
+    pub n_groups: usize,
+    pub d_conv: usize,
+}
+
+impl Mamba2Dims {
+    /// Channels of the short convolution: x, B and C.
+    pub fn conv_channels(&self) -> usize {
+        self.d_inner + 2 * self.n_groups * self.d_state
+    }
+
+    /// Rows of in_proj: z, xBC and dt.
+    pub fn in_proj_rows(&self) -> usize {
+        self.d_inner + self.conv_channels() + self.n_heads
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.d_inner / self.n_heads
+    }
+}
+
 /// Mamba-2 with the gated RMSNorm (norm after the gate, eps 1e-5).
 pub struct Mamba2Block {
     pub d_model: usize,
@@ -197,8 +224,20 @@ impl Mamba2Block {
             )));
         }
         let d_state = group_states / n_groups;
-        let proj = 2 * d_inner + 2 * n_groups * d_state + n_heads;
         let lp = Loader::new_with_prefix(device, sd, prefix, dtype);
+        let (block, a) = Self::load(&lp, Mamba2Dims { d_model, d_inner, d_state, n_heads, n_groups, d_conv })?;
+        lp.finish()?;
+        check_finite_host_a(&a, &[n_heads])?;
+        Ok(block)
+    }
+
+    /// Reads the layer's keys through `lp` (its prefix ends in the layer's name and '.') without
+    /// finishing it, so a model reports the problems of all its layers in one error. Returns A with
+    /// the block: check it with `check_finite_host_a` once the loader has finished (a missing A_log
+    /// reads as zeros).
+    pub(crate) fn load(lp: &Loader, dims: Mamba2Dims) -> Result<(Self, Vec<f32>)> {
+        let Mamba2Dims { d_model, d_inner, d_state, n_heads, n_groups, d_conv } = dims;
+        let conv_channels = dims.conv_channels();
         let lp32 = lp.with_dtype(DType::F32);
         let a = a_from_log(&lp.host("A_log", &[n_heads]));
         let block = Self {
@@ -206,11 +245,11 @@ impl Mamba2Block {
             d_inner,
             d_state,
             n_heads,
-            head_dim: d_inner / n_heads,
+            head_dim: dims.head_dim(),
             n_groups,
             d_conv,
-            dtype,
-            in_proj: lp.tensor("in_proj.weight", &[proj, d_model])?,
+            dtype: lp.dtype(),
+            in_proj: lp.tensor("in_proj.weight", &[dims.in_proj_rows(), d_model])?,
             conv_weight: lp.tensor_as("conv1d.weight", &[conv_channels, 1, d_conv], &[conv_channels, d_conv])?,
             conv_bias: lp.optional("conv1d.bias", &[conv_channels])?,
             dt_bias: lp32.tensor("dt_bias", &[n_heads])?,
@@ -219,9 +258,7 @@ impl Mamba2Block {
             norm_weight: lp.tensor("norm.weight", &[d_inner])?,
             out_proj: lp.tensor("out_proj.weight", &[d_model, d_inner])?,
         };
-        lp.finish()?;
-        check_finite_host_a(&a, &[n_heads])?;
-        Ok(block)
+        Ok((block, a))
     }
 
     pub fn forward(&self, x: &Tensor, state: Option<&MambaState>) -> Result<(Tensor, MambaState)> {

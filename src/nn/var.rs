@@ -83,28 +83,18 @@ impl VarConfig {
     }
 
     /// Infers the configuration from a checkpoint's shapes (and `patch_nums` metadata when the
-    /// schedule is not an official one), rejecting VQVAE files and pre-April-2024 uploads.
+    /// schedule is not an official one), rejecting VQVAE files, M-VAR checkpoints and pre-April-2024
+    /// uploads.
     pub fn infer(sd: &StateDict) -> Result<Self> {
-        let bad = |reason: String| Error::InvalidArgument { op: "VAR checkpoint", msg: reason };
-        if sd.get("class_emb.weight").is_none() {
-            if sd.get("quantize.embedding.weight").is_some() || sd.get("decoder.conv_in.weight").is_some() {
-                return Err(bad(
-                    "this is a VQVAE checkpoint (it holds quantize.* and decoder.* keys), not a VAR transformer: \
-                     pass it as --vae and the var_d*.pth file as --var"
-                        .into(),
-                ));
-            }
-            return Err(bad(format!(
-                "not a VAR transformer checkpoint: class_emb.weight is missing (the file has {} tensors{})",
-                sd.len(),
-                sd.keys().next().map(|k| format!(", the first is {k:?}")).unwrap_or_default()
-            )));
-        }
-        let shape = |key: &str| sd.require("", key).map(|t| t.shape.clone());
-        let class_shape = shape("class_emb.weight")?;
-        let [rows, width] = two(&class_shape, "class_emb.weight")?;
-        if rows < 2 {
-            return Err(bad(format!("class_emb.weight has {rows} rows; it needs the classes plus the null class")));
+        const OP: &str = "VAR checkpoint";
+        let bad = |reason: String| Error::InvalidArgument { op: OP, msg: reason };
+        check_transformer(sd, OP)?;
+        if has_mamba_blocks(sd) {
+            return Err(bad(
+                "this is an M-VAR checkpoint (its blocks hold mamba.* keys), not a VAR transformer: load it with \
+                 nn::MvarModel"
+                    .into(),
+            ));
         }
         let depth = (0..).take_while(|i| sd.get(&format!("blocks.{i}.attn.mat_qkv.weight")).is_some()).count();
         if depth == 0 {
@@ -127,7 +117,21 @@ impl VarConfig {
                 ));
             }
         };
-        if !width.is_multiple_of(heads) {
+        Self::from_shapes(sd, OP, depth, heads)
+    }
+
+    /// The configuration of a checkpoint with VAR's parts outside the blocks (M-VAR's too), given the
+    /// depth and heads the caller read from its blocks: width from the class table, MLP width from
+    /// blocks.0.ffn.fc1, vocabulary, Cvae, schedule, class names and parameter count. Errors name `op`.
+    pub(crate) fn from_shapes(sd: &StateDict, op: &'static str, depth: usize, heads: usize) -> Result<Self> {
+        let bad = |reason: String| Error::InvalidArgument { op, msg: reason };
+        let shape = |key: &str| sd.require("", key).map(|t| t.shape.clone());
+        let class_shape = shape("class_emb.weight")?;
+        let [rows, width] = two(&class_shape, "class_emb.weight")?;
+        if rows < 2 {
+            return Err(bad(format!("class_emb.weight has {rows} rows; it needs the classes plus the null class")));
+        }
+        if heads == 0 || !width.is_multiple_of(heads) {
             return Err(bad(format!("width {width} is not divisible by {heads} heads")));
         }
         let head_dim = width / heads;
@@ -214,29 +218,74 @@ impl VarConfig {
     }
 }
 
-/// The schedule written in the `attn_bias_for_masking` buffer (1, 1, L, L): a query of scale s sees
-/// exactly the tokens of scales 0..=s, so the distinct counts of finite entries per row are the
-/// cumulative scale ends. `None` when the buffer is absent or not of that form.
+/// Whether some block of `sd` holds a Mamba-2 layer (blocks.{i}.mamba.*): M-VAR, not VAR.
+pub(crate) fn has_mamba_blocks(sd: &StateDict) -> bool {
+    sd.keys().any(|k| {
+        k.strip_prefix("blocks.")
+            .and_then(|rest| rest.split_once('.'))
+            .is_some_and(|(_, name)| name.starts_with("mamba."))
+    })
+}
+
+/// Fails unless `sd` has a class table: names the VQVAE when it is one. Errors name `op`.
+pub(crate) fn check_transformer(sd: &StateDict, op: &'static str) -> Result<()> {
+    if sd.get("class_emb.weight").is_some() {
+        return Ok(());
+    }
+    let msg = if sd.get("quantize.embedding.weight").is_some() || sd.get("decoder.conv_in.weight").is_some() {
+        "this is a VQVAE checkpoint (it holds quantize.* and decoder.* keys), not a VAR transformer: pass it as \
+         --vae and the var_d*.pth file as --var"
+            .to_string()
+    } else {
+        format!(
+            "not a VAR transformer checkpoint: class_emb.weight is missing (the file has {} tensors{})",
+            sd.len(),
+            sd.keys().next().map(|k| format!(", the first is {k:?}")).unwrap_or_default()
+        )
+    };
+    Err(Error::InvalidArgument { op, msg })
+}
+
+/// The schedule written in the `attn_bias_for_masking` buffer (1, 1, L, L). In VAR a query of scale s
+/// sees exactly the tokens of scales 0..=s (block-causal); in M-VAR those of scale s only
+/// (block-diagonal). Either way each row's finite entries are one run ending at its scale's end, so
+/// the distinct run ends are the cumulative scale ends. `None` when the buffer is absent or of
+/// neither form.
 fn schedule_from_mask(sd: &StateDict, seq_len: usize) -> Option<Vec<usize>> {
     let mask = sd.get("attn_bias_for_masking")?;
     if mask.shape != [1, 1, seq_len, seq_len] {
         return None;
     }
     let mut sides = Vec::new();
-    let mut end = 0;
+    // The current scale's tokens [start, end), and whether rows start at it (block-diagonal).
+    let (mut start, mut end) = (0, 0);
+    let mut diagonal = None;
     for row in mask.data.chunks_exact(seq_len) {
-        let visible = row.iter().take_while(|v| v.is_finite()).count();
-        if row[visible..].iter().any(|v| v.is_finite()) {
+        let first = row.iter().position(|v| v.is_finite())?;
+        let last = first + row[first..].iter().take_while(|v| v.is_finite()).count();
+        if row[last..].iter().any(|v| v.is_finite()) {
             return None;
         }
-        if visible != end {
-            let tokens = visible.checked_sub(end)?;
+        if last != end {
+            let tokens = last.checked_sub(end)?;
             let side = (tokens as f64).sqrt().round() as usize;
             if side * side != tokens {
                 return None;
             }
             sides.push(side);
-            end = visible;
+            (start, end) = (end, last);
+        }
+        if start > 0 {
+            let row_diagonal = match first {
+                0 => false,
+                f if f == start => true,
+                _ => return None,
+            };
+            if *diagonal.get_or_insert(row_diagonal) != row_diagonal {
+                return None;
+            }
+        } else if first != 0 {
+            return None;
         }
     }
     (end == seq_len).then_some(sides)
@@ -252,6 +301,140 @@ fn two(shape: &[usize], key: &str) -> Result<[usize; 2]> {
 /// The largest scale side a schedule may name: 1024 px images have 64 tokens a side; 4096 leaves room
 /// for any model while keeping every token count far from overflow.
 const MAX_SIDE: usize = 4096;
+
+/// VAR's parts around the blocks, which M-VAR shares: the class table (start token and AdaLN
+/// input), the word, level and position embeddings of each scale's input, and the AdaLN head.
+pub(crate) struct VarIo {
+    width: usize,
+    num_classes: usize,
+    dtype: DType,
+    class_emb: Tensor,
+    /// pos_start + lvl_embed[0] + pos_1LC[0] (1, C): added to the class embedding for scale 0.
+    first_pos: Tensor,
+    /// lvl_embed[scale] + pos_1LC[tokens of the scale], one (n, C) tensor per scale.
+    scale_pos: Vec<Tensor>,
+    word_embed_weight: Tensor,
+    word_embed_bias: Tensor,
+    head_ada_weight: Tensor,
+    head_ada_bias: Tensor,
+    head_weight: Tensor,
+    head_bias: Tensor,
+}
+
+/// Per-generation conditioning: the class embeddings and the AdaLN parameters of every block and of
+/// the head, computed once from the class labels (they do not change across scales). `N` is the
+/// number of (2B, C) AdaLN chunks per block: 6 in VAR, 9 in M-VAR.
+pub struct AdaConditions<const N: usize> {
+    /// (2B, C) class embeddings: the start token and the AdaLN input.
+    pub cond: Tensor,
+    /// Per block: the N chunks in the checkpoint's order, each (2B, C).
+    pub(crate) blocks: Vec<[Tensor; N]>,
+    /// Head AdaLN scale and shift (2B, C), f32.
+    pub(crate) head: [Tensor; 2],
+}
+
+/// VAR's conditions: gamma1, gamma2, scale1, scale2, shift1, shift2 per block.
+pub type VarConditions = AdaConditions<6>;
+
+impl VarIo {
+    /// Reads the keys outside `blocks.*` (the caller reads the blocks) through `lp`.
+    pub(crate) fn load(lp: &Loader, config: &VarConfig) -> Result<Self> {
+        let (c, l) = (config.width, config.seq_len());
+        // The head runs in f32 as the official get_logits does.
+        let lp32 = lp.with_dtype(DType::F32);
+        let class_emb = lp.tensor("class_emb.weight", &[config.num_classes + 1, c])?;
+        let pos = lp.host("pos_1LC", &[1, l, c]);
+        let lvl = lp.host("lvl_embed.weight", &[config.patch_nums.len(), c]);
+        let start = lp.host("pos_start", &[1, 1, c]);
+        // A buffer without learned state (lvl_1L is an integer buffer and skipped on load).
+        lp.accept("attn_bias_for_masking", &[1, 1, l, l]);
+        let mut scale_pos = Vec::with_capacity(config.patch_nums.len());
+        for (si, (&pn, first)) in config.patch_nums.iter().zip(config.scale_starts()).enumerate() {
+            let n = pn * pn;
+            let mut values = vec![0f32; n * c];
+            for t in 0..n {
+                for ch in 0..c {
+                    values[t * c + ch] = lvl[si * c + ch] + pos[(first + t) * c + ch];
+                }
+            }
+            scale_pos.push(lp.upload(&[n, c], &values)?);
+        }
+        // The official sum: cond + pos_start + (lvl_embed[0] + pos_1LC[0]), in that association.
+        let first: Vec<f32> = (0..c).map(|ch| start[ch] + (lvl[ch] + pos[ch])).collect();
+        let first_pos = lp.upload(&[1, c], &first)?;
+        let word_embed = lp.pp("word_embed");
+        let head_ada = lp32.pp("head_nm.ada_lin.1");
+        let head = lp32.pp("head");
+        Ok(Self {
+            width: c,
+            num_classes: config.num_classes,
+            dtype: lp.dtype(),
+            class_emb,
+            first_pos,
+            scale_pos,
+            word_embed_weight: word_embed.tensor("weight", &[c, config.cvae])?,
+            word_embed_bias: word_embed.tensor("bias", &[c])?,
+            head_ada_weight: head_ada.tensor("weight", &[2 * c, c])?,
+            head_ada_bias: head_ada.tensor("bias", &[2 * c])?,
+            head_weight: head.tensor("weight", &[config.vocab, c])?,
+            head_bias: head.tensor("bias", &[config.vocab])?,
+        })
+    }
+
+    /// The conditions of class `labels` (2B with CFG: conditional labels, then the null class).
+    /// `blocks` maps SiLU(class embeddings) to every block's AdaLN output (2B, N * C).
+    pub(crate) fn conditions<const N: usize>(
+        &self,
+        labels: &[u32],
+        op: &'static str,
+        blocks: impl FnOnce(&Tensor) -> Result<Vec<Tensor>>,
+    ) -> Result<AdaConditions<N>> {
+        if let Some(&bad) = labels.iter().find(|&&l| l as usize > self.num_classes) {
+            return Err(Error::InvalidArgument {
+                op,
+                msg: format!("label {bad} is outside 0..={} (the last is the null class)", self.num_classes),
+            });
+        }
+        let c = self.width;
+        let ids = Tensor::from_u32(self.class_emb.device(), &[labels.len()], labels)?;
+        let cond = crate::ops::embedding(&ids, &self.class_emb)?;
+        let act = silu(&cond)?;
+        let blocks = blocks(&act)?.iter().map(|ada| ada.split(1, [c; N])).collect::<Result<Vec<_>>>()?;
+        let head = linear(&act.to_dtype(DType::F32)?, &self.head_ada_weight, Some(&self.head_ada_bias))?;
+        Ok(AdaConditions { cond, blocks, head: head.split(1, [c; 2])? })
+    }
+
+    /// The input of scale 0: cond + pos_start + lvl_pos[0], (2B, 1, C).
+    pub(crate) fn first_input<const N: usize>(&self, conditions: &AdaConditions<N>) -> Result<Tensor> {
+        let rows = conditions.cond.shape()[0];
+        add(&conditions.cond, &self.first_pos.reshape(&[self.width])?)?.reshape(&[rows, 1, self.width])
+    }
+
+    /// The input of scale `si` > 0 from the VQVAE's next token map (B, n, Cvae): word_embed + the
+    /// scale's position embeddings, duplicated for the CFG halves when `cfg_halves` is set.
+    pub(crate) fn scale_input(
+        &self,
+        si: usize,
+        token_map: &Tensor,
+        cfg_halves: bool,
+        op: &'static str,
+    ) -> Result<Tensor> {
+        let pos = self.scale_pos.get(si).ok_or_else(|| Error::InvalidArgument {
+            op,
+            msg: format!("scale {si} is outside the schedule of {} scales", self.scale_pos.len()),
+        })?;
+        let x = linear(&token_map.to_dtype(self.dtype)?, &self.word_embed_weight, Some(&self.word_embed_bias))?;
+        let x = add(&x, pos)?;
+        if cfg_halves { Tensor::concat(&[&x, &x], 0) } else { Ok(x) }
+    }
+
+    /// The f32 logits (2B, n, V) of the last block's output x (2B, n, C).
+    pub(crate) fn logits<const N: usize>(&self, x: &Tensor, conditions: &AdaConditions<N>) -> Result<Tensor> {
+        let [scale, shift] = &conditions.head;
+        let h = adaln_layer_norm(&x.to_dtype(DType::F32)?, scale, shift, LN_EPS)?;
+        linear(&h, &self.head_weight, Some(&self.head_bias))
+    }
+}
 
 struct VarBlock {
     /// Per-block AdaLN Linear(C, 6C), or the additive ada_gss (6C) of the shared variant.
@@ -276,30 +459,9 @@ pub struct VarModel {
     /// Storage type of activations and weights (the head and the logits are always f32).
     pub dtype: DType,
     device: Device,
-    class_emb: Tensor,
-    /// pos_start + lvl_embed[0] + pos_1LC[0] (1, C): added to the class embedding for scale 0.
-    first_pos: Tensor,
-    /// lvl_embed[scale] + pos_1LC[tokens of the scale], one (n, C) tensor per scale.
-    scale_pos: Vec<Tensor>,
-    word_embed_weight: Tensor,
-    word_embed_bias: Tensor,
+    io: VarIo,
     shared_ada: Option<(Tensor, Tensor)>,
     blocks: Vec<VarBlock>,
-    head_ada_weight: Tensor,
-    head_ada_bias: Tensor,
-    head_weight: Tensor,
-    head_bias: Tensor,
-}
-
-/// Per-generation conditioning: the AdaLN parameters of every block and of the head, computed once
-/// from the class embeddings (they do not change across scales).
-pub struct VarConditions {
-    /// (2B, C) class embeddings: the start token and the AdaLN input.
-    pub cond: Tensor,
-    /// Per block: gamma1, gamma2, scale1, scale2, shift1, shift2, each (2B, C).
-    blocks: Vec<[Tensor; 6]>,
-    /// Head AdaLN scale and shift (2B, C), f32.
-    head: [Tensor; 2],
 }
 
 /// Keys and values of every block for the tokens generated so far.
@@ -312,43 +474,41 @@ pub struct VarKvCache {
     pub capacity: usize,
 }
 
+/// Fails unless `dtype` can store a model's weights and activations.
+pub(crate) fn check_model_dtype(dtype: DType, op: &'static str) -> Result<()> {
+    if dtype.is_float() {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument { op, msg: format!("dtype must be f32 or f16, got {dtype}") })
+    }
+}
+
+/// exp(min(scale_mul_1H11, ln 100)): the per-head temperatures of cosine attention.
+pub(crate) fn attention_temperatures(scale_mul: &[f32]) -> Vec<f32> {
+    let ln_100 = 100f32.ln();
+    scale_mul.iter().map(|s| s.min(ln_100).exp()).collect()
+}
+
+/// cat(q_bias, 0, v_bias): the fused qkv bias (K has none).
+pub(crate) fn qkv_bias(attn: &Loader, c: usize) -> Result<Tensor> {
+    let mut bias = vec![0f32; 3 * c];
+    bias[..c].copy_from_slice(&attn.host("q_bias", &[c]));
+    bias[2 * c..].copy_from_slice(&attn.host("v_bias", &[c]));
+    attn.accept("zero_k_bias", &[c]);
+    attn.upload(&[3 * c], &bias)
+}
+
 impl VarModel {
     /// Loads the transformer from a state_dict with official key names; `dtype` is the storage type
     /// of weights and activations (f16 needs SHADER_F16).
     pub fn from_state_dict(device: &Device, sd: &StateDict, dtype: DType) -> Result<Self> {
-        if !dtype.is_float() {
-            return Err(Error::InvalidArgument {
-                op: "VarModel",
-                msg: format!("dtype must be f32 or f16, got {dtype}"),
-            });
-        }
+        check_model_dtype(dtype, "VarModel")?;
         let config = VarConfig::infer(sd)?;
-        let (c, l) = (config.width, config.seq_len());
+        let c = config.width;
         let lp = Loader::new(device, sd, dtype);
-        // The head runs in f32 as the official get_logits does, and so do the attention temperatures.
+        // The attention temperatures stay f32.
         let lp32 = lp.with_dtype(DType::F32);
-
-        let class_emb = lp.tensor("class_emb.weight", &[config.num_classes + 1, c])?;
-        let pos = lp.host("pos_1LC", &[1, l, c]);
-        let lvl = lp.host("lvl_embed.weight", &[config.patch_nums.len(), c]);
-        let start = lp.host("pos_start", &[1, 1, c]);
-        // A buffer without learned state (lvl_1L is an integer buffer and skipped on load).
-        lp.accept("attn_bias_for_masking", &[1, 1, l, l]);
-        let mut scale_pos = Vec::with_capacity(config.patch_nums.len());
-        for (si, (&pn, first)) in config.patch_nums.iter().zip(config.scale_starts()).enumerate() {
-            let n = pn * pn;
-            let mut values = vec![0f32; n * c];
-            for t in 0..n {
-                for ch in 0..c {
-                    values[t * c + ch] = lvl[si * c + ch] + pos[(first + t) * c + ch];
-                }
-            }
-            scale_pos.push(lp.upload(&[n, c], &values)?);
-        }
-        // The official sum: cond + pos_start + (lvl_embed[0] + pos_1LC[0]), in that association.
-        let first: Vec<f32> = (0..c).map(|ch| start[ch] + (lvl[ch] + pos[ch])).collect();
-        let first_pos = lp.upload(&[1, c], &first)?;
-
+        let io = VarIo::load(&lp, &config)?;
         let shared_ada = if config.shared_adaln {
             let shared = lp.pp("shared_ada_lin.1");
             Some((shared.tensor("weight", &[6 * c, c])?, shared.tensor("bias", &[6 * c])?))
@@ -356,7 +516,6 @@ impl VarModel {
             None
         };
         // NaN temperatures never get here: the loader refuses non-finite weights (unless allowed).
-        let ln_100 = 100f32.ln();
         let mut blocks = Vec::with_capacity(config.depth);
         for i in 0..config.depth {
             let block = lp.pp("blocks").pp(i);
@@ -367,17 +526,12 @@ impl VarModel {
                 let ada = block.pp("ada_lin.1");
                 (Some(ada.tensor("weight", &[6 * c, c])?), ada.tensor("bias", &[6 * c])?)
             };
-            let mut bias = vec![0f32; 3 * c];
-            bias[..c].copy_from_slice(&attn.host("q_bias", &[c]));
-            bias[2 * c..].copy_from_slice(&attn.host("v_bias", &[c]));
-            attn.accept("zero_k_bias", &[c]);
-            let scales: Vec<f32> =
-                attn.host("scale_mul_1H11", &[1, config.heads, 1, 1]).iter().map(|s| s.min(ln_100).exp()).collect();
+            let scales = attention_temperatures(&attn.host("scale_mul_1H11", &[1, config.heads, 1, 1]));
             blocks.push(VarBlock {
                 ada_weight,
                 ada_bias,
                 qkv_weight: attn.tensor("mat_qkv.weight", &[3 * c, c])?,
-                qkv_bias: attn.upload(&[3 * c], &bias)?,
+                qkv_bias: qkv_bias(&attn, c)?,
                 head_scale: lp32.upload(&[config.heads], &scales)?,
                 proj_weight: attn.tensor("proj.weight", &[c, c])?,
                 proj_bias: attn.tensor("proj.bias", &[c])?,
@@ -387,25 +541,7 @@ impl VarModel {
                 fc2_bias: ffn.tensor("fc2.bias", &[c])?,
             });
         }
-        let word_embed = lp.pp("word_embed");
-        let head_ada = lp32.pp("head_nm.ada_lin.1");
-        let head = lp32.pp("head");
-        let model = Self {
-            dtype,
-            device: device.clone(),
-            class_emb,
-            first_pos,
-            scale_pos,
-            word_embed_weight: word_embed.tensor("weight", &[c, config.cvae])?,
-            word_embed_bias: word_embed.tensor("bias", &[c])?,
-            shared_ada,
-            blocks,
-            head_ada_weight: head_ada.tensor("weight", &[2 * c, c])?,
-            head_ada_bias: head_ada.tensor("bias", &[2 * c])?,
-            head_weight: head.tensor("weight", &[config.vocab, c])?,
-            head_bias: head.tensor("bias", &[config.vocab])?,
-            config,
-        };
+        let model = Self { dtype, device: device.clone(), io, shared_ada, blocks, config };
         lp.finish()?;
         Ok(model)
     }
@@ -429,51 +565,31 @@ impl VarModel {
 
     /// The AdaLN parameters for class labels (2B with CFG: conditional labels, then the null class).
     pub fn conditions(&self, labels: &[u32]) -> Result<VarConditions> {
-        if let Some(&bad) = labels.iter().find(|&&l| l as usize > self.config.num_classes) {
-            return Err(Error::InvalidArgument {
-                op: "VarModel::conditions",
-                msg: format!("label {bad} is outside 0..={} (the last is the null class)", self.config.num_classes),
-            });
-        }
-        let c = self.config.width;
-        let rows = labels.len();
-        let ids = Tensor::from_u32(&self.device, &[rows], labels)?;
-        let cond = crate::ops::embedding(&ids, &self.class_emb)?;
-        let act = silu(&cond)?;
-        let mut blocks = Vec::with_capacity(self.blocks.len());
-        let shared = match &self.shared_ada {
-            Some((w, b)) => Some(linear(&act, w, Some(b))?),
-            None => None,
-        };
-        for block in &self.blocks {
-            let ada = match (&block.ada_weight, &shared) {
-                (Some(w), _) => linear(&act, w, Some(&block.ada_bias))?,
-                (None, Some(shared)) => add(shared, &block.ada_bias)?,
-                (None, None) => unreachable!("blocks without ada_lin only exist with the shared AdaLN"),
+        self.io.conditions(labels, "VarModel::conditions", |act| {
+            let shared = match &self.shared_ada {
+                Some((w, b)) => Some(linear(act, w, Some(b))?),
+                None => None,
             };
-            blocks.push(ada.split(1, [c; 6])?);
-        }
-        let act32 = act.to_dtype(DType::F32)?;
-        let head = linear(&act32, &self.head_ada_weight, Some(&self.head_ada_bias))?;
-        Ok(VarConditions { cond, blocks, head: head.split(1, [c; 2])? })
+            self.blocks
+                .iter()
+                .map(|block| match (&block.ada_weight, &shared) {
+                    (Some(w), _) => linear(act, w, Some(&block.ada_bias)),
+                    (None, Some(shared)) => add(shared, &block.ada_bias),
+                    (None, None) => unreachable!("blocks without ada_lin only exist with the shared AdaLN"),
+                })
+                .collect()
+        })
     }
 
     /// The input of scale 0: cond + pos_start + lvl_pos[0], (2B, 1, C).
     pub fn first_input(&self, conditions: &VarConditions) -> Result<Tensor> {
-        let rows = conditions.cond.shape()[0];
-        add(&conditions.cond, &self.first_pos.reshape(&[self.config.width])?)?.reshape(&[rows, 1, self.config.width])
+        self.io.first_input(conditions)
     }
 
     /// The input of scale `si` > 0 from the VQVAE's next token map (B, n, Cvae): word_embed + the
     /// scale's position embeddings, duplicated for the CFG halves when `cfg_halves` is set.
     pub fn scale_input(&self, si: usize, token_map: &Tensor, cfg_halves: bool) -> Result<Tensor> {
-        let pos = self.scale_pos.get(si).ok_or_else(|| Error::InvalidArgument {
-            op: "VarModel::scale_input",
-            msg: format!("scale {si} is outside the schedule of {} scales", self.config.patch_nums.len()),
-        })?;
-        let x = linear(&token_map.to_dtype(self.dtype)?, &self.word_embed_weight, Some(&self.word_embed_bias))?;
-        let x = add(&x, pos)?;
-        if cfg_halves { Tensor::concat(&[&x, &x], 0) } else { Ok(x) }
+        self.io.scale_input(si, token_map, cfg_halves, "VarModel::scale_input")
     }
 
     /// Runs every block on the new tokens x (2B, n, C), appending their keys and values to the cache,
@@ -525,8 +641,6 @@ impl VarModel {
             x = gated_residual(&x, &h, gamma2)?;
         }
         cache.len += tokens;
-        let [scale, shift] = &conditions.head;
-        let h = adaln_layer_norm(&x.to_dtype(DType::F32)?, scale, shift, LN_EPS)?;
-        linear(&h, &self.head_weight, Some(&self.head_bias))
+        self.io.logits(&x, conditions)
     }
 }

@@ -1,4 +1,4 @@
-//! Random state_dicts with the official VAR and VQVAE key names and shapes, for benchmarks (timing
+//! Random state_dicts with the official VAR, M-VAR and VQVAE key names and shapes, for benchmarks (timing
 //! needs the real shapes, not trained values) and loader tests. Values are scaled like a trained
 //! model's (weights ~ N(0, 1/fan_in), unit norm weights), so activations stay finite at any depth.
 
@@ -128,6 +128,89 @@ pub fn var_state_dict(shape: &VarShape, seed: u64) -> Result<StateDict> {
             b.normal(format!("{p}.ada_lin.1.weight"), &[6 * c, c], 0.1 * (c as f32).powf(-0.5), 0.0)?;
             b.normal(format!("{p}.ada_lin.1.bias"), &[6 * c], 0.02, 0.0)?;
         }
+    }
+    b.normal("head_nm.ada_lin.1.weight".into(), &[2 * c, c], 0.1 * (c as f32).powf(-0.5), 0.0)?;
+    b.normal("head_nm.ada_lin.1.bias".into(), &[2 * c], 0.02, 0.0)?;
+    b.linear("head", shape.vocab, c)?;
+    let mut sd = b.sd;
+    sd.metadata
+        .insert(scalewise::nn::var::META_PATCH_NUMS.into(), serde_json::to_string(&shape.patch_nums).expect("list"));
+    Ok(sd)
+}
+
+/// An M-VAR transformer shape (heads = width / 64; Mamba-2 with d_state 64, headdim 64, expand 2,
+/// ngroups 1); [`MvarShape::official`] gives M-VAR d{depth}.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MvarShape {
+    pub depth: usize,
+    pub width: usize,
+    pub num_classes: usize,
+    pub vocab: usize,
+    pub cvae: usize,
+    pub patch_nums: Vec<usize>,
+    /// scale_mul_1H11 present (d24, d32): cosine attention.
+    pub cosine_attention: bool,
+}
+
+impl MvarShape {
+    /// M-VAR d{depth} at 256px: width 64 * depth; cosine attention from depth 24 on.
+    pub fn official(depth: usize) -> Self {
+        Self {
+            depth,
+            width: 64 * depth,
+            num_classes: 1000,
+            vocab: 4096,
+            cvae: 32,
+            patch_nums: scalewise::nn::var::PATCH_NUMS_256.to_vec(),
+            cosine_attention: depth >= 24,
+        }
+    }
+}
+
+/// A random M-VAR checkpoint of `shape`; the schedule goes into the metadata. The Mamba-2 layers
+/// follow mamba_ssm's initialisation (dt in [0.001, 0.1], A in [1, 16], D and the norm weight 1).
+pub fn mvar_state_dict(shape: &MvarShape, seed: u64) -> Result<StateDict> {
+    let mut b = Builder { sd: StateDict::new(), rng: Rng::new(seed) };
+    let c = shape.width;
+    let heads = c / 64;
+    let (d_inner, d_state) = (2 * c, 64);
+    let m_heads = d_inner / 64;
+    let channels = d_inner + 2 * d_state;
+    let l: usize = shape.patch_nums.iter().map(|p| p * p).sum();
+    b.normal("pos_start".into(), &[1, 1, c], 0.02, 0.0)?;
+    b.normal("pos_1LC".into(), &[1, l, c], 0.02, 0.0)?;
+    b.normal("class_emb.weight".into(), &[shape.num_classes + 1, c], 0.5, 0.0)?;
+    b.normal("lvl_embed.weight".into(), &[shape.patch_nums.len(), c], 0.02, 0.0)?;
+    b.linear("word_embed", c, shape.cvae)?;
+    for i in 0..shape.depth {
+        let p = format!("blocks.{i}");
+        if shape.cosine_attention {
+            b.normal(format!("{p}.attn.scale_mul_1H11"), &[1, heads, 1, 1], 0.3, 2.5)?;
+        }
+        b.normal(format!("{p}.attn.q_bias"), &[c], 0.02, 0.0)?;
+        b.normal(format!("{p}.attn.v_bias"), &[c], 0.02, 0.0)?;
+        b.normal(format!("{p}.attn.mat_qkv.weight"), &[3 * c, c], (c as f32).powf(-0.5), 0.0)?;
+        b.linear(&format!("{p}.attn.proj"), c, c)?;
+        let m = format!("{p}.mamba");
+        b.normal(format!("{m}.in_proj.weight"), &[2 * d_inner + 2 * d_state + m_heads, c], (c as f32).powf(-0.5), 0.0)?;
+        b.normal(format!("{m}.conv1d.weight"), &[channels, 1, 4], 0.5, 0.0)?;
+        b.normal(format!("{m}.conv1d.bias"), &[channels], 0.02, 0.0)?;
+        let dt_bias: Vec<f32> = (0..m_heads)
+            .map(|_| {
+                let dt = (0.001f32.ln() + b.rng.unit() * (0.1f32 / 0.001).ln()).exp();
+                dt + (-(-dt).exp_m1()).ln() // softplus^-1(dt)
+            })
+            .collect();
+        b.sd.insert(format!("{m}.dt_bias"), &[m_heads], dt_bias)?;
+        let a_log: Vec<f32> = (0..m_heads).map(|_| (1.0 + 15.0 * b.rng.unit()).ln()).collect();
+        b.sd.insert(format!("{m}.A_log"), &[m_heads], a_log)?;
+        b.sd.insert(format!("{m}.D"), &[m_heads], vec![1.0; m_heads])?;
+        b.sd.insert(format!("{m}.norm.weight"), &[d_inner], vec![1.0; d_inner])?;
+        b.normal(format!("{m}.out_proj.weight"), &[c, d_inner], (d_inner as f32).powf(-0.5), 0.0)?;
+        b.linear(&format!("{p}.ffn.fc1"), 4 * c, c)?;
+        b.linear(&format!("{p}.ffn.fc2"), c, 4 * c)?;
+        b.normal(format!("{p}.ada_lin.1.weight"), &[9 * c, c], 0.1 * (c as f32).powf(-0.5), 0.0)?;
+        b.normal(format!("{p}.ada_lin.1.bias"), &[9 * c], 0.02, 0.0)?;
     }
     b.normal("head_nm.ada_lin.1.weight".into(), &[2 * c, c], 0.1 * (c as f32).powf(-0.5), 0.0)?;
     b.normal("head_nm.ada_lin.1.bias".into(), &[2 * c], 0.02, 0.0)?;
