@@ -29,7 +29,7 @@ use crate::nn::{VarModel, VqVae};
 use crate::ops::matmul;
 use crate::ops::sample::{SampleOptions, gumbel_softmax, sample_tokens};
 use crate::tensor::{DType, Tensor};
-use crate::weights::{LoadOptions, StateDict};
+use crate::weights::{LoadOptions, WeightsFile};
 
 /// The largest batch a generation accepts whatever the adapter, a bound on host-side bookkeeping (labels,
 /// token lists, images) before any buffer is sized.
@@ -158,11 +158,10 @@ impl Pipeline {
         options: &LoadOptions,
     ) -> Result<Self> {
         let dtype = dtype.unwrap_or(device.preferred_float());
-        let vae_sd = StateDict::load_with(vae, options)?;
-        let vae = VqVae::from_state_dict(device, &vae_sd, dtype)?;
-        drop(vae_sd);
-        let var_sd = StateDict::load_with(var, options)?;
-        let var = VarModel::from_state_dict(device, &var_sd, dtype)?;
+        // Streamed: each tensor is read, converted and uploaded, then dropped, so the host never holds
+        // more than one tensor of a checkpoint (WeightsFile).
+        let vae = VqVae::from_state_dict(device, &WeightsFile::open(vae, options)?, dtype)?;
+        let var = VarModel::from_state_dict(device, &WeightsFile::open(var, options)?, dtype)?;
         Self::new(var, vae)
     }
 

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use safetensors::Dtype;
 use safetensors::tensor::TensorView;
 use scalewise::Error;
-use scalewise::weights::{SkippedTensor, StateDict};
+use scalewise::weights::{LoadOptions, SkippedTensor, StateDict, Weights, WeightsFile};
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny_state_dict.pth");
 
@@ -340,6 +340,43 @@ fn pth_strided_views_parameters_and_skipped_kinds() {
     assert_eq!(sd.skipped["mask"], SkippedTensor { dtype: "BOOL".into(), shape: vec![2, 2] });
     assert_eq!(sd.skipped["_extra_state"].dtype, "object");
     assert_eq!(sd.len(), 3);
+    // Streamed from a file, tensor by tensor: the same values, views included.
+    let path = scratch("strided.pth", &archive);
+    let file = WeightsFile::open(&path, &LoadOptions::default()).unwrap();
+    assert_same_contents(&file, &sd);
+    assert_eq!(file.skipped, sd.skipped);
+}
+
+/// Every tensor of `file`, read one at a time, equals the eagerly loaded `sd`'s.
+fn assert_same_contents(file: &WeightsFile, sd: &StateDict) {
+    assert_eq!(file.keys().collect::<Vec<_>>(), sd.keys().collect::<Vec<_>>());
+    for key in sd.keys() {
+        let want = sd.get(key).unwrap();
+        assert_eq!(Weights::shape(file, key), Some(want.shape.as_slice()), "{key}");
+        assert_eq!(file.read(key).unwrap().as_ref(), want.data.as_slice(), "{key}");
+    }
+    assert_eq!(Weights::metadata(file), &sd.metadata);
+}
+
+#[test]
+fn streamed_files_read_what_the_eager_loader_reads() {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    for name in ["tiny_state_dict.pth", "var/tiny_var.pth", "var/tiny_vae.pth", "var/golden.safetensors"] {
+        let path = Path::new(fixtures).join(name);
+        let sd = StateDict::load(&path).unwrap();
+        let file = WeightsFile::open(&path, &LoadOptions::default()).unwrap();
+        assert_same_contents(&file, &sd);
+        assert_eq!(file.read_all().unwrap().keys().count(), sd.len());
+    }
+    let path = scratch("streamed.safetensors", &safetensors_file());
+    assert_same_contents(&WeightsFile::open(&path, &LoadOptions::default()).unwrap(), &StateDict::load(&path).unwrap());
+    // The limits apply when the file is opened, before anything is read.
+    let tight = LoadOptions { max_bytes: 8, ..Default::default() };
+    let err = WeightsFile::open(Path::new(fixtures).join("var/tiny_var.pth"), &tight).err().expect("a tight limit");
+    assert!(err.to_string().contains("LoadOptions::max_bytes"), "{err}");
+    let bomb = Path::new(fixtures).join("../bad_inputs/stride0_bomb.pth");
+    let err = WeightsFile::open(&bomb, &LoadOptions::default()).err().expect("the stride-0 bomb");
+    assert!(err.to_string().contains("8 times the file's size"), "{err}");
 }
 
 /// (what, data.pkl, storage records, expected text in the error)

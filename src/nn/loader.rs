@@ -24,7 +24,7 @@ use crate::device::Device;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
-use crate::weights::StateDict;
+use crate::weights::Weights;
 
 /// A key predicate of [`Loader::accept_if`], with the prefix its names are relative to.
 type Acceptor<'a> = (String, Box<dyn Fn(&str) -> bool + 'a>);
@@ -40,12 +40,14 @@ struct Record<'a> {
     misshaped: Vec<(String, Vec<usize>, Vec<usize>)>,
     /// (key, non-finite values, values) of tensors read with NaN or infinities.
     non_finite: Vec<(String, usize, usize)>,
+    /// The first tensor a streaming source failed to read (I/O or a damaged file).
+    unreadable: Option<Error>,
     acceptors: Vec<Acceptor<'a>>,
 }
 
 impl Record<'_> {
     fn has_problems(&self) -> bool {
-        !self.missing.is_empty() || !self.misshaped.is_empty() || !self.non_finite.is_empty()
+        !self.missing.is_empty() || !self.misshaped.is_empty() || !self.non_finite.is_empty() || self.unreadable.is_some()
     }
 }
 
@@ -55,7 +57,7 @@ impl Record<'_> {
 #[derive(Clone)]
 pub struct Loader<'a> {
     device: &'a Device,
-    sd: &'a StateDict,
+    sd: &'a dyn Weights,
     dtype: DType,
     /// Empty, or ending in '.'.
     prefix: String,
@@ -64,14 +66,14 @@ pub struct Loader<'a> {
 
 impl<'a> Loader<'a> {
     /// A root loader over every key of `sd`.
-    pub fn new(device: &'a Device, sd: &'a StateDict, dtype: DType) -> Self {
+    pub fn new(device: &'a Device, sd: &'a dyn Weights, dtype: DType) -> Self {
         Self::new_with_prefix(device, sd, "", dtype)
     }
 
     /// A root loader over the keys starting with `prefix` (used verbatim: give the trailing '.', as in
     /// `"blocks.0.mixer."`). [`Loader::finish`] reports the unrequested keys under `prefix` only, and
     /// the error names `prefix`.
-    pub fn new_with_prefix(device: &'a Device, sd: &'a StateDict, prefix: &str, dtype: DType) -> Self {
+    pub fn new_with_prefix(device: &'a Device, sd: &'a dyn Weights, prefix: &str, dtype: DType) -> Self {
         Self {
             device,
             sd,
@@ -83,6 +85,7 @@ impl<'a> Loader<'a> {
                 missing: Vec::new(),
                 misshaped: Vec::new(),
                 non_finite: Vec::new(),
+                unreadable: None,
                 acceptors: Vec::new(),
             })),
         }
@@ -119,7 +122,7 @@ impl<'a> Loader<'a> {
     /// Whether the state_dict holds `name` (for optional parts such as a shortcut conv). Records
     /// nothing: a key found this way still has to be read or accepted.
     pub fn has(&self, name: impl Display) -> bool {
-        self.sd.get(&self.key(name)).is_some()
+        self.sd.contains(&self.key(name))
     }
 
     /// Whether a key read so far was missing or mis-shaped (the uploads then hand back placeholders).
@@ -132,21 +135,28 @@ impl<'a> Loader<'a> {
     /// reads as zeros of `shape`'s size, so the loading code can carry on.
     pub fn host(&self, name: impl Display, shape: &[usize]) -> Cow<'a, [f32]> {
         let key = self.key(name);
+        let found = self.sd.shape(&key).map(<[usize]>::to_vec);
+        // Read outside the record's borrow: a streaming source reads the file here.
+        let data = match &found {
+            Some(found) if found == shape => Some(self.sd.read(&key)),
+            _ => None,
+        };
         let mut record = self.record.borrow_mut();
-        let found = self.sd.get(&key);
-        match found {
-            Some(t) if t.shape == shape && (self.sd.allow_non_finite || t.data.iter().all(|v| v.is_finite())) => {
-                record.requested.insert(key);
-                return Cow::Borrowed(t.data.as_slice());
+        record.requested.insert(key.clone());
+        match (found, data) {
+            (Some(_), Some(Ok(data))) if self.sd.allow_non_finite() || data.iter().all(|v| v.is_finite()) => {
+                return data;
             }
-            Some(t) if t.shape == shape => {
-                let bad = t.data.iter().filter(|v| !v.is_finite()).count();
-                record.non_finite.push((key.clone(), bad, t.data.len()));
+            (Some(_), Some(Ok(data))) => {
+                let bad = data.iter().filter(|v| !v.is_finite()).count();
+                record.non_finite.push((key, bad, data.len()));
             }
-            Some(t) => record.misshaped.push((key.clone(), shape.to_vec(), t.shape.clone())),
-            None => record.missing.push(key.clone()),
+            (Some(_), Some(Err(error))) => {
+                record.unreadable.get_or_insert(error);
+            }
+            (Some(found), None) => record.misshaped.push((key, shape.to_vec(), found)),
+            (None, _) => record.missing.push(key),
         }
-        record.requested.insert(key);
         Cow::Owned(vec![0.0; shape.iter().product()])
     }
 
@@ -159,15 +169,39 @@ impl<'a> Loader<'a> {
     /// `name`, stored with `shape`, uploaded with `as_shape` (the same number of elements), as
     /// [`Loader::tensor`] does.
     pub fn tensor_as(&self, name: impl Display, shape: &[usize], as_shape: &[usize]) -> Result<Tensor> {
+        let key = self.key(&name);
+        self.check_fits(&key, shape)?;
         let data = self.host(name, shape);
         self.upload(as_shape, &data)
+    }
+
+    /// Refuses, before it is read, a weight above the adapter's per-binding limit in this loader's
+    /// dtype (M-VAR d32's ada_lin is 151 MB in f32, above lavapipe's 128 MiB; in f16 it fits).
+    fn check_fits(&self, key: &str, shape: &[usize]) -> Result<()> {
+        let caps = self.device.caps();
+        let limit = caps.max_arg_bytes.min(caps.max_buffer_bytes);
+        let bytes = shape.iter().try_fold(self.dtype.size_in_bytes() as u64, |n, &d| n.checked_mul(d as u64));
+        match bytes {
+            Some(bytes) if bytes <= limit => Ok(()),
+            bytes => Err(Error::TooLarge {
+                what: format!(
+                    "weight {} {shape:?} as {}{}",
+                    crate::error::shown(key),
+                    self.dtype,
+                    if self.dtype == DType::F32 { " (load the model with f16 weights: it then fits)" } else { "" }
+                ),
+                bytes: bytes.unwrap_or(u64::MAX),
+                limit,
+                limit_name: "per-buffer binding limit",
+            }),
+        }
     }
 
     /// `name` when the state_dict holds it (checked against `shape` and uploaded as
     /// [`Loader::tensor`] does), else `None`.
     pub fn optional(&self, name: impl Display, shape: &[usize]) -> Result<Option<Tensor>> {
         let key = self.key(&name);
-        if self.sd.get(&key).is_some() { self.tensor(name, shape).map(Some) } else { Ok(None) }
+        if self.sd.contains(&key) { self.tensor(name, shape).map(Some) } else { Ok(None) }
     }
 
     /// Values computed from the weights uploaded as this loader's dtype, or the empty placeholder once
@@ -185,10 +219,10 @@ impl<'a> Loader<'a> {
     pub fn accept(&self, name: impl Display, shape: &[usize]) {
         let key = self.key(name);
         let mut record = self.record.borrow_mut();
-        if let Some(t) = self.sd.get(&key)
-            && t.shape != shape
+        if let Some(found) = self.sd.shape(&key)
+            && found != shape
         {
-            record.misshaped.push((key.clone(), shape.to_vec(), t.shape.clone()));
+            record.misshaped.push((key.clone(), shape.to_vec(), found.to_vec()));
         }
         record.requested.insert(key);
     }
@@ -202,6 +236,9 @@ impl<'a> Loader<'a> {
     /// Ends the loading: one [`Error::Weights`] naming every missing and mis-shaped key read through
     /// this loader's tree and every key under the root prefix that was neither read nor accepted.
     pub fn finish(self) -> Result<()> {
+        if let Some(error) = self.record.borrow_mut().unreadable.take() {
+            return Err(error);
+        }
         let record = self.record.borrow();
         let accepted = |key: &str| {
             record.requested.contains(key)

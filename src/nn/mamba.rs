@@ -13,7 +13,7 @@ use crate::ops::scan::{
 };
 use crate::ops::{linear, mul, rms_norm, silu};
 use crate::tensor::Tensor;
-use crate::weights::StateDict;
+use crate::weights::Weights;
 
 /// What a block carries from one piece of a sequence to the next.
 #[derive(Debug, Clone)]
@@ -24,11 +24,11 @@ pub struct MambaState {
     pub ssm: Tensor,
 }
 
-fn dims<const N: usize>(sd: &StateDict, prefix: &str, name: &str) -> Result<[usize; N]> {
-    let t = sd.require(prefix, name)?;
-    <[usize; N]>::try_from(t.shape.as_slice()).map_err(|_| Error::InvalidArgument {
+fn dims<const N: usize>(sd: &dyn Weights, prefix: &str, name: &str) -> Result<[usize; N]> {
+    let shape = sd.require_shape(prefix, name)?;
+    <[usize; N]>::try_from(shape).map_err(|_| Error::InvalidArgument {
         op: "Mamba checkpoint",
-        msg: format!("{prefix}{name} has shape {:?}: expected {N} dimensions", t.shape),
+        msg: format!("{prefix}{name} has shape {:?}: expected {N} dimensions", shape),
     })
 }
 
@@ -87,7 +87,7 @@ pub struct Mamba1Block {
 impl Mamba1Block {
     /// Keys (under `prefix`): in_proj.weight, conv1d.weight, conv1d.bias, x_proj.weight,
     /// dt_proj.weight, dt_proj.bias, A_log, D, out_proj.weight (and the optional in/out biases).
-    pub fn from_state_dict(device: &Device, sd: &StateDict, prefix: &str, dtype: DType) -> Result<Self> {
+    pub fn from_state_dict(device: &Device, sd: &dyn Weights, prefix: &str, dtype: DType) -> Result<Self> {
         let [_, d_model] = dims(sd, prefix, "in_proj.weight")?;
         let [d_inner, d_state] = dims(sd, prefix, "A_log")?;
         let [_, dt_rank] = dims(sd, prefix, "dt_proj.weight")?;
@@ -205,7 +205,7 @@ impl Mamba2Block {
     /// `n_groups` (1 in M-VAR).
     pub fn from_state_dict(
         device: &Device,
-        sd: &StateDict,
+        sd: &dyn Weights,
         prefix: &str,
         n_groups: usize,
         dtype: DType,

@@ -25,7 +25,7 @@ use crate::ops::attention::{AttentionLayout, AttentionOptions, attention};
 use crate::ops::scan::check_finite_host_a;
 use crate::ops::{QkvHeads, adaln_layer_norm, gated_residual, gelu_tanh, linear, qkv_heads};
 use crate::tensor::Tensor;
-use crate::weights::StateDict;
+use crate::weights::Weights;
 
 /// Attention head size of every M-VAR (heads = C / 64).
 pub const HEAD_DIM: usize = 64;
@@ -55,7 +55,7 @@ pub struct MvarConfig {
 
 /// Whether `sd` looks like an M-VAR checkpoint (its blocks hold Mamba-2 layers), for a loader that
 /// takes either kind of checkpoint.
-pub fn is_mvar(sd: &StateDict) -> bool {
+pub fn is_mvar(sd: &dyn Weights) -> bool {
     has_mamba_blocks(sd)
 }
 
@@ -69,7 +69,7 @@ impl MvarConfig {
     /// pos_1LC, heads = C / 64, cosine attention when blocks.0.attn.scale_mul_1H11 exists, Mamba-2
     /// dimensions from blocks.0.mamba's in_proj, conv1d and A_log. Refuses VQVAE and VAR
     /// checkpoints, a mix of VAR and M-VAR blocks, and Mamba-2 layers with ngroups other than 1.
-    pub fn infer(sd: &StateDict) -> Result<Self> {
+    pub fn infer(sd: &dyn Weights) -> Result<Self> {
         check_transformer(sd, OP)?;
         // Per block index: (has VAR's attention, has a Mamba-2 layer).
         let mut blocks: BTreeMap<usize, (bool, bool)> = BTreeMap::new();
@@ -111,8 +111,8 @@ impl MvarConfig {
             )));
         }
 
-        let pos = sd.require("", "pos_1LC")?;
-        let width = match pos.shape.as_slice() {
+        let pos = sd.require_shape("", "pos_1LC")?;
+        let width = match pos {
             [1, _, c] if *c > 0 => *c,
             other => return Err(bad(format!("pos_1LC has shape {other:?}, expected (1, L, C)"))),
         };
@@ -120,7 +120,7 @@ impl MvarConfig {
             return Err(bad(format!("width {width} (pos_1LC) is not a multiple of the head size {HEAD_DIM}")));
         }
         let base = VarConfig::from_shapes(sd, OP, depth, width / HEAD_DIM)?;
-        let cosine_attention = sd.get("blocks.0.attn.scale_mul_1H11").is_some();
+        let cosine_attention = sd.contains("blocks.0.attn.scale_mul_1H11");
         let mamba = infer_mamba(sd, width)?;
         Ok(Self { base, cosine_attention, mamba })
     }
@@ -128,9 +128,9 @@ impl MvarConfig {
 
 /// The Mamba-2 dimensions from blocks.0.mamba: in_proj has 2 d_inner + 2 ngroups d_state + nheads
 /// rows, conv1d d_inner + 2 ngroups d_state channels, A_log nheads entries; d_state is 64.
-fn infer_mamba(sd: &StateDict, d_model: usize) -> Result<Mamba2Dims> {
+fn infer_mamba(sd: &dyn Weights, d_model: usize) -> Result<Mamba2Dims> {
     const PREFIX: &str = "blocks.0.mamba.";
-    let shape = |name: &str| sd.require(PREFIX, name).map(|t| t.shape.clone());
+    let shape = |name: &str| sd.require_shape(PREFIX, name).map(<[usize]>::to_vec);
     let misshaped = |name: &str, want: Vec<usize>, got: Vec<usize>| Error::Weights {
         prefix: PREFIX.into(),
         missing: Vec::new(),
@@ -249,7 +249,7 @@ impl MvarModel {
     /// Loads the transformer from a state_dict with official key names; `dtype` is the storage type
     /// of weights and activations (f16 needs SHADER_F16). Every missing, unexpected and mis-shaped key
     /// is reported in one [`Error::Weights`].
-    pub fn from_state_dict(device: &Device, sd: &StateDict, dtype: DType) -> Result<Self> {
+    pub fn from_state_dict(device: &Device, sd: &dyn Weights, dtype: DType) -> Result<Self> {
         check_model_dtype(dtype, "MvarModel")?;
         let config = MvarConfig::infer(sd)?;
         let base = &config.base;

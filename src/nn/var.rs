@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::ops::attention::{AttentionLayout, AttentionOptions, attention};
 use crate::ops::{QkvHeads, adaln_layer_norm, add, gated_residual, gelu_tanh, linear, qkv_heads, silu};
 use crate::tensor::Tensor;
-use crate::weights::StateDict;
+use crate::weights::Weights;
 
 /// LayerNorm epsilon of every VAR norm.
 pub const LN_EPS: f32 = 1e-6;
@@ -85,7 +85,7 @@ impl VarConfig {
     /// Infers the configuration from a checkpoint's shapes (and `patch_nums` metadata when the
     /// schedule is not an official one), rejecting VQVAE files, M-VAR checkpoints and pre-April-2024
     /// uploads.
-    pub fn infer(sd: &StateDict) -> Result<Self> {
+    pub fn infer(sd: &dyn Weights) -> Result<Self> {
         const OP: &str = "VAR checkpoint";
         let bad = |reason: String| Error::InvalidArgument { op: OP, msg: reason };
         check_transformer(sd, OP)?;
@@ -96,16 +96,15 @@ impl VarConfig {
                     .into(),
             ));
         }
-        let depth = (0..).take_while(|i| sd.get(&format!("blocks.{i}.attn.mat_qkv.weight")).is_some()).count();
+        let depth = (0..).take_while(|i| sd.contains(&format!("blocks.{i}.attn.mat_qkv.weight"))).count();
         if depth == 0 {
             return Err(bad("no transformer blocks: blocks.0.attn.mat_qkv.weight is missing".into()));
         }
-        let heads = match sd.get("blocks.0.attn.scale_mul_1H11") {
-            Some(t) if t.shape.len() == 4 && t.shape[1] > 0 => t.shape[1],
-            Some(t) => {
+        let heads = match sd.shape("blocks.0.attn.scale_mul_1H11") {
+            Some(shape) if shape.len() == 4 && shape[1] > 0 => shape[1],
+            Some(shape) => {
                 return Err(bad(format!(
-                    "blocks.0.attn.scale_mul_1H11 has shape {:?}, expected (1, heads, 1, 1)",
-                    t.shape
+                    "blocks.0.attn.scale_mul_1H11 has shape {shape:?}, expected (1, heads, 1, 1)"
                 )));
             }
             None => {
@@ -123,9 +122,9 @@ impl VarConfig {
     /// The configuration of a checkpoint with VAR's parts outside the blocks (M-VAR's too), given the
     /// depth and heads the caller read from its blocks: width from the class table, MLP width from
     /// blocks.0.ffn.fc1, vocabulary, Cvae, schedule, class names and parameter count. Errors name `op`.
-    pub(crate) fn from_shapes(sd: &StateDict, op: &'static str, depth: usize, heads: usize) -> Result<Self> {
+    pub(crate) fn from_shapes(sd: &dyn Weights, op: &'static str, depth: usize, heads: usize) -> Result<Self> {
         let bad = |reason: String| Error::InvalidArgument { op, msg: reason };
-        let shape = |key: &str| sd.require("", key).map(|t| t.shape.clone());
+        let shape = |key: &str| sd.require_shape("", key).map(<[usize]>::to_vec);
         let class_shape = shape("class_emb.weight")?;
         let [rows, width] = two(&class_shape, "class_emb.weight")?;
         if rows < 2 {
@@ -144,7 +143,7 @@ impl VarConfig {
             _ => return Err(bad(format!("pos_1LC has shape {pos_shape:?}, expected (1, L, {width})"))),
         };
         let scales = two(&shape("lvl_embed.weight")?, "lvl_embed.weight")?[0];
-        let patch_nums = match sd.metadata.get(META_PATCH_NUMS) {
+        let patch_nums = match sd.metadata().get(META_PATCH_NUMS) {
             Some(text) => serde_json::from_str::<Vec<usize>>(text).map_err(|e| {
                 bad(format!(
                     "metadata {META_PATCH_NUMS} = {:?} is not a JSON list of sides: {e}",
@@ -187,14 +186,15 @@ impl VarConfig {
             num_classes: rows - 1,
             vocab,
             cvae,
-            shared_adaln: sd.get("shared_ada_lin.1.weight").is_some(),
+            shared_adaln: sd.contains("shared_ada_lin.1.weight"),
             patch_nums,
             parameters: sd
-                .iter()
-                .filter(|(key, _)| *key != "attn_bias_for_masking" && !key.ends_with(".zero_k_bias"))
-                .map(|(_, t)| t.data.len())
+                .keys()
+                .filter(|key| *key != "attn_bias_for_masking" && !key.ends_with(".zero_k_bias"))
+                .filter_map(|key| sd.shape(key))
+                .map(|shape| shape.iter().product::<usize>())
                 .sum(),
-            class_names: match sd.metadata.get(META_CLASS_NAMES) {
+            class_names: match sd.metadata().get(META_CLASS_NAMES) {
                 Some(text) => Some(serde_json::from_str::<Vec<String>>(text).map_err(|e| {
                     bad(format!(
                         "metadata {META_CLASS_NAMES} = {:?} is not a JSON list of names: {e}",
@@ -219,7 +219,7 @@ impl VarConfig {
 }
 
 /// Whether some block of `sd` holds a Mamba-2 layer (blocks.{i}.mamba.*): M-VAR, not VAR.
-pub(crate) fn has_mamba_blocks(sd: &StateDict) -> bool {
+pub(crate) fn has_mamba_blocks(sd: &dyn Weights) -> bool {
     sd.keys().any(|k| {
         k.strip_prefix("blocks.")
             .and_then(|rest| rest.split_once('.'))
@@ -228,11 +228,11 @@ pub(crate) fn has_mamba_blocks(sd: &StateDict) -> bool {
 }
 
 /// Fails unless `sd` has a class table: names the VQVAE when it is one. Errors name `op`.
-pub(crate) fn check_transformer(sd: &StateDict, op: &'static str) -> Result<()> {
-    if sd.get("class_emb.weight").is_some() {
+pub(crate) fn check_transformer(sd: &dyn Weights, op: &'static str) -> Result<()> {
+    if sd.contains("class_emb.weight") {
         return Ok(());
     }
-    let msg = if sd.get("quantize.embedding.weight").is_some() || sd.get("decoder.conv_in.weight").is_some() {
+    let msg = if sd.contains("quantize.embedding.weight") || sd.contains("decoder.conv_in.weight") {
         "this is a VQVAE checkpoint (it holds quantize.* and decoder.* keys), not a VAR transformer: pass it as \
          --vae and the var_d*.pth file as --var"
             .to_string()
@@ -251,16 +251,16 @@ pub(crate) fn check_transformer(sd: &StateDict, op: &'static str) -> Result<()> 
 /// (block-diagonal). Either way each row's finite entries are one run ending at its scale's end, so
 /// the distinct run ends are the cumulative scale ends. `None` when the buffer is absent or of
 /// neither form.
-fn schedule_from_mask(sd: &StateDict, seq_len: usize) -> Option<Vec<usize>> {
-    let mask = sd.get("attn_bias_for_masking")?;
-    if mask.shape != [1, 1, seq_len, seq_len] {
+fn schedule_from_mask(sd: &dyn Weights, seq_len: usize) -> Option<Vec<usize>> {
+    if sd.shape("attn_bias_for_masking")? != [1, 1, seq_len, seq_len] {
         return None;
     }
+    let mask = sd.read("attn_bias_for_masking").ok()?;
     let mut sides = Vec::new();
     // The current scale's tokens [start, end), and whether rows start at it (block-diagonal).
     let (mut start, mut end) = (0, 0);
     let mut diagonal = None;
-    for row in mask.data.chunks_exact(seq_len) {
+    for row in mask.chunks_exact(seq_len) {
         let first = row.iter().position(|v| v.is_finite())?;
         let last = first + row[first..].iter().take_while(|v| v.is_finite()).count();
         if row[last..].iter().any(|v| v.is_finite()) {
@@ -501,7 +501,7 @@ pub(crate) fn qkv_bias(attn: &Loader, c: usize) -> Result<Tensor> {
 impl VarModel {
     /// Loads the transformer from a state_dict with official key names; `dtype` is the storage type
     /// of weights and activations (f16 needs SHADER_F16).
-    pub fn from_state_dict(device: &Device, sd: &StateDict, dtype: DType) -> Result<Self> {
+    pub fn from_state_dict(device: &Device, sd: &dyn Weights, dtype: DType) -> Result<Self> {
         check_model_dtype(dtype, "VarModel")?;
         let config = VarConfig::infer(sd)?;
         let c = config.width;

@@ -13,7 +13,7 @@ use crate::ops::{
     upsample_nearest2x,
 };
 use crate::tensor::Tensor;
-use crate::weights::StateDict;
+use crate::weights::Weights;
 
 /// GroupNorm of every decoder norm: 32 groups, eps 1e-6.
 pub const GROUPS: usize = 32;
@@ -134,10 +134,10 @@ fn unused_vae_key(key: &str) -> bool {
 }
 
 impl VqVaeConfig {
-    pub fn infer(sd: &StateDict) -> Result<Self> {
+    pub fn infer(sd: &dyn Weights) -> Result<Self> {
         let bad = |reason: String| Error::InvalidArgument { op: "VQVAE checkpoint", msg: reason };
-        let Some(codebook) = sd.get("quantize.embedding.weight") else {
-            if sd.get("class_emb.weight").is_some() || sd.get("blocks.0.attn.mat_qkv.weight").is_some() {
+        let Some(codebook) = sd.shape("quantize.embedding.weight") else {
+            if sd.contains("class_emb.weight") || sd.contains("blocks.0.attn.mat_qkv.weight") {
                 return Err(bad(
                     "this is a VAR transformer checkpoint (it holds class_emb and blocks.* keys), not the VQVAE: \
                      pass it as --var and the vae_ch160v4096z32.pth file as --vae"
@@ -149,23 +149,23 @@ impl VqVaeConfig {
                 sd.len()
             )));
         };
-        let &[vocab, cvae] = codebook.shape.as_slice() else {
+        let &[vocab, cvae] = codebook else {
             return Err(bad(format!(
                 "quantize.embedding.weight has shape {:?}: expected a matrix (codebook size, channels)",
-                codebook.shape
+                codebook
             )));
         };
         let phi_convs =
-            (0..).take_while(|k| sd.get(&format!("quantize.quant_resi.qresi_ls.{k}.weight")).is_some()).count();
+            (0..).take_while(|k| sd.contains(&format!("quantize.quant_resi.qresi_ls.{k}.weight"))).count();
         if phi_convs == 0 {
             return Err(weights_error(vec!["quantize.quant_resi.qresi_ls.0.weight".into()], vec![]));
         }
-        let levels = (0..).take_while(|i| sd.get(&format!("decoder.up.{i}.block.0.conv1.weight")).is_some()).count();
+        let levels = (0..).take_while(|i| sd.contains(&format!("decoder.up.{i}.block.0.conv1.weight"))).count();
         if levels == 0 {
             return Err(weights_error(vec!["decoder.up.0.block.0.conv1.weight".into()], vec![]));
         }
         let blocks_per_level =
-            (0..).take_while(|j| sd.get(&format!("decoder.up.0.block.{j}.conv1.weight")).is_some()).count();
+            (0..).take_while(|j| sd.contains(&format!("decoder.up.0.block.{j}.conv1.weight"))).count();
         if levels > MAX_LEVELS {
             return Err(bad(format!(
                 "the decoder has {levels} levels (decoder.up.*); at most {MAX_LEVELS} are supported (the official VQVAE \
@@ -175,7 +175,7 @@ impl VqVaeConfig {
         let mut level_channels = Vec::with_capacity(levels);
         for i in 0..levels {
             let key = format!("decoder.up.{i}.block.0.conv1.weight");
-            match sd.require("", &key)?.shape.as_slice() {
+            match sd.require_shape("", &key)? {
                 &[out, _, _, _] => level_channels.push(out),
                 other => return Err(bad(format!("{key} has shape {other:?}: expected a 4-dimensional conv weight"))),
             }
@@ -184,7 +184,7 @@ impl VqVaeConfig {
             return Err(bad(format!("decoder level width {c} is not a positive multiple of the {GROUPS} norm groups")));
         }
         let attn_levels =
-            (0..levels).filter(|i| sd.get(&format!("decoder.up.{i}.attn.0.qkv.weight")).is_some()).collect();
+            (0..levels).filter(|i| sd.contains(&format!("decoder.up.{i}.attn.0.qkv.weight"))).collect();
         let config = VqVaeConfig {
             vocab,
             cvae,
@@ -192,14 +192,14 @@ impl VqVaeConfig {
             level_channels,
             blocks_per_level,
             attn_levels,
-            mid_attention: sd.get("decoder.mid.attn_1.qkv.weight").is_some(),
+            mid_attention: sd.contains("decoder.mid.attn_1.qkv.weight"),
         };
         Ok(config)
     }
 }
 
 impl VqVae {
-    pub fn from_state_dict(device: &Device, sd: &StateDict, dtype: DType) -> Result<Self> {
+    pub fn from_state_dict(device: &Device, sd: &dyn Weights, dtype: DType) -> Result<Self> {
         if !dtype.is_float() {
             return Err(Error::InvalidArgument { op: "VqVae", msg: format!("dtype must be f32 or f16, got {dtype}") });
         }
@@ -390,7 +390,7 @@ impl AttnBlock {
     /// mis-shaped key is an error, other keys under `prefix` are ignored.
     pub fn from_state_dict(
         device: &Device,
-        sd: &StateDict,
+        sd: &dyn Weights,
         prefix: &str,
         channels: usize,
         dtype: DType,

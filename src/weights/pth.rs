@@ -10,7 +10,10 @@ use std::rc::Rc;
 use zip::{CompressionMethod, ZipArchive};
 
 use super::pickle::{self, TensorRef, Unpickled, Value, describe};
-use super::{Budget, Conversion, FloatType, HostTensor, LoadOptions, SkippedTensor, StateDict, file_error, gather};
+use super::{
+    Budget, Conversion, FloatType, HostTensor, LazyTensor, LoadOptions, SkippedTensor, StateDict, check_view, file_error,
+    gather,
+};
 use crate::error::{Error, Result};
 
 /// A state_dict entry to gather from a storage: key, element type, view.
@@ -23,11 +26,20 @@ const MAX_PICKLE_BYTES: u64 = 64 << 20;
 /// Entries that hold the state_dict inside a training checkpoint, in the order they are tried.
 const STATE_DICT_ENTRIES: [&str; 3] = ["state_dict", "model", "module"];
 
-pub(super) fn read<R: Read + Seek>(reader: R, file_len: u64, path: &Path, options: &LoadOptions) -> Result<StateDict> {
+/// What data.pkl says: the root folder, the float tensors grouped by storage, and the tensors skipped.
+struct Parsed {
+    root: String,
+    by_storage: BTreeMap<Rc<str>, Vec<StorageView>>,
+    skipped: BTreeMap<String, SkippedTensor>,
+}
+
+fn open<R: Read + Seek>(reader: R, path: &Path) -> Result<ZipArchive<R>> {
+    ZipArchive::new(reader)
+        .map_err(|e| file_error(path, format!("not a readable zip archive (truncated or damaged?): {e}")))
+}
+
+fn parse<R: Read + Seek>(archive: &mut ZipArchive<R>, file_len: u64, path: &Path) -> Result<Parsed> {
     let fail = |reason: String| file_error(path, reason);
-    let mut budget = Budget::new(options, file_len);
-    let mut archive = ZipArchive::new(reader)
-        .map_err(|e| fail(format!("not a readable zip archive (truncated or damaged?): {e}")))?;
     let root = archive
         .file_names()
         .filter_map(|name| name.ok())
@@ -40,7 +52,7 @@ pub(super) fn read<R: Read + Seek>(reader: R, file_len: u64, path: &Path, option
     }
     let byteorder = format!("{root}/byteorder");
     if archive.index_for_name(&byteorder).is_some() {
-        let order = read_record(&mut archive, &byteorder, 64).map_err(fail)?;
+        let order = read_record(archive, &byteorder, 64).map_err(fail)?;
         if order.trim_ascii() != b"little" {
             return Err(fail(format!(
                 "storages are {:?}-endian; scalewise reads little-endian checkpoints",
@@ -49,7 +61,7 @@ pub(super) fn read<R: Read + Seek>(reader: R, file_len: u64, path: &Path, option
         }
     }
     let pkl_name = format!("{root}/data.pkl");
-    let pkl = read_record(&mut archive, &pkl_name, MAX_PICKLE_BYTES.min(file_len)).map_err(fail)?;
+    let pkl = read_record(archive, &pkl_name, MAX_PICKLE_BYTES.min(file_len)).map_err(fail)?;
     let unpickled = pickle::unpickle(&pkl).map_err(|e| fail(format!("{pkl_name}: {e}")))?;
     let items = state_dict_entries(&unpickled).map_err(|e| fail(format!("{pkl_name}: {e}")))?;
 
@@ -62,7 +74,7 @@ pub(super) fn read<R: Read + Seek>(reader: R, file_len: u64, path: &Path, option
         latest.insert(key.to_string(), value);
     }
 
-    let mut sd = StateDict::new();
+    let mut skipped = BTreeMap::new();
     let mut by_storage: BTreeMap<Rc<str>, Vec<StorageView>> = BTreeMap::new();
     for (key, value) in latest {
         match value {
@@ -71,7 +83,7 @@ pub(super) fn read<R: Read + Seek>(reader: R, file_len: u64, path: &Path, option
                     by_storage.entry(t.storage.key.clone()).or_default().push((key, ty, t.clone()))
                 }
                 Conversion::Skip(dtype) => {
-                    sd.skipped.insert(key, SkippedTensor { dtype: dtype.into(), shape: t.shape.clone() });
+                    skipped.insert(key, SkippedTensor { dtype: dtype.into(), shape: t.shape.clone() });
                 }
                 Conversion::Reject => {
                     return Err(Error::WeightsDType { path: path.to_path_buf(), key, dtype: t.storage.class.clone() });
@@ -84,24 +96,83 @@ pub(super) fn read<R: Read + Seek>(reader: R, file_len: u64, path: &Path, option
                 )));
             }
             _ => {
-                sd.skipped.insert(key, SkippedTensor { dtype: "object".into(), shape: Vec::new() });
+                skipped.insert(key, SkippedTensor { dtype: "object".into(), shape: Vec::new() });
             }
         }
     }
+    Ok(Parsed { root, by_storage, skipped })
+}
 
+fn elements(shape: &[usize]) -> usize {
+    shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).unwrap_or(usize::MAX)
+}
+
+pub(super) fn read<R: Read + Seek>(reader: R, file_len: u64, path: &Path, options: &LoadOptions) -> Result<StateDict> {
+    let fail = |reason: String| file_error(path, reason);
+    let mut budget = Budget::new(options, file_len);
+    let mut archive = open(reader, path)?;
+    let Parsed { root, by_storage, skipped } = parse(&mut archive, file_len, path)?;
+    let mut sd = StateDict::new();
+    sd.skipped = skipped;
     // Each storage is read once, however many tensors view it.
     for (storage_key, tensors) in by_storage {
         let name = format!("{root}/data/{storage_key}");
         let bytes = read_record(&mut archive, &name, file_len).map_err(fail)?;
         for (key, ty, t) in tensors {
-            let elements = t.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).unwrap_or(usize::MAX);
-            budget.take(&key, elements).map_err(fail)?;
+            budget.take(&key, elements(&t.shape)).map_err(fail)?;
             let data = gather(&bytes, ty, t.offset, &t.shape, &t.stride)
                 .map_err(|e| fail(format!("tensor {key:?} (storage {name}): {e}")))?;
             sd.tensors.insert(key, HostTensor { shape: t.shape.clone(), data });
         }
     }
     Ok(sd)
+}
+
+/// Every float tensor's place in the file, checked (storages stored uncompressed, views inside their
+/// storage, the expansion limits), without reading the storages: for a [`super::WeightsFile`].
+pub(super) fn index<R: Read + Seek>(
+    reader: R,
+    file_len: u64,
+    path: &Path,
+    options: &LoadOptions,
+) -> Result<(BTreeMap<String, LazyTensor>, BTreeMap<String, SkippedTensor>)> {
+    let fail = |reason: String| file_error(path, reason);
+    let mut budget = Budget::new(options, file_len);
+    let mut archive = open(reader, path)?;
+    let Parsed { root, by_storage, skipped } = parse(&mut archive, file_len, path)?;
+    let mut index = BTreeMap::new();
+    for (storage_key, tensors) in by_storage {
+        let name = format!("{root}/data/{storage_key}");
+        let (size, data_start) = {
+            let record = archive.by_name(&name).map_err(|e| fail(format!("record {name}: {e}")))?;
+            if record.compression() != CompressionMethod::Stored {
+                return Err(fail(format!(
+                    "record {name} is compressed ({}); torch.save stores records uncompressed",
+                    record.compression()
+                )));
+            }
+            let start = record.data_start().ok_or_else(|| fail(format!("record {name}: no data offset")))?;
+            (record.size(), start)
+        };
+        if data_start.checked_add(size).is_none_or(|end| end > file_len) {
+            return Err(fail(format!("record {name} claims {size} bytes at {data_start}, past the end of the file")));
+        }
+        for (key, ty, t) in tensors {
+            budget.take(&key, elements(&t.shape)).map_err(fail)?;
+            let available = size / ty.size() as u64;
+            let last = check_view(available, t.offset, &t.shape, &t.stride)
+                .map_err(|e| fail(format!("tensor {key:?} (storage {name}): {e}")))?;
+            let elem = ty.size() as u64;
+            // Strides are non-negative, so the view's first element is at its offset.
+            let (byte_start, byte_len) = match last {
+                Some(last) => (data_start + t.offset * elem, (last - t.offset + 1) * elem),
+                None => (data_start, 0),
+            };
+            let lazy = LazyTensor { shape: t.shape.clone(), ty, byte_start, byte_len, stride: Some(t.stride.clone()) };
+            index.insert(key, lazy);
+        }
+    }
+    Ok((index, skipped))
 }
 
 /// The entries of the state_dict: the top-level dict itself, or the dict under `state_dict`, `model` or

@@ -6,16 +6,20 @@ use std::path::Path;
 
 use ::safetensors::Dtype;
 
-use super::{Budget, ByteSource, Conversion, FloatType, HostTensor, LoadOptions, SkippedTensor, StateDict, file_error};
+use super::{
+    Budget, ByteSource, Conversion, FloatType, HostTensor, LazyTensor, LoadOptions, SkippedTensor, StateDict, file_error,
+};
 use crate::error::{Error, Result};
 
 /// The format's own limit on the JSON header.
 const MAX_HEADER_BYTES: u64 = 100_000_000;
 
-pub(super) fn read(src: &mut dyn ByteSource, path: &Path, options: &LoadOptions) -> Result<StateDict> {
+/// The checked header: metadata, tensors in offset order, and where the data starts.
+type Header = (BTreeMap<String, String>, Vec<Entry>, u64);
+
+fn header(src: &mut dyn ByteSource, path: &Path) -> Result<Header> {
     let fail = |reason: String| file_error(path, reason);
     let len = src.len();
-    let mut budget = Budget::new(options, len);
     let header_len = {
         let bytes = src.read_at(0, 8).map_err(|e| fail(format!("too short for a safetensors header: {e}")))?;
         u64::from_le_bytes(bytes[..8].try_into().map_err(|_| fail("short read".into()))?)
@@ -41,7 +45,13 @@ pub(super) fn read(src: &mut dyn ByteSource, path: &Path, options: &LoadOptions)
             len - data_start
         )));
     }
+    Ok((metadata, entries, data_start))
+}
 
+pub(super) fn read(src: &mut dyn ByteSource, path: &Path, options: &LoadOptions) -> Result<StateDict> {
+    let fail = |reason: String| file_error(path, reason);
+    let mut budget = Budget::new(options, src.len());
+    let (metadata, entries, data_start) = header(src, path)?;
     let mut sd = StateDict::new();
     sd.metadata = metadata;
     for entry in entries {
@@ -65,6 +75,35 @@ pub(super) fn read(src: &mut dyn ByteSource, path: &Path, options: &LoadOptions)
     }
     Ok(sd)
 }
+
+/// The tensors' places in the file, checked with the same limits as [`read`], for a
+/// [`super::WeightsFile`].
+pub(super) fn index(src: &mut dyn ByteSource, path: &Path, options: &LoadOptions) -> Result<Index> {
+    let mut budget = Budget::new(options, src.len());
+    let (metadata, entries, data_start) = header(src, path)?;
+    let mut tensors = BTreeMap::new();
+    let mut skipped = BTreeMap::new();
+    for entry in entries {
+        match entry.conversion {
+            Conversion::Float(ty) => {
+                let bytes = entry.end - entry.start;
+                budget.take(&entry.key, (bytes / ty.size() as u64) as usize).map_err(|r| file_error(path, r))?;
+                let lazy = LazyTensor { shape: entry.shape, ty, byte_start: data_start + entry.start, byte_len: bytes, stride: None };
+                tensors.insert(entry.key, lazy);
+            }
+            Conversion::Skip(dtype) => {
+                skipped.insert(entry.key, SkippedTensor { dtype: dtype.into(), shape: entry.shape });
+            }
+            Conversion::Reject => {
+                return Err(Error::WeightsDType { path: path.to_path_buf(), key: entry.key, dtype: entry.dtype });
+            }
+        }
+    }
+    Ok((tensors, metadata, skipped))
+}
+
+/// A [`super::WeightsFile`]'s contents: tensors, metadata, skipped tensors.
+pub(super) type Index = (BTreeMap<String, LazyTensor>, BTreeMap<String, String>, BTreeMap<String, SkippedTensor>);
 
 /// One tensor of a safetensors header, checked.
 struct Entry {
