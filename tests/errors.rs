@@ -147,3 +147,26 @@ fn first_launches_from_several_threads_agree() {
     });
     assert!(runs.iter().all(|r| r == &runs[0] && r.iter().all(|v| v.is_finite())));
 }
+
+#[test]
+fn a_weight_above_the_binding_limit_is_refused_by_name_before_it_is_read() {
+    use scalewise::nn::Loader;
+    use scalewise::weights::StateDict;
+    let device = full_device();
+    let limit = device.caps().max_arg_bytes.min(device.caps().max_buffer_bytes);
+    // Just above the limit in f32, half of it in f16 (M-VAR d32's ada_lin against lavapipe's 128 MiB).
+    let rows = (limit / 4 / 1024 + 1) as usize;
+    let mut sd = StateDict::new();
+    sd.insert("blocks.0.ada_lin.1.weight", &[rows, 1024], vec![0.25; rows * 1024]).unwrap();
+    let err = Loader::new(device, &sd, DType::F32).tensor("blocks.0.ada_lin.1.weight", &[rows, 1024]).err();
+    let text = err.expect("an f32 weight above the limit").to_string();
+    assert!(text.contains("blocks.0.ada_lin.1.weight") && text.contains("f16 weights"), "{text}");
+    if device.caps().f16 {
+        let lp = Loader::new(device, &sd, DType::F16);
+        let t = lp.tensor("blocks.0.ada_lin.1.weight", &[rows, 1024]).expect("fits in f16");
+        assert_eq!(t.shape(), &[rows, 1024]);
+        lp.finish().unwrap();
+    } else {
+        skip("the f16 half of the check", "no SHADER_F16");
+    }
+}

@@ -823,3 +823,176 @@ pub fn precision(device: &Device, seeds: &[u64]) -> Result<PrecisionResult> {
     }
     Ok(PrecisionResult { runs, scales, identical_tokens, identical_images })
 }
+
+/// Which transformer a synthetic checkpoint has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BenchModel {
+    Var,
+    Mvar,
+}
+
+/// `scalewise bench load`: peak host memory while loading a synthetic checkpoint of an official shape,
+/// streamed ([`scalewise::weights::WeightsFile`]) and, optionally, read whole first (the old way).
+#[derive(Debug, Clone)]
+pub struct LoadBenchConfig {
+    pub model: BenchModel,
+    pub depth: usize,
+    pub dtype: DType,
+    /// The .pth file to write (and remove afterwards unless `keep`).
+    pub file: std::path::PathBuf,
+    pub keep: bool,
+    pub eager: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct LoadMeasure {
+    pub seconds: f64,
+    /// Peak resident set size during the load, above the resident size before it.
+    pub peak_rss_growth: Option<u64>,
+    /// GPU bytes the loaded model holds (on a CPU adapter, part of the resident set too).
+    pub gpu_bytes: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct LoadBenchResult {
+    pub file_bytes: u64,
+    pub tensors: usize,
+    pub parameters: u64,
+    /// The largest tensor's size as f32.
+    pub largest_tensor_bytes: u64,
+    pub streamed: LoadMeasure,
+    pub eager: Option<LoadMeasure>,
+}
+
+/// Peak resident set size (VmHWM), Linux only.
+fn peak_resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Resets the peak resident set size to the current one (Linux: `5` into /proc/self/clear_refs).
+fn reset_peak_resident() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// Writes a synthetic torch.save checkpoint of `depth` blocks, one tensor at a time: the top-level
+/// tensors and one block are drawn at random, and that block's tensors are written under every block
+/// index (the values do not matter for loading, their number and sizes do). Returns the file's size,
+/// the tensor count, the parameter count and the largest tensor's f32 bytes.
+pub fn write_synthetic_pth(path: &std::path::Path, model: BenchModel, depth: usize) -> Result<(u64, usize, u64, u64)> {
+    use scalewise_support::synthetic::{MvarShape, VarShape, mvar_state_dict, var_state_dict};
+    use scalewise_support::torch_file as p;
+    use std::io::Write;
+    let one_block = match model {
+        BenchModel::Var => var_state_dict(&VarShape { depth: 1, ..VarShape::official(depth) }, 1)?,
+        BenchModel::Mvar => mvar_state_dict(&MvarShape { depth: 1, ..MvarShape::official(depth) }, 1)?,
+    };
+    let io = |e: std::io::Error| Error::Output { path: path.to_path_buf(), reason: e.to_string() };
+    let zip_error =
+        |e: scalewise_support::torch_file::ZipError| Error::Output { path: path.to_path_buf(), reason: e.to_string() };
+    // A new file only (O_EXCL): the benchmark never replaces anything.
+    let file = std::fs::OpenOptions::new().write(true).create_new(true).open(path).map_err(io)?;
+    let mut zip = p::ZipWriter::new(std::io::BufWriter::new(file));
+    let options = p::stored_options();
+    let mut entries: Vec<(String, Vec<u8>)> = Vec::new();
+    let (mut tensors, mut parameters, mut largest) = (0usize, 0u64, 0u64);
+    let mut write_tensor = |zip: &mut p::ZipWriter<std::io::BufWriter<std::fs::File>>,
+                            key: String,
+                            t: &scalewise::weights::HostTensor|
+     -> Result<()> {
+        let storage = tensors.to_string();
+        zip.start_file(format!("archive/data/{storage}"), options).map_err(zip_error)?;
+        let bytes: Vec<u8> = t.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        zip.write_all(&bytes).map_err(io)?;
+        let shape: Vec<i32> = t.shape.iter().map(|&d| d as i32).collect();
+        let mut stride = vec![1i32; shape.len()];
+        for d in (0..shape.len().saturating_sub(1)).rev() {
+            stride[d] = stride[d + 1] * shape[d + 1];
+        }
+        entries.push((key, p::tensor("FloatStorage", &storage, t.data.len() as i32, 0, &shape, &stride)));
+        tensors += 1;
+        parameters += t.data.len() as u64;
+        largest = largest.max(4 * t.data.len() as u64);
+        Ok(())
+    };
+    for (key, t) in one_block.iter().filter(|(k, _)| !k.starts_with("blocks.")) {
+        write_tensor(&mut zip, key.to_string(), t)?;
+    }
+    for i in 0..depth {
+        for (key, t) in one_block.iter() {
+            if let Some(rest) = key.strip_prefix("blocks.0.") {
+                write_tensor(&mut zip, format!("blocks.{i}.{rest}"), t)?;
+            }
+        }
+    }
+    let entries: Vec<(&str, Vec<u8>)> = entries.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    zip.start_file("archive/data.pkl", options).map_err(zip_error)?;
+    zip.write_all(&p::dict(&entries)).map_err(io)?;
+    zip.start_file("archive/byteorder", options).map_err(zip_error)?;
+    zip.write_all(b"little").map_err(io)?;
+    let mut writer = zip.finish().map_err(zip_error)?;
+    writer.flush().map_err(io)?;
+    let bytes = std::fs::metadata(path).map_err(io)?.len();
+    Ok((bytes, tensors, parameters, largest))
+}
+
+fn measure_load(
+    device: &Device,
+    model: BenchModel,
+    dtype: DType,
+    load: impl FnOnce() -> Result<Box<dyn scalewise::weights::Weights>>,
+) -> Result<LoadMeasure> {
+    use scalewise::nn::{MvarModel, VarModel};
+    device.trim_pool();
+    let before = resident_bytes();
+    let reset = reset_peak_resident();
+    let started = std::time::Instant::now();
+    let gpu_before = device.pool_stats().live_bytes;
+    let weights = load()?;
+    let gpu_bytes = match model {
+        BenchModel::Var => {
+            let m = VarModel::from_state_dict(device, weights.as_ref(), dtype)?;
+            drop(weights);
+            let bytes = device.pool_stats().live_bytes - gpu_before;
+            drop(m);
+            bytes
+        }
+        BenchModel::Mvar => {
+            let m = MvarModel::from_state_dict(device, weights.as_ref(), dtype)?;
+            drop(weights);
+            let bytes = device.pool_stats().live_bytes - gpu_before;
+            drop(m);
+            bytes
+        }
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    let peak = if reset { peak_resident_bytes() } else { None };
+    device.trim_pool();
+    Ok(LoadMeasure { seconds, peak_rss_growth: peak.zip(before).map(|(p, b)| p.saturating_sub(b)), gpu_bytes })
+}
+
+pub fn load(device: &Device, config: &LoadBenchConfig) -> Result<LoadBenchResult> {
+    use scalewise::weights::{LoadOptions, StateDict, WeightsFile};
+    let (file_bytes, tensors, parameters, largest_tensor_bytes) =
+        write_synthetic_pth(&config.file, config.model, config.depth)?;
+    let path = config.file.clone();
+    let run = || -> Result<(LoadMeasure, Option<LoadMeasure>)> {
+        let streamed = measure_load(device, config.model, config.dtype, || {
+            Ok(Box::new(WeightsFile::open(&path, &LoadOptions::default())?))
+        })?;
+        let eager = if config.eager {
+            Some(measure_load(device, config.model, config.dtype, || Ok(Box::new(StateDict::load(&path)?)))?)
+        } else {
+            None
+        };
+        Ok((streamed, eager))
+    };
+    let outcome = run();
+    if !config.keep {
+        let _ = std::fs::remove_file(&config.file);
+    }
+    let (streamed, eager) = outcome?;
+    Ok(LoadBenchResult { file_bytes, tensors, parameters, largest_tensor_bytes, streamed, eager })
+}

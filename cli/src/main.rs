@@ -140,6 +140,30 @@ enum BenchCommand {
     /// The demo model with f32 and with f16 weights on this device, same seeds and classes: how many
     /// tokens per scale and how many images agree.
     Precision(PrecisionArgs),
+    /// Peak host memory while loading a synthetic checkpoint of an official shape (written to a
+    /// temporary .pth first): streamed tensor by tensor, and with --eager also read whole first.
+    Load(LoadArgs),
+}
+
+#[derive(Args)]
+struct LoadArgs {
+    /// var or mvar.
+    #[arg(long, default_value = "mvar", value_parser = ["var", "mvar"])]
+    model: String,
+    /// Official depth (M-VAR d24 is 1.55B parameters, a 6.2 GB file).
+    #[arg(long, default_value_t = 24)]
+    depth: usize,
+    /// f16 or f32 weights on the device (default f16 where the device has SHADER_F16).
+    #[arg(long, value_parser = parse_dtype)]
+    dtype: Option<DType>,
+    /// Also load the file the old way (the whole state_dict in host memory, then uploaded).
+    #[arg(long)]
+    eager: bool,
+    /// Where to write the synthetic checkpoint (a new file; removed afterwards).
+    #[arg(long, default_value = "bench-results/synthetic-load.pth")]
+    file: PathBuf,
+    #[arg(long, default_value = "bench-results/load.json")]
+    json: PathBuf,
 }
 
 #[derive(Args)]
@@ -351,6 +375,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Scan(args)) => bench_scan(&device.open()?, &args),
         Command::Bench(BenchCommand::Soak(args)) => bench_soak(&device.open()?, &args),
         Command::Bench(BenchCommand::Precision(args)) => bench_precision(&device.open()?, &args),
+        Command::Bench(BenchCommand::Load(args)) => bench_load(&device.open()?, &args),
     }
 }
 
@@ -648,6 +673,58 @@ fn bench_precision(device: &Device, args: &PrecisionArgs) -> anyhow::Result<()> 
         "adapter": device.info().adapter.name, "seeds": args.seeds, "runs": r.runs,
         "scales": r.scales.iter().map(|(side, equal, total)| serde_json::json!({"side": side, "equal": equal, "total": total})).collect::<Vec<_>>(),
         "identical_tokens": r.identical_tokens, "identical_images": r.identical_images,
+    });
+    write_atomically(&args.json, &serde_json::to_string_pretty(&json)?)?;
+    println!("wrote {}", args.json.display());
+    Ok(())
+}
+
+fn bench_load(device: &Device, args: &LoadArgs) -> anyhow::Result<()> {
+    anyhow::ensure!((1..=64).contains(&args.depth), "--depth must be in 1..=64");
+    results_target(&args.json)?;
+    results_target(&args.file)?;
+    anyhow::ensure!(!args.file.exists(), "--file {} exists; the benchmark writes a new file", args.file.display());
+    let model = if args.model == "var" { bench::BenchModel::Var } else { bench::BenchModel::Mvar };
+    let config = bench::LoadBenchConfig {
+        model,
+        depth: args.depth,
+        dtype: args.dtype.unwrap_or(device.preferred_float()),
+        file: args.file.clone(),
+        keep: false,
+        eager: args.eager,
+    };
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    println!("writing a synthetic {} d{} checkpoint to {} ...", args.model, args.depth, args.file.display());
+    let r = bench::load(device, &config)?;
+    println!(
+        "{} tensors, {:.2}B parameters, {:.2} GiB file, largest tensor {:.0} MiB in f32; {} weights on {} ({})",
+        r.tensors,
+        r.parameters as f64 / 1e9,
+        gib(r.file_bytes),
+        r.largest_tensor_bytes as f64 / (1 << 20) as f64,
+        config.dtype,
+        device.info().adapter.name,
+        if device.caps().is_cpu { "a CPU adapter: its GPU memory is host memory" } else { "GPU memory separate" },
+    );
+    let row = |name: &str, m: &bench::LoadMeasure| {
+        let peak = m.peak_rss_growth;
+        let host = peak.map(|p| if device.caps().is_cpu { p.saturating_sub(m.gpu_bytes) } else { p });
+        println!(
+            "{name:>9}: {:6.1} s, peak RSS growth {} GiB, model on the device {:.2} GiB, host memory beyond the device's {} GiB",
+            m.seconds,
+            peak.map_or("n/a".into(), |p| format!("{:.2}", gib(p))),
+            gib(m.gpu_bytes),
+            host.map_or("n/a".into(), |h| format!("{:.2}", gib(h))),
+        );
+        serde_json::json!({"seconds": m.seconds, "peak_rss_growth_bytes": peak, "device_bytes": m.gpu_bytes, "host_beyond_device_bytes": host})
+    };
+    let streamed = row("streamed", &r.streamed);
+    let eager = r.eager.as_ref().map(|m| row("eager", m));
+    let json = serde_json::json!({
+        "adapter": device.info().adapter.name, "cpu_adapter": device.caps().is_cpu,
+        "model": args.model, "depth": args.depth, "dtype": config.dtype.to_string(),
+        "file_bytes": r.file_bytes, "tensors": r.tensors, "parameters": r.parameters,
+        "largest_tensor_f32_bytes": r.largest_tensor_bytes, "streamed": streamed, "eager": eager,
     });
     write_atomically(&args.json, &serde_json::to_string_pretty(&json)?)?;
     println!("wrote {}", args.json.display());

@@ -47,7 +47,10 @@ struct Record<'a> {
 
 impl Record<'_> {
     fn has_problems(&self) -> bool {
-        !self.missing.is_empty() || !self.misshaped.is_empty() || !self.non_finite.is_empty() || self.unreadable.is_some()
+        !self.missing.is_empty()
+            || !self.misshaped.is_empty()
+            || !self.non_finite.is_empty()
+            || self.unreadable.is_some()
     }
 }
 

@@ -155,8 +155,7 @@ impl VqVaeConfig {
                 codebook
             )));
         };
-        let phi_convs =
-            (0..).take_while(|k| sd.contains(&format!("quantize.quant_resi.qresi_ls.{k}.weight"))).count();
+        let phi_convs = (0..).take_while(|k| sd.contains(&format!("quantize.quant_resi.qresi_ls.{k}.weight"))).count();
         if phi_convs == 0 {
             return Err(weights_error(vec!["quantize.quant_resi.qresi_ls.0.weight".into()], vec![]));
         }
@@ -183,8 +182,7 @@ impl VqVaeConfig {
         if let Some(&c) = level_channels.iter().find(|&&c| c == 0 || !c.is_multiple_of(GROUPS)) {
             return Err(bad(format!("decoder level width {c} is not a positive multiple of the {GROUPS} norm groups")));
         }
-        let attn_levels =
-            (0..levels).filter(|i| sd.contains(&format!("decoder.up.{i}.attn.0.qkv.weight"))).collect();
+        let attn_levels = (0..levels).filter(|i| sd.contains(&format!("decoder.up.{i}.attn.0.qkv.weight"))).collect();
         let config = VqVaeConfig {
             vocab,
             cvae,

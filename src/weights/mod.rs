@@ -328,10 +328,12 @@ impl Weights for StateDict {
     }
 
     fn read(&self, key: &str) -> Result<Cow<'_, [f32]>> {
-        self.tensors
-            .get(key)
-            .map(|t| Cow::Borrowed(t.data.as_slice()))
-            .ok_or_else(|| Error::Weights { prefix: String::new(), missing: vec![key.to_string()], unexpected: Vec::new(), misshaped: Vec::new() })
+        self.tensors.get(key).map(|t| Cow::Borrowed(t.data.as_slice())).ok_or_else(|| Error::Weights {
+            prefix: String::new(),
+            missing: vec![key.to_string()],
+            unexpected: Vec::new(),
+            misshaped: Vec::new(),
+        })
     }
 
     fn keys(&self) -> Box<dyn Iterator<Item = &str> + '_> {

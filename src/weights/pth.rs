@@ -11,8 +11,8 @@ use zip::{CompressionMethod, ZipArchive};
 
 use super::pickle::{self, TensorRef, Unpickled, Value, describe};
 use super::{
-    Budget, Conversion, FloatType, HostTensor, LazyTensor, LoadOptions, SkippedTensor, StateDict, check_view, file_error,
-    gather,
+    Budget, Conversion, FloatType, HostTensor, LazyTensor, LoadOptions, SkippedTensor, StateDict, check_view,
+    file_error, gather,
 };
 use crate::error::{Error, Result};
 

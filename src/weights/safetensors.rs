@@ -7,7 +7,8 @@ use std::path::Path;
 use ::safetensors::Dtype;
 
 use super::{
-    Budget, ByteSource, Conversion, FloatType, HostTensor, LazyTensor, LoadOptions, SkippedTensor, StateDict, file_error,
+    Budget, ByteSource, Conversion, FloatType, HostTensor, LazyTensor, LoadOptions, SkippedTensor, StateDict,
+    file_error,
 };
 use crate::error::{Error, Result};
 
@@ -88,7 +89,13 @@ pub(super) fn index(src: &mut dyn ByteSource, path: &Path, options: &LoadOptions
             Conversion::Float(ty) => {
                 let bytes = entry.end - entry.start;
                 budget.take(&entry.key, (bytes / ty.size() as u64) as usize).map_err(|r| file_error(path, r))?;
-                let lazy = LazyTensor { shape: entry.shape, ty, byte_start: data_start + entry.start, byte_len: bytes, stride: None };
+                let lazy = LazyTensor {
+                    shape: entry.shape,
+                    ty,
+                    byte_start: data_start + entry.start,
+                    byte_len: bytes,
+                    stride: None,
+                };
                 tensors.insert(entry.key, lazy);
             }
             Conversion::Skip(dtype) => {

@@ -81,3 +81,11 @@ pub fn dict(entries: &[(&str, Vec<u8>)]) -> Vec<u8> {
 pub fn f32_storage(values: impl IntoIterator<Item = f32>) -> Vec<u8> {
     values.into_iter().flat_map(f32::to_le_bytes).collect()
 }
+
+pub use zip::ZipWriter;
+pub use zip::result::ZipError;
+
+/// torch.save's record options: stored, uncompressed, zip64 where an archive needs it.
+pub fn stored_options() -> zip::write::SimpleFileOptions {
+    zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored)
+}
