@@ -79,7 +79,12 @@ impl PipelineCache {
                 .map(|(i, ty)| wgpu::BindGroupLayoutEntry {
                     binding: i as u32,
                     visibility: wgpu::ShaderStages::COMPUTE,
-                    ty: wgpu::BindingType::Buffer { ty, has_dynamic_offset: false, min_binding_size: None },
+                    ty: wgpu::BindingType::Buffer {
+                        ty,
+                        // The params slot moves through the ring buffer (ParamsRing).
+                        has_dynamic_offset: ty == wgpu::BufferBindingType::Uniform,
+                        min_binding_size: None,
+                    },
                     count: None,
                 })
                 .collect();
@@ -126,6 +131,30 @@ impl PendingCommands {
 /// Recorded dispatches per submission: enough to amortise the submit, few enough that the GPU starts
 /// early.
 const DISPATCHES_PER_SUBMIT: u32 = 64;
+
+/// The params of one submission's dispatches, each in its own slot of a single uniform buffer bound
+/// with a dynamic offset, so no buffer is created per dispatch. The ring is reused by the next
+/// submission: `queue.write_buffer` takes effect at the start of the next submit, after the reads of
+/// the submissions before it in queue order (the usual pattern of a per-frame uniform in wgpu).
+pub(crate) struct ParamsRing {
+    buffer: wgpu::Buffer,
+    /// Bytes per slot: a multiple of the adapter's uniform offset alignment, at least 256.
+    slot: u64,
+}
+
+impl ParamsRing {
+    pub(crate) fn new(device: &wgpu::Device) -> Self {
+        let align = u64::from(device.limits().min_uniform_buffer_offset_alignment).max(16);
+        let slot = 256u64.div_ceil(align) * align;
+        let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("params ring"),
+            size: slot * u64::from(DISPATCHES_PER_SUBMIT),
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        Self { buffer, slot }
+    }
+}
 
 impl WgpuDevice {
     /// The workgroup counts of `grid`: a linear grid is split over x and y so that neither exceeds the
@@ -214,17 +243,27 @@ impl WgpuDevice {
             _ => None,
         };
         self.checked(&format!("running {label}"), || {
-            // Uniform buffers are at least 16 bytes and a multiple of 16.
+            // Uniform bindings are at least 16 bytes and a multiple of 16.
             let mut bytes = launch.params.to_vec();
             bytes.resize(launch.params.len().div_ceil(16).max(1) * 16, 0);
-            // Not create_buffer_init: it maps at creation and panics on a lost device.
-            let uniform = self.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("params"),
-                size: bytes.len() as u64,
-                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            });
-            self.queue.write_buffer(&uniform, 0, &bytes);
+            let mut pending = self.pending.lock().map_err(poisoned)?;
+            let index = pending.as_ref().map_or(0, |p| p.dispatches);
+            // The params' slot in the ring; a params block larger than a slot (none today) gets a buffer
+            // of its own, bound at offset 0. Not create_buffer_init: it maps at creation and panics on a
+            // lost device.
+            let own;
+            let (uniform_buffer, offset) = if bytes.len() as u64 <= self.params.slot {
+                (&self.params.buffer, u64::from(index) * self.params.slot)
+            } else {
+                own = self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("params"),
+                    size: bytes.len() as u64,
+                    usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                (&own, 0)
+            };
+            self.queue.write_buffer(uniform_buffer, offset, &bytes);
             let mut entries: Vec<wgpu::BindGroupEntry> = launch
                 .args
                 .iter()
@@ -240,7 +279,11 @@ impl WgpuDevice {
                 .collect();
             entries.push(wgpu::BindGroupEntry {
                 binding: launch.args.len() as u32,
-                resource: uniform.as_entire_binding(),
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: uniform_buffer,
+                    offset: 0,
+                    size: NonZeroU64::new(bytes.len() as u64),
+                }),
             });
             let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
                 label: Some(&label),
@@ -250,7 +293,6 @@ impl WgpuDevice {
             // Wall-clock profiling (no timestamp queries) times each dispatch alone, so it must submit
             // at once; timestamped dispatches stay batched (their queries resolve after a flush).
             let wall_clock = wall_start.is_some();
-            let mut pending = self.pending.lock().map_err(poisoned)?;
             let mut commands = pending.take().unwrap_or_else(|| PendingCommands {
                 encoder: self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("kernels") }),
                 dispatches: 0,
@@ -264,7 +306,7 @@ impl WgpuDevice {
                     .encoder
                     .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(&label), timestamp_writes });
                 pass.set_pipeline(&cached.pipeline);
-                pass.set_bind_group(0, &bind_group, &[]);
+                pass.set_bind_group(0, &bind_group, &[offset as u32]);
                 pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
             }
             commands.dispatches += 1;

@@ -45,6 +45,8 @@ pub(crate) struct WgpuDevice {
     profiler: Mutex<Option<profiler::Profiler>>,
     /// Dispatches recorded but not yet submitted (see [`WgpuDevice::flush_pending`]).
     pending: Mutex<Option<launch::PendingCommands>>,
+    /// Where the recorded dispatches' params live (one slot per dispatch of a submission).
+    params: launch::ParamsRing,
     /// Set by wgpu's device-lost callback: every later operation fails with this message.
     lost: Arc<Mutex<Option<String>>>,
     /// Errors that escaped every error scope (recorded instead of wgpu's default panic).
@@ -105,7 +107,9 @@ impl WgpuDevice {
                 errors.push(error);
             }
         }));
+        let params = launch::ParamsRing::new(&device);
         Self {
+            params,
             device,
             queue,
             info,
