@@ -156,3 +156,25 @@ fn pool_reuses_freed_buffers() {
     let after = device.pool_stats();
     assert!(after.reused >= before.reused + 4, "{before:?} -> {after:?}");
 }
+
+#[test]
+fn launch_stats_count_compiles_dispatches_submits_and_drains() {
+    let device = common::full_device();
+    let x = scalewise::Tensor::from_f32(device, &[3, 5], &[0.5; 15], scalewise::DType::F32).unwrap();
+    // Other tests share the device: count at least this test's own work.
+    let before = device.launch_stats();
+    let y = scalewise::ops::silu(&x).unwrap();
+    let z = scalewise::ops::silu(&y).unwrap();
+    let values = z.to_vec_f32().unwrap();
+    let after = device.launch_stats();
+    assert_eq!(values.len(), 15);
+    let done = after - before;
+    assert!(done.dispatches >= 2, "{done:?}");
+    assert!(done.submits >= 1 && done.drains >= 1, "{done:?}");
+    // Running it again dispatches again (other tests may compile pipelines meanwhile: not counted here).
+    let warm = device.launch_stats();
+    let again = scalewise::ops::silu(&x).unwrap();
+    again.to_vec_f32().unwrap();
+    assert!(device.launch_stats().dispatches > warm.dispatches);
+    assert!(after.pipelines_compiled >= 1 && after.compile_ms > 0.0, "{after:?}");
+}

@@ -66,6 +66,9 @@ mod enabled {
         fn pool_stats(&self) -> PoolStats {
             match *self {}
         }
+        fn launch_stats(&self) -> crate::device::LaunchStats {
+            match *self {}
+        }
         fn trim_pool(&self) {
             match *self {}
         }

@@ -297,6 +297,31 @@ impl Readback {
     }
 }
 
+/// Counters of a device's launch path (see [`Device::launch_stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LaunchStats {
+    pub pipelines_compiled: u64,
+    /// Wall time spent creating shader modules and pipelines.
+    pub compile_ms: f64,
+    pub dispatches: u64,
+    pub submits: u64,
+    /// Blocking waits for the GPU (synchronize, readbacks that had to wait, timestamp reads).
+    pub drains: u64,
+}
+
+impl std::ops::Sub for LaunchStats {
+    type Output = LaunchStats;
+    fn sub(self, earlier: LaunchStats) -> LaunchStats {
+        LaunchStats {
+            pipelines_compiled: self.pipelines_compiled - earlier.pipelines_compiled,
+            compile_ms: self.compile_ms - earlier.compile_ms,
+            dispatches: self.dispatches - earlier.dispatches,
+            submits: self.submits - earlier.submits,
+            drains: self.drains - earlier.drains,
+        }
+    }
+}
+
 /// What every backend implements. Ops never call it directly: they go through [`Device`].
 pub(crate) trait BackendDevice: Send + Sync {
     fn info(&self) -> &DeviceInfo;
@@ -311,6 +336,7 @@ pub(crate) trait BackendDevice: Send + Sync {
     fn flush(&self) -> Result<()>;
     fn synchronize(&self) -> Result<()>;
     fn pool_stats(&self) -> PoolStats;
+    fn launch_stats(&self) -> LaunchStats;
     fn trim_pool(&self);
     fn start_profiling(&self) -> Result<()>;
     fn profiled_dispatches(&self) -> Result<usize>;
@@ -463,6 +489,13 @@ impl Device {
     }
 
     /// Releases every cached (unused) buffer back to the driver.
+    /// What the launch path has done since the device opened: pipelines compiled (and the time it
+    /// took), dispatches, submissions and blocking waits. Differences between two snapshots count a
+    /// piece of work (`bench generate` reports them per generation).
+    pub fn launch_stats(&self) -> LaunchStats {
+        self.imp().launch_stats()
+    }
+
     pub fn trim_pool(&self) {
         self.imp().trim_pool()
     }

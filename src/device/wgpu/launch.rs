@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroU64;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use super::WgpuDevice;
@@ -67,6 +68,7 @@ impl PipelineCache {
         if let Some(cached) = self.pipelines.lock().map_err(poisoned)?.get(&key) {
             return Ok(Arc::clone(cached));
         }
+        let started = std::time::Instant::now();
         let module = self.module(ctx, key.family, key.variant)?;
         // Only a miss needs wgpu's (name, f64) form of the constants.
         let constants: Vec<(&str, f64)> = key.constants.iter().map(|&(name, value)| (name, value.as_f64())).collect();
@@ -111,6 +113,8 @@ impl PipelineCache {
             Ok(CachedPipeline { pipeline, layout })
         })?;
         let cached = Arc::new(cached);
+        ctx.counters.pipelines.fetch_add(1, Ordering::Relaxed);
+        ctx.counters.compile_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         self.pipelines.lock().map_err(poisoned)?.insert(key, Arc::clone(&cached));
         Ok(cached)
     }
@@ -310,8 +314,9 @@ impl WgpuDevice {
                 pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
             }
             commands.dispatches += 1;
+            self.counters.dispatches.fetch_add(1, Ordering::Relaxed);
             if wall_clock || commands.dispatches >= DISPATCHES_PER_SUBMIT {
-                self.queue.submit([commands.encoder.finish()]);
+                self.submit(commands.encoder.finish());
             } else {
                 *pending = Some(commands);
             }

@@ -8,6 +8,7 @@ mod profiler;
 mod readback;
 pub(crate) mod shaders;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub use adapter::AdapterSummary;
@@ -36,6 +37,30 @@ pub(crate) fn wanted_features(options: &DeviceOptions) -> wgpu::Features {
     wanted
 }
 
+/// Work counters of one device, for `Device::launch_stats`.
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) pipelines: AtomicU64,
+    pub(crate) compile_nanos: AtomicU64,
+    pub(crate) dispatches: AtomicU64,
+    pub(crate) submits: AtomicU64,
+    /// Blocking waits for the GPU: `synchronize`, and readbacks and timestamp reads that had to wait.
+    pub(crate) drains: AtomicU64,
+}
+
+impl Counters {
+    fn snapshot(&self) -> crate::device::LaunchStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        crate::device::LaunchStats {
+            pipelines_compiled: get(&self.pipelines),
+            compile_ms: get(&self.compile_nanos) as f64 / 1e6,
+            dispatches: get(&self.dispatches),
+            submits: get(&self.submits),
+            drains: get(&self.drains),
+        }
+    }
+}
+
 pub(crate) struct WgpuDevice {
     device: wgpu::Device,
     queue: wgpu::Queue,
@@ -47,6 +72,8 @@ pub(crate) struct WgpuDevice {
     pending: Mutex<Option<launch::PendingCommands>>,
     /// Where the recorded dispatches' params live (one slot per dispatch of a submission).
     params: launch::ParamsRing,
+    /// What the launch path has done since the device opened (see [`crate::device::LaunchStats`]).
+    pub(crate) counters: Arc<Counters>,
     /// Set by wgpu's device-lost callback: every later operation fails with this message.
     lost: Arc<Mutex<Option<String>>>,
     /// Errors that escaped every error scope (recorded instead of wgpu's default panic).
@@ -110,6 +137,7 @@ impl WgpuDevice {
         let params = launch::ParamsRing::new(&device);
         Self {
             params,
+            counters: Arc::default(),
             device,
             queue,
             info,
@@ -141,6 +169,7 @@ impl WgpuDevice {
     fn wait_idle(&self) -> Result<()> {
         self.flush_pending()?;
         self.check_alive()?;
+        self.counters.drains.fetch_add(1, Ordering::Relaxed);
         self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| self.poll_error(e))?;
         Ok(())
     }
@@ -176,6 +205,12 @@ impl WgpuDevice {
         result
     }
 
+    /// Submits one command buffer, counted.
+    pub(crate) fn submit(&self, commands: wgpu::CommandBuffer) {
+        self.counters.submits.fetch_add(1, Ordering::Relaxed);
+        self.queue.submit([commands]);
+    }
+
     /// Submits the recorded dispatches, if any.
     fn flush_pending(&self) -> Result<()> {
         // The lock is held until the submission: another thread's flush must not return (and submit
@@ -183,7 +218,7 @@ impl WgpuDevice {
         let mut pending = self.pending.lock().map_err(poisoned)?;
         if let Some(commands) = pending.take() {
             self.checked("submitting kernels", || {
-                self.queue.submit([commands.finish()]);
+                self.submit(commands.finish());
                 Ok(())
             })?;
         }
@@ -232,7 +267,7 @@ impl BackendDevice for WgpuDevice {
         self.checked("clearing a tensor", || {
             let mut encoder = self.device.create_command_encoder(&Default::default());
             encoder.clear_buffer(dst.wgpu().raw(), 0, Some(bytes.div_ceil(4) * 4));
-            self.queue.submit([encoder.finish()]);
+            self.submit(encoder.finish());
             Ok(())
         })
     }
@@ -259,6 +294,10 @@ impl BackendDevice for WgpuDevice {
 
     fn pool_stats(&self) -> PoolStats {
         self.pool.stats()
+    }
+
+    fn launch_stats(&self) -> crate::device::LaunchStats {
+        self.counters.snapshot()
     }
 
     fn trim_pool(&self) {

@@ -126,7 +126,7 @@ fn read_batch(ctx: &WgpuDevice, queries: &mut TimestampQueries) -> Result<Vec<Di
             ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("timestamps") });
         encoder.resolve_query_set(&queries.query_set, 0..count * 2, &queries.resolve, 0);
         encoder.copy_buffer_to_buffer(&queries.resolve, 0, &queries.staging, 0, bytes);
-        ctx.queue.submit([encoder.finish()]);
+        ctx.submit(encoder.finish());
         Ok(())
     })?;
     let raw = super::readback::map_and_read(ctx, &queries.staging, bytes)?;

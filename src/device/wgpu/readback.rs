@@ -15,6 +15,7 @@ pub(crate) struct Readback {
     outcome: Arc<Mutex<Option<Result<(), String>>>>,
     /// The device's lost flag: a wait on a lost device fails instead of hanging.
     lost: Arc<Mutex<Option<String>>>,
+    counters: Arc<super::Counters>,
 }
 
 impl Readback {
@@ -31,7 +32,7 @@ impl Readback {
             });
             let mut encoder = ctx.device.create_command_encoder(&Default::default());
             encoder.copy_buffer_to_buffer(src, 0, &staging, 0, bytes);
-            ctx.queue.submit([encoder.finish()]);
+            ctx.submit(encoder.finish());
             Ok(staging)
         })?;
         let mapped = Arc::new(AtomicBool::new(false));
@@ -43,7 +44,14 @@ impl Readback {
             }
             flag.store(true, Ordering::Release);
         });
-        Ok(Self { device: ctx.device.clone(), staging, mapped, outcome, lost: Arc::clone(&ctx.lost) })
+        Ok(Self {
+            device: ctx.device.clone(),
+            staging,
+            mapped,
+            outcome,
+            lost: Arc::clone(&ctx.lost),
+            counters: Arc::clone(&ctx.counters),
+        })
     }
 
     /// Non-blocking: has the copy arrived?
@@ -53,6 +61,9 @@ impl Readback {
     }
 
     pub fn wait(self) -> Result<Vec<u8>> {
+        if !self.mapped.load(Ordering::Acquire) {
+            self.counters.drains.fetch_add(1, Ordering::Relaxed);
+        }
         while !self.mapped.load(Ordering::Acquire) {
             let lost = || self.lost.lock().ok().and_then(|reason| reason.clone());
             if let Some(reason) = lost() {
