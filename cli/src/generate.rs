@@ -314,6 +314,11 @@ pub fn generate(device: &Device, args: &GenerateArgs, mut outputs: Outputs) -> a
             if totals.decode_ms > 0.0 { format!(", previews {:.1} ms", totals.decode_ms) } else { String::new() },
             args.out.display()
         );
+        let work = device.launch_stats();
+        eprintln!(
+            "launch path: {} pipelines compiled in {:.0} ms, {} dispatches, {} submissions, {} waits for the GPU",
+            work.pipelines_compiled, work.compile_ms, work.dispatches, work.submits, work.drains
+        );
     }
     Ok(())
 }
