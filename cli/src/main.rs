@@ -352,13 +352,6 @@ fn quiet_headless_vulkan_probe() {
 fn main() -> ExitCode {
     quiet_headless_vulkan_probe();
     let cli = Cli::parse();
-    // RADV reads its environment when Vulkan loads: set it while this is still the only thread.
-    if let Command::ShaderStats(args) = &cli.command
-        && let Err(error) = shader_stats::prepare_environment(args)
-    {
-        eprintln!("error: {error}");
-        return ExitCode::FAILURE;
-    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

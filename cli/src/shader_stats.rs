@@ -55,19 +55,48 @@ impl Kernel {
     }
 }
 
-/// Sets the process environment RADV's null device needs. Call before any other thread starts and
-/// before anything loads Vulkan.
-pub fn prepare_environment(args: &ShaderStatsArgs) -> Result<(), RadvError> {
-    let icd = radv::find_icd()?;
-    for (name, value) in radv::environment(&icd, &args.target) {
-        // SAFETY: main calls this before any other thread exists.
-        unsafe { std::env::set_var(name, value) };
+/// Set in the child process that compiles: the parent gave it RADV's environment.
+const CHILD: &str = "SCALEWISE_SHADER_STATS_CHILD";
+
+/// Runs the command in a child process with RADV's environment (the ICD alone, the forced family).
+///
+/// A child, because Mesa reads that environment when Vulkan loads (setting it in a running process
+/// is unsound once threads exist), and because RADV aborts the process on a family name it does not
+/// know, or on an internal compiler error: the parent turns that into an error message.
+pub fn run(args: &ShaderStatsArgs) -> anyhow::Result<()> {
+    if std::env::var_os(CHILD).is_some() {
+        return measure(args);
     }
-    Ok(())
+    crate::results_target(&args.json)?;
+    let icd = radv::find_icd()?;
+    let exe = std::env::current_exe().context("locating the scalewise executable")?;
+    let out = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .envs(radv::environment(&icd, &args.target))
+        .env(CHILD, "1")
+        .stdout(std::process::Stdio::inherit())
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .context("starting the shader-stats child process")?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    match out.status.code() {
+        Some(0) => {
+            eprint!("{stderr}");
+            Ok(())
+        }
+        // The child has printed its error already.
+        Some(code) => {
+            eprint!("{stderr}");
+            std::process::exit(code)
+        }
+        None if stderr.contains("Unknown family") => {
+            Err(RadvError::UnknownTarget { target: args.target.clone() }.into())
+        }
+        None => Err(RadvError::Aborted { status: out.status.to_string(), stderr: stderr.trim().to_string() }.into()),
+    }
 }
 
-pub fn run(args: &ShaderStatsArgs) -> anyhow::Result<()> {
-    crate::results_target(&args.json)?;
+fn measure(args: &ShaderStatsArgs) -> anyhow::Result<()> {
     let radv = radv::Radv::open(&args.target)?;
     let mut kernels = Vec::new();
     for &family in Family::ALL {

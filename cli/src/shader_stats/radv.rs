@@ -31,6 +31,13 @@ pub enum RadvError {
          such as gfx1030 or gfx1100?)"
     )]
     NoDevice { target: String },
+    #[error(
+        "RADV does not know the GPU family {target}: --target takes a name RADV_FORCE_FAMILY accepts \
+         (Mesa 22.3: gfx1100..gfx1103 for RDNA3, navi21..navi24 for RDNA2, navi10, vega10, aldebaran, ...)"
+    )]
+    UnknownTarget { target: String },
+    #[error("RADV aborted ({status}):\n{stderr}")]
+    Aborted { status: String, stderr: String },
     #[error("RADV does not offer VK_KHR_pipeline_executable_properties; its statistics cannot be read")]
     NoStatistics,
     #[error("{call} failed")]
@@ -50,9 +57,13 @@ const ICD_DIRS: &[&str] = &["/usr/share/vulkan/icd.d", "/usr/local/share/vulkan/
 
 /// RADV's ICD manifest: the one for this architecture where several are installed.
 pub fn find_icd() -> Result<PathBuf, RadvError> {
+    find_icd_in(ICD_DIRS)
+}
+
+fn find_icd_in(dirs: &[&str]) -> Result<PathBuf, RadvError> {
     let preferred = format!("radeon_icd.{}.json", std::env::consts::ARCH);
     let mut found = Vec::new();
-    for dir in ICD_DIRS {
+    for dir in dirs {
         let Ok(entries) = std::fs::read_dir(dir) else { continue };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -62,11 +73,7 @@ pub fn find_icd() -> Result<PathBuf, RadvError> {
         }
     }
     found.sort();
-    found
-        .into_iter()
-        .next()
-        .map(|(_, path)| path)
-        .ok_or_else(|| RadvError::NotInstalled { searched: ICD_DIRS.join(", ") })
+    found.into_iter().next().map(|(_, path)| path).ok_or_else(|| RadvError::NotInstalled { searched: dirs.join(", ") })
 }
 
 /// The environment that makes the Vulkan loader see RADV alone, as a null device of `target`. Mesa
@@ -144,7 +151,7 @@ fn c_str(bytes: &[std::ffi::c_char]) -> String {
 }
 
 impl Radv {
-    /// Opens RADV's null device. The caller has set [`environment`] for the process already.
+    /// Opens RADV's null device. The process runs with [`environment`] already.
     pub fn open(target: &str) -> Result<Self, RadvError> {
         // SAFETY: loading the system's Vulkan loader; its initialisation runs no code of ours.
         let entry = unsafe { ash::Entry::load() }.map_err(RadvError::NoLoader)?;
@@ -353,5 +360,20 @@ impl Drop for Radv {
             self.device.destroy_device(None);
             self.instance.destroy_instance(None);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_radv_says_how_to_install_it() {
+        let empty = std::env::temp_dir().join(format!("scalewise-no-icd-{}", std::process::id()));
+        std::fs::create_dir_all(&empty).unwrap();
+        let err = find_icd_in(&[empty.to_str().unwrap()]).unwrap_err();
+        let _ = std::fs::remove_dir(&empty);
+        assert!(matches!(err, RadvError::NotInstalled { .. }));
+        assert!(err.to_string().contains("apt-get install mesa-vulkan-drivers"), "{err}");
     }
 }
