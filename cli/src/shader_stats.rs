@@ -112,16 +112,15 @@ fn measure(args: &ShaderStatsArgs) -> anyhow::Result<()> {
                 .validate(&module)
                 .map_err(|e| anyhow::anyhow!("{label}: {}", e.emit_to_string(&source)))?;
             for entry in module.entry_points.iter().filter(|e| e.stage == naga::ShaderStage::Compute) {
-                let kernel = compile(&radv, &module, &info, &entry.name)
+                let (workgroup_size, stats, counts) = compile(&radv, &module, &info, &entry.name)
                     .with_context(|| format!("{label} {}: compiling for {}", entry.name, args.target))?;
-                let (workgroup_size, spirv_stats, counts) = kernel;
                 kernels.push(Kernel {
                     family,
                     dtype: variant.dtype,
                     subgroups: variant.subgroups,
                     entry: entry.name.clone(),
                     workgroup_size,
-                    stats: spirv_stats,
+                    stats,
                     counts,
                 });
             }
