@@ -1,6 +1,7 @@
 //! The scalewise command line: device information, VAR generation and benchmarks.
 
 mod generate;
+mod shader_stats;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -90,6 +91,9 @@ enum Command {
     /// Benchmark kernels on this device.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Compile every kernel variant for an AMD GPU on RADV's null device (no GPU needed): VGPRs,
+    /// spills, LDS, waves per SIMD per entry point, plus barriers and workgroup-memory words per FMA.
+    ShaderStats(shader_stats::ShaderStatsArgs),
 }
 
 #[derive(Args)]
@@ -359,7 +363,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let Cli { device, command } = cli;
-    // Convert and classes need no GPU; the others open the device first.
+    // Convert, classes and shader-stats need no GPU; the others open the device first.
     match command {
         Command::Convert(args) => convert(&args),
         Command::Classes(args) => list_classes(&args),
@@ -376,6 +380,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Soak(args)) => bench_soak(&device.open()?, &args),
         Command::Bench(BenchCommand::Precision(args)) => bench_precision(&device.open()?, &args),
         Command::Bench(BenchCommand::Load(args)) => bench_load(&device.open()?, &args),
+        Command::ShaderStats(args) => shader_stats::run(&args),
     }
 }
 
@@ -742,7 +747,7 @@ pub(crate) fn results_target(path: &Path) -> anyhow::Result<()> {
 }
 
 /// Writes a results file atomically, creating its folder first.
-fn write_atomically(path: &Path, contents: &str) -> anyhow::Result<()> {
+pub(crate) fn write_atomically(path: &Path, contents: &str) -> anyhow::Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }

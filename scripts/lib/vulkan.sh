@@ -16,10 +16,19 @@ have_vulkan() {
     [[ "$cache" == *libvulkan.so.1* ]]
 }
 
+# RADV, Mesa's AMD driver (same package as lavapipe): `scalewise shader-stats` and its test compile
+# the kernels for an AMD GPU on RADV's null device, without the GPU.
+have_radv() {
+    compgen -G '/usr/share/vulkan/icd.d/radeon_icd*.json' >/dev/null ||
+        compgen -G '/usr/local/share/vulkan/icd.d/radeon_icd*.json' >/dev/null ||
+        compgen -G '/etc/vulkan/icd.d/radeon_icd*.json' >/dev/null
+}
+
 # Only Linux needs this: macOS runs Metal and Windows DX12/Vulkan through their own drivers.
-# CI machines have no GPU: there the tests run on Mesa's software Vulkan driver (lavapipe).
-if [[ "$(uname -s)" == Linux ]] && ! have_vulkan; then
-    echo "vulkan setup: no Vulkan driver/loader found; installing Mesa software Vulkan (lavapipe)" >&2
+# CI machines have no GPU: there the tests run on Mesa's software Vulkan driver (lavapipe), and CI
+# also needs RADV (the shader-stats test fails there without it).
+if [[ "$(uname -s)" == Linux ]] && { ! have_vulkan || { [[ "${CI:-}" == true ]] && ! have_radv; }; }; then
+    echo "vulkan setup: no Vulkan driver/loader (or, in CI, no RADV) found; installing Mesa's Vulkan drivers" >&2
     if [[ "$(id -u)" -eq 0 ]]; then
         sudo=()
     elif command -v sudo >/dev/null 2>&1; then
@@ -37,8 +46,8 @@ if [[ "$(uname -s)" == Linux ]] && ! have_vulkan; then
     "${sudo[@]}" apt-get update
     # `env` so that DEBIAN_FRONTEND survives sudo's environment reset: no prompts without stdin.
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y mesa-vulkan-drivers libvulkan1
-    if ! have_vulkan; then
-        echo "vulkan setup: error: Vulkan still not found after installing mesa-vulkan-drivers" >&2
+    if ! have_vulkan || ! have_radv; then
+        echo "vulkan setup: error: Vulkan (or RADV) still not found after installing mesa-vulkan-drivers" >&2
         exit 1
     fi
 fi

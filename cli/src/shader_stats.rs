@@ -1,0 +1,284 @@
+//! `scalewise shader-stats`: every kernel family, variant and entry point compiled by a real GPU
+//! compiler without the GPU (AMD's ACO through RADV's null device), with its register, spill, LDS
+//! and occupancy statistics, beside static counts from naga's IR.
+//!
+//! Each WGSL module is composed as the wgpu backend composes it, its overrides take their default
+//! values (what a launch without constants gets), and naga writes the SPIR-V with the options wgpu
+//! uses on Vulkan (index clamping, no buffer bounds checks under robust buffer access 2, bounded
+//! loops, no workgroup zero-initialisation, which the library switches off).
+
+mod counts;
+mod radv;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use naga::valid::{Capabilities, ValidationFlags, Validator};
+use scalewise::DType;
+use scalewise::device::wgsl::{compose, variants};
+use scalewise::kernels::Family;
+use serde_json::json;
+
+pub use radv::RadvError;
+
+#[derive(Args)]
+pub struct ShaderStatsArgs {
+    /// The AMD GPU family RADV compiles for (RADV_FORCE_FAMILY): gfx1100 (RDNA3), gfx1030 (RDNA2),
+    /// gfx90a (CDNA2), ...
+    #[arg(long, default_value = "gfx1100")]
+    target: String,
+    #[arg(long, default_value = "bench-results/shader-stats.json")]
+    json: PathBuf,
+}
+
+/// One compiled entry point.
+struct Kernel {
+    family: Family,
+    dtype: DType,
+    subgroups: bool,
+    entry: String,
+    workgroup_size: [u32; 3],
+    stats: radv::PipelineStats,
+    counts: counts::StaticCounts,
+}
+
+impl Kernel {
+    fn label(&self) -> String {
+        let variant = if self.subgroups { format!("{},sg", self.dtype) } else { self.dtype.to_string() };
+        format!("{}[{variant}] {}", self.family, self.entry)
+    }
+
+    /// A statistic by RADV's name for it.
+    fn stat(&self, name: &str) -> Option<f64> {
+        self.stats.statistics.iter().find(|s| s.name == name).map(|s| s.value.as_f64())
+    }
+}
+
+/// Set in the child process that compiles: the parent gave it RADV's environment.
+const CHILD: &str = "SCALEWISE_SHADER_STATS_CHILD";
+
+/// Runs the command in a child process with RADV's environment (the ICD alone, the forced family).
+///
+/// A child, because Mesa reads that environment when Vulkan loads (setting it in a running process
+/// is unsound once threads exist), and because RADV aborts the process on a family name it does not
+/// know, or on an internal compiler error: the parent turns that into an error message.
+pub fn run(args: &ShaderStatsArgs) -> anyhow::Result<()> {
+    if std::env::var_os(CHILD).is_some() {
+        return measure(args);
+    }
+    crate::results_target(&args.json)?;
+    let icd = radv::find_icd()?;
+    let exe = std::env::current_exe().context("locating the scalewise executable")?;
+    let out = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .envs(radv::environment(&icd, &args.target))
+        .env(CHILD, "1")
+        .stdout(std::process::Stdio::inherit())
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .context("starting the shader-stats child process")?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    match out.status.code() {
+        Some(0) => {
+            eprint!("{stderr}");
+            Ok(())
+        }
+        // The child has printed its error already.
+        Some(code) => {
+            eprint!("{stderr}");
+            std::process::exit(code)
+        }
+        None if stderr.contains("Unknown family") => {
+            Err(RadvError::UnknownTarget { target: args.target.clone() }.into())
+        }
+        None => Err(RadvError::Aborted { status: out.status.to_string(), stderr: stderr.trim().to_string() }.into()),
+    }
+}
+
+fn measure(args: &ShaderStatsArgs) -> anyhow::Result<()> {
+    let radv = radv::Radv::open(&args.target)?;
+    let mut kernels = Vec::new();
+    for &family in Family::ALL {
+        for variant in variants(family) {
+            let source = compose(family, variant);
+            let label = format!("{family}{}", variant.suffix());
+            let module = naga::front::wgsl::parse_str(&source)
+                .map_err(|e| anyhow::anyhow!("{label}: {}", e.emit_to_string(&source)))?;
+            let mut capabilities = Capabilities::empty();
+            capabilities.set(Capabilities::SHADER_FLOAT16, variant.dtype == DType::F16);
+            capabilities.set(Capabilities::SUBGROUP, variant.subgroups);
+            let info = Validator::new(ValidationFlags::all(), capabilities)
+                .validate(&module)
+                .map_err(|e| anyhow::anyhow!("{label}: {}", e.emit_to_string(&source)))?;
+            for entry in module.entry_points.iter().filter(|e| e.stage == naga::ShaderStage::Compute) {
+                let (workgroup_size, stats, counts) = compile(&radv, &module, &info, &entry.name)
+                    .with_context(|| format!("{label} {}: compiling for {}", entry.name, args.target))?;
+                kernels.push(Kernel {
+                    family,
+                    dtype: variant.dtype,
+                    subgroups: variant.subgroups,
+                    entry: entry.name.clone(),
+                    workgroup_size,
+                    stats,
+                    counts,
+                });
+            }
+        }
+    }
+    print_table(&radv, &args.target, &kernels);
+    let json = report_json(&radv, &args.target, &kernels);
+    crate::write_atomically(&args.json, &serde_json::to_string_pretty(&json)?)?;
+    println!("wrote {}", args.json.display());
+    Ok(())
+}
+
+/// Applies the default overrides for `entry`, writes its SPIR-V and compiles it on RADV.
+fn compile(
+    radv: &radv::Radv,
+    module: &naga::Module,
+    info: &naga::valid::ModuleInfo,
+    entry: &str,
+) -> anyhow::Result<([u32; 3], radv::PipelineStats, counts::StaticCounts)> {
+    let stage = naga::ShaderStage::Compute;
+    let (module, info) = naga::back::pipeline_constants::process_overrides(
+        module,
+        info,
+        Some((stage, entry)),
+        &naga::back::PipelineConstants::default(),
+    )?;
+    let index = module.entry_points.iter().position(|e| e.name == entry).context("entry point vanished")?;
+    let counts = counts::count(&module, &info, index);
+    let options = naga::back::spv::Options {
+        lang_version: radv.spirv_version,
+        bounds_check_policies: naga::proc::BoundsCheckPolicies {
+            index: naga::proc::BoundsCheckPolicy::Restrict,
+            buffer: naga::proc::BoundsCheckPolicy::Unchecked,
+            image_load: naga::proc::BoundsCheckPolicy::Unchecked,
+            binding_array: naga::proc::BoundsCheckPolicy::Unchecked,
+        },
+        zero_initialize_workgroup_memory: naga::back::spv::ZeroInitializeWorkgroupMemoryMode::None,
+        force_loop_bounding: true,
+        // Bindings keep their WGSL group and binding numbers as set and binding.
+        fake_missing_bindings: true,
+        ..Default::default()
+    };
+    let pipeline = naga::back::spv::PipelineOptions { shader_stage: stage, entry_point: entry.to_string() };
+    let spirv = naga::back::spv::write_vec(&module, &info, &options, Some(&pipeline))?;
+    let entry_info = info.get_entry_point(index);
+    let bindings: Vec<radv::Binding> = module
+        .global_variables
+        .iter()
+        .filter(|&(handle, _)| !entry_info[handle].is_empty())
+        .filter_map(|(_, var)| {
+            let binding = var.binding.as_ref()?;
+            Some(radv::Binding {
+                set: binding.group,
+                binding: binding.binding,
+                uniform: var.space == naga::AddressSpace::Uniform,
+            })
+        })
+        .collect();
+    let stats = radv.compile(&spirv, entry, &bindings)?;
+    Ok((module.entry_points[index].workgroup_size, stats, counts))
+}
+
+fn number(value: Option<f64>) -> String {
+    match value {
+        Some(v) if v.fract() == 0.0 => format!("{v}"),
+        Some(v) => format!("{v:.1}"),
+        None => "-".to_string(),
+    }
+}
+
+fn words_per_fma(kernel: &Kernel) -> String {
+    if kernel.counts.inner_loops.is_empty() {
+        return "-".to_string();
+    }
+    kernel.counts.inner_loops.iter().map(|l| format!("{:.2}", l.words_per_fma())).collect::<Vec<_>>().join(" ")
+}
+
+fn print_table(radv: &radv::Radv, target: &str, kernels: &[Kernel]) {
+    println!("{} ({target}), {}; statistics from VK_KHR_pipeline_executable_properties", radv.device_name, radv.driver);
+    println!(
+        "{:<44} {:>4} {:>5} {:>5} {:>6} {:>6} {:>6} {:>5} {:>6} {:>8} {:>5} {:>6}  words/FMA",
+        "kernel", "wave", "VGPR", "SGPR", "spillV", "spillS", "LDS", "waves", "instrs", "inv.thru", "barr", "wgmem"
+    );
+    for k in kernels {
+        println!(
+            "{:<44} {:>4} {:>5} {:>5} {:>6} {:>6} {:>6} {:>5} {:>6} {:>8} {:>5} {:>6}  {}",
+            k.label(),
+            k.stats.subgroup_size,
+            number(k.stat("VGPRs")),
+            number(k.stat("SGPRs")),
+            number(k.stat("Spilled VGPRs")),
+            number(k.stat("Spilled SGPRs")),
+            number(k.stat("LDS size")),
+            number(k.stat("Subgroups per SIMD")),
+            number(k.stat("Instructions")),
+            number(k.stat("Inverse Throughput")),
+            k.counts.barriers,
+            k.counts.workgroup_bytes,
+            words_per_fma(k),
+        );
+    }
+    println!(
+        "wave: subgroup size; LDS and wgmem: bytes (RADV's allocation, the WGSL variables used); waves: \
+         subgroups per SIMD (occupancy); inv.thru: ACO's estimated inverse throughput; barr: barrier \
+         sites; words/FMA: workgroup-memory words read per FMA in each GEMM-like inner loop"
+    );
+}
+
+fn statistic_json(value: radv::Value) -> serde_json::Value {
+    match value {
+        radv::Value::Bool(b) => json!(b),
+        radv::Value::Int(v) => json!(v),
+        radv::Value::UInt(v) => json!(v),
+        radv::Value::Float(v) => json!(v),
+    }
+}
+
+fn report_json(radv: &radv::Radv, target: &str, kernels: &[Kernel]) -> serde_json::Value {
+    let rows: Vec<serde_json::Value> = kernels
+        .iter()
+        .map(|k| {
+            let statistics: serde_json::Map<String, serde_json::Value> =
+                k.stats.statistics.iter().map(|s| (s.name.clone(), statistic_json(s.value))).collect();
+            let loops: Vec<serde_json::Value> = k
+                .counts
+                .inner_loops
+                .iter()
+                .map(|l| {
+                    json!({"function": l.function, "words": l.words, "fmas": l.fmas,
+                           "words_per_fma": l.words_per_fma()})
+                })
+                .collect();
+            json!({
+                "family": k.family.name(),
+                "dtype": k.dtype.to_string(),
+                "subgroups": k.subgroups,
+                "entry": k.entry,
+                "workgroup_size": k.workgroup_size,
+                "subgroup_size": k.stats.subgroup_size,
+                "vgprs": k.stat("VGPRs"),
+                "sgprs": k.stat("SGPRs"),
+                "spilled_vgprs": k.stat("Spilled VGPRs"),
+                "spilled_sgprs": k.stat("Spilled SGPRs"),
+                "lds_bytes": k.stat("LDS size"),
+                "waves_per_simd": k.stat("Subgroups per SIMD"),
+                "instructions": k.stat("Instructions"),
+                "barriers": k.counts.barriers,
+                "workgroup_bytes": k.counts.workgroup_bytes,
+                "inner_loops": loops,
+                "statistics": statistics,
+            })
+        })
+        .collect();
+    json!({
+        "target": target,
+        "device": radv.device_name,
+        "driver": radv.driver,
+        "source": "VK_KHR_pipeline_executable_properties",
+        "kernels": rows,
+    })
+}

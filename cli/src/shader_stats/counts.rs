@@ -1,0 +1,220 @@
+//! Static counts read from naga's IR of one entry point (after its overrides are applied): barriers,
+//! workgroup memory, and the workgroup-memory traffic of the innermost loops that do the FMAs.
+//!
+//! These are the proxies that transfer from a CPU machine to a GPU (GPU.md, "Measuring without a
+//! GPU"): a barrier stalls the whole workgroup, and words read from workgroup memory per FMA bound a
+//! register-blocked GEMM's inner loop (LDS bandwidth, not the FMA units, is then the ceiling).
+
+use std::collections::{HashMap, HashSet};
+
+use naga::valid::{FunctionInfo, ModuleInfo};
+use naga::{AddressSpace, BinaryOperator, Block, Expression, Function, Handle, MathFunction, Module, Statement};
+
+/// The counts of one entry point.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StaticCounts {
+    /// Workgroup (and storage) control barriers on the entry point's code, each call site of a
+    /// function counted with the barriers of that function: barrier sites, not barriers executed.
+    pub barriers: u32,
+    /// Bytes of the workgroup variables the entry point uses.
+    pub workgroup_bytes: u32,
+    /// The innermost loops that both read workgroup memory and do FMAs (GEMM-like inner loops).
+    pub inner_loops: Vec<InnerLoop>,
+}
+
+/// One iteration of an innermost loop: workgroup-memory words (4 bytes) loaded and FMAs (a float
+/// `a * b + c` or `fma`, per component) done.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InnerLoop {
+    pub function: String,
+    pub words: f64,
+    pub fmas: u32,
+}
+
+impl InnerLoop {
+    pub fn words_per_fma(&self) -> f64 {
+        self.words / f64::from(self.fmas)
+    }
+}
+
+/// The counts of entry point `index` of a module whose overrides are already processed.
+pub fn count(module: &Module, info: &ModuleInfo, index: usize) -> StaticCounts {
+    let entry = &module.entry_points[index];
+    let entry_info = info.get_entry_point(index);
+
+    let workgroup_bytes = module
+        .global_variables
+        .iter()
+        .filter(|&(handle, var)| var.space == AddressSpace::WorkGroup && !entry_info[handle].is_empty())
+        .map(|(_, var)| module.types[var.ty].inner.size(module.to_ctx()))
+        .sum();
+
+    let mut barriers = Barriers { module, memo: HashMap::new() };
+    let barriers = barriers.block(&entry.function.body);
+
+    // Every function the entry point reaches, once; the entry point's own body first.
+    let mut reached = Vec::new();
+    calls(module, &entry.function.body, &mut HashSet::new(), &mut reached);
+    let mut inner_loops = Vec::new();
+    let name = entry.name.clone();
+    innermost_loops(module, &entry.function, entry_info, &name, &entry.function.body, &mut inner_loops);
+    for handle in reached {
+        let function = &module.functions[handle];
+        let name = function.name.clone().unwrap_or_default();
+        innermost_loops(module, function, &info[handle], &name, &function.body, &mut inner_loops);
+    }
+    StaticCounts { barriers, workgroup_bytes, inner_loops }
+}
+
+struct Barriers<'a> {
+    module: &'a Module,
+    memo: HashMap<Handle<Function>, u32>,
+}
+
+impl Barriers<'_> {
+    fn block(&mut self, block: &Block) -> u32 {
+        block.iter().map(|statement| self.statement(statement)).sum()
+    }
+
+    fn statement(&mut self, statement: &Statement) -> u32 {
+        match statement {
+            // A subgroup-only barrier does not stall the workgroup.
+            Statement::ControlBarrier(flags) => u32::from(*flags != naga::Barrier::SUB_GROUP),
+            Statement::Call { function, .. } => {
+                if let Some(&n) = self.memo.get(function) {
+                    return n;
+                }
+                let n = self.block(&self.module.functions[*function].body);
+                self.memo.insert(*function, n);
+                n
+            }
+            Statement::Block(b) => self.block(b),
+            Statement::If { accept, reject, .. } => self.block(accept) + self.block(reject),
+            Statement::Switch { cases, .. } => cases.iter().map(|c| self.block(&c.body)).sum(),
+            Statement::Loop { body, continuing, .. } => self.block(body) + self.block(continuing),
+            _ => 0,
+        }
+    }
+}
+
+/// The blocks nested directly in `statement` (not through calls).
+fn children(statement: &Statement) -> Vec<&Block> {
+    match statement {
+        Statement::Block(b) => vec![b],
+        Statement::If { accept, reject, .. } => vec![accept, reject],
+        Statement::Switch { cases, .. } => cases.iter().map(|c| &c.body).collect(),
+        Statement::Loop { body, continuing, .. } => vec![body, continuing],
+        _ => Vec::new(),
+    }
+}
+
+/// Appends the functions called from `block`, transitively, each once.
+fn calls(module: &Module, block: &Block, seen: &mut HashSet<Handle<Function>>, out: &mut Vec<Handle<Function>>) {
+    for statement in block.iter() {
+        if let Statement::Call { function, .. } = statement
+            && seen.insert(*function)
+        {
+            out.push(*function);
+            calls(module, &module.functions[*function].body, seen, out);
+        }
+        for child in children(statement) {
+            calls(module, child, seen, out);
+        }
+    }
+}
+
+fn contains_loop(block: &Block) -> bool {
+    block.iter().any(|s| matches!(s, Statement::Loop { .. }) || children(s).into_iter().any(contains_loop))
+}
+
+fn innermost_loops(
+    module: &Module,
+    function: &Function,
+    info: &FunctionInfo,
+    name: &str,
+    block: &Block,
+    out: &mut Vec<InnerLoop>,
+) {
+    for statement in block.iter() {
+        if let Statement::Loop { body, continuing, .. } = statement
+            && !contains_loop(body)
+            && !contains_loop(continuing)
+        {
+            let mut tally = Tally { module, function, info, words: 0.0, fmas: 0 };
+            tally.block(body);
+            tally.block(continuing);
+            if tally.words > 0.0 && tally.fmas > 0 {
+                out.push(InnerLoop { function: name.to_string(), words: tally.words, fmas: tally.fmas });
+            }
+            continue;
+        }
+        for child in children(statement) {
+            innermost_loops(module, function, info, name, child, out);
+        }
+    }
+}
+
+/// Workgroup words loaded and FMAs done by the expressions a block evaluates (its `Emit` ranges).
+struct Tally<'a> {
+    module: &'a Module,
+    function: &'a Function,
+    info: &'a FunctionInfo,
+    words: f64,
+    fmas: u32,
+}
+
+impl Tally<'_> {
+    fn block(&mut self, block: &Block) {
+        for statement in block.iter() {
+            if let Statement::Emit(range) = statement {
+                for handle in range.clone() {
+                    self.expression(handle);
+                }
+            }
+            for child in children(statement) {
+                self.block(child);
+            }
+        }
+    }
+
+    fn expression(&mut self, handle: Handle<Expression>) {
+        let expressions = &self.function.expressions;
+        match expressions[handle] {
+            Expression::Load { pointer } if self.is_workgroup(pointer) => {
+                let bytes = self.info[handle].ty.inner_with(&self.module.types).size(self.module.to_ctx());
+                self.words += f64::from(bytes) / 4.0;
+            }
+            Expression::Binary { op: BinaryOperator::Add | BinaryOperator::Subtract, left, right }
+                if [left, right]
+                    .iter()
+                    .any(|&e| matches!(expressions[e], Expression::Binary { op: BinaryOperator::Multiply, .. })) =>
+            {
+                self.fmas += self.float_components(handle);
+            }
+            Expression::Math { fun: MathFunction::Fma, .. } => self.fmas += self.float_components(handle),
+            Expression::Math { fun: MathFunction::Dot, arg, .. } => self.fmas += self.float_components(arg),
+            _ => {}
+        }
+    }
+
+    /// Whether `pointer` points into a workgroup variable.
+    fn is_workgroup(&self, mut pointer: Handle<Expression>) -> bool {
+        loop {
+            match self.function.expressions[pointer] {
+                Expression::Access { base, .. } | Expression::AccessIndex { base, .. } => pointer = base,
+                Expression::GlobalVariable(var) => {
+                    return self.module.global_variables[var].space == AddressSpace::WorkGroup;
+                }
+                _ => return false,
+            }
+        }
+    }
+
+    fn float_components(&self, handle: Handle<Expression>) -> u32 {
+        match *self.info[handle].ty.inner_with(&self.module.types) {
+            naga::TypeInner::Scalar(s) if s.kind == naga::ScalarKind::Float => 1,
+            naga::TypeInner::Vector { size, scalar } if scalar.kind == naga::ScalarKind::Float => size as u32,
+            _ => 0,
+        }
+    }
+}
