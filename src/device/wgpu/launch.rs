@@ -246,6 +246,12 @@ impl WgpuDevice {
             }
             _ => None,
         };
+        // Starting a new batch, let wgpu run its device-lost callback (a non-blocking poll, once per
+        // submission): recording alone creates nothing that would notice a lost device, so without it
+        // a destroyed device would only show at the next submission.
+        if self.pending.lock().map_err(poisoned)?.is_none() {
+            let _ = self.device.poll(wgpu::PollType::Poll);
+        }
         self.checked(&format!("running {label}"), || {
             // Uniform bindings are at least 16 bytes and a multiple of 16.
             let mut bytes = launch.params.to_vec();
