@@ -263,7 +263,7 @@ impl ScalewiseApp {
         if self.job.is_some() {
             return;
         }
-        let config = &pipeline.var.config;
+        let config = pipeline.config();
         let options = GenerateOptions {
             labels: vec![self.class.min(config.num_classes - 1); self.batch.max(1)],
             seed: self.seed,
@@ -347,7 +347,7 @@ impl ScalewiseApp {
             let source = self.load.take().map(|l| l.source).expect("a load job");
             match result {
                 Ok(pipeline) => {
-                    let config = &pipeline.var.config;
+                    let config = pipeline.config();
                     self.class = self.class.min(config.num_classes - 1);
                     self.top_k = self.top_k.min(config.vocab);
                     self.class_ids = scalewise::labels::search(
@@ -437,7 +437,7 @@ impl ScalewiseApp {
         ui.heading("Model");
         ui.label(self.model.as_ref().map_or("loading…".into(), ModelSource::describe));
         if let Some(pipeline) = &self.pipeline {
-            let c = &pipeline.var.config;
+            let c = pipeline.config();
             ui.label(
                 RichText::new(format!(
                     "VAR d{} · width {} · {} heads · {} classes\n{}px · {} scales · codebook {} · {}",
@@ -448,7 +448,7 @@ impl ScalewiseApp {
                     pipeline.image_size(),
                     c.patch_nums.len(),
                     c.vocab,
-                    pipeline.var.dtype
+                    pipeline.transformer.dtype()
                 ))
                 .small(),
             );
@@ -487,7 +487,7 @@ impl ScalewiseApp {
         ui.separator();
 
         let Some(pipeline) = self.pipeline.clone() else { return };
-        let config = &pipeline.var.config;
+        let config = pipeline.config();
         ui.heading("Class");
         ui.label(RichText::new(format!("{}: {}", self.class, config.class_name(self.class))).strong());
         let search = ui.horizontal(|ui| {

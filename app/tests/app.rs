@@ -36,7 +36,7 @@ fn generates_on_the_demo_model_and_fills_the_filmstrip() {
     settle(&mut harness, Duration::from_secs(60));
     assert!(harness.state().banner().is_none(), "{:?}", harness.state().banner());
     harness.state_mut().set_show_times(false);
-    let scales = harness.state().pipeline().expect("the demo model loads").var.config.patch_nums.clone();
+    let scales = harness.state().pipeline().expect("the demo model loads").config().patch_nums.clone();
     harness.get_by_label("Generate").click();
     harness.step();
     settle(&mut harness, Duration::from_secs(300));
@@ -140,7 +140,7 @@ fn browse_for_checkpoints_load_them_and_search_imagenet_classes() {
     harness.step();
     settle(&mut harness, Duration::from_secs(60));
     assert!(harness.state().banner().is_none(), "{:?}", harness.state().banner());
-    assert_eq!(harness.state().pipeline().unwrap().var.config.num_classes, 1000);
+    assert_eq!(harness.state().pipeline().unwrap().config().num_classes, 1000);
     harness.get_by_label("search").click();
     harness.run_steps(2);
     harness.get_by_label("search").type_text("golden ret");

@@ -637,7 +637,7 @@ pub fn generate(device: &Device, config: &GenerateBenchConfig) -> Result<Generat
     let decode_ms = clock.finish()?[0];
     let timing = if device.caps().timestamps { TimingSource::GpuTimestamps } else { TimingSource::WallClock };
     Ok(GenerateBenchResult {
-        var_parameters: pipeline.var.config.parameters,
+        var_parameters: pipeline.config().parameters,
         image_size: pipeline.image_size(),
         scales,
         decode_ms,
@@ -738,7 +738,7 @@ pub fn resident_bytes() -> Option<u64> {
 pub fn soak(device: &Device, config: &SoakConfig, mut progress: impl FnMut(&SoakSample)) -> Result<SoakResult> {
     use scalewise::generate::GenerateOptions;
     let pipeline = scalewise::demo::pipeline(device, config.dtype)?;
-    let classes = pipeline.var.config.num_classes;
+    let classes = pipeline.config().num_classes;
     let distinct = config.distinct.max(1);
     let mut first_hash: Vec<Option<u64>> = vec![None; distinct];
     let (mut samples, mut mismatches, mut compared) = (Vec::new(), Vec::new(), 0);
@@ -800,7 +800,7 @@ pub fn precision(device: &Device, seeds: &[u64]) -> Result<PrecisionResult> {
     }
     let f32_pipeline = scalewise::demo::pipeline(device, Some(DType::F32))?;
     let f16_pipeline = scalewise::demo::pipeline(device, Some(DType::F16))?;
-    let config = &f32_pipeline.var.config;
+    let config = f32_pipeline.config();
     let mut scales: Vec<(usize, usize, usize)> = config.patch_nums.iter().map(|&s| (s, 0, 0)).collect();
     let (mut runs, mut identical_tokens, mut identical_images) = (0, 0, 0);
     for class in 0..config.num_classes {

@@ -219,7 +219,7 @@ pub fn generate(device: &Device, args: &GenerateArgs, mut outputs: Outputs) -> a
         _ => scalewise::demo::pipeline(device, None).context("loading the demo model")?,
     };
     let load_s = started.elapsed().as_secs_f64();
-    let config = &pipeline.var.config;
+    let config = pipeline.config();
     let classes = args.classes.iter().map(|c| config.resolve_class(c)).collect::<scalewise::Result<Vec<_>>>()?;
     if let Some(k) = args.top_k {
         ensure!(k <= config.vocab, "--top-k {k} is above this model's vocabulary of {} tokens", config.vocab);
@@ -257,7 +257,7 @@ pub fn generate(device: &Device, args: &GenerateArgs, mut outputs: Outputs) -> a
             config.parameters as f64 / 1e6,
             config.num_classes,
             pipeline.image_size(),
-            pipeline.var.dtype,
+            pipeline.transformer.dtype(),
         );
     }
     let progress = Progress { enabled: !args.quiet, terminal: std::io::stderr().is_terminal() };
