@@ -1,12 +1,14 @@
-//! Next-scale generation (spec VAR.md section 2): the VAR transformer and the multi-scale VQVAE
-//! driven scale by scale. [`Generation`] is an iterator that yields after every scale with the token
-//! map, the GPU time of each stage and, on request, the image decoded from the current f_hat, so a
-//! UI can show the picture sharpen while it is generated.
+//! Next-scale generation (spec VAR.md section 2): a transformer (VAR, or M-VAR whose generation loop
+//! is VAR's line for line, spec MVAR.md) and the multi-scale VQVAE driven scale by scale.
+//! [`Generation`] is an iterator that yields after every scale with the token map, the GPU time of
+//! each stage and, on request, the image decoded from the current f_hat, so a UI can show the picture
+//! sharpen while it is generated.
 //!
 //! ```no_run
 //! # fn main() -> scalewise::Result<()> {
 //! use scalewise::generate::{GenerateOptions, Pipeline};
 //! let device = scalewise::Device::from_env()?;
+//! // A VAR or an M-VAR checkpoint: the pipeline tells them apart by their keys.
 //! let pipeline = Pipeline::load(&device, "var_d16.pth", "vae_ch160v4096z32.pth", None)?;
 //! let options = GenerateOptions { labels: vec![207], seed: 1, ..GenerateOptions::default() };
 //! let mut generation = pipeline.start(&options)?;
@@ -24,21 +26,147 @@ use std::path::Path;
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::image::Image;
+use crate::nn::mvar::{BlockPart, MvarConditions, MvarState, is_mvar};
 use crate::nn::var::{VarConditions, VarKvCache};
-use crate::nn::{VarModel, VqVae};
+use crate::nn::{MvarConfig, MvarModel, ScaleHistory, VarConfig, VarModel, VqVae};
 use crate::ops::matmul;
 use crate::ops::sample::{SampleOptions, gumbel_softmax, sample_tokens};
 use crate::tensor::{DType, Tensor};
-use crate::weights::{LoadOptions, WeightsFile};
+use crate::weights::{LoadOptions, Weights, WeightsFile};
 
 /// The largest batch a generation accepts whatever the adapter, a bound on host-side bookkeeping (labels,
 /// token lists, images) before any buffer is sized.
 pub const MAX_BATCH: usize = 4096;
 
-/// A VAR transformer and the VQVAE it was trained with.
+/// A transformer and the VQVAE it was trained with.
 pub struct Pipeline {
-    pub var: VarModel,
+    pub transformer: Transformer,
     pub vae: VqVae,
+}
+
+/// The transformer a pipeline drives. M-VAR shares everything outside its blocks with VAR (class
+/// conditions, scale inputs, head), so one generation loop serves both; what differs is what the
+/// blocks carry between scales: VAR's KV cache, M-VAR's Mamba-2 state.
+pub enum Transformer {
+    Var(VarModel),
+    Mvar(MvarModel),
+}
+
+impl From<VarModel> for Transformer {
+    fn from(model: VarModel) -> Self {
+        Self::Var(model)
+    }
+}
+
+impl From<MvarModel> for Transformer {
+    fn from(model: MvarModel) -> Self {
+        Self::Mvar(model)
+    }
+}
+
+impl Transformer {
+    /// Loads whichever transformer `sd` holds: M-VAR when some block has a Mamba-2 layer (M-VAR's
+    /// inference then refuses a mix of VAR and M-VAR blocks), else VAR.
+    pub fn from_state_dict(device: &Device, sd: &dyn Weights, dtype: DType) -> Result<Self> {
+        if is_mvar(sd) {
+            MvarModel::from_state_dict(device, sd, dtype).map(Self::Mvar)
+        } else {
+            VarModel::from_state_dict(device, sd, dtype).map(Self::Var)
+        }
+    }
+
+    /// The configuration of a VAR or M-VAR checkpoint (the parts they share) without a device.
+    pub fn infer_config(sd: &dyn Weights) -> Result<VarConfig> {
+        if is_mvar(sd) { MvarConfig::infer(sd).map(|c| c.base) } else { VarConfig::infer(sd) }
+    }
+
+    /// Depth, width, classes, vocabulary, schedule: what VAR and M-VAR have in common.
+    pub fn config(&self) -> &VarConfig {
+        match self {
+            Self::Var(model) => &model.config,
+            Self::Mvar(model) => &model.config.base,
+        }
+    }
+
+    /// Storage type of the weights and activations.
+    pub fn dtype(&self) -> DType {
+        match self {
+            Self::Var(model) => model.dtype,
+            Self::Mvar(model) => model.dtype,
+        }
+    }
+
+    pub fn device(&self) -> &Device {
+        match self {
+            Self::Var(model) => model.device(),
+            Self::Mvar(model) => model.device(),
+        }
+    }
+
+    /// "VAR" or "M-VAR".
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Var(_) => "VAR",
+            Self::Mvar(_) => "M-VAR",
+        }
+    }
+}
+
+/// "VAR d16", "M-VAR d24, cosine attention", "M-VAR d16, plain attention".
+impl std::fmt::Display for Transformer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} d{}", self.kind(), self.config().depth)?;
+        match self {
+            Self::Var(_) => Ok(()),
+            Self::Mvar(model) => {
+                write!(f, ", {} attention", if model.config.cosine_attention { "cosine" } else { "plain" })
+            }
+        }
+    }
+}
+
+/// A transformer's per-generation state: the conditions of the batch's classes and what the blocks
+/// carry from scale to scale (VAR's KV cache; M-VAR's Mamba-2 state, one per batch row, so the CFG
+/// halves stay separate).
+enum Session<'a> {
+    Var { model: &'a VarModel, conditions: VarConditions, cache: VarKvCache },
+    Mvar { model: &'a MvarModel, conditions: MvarConditions, state: MvarState },
+}
+
+impl<'a> Session<'a> {
+    /// The session for class `labels` (2B with CFG) and the input of scale 0.
+    fn start(transformer: &'a Transformer, labels: &[u32], history: ScaleHistory) -> Result<(Self, Tensor)> {
+        Ok(match transformer {
+            Transformer::Var(model) => {
+                let conditions = model.conditions(labels)?;
+                let cache = model.new_cache(labels.len())?;
+                let first = model.first_input(&conditions)?;
+                (Self::Var { model, conditions, cache }, first)
+            }
+            Transformer::Mvar(model) => {
+                let conditions = model.conditions(labels)?;
+                let state = model.new_state(labels.len(), history);
+                let first = model.first_input(&conditions)?;
+                (Self::Mvar { model, conditions, state }, first)
+            }
+        })
+    }
+
+    /// The f32 logits of the next scale's tokens `x`; `entering` is told where M-VAR's blocks move
+    /// into and out of their Mamba-2 layers (VAR has none).
+    fn forward(&mut self, x: &Tensor, entering: impl FnMut(BlockPart) -> Result<()>) -> Result<Tensor> {
+        match self {
+            Self::Var { model, conditions, cache } => model.forward(x, conditions, cache),
+            Self::Mvar { model, conditions, state } => model.forward_with(x, conditions, state, entering),
+        }
+    }
+
+    fn scale_input(&self, si: usize, token_map: &Tensor, cfg_halves: bool) -> Result<Tensor> {
+        match self {
+            Self::Var { model, .. } => model.scale_input(si, token_map, cfg_halves),
+            Self::Mvar { model, .. } => model.scale_input(si, token_map, cfg_halves),
+        }
+    }
 }
 
 /// How to generate. `Default`: the official demo's settings (cfg 4, top-k 900, top-p 0.95).
@@ -66,6 +194,10 @@ pub struct GenerateOptions {
     /// The profiler belongs to the device, so generations profiled at the same time on one device
     /// from several threads get approximate times (their results are unaffected).
     pub profile_stages: bool,
+    /// How M-VAR's Mamba-2 layers see the earlier scales: their state carried (the default: every
+    /// token steps through each layer once) or, as the official inference does, the whole prefix
+    /// recomputed at every scale. The two differ only by float reassociation. VAR ignores it.
+    pub scale_history: ScaleHistory,
 }
 
 impl Default for GenerateOptions {
@@ -80,6 +212,7 @@ impl Default for GenerateOptions {
             preview_every_scale: false,
             keep_logits: false,
             profile_stages: true,
+            scale_history: ScaleHistory::CarryState,
         }
     }
 }
@@ -87,7 +220,11 @@ impl Default for GenerateOptions {
 /// GPU time of one scale's stages in milliseconds (timestamps where the adapter has them).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct StageTimes {
+    /// The transformer, less its Mamba-2 layers (which only M-VAR has).
     pub transformer_ms: f64,
+    /// M-VAR's Mamba-2 layers with their input norms (and the prefix concatenation when the prefix
+    /// is recomputed); 0 for VAR.
+    pub mamba_ms: f64,
     pub sampling_ms: f64,
     /// Codebook lookup, Phi, f_hat accumulation and the next scale's input.
     pub accumulate_ms: f64,
@@ -98,6 +235,7 @@ pub struct StageTimes {
 impl std::ops::AddAssign for StageTimes {
     fn add_assign(&mut self, other: Self) {
         self.transformer_ms += other.transformer_ms;
+        self.mamba_ms += other.mamba_ms;
         self.sampling_ms += other.sampling_ms;
         self.accumulate_ms += other.accumulate_ms;
         self.decode_ms += other.decode_ms;
@@ -106,7 +244,7 @@ impl std::ops::AddAssign for StageTimes {
 
 impl StageTimes {
     pub fn total_ms(&self) -> f64 {
-        self.transformer_ms + self.sampling_ms + self.accumulate_ms + self.decode_ms
+        self.transformer_ms + self.mamba_ms + self.sampling_ms + self.accumulate_ms + self.decode_ms
     }
 }
 
@@ -127,24 +265,30 @@ pub struct ScaleStep {
 }
 
 impl Pipeline {
-    /// Pairs a transformer with its VQVAE, checking that they fit together.
-    pub fn new(var: VarModel, vae: VqVae) -> Result<Self> {
-        let (vc, ac) = (&var.config, &vae.config);
+    /// Pairs a transformer (a [`VarModel`] or an [`MvarModel`]) with its VQVAE, checking that they
+    /// fit together.
+    pub fn new(transformer: impl Into<Transformer>, vae: VqVae) -> Result<Self> {
+        let transformer = transformer.into();
+        let (vc, ac) = (transformer.config(), &vae.config);
         if vc.vocab != ac.vocab || vc.cvae != ac.cvae {
             return Err(Error::InvalidArgument {
                 op: "Pipeline",
                 msg: format!(
-                    "the VAR model predicts {} tokens of {} channels but the VQVAE codebook is {} x {}: they were not \
+                    "the {} model predicts {} tokens of {} channels but the VQVAE codebook is {} x {}: they were not \
                      trained together",
-                    vc.vocab, vc.cvae, ac.vocab, ac.cvae
+                    transformer.kind(),
+                    vc.vocab,
+                    vc.cvae,
+                    ac.vocab,
+                    ac.cvae
                 ),
             });
         }
-        Ok(Self { var, vae })
+        Ok(Self { transformer, vae })
     }
 
-    /// Loads both checkpoints (safetensors or .pth). `dtype` defaults to f16 where the device has
-    /// SHADER_F16, else f32.
+    /// Loads both checkpoints (safetensors or .pth); the transformer is VAR or M-VAR, told apart by
+    /// its keys. `dtype` defaults to f16 where the device has SHADER_F16, else f32.
     pub fn load(device: &Device, var: impl AsRef<Path>, vae: impl AsRef<Path>, dtype: Option<DType>) -> Result<Self> {
         Self::load_with(device, var, vae, dtype, &LoadOptions::default())
     }
@@ -161,23 +305,28 @@ impl Pipeline {
         // Streamed: each tensor is read, converted and uploaded, then dropped, so the host never holds
         // more than one tensor of a checkpoint (WeightsFile).
         let vae = VqVae::from_state_dict(device, &WeightsFile::open(vae, options)?, dtype)?;
-        let var = VarModel::from_state_dict(device, &WeightsFile::open(var, options)?, dtype)?;
-        Self::new(var, vae)
+        let transformer = Transformer::from_state_dict(device, &WeightsFile::open(var, options)?, dtype)?;
+        Self::new(transformer, vae)
     }
 
     pub fn device(&self) -> &Device {
-        self.var.device()
+        self.transformer.device()
+    }
+
+    /// The transformer's configuration (classes, vocabulary, schedule...).
+    pub fn config(&self) -> &VarConfig {
+        self.transformer.config()
     }
 
     /// Output image side in pixels.
     pub fn image_size(&self) -> usize {
-        self.var.config.latent_side() * self.vae.config.upscale()
+        self.config().latent_side() * self.vae.config.upscale()
     }
 
     /// Checks options against the model: one clear error per problem.
     pub fn validate(&self, options: &GenerateOptions) -> Result<()> {
         let bad = |msg: String| Err(Error::InvalidArgument { op: "generate", msg });
-        let config = &self.var.config;
+        let config = self.config();
         if options.labels.is_empty() {
             return bad("no class labels given (the batch is empty)".into());
         }
@@ -194,24 +343,31 @@ impl Pipeline {
         if !(0.0..=1.0).contains(&options.top_p) {
             return bad(format!("top-p must be in [0, 1], got {}", options.top_p));
         }
-        self.check_batch(options.labels.len(), options.cfg > 0.0)
+        self.check_batch(options.labels.len(), options.cfg > 0.0, options.scale_history)
     }
 
     /// The most images one generation may hold on this device: every buffer a generation of `batch`
     /// images allocates must fit the adapter's per-binding limit. Checked before anything is allocated,
     /// so an oversized batch is one clear error instead of a failure deep inside a kernel (or an
-    /// allocation the machine cannot survive).
+    /// allocation the machine cannot survive). For M-VAR, with the default scale history (carried
+    /// state); see [`Pipeline::max_batch_with`].
     pub fn max_batch(&self, cfg: bool) -> usize {
-        let per_image = self.largest_buffer_per_image(cfg);
+        self.max_batch_with(cfg, ScaleHistory::default())
+    }
+
+    /// [`Pipeline::max_batch`] for an M-VAR scale history: recomputing the prefix runs Mamba-2 over
+    /// every scale so far, so its buffers grow with the whole sequence (VAR ignores `history`).
+    pub fn max_batch_with(&self, cfg: bool, history: ScaleHistory) -> usize {
+        let per_image = self.largest_buffer_per_image(cfg, history);
         let limit = self.device().caps().max_arg_bytes.min(self.device().caps().max_buffer_bytes);
         let by_memory = usize::try_from(limit / per_image.max(1)).unwrap_or(usize::MAX);
         by_memory.min(MAX_BATCH)
     }
 
-    fn check_batch(&self, batch: usize, cfg: bool) -> Result<()> {
-        let max = self.max_batch(cfg);
+    fn check_batch(&self, batch: usize, cfg: bool, history: ScaleHistory) -> Result<()> {
+        let max = self.max_batch_with(cfg, history);
         if batch > max {
-            let per_image = self.largest_buffer_per_image(cfg);
+            let per_image = self.largest_buffer_per_image(cfg, history);
             return Err(Error::InvalidArgument {
                 op: "generate",
                 msg: format!(
@@ -225,27 +381,47 @@ impl Pipeline {
         Ok(())
     }
 
-    /// The largest buffer one image contributes to: logits, the FFN's hidden activations, a block's
-    /// KV cache, or a decoder activation at full resolution (saturating: a model too large for the
-    /// arithmetic cannot run a single image anyway).
-    fn largest_buffer_per_image(&self, cfg: bool) -> u64 {
-        let (v, a) = (&self.var.config, &self.vae.config);
+    /// The largest buffer one image contributes to: logits, the FFN's hidden activations, a decoder
+    /// activation at full resolution, and what the blocks carry: VAR's KV cache of a block; M-VAR's
+    /// Mamba-2 in_proj output (over the scale, or over every scale so far when the prefix is
+    /// recomputed, which also keeps that multi-scale sequence) and its f32 SSM state (saturating: a
+    /// model too large for the arithmetic cannot run a single image anyway).
+    fn largest_buffer_per_image(&self, cfg: bool, history: ScaleHistory) -> u64 {
+        let (v, a) = (self.config(), &self.vae.config);
         let halves: u64 = if cfg { 2 } else { 1 };
         let last = (v.latent_side() as u64).saturating_mul(v.latent_side() as u64);
         let tokens = v.seq_len() as u64;
-        let weight_bytes = self.var.dtype.size_in_bytes() as u64;
+        let weight_bytes = self.transformer.dtype().size_in_bytes() as u64;
         let image = self.image_size() as u64;
         let pixels = image.saturating_mul(image);
         let widest_level = a.level_channels.iter().copied().max().unwrap_or(0) as u64;
-        [
-            halves.saturating_mul(last).saturating_mul(v.vocab as u64).saturating_mul(4),
-            halves.saturating_mul(last).saturating_mul(v.mlp_hidden as u64).saturating_mul(4),
-            halves.saturating_mul(tokens).saturating_mul(v.width as u64).saturating_mul(weight_bytes),
+        let rows = |n: u64, width: usize, bytes: u64| {
+            halves.saturating_mul(n).saturating_mul(width as u64).saturating_mul(bytes)
+        };
+        let mut sizes = vec![
+            rows(last, v.vocab, 4),
+            rows(last, v.mlp_hidden, 4),
             pixels.saturating_mul(widest_level).saturating_mul(4),
-        ]
-        .into_iter()
-        .max()
-        .unwrap_or(0)
+        ];
+        match &self.transformer {
+            Transformer::Var(_) => sizes.push(rows(tokens, v.width, weight_bytes)),
+            Transformer::Mvar(model) => {
+                let m = &model.config.mamba;
+                let mamba_tokens = match history {
+                    ScaleHistory::CarryState => last,
+                    ScaleHistory::RecomputePrefix => {
+                        sizes.push(rows(tokens, v.width, weight_bytes));
+                        tokens
+                    }
+                };
+                sizes.push(rows(mamba_tokens, m.in_proj_rows(), weight_bytes));
+                // The state (2B, heads x 64, 64) and the scan's per-chunk totals, twice its size with
+                // the one chunk a large batch gets (a small batch splits the sequence into more
+                // chunks, but then all of them together stay far below any binding limit).
+                sizes.push(rows(1, m.d_inner, 2 * m.d_state as u64 * 4));
+            }
+        }
+        sizes.into_iter().max().unwrap_or(0)
     }
 
     /// Starts a generation; iterate it to run the scales.
@@ -253,21 +429,19 @@ impl Pipeline {
         self.validate(options)?;
         let batch = options.labels.len();
         let cfg_halves = options.cfg > 0.0;
+        let config = self.config();
         let mut labels: Vec<u32> = options.labels.iter().map(|&l| l as u32).collect();
         if cfg_halves {
-            labels.extend(std::iter::repeat_n(self.var.config.num_classes as u32, batch));
+            labels.extend(std::iter::repeat_n(config.num_classes as u32, batch));
         }
-        let conditions = self.var.conditions(&labels)?;
-        let cache = self.var.new_cache(labels.len())?;
-        let side = self.var.config.latent_side();
-        let f_hat = Tensor::zeros(self.device(), &[batch, self.var.config.cvae, side, side], self.vae.dtype)?;
-        let next_input = self.var.first_input(&conditions)?;
+        let (session, next_input) = Session::start(&self.transformer, &labels, options.scale_history)?;
+        let side = config.latent_side();
+        let f_hat = Tensor::zeros(self.device(), &[batch, config.cvae, side, side], self.vae.dtype)?;
         Ok(Generation {
             pipeline: self,
             options: options.clone(),
             cfg_halves,
-            conditions,
-            cache,
+            session,
             next_input: Some(next_input),
             f_hat,
             scale: 0,
@@ -288,8 +462,7 @@ pub struct Generation<'a> {
     pipeline: &'a Pipeline,
     options: GenerateOptions,
     cfg_halves: bool,
-    conditions: VarConditions,
-    cache: VarKvCache,
+    session: Session<'a>,
     next_input: Option<Tensor>,
     f_hat: Tensor,
     scale: usize,
@@ -303,9 +476,14 @@ pub struct Generation<'a> {
 pub struct StageClock<'a> {
     device: &'a Device,
     mode: ClockMode,
-    /// Per stage: the dispatch count at its end (timestamps) or its milliseconds (wall clock).
-    marks: Vec<usize>,
-    wall_ms: Vec<f64>,
+    /// Entries of the result so far: one per stage, two per split stage.
+    entries: usize,
+    /// Contiguous runs of work in order, each with its entry and its end: the dispatch count at its
+    /// end (timestamps) or its milliseconds (wall clock).
+    marks: Vec<(usize, usize)>,
+    wall_ms: Vec<(usize, f64)>,
+    /// Wall clock: when the current run of work began.
+    since: std::time::Instant,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -313,6 +491,25 @@ enum ClockMode {
     Off,
     Timestamps,
     WallClock,
+}
+
+/// The body of a split stage ([`StageClock::stage_split`]) moves between the stage's main work and
+/// the part timed apart with [`StageSplit::enter`].
+pub struct StageSplit<'c, 'a> {
+    clock: &'c mut StageClock<'a>,
+    main: usize,
+    in_part: bool,
+}
+
+impl StageSplit<'_, '_> {
+    /// The work from here on belongs to the split-off part (`true`) or to the main stage (`false`).
+    pub fn enter(&mut self, part: bool) -> Result<()> {
+        if part != self.in_part {
+            self.clock.close(self.main + usize::from(self.in_part))?;
+            self.in_part = part;
+        }
+        Ok(())
+    }
 }
 
 impl<'a> StageClock<'a> {
@@ -325,34 +522,67 @@ impl<'a> StageClock<'a> {
         if mode == ClockMode::Timestamps {
             device.start_profiling()?;
         }
-        Ok(Self { device, mode, marks: Vec::new(), wall_ms: Vec::new() })
+        Ok(Self { device, mode, entries: 0, marks: Vec::new(), wall_ms: Vec::new(), since: std::time::Instant::now() })
     }
 
     /// Runs one stage.
     pub fn stage<T>(&mut self, body: impl FnOnce() -> Result<T>) -> Result<T> {
-        match self.mode {
-            ClockMode::Off => body(),
-            ClockMode::Timestamps => {
-                let result = body()?;
-                self.marks.push(self.device.profiled_dispatches()?);
-                Ok(result)
-            }
-            ClockMode::WallClock => {
-                self.device.synchronize()?;
-                let start = std::time::Instant::now();
-                let result = body()?;
-                self.device.synchronize()?;
-                self.wall_ms.push(start.elapsed().as_secs_f64() * 1e3);
-                Ok(result)
-            }
-        }
+        let entry = self.entries;
+        self.entries += 1;
+        self.open()?;
+        let result = body()?;
+        self.close(entry)?;
+        Ok(result)
     }
 
-    /// Milliseconds per stage, in the order they ran (empty when off).
-    pub fn finish(mut self) -> Result<Vec<f64>> {
+    /// Runs one stage whose body times a part of its work apart (see [`StageSplit::enter`]): two
+    /// entries of [`StageClock::finish`], the stage without the part, then the part (0 when the
+    /// body never entered it).
+    pub fn stage_split<T>(&mut self, body: impl FnOnce(&mut StageSplit<'_, 'a>) -> Result<T>) -> Result<T> {
+        let main = self.entries;
+        self.entries += 2;
+        self.open()?;
+        let mut split = StageSplit { clock: self, main, in_part: false };
+        let result = body(&mut split)?;
+        let last = main + usize::from(split.in_part);
+        self.close(last)?;
+        Ok(result)
+    }
+
+    /// Starts a run of work (the wall clock waits for the work before it).
+    fn open(&mut self) -> Result<()> {
+        if self.mode == ClockMode::WallClock {
+            self.device.synchronize()?;
+            self.since = std::time::Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Ends the current run of work as `entry`'s and starts the next.
+    fn close(&mut self, entry: usize) -> Result<()> {
         match self.mode {
-            ClockMode::Off => Ok(Vec::new()),
-            ClockMode::WallClock => Ok(std::mem::take(&mut self.wall_ms)),
+            ClockMode::Off => {}
+            ClockMode::Timestamps => self.marks.push((entry, self.device.profiled_dispatches()?)),
+            ClockMode::WallClock => {
+                self.device.synchronize()?;
+                let now = std::time::Instant::now();
+                self.wall_ms.push((entry, (now - self.since).as_secs_f64() * 1e3));
+                self.since = now;
+            }
+        }
+        Ok(())
+    }
+
+    /// Milliseconds per entry, in the order the stages ran (empty when off).
+    pub fn finish(mut self) -> Result<Vec<f64>> {
+        let mut ms = vec![0.0; self.entries];
+        match self.mode {
+            ClockMode::Off => return Ok(Vec::new()),
+            ClockMode::WallClock => {
+                for &(entry, run) in &self.wall_ms {
+                    ms[entry] += run;
+                }
+            }
             ClockMode::Timestamps => {
                 self.mode = ClockMode::Off; // the profiler is finished here, not again on drop
                 let timings = self.device.finish_profiling()?;
@@ -361,17 +591,14 @@ impl<'a> StageClock<'a> {
                 // index out of range; the times are then only approximate.
                 let at = |i: usize| i.min(timings.len());
                 let mut start = 0;
-                Ok(self
-                    .marks
-                    .iter()
-                    .map(|&end| {
-                        let range = at(start)..at(end).max(at(start));
-                        start = end;
-                        timings[range].iter().map(|t| t.nanoseconds).sum::<f64>() / 1e6
-                    })
-                    .collect())
+                for &(entry, end) in &self.marks {
+                    let range = at(start)..at(end).max(at(start));
+                    start = end;
+                    ms[entry] += timings[range].iter().map(|t| t.nanoseconds).sum::<f64>() / 1e6;
+                }
             }
         }
+        Ok(ms)
     }
 }
 
@@ -386,7 +613,16 @@ impl Drop for StageClock<'_> {
 
 impl Generation<'_> {
     pub fn scales(&self) -> usize {
-        self.pipeline.var.config.patch_nums.len()
+        self.pipeline.config().patch_nums.len()
+    }
+
+    /// M-VAR: the tokens each Mamba-2 layer has stepped through so far (at 256px, 680 in all with
+    /// the carried state, 1710 recomputing the prefix). None for VAR.
+    pub fn mamba_token_steps(&self) -> Option<usize> {
+        match &self.session {
+            Session::Var { .. } => None,
+            Session::Mvar { state, .. } => Some(state.mamba_token_steps),
+        }
     }
 
     /// Scales run so far.
@@ -433,7 +669,7 @@ impl Generation<'_> {
 
     fn run_scale(&mut self, forced: Option<&[u32]>) -> Result<ScaleStep> {
         let pipeline = self.pipeline;
-        let config = &pipeline.var.config;
+        let config = pipeline.config();
         let device = pipeline.device();
         let si = self.scale;
         let scales = config.patch_nums.len();
@@ -462,7 +698,8 @@ impl Generation<'_> {
         }
         let mut clock = StageClock::start(device, self.options.profile_stages)?;
         let x = self.next_input.take().expect("an input exists for every scale not yet run");
-        let logits = clock.stage(|| pipeline.var.forward(&x, &self.conditions, &mut self.cache))?;
+        let session = &mut self.session;
+        let logits = clock.stage_split(|split| session.forward(&x, |part| split.enter(part == BlockPart::Mamba)))?;
         let ratio = if scales > 1 { si as f32 / (scales - 1) as f32 } else { 0.0 };
         let sample_options = SampleOptions {
             cfg: self.cfg_halves.then_some(self.options.cfg),
@@ -504,7 +741,7 @@ impl Generation<'_> {
             if si + 1 < scales {
                 let next_side = config.patch_nums[si + 1];
                 let token_map = vae.next_token_map(&self.f_hat, next_side)?;
-                self.next_input = Some(pipeline.var.scale_input(si + 1, &token_map, self.cfg_halves)?);
+                self.next_input = Some(self.session.scale_input(si + 1, &token_map, self.cfg_halves)?);
             }
             Ok(())
         })?;
@@ -522,9 +759,10 @@ impl Generation<'_> {
             tokens,
             times: StageTimes {
                 transformer_ms: stage_ms(0),
-                sampling_ms: stage_ms(1),
-                accumulate_ms: stage_ms(2),
-                decode_ms: stage_ms(3),
+                mamba_ms: stage_ms(1),
+                sampling_ms: stage_ms(2),
+                accumulate_ms: stage_ms(3),
+                decode_ms: stage_ms(4),
             },
             images,
             logits,

@@ -96,7 +96,7 @@ impl FileBrowser {
 
     pub fn show(&mut self, ctx: &egui::Context) -> BrowserAction {
         let title = match self.target {
-            PickTarget::Var => "Open the VAR checkpoint",
+            PickTarget::Var => "Open the VAR or M-VAR checkpoint",
             PickTarget::Vae => "Open the VQVAE checkpoint",
         };
         let mut open = true;

@@ -263,7 +263,7 @@ impl ScalewiseApp {
         if self.job.is_some() {
             return;
         }
-        let config = &pipeline.var.config;
+        let config = pipeline.config();
         let options = GenerateOptions {
             labels: vec![self.class.min(config.num_classes - 1); self.batch.max(1)],
             seed: self.seed,
@@ -347,7 +347,7 @@ impl ScalewiseApp {
             let source = self.load.take().map(|l| l.source).expect("a load job");
             match result {
                 Ok(pipeline) => {
-                    let config = &pipeline.var.config;
+                    let config = pipeline.config();
                     self.class = self.class.min(config.num_classes - 1);
                     self.top_k = self.top_k.min(config.vocab);
                     self.class_ids = scalewise::labels::search(
@@ -437,18 +437,19 @@ impl ScalewiseApp {
         ui.heading("Model");
         ui.label(self.model.as_ref().map_or("loading…".into(), ModelSource::describe));
         if let Some(pipeline) = &self.pipeline {
-            let c = &pipeline.var.config;
+            let c = pipeline.config();
+            // "VAR d16" or "M-VAR d24, cosine attention": the same files and fields load either.
             ui.label(
                 RichText::new(format!(
-                    "VAR d{} · width {} · {} heads · {} classes\n{}px · {} scales · codebook {} · {}",
-                    c.depth,
+                    "{} · width {} · {} heads · {} classes\n{}px · {} scales · codebook {} · {}",
+                    pipeline.transformer,
                     c.width,
                     c.heads,
                     c.num_classes,
                     pipeline.image_size(),
                     c.patch_nums.len(),
                     c.vocab,
-                    pipeline.var.dtype
+                    pipeline.transformer.dtype()
                 ))
                 .small(),
             );
@@ -456,7 +457,8 @@ impl ScalewiseApp {
         ui.horizontal(|ui| {
             let label = ui.label("VAR");
             ui.add(egui::TextEdit::singleline(&mut self.var_path).hint_text("var_d16.pth").desired_width(150.0))
-                .labelled_by(label.id);
+                .labelled_by(label.id)
+                .on_hover_text("a VAR or an M-VAR transformer checkpoint (told apart by its keys)");
             if ui.button("Browse VAR").clicked() {
                 self.browser = Some(FileBrowser::open(PickTarget::Var, &self.var_path));
             }
@@ -487,7 +489,7 @@ impl ScalewiseApp {
         ui.separator();
 
         let Some(pipeline) = self.pipeline.clone() else { return };
-        let config = &pipeline.var.config;
+        let config = pipeline.config();
         ui.heading("Class");
         ui.label(RichText::new(format!("{}: {}", self.class, config.class_name(self.class))).strong());
         let search = ui.horizontal(|ui| {
@@ -581,14 +583,24 @@ impl ScalewiseApp {
             return;
         }
         ui.separator();
+        // M-VAR's Mamba-2 layers get a column of their own; VAR has none.
+        let mamba = self.frames.iter().any(|f| f.times.mamba_ms > 0.0);
         egui::Grid::new("times").striped(true).show(ui, |ui| {
-            for header in ["scale", "transformer", "sampling", "decode"] {
-                ui.label(RichText::new(header).strong());
+            let headers: &[&str] = if mamba {
+                &["scale", "attn/FFN", "mamba", "sampling", "decode"]
+            } else {
+                &["scale", "transformer", "sampling", "decode"]
+            };
+            for header in headers {
+                ui.label(RichText::new(*header).strong());
             }
             ui.end_row();
             for f in &self.frames {
                 ui.label(format!("{} ({}²)", f.index + 1, f.side));
                 ui.label(format!("{:.1} ms", f.times.transformer_ms));
+                if mamba {
+                    ui.label(format!("{:.1} ms", f.times.mamba_ms));
+                }
                 ui.label(format!("{:.1} ms", f.times.sampling_ms));
                 ui.label(format!("{:.1} ms", f.times.accumulate_ms + f.times.decode_ms));
                 ui.end_row();

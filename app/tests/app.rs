@@ -36,7 +36,7 @@ fn generates_on_the_demo_model_and_fills_the_filmstrip() {
     settle(&mut harness, Duration::from_secs(60));
     assert!(harness.state().banner().is_none(), "{:?}", harness.state().banner());
     harness.state_mut().set_show_times(false);
-    let scales = harness.state().pipeline().expect("the demo model loads").var.config.patch_nums.clone();
+    let scales = harness.state().pipeline().expect("the demo model loads").config().patch_nums.clone();
     harness.get_by_label("Generate").click();
     harness.step();
     settle(&mut harness, Duration::from_secs(300));
@@ -140,7 +140,7 @@ fn browse_for_checkpoints_load_them_and_search_imagenet_classes() {
     harness.step();
     settle(&mut harness, Duration::from_secs(60));
     assert!(harness.state().banner().is_none(), "{:?}", harness.state().banner());
-    assert_eq!(harness.state().pipeline().unwrap().var.config.num_classes, 1000);
+    assert_eq!(harness.state().pipeline().unwrap().config().num_classes, 1000);
     harness.get_by_label("search").click();
     harness.run_steps(2);
     harness.get_by_label("search").type_text("golden ret");
@@ -153,4 +153,31 @@ fn browse_for_checkpoints_load_them_and_search_imagenet_classes() {
     harness.run_steps(2);
     assert_eq!(harness.state().class(), 207);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An M-VAR checkpoint loads through the same path fields as VAR's; the model panel names it and its
+/// attention, and it generates every scale.
+#[test]
+fn an_mvar_checkpoint_loads_through_the_same_fields_and_is_named() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
+    let (var, vae) = (fixtures.join("mvar/tiny_mvar_cos.pth"), fixtures.join("var/tiny_vae.pth"));
+    let mut harness = harness();
+    settle(&mut harness, Duration::from_secs(60));
+    harness.get_by_label_contains("VAR d");
+    harness.state_mut().set_model_paths(&var.display().to_string(), &vae.display().to_string());
+    harness.get_by_label("Load files").click();
+    harness.step();
+    settle(&mut harness, Duration::from_secs(60));
+    assert!(harness.state().banner().is_none(), "{:?}", harness.state().banner());
+    let pipeline = harness.state().pipeline().expect("the M-VAR model loads");
+    assert_eq!(pipeline.transformer.to_string(), "M-VAR d2, cosine attention");
+    let scales = pipeline.config().patch_nums.len();
+    harness.get_by_label_contains("M-VAR d2, cosine attention · width 64");
+    harness.get_by_label("Generate").click();
+    harness.step();
+    settle(&mut harness, Duration::from_secs(300));
+    assert!(harness.state().banner().is_none(), "{:?}", harness.state().banner());
+    assert_eq!(harness.state().frames().len(), scales, "one filmstrip frame per scale");
+    assert!(harness.state().frames().iter().all(|f| f.times.mamba_ms > 0.0), "the Mamba layers are timed");
+    harness.get_by_label("mamba");
 }

@@ -553,10 +553,11 @@ pub fn ssd_forms(device: &Device, dtype: DType, warmup: usize, iterations: usize
     })
 }
 
-/// `scalewise bench generate`: one whole VAR generation with random weights of an official shape.
+/// `scalewise bench generate`: one whole VAR or M-VAR generation with random weights of an official
+/// shape.
 #[derive(Debug, Clone)]
 pub struct GenerateBenchConfig {
-    pub var: scalewise_support::synthetic::VarShape,
+    pub transformer: BenchTransformer,
     pub vae: scalewise_support::synthetic::VaeShape,
     pub batch: usize,
     pub cfg: f32,
@@ -565,23 +566,46 @@ pub struct GenerateBenchConfig {
     pub iterations: usize,
 }
 
+/// The random transformer a generation benchmark runs.
 #[derive(Debug, Clone)]
-pub struct GenerateBenchResult {
-    pub var_parameters: usize,
-    pub image_size: usize,
+pub enum BenchTransformer {
+    Var(scalewise_support::synthetic::VarShape),
+    /// Measured twice in one run, the Mamba-2 state carried and the prefix recomputed.
+    Mvar(scalewise_support::synthetic::MvarShape),
+}
+
+impl BenchTransformer {
+    pub fn depth(&self) -> usize {
+        match self {
+            Self::Var(shape) => shape.depth,
+            Self::Mvar(shape) => shape.depth,
+        }
+    }
+
+    pub fn width(&self) -> usize {
+        match self {
+            Self::Var(shape) => shape.width,
+            Self::Mvar(shape) => shape.width,
+        }
+    }
+}
+
+/// One way of running the generation, timed.
+#[derive(Debug, Clone)]
+pub struct GenerateBenchRun {
+    /// M-VAR: how the Mamba-2 layers saw the earlier scales (None for VAR).
+    pub history: Option<scalewise::nn::ScaleHistory>,
     /// Per scale: side and GPU stage times of the profiled run.
     pub scales: Vec<(usize, scalewise::generate::StageTimes)>,
-    /// Final decode of the profiled run.
-    pub decode_ms: f64,
     /// End-to-end wall clock (sampling to final image read back), median and minimum of the unprofiled runs.
     pub median_ms: f64,
     pub min_ms: f64,
-    /// Largest GPU memory held by live tensors during the runs.
-    pub peak_bytes: u64,
-    pub timing: TimingSource,
+    /// M-VAR: the tokens each Mamba-2 layer stepped through in one generation, as the model counted
+    /// them.
+    pub mamba_token_steps: Option<usize>,
 }
 
-impl GenerateBenchResult {
+impl GenerateBenchRun {
     /// The stage times summed over the scales.
     pub fn totals(&self) -> scalewise::generate::StageTimes {
         let mut total = scalewise::generate::StageTimes::default();
@@ -592,89 +616,156 @@ impl GenerateBenchResult {
     }
 }
 
+#[derive(Debug, Clone)]
+pub struct GenerateBenchResult {
+    /// The transformer's learned values.
+    pub parameters: usize,
+    pub image_size: usize,
+    /// VAR: one run. M-VAR: the carried state, then the recomputed prefix.
+    pub runs: Vec<GenerateBenchRun>,
+    /// Final decode of the first run's profiled generation.
+    pub decode_ms: f64,
+    /// Largest GPU memory held by live tensors during the runs.
+    pub peak_bytes: u64,
+    pub timing: TimingSource,
+}
+
 pub fn generate(device: &Device, config: &GenerateBenchConfig) -> Result<GenerateBenchResult> {
-    use scalewise::generate::{GenerateOptions, Pipeline};
-    use scalewise::nn::{VarModel, VqVae};
+    use scalewise::generate::{GenerateOptions, Pipeline, Transformer};
+    use scalewise::nn::{MvarModel, ScaleHistory, VarModel, VqVae};
     use scalewise_support::synthetic;
     let vae = VqVae::from_state_dict(device, &synthetic::vae_state_dict(&config.vae, 2)?, config.dtype)?;
-    let var_sd = synthetic::var_state_dict(&config.var, 1)?;
-    let var = VarModel::from_state_dict(device, &var_sd, config.dtype)?;
-    drop(var_sd);
-    let pipeline = Pipeline::new(var, vae)?;
-    let labels: Vec<usize> = (0..config.batch).map(|i| (7 + 31 * i) % config.var.num_classes).collect();
-    let options = |seed: u64, profile_stages: bool| GenerateOptions {
+    let (transformer, histories): (Transformer, Vec<Option<ScaleHistory>>) = match &config.transformer {
+        BenchTransformer::Var(shape) => {
+            let sd = synthetic::var_state_dict(shape, 1)?;
+            (VarModel::from_state_dict(device, &sd, config.dtype)?.into(), vec![None])
+        }
+        BenchTransformer::Mvar(shape) => {
+            let sd = synthetic::mvar_state_dict(shape, 1)?;
+            let histories = vec![Some(ScaleHistory::CarryState), Some(ScaleHistory::RecomputePrefix)];
+            (MvarModel::from_state_dict(device, &sd, config.dtype)?.into(), histories)
+        }
+    };
+    let pipeline = Pipeline::new(transformer, vae)?;
+    let (classes, vocab) = (pipeline.config().num_classes, pipeline.config().vocab);
+    let labels: Vec<usize> = (0..config.batch).map(|i| (7 + 31 * i) % classes).collect();
+    let options = |seed: u64, profile_stages: bool, history: Option<ScaleHistory>| GenerateOptions {
         labels: labels.clone(),
         seed,
         cfg: config.cfg,
-        top_k: 900.min(config.var.vocab),
+        top_k: 900.min(vocab),
         top_p: 0.96,
         profile_stages,
+        scale_history: history.unwrap_or_default(),
         ..GenerateOptions::default()
     };
     let base = device.pool_stats().live_bytes;
-    let mut walls = Vec::new();
+    let mut walls = vec![Vec::new(); histories.len()];
+    // The histories alternate within each iteration, so a drift of the machine (clocks, other
+    // load) weighs on both alike.
     for i in 0..config.warmup + config.iterations.max(1) {
-        device.synchronize()?;
-        let start = std::time::Instant::now();
-        let mut generation = pipeline.start(&options(i as u64, false))?;
+        for (&history, walls) in histories.iter().zip(&mut walls) {
+            device.synchronize()?;
+            let start = std::time::Instant::now();
+            let mut generation = pipeline.start(&options(i as u64, false, history))?;
+            for step in generation.by_ref() {
+                step?;
+            }
+            generation.decode()?;
+            if i >= config.warmup {
+                walls.push(start.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+    }
+    let mut runs = Vec::new();
+    let mut decode_ms = 0.0;
+    for (&history, mut walls) in histories.iter().zip(walls) {
+        walls.sort_by(f64::total_cmp);
+        let mut generation = pipeline.start(&options(0, true, history))?;
+        let mut scales = Vec::new();
         for step in generation.by_ref() {
-            step?;
+            let step = step?;
+            scales.push((step.side, step.times));
         }
-        generation.decode()?;
-        if i >= config.warmup {
-            walls.push(start.elapsed().as_secs_f64() * 1e3);
+        if runs.is_empty() {
+            let mut clock = scalewise::generate::StageClock::start(device, true)?;
+            clock.stage(|| generation.decode())?;
+            decode_ms = clock.finish()?[0];
         }
+        runs.push(GenerateBenchRun {
+            history,
+            scales,
+            median_ms: walls[walls.len() / 2],
+            min_ms: walls[0],
+            mamba_token_steps: generation.mamba_token_steps(),
+        });
     }
-    walls.sort_by(f64::total_cmp);
-    let mut generation = pipeline.start(&options(0, true))?;
-    let mut scales = Vec::new();
-    for step in generation.by_ref() {
-        let step = step?;
-        scales.push((step.side, step.times));
-    }
-    let mut clock = scalewise::generate::StageClock::start(device, true)?;
-    clock.stage(|| generation.decode())?;
-    let decode_ms = clock.finish()?[0];
     let timing = if device.caps().timestamps { TimingSource::GpuTimestamps } else { TimingSource::WallClock };
     Ok(GenerateBenchResult {
-        var_parameters: pipeline.var.config.parameters,
+        parameters: pipeline.config().parameters,
         image_size: pipeline.image_size(),
-        scales,
+        runs,
         decode_ms,
-        median_ms: walls[walls.len() / 2],
-        min_ms: walls[0],
         peak_bytes: device.pool_stats().peak_live_bytes.saturating_sub(base),
         timing,
     })
 }
 
-pub fn generate_json(device: &Device, config: &GenerateBenchConfig, r: &GenerateBenchResult) -> serde_json::Value {
-    let totals = r.totals();
+fn run_json(run: &GenerateBenchRun) -> serde_json::Value {
+    let totals = run.totals();
     serde_json::json!({
+        "history": run.history.map(|h| format!("{h:?}")),
+        "median_ms": run.median_ms,
+        "min_ms": run.min_ms,
+        "transformer_ms": totals.transformer_ms,
+        "mamba_ms": totals.mamba_ms,
+        "sampling_ms": totals.sampling_ms,
+        "accumulate_ms": totals.accumulate_ms,
+        "mamba_token_steps_per_layer": run.mamba_token_steps,
+        "scales": run.scales.iter().map(|(side, t)| serde_json::json!({
+            "side": side,
+            "transformer_ms": t.transformer_ms,
+            "mamba_ms": t.mamba_ms,
+            "sampling_ms": t.sampling_ms,
+            "accumulate_ms": t.accumulate_ms,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// The results file: the first run's figures at the top level (VAR's only run; M-VAR's carried
+/// state), every run under "runs", and for M-VAR the recomputed prefix's end-to-end time over the
+/// carried state's.
+pub fn generate_json(device: &Device, config: &GenerateBenchConfig, r: &GenerateBenchResult) -> serde_json::Value {
+    let mut json = serde_json::json!({
         "adapter": device.info().adapter.name,
         "backend": device.info().adapter.backend.to_string(),
-        "depth": config.var.depth,
-        "width": config.var.width,
-        "var_parameters": r.var_parameters,
+        "model": match config.transformer { BenchTransformer::Var(_) => "var", BenchTransformer::Mvar(_) => "mvar" },
+        "depth": config.transformer.depth(),
+        "width": config.transformer.width(),
+        "parameters": r.parameters,
         "image_size": r.image_size,
         "batch": config.batch,
         "cfg": config.cfg,
         "dtype": config.dtype.to_string(),
         "timing": format!("{:?}", r.timing),
-        "median_ms": r.median_ms,
-        "min_ms": r.min_ms,
-        "transformer_ms": totals.transformer_ms,
-        "sampling_ms": totals.sampling_ms,
-        "accumulate_ms": totals.accumulate_ms,
         "decode_ms": r.decode_ms,
         "peak_bytes": r.peak_bytes,
-        "scales": r.scales.iter().map(|(side, t)| serde_json::json!({
-            "side": side,
-            "transformer_ms": t.transformer_ms,
-            "sampling_ms": t.sampling_ms,
-            "accumulate_ms": t.accumulate_ms,
-        })).collect::<Vec<_>>(),
-    })
+        "runs": r.runs.iter().map(run_json).collect::<Vec<_>>(),
+    });
+    if let BenchTransformer::Mvar(shape) = &config.transformer {
+        json["cosine_attention"] = shape.cosine_attention.into();
+    }
+    if let Some(first) = r.runs.first()
+        && let serde_json::Value::Object(fields) = run_json(first)
+    {
+        for (key, value) in fields {
+            json[key] = value;
+        }
+    }
+    if let [carried, recomputed] = r.runs.as_slice() {
+        json["recompute_over_carried"] = (recomputed.median_ms / carried.median_ms).into();
+    }
+    json
 }
 
 /// `scalewise bench soak`: many generations in one process on the demo model, watching memory and
@@ -738,7 +829,7 @@ pub fn resident_bytes() -> Option<u64> {
 pub fn soak(device: &Device, config: &SoakConfig, mut progress: impl FnMut(&SoakSample)) -> Result<SoakResult> {
     use scalewise::generate::GenerateOptions;
     let pipeline = scalewise::demo::pipeline(device, config.dtype)?;
-    let classes = pipeline.var.config.num_classes;
+    let classes = pipeline.config().num_classes;
     let distinct = config.distinct.max(1);
     let mut first_hash: Vec<Option<u64>> = vec![None; distinct];
     let (mut samples, mut mismatches, mut compared) = (Vec::new(), Vec::new(), 0);
@@ -800,7 +891,7 @@ pub fn precision(device: &Device, seeds: &[u64]) -> Result<PrecisionResult> {
     }
     let f32_pipeline = scalewise::demo::pipeline(device, Some(DType::F32))?;
     let f16_pipeline = scalewise::demo::pipeline(device, Some(DType::F16))?;
-    let config = &f32_pipeline.var.config;
+    let config = f32_pipeline.config();
     let mut scales: Vec<(usize, usize, usize)> = config.patch_nums.iter().map(|&s| (s, 0, 0)).collect();
     let (mut runs, mut identical_tokens, mut identical_images) = (0, 0, 0);
     for class in 0..config.num_classes {

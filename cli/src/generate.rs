@@ -5,16 +5,18 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, ensure};
 use clap::Args;
-use scalewise::generate::{GenerateOptions, MAX_BATCH, Pipeline, ScaleStep};
+use scalewise::generate::{GenerateOptions, MAX_BATCH, Pipeline, ScaleStep, Transformer};
 use scalewise::image::Image;
+use scalewise::nn::ScaleHistory;
 use scalewise::output::StagedOutput;
 use scalewise::{DType, Device};
-use scalewise_cli::bench::{self, GenerateBenchConfig};
-use scalewise_support::synthetic::{VaeShape, VarShape};
+use scalewise_cli::bench::{self, BenchTransformer, GenerateBenchConfig};
+use scalewise_support::synthetic::{MvarShape, VaeShape, VarShape};
 
 #[derive(Args)]
 pub struct GenerateArgs {
-    /// VAR transformer checkpoint: the official var_d*.pth, or safetensors with the same keys.
+    /// Transformer checkpoint, VAR or M-VAR (told apart by its keys): the official var_d*.pth or
+    /// M-VAR d*.pth, or safetensors with the same keys.
     #[arg(long, value_name = "FILE", requires = "vae", conflicts_with = "demo")]
     var: Option<PathBuf>,
     /// Multi-scale VQVAE checkpoint: vae_ch160v4096z32.pth, or safetensors with the same keys.
@@ -172,6 +174,8 @@ fn scale_file(dir: &Path, index: usize, side: usize) -> PathBuf {
 struct Progress {
     enabled: bool,
     terminal: bool,
+    /// Show the Mamba-2 layers' time (M-VAR) apart from the rest of the transformer.
+    mamba: bool,
 }
 
 impl Progress {
@@ -182,8 +186,9 @@ impl Progress {
         const WIDTH: usize = 20;
         let done = (step.index + 1) * WIDTH / step.scales;
         let t = step.times;
+        let mamba = if self.mamba { format!("  mamba {:7.1} ms", t.mamba_ms) } else { String::new() };
         let line = format!(
-            "[{}{}] scale {:>2}/{} {:>3}x{:<3} transformer {:7.1} ms  sampling {:6.1} ms  accumulate {:6.1} ms",
+            "[{}{}] scale {:>2}/{} {:>3}x{:<3} transformer {:7.1} ms{mamba}  sampling {:6.1} ms  accumulate {:6.1} ms",
             "#".repeat(done),
             " ".repeat(WIDTH - done),
             step.index + 1,
@@ -219,7 +224,7 @@ pub fn generate(device: &Device, args: &GenerateArgs, mut outputs: Outputs) -> a
         _ => scalewise::demo::pipeline(device, None).context("loading the demo model")?,
     };
     let load_s = started.elapsed().as_secs_f64();
-    let config = &pipeline.var.config;
+    let config = pipeline.config();
     let classes = args.classes.iter().map(|c| config.resolve_class(c)).collect::<scalewise::Result<Vec<_>>>()?;
     if let Some(k) = args.top_k {
         ensure!(k <= config.vocab, "--top-k {k} is above this model's vocabulary of {} tokens", config.vocab);
@@ -248,19 +253,29 @@ pub fn generate(device: &Device, args: &GenerateArgs, mut outputs: Outputs) -> a
             folder.files.push(StagedOutput::create(&path).context("--every-scale")?);
         }
     }
+    let mvar = match &pipeline.transformer {
+        Transformer::Var(_) => None,
+        Transformer::Mvar(model) => Some(model.config.cosine_attention),
+    };
     if !args.quiet {
         eprintln!(
-            "model: {}VAR depth {} width {} ({:.2}M parameters, {} classes), {}px, {} weights, loaded in {load_s:.1} s",
+            "model: {}{} depth {} width {} ({}{:.2}M parameters, {} classes), {}px, {} weights, loaded in {load_s:.1} s",
             if args.var.is_none() { "demo " } else { "" },
+            pipeline.transformer.kind(),
             config.depth,
             config.width,
+            match mvar {
+                None => "",
+                Some(true) => "cosine attention, ",
+                Some(false) => "plain attention, ",
+            },
             config.parameters as f64 / 1e6,
             config.num_classes,
             pipeline.image_size(),
-            pipeline.var.dtype,
+            pipeline.transformer.dtype(),
         );
     }
-    let progress = Progress { enabled: !args.quiet, terminal: std::io::stderr().is_terminal() };
+    let progress = Progress { enabled: !args.quiet, terminal: std::io::stderr().is_terminal(), mamba: mvar.is_some() };
     let started = std::time::Instant::now();
     let mut generation = pipeline.start(&options)?;
     let mut previews = Vec::new();
@@ -306,9 +321,10 @@ pub fn generate(device: &Device, args: &GenerateArgs, mut outputs: Outputs) -> a
     }
     if !args.quiet {
         eprintln!(
-            "generated {batch} image(s) in {wall_ms:.0} ms (GPU: transformer {:.1} ms, sampling {:.1} ms, accumulate {:.1} \
-             ms{}); wrote {}",
+            "generated {batch} image(s) in {wall_ms:.0} ms (GPU: transformer {:.1} ms{}, sampling {:.1} ms, accumulate \
+             {:.1} ms{}); wrote {}",
             totals.transformer_ms,
+            if mvar.is_some() { format!(", mamba {:.1} ms", totals.mamba_ms) } else { String::new() },
             totals.sampling_ms,
             totals.accumulate_ms,
             if totals.decode_ms > 0.0 { format!(", previews {:.1} ms", totals.decode_ms) } else { String::new() },
@@ -325,7 +341,11 @@ pub fn generate(device: &Device, args: &GenerateArgs, mut outputs: Outputs) -> a
 
 #[derive(Args)]
 pub struct GenerateBenchArgs {
-    /// VAR depth of the random model (16, 20, 24, 30: the official shapes; smaller for software GPUs).
+    /// var or mvar (M-VAR: timed with its Mamba-2 state carried and with the prefix recomputed).
+    #[arg(long, default_value = "var", value_parser = ["var", "mvar"])]
+    model: String,
+    /// Depth of the random model (VAR 16, 20, 24, 30; M-VAR 16, 20, 24, 32: the official shapes;
+    /// smaller for software GPUs).
     #[arg(long, default_value_t = 16)]
     depth: usize,
     /// VQVAE base width (160 official).
@@ -359,8 +379,16 @@ pub fn bench_generate(device: &Device, args: &GenerateBenchArgs) -> anyhow::Resu
     super::results_target(&args.json)?;
     // f16 on a device without SHADER_F16 fails with a typed error when the weights are uploaded.
     let dtype = args.dtype.unwrap_or(device.preferred_float());
+    // clap admits only "var" and "mvar".
+    let (transformer, name) = if args.model == "var" {
+        (BenchTransformer::Var(VarShape::official(args.depth)), format!("VAR d{}", args.depth))
+    } else {
+        let shape = MvarShape::official(args.depth);
+        let attention = if shape.cosine_attention { "cosine" } else { "plain" };
+        (BenchTransformer::Mvar(shape), format!("M-VAR d{}, {attention} attention", args.depth))
+    };
     let config = GenerateBenchConfig {
-        var: VarShape::official(args.depth),
+        transformer,
         vae: VaeShape { ch: args.vae_ch, ..VaeShape::official() },
         batch: args.batch,
         cfg: args.cfg,
@@ -370,37 +398,95 @@ pub fn bench_generate(device: &Device, args: &GenerateBenchArgs) -> anyhow::Resu
     };
     let r = bench::generate(device, &config)?;
     println!(
-        "VAR d{} ({:.0}M parameters) + VQVAE ch {}, {}px, batch {}, cfg {}, {dtype}, {:?}",
-        args.depth,
-        r.var_parameters as f64 / 1e6,
+        "{name} ({:.0}M parameters) + VQVAE ch {}, {}px, batch {}, cfg {}, {dtype}, {:?}",
+        r.parameters as f64 / 1e6,
         args.vae_ch,
         r.image_size,
         args.batch,
         args.cfg,
         r.timing
     );
-    println!("{:>5} {:>8} {:>14} {:>12} {:>14}", "scale", "tokens", "transformer ms", "sampling ms", "accumulate ms");
-    for (i, (side, t)) in r.scales.iter().enumerate() {
-        println!(
-            "{:>5} {:>8} {:>14.2} {:>12.2} {:>14.2}",
-            i,
-            format!("{side}x{side}"),
-            t.transformer_ms,
-            t.sampling_ms,
-            t.accumulate_ms
-        );
+    let first = &r.runs[0];
+    match r.runs.as_slice() {
+        [carried, recomputed] => {
+            println!(
+                "{:>5} {:>8} | {:>29} | {:>29} | {:>11} {:>13}",
+                "", "", "carried state", "recomputed prefix", "", ""
+            );
+            println!(
+                "{:>5} {:>8} | {:>14} {:>14} | {:>14} {:>14} | {:>11} {:>13}",
+                "scale", "tokens", "attn+FFN ms", "mamba ms", "attn+FFN ms", "mamba ms", "sampling ms", "accumulate ms"
+            );
+            for (i, ((side, c), (_, p))) in carried.scales.iter().zip(&recomputed.scales).enumerate() {
+                println!(
+                    "{:>5} {:>8} | {:>14.2} {:>14.2} | {:>14.2} {:>14.2} | {:>11.2} {:>13.2}",
+                    i,
+                    format!("{side}x{side}"),
+                    c.transformer_ms,
+                    c.mamba_ms,
+                    p.transformer_ms,
+                    p.mamba_ms,
+                    c.sampling_ms,
+                    c.accumulate_ms
+                );
+            }
+            for run in [carried, recomputed] {
+                let t = run.totals();
+                println!(
+                    "{}: GPU attention/FFN/rest {:.1} ms, Mamba-2 {:.1} ms ({} token-steps per layer), sampling {:.1} ms, \
+                     accumulate {:.1} ms; end to end median {:.1} ms, min {:.1} ms",
+                    match run.history {
+                        Some(ScaleHistory::RecomputePrefix) => "recomputed prefix",
+                        _ => "carried state",
+                    },
+                    t.transformer_ms,
+                    t.mamba_ms,
+                    run.mamba_token_steps.unwrap_or(0),
+                    t.sampling_ms,
+                    t.accumulate_ms,
+                    run.median_ms,
+                    run.min_ms
+                );
+            }
+            println!(
+                "end to end, recomputed prefix / carried state: {:.2}x (median), {:.2}x (min); Mamba-2 token-steps {} / {} \
+                 per layer; decode {:.1} ms; peak GPU memory {:.1} MiB",
+                recomputed.median_ms / carried.median_ms,
+                recomputed.min_ms / carried.min_ms,
+                recomputed.mamba_token_steps.unwrap_or(0),
+                carried.mamba_token_steps.unwrap_or(0),
+                r.decode_ms,
+                r.peak_bytes as f64 / (1 << 20) as f64
+            );
+        }
+        _ => {
+            println!(
+                "{:>5} {:>8} {:>14} {:>12} {:>14}",
+                "scale", "tokens", "transformer ms", "sampling ms", "accumulate ms"
+            );
+            for (i, (side, t)) in first.scales.iter().enumerate() {
+                println!(
+                    "{:>5} {:>8} {:>14.2} {:>12.2} {:>14.2}",
+                    i,
+                    format!("{side}x{side}"),
+                    t.transformer_ms,
+                    t.sampling_ms,
+                    t.accumulate_ms
+                );
+            }
+            let totals = first.totals();
+            println!(
+                "GPU total: transformer {:.1} ms, sampling {:.1} ms, accumulate {:.1} ms, decode {:.1} ms",
+                totals.transformer_ms, totals.sampling_ms, totals.accumulate_ms, r.decode_ms
+            );
+            println!(
+                "end to end (unprofiled wall clock): median {:.1} ms, min {:.1} ms per batch; peak GPU memory {:.1} MiB",
+                first.median_ms,
+                first.min_ms,
+                r.peak_bytes as f64 / (1 << 20) as f64
+            );
+        }
     }
-    let totals = r.totals();
-    println!(
-        "GPU total: transformer {:.1} ms, sampling {:.1} ms, accumulate {:.1} ms, decode {:.1} ms",
-        totals.transformer_ms, totals.sampling_ms, totals.accumulate_ms, r.decode_ms
-    );
-    println!(
-        "end to end (unprofiled wall clock): median {:.1} ms, min {:.1} ms per batch; peak GPU memory {:.1} MiB",
-        r.median_ms,
-        r.min_ms,
-        r.peak_bytes as f64 / (1 << 20) as f64
-    );
     super::write_atomically(&args.json, &serde_json::to_string_pretty(&bench::generate_json(device, &config, &r))?)?;
     println!("wrote {}", args.json.display());
     Ok(())

@@ -1,4 +1,4 @@
-//! The scalewise command line: device information, VAR generation and benchmarks.
+//! The scalewise command line: device information, VAR and M-VAR generation and benchmarks.
 
 mod generate;
 mod shader_stats;
@@ -82,7 +82,7 @@ impl WeightsArgs {
 enum Command {
     /// Show the adapter, backend, driver, active features, key limits and kernel variants.
     Info,
-    /// Generate images with a VAR model and its VQVAE (class-conditional, coarse to fine).
+    /// Generate images with a VAR or M-VAR model and its VQVAE (class-conditional, coarse to fine).
     Generate(generate::GenerateArgs),
     /// Convert a checkpoint (.pth or safetensors) to safetensors, optionally as f16 (half the size).
     Convert(ConvertArgs),
@@ -111,8 +111,8 @@ struct ConvertArgs {
 
 #[derive(Args)]
 struct ClassesArgs {
-    /// A VAR checkpoint (default: the demo model). 1000-class models without names of their own
-    /// get ImageNet's.
+    /// A VAR or M-VAR checkpoint (default: the demo model). 1000-class models without names of
+    /// their own get ImageNet's.
     #[arg(long, value_name = "FILE", conflicts_with = "imagenet")]
     var: Option<PathBuf>,
     /// The ImageNet names (the official checkpoints' classes) without loading a file.
@@ -134,8 +134,9 @@ enum BenchCommand {
     Attention(AttentionArgs),
     /// The selective scan: time and GB/s against the bytes-moved model, vs a per-step loop.
     Scan(ScanArgs),
-    /// One whole VAR generation with random weights of an official shape: per-scale and total time,
-    /// transformer / sampling / decode split, peak GPU memory.
+    /// One whole VAR or M-VAR generation with random weights of an official shape: per-scale and
+    /// total time, transformer / Mamba / sampling / decode split, peak GPU memory; for M-VAR the
+    /// carried Mamba state against the official recomputed prefix, end to end.
     Generate(generate::GenerateBenchArgs),
     /// Many demo generations in one process: resident memory and GPU pool size sampled after each,
     /// every image compared with the first of the same seed and class. Fails if memory grows past
@@ -310,7 +311,7 @@ fn list_classes(args: &ClassesArgs) -> anyhow::Result<()> {
             }
             None => scalewise::demo::var_state_dict()?,
         };
-        loaded = scalewise::nn::VarConfig::infer(&sd)?;
+        loaded = scalewise::generate::Transformer::infer_config(&sd)?;
         (loaded.class_names.as_deref().unwrap_or_default(), loaded.num_classes)
     };
     if names.is_empty() {

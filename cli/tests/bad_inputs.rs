@@ -435,6 +435,69 @@ fn a_headless_machine_gets_no_spurious_errors() {
     assert!(!err.contains("error"), "stderr of a successful `info`: {err}");
 }
 
+/// M-VAR checkpoints go through the same door as VAR's (`--var`): one that mixes VAR and M-VAR
+/// blocks, whichever way round, or has no blocks at all, is one line naming the fault, before
+/// anything is written; M-VAR given as the VQVAE, and flags outside the M-VAR model's range, too.
+#[test]
+fn mvar_checkpoints_mixed_with_var_or_without_blocks_are_refused() {
+    let s = Scratch::new("mvar");
+    let mvar_path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/mvar/tiny_mvar_cos.pth");
+    let mvar = StateDict::load(&mvar_path).unwrap();
+    let (var, vae) = tiny();
+    let out = s.out();
+    // M-VAR without block 1's Mamba-2 layer.
+    let mut sd = mvar.clone();
+    let block1: Vec<String> = sd.keys().filter(|k| k.starts_with("blocks.1.mamba.")).map(str::to_string).collect();
+    for key in &block1 {
+        sd.remove(key);
+    }
+    let half = s.save("half_mvar.safetensors", &sd);
+    // VAR with M-VAR's Mamba-2 layer grafted onto block 0.
+    let mut sd = StateDict::load(&var).unwrap();
+    for key in mvar.keys().filter(|k| k.starts_with("blocks.0.mamba.")) {
+        let t = mvar.get(key).unwrap();
+        sd.insert(key, &t.shape, t.data.clone()).unwrap();
+    }
+    let grafted = s.save("grafted_var.safetensors", &sd);
+    // Neither: everything but the blocks.
+    let mut sd = mvar.clone();
+    let blocks: Vec<String> = sd.keys().filter(|k| k.starts_with("blocks.")).map(str::to_string).collect();
+    for key in &blocks {
+        sd.remove(key);
+    }
+    let headless = s.save("no_blocks.safetensors", &sd);
+    let m = path_str(&mvar_path);
+    let cases: [(&str, Vec<&str>, &str); 6] = [
+        (
+            "M-VAR missing a Mamba layer",
+            generate_args(path_str(&half), &vae, &["--class", "1", "--out", &out]),
+            "a mix of VAR and M-VAR blocks: blocks 0 have a Mamba-2 layer (mamba.*) but blocks 1 have none",
+        ),
+        (
+            "VAR with a Mamba layer",
+            generate_args(path_str(&grafted), &vae, &["--class", "1", "--out", &out]),
+            "a mix of VAR and M-VAR blocks: blocks 0 have a Mamba-2 layer (mamba.*) but blocks 1 have none",
+        ),
+        (
+            "no blocks",
+            generate_args(path_str(&headless), &vae, &["--class", "1", "--out", &out]),
+            "no transformer blocks",
+        ),
+        ("M-VAR as the VQVAE", generate_args(m, m, &["--class", "1", "--out", &out]), "pass it as --var"),
+        ("class out of range", generate_args(m, &vae, &["--class", "10", "--out", &out]), "class 10 is outside 0..=9"),
+        (
+            "top-k above the vocabulary",
+            generate_args(m, &vae, &["--class", "1", "--top-k", "65", "--out", &out]),
+            "--top-k 65 is above this model's vocabulary of 64",
+        ),
+    ];
+    for (case, args, needle) in cases {
+        fails(case, &args, needle);
+    }
+    fails("classes of a mixed checkpoint", &["classes", "--var", path_str(&grafted)], "a mix of VAR and M-VAR blocks");
+    s.assert_untouched("mvar", &["grafted_var.safetensors", "half_mvar.safetensors", "no_blocks.safetensors"]);
+}
+
 /// Regenerates the hand-made files of `tests/bad_inputs/` (run with `--ignored` after changing them).
 #[test]
 #[ignore = "writes tests/bad_inputs/; run by hand"]

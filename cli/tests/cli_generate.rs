@@ -1,5 +1,5 @@
-//! `scalewise generate` end to end on the tiny PyTorch fixtures: outputs, the greedy parity through
-//! the CLI, and bad input (clear error, non-zero exit, no output file touched).
+//! `scalewise generate` end to end on the tiny PyTorch fixtures, VAR and M-VAR: outputs, the greedy
+//! parity through the CLI, and bad input (clear error, non-zero exit, no output file touched).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -9,6 +9,10 @@ use scalewise::weights::StateDict;
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/var").join(name)
+}
+
+fn mvar_fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/mvar").join(name)
 }
 
 fn scratch(test: &str) -> PathBuf {
@@ -195,5 +199,106 @@ fn a_1000_class_model_takes_imagenet_names() {
     let all = run(&["classes", "--imagenet"]);
     assert!(all.status.success(), "{}", stderr(&all));
     assert_eq!(String::from_utf8_lossy(&all.stdout).lines().count(), 1000);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn mvar_checkpoints_take_every_flag() {
+    let dir = scratch("mvar-outputs");
+    let (out, tokens, scales) = (dir.join("out.png"), dir.join("tokens.json"), dir.join("scales"));
+    let run_with = |seed: &str, tokens: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "--class",
+            "3,1",
+            "--seed",
+            seed,
+            "--batch",
+            "3",
+            "--cfg",
+            "2",
+            "--top-k",
+            "20",
+            "--top-p",
+            "0.9",
+            "--smooth",
+            "--out",
+            out.to_str().unwrap(),
+            "--dump-tokens",
+            tokens.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        generate(&mvar_fixture("tiny_mvar_cos.pth"), &fixture("tiny_vae.pth"), &args)
+    };
+    let result = run_with("7", &tokens, &["--every-scale", scales.to_str().unwrap()]);
+    let err = stderr(&result);
+    assert!(result.status.success(), "{err}");
+    assert!(err.contains("model: M-VAR depth 2 width 64 (cosine attention, "), "the model line: {err}");
+    assert!(err.contains("scale  6/6") && err.contains("mamba"), "progress with the Mamba time: {err}");
+    assert_eq!(&std::fs::read(&out).unwrap()[..8], b"\x89PNG\r\n\x1a\n");
+    let sides = [1, 2, 3, 4, 5, 6];
+    let dumped = tokens_json(&tokens);
+    assert_eq!(dumped.iter().map(Vec::len).collect::<Vec<_>>(), sides.map(|s| s * s));
+    assert!(dumped.iter().flatten().all(|&t| t < 64));
+    for (i, side) in sides.iter().enumerate() {
+        assert!(scales.join(format!("scale_{i:02}_{side}x{side}.png")).is_file(), "scale {i} image");
+    }
+    // The seed reaches the sampler: the same seed repeats the tokens, another changes them.
+    let (again, other) = (dir.join("again.json"), dir.join("other.json"));
+    assert!(run_with("7", &again, &["--quiet"]).status.success());
+    assert!(run_with("8", &other, &["--quiet"]).status.success());
+    assert_eq!(tokens_json(&again), dumped);
+    assert_ne!(tokens_json(&other), dumped, "seed 8 repeated seed 7's tokens");
+
+    // `scalewise classes` reads an M-VAR checkpoint too (10 classes without names).
+    let listed = run(&["classes", "--var", mvar_fixture("tiny_mvar_plain.pth").to_str().unwrap()]);
+    assert!(listed.status.success(), "{}", stderr(&listed));
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("10 classes have no names"), "{listed:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn greedy_mvar_cli_runs_match_pytorch_tokens() {
+    // The golden greedy runs of both attention variants: two labels, cfg 2.5, top-k 1; the dump
+    // holds the first image's tokens, the first row of each golden scale.
+    let golden = StateDict::load(mvar_fixture("golden.safetensors")).unwrap();
+    let cfg = golden.metadata["greedy_cfg"].clone();
+    let dir = scratch("mvar-greedy");
+    for variant in ["cos", "plain"] {
+        let labels: Vec<String> = golden
+            .get(&format!("{variant}.greedy.labels"))
+            .unwrap()
+            .data
+            .iter()
+            .map(|&l| (l as u32).to_string())
+            .collect();
+        let tokens = dir.join(format!("{variant}.json"));
+        let result = generate(
+            &mvar_fixture(&format!("tiny_mvar_{variant}.pth")),
+            &fixture("tiny_vae.pth"),
+            &[
+                "--no-f16",
+                "--quiet",
+                "--class",
+                &labels.join(","),
+                "--cfg",
+                &cfg,
+                "--top-k",
+                "1",
+                "--out",
+                dir.join("out.png").to_str().unwrap(),
+                "--dump-tokens",
+                tokens.to_str().unwrap(),
+            ],
+        );
+        assert!(result.status.success(), "{variant}: {}", stderr(&result));
+        let dumped = tokens_json(&tokens);
+        assert_eq!(dumped.len(), 6, "{variant}");
+        for (si, got) in dumped.iter().enumerate() {
+            let want = &golden.get(&format!("{variant}.greedy.tokens.{si}")).unwrap().data;
+            assert_eq!(want.len(), 2 * got.len(), "{variant}: scale {si} holds two images");
+            let want: Vec<u32> = want[..got.len()].iter().map(|&v| v as u32).collect();
+            assert_eq!(got, &want, "{variant}: scale {si}");
+        }
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -222,6 +222,15 @@ pub enum ScaleHistory {
     RecomputePrefix,
 }
 
+/// The part of a block [`MvarModel::forward_with`] is entering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockPart {
+    /// The Mamba-2 layer with its input norm (and, recomputing the prefix, the concatenation).
+    Mamba,
+    /// The rest of the block: its residual add, FFN, then the next block's attention.
+    Rest,
+}
+
 /// What the blocks carry from one scale to the next (M-VAR's counterpart of VAR's KV cache).
 pub struct MvarState {
     history: ScaleHistory,
@@ -337,6 +346,19 @@ impl MvarModel {
     /// Runs every block on the next scale's tokens x (2B, n, C), continuing from `state`, and returns
     /// the f32 logits (2B, n, V).
     pub fn forward(&self, x: &Tensor, conditions: &MvarConditions, state: &mut MvarState) -> Result<Tensor> {
+        self.forward_with(x, conditions, state, |_| Ok(()))
+    }
+
+    /// [`MvarModel::forward`], calling `entering` where each block's work moves into or out of its
+    /// Mamba-2 layer (the norm of its input, the prefix concatenation, the layer): a profiler can
+    /// then time the inter-scale Mamba part apart from attention and FFN.
+    pub fn forward_with(
+        &self,
+        x: &Tensor,
+        conditions: &MvarConditions,
+        state: &mut MvarState,
+        mut entering: impl FnMut(BlockPart) -> Result<()>,
+    ) -> Result<Tensor> {
         const FORWARD: &str = "MvarModel::forward";
         let [rows, tokens, width] = x.dims(FORWARD, "x (2B, n, C)")?;
         if width != self.config.base.width || rows != conditions.cond.shape()[0] || rows != state.rows {
@@ -386,6 +408,7 @@ impl MvarModel {
             let o = linear(&o, &block.proj_weight, Some(&block.proj_bias))?;
             x = gated_residual(&x, &o, gamma1)?;
             // Mamba-2 over the multi-scale sequence.
+            entering(BlockPart::Mamba)?;
             let m = match state.history {
                 ScaleHistory::CarryState => {
                     let h = adaln_layer_norm(&x, scale2, shift2, LN_EPS)?;
@@ -403,6 +426,7 @@ impl MvarModel {
                     m.slice(1, state.len..state.len + tokens)?
                 }
             };
+            entering(BlockPart::Rest)?;
             x = gated_residual(&x, &m, gamma2)?;
             let h = adaln_layer_norm(&x, scale3, shift3, LN_EPS)?;
             let h = gelu_tanh(&linear(&h, &block.fc1_weight, Some(&block.fc1_bias))?)?;

@@ -139,7 +139,7 @@ impl VqVaeConfig {
         let Some(codebook) = sd.shape("quantize.embedding.weight") else {
             if sd.contains("class_emb.weight") || sd.contains("blocks.0.attn.mat_qkv.weight") {
                 return Err(bad(
-                    "this is a VAR transformer checkpoint (it holds class_emb and blocks.* keys), not the VQVAE: \
+                    "this is a transformer checkpoint (VAR or M-VAR: it holds class_emb and blocks.* keys), not the VQVAE: \
                      pass it as --var and the vae_ch160v4096z32.pth file as --vae"
                         .into(),
                 ));

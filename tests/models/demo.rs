@@ -85,7 +85,7 @@ fn demo(device: &Device) -> Pipeline {
 fn the_demo_model_carries_its_names_and_schedule() {
     let device = full_device();
     let pipeline = demo(device);
-    let config = &pipeline.var.config;
+    let config = pipeline.config();
     let names = config.class_names.as_ref().expect("class names in the metadata");
     assert!(names.len() >= 10 && names.len() == config.num_classes);
     assert!(config.patch_nums.len() >= 8, "{:?}", config.patch_nums);
@@ -102,7 +102,7 @@ fn every_class_is_recognised_in_generated_images() {
     // about the model as a whole.
     let (device_name, device) = (WGPU_FULL, full_device());
     let pipeline = demo(device);
-    let config = &pipeline.var.config;
+    let config = pipeline.config();
     assert_eq!(classifier.classes, config.num_classes);
     let size = pipeline.image_size();
     let plane = 3 * size * size;

@@ -2,12 +2,14 @@
 //! float16-rounded weights saved by torch.save under the official key names) for both attention
 //! variants: the Mamba-2 layer alone, teacher-forced logits of every scale and a greedy generation;
 //! the carried Mamba state against the official recompute-the-prefix inference on random weights; and
-//! the checkpoints the loader must refuse. Regenerate the fixtures with
+//! the checkpoints the loader must refuse; and the same comparisons through `generate::Pipeline`,
+//! which drives M-VAR with VAR's generation loop. Regenerate the fixtures with
 //! `python scripts/mvar_reference.py --out tests/fixtures/mvar`.
 
 use std::path::PathBuf;
 
 use crate::common::{Rng, Seeded, Tol, assert_close, assert_weights_error, full_device};
+use scalewise::generate::{GenerateOptions, Pipeline, Transformer};
 use scalewise::nn::mvar::{MvarState, is_mvar};
 use scalewise::nn::{Mamba2Block, Mamba2Dims, MvarConfig, MvarModel, ScaleHistory, VarModel, VqVae};
 use scalewise::ops::sample::{SampleOptions, sample_tokens};
@@ -317,4 +319,195 @@ fn every_missing_or_misshaped_mamba_key_is_listed_in_one_error() {
         &["blocks.0.mamba.dt_proj.bias"],
         &[("blocks.1.mamba.out_proj.weight", &[64, 128], &[64, 100])],
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Generation through generate::Pipeline (VAR's loop: CFG, sampling, f_hat, previews, step_forced)
+
+fn pipeline(device: &Device, variant: &str) -> Pipeline {
+    Pipeline::new(MvarModel::from_state_dict(device, &checkpoint(variant), DType::F32).unwrap(), tiny_vae(device))
+        .unwrap()
+}
+
+/// Mamba token-steps per layer on the fixtures' schedule 1..6 (91 tokens): once each when carried,
+/// the prefix sums 1 + 5 + 14 + 30 + 55 + 91 when recomputed.
+fn token_steps(history: ScaleHistory) -> usize {
+    match history {
+        ScaleHistory::CarryState => 91,
+        ScaleHistory::RecomputePrefix => 196,
+    }
+}
+
+#[test]
+fn the_pipeline_loads_either_transformer_from_its_keys() {
+    let device = full_device();
+    let vae = fixture("var/tiny_vae.pth");
+    for (file, name) in [
+        ("mvar/tiny_mvar_cos.pth", "M-VAR d2, cosine attention"),
+        ("mvar/tiny_mvar_plain.pth", "M-VAR d2, plain attention"),
+        ("var/tiny_var.pth", "VAR d2"),
+    ] {
+        let pipeline = Pipeline::load(device, fixture(file), &vae, Some(DType::F32)).unwrap();
+        assert_eq!(pipeline.transformer.to_string(), name, "{file}");
+        assert_eq!(matches!(pipeline.transformer, Transformer::Mvar(_)), name.starts_with("M-VAR"), "{file}");
+        let sd = StateDict::load(fixture(file)).unwrap();
+        assert_eq!(&Transformer::infer_config(&sd).unwrap(), pipeline.config(), "{file}");
+    }
+    // A mix of VAR and M-VAR blocks is one error from the M-VAR inference, whichever way round.
+    let mut sd = checkpoint("cos");
+    let mamba: Vec<String> = sd.keys().filter(|k| k.starts_with("blocks.1.mamba.")).map(str::to_string).collect();
+    for key in mamba {
+        sd.remove(&key);
+    }
+    let err = Transformer::from_state_dict(device, &sd, DType::F32).err().expect("a mixed checkpoint");
+    let msg = invalid_message(err);
+    assert!(msg.contains("a mix of VAR and M-VAR blocks"), "{msg}");
+    assert!(invalid_message(Transformer::infer_config(&sd).unwrap_err()).contains("a mix"));
+}
+
+backend_tests! {
+    fn pipeline_greedy_generation_reproduces_pytorch_tokens(device: &Device, config: &str) {
+        let cfg = golden().metadata["greedy_cfg"].parse::<f32>().unwrap();
+        for variant in VARIANTS {
+            let pipeline = pipeline(device, variant);
+            let labels: Vec<usize> = ids(&format!("{variant}.greedy.labels")).iter().map(|&l| l as usize).collect();
+            for history in [ScaleHistory::CarryState, ScaleHistory::RecomputePrefix] {
+                let options = GenerateOptions {
+                    labels: labels.clone(),
+                    cfg,
+                    top_k: 1,
+                    top_p: 0.0,
+                    seed: 12345,
+                    profile_stages: false,
+                    scale_history: history,
+                    ..Default::default()
+                };
+                let mut generation = pipeline.start(&options).unwrap();
+                let steps = generation.by_ref().collect::<scalewise::Result<Vec<_>>>().unwrap();
+                for (si, step) in steps.iter().enumerate() {
+                    let want = ids(&format!("{variant}.greedy.tokens.{si}"));
+                    assert_eq!(step.tokens, want, "{config} {variant} {history:?}: scale {si}");
+                }
+                assert_eq!(generation.mamba_token_steps(), Some(token_steps(history)), "{variant} {history:?}");
+                let images = generation.decode().unwrap();
+                assert_eq!(images.len(), labels.len());
+            }
+        }
+    }
+}
+
+#[test]
+fn pipeline_teacher_forced_logits_match_pytorch() {
+    let device = full_device();
+    let labels: Vec<usize> = ids("tf.labels").iter().map(|&l| l as usize).collect();
+    for variant in VARIANTS {
+        let pipeline = pipeline(device, variant);
+        for history in [ScaleHistory::CarryState, ScaleHistory::RecomputePrefix] {
+            // cfg > 0 keeps the unconditional half, whose logits the fixture holds too; forced
+            // tokens skip the sampling.
+            let options = GenerateOptions {
+                labels: labels.clone(),
+                cfg: 1.0,
+                keep_logits: true,
+                profile_stages: false,
+                scale_history: history,
+                ..Default::default()
+            };
+            let mut generation = pipeline.start(&options).unwrap();
+            for si in 0..generation.scales() {
+                let step = generation.step_forced(&ids(&format!("tf.tokens.{si}"))).unwrap();
+                let w = want(&format!("{variant}.tf.logits.{si}"));
+                let what = format!("{variant} {history:?}: logits of scale {si}");
+                assert_close(&step.logits.expect("kept logits"), &w, tol32(&w), &what);
+            }
+            assert_eq!(generation.mamba_token_steps(), Some(token_steps(history)), "{variant} {history:?}");
+        }
+    }
+}
+
+#[test]
+fn mamba_time_is_measured_apart_with_previews_and_smooth_mode() {
+    let device = full_device();
+    let pipeline = pipeline(device, "plain");
+    let _profiling = crate::var::PROFILING.lock().unwrap_or_else(|e| e.into_inner());
+    let options = GenerateOptions {
+        labels: vec![4, 9],
+        seed: 3,
+        cfg: 3.0,
+        top_k: 20,
+        top_p: 0.9,
+        smooth: true,
+        preview_every_scale: true,
+        profile_stages: true,
+        ..Default::default()
+    };
+    let mut generation = pipeline.start(&options).unwrap();
+    let size = pipeline.image_size();
+    let mut last = None;
+    for step in generation.by_ref() {
+        let step = step.unwrap();
+        let images = step.images.expect("a preview for every scale");
+        assert_eq!(images.len(), 2, "scale {}", step.index);
+        assert!(images.iter().all(|i| (i.width, i.height) == (size, size)));
+        let t = step.times;
+        for (stage, ms) in [
+            ("attention/FFN", t.transformer_ms),
+            ("mamba", t.mamba_ms),
+            ("sampling", t.sampling_ms),
+            ("accumulate", t.accumulate_ms),
+            ("decode", t.decode_ms),
+        ] {
+            assert!(ms > 0.0 && ms.is_finite(), "scale {}: {stage} {ms} ms", step.index);
+        }
+        last = Some(images);
+    }
+    assert_eq!(last.unwrap(), generation.decode().unwrap(), "the last preview is the result");
+    assert_eq!(device.profiled_dispatches().unwrap(), 0, "stage timing leaves no profiler running");
+    // Timing and previews change nothing: the same generation unprofiled gives the same images.
+    let plain = GenerateOptions { preview_every_scale: false, profile_stages: false, ..options };
+    let (images, _) = pipeline.generate(&plain).unwrap();
+    assert_eq!(images, generation.decode().unwrap());
+}
+
+#[test]
+fn max_batch_counts_the_mamba_buffers_of_each_scale_history() {
+    use scalewise::nn::var::PATCH_NUMS_256;
+    use scalewise_support::synthetic::{VaeShape, vae_state_dict};
+    let device = full_device();
+    // One layer of width 256 on the 256px schedule (680 tokens): Mamba-2's in_proj output, 1160
+    // wide, is the largest buffer per image: over the 256 tokens of the last scale with the carried
+    // state, over all 680 when the prefix is recomputed.
+    let shape = MvarShape {
+        depth: 1,
+        width: 256,
+        num_classes: 4,
+        vocab: 16,
+        cvae: 8,
+        patch_nums: PATCH_NUMS_256.to_vec(),
+        cosine_attention: false,
+    };
+    let vae = VaeShape { ch: 32, ch_mult: vec![1, 1], blocks_per_level: 1, vocab: 16, cvae: 8, phi_convs: 4 };
+    let model = MvarModel::from_state_dict(device, &mvar_state_dict(&shape, 5).unwrap(), DType::F32).unwrap();
+    assert_eq!(model.config.mamba.in_proj_rows(), 1160);
+    let pipeline =
+        Pipeline::new(model, VqVae::from_state_dict(device, &vae_state_dict(&vae, 6).unwrap(), DType::F32).unwrap())
+            .unwrap();
+    let caps = device.caps();
+    let limit = caps.max_arg_bytes.min(caps.max_buffer_bytes);
+    let expect = |tokens: u64| (limit / (2 * tokens * 1160 * 4)).min(scalewise::generate::MAX_BATCH as u64) as usize;
+    let carried = pipeline.max_batch_with(true, ScaleHistory::CarryState);
+    let recomputed = pipeline.max_batch_with(true, ScaleHistory::RecomputePrefix);
+    assert_eq!((carried, recomputed), (expect(256), expect(680)), "limit {limit} bytes");
+    assert_eq!(pipeline.max_batch(true), carried, "the default history is the carried state");
+    let options = |batch: usize, scale_history| GenerateOptions {
+        labels: vec![1; batch],
+        scale_history,
+        profile_stages: false,
+        ..Default::default()
+    };
+    let err = pipeline.start(&options(recomputed + 1, ScaleHistory::RecomputePrefix)).err().unwrap().to_string();
+    assert!(err.contains(&format!("at most {recomputed}")), "{err}");
+    if recomputed < carried {
+        pipeline.validate(&options(recomputed + 1, ScaleHistory::CarryState)).unwrap();
+    }
 }

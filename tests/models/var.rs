@@ -515,7 +515,7 @@ fn inferred_configs_equal_the_synthetic_shapes() {
     }
     let device = full_device();
     let pipeline = tiny_pipeline(device, false, 1);
-    check_var_config(&pipeline.var.config, &var_shape(false));
+    check_var_config(pipeline.config(), &var_shape(false));
     assert_eq!(pipeline.image_size(), 6);
 }
 
@@ -554,7 +554,7 @@ fn checkpoint_mixups_name_the_right_flag() {
     let err = VqVae::from_state_dict(device, &var, DType::F32).err().expect("a VAR is not a VQVAE");
     assert!(matches!(err, Error::InvalidArgument { .. }), "{err:?}");
     let text = err.to_string();
-    assert!(text.contains("VAR transformer checkpoint") && text.contains("--var"), "{text}");
+    assert!(text.contains("transformer checkpoint (VAR or M-VAR") && text.contains("--var"), "{text}");
 }
 
 #[test]
@@ -675,7 +675,7 @@ fn run(pipeline: &Pipeline, options: &GenerateOptions) -> Run {
 
 /// The device's profiler is shared: tests that profile hold this so they don't run at the same time
 /// (tests of one binary run in parallel threads on the same devices).
-static PROFILING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+pub(crate) static PROFILING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn bits(values: &[f32]) -> Vec<u32> {
     values.iter().map(|v| v.to_bits()).collect()
@@ -685,9 +685,9 @@ fn bits(values: &[f32]) -> Vec<u32> {
 fn shared_adaln_checkpoints_load_and_generate() {
     let device = full_device();
     let pipeline = tiny_pipeline(device, true, 21);
-    assert!(pipeline.var.config.shared_adaln);
+    assert!(pipeline.config().shared_adaln);
     let result = run(&pipeline, &options(vec![1, 4], 5));
-    let sides = &pipeline.var.config.patch_nums;
+    let sides = &pipeline.config().patch_nums;
     for (tokens, side) in result.tokens.iter().zip(sides) {
         assert_eq!(tokens.len(), 2 * side * side);
         assert!(tokens.iter().all(|&t| t < 32), "{tokens:?}");
@@ -786,6 +786,7 @@ fn previews_come_for_every_scale_at_the_image_size() {
         ] {
             assert!(ms > 0.0 && ms.is_finite(), "scale {}: {stage} {ms} ms", step.index);
         }
+        assert_eq!(t.mamba_ms, 0.0, "scale {}: VAR has no Mamba layers to time", step.index);
         last = Some(images);
     }
     assert_eq!(last.unwrap(), generation.decode().unwrap(), "the last preview is the result");

@@ -110,7 +110,7 @@ fn to_unit(raw: &[f32]) -> Vec<f32> {
 fn tiny_checkpoints_load_with_inferred_hyperparameters() {
     let device = full_device();
     let pipeline = tiny_pipeline(device, DType::F32);
-    let c = &pipeline.var.config;
+    let c = pipeline.config();
     assert_eq!((c.depth, c.width, c.heads, c.head_dim, c.mlp_hidden), (2, 64, 2, 32, 256));
     assert_eq!((c.num_classes, c.vocab, c.cvae), (10, 64, 8));
     assert_eq!(c.patch_nums, serde_json::from_value::<Vec<usize>>(meta("patch_nums")).unwrap());
