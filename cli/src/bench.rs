@@ -1031,33 +1031,20 @@ pub fn write_synthetic_pth(path: &std::path::Path, model: BenchModel, depth: usi
 
 fn measure_load(
     device: &Device,
-    model: BenchModel,
     dtype: DType,
     load: impl FnOnce() -> Result<Box<dyn scalewise::weights::Weights>>,
 ) -> Result<LoadMeasure> {
-    use scalewise::nn::{MvarModel, VarModel};
     device.trim_pool();
     let before = resident_bytes();
     let reset = reset_peak_resident();
     let started = std::time::Instant::now();
     let gpu_before = device.pool_stats().live_bytes;
     let weights = load()?;
-    let gpu_bytes = match model {
-        BenchModel::Var => {
-            let m = VarModel::from_state_dict(device, weights.as_ref(), dtype)?;
-            drop(weights);
-            let bytes = device.pool_stats().live_bytes - gpu_before;
-            drop(m);
-            bytes
-        }
-        BenchModel::Mvar => {
-            let m = MvarModel::from_state_dict(device, weights.as_ref(), dtype)?;
-            drop(weights);
-            let bytes = device.pool_stats().live_bytes - gpu_before;
-            drop(m);
-            bytes
-        }
-    };
+    // The transformer the file holds (VAR or M-VAR), told by its keys as Pipeline::load does.
+    let model = scalewise::generate::Transformer::from_state_dict(device, weights.as_ref(), dtype)?;
+    drop(weights);
+    let gpu_bytes = device.pool_stats().live_bytes - gpu_before;
+    drop(model);
     let seconds = started.elapsed().as_secs_f64();
     let peak = if reset { peak_resident_bytes() } else { None };
     device.trim_pool();
@@ -1070,11 +1057,10 @@ pub fn load(device: &Device, config: &LoadBenchConfig) -> Result<LoadBenchResult
         write_synthetic_pth(&config.file, config.model, config.depth)?;
     let path = config.file.clone();
     let run = || -> Result<(LoadMeasure, Option<LoadMeasure>)> {
-        let streamed = measure_load(device, config.model, config.dtype, || {
-            Ok(Box::new(WeightsFile::open(&path, &LoadOptions::default())?))
-        })?;
+        let streamed =
+            measure_load(device, config.dtype, || Ok(Box::new(WeightsFile::open(&path, &LoadOptions::default())?)))?;
         let eager = if config.eager {
-            Some(measure_load(device, config.model, config.dtype, || Ok(Box::new(StateDict::load(&path)?)))?)
+            Some(measure_load(device, config.dtype, || Ok(Box::new(StateDict::load(&path)?)))?)
         } else {
             None
         };

@@ -487,7 +487,6 @@ pub fn bench_generate(device: &Device, args: &GenerateBenchArgs) -> anyhow::Resu
             );
         }
     }
-    super::write_atomically(&args.json, &serde_json::to_string_pretty(&bench::generate_json(device, &config, &r))?)?;
-    println!("wrote {}", args.json.display());
+    super::write_results(&args.json, &bench::generate_json(device, &config, &r))?;
     Ok(())
 }

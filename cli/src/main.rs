@@ -475,8 +475,7 @@ fn bench_matmul(device: &Device, args: &MatmulArgs) -> anyhow::Result<()> {
     if let Some(first) = rows.first() {
         println!("timing: {:?}", first.timing);
     }
-    write_atomically(&args.json, &serde_json::to_string_pretty(&bench::matmul_json(device, &rows))?)?;
-    println!("wrote {}", args.json.display());
+    write_results(&args.json, &bench::matmul_json(device, &rows))?;
     Ok(())
 }
 
@@ -517,8 +516,7 @@ fn bench_attention(device: &Device, args: &AttentionArgs) -> anyhow::Result<()> 
             opt(r.bound_fraction().map(|f| f * 100.0), "%")
         );
     }
-    write_atomically(&args.json, &serde_json::to_string_pretty(&bench::attention_json(device, &rows))?)?;
-    println!("wrote {}", args.json.display());
+    write_results(&args.json, &bench::attention_json(device, &rows))?;
     Ok(())
 }
 
@@ -586,8 +584,7 @@ fn bench_scan(device: &Device, args: &ScanArgs) -> anyhow::Result<()> {
         }
         json["ssd_forms"] = serde_json::Value::Array(forms);
     }
-    write_atomically(&args.json, &serde_json::to_string_pretty(&json)?)?;
-    println!("wrote {}", args.json.display());
+    write_results(&args.json, &json)?;
     Ok(())
 }
 
@@ -644,8 +641,7 @@ fn bench_soak(device: &Device, args: &SoakArgs) -> anyhow::Result<()> {
         "rss_bytes": result.samples.iter().map(|s| s.rss_bytes).collect::<Vec<_>>(),
         "pool_bytes": result.samples.iter().map(|s| s.pool_live_bytes + s.pool_cached_bytes).collect::<Vec<_>>(),
     });
-    write_atomically(&args.json, &serde_json::to_string_pretty(&json)?)?;
-    println!("wrote {}", args.json.display());
+    write_results(&args.json, &json)?;
     anyhow::ensure!(
         result.mismatches.is_empty(),
         "generations {:?} differ from the first of their seed",
@@ -680,8 +676,7 @@ fn bench_precision(device: &Device, args: &PrecisionArgs) -> anyhow::Result<()> 
         "scales": r.scales.iter().map(|(side, equal, total)| serde_json::json!({"side": side, "equal": equal, "total": total})).collect::<Vec<_>>(),
         "identical_tokens": r.identical_tokens, "identical_images": r.identical_images,
     });
-    write_atomically(&args.json, &serde_json::to_string_pretty(&json)?)?;
-    println!("wrote {}", args.json.display());
+    write_results(&args.json, &json)?;
     Ok(())
 }
 
@@ -732,8 +727,7 @@ fn bench_load(device: &Device, args: &LoadArgs) -> anyhow::Result<()> {
         "file_bytes": r.file_bytes, "tensors": r.tensors, "parameters": r.parameters,
         "largest_tensor_f32_bytes": r.largest_tensor_bytes, "streamed": streamed, "eager": eager,
     });
-    write_atomically(&args.json, &serde_json::to_string_pretty(&json)?)?;
-    println!("wrote {}", args.json.display());
+    write_results(&args.json, &json)?;
     Ok(())
 }
 
@@ -747,10 +741,12 @@ pub(crate) fn results_target(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes a results file atomically, creating its folder first.
-pub(crate) fn write_atomically(path: &Path, contents: &str) -> anyhow::Result<()> {
+/// Writes a benchmark's JSON results atomically (creating the folder first) and says where.
+pub(crate) fn write_results(path: &Path, json: &serde_json::Value) -> anyhow::Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    Ok(scalewise::output::write_atomic(path, contents.as_bytes())?)
+    scalewise::output::write_atomic(path, serde_json::to_string_pretty(json)?.as_bytes())?;
+    println!("wrote {}", path.display());
+    Ok(())
 }

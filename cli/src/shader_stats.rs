@@ -128,8 +128,7 @@ fn measure(args: &ShaderStatsArgs) -> anyhow::Result<()> {
     }
     print_table(&radv, &args.target, &kernels);
     let json = report_json(&radv, &args.target, &kernels);
-    crate::write_atomically(&args.json, &serde_json::to_string_pretty(&json)?)?;
-    println!("wrote {}", args.json.display());
+    crate::write_results(&args.json, &json)?;
     Ok(())
 }
 
