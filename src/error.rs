@@ -20,6 +20,24 @@ pub enum Error {
     #[error("CUDA unavailable: {0}")]
     CudaUnavailable(String),
 
+    /// A CUDA kernel module (family and variant) that NVRTC or the CPU shim's compiler refused, with
+    /// the compiler's log.
+    #[error("CUDA kernel {kernel} failed to compile:\n{log}")]
+    CudaCompile { kernel: String, log: String },
+
+    /// An error the CUDA driver returned while scalewise was doing `what`.
+    #[cfg(feature = "cuda")]
+    #[error("CUDA error while {what}: {source}")]
+    Cuda {
+        what: String,
+        #[source]
+        source: cudarc::driver::DriverError,
+    },
+
+    /// A CUDA allocation beyond the device's free memory.
+    #[error("the CUDA device is out of memory while {what}: {bytes} bytes asked, {free} bytes free")]
+    CudaOutOfMemory { what: String, bytes: u64, free: u64 },
+
     #[error("{op}: shape mismatch between {lhs:?} and {rhs:?}: {detail}")]
     ShapeMismatch { op: &'static str, lhs: Vec<usize>, rhs: Vec<usize>, detail: String },
 

@@ -137,6 +137,9 @@ impl Constants {
 pub struct ParamsLayout {
     pub struct_name: &'static str,
     pub fields: &'static [(&'static str, usize)],
+    /// Each field's Rust type as written (`u32`, `f32`, `[u32; 4]`), for backends that declare the
+    /// struct in their own language (the CUDA composer).
+    pub field_types: &'static [&'static str],
     pub size: usize,
 }
 
@@ -158,6 +161,7 @@ macro_rules! params {
                 const LAYOUT: ParamsLayout = ParamsLayout {
                     struct_name: stringify!($name),
                     fields: &[$( (stringify!($field), std::mem::offset_of!($name, $field)) ),*],
+                    field_types: &[$( stringify!($ty) ),*],
                     size: std::mem::size_of::<$name>(),
                 };
             }

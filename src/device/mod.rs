@@ -10,6 +10,14 @@
 mod cuda;
 mod wgpu;
 
+/// NVRTC without a GPU: compile every family's CUDA kernels for an architecture and read ptxas's
+/// report (the compile-all test, `scalewise info --backend cuda`).
+#[cfg(feature = "cuda")]
+pub mod cuda_compile {
+    pub use super::cuda::compile_all;
+    pub use super::cuda::nvrtc::{Compiled, KernelReport, compile, kernel_reports, version};
+}
+
 use std::sync::Arc;
 
 pub use self::wgpu::{AdapterSummary, DispatchTiming, PoolStats, TimingSource};
@@ -36,6 +44,9 @@ pub enum BackendChoice {
     Gl,
     /// CUDA kernels compiled by NVRTC (the `cuda` cargo feature).
     Cuda,
+    /// The same CUDA kernels compiled for the CPU by the host C++ compiler and run one fiber per
+    /// thread: slow, for testing the CUDA sources without a GPU (the `cuda` cargo feature).
+    CudaCpu,
 }
 
 impl std::str::FromStr for BackendChoice {
@@ -48,9 +59,10 @@ impl std::str::FromStr for BackendChoice {
             "dx12" | "d3d12" => Ok(Self::Dx12),
             "gl" | "gles" | "opengl" => Ok(Self::Gl),
             "cuda" => Ok(Self::Cuda),
+            "cuda-cpu" => Ok(Self::CudaCpu),
             other => Err(Error::InvalidArgument {
                 op: "backend",
-                msg: format!("unknown backend {other:?}; expected auto, vulkan, metal, dx12, gl or cuda"),
+                msg: format!("unknown backend {other:?}; expected auto, vulkan, metal, dx12, gl, cuda or cuda-cpu"),
             }),
         }
     }
@@ -149,12 +161,47 @@ pub struct Caps {
 pub struct DeviceInfo {
     pub adapter: AdapterSummary,
     pub caps: Caps,
+    /// The CUDA backend's facts; `None` on wgpu.
+    pub cuda: Option<CudaSummary>,
+}
+
+/// What the CUDA backend runs on.
+#[derive(Debug, Clone)]
+pub struct CudaSummary {
+    /// "GPU" or the CPU shim.
+    pub executor: String,
+    /// (major, minor): 9.0 on an H100/H200; `None` on the CPU shim.
+    pub compute_capability: Option<(i32, i32)>,
+    pub nvrtc_version: Option<(i32, i32)>,
+    pub total_memory: Option<u64>,
+    /// Tensor-core (mma.sync) variants are used for f16 where a family has them.
+    pub tensor_cores: bool,
 }
 
 impl DeviceInfo {
     /// Which kernel variants ops will pick on this device, one line per family choice.
     pub fn kernel_variants(&self) -> Vec<(&'static str, String)> {
         let c = self.caps;
+        if let Some(cuda) = &self.cuda {
+            let arch = match cuda.compute_capability {
+                Some((major, minor)) => format!("cubin for sm_{major}{minor}, cached in memory and on disk"),
+                None => "the host C++ compiler (CPU shim), cached on disk".into(),
+            };
+            return vec![
+                ("compiled by", arch),
+                ("storage", if c.f16 { "f32 and f16 (f32 accumulation)".into() } else { "f32 only".into() }),
+                (
+                    "matmul",
+                    if cuda.tensor_cores {
+                        "tiled 64x64; f16 on tensor cores (mma.sync m16n8k16) where built".into()
+                    } else {
+                        "tiled 64x64, scalar (no tensor cores below sm_80)".into()
+                    },
+                ),
+                ("row reductions", "warp shuffles (32 lanes) and shared memory".into()),
+                ("profiling", "wall clock per dispatch (synchronised)".into()),
+            ];
+        }
         let size = crate::kernels::size::TILE_M;
         vec![
             ("storage", if c.f16 { "f32 and f16 (f32 accumulation)".into() } else { "f32 only (no f16)".into() }),
@@ -189,7 +236,6 @@ impl DeviceInfo {
 pub(crate) enum Storage {
     Wgpu(self::wgpu::GpuBuffer),
     #[cfg(feature = "cuda")]
-    #[expect(dead_code, reason = "constructed once the CUDA backend allocates (issue 14)")]
     Cuda(cuda::CudaBuffer),
 }
 
@@ -281,18 +327,23 @@ impl<'a> Launch<'a> {
 /// A download in flight: poll it or wait for the bytes.
 pub(crate) enum Readback {
     Wgpu(self::wgpu::Readback),
+    /// Already copied (the CUDA backend reads synchronously).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code, reason = "only the CUDA backend reads synchronously"))]
+    Ready(Vec<u8>),
 }
 
 impl Readback {
     pub fn is_ready(&self) -> bool {
         match self {
             Readback::Wgpu(r) => r.is_ready(),
+            Readback::Ready(_) => true,
         }
     }
 
     pub fn wait(self) -> Result<Vec<u8>> {
         match self {
             Readback::Wgpu(r) => r.wait(),
+            Readback::Ready(bytes) => Ok(bytes),
         }
     }
 }
@@ -347,7 +398,6 @@ pub(crate) trait BackendDevice: Send + Sync {
 enum Backend {
     Wgpu(self::wgpu::WgpuDevice),
     #[cfg(feature = "cuda")]
-    #[expect(dead_code, reason = "constructed once the CUDA backend opens devices (issue 14)")]
     Cuda(cuda::CudaDevice),
 }
 
@@ -375,7 +425,7 @@ impl Device {
     }
 
     pub async fn new_async(options: &DeviceOptions) -> Result<Self> {
-        let backend = if options.backend == BackendChoice::Cuda {
+        let backend = if matches!(options.backend, BackendChoice::Cuda | BackendChoice::CudaCpu) {
             cuda::open(options)?
         } else {
             Backend::Wgpu(self::wgpu::WgpuDevice::open(options).await?)

@@ -20,6 +20,7 @@ use scalewise::{BackendChoice, DType, Device, DeviceOptions};
 pub const WGPU_FULL: &str = "wgpu_full";
 pub const WGPU_PORTABLE: &str = "wgpu_portable";
 pub const CUDA: &str = "cuda";
+pub const CUDA_CPU: &str = "cuda_cpu";
 
 /// One test per backend configuration for each function listed:
 ///
@@ -29,7 +30,7 @@ pub const CUDA: &str = "cuda";
 /// }
 /// ```
 ///
-/// keeps the function as written and adds `mod matmul_matches_reference` with three tests:
+/// keeps the function as written and adds `mod matmul_matches_reference` with four tests:
 ///
 /// - `wgpu_full`: the wgpu adapter with every optional feature it has ([`full_device`]);
 /// - `wgpu_portable`: the same adapter with f16, subgroups and timestamps off ([`portable_device`]);
@@ -39,6 +40,9 @@ pub const CUDA: &str = "cuda";
 ///   NVRTC kernels land, always) is a [`skip`]: the test prints `SKIP <test>: <error>` past the
 ///   output capture and returns. libtest has no runtime skip, so it still counts as passed; the
 ///   SKIP line is what says it did not run.
+/// - `cuda_cpu`: the same CUDA sources compiled for the CPU by the host C++ compiler and run one
+///   fiber per thread ([`cuda_cpu_device`]), so the CUDA kernels are checked on machines without a
+///   GPU. Ignored without the `cuda` feature; with it, a missing C++ compiler fails the test.
 ///
 /// A failure names its configuration twice: in the test's path, and in the messages the body
 /// builds from `config`. Devices are opened once per test binary and shared by its tests.
@@ -70,6 +74,12 @@ macro_rules! backend_tests {
                     Err(reason) => $crate::common::skip(concat!(module_path!(), "::cuda"), reason),
                 }
             }
+
+            #[test]
+            #[cfg_attr(not(feature = "cuda"), ignore = "scalewise built without the cuda feature")]
+            fn cuda_cpu() {
+                super::$name($crate::common::cuda_cpu_device(), $crate::common::CUDA_CPU)
+            }
         }
     )*};
 }
@@ -79,7 +89,7 @@ macro_rules! backend_tests {
 fn wgpu_options() -> DeviceOptions {
     let mut options =
         DeviceOptions { poison_allocations: true, ..DeviceOptions::from_env().expect("valid environment") };
-    if options.backend == BackendChoice::Cuda {
+    if matches!(options.backend, BackendChoice::Cuda | BackendChoice::CudaCpu) {
         options.backend = BackendChoice::Auto;
     }
     options
@@ -119,6 +129,20 @@ pub fn cuda_device() -> Result<&'static Device, &'static str> {
         })
         .as_ref()
         .map_err(String::as_str)
+}
+
+/// The CUDA kernels on the CPU shim (`cuda_cpu`). It needs only a C++ compiler, which every machine
+/// that builds scalewise has, so failing to open it fails the test instead of skipping it.
+pub fn cuda_cpu_device() -> &'static Device {
+    static DEVICE: OnceLock<Device> = OnceLock::new();
+    DEVICE.get_or_init(|| {
+        let options = DeviceOptions {
+            backend: BackendChoice::CudaCpu,
+            poison_allocations: true,
+            ..DeviceOptions::from_env().expect("valid environment")
+        };
+        Device::new(&options).expect("the CUDA CPU shim (needs g++ or $CXX)")
+    })
 }
 
 /// Reports that `test`, or the part of it named there, did not run here, and why. The line goes

@@ -32,7 +32,7 @@ impl AdapterSummary {
 
 fn backends_for(choice: BackendChoice) -> wgpu::Backends {
     match choice {
-        BackendChoice::Auto | BackendChoice::Cuda => wgpu::Backends::all(),
+        BackendChoice::Auto | BackendChoice::Cuda | BackendChoice::CudaCpu => wgpu::Backends::all(),
         BackendChoice::Vulkan => wgpu::Backends::VULKAN,
         BackendChoice::Metal => wgpu::Backends::METAL,
         BackendChoice::Dx12 => wgpu::Backends::DX12,

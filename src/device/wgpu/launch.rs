@@ -278,15 +278,17 @@ impl WgpuDevice {
                 .args
                 .iter()
                 .enumerate()
-                .map(|(i, arg)| wgpu::BindGroupEntry {
-                    binding: i as u32,
-                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                        buffer: arg.storage.wgpu().raw(),
-                        offset: 0,
-                        size: NonZeroU64::new(arg.bytes.div_ceil(4).max(1) * 4),
-                    }),
+                .map(|(i, arg)| {
+                    Ok(wgpu::BindGroupEntry {
+                        binding: i as u32,
+                        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                            buffer: arg.storage.wgpu()?.raw(),
+                            offset: 0,
+                            size: NonZeroU64::new(arg.bytes.div_ceil(4).max(1) * 4),
+                        }),
+                    })
                 })
-                .collect();
+                .collect::<Result<_>>()?;
             entries.push(wgpu::BindGroupEntry {
                 binding: launch.args.len() as u32,
                 resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {

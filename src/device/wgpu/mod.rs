@@ -119,7 +119,7 @@ impl WgpuDevice {
             max_buffer_bytes: limits.max_buffer_size,
             is_cpu: adapter_info.device_type == wgpu::DeviceType::Cpu,
         };
-        let info = DeviceInfo { adapter: AdapterSummary::from_info(adapter_info), caps };
+        let info = DeviceInfo { adapter: AdapterSummary::from_info(adapter_info), caps, cuda: None };
         let lost = Arc::new(Mutex::new(None));
         let lost_flag = Arc::clone(&lost);
         device.set_device_lost_callback(move |reason, message| {
@@ -227,11 +227,16 @@ impl WgpuDevice {
 }
 
 impl Storage {
-    fn wgpu(&self) -> &GpuBuffer {
+    /// The wgpu buffer; a tensor of another backend is refused (ops check devices first, so this
+    /// guards the seam rather than user input).
+    fn wgpu(&self) -> Result<&GpuBuffer> {
         match self {
-            Storage::Wgpu(buffer) => buffer,
+            Storage::Wgpu(buffer) => Ok(buffer),
             #[cfg(feature = "cuda")]
-            Storage::Cuda(buffer) => match *buffer {},
+            Storage::Cuda(_) => Err(Error::InvalidArgument {
+                op: "wgpu",
+                msg: "a tensor of the CUDA backend given to a wgpu device".into(),
+            }),
         }
     }
 }
@@ -252,11 +257,11 @@ impl BackendDevice for WgpuDevice {
         self.check_alive()?;
         // Buffer writes must be a multiple of 4 bytes (odd-length f16 data gets one pad element).
         if bytes.len().is_multiple_of(4) {
-            self.queue.write_buffer(dst.wgpu().raw(), 0, bytes);
+            self.queue.write_buffer(dst.wgpu()?.raw(), 0, bytes);
         } else {
             let mut padded = bytes.to_vec();
             padded.resize(bytes.len().div_ceil(4) * 4, 0);
-            self.queue.write_buffer(dst.wgpu().raw(), 0, &padded);
+            self.queue.write_buffer(dst.wgpu()?.raw(), 0, &padded);
         }
         Ok(())
     }
@@ -266,14 +271,14 @@ impl BackendDevice for WgpuDevice {
         self.flush_pending()?;
         self.checked("clearing a tensor", || {
             let mut encoder = self.device.create_command_encoder(&Default::default());
-            encoder.clear_buffer(dst.wgpu().raw(), 0, Some(bytes.div_ceil(4) * 4));
+            encoder.clear_buffer(dst.wgpu()?.raw(), 0, Some(bytes.div_ceil(4) * 4));
             self.submit(encoder.finish());
             Ok(())
         })
     }
 
     fn read(&self, src: &Storage, bytes: u64) -> Result<super::Readback> {
-        Ok(super::Readback::Wgpu(readback::Readback::start(self, src.wgpu().raw(), bytes)?))
+        Ok(super::Readback::Wgpu(readback::Readback::start(self, src.wgpu()?.raw(), bytes)?))
     }
 
     fn supports(&self, family: Family, dtype: DType) -> bool {
