@@ -26,7 +26,8 @@ struct Cli {
 
 #[derive(Args)]
 struct DeviceArgs {
-    /// auto, vulkan, metal, dx12, gl or cuda (default: WGPU_BACKEND, else auto).
+    /// auto, vulkan, metal, dx12, gl, cuda or cuda-cpu (default: WGPU_BACKEND, else auto). cuda needs a
+    /// build with `--features cuda`; cuda-cpu runs the CUDA kernels on the CPU (slow; for testing).
     #[arg(long, global = true)]
     backend: Option<BackendChoice>,
     /// Pick the adapter whose name contains this text (default: WGPU_ADAPTER_NAME).
@@ -413,6 +414,19 @@ fn info(device: &Device) -> anyhow::Result<()> {
         println!("subgroups size {}..{}", c.subgroup_sizes.0, c.subgroup_sizes.1);
     }
     println!("cpu adapter {}", on(c.is_cpu));
+    if let Some(cuda) = &info.cuda {
+        println!("cuda      {}", cuda.executor);
+        if let Some((major, minor)) = cuda.compute_capability {
+            println!("  compute capability  {major}.{minor} (sm_{major}{minor})");
+        }
+        if let Some((major, minor)) = cuda.nvrtc_version {
+            println!("  NVRTC               {major}.{minor}");
+        }
+        if let Some(total) = cuda.total_memory {
+            println!("  memory              {}", bytes(total));
+        }
+        println!("  tensor cores        {}", on(cuda.tensor_cores));
+    }
     println!("limits");
     println!("  buffer                      {}", bytes(c.max_buffer_bytes));
     println!("  kernel argument             {}", bytes(c.max_arg_bytes));
@@ -424,8 +438,13 @@ fn info(device: &Device) -> anyhow::Result<()> {
     for (what, variant) in info.kernel_variants() {
         println!("  {what:<32} {variant}");
     }
-    let families: Vec<&str> = Family::ALL.iter().map(|f| f.name()).collect();
-    println!("shader families  {}", families.join(", "));
+    let (runs, missing): (Vec<Family>, Vec<Family>) =
+        Family::ALL.iter().partition(|f| f.dtypes().iter().any(|&dtype| device.supports(**f, dtype)));
+    let names = |list: &[Family]| list.iter().map(|f| f.name()).collect::<Vec<_>>().join(", ");
+    println!("kernel families  {}", names(&runs));
+    if !missing.is_empty() {
+        println!("not on this backend  {}", names(&missing));
+    }
     Ok(())
 }
 

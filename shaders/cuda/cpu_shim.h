@@ -1,5 +1,7 @@
 // The CPU shim: enough of CUDA's execution model for the host C++ compiler to run the same .cu
-// sources the GPU runs, one block at a time, each thread a fiber (ucontext) on its own stack.
+// sources the GPU runs, one block at a time, each thread a fiber on its own stack (a few lines of
+// assembly switch them on x86-64, ucontext elsewhere: swapcontext's signal-mask syscalls made
+// barrier-heavy kernels several times slower).
 // __syncthreads and the warp-level primitives switch fibers; a block barrier releases when every
 // live thread of the block has reached it, a warp barrier when every live thread of the warp has.
 // Blocks run one after another, so __shared__ variables are plain statics. It catches indexing,
@@ -44,8 +46,46 @@ namespace sw {
 
 enum State { Runnable, AtBlockBarrier, AtWarpBarrier, Done };
 
+#if defined(__x86_64__)
+// Saves the callee-saved registers on the current stack, stores the stack pointer in *from, and
+// resumes the context whose stack pointer is `to` (the System V ABI preserves nothing else across a
+// call, so this is a complete switch).
+extern "C" void sw_switch_context(void** from, void* to);
+asm(R"(
+    .text
+    .p2align 4
+    .hidden sw_switch_context
+    .globl sw_switch_context
+    .type sw_switch_context, @function
+sw_switch_context:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size sw_switch_context, .-sw_switch_context
+)");
+struct Context {
+    void* sp;
+};
+#else
+struct Context {
+    ucontext_t uc;
+};
+#endif
+
 struct Fiber {
-    ucontext_t context;
+    Context context;
     char* stack;
     State state;
     dim3 thread;
@@ -67,7 +107,7 @@ static std::vector<Kernel>& kernels() {
 // The running block.
 static std::vector<Fiber> fibers;
 static size_t current;
-static ucontext_t scheduler;
+static Context scheduler;
 static const Kernel* running_kernel;
 static void** running_args;
 // Values in flight through a warp shuffle, one slot per thread of the block.
@@ -77,15 +117,43 @@ static unsigned linear_thread() {
     return threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
 }
 
+static void switch_to(Context* from, Context* to) {
+#if defined(__x86_64__)
+    sw_switch_context(&from->sp, to->sp);
+#else
+    swapcontext(&from->uc, &to->uc);
+#endif
+}
+
 static void yield(State state) {
     fibers[current].state = state;
-    swapcontext(&fibers[current].context, &scheduler);
+    switch_to(&fibers[current].context, &scheduler);
 }
 
 static void fiber_main() {
     running_kernel->call(running_args);
     fibers[current].state = Done;
-    // uc_link returns to the scheduler.
+    // Never resumed again: the scheduler reinitialises the fiber for the next block.
+    switch_to(&fibers[current].context, &scheduler);
+}
+
+static void start_fiber(Fiber& f) {
+#if defined(__x86_64__)
+    // The initial frame sw_switch_context pops: six callee-saved registers, then fiber_main as the
+    // return address, then a dummy return address for fiber_main itself, placed so that fiber_main
+    // starts with the stack alignment a called function expects (rsp = 8 mod 16).
+    void** frame = reinterpret_cast<void**>(f.stack + STACK_BYTES - 64);
+    for (int i = 0; i < 6; ++i) frame[i] = nullptr;
+    frame[6] = reinterpret_cast<void*>(&fiber_main);
+    frame[7] = nullptr;
+    f.context.sp = frame;
+#else
+    getcontext(&f.context.uc);
+    f.context.uc.uc_stack.ss_sp = f.stack;
+    f.context.uc.uc_stack.ss_size = STACK_BYTES;
+    f.context.uc.uc_link = &scheduler.uc;
+    makecontext(&f.context.uc, fiber_main, 0);
+#endif
 }
 
 template <class... A, size_t... I>
@@ -119,18 +187,14 @@ static bool run_block(char* err, size_t err_len) {
         Fiber& f = fibers[t];
         f.state = Runnable;
         f.thread = dim3{t % blockDim.x, (t / blockDim.x) % blockDim.y, t / (blockDim.x * blockDim.y)};
-        getcontext(&f.context);
-        f.context.uc_stack.ss_sp = f.stack;
-        f.context.uc_stack.ss_size = STACK_BYTES;
-        f.context.uc_link = &scheduler;
-        makecontext(&f.context, fiber_main, 0);
+        start_fiber(f);
     }
     for (;;) {
         for (unsigned t = 0; t < threads; ++t) {
             if (fibers[t].state != Runnable) continue;
             current = t;
             threadIdx = fibers[t].thread;
-            swapcontext(&scheduler, &fibers[t].context);
+            switch_to(&scheduler, &fibers[t].context);
         }
         // Everyone is done or waiting. Release whole warps at a warp barrier first.
         bool released = false;

@@ -294,6 +294,9 @@ mod enabled {
         }
 
         fn alloc(&self, bytes: u64, what: &str) -> Result<Storage> {
+            // Kernels see whole 32-bit words (an odd-length f16 tensor's arguments span a padded
+            // last word), as wgpu's buffers do.
+            let bytes = bytes.div_ceil(4).max(1) * 4;
             let (ptr, memory) = match &self.shared.executor {
                 Executor::Gpu(gpu) => (gpu.alloc(bytes, what)?, Memory::Device),
                 Executor::Cpu => {
