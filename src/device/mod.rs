@@ -8,6 +8,7 @@
 //!   compiled with CUDA support".
 
 mod cuda;
+mod disk_cache;
 mod wgpu;
 
 /// NVRTC without a GPU: compile every family's CUDA kernels for an architecture and read ptxas's

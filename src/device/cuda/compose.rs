@@ -226,33 +226,3 @@ pub(super) fn content_hash(parts: &[&[u8]]) -> String {
     }
     format!("{a:016x}{b:016x}")
 }
-
-/// The folder for compiled kernels: `SCALEWISE_CACHE_DIR`, else `$XDG_CACHE_HOME/scalewise`, else
-/// `~/.cache/scalewise`; `None` when none can be named (then nothing is cached on disk).
-pub(super) fn cache_dir(kind: &str) -> Option<std::path::PathBuf> {
-    let base = std::env::var_os("SCALEWISE_CACHE_DIR")
-        .filter(|d| !d.is_empty())
-        .map(std::path::PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("XDG_CACHE_HOME")
-                .filter(|d| !d.is_empty())
-                .map(|d| std::path::PathBuf::from(d).join("scalewise"))
-        })
-        .or_else(|| {
-            std::env::var_os("HOME")
-                .filter(|d| !d.is_empty())
-                .map(|h| std::path::PathBuf::from(h).join(".cache/scalewise"))
-        })?;
-    let dir = base.join(kind);
-    std::fs::create_dir_all(&dir).ok()?;
-    Some(dir)
-}
-
-/// Writes `bytes` to `path` through a temporary beside it and a rename, so a concurrent reader never
-/// sees half a file. A failure only costs the cache entry.
-pub(super) fn write_cached(path: &std::path::Path, bytes: &[u8]) {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    if std::fs::write(&tmp, bytes).is_ok() && std::fs::rename(&tmp, path).is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-}

@@ -55,7 +55,7 @@ pub(super) fn load(key: &ModuleKey) -> Result<CpuModule> {
         .ok_or_else(|| Error::CudaCompile { kernel: label.clone(), log: "no CUDA source for this family".into() })?;
     let version = compiler_version().map_err(Error::CudaUnavailable)?;
     let hash = compose::content_hash(&[source.as_bytes(), version.as_bytes(), FLAGS.join(" ").as_bytes()]);
-    let dir = compose::cache_dir("cuda-cpu").unwrap_or_else(std::env::temp_dir);
+    let dir = crate::device::disk_cache::dir("cuda-cpu").unwrap_or_else(std::env::temp_dir);
     let path = dir.join(format!("{}-{hash}.so", key.family));
     if !path.exists() {
         compile(&source, &path, &label)?;

@@ -186,13 +186,14 @@ impl GpuContext {
         let options = nvrtc::options(arch).join(" ");
         let hash =
             compose::content_hash(&[source.as_bytes(), options.as_bytes(), format!("{major}.{minor}").as_bytes()]);
-        let path = compose::cache_dir("cuda").map(|d| d.join(format!("{}-sm{arch}-{hash}.cubin", key.family)));
+        let path =
+            crate::device::disk_cache::dir("cuda").map(|d| d.join(format!("{}-sm{arch}-{hash}.cubin", key.family)));
         let cubin = match path.as_ref().and_then(|p| std::fs::read(p).ok()) {
             Some(cubin) => cubin,
             None => {
                 let cubin = nvrtc::compile(&source, &label, arch)?.cubin;
                 if let Some(path) = &path {
-                    compose::write_cached(path, &cubin);
+                    crate::device::disk_cache::write(path, &cubin);
                 }
                 cubin
             }

@@ -108,12 +108,15 @@ impl PipelineCache {
                     // Every kernel initialises the workgroup memory it reads; zeroing it costs time.
                     zero_initialize_workgroup_memory: false,
                 },
-                cache: None,
+                cache: ctx.persistent.as_ref().map(|p| &p.cache),
             });
             Ok(CachedPipeline { pipeline, layout })
         })?;
         let cached = Arc::new(cached);
         ctx.counters.pipelines.fetch_add(1, Ordering::Relaxed);
+        if let Some(persistent) = &ctx.persistent {
+            persistent.compiled.fetch_add(1, Ordering::Relaxed);
+        }
         ctx.counters.compile_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         self.pipelines.lock().map_err(poisoned)?.insert(key, Arc::clone(&cached));
         Ok(cached)

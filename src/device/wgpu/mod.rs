@@ -34,7 +34,8 @@ pub(crate) fn wanted_features(options: &DeviceOptions) -> wgpu::Features {
     if options.allow_timestamps {
         wanted |= wgpu::Features::TIMESTAMP_QUERY;
     }
-    wanted
+    // Vulkan: compiled pipelines kept on disk between runs (see PersistentPipelines).
+    wanted | wgpu::Features::PIPELINE_CACHE
 }
 
 /// Work counters of one device, for `Device::launch_stats`.
@@ -78,6 +79,60 @@ pub(crate) struct WgpuDevice {
     lost: Arc<Mutex<Option<String>>>,
     /// Errors that escaped every error scope (recorded instead of wgpu's default panic).
     uncaptured: Arc<Mutex<Vec<wgpu::Error>>>,
+    /// The driver's pipeline cache, loaded from and saved to disk (Vulkan).
+    pub(crate) persistent: Option<PersistentPipelines>,
+}
+
+/// A Vulkan pipeline cache kept in the user's cache folder (`~/.cache/scalewise/wgpu`), one file per
+/// adapter (wgpu's key: vendor and device id; wgpu and the driver check the rest, and data from
+/// another driver version is dropped, not used). A process that compiled new pipelines writes the
+/// cache back when its device closes, so the next process skips the driver's shader compiles.
+pub(crate) struct PersistentPipelines {
+    pub(crate) cache: wgpu::PipelineCache,
+    path: std::path::PathBuf,
+    /// Pipelines compiled since the file was read (0: nothing to write back).
+    pub(crate) compiled: AtomicU64,
+}
+
+impl PersistentPipelines {
+    /// Largest cache file read back (a hostile or corrupt file larger than this is ignored).
+    const MAX_FILE_BYTES: u64 = 512 << 20;
+
+    fn open(device: &wgpu::Device, adapter_info: &wgpu::AdapterInfo) -> Option<Self> {
+        if !device.features().contains(wgpu::Features::PIPELINE_CACHE) {
+            return None;
+        }
+        let key = wgpu::util::pipeline_cache_key(adapter_info)?;
+        let path = super::disk_cache::dir("wgpu")?.join(key);
+        let data = super::disk_cache::read(&path, Self::MAX_FILE_BYTES);
+        // SAFETY: `data` is what `PipelineCache::get_data` returned in an earlier run (we write that
+        // file only from it); wgpu checks its header against this adapter and driver, and with
+        // `fallback` an unusable file yields an empty cache instead of an error.
+        let cache = unsafe {
+            device.create_pipeline_cache(&wgpu::PipelineCacheDescriptor {
+                label: Some("scalewise pipelines"),
+                data: data.as_deref(),
+                fallback: true,
+            })
+        };
+        Some(Self { cache, path, compiled: AtomicU64::new(0) })
+    }
+
+    fn save(&self) {
+        if self.compiled.load(Ordering::Relaxed) > 0
+            && let Some(data) = self.cache.get_data()
+        {
+            super::disk_cache::write(&self.path, &data);
+        }
+    }
+}
+
+impl Drop for WgpuDevice {
+    fn drop(&mut self) {
+        if let Some(persistent) = &self.persistent {
+            persistent.save();
+        }
+    }
 }
 
 impl WgpuDevice {
@@ -135,7 +190,9 @@ impl WgpuDevice {
             }
         }));
         let params = launch::ParamsRing::new(&device);
+        let persistent = PersistentPipelines::open(&device, adapter_info);
         Self {
+            persistent,
             params,
             counters: Arc::default(),
             device,
