@@ -67,6 +67,14 @@ fn every_family_compiles_to_cubin_for_sm80_and_sm90_without_spills() {
                     assert!(!compiled.cubin.is_empty(), "sm_{arch} {label}: empty cubin");
                     let reports = kernel_reports(&compiled.log);
                     assert!(!reports.is_empty(), "sm_{arch} {label}: no ptxas report in the log:\n{}", compiled.log);
+                    // The host reads each kernel's block shape from the `<entry>_block` global
+                    // (SW_KERNEL) after loading the module: it must survive compilation.
+                    for r in reports.iter().filter(|r| !r.name.starts_with("_Z")) {
+                        let symbol = format!("{}_block\0", r.name);
+                        if !compiled.cubin.windows(symbol.len()).any(|w| w == symbol.as_bytes()) {
+                            failures.push(format!("sm_{arch} {label}: no {}_block symbol in the cubin", r.name));
+                        }
+                    }
                     for r in reports {
                         eprintln!(
                             "sm_{arch} {label:<60} {:<28} {:>3} regs {:>6} B smem {:>4} B stack {} spill",

@@ -40,12 +40,16 @@
 
 #define STAGE_STEPS 16u
 
+SW_DEVICE u32 scan_head_param(u32 channel) { return channel / CHANNELS_PER_HEAD; }
+
 struct ScanChannel {
     u32 batch;
     u32 channel;
     u32 chunk;
     u32 group;
     bool live;
+    u32 x_base;   // (batch, channel) offset into u, z and y
+    u32 dt_base;  // (batch, head) offset into delta
 };
 
 // Block (x: channel block within the group, y: group * chunks + chunk, z: batch).
@@ -60,12 +64,12 @@ SW_DEVICE ScanChannel scan_channel_of(const ScanParams& p, u32 index) {
     ch.chunk = chunk;
     ch.group = group;
     ch.live = local < per_group;
+    ch.x_base = ch.batch * p.x_batch + ch.channel * p.x_channel;
+    ch.dt_base = ch.batch * p.dt_batch + scan_head_param(ch.channel) * p.dt_channel;
     return ch;
 }
 
 SW_DEVICE u32 scan_time_at(const ScanParams& p, u32 i) { return step_time(i, p.length, REVERSE != 0); }
-
-SW_DEVICE u32 scan_head_param(u32 channel) { return channel / CHANNELS_PER_HEAD; }
 
 SW_DEVICE float scan_a_value(const float* a_log, u32 channel, u32 n) {
     if (A_PER_HEAD) return a_log[scan_head_param(channel)];
@@ -85,7 +89,7 @@ SW_DEVICE float scan_step_decay(const float* a_log, u32 channel, float dt, u32 n
 
 SW_DEVICE float scan_step_delta(const ScanParams& p, const store_t* delta, const float* delta_bias,
                                 const ScanChannel& ch, u32 t) {
-    float d = to_f32(delta[ch.batch * p.dt_batch + scan_head_param(ch.channel) * p.dt_channel + t * p.dt_time]);
+    float d = to_f32(delta[ch.dt_base + t * p.dt_time]);
     if (HAS_DELTA_BIAS) d += delta_bias[scan_head_param(ch.channel)];
     if (DELTA_SOFTPLUS) d = softplus(d);
     return d;
@@ -93,10 +97,10 @@ SW_DEVICE float scan_step_delta(const ScanParams& p, const store_t* delta, const
 
 // Loads B (and C) for processing steps [i0, i0 + count) of this block's group. Called by the whole
 // block (uniform control flow: the bounds depend on the block only).
-SW_DEVICE void scan_stage(const ScanParams& p, const store_t* b_in, const store_t* c_in, const ScanChannel& ch,
-                          u32 i0, u32 count, u32 index, bool with_c, float* b_stage, float* c_stage) {
-    // The block's group of B and C at processing step i0 (uniform over the block).
-    const u32 group_base = ch.batch * p.bc_batch + ch.group * p.bc_group;
+SW_DEVICE void scan_stage(const ScanParams& p, const store_t* b_in, const store_t* c_in, u32 i0, u32 count, u32 index,
+                          bool with_c, float* b_stage, float* c_stage) {
+    // The block's (batch, group) offset into B and C, from the block indices (see scan_channel_of).
+    const u32 group_base = blockIdx.z * p.bc_batch + (blockIdx.y / p.chunks) * p.bc_group;
     __syncthreads();
     // e = index + k * SCAN_WG over STAGE_STEPS * N_STATE entries: a loop of known length.
     SW_UNROLL
@@ -152,12 +156,12 @@ SW_KERNEL(scan_chunk_totals, SCAN_WG, 1, 1,
     }
     for (u32 i0 = start; i0 < end; i0 += STAGE_STEPS) {
         const u32 count = min(STAGE_STEPS, end - i0);
-        scan_stage(p, b_in, c_in, ch, i0, count, index, false, b_stage, c_stage);
+        scan_stage(p, b_in, c_in, i0, count, index, false, b_stage, c_stage);
         if (ch.live) {
             for (u32 s = 0; s < count; s++) {
                 const u32 t = scan_time_at(p, i0 + s);
                 const float dt = scan_step_delta(p, delta, delta_bias, ch, t);
-                const float du = dt * to_f32(u[ch.batch * p.x_batch + ch.channel * p.x_channel + t * p.x_time]);
+                const float du = dt * to_f32(u[ch.x_base + t * p.x_time]);
                 const float head_decay = scan_step_head_decay(a_log, ch.channel, dt);
                 if (A_PER_HEAD) head_total *= head_decay;
                 SW_UNROLL
@@ -202,12 +206,12 @@ SW_KERNEL(scan_chunk_outputs, SCAN_WG, 1, 1,
     if (HAS_D_SKIP && ch.live) skip = d_skip[scan_head_param(ch.channel)];
     for (u32 i0 = start; i0 < end; i0 += STAGE_STEPS) {
         const u32 count = min(STAGE_STEPS, end - i0);
-        scan_stage(p, b_in, c_in, ch, i0, count, index, true, b_stage, c_stage);
+        scan_stage(p, b_in, c_in, i0, count, index, true, b_stage, c_stage);
         if (ch.live) {
             for (u32 s = 0; s < count; s++) {
                 const u32 t = scan_time_at(p, i0 + s);
                 const float dt = scan_step_delta(p, delta, delta_bias, ch, t);
-                const u32 x_at = ch.batch * p.x_batch + ch.channel * p.x_channel + t * p.x_time;
+                const u32 x_at = ch.x_base + t * p.x_time;
                 const float x = to_f32(u[x_at]);
                 const float du = dt * x;
                 float out = 0.0f;

@@ -227,7 +227,15 @@ mod enabled {
         fn grid(&self, grid: Grid, label: &str) -> Result<[u32; 3]> {
             let max = self.info.caps.max_groups_per_dim as u64;
             match grid {
-                Grid::Groups(groups) => Ok(groups),
+                Grid::Groups(groups) => {
+                    if groups.iter().any(|&g| u64::from(g) > max) {
+                        return Err(Error::InvalidArgument {
+                            op: "launch",
+                            msg: format!("{label}: {groups:?} blocks exceed the per-dimension limit {max}"),
+                        });
+                    }
+                    Ok(groups)
+                }
                 Grid::Linear(groups) => self.grid(Grid::Batched { groups, batch: 1 }, label),
                 Grid::Batched { groups: 0, .. } => Ok([0, 1, 1]),
                 Grid::Batched { groups, batch } => {
