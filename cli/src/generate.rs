@@ -277,7 +277,10 @@ pub fn generate(device: &Device, args: &GenerateArgs, mut outputs: Outputs) -> a
     }
     let progress = Progress { enabled: !args.quiet, terminal: std::io::stderr().is_terminal(), mamba: mvar.is_some() };
     let started = std::time::Instant::now();
+    let work_before = device.launch_stats();
     let mut generation = pipeline.start(&options)?;
+    device.synchronize()?;
+    let startup_ms = started.elapsed().as_secs_f64() * 1e3;
     let mut previews = Vec::new();
     let mut totals = scalewise::generate::StageTimes::default();
     for step in generation.by_ref() {
@@ -288,8 +291,12 @@ pub fn generate(device: &Device, args: &GenerateArgs, mut outputs: Outputs) -> a
             previews.push(images);
         }
     }
+    device.synchronize()?;
+    let scales_done = std::time::Instant::now();
     let images = generation.decode()?;
+    let decode_ms = scales_done.elapsed().as_secs_f64() * 1e3;
     let wall_ms = started.elapsed().as_secs_f64() * 1e3;
+    let scales_ms = wall_ms - startup_ms - decode_ms;
 
     // Everything is computed: fill the staged files, then rename them into place.
     outputs.image.write_all(&Image::square_grid(&images).to_png()?)?;
@@ -320,9 +327,12 @@ pub fn generate(device: &Device, args: &GenerateArgs, mut outputs: Outputs) -> a
         folder.committed = true;
     }
     if !args.quiet {
+        // The wall clock in three parts that add up to it; the per-stage GPU times are the scales'
+        // own, and pipeline compiles (on first use) fall inside whichever part first needed them.
+        let work = device.launch_stats() - work_before;
         eprintln!(
-            "generated {batch} image(s) in {wall_ms:.0} ms (GPU: transformer {:.1} ms{}, sampling {:.1} ms, accumulate \
-             {:.1} ms{}); wrote {}",
+            "generated {batch} image(s) in {wall_ms:.0} ms: start-up {startup_ms:.0} ms, scales {scales_ms:.0} ms (GPU: \
+             transformer {:.1} ms{}, sampling {:.1} ms, accumulate {:.1} ms{}), final decode {decode_ms:.0} ms; wrote {}",
             totals.transformer_ms,
             if mvar.is_some() { format!(", mamba {:.1} ms", totals.mamba_ms) } else { String::new() },
             totals.sampling_ms,
@@ -330,9 +340,9 @@ pub fn generate(device: &Device, args: &GenerateArgs, mut outputs: Outputs) -> a
             if totals.decode_ms > 0.0 { format!(", previews {:.1} ms", totals.decode_ms) } else { String::new() },
             args.out.display()
         );
-        let work = device.launch_stats();
         eprintln!(
-            "launch path: {} pipelines compiled in {:.0} ms, {} dispatches, {} submissions, {} waits for the GPU",
+            "launch path: {} pipelines compiled in {:.0} ms (inside the times above), {} dispatches, {} submissions, {} \
+             waits for the GPU",
             work.pipelines_compiled, work.compile_ms, work.dispatches, work.submits, work.drains
         );
     }
