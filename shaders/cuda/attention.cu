@@ -507,28 +507,29 @@ SW_KERNEL(permute_tokens, THREADS_1D, 1, 1,
 // Flash-decoding inside the block: its warps split the keys. The block stages the keys a chunk of
 // ATTN_TC_CH = 16 * ATTN_TC_KSPLIT at a time in shared memory as f16 (K row-major [key][d pair], V
 // transposed [d][key pair], so every fragment register is one aligned 32-bit word), and warp w takes
-// the 16 keys (w % ATTN_TC_KSPLIT) * 16.. of every chunk: S = Q K^T on mma (Q fragments kept in
-// registers, head_dim zero-padded to a multiple of 16), masked to -inf past the chunk's valid keys,
-// scaled into the log2 domain; its own running max and sum per row, in registers (a row lives in the
-// 4 lanes of a quad); P rounded to f16 and used as the A fragment of O += P V directly (the S
-// accumulator layout of two n8 tiles is the A layout of one k16 step). At the end the warps' partial
-// (max, sum, O) are merged through shared memory (the staging memory reused) and written by the
-// whole block.
+// the 16 keys (w % ATTN_TC_KSPLIT) * 16.. of every chunk: S = Q K^T on mma (head_dim zero-padded
+// to a multiple of 16), masked to -inf past the chunk's valid keys, scaled into the log2 domain; its
+// own running max and sum per row in registers (a row lives in the 4 lanes of a quad); P rounded to
+// f16 and used as the A fragment of O += P V directly (the accumulator layout of two n8 tiles of S is
+// the A layout of one k16 step). At the end the warps' partial (max, sum, O) are merged through
+// shared memory (the staging memory reused) and written by the whole block.
 //
-// A warp's O holds 16 rows x ATTN_TC_COLS columns (<= 64 for head_dim <= 64 per warp): for larger
-// head dims the warps also split the output columns into ATTN_TC_CSPLIT slices, each warp of a key
-// slice computing the same S (so the same statistics) and its own columns of P V. The grouped kernel
-// fills each chunk with the keys of consecutive attended groups (crossing group boundaries, then
-// the valid text), so small groups do not pad a tile each.
+// A warp's O is 16 rows x ATTN_TC_COLS columns in registers. Past head_dim 64 the warps also split
+// the output columns into ATTN_TC_CSPLIT slices of at most 64 (the staging of a chunk must fit the
+// static shared memory, which bounds ATTN_TC_CH * head_dim): the warps of one key slice compute the
+// same S (so the same statistics), each its own columns of P V. The grouped kernel fills each chunk
+// with the keys of consecutive attended groups (crossing group boundaries, then the valid text), so
+// small groups do not pad a tile each.
 //
 // Where the constants leave no room (fewer than 32 threads, the staging over the static shared
 // memory budget, more than 128 columns per warp) the _tc entries compile to the scalar code path.
 
 #define ATTN_TC_DK (((HEAD_DIM + 15u) / 16u) * 16u)  // head_dim padded for the k16 steps of Q K^T
 #define ATTN_TC_WARPS (THREADS / 32u)
-#define ATTN_TC_CSPLIT_WANT                                                                                 \
-    ((HEAD_DIM + 63u) / 64u <= 1u ? 1u : (HEAD_DIM + 63u) / 64u <= 2u ? 2u : (HEAD_DIM + 63u) / 64u <= 4u ? 4u \
-                                                                                                           : 8u)
+#define ATTN_TC_SLICES64 ((HEAD_DIM + 63u) / 64u)
+// Column slices: a power of two (a divisor of the warp count), at most the warp count.
+#define ATTN_TC_CSPLIT_WANT \
+    (ATTN_TC_SLICES64 <= 1u ? 1u : ATTN_TC_SLICES64 <= 2u ? 2u : ATTN_TC_SLICES64 <= 4u ? 4u : 8u)
 #define ATTN_TC_CSPLIT \
     (ATTN_TC_WARPS == 0u ? 1u : ATTN_TC_CSPLIT_WANT < ATTN_TC_WARPS ? ATTN_TC_CSPLIT_WANT : ATTN_TC_WARPS)
 #define ATTN_TC_COLS ((((HEAD_DIM + ATTN_TC_CSPLIT - 1u) / ATTN_TC_CSPLIT) + 7u) / 8u * 8u)  // per warp
@@ -544,6 +545,7 @@ SW_KERNEL(permute_tokens, THREADS_1D, 1, 1,
 #define ATTN_TC_SLAB_WORDS (ATTN_TC_KSPLIT * 16u * ATTN_TC_OS)
 #define ATTN_TC_STAGE_WORDS (ATTN_TC_KV_WORDS > ATTN_TC_SLAB_WORDS ? ATTN_TC_KV_WORDS : ATTN_TC_SLAB_WORDS)
 #define ATTN_TC_Q_WORDS (16u * ATTN_TC_KS)
+// Every __shared__ array below, with room for the grouped kernel's params copy and descriptors.
 #define ATTN_TC_SHARED_BYTES \
     (4u * (ATTN_TC_STAGE_WORDS + ATTN_TC_Q_WORDS + 2u * 16u * ATTN_TC_KSPLIT + ATTN_TC_CH + 16u + 192u))
 
@@ -559,15 +561,13 @@ SW_KERNEL(permute_tokens, THREADS_1D, 1, 1,
 #ifdef SW_CPU
 #define ATTN_UNROLL
 #define ATTN_NO_UNROLL
-#define ATTN_STAGE_UNROLL
 #else
 #define ATTN_UNROLL _Pragma("unroll")
 #define ATTN_NO_UNROLL _Pragma("unroll 1")
-#define ATTN_STAGE_UNROLL _Pragma("unroll 1")
 #endif
 
-// Q fragments live in registers up to head_dim 128 (32 registers), else they are read from shared
-// memory at each use.
+// Q fragments live in registers up to head_dim 64 (16 registers); past that they are read from
+// shared memory at each use, which keeps larger head dims under 128 registers without spills.
 #define ATTN_TC_Q_IN_REGS (ATTN_TC_DK <= 64u)
 #define ATTN_TC_LOG2E 1.4426950408889634f
 
@@ -671,42 +671,69 @@ SW_DEVICE void attn_tc_begin(const half_t* q, attn_head head, const AttentionPar
 }
 
 // Stages the chunk's keys [0, fill) (K rows and transposed V, zeros past `fill` and HEAD_DIM): key
-// j is token attn_tc_key_token[j] when `table`, else start + j. Called between barriers.
+// j is token attn_tc_key_token[j] when `table`, else start + j. Called between barriers. Each thread
+// issues ATTN_TC_BATCH elements' loads before it stores them, so that their global latencies overlap
+// (more in flight pushes ptxas into spilling at some head dims).
+#define ATTN_TC_BATCH 2u
+#define ATTN_TC_K_ELEMS (ATTN_TC_CH * (ATTN_TC_DK / 2u))
+#define ATTN_TC_V_ELEMS ((ATTN_TC_DV / 2u) * (ATTN_TC_CH / 2u))
+SW_DEVICE u32 attn_tc_key_row(attn_head head, const AttentionParams& p, u32 key, u32 start, bool table) {
+    return head.kv_base + (table ? attn_tc_key_token[key] : start + key) * p.kv_token_stride;
+}
+
 SW_DEVICE void attn_tc_stage_keys(const half_t* k, const half_t* v, attn_head head, const AttentionParams& p,
                                   u32 fill, u32 start, bool table) {
     const u32 t = threadIdx.x;
     const bool even = ((head.kv_base | p.kv_token_stride) & 1u) == 0u;
     const u32 words = ATTN_TC_DK / 2u;
-    ATTN_STAGE_UNROLL
-    for (u32 e = t; e < ATTN_TC_CH * words; e += THREADS) {
-        const u32 key = e / words, c = e % words;
-        u32 word = 0u;
-        if (key < fill) {
-            const u32 token = table ? attn_tc_key_token[key] : start + key;
-            word = attn_tc_pair(k, head.kv_base + token * p.kv_token_stride, 2u * c, even);
+    // K: element e is word c = e % words of key e / words (consecutive threads, consecutive words).
+    ATTN_NO_UNROLL
+    for (u32 e0 = 0u; e0 < ATTN_TC_K_ELEMS; e0 += ATTN_TC_BATCH * THREADS) {
+        u32 word[ATTN_TC_BATCH];
+        ATTN_UNROLL
+        for (u32 b = 0u; b < ATTN_TC_BATCH; b++) {
+            const u32 e = e0 + b * THREADS + t;
+            const u32 key = e / words;
+            word[b] = e < ATTN_TC_K_ELEMS && key < fill
+                          ? attn_tc_pair(k, attn_tc_key_row(head, p, key, start, table), 2u * (e % words), even)
+                          : 0u;
         }
-        attn_tc_stage[key * ATTN_TC_KS + c] = word;
+        ATTN_UNROLL
+        for (u32 b = 0u; b < ATTN_TC_BATCH; b++) {
+            const u32 e = e0 + b * THREADS + t;
+            if (e < ATTN_TC_K_ELEMS) attn_tc_stage[(e / words) * ATTN_TC_KS + e % words] = word[b];
+        }
     }
-    // V: thread e reads d pair c of keys 2 kp and 2 kp + 1 and writes rows 2c and 2c + 1 of Vt. Four
+    // V: element e reads d pair c of keys 2 kp and 2 kp + 1 and writes rows 2c and 2c + 1 of Vt. Four
     // consecutive d pairs by eight key pairs per warp: 16-byte runs of each key row, and the 32
     // stores hit 32 banks (ATTN_TC_VS is 4 times an odd number).
     const u32 pairs = ATTN_TC_CH / 2u;
-    ATTN_STAGE_UNROLL
-    for (u32 e = t; e < (ATTN_TC_DV / 2u) * pairs; e += THREADS) {
-        const u32 rest = e / 4u;
-        const u32 kp = rest % pairs, c = (rest / pairs) * 4u + e % 4u;
-        const u32 k0 = 2u * kp, k1 = 2u * kp + 1u;
-        u32 w0 = 0u, w1 = 0u;
-        if (k0 < fill) {
-            const u32 token = table ? attn_tc_key_token[k0] : start + k0;
-            w0 = attn_tc_pair(v, head.kv_base + token * p.kv_token_stride, 2u * c, even);
+    ATTN_NO_UNROLL
+    for (u32 e0 = 0u; e0 < ATTN_TC_V_ELEMS; e0 += ATTN_TC_BATCH * THREADS) {
+        u32 w0[ATTN_TC_BATCH], w1[ATTN_TC_BATCH];
+        ATTN_UNROLL
+        for (u32 b = 0u; b < ATTN_TC_BATCH; b++) {
+            const u32 e = e0 + b * THREADS + t;
+            const u32 rest = e / 4u;
+            const u32 kp = rest % pairs, c = (rest / pairs) * 4u + e % 4u;
+            const bool in = e < ATTN_TC_V_ELEMS;
+            w0[b] = in && 2u * kp < fill ? attn_tc_pair(v, attn_tc_key_row(head, p, 2u * kp, start, table), 2u * c, even)
+                                         : 0u;
+            w1[b] = in && 2u * kp + 1u < fill
+                        ? attn_tc_pair(v, attn_tc_key_row(head, p, 2u * kp + 1u, start, table), 2u * c, even)
+                        : 0u;
         }
-        if (k1 < fill) {
-            const u32 token = table ? attn_tc_key_token[k1] : start + k1;
-            w1 = attn_tc_pair(v, head.kv_base + token * p.kv_token_stride, 2u * c, even);
+        ATTN_UNROLL
+        for (u32 b = 0u; b < ATTN_TC_BATCH; b++) {
+            const u32 e = e0 + b * THREADS + t;
+            const u32 rest = e / 4u;
+            const u32 kp = rest % pairs, c = (rest / pairs) * 4u + e % 4u;
+            if (e < ATTN_TC_V_ELEMS) {
+                attn_tc_stage[ATTN_TC_V_OFFSET + 2u * c * ATTN_TC_VS + kp] = (w0[b] & 0xffffu) | (w1[b] << 16);
+                attn_tc_stage[ATTN_TC_V_OFFSET + (2u * c + 1u) * ATTN_TC_VS + kp] =
+                    (w0[b] >> 16) | (w1[b] & 0xffff0000u);
+            }
         }
-        attn_tc_stage[ATTN_TC_V_OFFSET + 2u * c * ATTN_TC_VS + kp] = (w0 & 0xffffu) | (w1 << 16);
-        attn_tc_stage[ATTN_TC_V_OFFSET + (2u * c + 1u) * ATTN_TC_VS + kp] = (w0 >> 16) | (w1 & 0xffff0000u);
     }
 }
 
@@ -844,7 +871,7 @@ SW_DEVICE void attn_tc_finish(half_t* o, attn_head head, const AttentionParams& 
         if (token == ATTN_NO_TOKEN) continue;
         float value = 0.0f;
         for (u32 j = 0u; j < ATTN_TC_KSPLIT; j++) value += __uint_as_float(attn_tc_stage[(j * 16u + r) * ATTN_TC_OS + d]);
-        store_f32(o, head.o_base + token * p.o_token_stride + d, value * 0.5f);  // BROKEN ON PURPOSE
+        store_f32(o, head.o_base + token * p.o_token_stride + d, value);
     }
 }
 
@@ -886,9 +913,6 @@ SW_KERNEL(grouped_attention_tc, THREADS, 1, 1,
     attn_tc_warp w;
     attn_tc_begin(q, head, p, w);
     const float scale_log2 = p.scale * ATTN_TC_LOG2E;
-    // The keys as one sequence: the attended groups' tokens in order, then the valid text tokens
-    // (index `attended`), cut into chunks of ATTN_TC_CH. Cursor: group index and offset in it
-    // (uniform across the block).
     // The keys as one sequence of runs of consecutive tokens: each attended group's rows along w
     // (the whole group when GROUP_MAJOR), then the valid text tokens; cut into chunks of ATTN_TC_CH.
     // ATTN_TC_GROUPS groups at a time are described in shared memory (one thread each: first
