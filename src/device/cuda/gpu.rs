@@ -202,11 +202,23 @@ impl GpuContext {
         // SAFETY: a cubin NVRTC produced for this device's architecture.
         let module =
             unsafe { cu::module::load_data(cubin.as_ptr().cast()) }.map_err(driver(format!("loading {label}")))?;
-        Ok(GpuModule { module })
+        Ok(GpuModule { module, functions: Default::default() })
     }
 
-    /// The entry's function and declared block shape (the module's `<entry>_block` global).
+    /// The entry's function and declared block shape (the module's `<entry>_block` global), looked
+    /// up once per module and entry: the lookup copies from the device, which must not happen per
+    /// launch.
     pub fn function(&self, module: &GpuModule, entry: &str) -> Result<Option<(sys::CUfunction, [u32; 3])>> {
+        let mut functions = module.functions.lock().map_err(crate::device::poisoned)?;
+        if let Some(found) = functions.get(entry) {
+            return Ok(found.map(|(f, block)| (f.0, block)));
+        }
+        let found = self.lookup(module, entry)?;
+        functions.insert(entry.to_owned(), found.map(|(f, block)| (Function(f), block)));
+        Ok(found)
+    }
+
+    fn lookup(&self, module: &GpuModule, entry: &str) -> Result<Option<(sys::CUfunction, [u32; 3])>> {
         self.bind()?;
         let name = CString::new(entry).map_err(|_| Error::InvalidArgument { op: "launch", msg: entry.into() })?;
         // SAFETY: a module loaded in this context.
@@ -269,7 +281,19 @@ impl Drop for GpuContext {
 
 pub(super) struct GpuModule {
     module: sys::CUmodule,
+    /// Entry name -> function and block shape (`None`: the module has no such entry).
+    functions: std::sync::Mutex<std::collections::HashMap<String, Option<Entry>>>,
 }
+
+/// A kernel of a loaded module and its declared block shape.
+type Entry = (Function, [u32; 3]);
+
+#[derive(Clone, Copy)]
+struct Function(sys::CUfunction);
+
+// SAFETY: function handles are context-wide, usable from any thread with the context bound.
+unsafe impl Send for Function {}
+unsafe impl Sync for Function {}
 
 // SAFETY: module handles are context-wide, usable from any thread with the context bound.
 unsafe impl Send for GpuModule {}
