@@ -38,6 +38,27 @@ pub mod size {
     pub const SSD_ROWS: u32 = 16;
     pub const SSD_COLS: u32 = 16;
     pub const SSD_MAX_HEAD_DIM: u32 = 256;
+
+    /// Every block size by name, as each backend emits them into its kernel sources.
+    pub const ALL: &[(&str, u32)] = &[
+        ("THREADS_1D", THREADS_1D),
+        ("REDUCE_WG", REDUCE_WG),
+        ("TILE_M", TILE_M),
+        ("TILE_N", TILE_N),
+        ("TILE_K", TILE_K),
+        ("MATMUL_SIDE", MATMUL_SIDE),
+        ("CONV_TILE_W", CONV_TILE_W),
+        ("CONV_TILE_H", CONV_TILE_H),
+        ("CONV_COUT_BLOCK", CONV_COUT_BLOCK),
+        ("CONV_THREADS", CONV_THREADS),
+        ("CONV_PATCH_CAP", CONV_PATCH_CAP),
+        ("CONV_WEIGHT_CAP", CONV_WEIGHT_CAP),
+        ("SCAN_WG", SCAN_WG),
+        ("MAX_STATE", MAX_STATE),
+        ("SSD_ROWS", SSD_ROWS),
+        ("SSD_COLS", SSD_COLS),
+        ("SSD_MAX_HEAD_DIM", SSD_MAX_HEAD_DIM),
+    ];
 }
 
 /// The type of a specialisation constant.

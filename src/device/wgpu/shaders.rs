@@ -65,28 +65,7 @@ fn source(family: Family) -> (&'static str, &'static [&'static str]) {
 
 /// `const NAME: u32 = V;` for every block size, so host and kernels share one definition.
 fn block_sizes() -> String {
-    [
-        ("THREADS_1D", size::THREADS_1D),
-        ("REDUCE_WG", size::REDUCE_WG),
-        ("TILE_M", size::TILE_M),
-        ("TILE_N", size::TILE_N),
-        ("TILE_K", size::TILE_K),
-        ("MATMUL_SIDE", size::MATMUL_SIDE),
-        ("CONV_TILE_W", size::CONV_TILE_W),
-        ("CONV_TILE_H", size::CONV_TILE_H),
-        ("CONV_COUT_BLOCK", size::CONV_COUT_BLOCK),
-        ("CONV_THREADS", size::CONV_THREADS),
-        ("CONV_PATCH_CAP", size::CONV_PATCH_CAP),
-        ("CONV_WEIGHT_CAP", size::CONV_WEIGHT_CAP),
-        ("SCAN_WG", size::SCAN_WG),
-        ("MAX_STATE", size::MAX_STATE),
-        ("SSD_ROWS", size::SSD_ROWS),
-        ("SSD_COLS", size::SSD_COLS),
-        ("SSD_MAX_HEAD_DIM", size::SSD_MAX_HEAD_DIM),
-    ]
-    .iter()
-    .map(|(name, value)| format!("const {name}: u32 = {value}u;\n"))
-    .collect()
+    size::ALL.iter().map(|(name, value)| format!("const {name}: u32 = {value}u;\n")).collect()
 }
 
 /// The variant of `family` that runs `dtype` on a device with or without subgroups.
