@@ -34,10 +34,6 @@
 #define REVERSE 0
 #endif
 
-#ifndef SW_UNROLL
-#define SW_UNROLL
-#endif
-
 #define STAGE_STEPS 16u
 
 SW_DEVICE u32 scan_head_param(u32 channel) { return channel / CHANNELS_PER_HEAD; }
@@ -127,14 +123,13 @@ SW_DEVICE u32 scan_state_index(const ScanParams& p, const ScanChannel& ch, u32 n
     return ((ch.batch * p.channels + ch.channel) * p.chunks + ch.chunk) * N_STATE + n;
 }
 
+// Both entries share one binding layout (scan.wgsl); each uses part of it.
+#define SCAN_BINDINGS const store_t* u, const store_t* delta, const store_t* z, const float* a_log, const store_t* b_in, \
+           const store_t* c_in, const float* d_skip, const float* delta_bias, const float* state_in, store_t* y, \
+           float* state_out, const ScanParams p
+
 SW_KERNEL(scan_chunk_totals, SCAN_WG, 1, 1,
-          (const store_t* u, const store_t* delta, const store_t* z, const float* a_log, const store_t* b_in,
-           const store_t* c_in, const float* d_skip, const float* delta_bias, const float* state_in, store_t* y,
-           float* state_out, const ScanParams p)) {
-    (void)z;
-    (void)d_skip;
-    (void)state_in;
-    (void)y;
+          (SCAN_BINDINGS)) {
     __shared__ float b_stage[STAGE_STEPS * MAX_STATE];
     __shared__ float c_stage[STAGE_STEPS * MAX_STATE];
     const u32 index = threadIdx.x;
@@ -184,11 +179,7 @@ SW_KERNEL(scan_chunk_totals, SCAN_WG, 1, 1,
 }
 
 SW_KERNEL(scan_chunk_outputs, SCAN_WG, 1, 1,
-          (const store_t* u, const store_t* delta, const store_t* z, const float* a_log, const store_t* b_in,
-           const store_t* c_in, const float* d_skip, const float* delta_bias, const float* state_in, store_t* y,
-           float* state_out, const ScanParams p)) {
-    (void)z;
-    (void)d_skip;
+          (SCAN_BINDINGS)) {
     __shared__ float b_stage[STAGE_STEPS * MAX_STATE];
     __shared__ float c_stage[STAGE_STEPS * MAX_STATE];
     const u32 index = threadIdx.x;

@@ -22,10 +22,6 @@
 #define REVERSE 0
 #endif
 
-#ifndef SW_UNROLL
-#define SW_UNROLL
-#endif
-
 // SSD_ROWS: output rows (time steps) per block, and keys per tile; SSD_COLS: threads per row.
 #define SSD_THREADS (SSD_ROWS * SSD_COLS)
 // Steps per stage in ssd_chunk_states.
@@ -51,18 +47,14 @@ SW_DEVICE u32 ssd_bc_index(const SsdParams& p, u32 b, u32 h, u32 n, u32 i) {
     return b * p.bc_batch + group * p.bc_group + n * p.bc_state + ssd_time_at(p, i) * p.bc_time;
 }
 
+// Every entry shares one binding layout (ssd.wgsl); each uses part of it.
+#define SSD_BINDINGS const store_t* x, const store_t* dt_raw, const float* a_head, const store_t* b_in, const store_t* c_in, \
+           const float* d_skip, const float* dt_bias, const float* chunk_initial, float* work, float* totals, \
+           store_t* y, const SsdParams p
+
 // One thread per (batch, head, chunk): processed dt and its running sum times A.
 SW_KERNEL(ssd_cumsum, SCAN_WG, 1, 1,
-          (const store_t* x, const store_t* dt_raw, const float* a_head, const store_t* b_in, const store_t* c_in,
-           const float* d_skip, const float* dt_bias, const float* chunk_initial, float* work, float* totals,
-           store_t* y, const SsdParams p)) {
-    (void)x;
-    (void)b_in;
-    (void)c_in;
-    (void)d_skip;
-    (void)chunk_initial;
-    (void)totals;
-    (void)y;
+          (SSD_BINDINGS)) {
     const u32 task = blockIdx.x * SCAN_WG + threadIdx.x;
     if (task >= p.batch * p.heads * p.chunks) return;
     const u32 chunk = task % p.chunks;
@@ -83,16 +75,7 @@ SW_KERNEL(ssd_cumsum, SCAN_WG, 1, 1,
 
 // Block per (batch * head, chunk): the chunk's own end state (N x P) and its decay.
 SW_KERNEL(ssd_chunk_states, SSD_THREADS, 1, 1,
-          (const store_t* x, const store_t* dt_raw, const float* a_head, const store_t* b_in, const store_t* c_in,
-           const float* d_skip, const float* dt_bias, const float* chunk_initial, float* work, float* totals,
-           store_t* y, const SsdParams p)) {
-    (void)dt_raw;
-    (void)a_head;
-    (void)c_in;
-    (void)d_skip;
-    (void)dt_bias;
-    (void)chunk_initial;
-    (void)y;
+          (SSD_BINDINGS)) {
     __shared__ float keys_b[SSD_ROWS * MAX_STATE];  // SSD_STAGE x N_STATE used here
     __shared__ float keys_x[SSD_ROWS * SSD_MAX_HEAD_DIM];
     const u32 index = threadIdx.x;
@@ -157,13 +140,7 @@ SW_KERNEL(ssd_chunk_states, SSD_THREADS, 1, 1,
 // Block per (batch * head, chunk, block of SSD_ROWS steps): thread (r, j) owns step r of the block
 // and the output columns j, j + SSD_COLS, ...
 SW_KERNEL(ssd_chunk_outputs, SSD_THREADS, 1, 1,
-          (const store_t* x, const store_t* dt_raw, const float* a_head, const store_t* b_in, const store_t* c_in,
-           const float* d_skip, const float* dt_bias, const float* chunk_initial, float* work, float* totals,
-           store_t* y, const SsdParams p)) {
-    (void)dt_raw;
-    (void)a_head;
-    (void)dt_bias;
-    (void)totals;
+          (SSD_BINDINGS)) {
     __shared__ float rows_c[SSD_ROWS * MAX_STATE];
     __shared__ float keys_b[SSD_ROWS * MAX_STATE];
     __shared__ float keys_x[SSD_ROWS * SSD_MAX_HEAD_DIM];  // dt_s * x_s
