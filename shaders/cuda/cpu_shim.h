@@ -275,26 +275,18 @@ SW_DEVICE T __shfl_up_sync(unsigned, T value, unsigned delta, int = 32) {
     return sw_shuffle(value, lane >= delta ? lane - delta : lane);
 }
 
-SW_DEVICE float __int_as_float(int v) {
-    float f;
-    memcpy(&f, &v, 4);
-    return f;
+// CUDA's bit reinterpretations, as memcpy (the defined way in C++17).
+template <class To, class From>
+static inline To sw_bit_cast(From v) {
+    static_assert(sizeof(To) == sizeof(From), "same size");
+    To out;
+    memcpy(&out, &v, sizeof out);
+    return out;
 }
-SW_DEVICE int __float_as_int(float v) {
-    int i;
-    memcpy(&i, &v, 4);
-    return i;
-}
-SW_DEVICE float __uint_as_float(unsigned v) {
-    float f;
-    memcpy(&f, &v, 4);
-    return f;
-}
-SW_DEVICE unsigned __float_as_uint(float v) {
-    unsigned u;
-    memcpy(&u, &v, 4);
-    return u;
-}
+SW_DEVICE float __int_as_float(int v) { return sw_bit_cast<float>(v); }
+SW_DEVICE int __float_as_int(float v) { return sw_bit_cast<int>(v); }
+SW_DEVICE float __uint_as_float(unsigned v) { return sw_bit_cast<float>(v); }
+SW_DEVICE unsigned __float_as_uint(float v) { return sw_bit_cast<unsigned>(v); }
 SW_DEVICE unsigned min(unsigned a, unsigned b) { return a < b ? a : b; }
 SW_DEVICE unsigned max(unsigned a, unsigned b) { return a > b ? a : b; }
 SW_DEVICE int min(int a, int b) { return a < b ? a : b; }
