@@ -179,6 +179,197 @@ class VAR(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------
+# M-VAR transformer (shared/spec/MVAR.md): attention inside the current scale, Mamba-2 across scales
+# ----------------------------------------------------------------------------------------------------
+class Mamba2(nn.Module):
+    """Mamba-2 with the mamba_ssm defaults M-VAR uses (d_state 64, d_conv 4, expand 2, headdim 64,
+    ngroups 1) and the official key names. The selective recurrence runs in SSD's quadratic (masked
+    attention-like) form, exact and fast for the demo's 204-token sequences; `state` continues a
+    sequence (the last d_conv - 1 conv inputs and the SSM state), as the Rust inference carries it."""
+
+    def __init__(self, c, d_state=64, d_conv=4, expand=2, headdim=64):
+        super().__init__()
+        self.c, self.d_state, self.d_conv = c, d_state, d_conv
+        self.d_inner = expand * c
+        self.headdim = headdim
+        self.nheads = self.d_inner // headdim
+        self.conv_ch = self.d_inner + 2 * d_state
+        self.in_proj = nn.Linear(c, 2 * self.d_inner + 2 * d_state + self.nheads, bias=False)
+        self.conv1d = nn.Conv1d(self.conv_ch, self.conv_ch, d_conv, groups=self.conv_ch, bias=True)
+        self.dt_bias = nn.Parameter(torch.zeros(self.nheads))
+        self.A_log = nn.Parameter(torch.zeros(self.nheads))
+        self.D = nn.Parameter(torch.ones(self.nheads))
+        self.norm = nn.Module()
+        self.norm.weight = nn.Parameter(torch.ones(self.d_inner))
+        self.out_proj = nn.Linear(self.d_inner, c, bias=False)
+
+    @torch.no_grad()
+    def init_mamba(self, g, dt_min=0.001, dt_max=0.1):
+        """mamba_ssm's initialisation of the SSM parameters: dt log-uniform in [dt_min, dt_max] through
+        the inverse softplus, A uniform in [1, 16], D = 1, the norm's weight 1."""
+        dt = torch.exp(torch.rand(self.nheads, generator=g) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        self.A_log.copy_(torch.log(1 + 15 * torch.rand(self.nheads, generator=g)))
+        self.D.fill_(1.0)
+        self.norm.weight.fill_(1.0)
+
+    def forward(self, u, state=None):
+        b, n, _ = u.shape
+        z, xbc, dt = torch.split(self.in_proj(u), [self.d_inner, self.conv_ch, self.nheads], dim=-1)
+        prev = state[0] if state is not None else xbc.new_zeros(b, self.d_conv - 1, self.conv_ch)
+        padded = torch.cat([prev, xbc], dim=1)
+        conv = F.conv1d(padded.transpose(1, 2), self.conv1d.weight, self.conv1d.bias, groups=self.conv_ch)
+        xbc = F.silu(conv.transpose(1, 2))
+        new_conv = padded[:, -(self.d_conv - 1):]
+        acc = torch.float64 if u.dtype == torch.float64 else torch.float32  # never bf16 in the scan
+        with torch.autocast("cpu", enabled=False):
+            xs, bm, cm = torch.split(xbc.to(acc), [self.d_inner, self.d_state, self.d_state], dim=-1)
+            dt = F.softplus(dt.to(acc) + self.dt_bias)  # (B, n, H)
+            a = -torch.exp(self.A_log.to(acc))
+            seg = torch.cumsum(dt * a, dim=1).transpose(1, 2)  # (B, H, n): the decay exponent to token t
+            diff = seg[:, :, :, None] - seg[:, :, None, :]  # (B, H, t, s)
+            causal = torch.ones(n, n, dtype=torch.bool, device=u.device).tril()
+            decay = torch.exp(diff.masked_fill(~causal, -math.inf))
+            m = decay * torch.einsum("btn,bsn->bts", cm, bm)[:, None]  # (B, H, t, s)
+            xh = xs.view(b, n, self.nheads, self.headdim).transpose(1, 2)  # (B, H, n, P)
+            xdt = xh * dt.transpose(1, 2)[..., None]
+            y = m @ xdt + self.D[:, None, None] * xh  # (B, H, t, P)
+            h0 = state[1] if state is not None else None
+            if h0 is not None:  # the carried state's contribution: C_t (exp(seg_t) h0)
+                y = y + torch.exp(seg)[..., None] * torch.einsum("bhpn,btn->bhtp", h0, cm)
+            # the state after the last token: sum over s of exp(seg_n - seg_s) dt_s x_s B_s^T
+            w_last = torch.exp(seg[:, :, -1:] - seg)  # (B, H, n)
+            h = torch.einsum("bhsp,bsn->bhpn", xdt * w_last[..., None], bm)
+            if h0 is not None:
+                h = h + torch.exp(seg[:, :, -1])[:, :, None, None] * h0
+            y = y.transpose(1, 2)
+            y = y.reshape(b, n, self.d_inner)
+            g = y * F.silu(z.to(acc))
+            g = g * torch.rsqrt(g.pow(2).mean(-1, keepdim=True) + 1e-5) * self.norm.weight
+        return self.out_proj(g), (new_conv, h)
+
+
+class MvarAttention(SelfAttention):
+    """VAR's cosine attention over one scale's tokens (no KV cache); zero_k_bias and patch_nums are the
+    official checkpoints' buffers (the loader ignores them)."""
+
+    def __init__(self, c, heads, patch_nums):
+        super().__init__(c, heads)
+        self.register_buffer("zero_k_bias", torch.zeros(c))
+        self.register_buffer("patch_nums", torch.tensor(patch_nums, dtype=torch.int32))
+
+
+class MvarBlock(nn.Module):
+    def __init__(self, c, heads, patch_nums, mlp_ratio=4.0):
+        super().__init__()
+        self.c = c
+        self.attn = MvarAttention(c, heads, patch_nums)
+        self.mamba = Mamba2(c)
+        self.ffn = FFN(c, int(round(c * mlp_ratio)))
+        self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(c, 9 * c))
+
+    def ln(self, x, scale, shift):
+        return F.layer_norm(x, (self.c,), eps=LN_EPS) * (1 + scale) + shift
+
+    def forward(self, x, cond, attn_bias=None, state=None):
+        """attn_bias: the block-diagonal mask of a whole teacher-forced sequence, or None for one scale.
+        Returns x and the Mamba-2 state after x's last token."""
+        g1, g2, g3, s1, s2, s3, h1, h2, h3 = self.ada_lin(cond).view(-1, 1, 9, self.c).unbind(2)
+        x = x + self.attn(self.ln(x, s1, h1), attn_bias) * g1
+        m, state = self.mamba(self.ln(x, s2, h2), state)
+        x = x + m * g2
+        return x + self.ffn(self.ln(x, s3, h3)) * g3, state
+
+
+class MVAR(nn.Module):
+    """M-VAR with the official key names, sized by its arguments (heads = width / 64)."""
+
+    def __init__(self, depth, width, heads, num_classes, vocab, cvae, patch_nums):
+        super().__init__()
+        self.depth, self.c, self.heads = depth, width, heads
+        self.num_classes, self.vocab, self.cvae = num_classes, vocab, cvae
+        self.patch_nums = tuple(patch_nums)
+        self.sn = len(self.patch_nums)
+        self.L = sum(p * p for p in self.patch_nums)
+        self.begin_ends, cur = [], 0
+        for p in self.patch_nums:
+            self.begin_ends.append((cur, cur + p * p))
+            cur += p * p
+        c = width
+        self.word_embed = nn.Linear(cvae, c)
+        self.class_emb = nn.Embedding(num_classes + 1, c)
+        self.pos_start = nn.Parameter(torch.zeros(1, 1, c))
+        self.pos_1LC = nn.Parameter(torch.zeros(1, self.L, c))
+        self.lvl_embed = nn.Embedding(self.sn, c)
+        self.blocks = nn.ModuleList([MvarBlock(c, heads, self.patch_nums) for _ in range(depth)])
+        self.head_nm = AdaLNBeforeHead(c)
+        self.head = nn.Linear(c, vocab)
+        lvl = torch.cat([torch.full((p * p,), i, dtype=torch.int64) for i, p in enumerate(self.patch_nums)])
+        self.register_buffer("lvl_1L", lvl.view(1, self.L))
+        same = lvl.view(1, -1) == lvl.view(-1, 1)  # attention inside a scale only
+        self.register_buffer("attn_bias_for_masking", torch.where(same, 0.0, -math.inf).view(1, 1, self.L, self.L))
+
+    @torch.no_grad()
+    def init_from_var(self, var, seed=0):
+        """Everything M-VAR shares with VAR (embeddings, attention, FFN, head) from a trained VAR of the
+        same width; each block's Mamba-2 layer fresh (mamba_ssm's initialisation) behind a gate that
+        starts small, so training begins from VAR's features and learns the cross-scale path."""
+        g = torch.Generator().manual_seed(seed)
+        own = self.state_dict()
+        for k, v in var.state_dict().items():
+            if k in own and own[k].shape == v.shape and "ada_lin" not in k or k.startswith("head_nm."):
+                own[k].copy_(v)
+        c = self.c
+        for blk, vblk in zip(self.blocks, var.blocks):
+            w6, b6 = vblk.ada_lin[1].weight.view(6, c, c), vblk.ada_lin[1].bias.view(6, c)
+            w9, b9 = blk.ada_lin[1].weight.view(9, c, c), blk.ada_lin[1].bias.view(9, c)
+            # VAR: gamma1, gamma2, scale1, scale2, shift1, shift2 (attention, FFN)
+            # M-VAR: gamma1..3, scale1..3, shift1..3 (attention, Mamba, FFN)
+            for dst, src in ((0, 0), (2, 1), (3, 2), (5, 3), (6, 4), (8, 5)):
+                w9[dst].copy_(w6[src])
+                b9[dst].copy_(b6[src])
+            w9[1].copy_(torch.randn(c, c, generator=g) * 0.01)
+            b9[1].fill_(0.1)  # the Mamba gate
+            w9[4].zero_()
+            b9[4].zero_()
+            w9[7].zero_()
+            b9[7].zero_()
+            m = blk.mamba
+            nn.init.normal_(m.in_proj.weight, std=0.02, generator=g)
+            nn.init.normal_(m.out_proj.weight, std=0.02 / math.sqrt(2 * self.depth), generator=g)
+            bound = 1 / math.sqrt(m.d_conv)
+            m.conv1d.weight.uniform_(-bound, bound, generator=g)
+            m.conv1d.bias.uniform_(-bound, bound, generator=g)
+            m.init_mamba(g)
+
+    def lvl_pos(self):
+        return self.lvl_embed(self.lvl_1L) + self.pos_1LC
+
+    def forward_train(self, labels, x_BLCv):
+        """Teacher forcing: labels (B,), x_BLCv (B, L-1, Cvae) next-scale inputs -> logits (B, L, V)."""
+        cond = self.class_emb(labels)
+        sos = cond.unsqueeze(1) + self.pos_start
+        x = torch.cat([sos, self.word_embed(x_BLCv)], dim=1) + self.lvl_pos()
+        bias = self.attn_bias_for_masking.to(x.dtype)
+        for blk in self.blocks:
+            x, _ = blk(x, cond, bias, None)
+        return self.head(self.head_nm(x, cond))
+
+    def step_state(self, x, cond, states):
+        """One scale's tokens with each block's Mamba-2 state carried from the previous scale."""
+        for i, blk in enumerate(self.blocks):
+            x, states[i] = blk(x, cond, None, states[i])
+        return self.head(self.head_nm(x, cond)).float()
+
+    # generate() drives VAR and M-VAR alike through `step`
+    def new_memory(self):
+        return [None] * self.depth
+
+    def step(self, x, cond, memory):
+        return self.step_state(x, cond, memory)
+
+
+# ----------------------------------------------------------------------------------------------------
 # Multi-scale VQVAE
 # ----------------------------------------------------------------------------------------------------
 class Mid(var_reference.Mid):
@@ -370,12 +561,12 @@ def generate(var, vae, labels, cfg=3.0, top_k=100, top_p=0.9, seed=0):
     cond = var.class_emb(torch.cat([labels, torch.full_like(labels, var.num_classes)]))
     lvl_pos = var.lvl_pos()
     x = cond.unsqueeze(1) + var.pos_start + lvl_pos[:, :1]
-    caches = [dict() for _ in var.blocks]
+    caches = var.new_memory() if hasattr(var, "new_memory") else [dict() for _ in var.blocks]
     emb = vae.quantize.embedding.weight
     f_hat = torch.zeros(b, vae.cvae, vae.latent, vae.latent)
     toks = []
     for si, pn in enumerate(var.patch_nums):
-        logits = var.step_kv(x, cond, caches)
+        logits = var.step(x, cond, caches) if hasattr(var, "step") else var.step_kv(x, cond, caches)
         t = cfg * si / (var.sn - 1)
         logits = (1 + t) * logits[:b] - t * logits[b:]
         logits = filter_top_k_top_p(logits, top_k, top_p)

@@ -1,33 +1,116 @@
-//! The demo model built into scalewise: a small VAR + multi-scale VQVAE of the official architecture,
-//! trained on procedural images (scripts/train_demo.py), so generation works without downloading the
-//! official checkpoints. Its class names, schedule and image size are in the files' metadata.
+//! The demo models built into scalewise: a small VAR and a small M-VAR of the official
+//! architectures, with the multi-scale VQVAE they share, trained on procedural images
+//! (scripts/train_demo.py and scripts/train_demo_mvar.py), so generation works without downloading
+//! the official checkpoints. Their class names, schedule and image size are in the files' metadata.
+
+use std::fmt;
+use std::str::FromStr;
 
 use crate::device::Device;
-use crate::error::Result;
-use crate::generate::Pipeline;
-use crate::nn::{VarModel, VqVae};
+use crate::error::{Error, Result};
+use crate::generate::{Pipeline, Transformer};
+use crate::nn::VqVae;
 use crate::tensor::DType;
 use crate::weights::StateDict;
 
-/// The transformer's weights (f16 safetensors with the official key names).
+/// The VAR transformer's weights (f16 safetensors with the official key names).
 pub const VAR_SAFETENSORS: &[u8] = include_bytes!("../assets/demo/var.safetensors");
-/// The VQVAE's weights (decoder, codebook, Phi; no encoder).
+/// The M-VAR transformer's weights (f16 safetensors with the official key names): attention inside
+/// each scale, Mamba-2 across scales.
+pub const MVAR_SAFETENSORS: &[u8] = include_bytes!("../assets/demo/mvar.safetensors");
+/// The VQVAE's weights (decoder, codebook, Phi; no encoder), shared by both transformers.
 pub const VAE_SAFETENSORS: &[u8] = include_bytes!("../assets/demo/vae.safetensors");
 
-/// The demo's transformer as a state_dict.
-pub fn var_state_dict() -> Result<StateDict> {
-    StateDict::from_safetensors_bytes(VAR_SAFETENSORS)
+/// Which built-in transformer to run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum DemoModel {
+    /// VAR: KV-cached attention over every earlier scale.
+    #[default]
+    Var,
+    /// M-VAR: attention inside the current scale, a Mamba-2 state carried across scales.
+    Mvar,
 }
 
-/// The demo's VQVAE as a state_dict.
+impl DemoModel {
+    /// Every built-in transformer, VAR first.
+    pub const ALL: [DemoModel; 2] = [DemoModel::Var, DemoModel::Mvar];
+
+    /// The name the CLI takes (`--demo var`, `--demo mvar`).
+    pub fn name(self) -> &'static str {
+        match self {
+            DemoModel::Var => "var",
+            DemoModel::Mvar => "mvar",
+        }
+    }
+
+    /// The model family as written in the papers: "VAR" or "M-VAR".
+    pub fn family(self) -> &'static str {
+        match self {
+            DemoModel::Var => "VAR",
+            DemoModel::Mvar => "M-VAR",
+        }
+    }
+
+    /// The transformer's embedded safetensors file.
+    pub fn transformer_safetensors(self) -> &'static [u8] {
+        match self {
+            DemoModel::Var => VAR_SAFETENSORS,
+            DemoModel::Mvar => MVAR_SAFETENSORS,
+        }
+    }
+
+    /// The transformer as a state_dict.
+    pub fn transformer_state_dict(self) -> Result<StateDict> {
+        StateDict::from_safetensors_bytes(self.transformer_safetensors())
+    }
+
+    /// This demo's pipeline on `device`; `dtype` defaults to f16 where the device has SHADER_F16.
+    pub fn pipeline(self, device: &Device, dtype: Option<DType>) -> Result<Pipeline> {
+        let dtype = dtype.unwrap_or(device.preferred_float());
+        let vae = VqVae::from_state_dict(device, &vae_state_dict()?, dtype)?;
+        let transformer = Transformer::from_state_dict(device, &self.transformer_state_dict()?, dtype)?;
+        Pipeline::new(transformer, vae)
+    }
+}
+
+impl fmt::Display for DemoModel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for DemoModel {
+    type Err = Error;
+
+    /// "var" or "mvar" (also "m-var"; any case).
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "var" => Ok(DemoModel::Var),
+            "mvar" | "m-var" => Ok(DemoModel::Mvar),
+            _ => Err(Error::InvalidArgument {
+                op: "demo",
+                msg: format!("unknown model {}: the built-in ones are var and mvar", crate::error::shown(s)),
+            }),
+        }
+    }
+}
+
+/// The VAR demo's transformer as a state_dict.
+pub fn var_state_dict() -> Result<StateDict> {
+    DemoModel::Var.transformer_state_dict()
+}
+
+/// The M-VAR demo's transformer as a state_dict.
+pub fn mvar_state_dict() -> Result<StateDict> {
+    DemoModel::Mvar.transformer_state_dict()
+}
+
+/// The demos' VQVAE as a state_dict.
 pub fn vae_state_dict() -> Result<StateDict> {
     StateDict::from_safetensors_bytes(VAE_SAFETENSORS)
 }
 
-/// The demo pipeline on `device`; `dtype` defaults to f16 where the device has SHADER_F16.
+/// The VAR demo pipeline on `device`; `dtype` defaults to f16 where the device has SHADER_F16.
 pub fn pipeline(device: &Device, dtype: Option<DType>) -> Result<Pipeline> {
-    let dtype = dtype.unwrap_or(device.preferred_float());
-    let vae = VqVae::from_state_dict(device, &vae_state_dict()?, dtype)?;
-    let var = VarModel::from_state_dict(device, &var_state_dict()?, dtype)?;
-    Pipeline::new(var, vae)
+    DemoModel::Var.pipeline(device, dtype)
 }

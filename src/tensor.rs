@@ -156,7 +156,7 @@ impl Tensor {
     /// Starts copying the tensor to host memory; poll or wait on the returned handle.
     pub fn read_async(&self) -> Result<PendingRead> {
         let readback = self.device.read(&self.storage, self.padded_bytes())?;
-        Ok(PendingRead { readback, len: self.numel(), dtype: self.dtype, _device: self.device.clone() })
+        Ok(PendingRead { readback, len: self.numel(), dtype: self.dtype, device: self.device.clone() })
     }
 
     /// A copy of `range` along `dim`.
@@ -372,7 +372,7 @@ pub struct PendingRead {
     len: usize,
     dtype: DType,
     /// Keeps the device (and so the backend the readback polls) alive.
-    _device: Device,
+    device: Device,
 }
 
 impl PendingRead {
@@ -383,6 +383,9 @@ impl PendingRead {
 
     /// Waits and converts to `T`.
     pub fn wait<T: Element>(self) -> Result<Vec<T>> {
+        // Work recorded since the read started goes to the GPU before the host blocks, so the GPU
+        // has it queued behind the copy instead of idling until the host records more.
+        self.device.flush()?;
         let (len, dtype) = (self.len, self.dtype);
         let bytes = self.readback.wait()?;
         T::decode(&bytes, len, dtype).ok_or(Error::UnsupportedDType {

@@ -170,7 +170,8 @@ fn launch_stats_count_compiles_dispatches_submits_and_drains() {
     assert_eq!(values.len(), 15);
     let done = after - before;
     assert!(done.dispatches >= 2, "{done:?}");
-    assert!(done.submits >= 1 && done.drains >= 1, "{done:?}");
+    // The read waited: a drain, or an overlapped wait when another test had submitted work meanwhile.
+    assert!(done.submits >= 1 && done.drains + done.overlapped_waits >= 1, "{done:?}");
     // Running it again dispatches again (other tests may compile pipelines meanwhile: not counted here).
     let warm = device.launch_stats();
     let again = scalewise::ops::silu(&x).unwrap();

@@ -13,6 +13,7 @@ use eframe::egui;
 use egui::{Color32, RichText, TextureHandle, TextureOptions, Vec2};
 use file_browser::{BrowserAction, FileBrowser, PickTarget};
 use scalewise::Device;
+use scalewise::demo::DemoModel;
 use scalewise::generate::{GenerateOptions, Pipeline, StageTimes};
 use scalewise::image::Image;
 use worker::{GenerationEvent, GenerationJob, LoadJob, ModelSource};
@@ -35,12 +36,15 @@ pub fn wgpu_setup() -> egui_wgpu::WgpuSetup {
     egui_wgpu::WgpuSetup::CreateNew(setup)
 }
 
-/// One scale as shown: the decoded image of f_hat after it (the batch as one grid), and its GPU times.
+/// One scale as shown: the decoded image of f_hat after it (the batch as one grid; before the last
+/// scale a reduced preview at the scale's own token-map side), its GPU times and its wall clock.
 pub struct ScaleFrame {
     pub index: usize,
     pub scales: usize,
     pub side: usize,
     pub times: StageTimes,
+    /// The scale's wall clock on the generation thread, its preview included.
+    pub wall_ms: f64,
     /// Images in the batch.
     pub batch: usize,
     /// What is shown and saved: the batch in a square grid.
@@ -177,7 +181,7 @@ impl ScalewiseApp {
             show_times: true,
             ui_times: UiFrameTimes::default(),
         };
-        app.load_model(&cc.egui_ctx, ModelSource::Demo);
+        app.load_model(&cc.egui_ctx, ModelSource::Demo(DemoModel::Var));
         app
     }
 
@@ -272,6 +276,9 @@ impl ScalewiseApp {
             top_p: self.top_p,
             smooth: self.smooth,
             preview_every_scale: true,
+            // The filmstrip shows every scale as it comes: the small ones at their own resolution
+            // (a fraction of a full decode each), the last one exact.
+            preview_reduced: true,
             ..GenerateOptions::default()
         };
         if let Err(e) = pipeline.validate(&options) {
@@ -366,11 +373,12 @@ impl ScalewiseApp {
         let events = self.job.as_ref().map(GenerationJob::poll).unwrap_or_default();
         for event in events {
             match event {
-                GenerationEvent::Scale { index, scales, side, times, images } => {
+                GenerationEvent::Scale { index, scales, side, times, wall_ms, images } => {
                     let grid = Image::square_grid(&images);
                     let color = egui::ColorImage::from_rgb([grid.width, grid.height], &grid.rgb);
                     let texture = ctx.load_texture(format!("scale-{index}"), color, TextureOptions::NEAREST);
-                    self.frames.push(ScaleFrame { index, scales, side, times, batch: images.len(), grid, texture });
+                    let batch = images.len();
+                    self.frames.push(ScaleFrame { index, scales, side, times, wall_ms, batch, grid, texture });
                 }
                 GenerationEvent::Done { wall_ms } => {
                     self.status = Status::Done { wall_ms };
@@ -481,8 +489,16 @@ impl ScalewiseApp {
                 let source = ModelSource::Files { var: self.var_path.trim().into(), vae: self.vae_path.trim().into() };
                 self.load_model(&ctx, source);
             }
-            if ui.add_enabled(!busy, egui::Button::new("Demo model")).clicked() {
-                self.load_model(&ctx, ModelSource::Demo);
+            for model in DemoModel::ALL {
+                let current = self.model.as_ref() == Some(&ModelSource::Demo(model)) && self.pipeline.is_some();
+                let button = egui::Button::new(format!("Demo {}", model.family())).selected(current);
+                let hover = match model {
+                    DemoModel::Var => "the built-in VAR: attention over every earlier scale (KV cache)",
+                    DemoModel::Mvar => "the built-in M-VAR: attention inside each scale, Mamba-2 across scales",
+                };
+                if ui.add_enabled(!busy, button).on_hover_text(hover).clicked() {
+                    self.load_model(&ctx, ModelSource::Demo(model));
+                }
             }
         });
         ui.label(RichText::new("or drop .pth / .safetensors files on the window").small().weak());
@@ -583,13 +599,24 @@ impl ScalewiseApp {
             return;
         }
         ui.separator();
+        let gpu_total: f64 = self.frames.iter().map(|f| f.times.total_ms()).sum();
+        let wall_total: f64 = self.frames.iter().map(|f| f.wall_ms).sum();
+        // GPU timestamps stop counting once the UI renders on a CPU adapter's shared queue, and an
+        // adapter without them times nothing: then only the wall clock is honest.
+        let caps = self.device.as_ref().map(|d| d.info().caps);
+        let distrust = match caps {
+            Some(c) if !c.timestamps => Some("this adapter has no GPU timestamps"),
+            Some(c) if c.is_cpu => Some("a CPU adapter's timestamps miss work while the UI draws"),
+            _ if gpu_total < 0.1 * wall_total => Some("the GPU times add up to under a tenth of the wall clock"),
+            _ => None,
+        };
         // M-VAR's Mamba-2 layers get a column of their own; VAR has none.
-        let mamba = self.frames.iter().any(|f| f.times.mamba_ms > 0.0);
+        let mamba = distrust.is_none() && self.frames.iter().any(|f| f.times.mamba_ms > 0.0);
         egui::Grid::new("times").striped(true).show(ui, |ui| {
-            let headers: &[&str] = if mamba {
-                &["scale", "attn/FFN", "mamba", "sampling", "decode"]
-            } else {
-                &["scale", "transformer", "sampling", "decode"]
+            let headers: &[&str] = match (distrust, mamba) {
+                (Some(_), _) => &["scale", "wall"],
+                (None, true) => &["scale", "attn/FFN", "mamba", "sampling", "preview", "wall"],
+                (None, false) => &["scale", "transformer", "sampling", "preview", "wall"],
             };
             for header in headers {
                 ui.label(RichText::new(*header).strong());
@@ -597,19 +624,29 @@ impl ScalewiseApp {
             ui.end_row();
             for f in &self.frames {
                 ui.label(format!("{} ({}²)", f.index + 1, f.side));
-                ui.label(format!("{:.1} ms", f.times.transformer_ms));
-                if mamba {
-                    ui.label(format!("{:.1} ms", f.times.mamba_ms));
+                if distrust.is_none() {
+                    ui.label(format!("{:.1} ms", f.times.transformer_ms));
+                    if mamba {
+                        ui.label(format!("{:.1} ms", f.times.mamba_ms));
+                    }
+                    ui.label(format!("{:.1} ms", f.times.sampling_ms));
+                    ui.label(format!("{:.1} ms", f.times.accumulate_ms + f.times.decode_ms));
                 }
-                ui.label(format!("{:.1} ms", f.times.sampling_ms));
-                ui.label(format!("{:.1} ms", f.times.accumulate_ms + f.times.decode_ms));
+                ui.label(format!("{:.1} ms", f.wall_ms));
                 ui.end_row();
             }
         });
-        let total: f64 = self.frames.iter().map(|f| f.times.total_ms()).sum();
-        ui.label(format!("GPU total {total:.1} ms"));
+        match distrust {
+            Some(why) => {
+                ui.label(format!("wall clock per scale, {wall_total:.0} ms in all"));
+                ui.label(RichText::new(format!("GPU stage times not shown: {why}")).small().weak());
+            }
+            None => {
+                ui.label(format!("GPU total {gpu_total:.1} ms of {wall_total:.0} ms wall clock over the scales"));
+            }
+        }
         if let Status::Done { wall_ms } = self.status {
-            ui.label(format!("wall clock {wall_ms:.0} ms"));
+            ui.label(format!("wall clock {wall_ms:.0} ms (start-up and the scales)"));
         }
         if let Some((median, max)) = self.ui_times.last_summary {
             ui.label(
@@ -634,7 +671,7 @@ impl ScalewiseApp {
         let shown = self.selected.or(self.frames.len().checked_sub(1));
         let strip_height = 96.0;
         if let Some(frame) = shown.and_then(|i| self.frames.get(i)) {
-            let time = if self.show_times { format!(", {:.1} ms", frame.times.total_ms()) } else { String::new() };
+            let time = if self.show_times { format!(", {:.1} ms", frame.wall_ms) } else { String::new() };
             ui.label(
                 RichText::new(format!(
                     "scale {}/{}, {} x {} tokens{time}",

@@ -8,13 +8,24 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 use std::thread::JoinHandle;
 
 use scalewise::Device;
+use scalewise::demo::DemoModel;
 use scalewise::generate::{GenerateOptions, Pipeline, StageTimes};
 use scalewise::image::Image;
 
 /// What a generation reports, in order: every scale, then `Done`, `Failed` or `Cancelled`.
 pub enum GenerationEvent {
-    Scale { index: usize, scales: usize, side: usize, times: StageTimes, images: Vec<Image> },
-    Done { wall_ms: f64 },
+    /// `wall_ms`: the scale's wall clock on the generation thread (its preview decode included).
+    Scale {
+        index: usize,
+        scales: usize,
+        side: usize,
+        times: StageTimes,
+        wall_ms: f64,
+        images: Vec<Image>,
+    },
+    Done {
+        wall_ms: f64,
+    },
     Failed(String),
     Cancelled,
 }
@@ -82,12 +93,14 @@ fn run_generation(
         if cancel.load(Ordering::Relaxed) {
             return send(GenerationEvent::Cancelled);
         }
+        let scale_started = std::time::Instant::now();
         match generation.step() {
             Ok(step) => send(GenerationEvent::Scale {
                 index: step.index,
                 scales: step.scales,
                 side: step.side,
                 times: step.times,
+                wall_ms: scale_started.elapsed().as_secs_f64() * 1e3,
                 images: step.images.unwrap_or_default(),
             }),
             Err(e) => return send(GenerationEvent::Failed(e.to_string())),
@@ -99,14 +112,30 @@ fn run_generation(
 /// Which model to load.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ModelSource {
-    Demo,
-    Files { var: PathBuf, vae: PathBuf },
+    /// A demo model built into scalewise (VAR or M-VAR).
+    Demo(DemoModel),
+    Files {
+        var: PathBuf,
+        vae: PathBuf,
+    },
 }
 
 impl ModelSource {
+    /// The name its pipelines are recorded under (see `Device::prewarm_pipelines`).
+    fn workload(&self, device: &Device) -> String {
+        let dtype = device.preferred_float();
+        match self {
+            ModelSource::Demo(model) => format!("app demo-{model} {dtype}"),
+            ModelSource::Files { var, vae } => {
+                let path = |p: &PathBuf| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()).display().to_string();
+                format!("app {} {} {dtype}", path(var), path(vae))
+            }
+        }
+    }
+
     pub fn describe(&self) -> String {
         match self {
-            ModelSource::Demo => "demo model (built in)".into(),
+            ModelSource::Demo(model) => format!("demo {} (built in)", model.family()),
             ModelSource::Files { var, .. } => {
                 var.file_name().map_or_else(|| var.display().to_string(), |n| n.to_string_lossy().into_owned())
             }
@@ -125,8 +154,11 @@ impl LoadJob {
         let (tx, result) = channel();
         let what = source.clone();
         std::thread::spawn(move || {
+            // The pipelines this model used in an earlier session compile on background threads
+            // while its weights load.
+            let _prewarm = device.prewarm_pipelines(&what.workload(&device));
             let loaded = match &what {
-                ModelSource::Demo => scalewise::demo::pipeline(&device, None),
+                ModelSource::Demo(model) => model.pipeline(&device, None),
                 ModelSource::Files { var, vae } => Pipeline::load(&device, var, vae, None),
             };
             let _ = tx.send(loaded.map_err(|e| e.to_string()));

@@ -1,7 +1,7 @@
 //! Shader benchmarks shared by `scalewise bench` and `cargo bench`: each kernel timed per dispatch
 //! (GPU timestamps where the adapter has them), median of several runs after a warm-up.
 
-use scalewise::device::{Device, TimingSource};
+use scalewise::device::{Device, LaunchStats, TimingSource};
 use scalewise::ops::{self, MatmulAlgorithm, matmul::MatmulOptions};
 use scalewise::{DType, Error, Result, Tensor};
 
@@ -603,6 +603,13 @@ pub struct GenerateBenchRun {
     /// M-VAR: the tokens each Mamba-2 layer stepped through in one generation, as the model counted
     /// them.
     pub mamba_token_steps: Option<usize>,
+    /// The first generation of this way in the process (the first image: its pipelines compiled on
+    /// first use, in milliseconds of wall clock) and its launch counts.
+    pub first_ms: f64,
+    pub first_launch: LaunchStats,
+    /// One steady-state generation's launch counts (the last timed run): dispatches, submissions,
+    /// drains of the GPU and waits that left work queued.
+    pub steady_launch: LaunchStats,
 }
 
 impl GenerateBenchRun {
@@ -661,25 +668,34 @@ pub fn generate(device: &Device, config: &GenerateBenchConfig) -> Result<Generat
     };
     let base = device.pool_stats().live_bytes;
     let mut walls = vec![Vec::new(); histories.len()];
+    let mut firsts = vec![(0.0, LaunchStats::default()); histories.len()];
+    let mut steadies = vec![LaunchStats::default(); histories.len()];
     // The histories alternate within each iteration, so a drift of the machine (clocks, other
     // load) weighs on both alike.
     for i in 0..config.warmup + config.iterations.max(1) {
-        for (&history, walls) in histories.iter().zip(&mut walls) {
+        for (way, &history) in histories.iter().enumerate() {
             device.synchronize()?;
+            let launched = device.launch_stats();
             let start = std::time::Instant::now();
             let mut generation = pipeline.start(&options(i as u64, false, history))?;
             for step in generation.by_ref() {
                 step?;
             }
             generation.decode()?;
+            let wall = start.elapsed().as_secs_f64() * 1e3;
+            let counts = device.launch_stats() - launched;
+            if i == 0 {
+                firsts[way] = (wall, counts);
+            }
             if i >= config.warmup {
-                walls.push(start.elapsed().as_secs_f64() * 1e3);
+                walls[way].push(wall);
+                steadies[way] = counts;
             }
         }
     }
     let mut runs = Vec::new();
     let mut decode_ms = 0.0;
-    for (&history, mut walls) in histories.iter().zip(walls) {
+    for (way, (&history, mut walls)) in histories.iter().zip(walls).enumerate() {
         walls.sort_by(f64::total_cmp);
         let mut generation = pipeline.start(&options(0, true, history))?;
         let mut scales = Vec::new();
@@ -698,6 +714,9 @@ pub fn generate(device: &Device, config: &GenerateBenchConfig) -> Result<Generat
             median_ms: walls[walls.len() / 2],
             min_ms: walls[0],
             mamba_token_steps: generation.mamba_token_steps(),
+            first_ms: firsts[way].0,
+            first_launch: firsts[way].1,
+            steady_launch: steadies[way],
         });
     }
     let timing = if device.caps().timestamps { TimingSource::GpuTimestamps } else { TimingSource::WallClock };
@@ -708,6 +727,17 @@ pub fn generate(device: &Device, config: &GenerateBenchConfig) -> Result<Generat
         decode_ms,
         peak_bytes: device.pool_stats().peak_live_bytes.saturating_sub(base),
         timing,
+    })
+}
+
+fn launch_json(stats: &LaunchStats) -> serde_json::Value {
+    serde_json::json!({
+        "pipelines_compiled": stats.pipelines_compiled,
+        "compile_ms": stats.compile_ms,
+        "dispatches": stats.dispatches,
+        "submits": stats.submits,
+        "drains": stats.drains,
+        "overlapped_waits": stats.overlapped_waits,
     })
 }
 
@@ -722,6 +752,9 @@ fn run_json(run: &GenerateBenchRun) -> serde_json::Value {
         "sampling_ms": totals.sampling_ms,
         "accumulate_ms": totals.accumulate_ms,
         "mamba_token_steps_per_layer": run.mamba_token_steps,
+        "first_image_ms": run.first_ms,
+        "first_image": launch_json(&run.first_launch),
+        "steady_state": launch_json(&run.steady_launch),
         "scales": run.scales.iter().map(|(side, t)| serde_json::json!({
             "side": side,
             "transformer_ms": t.transformer_ms,

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, ensure};
 use clap::Args;
+use scalewise::demo::DemoModel;
 use scalewise::generate::{GenerateOptions, MAX_BATCH, Pipeline, ScaleStep, Transformer};
 use scalewise::image::Image;
 use scalewise::nn::ScaleHistory;
@@ -22,9 +23,11 @@ pub struct GenerateArgs {
     /// Multi-scale VQVAE checkpoint: vae_ch160v4096z32.pth, or safetensors with the same keys.
     #[arg(long, value_name = "FILE", requires = "var", conflicts_with = "demo")]
     vae: Option<PathBuf>,
-    /// The small demo model built into scalewise (the default when no --var/--vae is given).
-    #[arg(long)]
-    demo: bool,
+    /// A small demo model built into scalewise: var (the default when no --var/--vae is given; also
+    /// plain --demo) or mvar (M-VAR: attention inside each scale, Mamba-2 across scales). Both share
+    /// the demo VQVAE and classes.
+    #[arg(long, value_name = "MODEL", num_args = 0..=1, default_missing_value = "var", value_parser = parse_demo)]
+    demo: Option<DemoModel>,
     /// Class(es): a number 0..num_classes-1 or a class name (the model's own names, else ImageNet's
     /// for 1000-class models; `scalewise classes` lists them); several (comma separated) make a
     /// batch, repeated to fill --batch.
@@ -62,6 +65,10 @@ pub struct GenerateArgs {
     quiet: bool,
     #[command(flatten)]
     weights: super::WeightsArgs,
+}
+
+fn parse_demo(name: &str) -> Result<DemoModel, String> {
+    name.parse().map_err(|e: scalewise::Error| e.to_string())
 }
 
 /// The output files of one `generate` run, staged (see [`scalewise::output::StagedOutput`]) before
@@ -217,11 +224,24 @@ impl Progress {
 /// staged outputs written and renamed into place.
 pub fn generate(device: &Device, args: &GenerateArgs, mut outputs: Outputs) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
+    // The pipelines this model used in an earlier run compile on background threads while its
+    // weights load (the model and the storage type decide the kernels).
+    let workload = match (&args.var, &args.vae) {
+        (Some(var), Some(vae)) => {
+            let path = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()).display().to_string();
+            format!("generate {} {} {}", path(var), path(vae), device.preferred_float())
+        }
+        _ => format!("generate demo-{} {}", args.demo.unwrap_or_default(), device.preferred_float()),
+    };
+    let prewarm = device.prewarm_pipelines(&workload);
     let pipeline = match (&args.var, &args.vae) {
         (Some(var), Some(vae)) => {
             Pipeline::load_with(device, var, vae, None, &args.weights.options()).context("loading the model")?
         }
-        _ => scalewise::demo::pipeline(device, None).context("loading the demo model")?,
+        _ => {
+            let demo = args.demo.unwrap_or_default();
+            demo.pipeline(device, None).with_context(|| format!("loading the {} demo model", demo.family()))?
+        }
     };
     let load_s = started.elapsed().as_secs_f64();
     let config = pipeline.config();
@@ -330,6 +350,7 @@ pub fn generate(device: &Device, args: &GenerateArgs, mut outputs: Outputs) -> a
         // The wall clock in three parts that add up to it; the per-stage GPU times are the scales'
         // own, and pipeline compiles (on first use) fall inside whichever part first needed them.
         let work = device.launch_stats() - work_before;
+        let ahead = prewarm.join();
         eprintln!(
             "generated {batch} image(s) in {wall_ms:.0} ms: start-up {startup_ms:.0} ms, scales {scales_ms:.0} ms (GPU: \
              transformer {:.1} ms{}, sampling {:.1} ms, accumulate {:.1} ms{}), final decode {decode_ms:.0} ms; wrote {}",
@@ -341,9 +362,17 @@ pub fn generate(device: &Device, args: &GenerateArgs, mut outputs: Outputs) -> a
             args.out.display()
         );
         eprintln!(
-            "launch path: {} pipelines compiled in {:.0} ms (inside the times above), {} dispatches, {} submissions, {} \
-             waits for the GPU",
-            work.pipelines_compiled, work.compile_ms, work.dispatches, work.submits, work.drains
+            "launch path: {} pipelines compiled on first use (inside the times above), {} of {} compiled ahead on \
+             background threads in {:.0} ms while the model loaded; {} dispatches, {} submissions, {} drains of the \
+             GPU, {} waits with work still queued",
+            work.pipelines_compiled - work.prewarmed,
+            ahead.compiled,
+            ahead.planned,
+            ahead.wall_ms,
+            work.dispatches,
+            work.submits,
+            work.drains,
+            work.overlapped_waits
         );
     }
     Ok(())
@@ -496,6 +525,26 @@ pub fn bench_generate(device: &Device, args: &GenerateBenchArgs) -> anyhow::Resu
                 r.peak_bytes as f64 / (1 << 20) as f64
             );
         }
+    }
+    for run in &r.runs {
+        let (f, s) = (&run.first_launch, &run.steady_launch);
+        println!(
+            "{}first image {:.1} ms ({} pipelines compiled in {:.0} ms), steady state median {:.1} ms; per steady \
+             generation: {} dispatches, {} submissions, {} drains of the GPU, {} waits with work still queued",
+            match run.history {
+                Some(ScaleHistory::RecomputePrefix) => "recomputed prefix: ",
+                Some(ScaleHistory::CarryState) => "carried state: ",
+                None => "",
+            },
+            run.first_ms,
+            f.pipelines_compiled,
+            f.compile_ms,
+            run.median_ms,
+            s.dispatches,
+            s.submits,
+            s.drains,
+            s.overlapped_waits
+        );
     }
     super::write_results(&args.json, &bench::generate_json(device, &config, &r))?;
     Ok(())

@@ -302,3 +302,88 @@ fn greedy_mvar_cli_runs_match_pytorch_tokens() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--demo mvar` runs the built-in M-VAR (`--demo` alone and no model flag, the VAR), by class name,
+/// and an unknown demo name is refused before anything is written.
+#[test]
+fn demo_flag_chooses_the_built_in_var_or_mvar() {
+    let dir = scratch("demo-flag");
+    let out = dir.join("out.png");
+    let tokens = dir.join("tokens.json");
+    let demo = |extra: &[&str]| {
+        let mut args = vec!["generate", "--class", "red_disc", "--seed", "2", "--out", out.to_str().unwrap()];
+        args.extend_from_slice(&["--dump-tokens", tokens.to_str().unwrap()]);
+        args.extend_from_slice(extra);
+        let result = run(&args);
+        assert!(result.status.success(), "{extra:?}: {}", stderr(&result));
+        (stderr(&result), tokens_json(&tokens))
+    };
+    let (mvar_log, mvar_tokens) = demo(&["--demo", "mvar"]);
+    assert!(mvar_log.contains("model: demo M-VAR depth 4 width 256 (cosine attention, "), "{mvar_log}");
+    assert!(mvar_log.contains("mamba"), "the M-VAR progress shows the Mamba time: {mvar_log}");
+    let (var_log, var_tokens) = demo(&["--demo"]);
+    assert!(var_log.contains("model: demo VAR depth 4 width 256 ("), "{var_log}");
+    let (default_log, default_tokens) = demo(&[]);
+    assert!(default_log.contains("model: demo VAR depth "), "{default_log}");
+    assert_eq!(default_tokens, var_tokens, "no model flag is the VAR demo");
+    assert_ne!(mvar_tokens, var_tokens, "M-VAR and VAR are different models");
+    assert_eq!(mvar_tokens.iter().map(Vec::len).sum::<usize>(), 204);
+
+    std::fs::remove_file(&out).unwrap();
+    let refused = run(&["generate", "--demo", "mvar2", "--class", "1", "--out", out.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(2), "a usage error");
+    assert!(stderr(&refused).contains("the built-in ones are var and mvar"), "{}", stderr(&refused));
+    assert!(!out.exists(), "nothing written");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The pipelines a run compiled are recorded in the cache folder and compiled ahead, on background
+/// threads, by the next run of the same model: every pipeline is compiled once, ahead or on first
+/// use, and the image is the same. A manifest with junk lines only loses its speed-up.
+#[test]
+fn a_second_run_compiles_its_pipelines_ahead() {
+    let dir = scratch("prewarm");
+    let cache = dir.join("cache");
+    let run_cached = |out: &str| {
+        let out = dir.join(out);
+        let result = Command::new(env!("CARGO_BIN_EXE_scalewise"))
+            .args(["generate", "--demo", "--class", "2", "--seed", "4", "--out", out.to_str().unwrap()])
+            .env("SCALEWISE_CACHE_DIR", &cache)
+            .output()
+            .expect("the scalewise binary runs");
+        let err = stderr(&result);
+        assert!(result.status.success(), "{err}");
+        let line = err.lines().find(|l| l.starts_with("launch path: ")).unwrap_or_else(|| panic!("{err}")).to_owned();
+        let number = |before: &str| -> usize {
+            let at = line.find(before).unwrap_or_else(|| panic!("{before:?} in {line}"));
+            line[..at].split_whitespace().last().unwrap().parse().unwrap()
+        };
+        // "N pipelines compiled on first use ..., A of P compiled ahead"
+        let first_use = number(" pipelines compiled on first use");
+        let ahead = number(" of ");
+        let planned: usize = line[line.find(" of ").unwrap() + 4..].split_whitespace().next().unwrap().parse().unwrap();
+        (first_use, ahead, planned, std::fs::read(out).unwrap())
+    };
+    let (compiled, ahead, planned, image) = run_cached("first.png");
+    assert!(compiled > 10 && ahead == 0 && planned == 0, "a first run compiles on first use");
+    let (first_use, ahead, planned, again) = run_cached("second.png");
+    assert_eq!(planned, compiled, "the second run plans what the first compiled");
+    assert_eq!(first_use + ahead, compiled, "each pipeline compiled once, ahead or on first use");
+    assert!(ahead > 0);
+    assert_eq!(again, image);
+
+    let manifest = std::fs::read_dir(cache.join("wgpu"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "pipelines"))
+        .expect("a manifest in the cache folder");
+    let mut text = std::fs::read_to_string(&manifest).unwrap();
+    // Matmul has no subgroup flavour, so its line is valid for any adapter.
+    text.push_str("matmul f32 0 no_such_entry rrrw\nmatmul f99 0 x rw\n\u{1F600} garbage\n");
+    std::fs::write(&manifest, text).unwrap();
+    let (first_use, ahead, planned, third) = run_cached("third.png");
+    assert_eq!(planned, compiled + 1, "the well-formed line with an unknown entry is planned, then fails");
+    assert_eq!(first_use + ahead, compiled);
+    assert_eq!(third, image);
+    let _ = std::fs::remove_dir_all(&dir);
+}

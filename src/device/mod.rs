@@ -349,6 +349,47 @@ impl Readback {
     }
 }
 
+/// Pipelines compiling on background threads ([`Device::prewarm_pipelines`]). Dropping it lets them
+/// finish on their own; [`Prewarm::join`] waits and reports.
+pub struct Prewarm {
+    threads: Vec<std::thread::JoinHandle<(usize, usize, std::time::Instant)>>,
+    planned: usize,
+    started: std::time::Instant,
+}
+
+/// What a [`Prewarm`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PrewarmReport {
+    /// Pipelines the manifest named.
+    pub planned: usize,
+    /// Compiled by the background threads (the rest were compiled already, or by a dispatch first).
+    pub compiled: usize,
+    /// Could not be compiled (a stale manifest line); they compile on first use if ever needed.
+    pub failed: usize,
+    /// From the start of the prewarm to the last thread's end.
+    pub wall_ms: f64,
+}
+
+impl Prewarm {
+    /// Pipelines the manifest named (0: nothing to do; the first run of a workload).
+    pub fn planned(&self) -> usize {
+        self.planned
+    }
+
+    /// Waits for the background compiles.
+    pub fn join(self) -> PrewarmReport {
+        let mut report = PrewarmReport { planned: self.planned, ..Default::default() };
+        for thread in self.threads {
+            if let Ok((compiled, failed, ended)) = thread.join() {
+                report.compiled += compiled;
+                report.failed += failed;
+                report.wall_ms = report.wall_ms.max((ended - self.started).as_secs_f64() * 1e3);
+            }
+        }
+        report
+    }
+}
+
 /// Counters of a device's launch path (see [`Device::launch_stats`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct LaunchStats {
@@ -357,8 +398,17 @@ pub struct LaunchStats {
     pub compile_ms: f64,
     pub dispatches: u64,
     pub submits: u64,
-    /// Blocking waits for the GPU (synchronize, readbacks that had to wait, timestamp reads).
+    /// Blocking waits that left the GPU with nothing queued behind them (synchronize, timestamp
+    /// reads, readbacks with no later work submitted): each one idles the GPU until the host
+    /// records more.
     pub drains: u64,
+    /// Blocking waits for a readback while later work was already queued (a token map read a scale
+    /// late): the host waits, the GPU stays busy.
+    pub overlapped_waits: u64,
+    /// Pipelines compiled ahead on background threads ([`Device::prewarm_pipelines`]); also counted
+    /// in `pipelines_compiled`, and a counted pipeline may have been compiled after a dispatch
+    /// needed it first.
+    pub prewarmed: u64,
 }
 
 impl std::ops::Sub for LaunchStats {
@@ -370,6 +420,8 @@ impl std::ops::Sub for LaunchStats {
             dispatches: self.dispatches - earlier.dispatches,
             submits: self.submits - earlier.submits,
             drains: self.drains - earlier.drains,
+            overlapped_waits: self.overlapped_waits - earlier.overlapped_waits,
+            prewarmed: self.prewarmed - earlier.prewarmed,
         }
     }
 }
@@ -386,6 +438,15 @@ pub(crate) trait BackendDevice: Send + Sync {
     fn supports(&self, family: Family, dtype: DType) -> bool;
     fn launch(&self, launch: &Launch) -> Result<()>;
     fn flush(&self) -> Result<()>;
+    /// Reads the pipeline manifest of `workload` (see [`Device::prewarm_pipelines`]) and returns
+    /// how many pipelines it names; 0 where the backend keeps none.
+    fn prewarm_plan(&self, _workload: &str) -> usize {
+        0
+    }
+    /// Compiles the manifest's pipeline `index` unless it is compiled already; true when it compiled.
+    fn prewarm_one(&self, _index: usize) -> Result<bool> {
+        Ok(false)
+    }
     fn synchronize(&self) -> Result<()>;
     fn pool_stats(&self) -> PoolStats;
     fn launch_stats(&self) -> LaunchStats;
@@ -532,6 +593,41 @@ impl Device {
     /// themselves for work that must follow scalewise's.
     pub fn flush(&self) -> Result<()> {
         self.imp().flush()
+    }
+
+    /// Starts compiling, on background threads, the pipelines an earlier process with the same
+    /// `workload` used on this adapter and driver (a manifest in the user's cache folder), and
+    /// records this process's pipelines under `workload` when the device closes. Call it before the
+    /// weights load so the compiles overlap the loading; a dispatch that needs a pipeline still
+    /// compiling waits for it rather than compiling it twice. Name the workload by what decides the
+    /// kernels (the model and the storage type). Nothing happens without a cache folder, on the first
+    /// run of a workload, or on backends that keep no manifest (CUDA caches its modules on disk).
+    pub fn prewarm_pipelines(&self, workload: &str) -> Prewarm {
+        let started = std::time::Instant::now();
+        let planned = self.imp().prewarm_plan(workload);
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4).min(planned);
+        let threads = (0..workers)
+            .filter_map(|worker| {
+                let device = self.clone();
+                std::thread::Builder::new()
+                    .name(format!("scalewise-prewarm-{worker}"))
+                    .spawn(move || {
+                        let (mut compiled, mut failed) = (0, 0);
+                        for index in (worker..planned).step_by(workers) {
+                            match device.imp().prewarm_one(index) {
+                                Ok(true) => compiled += 1,
+                                Ok(false) => {}
+                                // A key this build cannot compile (from another version's manifest)
+                                // is only a missed speed-up.
+                                Err(_) => failed += 1,
+                            }
+                        }
+                        (compiled, failed, std::time::Instant::now())
+                    })
+                    .ok()
+            })
+            .collect();
+        Prewarm { threads, planned, started }
     }
 
     /// Allocation statistics of the buffer pool (live, cached and peak bytes).

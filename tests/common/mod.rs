@@ -86,7 +86,7 @@ macro_rules! backend_tests {
 
 /// The environment's device options (WGPU_BACKEND, WGPU_ADAPTER_NAME, SCALEWISE_DISABLE) on a wgpu
 /// backend, with outputs NaN-poisoned at allocation.
-fn wgpu_options() -> DeviceOptions {
+pub fn wgpu_options() -> DeviceOptions {
     let mut options =
         DeviceOptions { poison_allocations: true, ..DeviceOptions::from_env().expect("valid environment") };
     if matches!(options.backend, BackendChoice::Cuda | BackendChoice::CudaCpu) {

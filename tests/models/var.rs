@@ -795,6 +795,32 @@ fn previews_come_for_every_scale_at_the_image_size() {
     assert_eq!(plain.images, generation.decode().unwrap(), "previews change the result");
 }
 
+/// Reduced previews (the app's): every scale but the last decodes f_hat at its own token-map side,
+/// a smaller image; the last is the exact result, and the result is unchanged.
+#[test]
+fn reduced_previews_decode_each_scale_at_its_own_side() {
+    let device = full_device();
+    let pipeline = tiny_pipeline(device, false, 71);
+    let size = pipeline.image_size();
+    let latent = pipeline.config().latent_side();
+    let up = size / latent;
+    let preview = GenerateOptions { preview_every_scale: true, preview_reduced: true, ..options(vec![1, 2, 3], 8) };
+    let mut generation = pipeline.start(&preview).unwrap();
+    let mut last = None;
+    for step in generation.by_ref() {
+        let step = step.unwrap();
+        let images = step.images.expect("a preview for every scale");
+        let want = if step.index + 1 == step.scales { size } else { step.side * up };
+        for image in &images {
+            assert_eq!((image.width, image.height), (want, want), "scale {}", step.index);
+        }
+        last = Some(images);
+    }
+    assert_eq!(last.unwrap(), generation.decode().unwrap(), "the last preview is the exact result");
+    let plain = run(&pipeline, &options(vec![1, 2, 3], 8));
+    assert_eq!(plain.images, generation.decode().unwrap(), "previews change the result");
+}
+
 #[test]
 fn invalid_options_are_named() {
     let device = full_device();

@@ -12,32 +12,47 @@ use crate::device::{Arg, Grid, Launch, poisoned};
 use crate::error::{Error, Result};
 use crate::kernels::{ConstValue, Family};
 
-#[derive(Hash, PartialEq, Eq, Clone)]
-struct PipelineKey {
-    family: Family,
-    variant: Variant,
-    entry: &'static str,
-    constants: Vec<(&'static str, ConstValue)>,
-    writable: Vec<bool>,
+#[derive(Hash, PartialEq, Eq, Clone, Debug)]
+pub(crate) struct PipelineKey {
+    pub(crate) family: Family,
+    pub(crate) variant: Variant,
+    pub(crate) entry: &'static str,
+    pub(crate) constants: Vec<(&'static str, ConstValue)>,
+    pub(crate) writable: Vec<bool>,
 }
 
-struct CachedPipeline {
+pub(crate) struct CachedPipeline {
     pipeline: wgpu::ComputePipeline,
     layout: wgpu::BindGroupLayout,
 }
 
+/// One cache entry, locked while it compiles: a second thread that needs the same pipeline waits
+/// for it instead of compiling it again, while other pipelines compile in parallel (wgpu's error
+/// scopes are per thread, so concurrent compilations do not see each other's errors).
+type Slot<T> = Arc<Mutex<Option<Arc<T>>>>;
+
 #[derive(Default)]
 pub(crate) struct PipelineCache {
-    modules: Mutex<HashMap<(Family, Variant), Arc<wgpu::ShaderModule>>>,
-    pipelines: Mutex<HashMap<PipelineKey, Arc<CachedPipeline>>>,
-    /// Held while compiling: two threads missing the same pipeline compile it once (the second finds
-    /// it when it gets the lock), and the error scopes of one compilation never see another's errors.
-    compiling: Mutex<()>,
+    modules: Mutex<HashMap<(Family, Variant), Slot<wgpu::ShaderModule>>>,
+    pipelines: Mutex<HashMap<PipelineKey, Slot<CachedPipeline>>>,
+}
+
+/// The entry for `key`, created empty on a miss (the key is cloned only then).
+fn slot<K: std::hash::Hash + Eq + Clone, T>(map: &Mutex<HashMap<K, Slot<T>>>, key: &K) -> Result<Slot<T>> {
+    let mut map = map.lock().map_err(poisoned)?;
+    if let Some(slot) = map.get(key) {
+        return Ok(Arc::clone(slot));
+    }
+    let slot = Slot::default();
+    map.insert(key.clone(), Arc::clone(&slot));
+    Ok(slot)
 }
 
 impl PipelineCache {
     fn module(&self, ctx: &WgpuDevice, family: Family, variant: Variant) -> Result<Arc<wgpu::ShaderModule>> {
-        if let Some(module) = self.modules.lock().map_err(poisoned)?.get(&(family, variant)) {
+        let slot = slot(&self.modules, &(family, variant))?;
+        let mut entry = slot.lock().map_err(poisoned)?;
+        if let Some(module) = &*entry {
             return Ok(Arc::clone(module));
         }
         let source = shaders::compose(family, variant);
@@ -56,16 +71,14 @@ impl PipelineCache {
                 other => other,
             })?;
         let module = Arc::new(module);
-        self.modules.lock().map_err(poisoned)?.insert((family, variant), Arc::clone(&module));
+        *entry = Some(Arc::clone(&module));
         Ok(module)
     }
 
-    fn pipeline(&self, ctx: &WgpuDevice, key: PipelineKey, label: &str) -> Result<Arc<CachedPipeline>> {
-        if let Some(cached) = self.pipelines.lock().map_err(poisoned)?.get(&key) {
-            return Ok(Arc::clone(cached));
-        }
-        let _compiling = self.compiling.lock().map_err(poisoned)?;
-        if let Some(cached) = self.pipelines.lock().map_err(poisoned)?.get(&key) {
+    pub(crate) fn pipeline(&self, ctx: &WgpuDevice, key: &PipelineKey, label: &str) -> Result<Arc<CachedPipeline>> {
+        let slot = slot(&self.pipelines, key)?;
+        let mut entry = slot.lock().map_err(poisoned)?;
+        if let Some(cached) = &*entry {
             return Ok(Arc::clone(cached));
         }
         let started = std::time::Instant::now();
@@ -118,9 +131,29 @@ impl PipelineCache {
             persistent.compiled.fetch_add(1, Ordering::Relaxed);
         }
         ctx.counters.compile_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        self.pipelines.lock().map_err(poisoned)?.insert(key, Arc::clone(&cached));
+        *entry = Some(Arc::clone(&cached));
         Ok(cached)
     }
+
+    /// Whether `key` is compiled (without waiting for a compilation in progress).
+    pub(crate) fn is_compiled(&self, key: &PipelineKey) -> bool {
+        let slot = self.pipelines.lock().ok().and_then(|map| map.get(key).cloned());
+        slot.is_some_and(|slot| slot.try_lock().is_ok_and(|entry| entry.is_some()))
+    }
+
+    /// The keys of every pipeline compiled so far.
+    pub(crate) fn compiled_keys(&self) -> Vec<PipelineKey> {
+        let Ok(map) = self.pipelines.lock() else { return Vec::new() };
+        map.iter()
+            .filter(|(_, slot)| slot.lock().is_ok_and(|entry| entry.is_some()))
+            .map(|(key, _)| key.clone())
+            .collect()
+    }
+}
+
+/// The label of a pipeline in errors and profiles: `family[variant]::entry`.
+pub(crate) fn pipeline_label(key: &PipelineKey) -> String {
+    format!("{}{}::{}", key.family, key.variant.suffix(), key.entry)
 }
 
 /// Dispatches recorded into one command encoder, submitted together by `flush_pending`.
@@ -132,6 +165,11 @@ pub(crate) struct PendingCommands {
 impl PendingCommands {
     pub fn finish(self) -> wgpu::CommandBuffer {
         self.encoder.finish()
+    }
+
+    /// The encoder, to record more after the dispatches.
+    pub fn into_encoder(self) -> wgpu::CommandEncoder {
+        self.encoder
     }
 }
 
@@ -223,12 +261,6 @@ impl WgpuDevice {
     /// storage bindings.
     pub(crate) fn dispatch(&self, launch: &Launch) -> Result<()> {
         let variant = shaders::variant(launch.family, launch.dtype, self.info.caps.subgroups);
-        let label = format!("{}{}::{}", launch.family, variant.suffix(), launch.entry);
-        self.check_args(launch.args, &label)?;
-        let workgroups = self.workgroups(launch.grid, &label)?;
-        if workgroups.contains(&0) {
-            return Ok(());
-        }
         let key = PipelineKey {
             family: launch.family,
             variant,
@@ -236,7 +268,13 @@ impl WgpuDevice {
             constants: launch.constants.values().to_vec(),
             writable: launch.args.iter().map(|a| a.writable).collect(),
         };
-        let cached = self.pipelines.pipeline(self, key, &label)?;
+        let label = pipeline_label(&key);
+        self.check_args(launch.args, &label)?;
+        let workgroups = self.workgroups(launch.grid, &label)?;
+        if workgroups.contains(&0) {
+            return Ok(());
+        }
+        let cached = self.pipelines.pipeline(self, &key, &label)?;
         let mut profiler = self.profiler.lock().map_err(poisoned)?;
         let timestamp_slot = match profiler.as_mut() {
             Some(p) => p.timestamp_slot(self, &label)?,

@@ -4,6 +4,7 @@
 mod adapter;
 mod launch;
 mod pool;
+mod prewarm;
 mod profiler;
 mod readback;
 pub(crate) mod shaders;
@@ -45,8 +46,13 @@ pub(crate) struct Counters {
     pub(crate) compile_nanos: AtomicU64,
     pub(crate) dispatches: AtomicU64,
     pub(crate) submits: AtomicU64,
-    /// Blocking waits for the GPU: `synchronize`, and readbacks and timestamp reads that had to wait.
+    /// Blocking waits with nothing queued behind them: `synchronize`, timestamp reads, and readbacks
+    /// that had to wait with no later submission.
     pub(crate) drains: AtomicU64,
+    /// Readbacks that had to wait while later work was queued (the GPU kept busy).
+    pub(crate) overlapped_waits: AtomicU64,
+    /// Pipelines compiled ahead by `prewarm_one` (also counted in `pipelines`).
+    pub(crate) prewarmed: AtomicU64,
 }
 
 impl Counters {
@@ -58,6 +64,8 @@ impl Counters {
             dispatches: get(&self.dispatches),
             submits: get(&self.submits),
             drains: get(&self.drains),
+            overlapped_waits: get(&self.overlapped_waits),
+            prewarmed: get(&self.prewarmed),
         }
     }
 }
@@ -77,6 +85,11 @@ pub(crate) struct WgpuDevice {
     pub(crate) counters: Arc<Counters>,
     /// Set by wgpu's device-lost callback: every later operation fails with this message.
     lost: Arc<Mutex<Option<String>>>,
+    /// The adapter as wgpu describes it (the pipeline manifests are kept per adapter and driver).
+    adapter_info: wgpu::AdapterInfo,
+    /// The manifest of the workload named by `prewarm_plan`: what to compile ahead, and where this
+    /// process's pipelines are recorded when the device closes.
+    manifest: Mutex<Option<prewarm::Manifest>>,
     /// Errors that escaped every error scope (recorded instead of wgpu's default panic).
     uncaptured: Arc<Mutex<Vec<wgpu::Error>>>,
     /// The driver's pipeline cache, loaded from and saved to disk (Vulkan).
@@ -131,6 +144,9 @@ impl Drop for WgpuDevice {
     fn drop(&mut self) {
         if let Some(persistent) = &self.persistent {
             persistent.save();
+        }
+        if let Ok(Some(manifest)) = self.manifest.get_mut().map(|m| m.take()) {
+            manifest.save(self.pipelines.compiled_keys());
         }
     }
 }
@@ -202,6 +218,8 @@ impl WgpuDevice {
             pipelines: launch::PipelineCache::default(),
             profiler: Mutex::new(None),
             pending: Mutex::new(None),
+            adapter_info: adapter_info.clone(),
+            manifest: Mutex::new(None),
             lost,
             uncaptured,
         }
@@ -262,10 +280,26 @@ impl WgpuDevice {
         result
     }
 
-    /// Submits one command buffer, counted.
-    pub(crate) fn submit(&self, commands: wgpu::CommandBuffer) {
-        self.counters.submits.fetch_add(1, Ordering::Relaxed);
-        self.queue.submit([commands]);
+    /// Submits one command buffer, counted; returns its index and its serial number (the submission
+    /// count after it, which tells whether anything was submitted later).
+    pub(crate) fn submit(&self, commands: wgpu::CommandBuffer) -> (wgpu::SubmissionIndex, u64) {
+        let serial = self.counters.submits.fetch_add(1, Ordering::Relaxed) + 1;
+        (self.queue.submit([commands]), serial)
+    }
+
+    /// Submits the recorded dispatches with `extra` recorded after them, as one command buffer (a
+    /// readback's copy joins the kernels that produce its data instead of a submission of its own).
+    pub(crate) fn submit_pending_with(
+        &self,
+        extra: impl FnOnce(&mut wgpu::CommandEncoder),
+    ) -> Result<(wgpu::SubmissionIndex, u64)> {
+        let mut pending = self.pending.lock().map_err(poisoned)?;
+        let mut encoder = match pending.take() {
+            Some(commands) => commands.into_encoder(),
+            None => self.device.create_command_encoder(&Default::default()),
+        };
+        extra(&mut encoder);
+        Ok(self.submit(encoder.finish()))
     }
 
     /// Submits the recorded dispatches, if any.
@@ -348,6 +382,35 @@ impl BackendDevice for WgpuDevice {
 
     fn flush(&self) -> Result<()> {
         self.flush_pending()
+    }
+
+    fn prewarm_plan(&self, workload: &str) -> usize {
+        let caps = &self.info.caps;
+        let manifest = prewarm::Manifest::open(&self.adapter_info, workload, caps.f16, caps.subgroups);
+        let planned = manifest.as_ref().map_or(0, |m| m.keys.len());
+        if let Ok(mut slot) = self.manifest.lock()
+            && let Some(earlier) = std::mem::replace(&mut *slot, manifest)
+        {
+            // Another workload on the same device (the app loading another model): what compiled so
+            // far is recorded under the earlier one.
+            earlier.save(self.pipelines.compiled_keys());
+        }
+        planned
+    }
+
+    fn prewarm_one(&self, index: usize) -> Result<bool> {
+        let key = self.manifest.lock().map_err(poisoned)?.as_ref().and_then(|m| m.keys.get(index).cloned());
+        let Some(key) = key else { return Ok(false) };
+        if self.pipelines.is_compiled(&key) {
+            return Ok(false);
+        }
+        let before = self.counters.pipelines.load(Ordering::Relaxed);
+        self.pipelines.pipeline(self, &key, &launch::pipeline_label(&key))?;
+        let compiled = self.counters.pipelines.load(Ordering::Relaxed) > before;
+        if compiled {
+            self.counters.prewarmed.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(compiled)
     }
 
     fn synchronize(&self) -> Result<()> {

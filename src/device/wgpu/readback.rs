@@ -11,6 +11,9 @@ use crate::error::{Error, Result};
 pub(crate) struct Readback {
     device: wgpu::Device,
     staging: wgpu::Buffer,
+    /// The submission that carries the copy, and its serial number (see [`WgpuDevice::submit`]).
+    submission: wgpu::SubmissionIndex,
+    serial: u64,
     mapped: Arc<AtomicBool>,
     outcome: Arc<Mutex<Option<Result<(), String>>>>,
     /// The device's lost flag: a wait on a lost device fails instead of hanging.
@@ -19,21 +22,20 @@ pub(crate) struct Readback {
 }
 
 impl Readback {
-    /// Copies the first `bytes` of `src` (a multiple of 4) into a fresh staging buffer and starts mapping it.
+    /// Copies the first `bytes` of `src` (a multiple of 4) into a fresh staging buffer, recorded
+    /// after the pending dispatches and submitted with them, and starts mapping it.
     pub fn start(ctx: &WgpuDevice, src: &wgpu::Buffer, bytes: u64) -> Result<Self> {
         let bytes = bytes.div_ceil(4).max(1) * 4;
-        ctx.flush_pending()?;
-        let staging = ctx.checked("starting a readback", || {
+        let (staging, (submission, serial)) = ctx.checked("starting a readback", || {
             let staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("readback"),
                 size: bytes,
                 usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
             });
-            let mut encoder = ctx.device.create_command_encoder(&Default::default());
-            encoder.copy_buffer_to_buffer(src, 0, &staging, 0, bytes);
-            ctx.submit(encoder.finish());
-            Ok(staging)
+            let submitted =
+                ctx.submit_pending_with(|encoder| encoder.copy_buffer_to_buffer(src, 0, &staging, 0, bytes))?;
+            Ok((staging, submitted))
         })?;
         let mapped = Arc::new(AtomicBool::new(false));
         let outcome = Arc::new(Mutex::new(None));
@@ -47,6 +49,8 @@ impl Readback {
         Ok(Self {
             device: ctx.device.clone(),
             staging,
+            submission,
+            serial,
             mapped,
             outcome,
             lost: Arc::clone(&ctx.lost),
@@ -60,16 +64,21 @@ impl Readback {
         self.mapped.load(Ordering::Acquire)
     }
 
+    /// Waits for the copy's submission only (not for work submitted after it), so a readback started
+    /// a scale earlier does not idle the GPU.
     pub fn wait(self) -> Result<Vec<u8>> {
         if !self.mapped.load(Ordering::Acquire) {
-            self.counters.drains.fetch_add(1, Ordering::Relaxed);
+            let queued_behind = self.counters.submits.load(Ordering::Relaxed) > self.serial;
+            let counter = if queued_behind { &self.counters.overlapped_waits } else { &self.counters.drains };
+            counter.fetch_add(1, Ordering::Relaxed);
         }
         while !self.mapped.load(Ordering::Acquire) {
             let lost = || self.lost.lock().ok().and_then(|reason| reason.clone());
             if let Some(reason) = lost() {
                 return Err(Error::DeviceLost(reason));
             }
-            self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| match lost() {
+            let until = wgpu::PollType::Wait { submission_index: Some(self.submission.clone()), timeout: None };
+            self.device.poll(until).map_err(|e| match lost() {
                 Some(reason) => Error::DeviceLost(reason),
                 None => Error::Readback(e.to_string()),
             })?;
