@@ -111,8 +111,11 @@ class AdaLNBeforeHead(nn.Module):
         return F.layer_norm(x, (self.c,), eps=LN_EPS) * (1 + scale) + shift
 
 
-class VAR(nn.Module):
-    def __init__(self, depth, width, heads, num_classes, vocab, cvae, patch_nums):
+class NextScaleModel(nn.Module):
+    """What VAR and M-VAR share (official key names): class, word, level and position embeddings, the
+    blocks (made by `block`), the AdaLN head, and the scale layout of the token sequence."""
+
+    def __init__(self, depth, width, heads, num_classes, vocab, cvae, patch_nums, block, lvl_persistent):
         super().__init__()
         self.depth, self.c, self.heads = depth, width, heads
         self.num_classes, self.vocab, self.cvae = num_classes, vocab, cvae
@@ -129,11 +132,26 @@ class VAR(nn.Module):
         self.pos_start = nn.Parameter(torch.zeros(1, 1, c))
         self.pos_1LC = nn.Parameter(torch.zeros(1, self.L, c))
         self.lvl_embed = nn.Embedding(self.sn, c)
-        self.blocks = nn.ModuleList([Block(c, heads) for _ in range(depth)])
+        self.blocks = nn.ModuleList([block() for _ in range(depth)])
         self.head_nm = AdaLNBeforeHead(c)
         self.head = nn.Linear(c, vocab)
         lvl = torch.cat([torch.full((p * p,), i, dtype=torch.int64) for i, p in enumerate(self.patch_nums)])
-        self.register_buffer("lvl_1L", lvl.view(1, self.L), persistent=False)
+        self.register_buffer("lvl_1L", lvl.view(1, self.L), persistent=lvl_persistent)
+
+    def lvl_pos(self):
+        return self.lvl_embed(self.lvl_1L) + self.pos_1LC  # (1, L, C)
+
+    def train_inputs(self, labels, x_BLCv):
+        """Teacher forcing: the class conditions and the whole sequence's block inputs (B, L, C)."""
+        cond = self.class_emb(labels)
+        sos = cond.unsqueeze(1) + self.pos_start
+        return torch.cat([sos, self.word_embed(x_BLCv)], dim=1) + self.lvl_pos(), cond
+
+
+class VAR(NextScaleModel):
+    def __init__(self, depth, width, heads, num_classes, vocab, cvae, patch_nums):
+        super().__init__(depth, width, heads, num_classes, vocab, cvae, patch_nums, lambda: Block(width, heads), False)
+        lvl = self.lvl_1L.view(-1)
         allowed = lvl.view(1, -1) <= lvl.view(-1, 1)  # [query, key]
         self.register_buffer(
             "attn_bias", torch.where(allowed, 0.0, -math.inf).view(1, 1, self.L, self.L), persistent=False
@@ -160,14 +178,9 @@ class VAR(nn.Module):
             blk.ada_lin[1].bias.zero_()
             blk.ada_lin[1].bias[: 2 * self.c].fill_(1.0)
 
-    def lvl_pos(self):
-        return self.lvl_embed(self.lvl_1L) + self.pos_1LC  # (1, L, C)
-
     def forward_train(self, labels, x_BLCv):
         """Teacher forcing: labels (B,), x_BLCv (B, L-1, Cvae) next-scale inputs -> logits (B, L, V)."""
-        cond = self.class_emb(labels)
-        sos = cond.unsqueeze(1) + self.pos_start
-        x = torch.cat([sos, self.word_embed(x_BLCv)], dim=1) + self.lvl_pos()
+        x, cond = self.train_inputs(labels, x_BLCv)
         for blk in self.blocks:
             x = blk(x, cond, self.attn_bias, None)
         return self.head(self.head_nm(x, cond))
@@ -281,31 +294,13 @@ class MvarBlock(nn.Module):
         return x + self.ffn(self.ln(x, s3, h3)) * g3, state
 
 
-class MVAR(nn.Module):
+class MVAR(NextScaleModel):
     """M-VAR with the official key names, sized by its arguments (heads = width / 64)."""
 
     def __init__(self, depth, width, heads, num_classes, vocab, cvae, patch_nums):
-        super().__init__()
-        self.depth, self.c, self.heads = depth, width, heads
-        self.num_classes, self.vocab, self.cvae = num_classes, vocab, cvae
-        self.patch_nums = tuple(patch_nums)
-        self.sn = len(self.patch_nums)
-        self.L = sum(p * p for p in self.patch_nums)
-        self.begin_ends, cur = [], 0
-        for p in self.patch_nums:
-            self.begin_ends.append((cur, cur + p * p))
-            cur += p * p
-        c = width
-        self.word_embed = nn.Linear(cvae, c)
-        self.class_emb = nn.Embedding(num_classes + 1, c)
-        self.pos_start = nn.Parameter(torch.zeros(1, 1, c))
-        self.pos_1LC = nn.Parameter(torch.zeros(1, self.L, c))
-        self.lvl_embed = nn.Embedding(self.sn, c)
-        self.blocks = nn.ModuleList([MvarBlock(c, heads, self.patch_nums) for _ in range(depth)])
-        self.head_nm = AdaLNBeforeHead(c)
-        self.head = nn.Linear(c, vocab)
-        lvl = torch.cat([torch.full((p * p,), i, dtype=torch.int64) for i, p in enumerate(self.patch_nums)])
-        self.register_buffer("lvl_1L", lvl.view(1, self.L))
+        block = lambda: MvarBlock(width, heads, tuple(patch_nums))  # noqa: E731
+        super().__init__(depth, width, heads, num_classes, vocab, cvae, patch_nums, block, True)
+        lvl = self.lvl_1L.view(-1)
         same = lvl.view(1, -1) == lvl.view(-1, 1)  # attention inside a scale only
         self.register_buffer("attn_bias_for_masking", torch.where(same, 0.0, -math.inf).view(1, 1, self.L, self.L))
 
@@ -342,14 +337,9 @@ class MVAR(nn.Module):
             m.conv1d.bias.uniform_(-bound, bound, generator=g)
             m.init_mamba(g)
 
-    def lvl_pos(self):
-        return self.lvl_embed(self.lvl_1L) + self.pos_1LC
-
     def forward_train(self, labels, x_BLCv):
         """Teacher forcing: labels (B,), x_BLCv (B, L-1, Cvae) next-scale inputs -> logits (B, L, V)."""
-        cond = self.class_emb(labels)
-        sos = cond.unsqueeze(1) + self.pos_start
-        x = torch.cat([sos, self.word_embed(x_BLCv)], dim=1) + self.lvl_pos()
+        x, cond = self.train_inputs(labels, x_BLCv)
         bias = self.attn_bias_for_masking.to(x.dtype)
         for blk in self.blocks:
             x, _ = blk(x, cond, bias, None)
