@@ -75,11 +75,17 @@ impl PipelineCache {
         Ok(module)
     }
 
-    pub(crate) fn pipeline(&self, ctx: &WgpuDevice, key: &PipelineKey, label: &str) -> Result<Arc<CachedPipeline>> {
+    /// The pipeline for `key`, compiled on a miss; the flag says whether this call compiled it.
+    pub(crate) fn pipeline(
+        &self,
+        ctx: &WgpuDevice,
+        key: &PipelineKey,
+        label: &str,
+    ) -> Result<(Arc<CachedPipeline>, bool)> {
         let slot = slot(&self.pipelines, key)?;
         let mut entry = slot.lock().map_err(poisoned)?;
         if let Some(cached) = &*entry {
-            return Ok(Arc::clone(cached));
+            return Ok((Arc::clone(cached), false));
         }
         let started = std::time::Instant::now();
         let module = self.module(ctx, key.family, key.variant)?;
@@ -132,13 +138,7 @@ impl PipelineCache {
         }
         ctx.counters.compile_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         *entry = Some(Arc::clone(&cached));
-        Ok(cached)
-    }
-
-    /// Whether `key` is compiled (without waiting for a compilation in progress).
-    pub(crate) fn is_compiled(&self, key: &PipelineKey) -> bool {
-        let slot = self.pipelines.lock().ok().and_then(|map| map.get(key).cloned());
-        slot.is_some_and(|slot| slot.try_lock().is_ok_and(|entry| entry.is_some()))
+        Ok((cached, true))
     }
 
     /// The keys of every pipeline compiled so far.
@@ -274,7 +274,7 @@ impl WgpuDevice {
         if workgroups.contains(&0) {
             return Ok(());
         }
-        let cached = self.pipelines.pipeline(self, &key, &label)?;
+        let (cached, _) = self.pipelines.pipeline(self, &key, &label)?;
         let mut profiler = self.profiler.lock().map_err(poisoned)?;
         let timestamp_slot = match profiler.as_mut() {
             Some(p) => p.timestamp_slot(self, &label)?,

@@ -401,12 +401,7 @@ impl BackendDevice for WgpuDevice {
     fn prewarm_one(&self, index: usize) -> Result<bool> {
         let key = self.manifest.lock().map_err(poisoned)?.as_ref().and_then(|m| m.keys.get(index).cloned());
         let Some(key) = key else { return Ok(false) };
-        if self.pipelines.is_compiled(&key) {
-            return Ok(false);
-        }
-        let before = self.counters.pipelines.load(Ordering::Relaxed);
-        self.pipelines.pipeline(self, &key, &launch::pipeline_label(&key))?;
-        let compiled = self.counters.pipelines.load(Ordering::Relaxed) > before;
+        let (_, compiled) = self.pipelines.pipeline(self, &key, &launch::pipeline_label(&key))?;
         if compiled {
             self.counters.prewarmed.fetch_add(1, Ordering::Relaxed);
         }
