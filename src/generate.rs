@@ -431,6 +431,14 @@ impl Pipeline {
         sizes.into_iter().max().unwrap_or(0)
     }
 
+    /// The name the pipelines of the checkpoints `var` and `vae` in `dtype` are recorded under
+    /// ([`Device::prewarm_pipelines`]): the files' canonical paths and the storage type, so the CLI
+    /// and the app share one manifest per model.
+    pub fn workload(var: &Path, vae: &Path, dtype: DType) -> String {
+        let path = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()).display().to_string();
+        format!("{} {} {dtype}", path(var), path(vae))
+    }
+
     /// Starts a generation; iterate it to run the scales.
     pub fn start(&self, options: &GenerateOptions) -> Result<Generation<'_>> {
         self.validate(options)?;
@@ -491,7 +499,9 @@ struct LaunchedScale<'a> {
     index: usize,
     side: usize,
     tokens: ScaleTokens,
-    logits: Tensor,
+    /// Only with `keep_logits`: otherwise the logits are released with the scale's other
+    /// intermediates instead of living on while the next scale runs.
+    logits: Option<Tensor>,
     clock: StageClock<'a>,
 }
 
@@ -819,6 +829,7 @@ impl<'a> Generation<'a> {
             Some(ids) => ScaleTokens::Known(ids.to_vec()),
             None => ScaleTokens::Reading(ids.read_async()?),
         };
+        let logits = self.options.keep_logits.then_some(logits);
         Ok(LaunchedScale { index: si, side, tokens, logits, clock })
     }
 
@@ -829,7 +840,7 @@ impl<'a> Generation<'a> {
             ScaleTokens::Reading(read) => read.wait_u32()?,
             ScaleTokens::Known(ids) => ids,
         };
-        let logits = if self.options.keep_logits { Some(logits.to_vec_f32()?) } else { None };
+        let logits = logits.map(|l| l.to_vec_f32()).transpose()?;
         self.scale += 1;
         self.tokens.push(tokens.clone());
         let reduced = self.options.preview_reduced && index + 1 < self.scales();

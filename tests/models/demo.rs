@@ -69,12 +69,15 @@ impl Classifier {
     }
 }
 
+/// The demos' sampling settings (those of BENCHMARKS.md), unprofiled: the device's profiler is
+/// shared, and the timing tests hold it (var::PROFILING).
+fn options(labels: Vec<usize>, seed: u64) -> GenerateOptions {
+    GenerateOptions { labels, seed, cfg: 3.5, top_k: 100, top_p: 0.9, profile_stages: false, ..Default::default() }
+}
+
 /// Images (B, 3, H, W) in [0, 1] for `labels` with one seed.
 fn generate(pipeline: &Pipeline, labels: Vec<usize>, seed: u64) -> Vec<f32> {
-    // Unprofiled: the device's profiler is shared, and the timing tests hold it (var::PROFILING).
-    let options =
-        GenerateOptions { labels, seed, cfg: 3.5, top_k: 100, top_p: 0.9, profile_stages: false, ..Default::default() };
-    let mut generation = pipeline.start(&options).unwrap();
+    let mut generation = pipeline.start(&options(labels, seed)).unwrap();
     for step in generation.by_ref() {
         step.unwrap();
     }
@@ -193,16 +196,7 @@ fn the_mvar_demo_draws_the_same_tokens_with_carried_state_as_with_the_prefix_rec
     let device = full_device();
     let pipeline = demo(device, DemoModel::Mvar);
     let tokens = |history: ScaleHistory| {
-        let options = GenerateOptions {
-            labels: vec![2, 7],
-            seed: 5,
-            cfg: 3.5,
-            top_k: 100,
-            top_p: 0.9,
-            scale_history: history,
-            profile_stages: false,
-            ..Default::default()
-        };
+        let options = GenerateOptions { scale_history: history, ..options(vec![2, 7], 5) };
         let mut generation = pipeline.start(&options).unwrap();
         for step in generation.by_ref() {
             step.unwrap();
@@ -217,38 +211,39 @@ fn the_mvar_demo_draws_the_same_tokens_with_carried_state_as_with_the_prefix_rec
 
 /// Unprofiled, the iterator records each scale before it waits for the previous scale's tokens, so
 /// those waits leave work queued on the GPU: a whole generation drains the GPU at most twice (the
-/// last scale's tokens and the final image). The tokens and the image are those of a profiled run,
-/// which reads every scale at once.
+/// last scale's tokens and the final image). `step()` by step reads each scale at once (as the
+/// iterator did before), and a profiled run reads every scale's times: both drain every scale. All
+/// three give the same tokens and image.
 #[test]
 fn an_unprofiled_generation_reads_tokens_a_scale_late_without_draining_the_gpu() {
     // A device of its own: other tests' submissions on a shared device would blur the counts.
     let device = Device::new(&crate::common::wgpu_options()).expect("a wgpu adapter");
     let pipeline = demo(&device, DemoModel::Var);
-    let run = |profile_stages: bool| {
-        let options = GenerateOptions {
-            labels: vec![3, 8],
-            seed: 11,
-            cfg: 3.5,
-            top_k: 100,
-            top_p: 0.9,
-            profile_stages,
-            ..Default::default()
-        };
+    let run = |by_step: bool, profile_stages: bool| {
         let before = device.launch_stats();
-        let mut generation = pipeline.start(&options).unwrap();
-        let tokens: Vec<Vec<u32>> = generation.by_ref().map(|step| step.unwrap().tokens).collect();
+        let mut generation = pipeline.start(&GenerateOptions { profile_stages, ..options(vec![3, 8], 11) }).unwrap();
+        let mut tokens = Vec::new();
+        while !generation.is_done() {
+            let step = if by_step { generation.step() } else { generation.next().unwrap() };
+            tokens.push(step.unwrap().tokens);
+        }
         let image = generation.decode_raw().unwrap().to_vec_f32().unwrap();
         assert_eq!(tokens, generation.tokens());
         (tokens, image, device.launch_stats() - before)
     };
-    let (late_tokens, late_image, late) = run(false);
-    let (tokens, image, profiled) = run(true);
+    let (late_tokens, late_image, late) = run(false, false);
+    let (step_tokens, step_image, by_step) = run(true, false);
+    let (tokens, image, profiled) = run(false, true);
+    eprintln!("demo generation, batch 2: read late {late:?}; step by step {by_step:?}; profiled {profiled:?}");
     assert_eq!(late_tokens, tokens, "reading late changes no token");
+    assert_eq!(step_tokens, tokens);
     assert_eq!(late_image, image);
+    assert_eq!(step_image, image);
     let scales = pipeline.config().patch_nums.len() as u64;
     // Each scale's tokens are waited for with the next scale queued (or have already arrived, as on
     // a CPU adapter that ran the copy while the host recorded): only the last scale's tokens and the
     // image drain the GPU.
     assert!(late.drains <= 2, "{late:?}");
+    assert!(by_step.drains >= scales, "step by step waits for every scale at once: {by_step:?}");
     assert!(profiled.drains >= scales, "the profiled run reads every scale's times: {profiled:?}");
 }
