@@ -64,6 +64,11 @@ impl DemoModel {
         StateDict::from_safetensors_bytes(self.transformer_safetensors())
     }
 
+    /// The name its pipelines are recorded under ([`Device::prewarm_pipelines`]) for `dtype`.
+    pub fn workload(self, dtype: DType) -> String {
+        format!("demo-{self} {dtype}")
+    }
+
     /// This demo's pipeline on `device`; `dtype` defaults to f16 where the device has SHADER_F16.
     pub fn pipeline(self, device: &Device, dtype: Option<DType>) -> Result<Pipeline> {
         let dtype = dtype.unwrap_or(device.preferred_float());
@@ -98,11 +103,6 @@ impl FromStr for DemoModel {
 /// The VAR demo's transformer as a state_dict.
 pub fn var_state_dict() -> Result<StateDict> {
     DemoModel::Var.transformer_state_dict()
-}
-
-/// The M-VAR demo's transformer as a state_dict.
-pub fn mvar_state_dict() -> Result<StateDict> {
-    DemoModel::Mvar.transformer_state_dict()
 }
 
 /// The demos' VQVAE as a state_dict.

@@ -125,11 +125,8 @@ impl ModelSource {
     fn workload(&self, device: &Device) -> String {
         let dtype = device.preferred_float();
         match self {
-            ModelSource::Demo(model) => format!("app demo-{model} {dtype}"),
-            ModelSource::Files { var, vae } => {
-                let path = |p: &PathBuf| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()).display().to_string();
-                format!("app {} {} {dtype}", path(var), path(vae))
-            }
+            ModelSource::Demo(model) => model.workload(dtype),
+            ModelSource::Files { var, vae } => Pipeline::workload(var, vae, dtype),
         }
     }
 

@@ -227,11 +227,8 @@ pub fn generate(device: &Device, args: &GenerateArgs, mut outputs: Outputs) -> a
     // The pipelines this model used in an earlier run compile on background threads while its
     // weights load (the model and the storage type decide the kernels).
     let workload = match (&args.var, &args.vae) {
-        (Some(var), Some(vae)) => {
-            let path = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()).display().to_string();
-            format!("generate {} {} {}", path(var), path(vae), device.preferred_float())
-        }
-        _ => format!("generate demo-{} {}", args.demo.unwrap_or_default(), device.preferred_float()),
+        (Some(var), Some(vae)) => Pipeline::workload(var, vae, device.preferred_float()),
+        _ => args.demo.unwrap_or_default().workload(device.preferred_float()),
     };
     let prewarm = device.prewarm_pipelines(&workload);
     let pipeline = match (&args.var, &args.vae) {
