@@ -318,8 +318,43 @@ def split_tokens(t):
 
 
 # ----------------------------------------------------------------------------------------------------
-# VAR
+# VAR (and, through these helpers, train_demo_mvar.py's M-VAR)
 # ----------------------------------------------------------------------------------------------------
+def class_weights(items):
+    """Per-class weights for sampling the batches from name=weight strings (1 for the rest)."""
+    cw = torch.ones(NUM_CLASSES)
+    for item in items:
+        name, w = item.split("=")
+        cw[CLASS_NAMES.index(name)] = float(w)
+    return cw
+
+
+def adamw(model, lr):
+    """AdamW with weight decay 0.05 on the matrices, none on embeddings, positions, biases, gains."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (decay if p.dim() >= 2 and "pos_" not in name and "embed" not in name and "class_emb" not in name
+         else no_decay).append(p)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
+                             lr=lr, betas=(0.9, 0.95))
+
+
+def batch_loss_fn(a, vae, model, g):
+    """batch_loss(tokens, labels, drop): teacher-forced per-token cross-entropy (B, L); `drop` swaps
+    a.label_drop of the labels for the null class (drawn from `g`)."""
+
+    def batch_loss(t, lab, drop):
+        x_in, _ = vae.tokens_to_inputs(split_tokens(t))
+        if drop:
+            lab = torch.where(torch.rand(lab.shape, generator=g) < a.label_drop, torch.full_like(lab, NUM_CLASSES), lab)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(a.bf16)):
+            logits = model.forward_train(lab, x_in)
+        logits = logits.float()
+        return F.cross_entropy(logits.reshape(-1, a.vocab), t.reshape(-1), reduction="none").view(t.shape)
+
+    return batch_loss
+
+
 def train_var(a):
     torch.manual_seed(1)
     vae, _ = load_vae(a)
@@ -339,16 +374,8 @@ def train_var(a):
         var.load_state_dict(prev["model"])
         log(f"var: resuming from step {prev['step']}")
     # optional class weights for sampling the batches (e.g. to give hard classes more steps)
-    cw = torch.ones(NUM_CLASSES)
-    for item in a.var_class_weights:
-        name, w = item.split("=")
-        cw[CLASS_NAMES.index(name)] = float(w)
-    decay, no_decay = [], []
-    for name, p in var.named_parameters():
-        (decay if p.dim() >= 2 and "pos_" not in name and "embed" not in name and "class_emb" not in name
-         else no_decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=a.var_lr, betas=(0.9, 0.95))
+    cw = class_weights(a.var_class_weights)
+    opt = adamw(var, a.var_lr)
     budget = a.var_minutes * 60
     t0 = time.time()
     last_save = t0
@@ -356,15 +383,7 @@ def train_var(a):
     step, ema, val = 0, None, None
     var.train()
 
-    def batch_loss(t, lab, drop):
-        x_in, _ = vae.tokens_to_inputs(split_tokens(t))
-        if drop:
-            lab = torch.where(torch.rand(lab.shape, generator=g) < a.label_drop, torch.full_like(lab, NUM_CLASSES), lab)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(a.bf16)):
-            logits = var.forward_train(lab, x_in)
-        logits = logits.float()
-        ce = F.cross_entropy(logits.reshape(-1, a.vocab), t.reshape(-1), reduction="none").view(t.shape)
-        return ce
+    batch_loss = batch_loss_fn(a, vae, var, g)
 
     perm = torch.randperm(len(tr_t), generator=g)
     pos = 0

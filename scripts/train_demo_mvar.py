@@ -133,16 +133,8 @@ def train_mvar(a):
         var = td.build_var(a)
         var.load_state_dict({k: v.float() for k, v in var_sd.items()})
         model.init_from_var(var, seed=6)
-    cw = torch.ones(NUM_CLASSES)
-    for item in a.class_weights:
-        name, w = item.split("=")
-        cw[CLASS_NAMES.index(name)] = float(w)
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (decay if p.dim() >= 2 and "pos_" not in name and "embed" not in name and "class_emb" not in name
-         else no_decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=a.mvar_lr, betas=(0.9, 0.95))
+    cw = td.class_weights(a.class_weights)
+    opt = td.adamw(model, a.mvar_lr)
     budget = a.mvar_minutes * 60
     t0 = time.time()
     last_save = t0
@@ -150,14 +142,7 @@ def train_mvar(a):
     step, ema, val = 0, None, None
     model.train()
 
-    def batch_loss(t, lab, drop):
-        x_in, _ = vae.tokens_to_inputs(td.split_tokens(t))
-        if drop:
-            lab = torch.where(torch.rand(lab.shape, generator=g) < a.label_drop, torch.full_like(lab, NUM_CLASSES), lab)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(a.bf16)):
-            logits = model.forward_train(lab, x_in)
-        logits = logits.float()
-        return F.cross_entropy(logits.reshape(-1, a.vocab), t.reshape(-1), reduction="none").view(t.shape)
+    batch_loss = td.batch_loss_fn(a, vae, model, g)
 
     def validate(n=500, chunk=50):  # in chunks: SSD's quadratic form holds (B, L, L, heads) per block
         model.eval()
