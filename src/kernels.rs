@@ -22,6 +22,17 @@ pub mod size {
     pub const TILE_N: u32 = 64;
     pub const TILE_K: u32 = 16;
     pub const MATMUL_SIDE: u32 = 16;
+    /// The wide matmul: a WIDE_TILE square of C per workgroup of MATMUL_SIDE x MATMUL_SIDE threads
+    /// (8 x 8 outputs each), K in steps of WIDE_K through two stages of workgroup memory, each stage
+    /// one vec4 per thread.
+    pub const WIDE_TILE: u32 = 128;
+    pub const WIDE_K: u32 = 8;
+    /// The skinny matmul: at most SKINNY_ROWS rows of A, SKINNY_COLS columns of C per workgroup of
+    /// SKINNY_LANES x SKINNY_COLS threads, A staged SKINNY_CHUNK k at a time.
+    pub const SKINNY_ROWS: u32 = 8;
+    pub const SKINNY_COLS: u32 = 8;
+    pub const SKINNY_LANES: u32 = 32;
+    pub const SKINNY_CHUNK: u32 = 256;
     /// The tiled conv2d: TILE_W x TILE_H pixels x COUT_BLOCK output channels per workgroup.
     pub const CONV_TILE_W: u32 = 16;
     pub const CONV_TILE_H: u32 = 8;
@@ -39,6 +50,12 @@ pub mod size {
     pub const SSD_COLS: u32 = 16;
     pub const SSD_MAX_HEAD_DIM: u32 = 256;
 
+    // The relations the matmul kernels are written for: each thread of the wide kernel holds 8 x 8
+    // outputs and fetches one vec4 per stage of A and of B; the skinny kernel keeps its rows in two
+    // vec4 accumulators, and its A chunk has room for the lanes' partial sums.
+    const _: () = assert!(WIDE_TILE == 8 * MATMUL_SIDE && WIDE_K * WIDE_TILE / 4 == MATMUL_SIDE * MATMUL_SIDE);
+    const _: () = assert!(SKINNY_ROWS == 8 && SKINNY_CHUNK >= SKINNY_COLS * SKINNY_LANES);
+
     /// Every block size by name, as each backend emits them into its kernel sources.
     pub const ALL: &[(&str, u32)] = &[
         ("THREADS_1D", THREADS_1D),
@@ -47,6 +64,12 @@ pub mod size {
         ("TILE_N", TILE_N),
         ("TILE_K", TILE_K),
         ("MATMUL_SIDE", MATMUL_SIDE),
+        ("WIDE_TILE", WIDE_TILE),
+        ("WIDE_K", WIDE_K),
+        ("SKINNY_ROWS", SKINNY_ROWS),
+        ("SKINNY_COLS", SKINNY_COLS),
+        ("SKINNY_LANES", SKINNY_LANES),
+        ("SKINNY_CHUNK", SKINNY_CHUNK),
         ("CONV_TILE_W", CONV_TILE_W),
         ("CONV_TILE_H", CONV_TILE_H),
         ("CONV_COUT_BLOCK", CONV_COUT_BLOCK),

@@ -1,5 +1,6 @@
-//! `cargo bench -p scalewise --bench matmul`: tiled vs naive matmul on the default adapter, f32 and f16.
-//! Sizes can be set with SCALEWISE_BENCH_SIZES=256,512,1024. Results also go to
+//! `cargo bench -p scalewise --bench matmul`: every matmul kernel (and what `Auto` picks) on the
+//! default adapter, f32 and f16, square sizes. Sizes can be set with SCALEWISE_BENCH_SIZES=256,512,1024.
+//! Results also go to
 //! bench-results/matmul.json.
 
 use scalewise::{Device, DeviceOptions};
@@ -9,16 +10,18 @@ fn main() -> anyhow::Result<()> {
     let device = Device::new(&DeviceOptions::from_env()?)?;
     let mut config = MatmulBenchConfig::default();
     if let Ok(sizes) = std::env::var("SCALEWISE_BENCH_SIZES") {
-        config.sizes = sizes.split(',').map(|s| s.trim().parse()).collect::<Result<_, _>>()?;
+        let sizes: Vec<usize> = sizes.split(',').map(|s| s.trim().parse()).collect::<Result<_, _>>()?;
+        config.shapes = sizes.into_iter().map(bench::MatmulShape::square).collect();
     }
     let rows = bench::matmul(&device, &config)?;
     println!("matmul on {} ({})", device.info().adapter.name, device.info().adapter.backend);
     for r in &rows {
         println!(
-            "  {:>5}^3 {} {:<6} {:>10.3} ms {:>10.2} GFLOP/s",
-            r.size,
+            "  {:>14} {} {:<6} ({:<6}) {:>10.3} ms {:>10.2} GFLOP/s",
+            r.shape.label(),
             r.dtype,
-            format!("{:?}", r.algorithm).to_lowercase(),
+            bench::algorithm_name(r.algorithm),
+            bench::algorithm_name(r.kernel),
             r.median_ms,
             r.gflops
         );

@@ -5,13 +5,34 @@ use scalewise::device::{Device, LaunchStats, TimingSource};
 use scalewise::ops::{self, MatmulAlgorithm, matmul::MatmulOptions};
 use scalewise::{DType, Error, Result, Tensor};
 
+/// One benchmarked product: (m x k) @ (k x n), or (m x k) @ (n x k)^T for a Linear-like shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MatmulShape {
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    pub transpose_b: bool,
+}
+
+impl MatmulShape {
+    pub fn square(size: usize) -> Self {
+        Self { m: size, k: size, n: size, transpose_b: false }
+    }
+
+    /// `MxKxN`, with a trailing `t` for a transposed b (x @ W^T).
+    pub fn label(&self) -> String {
+        format!("{}x{}x{}{}", self.m, self.k, self.n, if self.transpose_b { "t" } else { "" })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct MatmulBenchConfig {
-    /// Square sizes n: an n x n x n product each.
-    pub sizes: Vec<usize>,
+    pub shapes: Vec<MatmulShape>,
     pub dtypes: Vec<DType>,
+    /// Kernels to time; the skinny kernel only runs on shapes of at most its rows.
     pub algorithms: Vec<MatmulAlgorithm>,
-    /// The naive kernel is skipped above this size (it is only a baseline, and slow).
+    /// The naive kernel is skipped above this many multiply-adds to the cube root (it is only a
+    /// baseline, and slow).
     pub naive_max_size: usize,
     pub warmup: usize,
     pub iterations: usize,
@@ -20,9 +41,9 @@ pub struct MatmulBenchConfig {
 impl Default for MatmulBenchConfig {
     fn default() -> Self {
         Self {
-            sizes: vec![128, 256, 512],
+            shapes: [128, 256, 512].into_iter().map(MatmulShape::square).collect(),
             dtypes: vec![DType::F32, DType::F16],
-            algorithms: vec![MatmulAlgorithm::Tiled, MatmulAlgorithm::Naive],
+            algorithms: MatmulAlgorithm::KERNELS.into_iter().chain([MatmulAlgorithm::Auto]).collect(),
             naive_max_size: 1024,
             warmup: 2,
             iterations: 10,
@@ -32,13 +53,20 @@ impl Default for MatmulBenchConfig {
 
 #[derive(Debug, Clone)]
 pub struct MatmulBenchRow {
-    pub size: usize,
+    pub shape: MatmulShape,
     pub dtype: DType,
     pub algorithm: MatmulAlgorithm,
+    /// The kernel that ran (what `Auto` chose, or `algorithm` itself).
+    pub kernel: MatmulAlgorithm,
     pub median_ms: f64,
     pub min_ms: f64,
     pub gflops: f64,
     pub timing: TimingSource,
+}
+
+/// A kernel's name as the benchmarks print it.
+pub fn algorithm_name(algorithm: MatmulAlgorithm) -> String {
+    format!("{algorithm:?}").to_lowercase()
 }
 
 /// Median of the per-dispatch times of `iterations` runs of `run`, after `warmup` untimed runs.
@@ -97,32 +125,45 @@ pub fn check_fits(device: &Device, what: &str, dims: &[usize], dtype: DType) -> 
 }
 
 pub fn matmul(device: &Device, config: &MatmulBenchConfig) -> Result<Vec<MatmulBenchRow>> {
-    for &size in &config.sizes {
+    for shape in &config.shapes {
         for &dtype in &config.dtypes {
-            check_fits(device, "a matmul operand", &[size, size], dtype)?;
+            check_fits(device, "a matmul operand", &[shape.m, shape.k], dtype)?;
+            check_fits(device, "a matmul operand", &[shape.k, shape.n], dtype)?;
+            check_fits(device, "a matmul output", &[shape.m, shape.n], dtype)?;
         }
     }
     let mut rows = Vec::new();
-    for &size in &config.sizes {
+    for shape in &config.shapes {
+        let &MatmulShape { m, k, n, transpose_b } = shape;
         for &dtype in &config.dtypes {
             if dtype == DType::F16 && !device.caps().f16 {
                 continue;
             }
-            let a = Tensor::from_f32(device, &[size, size], &pseudo_random(size * size, 1), dtype)?;
-            let b = Tensor::from_f32(device, &[size, size], &pseudo_random(size * size, 2), dtype)?;
+            let a = Tensor::from_f32(device, &[m, k], &pseudo_random(m * k, 1), dtype)?;
+            let b_shape = if transpose_b { [n, k] } else { [k, n] };
+            let b = Tensor::from_f32(device, &b_shape, &pseudo_random(k * n, 2), dtype)?;
             for &algorithm in &config.algorithms {
-                if algorithm == MatmulAlgorithm::Naive && size > config.naive_max_size {
+                let cube = ((m as f64) * (k as f64) * (n as f64)).cbrt();
+                if algorithm == MatmulAlgorithm::Naive && cube > config.naive_max_size as f64 {
                     continue;
                 }
-                let options = MatmulOptions { algorithm, ..Default::default() };
+                if algorithm == MatmulAlgorithm::Skinny && m > scalewise::kernels::size::SKINNY_ROWS as usize {
+                    continue;
+                }
+                let kernel = match algorithm {
+                    MatmulAlgorithm::Auto => MatmulAlgorithm::choose(device, dtype, 1, m, n, transpose_b),
+                    chosen => chosen,
+                };
+                let options = MatmulOptions { algorithm, transpose_b, ..Default::default() };
                 let (median_ms, min_ms, timing) = time_dispatches(device, config.warmup, config.iterations, || {
                     ops::matmul_with(&a, &b, &options).map(drop)
                 })?;
-                let flops = 2.0 * (size as f64).powi(3);
+                let flops = 2.0 * m as f64 * k as f64 * n as f64;
                 rows.push(MatmulBenchRow {
-                    size,
+                    shape: *shape,
                     dtype,
                     algorithm,
+                    kernel,
                     median_ms,
                     min_ms,
                     gflops: flops / (median_ms * 1e-3) / 1e9,
@@ -143,9 +184,11 @@ pub fn matmul_json(device: &Device, rows: &[MatmulBenchRow]) -> serde_json::Valu
         "backend": info.adapter.backend,
         "driver": format!("{} {}", info.adapter.driver, info.adapter.driver_info),
         "results": rows.iter().map(|r| serde_json::json!({
-            "m": r.size, "n": r.size, "k": r.size,
+            "m": r.shape.m, "n": r.shape.n, "k": r.shape.k,
+            "transpose_b": r.shape.transpose_b,
             "dtype": r.dtype.to_string(),
-            "algorithm": format!("{:?}", r.algorithm).to_lowercase(),
+            "algorithm": algorithm_name(r.algorithm),
+            "kernel": algorithm_name(r.kernel),
             "median_ms": r.median_ms,
             "min_ms": r.min_ms,
             "gflops": r.gflops,

@@ -13,7 +13,9 @@ use generate::check_input_file;
 use scalewise::kernels::Family;
 use scalewise::ops::MatmulAlgorithm;
 use scalewise::{BackendChoice, DType, Device, DeviceOptions};
-use scalewise_cli::bench::{self, AttentionBenchConfig, AttentionCase, MatmulBenchConfig, ScanBenchConfig};
+use scalewise_cli::bench::{
+    self, AttentionBenchConfig, AttentionCase, MatmulBenchConfig, MatmulShape, ScanBenchConfig,
+};
 
 #[derive(Parser)]
 #[command(name = "scalewise", version, about = "Cross-vendor GPU kernels for next-scale image generators")]
@@ -269,9 +271,17 @@ fn parse_grid(s: &str) -> Result<Vec<usize>, String> {
 
 #[derive(Args)]
 struct MatmulArgs {
-    /// Comma-separated square sizes.
-    #[arg(long, value_delimiter = ',', default_values_t = [128, 256, 512])]
+    /// Comma-separated square sizes (n x n x n); 128,256,512 when neither this nor --linear is given.
+    #[arg(long, value_delimiter = ',')]
     sizes: Vec<usize>,
+    /// Comma-separated Linear-like shapes MxKxN: an M x K input times an N x K weight, transposed
+    /// (e.g. 2x1024x1024 for the conditioning of one image with guidance); run after the sizes.
+    #[arg(long, value_delimiter = ',', value_parser = parse_linear_shape)]
+    linear: Vec<MatmulShape>,
+    /// Kernels to time: tiled, wide, skinny (shapes of at most 8 rows), naive, auto.
+    #[arg(long, value_delimiter = ',', value_parser = parse_matmul_algorithm,
+          default_values = ["tiled", "wide", "skinny", "naive", "auto"])]
+    kernels: Vec<MatmulAlgorithm>,
     /// Storage types to measure (f16 is skipped without SHADER_F16).
     #[arg(long, value_delimiter = ',', default_values = ["f32", "f16"], value_parser = parse_dtype)]
     dtype: Vec<DType>,
@@ -279,7 +289,7 @@ struct MatmulArgs {
     iters: usize,
     #[arg(long, default_value_t = 2)]
     warmup: usize,
-    /// Largest size at which the naive baseline also runs.
+    /// Largest size (cube root of M x K x N) at which the naive baseline also runs.
     #[arg(long, default_value_t = 1024)]
     naive_max: usize,
     /// The device's f32 FMA peak in GFLOP/s, to print each result as a fraction of it.
@@ -288,6 +298,26 @@ struct MatmulArgs {
     /// Where to write the JSON results.
     #[arg(long, default_value = "bench-results/matmul.json")]
     json: PathBuf,
+}
+
+fn parse_linear_shape(s: &str) -> Result<MatmulShape, String> {
+    let dims: Vec<usize> = s
+        .split('x')
+        .map(|d| d.trim().parse::<usize>())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{s:?} is not MxKxN: {e}"))?;
+    match dims[..] {
+        [m, k, n] if m > 0 && k > 0 && n > 0 => Ok(MatmulShape { m, k, n, transpose_b: true }),
+        _ => Err(format!("{s:?} is not MxKxN with three sizes above 0")),
+    }
+}
+
+fn parse_matmul_algorithm(s: &str) -> Result<MatmulAlgorithm, String> {
+    MatmulAlgorithm::KERNELS
+        .into_iter()
+        .chain([MatmulAlgorithm::Auto])
+        .find(|&a| bench::algorithm_name(a) == s)
+        .ok_or_else(|| format!("unknown kernel {s:?} (expected tiled, wide, skinny, naive or auto)"))
 }
 
 fn parse_dtype(s: &str) -> Result<DType, String> {
@@ -460,12 +490,17 @@ fn bytes(n: u64) -> String {
 
 fn bench_matmul(device: &Device, args: &MatmulArgs) -> anyhow::Result<()> {
     results_target(&args.json)?;
-    anyhow::ensure!(!args.sizes.is_empty() && !args.sizes.contains(&0), "--sizes must list sizes above 0");
+    anyhow::ensure!(!args.sizes.contains(&0), "--sizes must list sizes above 0");
     anyhow::ensure!(args.iters > 0, "--iters must be at least 1");
+    anyhow::ensure!(!args.kernels.is_empty(), "--kernels must list at least one kernel");
     let config = MatmulBenchConfig {
-        sizes: args.sizes.clone(),
+        shapes: if args.sizes.is_empty() && args.linear.is_empty() {
+            MatmulBenchConfig::default().shapes
+        } else {
+            args.sizes.iter().map(|&size| MatmulShape::square(size)).chain(args.linear.iter().copied()).collect()
+        },
         dtypes: args.dtype.clone(),
-        algorithms: vec![MatmulAlgorithm::Tiled, MatmulAlgorithm::Naive],
+        algorithms: args.kernels.clone(),
         naive_max_size: args.naive_max,
         warmup: args.warmup,
         iterations: args.iters,
@@ -473,22 +508,32 @@ fn bench_matmul(device: &Device, args: &MatmulArgs) -> anyhow::Result<()> {
     let info = device.info();
     println!("matmul on {} ({}), median of {} runs", info.adapter.name, info.adapter.backend, args.iters);
     let rows = bench::matmul(device, &config)?;
-    println!("{:>6} {:>5} {:>7} {:>11} {:>11} {:>9}", "size", "dtype", "kernel", "median ms", "GFLOP/s", "vs naive");
+    println!(
+        "{:>16} {:>5} {:>15} {:>11} {:>11} {:>9} {:>9}",
+        "shape", "dtype", "kernel", "median ms", "GFLOP/s", "vs tiled", "vs naive"
+    );
+    let versus = |r: &bench::MatmulBenchRow, baseline: MatmulAlgorithm| {
+        rows.iter()
+            .find(|o| o.shape == r.shape && o.dtype == r.dtype && o.algorithm == baseline)
+            .map(|o| format!("{:.2}x", o.median_ms / r.median_ms))
+            .unwrap_or_else(|| "-".into())
+    };
     for r in &rows {
-        let naive = rows
-            .iter()
-            .find(|n| n.size == r.size && n.dtype == r.dtype && n.algorithm == MatmulAlgorithm::Naive)
-            .map(|n| format!("{:.2}x", n.median_ms / r.median_ms))
-            .unwrap_or_else(|| "-".into());
         let peak = args.peak_gflops.map(|p| format!("  {:.1}% of peak", 100.0 * r.gflops / p)).unwrap_or_default();
+        let kernel = if r.algorithm == MatmulAlgorithm::Auto {
+            format!("auto ({})", bench::algorithm_name(r.kernel))
+        } else {
+            bench::algorithm_name(r.algorithm)
+        };
         println!(
-            "{:>6} {:>5} {:>7} {:>11.3} {:>11.2} {:>9}{peak}",
-            r.size,
+            "{:>16} {:>5} {:>15} {:>11.3} {:>11.2} {:>9} {:>9}{peak}",
+            r.shape.label(),
             r.dtype.to_string(),
-            format!("{:?}", r.algorithm).to_lowercase(),
+            kernel,
             r.median_ms,
             r.gflops,
-            naive
+            versus(r, MatmulAlgorithm::Tiled),
+            versus(r, MatmulAlgorithm::Naive),
         );
     }
     if let Some(first) = rows.first() {

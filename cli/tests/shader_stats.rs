@@ -17,6 +17,8 @@ use scalewise::kernels::Family;
 const VGPR_BUDGETS: &[(&str, &str, u32)] = &[
     ("matmul", "matmul_tiled", 52),
     ("matmul", "matmul_naive", 28),
+    ("matmul", "matmul_wide", 124),
+    ("matmul", "matmul_skinny", 52),
     ("norm", "layer_norm", 28),
     ("norm", "rms_norm", 28),
     ("norm", "group_norm", 28),
@@ -53,6 +55,11 @@ const VGPR_BUDGETS: &[(&str, &str, u32)] = &[
     ("qkv_heads", "qkv_heads", 28),
     ("residual", "gated_residual", 28),
 ];
+
+/// GEMM-like kernels held to issue 15's targets: at least this many FMAs per workgroup-memory word in
+/// their innermost loops (below it the workgroup-memory bandwidth, not the FMA units, bounds the
+/// loop), and at least this many waves per SIMD (to hide memory latency).
+const GEMM_TARGETS: &[(&str, &str, f64, f64)] = &[("matmul", "matmul_wide", 4.0, 8.0)];
 
 #[test]
 fn every_kernel_compiles_for_rdna3_without_spills_within_its_vgpr_budget() {
@@ -113,6 +120,21 @@ fn every_kernel_compiles_for_rdna3_without_spills_within_its_vgpr_budget() {
             }
             Some(_) => {}
             None => failures.push(format!("{label}: no VGPR budget (measured {vgprs}); add one to VGPR_BUDGETS")),
+        }
+        if let Some(&(_, _, least, waves)) = GEMM_TARGETS.iter().find(|&&(f, e, _, _)| f == family && e == entry) {
+            if stat("waves_per_simd") < waves {
+                failures.push(format!("{label}: {} waves per SIMD, under {waves}", stat("waves_per_simd")));
+            }
+            let loops = k["inner_loops"].as_array().unwrap_or_else(|| panic!("{label}: no inner_loops in the report"));
+            if loops.is_empty() {
+                failures.push(format!("{label}: no GEMM-like inner loop found"));
+            }
+            for l in loops {
+                let fmas_per_word = 1.0 / l["words_per_fma"].as_f64().expect("words_per_fma");
+                if fmas_per_word < least {
+                    failures.push(format!("{label}: {fmas_per_word:.2} FMAs per workgroup word, under {least}"));
+                }
+            }
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));

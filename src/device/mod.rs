@@ -194,16 +194,17 @@ impl DeviceInfo {
                 (
                     "matmul",
                     if cuda.tensor_cores {
-                        "tiled 64x64; f16 on tensor cores (mma.sync m16n8k16) where built".into()
+                        "skinny (<= 8 rows), wide 128x128, tiled 64x64; f16 tiled on tensor cores (mma.sync m16n8k16)"
+                            .into()
                     } else {
-                        "tiled 64x64, scalar (no tensor cores below sm_80)".into()
+                        "skinny (<= 8 rows), wide 128x128, tiled 64x64; scalar (no tensor cores below sm_80)".into()
                     },
                 ),
                 ("row reductions", "warp shuffles (32 lanes) and shared memory".into()),
                 ("profiling", "wall clock per dispatch (synchronised)".into()),
             ];
         }
-        let size = crate::kernels::size::TILE_M;
+        use crate::kernels::size::{SKINNY_ROWS, TILE_K, TILE_M, WIDE_K, WIDE_TILE};
         vec![
             ("storage", if c.f16 { "f32 and f16 (f32 accumulation)".into() } else { "f32 only (no f16)".into() }),
             (
@@ -214,7 +215,13 @@ impl DeviceInfo {
                     "workgroup tree (no subgroups)".into()
                 },
             ),
-            ("matmul", format!("tiled {size}x{size}x{}, 4x4 per thread", crate::kernels::size::TILE_K)),
+            (
+                "matmul",
+                format!(
+                    "skinny (<= {SKINNY_ROWS} rows), wide {WIDE_TILE}x{WIDE_TILE}x{WIDE_K} 8x8 per thread \
+                     double-buffered, tiled {TILE_M}x{TILE_M}x{TILE_K} 4x4 per thread; by shape"
+                ),
+            ),
             (
                 "attention softmax statistics",
                 if c.subgroups { "subgroup teams".into() } else { "one thread per row".into() },

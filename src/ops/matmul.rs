@@ -1,19 +1,53 @@
 //! Batched matmul, including x @ W^T for PyTorch Linear weights, with an optional bias.
 
 use super::{check_operand, float_dtype, index_u32, launch, shape_error};
-use crate::device::Grid;
-use crate::dtype::numel;
+use crate::device::{Device, Grid};
+use crate::dtype::{DType, numel};
 use crate::error::{Error, Result};
 use crate::kernels::{Constants, Family, MatmulParams, size};
 use crate::tensor::Tensor;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum MatmulAlgorithm {
-    /// 64 x 64 output tiles through workgroup memory.
+    /// Chosen per call from the shape and the device ([`MatmulAlgorithm::choose`]).
     #[default]
+    Auto,
+    /// 64 x 64 output tiles through workgroup memory, 4 x 4 outputs per thread.
     Tiled,
+    /// 128 x 128 output tiles, 8 x 8 outputs per thread, K double-buffered: for large products.
+    Wide,
+    /// At most [`size::SKINNY_ROWS`] rows of `a`, K split across threads: for few rows against a
+    /// Linear weight (the conditioning, the first scales), where reading `b` once is the bound.
+    Skinny,
     /// One thread per output, straight from global memory: the benchmark baseline.
     Naive,
+}
+
+/// The wide kernel only when its grid has at least this many workgroups: below it, a GPU with 100+
+/// compute units would leave most of them idle, and the 64 x 64 kernel gives 4 times as many
+/// workgroups. A design choice from the units' count (GPU.md), to be checked on a GPU when one is lent.
+pub const WIDE_MIN_GROUPS: u64 = 64;
+
+impl MatmulAlgorithm {
+    /// Every kernel, for tests and benchmarks; [`MatmulAlgorithm::Auto`] is one of them.
+    pub const KERNELS: [MatmulAlgorithm; 4] =
+        [MatmulAlgorithm::Tiled, MatmulAlgorithm::Wide, MatmulAlgorithm::Skinny, MatmulAlgorithm::Naive];
+
+    /// The kernel [`MatmulAlgorithm::Auto`] runs for `batch` products of `rows` x `k` by `k` x `n`:
+    /// skinny for at most [`size::SKINNY_ROWS`] rows of a transposed `b` (a weight read along its
+    /// rows), the 64 x 64 kernel where the CUDA backend runs it on tensor cores (f16), wide where its
+    /// grid fills the GPU ([`WIDE_MIN_GROUPS`]), the 64 x 64 kernel otherwise.
+    pub fn choose(device: &Device, dtype: DType, batch: usize, rows: usize, n: usize, transpose_b: bool) -> Self {
+        if transpose_b && rows <= size::SKINNY_ROWS as usize {
+            return MatmulAlgorithm::Skinny;
+        }
+        if dtype == DType::F16 && device.info().cuda.as_ref().is_some_and(|cuda| cuda.tensor_cores) {
+            return MatmulAlgorithm::Tiled;
+        }
+        let wide = size::WIDE_TILE as u64;
+        let groups = (rows as u64).div_ceil(wide) * (n as u64).div_ceil(wide) * batch as u64;
+        if groups >= WIDE_MIN_GROUPS { MatmulAlgorithm::Wide } else { MatmulAlgorithm::Tiled }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -88,8 +122,20 @@ pub fn matmul_with(a: &Tensor, b: &Tensor, options: &MatmulOptions) -> Result<Te
     index_u32(OP, "elements of the output", out.numel())?;
     let constants =
         Constants::new(Family::Matmul).set("B_TRANSPOSED", options.transpose_b).set("HAS_BIAS", options.bias.is_some());
-    let (entry, tile_m, tile_n) = match options.algorithm {
-        MatmulAlgorithm::Tiled => ("matmul_tiled", size::TILE_M, size::TILE_N),
+    let algorithm = match options.algorithm {
+        MatmulAlgorithm::Auto => MatmulAlgorithm::choose(a.device(), a.dtype(), batch, rows, n, options.transpose_b),
+        MatmulAlgorithm::Skinny if rows > size::SKINNY_ROWS as usize => {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                msg: format!("the skinny kernel takes at most {} rows of a, not {rows}", size::SKINNY_ROWS),
+            });
+        }
+        chosen => chosen,
+    };
+    let (entry, tile_m, tile_n) = match algorithm {
+        MatmulAlgorithm::Tiled | MatmulAlgorithm::Auto => ("matmul_tiled", size::TILE_M, size::TILE_N),
+        MatmulAlgorithm::Wide => ("matmul_wide", size::WIDE_TILE, size::WIDE_TILE),
+        MatmulAlgorithm::Skinny => ("matmul_skinny", size::SKINNY_ROWS, size::SKINNY_COLS),
         MatmulAlgorithm::Naive => ("matmul_naive", size::MATMUL_SIDE, size::MATMUL_SIDE),
     };
     let bias = options.bias.unwrap_or(b);

@@ -1,16 +1,21 @@
 //! Batched matmul and Linear against the float64 reference on ragged shapes, f32 and f16.
 
 use crate::common::{Rng, Seeded, Tol, assert_close, dtypes, upload};
-use scalewise::Device;
+use scalewise::kernels::size;
 use scalewise::ops::{self, MatmulAlgorithm, matmul::MatmulOptions, reference_values as stored};
+use scalewise::{DType, Device};
 
 backend_tests! {
     fn matmul_matches_reference_on_ragged_shapes(device: &Device, config: &str) {
         let mut rng = Rng::for_config("matmul", config);
         for dtype in dtypes(device) {
-            for trial in 0..6 {
+            for trial in 0..8 {
                 let batch = rng.range(1, 3);
-                let (m, k, n) = (rng.range(1, 150), rng.range(1, 150), rng.range(1, 150));
+                // The first trials have few rows (the skinny kernel's shapes), one of them a K of
+                // several of its chunks; the rest straddle the 64 and 128 tiles.
+                let m = if trial < 3 { rng.range(1, 9) } else { rng.range(1, 150) };
+                let k = if trial == 1 { rng.range(257, 700) } else { rng.range(1, 150) };
+                let n = rng.range(1, 150);
                 let transpose_b = trial % 2 == 1;
                 let b_shared = trial % 3 == 0;
                 let with_bias = trial % 4 != 2;
@@ -38,9 +43,16 @@ backend_tests! {
                     transpose_b,
                     b_shared,
                 );
-                for algorithm in [MatmulAlgorithm::Tiled, MatmulAlgorithm::Naive] {
+                let rows = if b_shared { batch * m } else { m };
+                for algorithm in MatmulAlgorithm::KERNELS.into_iter().chain([MatmulAlgorithm::Auto]) {
                     let options = MatmulOptions { transpose_b, bias: with_bias.then_some(&tbias), algorithm };
-                    let out = ops::matmul_with(&ta, &tb, &options).expect("matmul");
+                    let result = ops::matmul_with(&ta, &tb, &options);
+                    if algorithm == MatmulAlgorithm::Skinny && rows > size::SKINNY_ROWS as usize {
+                        let err = result.expect_err("the skinny kernel refuses more rows than it holds");
+                        assert!(err.to_string().contains("at most 8 rows"), "{err}");
+                        continue;
+                    }
+                    let out = result.expect("matmul");
                     assert_eq!(out.shape(), [batch, m, n]);
                     let what = format!(
                         "{config} {dtype} {algorithm:?} b{batch} {m}x{k}x{n} t={transpose_b} shared={b_shared}"
@@ -75,5 +87,20 @@ backend_tests! {
                 &format!("{config} {dtype} linear"),
             );
         }
+    }
+}
+
+backend_tests! {
+    fn auto_runs_skinny_for_few_rows_and_wide_where_its_grid_fills_a_gpu(device: &Device, config: &str) {
+        let choose = |batch, rows, n, transpose_b| MatmulAlgorithm::choose(device, DType::F32, batch, rows, n, transpose_b);
+        // A Linear on a CFG pair of tokens (the conditioning), and on the first scales of a batch.
+        assert_eq!(choose(1, 2, 1024, true), MatmulAlgorithm::Skinny, "{config}");
+        assert_eq!(choose(1, 8, 4096, true), MatmulAlgorithm::Skinny, "{config}");
+        // Few rows against a K x N b would read b across its rows: the tiled kernel.
+        assert_eq!(choose(1, 2, 1024, false), MatmulAlgorithm::Tiled, "{config}");
+        // 512 x 4096 is 128 wide tiles; 512 x 1024 only 32, so the 64 x 64 kernel's 128 are better.
+        assert_eq!(choose(1, 512, 4096, true), MatmulAlgorithm::Wide, "{config}");
+        assert_eq!(choose(1, 512, 1024, true), MatmulAlgorithm::Tiled, "{config}");
+        assert_eq!(choose(16, 256, 256, false), MatmulAlgorithm::Wide, "{config}");
     }
 }
