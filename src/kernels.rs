@@ -266,7 +266,7 @@ const FLOATS: &[DType] = &[DType::F32, DType::F16];
 families! {
     Matmul = "matmul" {
         params: MatmulParams, reductions: false, dtypes: FLOATS,
-        constants: [B_TRANSPOSED: Bool, HAS_BIAS: Bool],
+        constants: [B_TRANSPOSED: Bool, HAS_BIAS: Bool, GELU: Bool, GATED_RESIDUAL: Bool],
     }
     Norm = "norm" {
         params: NormParams, reductions: true, dtypes: FLOATS,
@@ -353,7 +353,16 @@ impl std::fmt::Display for Family {
 
 params! {
     /// `C[b] = A[b] @ op(B[b]) (+ bias)`; A: M x K, C: M x N.
-    MatmulParams { m: u32, n: u32, k: u32, a_batch_stride: u32, b_batch_stride: u32, c_batch_stride: u32 }
+    MatmulParams {
+        m: u32,
+        n: u32,
+        k: u32,
+        a_batch_stride: u32,
+        b_batch_stride: u32,
+        c_batch_stride: u32,
+        /// GATED_RESIDUAL: output row r (counted across the batch) uses gate row r / gate_rows.
+        gate_rows: u32,
+    }
 
     NormParams {
         rows: u32,

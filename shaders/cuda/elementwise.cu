@@ -15,6 +15,5 @@
 SW_ELEMENTWISE(add, x + to_f32(b[i % p.rhs_n]))
 SW_ELEMENTWISE(mul, x * to_f32(b[i % p.rhs_n]))
 // GELU, tanh approximation (PyTorch approximate="tanh"); the clamp keeps tanh away from inf/inf.
-SW_ELEMENTWISE(gelu_tanh,
-               0.5f * x * (1.0f + tanhf(fminf(fmaxf(0.7978845608028654f * (x + 0.044715f * x * x * x), -10.0f), 10.0f))))
+SW_ELEMENTWISE(gelu_tanh, gelu_tanh_f32(x))
 SW_ELEMENTWISE(silu, x / (1.0f + expf(-x)))

@@ -1,7 +1,8 @@
 // Batched matmul (shaders/wgsl/matmul.wgsl): C[b] = A[b] @ op(B[b]) (+ bias), A: M x K, C: M x N, all
 // row-major. op(B) = B (K x N), or B^T with B stored N x K (a PyTorch Linear weight) when
 // B_TRANSPOSED. A batch stride of 0 broadcasts (one weight matrix for the whole batch).
-// Every entry takes (a, b, bias, c, params); launchers without a bias bind b as bias.
+// Every entry takes (a, b, bias, residual, gate, c, params); launchers bind b in place of the
+// operands a launch does not use.
 
 #ifndef B_TRANSPOSED
 #define B_TRANSPOSED 0
@@ -9,6 +10,31 @@
 #ifndef HAS_BIAS
 #define HAS_BIAS 0
 #endif
+#ifndef GELU
+#define GELU 0
+#endif
+#ifndef GATED_RESIDUAL
+#define GATED_RESIDUAL 0
+#endif
+
+// The operands every entry takes: (a, b, bias, residual, gate, c, params).
+#define MATMUL_ARGS                                                                                   \
+    (const store_t* a, const store_t* b, const store_t* bias, const store_t* residual, const store_t* gate, \
+     store_t* c, const MatmulParams p)
+
+// Stores output (row, col) of `batch` (matmul.wgsl's store_output): the accumulated sum, then the
+// bias, GELU (tanh) and the gated residual residual + gate[row / gate_rows] * value.
+SW_DEVICE void matmul_store(store_t* c, const store_t* bias, const store_t* residual, const store_t* gate,
+                            const MatmulParams p, u32 batch, u32 row, u32 col, float value) {
+    if (HAS_BIAS) value += to_f32(bias[col]);
+    if (GELU) value = gelu_tanh_f32(value);
+    const u32 index = batch * p.c_batch_stride + row * p.n + col;
+    if (GATED_RESIDUAL) {
+        const u32 gate_row = (batch * p.m + row) / p.gate_rows;
+        value = to_f32(residual[index]) + value * to_f32(gate[gate_row * p.n + col]);
+    }
+    store_f32(c, index, value);
+}
 
 SW_DEVICE float matmul_load_a(const store_t* a, const MatmulParams p, u32 batch, u32 row, u32 col) {
     if (row < p.m && col < p.k) return to_f32(a[batch * p.a_batch_stride + row * p.k + col]);
@@ -28,7 +54,7 @@ SW_DEVICE float matmul_load_b(const store_t* b, const MatmulParams p, u32 batch,
 // 16 columns, so neighbouring threads read neighbouring shared-memory words and write neighbouring
 // addresses of C.
 SW_KERNEL(matmul_tiled, MATMUL_SIDE, MATMUL_SIDE, 1,
-          (const store_t* a, const store_t* b, const store_t* bias, store_t* c, const MatmulParams p)) {
+          MATMUL_ARGS) {
     __shared__ float a_tile[TILE_K * TILE_M];  // [TILE_K][TILE_M], k-major so the inner loop reads rows
     __shared__ float b_tile[TILE_K * TILE_N];  // [TILE_K][TILE_N]
     const u32 lid = threadIdx.x + threadIdx.y * MATMUL_SIDE;
@@ -76,9 +102,7 @@ SW_KERNEL(matmul_tiled, MATMUL_SIDE, MATMUL_SIDE, 1,
         for (u32 j = 0; j < 4u; ++j) {
             const u32 col = col0 + threadIdx.x + 16u * j;
             if (col < p.n) {
-                float value = acc[i][j];
-                if (HAS_BIAS) value += to_f32(bias[col]);
-                store_f32(c, batch * p.c_batch_stride + row * p.n + col, value);
+                matmul_store(c, bias, residual, gate, p, batch, row, col, acc[i][j]);
             }
         }
     }
@@ -86,15 +110,14 @@ SW_KERNEL(matmul_tiled, MATMUL_SIDE, MATMUL_SIDE, 1,
 
 // One thread per output element: the baseline the tiled kernel is measured against.
 SW_KERNEL(matmul_naive, MATMUL_SIDE, MATMUL_SIDE, 1,
-          (const store_t* a, const store_t* b, const store_t* bias, store_t* c, const MatmulParams p)) {
+          MATMUL_ARGS) {
     const u32 row = blockIdx.y * MATMUL_SIDE + threadIdx.y;
     const u32 col = blockIdx.x * MATMUL_SIDE + threadIdx.x;
     const u32 batch = blockIdx.z;
     if (row >= p.m || col >= p.n) return;
     float value = 0.0f;
     for (u32 kk = 0; kk < p.k; ++kk) value += matmul_load_a(a, p, batch, row, kk) * matmul_load_b(b, p, batch, kk, col);
-    if (HAS_BIAS) value += to_f32(bias[col]);
-    store_f32(c, batch * p.c_batch_stride + row * p.n + col, value);
+    matmul_store(c, bias, residual, gate, p, batch, row, col, value);
 }
 
 // Wide kernel for large products (matmul_wide in matmul.wgsl): a 128 x 128 block of C per block of
@@ -125,7 +148,7 @@ SW_DEVICE void matmul_wide_stash(float* stage_a, float* stage_b, u32 lid, const 
 }
 
 SW_KERNEL(matmul_wide, MATMUL_SIDE, MATMUL_SIDE, 1,
-          (const store_t* a, const store_t* b, const store_t* bias, store_t* c, const MatmulParams p)) {
+          MATMUL_ARGS) {
     __shared__ float wide_a[2u * WIDE_K * WIDE_TILE];  // [stage][k][row]
     __shared__ float wide_b[2u * WIDE_K * WIDE_TILE];  // [stage][k][col]
     const u32 stage = WIDE_K * WIDE_TILE;
@@ -167,9 +190,7 @@ SW_KERNEL(matmul_wide, MATMUL_SIDE, MATMUL_SIDE, 1,
         for (u32 j = 0; j < 8u; ++j) {
             const u32 col = col0 + (j < 4u ? 4u * threadIdx.x + j : WIDE_TILE / 2u + 4u * threadIdx.x + j - 4u);
             if (col < p.n) {
-                float value = acc[i][j];
-                if (HAS_BIAS) value += to_f32(bias[col]);
-                store_f32(c, batch * p.c_batch_stride + row * p.n + col, value);
+                matmul_store(c, bias, residual, gate, p, batch, row, col, acc[i][j]);
             }
         }
     }
@@ -180,7 +201,7 @@ SW_KERNEL(matmul_wide, MATMUL_SIDE, MATMUL_SIDE, 1,
 // neighbouring words of a transposed B's row. A is staged SKINNY_CHUNK k at a time as [k][row], zeros
 // past M and K, and the lanes' partial sums are added through shared memory at the end.
 SW_KERNEL(matmul_skinny, SKINNY_LANES, SKINNY_COLS, 1,
-          (const store_t* a, const store_t* b, const store_t* bias, store_t* c, const MatmulParams p)) {
+          MATMUL_ARGS) {
     // A's chunk during the K loop, then the partial sums [column][row][lane].
     __shared__ float skinny_shared[SKINNY_CHUNK * SKINNY_ROWS];
     const u32 lane = threadIdx.x;
@@ -208,8 +229,7 @@ SW_KERNEL(matmul_skinny, SKINNY_LANES, SKINNY_COLS, 1,
     if (row >= p.m || n >= p.n) return;
     float value = 0.0f;
     for (u32 l = 0; l < SKINNY_LANES; ++l) value += skinny_shared[(out_col * SKINNY_ROWS + row) * SKINNY_LANES + l];
-    if (HAS_BIAS) value += to_f32(bias[n]);
-    store_f32(c, batch * p.c_batch_stride + row * p.n + n, value);
+    matmul_store(c, bias, residual, gate, p, batch, row, n, value);
 }
 
 #ifdef SW_STORE_F16
@@ -295,7 +315,7 @@ SW_DEVICE void matmul_tc_load(u32 (*a_st)[MATMUL_TC_ROW_WORDS], u32 (*b_st)[MATM
 }
 
 SW_KERNEL(matmul_tiled_tc, MATMUL_SIDE, MATMUL_SIDE, 1,
-          (const store_t* a, const store_t* b, const store_t* bias, store_t* c, const MatmulParams p)) {
+          MATMUL_ARGS) {
     alignas(16) __shared__ u32 a_s[2][TILE_M][MATMUL_TC_ROW_WORDS];
     alignas(16) __shared__ u32 b_s[2][MATMUL_TC_B_ROWS][MATMUL_TC_B_WORDS];
     const u32 lid = threadIdx.x + threadIdx.y * MATMUL_SIDE;
@@ -352,9 +372,7 @@ SW_KERNEL(matmul_tiled_tc, MATMUL_SIDE, MATMUL_SIDE, 1,
                 const u32 row = row0 + warp_row + mi * 16u + g + (i >= 2u ? 8u : 0u);
                 const u32 col = col0 + warp_col + ni * 8u + 2u * t + (i & 1u);
                 if (row < p.m && col < p.n) {
-                    float value = acc[mi][ni][i];
-                    if (HAS_BIAS) value += to_f32(bias[col]);
-                    store_f32(c, batch * p.c_batch_stride + row * p.n + col, value);
+                    matmul_store(c, bias, residual, gate, p, batch, row, col, acc[mi][ni][i]);
                 }
             }
         }

@@ -77,6 +77,12 @@ SW_DEVICE void store_f32(half_t* p, u32 i, float v) { p[i] = f32_to_half(v); }
 SW_DEVICE float load_f32(const float* p, u32 i) { return p[i]; }
 SW_DEVICE float load_f32(const half_t* p, u32 i) { return half_to_f32(p[i]); }
 
+// GELU, tanh approximation (PyTorch approximate="tanh"): the elementwise op and the matmul epilogue.
+// tanh saturates to +-1 in f32 long before 10; clamping keeps an exp-based tanh from inf/inf.
+SW_DEVICE float gelu_tanh_f32(float x) {
+    return 0.5f * x * (1.0f + tanhf(fminf(fmaxf(0.7978845608028654f * (x + 0.044715f * x * x * x), -10.0f), 10.0f)));
+}
+
 // The Grid::Linear contract: the host spreads a long 1-D range of blocks over x and y; this is the
 // flat block index (blocks past the end return early in the kernel). z is the batch of
 // Grid::Batched.

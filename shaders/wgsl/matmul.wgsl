@@ -3,6 +3,12 @@
 // A batch stride of 0 broadcasts (one weight matrix for the whole batch).
 override B_TRANSPOSED: bool = false;
 override HAS_BIAS: bool = false;
+// GELU (tanh) applied to each output after the bias: a Linear followed by its activation in one pass.
+override GELU: bool = false;
+// out = residual + gate[row / gate_rows] * (A @ op(B) + bias): the AdaLN-gated residual of a
+// transformer block fused into the Linear before it. residual has C's shape, gate one row of N per
+// gate_rows output rows.
+override GATED_RESIDUAL: bool = false;
 
 struct MatmulParams {
     m: u32,
@@ -11,13 +17,16 @@ struct MatmulParams {
     a_batch_stride: u32,
     b_batch_stride: u32,
     c_batch_stride: u32,
+    gate_rows: u32,
 }
 
 @group(0) @binding(0) var<storage, read> a: array<store_t>;
 @group(0) @binding(1) var<storage, read> b: array<store_t>;
 @group(0) @binding(2) var<storage, read> bias: array<store_t>;
-@group(0) @binding(3) var<storage, read_write> c: array<store_t>;
-@group(0) @binding(4) var<uniform> p: MatmulParams;
+@group(0) @binding(3) var<storage, read> residual: array<store_t>;
+@group(0) @binding(4) var<storage, read> gate: array<store_t>;
+@group(0) @binding(5) var<storage, read_write> c: array<store_t>;
+@group(0) @binding(6) var<uniform> p: MatmulParams;
 
 // Tiled kernel: a 64 x 64 block of C per workgroup of 16 x 16 threads, K in steps of 16 through
 // workgroup memory (f32, whatever the storage type). Each thread owns a 4 x 4 micro-tile strided by
@@ -26,6 +35,24 @@ struct MatmulParams {
 
 var<workgroup> a_tile: array<f32, TILE_K * TILE_M>; // [TILE_K][TILE_M], k-major so the inner loop reads rows
 var<workgroup> b_tile: array<f32, TILE_K * TILE_N>; // [TILE_K][TILE_N]
+
+// Stores output (row, col) of `batch`: the accumulated sum, then the bias, the activation and the
+// gated residual.
+fn store_output(batch: u32, row: u32, col: u32, sum: f32) {
+    var value = sum;
+    if HAS_BIAS {
+        value += f32(bias[col]);
+    }
+    if GELU {
+        value = gelu_tanh_f32(value);
+    }
+    let index = batch * p.c_batch_stride + row * p.n + col;
+    if GATED_RESIDUAL {
+        let gate_row = (batch * p.m + row) / p.gate_rows;
+        value = f32(residual[index]) + value * f32(gate[gate_row * p.n + col]);
+    }
+    c[index] = store_t(value);
+}
 
 fn load_a(batch: u32, row: u32, col: u32) -> f32 {
     if row < p.m && col < p.k {
@@ -97,11 +124,7 @@ fn matmul_tiled(
         for (var j = 0u; j < 4u; j++) {
             let col = col0 + local.x + 16u * j;
             if col < p.n {
-                var value = rows[i][j];
-                if HAS_BIAS {
-                    value += f32(bias[col]);
-                }
-                c[batch * p.c_batch_stride + row * p.n + col] = store_t(value);
+                store_output(batch, row, col, rows[i][j]);
             }
         }
     }
@@ -120,10 +143,7 @@ fn matmul_naive(@builtin(global_invocation_id) gid: vec3<u32>) {
     for (var kk = 0u; kk < p.k; kk++) {
         value += load_a(batch, row, kk) * load_b(batch, kk, col);
     }
-    if HAS_BIAS {
-        value += f32(bias[col]);
-    }
-    c[batch * p.c_batch_stride + row * p.n + col] = store_t(value);
+    store_output(batch, row, col, value);
 }
 
 // Wide kernel for large products: a 128 x 128 block of C per workgroup of 16 x 16 threads, each thread
@@ -176,11 +196,7 @@ fn wide_store(batch: u32, row: u32, col: u32, v: vec4<f32>) {
     }
     for (var j = 0u; j < 4u; j++) {
         if col + j < p.n {
-            var value = v[j];
-            if HAS_BIAS {
-                value += f32(bias[col + j]);
-            }
-            c[batch * p.c_batch_stride + row * p.n + col + j] = store_t(value);
+            store_output(batch, row, col + j, v[j]);
         }
     }
 }
@@ -335,8 +351,5 @@ fn matmul_skinny(
     for (var l = 0u; l < SKINNY_LANES; l++) {
         value += skinny_shared[base + l][row % 4u];
     }
-    if HAS_BIAS {
-        value += f32(bias[n]);
-    }
-    c[batch * p.c_batch_stride + row * p.n + n] = store_t(value);
+    store_output(batch, row, n, value);
 }

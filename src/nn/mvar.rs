@@ -23,7 +23,7 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::ops::attention::{AttentionLayout, AttentionOptions, attention};
 use crate::ops::scan::check_finite_host_a;
-use crate::ops::{QkvHeads, adaln_layer_norm, gated_residual, gelu_tanh, linear, qkv_heads};
+use crate::ops::{QkvHeads, adaln_layer_norm, gated_residual, linear, linear_gated_residual, linear_gelu, qkv_heads};
 use crate::tensor::Tensor;
 use crate::weights::Weights;
 
@@ -405,8 +405,7 @@ impl MvarModel {
                 start: 0,
             })?;
             let o = attention(&q, &k, &v, &options)?.reshape(&[rows, tokens, width])?;
-            let o = linear(&o, &block.proj_weight, Some(&block.proj_bias))?;
-            x = gated_residual(&x, &o, gamma1)?;
+            x = linear_gated_residual(&o, &block.proj_weight, Some(&block.proj_bias), &x, gamma1)?;
             // Mamba-2 over the multi-scale sequence.
             entering(BlockPart::Mamba)?;
             let m = match state.history {
@@ -429,9 +428,8 @@ impl MvarModel {
             entering(BlockPart::Rest)?;
             x = gated_residual(&x, &m, gamma2)?;
             let h = adaln_layer_norm(&x, scale3, shift3, LN_EPS)?;
-            let h = gelu_tanh(&linear(&h, &block.fc1_weight, Some(&block.fc1_bias))?)?;
-            let h = linear(&h, &block.fc2_weight, Some(&block.fc2_bias))?;
-            x = gated_residual(&x, &h, gamma3)?;
+            let h = linear_gelu(&h, &block.fc1_weight, Some(&block.fc1_bias))?;
+            x = linear_gated_residual(&h, &block.fc2_weight, Some(&block.fc2_bias), &x, gamma3)?;
         }
         state.len += tokens;
         state.mamba_token_steps += match state.history {

@@ -6,7 +6,7 @@ use crate::device::Device;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::ops::attention::{AttentionLayout, AttentionOptions, attention};
-use crate::ops::{QkvHeads, adaln_layer_norm, add, gated_residual, gelu_tanh, linear, qkv_heads, silu};
+use crate::ops::{QkvHeads, adaln_layer_norm, add, linear, linear_gated_residual, linear_gelu, qkv_heads, silu};
 use crate::tensor::Tensor;
 use crate::weights::Weights;
 
@@ -633,12 +633,10 @@ impl VarModel {
                 layout: AttentionLayout::TokensMajor,
             };
             let o = attention(&q, &cache.k[i], &cache.v[i], &options)?.reshape(&[rows, tokens, width])?;
-            let o = linear(&o, &block.proj_weight, Some(&block.proj_bias))?;
-            x = gated_residual(&x, &o, gamma1)?;
+            x = linear_gated_residual(&o, &block.proj_weight, Some(&block.proj_bias), &x, gamma1)?;
             let h = adaln_layer_norm(&x, scale2, shift2, LN_EPS)?;
-            let h = gelu_tanh(&linear(&h, &block.fc1_weight, Some(&block.fc1_bias))?)?;
-            let h = linear(&h, &block.fc2_weight, Some(&block.fc2_bias))?;
-            x = gated_residual(&x, &h, gamma2)?;
+            let h = linear_gelu(&h, &block.fc1_weight, Some(&block.fc1_bias))?;
+            x = linear_gated_residual(&h, &block.fc2_weight, Some(&block.fc2_bias), &x, gamma2)?;
         }
         cache.len += tokens;
         self.io.logits(&x, conditions)

@@ -81,13 +81,12 @@ pub mod reference {
     }
 
     pub fn gelu_tanh(x: &[f32]) -> Vec<f64> {
+        x.iter().map(|&x| gelu_tanh_f64(x as f64)).collect()
+    }
+
+    pub fn gelu_tanh_f64(x: f64) -> f64 {
         let k = (2.0 / std::f64::consts::PI).sqrt();
-        x.iter()
-            .map(|&x| {
-                let x = x as f64;
-                0.5 * x * (1.0 + (k * (x + 0.044715 * x * x * x)).tanh())
-            })
-            .collect()
+        0.5 * x * (1.0 + (k * (x + 0.044715 * x * x * x)).tanh())
     }
 
     pub fn silu(x: &[f32]) -> Vec<f64> {

@@ -57,6 +57,20 @@ pub struct MatmulOptions<'a> {
     /// Added to every row of the output; shape (N).
     pub bias: Option<&'a Tensor>,
     pub algorithm: MatmulAlgorithm,
+    /// GELU (tanh approximation) on every output, after the bias: a Linear and its activation in
+    /// one kernel, as [`crate::ops::gelu_tanh`] would compute it on an f32 result.
+    pub gelu: bool,
+    /// out = x + gate\[g\] * (a @ op(b) + bias), the AdaLN-gated residual of a transformer block
+    /// fused into the Linear before it ([`crate::ops::gated_residual`] in the same kernel).
+    pub gated_residual: Option<GatedResidual<'a>>,
+}
+
+/// The residual stream `x` (the output's shape) and its gate (G, N): the output's rows, counted
+/// across the batch, split into G equal runs, run g gated by gate row g (one per image of a batch).
+#[derive(Debug, Clone, Copy)]
+pub struct GatedResidual<'a> {
+    pub x: &'a Tensor,
+    pub gate: &'a Tensor,
 }
 
 /// a (…, M, K) @ b (…, K, N) -> (…, M, N). A 2-D `b` is shared by the whole batch.
@@ -66,6 +80,32 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 /// PyTorch `Linear`: x (…, K) @ weight (N, K)^T + bias (N) -> (…, N).
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    linear_with(x, weight, &MatmulOptions { bias, ..Default::default() })
+}
+
+/// `gelu_tanh(linear(x, weight, bias))` in one kernel (the MLP's first layer).
+pub fn linear_gelu(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    linear_with(x, weight, &MatmulOptions { bias, gelu: true, ..Default::default() })
+}
+
+/// `gated_residual(x, linear(h, weight, bias), gate)` in one kernel: x + gate\[b\] * (h @ weight^T +
+/// bias), for h and x (B, …, C) and gate (B, C).
+pub fn linear_gated_residual(
+    h: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    x: &Tensor,
+    gate: &Tensor,
+) -> Result<Tensor> {
+    linear_with(
+        h,
+        weight,
+        &MatmulOptions { bias, gated_residual: Some(GatedResidual { x, gate }), ..Default::default() },
+    )
+}
+
+/// [`linear`] with the other options of [`matmul_with`] (`transpose_b` is implied).
+fn linear_with(x: &Tensor, weight: &Tensor, options: &MatmulOptions) -> Result<Tensor> {
     if x.shape().is_empty() {
         return Err(Error::InvalidArgument { op: "linear", msg: "the input must have at least one dimension".into() });
     }
@@ -75,7 +115,7 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
     let k = x.shape()[x.shape().len() - 1];
     let rows = x.numel() / k.max(1);
     let x2 = x.reshape(&[rows, k])?;
-    let y = matmul_with(&x2, weight, &MatmulOptions { transpose_b: true, bias, ..Default::default() })?;
+    let y = matmul_with(&x2, weight, &MatmulOptions { transpose_b: true, ..*options })?;
     let mut shape = x.shape().to_vec();
     *shape.last_mut().expect("non-empty") = weight.shape()[0];
     y.reshape(&shape)
@@ -116,12 +156,36 @@ pub fn matmul_with(a: &Tensor, b: &Tensor, options: &MatmulOptions) -> Result<Te
     let dtype = float_dtype(OP, a)?;
     let mut out_shape = batch_dims.to_vec();
     out_shape.extend([m, n]);
+    let total_rows = numel(batch_dims) * m;
+    let gate_rows = match options.gated_residual {
+        None => 1,
+        Some(GatedResidual { x, gate }) => {
+            check_operand(OP, a, x)?;
+            check_operand(OP, a, gate)?;
+            if numel(x.shape()) != total_rows * n || x.shape().last() != Some(&n) {
+                return Err(shape_error(OP, a, x, format!("the residual must have the output's shape {out_shape:?}")));
+            }
+            let groups = if gate.shape().len() == 2 && gate.shape()[1] == n { gate.shape()[0] } else { 0 };
+            if groups == 0 || total_rows % groups != 0 {
+                return Err(shape_error(
+                    OP,
+                    x,
+                    gate,
+                    format!("the gate must be (G, {n}) with G dividing the output's {total_rows} rows"),
+                ));
+            }
+            total_rows / groups
+        }
+    };
     let out = Tensor::empty(a.device(), &out_shape, a.dtype())?;
     index_u32(OP, "elements of a", a.numel())?;
     index_u32(OP, "elements of b", b.numel())?;
     index_u32(OP, "elements of the output", out.numel())?;
-    let constants =
-        Constants::new(Family::Matmul).set("B_TRANSPOSED", options.transpose_b).set("HAS_BIAS", options.bias.is_some());
+    let constants = Constants::new(Family::Matmul)
+        .set("B_TRANSPOSED", options.transpose_b)
+        .set("HAS_BIAS", options.bias.is_some())
+        .set("GELU", options.gelu)
+        .set("GATED_RESIDUAL", options.gated_residual.is_some());
     let algorithm = match options.algorithm {
         MatmulAlgorithm::Auto => MatmulAlgorithm::choose(a.device(), a.dtype(), batch, rows, n, options.transpose_b),
         MatmulAlgorithm::Skinny if rows > size::SKINNY_ROWS as usize => {
@@ -138,7 +202,9 @@ pub fn matmul_with(a: &Tensor, b: &Tensor, options: &MatmulOptions) -> Result<Te
         MatmulAlgorithm::Skinny => ("matmul_skinny", size::SKINNY_ROWS, size::SKINNY_COLS),
         MatmulAlgorithm::Naive => ("matmul_naive", size::MATMUL_SIDE, size::MATMUL_SIDE),
     };
+    // Operands a launch does not use are bound to b (the layout is the same for every launch).
     let bias = options.bias.unwrap_or(b);
+    let (residual, gate) = options.gated_residual.map_or((b, b), |g| (g.x, g.gate));
     let params = MatmulParams {
         m: rows as u32,
         n: n as u32,
@@ -146,6 +212,7 @@ pub fn matmul_with(a: &Tensor, b: &Tensor, options: &MatmulOptions) -> Result<Te
         a_batch_stride: (rows * k) as u32,
         b_batch_stride: b_batch_stride as u32,
         c_batch_stride: (rows * n) as u32,
+        gate_rows: gate_rows.max(1) as u32,
     };
     let groups = [(n as u32).div_ceil(tile_n), (rows as u32).div_ceil(tile_m), batch as u32];
     if rows == 0 || n == 0 {
@@ -157,7 +224,7 @@ pub fn matmul_with(a: &Tensor, b: &Tensor, options: &MatmulOptions) -> Result<Te
         entry,
         dtype,
         &constants,
-        &[a.arg("a"), b.arg("b"), bias.arg("bias"), out.arg_mut("out")],
+        &[a.arg("a"), b.arg("b"), bias.arg("bias"), residual.arg("residual"), gate.arg("gate"), out.arg_mut("out")],
         &params,
         Grid::Groups(groups),
     )?;
@@ -165,6 +232,30 @@ pub fn matmul_with(a: &Tensor, b: &Tensor, options: &MatmulOptions) -> Result<Te
 }
 
 pub mod reference {
+    /// x + gate\[r / gate_rows\] * y for y (rows, n) and the output row r: the fused gated residual.
+    pub fn gated_residual(y: &[f64], x: &[f32], gate: &[f32], n: usize, gate_rows: usize) -> Vec<f64> {
+        y.iter().enumerate().map(|(i, &v)| x[i] as f64 + v * gate[(i / n / gate_rows) * n + i % n] as f64).collect()
+    }
+
+    /// [`matmul`] followed by GELU (tanh), in float64.
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_gelu(
+        a: &[f32],
+        b: &[f32],
+        bias: Option<&[f32]>,
+        batch: usize,
+        m: usize,
+        k: usize,
+        n: usize,
+        transpose_b: bool,
+        b_shared: bool,
+    ) -> Vec<f64> {
+        matmul(a, b, bias, batch, m, k, n, transpose_b, b_shared)
+            .into_iter()
+            .map(crate::ops::elementwise::reference::gelu_tanh_f64)
+            .collect()
+    }
+
     /// a: batch x m x k, b: (batch or 1) x k x n (or n x k when `transpose_b`), bias: n.
     #[allow(clippy::too_many_arguments)]
     pub fn matmul(

@@ -2,7 +2,7 @@
 
 use crate::common::{Rng, Seeded, Tol, assert_close, dtypes, upload};
 use scalewise::kernels::size;
-use scalewise::ops::{self, MatmulAlgorithm, matmul::MatmulOptions, reference_values as stored};
+use scalewise::ops::{self, GatedResidual, MatmulAlgorithm, matmul::MatmulOptions, reference_values as stored};
 use scalewise::{DType, Device};
 
 backend_tests! {
@@ -19,6 +19,10 @@ backend_tests! {
                 let transpose_b = trial % 2 == 1;
                 let b_shared = trial % 3 == 0;
                 let with_bias = trial % 4 != 2;
+                let gelu = trial % 3 == 1;
+                // The gated residual on every other trial: one gate row per batch entry, or (with a
+                // shared b, where the batch is folded into the rows) per 1..m rows.
+                let gated = trial % 2 == 0;
                 let a = stored(&rng.vec(batch * m * k, 1.0), dtype);
                 let b_batch = if b_shared { 1 } else { batch };
                 let b = stored(&rng.vec(b_batch * k * n, 1.0), dtype);
@@ -32,7 +36,8 @@ backend_tests! {
                 };
                 let tb = upload(device, &b_shape, &b, dtype);
                 let tbias = upload(device, &[n], &bias, dtype);
-                let want = ops::matmul::reference::matmul(
+                let reference = if gelu { ops::matmul::reference::matmul_gelu } else { ops::matmul::reference::matmul };
+                let mut want = reference(
                     &a,
                     &b,
                     with_bias.then_some(&bias[..]),
@@ -44,8 +49,18 @@ backend_tests! {
                     b_shared,
                 );
                 let rows = if b_shared { batch * m } else { m };
+                let gate_rows = if b_shared && rng.range(0, 2) == 0 { 1 } else { m };
+                let residual = stored(&rng.vec(batch * m * n, 1.0), dtype);
+                let gate = stored(&rng.vec(batch * m / gate_rows * n, 1.0), dtype);
+                let tresidual = upload(device, &[batch, m, n], &residual, dtype);
+                let tgate = upload(device, &[batch * m / gate_rows, n], &gate, dtype);
+                if gated {
+                    want = ops::matmul::reference::gated_residual(&want, &residual, &gate, n, gate_rows);
+                }
+                let gated_residual = gated.then_some(GatedResidual { x: &tresidual, gate: &tgate });
                 for algorithm in MatmulAlgorithm::KERNELS.into_iter().chain([MatmulAlgorithm::Auto]) {
-                    let options = MatmulOptions { transpose_b, bias: with_bias.then_some(&tbias), algorithm };
+                    let options =
+                        MatmulOptions { transpose_b, bias: with_bias.then_some(&tbias), algorithm, gelu, gated_residual };
                     let result = ops::matmul_with(&ta, &tb, &options);
                     if algorithm == MatmulAlgorithm::Skinny && rows > size::SKINNY_ROWS as usize {
                         let err = result.expect_err("the skinny kernel refuses more rows than it holds");
@@ -55,7 +70,7 @@ backend_tests! {
                     let out = result.expect("matmul");
                     assert_eq!(out.shape(), [batch, m, n]);
                     let what = format!(
-                        "{config} {dtype} {algorithm:?} b{batch} {m}x{k}x{n} t={transpose_b} shared={b_shared}"
+                        "{config} {dtype} {algorithm:?} b{batch} {m}x{k}x{n} t={transpose_b} shared={b_shared} gelu={gelu} gated={gated}/{gate_rows}"
                     );
                     assert_close(&out.to_vec_f32().unwrap(), &want, Tol::for_dtype(dtype, (k as f64).sqrt()), &what);
                 }
@@ -86,6 +101,53 @@ backend_tests! {
                 Tol::for_dtype(dtype, (k as f64).sqrt()),
                 &format!("{config} {dtype} linear"),
             );
+            let fused = ops::linear_gelu(
+                &upload(device, &[b, l, k], &x, dtype),
+                &upload(device, &[n, k], &w, dtype),
+                Some(&upload(device, &[n], &bias, dtype)),
+            )
+            .unwrap();
+            assert_eq!(fused.shape(), [b, l, n]);
+            let want = ops::matmul::reference::matmul_gelu(&x, &w, Some(&bias), 1, b * l, k, n, true, true);
+            assert_close(
+                &fused.to_vec_f32().unwrap(),
+                &want,
+                Tol::for_dtype(dtype, (k as f64).sqrt()),
+                &format!("{config} {dtype} linear_gelu"),
+            );
+            // The block's gated residual: x + gate[b] * linear(h), one gate row per batch entry.
+            let residual = stored(&rng.vec(b * l * n, 1.0), dtype);
+            let gate = stored(&rng.vec(b * n, 1.0), dtype);
+            let tresidual = upload(device, &[b, l, n], &residual, dtype);
+            let tgate = upload(device, &[b, n], &gate, dtype);
+            let fused = ops::linear_gated_residual(
+                &upload(device, &[b, l, k], &x, dtype),
+                &upload(device, &[n, k], &w, dtype),
+                Some(&upload(device, &[n], &bias, dtype)),
+                &tresidual,
+                &tgate,
+            )
+            .unwrap();
+            assert_eq!(fused.shape(), [b, l, n]);
+            let linear = ops::matmul::reference::matmul(&x, &w, Some(&bias), 1, b * l, k, n, true, true);
+            let want = ops::matmul::reference::gated_residual(&linear, &residual, &gate, n, l);
+            assert_close(
+                &fused.to_vec_f32().unwrap(),
+                &want,
+                Tol::for_dtype(dtype, (k as f64).sqrt()),
+                &format!("{config} {dtype} linear_gated_residual"),
+            );
+            // A gate whose rows do not divide the output's rows is a shape error, not a wrong result.
+            let bad_gate = upload(device, &[b * l + 1, n], &vec![0.0; (b * l + 1) * n], dtype);
+            let err = ops::linear_gated_residual(
+                &upload(device, &[b, l, k], &x, dtype),
+                &upload(device, &[n, k], &w, dtype),
+                None,
+                &tresidual,
+                &bad_gate,
+            )
+            .expect_err("a gate of b * l + 1 rows");
+            assert!(err.to_string().contains("dividing the output"), "{err}");
         }
     }
 }

@@ -33,6 +33,7 @@ const REDUCE_SUBGROUP: &str = include_str!("../../../shaders/wgsl/reduce_subgrou
 /// The `Grid::Linear` contract, in every module.
 const GRID: &str = include_str!("../../../shaders/wgsl/grid.wgsl");
 const SEQUENCE: &str = include_str!("../../../shaders/wgsl/sequence.wgsl");
+const ACTIVATION: &str = include_str!("../../../shaders/wgsl/activation.wgsl");
 
 macro_rules! wgsl {
     ($name:literal) => {
@@ -43,14 +44,14 @@ macro_rules! wgsl {
 /// The family's own source and the shared snippets (plain WGSL functions) it needs.
 fn source(family: Family) -> (&'static str, &'static [&'static str]) {
     match family {
-        Family::Matmul => (wgsl!("matmul"), &[]),
+        Family::Matmul => (wgsl!("matmul"), &[ACTIVATION]),
         Family::Norm => (wgsl!("norm"), &[]),
         Family::Attention => (wgsl!("attention"), &[]),
         Family::Scan => (wgsl!("scan"), &[SEQUENCE]),
         Family::Ssd => (wgsl!("ssd"), &[SEQUENCE]),
         Family::ScanCarry => (wgsl!("scan_carry"), &[]),
         Family::Conv1d => (wgsl!("conv1d"), &[]),
-        Family::Elementwise => (wgsl!("elementwise"), &[]),
+        Family::Elementwise => (wgsl!("elementwise"), &[ACTIVATION]),
         Family::Embedding => (wgsl!("embedding"), &[]),
         Family::Copy => (wgsl!("copy"), &[]),
         Family::CastToF16 => (wgsl!("cast_to_f16"), &[]),
