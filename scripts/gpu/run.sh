@@ -39,7 +39,10 @@ step() {
 }
 bench() {
     local backend="$1"
-    step "bench-matmul-$backend" 90 $B/scalewise --backend "$backend" bench matmul --sizes 1024,2048,4096 \
+    # Square sizes, then VAR-d16's Linear shapes at batch 1 with CFG: the conditioning (2 rows), the
+    # last scale's QKV, fc1 and fc2 (512 rows); every kernel and what Auto picks.
+    step "bench-matmul-$backend" 120 $B/scalewise --backend "$backend" bench matmul --sizes 1024,2048,4096 \
+        --linear 2x1024x6144,512x1024x3072,512x1024x4096,512x4096x1024 \
         --dtype f32,f16 --naive-max 0 --iters 10 --json "$OUT/matmul-$backend.json"
     step "bench-attention-$backend" 200 $B/scalewise --backend "$backend" bench attention --grids 64x64,128x128,512x512 \
         --text 512 --heads 24 --head-dim 128 --dtype f16 --iters 3 --dense-max-tokens 20000 --json "$OUT/attention-$backend.json"
