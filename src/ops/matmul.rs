@@ -166,7 +166,7 @@ pub fn matmul_with(a: &Tensor, b: &Tensor, options: &MatmulOptions) -> Result<Te
                 return Err(shape_error(OP, a, x, format!("the residual must have the output's shape {out_shape:?}")));
             }
             let groups = if gate.shape().len() == 2 && gate.shape()[1] == n { gate.shape()[0] } else { 0 };
-            if groups == 0 || total_rows % groups != 0 {
+            if groups == 0 || !total_rows.is_multiple_of(groups) {
                 return Err(shape_error(
                     OP,
                     x,
