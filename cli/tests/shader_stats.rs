@@ -49,6 +49,7 @@ const VGPR_BUDGETS: &[(&str, &str, u32)] = &[
     ("resample", "upsample_nearest2x", 28),
     ("conv2d", "conv2d_tiled", 64),
     ("conv2d", "conv2d_naive", 28),
+    ("conv2d", "conv2d_gemm", 124),
     ("sample", "philox_words", 28),
     ("sample", "sample", 40),
     ("sample", "gumbel_softmax", 40),
@@ -59,7 +60,8 @@ const VGPR_BUDGETS: &[(&str, &str, u32)] = &[
 /// GEMM-like kernels held to issue 15's targets: at least this many FMAs per workgroup-memory word in
 /// their innermost loops (below it the workgroup-memory bandwidth, not the FMA units, bounds the
 /// loop), and at least this many waves per SIMD (to hide memory latency).
-const GEMM_TARGETS: &[(&str, &str, f64, f64)] = &[("matmul", "matmul_wide", 4.0, 8.0)];
+const GEMM_TARGETS: &[(&str, &str, f64, f64)] =
+    &[("matmul", "matmul_wide", 4.0, 8.0), ("conv2d", "conv2d_gemm", 4.0, 8.0)];
 
 #[test]
 fn every_kernel_compiles_for_rdna3_without_spills_within_its_vgpr_budget() {

@@ -140,3 +140,44 @@ SW_KERNEL(conv2d_naive, THREADS_1D, 1, 1,
     }
     store_f32(y, i, acc);
 }
+
+// Implicit-GEMM kernel for wide layers (conv2d_gemm in conv2d.wgsl): per image, y (Cout x H*W) =
+// weight (Cout x Cin*K*K) @ im2col(x) (Cin*K*K x H*W) on the shared wide GEMM tile (gemm_wide.cuh),
+// each element of im2col read from x where the tile fetches it (zero in the padding).
+struct ConvGemm {
+    static constexpr bool b_transposed = false;
+    const store_t* x;
+    const store_t* weight;
+    const store_t* bias;
+    store_t* y;
+    Conv2dParams p;
+};
+
+SW_DEVICE float gemm_a(const ConvGemm& g, u32 batch, u32 row, u32 kk) {
+    const u32 taps = g.p.cin * KSIZE * KSIZE;
+    return row < g.p.cout && kk < taps ? to_f32(g.weight[row * taps + kk]) : 0.0f;
+}
+
+SW_DEVICE float gemm_b(const ConvGemm& g, u32 batch, u32 kk, u32 col) {
+    const Conv2dParams& p = g.p;
+    if (kk >= p.cin * KSIZE * KSIZE || col >= p.height * p.width) return 0.0f;
+    const u32 ci = kk / (KSIZE * KSIZE);
+    const u32 tap = kk % (KSIZE * KSIZE);
+    const i32 pad = (i32)((KSIZE - 1u) / 2u);
+    const i32 iy = (i32)(col / p.width + tap / KSIZE) - pad;
+    const i32 ix = (i32)(col % p.width + tap % KSIZE) - pad;
+    if (iy < 0 || iy >= (i32)p.height || ix < 0 || ix >= (i32)p.width) return 0.0f;
+    return to_f32(g.x[((batch * p.cin + ci) * p.height + (u32)iy) * p.width + (u32)ix]);
+}
+
+SW_DEVICE void gemm_store(const ConvGemm& g, u32 batch, u32 row, u32 col, float sum) {
+    if (HAS_BIAS) sum += to_f32(g.bias[row]);
+    store_f32(g.y, (batch * g.p.cout + row) * g.p.height * g.p.width + col, sum);
+}
+
+SW_KERNEL(conv2d_gemm, MATMUL_SIDE, MATMUL_SIDE, 1,
+          (const store_t* x, const store_t* weight, const store_t* bias, store_t* y, const Conv2dParams p)) {
+    const ConvGemm g = {x, weight, bias, y, p};
+    gemm_wide_tile(g, blockIdx.z, blockIdx.y * WIDE_TILE, blockIdx.x * WIDE_TILE, p.cout, p.height * p.width,
+                   p.cin * KSIZE * KSIZE);
+}

@@ -120,80 +120,30 @@ SW_KERNEL(matmul_naive, MATMUL_SIDE, MATMUL_SIDE, 1,
     matmul_store(c, bias, residual, gate, p, batch, row, col, value);
 }
 
-// Wide kernel for large products (matmul_wide in matmul.wgsl): a 128 x 128 block of C per block of
-// 16 x 16 threads, 8 x 8 outputs per thread (rows 4ty..4ty+3 and 64+4ty..64+4ty+3, the same for
-// columns). K advances WIDE_K at a time through two shared-memory stages: the next step's 4 A and 4 B
-// elements are fetched into registers before the current stage is computed and stored into the other
-// stage after it, one barrier per step. For f16 with tensor cores the launcher keeps matmul_tiled_tc.
-SW_DEVICE void matmul_wide_fetch(const store_t* a, const store_t* b, const MatmulParams p, u32 batch, u32 row0,
-                                 u32 col0, u32 k0, u32 lid, float* na, float* nb) {
-    const u32 a_k = k0 + lid % WIDE_K;
-    const u32 a_row = row0 + 4u * (lid / WIDE_K);
-    const u32 b_k = B_TRANSPOSED ? k0 + lid % WIDE_K : k0 + lid / (WIDE_TILE / 4u);
-    const u32 b_col = col0 + 4u * (B_TRANSPOSED ? lid / WIDE_K : lid % (WIDE_TILE / 4u));
-    for (u32 i = 0; i < 4u; ++i) {
-        na[i] = matmul_load_a(a, p, batch, a_row + i, a_k);
-        nb[i] = matmul_load_b(b, p, batch, b_k, b_col + i);
-    }
-}
+// Wide kernel for large products (matmul_wide in matmul.wgsl): the shared wide GEMM tile
+// (gemm_wide.cuh), 128 x 128 outputs per block, 8 x 8 per thread, K double-buffered. For f16 with
+// tensor cores the launcher keeps matmul_tiled_tc.
+struct MatmulGemm {
+    static constexpr bool b_transposed = B_TRANSPOSED;
+    const store_t* a;
+    const store_t* b;
+    const store_t* bias;
+    const store_t* residual;
+    const store_t* gate;
+    store_t* c;
+    MatmulParams p;
+};
 
-// Where thread `lid`'s fetched elements go in a stage laid out [k][row] (A) and [k][col] (B).
-SW_DEVICE void matmul_wide_stash(float* stage_a, float* stage_b, u32 lid, const float* na, const float* nb) {
-    const u32 a_slot = (lid % WIDE_K) * WIDE_TILE + 4u * (lid / WIDE_K);
-    const u32 b_slot = B_TRANSPOSED ? a_slot : (lid / (WIDE_TILE / 4u)) * WIDE_TILE + 4u * (lid % (WIDE_TILE / 4u));
-    for (u32 i = 0; i < 4u; ++i) {
-        stage_a[a_slot + i] = na[i];
-        stage_b[b_slot + i] = nb[i];
-    }
+SW_DEVICE float gemm_a(const MatmulGemm& g, u32 batch, u32 row, u32 kk) { return matmul_load_a(g.a, g.p, batch, row, kk); }
+SW_DEVICE float gemm_b(const MatmulGemm& g, u32 batch, u32 kk, u32 col) { return matmul_load_b(g.b, g.p, batch, kk, col); }
+SW_DEVICE void gemm_store(const MatmulGemm& g, u32 batch, u32 row, u32 col, float sum) {
+    matmul_store(g.c, g.bias, g.residual, g.gate, g.p, batch, row, col, sum);
 }
 
 SW_KERNEL(matmul_wide, MATMUL_SIDE, MATMUL_SIDE, 1,
           MATMUL_ARGS) {
-    __shared__ float wide_a[2u * WIDE_K * WIDE_TILE];  // [stage][k][row]
-    __shared__ float wide_b[2u * WIDE_K * WIDE_TILE];  // [stage][k][col]
-    const u32 stage = WIDE_K * WIDE_TILE;
-    const u32 lid = threadIdx.x + threadIdx.y * MATMUL_SIDE;
-    const u32 batch = blockIdx.z;
-    const u32 row0 = blockIdx.y * WIDE_TILE;
-    const u32 col0 = blockIdx.x * WIDE_TILE;
-    float acc[8][8];
-    for (u32 i = 0; i < 8u; ++i)
-        for (u32 j = 0; j < 8u; ++j) acc[i][j] = 0.0f;
-    float na[4], nb[4];
-    matmul_wide_fetch(a, b, p, batch, row0, col0, 0u, lid, na, nb);
-    matmul_wide_stash(wide_a, wide_b, lid, na, nb);
-    __syncthreads();
-    const u32 tiles = (p.k + WIDE_K - 1u) / WIDE_K;
-    for (u32 t = 0; t < tiles; ++t) {
-        const u32 cur = (t % 2u) * stage;
-        const bool more = t + 1u < tiles;
-        if (more) matmul_wide_fetch(a, b, p, batch, row0, col0, (t + 1u) * WIDE_K, lid, na, nb);
-        for (u32 kk = 0; kk < WIDE_K; ++kk) {
-            const u32 base = cur + kk * WIDE_TILE;
-            float av[8], bv[8];
-            for (u32 i = 0; i < 4u; ++i) {
-                av[i] = wide_a[base + 4u * threadIdx.y + i];
-                av[4u + i] = wide_a[base + WIDE_TILE / 2u + 4u * threadIdx.y + i];
-                bv[i] = wide_b[base + 4u * threadIdx.x + i];
-                bv[4u + i] = wide_b[base + WIDE_TILE / 2u + 4u * threadIdx.x + i];
-            }
-            for (u32 i = 0; i < 8u; ++i)
-                for (u32 j = 0; j < 8u; ++j) acc[i][j] += av[i] * bv[j];
-        }
-        // The other stage was last read before the previous barrier.
-        if (more) matmul_wide_stash(wide_a + (stage - cur), wide_b + (stage - cur), lid, na, nb);
-        __syncthreads();
-    }
-    for (u32 i = 0; i < 8u; ++i) {
-        const u32 row = row0 + (i < 4u ? 4u * threadIdx.y + i : WIDE_TILE / 2u + 4u * threadIdx.y + i - 4u);
-        if (row >= p.m) continue;
-        for (u32 j = 0; j < 8u; ++j) {
-            const u32 col = col0 + (j < 4u ? 4u * threadIdx.x + j : WIDE_TILE / 2u + 4u * threadIdx.x + j - 4u);
-            if (col < p.n) {
-                matmul_store(c, bias, residual, gate, p, batch, row, col, acc[i][j]);
-            }
-        }
-    }
+    const MatmulGemm g = {a, b, bias, residual, gate, c, p};
+    gemm_wide_tile(g, blockIdx.z, blockIdx.y * WIDE_TILE, blockIdx.x * WIDE_TILE, p.m, p.n, p.k);
 }
 
 // Skinny kernel for at most SKINNY_ROWS rows of A (matmul_skinny in matmul.wgsl): SKINNY_COLS columns

@@ -173,3 +173,51 @@ fn conv2d_naive(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) g
     }
     y[i] = store_t(acc);
 }
+
+// Implicit-GEMM kernel for wide layers (64+ channels, the VQVAE decoder's body): per image, y (Cout x
+// H*W) = weight (Cout x Cin*K*K) @ im2col(x) (Cin*K*K x H*W), on the shared wide GEMM tile
+// (gemm_wide.wgsl). The im2col matrix is never stored: each element of B is read from x where the
+// GEMM fetches it (zero in the padding). Rows are output channels and columns pixels, so C is y's
+// own layout and consecutive threads fetch and store consecutive pixels.
+const B_TRANSPOSED: bool = false;
+
+fn gemm_a(batch: u32, row: u32, kk: u32) -> f32 {
+    let taps = p.cin * KSIZE * KSIZE;
+    if row < p.cout && kk < taps {
+        return f32(weight[row * taps + kk]);
+    }
+    return 0.0;
+}
+
+fn gemm_b(batch: u32, kk: u32, col: u32) -> f32 {
+    let pixels = p.height * p.width;
+    if kk >= p.cin * KSIZE * KSIZE || col >= pixels {
+        return 0.0;
+    }
+    let ci = kk / (KSIZE * KSIZE);
+    let tap = kk % (KSIZE * KSIZE);
+    let pad = i32((KSIZE - 1u) / 2u);
+    let iy = i32(col / p.width + tap / KSIZE) - pad;
+    let ix = i32(col % p.width + tap % KSIZE) - pad;
+    if iy < 0 || iy >= i32(p.height) || ix < 0 || ix >= i32(p.width) {
+        return 0.0;
+    }
+    return f32(x[((batch * p.cin + ci) * p.height + u32(iy)) * p.width + u32(ix)]);
+}
+
+fn gemm_store(batch: u32, row: u32, col: u32, sum: f32) {
+    var value = sum;
+    if HAS_BIAS {
+        value += f32(bias[row]);
+    }
+    y[(batch * p.cout + row) * p.height * p.width + col] = store_t(value);
+}
+
+@compute @workgroup_size(MATMUL_SIDE, MATMUL_SIDE)
+fn conv2d_gemm(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_id) local: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    gemm_wide_tile(wg.z, wg.y * WIDE_TILE, wg.x * WIDE_TILE, p.cout, p.height * p.width, p.cin * KSIZE * KSIZE, local, lid);
+}

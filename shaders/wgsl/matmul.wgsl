@@ -146,59 +146,18 @@ fn matmul_naive(@builtin(global_invocation_id) gid: vec3<u32>) {
     store_output(batch, row, col, value);
 }
 
-// Wide kernel for large products: a 128 x 128 block of C per workgroup of 16 x 16 threads, each thread
-// owning 8 x 8 outputs (rows 4ty..4ty+3 and 64+4ty..64+4ty+3, the same for columns), so one K step
-// reads 4 vec4 words from workgroup memory for 64 FMAs (4 FMAs per word against the 64 x 64 kernel's
-// 2). K advances WIDE_K at a time through two stages of workgroup memory: each thread fetches the next
-// step's 4 A and 4 B elements from global memory into registers before computing on the current
-// stage, so the loads are in flight during the FMAs, and stores them into the other stage afterwards;
-// one barrier per K step. Both stages fit in 16 KiB, WebGPU's default workgroup-memory limit.
-const WIDE_QUADS: u32 = WIDE_TILE / 4u; // vec4 words per K row of a stage
-const WIDE_STAGE: u32 = WIDE_K * WIDE_QUADS; // vec4 words per stage (one per thread)
-const WIDE_HALF: u32 = WIDE_TILE / 2u;
-
-var<workgroup> wide_a: array<vec4<f32>, 2u * WIDE_STAGE>; // [stage][k][row / 4]
-var<workgroup> wide_b: array<vec4<f32>, 2u * WIDE_STAGE>; // [stage][k][col / 4]
-
-// Thread `lid` fetches one vec4 of each stage: 4 consecutive rows of A (or columns of a transposed B)
-// at one k, consecutive threads on consecutive k of the same rows; a B stored K x N gives 4
-// consecutive columns, consecutive threads on consecutive columns.
-fn wide_fetch_a(batch: u32, row0: u32, k0: u32, lid: u32) -> vec4<f32> {
-    let kk = k0 + lid % WIDE_K;
-    let row = row0 + 4u * (lid / WIDE_K);
-    return vec4<f32>(load_a(batch, row, kk), load_a(batch, row + 1u, kk), load_a(batch, row + 2u, kk), load_a(batch, row + 3u, kk));
+// Wide kernel for large products: the shared wide GEMM tile (gemm_wide.wgsl), 128 x 128 outputs per
+// workgroup, 8 x 8 per thread, K double-buffered.
+fn gemm_a(batch: u32, row: u32, kk: u32) -> f32 {
+    return load_a(batch, row, kk);
 }
 
-fn wide_slot_a(lid: u32) -> u32 {
-    return (lid % WIDE_K) * WIDE_QUADS + lid / WIDE_K;
+fn gemm_b(batch: u32, kk: u32, col: u32) -> f32 {
+    return load_b(batch, kk, col);
 }
 
-fn wide_fetch_b(batch: u32, col0: u32, k0: u32, lid: u32) -> vec4<f32> {
-    var kk = k0 + lid / WIDE_QUADS;
-    var col = col0 + 4u * (lid % WIDE_QUADS);
-    if B_TRANSPOSED {
-        kk = k0 + lid % WIDE_K;
-        col = col0 + 4u * (lid / WIDE_K);
-    }
-    return vec4<f32>(load_b(batch, kk, col), load_b(batch, kk, col + 1u), load_b(batch, kk, col + 2u), load_b(batch, kk, col + 3u));
-}
-
-fn wide_slot_b(lid: u32) -> u32 {
-    if B_TRANSPOSED {
-        return (lid % WIDE_K) * WIDE_QUADS + lid / WIDE_K;
-    }
-    return lid;
-}
-
-fn wide_store(batch: u32, row: u32, col: u32, v: vec4<f32>) {
-    if row >= p.m {
-        return;
-    }
-    for (var j = 0u; j < 4u; j++) {
-        if col + j < p.n {
-            store_output(batch, row, col + j, v[j]);
-        }
-    }
+fn gemm_store(batch: u32, row: u32, col: u32, sum: f32) {
+    store_output(batch, row, col, sum);
 }
 
 @compute @workgroup_size(MATMUL_SIDE, MATMUL_SIDE)
@@ -207,89 +166,7 @@ fn matmul_wide(
     @builtin(local_invocation_id) local: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let batch = wg.z;
-    let row0 = wg.y * WIDE_TILE;
-    let col0 = wg.x * WIDE_TILE;
-    var c00 = vec4<f32>(0.0);
-    var c01 = vec4<f32>(0.0);
-    var c10 = vec4<f32>(0.0);
-    var c11 = vec4<f32>(0.0);
-    var c20 = vec4<f32>(0.0);
-    var c21 = vec4<f32>(0.0);
-    var c30 = vec4<f32>(0.0);
-    var c31 = vec4<f32>(0.0);
-    var c40 = vec4<f32>(0.0);
-    var c41 = vec4<f32>(0.0);
-    var c50 = vec4<f32>(0.0);
-    var c51 = vec4<f32>(0.0);
-    var c60 = vec4<f32>(0.0);
-    var c61 = vec4<f32>(0.0);
-    var c70 = vec4<f32>(0.0);
-    var c71 = vec4<f32>(0.0);
-    let tiles = (p.k + WIDE_K - 1u) / WIDE_K;
-    wide_a[wide_slot_a(lid)] = wide_fetch_a(batch, row0, 0u, lid);
-    wide_b[wide_slot_b(lid)] = wide_fetch_b(batch, col0, 0u, lid);
-    workgroupBarrier();
-    for (var t = 0u; t < tiles; t++) {
-        let cur = (t % 2u) * WIDE_STAGE;
-        let more = t + 1u < tiles;
-        var next_a = vec4<f32>(0.0);
-        var next_b = vec4<f32>(0.0);
-        if more {
-            next_a = wide_fetch_a(batch, row0, (t + 1u) * WIDE_K, lid);
-            next_b = wide_fetch_b(batch, col0, (t + 1u) * WIDE_K, lid);
-        }
-        for (var kk = 0u; kk < WIDE_K; kk++) {
-            let base = cur + kk * WIDE_QUADS;
-            let a_lo = wide_a[base + local.y];
-            let a_hi = wide_a[base + MATMUL_SIDE + local.y];
-            let b_lo = wide_b[base + local.x];
-            let b_hi = wide_b[base + MATMUL_SIDE + local.x];
-            c00 += a_lo.x * b_lo;
-            c01 += a_lo.x * b_hi;
-            c10 += a_lo.y * b_lo;
-            c11 += a_lo.y * b_hi;
-            c20 += a_lo.z * b_lo;
-            c21 += a_lo.z * b_hi;
-            c30 += a_lo.w * b_lo;
-            c31 += a_lo.w * b_hi;
-            c40 += a_hi.x * b_lo;
-            c41 += a_hi.x * b_hi;
-            c50 += a_hi.y * b_lo;
-            c51 += a_hi.y * b_hi;
-            c60 += a_hi.z * b_lo;
-            c61 += a_hi.z * b_hi;
-            c70 += a_hi.w * b_lo;
-            c71 += a_hi.w * b_hi;
-        }
-        // The other stage was last read before the previous barrier, so it can be overwritten now.
-        if more {
-            let next = WIDE_STAGE - cur;
-            wide_a[next + wide_slot_a(lid)] = next_a;
-            wide_b[next + wide_slot_b(lid)] = next_b;
-        }
-        workgroupBarrier();
-    }
-    let row_lo = row0 + 4u * local.y;
-    let row_hi = row_lo + WIDE_HALF;
-    let col_lo = col0 + 4u * local.x;
-    let col_hi = col_lo + WIDE_HALF;
-    wide_store(batch, row_lo + 0u, col_lo, c00);
-    wide_store(batch, row_lo + 0u, col_hi, c01);
-    wide_store(batch, row_lo + 1u, col_lo, c10);
-    wide_store(batch, row_lo + 1u, col_hi, c11);
-    wide_store(batch, row_lo + 2u, col_lo, c20);
-    wide_store(batch, row_lo + 2u, col_hi, c21);
-    wide_store(batch, row_lo + 3u, col_lo, c30);
-    wide_store(batch, row_lo + 3u, col_hi, c31);
-    wide_store(batch, row_hi + 0u, col_lo, c40);
-    wide_store(batch, row_hi + 0u, col_hi, c41);
-    wide_store(batch, row_hi + 1u, col_lo, c50);
-    wide_store(batch, row_hi + 1u, col_hi, c51);
-    wide_store(batch, row_hi + 2u, col_lo, c60);
-    wide_store(batch, row_hi + 2u, col_hi, c61);
-    wide_store(batch, row_hi + 3u, col_lo, c70);
-    wide_store(batch, row_hi + 3u, col_hi, c71);
+    gemm_wide_tile(wg.z, wg.y * WIDE_TILE, wg.x * WIDE_TILE, p.m, p.n, p.k, local, lid);
 }
 
 // Skinny kernel for at most SKINNY_ROWS rows of A (the conditioning, the first scales): GEMV-like, so

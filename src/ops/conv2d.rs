@@ -19,12 +19,37 @@ const MAX_CIN_CHUNK: usize = 16;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Conv2dAlgorithm {
+    /// The implicit GEMM where both channel counts are at least [`GEMM_MIN_CHANNELS`], the direct
+    /// tiled kernel for narrower layers.
+    #[default]
+    Auto,
     /// 16 x 8 pixels x 32 output channels per workgroup, input patch and weights through workgroup
     /// memory.
-    #[default]
     Tiled,
+    /// Per image, y (Cout x H*W) = weight (Cout x Cin*k*k) @ im2col(x) on the wide matmul's
+    /// 128 x 128 tile, the im2col matrix read from x where the tile fetches it (never stored).
+    ImplicitGemm,
     /// One thread per output, straight from global memory: the benchmark baseline.
     Naive,
+}
+
+/// Below this many input or output channels the 128 x 128 GEMM tile is mostly padding (a 3-channel
+/// image, a 32-channel layer), and the direct kernel's 32-channel blocks fit better.
+pub const GEMM_MIN_CHANNELS: usize = 64;
+
+impl Conv2dAlgorithm {
+    /// Every kernel, for tests and benchmarks.
+    pub const KERNELS: [Conv2dAlgorithm; 3] =
+        [Conv2dAlgorithm::Tiled, Conv2dAlgorithm::ImplicitGemm, Conv2dAlgorithm::Naive];
+
+    /// The kernel [`Conv2dAlgorithm::Auto`] runs for `cin` input and `cout` output channels.
+    pub fn choose(cin: usize, cout: usize) -> Self {
+        if cin >= GEMM_MIN_CHANNELS && cout >= GEMM_MIN_CHANNELS {
+            Conv2dAlgorithm::ImplicitGemm
+        } else {
+            Conv2dAlgorithm::Tiled
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -97,13 +122,27 @@ pub fn conv2d_with(x: &Tensor, weight: &Tensor, options: &Conv2dOptions) -> Resu
         tiles: index_u32(OP, "tiles", tiles_x * tiles_y)?,
         cout_blocks: cout_blocks as u32,
     };
+    let algorithm = match options.algorithm {
+        Conv2dAlgorithm::Auto => Conv2dAlgorithm::choose(cin, cout),
+        chosen => chosen,
+    };
+    index_u32(OP, "weights per output channel", cin * k * k)?;
+    // Only the direct tiled kernel stages input channels; the others share one pipeline for every Cin.
+    let chunk = if algorithm == Conv2dAlgorithm::Tiled { cin_chunk(k, cin) } else { 1 };
     let constants = Constants::new(Family::Conv2d)
         .set("KSIZE", k as u32)
         .set("HAS_BIAS", options.bias.is_some())
-        .set("CIN_CHUNK", cin_chunk(k, cin) as u32);
+        .set("CIN_CHUNK", chunk as u32);
     let bindings = [x.arg("x"), weight.arg("weight"), options.bias.unwrap_or(weight).arg("bias"), out.arg_mut("y")];
-    let (entry, grid) = match options.algorithm {
-        Conv2dAlgorithm::Tiled => ("conv2d_tiled", Grid::Linear((tiles_x * tiles_y * cout_blocks * batch) as u64)),
+    let (entry, grid) = match algorithm {
+        Conv2dAlgorithm::Tiled | Conv2dAlgorithm::Auto => {
+            ("conv2d_tiled", Grid::Linear((tiles_x * tiles_y * cout_blocks * batch) as u64))
+        }
+        Conv2dAlgorithm::ImplicitGemm => {
+            let wide = size::WIDE_TILE as usize;
+            let groups = [(height * width).div_ceil(wide) as u32, cout.div_ceil(wide) as u32, batch as u32];
+            ("conv2d_gemm", Grid::Groups(groups))
+        }
         Conv2dAlgorithm::Naive => ("conv2d_naive", elements(out.numel())),
     };
     launch(x, Family::Conv2d, entry, dtype, &constants, &bindings, &params, grid)?;

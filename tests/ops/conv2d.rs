@@ -1,4 +1,4 @@
-//! conv2d (tiled and naive) with k = 1, 3, 5, 7 on shapes that are not multiples of the tiles, against
+//! conv2d (tiled, implicit GEMM and naive) with k = 1, 3, 5, 7 on shapes that are not multiples of the tiles, against
 //! the float64 reference; typed errors for bad arguments (the VQVAE's other ops' errors included).
 
 use crate::common::{Rng, Seeded, Tol, assert_close, dtypes, full_device};
@@ -45,6 +45,10 @@ backend_tests! {
                 ConvCase { batch: 1, cin: 7, cout: 3, height: 8, width: 16, k: 5, bias: true },
                 ConvCase { batch: 1, cin: 5, cout: 65, height: 3, width: 2, k: 3, bias: false },
                 ConvCase { batch: 1, cin: 3, cout: 6, height: 10, width: 13, k: 7, bias: true },
+                // The implicit GEMM's shapes: Cout past one 128-row tile, H * W past one 128-pixel
+                // tile, Cin * k * k not a multiple of its K step.
+                ConvCase { batch: 2, cin: 67, cout: 131, height: 12, width: 11, k: 3, bias: true },
+                ConvCase { batch: 1, cin: 64, cout: 70, height: 5, width: 29, k: 1, bias: false },
             ];
             for _ in 0..4 {
                 cases.push(ConvCase {
@@ -58,7 +62,7 @@ backend_tests! {
                 });
             }
             for case in cases {
-                for algorithm in [Conv2dAlgorithm::Tiled, Conv2dAlgorithm::Naive] {
+                for algorithm in Conv2dAlgorithm::KERNELS.into_iter().chain([Conv2dAlgorithm::Auto]) {
                     let what = format!("{config} {dtype} {algorithm:?} {case:?}");
                     check_conv(device, &mut rng, dtype, case, algorithm, &what);
                 }
@@ -69,7 +73,12 @@ backend_tests! {
 
 #[test]
 fn conv2d_default_is_the_tiled_kernel_and_equals_naive() {
-    assert_eq!(Conv2dOptions::default().algorithm, Conv2dAlgorithm::Tiled, "the default conv2d is the tiled kernel");
+    assert_eq!(Conv2dOptions::default().algorithm, Conv2dAlgorithm::Auto, "the default conv2d chooses by shape");
+    // The implicit GEMM only where both sides have 64 channels or more (the decoder's body).
+    assert_eq!(Conv2dAlgorithm::choose(160, 160), Conv2dAlgorithm::ImplicitGemm);
+    assert_eq!(Conv2dAlgorithm::choose(64, 64), Conv2dAlgorithm::ImplicitGemm);
+    assert_eq!(Conv2dAlgorithm::choose(160, 3), Conv2dAlgorithm::Tiled);
+    assert_eq!(Conv2dAlgorithm::choose(32, 128), Conv2dAlgorithm::Tiled);
     let mut rng = Rng::for_test("conv2d_default");
     let device = full_device();
     let (cin, cout, h, w) = (20, 35, 18, 33);

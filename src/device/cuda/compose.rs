@@ -57,7 +57,7 @@ const CPU_SHIM: &str = cuda!("cpu_shim.h");
 /// The family's file name and the shared snippets it needs after the constants.
 fn files(family: Family) -> (&'static str, &'static [&'static str]) {
     match family {
-        Family::Matmul => ("matmul.cu", &["tensor_core.cuh"]),
+        Family::Matmul => ("matmul.cu", &["tensor_core.cuh", "gemm_wide.cuh"]),
         Family::Attention => ("attention.cu", &["tensor_core.cuh"]),
         Family::Scan => ("scan.cu", &["sequence.cuh"]),
         Family::Ssd => ("ssd.cu", &["sequence.cuh"]),
@@ -70,7 +70,7 @@ fn files(family: Family) -> (&'static str, &'static [&'static str]) {
         Family::CastToF16 => ("cast_to_f16.cu", &[]),
         Family::CastToF32 => ("cast_to_f32.cu", &[]),
         Family::Resample => ("resample.cu", &[]),
-        Family::Conv2d => ("conv2d.cu", &[]),
+        Family::Conv2d => ("conv2d.cu", &["gemm_wide.cuh"]),
         Family::Sample => ("sample.cu", &[]),
         Family::QkvHeads => ("qkv_heads.cu", &[]),
         Family::Residual => ("residual.cu", &[]),
@@ -102,6 +102,7 @@ fn embedded(file: &str) -> Option<&'static str> {
         "residual.cu" => cuda!("residual.cu"),
         "tensor_core.cuh" => cuda!("tensor_core.cuh"),
         "sequence.cuh" => cuda!("sequence.cuh"),
+        "gemm_wide.cuh" => cuda!("gemm_wide.cuh"),
         _ => return None,
     })
 }

@@ -34,6 +34,7 @@ const REDUCE_SUBGROUP: &str = include_str!("../../../shaders/wgsl/reduce_subgrou
 const GRID: &str = include_str!("../../../shaders/wgsl/grid.wgsl");
 const SEQUENCE: &str = include_str!("../../../shaders/wgsl/sequence.wgsl");
 const ACTIVATION: &str = include_str!("../../../shaders/wgsl/activation.wgsl");
+const GEMM_WIDE: &str = include_str!("../../../shaders/wgsl/gemm_wide.wgsl");
 
 macro_rules! wgsl {
     ($name:literal) => {
@@ -44,7 +45,7 @@ macro_rules! wgsl {
 /// The family's own source and the shared snippets (plain WGSL functions) it needs.
 fn source(family: Family) -> (&'static str, &'static [&'static str]) {
     match family {
-        Family::Matmul => (wgsl!("matmul"), &[ACTIVATION]),
+        Family::Matmul => (wgsl!("matmul"), &[ACTIVATION, GEMM_WIDE]),
         Family::Norm => (wgsl!("norm"), &[]),
         Family::Attention => (wgsl!("attention"), &[]),
         Family::Scan => (wgsl!("scan"), &[SEQUENCE]),
@@ -57,7 +58,7 @@ fn source(family: Family) -> (&'static str, &'static [&'static str]) {
         Family::CastToF16 => (wgsl!("cast_to_f16"), &[]),
         Family::CastToF32 => (wgsl!("cast_to_f32"), &[]),
         Family::Resample => (wgsl!("resample"), &[]),
-        Family::Conv2d => (wgsl!("conv2d"), &[]),
+        Family::Conv2d => (wgsl!("conv2d"), &[GEMM_WIDE]),
         Family::Sample => (wgsl!("sample"), &[]),
         Family::QkvHeads => (wgsl!("qkv_heads"), &[]),
         Family::Residual => (wgsl!("residual"), &[]),
