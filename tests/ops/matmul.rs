@@ -160,9 +160,15 @@ backend_tests! {
         assert_eq!(choose(1, 8, 4096, true), MatmulAlgorithm::Skinny, "{config}");
         // Few rows against a K x N b would read b across its rows: the tiled kernel.
         assert_eq!(choose(1, 2, 1024, false), MatmulAlgorithm::Tiled, "{config}");
-        // 512 x 4096 is 128 wide tiles; 512 x 1024 only 32, so the 64 x 64 kernel's 128 are better.
+        // 512 x 4096 is 128 wide tiles: wide everywhere.
         assert_eq!(choose(1, 512, 4096, true), MatmulAlgorithm::Wide, "{config}");
-        assert_eq!(choose(1, 512, 1024, true), MatmulAlgorithm::Tiled, "{config}");
         assert_eq!(choose(16, 256, 256, false), MatmulAlgorithm::Wide, "{config}");
+        // 512 x 1024 is only 32 wide tiles: a GPU gets the 64 x 64 kernel's 128 workgroups, a CPU
+        // adapter (no idle units to fill) the wide tile.
+        let cpu = device.caps().is_cpu;
+        let want = if cpu { MatmulAlgorithm::Wide } else { MatmulAlgorithm::Tiled };
+        assert_eq!(choose(1, 512, 1024, true), want, "{config} (CPU adapter: {cpu})");
+        // Under half a wide tile's rows: the 64 x 64 kernel on any device.
+        assert_eq!(choose(1, 40, 1024, true), MatmulAlgorithm::Tiled, "{config}");
     }
 }
