@@ -11,7 +11,7 @@ use crate::ops::conv1d::{CausalConv1d, Conv1dOutput, causal_conv1d};
 use crate::ops::scan::{
     SelectiveScan, SequenceLayout, SsdForm, SsdScan, check_finite_host_a, selective_scan_checked, ssd_scan_checked,
 };
-use crate::ops::{linear, mul, rms_norm, silu};
+use crate::ops::{GatedResidual, linear, linear_gated_residual, mul, rms_norm, silu};
 use crate::tensor::Tensor;
 use crate::weights::Weights;
 
@@ -262,6 +262,17 @@ impl Mamba2Block {
     }
 
     pub fn forward(&self, x: &Tensor, state: Option<&MambaState>) -> Result<(Tensor, MambaState)> {
+        self.forward_with(x, state, None)
+    }
+
+    /// [`Mamba2Block::forward`] whose output projection also adds a gated residual (x + gate\[b\] *
+    /// out) in the same kernel, as a block around the layer would next.
+    pub fn forward_with(
+        &self,
+        x: &Tensor,
+        state: Option<&MambaState>,
+        residual: Option<GatedResidual>,
+    ) -> Result<(Tensor, MambaState)> {
         let (batch, length) = check_input(x, self.d_model, self.dtype, "Mamba2Block::forward")?;
         let gn = self.n_groups * self.d_state;
         let zxbcdt = linear(x, &self.in_proj, None)?;
@@ -290,8 +301,17 @@ impl Mamba2Block {
         // Gated RMSNorm, normalised per group of d_inner / ngroups channels, then the weight.
         let gated = mul(&scan.y, &silu(&z)?)?;
         let per_group = [batch, length, self.n_groups, self.d_inner / self.n_groups];
-        let normed = rms_norm(&gated.reshape(&per_group)?, None, 1e-5)?.reshape(&[batch, length, self.d_inner])?;
-        let out = linear(&mul(&normed, &self.norm_weight)?, &self.out_proj, None)?;
+        // With one group the weight spans the normalised dimension, so the norm applies it itself.
+        let weighted = if self.n_groups == 1 {
+            rms_norm(&gated, Some(&self.norm_weight), 1e-5)?
+        } else {
+            let normed = rms_norm(&gated.reshape(&per_group)?, None, 1e-5)?.reshape(&[batch, length, self.d_inner])?;
+            mul(&normed, &self.norm_weight)?
+        };
+        let out = match residual {
+            Some(GatedResidual { x, gate }) => linear_gated_residual(&weighted, &self.out_proj, None, x, gate)?,
+            None => linear(&weighted, &self.out_proj, None)?,
+        };
         Ok((out, MambaState { conv: conv.state, ssm: scan.final_state }))
     }
 }

@@ -23,7 +23,9 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::ops::attention::{AttentionLayout, AttentionOptions, attention};
 use crate::ops::scan::check_finite_host_a;
-use crate::ops::{QkvHeads, adaln_layer_norm, gated_residual, linear, linear_gated_residual, linear_gelu, qkv_heads};
+use crate::ops::{
+    GatedResidual, QkvHeads, adaln_layer_norm, gated_residual, linear, linear_gated_residual, linear_gelu, qkv_heads,
+};
 use crate::tensor::Tensor;
 use crate::weights::Weights;
 
@@ -408,12 +410,14 @@ impl MvarModel {
             x = linear_gated_residual(&o, &block.proj_weight, Some(&block.proj_bias), &x, gamma1)?;
             // Mamba-2 over the multi-scale sequence.
             entering(BlockPart::Mamba)?;
-            let m = match state.history {
+            x = match state.history {
                 ScaleHistory::CarryState => {
+                    // The output projection adds the gated residual itself.
                     let h = adaln_layer_norm(&x, scale2, shift2, LN_EPS)?;
-                    let (m, carried) = block.mamba.forward(&h, state.carried[i].as_ref())?;
+                    let residual = GatedResidual { x: &x, gate: gamma2 };
+                    let (x, carried) = block.mamba.forward_with(&h, state.carried[i].as_ref(), Some(residual))?;
                     state.carried[i] = Some(carried);
-                    m
+                    x
                 }
                 ScaleHistory::RecomputePrefix => {
                     let seq = match &state.prefix[i] {
@@ -422,11 +426,10 @@ impl MvarModel {
                     };
                     let (m, _) = block.mamba.forward(&adaln_layer_norm(&seq, scale2, shift2, LN_EPS)?, None)?;
                     state.prefix[i] = Some(seq);
-                    m.slice(1, state.len..state.len + tokens)?
+                    gated_residual(&x, &m.slice(1, state.len..state.len + tokens)?, gamma2)?
                 }
             };
             entering(BlockPart::Rest)?;
-            x = gated_residual(&x, &m, gamma2)?;
             let h = adaln_layer_norm(&x, scale3, shift3, LN_EPS)?;
             let h = linear_gelu(&h, &block.fc1_weight, Some(&block.fc1_bias))?;
             x = linear_gated_residual(&h, &block.fc2_weight, Some(&block.fc2_bias), &x, gamma3)?;
