@@ -245,25 +245,6 @@ pub mod reference {
         y.iter().enumerate().map(|(i, &v)| x[i] as f64 + v * gate[(i / n / gate_rows) * n + i % n] as f64).collect()
     }
 
-    /// [`matmul`] followed by GELU (tanh), in float64.
-    #[allow(clippy::too_many_arguments)]
-    pub fn matmul_gelu(
-        a: &[f32],
-        b: &[f32],
-        bias: Option<&[f32]>,
-        batch: usize,
-        m: usize,
-        k: usize,
-        n: usize,
-        transpose_b: bool,
-        b_shared: bool,
-    ) -> Vec<f64> {
-        matmul(a, b, bias, batch, m, k, n, transpose_b, b_shared)
-            .into_iter()
-            .map(crate::ops::elementwise::reference::gelu_tanh_f64)
-            .collect()
-    }
-
     /// a: batch x m x k, b: (batch or 1) x k x n (or n x k when `transpose_b`), bias: n.
     #[allow(clippy::too_many_arguments)]
     pub fn matmul(
