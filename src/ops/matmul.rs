@@ -29,7 +29,7 @@ pub enum MatmulAlgorithm {
 pub const WIDE_MIN_GROUPS: u64 = 64;
 
 impl MatmulAlgorithm {
-    /// Every kernel, for tests and benchmarks; [`MatmulAlgorithm::Auto`] is one of them.
+    /// Every kernel, for tests and benchmarks ([`MatmulAlgorithm::Auto`] is not one: it picks one).
     pub const KERNELS: [MatmulAlgorithm; 4] =
         [MatmulAlgorithm::Tiled, MatmulAlgorithm::Wide, MatmulAlgorithm::Skinny, MatmulAlgorithm::Naive];
 
