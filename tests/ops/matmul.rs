@@ -90,66 +90,29 @@ backend_tests! {
             let x = stored(&rng.vec(b * l * k, 1.0), dtype);
             let w = stored(&rng.vec(n * k, 1.0), dtype);
             let bias = stored(&rng.vec(n, 1.0), dtype);
-            let out = ops::linear(
-                &upload(device, &[b, l, k], &x, dtype),
-                &upload(device, &[n, k], &w, dtype),
-                Some(&upload(device, &[n], &bias, dtype)),
-            )
-            .unwrap();
-            assert_eq!(out.shape(), [b, l, n]);
-            let want = ops::matmul::reference::matmul(&x, &w, Some(&bias), 1, b * l, k, n, true, true);
-            assert_close(
-                &out.to_vec_f32().unwrap(),
-                &want,
-                Tol::for_dtype(dtype, (k as f64).sqrt()),
-                &format!("{config} {dtype} linear"),
-            );
-            let fused = ops::linear_gelu(
-                &upload(device, &[b, l, k], &x, dtype),
-                &upload(device, &[n, k], &w, dtype),
-                Some(&upload(device, &[n], &bias, dtype)),
-            )
-            .unwrap();
-            assert_eq!(fused.shape(), [b, l, n]);
+            // Each tensor uploaded once; the three Linear forms share the float64 reference.
+            let (tx, tw, tbias) = (upload(device, &[b, l, k], &x, dtype), upload(device, &[n, k], &w, dtype), upload(device, &[n], &bias, dtype));
             let linear = ops::matmul::reference::matmul(&x, &w, Some(&bias), 1, b * l, k, n, true, true);
-            let want: Vec<f64> = linear.iter().copied().map(gelu_tanh_f64).collect();
-            assert_close(
-                &fused.to_vec_f32().unwrap(),
-                &want,
-                Tol::for_dtype(dtype, (k as f64).sqrt()),
-                &format!("{config} {dtype} linear_gelu"),
-            );
+            let check = |got: scalewise::Tensor, want: &[f64], what: &str| {
+                assert_eq!(got.shape(), [b, l, n], "{what}");
+                let tol = Tol::for_dtype(dtype, (k as f64).sqrt());
+                assert_close(&got.to_vec_f32().unwrap(), want, tol, &format!("{config} {dtype} {what}"));
+            };
+            check(ops::linear(&tx, &tw, Some(&tbias)).unwrap(), &linear, "linear");
+            let gelu: Vec<f64> = linear.iter().copied().map(gelu_tanh_f64).collect();
+            check(ops::linear_gelu(&tx, &tw, Some(&tbias)).unwrap(), &gelu, "linear_gelu");
             // The block's gated residual: x + gate[b] * linear(h), one gate row per batch entry.
             let residual = stored(&rng.vec(b * l * n, 1.0), dtype);
             let gate = stored(&rng.vec(b * n, 1.0), dtype);
             let tresidual = upload(device, &[b, l, n], &residual, dtype);
             let tgate = upload(device, &[b, n], &gate, dtype);
-            let fused = ops::linear_gated_residual(
-                &upload(device, &[b, l, k], &x, dtype),
-                &upload(device, &[n, k], &w, dtype),
-                Some(&upload(device, &[n], &bias, dtype)),
-                &tresidual,
-                &tgate,
-            )
-            .unwrap();
-            assert_eq!(fused.shape(), [b, l, n]);
-            let want = ops::matmul::reference::gated_residual(&linear, &residual, &gate, n, l);
-            assert_close(
-                &fused.to_vec_f32().unwrap(),
-                &want,
-                Tol::for_dtype(dtype, (k as f64).sqrt()),
-                &format!("{config} {dtype} linear_gated_residual"),
-            );
+            let gated = ops::matmul::reference::gated_residual(&linear, &residual, &gate, n, l);
+            let fused = ops::linear_gated_residual(&tx, &tw, Some(&tbias), &tresidual, &tgate).unwrap();
+            check(fused, &gated, "linear_gated_residual");
             // A gate whose rows do not divide the output's rows is a shape error, not a wrong result.
             let bad_gate = upload(device, &[b * l + 1, n], &vec![0.0; (b * l + 1) * n], dtype);
-            let err = ops::linear_gated_residual(
-                &upload(device, &[b, l, k], &x, dtype),
-                &upload(device, &[n, k], &w, dtype),
-                None,
-                &tresidual,
-                &bad_gate,
-            )
-            .expect_err("a gate of b * l + 1 rows");
+            let err = ops::linear_gated_residual(&tx, &tw, None, &tresidual, &bad_gate)
+                .expect_err("a gate of b * l + 1 rows");
             assert!(err.to_string().contains("dividing the output"), "{err}");
         }
     }
