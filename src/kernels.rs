@@ -333,10 +333,12 @@ families! {
         params: SampleParams, reductions: true, dtypes: &[DType::F32],
         constants: [CFG: Bool, KEEP_FILTERED: Bool],
     }
-    /// VAR attention input: split the fused qkv into heads, cosine-normalise, append K/V to the caches.
+    /// VAR attention input: split the fused qkv into heads, cosine-normalise, append K/V to the caches;
+    /// `qkv_attention` also attends the new tokens over the cache, on the attention family's tiles.
     QkvHeads = "qkv_heads" {
         params: QkvParams, reductions: true, dtypes: FLOATS,
-        constants: [L2_NORM: Bool],
+        constants: [L2_NORM: Bool, HEAD_DIM: U32, BLOCK_Q: U32, BLOCK_KV: U32, THREADS: U32, Q_TILE_VECS: U32,
+                    KV_TILE_VECS: U32],
     }
     /// The AdaLN-gated residual add of a VAR block.
     Residual = "residual" {
@@ -462,11 +464,19 @@ params! {
 
     ElementwiseParams {
         n: u32,
-        /// Binary ops: b has rhs_n elements and repeats over a.
+        /// Binary ops: b has rhs_n elements and repeats over the output.
         rhs_n: u32,
+        /// a has lhs_n elements and repeats over the output (n for all but `add_repeat`).
+        lhs_n: u32,
     }
 
-    EmbeddingParams { n: u32, dim: u32, vocab: u32 }
+    EmbeddingParams {
+        n: u32,
+        dim: u32,
+        vocab: u32,
+        /// embedding_channels_first: ids per batch entry.
+        tokens: u32,
+    }
 
     CopyParams { total: u32, count: u32, inner: u32, src_len: u32, src_start: u32, dst_len: u32, dst_start: u32 }
 
@@ -516,7 +526,16 @@ params! {
         uncond_offset: u32,
     }
 
-    QkvParams { rows: u32, tokens: u32, heads: u32, dim: u32, cap: u32, start: u32 }
+    QkvParams {
+        rows: u32,
+        tokens: u32,
+        heads: u32,
+        dim: u32,
+        cap: u32,
+        start: u32,
+        /// qkv_attention: the softmax scale (1 for cosine attention).
+        scale: f32,
+    }
 
     ResidualParams {
         n: u32,

@@ -2,8 +2,10 @@
 // serves unary and binary ops; unary launchers bind their input as `b` too.
 struct ElementwiseParams {
     n: u32,
-    // Binary ops: b has rhs_n elements and repeats over a (b's shape is a trailing part of a's).
+    // Binary ops: b has rhs_n elements and repeats over the output (b's shape is a trailing part of a's).
     rhs_n: u32,
+    // a has lhs_n elements and repeats over the output (n but for add_repeat's copies).
+    lhs_n: u32,
 }
 
 @group(0) @binding(0) var<storage, read> a: array<store_t>;
@@ -15,7 +17,7 @@ struct ElementwiseParams {
 fn add(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let i = grid_workgroup(wg, groups) * THREADS_1D + lid;
     if i < p.n {
-        out[i] = store_t(f32(a[i]) + f32(b[i % p.rhs_n]));
+        out[i] = store_t(f32(a[i % p.lhs_n]) + f32(b[i % p.rhs_n]));
     }
 }
 
@@ -23,7 +25,7 @@ fn add(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: ve
 fn mul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let i = grid_workgroup(wg, groups) * THREADS_1D + lid;
     if i < p.n {
-        out[i] = store_t(f32(a[i]) * f32(b[i % p.rhs_n]));
+        out[i] = store_t(f32(a[i % p.lhs_n]) * f32(b[i % p.rhs_n]));
     }
 }
 

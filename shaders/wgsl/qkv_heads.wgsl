@@ -4,6 +4,9 @@
 // (F.normalize, eps 1e-12) and q is multiplied by the head's temperature exp(min(scale_mul, ln 100))
 // (computed on the host): cosine attention run with softmax scale 1.
 // One workgroup of REDUCE_WG threads per (token, head); head_dim is any size.
+//
+// qkv_attention does the same and the attention of the new tokens over the whole cache in one
+// kernel, on the tile machinery of attention_tile.wgsl (one dispatch instead of two per block).
 override L2_NORM: bool = true;
 
 struct QkvParams {
@@ -13,10 +16,13 @@ struct QkvParams {
     dim: u32,
     cap: u32,
     start: u32,
+    // qkv_attention: the softmax scale (1 for cosine attention).
+    scale: f32,
 }
 
 @group(0) @binding(0) var<storage, read> qkv: array<store_t>;
 @group(0) @binding(1) var<storage, read> head_scale: array<f32>;
+// q (qkv_heads) or the attention output (qkv_attention), (R, H, D).
 @group(0) @binding(2) var<storage, read_write> q: array<store_t>;
 @group(0) @binding(3) var<storage, read_write> k_cache: array<store_t>;
 @group(0) @binding(4) var<storage, read_write> v_cache: array<store_t>;
@@ -61,4 +67,196 @@ fn qkv_heads(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) grou
         k_cache[cache_base + d] = store_t(f32(qkv[k_base + d]) * k_scale);
         v_cache[cache_base + d] = qkv[v_base + d];
     }
+}
+
+// ---- qkv_attention: the split above fused with the attention of the new tokens ----
+//
+// Workgroup = (block of BLOCK_Q new tokens, batch * head). Keys [0, start) are read from the caches
+// (written, normalised, by earlier calls); keys [start, start + tokens) straight from qkv,
+// normalised in the tile, so no workgroup waits for another's cache writes. Each workgroup writes
+// its own tokens' keys and values into the caches for later calls. Normalised rows go through
+// store_t, as qkv_heads stores them, so the fused kernel attends exactly what the cache would hold.
+// Here p.dim == HEAD_DIM.
+
+fn qkv_width() -> u32 {
+    return p.heads * HEAD_DIM;
+}
+
+fn attn_head(bh: u32) -> Head {
+    let b = bh / p.heads;
+    let h = bh % p.heads;
+    let width = qkv_width();
+    return Head(b * p.tokens * 3u * width + h * HEAD_DIM, b * p.cap * width + h * HEAD_DIM, b * p.tokens * width + h * HEAD_DIM, b, h);
+}
+
+// Components [4c, 4c + 4) of `part` (0 q, 1 k, 2 v) of new token `token`, zero past HEAD_DIM.
+fn qkv_vec(head: Head, part: u32, token: u32, c: u32) -> vec4<f32> {
+    let base = head.q_base + token * 3u * qkv_width() + part * qkv_width();
+    var out = vec4<f32>(0.0);
+    for (var i = 0u; i < 4u; i++) {
+        let d = c * 4u + i;
+        if d < HEAD_DIM {
+            out[i] = f32(qkv[base + d]);
+        }
+    }
+    return out;
+}
+
+fn cache_vec(head: Head, is_key: bool, token: u32, c: u32) -> vec4<f32> {
+    let base = head.kv_base + token * qkv_width();
+    var out = vec4<f32>(0.0);
+    for (var i = 0u; i < 4u; i++) {
+        let d = c * 4u + i;
+        if d < HEAD_DIM {
+            if is_key {
+                out[i] = f32(k_cache[base + d]);
+            } else {
+                out[i] = f32(v_cache[base + d]);
+            }
+        }
+    }
+    return out;
+}
+
+// Queries arrive raw; normalise_queries scales them once loaded.
+fn query_vec(head: Head, token: u32, c: u32) -> vec4<f32> {
+    return qkv_vec(head, 0u, token, c);
+}
+
+fn key_vec(head: Head, token: u32, c: u32) -> vec4<f32> {
+    if token < p.start {
+        return cache_vec(head, true, token, c);
+    }
+    return qkv_vec(head, 1u, token - p.start, c);
+}
+
+fn value_vec(head: Head, token: u32, c: u32) -> vec4<f32> {
+    if token < p.start {
+        return cache_vec(head, false, token, c);
+    }
+    return qkv_vec(head, 2u, token - p.start, c);
+}
+
+fn store_out(head: Head, token: u32, d: u32, value: f32) {
+    q[head.o_base + token * qkv_width() + d] = store_t(value);
+}
+
+// 1 / max(|row|, 1e-12) (F.normalize) of `hv` vec4s, summed in one order wherever it is computed.
+fn inverse_norm(sq: vec4<f32>) -> f32 {
+    return 1.0 / max(sqrt(sq.x + sq.y + sq.z + sq.w), 1e-12);
+}
+
+// Rounds a normalised component as the cache stores it.
+fn as_stored(value: vec4<f32>) -> vec4<f32> {
+    return vec4<f32>(vec4<store_t>(value));
+}
+
+// New keys arrive raw: normalise them in the tile (cached keys already are).
+fn prepare_key_tile(t: u32) {
+    if L2_NORM {
+        if t < BLOCK_KV {
+            let token = key_token[t];
+            if token != NO_TOKEN && token >= p.start {
+                let hv = head_vecs();
+                var sq = vec4<f32>(0.0);
+                for (var c = 0u; c < hv; c++) {
+                    let x = k_tile[t * hv + c];
+                    sq += x * x;
+                }
+                let inv = inverse_norm(sq);
+                for (var c = 0u; c < hv; c++) {
+                    k_tile[t * hv + c] = as_stored(k_tile[t * hv + c] * inv);
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+}
+
+// The block's tokens' keys (normalised) and values into the caches at start + token. q_tile is
+// free scratch here: begin_queries fills it after its barrier.
+fn write_cache(head: Head, t: u32) {
+    let hv = head_vecs();
+    for (var e = t; e < BLOCK_Q * hv; e += THREADS) {
+        let token = query_token[e / hv];
+        var value = vec4<f32>(0.0);
+        if token != NO_TOKEN {
+            value = qkv_vec(head, 1u, token, e % hv);
+        }
+        q_tile[e] = value;
+    }
+    workgroupBarrier();
+    if t < BLOCK_Q {
+        var inv = 1.0;
+        if L2_NORM {
+            var sq = vec4<f32>(0.0);
+            for (var c = 0u; c < hv; c++) {
+                let x = q_tile[t * hv + c];
+                sq += x * x;
+            }
+            inv = inverse_norm(sq);
+        }
+        row_rescale[t] = inv;
+    }
+    workgroupBarrier();
+    let width = qkv_width();
+    for (var e = t; e < BLOCK_Q * HEAD_DIM; e += THREADS) {
+        let r = e / HEAD_DIM;
+        let d = e % HEAD_DIM;
+        let token = query_token[r];
+        if token != NO_TOKEN {
+            let cache = head.kv_base + (p.start + token) * width + d;
+            k_cache[cache] = store_t(q_tile[r * hv + d / 4u][d % 4u] * row_rescale[r]);
+            v_cache[cache] = qkv[head.q_base + token * 3u * width + 2u * width + d];
+        }
+    }
+}
+
+// Once begin_queries has loaded the raw rows: cosine queries normalised, times the head's
+// temperature and rounded as qkv_heads stores them; then the softmax scale.
+fn normalise_queries(head: Head, t: u32) {
+    workgroupBarrier();
+    if t < BLOCK_Q {
+        let hv = head_vecs();
+        if L2_NORM {
+            var sq = vec4<f32>(0.0);
+            for (var c = 0u; c < hv; c++) {
+                let x = q_tile[t * hv + c];
+                sq += x * x;
+            }
+            let factor = head_scale[head.head] * inverse_norm(sq);
+            for (var c = 0u; c < hv; c++) {
+                q_tile[t * hv + c] = as_stored(q_tile[t * hv + c] * factor) * p.scale;
+            }
+        } else {
+            for (var c = 0u; c < hv; c++) {
+                q_tile[t * hv + c] = q_tile[t * hv + c] * p.scale;
+            }
+        }
+    }
+}
+
+@compute @workgroup_size(THREADS)
+fn qkv_attention(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+    lane: Lane,
+) {
+    let t = lane.index;
+    let first = grid_workgroup(wg, groups) * BLOCK_Q;
+    // Uniform per workgroup: whole surplus workgroups leave before any barrier.
+    if first >= p.tokens {
+        return;
+    }
+    let head = attn_head(wg.z);
+    if t < BLOCK_Q {
+        query_token[t] = select(NO_TOKEN, first + t, first + t < p.tokens);
+    }
+    workgroupBarrier();
+    write_cache(head, t);
+    begin_queries(head, t);
+    normalise_queries(head, t);
+    var out: array<vec4<f32>, MAX_OUT_VECS>;
+    attend_range(head, t, lane, 0u, p.start + p.tokens, &out);
+    finish_queries(head, t, &out);
 }

@@ -21,10 +21,10 @@ use super::var::{
 use crate::device::Device;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::ops::attention::{AttentionLayout, AttentionOptions, attention};
 use crate::ops::scan::check_finite_host_a;
 use crate::ops::{
-    GatedResidual, QkvHeads, adaln_layer_norm, gated_residual, linear, linear_gated_residual, linear_gelu, qkv_heads,
+    GatedResidual, QkvHeads, adaln_layer_norm, gated_residual, linear, linear_gated_residual, linear_gelu,
+    qkv_attention,
 };
 use crate::tensor::Tensor;
 use crate::weights::Weights;
@@ -381,11 +381,7 @@ impl MvarModel {
             });
         }
         let heads = self.config.base.heads;
-        let options = AttentionOptions {
-            scale: Some(if self.config.cosine_attention { 1.0 } else { PLAIN_ATTENTION_SCALE }),
-            kv_len: None,
-            layout: AttentionLayout::TokensMajor,
-        };
+        let softmax_scale = if self.config.cosine_attention { 1.0 } else { PLAIN_ATTENTION_SCALE };
         let mut x = x.clone();
         for (i, block) in self.blocks.iter().enumerate() {
             let [gamma1, gamma2, gamma3, scale1, scale2, scale3, shift1, shift2, shift3] = &conditions.blocks[i];
@@ -397,7 +393,7 @@ impl MvarModel {
                 Tensor::empty(&self.device, &kv_shape, self.dtype)?,
                 Tensor::empty(&self.device, &kv_shape, self.dtype)?,
             );
-            let q = qkv_heads(&QkvHeads {
+            let qkv_heads = QkvHeads {
                 qkv: &qkv,
                 heads,
                 l2_norm: self.config.cosine_attention,
@@ -405,8 +401,8 @@ impl MvarModel {
                 k_cache: &k,
                 v_cache: &v,
                 start: 0,
-            })?;
-            let o = attention(&q, &k, &v, &options)?.reshape(&[rows, tokens, width])?;
+            };
+            let o = qkv_attention(&qkv_heads, softmax_scale)?.reshape(&[rows, tokens, width])?;
             x = linear_gated_residual(&o, &block.proj_weight, Some(&block.proj_bias), &x, gamma1)?;
             // Mamba-2 over the multi-scale sequence.
             entering(BlockPart::Mamba)?;

@@ -5,8 +5,9 @@ use super::Loader;
 use crate::device::Device;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::ops::attention::{AttentionLayout, AttentionOptions, attention};
-use crate::ops::{QkvHeads, adaln_layer_norm, add, linear, linear_gated_residual, linear_gelu, qkv_heads, silu};
+use crate::ops::{
+    QkvHeads, adaln_layer_norm, add, add_repeat, linear, linear_gated_residual, linear_gelu, qkv_attention, silu,
+};
 use crate::tensor::Tensor;
 use crate::weights::Weights;
 
@@ -424,8 +425,7 @@ impl VarIo {
             msg: format!("scale {si} is outside the schedule of {} scales", self.scale_pos.len()),
         })?;
         let x = linear(&token_map.to_dtype(self.dtype)?, &self.word_embed_weight, Some(&self.word_embed_bias))?;
-        let x = add(&x, pos)?;
-        if cfg_halves { Tensor::concat(&[&x, &x], 0) } else { Ok(x) }
+        add_repeat(&x, pos, if cfg_halves { 2 } else { 1 })
     }
 
     /// The f32 logits (2B, n, V) of the last block's output x (2B, n, C).
@@ -618,7 +618,8 @@ impl VarModel {
             let [gamma1, gamma2, scale1, scale2, shift1, shift2] = &conditions.blocks[i];
             let h = adaln_layer_norm(&x, scale1, shift1, LN_EPS)?;
             let qkv = linear(&h, &block.qkv_weight, Some(&block.qkv_bias))?;
-            let q = qkv_heads(&QkvHeads {
+            // Cosine attention: the temperature is in q, the softmax scale is 1.
+            let qkv_heads = QkvHeads {
                 qkv: &qkv,
                 heads: self.config.heads,
                 l2_norm: true,
@@ -626,13 +627,8 @@ impl VarModel {
                 k_cache: &cache.k[i],
                 v_cache: &cache.v[i],
                 start: cache.len,
-            })?;
-            let options = AttentionOptions {
-                scale: Some(1.0),
-                kv_len: Some(cache.len + tokens),
-                layout: AttentionLayout::TokensMajor,
             };
-            let o = attention(&q, &cache.k[i], &cache.v[i], &options)?.reshape(&[rows, tokens, width])?;
+            let o = qkv_attention(&qkv_heads, 1.0)?.reshape(&[rows, tokens, width])?;
             x = linear_gated_residual(&o, &block.proj_weight, Some(&block.proj_bias), &x, gamma1)?;
             let h = adaln_layer_norm(&x, scale2, shift2, LN_EPS)?;
             let h = linear_gelu(&h, &block.fc1_weight, Some(&block.fc1_bias))?;

@@ -9,8 +9,8 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::ops::matmul::MatmulOptions;
 use crate::ops::{
-    add, conv2d, downsample_area, embedding, group_norm, matmul_with, silu, softmax_scaled, upsample_bicubic,
-    upsample_nearest2x,
+    add, conv2d, downsample_area, embedding_channels_first, group_norm, matmul_with, silu, softmax_scaled,
+    upsample_bicubic, upsample_nearest2x,
 };
 use crate::tensor::Tensor;
 use crate::weights::Weights;
@@ -286,7 +286,7 @@ impl VqVae {
                 msg: format!("{n} tokens are not a {side} x {side} map"),
             });
         }
-        self.tokens_to_map(&embedding(ids, &self.codebook)?, side)
+        embedding_channels_first(ids, &self.codebook)?.reshape(&[ids.shape()[0], self.config.cvae, side, side])
     }
 
     /// (B, n, Cvae) token vectors -> (B, Cvae, side, side).

@@ -214,7 +214,7 @@ fn geometry(t: &Tensor, layout: AttentionLayout, what: &str) -> Result<Geometry>
 }
 
 /// Query-block and key-tile sizes that fit the adapter's workgroup memory and invocation limits.
-fn tile_config(q: &Tensor, dim: usize) -> Result<(usize, usize)> {
+pub(super) fn tile_config(q: &Tensor, dim: usize) -> Result<(usize, usize)> {
     let caps = q.device().caps();
     let vecs = dim.div_ceil(4);
     for (bq, bkv) in [(16, 16), (16, 8), (8, 8), (8, 4), (4, 4)] {

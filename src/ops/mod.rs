@@ -18,12 +18,12 @@ pub use attention::{
     grouped_attention, grouped_attention_in, to_group_major,
 };
 pub use conv2d::{Conv2dAlgorithm, conv2d, conv2d_with};
-pub use elementwise::{add, gelu_tanh, mul, silu};
-pub use embedding::embedding;
+pub use elementwise::{add, add_repeat, gelu_tanh, mul, silu};
+pub use embedding::{embedding, embedding_channels_first};
 pub use matmul::{GatedResidual, MatmulAlgorithm, linear, linear_gated_residual, linear_gelu, matmul, matmul_with};
 pub use norm::{adaln_layer_norm, group_norm, layer_norm, modulate, rms_norm, softmax, softmax_scaled};
 pub use resample::{downsample_area, upsample_bicubic, upsample_nearest2x};
-pub use transformer::{QkvHeads, gated_residual, qkv_heads};
+pub use transformer::{QkvHeads, gated_residual, qkv_attention, qkv_heads};
 
 use crate::device::{Arg, Grid, Launch};
 use crate::error::{Error, Result, index_u32};

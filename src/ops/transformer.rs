@@ -1,7 +1,9 @@
 //! Transformer-block glue kernels of VAR: the fused qkv split with cosine normalisation that feeds a
-//! KV cache, and the AdaLN-gated residual add.
+//! KV cache (alone, or fused with the attention that follows it), and the AdaLN-gated residual add.
 
+use super::attention::{AttentionLayout, AttentionOptions, MAX_HEAD_DIM, attention, tile_config};
 use super::{check_operand, elements, float_dtype, index_u32, launch, rows as row_grid, shape_error};
+use crate::device::Grid;
 use crate::error::{Error, Result};
 use crate::kernels::{Constants, Family, QkvParams, ResidualParams};
 use crate::tensor::{DType, Tensor};
@@ -20,59 +22,85 @@ pub struct QkvHeads<'a> {
     pub start: usize,
 }
 
+/// The shape of one [`QkvHeads`] call, checked.
+struct QkvShape {
+    batch: usize,
+    tokens: usize,
+    dim: usize,
+    cap: usize,
+    dtype: DType,
+}
+
+impl QkvShape {
+    fn check(op: &'static str, args: &QkvHeads) -> Result<Self> {
+        let qkv = args.qkv;
+        let dtype = float_dtype(op, qkv)?;
+        let [batch, tokens, width3] = qkv.dims(op, "qkv (B, T, 3C)")?;
+        let heads = args.heads;
+        if heads == 0 || !width3.is_multiple_of(3 * heads) || width3 == 0 {
+            return Err(Error::InvalidArgument {
+                op,
+                msg: format!("qkv width {width3} is not 3 * heads ({heads}) * head_dim"),
+            });
+        }
+        let dim = width3 / 3 / heads;
+        if args.k_cache.shape() != args.v_cache.shape() {
+            return Err(shape_error(
+                op,
+                args.k_cache,
+                args.v_cache,
+                "the key and value caches must have the same shape",
+            ));
+        }
+        for cache in [args.k_cache, args.v_cache] {
+            check_operand(op, qkv, cache)?;
+            match cache.shape() {
+                &[b, cap, h, d] if b == batch && h == heads && d == dim && args.start + tokens <= cap => {}
+                _ => {
+                    return Err(shape_error(
+                        op,
+                        qkv,
+                        cache,
+                        format!(
+                            "the cache must be ({batch}, cap, {heads}, {dim}) with room for {tokens} tokens at {}",
+                            args.start
+                        ),
+                    ));
+                }
+            }
+        }
+        if args.head_scale.dtype() != DType::F32 || args.head_scale.shape() != [heads] {
+            return Err(shape_error(op, qkv, args.head_scale, format!("head_scale must be f32 [{heads}]")));
+        }
+        index_u32(op, "cache elements", args.k_cache.numel())?;
+        index_u32(op, "qkv elements", qkv.numel())?;
+        Ok(Self { batch, tokens, dim, cap: args.k_cache.shape()[1], dtype })
+    }
+
+    fn params(&self, args: &QkvHeads, scale: f32) -> QkvParams {
+        QkvParams {
+            rows: (self.batch * self.tokens) as u32,
+            tokens: self.tokens as u32,
+            heads: args.heads as u32,
+            dim: self.dim as u32,
+            cap: self.cap as u32,
+            start: args.start as u32,
+            scale,
+        }
+    }
+}
+
 /// Returns q (B, T, H, D) and writes K and V into the caches at `start..start + T`.
 pub fn qkv_heads(args: &QkvHeads) -> Result<Tensor> {
     const OP: &str = "qkv_heads";
+    let shape = QkvShape::check(OP, args)?;
     let qkv = args.qkv;
-    let dtype = float_dtype(OP, qkv)?;
-    let [batch, tokens, width3] = qkv.dims(OP, "qkv (B, T, 3C)")?;
-    let heads = args.heads;
-    if heads == 0 || !width3.is_multiple_of(3 * heads) || width3 == 0 {
-        return Err(Error::InvalidArgument {
-            op: OP,
-            msg: format!("qkv width {width3} is not 3 * heads ({heads}) * head_dim"),
-        });
-    }
-    let dim = width3 / 3 / heads;
-    if args.k_cache.shape() != args.v_cache.shape() {
-        return Err(shape_error(OP, args.k_cache, args.v_cache, "the key and value caches must have the same shape"));
-    }
-    for cache in [args.k_cache, args.v_cache] {
-        check_operand(OP, qkv, cache)?;
-        match cache.shape() {
-            &[b, cap, h, d] if b == batch && h == heads && d == dim && args.start + tokens <= cap => {}
-            _ => {
-                return Err(shape_error(
-                    OP,
-                    qkv,
-                    cache,
-                    format!(
-                        "the cache must be ({batch}, cap, {heads}, {dim}) with room for {tokens} tokens at {}",
-                        args.start
-                    ),
-                ));
-            }
-        }
-    }
-    if args.head_scale.dtype() != DType::F32 || args.head_scale.shape() != [heads] {
-        return Err(shape_error(OP, qkv, args.head_scale, format!("head_scale must be f32 [{heads}]")));
-    }
-    let q = Tensor::empty(qkv.device(), &[batch, tokens, heads, dim], qkv.dtype())?;
-    index_u32(OP, "cache elements", args.k_cache.numel())?;
-    let rows = batch * tokens;
+    let q = Tensor::empty(qkv.device(), &[shape.batch, shape.tokens, args.heads, shape.dim], shape.dtype)?;
+    let rows = shape.batch * shape.tokens;
     if rows == 0 {
         return Ok(q);
     }
-    let cap = args.k_cache.shape()[1];
     let constants = Constants::new(Family::QkvHeads).set("L2_NORM", args.l2_norm);
-    let params = QkvParams {
-        rows: rows as u32,
-        tokens: tokens as u32,
-        heads: heads as u32,
-        dim: dim as u32,
-        cap: cap as u32,
-        start: args.start as u32,
-    };
     let bindings = [
         qkv.arg("qkv"),
         args.head_scale.arg("head_scale"),
@@ -80,8 +108,79 @@ pub fn qkv_heads(args: &QkvHeads) -> Result<Tensor> {
         args.k_cache.arg_mut("k_cache"),
         args.v_cache.arg_mut("v_cache"),
     ];
-    launch(qkv, Family::QkvHeads, "qkv_heads", dtype, &constants, &bindings, &params, row_grid(rows * heads))?;
+    let params = shape.params(args, 1.0);
+    launch(
+        qkv,
+        Family::QkvHeads,
+        "qkv_heads",
+        shape.dtype,
+        &constants,
+        &bindings,
+        &params,
+        row_grid(rows * args.heads),
+    )?;
     Ok(q)
+}
+
+/// [`qkv_heads`] followed by the attention of the T new tokens over keys `0..start + T` of the
+/// caches: returns softmax(`scale` * q k^T) v as (B, T, H, D) and writes K and V into the caches as
+/// [`qkv_heads`] does. Cache rows before `start` must hold earlier calls' keys and values (already
+/// normalised). `scale` is the softmax scale: 1 for cosine attention, whose temperature is in q.
+///
+/// On wgpu this is one kernel: the new keys are read from `qkv` and normalised in the attention
+/// tile, so no workgroup waits for another's cache writes. On CUDA it is the two launches, which
+/// keeps f16 attention on the tensor-core kernel.
+pub fn qkv_attention(args: &QkvHeads, scale: f32) -> Result<Tensor> {
+    const OP: &str = "qkv_attention";
+    let shape = QkvShape::check(OP, args)?;
+    if !scale.is_finite() {
+        return Err(Error::InvalidArgument { op: OP, msg: format!("softmax scale {scale} is not finite") });
+    }
+    if shape.dim > MAX_HEAD_DIM {
+        return Err(Error::InvalidArgument {
+            op: OP,
+            msg: format!("head_dim {} is outside the supported range 1..={MAX_HEAD_DIM}", shape.dim),
+        });
+    }
+    let qkv = args.qkv;
+    if qkv.device().info().cuda.is_some() {
+        let q = qkv_heads(args)?;
+        let options = AttentionOptions {
+            scale: Some(scale),
+            kv_len: Some(args.start + shape.tokens),
+            layout: AttentionLayout::TokensMajor,
+        };
+        return attention(&q, args.k_cache, args.v_cache, &options);
+    }
+    let out = Tensor::empty(qkv.device(), &[shape.batch, shape.tokens, args.heads, shape.dim], shape.dtype)?;
+    if shape.batch * shape.tokens == 0 {
+        return Ok(out);
+    }
+    let (block_q, block_kv) = tile_config(qkv, shape.dim)?;
+    let vecs = shape.dim.div_ceil(4) as u32;
+    let (bq, bkv) = (block_q as u32, block_kv as u32);
+    let constants = Constants::new(Family::QkvHeads)
+        .set("L2_NORM", args.l2_norm)
+        .set("HEAD_DIM", shape.dim as u32)
+        .set("BLOCK_Q", bq)
+        .set("BLOCK_KV", bkv)
+        .set("THREADS", bq * bkv)
+        .set("Q_TILE_VECS", bq * vecs)
+        .set("KV_TILE_VECS", bkv * vecs);
+    let bindings = [
+        qkv.arg("qkv"),
+        args.head_scale.arg("head_scale"),
+        out.arg_mut("out"),
+        args.k_cache.arg_mut("k_cache"),
+        args.v_cache.arg_mut("v_cache"),
+    ];
+    let params = shape.params(args, scale);
+    let grid = Grid::Batched {
+        groups: shape.tokens.div_ceil(block_q) as u64,
+        batch: index_u32(OP, "batch * heads", shape.batch * args.heads)?,
+    };
+    launch(qkv, Family::QkvHeads, "qkv_attention", shape.dtype, &constants, &bindings, &params, grid)?;
+    Ok(out)
 }
 
 /// x + y * gate\[b\] for x, y (B, …, C) and gate (B, C).

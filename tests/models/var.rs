@@ -9,9 +9,10 @@ use scalewise::generate::{GenerateOptions, Pipeline};
 use scalewise::nn::var::META_PATCH_NUMS;
 use scalewise::nn::vqvae::phi_index;
 use scalewise::nn::{VarConfig, VarModel, VqVae, VqVaeConfig};
+use scalewise::ops::attention::reference as attention_ref;
 use scalewise::ops::sample::{gumbel_softmax, reference as sample_ref};
 use scalewise::ops::transformer::reference as transformer_ref;
-use scalewise::ops::{QkvHeads, gated_residual, qkv_heads, reference_values};
+use scalewise::ops::{QkvHeads, gated_residual, qkv_attention, qkv_heads, reference_values};
 use scalewise::{DType, Device, Error, Tensor};
 use scalewise_support::synthetic::{VaeShape, VarShape, vae_state_dict, var_state_dict};
 
@@ -109,6 +110,117 @@ backend_tests! {
     }
 }
 
+backend_tests! {
+    /// The fused split-and-attend over two calls: the second attends the first's cached keys (read
+    /// from the cache) and its own (normalised in the tile). Keys and queries are rounded to the
+    /// storage type as the cache holds them, exactly as qkv_heads followed by attention would see them.
+    fn qkv_attention_matches_the_reference_and_fills_the_cache_over_two_calls(device: &Device, config: &str) {
+        let mut rng = Rng::for_config("qkv_attention", config);
+        for dtype in dtypes(device) {
+            for dim in [64, 24, rng.range(1, 100)] {
+                for l2_norm in [true, false] {
+                    let (batch, heads) = (rng.range(1, 2), rng.range(1, 3));
+                    // Ragged: the second call has new keys on both sides of a key-tile edge.
+                    let steps = [rng.range(1, 9), rng.range(17, 40)];
+                    let total = steps[0] + steps[1];
+                    let cap = total + rng.range(0, 2);
+                    let width = heads * dim;
+                    let head_scale: Vec<f32> = (0..heads).map(|_| 1.0 + 9.0 * rng.uniform(1.0).abs()).collect();
+                    let softmax_scale = if l2_norm { 1.0 } else { 1.0 / (dim as f32).sqrt() };
+                    let what = format!("{config} {dtype} b{batch} h{heads} d{dim} steps {steps:?} cap{cap} l2 {l2_norm}");
+                    let scale = upload(device, &[heads], &head_scale, DType::F32);
+                    let cache_shape = [batch, cap, heads, dim];
+                    let k_cache = upload(device, &cache_shape, &vec![K_SENTINEL; batch * cap * width], dtype);
+                    let v_cache = upload(device, &cache_shape, &vec![V_SENTINEL; batch * cap * width], dtype);
+                    // The reference cache (b, token, h, d), as stored.
+                    let mut want_k = vec![f64::NAN; batch * cap * width];
+                    let mut want_v = vec![f64::NAN; batch * cap * width];
+                    let mut start = 0;
+                    for (step, &tokens) in steps.iter().enumerate() {
+                        let rows = batch * tokens;
+                        let data = rng.vec(rows * 3 * width, 2.0);
+                        let qkv = upload(device, &[batch, tokens, 3 * width], &data, dtype);
+                        let args = QkvHeads {
+                            qkv: &qkv,
+                            heads,
+                            l2_norm,
+                            head_scale: &scale,
+                            k_cache: &k_cache,
+                            v_cache: &v_cache,
+                            start,
+                        };
+                        let out = qkv_attention(&args, softmax_scale).expect("qkv_attention");
+                        assert_eq!(out.shape(), [batch, tokens, heads, dim], "{what}");
+
+                        let stored = reference_values(&data, dtype);
+                        let [q, k, v] = transformer_ref::qkv_heads(&stored, rows, heads, dim, l2_norm, &head_scale);
+                        let as_stored = |x: &[f64]| {
+                            reference_values(&x.iter().map(|&x| x as f32).collect::<Vec<_>>(), dtype)
+                        };
+                        let (q, k) = (as_stored(&q), as_stored(&k));
+                        for b in 0..batch {
+                            for t in 0..tokens {
+                                let src = (b * tokens + t) * width;
+                                let dst = (b * cap + start + t) * width;
+                                for i in 0..width {
+                                    want_k[dst + i] = k[src + i] as f64;
+                                    want_v[dst + i] = v[src + i];
+                                }
+                            }
+                        }
+                        let kv_len = start + tokens;
+                        let mut want_out = vec![0.0; rows * width];
+                        for b in 0..batch {
+                            for h in 0..heads {
+                                let gather = |src: &[f32], rows: usize, row0: usize, stride: usize| -> Vec<f32> {
+                                    (0..rows)
+                                        .flat_map(|t| {
+                                            let base = (row0 + t * stride) * width + h * dim;
+                                            src[base..base + dim].to_vec()
+                                        })
+                                        .collect()
+                                };
+                                let to_f32 = |x: &[f64]| x.iter().map(|&x| x as f32).collect::<Vec<_>>();
+                                let qh = gather(&q, tokens, b * tokens, 1);
+                                let kh = gather(&to_f32(&want_k), kv_len, b * cap, 1);
+                                let vh = gather(&to_f32(&want_v), kv_len, b * cap, 1);
+                                let o = attention_ref::masked_attention(&qh, &kh, &vh, dim, softmax_scale as f64, |_, _| true);
+                                for t in 0..tokens {
+                                    let dst = ((b * tokens + t) * heads + h) * dim;
+                                    want_out[dst..dst + dim].copy_from_slice(&o[t * dim..(t + 1) * dim]);
+                                }
+                            }
+                        }
+                        let got = out.to_vec_f32().unwrap();
+                        let tol = Tol::for_dtype(dtype, max_abs(&want_out).max(1.0));
+                        assert_close(&got, &want_out, tol, &format!("{what}: output of call {step}"));
+                        start += tokens;
+                    }
+                    let got_k = k_cache.to_vec_f32().unwrap();
+                    let got_v = v_cache.to_vec_f32().unwrap();
+                    for b in 0..batch {
+                        for t in 0..cap {
+                            let span = (b * cap + t) * width..(b * cap + t + 1) * width;
+                            let (k_row, v_row) = (&got_k[span.clone()], &got_v[span.clone()]);
+                            let row = format!("{what}: cache row b{b} t{t}");
+                            if t < total {
+                                assert_close(k_row, &want_k[span.clone()], Tol::for_dtype(dtype, 1.0), &format!("{row} k"));
+                                let want_v_row: Vec<f32> = want_v[span].iter().map(|&v| v as f32).collect();
+                                assert_eq!(v_row, want_v_row, "{row} v: a plain copy");
+                            } else {
+                                assert!(
+                                    k_row.iter().all(|&v| v == K_SENTINEL) && v_row.iter().all(|&v| v == V_SENTINEL),
+                                    "{row} past {total} was written"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn qkv_heads_rejects_mismatched_caches_and_scales() {
     let device = full_device();
@@ -133,6 +245,17 @@ fn qkv_heads_rejects_mismatched_caches_and_scales() {
     let wrong_scale = upload(device, &[3], &[1.0; 3], DType::F32);
     let err = run(&cache(8), &cache(8), &wrong_scale, heads, 0).unwrap_err();
     assert!(matches!(err, Error::ShapeMismatch { op: "qkv_heads", .. }), "{err:?}");
+    // The fused op checks the same shapes, and its softmax scale.
+    let (k, v) = (cache(5), cache(5));
+    let fused = |start: usize, softmax_scale: f32| {
+        let args = QkvHeads { qkv: &qkv, heads, l2_norm: true, head_scale: &scale, k_cache: &k, v_cache: &v, start };
+        qkv_attention(&args, softmax_scale)
+    };
+    assert!(fused(2, 1.0).is_ok());
+    let err = fused(3, 1.0).unwrap_err();
+    assert!(matches!(err, Error::ShapeMismatch { op: "qkv_attention", .. }), "{err:?}");
+    let err = fused(0, f32::NAN).unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument { op: "qkv_attention", .. }), "{err:?}");
     let err = run(&cache(8), &cache(8), &scale, 5, 0).unwrap_err();
     assert!(matches!(err, Error::InvalidArgument { op: "qkv_heads", .. }), "{err:?}");
     assert!(err.to_string().contains("heads (5)"), "{err}");

@@ -25,8 +25,25 @@ backend_tests! {
             check(ops::mul(&tx, &ty).unwrap(), ops::elementwise::reference::mul(&x, &y), "mul");
             check(ops::add(&tx, &tbias).unwrap(), ops::elementwise::reference::add(&x, &bias), "add broadcast");
             check(ops::mul(&tx, &tbias).unwrap(), ops::elementwise::reference::mul(&x, &bias), "mul broadcast");
+            for copies in [1, 2, rng.range(3, 5)] {
+                let got = ops::add_repeat(&tx, &tbias, copies).unwrap();
+                assert_eq!(got.shape(), [rows * copies, cols]);
+                let want = ops::elementwise::reference::add_repeat(&x, &bias, copies);
+                check(got, want, &format!("add_repeat x{copies}"));
+            }
         }
     }
+}
+
+#[test]
+fn add_repeat_refuses_zero_copies_and_scalars() {
+    let device = crate::common::full_device();
+    let t = upload(device, &[2, 3], &[1.0; 6], DType::F32);
+    let err = ops::add_repeat(&t, &t, 0).unwrap_err();
+    assert!(matches!(err, scalewise::Error::InvalidArgument { op: "add_repeat", .. }), "{err:?}");
+    let scalar = upload(device, &[], &[1.0], DType::F32);
+    let err = ops::add_repeat(&scalar, &scalar, 2).unwrap_err();
+    assert!(matches!(err, scalewise::Error::InvalidArgument { op: "add_repeat", .. }), "{err:?}");
 }
 
 backend_tests! {

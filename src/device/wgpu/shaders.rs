@@ -35,6 +35,7 @@ const GRID: &str = include_str!("../../../shaders/wgsl/grid.wgsl");
 const SEQUENCE: &str = include_str!("../../../shaders/wgsl/sequence.wgsl");
 const ACTIVATION: &str = include_str!("../../../shaders/wgsl/activation.wgsl");
 const GEMM_WIDE: &str = include_str!("../../../shaders/wgsl/gemm_wide.wgsl");
+const ATTENTION_TILE: &str = include_str!("../../../shaders/wgsl/attention_tile.wgsl");
 
 macro_rules! wgsl {
     ($name:literal) => {
@@ -47,7 +48,7 @@ fn source(family: Family) -> (&'static str, &'static [&'static str]) {
     match family {
         Family::Matmul => (wgsl!("matmul"), &[ACTIVATION, GEMM_WIDE]),
         Family::Norm => (wgsl!("norm"), &[]),
-        Family::Attention => (wgsl!("attention"), &[]),
+        Family::Attention => (wgsl!("attention"), &[ATTENTION_TILE]),
         Family::Scan => (wgsl!("scan"), &[SEQUENCE]),
         Family::Ssd => (wgsl!("ssd"), &[SEQUENCE]),
         Family::ScanCarry => (wgsl!("scan_carry"), &[]),
@@ -60,7 +61,7 @@ fn source(family: Family) -> (&'static str, &'static [&'static str]) {
         Family::Resample => (wgsl!("resample"), &[]),
         Family::Conv2d => (wgsl!("conv2d"), &[GEMM_WIDE]),
         Family::Sample => (wgsl!("sample"), &[]),
-        Family::QkvHeads => (wgsl!("qkv_heads"), &[]),
+        Family::QkvHeads => (wgsl!("qkv_heads"), &[ATTENTION_TILE]),
         Family::Residual => (wgsl!("residual"), &[]),
     }
 }
