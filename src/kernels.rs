@@ -272,8 +272,10 @@ families! {
         params: NormParams, reductions: true, dtypes: FLOATS,
         constants: [HAS_WEIGHT: Bool, HAS_BIAS: Bool, MODULATE: Bool],
     }
+    /// Dense and GRAT attention; each query row's max and sum stay in its own threads' registers, so
+    /// no row reduction and no subgroup variant.
     Attention = "attention" {
-        params: AttentionParams, reductions: true, dtypes: FLOATS,
+        params: AttentionParams, reductions: false, dtypes: FLOATS,
         constants: [HEAD_DIM: U32, BLOCK_Q: U32, BLOCK_KV: U32, THREADS: U32, Q_TILE_VECS: U32,
                     KV_TILE_VECS: U32, GROUP_MAJOR: Bool, TO_GROUP_MAJOR: Bool],
     }

@@ -2,3 +2,4 @@
 //! `cargo bench -p scalewise-cli`. The scalewise library itself carries only the data path.
 
 pub mod bench;
+pub mod peaks;

@@ -16,6 +16,7 @@ use scalewise::{BackendChoice, DType, Device, DeviceOptions};
 use scalewise_cli::bench::{
     self, AttentionBenchConfig, AttentionCase, MatmulBenchConfig, MatmulShape, ScanBenchConfig,
 };
+use scalewise_cli::peaks::{self, PeaksConfig};
 
 #[derive(Parser)]
 #[command(name = "scalewise", version, about = "Cross-vendor GPU kernels for next-scale image generators")]
@@ -148,6 +149,9 @@ enum BenchCommand {
     /// The demo model with f32 and with f16 weights on this device, same seeds and classes: how many
     /// tokens per scale and how many images agree.
     Precision(PrecisionArgs),
+    /// The device's own limits, to quote kernels against: an f32 FMA loop (TFLOP/s), a vec4 copy
+    /// (GB/s) and the gap between back-to-back tiny dispatches (us). wgpu backends only.
+    Peaks(PeaksArgs),
     /// Peak host memory while loading a synthetic checkpoint of an official shape (written to a
     /// temporary .pth first): streamed tensor by tensor, and with --eager also read whole first.
     Load(LoadArgs),
@@ -233,6 +237,28 @@ fn parse_scan_shape(s: &str) -> Result<[usize; 4], String> {
         Some(d) if !d.contains(&0) => Ok(d),
         _ => Err(format!("shape {s:?} must be BxDxNxL with sizes above 0")),
     }
+}
+
+#[derive(Args)]
+struct PeaksArgs {
+    /// FMA probe: workgroups of 256 threads.
+    #[arg(long, default_value_t = PeaksConfig::default().fma_workgroups)]
+    fma_workgroups: u32,
+    /// FMA probe: iterations of 32 FMAs per thread.
+    #[arg(long, default_value_t = PeaksConfig::default().fma_iters)]
+    fma_iters: u32,
+    /// Copy probe: MiB read and written (capped by the adapter's binding limit).
+    #[arg(long, default_value_t = PeaksConfig::default().copy_bytes >> 20)]
+    copy_mib: u64,
+    /// Dispatch-gap probe: empty dispatches in one pass.
+    #[arg(long, default_value_t = PeaksConfig::default().dispatches)]
+    dispatches: u32,
+    #[arg(long, default_value_t = PeaksConfig::default().iterations)]
+    iters: usize,
+    #[arg(long, default_value_t = PeaksConfig::default().warmup)]
+    warmup: usize,
+    #[arg(long, default_value = "bench-results/peaks.json")]
+    json: PathBuf,
 }
 
 #[derive(Args)]
@@ -412,6 +438,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Soak(args)) => bench_soak(&device.open()?, &args),
         Command::Bench(BenchCommand::Precision(args)) => bench_precision(&device.open()?, &args),
         Command::Bench(BenchCommand::Load(args)) => bench_load(&device.open()?, &args),
+        Command::Bench(BenchCommand::Peaks(args)) => bench_peaks(&device.open()?, &args),
         Command::ShaderStats(args) => shader_stats::run(&args),
     }
 }
@@ -486,6 +513,31 @@ fn bytes(n: u64) -> String {
     } else {
         format!("{:.1} KiB ({n})", n as f64 / 1024.0)
     }
+}
+
+fn bench_peaks(device: &Device, args: &PeaksArgs) -> anyhow::Result<()> {
+    results_target(&args.json)?;
+    anyhow::ensure!(args.iters > 0, "--iters must be at least 1");
+    let config = PeaksConfig {
+        fma_workgroups: args.fma_workgroups,
+        fma_iters: args.fma_iters,
+        copy_bytes: args.copy_mib.checked_mul(1 << 20).context("--copy-mib is too large")?,
+        dispatches: args.dispatches,
+        warmup: args.warmup,
+        iterations: args.iters,
+    };
+    let info = device.info();
+    println!(
+        "peaks on {} ({}), best of {} runs (the gap: median)",
+        info.adapter.name, info.adapter.backend, args.iters
+    );
+    let rows = peaks::peaks(device, &config)?;
+    println!("{:>13} {:>11} {:>14}  what", "probe", "median ms", "value");
+    for r in &rows {
+        println!("{:>13} {:>11.3} {:>9.3} {:<4}  {}", r.probe, r.median_ms, r.value, r.unit, r.detail);
+    }
+    write_results(&args.json, &peaks::peaks_json(device, &config, &rows))?;
+    Ok(())
 }
 
 fn bench_matmul(device: &Device, args: &MatmulArgs) -> anyhow::Result<()> {

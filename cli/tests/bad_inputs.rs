@@ -158,6 +158,16 @@ fn memory_bombs_are_refused_before_allocating() {
         &["bench", "matmul", "--sizes", "1048576", "--json", path_str(&s.path("mm.json"))],
         "above this adapter's",
     );
+    fails(
+        "bench peaks without FMA work",
+        &["bench", "peaks", "--fma-iters", "0", "--json", path_str(&s.path("peaks.json"))],
+        "the FMA probe needs work",
+    );
+    fails(
+        "bench peaks 2^20 x 256 FMA threads",
+        &["bench", "peaks", "--fma-workgroups", "1048576", "--json", path_str(&s.path("peaks.json"))],
+        "over the binding limit",
+    );
     s.assert_untouched("bombs", &[]);
 }
 

@@ -7,7 +7,8 @@
 #   1. correctness on the GPU: every op test's `cuda` configuration (CUDA kernels against the float64
 #      references, poisoned outputs) and `wgpu_full` (the WGSL kernels on NVIDIA's Vulkan driver);
 #      the model tests' `cuda` configuration; the NVRTC compile check;
-#   2. benchmarks, both backends from this one run: matmul, dense and GRAT attention at the Flux shape,
+#   2. benchmarks, both backends from this one run: (Vulkan) the peak probes, then matmul, dense and
+#      GRAT attention at the Flux shape,
 #      the selective scan, VAR-d16 256px end to end;
 #   3. the torch peers on the same GPU (cuBLAS GEMM, SDPA, FlexAttention with GRAT's block mask, a
 #      torch selective scan, copy bandwidth).
@@ -39,11 +40,20 @@ step() {
 }
 bench() {
     local backend="$1"
+    local peak_args=()
+    if [[ "$backend" == vulkan ]]; then
+        # The device's own limits first (FMA loop, copy, dispatch gap); matmul is then quoted against
+        # the measured FMA peak.
+        step "bench-peaks-$backend" 60 $B/scalewise --backend "$backend" bench peaks --json "$OUT/peaks-$backend.json"
+        local gflops
+        gflops="$(python3 -c 'import json,sys; print([p["value"] * 1000 for p in json.load(open(sys.argv[1]))["peaks"] if p["probe"] == "fma"][0])' "$OUT/peaks-$backend.json" 2>/dev/null)"
+        [[ -n "$gflops" ]] && peak_args=(--peak-gflops "$gflops")
+    fi
     # Square sizes, then VAR-d16's Linear shapes at batch 1 with CFG: the conditioning (2 rows), the
     # last scale's QKV, fc1 and fc2 (512 rows); every kernel and what Auto picks.
     step "bench-matmul-$backend" 120 $B/scalewise --backend "$backend" bench matmul --sizes 1024,2048,4096 \
         --linear 2x1024x6144,512x1024x3072,512x1024x4096,512x4096x1024 \
-        --dtype f32,f16 --naive-max 0 --iters 10 --json "$OUT/matmul-$backend.json"
+        --dtype f32,f16 --naive-max 0 --iters 10 "${peak_args[@]}" --json "$OUT/matmul-$backend.json"
     step "bench-attention-$backend" 200 $B/scalewise --backend "$backend" bench attention --grids 64x64,128x128,512x512 \
         --text 512 --heads 24 --head-dim 128 --dtype f16 --iters 3 --dense-max-tokens 20000 --json "$OUT/attention-$backend.json"
     step "bench-scan-$backend" 90 $B/scalewise --backend "$backend" bench scan --shapes 8x2048x16x4096,1x1536x16x2048 \

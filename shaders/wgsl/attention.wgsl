@@ -99,9 +99,13 @@ fn head_of(bh: u32) -> Head {
     );
 }
 
-// The tile machinery's hooks (attention_tile.wgsl): rows at explicit strides, queries pre-scaled.
+// The machinery's hooks (attention_tile.wgsl): rows at explicit strides, queries times the scale.
 fn query_vec(head: Head, token: u32, c: u32) -> vec4<f32> {
-    return load_vec(true, head.q_base + token * p.q_token_stride, c) * p.scale;
+    return load_vec(true, head.q_base + token * p.q_token_stride, c);
+}
+
+fn finish_query(head: Head, x: vec4<f32>, sum_sq: f32) -> vec4<f32> {
+    return x * p.scale;
 }
 
 fn key_vec(head: Head, token: u32, c: u32) -> vec4<f32> {
@@ -116,15 +120,14 @@ fn store_out(head: Head, token: u32, d: u32, value: f32) {
     o[head.o_base + token * p.o_token_stride + d] = store_t(value);
 }
 
-fn prepare_key_tile(t: u32) {}
+fn prepare_key_tile(head: Head, t: u32) {}
 
 @compute @workgroup_size(THREADS)
 fn flash_attention(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(num_workgroups) groups: vec3<u32>,
-    lane: Lane,
+    @builtin(local_invocation_index) t: u32,
 ) {
-    let t = lane.index;
     let block = grid_workgroup(wg, groups);
     let first = block * BLOCK_Q;
     // Uniform per workgroup: whole surplus workgroups leave before any barrier.
@@ -135,10 +138,10 @@ fn flash_attention(
     if t < BLOCK_Q {
         query_token[t] = select(NO_TOKEN, p.q_start + first + t, first + t < p.q_count);
     }
-    begin_queries(head, t);
-    var out: array<vec4<f32>, MAX_OUT_VECS>;
-    attend_range(head, t, lane, 0u, p.kv_len, &out);
-    finish_queries(head, t, &out);
+    var state: RowState;
+    begin_queries(head, t, &state);
+    attend_range(head, t, 0u, p.kv_len, &state);
+    finish_queries(head, t, &state);
 }
 
 // ---- GRAT ----
@@ -262,9 +265,8 @@ fn attended_group(qg: vec3<u32>, i: u32) -> vec3<u32> {
 fn grouped_attention(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(num_workgroups) groups: vec3<u32>,
-    lane: Lane,
+    @builtin(local_invocation_index) t: u32,
 ) {
-    let t = lane.index;
     let block = grid_workgroup(wg, groups);
     let g = block / p.blocks_per_group;
     let first = (block % p.blocks_per_group) * BLOCK_Q;
@@ -281,22 +283,23 @@ fn grouped_attention(
     if t < BLOCK_Q {
         query_token[t] = select(NO_TOKEN, group_token(query_group, first + t), first + t < query_count);
     }
-    begin_queries(head, t);
-    var out: array<vec4<f32>, MAX_OUT_VECS>;
+    var state: RowState;
+    begin_queries(head, t, &state);
     let attended = attended_count(qg);
     for (var i = 0u; i < attended; i++) {
         let key_group = group_at(attended_group(qg, i));
         let key_count = group_size(key_group);
         for (var k0 = 0u; k0 < key_count; k0 += BLOCK_KV) {
             workgroupBarrier();
-            if t < BLOCK_KV {
-                key_token[t] = select(NO_TOKEN, group_token(key_group, k0 + t), k0 + t < key_count);
+            // A block of few rows can have fewer threads than keys.
+            for (var j = t; j < BLOCK_KV; j += THREADS) {
+                key_token[j] = select(NO_TOKEN, group_token(key_group, k0 + j), k0 + j < key_count);
             }
-            attend_tile(head, t, lane, &out);
+            attend_tile(head, t, &state);
         }
     }
-    attend_range(head, t, lane, p.text_start, p.text_valid, &out);
-    finish_queries(head, t, &out);
+    attend_range(head, t, p.text_start, p.text_valid, &state);
+    finish_queries(head, t, &state);
 }
 
 // ---- The separate group-major permutation (the alternative to the fused addressing above) ----
@@ -313,8 +316,12 @@ fn group_major_index(raster: u32) -> u32 {
 // back (TO_GROUP_MAJOR). One thread per element; text tokens are copied in place. Here p.heads counts
 // batch * heads, and the tensors are contiguous (B, H, L, D).
 @compute @workgroup_size(THREADS_1D)
-fn permute_tokens(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>, lane: Lane) {
-    let idx = grid_workgroup(wg, groups) * THREADS_1D + lane.index;
+fn permute_tokens(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+    @builtin(local_invocation_index) t: u32,
+) {
+    let idx = grid_workgroup(wg, groups) * THREADS_1D + t;
     let len = p.text_start + p.text_valid;
     if idx >= p.heads * len * HEAD_DIM {
         return;

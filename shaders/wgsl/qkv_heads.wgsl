@@ -73,10 +73,10 @@ fn qkv_heads(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) grou
 //
 // Workgroup = (block of BLOCK_Q new tokens, batch * head). Keys [0, start) are read from the caches
 // (written, normalised, by earlier calls); keys [start, start + tokens) straight from qkv,
-// normalised in the tile, so no workgroup waits for another's cache writes. Each workgroup writes
-// its own tokens' keys and values into the caches for later calls. Normalised rows go through
-// store_t, as qkv_heads stores them, so the fused kernel attends exactly what the cache would hold.
-// Here p.dim == HEAD_DIM.
+// normalised in the tile, so no workgroup waits for another's cache writes. Every new key passes
+// through exactly one tile of every workgroup; the workgroup that owns it as a query writes it, and
+// its value, into the caches for later calls. Normalised rows go through store_t, as qkv_heads
+// stores them, so the fused kernel attends exactly what the cache holds. Here p.dim == HEAD_DIM.
 
 fn qkv_width() -> u32 {
     return p.heads * HEAD_DIM;
@@ -118,9 +118,26 @@ fn cache_vec(head: Head, is_key: bool, token: u32, c: u32) -> vec4<f32> {
     return out;
 }
 
-// Queries arrive raw; normalise_queries scales them once loaded.
 fn query_vec(head: Head, token: u32, c: u32) -> vec4<f32> {
     return qkv_vec(head, 0u, token, c);
+}
+
+// 1 / max(|row|, 1e-12), as F.normalize.
+fn inverse_norm(sum_sq: f32) -> f32 {
+    return 1.0 / max(sqrt(sum_sq), 1e-12);
+}
+
+// Rounds normalised components as the cache stores them.
+fn as_stored(value: vec4<f32>) -> vec4<f32> {
+    return vec4<f32>(vec4<store_t>(value));
+}
+
+// Cosine queries: normalised, times the head's temperature, rounded as qkv_heads stores them.
+fn finish_query(head: Head, x: vec4<f32>, sum_sq: f32) -> vec4<f32> {
+    if L2_NORM {
+        return as_stored(x * (head_scale[head.head] * inverse_norm(sum_sq))) * p.scale;
+    }
+    return x * p.scale;
 }
 
 fn key_vec(head: Head, token: u32, c: u32) -> vec4<f32> {
@@ -141,98 +158,36 @@ fn store_out(head: Head, token: u32, d: u32, value: f32) {
     q[head.o_base + token * qkv_width() + d] = store_t(value);
 }
 
-// 1 / max(|row|, 1e-12) (F.normalize) of `hv` vec4s, summed in one order wherever it is computed.
-fn inverse_norm(sq: vec4<f32>) -> f32 {
-    return 1.0 / max(sqrt(sq.x + sq.y + sq.z + sq.w), 1e-12);
-}
-
-// Rounds a normalised component as the cache stores it.
-fn as_stored(value: vec4<f32>) -> vec4<f32> {
-    return vec4<f32>(vec4<store_t>(value));
-}
-
-// New keys arrive raw: normalise them in the tile (cached keys already are).
-fn prepare_key_tile(t: u32) {
-    if L2_NORM {
-        if t < BLOCK_KV {
-            let token = key_token[t];
-            if token != NO_TOKEN && token >= p.start {
-                let hv = head_vecs();
-                var sq = vec4<f32>(0.0);
-                for (var c = 0u; c < hv; c++) {
-                    let x = k_tile[t * hv + c];
-                    sq += x * x;
-                }
-                let inv = inverse_norm(sq);
-                for (var c = 0u; c < hv; c++) {
-                    k_tile[t * hv + c] = as_stored(k_tile[t * hv + c] * inv);
-                }
-            }
-        }
-        workgroupBarrier();
-    }
-}
-
-// The block's tokens' keys (normalised) and values into the caches at start + token. q_tile is
-// free scratch here: begin_queries fills it after its barrier.
-fn write_cache(head: Head, t: u32) {
+// New keys arrive raw: one thread per key row normalises it in the tile (cached keys already are)
+// and, when the key is one of this workgroup's own queries, writes it and its value to the caches.
+fn prepare_key_tile(head: Head, t: u32) {
     let hv = head_vecs();
-    for (var e = t; e < BLOCK_Q * hv; e += THREADS) {
-        let token = query_token[e / hv];
-        var value = vec4<f32>(0.0);
-        if token != NO_TOKEN {
-            value = qkv_vec(head, 1u, token, e % hv);
-        }
-        q_tile[e] = value;
-    }
-    workgroupBarrier();
-    if t < BLOCK_Q {
-        var inv = 1.0;
-        if L2_NORM {
-            var sq = vec4<f32>(0.0);
-            for (var c = 0u; c < hv; c++) {
-                let x = q_tile[t * hv + c];
-                sq += x * x;
+    for (var j = t; j < BLOCK_KV; j += THREADS) {
+        let token = key_token[j];
+        if token != NO_TOKEN && token >= p.start {
+            if L2_NORM {
+                var sum_sq = 0.0;
+                for (var c = 0u; c < hv; c++) {
+                    let x = k_tile[j * hv + c];
+                    sum_sq += dot(x, x);
+                }
+                let inv = inverse_norm(sum_sq);
+                for (var c = 0u; c < hv; c++) {
+                    k_tile[j * hv + c] = as_stored(k_tile[j * hv + c] * inv);
+                }
             }
-            inv = inverse_norm(sq);
-        }
-        row_rescale[t] = inv;
-    }
-    workgroupBarrier();
-    let width = qkv_width();
-    for (var e = t; e < BLOCK_Q * HEAD_DIM; e += THREADS) {
-        let r = e / HEAD_DIM;
-        let d = e % HEAD_DIM;
-        let token = query_token[r];
-        if token != NO_TOKEN {
-            let cache = head.kv_base + (p.start + token) * width + d;
-            k_cache[cache] = store_t(q_tile[r * hv + d / 4u][d % 4u] * row_rescale[r]);
-            v_cache[cache] = qkv[head.q_base + token * 3u * width + 2u * width + d];
+            let own = token - p.start - query_token[0];
+            if own < BLOCK_Q {
+                let base = head.kv_base + token * qkv_width();
+                for (var d = 0u; d < HEAD_DIM; d++) {
+                    k_cache[base + d] = store_t(k_tile[j * hv + d / 4u][d % 4u]);
+                    v_cache[base + d] = store_t(v_tile[j * hv + d / 4u][d % 4u]);
+                }
+            }
         }
     }
-}
-
-// Once begin_queries has loaded the raw rows: cosine queries normalised, times the head's
-// temperature and rounded as qkv_heads stores them; then the softmax scale.
-fn normalise_queries(head: Head, t: u32) {
-    workgroupBarrier();
-    if t < BLOCK_Q {
-        let hv = head_vecs();
-        if L2_NORM {
-            var sq = vec4<f32>(0.0);
-            for (var c = 0u; c < hv; c++) {
-                let x = q_tile[t * hv + c];
-                sq += x * x;
-            }
-            let factor = head_scale[head.head] * inverse_norm(sq);
-            for (var c = 0u; c < hv; c++) {
-                q_tile[t * hv + c] = as_stored(q_tile[t * hv + c] * factor) * p.scale;
-            }
-        } else {
-            for (var c = 0u; c < hv; c++) {
-                q_tile[t * hv + c] = q_tile[t * hv + c] * p.scale;
-            }
-        }
+    if L2_NORM {
+        workgroupBarrier();
     }
 }
 
@@ -252,11 +207,8 @@ fn qkv_attention(
     if t < BLOCK_Q {
         query_token[t] = select(NO_TOKEN, first + t, first + t < p.tokens);
     }
-    workgroupBarrier();
-    write_cache(head, t);
-    begin_queries(head, t);
-    normalise_queries(head, t);
-    var out: array<vec4<f32>, MAX_OUT_VECS>;
-    attend_range(head, t, lane, 0u, p.start + p.tokens, &out);
-    finish_queries(head, t, &out);
+    var state: RowState;
+    begin_queries(head, t, &state);
+    attend_range(head, t, 0u, p.start + p.tokens, &state);
+    finish_queries(head, t, &state);
 }

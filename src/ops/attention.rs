@@ -213,18 +213,80 @@ fn geometry(t: &Tensor, layout: AttentionLayout, what: &str) -> Result<Geometry>
     })
 }
 
-/// Query-block and key-tile sizes that fit the adapter's workgroup memory and invocation limits.
-pub(super) fn tile_config(q: &Tensor, dim: usize) -> Result<(usize, usize)> {
+/// How an attention kernel is tiled: the constants every attention launch sets.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct AttentionTiles {
+    /// Query rows per workgroup.
+    pub block_q: usize,
+    /// Keys per tile.
+    pub block_kv: usize,
+    pub threads: usize,
+    /// CUDA: the query tile in vec4s. WGSL: the partial scores exchanged per tile (1 when each row
+    /// has one thread).
+    pub q_tile_vecs: usize,
+    /// The K and V tiles in vec4s.
+    pub kv_tile_vecs: usize,
+}
+
+impl AttentionTiles {
+    /// The constants of these tiles, for the family's launch.
+    pub fn constants(&self, family: Family, dim: usize) -> Constants {
+        Constants::new(family)
+            .set("HEAD_DIM", dim as u32)
+            .set("BLOCK_Q", self.block_q as u32)
+            .set("BLOCK_KV", self.block_kv as u32)
+            .set("THREADS", self.threads as u32)
+            .set("Q_TILE_VECS", self.q_tile_vecs as u32)
+            .set("KV_TILE_VECS", self.kv_tile_vecs as u32)
+    }
+}
+
+/// Dimensions of q and of the output one WGSL thread keeps in registers (attention_tile.wgsl).
+const WGSL_SLICE_DIMS: usize = 64;
+
+/// Tiles that fit the adapter's workgroup memory and invocation limits, for `rows` query rows (a
+/// workgroup's rows shrink to a power of two from 8 up, so few-row calls do not idle 64 threads).
+///
+/// WGSL (attention_tile.wgsl): one query row per ceil(head_dim / 64) threads, q and the output in
+/// registers, K and V tiles in workgroup memory. CUDA (attention.cu): BLOCK_Q x BLOCK_KV threads,
+/// one score each, with the query tile in shared memory too.
+pub(super) fn tile_config(q: &Tensor, dim: usize, rows: usize) -> Result<AttentionTiles> {
     let caps = q.device().caps();
     let vecs = dim.div_ceil(4);
-    for (bq, bkv) in [(16, 16), (16, 8), (8, 8), (8, 4), (4, 4)] {
-        let floats = 4 * vecs * (bq + 2 * bkv) + 512 + 3 * 16;
-        let words = floats + 16 + 32 + 256; // token tables and the reduction scratch
-        if words * 4 <= caps.shared_memory_bytes as usize
-            && bq * bkv <= caps.max_threads_per_group as usize
-            && vecs.div_ceil(bkv) <= 16
-        {
-            return Ok((bq, bkv));
+    let fits = |words: usize, threads: usize| {
+        words * 4 <= caps.shared_memory_bytes as usize && threads <= caps.max_threads_per_group as usize
+    };
+    if q.device().info().cuda.is_some() {
+        for (bq, bkv) in [(16, 16), (16, 8), (8, 8), (8, 4), (4, 4)] {
+            let floats = 4 * vecs * (bq + 2 * bkv) + 512 + 3 * 16;
+            let words = floats + 16 + 32 + 256; // token tables and the reduction scratch
+            if fits(words, bq * bkv) && vecs.div_ceil(bkv) <= 16 {
+                return Ok(AttentionTiles {
+                    block_q: bq,
+                    block_kv: bkv,
+                    threads: bq * bkv,
+                    q_tile_vecs: bq * vecs,
+                    kv_tile_vecs: bkv * vecs,
+                });
+            }
+        }
+    } else {
+        let row_threads = dim.div_ceil(WGSL_SLICE_DIMS);
+        let wanted_q = rows.next_power_of_two().clamp(8, 64);
+        for bq in [64, 32, 16, 8, 4].into_iter().filter(|&bq| bq <= wanted_q) {
+            for bkv in [32, 16, 8, 4] {
+                let partials = if row_threads > 1 { bq * bkv * row_threads } else { 1 };
+                let words = 2 * 4 * bkv * vecs + partials + 64 + 32; // tiles, partials, token tables
+                if fits(words, bq * row_threads) {
+                    return Ok(AttentionTiles {
+                        block_q: bq,
+                        block_kv: bkv,
+                        threads: bq * row_threads,
+                        q_tile_vecs: partials,
+                        kv_tile_vecs: bkv * vecs,
+                    });
+                }
+            }
         }
     }
     Err(Error::MissingFeature {
@@ -241,9 +303,8 @@ struct AttentionLaunch<'a> {
     qg: Geometry,
     kg: Geometry,
     scale: f32,
-    /// Query rows per workgroup and keys per tile, from head_dim and the adapter's limits.
-    block_q: usize,
-    block_kv: usize,
+    /// From head_dim, the query rows and the adapter's limits.
+    tiles: AttentionTiles,
 }
 
 impl<'a> AttentionLaunch<'a> {
@@ -252,12 +313,12 @@ impl<'a> AttentionLaunch<'a> {
         k: &'a Tensor,
         v: &'a Tensor,
         out: &'a Tensor,
-        qg: Geometry,
-        kg: Geometry,
+        (qg, kg): (Geometry, Geometry),
         scale: f32,
+        rows: usize,
     ) -> Result<Self> {
-        let (block_q, block_kv) = tile_config(q, qg.dim)?;
-        Ok(Self { q, k, v, out, qg, kg, scale, block_q, block_kv })
+        let tiles = tile_config(q, qg.dim, rows)?;
+        Ok(Self { q, k, v, out, qg, kg, scale, tiles })
     }
 
     /// AttentionParams: strides, the dense ranges, then the grouped layout (a single group of one
@@ -300,7 +361,8 @@ impl<'a> AttentionLaunch<'a> {
                 p.axes = layout.grid.len() as u32;
                 p.text_start = u("text start", layout.image_tokens())?;
                 p.text_valid = u("text valid", layout.text_valid)?;
-                p.blocks_per_group = u("blocks per group", group.iter().product::<usize>().div_ceil(self.block_q))?;
+                p.blocks_per_group =
+                    u("blocks per group", group.iter().product::<usize>().div_ceil(self.tiles.block_q))?;
             }
             None => {
                 [p.grid_t, p.grid_h, p.grid_w, p.group_t, p.group_h, p.group_w, p.groups_t, p.groups_h, p.groups_w] =
@@ -311,16 +373,8 @@ impl<'a> AttentionLaunch<'a> {
     }
 
     fn run(&self, entry: &'static str, params: &AttentionParams, blocks: usize, order: TokenOrder) -> Result<()> {
-        let (bq, bkv) = (self.block_q as u32, self.block_kv as u32);
-        let vecs = self.qg.dim.div_ceil(4) as u32;
-        let constants = Constants::new(Family::Attention)
-            .set("GROUP_MAJOR", order == TokenOrder::GroupMajor)
-            .set("HEAD_DIM", self.qg.dim as u32)
-            .set("BLOCK_Q", bq)
-            .set("BLOCK_KV", bkv)
-            .set("THREADS", bq * bkv)
-            .set("Q_TILE_VECS", bq * vecs)
-            .set("KV_TILE_VECS", bkv * vecs);
+        let constants =
+            self.tiles.constants(Family::Attention, self.qg.dim).set("GROUP_MAJOR", order == TokenOrder::GroupMajor);
         let batch = index_u32("attention", "batch * heads", self.qg.batch * self.qg.heads)?;
         let args = [self.q.arg("q"), self.k.arg("k"), self.v.arg("v"), self.out.arg_mut("out")];
         let grid = Grid::Batched { groups: blocks as u64, batch };
@@ -375,9 +429,9 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, options: &AttentionOptions)
     let out = Tensor::empty(q.device(), q.shape(), q.dtype())?;
     let scale = softmax_scale(options.scale, qg.dim)?;
     let tokens = qg.tokens;
-    let launch = AttentionLaunch::new(q, k, v, &out, qg, kg, scale)?;
+    let launch = AttentionLaunch::new(q, k, v, &out, (qg, kg), scale, tokens)?;
     let params = launch.params([0, tokens, kv_len], None)?;
-    launch.run("flash_attention", &params, tokens.div_ceil(launch.block_q), TokenOrder::Raster)?;
+    launch.run("flash_attention", &params, tokens.div_ceil(launch.tiles.block_q), TokenOrder::Raster)?;
     Ok(out)
 }
 
@@ -422,14 +476,15 @@ pub fn grouped_attention_in(
     let out = Tensor::empty(q.device(), q.shape(), q.dtype())?;
     let scale = softmax_scale(scale, qg.dim)?;
     let image = layout.image_tokens();
-    let launch = AttentionLaunch::new(q, k, v, &out, qg, kg, scale)?;
     let (_, group, counts) = layout.dims3();
-    let blocks = counts.iter().product::<usize>() * group.iter().product::<usize>().div_ceil(launch.block_q);
+    let group_tokens = group.iter().product::<usize>();
+    let launch = AttentionLaunch::new(q, k, v, &out, (qg, kg), scale, group_tokens.max(layout.text_len))?;
+    let blocks = counts.iter().product::<usize>() * group.iter().product::<usize>().div_ceil(launch.tiles.block_q);
     let params = launch.params([0, image, image], Some(layout))?;
     launch.run("grouped_attention", &params, blocks, order)?;
     if layout.text_len > 0 {
         let params = launch.params([image, layout.text_len, image + layout.text_valid], None)?;
-        launch.run("flash_attention", &params, layout.text_len.div_ceil(launch.block_q), order)?;
+        launch.run("flash_attention", &params, layout.text_len.div_ceil(launch.tiles.block_q), order)?;
     }
     Ok(out)
 }

@@ -156,17 +156,8 @@ pub fn qkv_attention(args: &QkvHeads, scale: f32) -> Result<Tensor> {
     if shape.batch * shape.tokens == 0 {
         return Ok(out);
     }
-    let (block_q, block_kv) = tile_config(qkv, shape.dim)?;
-    let vecs = shape.dim.div_ceil(4) as u32;
-    let (bq, bkv) = (block_q as u32, block_kv as u32);
-    let constants = Constants::new(Family::QkvHeads)
-        .set("L2_NORM", args.l2_norm)
-        .set("HEAD_DIM", shape.dim as u32)
-        .set("BLOCK_Q", bq)
-        .set("BLOCK_KV", bkv)
-        .set("THREADS", bq * bkv)
-        .set("Q_TILE_VECS", bq * vecs)
-        .set("KV_TILE_VECS", bkv * vecs);
+    let tiles = tile_config(qkv, shape.dim, shape.tokens)?;
+    let constants = tiles.constants(Family::QkvHeads, shape.dim).set("L2_NORM", args.l2_norm);
     let bindings = [
         qkv.arg("qkv"),
         args.head_scale.arg("head_scale"),
@@ -176,7 +167,7 @@ pub fn qkv_attention(args: &QkvHeads, scale: f32) -> Result<Tensor> {
     ];
     let params = shape.params(args, scale);
     let grid = Grid::Batched {
-        groups: shape.tokens.div_ceil(block_q) as u64,
+        groups: shape.tokens.div_ceil(tiles.block_q) as u64,
         batch: index_u32(OP, "batch * heads", shape.batch * args.heads)?,
     };
     launch(qkv, Family::QkvHeads, "qkv_attention", shape.dtype, &constants, &bindings, &params, grid)?;
