@@ -223,10 +223,11 @@ impl DeviceInfo {
                 ),
             ),
             (
-                "attention softmax statistics",
-                if c.subgroups { "subgroup teams".into() } else { "one thread per row".into() },
+                "attention",
+                "query rows in registers (ceil(head_dim / 64) threads per row, which keep its max and sum); \
+                 8..64 rows x 4..32 keys per tile from head_dim and workgroup memory"
+                    .into(),
             ),
-            ("attention tiles", "from head_dim and workgroup memory (16x16 .. 4x4)".into()),
             (
                 "selective scan",
                 "chunked (chunk totals, carry, recompute), chunks sized for the adapter; no subgroups".into(),
