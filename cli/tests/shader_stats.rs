@@ -21,6 +21,7 @@ const VGPR_BUDGETS: &[(&str, &str, u32)] = &[
     ("matmul", "matmul_skinny", 52),
     ("norm", "layer_norm", 28),
     ("norm", "rms_norm", 28),
+    ("norm", "gated_rms_norm", 28),
     ("norm", "group_norm", 28),
     ("norm", "softmax", 28),
     ("norm", "modulate", 28),

@@ -67,6 +67,37 @@ SW_KERNEL(rms_norm, REDUCE_WG, 1, 1,
         store_f32(out, base + c, norm_affine(to_f32(x[base + c]) * rms, weight, bias, p, arow, c));
 }
 
+// Mamba-2's gated RMSNorm (shaders/wgsl/norm.wgsl): rms_norm(x * silu(z)), z in the bias slot; the
+// gated value rounded to store_t twice, as the silu and mul kernels store it.
+SW_DEVICE float norm_as_stored(float v) {
+    store_t s;
+    store_f32(&s, 0u, v);
+    return to_f32(s);
+}
+
+SW_DEVICE float norm_gated_at(const store_t* x, const store_t* z, u32 i) {
+    const float zf = to_f32(z[i]);
+    const float gate = norm_as_stored(zf / (1.0f + expf(-zf)));
+    return norm_as_stored(to_f32(x[i]) * gate);
+}
+
+SW_KERNEL(gated_rms_norm, REDUCE_WG, 1, 1,
+          (const store_t* x, const store_t* weight, const store_t* bias, store_t* out, const NormParams p)) {
+    __shared__ float scratch[32];
+    const u32 row = grid_block();
+    if (row >= p.rows) return;
+    const u32 base = row * p.cols;
+    float squares = 0.0f;
+    for (u32 c = threadIdx.x; c < p.cols; c += REDUCE_WG) {
+        const float v = norm_gated_at(x, bias, base + c);
+        squares += v * v;
+    }
+    const float rms = 1.0f / sqrtf(block_sum(squares, scratch) / (float)p.cols + p.eps);
+    const u32 arow = row / p.rows_per_affine;
+    for (u32 c = threadIdx.x; c < p.cols; c += REDUCE_WG)
+        store_f32(out, base + c, norm_affine(norm_gated_at(x, bias, base + c) * rms, weight, bias, p, arow, c));
+}
+
 // x: (N, C, spatial) with C = groups * channels_per_group; one block per (n, group), whose elements
 // are contiguous. p.rows = N * groups, p.cols = C (for the per-channel affine).
 SW_KERNEL(group_norm, REDUCE_WG, 1, 1,

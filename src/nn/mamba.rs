@@ -11,7 +11,7 @@ use crate::ops::conv1d::{CausalConv1d, Conv1dOutput, causal_conv1d};
 use crate::ops::scan::{
     SelectiveScan, SequenceLayout, SsdForm, SsdScan, check_finite_host_a, selective_scan_checked, ssd_scan_checked,
 };
-use crate::ops::{GatedResidual, linear, linear_gated_residual, mul, rms_norm, silu};
+use crate::ops::{GatedResidual, gated_rms_norm, linear, linear_gated_residual, mul};
 use crate::tensor::Tensor;
 use crate::weights::Weights;
 
@@ -298,15 +298,15 @@ impl Mamba2Block {
             },
             false,
         )?;
-        // Gated RMSNorm, normalised per group of d_inner / ngroups channels, then the weight.
-        let gated = mul(&scan.y, &silu(&z)?)?;
-        let per_group = [batch, length, self.n_groups, self.d_inner / self.n_groups];
-        // With one group the weight spans the normalised dimension, so the norm applies it itself.
+        // Gated RMSNorm (y * silu(z) inside the norm kernel), normalised per group of
+        // d_inner / ngroups channels, then the weight. With one group the weight spans the
+        // normalised dimension, so the norm applies it itself.
         let weighted = if self.n_groups == 1 {
-            rms_norm(&gated, Some(&self.norm_weight), 1e-5)?
+            gated_rms_norm(&scan.y, &z, Some(&self.norm_weight), 1e-5)?
         } else {
-            let normed = rms_norm(&gated.reshape(&per_group)?, None, 1e-5)?.reshape(&[batch, length, self.d_inner])?;
-            mul(&normed, &self.norm_weight)?
+            let per_group = [batch, length, self.n_groups, self.d_inner / self.n_groups];
+            let normed = gated_rms_norm(&scan.y.reshape(&per_group)?, &z.reshape(&per_group)?, None, 1e-5)?;
+            mul(&normed.reshape(&[batch, length, self.d_inner])?, &self.norm_weight)?
         };
         let out = match residual {
             Some(GatedResidual { x, gate }) => linear_gated_residual(&weighted, &self.out_proj, None, x, gate)?,

@@ -14,6 +14,8 @@ struct Affine<'a> {
     modulate: bool,
     /// Consecutive rows sharing one weight/bias row.
     rows_per_affine: usize,
+    /// gated_rms_norm's gate z, bound in the bias slot (the entry has no bias).
+    gate: Option<&'a Tensor>,
 }
 
 /// The sizes of one norm launch, before they become [`NormParams`].
@@ -29,7 +31,7 @@ struct NormSizes {
 
 fn run(op: &'static str, entry: &'static str, x: &Tensor, affine: &Affine, p: NormSizes) -> Result<Tensor> {
     let dtype = float_dtype(op, x)?;
-    for operand in [affine.weight, affine.bias].into_iter().flatten() {
+    for operand in [affine.weight, affine.bias, affine.gate].into_iter().flatten() {
         check_operand(op, x, operand)?;
     }
     if !p.eps.is_finite() || p.eps < 0.0 || !p.scale.is_finite() {
@@ -56,7 +58,7 @@ fn run(op: &'static str, entry: &'static str, x: &Tensor, affine: &Affine, p: No
     let args = [
         x.arg("x"),
         affine.weight.unwrap_or(x).arg("weight"),
-        affine.bias.unwrap_or(x).arg("bias"),
+        affine.bias.or(affine.gate).unwrap_or(x).arg("bias"),
         out.arg_mut("out"),
     ];
     // modulate is elementwise; the others reduce one row per workgroup.
@@ -90,7 +92,7 @@ pub fn layer_norm(x: &Tensor, weight: Option<&Tensor>, bias: Option<&Tensor>, ep
     let (rows, cols) = last_dim(OP, x)?;
     check_channel_vector(OP, x, weight, cols)?;
     check_channel_vector(OP, x, bias, cols)?;
-    let affine = Affine { weight, bias, modulate: false, rows_per_affine: rows };
+    let affine = Affine { weight, bias, modulate: false, rows_per_affine: rows, gate: None };
     run(OP, "layer_norm", x, &affine, NormSizes { rows, cols, eps, ..Default::default() })
 }
 
@@ -111,7 +113,7 @@ pub fn adaln_layer_norm(x: &Tensor, scale: &Tensor, shift: &Tensor, eps: f32) ->
     const OP: &str = "adaln_layer_norm";
     let rows_per_affine = check_modulation(OP, x, scale, shift)?;
     let (rows, cols) = last_dim(OP, x)?;
-    let affine = Affine { weight: Some(scale), bias: Some(shift), modulate: true, rows_per_affine };
+    let affine = Affine { weight: Some(scale), bias: Some(shift), modulate: true, rows_per_affine, gate: None };
     run(OP, "layer_norm", x, &affine, NormSizes { rows, cols, eps, ..Default::default() })
 }
 
@@ -120,7 +122,7 @@ pub fn modulate(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Result<Tensor> {
     const OP: &str = "modulate";
     let rows_per_affine = check_modulation(OP, x, scale, shift)?;
     let (rows, cols) = last_dim(OP, x)?;
-    let affine = Affine { weight: Some(scale), bias: Some(shift), modulate: true, rows_per_affine };
+    let affine = Affine { weight: Some(scale), bias: Some(shift), modulate: true, rows_per_affine, gate: None };
     run(OP, "modulate", x, &affine, NormSizes { rows, cols, ..Default::default() })
 }
 
@@ -129,8 +131,22 @@ pub fn rms_norm(x: &Tensor, weight: Option<&Tensor>, eps: f32) -> Result<Tensor>
     const OP: &str = "rms_norm";
     let (rows, cols) = last_dim(OP, x)?;
     check_channel_vector(OP, x, weight, cols)?;
-    let affine = Affine { weight, bias: None, modulate: false, rows_per_affine: rows };
+    let affine = Affine { weight, bias: None, modulate: false, rows_per_affine: rows, gate: None };
     run(OP, "rms_norm", x, &affine, NormSizes { rows, cols, eps, ..Default::default() })
+}
+
+/// Mamba-2's gated RMSNorm (norm_before_gate=False): rms_norm(x * silu(z)) over the last dimension,
+/// times `weight`, in one kernel. The gated value is rounded to the storage type as the silu and mul
+/// kernels would store it, so it equals `rms_norm(&mul(x, &silu(z)?)?, weight, eps)` exactly.
+pub fn gated_rms_norm(x: &Tensor, z: &Tensor, weight: Option<&Tensor>, eps: f32) -> Result<Tensor> {
+    const OP: &str = "gated_rms_norm";
+    if z.shape() != x.shape() {
+        return Err(shape_error(OP, x, z, "the gate z must have x's shape"));
+    }
+    let (rows, cols) = last_dim(OP, x)?;
+    check_channel_vector(OP, x, weight, cols)?;
+    let affine = Affine { weight, bias: None, modulate: false, rows_per_affine: rows, gate: Some(z) };
+    run(OP, "gated_rms_norm", x, &affine, NormSizes { rows, cols, eps, ..Default::default() })
 }
 
 /// GroupNorm over x (N, C, …spatial) with `groups` dividing C and optional per-channel affine.
@@ -156,7 +172,7 @@ pub fn group_norm(
     check_channel_vector(OP, x, weight, channels)?;
     check_channel_vector(OP, x, bias, channels)?;
     let spatial: usize = shape[2..].iter().product();
-    let affine = Affine { weight, bias, modulate: false, rows_per_affine: usize::MAX };
+    let affine = Affine { weight, bias, modulate: false, rows_per_affine: usize::MAX, gate: None };
     let params = NormSizes {
         rows: shape[0] * groups,
         cols: channels,
@@ -177,7 +193,7 @@ pub fn softmax(x: &Tensor) -> Result<Tensor> {
 pub fn softmax_scaled(x: &Tensor, scale: f32) -> Result<Tensor> {
     const OP: &str = "softmax";
     let (rows, cols) = last_dim(OP, x)?;
-    let affine = Affine { weight: None, bias: None, modulate: false, rows_per_affine: rows };
+    let affine = Affine { weight: None, bias: None, modulate: false, rows_per_affine: rows, gate: None };
     run(OP, "softmax", x, &affine, NormSizes { rows, cols, scale, ..Default::default() })
 }
 
@@ -226,6 +242,11 @@ pub mod reference {
                 v * (1.0 + scale[b * cols + c] as f64) + shift[b * cols + c] as f64
             })
             .collect()
+    }
+
+    /// rms_norm(x * silu(z)) with the gated value as it is stored (`gated`, already rounded).
+    pub fn gated_rms_norm(gated: &[f32], cols: usize, weight: Option<&[f32]>, eps: f64) -> Vec<f64> {
+        rms_norm(gated, cols, weight, eps)
     }
 
     pub fn rms_norm(x: &[f32], cols: usize, weight: Option<&[f32]>, eps: f64) -> Vec<f64> {

@@ -75,6 +75,23 @@ backend_tests! {
             let got = ops::rms_norm(&tx, None, 1e-5).unwrap();
             let want = ops::norm::reference::rms_norm(&x, cols, None, 1e-5);
             assert_close(&got.to_vec_f32().unwrap(), &want, tol, &format!("{config} {dtype} rms_norm plain"));
+
+            // Mamba-2's gated form: rms_norm(x * silu(z)), the gate and the product stored as the
+            // silu and mul kernels store them.
+            let z = stored(&rng.vec(rows * cols, 4.0), dtype);
+            let gate = stored(&z.iter().map(|&v| (v as f64 / (1.0 + (-v as f64).exp())) as f32).collect::<Vec<_>>(), dtype);
+            let gated = stored(&x.iter().zip(&gate).map(|(&a, &g)| a * g).collect::<Vec<_>>(), dtype);
+            let tz = upload(device, &[rows, cols], &z, dtype);
+            for weight in [Some(&w), None] {
+                let tw = weight.map(|w| upload(device, &[cols], w, dtype));
+                let got = ops::gated_rms_norm(&tx, &tz, tw.as_ref(), 1e-5).unwrap();
+                let want = ops::norm::reference::gated_rms_norm(&gated, cols, weight.map(|w| w.as_slice()), 1e-5);
+                let what = format!("{config} {dtype} gated_rms_norm {rows}x{cols} weight {}", weight.is_some());
+                assert_close(&got.to_vec_f32().unwrap(), &want, tol, &what);
+            }
+            let wrong = upload(device, &[rows, cols + 1], &vec![0.0; rows * (cols + 1)], dtype);
+            let err = ops::gated_rms_norm(&tx, &wrong, None, 1e-5).unwrap_err();
+            assert!(matches!(err, scalewise::Error::ShapeMismatch { op: "gated_rms_norm", .. }), "{err:?}");
         }
     }
 }
