@@ -5,8 +5,9 @@
 // through workgroup memory with an online softmax, so no L x L matrix ever exists. Each query row
 // belongs to ROW_THREADS = THREADS / BLOCK_Q adjacent threads (ceil(HEAD_DIM / 64)), each holding
 // 64 of its dimensions of q and of the output in registers: a thread computes BLOCK_KV scores per
-// tile (4 FMAs per workgroup-memory word: every k read meets 4 q components held in registers, and
-// the same for v), and its row's max and sum are its own, so no reduction crosses threads. With
+// tile, reading one workgroup word per FMA (each k or v component meets a q component or a
+// probability held in registers, where a one-score-per-thread tile reads both operands from
+// workgroup memory), and its row's max and sum are its own, so no reduction crosses threads. With
 // ROW_THREADS > 1 the partial dot products meet once per tile through workgroup memory. Barriers per
 // key tile: 3 (free the tiles, the key table, the tiles loaded), plus 1 with ROW_THREADS > 1.
 //
