@@ -50,24 +50,7 @@ SW_KERNEL(layer_norm, REDUCE_WG, 1, 1,
         store_f32(out, base + c, norm_affine((to_f32(x[base + c]) - mean) * rstd, weight, bias, p, arow, c));
 }
 
-SW_KERNEL(rms_norm, REDUCE_WG, 1, 1,
-          (const store_t* x, const store_t* weight, const store_t* bias, store_t* out, const NormParams p)) {
-    __shared__ float scratch[32];
-    const u32 row = grid_block();
-    if (row >= p.rows) return;
-    const u32 base = row * p.cols;
-    float squares = 0.0f;
-    for (u32 c = threadIdx.x; c < p.cols; c += REDUCE_WG) {
-        const float v = to_f32(x[base + c]);
-        squares += v * v;
-    }
-    const float rms = 1.0f / sqrtf(block_sum(squares, scratch) / (float)p.cols + p.eps);
-    const u32 arow = row / p.rows_per_affine;
-    for (u32 c = threadIdx.x; c < p.cols; c += REDUCE_WG)
-        store_f32(out, base + c, norm_affine(to_f32(x[base + c]) * rms, weight, bias, p, arow, c));
-}
-
-// Mamba-2's gated RMSNorm (shaders/wgsl/norm.wgsl): rms_norm(x * silu(z)), z in the bias slot; the
+// Mamba-2's gated RMSNorm (shaders/wgsl/norm.wgsl) normalises x * silu(z), z in the bias slot; the
 // gated value rounded to store_t twice, as the silu and mul kernels store it.
 SW_DEVICE float norm_as_stored(float v) {
     store_t s;
@@ -75,10 +58,34 @@ SW_DEVICE float norm_as_stored(float v) {
     return to_f32(s);
 }
 
-SW_DEVICE float norm_gated_at(const store_t* x, const store_t* z, u32 i) {
+SW_DEVICE float norm_rms_input(const store_t* x, const store_t* z, u32 i, bool gated) {
+    if (!gated) return to_f32(x[i]);
     const float zf = to_f32(z[i]);
     const float gate = norm_as_stored(zf / (1.0f + expf(-zf)));
     return norm_as_stored(to_f32(x[i]) * gate);
+}
+
+// One row of rms_norm or gated_rms_norm; `gated` is the same for the whole block.
+SW_DEVICE void norm_rms_row(const store_t* x, const store_t* weight, const store_t* bias, store_t* out,
+                            const NormParams& p, u32 row, bool gated, float* scratch) {
+    const u32 base = row * p.cols;
+    float squares = 0.0f;
+    for (u32 c = threadIdx.x; c < p.cols; c += REDUCE_WG) {
+        const float v = norm_rms_input(x, bias, base + c, gated);
+        squares += v * v;
+    }
+    const float rms = 1.0f / sqrtf(block_sum(squares, scratch) / (float)p.cols + p.eps);
+    const u32 arow = row / p.rows_per_affine;
+    for (u32 c = threadIdx.x; c < p.cols; c += REDUCE_WG)
+        store_f32(out, base + c, norm_affine(norm_rms_input(x, bias, base + c, gated) * rms, weight, bias, p, arow, c));
+}
+
+SW_KERNEL(rms_norm, REDUCE_WG, 1, 1,
+          (const store_t* x, const store_t* weight, const store_t* bias, store_t* out, const NormParams p)) {
+    __shared__ float scratch[32];
+    const u32 row = grid_block();
+    if (row >= p.rows) return;
+    norm_rms_row(x, weight, bias, out, p, row, false, scratch);
 }
 
 SW_KERNEL(gated_rms_norm, REDUCE_WG, 1, 1,
@@ -86,16 +93,7 @@ SW_KERNEL(gated_rms_norm, REDUCE_WG, 1, 1,
     __shared__ float scratch[32];
     const u32 row = grid_block();
     if (row >= p.rows) return;
-    const u32 base = row * p.cols;
-    float squares = 0.0f;
-    for (u32 c = threadIdx.x; c < p.cols; c += REDUCE_WG) {
-        const float v = norm_gated_at(x, bias, base + c);
-        squares += v * v;
-    }
-    const float rms = 1.0f / sqrtf(block_sum(squares, scratch) / (float)p.cols + p.eps);
-    const u32 arow = row / p.rows_per_affine;
-    for (u32 c = threadIdx.x; c < p.cols; c += REDUCE_WG)
-        store_f32(out, base + c, norm_affine(norm_gated_at(x, bias, base + c) * rms, weight, bias, p, arow, c));
+    norm_rms_row(x, weight, bias, out, p, row, true, scratch);
 }
 
 // x: (N, C, spatial) with C = groups * channels_per_group; one block per (n, group), whose elements

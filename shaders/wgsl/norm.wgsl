@@ -67,32 +67,40 @@ fn layer_norm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) gro
     }
 }
 
+// Mamba-2's gated RMSNorm normalises x * silu(z), z bound in the bias slot (HAS_BIAS stays off).
+// The gated value is rounded to store_t twice, as the silu and mul kernels store it, so the fusion
+// equals those two kernels followed by rms_norm.
+fn rms_input(i: u32, gated: bool) -> f32 {
+    if !gated {
+        return f32(x[i]);
+    }
+    let z = f32(bias[i]);
+    let gate = f32(store_t(z / (1.0 + exp(-z))));
+    return f32(store_t(f32(x[i]) * gate));
+}
+
+// One row of rms_norm or gated_rms_norm; `gated` is the same for the whole workgroup.
+fn rms_norm_row(row: u32, lane: Lane, gated: bool) {
+    let base = row * p.cols;
+    var squares = 0.0;
+    for (var c = lane.index; c < p.cols; c += REDUCE_WG) {
+        let v = rms_input(base + c, gated);
+        squares += v * v;
+    }
+    let rms = inverseSqrt(workgroup_sum(squares, lane) / f32(p.cols) + p.eps);
+    let arow = row / p.rows_per_affine;
+    for (var c = lane.index; c < p.cols; c += REDUCE_WG) {
+        out[base + c] = store_t(affine(rms_input(base + c, gated) * rms, arow, c));
+    }
+}
+
 @compute @workgroup_size(REDUCE_WG)
 fn rms_norm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>, lane: Lane) {
     let row = grid_workgroup(wg, groups);
     if row >= p.rows {
         return;
     }
-    let base = row * p.cols;
-    var squares = 0.0;
-    for (var c = lane.index; c < p.cols; c += REDUCE_WG) {
-        let v = f32(x[base + c]);
-        squares += v * v;
-    }
-    let rms = inverseSqrt(workgroup_sum(squares, lane) / f32(p.cols) + p.eps);
-    let arow = row / p.rows_per_affine;
-    for (var c = lane.index; c < p.cols; c += REDUCE_WG) {
-        out[base + c] = store_t(affine(f32(x[base + c]) * rms, arow, c));
-    }
-}
-
-// Mamba-2's gated RMSNorm: rms_norm(x * silu(z)), z bound in the bias slot (HAS_BIAS stays off).
-// The gated value is rounded to store_t twice, as the silu and mul kernels store it, so the fusion
-// equals those two kernels followed by rms_norm.
-fn gated_at(i: u32) -> f32 {
-    let z = f32(bias[i]);
-    let gate = f32(store_t(z / (1.0 + exp(-z))));
-    return f32(store_t(f32(x[i]) * gate));
+    rms_norm_row(row, lane, false);
 }
 
 @compute @workgroup_size(REDUCE_WG)
@@ -101,17 +109,7 @@ fn gated_rms_norm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
     if row >= p.rows {
         return;
     }
-    let base = row * p.cols;
-    var squares = 0.0;
-    for (var c = lane.index; c < p.cols; c += REDUCE_WG) {
-        let v = gated_at(base + c);
-        squares += v * v;
-    }
-    let rms = inverseSqrt(workgroup_sum(squares, lane) / f32(p.cols) + p.eps);
-    let arow = row / p.rows_per_affine;
-    for (var c = lane.index; c < p.cols; c += REDUCE_WG) {
-        out[base + c] = store_t(affine(gated_at(base + c) * rms, arow, c));
-    }
+    rms_norm_row(row, lane, true);
 }
 
 // x: (N, C, spatial) with C = groups * channels_per_group; one workgroup per (n, group), whose
