@@ -213,6 +213,28 @@ impl<'a> Probe<'a> {
     }
 }
 
+impl Probe<'_> {
+    /// Times one dispatch of `entry` over `groups` workgroups of 256 threads (rows of ROW_GROUPS).
+    fn time_kernel(
+        &self,
+        entry: &str,
+        (src, dst): (&wgpu::Buffer, &wgpu::Buffer),
+        n: u32,
+        iters: u32,
+        groups: u32,
+        config: &PeaksConfig,
+    ) -> anyhow::Result<(f64, f64)> {
+        let (gx, gy) = grid(groups);
+        let bind = self.bind_group(src, dst, n, iters, gx * 256);
+        let pipeline = self.pipeline(entry);
+        self.time(config.warmup, config.iterations, |pass| {
+            pass.set_pipeline(&pipeline);
+            pass.set_bind_group(0, &bind, &[]);
+            pass.dispatch_workgroups(gx, gy, 1);
+        })
+    }
+}
+
 /// A grid of `groups` workgroups, wrapped into rows of at most ROW_GROUPS.
 fn grid(groups: u32) -> (u32, u32) {
     (groups.min(ROW_GROUPS), groups.div_ceil(ROW_GROUPS))
@@ -244,14 +266,8 @@ pub fn peaks(device: &Device, config: &PeaksConfig) -> anyhow::Result<Vec<Peak>>
     );
     let dst = probe.buffer(fma_bytes, storage);
     let src = probe.buffer(16, storage);
-    let (gx, gy) = grid(config.fma_workgroups);
-    let bind = probe.bind_group(&src, &dst, threads as u32, config.fma_iters, gx * 256);
-    let pipeline = probe.pipeline("fma_peak");
-    let (median, min) = probe.time(config.warmup, config.iterations, |pass| {
-        pass.set_pipeline(&pipeline);
-        pass.set_bind_group(0, &bind, &[]);
-        pass.dispatch_workgroups(gx, gy, 1);
-    })?;
+    let (median, min) =
+        probe.time_kernel("fma_peak", (&src, &dst), threads as u32, config.fma_iters, config.fma_workgroups, config)?;
     let flops = threads as f64 * f64::from(config.fma_iters) * 64.0;
     out.push(Peak {
         probe: "fma",
@@ -261,7 +277,7 @@ pub fn peaks(device: &Device, config: &PeaksConfig) -> anyhow::Result<Vec<Peak>>
         unit: "TFLOP/s",
         detail: format!("{threads} threads x {} iterations x 32 f32 FMAs", config.fma_iters),
     });
-    drop((dst, src, bind));
+    drop((dst, src));
 
     // Copy: vec4 loads and stores, one pass; bytes moved = read + write.
     let copy_bytes = (config.copy_bytes.min(limit) / 16 * 16).max(16);
@@ -269,14 +285,7 @@ pub fn peaks(device: &Device, config: &PeaksConfig) -> anyhow::Result<Vec<Peak>>
     let src = probe.buffer(copy_bytes, storage);
     let dst = probe.buffer(copy_bytes, storage);
     let groups = u32::try_from(vecs.div_ceil(256)).map_err(|_| anyhow::anyhow!("copy probe too large"))?;
-    let (gx, gy) = grid(groups);
-    let bind = probe.bind_group(&src, &dst, vecs as u32, 0, gx * 256);
-    let pipeline = probe.pipeline("copy_vec4");
-    let (median, min) = probe.time(config.warmup, config.iterations, |pass| {
-        pass.set_pipeline(&pipeline);
-        pass.set_bind_group(0, &bind, &[]);
-        pass.dispatch_workgroups(gx, gy, 1);
-    })?;
+    let (median, min) = probe.time_kernel("copy_vec4", (&src, &dst), vecs as u32, 0, groups, config)?;
     out.push(Peak {
         probe: "copy",
         median_ms: median,
@@ -285,7 +294,7 @@ pub fn peaks(device: &Device, config: &PeaksConfig) -> anyhow::Result<Vec<Peak>>
         unit: "GB/s",
         detail: format!("{} MiB read and written", copy_bytes >> 20),
     });
-    drop((src, dst, bind));
+    drop((src, dst));
 
     // Dispatch gap: empty one-thread dispatches back to back in one pass, each with its bind group
     // set again (as every scalewise launch does). Per dispatch = (total - one dispatch) / (n - 1).
