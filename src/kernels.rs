@@ -33,6 +33,13 @@ pub mod size {
     pub const SKINNY_COLS: u32 = 8;
     pub const SKINNY_LANES: u32 = 32;
     pub const SKINNY_CHUNK: u32 = 256;
+    /// The matrix-unit matmul (16 x 16 x 16 f16 -> f32 products: cooperative matrices on wgpu, tensor
+    /// cores on CUDA): a COOP_TILE square of C per workgroup, K in steps of COOP_K through workgroup
+    /// memory. On wgpu the workgroup is COOP_THREADS invocations, whatever the subgroup size: each
+    /// subgroup takes 32 x 32 quarters of the block in turn.
+    pub const COOP_TILE: u32 = 64;
+    pub const COOP_K: u32 = 32;
+    pub const COOP_THREADS: u32 = 128;
     /// The tiled conv2d: TILE_W x TILE_H pixels x COUT_BLOCK output channels per workgroup.
     pub const CONV_TILE_W: u32 = 16;
     pub const CONV_TILE_H: u32 = 8;
@@ -55,6 +62,9 @@ pub mod size {
     // vec4 accumulators, and its A chunk has room for the lanes' partial sums.
     const _: () = assert!(WIDE_TILE == 8 * MATMUL_SIDE && WIDE_K * WIDE_TILE / 4 == MATMUL_SIDE * MATMUL_SIDE);
     const _: () = assert!(SKINNY_ROWS == 8 && SKINNY_CHUNK >= SKINNY_COLS * SKINNY_LANES);
+    // The CUDA tensor-core kernel and the WGSL cooperative one cover the same block, so both share
+    // the 64 x 64 matmul's grid; the WGSL one is written for four 32 x 32 quarters and 16-deep steps.
+    const _: () = assert!(COOP_TILE == TILE_M && COOP_TILE == TILE_N && COOP_TILE == 64 && COOP_K.is_multiple_of(16));
 
     /// Every block size by name, as each backend emits them into its kernel sources.
     pub const ALL: &[(&str, u32)] = &[
@@ -70,6 +80,9 @@ pub mod size {
         ("SKINNY_COLS", SKINNY_COLS),
         ("SKINNY_LANES", SKINNY_LANES),
         ("SKINNY_CHUNK", SKINNY_CHUNK),
+        ("COOP_TILE", COOP_TILE),
+        ("COOP_K", COOP_K),
+        ("COOP_THREADS", COOP_THREADS),
         ("CONV_TILE_W", CONV_TILE_W),
         ("CONV_TILE_H", CONV_TILE_H),
         ("CONV_COUT_BLOCK", CONV_COUT_BLOCK),
@@ -266,6 +279,13 @@ const FLOATS: &[DType] = &[DType::F32, DType::F16];
 families! {
     Matmul = "matmul" {
         params: MatmulParams, reductions: false, dtypes: FLOATS,
+        constants: [B_TRANSPOSED: Bool, HAS_BIAS: Bool, GELU: Bool, GATED_RESIDUAL: Bool],
+    }
+    /// The matmul on 16 x 16 x 16 f16 matrix units: cooperative matrices on wgpu (`matmul_coop.wgsl`,
+    /// its own module because it needs `enable wgpu_cooperative_matrix`), the tensor-core kernel on
+    /// CUDA. f16 storage only: the units multiply f16, so an f32 matmul would lose precision.
+    MatmulCoop = "matmul_coop" {
+        params: MatmulParams, reductions: false, dtypes: &[DType::F16],
         constants: [B_TRANSPOSED: Bool, HAS_BIAS: Bool, GELU: Bool, GATED_RESIDUAL: Bool],
     }
     Norm = "norm" {

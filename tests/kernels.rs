@@ -30,6 +30,9 @@ fn every_variant_validates() {
             if variant.subgroups {
                 capabilities |= Capabilities::SUBGROUP;
             }
+            if family == Family::MatmulCoop && variant.subgroups {
+                capabilities |= Capabilities::COOPERATIVE_MATRIX;
+            }
             if let Err(e) = validate(&source, capabilities) {
                 panic!("{family}{}: {e}", variant.suffix());
             }
@@ -57,6 +60,85 @@ fn subgroup_variants_are_rejected_without_the_capability() {
     let family = *Family::ALL.iter().find(|f| f.uses_reductions()).expect("a family with subgroup variants");
     let source = compose(family, Variant { dtype: DType::F32, subgroups: true });
     assert!(validate(&source, Capabilities::empty()).is_err());
+}
+
+/// SPIR-V opcodes and the capability of SPV_KHR_cooperative_matrix.
+const OP_CAPABILITY: u32 = 17;
+const CAPABILITY_COOPERATIVE_MATRIX: u32 = 6022;
+const OP_COOPERATIVE_MATRIX_LOAD: u32 = 4457;
+const OP_COOPERATIVE_MATRIX_STORE: u32 = 4458;
+const OP_COOPERATIVE_MATRIX_MUL_ADD: u32 = 4459;
+
+/// Instructions of a SPIR-V module as (opcode, operands).
+fn instructions(words: &[u32]) -> Vec<(u32, &[u32])> {
+    let mut out = Vec::new();
+    let mut at = 5; // the header
+    while at < words.len() {
+        let (count, opcode) = ((words[at] >> 16) as usize, words[at] & 0xffff);
+        assert!(count > 0 && at + count <= words.len(), "malformed SPIR-V at word {at}");
+        out.push((opcode, &words[at + 1..at + count]));
+        at += count;
+    }
+    out
+}
+
+#[test]
+fn cooperative_matmul_emits_spirv_matrix_instructions() {
+    // Lavapipe has no cooperative matrices, so the native kernel cannot run here: check what can be
+    // checked without the hardware. It validates only with the capability, and its SPIR-V (as wgpu's
+    // Vulkan backend would write it) multiplies on the matrix units, with the loads and stores
+    // row-major (layout 0, as the emulation reads them). The emulated flavour needs no capability.
+    let native = compose(Family::MatmulCoop, Variant { dtype: DType::F16, subgroups: true });
+    let base = Capabilities::SHADER_FLOAT16 | Capabilities::SUBGROUP;
+    assert!(validate(&native, base).is_err(), "the native flavour validated without COOPERATIVE_MATRIX");
+    let emulated = compose(Family::MatmulCoop, Variant { dtype: DType::F16, subgroups: false });
+    validate(&emulated, Capabilities::SHADER_FLOAT16).expect("the emulation needs only f16");
+    assert!(!emulated.contains("coop_mat16x16") && !emulated.contains("enable wgpu_cooperative_matrix;"));
+
+    let module = parse(&native).expect("parses");
+    let info = Validator::new(ValidationFlags::all(), base | Capabilities::COOPERATIVE_MATRIX)
+        .validate(&module)
+        .expect("validates");
+    let (module, info) = naga::back::pipeline_constants::process_overrides(
+        &module,
+        &info,
+        Some((naga::ShaderStage::Compute, "matmul_coop")),
+        &naga::back::PipelineConstants::default(),
+    )
+    .expect("overrides");
+    let options = naga::back::spv::Options { lang_version: (1, 3), ..Default::default() };
+    let pipeline = naga::back::spv::PipelineOptions {
+        shader_stage: naga::ShaderStage::Compute,
+        entry_point: "matmul_coop".into(),
+    };
+    let words = naga::back::spv::write_vec(&module, &info, &options, Some(&pipeline)).expect("SPIR-V");
+    let ops = instructions(&words);
+    let count = |opcode: u32| ops.iter().filter(|(op, _)| *op == opcode).count();
+    assert!(
+        ops.iter().any(|&(op, operands)| op == OP_CAPABILITY && operands == [CAPABILITY_COOPERATIVE_MATRIX]),
+        "no CooperativeMatrixKHR capability"
+    );
+    // Per 16-deep step: 2 A and 2 B fragments, 4 products; then 4 fragments out. (naga may inline
+    // or not; count at least the distinct call sites' instructions.)
+    assert!(count(OP_COOPERATIVE_MATRIX_MUL_ADD) >= 1, "no OpCooperativeMatrixMulAddKHR");
+    assert!(count(OP_COOPERATIVE_MATRIX_LOAD) >= 2, "A and B fragments are not loaded");
+    assert!(count(OP_COOPERATIVE_MATRIX_STORE) >= 1, "no OpCooperativeMatrixStoreKHR");
+    // OpCooperativeMatrixLoadKHR: result type, result, pointer, layout, stride. The layout is a
+    // constant id, so check that every load and store uses the same one and that it holds 0
+    // (RowMajorKHR).
+    let constants: std::collections::HashMap<u32, u32> = ops
+        .iter()
+        .filter(|(op, operands)| *op == 43 && operands.len() == 3) // OpConstant: type, id, value
+        .map(|(_, operands)| (operands[1], operands[2]))
+        .collect();
+    for (op, operands) in &ops {
+        let layout = match *op {
+            OP_COOPERATIVE_MATRIX_LOAD => operands[3],
+            OP_COOPERATIVE_MATRIX_STORE => operands[2], // pointer, object, layout, stride
+            _ => continue,
+        };
+        assert_eq!(constants.get(&layout), Some(&0), "a fragment load or store that is not row-major");
+    }
 }
 
 /// (member, byte offset) of the WGSL struct `name`, from naga's layouter.

@@ -3,7 +3,7 @@
 
 use scalewise::device::{Device, LaunchStats, TimingSource};
 use scalewise::ops::{self, MatmulAlgorithm, matmul::MatmulOptions};
-use scalewise::{DType, Error, Result, Tensor};
+use scalewise::{DType, Error, MatrixUnits, Result, Tensor};
 
 /// One benchmarked product: (m x k) @ (k x n), or (m x k) @ (n x k)^T for a Linear-like shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,6 +148,13 @@ pub fn matmul(device: &Device, config: &MatmulBenchConfig) -> Result<Vec<MatmulB
                     continue;
                 }
                 if algorithm == MatmulAlgorithm::Skinny && m > scalewise::kernels::size::SKINNY_ROWS as usize {
+                    continue;
+                }
+                // The matrix units multiply f16, and only where the device has them (the emulation is a
+                // test device's, not a kernel to time).
+                if algorithm == MatmulAlgorithm::Cooperative
+                    && (dtype != DType::F16 || device.caps().matrix_units != MatrixUnits::Native)
+                {
                     continue;
                 }
                 let kernel = match algorithm {

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use generate::check_input_file;
+use scalewise::MatrixUnits;
 use scalewise::kernels::Family;
 use scalewise::ops::MatmulAlgorithm;
 use scalewise::{BackendChoice, DType, Device, DeviceOptions};
@@ -304,9 +305,10 @@ struct MatmulArgs {
     /// (e.g. 2x1024x1024 for the conditioning of one image with guidance); run after the sizes.
     #[arg(long, value_delimiter = ',', value_parser = parse_linear_shape)]
     linear: Vec<MatmulShape>,
-    /// Kernels to time: tiled, wide, skinny (shapes of at most 8 rows), naive, auto.
+    /// Kernels to time: tiled, wide, skinny (shapes of at most 8 rows), naive, cooperative (f16 on
+    /// matrix units, where the device has them), auto.
     #[arg(long, value_delimiter = ',', value_parser = parse_matmul_algorithm,
-          default_values = ["tiled", "wide", "skinny", "naive", "auto"])]
+          default_values = ["tiled", "wide", "skinny", "naive", "cooperative", "auto"])]
     kernels: Vec<MatmulAlgorithm>,
     /// Storage types to measure (f16 is skipped without SHADER_F16).
     #[arg(long, value_delimiter = ',', default_values = ["f32", "f16"], value_parser = parse_dtype)]
@@ -343,7 +345,7 @@ fn parse_matmul_algorithm(s: &str) -> Result<MatmulAlgorithm, String> {
         .into_iter()
         .chain([MatmulAlgorithm::Auto])
         .find(|&a| bench::algorithm_name(a) == s)
-        .ok_or_else(|| format!("unknown kernel {s:?} (expected tiled, wide, skinny, naive or auto)"))
+        .ok_or_else(|| format!("unknown kernel {s:?} (expected tiled, wide, skinny, naive, cooperative or auto)"))
 }
 
 fn parse_dtype(s: &str) -> Result<DType, String> {
@@ -471,6 +473,13 @@ fn info(device: &Device) -> anyhow::Result<()> {
         println!("subgroups size {}..{}", c.subgroup_sizes.0, c.subgroup_sizes.1);
     }
     println!("cpu adapter {}", on(c.is_cpu));
+    let units = match c.matrix_units {
+        MatrixUnits::Native if info.cuda.is_some() => "tensor cores (matmul_coop: mma.sync)",
+        MatrixUnits::Native => "cooperative matrices, 16x16x16 f16 -> f32 (matmul_coop, experimental in wgpu)",
+        MatrixUnits::Emulated => "emulated in plain WGSL (tests only)",
+        MatrixUnits::None => "none (f16 matmuls on the scalar kernels)",
+    };
+    println!("matrix units {units}");
     if let Some(cuda) = &info.cuda {
         println!("cuda      {}", cuda.executor);
         if let Some((major, minor)) = cuda.compute_capability {

@@ -99,15 +99,26 @@ pub fn run(args: &ShaderStatsArgs) -> anyhow::Result<()> {
 fn measure(args: &ShaderStatsArgs) -> anyhow::Result<()> {
     let radv = radv::Radv::open(&args.target)?;
     let mut kernels = Vec::new();
+    let mut skipped = Vec::new();
     for &family in Family::ALL {
         for variant in variants(family) {
-            let source = compose(family, variant);
             let label = format!("{family}{}", variant.suffix());
+            let native_coop = family == Family::MatmulCoop && variant.subgroups;
+            if native_coop && !radv.cooperative_matrix {
+                let reason = format!(
+                    "{} lacks VK_KHR_cooperative_matrix (RADV has it for RDNA3 from Mesa 24.1)",
+                    radv.driver.trim()
+                );
+                skipped.push((family, variant, reason));
+                continue;
+            }
+            let source = compose(family, variant);
             let module = naga::front::wgsl::parse_str(&source)
                 .map_err(|e| anyhow::anyhow!("{label}: {}", e.emit_to_string(&source)))?;
             let mut capabilities = Capabilities::empty();
             capabilities.set(Capabilities::SHADER_FLOAT16, variant.dtype == DType::F16);
             capabilities.set(Capabilities::SUBGROUP, variant.subgroups);
+            capabilities.set(Capabilities::COOPERATIVE_MATRIX, native_coop);
             let info = Validator::new(ValidationFlags::all(), capabilities)
                 .validate(&module)
                 .map_err(|e| anyhow::anyhow!("{label}: {}", e.emit_to_string(&source)))?;
@@ -127,7 +138,17 @@ fn measure(args: &ShaderStatsArgs) -> anyhow::Result<()> {
         }
     }
     print_table(&radv, &args.target, &kernels);
-    let json = report_json(&radv, &args.target, &kernels);
+    for (family, variant, reason) in &skipped {
+        println!("skipped {family}{}: {reason}", variant.suffix());
+    }
+    let mut json = report_json(&radv, &args.target, &kernels);
+    json["skipped"] = skipped
+        .iter()
+        .map(|(family, variant, reason)| {
+            json!({"family": family.name(), "dtype": variant.dtype.to_string(), "subgroups": variant.subgroups,
+                   "reason": reason})
+        })
+        .collect();
     crate::write_results(&args.json, &json)?;
     Ok(())
 }

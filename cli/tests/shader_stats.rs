@@ -19,6 +19,9 @@ const VGPR_BUDGETS: &[(&str, &str, u32)] = &[
     ("matmul", "matmul_naive", 28),
     ("matmul", "matmul_wide", 124),
     ("matmul", "matmul_skinny", 52),
+    // The emulation (the only flavour Mesa 22.3 compiles): 60. The cooperative-matrix flavour, on
+    // Mesa 25.0.7's RADV for navi31 (gfx1100): 96, 0 spills, 10 waves, 16 v_wmma_f32_16x16x16_f16.
+    ("matmul_coop", "matmul_coop", 112),
     ("norm", "layer_norm", 28),
     ("norm", "rms_norm", 28),
     ("norm", "gated_rms_norm", 28),
@@ -101,14 +104,27 @@ fn every_kernel_compiles_for_rdna3_without_spills_within_its_vgpr_budget() {
     let _ = std::fs::remove_dir_all(&dir);
     let kernels = report["kernels"].as_array().expect("kernels");
 
-    // Every family and variant compiled (entry points per variant: at least one).
+    // Every family and variant compiled (entry points per variant: at least one), but for the ones
+    // the driver cannot compile (matmul_coop's cooperative-matrix flavour before Mesa 24.1), which
+    // the report lists with the reason and this test reports as a skip.
+    let skipped = report["skipped"].as_array().expect("skipped");
+    let same = |k: &serde_json::Value, family: Family, variant: &scalewise::device::wgsl::Variant| {
+        k["family"] == family.name() && k["dtype"] == variant.dtype.to_string() && k["subgroups"] == variant.subgroups
+    };
     for &family in Family::ALL {
         for variant in variants(family) {
-            let compiled = kernels.iter().any(|k| {
-                k["family"] == family.name()
-                    && k["dtype"] == variant.dtype.to_string()
-                    && k["subgroups"] == variant.subgroups
-            });
+            if let Some(skip) = skipped.iter().find(|k| same(k, family, &variant)) {
+                assert!(
+                    family == Family::MatmulCoop && variant.subgroups,
+                    "{family}{} skipped: {}",
+                    variant.suffix(),
+                    skip["reason"]
+                );
+                let _ =
+                    writeln!(std::io::stderr(), "SKIP shader_stats {family}{}: {}", variant.suffix(), skip["reason"]);
+                continue;
+            }
+            let compiled = kernels.iter().any(|k| same(k, family, &variant));
             assert!(compiled, "{family}{} has no compiled entry point", variant.suffix());
         }
     }

@@ -264,8 +264,7 @@ SW_DEVICE void matmul_tc_load(u32 (*a_st)[MATMUL_TC_ROW_WORDS], u32 (*b_st)[MATM
     }
 }
 
-SW_KERNEL(matmul_tiled_tc, MATMUL_SIDE, MATMUL_SIDE, 1,
-          MATMUL_ARGS) {
+SW_DEVICE void matmul_tc_block MATMUL_ARGS {
     alignas(16) __shared__ u32 a_s[2][TILE_M][MATMUL_TC_ROW_WORDS];
     alignas(16) __shared__ u32 b_s[2][MATMUL_TC_B_ROWS][MATMUL_TC_B_WORDS];
     const u32 lid = threadIdx.x + threadIdx.y * MATMUL_SIDE;
@@ -327,5 +326,17 @@ SW_KERNEL(matmul_tiled_tc, MATMUL_SIDE, MATMUL_SIDE, 1,
             }
         }
     }
+}
+
+SW_KERNEL(matmul_tiled_tc, MATMUL_SIDE, MATMUL_SIDE, 1,
+          MATMUL_ARGS) {
+    matmul_tc_block(a, b, bias, residual, gate, c, p);
+}
+
+// The matrix-unit matmul (the matmul_coop family, MatmulAlgorithm::Cooperative; matmul_coop.wgsl on
+// wgpu's cooperative matrices): on CUDA, the tensor-core kernel above, over the same 64 x 64 blocks.
+SW_KERNEL(matmul_coop, MATMUL_SIDE, MATMUL_SIDE, 1,
+          MATMUL_ARGS) {
+    matmul_tc_block(a, b, bias, residual, gate, c, p);
 }
 #endif

@@ -81,6 +81,14 @@ pub struct DeviceOptions {
     pub allow_subgroups: bool,
     /// Use GPU timestamps for profiling when the adapter has TIMESTAMP_QUERY.
     pub allow_timestamps: bool,
+    /// Use the adapter's 16 x 16 f16 matrix units through wgpu's experimental cooperative matrices
+    /// ([`MatrixUnits::Native`]) when it lists them.
+    pub allow_cooperative_matrix: bool,
+    /// Where the adapter has no matrix units, run [`crate::ops::MatmulAlgorithm::Cooperative`] on a
+    /// plain-WGSL emulation of them ([`MatrixUnits::Emulated`]). Far slower than every other kernel
+    /// and never chosen by `Auto`: it exists so that the cooperative kernel's tiling, edges and
+    /// epilogue are tested on adapters without the units (the test suite's `wgpu_full` device).
+    pub emulate_matrix_units: bool,
     /// Fill every freshly handed-out buffer with NaN bytes (0xFF), so a kernel that forgets to write
     /// an element is caught by the tests instead of reading stale data.
     pub poison_allocations: bool,
@@ -94,6 +102,8 @@ impl Default for DeviceOptions {
             allow_f16: true,
             allow_subgroups: true,
             allow_timestamps: true,
+            allow_cooperative_matrix: true,
+            emulate_matrix_units: false,
             poison_allocations: false,
         }
     }
@@ -101,7 +111,7 @@ impl Default for DeviceOptions {
 
 impl DeviceOptions {
     /// Defaults overridden by the environment: `WGPU_BACKEND`, `WGPU_ADAPTER_NAME`, and
-    /// `SCALEWISE_DISABLE` (comma list of `f16`, `subgroups`, `timestamps`).
+    /// `SCALEWISE_DISABLE` (comma list of `f16`, `subgroups`, `timestamps`, `coop`).
     pub fn from_env() -> Result<Self> {
         let mut options = Self::default();
         if let Ok(backend) = std::env::var("WGPU_BACKEND") {
@@ -118,10 +128,11 @@ impl DeviceOptions {
                     "f16" => options.allow_f16 = false,
                     "subgroups" => options.allow_subgroups = false,
                     "timestamps" => options.allow_timestamps = false,
+                    "coop" => options.allow_cooperative_matrix = false,
                     other => {
                         return Err(Error::InvalidArgument {
                             op: "SCALEWISE_DISABLE",
-                            msg: format!("unknown item {other:?}; expected f16, subgroups or timestamps"),
+                            msg: format!("unknown item {other:?}; expected f16, subgroups, timestamps or coop"),
                         });
                     }
                 }
@@ -155,6 +166,21 @@ pub struct Caps {
     pub max_buffer_bytes: u64,
     /// A software rasteriser on the CPU (lavapipe, llvmpipe, WARP): few, wide "cores".
     pub is_cpu: bool,
+    /// 16 x 16 x 16 f16 -> f32 matrix units for [`crate::ops::MatmulAlgorithm::Cooperative`].
+    pub matrix_units: MatrixUnits,
+}
+
+/// How a device runs the 16 x 16 x 16 f16 -> f32 matrix products of the cooperative matmul.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatrixUnits {
+    /// None: the cooperative matmul is refused with a typed error.
+    None,
+    /// Hardware units: wgpu's cooperative matrices where the adapter lists the configuration (Vulkan
+    /// on NVIDIA and AMD RDNA3) and its subgroups are at least 32 wide, or CUDA's tensor cores
+    /// (sm_80 and later, and the CPU shim's model of them). `Auto` uses them for f16 matmuls.
+    Native,
+    /// The plain-WGSL emulation ([`DeviceOptions::emulate_matrix_units`]): for tests, never `Auto`.
+    Emulated,
 }
 
 /// Everything `scalewise info` shows.
@@ -194,7 +220,8 @@ impl DeviceInfo {
                 (
                     "matmul",
                     if cuda.tensor_cores {
-                        "skinny (<= 8 rows), wide 128x128, tiled 64x64; f16 tiled on tensor cores (mma.sync m16n8k16)"
+                        "skinny (<= 8 rows), wide 128x128, tiled 64x64; f16 on tensor cores (matmul_coop: \
+                         mma.sync m16n8k16)"
                             .into()
                     } else {
                         "skinny (<= 8 rows), wide 128x128, tiled 64x64; scalar (no tensor cores below sm_80)".into()
@@ -219,7 +246,12 @@ impl DeviceInfo {
                 "matmul",
                 format!(
                     "skinny (<= {SKINNY_ROWS} rows), wide {WIDE_TILE}x{WIDE_TILE}x{WIDE_K} 8x8 per thread \
-                     double-buffered, tiled {TILE_M}x{TILE_M}x{TILE_K} 4x4 per thread; by shape"
+                     double-buffered, tiled {TILE_M}x{TILE_M}x{TILE_K} 4x4 per thread; by shape{}",
+                    match c.matrix_units {
+                        MatrixUnits::Native => "; f16 on cooperative matrices (16x16x16, 64x64 tiles)",
+                        MatrixUnits::Emulated => "; cooperative kernel emulated on request (tests)",
+                        MatrixUnits::None => "",
+                    }
                 ),
             ),
             (

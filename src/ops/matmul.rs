@@ -1,7 +1,7 @@
 //! Batched matmul, including x @ W^T for PyTorch Linear weights, with an optional bias.
 
 use super::{check_operand, float_dtype, index_u32, launch, shape_error};
-use crate::device::{Device, Grid};
+use crate::device::{Device, Grid, MatrixUnits};
 use crate::dtype::{DType, numel};
 use crate::error::{Error, Result};
 use crate::kernels::{Constants, Family, MatmulParams, size};
@@ -21,6 +21,10 @@ pub enum MatmulAlgorithm {
     Skinny,
     /// One thread per output, straight from global memory: the benchmark baseline.
     Naive,
+    /// 16 x 16 x 16 f16 matrix units with f32 accumulation, 64 x 64 output tiles: wgpu's cooperative
+    /// matrices, CUDA's tensor cores ([`crate::MatrixUnits`]). f16 storage only; refused with a typed
+    /// error on a device without the units.
+    Cooperative,
 }
 
 /// The wide kernel only when its grid has at least this many workgroups: below it, a GPU with 100+
@@ -30,20 +34,25 @@ pub const WIDE_MIN_GROUPS: u64 = 64;
 
 impl MatmulAlgorithm {
     /// Every kernel, for tests and benchmarks ([`MatmulAlgorithm::Auto`] is not one: it picks one).
-    pub const KERNELS: [MatmulAlgorithm; 4] =
-        [MatmulAlgorithm::Tiled, MatmulAlgorithm::Wide, MatmulAlgorithm::Skinny, MatmulAlgorithm::Naive];
+    pub const KERNELS: [MatmulAlgorithm; 5] = [
+        MatmulAlgorithm::Tiled,
+        MatmulAlgorithm::Wide,
+        MatmulAlgorithm::Skinny,
+        MatmulAlgorithm::Naive,
+        MatmulAlgorithm::Cooperative,
+    ];
 
     /// The kernel [`MatmulAlgorithm::Auto`] runs for `batch` products of `rows` x `k` by `k` x `n`:
     /// skinny for at most [`size::SKINNY_ROWS`] rows of a transposed `b` (a weight read along its
-    /// rows), the 64 x 64 kernel where the CUDA backend runs it on tensor cores (f16), wide where its
-    /// grid fills the GPU ([`WIDE_MIN_GROUPS`]; on a CPU adapter wherever its tile is half used), the
-    /// 64 x 64 kernel otherwise.
+    /// rows), the matrix units for f16 where the device has them ([`crate::MatrixUnits::Native`]), wide
+    /// where its grid fills the GPU ([`WIDE_MIN_GROUPS`]; on a CPU adapter wherever its tile is half
+    /// used), the 64 x 64 kernel otherwise.
     pub fn choose(device: &Device, dtype: DType, batch: usize, rows: usize, n: usize, transpose_b: bool) -> Self {
         if transpose_b && rows <= size::SKINNY_ROWS as usize {
             return MatmulAlgorithm::Skinny;
         }
-        if dtype == DType::F16 && device.info().cuda.as_ref().is_some_and(|cuda| cuda.tensor_cores) {
-            return MatmulAlgorithm::Tiled;
+        if dtype == DType::F16 && device.caps().matrix_units == MatrixUnits::Native {
+            return MatmulAlgorithm::Cooperative;
         }
         let wide = size::WIDE_TILE as u64;
         let groups = (rows as u64).div_ceil(wide) * (n as u64).div_ceil(wide) * batch as u64;
@@ -189,11 +198,6 @@ pub fn matmul_with(a: &Tensor, b: &Tensor, options: &MatmulOptions) -> Result<Te
     index_u32(OP, "elements of a", a.numel())?;
     index_u32(OP, "elements of b", b.numel())?;
     index_u32(OP, "elements of the output", out.numel())?;
-    let constants = Constants::new(Family::Matmul)
-        .set("B_TRANSPOSED", options.transpose_b)
-        .set("HAS_BIAS", options.bias.is_some())
-        .set("GELU", options.gelu)
-        .set("GATED_RESIDUAL", options.gated_residual.is_some());
     let algorithm = match options.algorithm {
         MatmulAlgorithm::Auto => MatmulAlgorithm::choose(a.device(), a.dtype(), batch, rows, n, options.transpose_b),
         MatmulAlgorithm::Skinny if rows > size::SKINNY_ROWS as usize => {
@@ -202,14 +206,29 @@ pub fn matmul_with(a: &Tensor, b: &Tensor, options: &MatmulOptions) -> Result<Te
                 msg: format!("the skinny kernel takes at most {} rows of a, not {rows}", size::SKINNY_ROWS),
             });
         }
+        MatmulAlgorithm::Cooperative if a.device().caps().matrix_units == MatrixUnits::None => {
+            return Err(Error::MissingFeature {
+                what: "matmul's cooperative kernel".into(),
+                feature: "16 x 16 f16 matrix units (cooperative matrices or tensor cores)",
+            });
+        }
+        MatmulAlgorithm::Cooperative if dtype != DType::F16 => {
+            return Err(Error::UnsupportedDType { op: OP, dtype, expected: "f16 (the matrix units multiply f16)" });
+        }
         chosen => chosen,
     };
-    let (entry, tile_m, tile_n) = match algorithm {
-        MatmulAlgorithm::Tiled | MatmulAlgorithm::Auto => ("matmul_tiled", size::TILE_M, size::TILE_N),
-        MatmulAlgorithm::Wide => ("matmul_wide", size::WIDE_TILE, size::WIDE_TILE),
-        MatmulAlgorithm::Skinny => ("matmul_skinny", size::SKINNY_ROWS, size::SKINNY_COLS),
-        MatmulAlgorithm::Naive => ("matmul_naive", size::MATMUL_SIDE, size::MATMUL_SIDE),
+    let (family, entry, tile_m, tile_n) = match algorithm {
+        MatmulAlgorithm::Tiled | MatmulAlgorithm::Auto => (Family::Matmul, "matmul_tiled", size::TILE_M, size::TILE_N),
+        MatmulAlgorithm::Wide => (Family::Matmul, "matmul_wide", size::WIDE_TILE, size::WIDE_TILE),
+        MatmulAlgorithm::Skinny => (Family::Matmul, "matmul_skinny", size::SKINNY_ROWS, size::SKINNY_COLS),
+        MatmulAlgorithm::Naive => (Family::Matmul, "matmul_naive", size::MATMUL_SIDE, size::MATMUL_SIDE),
+        MatmulAlgorithm::Cooperative => (Family::MatmulCoop, "matmul_coop", size::COOP_TILE, size::COOP_TILE),
     };
+    let constants = Constants::new(family)
+        .set("B_TRANSPOSED", options.transpose_b)
+        .set("HAS_BIAS", options.bias.is_some())
+        .set("GELU", options.gelu)
+        .set("GATED_RESIDUAL", options.gated_residual.is_some());
     // Operands a launch does not use are bound to b (the layout is the same for every launch).
     let bias = options.bias.unwrap_or(b);
     let (residual, gate) = options.gated_residual.map_or((b, b), |g| (g.x, g.gate));
@@ -228,7 +247,7 @@ pub fn matmul_with(a: &Tensor, b: &Tensor, options: &MatmulOptions) -> Result<Te
     }
     launch(
         a,
-        Family::Matmul,
+        family,
         entry,
         dtype,
         &constants,

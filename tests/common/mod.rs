@@ -95,12 +95,16 @@ pub fn wgpu_options() -> DeviceOptions {
     options
 }
 
-/// The wgpu adapter with every optional feature it has (`wgpu_full`). A machine without one fails
+/// The wgpu adapter with every optional feature it has, and the matrix units' emulation where it has
+/// none (`wgpu_full`). A machine without one fails
 /// here: the suite needs a wgpu adapter, software Vulkan at least.
 pub fn full_device() -> &'static Device {
     static DEVICE: OnceLock<Device> = OnceLock::new();
     DEVICE.get_or_init(|| {
-        Device::new(&wgpu_options()).expect("a GPU adapter (install mesa-vulkan-drivers for software Vulkan)")
+        // The cooperative matmul runs on the adapter's matrix units, or else on their emulation, so
+        // that its tiling is checked everywhere (Auto never picks the emulation).
+        let options = DeviceOptions { emulate_matrix_units: true, ..wgpu_options() };
+        Device::new(&options).expect("a GPU adapter (install mesa-vulkan-drivers for software Vulkan)")
     })
 }
 

@@ -4,7 +4,7 @@ use crate::common::{Rng, Seeded, Tol, assert_close, dtypes, upload};
 use scalewise::kernels::size;
 use scalewise::ops::elementwise::reference::gelu_tanh_f64;
 use scalewise::ops::{self, GatedResidual, MatmulAlgorithm, matmul::MatmulOptions, reference_values as stored};
-use scalewise::{DType, Device};
+use scalewise::{DType, Device, MatrixUnits};
 
 backend_tests! {
     fn matmul_matches_reference_on_ragged_shapes(device: &Device, config: &str) {
@@ -68,6 +68,16 @@ backend_tests! {
                     if algorithm == MatmulAlgorithm::Skinny && rows > size::SKINNY_ROWS as usize {
                         let err = result.expect_err("the skinny kernel refuses more rows than it holds");
                         assert!(err.to_string().contains("at most 8 rows"), "{err}");
+                        continue;
+                    }
+                    if algorithm == MatmulAlgorithm::Cooperative && device.caps().matrix_units == MatrixUnits::None {
+                        let err = result.expect_err("no matrix units");
+                        assert!(err.to_string().contains("matrix units"), "{err}");
+                        continue;
+                    }
+                    if algorithm == MatmulAlgorithm::Cooperative && dtype != DType::F16 {
+                        let err = result.expect_err("the matrix units multiply f16");
+                        assert!(err.to_string().contains("unsupported dtype f32"), "{err}");
                         continue;
                     }
                     let out = result.expect("matmul");
@@ -136,5 +146,11 @@ backend_tests! {
         assert_eq!(choose(1, 512, 1024, true), want, "{config} (CPU adapter: {cpu})");
         // Under half a wide tile's rows: the 64 x 64 kernel on any device.
         assert_eq!(choose(1, 40, 1024, true), MatmulAlgorithm::Tiled, "{config}");
+        // f16 goes to the matrix units where the device has them, never to their emulation; f32
+        // never does (the units multiply f16); a skinny Linear stays skinny.
+        let units = device.caps().matrix_units;
+        let f16 = MatmulAlgorithm::choose(device, DType::F16, 1, 512, 1024, true);
+        assert_eq!(f16 == MatmulAlgorithm::Cooperative, units == MatrixUnits::Native, "{config} {units:?}: {f16:?}");
+        assert_eq!(MatmulAlgorithm::choose(device, DType::F16, 1, 2, 1024, true), MatmulAlgorithm::Skinny, "{config}");
     }
 }

@@ -143,6 +143,10 @@ pub struct Radv {
     pub driver: String,
     /// The SPIR-V version the device accepts (by its Vulkan version, as wgpu chooses it).
     pub spirv_version: (u8, u8),
+    /// VK_KHR_cooperative_matrix is enabled (with the Vulkan memory model at device scope, which
+    /// wgpu requires for it): RADV has it for RDNA3 from Mesa 24.1, so matmul_coop's native flavour
+    /// compiles there and is skipped on older drivers.
+    pub cooperative_matrix: bool,
 }
 
 fn c_str(bytes: &[std::ffi::c_char]) -> String {
@@ -202,12 +206,25 @@ impl Radv {
         if robust2 {
             query = query.push_next(&mut has_robust);
         }
+        let coop_extension = has(ash::khr::cooperative_matrix::NAME);
+        let mut has_coop = vk::PhysicalDeviceCooperativeMatrixFeaturesKHR::default();
+        if coop_extension {
+            query = query.push_next(&mut has_coop);
+        }
         unsafe { instance.get_physical_device_features2(physical, &mut query) };
         let robust_buffer_access = query.features.robust_buffer_access;
+        let cooperative_matrix = coop_extension
+            && has_coop.cooperative_matrix == vk::TRUE
+            && has_12.vulkan_memory_model == vk::TRUE
+            && has_12.vulkan_memory_model_device_scope == vk::TRUE;
         let mut f11 = vk::PhysicalDeviceVulkan11Features::default()
             .storage_buffer16_bit_access(has_f16.storage_buffer16_bit_access == vk::TRUE)
             .uniform_and_storage_buffer16_bit_access(has_f16.uniform_and_storage_buffer16_bit_access == vk::TRUE);
-        let mut f12 = vk::PhysicalDeviceVulkan12Features::default().shader_float16(has_12.shader_float16 == vk::TRUE);
+        let mut f12 = vk::PhysicalDeviceVulkan12Features::default()
+            .shader_float16(has_12.shader_float16 == vk::TRUE)
+            .vulkan_memory_model(cooperative_matrix)
+            .vulkan_memory_model_device_scope(cooperative_matrix);
+        let mut coop = vk::PhysicalDeviceCooperativeMatrixFeaturesKHR::default().cooperative_matrix(true);
         let mut executable =
             vk::PhysicalDevicePipelineExecutablePropertiesFeaturesKHR::default().pipeline_executable_info(true);
         let mut robust = vk::PhysicalDeviceRobustness2FeaturesEXT::default()
@@ -221,6 +238,10 @@ impl Radv {
         if robust2 {
             enabled.push(ash::ext::robustness2::NAME.as_ptr());
             features = features.push_next(&mut robust);
+        }
+        if cooperative_matrix {
+            enabled.push(ash::khr::cooperative_matrix::NAME.as_ptr());
+            features = features.push_next(&mut coop);
         }
         let priorities = [1.0];
         let queues = [vk::DeviceQueueCreateInfo::default().queue_family_index(0).queue_priorities(&priorities)];
@@ -237,7 +258,16 @@ impl Radv {
         } else {
             (1, 3)
         };
-        Ok(Self { _entry: entry, instance, device, executables, device_name, driver, spirv_version })
+        Ok(Self {
+            _entry: entry,
+            instance,
+            device,
+            executables,
+            device_name,
+            driver,
+            spirv_version,
+            cooperative_matrix,
+        })
     }
 
     /// Creates the compute pipeline of `spirv`'s entry point `entry` (with a layout declaring

@@ -57,7 +57,8 @@ const CPU_SHIM: &str = cuda!("cpu_shim.h");
 /// The family's file name and the shared snippets it needs after the constants.
 fn files(family: Family) -> (&'static str, &'static [&'static str]) {
     match family {
-        Family::Matmul => ("matmul.cu", &["tensor_core.cuh", "gemm_wide.cuh"]),
+        // matmul_coop is matmul.cu's tensor-core kernel, under the family's own name.
+        Family::Matmul | Family::MatmulCoop => ("matmul.cu", &["tensor_core.cuh", "gemm_wide.cuh"]),
         Family::Attention => ("attention.cu", &["tensor_core.cuh"]),
         Family::Scan => ("scan.cu", &["sequence.cuh"]),
         Family::Ssd => ("ssd.cu", &["sequence.cuh"]),

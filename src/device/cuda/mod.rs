@@ -55,7 +55,7 @@ mod enabled {
     use super::gpu::{GpuContext, GpuModule};
     use crate::device::{
         AdapterSummary, Backend, BackendChoice, BackendDevice, Caps, CudaSummary, DeviceInfo, DeviceOptions,
-        DispatchTiming, Grid, Launch, LaunchStats, PoolStats, Readback, Storage, TimingSource, poisoned,
+        DispatchTiming, Grid, Launch, LaunchStats, MatrixUnits, PoolStats, Readback, Storage, TimingSource, poisoned,
     };
     use crate::dtype::DType;
     use crate::error::{Error, Result};
@@ -141,7 +141,7 @@ mod enabled {
                         total_memory: None,
                         tensor_cores: true,
                     };
-                    let caps = caps(options, 1024, 65535, u64::from(u32::MAX), true);
+                    let caps = caps(options, 1024, 65535, u64::from(u32::MAX), true, summary.tensor_cores);
                     (Executor::Cpu, adapter, summary, caps)
                 }
                 _ => {
@@ -170,6 +170,7 @@ mod enabled {
                         f.max_grid_y.min(f.max_grid_x),
                         f.total_memory.min(u64::from(u32::MAX) * 2),
                         false,
+                        summary.tensor_cores,
                     );
                     (Executor::Gpu(gpu), adapter, summary, caps)
                 }
@@ -256,7 +257,14 @@ mod enabled {
     }
 
     /// The limits the ops read. Shared memory is the static 48 KiB every CUDA GPU gives a block.
-    fn caps(options: &DeviceOptions, threads: u32, groups: u32, max_bytes: u64, is_cpu: bool) -> Caps {
+    fn caps(
+        options: &DeviceOptions,
+        threads: u32,
+        groups: u32,
+        max_bytes: u64,
+        is_cpu: bool,
+        tensor_cores: bool,
+    ) -> Caps {
         Caps {
             f16: options.allow_f16,
             subgroups: options.allow_subgroups,
@@ -269,6 +277,8 @@ mod enabled {
             max_arg_bytes: max_bytes,
             max_buffer_bytes: max_bytes,
             is_cpu,
+            // matmul_coop is the tensor-core kernel (mma.sync), which the CPU shim models.
+            matrix_units: if tensor_cores { MatrixUnits::Native } else { MatrixUnits::None },
         }
     }
 

@@ -260,7 +260,7 @@ impl WgpuDevice {
     /// every [`DISPATCHES_PER_SUBMIT`] dispatches. The params fill the uniform buffer that follows the
     /// storage bindings.
     pub(crate) fn dispatch(&self, launch: &Launch) -> Result<()> {
-        let variant = shaders::variant(launch.family, launch.dtype, self.info.caps.subgroups);
+        let variant = shaders::variant(launch.family, launch.dtype, &self.info.caps);
         let key = PipelineKey {
             family: launch.family,
             variant,

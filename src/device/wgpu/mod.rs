@@ -18,7 +18,7 @@ pub use pool::PoolStats;
 pub use profiler::{DispatchTiming, TimingSource};
 pub(crate) use readback::Readback;
 
-use super::{BackendDevice, Caps, DeviceInfo, DeviceOptions, Launch, Storage, poisoned};
+use super::{BackendDevice, Caps, DeviceInfo, DeviceOptions, Launch, MatrixUnits, Storage, poisoned};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::kernels::Family;
@@ -37,6 +37,25 @@ pub(crate) fn wanted_features(options: &DeviceOptions) -> wgpu::Features {
     }
     // Vulkan: compiled pipelines kept on disk between runs (see PersistentPipelines).
     wanted | wgpu::Features::PIPELINE_CACHE
+}
+
+/// Whether matmul_coop's native flavour can run on `adapter` with `features`: the adapter lists 16 x
+/// 16 x 16 f16 -> f32 cooperative matrices, the f16 kernels are on (the operands are f16 storage), and
+/// the subgroups are at least 32 wide, so a workgroup of COOP_THREADS holds at most four of them (the
+/// kernel gives each a quarter of its block). Intel's 8-16 wide subgroups and Metal's 8 x 8 matrices
+/// keep the scalar kernels.
+fn cooperative_matrix_usable(adapter: &wgpu::Adapter, features: wgpu::Features) -> bool {
+    let info = adapter.get_info();
+    let sixteen = adapter.cooperative_matrix_properties().iter().any(|p| {
+        (p.m_size, p.n_size, p.k_size) == (16, 16, 16)
+            && p.ab_type == wgpu::CooperativeScalarType::F16
+            && p.cr_type == wgpu::CooperativeScalarType::F32
+    });
+    adapter.features().contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
+        && sixteen
+        && features.contains(wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP)
+        && info.subgroup_min_size >= 32
+        && crate::kernels::size::COOP_THREADS / info.subgroup_min_size.max(1) <= 4
 }
 
 /// Work counters of one device, for `Device::launch_stats`.
@@ -154,19 +173,39 @@ impl Drop for WgpuDevice {
 impl WgpuDevice {
     pub async fn open(options: &DeviceOptions) -> Result<Self> {
         let adapter = adapter::select_adapter(options).await?;
-        let required_features = adapter.features() & wanted_features(options);
         let adapter_info = adapter.get_info();
+        let mut required_features = adapter.features() & wanted_features(options);
+        let cooperative = options.allow_cooperative_matrix && cooperative_matrix_usable(&adapter, required_features);
+        if cooperative {
+            required_features |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+        }
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("scalewise"),
                 required_features,
                 // Everything the adapter offers: large buffers, large bindings, more workgroup memory.
                 required_limits: adapter.limits(),
+                // SAFETY: wgpu gates its experimental features behind this unsafe opt-in because their
+                // API may change and their validation is incomplete. The only one requested is the
+                // cooperative matrix, and only where the adapter lists the configuration the kernel
+                // uses; the scalar kernels stay the default everywhere else.
+                experimental_features: if cooperative {
+                    unsafe { wgpu::ExperimentalFeatures::enabled() }
+                } else {
+                    wgpu::ExperimentalFeatures::disabled()
+                },
                 ..Default::default()
             })
             .await
             .map_err(|e| Error::RequestDevice { adapter: adapter_info.name.clone(), reason: e.to_string() })?;
-        Ok(Self::from_wgpu(&adapter_info, device, queue, options.poison_allocations))
+        let mut imp = Self::from_wgpu(&adapter_info, device, queue, options.poison_allocations);
+        imp.info.caps.matrix_units = match (cooperative, options.emulate_matrix_units) {
+            (true, _) => MatrixUnits::Native,
+            // The emulation reads f16 storage, as the units do.
+            (false, true) if imp.info.caps.f16 => MatrixUnits::Emulated,
+            (false, _) => MatrixUnits::None,
+        };
+        Ok(imp)
     }
 
     pub fn from_wgpu(
@@ -189,6 +228,9 @@ impl WgpuDevice {
             max_arg_bytes: limits.max_storage_buffer_binding_size,
             max_buffer_bytes: limits.max_buffer_size,
             is_cpu: adapter_info.device_type == wgpu::DeviceType::Cpu,
+            // Set by `open`, which knows the adapter's configurations; a device made elsewhere (the
+            // app's, by eframe) did not ask for the experimental feature.
+            matrix_units: MatrixUnits::None,
         };
         let info = DeviceInfo { adapter: AdapterSummary::from_info(adapter_info), caps, cuda: None };
         let lost = Arc::new(Mutex::new(None));
@@ -386,7 +428,7 @@ impl BackendDevice for WgpuDevice {
 
     fn prewarm_plan(&self, workload: &str) -> usize {
         let caps = &self.info.caps;
-        let manifest = prewarm::Manifest::open(&self.adapter_info, workload, caps.f16, caps.subgroups);
+        let manifest = prewarm::Manifest::open(&self.adapter_info, workload, caps);
         let planned = manifest.as_ref().map_or(0, |m| m.keys.len());
         if let Ok(mut slot) = self.manifest.lock()
             && let Some(earlier) = std::mem::replace(&mut *slot, manifest)

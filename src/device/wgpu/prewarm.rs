@@ -13,6 +13,7 @@ use std::sync::Mutex;
 
 use super::launch::PipelineKey;
 use super::shaders::{self, Variant};
+use crate::device::Caps;
 use crate::dtype::DType;
 use crate::kernels::{ConstType, ConstValue, Family};
 
@@ -32,9 +33,9 @@ pub(crate) struct Manifest {
 
 impl Manifest {
     /// The manifest of `workload` on this adapter and driver; `None` when there is no cache folder.
-    /// `subgroups` is the device's choice of reduction flavour: keys recorded with the other one (a
-    /// device opened with subgroups off, say) are skipped.
-    pub(crate) fn open(info: &wgpu::AdapterInfo, workload: &str, f16: bool, subgroups: bool) -> Option<Self> {
+    /// Keys of another flavour than the device's (recorded by a device opened with subgroups off,
+    /// say) or of f16 on a device without it are skipped.
+    pub(crate) fn open(info: &wgpu::AdapterInfo, workload: &str, caps: &Caps) -> Option<Self> {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         (&info.name, &info.driver, &info.driver_info, env!("CARGO_PKG_VERSION"), workload).hash(&mut hasher);
         let file = format!(
@@ -53,8 +54,8 @@ impl Manifest {
             let mut seen = HashSet::new();
             lines
                 .filter_map(parse)
-                .filter(|key| key.variant == shaders::variant(key.family, key.variant.dtype, subgroups))
-                .filter(|key| f16 || key.variant.dtype != DType::F16)
+                .filter(|key| key.variant == shaders::variant(key.family, key.variant.dtype, caps))
+                .filter(|key| caps.f16 || key.variant.dtype != DType::F16)
                 .filter(|key| seen.insert(key.clone()))
                 .take(MAX_KEYS)
                 .collect()

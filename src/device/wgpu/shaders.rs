@@ -6,8 +6,12 @@
 //!   `workgroup_sum` / `workgroup_max`: a subgroup version and a workgroup-memory tree version, so
 //!   every kernel has a path without subgroups and none assumes a subgroup size.
 //!
+//! `matmul_coop` has two flavours instead: its fragment operations on wgpu's cooperative matrices
+//! (the "subgroups" flavour, since a fragment lives across a subgroup), or the plain-WGSL emulation.
+//!
 //! Every module starts with the block sizes of [`crate::kernels::size`] as WGSL constants.
 
+use crate::device::{Caps, MatrixUnits};
 use crate::dtype::DType;
 use crate::kernels::{Family, size};
 
@@ -36,6 +40,9 @@ const SEQUENCE: &str = include_str!("../../../shaders/wgsl/sequence.wgsl");
 const ACTIVATION: &str = include_str!("../../../shaders/wgsl/activation.wgsl");
 const GEMM_WIDE: &str = include_str!("../../../shaders/wgsl/gemm_wide.wgsl");
 const ATTENTION_TILE: &str = include_str!("../../../shaders/wgsl/attention_tile.wgsl");
+const MATMUL_IO: &str = include_str!("../../../shaders/wgsl/matmul_io.wgsl");
+const COOP_NATIVE: &str = include_str!("../../../shaders/wgsl/coop_native.wgsl");
+const COOP_EMULATED: &str = include_str!("../../../shaders/wgsl/coop_emulated.wgsl");
 
 macro_rules! wgsl {
     ($name:literal) => {
@@ -46,7 +53,9 @@ macro_rules! wgsl {
 /// The family's own source and the shared snippets (plain WGSL functions) it needs.
 fn source(family: Family) -> (&'static str, &'static [&'static str]) {
     match family {
-        Family::Matmul => (wgsl!("matmul"), &[ACTIVATION, GEMM_WIDE]),
+        Family::Matmul => (wgsl!("matmul"), &[ACTIVATION, MATMUL_IO, GEMM_WIDE]),
+        // The fragment operations (COOP_NATIVE or COOP_EMULATED) are added by `compose`.
+        Family::MatmulCoop => (wgsl!("matmul_coop"), &[ACTIVATION, MATMUL_IO]),
         Family::Norm => (wgsl!("norm"), &[]),
         Family::Attention => (wgsl!("attention"), &[ATTENTION_TILE]),
         Family::Scan => (wgsl!("scan"), &[SEQUENCE]),
@@ -71,9 +80,13 @@ fn block_sizes() -> String {
     size::ALL.iter().map(|(name, value)| format!("const {name}: u32 = {value}u;\n")).collect()
 }
 
-/// The variant of `family` that runs `dtype` on a device with or without subgroups.
-pub fn variant(family: Family, dtype: DType, subgroups: bool) -> Variant {
-    Variant { dtype, subgroups: subgroups && family.uses_reductions() }
+/// The variant of `family` that runs `dtype` on a device with `caps`.
+pub fn variant(family: Family, dtype: DType, caps: &Caps) -> Variant {
+    let subgroups = match family {
+        Family::MatmulCoop => caps.matrix_units == MatrixUnits::Native,
+        _ => caps.subgroups && family.uses_reductions(),
+    };
+    Variant { dtype, subgroups }
 }
 
 /// The complete WGSL module of one variant.
@@ -88,13 +101,20 @@ pub fn compose(family: Family, variant: Variant) -> String {
         (true, false) => REDUCE_WORKGROUP,
         (true, true) => REDUCE_SUBGROUP,
     };
+    // Enable directives come before every declaration.
+    let (enable, fragments) = match (family, variant.subgroups) {
+        (Family::MatmulCoop, true) => ("enable wgpu_cooperative_matrix;\n", COOP_NATIVE),
+        (Family::MatmulCoop, false) => ("", COOP_EMULATED),
+        _ => ("", ""),
+    };
     let (own, snippets) = source(family);
-    format!("{store}{}{GRID}{reduce}{}{own}", block_sizes(), snippets.concat())
+    format!("{enable}{store}{}{GRID}{reduce}{}{fragments}{own}", block_sizes(), snippets.concat())
 }
 
 /// Every variant the library may compile, for validation without a GPU.
 pub fn variants(family: Family) -> Vec<Variant> {
-    let flavours: &[bool] = if family.uses_reductions() { &[false, true] } else { &[false] };
+    let two = family.uses_reductions() || family == Family::MatmulCoop;
+    let flavours: &[bool] = if two { &[false, true] } else { &[false] };
     family
         .dtypes()
         .iter()

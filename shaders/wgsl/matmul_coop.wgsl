@@ -1,0 +1,110 @@
+// The matmul on 16 x 16 x 16 f16 matrix units (f32 accumulation): a 64 x 64 block of C per workgroup
+// of COOP_THREADS invocations, K in steps of COOP_K through workgroup memory. The interface (bindings,
+// loads, the epilogue) is matmul_io.wgsl, shared with the scalar kernels.
+//
+// The fragment operations come from one of two snippets, both written against the semantics of
+// SPV_KHR_cooperative_matrix (row-major loads and stores: element (i, j) at offset + i * stride + j):
+// - coop_native.wgsl: wgpu's cooperative matrices (`enable wgpu_cooperative_matrix`), one fragment
+//   held across a subgroup; chosen where the adapter lists 16 x 16 x 16 f16 -> f32 and its subgroups
+//   are at least 32 wide (at most four per workgroup);
+// - coop_emulated.wgsl: the same operations in plain WGSL over virtual 32-wide subgroups, each
+//   invocation holding 8 elements of an accumulator. Slow; it exists so that the tiling, the edges
+//   and the epilogue of this kernel are checked against the float64 reference without matrix units.
+// Each snippet provides the fragment types coop_a_t, coop_b_t, coop_acc_t, and
+//   coop_zero() -> coop_acc_t
+//   coop_load_a(offset, lane) -> coop_a_t       16 x 16 of a_stage at offset, stride COOP_A_STRIDE
+//   coop_load_b(offset, lane) -> coop_b_t       16 x 16 of b_stage at offset, stride COOP_B_STRIDE
+//   coop_mma(a, b, c, lane) -> coop_acc_t       a @ b + c
+//   coop_store(c, offset, lane)                 16 x 16 into c_stage at offset, stride 16
+// and the entry point `matmul_coop`, which calls matmul_coop_block with its subgroup's place.
+//
+// A subgroup computes one 32 x 32 quarter of the block at a time (2 x 2 fragments), so a workgroup of
+// four subgroups (32 wide) does the block in one round and one of two (64 wide) in two. The matrix
+// operations must be in workgroup-uniform control flow: every loop bound below is uniform, and a
+// subgroup's place only moves the offsets it reads and writes.
+const COOP_QUARTER: u32 = COOP_TILE / 2u;
+const COOP_A_STRIDE: u32 = COOP_K; // a_stage: [row][k]
+const COOP_B_STRIDE: u32 = COOP_TILE; // b_stage: [k][col]
+const COOP_FRAGMENT: u32 = 256u; // 16 x 16
+
+var<workgroup> a_stage: array<f16, COOP_TILE * COOP_K>;
+var<workgroup> b_stage: array<f16, COOP_K * COOP_TILE>;
+// One fragment per quarter on its way out: the epilogue (bias, GELU, gated residual, edges) is
+// applied per element by the subgroup's invocations.
+var<workgroup> c_stage: array<f32, 4u * COOP_FRAGMENT>;
+var<workgroup> coop_subgroups: u32;
+
+// A's and B's COOP_K-deep slices of the block into workgroup memory, zeros past the matrices' edges
+// (so a ragged K adds nothing). Consecutive invocations read consecutive addresses: along k for A and
+// for a transposed B (a Linear weight), along the columns for a B stored K x N.
+fn coop_stage(batch: u32, row0: u32, col0: u32, k0: u32, lid: u32) {
+    for (var e = lid; e < COOP_TILE * COOP_K; e += COOP_THREADS) {
+        a_stage[e] = f16(load_a(batch, row0 + e / COOP_K, k0 + e % COOP_K));
+        if B_TRANSPOSED {
+            let kk = e % COOP_K;
+            let col = e / COOP_K;
+            b_stage[kk * COOP_B_STRIDE + col] = f16(load_b(batch, k0 + kk, col0 + col));
+        } else {
+            b_stage[e] = f16(load_b(batch, k0 + e / COOP_TILE, col0 + e % COOP_TILE));
+        }
+    }
+}
+
+// One fragment of C, whose first output is (row, col): through the quarter's slot of c_stage, then
+// each invocation of the subgroup writes its share of the 256 outputs with the epilogue.
+fn coop_emit(acc: coop_acc_t, batch: u32, row: u32, col: u32, quarter: u32, lane: u32, lanes: u32) {
+    let slot = quarter * COOP_FRAGMENT;
+    coop_store(acc, slot, lane);
+    workgroupBarrier();
+    for (var e = lane; e < COOP_FRAGMENT; e += lanes) {
+        let r = row + e / 16u;
+        let c = col + e % 16u;
+        if r < p.m && c < p.n {
+            store_output(batch, r, c, c_stage[slot + e]);
+        }
+    }
+    workgroupBarrier();
+}
+
+// The block at workgroup `wg` of the grid; `group` of `groups` subgroups, `lane` of its `lanes`
+// invocations. `groups` must divide 4 (subgroups of 32 or more, or the emulation's 4).
+fn matmul_coop_block(wg: vec3<u32>, lid: u32, group: u32, groups: u32, lane: u32, lanes: u32) {
+    // Through workgroup memory so that the round count is uniform in the analysis (the matrix
+    // operations and barriers below need it); every invocation has the same value anyway.
+    if lid == 0u {
+        coop_subgroups = groups;
+    }
+    let group_count = workgroupUniformLoad(&coop_subgroups);
+    let batch = wg.z;
+    let row0 = wg.y * COOP_TILE;
+    let col0 = wg.x * COOP_TILE;
+    let rounds = 4u / group_count;
+    for (var round = 0u; round < rounds; round++) {
+        let quarter = group + round * group_count;
+        let qr = (quarter / 2u) * COOP_QUARTER;
+        let qc = (quarter % 2u) * COOP_QUARTER;
+        var c00 = coop_zero();
+        var c01 = coop_zero();
+        var c10 = coop_zero();
+        var c11 = coop_zero();
+        for (var k0 = 0u; k0 < p.k; k0 += COOP_K) {
+            coop_stage(batch, row0, col0, k0, lid);
+            workgroupBarrier();
+            for (var ks = 0u; ks < COOP_K; ks += 16u) {
+                let a0 = coop_load_a(qr * COOP_A_STRIDE + ks, lane);
+                let a1 = coop_load_a((qr + 16u) * COOP_A_STRIDE + ks, lane);
+                let b0 = coop_load_b(ks * COOP_B_STRIDE + qc, lane);
+                let b1 = coop_load_b(ks * COOP_B_STRIDE + qc + 16u, lane);
+                c00 = coop_mma(a0, b0, c00, lane);
+                c01 = coop_mma(a0, b1, c01, lane);
+                c10 = coop_mma(a1, b0, c10, lane);
+                c11 = coop_mma(a1, b1, c11, lane);
+            }
+            workgroupBarrier();
+        }
+        coop_emit(c00, batch, row0 + qr, col0 + qc, quarter, lane, lanes);
+        coop_emit(c01, batch, row0 + qr, col0 + qc + 16u, quarter, lane, lanes);
+        coop_emit(c10, batch, row0 + qr + 16u, col0 + qc, quarter, lane, lanes);
+        coop_emit(c11, batch, row0 + qr + 16u, col0 + qc + 16u, quarter, lane, lanes);
+    }
+}
