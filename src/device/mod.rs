@@ -82,7 +82,10 @@ pub struct DeviceOptions {
     /// Use GPU timestamps for profiling when the adapter has TIMESTAMP_QUERY.
     pub allow_timestamps: bool,
     /// Use the adapter's 16 x 16 f16 matrix units through wgpu's experimental cooperative matrices
-    /// ([`MatrixUnits::Native`]) when it lists them.
+    /// ([`MatrixUnits::Native`]) when it lists them. Off by default (`SCALEWISE_EXPERIMENTAL=coop`
+    /// turns it on): the kernel has been checked through its emulation, naga's SPIR-V and AMD's
+    /// compiler, but not yet run on a GPU, and with it on `Auto` sends every f16 matmul there.
+    /// CUDA's tensor cores do not depend on it.
     pub allow_cooperative_matrix: bool,
     /// Where the adapter has no matrix units, run [`crate::ops::MatmulAlgorithm::Cooperative`] on a
     /// plain-WGSL emulation of them ([`MatrixUnits::Emulated`]). Far slower than every other kernel
@@ -102,7 +105,7 @@ impl Default for DeviceOptions {
             allow_f16: true,
             allow_subgroups: true,
             allow_timestamps: true,
-            allow_cooperative_matrix: true,
+            allow_cooperative_matrix: false,
             emulate_matrix_units: false,
             poison_allocations: false,
         }
@@ -111,7 +114,8 @@ impl Default for DeviceOptions {
 
 impl DeviceOptions {
     /// Defaults overridden by the environment: `WGPU_BACKEND`, `WGPU_ADAPTER_NAME`, and
-    /// `SCALEWISE_DISABLE` (comma list of `f16`, `subgroups`, `timestamps`, `coop`).
+    /// `SCALEWISE_DISABLE` (comma list of `f16`, `subgroups`, `timestamps`), and
+    /// `SCALEWISE_EXPERIMENTAL` (comma list; `coop`: [`DeviceOptions::allow_cooperative_matrix`]).
     pub fn from_env() -> Result<Self> {
         let mut options = Self::default();
         if let Ok(backend) = std::env::var("WGPU_BACKEND") {
@@ -128,11 +132,23 @@ impl DeviceOptions {
                     "f16" => options.allow_f16 = false,
                     "subgroups" => options.allow_subgroups = false,
                     "timestamps" => options.allow_timestamps = false,
-                    "coop" => options.allow_cooperative_matrix = false,
                     other => {
                         return Err(Error::InvalidArgument {
                             op: "SCALEWISE_DISABLE",
-                            msg: format!("unknown item {other:?}; expected f16, subgroups, timestamps or coop"),
+                            msg: format!("unknown item {other:?}; expected f16, subgroups or timestamps"),
+                        });
+                    }
+                }
+            }
+        }
+        if let Ok(enabled) = std::env::var("SCALEWISE_EXPERIMENTAL") {
+            for item in enabled.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                match item.to_ascii_lowercase().as_str() {
+                    "coop" => options.allow_cooperative_matrix = true,
+                    other => {
+                        return Err(Error::InvalidArgument {
+                            op: "SCALEWISE_EXPERIMENTAL",
+                            msg: format!("unknown item {other:?}; expected coop"),
                         });
                     }
                 }
