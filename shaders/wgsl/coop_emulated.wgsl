@@ -1,32 +1,34 @@
 // The fragment operations of matmul_coop.wgsl in plain WGSL, for checking the kernel where the
-// adapter has no matrix units. The workgroup is split into virtual subgroups of 32 invocations, and a
-// fragment is spread over them as the hardware spreads it: each invocation holds 8 of the 256
-// elements of an accumulator (element e = lane + 32 j). An A or B fragment is its offset in a_stage
-// or b_stage, read by the product (the stages do not change between a K step's loads and products).
-// The semantics are SPV_KHR_cooperative_matrix's, row-major.
-const COOP_EMULATED_LANES: u32 = 32u;
-const COOP_EMULATED_SHARE: u32 = COOP_FRAGMENT / COOP_EMULATED_LANES;
+// adapter has no matrix units. The workgroup is split into virtual subgroups, and a fragment is
+// spread over their invocations as the hardware spreads it: each holds 256 / lanes elements of an
+// accumulator (element e = lane + lanes j). An A or B fragment is its offset in a_stage or b_stage,
+// read by the product (the stages do not change between a K step's loads and products). The
+// semantics are SPV_KHR_cooperative_matrix's, row-major.
+//
+// The virtual subgroups are 32, 64 or 128 wide by the block's column (wg.x % 3), so that any product
+// of three or more column blocks takes each of the kernel's three ways of sharing out the quarters.
+const COOP_EMULATED_MAX_SHARE: u32 = COOP_FRAGMENT / 32u;
 
 alias coop_a_t = u32;
 alias coop_b_t = u32;
-alias coop_acc_t = array<f32, COOP_EMULATED_SHARE>;
+alias coop_acc_t = array<f32, COOP_EMULATED_MAX_SHARE>;
 
 fn coop_zero() -> coop_acc_t {
     return coop_acc_t();
 }
 
-fn coop_load_a(offset: u32, lane: u32) -> coop_a_t {
+fn coop_load_a(offset: u32, lane: u32, lanes: u32) -> coop_a_t {
     return offset;
 }
 
-fn coop_load_b(offset: u32, lane: u32) -> coop_b_t {
+fn coop_load_b(offset: u32, lane: u32, lanes: u32) -> coop_b_t {
     return offset;
 }
 
-fn coop_mma(a: coop_a_t, b: coop_b_t, c: coop_acc_t, lane: u32) -> coop_acc_t {
+fn coop_mma(a: coop_a_t, b: coop_b_t, c: coop_acc_t, lane: u32, lanes: u32) -> coop_acc_t {
     var out = c;
-    for (var j = 0u; j < COOP_EMULATED_SHARE; j++) {
-        let e = lane + j * COOP_EMULATED_LANES;
+    for (var j = 0u; j < COOP_FRAGMENT / lanes; j++) {
+        let e = lane + j * lanes;
         let row = a + (e / 16u) * COOP_A_STRIDE;
         let col = b + e % 16u;
         var sum = out[j];
@@ -38,15 +40,15 @@ fn coop_mma(a: coop_a_t, b: coop_b_t, c: coop_acc_t, lane: u32) -> coop_acc_t {
     return out;
 }
 
-fn coop_store(c: coop_acc_t, offset: u32, lane: u32) {
-    for (var j = 0u; j < COOP_EMULATED_SHARE; j++) {
-        let e = lane + j * COOP_EMULATED_LANES;
+fn coop_store(c: coop_acc_t, offset: u32, lane: u32, lanes: u32) {
+    for (var j = 0u; j < COOP_FRAGMENT / lanes; j++) {
+        let e = lane + j * lanes;
         c_stage[offset + (e / 16u) * 16u + e % 16u] = c[j];
     }
 }
 
 @compute @workgroup_size(COOP_THREADS)
 fn matmul_coop(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let lanes = COOP_EMULATED_LANES;
+    let lanes = 32u << (wg.x % 3u);
     matmul_coop_block(wg, lid, lid / lanes, COOP_THREADS / lanes, lid % lanes, lanes);
 }

@@ -9,19 +9,19 @@ fn coop_zero() -> coop_acc_t {
     return coop_acc_t();
 }
 
-fn coop_load_a(offset: u32, lane: u32) -> coop_a_t {
+fn coop_load_a(offset: u32, lane: u32, lanes: u32) -> coop_a_t {
     return coopLoadT<coop_a_t>(&a_stage[offset], COOP_A_STRIDE);
 }
 
-fn coop_load_b(offset: u32, lane: u32) -> coop_b_t {
+fn coop_load_b(offset: u32, lane: u32, lanes: u32) -> coop_b_t {
     return coopLoadT<coop_b_t>(&b_stage[offset], COOP_B_STRIDE);
 }
 
-fn coop_mma(a: coop_a_t, b: coop_b_t, c: coop_acc_t, lane: u32) -> coop_acc_t {
+fn coop_mma(a: coop_a_t, b: coop_b_t, c: coop_acc_t, lane: u32, lanes: u32) -> coop_acc_t {
     return coopMultiplyAdd(a, b, c);
 }
 
-fn coop_store(c: coop_acc_t, offset: u32, lane: u32) {
+fn coop_store(c: coop_acc_t, offset: u32, lane: u32, lanes: u32) {
     coopStoreT(c, &c_stage[offset], 16u);
 }
 

@@ -10,18 +10,19 @@
 // - coop_emulated.wgsl: the same operations in plain WGSL over virtual 32-wide subgroups, each
 //   invocation holding 8 elements of an accumulator. Slow; it exists so that the tiling, the edges
 //   and the epilogue of this kernel are checked against the float64 reference without matrix units.
-// Each snippet provides the fragment types coop_a_t, coop_b_t, coop_acc_t, and
+// Each snippet provides the fragment types coop_a_t, coop_b_t, coop_acc_t, and (lane of lanes: the
+// invocation's place in its subgroup)
 //   coop_zero() -> coop_acc_t
-//   coop_load_a(offset, lane) -> coop_a_t       16 x 16 of a_stage at offset, stride COOP_A_STRIDE
-//   coop_load_b(offset, lane) -> coop_b_t       16 x 16 of b_stage at offset, stride COOP_B_STRIDE
-//   coop_mma(a, b, c, lane) -> coop_acc_t       a @ b + c
-//   coop_store(c, offset, lane)                 16 x 16 into c_stage at offset, stride 16
+//   coop_load_a(offset, lane, lanes) -> coop_a_t    16 x 16 of a_stage at offset, stride COOP_A_STRIDE
+//   coop_load_b(offset, lane, lanes) -> coop_b_t    16 x 16 of b_stage at offset, stride COOP_B_STRIDE
+//   coop_mma(a, b, c, lane, lanes) -> coop_acc_t    a @ b + c
+//   coop_store(c, offset, lane, lanes)              16 x 16 into c_stage at offset, stride 16
 // and the entry point `matmul_coop`, which calls matmul_coop_block with its subgroup's place.
 //
-// A subgroup computes one 32 x 32 quarter of the block at a time (2 x 2 fragments), so a workgroup of
-// four subgroups (32 wide) does the block in one round and one of two (64 wide) in two. The matrix
-// operations must be in workgroup-uniform control flow: every loop bound below is uniform, and a
-// subgroup's place only moves the offsets it reads and writes.
+// A subgroup computes 32 x 32 quarters of the block as 2 x 2 fragments (see matmul_coop_block for how
+// the quarters are shared out). The matrix operations must be in workgroup-uniform control flow:
+// every loop bound and branch below is uniform, and a subgroup's place only moves the offsets it
+// reads and writes.
 const COOP_QUARTER: u32 = COOP_TILE / 2u;
 const COOP_A_STRIDE: u32 = COOP_K; // a_stage: [row][k]
 const COOP_B_STRIDE: u32 = COOP_TILE; // b_stage: [k][col]
@@ -54,7 +55,7 @@ fn coop_stage(batch: u32, row0: u32, col0: u32, k0: u32, lid: u32) {
 // each invocation of the subgroup writes its share of the 256 outputs with the epilogue.
 fn coop_emit(acc: coop_acc_t, batch: u32, row: u32, col: u32, quarter: u32, lane: u32, lanes: u32) {
     let slot = quarter * COOP_FRAGMENT;
-    coop_store(acc, slot, lane);
+    coop_store(acc, slot, lane, lanes);
     workgroupBarrier();
     for (var e = lane; e < COOP_FRAGMENT; e += lanes) {
         let r = row + e / 16u;
@@ -67,38 +68,58 @@ fn coop_emit(acc: coop_acc_t, batch: u32, row: u32, col: u32, quarter: u32, lane
 }
 
 // The block at workgroup `wg` of the grid; `group` of `groups` subgroups, `lane` of its `lanes`
-// invocations. `groups` must divide 4 (subgroups of 32 or more, or the emulation's 4).
+// invocations. `groups` must divide 4 (subgroups of 32 invocations or more).
+//
+// Four subgroups (32 wide) take a quarter each. Fewer, wider ones take two quarters of the same rows
+// at once (0 and 1, or 2 and 3), sharing the A fragments, so that the block is staged once, not
+// once per round: two 64-wide subgroups (RADV's compute default on RDNA) in one round, one 128-wide
+// subgroup in two.
 fn matmul_coop_block(wg: vec3<u32>, lid: u32, group: u32, groups: u32, lane: u32, lanes: u32) {
-    // Through workgroup memory so that the round count is uniform in the analysis (the matrix
-    // operations and barriers below need it); every invocation has the same value anyway.
+    // Through workgroup memory so that the branches and the round count below are uniform in the
+    // analysis (the matrix operations and barriers need it); every invocation has the same value.
     if lid == 0u {
         coop_subgroups = groups;
     }
     let group_count = workgroupUniformLoad(&coop_subgroups);
+    let pair = group_count < 4u;
+    let per_group = select(1u, 2u, pair);
+    let rounds = 4u / (group_count * per_group);
     let batch = wg.z;
     let row0 = wg.y * COOP_TILE;
     let col0 = wg.x * COOP_TILE;
-    let rounds = 4u / group_count;
     for (var round = 0u; round < rounds; round++) {
-        let quarter = group + round * group_count;
+        // The first quarter, and with `pair` the one to its right (qc = 32).
+        let quarter = (group + round * group_count) * per_group;
         let qr = (quarter / 2u) * COOP_QUARTER;
         let qc = (quarter % 2u) * COOP_QUARTER;
         var c00 = coop_zero();
         var c01 = coop_zero();
         var c10 = coop_zero();
         var c11 = coop_zero();
+        var d00 = coop_zero();
+        var d01 = coop_zero();
+        var d10 = coop_zero();
+        var d11 = coop_zero();
         for (var k0 = 0u; k0 < p.k; k0 += COOP_K) {
             coop_stage(batch, row0, col0, k0, lid);
             workgroupBarrier();
             for (var ks = 0u; ks < COOP_K; ks += 16u) {
-                let a0 = coop_load_a(qr * COOP_A_STRIDE + ks, lane);
-                let a1 = coop_load_a((qr + 16u) * COOP_A_STRIDE + ks, lane);
-                let b0 = coop_load_b(ks * COOP_B_STRIDE + qc, lane);
-                let b1 = coop_load_b(ks * COOP_B_STRIDE + qc + 16u, lane);
-                c00 = coop_mma(a0, b0, c00, lane);
-                c01 = coop_mma(a0, b1, c01, lane);
-                c10 = coop_mma(a1, b0, c10, lane);
-                c11 = coop_mma(a1, b1, c11, lane);
+                let a0 = coop_load_a(qr * COOP_A_STRIDE + ks, lane, lanes);
+                let a1 = coop_load_a((qr + 16u) * COOP_A_STRIDE + ks, lane, lanes);
+                let b0 = coop_load_b(ks * COOP_B_STRIDE + qc, lane, lanes);
+                let b1 = coop_load_b(ks * COOP_B_STRIDE + qc + 16u, lane, lanes);
+                c00 = coop_mma(a0, b0, c00, lane, lanes);
+                c01 = coop_mma(a0, b1, c01, lane, lanes);
+                c10 = coop_mma(a1, b0, c10, lane, lanes);
+                c11 = coop_mma(a1, b1, c11, lane, lanes);
+                if pair {
+                    let b2 = coop_load_b(ks * COOP_B_STRIDE + qc + 32u, lane, lanes);
+                    let b3 = coop_load_b(ks * COOP_B_STRIDE + qc + 48u, lane, lanes);
+                    d00 = coop_mma(a0, b2, d00, lane, lanes);
+                    d01 = coop_mma(a0, b3, d01, lane, lanes);
+                    d10 = coop_mma(a1, b2, d10, lane, lanes);
+                    d11 = coop_mma(a1, b3, d11, lane, lanes);
+                }
             }
             workgroupBarrier();
         }
@@ -106,5 +127,12 @@ fn matmul_coop_block(wg: vec3<u32>, lid: u32, group: u32, groups: u32, lane: u32
         coop_emit(c01, batch, row0 + qr, col0 + qc + 16u, quarter, lane, lanes);
         coop_emit(c10, batch, row0 + qr + 16u, col0 + qc, quarter, lane, lanes);
         coop_emit(c11, batch, row0 + qr + 16u, col0 + qc + 16u, quarter, lane, lanes);
+        if pair {
+            let right = quarter + 1u;
+            coop_emit(d00, batch, row0 + qr, col0 + qc + 32u, right, lane, lanes);
+            coop_emit(d01, batch, row0 + qr, col0 + qc + 48u, right, lane, lanes);
+            coop_emit(d10, batch, row0 + qr + 16u, col0 + qc + 32u, right, lane, lanes);
+            coop_emit(d11, batch, row0 + qr + 16u, col0 + qc + 48u, right, lane, lanes);
+        }
     }
 }

@@ -154,3 +154,38 @@ backend_tests! {
         assert_eq!(MatmulAlgorithm::choose(device, DType::F16, 1, 2, 1024, true), MatmulAlgorithm::Skinny, "{config}");
     }
 }
+
+backend_tests! {
+    fn cooperative_matmul_matches_reference_over_three_column_blocks(device: &Device, config: &str) {
+        // The emulation shares a block out three ways by its column (4 subgroups of 32 lanes, 2 of
+        // 64, 1 of 128), so products of at least three 64-wide column blocks take all three; the
+        // ragged test above reaches three blocks only on some draws.
+        if device.caps().matrix_units == MatrixUnits::None || !device.caps().f16 {
+            let test = format!("ops::matmul::cooperative_matmul_matches_reference_over_three_column_blocks::{config}");
+            crate::common::skip(&test, "no matrix units (or no f16) on this device");
+            return;
+        }
+        let mut rng = Rng::for_config("cooperative_matmul", config);
+        let dtype = DType::F16;
+        for transpose_b in [false, true] {
+            let (batch, m, k, n) = (2, rng.range(65, 140), rng.range(33, 120), rng.range(129, 200));
+            let a = stored(&rng.vec(batch * m * k, 1.0), dtype);
+            let b = stored(&rng.vec(batch * k * n, 1.0), dtype);
+            let bias = stored(&rng.vec(n, 1.0), dtype);
+            let ta = upload(device, &[batch, m, k], &a, dtype);
+            let b_shape = if transpose_b { [batch, n, k] } else { [batch, k, n] };
+            let tb = upload(device, &b_shape, &b, dtype);
+            let tbias = upload(device, &[n], &bias, dtype);
+            let want = ops::matmul::reference::matmul(&a, &b, Some(&bias), batch, m, k, n, transpose_b, false);
+            let options = MatmulOptions {
+                transpose_b,
+                bias: Some(&tbias),
+                algorithm: MatmulAlgorithm::Cooperative,
+                ..Default::default()
+            };
+            let out = ops::matmul_with(&ta, &tb, &options).expect("cooperative matmul");
+            let what = format!("{config} cooperative b{batch} {m}x{k}x{n} t={transpose_b}");
+            assert_close(&out.to_vec_f32().unwrap(), &want, Tol::for_dtype(dtype, (k as f64).sqrt()), &what);
+        }
+    }
+}
