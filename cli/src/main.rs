@@ -480,6 +480,12 @@ fn info(device: &Device) -> anyhow::Result<()> {
         MatrixUnits::None => "none (f16 matmuls on the scalar kernels)",
     };
     println!("matrix units {units}");
+    if c.matrix_units == MatrixUnits::Native {
+        match scalewise::ops::matmul::matrix_units_verified(device) {
+            Ok(()) => println!("  self-check          passed: f16 matmuls use them"),
+            Err(reason) => println!("  self-check          FAILED, f16 matmuls stay on the scalar kernels: {reason}"),
+        }
+    }
     if let Some(cuda) = &info.cuda {
         println!("cuda      {}", cuda.executor);
         if let Some((major, minor)) = cuda.compute_capability {

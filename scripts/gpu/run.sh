@@ -54,14 +54,6 @@ bench() {
     step "bench-matmul-$backend" 120 $B/scalewise --backend "$backend" bench matmul --sizes 1024,2048,4096 \
         --linear 2x1024x6144,512x1024x3072,512x1024x4096,512x4096x1024 \
         --dtype f32,f16 --naive-max 0 --iters 10 "${peak_args[@]}" --json "$OUT/matmul-$backend.json"
-    # The cooperative-matrix matmul (experimental in wgpu, off by default): f16 against the scalar
-    # kernels on the same shapes, where the driver lists 16x16x16 f16 -> f32 (`info` first says).
-    if [[ "$backend" == vulkan ]]; then
-        step "info-coop-$backend" 30 env SCALEWISE_EXPERIMENTAL=coop $B/scalewise --backend "$backend" info
-        step "bench-matmul-coop-$backend" 90 env SCALEWISE_EXPERIMENTAL=coop $B/scalewise --backend "$backend" \
-            bench matmul --sizes 1024,2048,4096 --linear 512x1024x3072,512x1024x4096,512x4096x1024 \
-            --dtype f16 --kernels tiled,wide,cooperative,auto --iters 10 --json "$OUT/matmul-coop-$backend.json"
-    fi
     step "bench-attention-$backend" 200 $B/scalewise --backend "$backend" bench attention --grids 64x64,128x128,512x512 \
         --text 512 --heads 24 --head-dim 128 --dtype f16 --iters 3 --dense-max-tokens 20000 --json "$OUT/attention-$backend.json"
     step "bench-scan-$backend" 90 $B/scalewise --backend "$backend" bench scan --shapes 8x2048x16x4096,1x1536x16x2048 \

@@ -82,10 +82,9 @@ pub struct DeviceOptions {
     /// Use GPU timestamps for profiling when the adapter has TIMESTAMP_QUERY.
     pub allow_timestamps: bool,
     /// Use the adapter's 16 x 16 f16 matrix units through wgpu's experimental cooperative matrices
-    /// ([`MatrixUnits::Native`]) when it lists them. Off by default (`SCALEWISE_EXPERIMENTAL=coop`
-    /// turns it on): the kernel has been checked through its emulation, naga's SPIR-V and AMD's
-    /// compiler, but not yet run on a GPU, and with it on `Auto` sends every f16 matmul there.
-    /// CUDA's tensor cores do not depend on it.
+    /// ([`MatrixUnits::Native`]) when it lists them; `Auto` then sends f16 matmuls there once they
+    /// pass their self-check ([`Device::check_matrix_units`]). CUDA's tensor cores do not depend on
+    /// it.
     pub allow_cooperative_matrix: bool,
     /// Where the adapter has no matrix units, run [`crate::ops::MatmulAlgorithm::Cooperative`] on a
     /// plain-WGSL emulation of them ([`MatrixUnits::Emulated`]). Far slower than every other kernel
@@ -105,7 +104,7 @@ impl Default for DeviceOptions {
             allow_f16: true,
             allow_subgroups: true,
             allow_timestamps: true,
-            allow_cooperative_matrix: false,
+            allow_cooperative_matrix: true,
             emulate_matrix_units: false,
             poison_allocations: false,
         }
@@ -114,8 +113,7 @@ impl Default for DeviceOptions {
 
 impl DeviceOptions {
     /// Defaults overridden by the environment: `WGPU_BACKEND`, `WGPU_ADAPTER_NAME`, and
-    /// `SCALEWISE_DISABLE` (comma list of `f16`, `subgroups`, `timestamps`), and
-    /// `SCALEWISE_EXPERIMENTAL` (comma list; `coop`: [`DeviceOptions::allow_cooperative_matrix`]).
+    /// `SCALEWISE_DISABLE` (comma list of `f16`, `subgroups`, `timestamps`, `coop`).
     pub fn from_env() -> Result<Self> {
         let mut options = Self::default();
         if let Ok(backend) = std::env::var("WGPU_BACKEND") {
@@ -132,23 +130,11 @@ impl DeviceOptions {
                     "f16" => options.allow_f16 = false,
                     "subgroups" => options.allow_subgroups = false,
                     "timestamps" => options.allow_timestamps = false,
+                    "coop" => options.allow_cooperative_matrix = false,
                     other => {
                         return Err(Error::InvalidArgument {
                             op: "SCALEWISE_DISABLE",
-                            msg: format!("unknown item {other:?}; expected f16, subgroups or timestamps"),
-                        });
-                    }
-                }
-            }
-        }
-        if let Ok(enabled) = std::env::var("SCALEWISE_EXPERIMENTAL") {
-            for item in enabled.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-                match item.to_ascii_lowercase().as_str() {
-                    "coop" => options.allow_cooperative_matrix = true,
-                    other => {
-                        return Err(Error::InvalidArgument {
-                            op: "SCALEWISE_EXPERIMENTAL",
-                            msg: format!("unknown item {other:?}; expected coop"),
+                            msg: format!("unknown item {other:?}; expected f16, subgroups, timestamps or coop"),
                         });
                     }
                 }
@@ -523,6 +509,8 @@ enum Backend {
 #[derive(Clone)]
 pub struct Device {
     backend: Arc<Backend>,
+    /// The outcome of [`Device::check_matrix_units`], once run.
+    matrix_units_check: Arc<std::sync::OnceLock<std::result::Result<(), String>>>,
 }
 
 impl std::fmt::Debug for Device {
@@ -548,7 +536,7 @@ impl Device {
         } else {
             Backend::Wgpu(self::wgpu::WgpuDevice::open(options).await?)
         };
-        Ok(Self { backend: Arc::new(backend) })
+        Ok(Self { backend: Arc::new(backend), matrix_units_check: Arc::default() })
     }
 
     /// The wgpu features scalewise asks for when they exist, minus the ones `options` disallows.
@@ -565,7 +553,7 @@ impl Device {
         poison_allocations: bool,
     ) -> Self {
         let inner = self::wgpu::WgpuDevice::from_wgpu(adapter_info, device, queue, poison_allocations);
-        Self { backend: Arc::new(Backend::Wgpu(inner)) }
+        Self { backend: Arc::new(Backend::Wgpu(inner)), matrix_units_check: Arc::default() }
     }
 
     /// The backend behind this device: the one `match` on it.
@@ -593,6 +581,18 @@ impl Device {
 
     pub fn caps(&self) -> Caps {
         self.info().caps
+    }
+
+    /// Runs `check` the first time it is asked (by any clone of this device) and keeps its outcome:
+    /// whether the matrix units compute what they should here. The matmul supplies the check
+    /// (`ops::matmul::matrix_units_verified`); `Auto` uses the units only once it has passed, so a
+    /// driver that miscompiles or rejects the cooperative kernel costs one failed check, not wrong
+    /// images.
+    pub fn check_matrix_units(
+        &self,
+        check: impl FnOnce() -> std::result::Result<(), String>,
+    ) -> std::result::Result<(), String> {
+        self.matrix_units_check.get_or_init(check).clone()
     }
 
     /// The storage type models use by default here: f16 where the device has f16 kernels, else f32.

@@ -44,14 +44,18 @@ impl MatmulAlgorithm {
 
     /// The kernel [`MatmulAlgorithm::Auto`] runs for `batch` products of `rows` x `k` by `k` x `n`:
     /// skinny for at most [`size::SKINNY_ROWS`] rows of a transposed `b` (a weight read along its
-    /// rows), the matrix units for f16 where the device has them ([`crate::MatrixUnits::Native`]), wide
+    /// rows), the matrix units for f16 where the device has them ([`crate::MatrixUnits::Native`]) and
+    /// they pass their self-check ([`matrix_units_verified`]), wide
     /// where its grid fills the GPU ([`WIDE_MIN_GROUPS`]; on a CPU adapter wherever its tile is half
     /// used), the 64 x 64 kernel otherwise.
     pub fn choose(device: &Device, dtype: DType, batch: usize, rows: usize, n: usize, transpose_b: bool) -> Self {
         if transpose_b && rows <= size::SKINNY_ROWS as usize {
             return MatmulAlgorithm::Skinny;
         }
-        if dtype == DType::F16 && device.caps().matrix_units == MatrixUnits::Native {
+        if dtype == DType::F16
+            && device.caps().matrix_units == MatrixUnits::Native
+            && matrix_units_verified(device).is_ok()
+        {
             return MatmulAlgorithm::Cooperative;
         }
         let wide = size::WIDE_TILE as u64;
@@ -65,6 +69,50 @@ impl MatmulAlgorithm {
         };
         if fills { MatmulAlgorithm::Wide } else { MatmulAlgorithm::Tiled }
     }
+}
+
+/// Whether `device`'s matrix units compute what they should, checked once per device: the
+/// cooperative kernel on a product of three ragged 64-wide column blocks, b in both layouts, with a
+/// bias, against a float64 reference. Inputs are multiples of 1/8 in [-1, 1], so every product and
+/// partial sum is exact in f32 and only the f16 output rounds. The error says what failed (the
+/// pipeline, or the first wrong element); `Auto` then keeps f16 matmuls on the scalar kernels.
+pub fn matrix_units_verified(device: &Device) -> std::result::Result<(), String> {
+    if device.caps().matrix_units == MatrixUnits::None {
+        return Err("the device has no matrix units".into());
+    }
+    device.check_matrix_units(|| {
+        let (m, k, n) = (70, 90, 150);
+        let values = |count: usize, salt: usize| -> Vec<f32> {
+            (0..count).map(|i| ((i * 7 + salt) % 17) as f32 / 8.0 - 1.0).collect()
+        };
+        let (a, b, bias) = (values(m * k, 1), values(k * n, 5), values(n, 11));
+        for transpose_b in [false, true] {
+            let fail = |e: Error| format!("the cooperative kernel failed to run: {e}");
+            let ta = Tensor::from_f32(device, &[m, k], &a, DType::F16).map_err(fail)?;
+            let b_shape = if transpose_b { [n, k] } else { [k, n] };
+            let tb = Tensor::from_f32(device, &b_shape, &b, DType::F16).map_err(fail)?;
+            let tbias = Tensor::from_f32(device, &[n], &bias, DType::F16).map_err(fail)?;
+            let options = MatmulOptions {
+                transpose_b,
+                bias: Some(&tbias),
+                algorithm: MatmulAlgorithm::Cooperative,
+                ..Default::default()
+            };
+            let got = matmul_with(&ta, &tb, &options).and_then(|c| c.to_vec_f32()).map_err(fail)?;
+            // The same values as K x N or as N x K; the reference reads them in the same layout.
+            let want = reference::matmul(&a, &b, Some(&bias), 1, m, k, n, transpose_b, true);
+            for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+                // f16 rounding of the output: half an ulp is 2^-11 relative. NaN fails too.
+                if g.is_nan() || (g as f64 - w).abs() > 1e-3 * w.abs().max(1.0) {
+                    return Err(format!(
+                        "the cooperative kernel computed {g} for element {i} of a {m}x{k}x{n} product \
+                         (transposed b: {transpose_b}), not {w}"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    })
 }
 
 #[derive(Debug, Clone, Copy, Default)]

@@ -152,6 +152,9 @@ backend_tests! {
         let f16 = MatmulAlgorithm::choose(device, DType::F16, 1, 512, 1024, true);
         assert_eq!(f16 == MatmulAlgorithm::Cooperative, units == MatrixUnits::Native, "{config} {units:?}: {f16:?}");
         assert_eq!(MatmulAlgorithm::choose(device, DType::F16, 1, 2, 1024, true), MatmulAlgorithm::Skinny, "{config}");
+        // The self-check that `Auto` waits for passes wherever the units (or their emulation) exist.
+        let verified = ops::matmul::matrix_units_verified(device);
+        assert_eq!(verified.is_ok(), units != MatrixUnits::None && device.caps().f16, "{config} {units:?}: {verified:?}");
     }
 }
 
