@@ -36,7 +36,7 @@ pub mod output;
 pub mod tensor;
 pub mod weights;
 
-pub use device::{BackendChoice, Caps, CudaSummary, Device, DeviceInfo, DeviceOptions, MatrixUnits};
+pub use device::{AttentionDesign, BackendChoice, Caps, CudaSummary, Device, DeviceInfo, DeviceOptions, MatrixUnits};
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use tensor::Tensor;

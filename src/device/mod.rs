@@ -170,6 +170,19 @@ pub struct Caps {
     pub is_cpu: bool,
     /// 16 x 16 x 16 f16 -> f32 matrix units for [`crate::ops::MatmulAlgorithm::Cooperative`].
     pub matrix_units: MatrixUnits,
+    /// How the backend's attention kernels are tiled, which the ops size the tiles for.
+    pub attention: AttentionDesign,
+}
+
+/// The design of a backend's attention kernels (the attention family and `qkv_attention`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttentionDesign {
+    /// attention_tile.wgsl: each query row in the registers of ceil(head_dim / 64) threads, K and V
+    /// tiles in workgroup memory; `qkv_attention` is one fused kernel. The wgpu backend.
+    RowsInRegisters,
+    /// attention.cu: BLOCK_Q x BLOCK_KV threads, one score each, the query tile in shared memory too,
+    /// f16 on tensor cores; `qkv_attention` is `qkv_heads` then attention. The CUDA backend.
+    ScoreTiles,
 }
 
 /// How a device runs the 16 x 16 x 16 f16 -> f32 matrix products of the cooperative matmul.

@@ -12,7 +12,7 @@
 //! ```
 
 use super::{check_operand, elements, index_u32, launch, shape_error};
-use crate::device::Grid;
+use crate::device::{AttentionDesign, Grid};
 use crate::error::{Error, Result};
 use crate::kernels::{AttentionParams, Constants, Family};
 use crate::tensor::Tensor;
@@ -256,7 +256,7 @@ pub(super) fn tile_config(q: &Tensor, dim: usize, rows: usize) -> Result<Attenti
     let fits = |words: usize, threads: usize| {
         words * 4 <= caps.shared_memory_bytes as usize && threads <= caps.max_threads_per_group as usize
     };
-    if q.device().info().cuda.is_some() {
+    if caps.attention == AttentionDesign::ScoreTiles {
         for (bq, bkv) in [(16, 16), (16, 8), (8, 8), (8, 4), (4, 4)] {
             let floats = 4 * vecs * (bq + 2 * bkv) + 512 + 3 * 16;
             let words = floats + 16 + 32 + 256; // token tables and the reduction scratch

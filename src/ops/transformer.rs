@@ -3,7 +3,7 @@
 
 use super::attention::{AttentionLayout, AttentionOptions, MAX_HEAD_DIM, attention, tile_config};
 use super::{check_operand, elements, float_dtype, index_u32, launch, rows as row_grid, shape_error};
-use crate::device::Grid;
+use crate::device::{AttentionDesign, Grid};
 use crate::error::{Error, Result};
 use crate::kernels::{Constants, Family, QkvParams, ResidualParams};
 use crate::tensor::{DType, Tensor};
@@ -143,7 +143,7 @@ pub fn qkv_attention(args: &QkvHeads, scale: f32) -> Result<Tensor> {
         });
     }
     let qkv = args.qkv;
-    if qkv.device().info().cuda.is_some() {
+    if qkv.device().caps().attention == AttentionDesign::ScoreTiles {
         let q = qkv_heads(args)?;
         let options = AttentionOptions {
             scale: Some(scale),

@@ -54,8 +54,9 @@ mod enabled {
     use super::cpu::{self, CpuModule};
     use super::gpu::{GpuContext, GpuModule};
     use crate::device::{
-        AdapterSummary, Backend, BackendChoice, BackendDevice, Caps, CudaSummary, DeviceInfo, DeviceOptions,
-        DispatchTiming, Grid, Launch, LaunchStats, MatrixUnits, PoolStats, Readback, Storage, TimingSource, poisoned,
+        AdapterSummary, AttentionDesign, Backend, BackendChoice, BackendDevice, Caps, CudaSummary, DeviceInfo,
+        DeviceOptions, DispatchTiming, Grid, Launch, LaunchStats, MatrixUnits, PoolStats, Readback, Storage,
+        TimingSource, poisoned,
     };
     use crate::dtype::DType;
     use crate::error::{Error, Result};
@@ -279,6 +280,7 @@ mod enabled {
             is_cpu,
             // matmul_coop is the tensor-core kernel (mma.sync), which the CPU shim models.
             matrix_units: if tensor_cores { MatrixUnits::Native } else { MatrixUnits::None },
+            attention: AttentionDesign::ScoreTiles,
         }
     }
 

@@ -18,7 +18,7 @@ pub use pool::PoolStats;
 pub use profiler::{DispatchTiming, TimingSource};
 pub(crate) use readback::Readback;
 
-use super::{BackendDevice, Caps, DeviceInfo, DeviceOptions, Launch, MatrixUnits, Storage, poisoned};
+use super::{AttentionDesign, BackendDevice, Caps, DeviceInfo, DeviceOptions, Launch, MatrixUnits, Storage, poisoned};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::kernels::Family;
@@ -231,6 +231,7 @@ impl WgpuDevice {
             // Set by `open`, which knows the adapter's configurations; a device made elsewhere (the
             // app's, by eframe) did not ask for the experimental feature.
             matrix_units: MatrixUnits::None,
+            attention: AttentionDesign::RowsInRegisters,
         };
         let info = DeviceInfo { adapter: AdapterSummary::from_info(adapter_info), caps, cuda: None };
         let lost = Arc::new(Mutex::new(None));
