@@ -179,3 +179,27 @@ fn launch_stats_count_compiles_dispatches_submits_and_drains() {
     assert!(device.launch_stats().dispatches > warm.dispatches);
     assert!(after.pipelines_compiled >= 1 && after.compile_ms > 0.0, "{after:?}");
 }
+
+#[test]
+fn uploads_and_clears_between_kernels_join_the_pending_submission() {
+    // A device of its own, so no other test's work is counted.
+    let device = scalewise::Device::new(&common::wgpu_options()).expect("a wgpu device");
+    let n = 4099;
+    let x = scalewise::Tensor::from_f32(&device, &[n], &vec![0.5; n], DType::F32).unwrap();
+    let before = device.launch_stats();
+    let y = scalewise::ops::silu(&x).unwrap();
+    // x's buffer goes back to the pool while the recorded silu still has to read it; the next
+    // tensors of its size may take it over. Their upload and clear must land after the silu, and
+    // neither may force a submission of their own.
+    drop(x);
+    let w = scalewise::Tensor::from_f32(&device, &[n], &vec![3.0; n], DType::F32).unwrap();
+    let z = scalewise::Tensor::zeros(&device, &[n], DType::F32).unwrap();
+    let sum = scalewise::ops::add(&y, &w).unwrap();
+    let recorded = device.launch_stats() - before;
+    assert_eq!(recorded.submits, 0, "an upload or clear between kernels submitted: {recorded:?}");
+    let silu = 0.5 / (1.0 + (-0.5f32).exp());
+    assert!(y.to_vec_f32().unwrap().iter().all(|&v| (v - silu).abs() < 1e-6), "silu read the later upload");
+    assert!(w.to_vec_f32().unwrap().iter().all(|&v| v == 3.0));
+    assert!(z.to_vec_f32().unwrap().iter().all(|&v| v == 0.0));
+    assert!(sum.to_vec_f32().unwrap().iter().all(|&v| (v - (silu + 3.0)).abs() < 1e-6));
+}

@@ -171,6 +171,19 @@ impl PendingCommands {
     pub fn into_encoder(self) -> wgpu::CommandEncoder {
         self.encoder
     }
+
+    /// The encoder, to record a copy or a clear after the dispatches without submitting.
+    pub fn encoder_mut(&mut self) -> &mut wgpu::CommandEncoder {
+        &mut self.encoder
+    }
+
+    /// Commands with nothing recorded yet, for work that should join the next dispatches.
+    pub fn new(device: &wgpu::Device) -> Self {
+        Self {
+            encoder: device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("kernels") }),
+            dispatches: 0,
+        }
+    }
 }
 
 /// Recorded dispatches per submission: enough to amortise the submit, few enough that the GPU starts
@@ -346,10 +359,7 @@ impl WgpuDevice {
             // Wall-clock profiling (no timestamp queries) times each dispatch alone, so it must submit
             // at once; timestamped dispatches stay batched (their queries resolve after a flush).
             let wall_clock = wall_start.is_some();
-            let mut commands = pending.take().unwrap_or_else(|| PendingCommands {
-                encoder: self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("kernels") }),
-                dispatches: 0,
-            });
+            let mut commands = pending.take().unwrap_or_else(|| PendingCommands::new(&self.device));
             {
                 let timestamp_writes = match (profiler.as_ref(), timestamp_slot) {
                     (Some(p), Some(slot)) => p.timestamp_writes(slot),

@@ -345,6 +345,29 @@ impl WgpuDevice {
         Ok(self.submit(encoder.finish()))
     }
 
+    /// Writes `bytes` (a multiple of 4) at the start of `target`, ordered after the dispatches
+    /// recorded so far. queue.write_buffer lands at the start of the next submission, before those
+    /// dispatches, and a pooled buffer may still be read by them; so with dispatches recorded, the
+    /// bytes go to a fresh staging buffer whose copy into `target` is recorded after them: the
+    /// upload joins their submission instead of forcing one.
+    pub(crate) fn upload(&self, target: &wgpu::Buffer, bytes: &[u8]) -> Result<()> {
+        let mut pending = self.pending.lock().map_err(poisoned)?;
+        match pending.as_mut() {
+            Some(commands) => {
+                let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("upload"),
+                    size: bytes.len() as u64,
+                    usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                self.queue.write_buffer(&staging, 0, bytes);
+                commands.encoder_mut().copy_buffer_to_buffer(&staging, 0, target, 0, bytes.len() as u64);
+            }
+            None => self.queue.write_buffer(target, 0, bytes),
+        }
+        Ok(())
+    }
+
     /// Submits the recorded dispatches, if any.
     fn flush_pending(&self) -> Result<()> {
         // The lock is held until the submission: another thread's flush must not return (and submit
@@ -385,28 +408,26 @@ impl BackendDevice for WgpuDevice {
     }
 
     fn write(&self, dst: &Storage, bytes: &[u8]) -> Result<()> {
-        // queue.write_buffer lands before commands submitted later, and a pooled buffer may still be
-        // read by recorded kernels: submit them first.
-        self.flush_pending()?;
         self.check_alive()?;
+        let target = dst.wgpu()?.raw();
         // Buffer writes must be a multiple of 4 bytes (odd-length f16 data gets one pad element).
-        if bytes.len().is_multiple_of(4) {
-            self.queue.write_buffer(dst.wgpu()?.raw(), 0, bytes);
+        let padded;
+        let bytes = if bytes.len().is_multiple_of(4) {
+            bytes
         } else {
-            let mut padded = bytes.to_vec();
-            padded.resize(bytes.len().div_ceil(4) * 4, 0);
-            self.queue.write_buffer(dst.wgpu()?.raw(), 0, &padded);
-        }
-        Ok(())
+            padded = [bytes, &[0u8; 3][..bytes.len().div_ceil(4) * 4 - bytes.len()]].concat();
+            &padded[..]
+        };
+        self.checked("uploading a tensor", || self.upload(target, bytes))
     }
 
     fn zero(&self, dst: &Storage, bytes: u64) -> Result<()> {
-        // The pooled buffer may still be read by recorded kernels: they must run first.
-        self.flush_pending()?;
+        // Recorded after the pending dispatches (which may still read this pooled buffer), or first
+        // in the next batch: the clear joins a submission instead of making its own.
         self.checked("clearing a tensor", || {
-            let mut encoder = self.device.create_command_encoder(&Default::default());
-            encoder.clear_buffer(dst.wgpu()?.raw(), 0, Some(bytes.div_ceil(4) * 4));
-            self.submit(encoder.finish());
+            let mut pending = self.pending.lock().map_err(poisoned)?;
+            let commands = pending.get_or_insert_with(|| launch::PendingCommands::new(&self.device));
+            commands.encoder_mut().clear_buffer(dst.wgpu()?.raw(), 0, Some(bytes.div_ceil(4) * 4));
             Ok(())
         })
     }

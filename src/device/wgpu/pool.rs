@@ -104,11 +104,8 @@ impl BufferPool {
             })?,
         };
         if self.poison {
-            if reused {
-                // Recorded kernels may still use the buffer; the poison must land after them.
-                ctx.flush_pending()?;
-            }
-            ctx.queue.write_buffer(&buffer, 0, &vec![0xFF; class as usize]);
+            // Recorded kernels may still use a reused buffer; the poison lands after them.
+            ctx.upload(&buffer, &vec![0xFF; class as usize])?;
         }
         {
             let mut stats = self.stats.lock().map_err(poisoned)?;
