@@ -291,6 +291,13 @@ impl Pipeline {
                 ),
             });
         }
+        // The matrix units' self-check runs once per device, at the first f16 matmul that could use
+        // them: here, so that its dispatches and readbacks land at load time, not inside the first
+        // generation's stages. Its outcome (kept by the device) decides the kernels; not an error.
+        let device = transformer.device();
+        if transformer.dtype() == DType::F16 && device.caps().matrix_units == crate::MatrixUnits::Native {
+            let _ = crate::ops::matmul::matrix_units_verified(device);
+        }
         Ok(Self { transformer, vae })
     }
 

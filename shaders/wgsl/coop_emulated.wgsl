@@ -1,7 +1,9 @@
 // The fragment operations of matmul_coop.wgsl in plain WGSL, for checking the kernel where the
 // adapter has no matrix units. The workgroup is split into virtual subgroups, and a fragment is
-// spread over their invocations as the hardware spreads it: each holds 256 / lanes elements of an
-// accumulator (element e = lane + lanes j). An A or B fragment is its offset in a_stage or b_stage,
+// spread over their invocations as the hardware spreads it: each holds 256 / lanes consecutive
+// elements of an accumulator (e = lane * 256 / lanes + j). That is not the order in which the
+// epilogue reads c_stage (e = lane + lanes j), so a missing barrier between coop_store and the
+// epilogue shows as wrong outputs here too. An A or B fragment is its offset in a_stage or b_stage,
 // read by the product (the stages do not change between a K step's loads and products). The
 // semantics are SPV_KHR_cooperative_matrix's, row-major.
 //
@@ -27,8 +29,9 @@ fn coop_load_b(offset: u32, lane: u32, lanes: u32) -> coop_b_t {
 
 fn coop_mma(a: coop_a_t, b: coop_b_t, c: coop_acc_t, lane: u32, lanes: u32) -> coop_acc_t {
     var out = c;
-    for (var j = 0u; j < COOP_FRAGMENT / lanes; j++) {
-        let e = lane + j * lanes;
+    let share = COOP_FRAGMENT / lanes;
+    for (var j = 0u; j < share; j++) {
+        let e = lane * share + j;
         let row = a + (e / 16u) * COOP_A_STRIDE;
         let col = b + e % 16u;
         var sum = out[j];
@@ -41,8 +44,9 @@ fn coop_mma(a: coop_a_t, b: coop_b_t, c: coop_acc_t, lane: u32, lanes: u32) -> c
 }
 
 fn coop_store(c: coop_acc_t, offset: u32, lane: u32, lanes: u32) {
-    for (var j = 0u; j < COOP_FRAGMENT / lanes; j++) {
-        let e = lane + j * lanes;
+    let share = COOP_FRAGMENT / lanes;
+    for (var j = 0u; j < share; j++) {
+        let e = lane * share + j;
         c_stage[offset + (e / 16u) * 16u + e % 16u] = c[j];
     }
 }

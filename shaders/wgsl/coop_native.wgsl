@@ -1,6 +1,12 @@
 // The fragment operations of matmul_coop.wgsl on wgpu's cooperative matrices (the module starts with
 // `enable wgpu_cooperative_matrix;`): SPIR-V's OpCooperativeMatrix*KHR on Vulkan. coopLoadT and
 // coopStoreT are the row-major forms.
+//
+// With this capability naga declares the Vulkan memory model but (naga 30) marks neither the
+// workgroup loads and stores NonPrivatePointer nor the barriers MakeAvailable/MakeVisible, so the
+// exchanges through a_stage, b_stage and c_stage rely on drivers treating workgroup memory as they
+// do without the model. Not seen to matter on RADV's compiler; the device's self-check
+// (ops::matmul::matrix_units_verified) is what guards it before `Auto` uses this kernel.
 alias coop_a_t = coop_mat16x16<f16, A>;
 alias coop_b_t = coop_mat16x16<f16, B>;
 alias coop_acc_t = coop_mat16x16<f32, C>;

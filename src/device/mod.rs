@@ -601,7 +601,7 @@ impl Device {
     /// (`ops::matmul::matrix_units_verified`); `Auto` uses the units only once it has passed, so a
     /// driver that miscompiles or rejects the cooperative kernel costs one failed check, not wrong
     /// images.
-    pub fn check_matrix_units(
+    pub(crate) fn check_matrix_units(
         &self,
         check: impl FnOnce() -> std::result::Result<(), String>,
     ) -> std::result::Result<(), String> {

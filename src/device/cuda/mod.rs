@@ -278,8 +278,8 @@ mod enabled {
             max_arg_bytes: max_bytes,
             max_buffer_bytes: max_bytes,
             is_cpu,
-            // matmul_coop is the tensor-core kernel (mma.sync), which the CPU shim models.
-            matrix_units: if tensor_cores { MatrixUnits::Native } else { MatrixUnits::None },
+            // matmul_coop is the tensor-core kernel (mma.sync), which the CPU shim models; f16 only.
+            matrix_units: if tensor_cores && options.allow_f16 { MatrixUnits::Native } else { MatrixUnits::None },
             attention: AttentionDesign::ScoreTiles,
         }
     }

@@ -41,9 +41,10 @@ pub(crate) fn wanted_features(options: &DeviceOptions) -> wgpu::Features {
 
 /// Whether matmul_coop's native flavour can run on `adapter` with `features`: the adapter lists 16 x
 /// 16 x 16 f16 -> f32 cooperative matrices, the f16 kernels are on (the operands are f16 storage), and
-/// the subgroups are at least 32 wide, so a workgroup of COOP_THREADS holds at most four of them (the
-/// kernel gives each a quarter of its block). Intel's 8-16 wide subgroups and Metal's 8 x 8 matrices
-/// keep the scalar kernels.
+/// the subgroups are 32 to COOP_THREADS wide, so a workgroup holds one, two or four of them (the
+/// kernel shares its block's quarters out among them). Intel's 8-16 wide subgroups and Metal's 8 x 8
+/// matrices keep the scalar kernels. Whatever passes here still has to pass the kernel's self-check
+/// before `Auto` uses it (`ops::matmul::matrix_units_verified`).
 fn cooperative_matrix_usable(adapter: &wgpu::Adapter, features: wgpu::Features) -> bool {
     let info = adapter.get_info();
     let sixteen = adapter.cooperative_matrix_properties().iter().any(|p| {
@@ -55,7 +56,7 @@ fn cooperative_matrix_usable(adapter: &wgpu::Adapter, features: wgpu::Features) 
         && sixteen
         && features.contains(wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP)
         && info.subgroup_min_size >= 32
-        && crate::kernels::size::COOP_THREADS / info.subgroup_min_size.max(1) <= 4
+        && info.subgroup_max_size <= crate::kernels::size::COOP_THREADS
 }
 
 /// Work counters of one device, for `Device::launch_stats`.
