@@ -480,6 +480,11 @@ fn info(device: &Device) -> anyhow::Result<()> {
         MatrixUnits::None => "none (f16 matmuls on the scalar kernels)",
     };
     println!("matrix units {units}");
+    if info.cuda.is_none() {
+        let listed = &info.adapter.cooperative_matrices;
+        let listed = if listed.is_empty() { "none".to_string() } else { listed.join(", ") };
+        println!("  cooperative matrices listed by the adapter: {listed}");
+    }
     if c.matrix_units == MatrixUnits::Native {
         match scalewise::ops::matmul::matrix_units_verified(device) {
             Ok(()) => println!("  self-check          passed: f16 matmuls use them"),

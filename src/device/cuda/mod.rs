@@ -134,6 +134,7 @@ mod enabled {
                         driver_info: "the CUDA kernels compiled for the CPU, one fiber per thread".into(),
                         vendor_id: 0,
                         device_id: 0,
+                        cooperative_matrices: Vec::new(),
                     };
                     let summary = CudaSummary {
                         executor: "CPU shim (host C++ compiler)".into(),
@@ -156,6 +157,7 @@ mod enabled {
                         driver_info: format!("sm_{}, NVRTC {}.{}", gpu.arch(), f.nvrtc_version.0, f.nvrtc_version.1),
                         vendor_id: 0x10de,
                         device_id: 0,
+                        cooperative_matrices: Vec::new(),
                     };
                     let summary = CudaSummary {
                         executor: "GPU".into(),

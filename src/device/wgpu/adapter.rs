@@ -14,6 +14,10 @@ pub struct AdapterSummary {
     pub driver_info: String,
     pub vendor_id: u32,
     pub device_id: u32,
+    /// The cooperative-matrix configurations the adapter lists ("16x16x16 f16 -> f32"), whether or
+    /// not the device uses them; empty where there are none, on CUDA, and for a device opened
+    /// elsewhere ([`crate::Device::from_wgpu`]).
+    pub cooperative_matrices: Vec<String>,
 }
 
 impl AdapterSummary {
@@ -26,6 +30,7 @@ impl AdapterSummary {
             driver_info: info.driver_info.clone(),
             vendor_id: info.vendor,
             device_id: info.device,
+            cooperative_matrices: Vec::new(),
         }
     }
 }

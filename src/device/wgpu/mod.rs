@@ -200,6 +200,14 @@ impl WgpuDevice {
             .await
             .map_err(|e| Error::RequestDevice { adapter: adapter_info.name.clone(), reason: e.to_string() })?;
         let mut imp = Self::from_wgpu(&adapter_info, device, queue, options.poison_allocations);
+        imp.info.adapter.cooperative_matrices = adapter
+            .cooperative_matrix_properties()
+            .iter()
+            .map(|p| {
+                let ty = |t: wgpu::CooperativeScalarType| format!("{t:?}").to_lowercase();
+                format!("{}x{}x{} {} -> {}", p.m_size, p.n_size, p.k_size, ty(p.ab_type), ty(p.cr_type))
+            })
+            .collect();
         imp.info.caps.matrix_units = match (cooperative, options.emulate_matrix_units) {
             (true, _) => MatrixUnits::Native,
             // The emulation reads f16 storage, as the units do.
