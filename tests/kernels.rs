@@ -65,6 +65,8 @@ fn subgroup_variants_are_rejected_without_the_capability() {
 /// SPIR-V opcodes and the capability of SPV_KHR_cooperative_matrix.
 const OP_CAPABILITY: u32 = 17;
 const CAPABILITY_COOPERATIVE_MATRIX: u32 = 6022;
+const OP_CONSTANT: u32 = 43;
+const OP_TYPE_COOPERATIVE_MATRIX: u32 = 4456;
 const OP_COOPERATIVE_MATRIX_LOAD: u32 = 4457;
 const OP_COOPERATIVE_MATRIX_STORE: u32 = 4458;
 const OP_COOPERATIVE_MATRIX_MUL_ADD: u32 = 4459;
@@ -82,28 +84,18 @@ fn instructions(words: &[u32]) -> Vec<(u32, &[u32])> {
     out
 }
 
-#[test]
-fn cooperative_matmul_emits_spirv_matrix_instructions() {
-    // Lavapipe has no cooperative matrices, so the native kernel cannot run here: check what can be
-    // checked without the hardware. It validates only with the capability, and its SPIR-V (as wgpu's
-    // Vulkan backend would write it) multiplies on the matrix units, with the loads and stores
-    // row-major (layout 0, as the emulation reads them). The emulated flavour needs no capability.
-    let native = compose(Family::MatmulCoop, Variant { dtype: DType::F16, subgroups: true });
-    let base = Capabilities::SHADER_FLOAT16 | Capabilities::SUBGROUP;
-    assert!(validate(&native, base).is_err(), "the native flavour validated without COOPERATIVE_MATRIX");
-    let emulated = compose(Family::MatmulCoop, Variant { dtype: DType::F16, subgroups: false });
-    validate(&emulated, Capabilities::SHADER_FLOAT16).expect("the emulation needs only f16");
-    assert!(!emulated.contains("coop_mat16x16") && !emulated.contains("enable wgpu_cooperative_matrix;"));
-
-    let module = parse(&native).expect("parses");
-    let info = Validator::new(ValidationFlags::all(), base | Capabilities::COOPERATIVE_MATRIX)
-        .validate(&module)
-        .expect("validates");
+/// The native matmul_coop's SPIR-V as wgpu's Vulkan backend writes it, with B_TRANSPOSED set.
+fn cooperative_spirv(native: &str, b_transposed: bool) -> Vec<u32> {
+    let module = parse(native).expect("parses");
+    let capabilities = Capabilities::SHADER_FLOAT16 | Capabilities::SUBGROUP | Capabilities::COOPERATIVE_MATRIX;
+    let info = Validator::new(ValidationFlags::all(), capabilities).validate(&module).expect("validates");
+    let constants =
+        naga::back::PipelineConstants::from([("B_TRANSPOSED".to_string(), f64::from(u8::from(b_transposed)))]);
     let (module, info) = naga::back::pipeline_constants::process_overrides(
         &module,
         &info,
         Some((naga::ShaderStage::Compute, "matmul_coop")),
-        &naga::back::PipelineConstants::default(),
+        &constants,
     )
     .expect("overrides");
     let options = naga::back::spv::Options { lang_version: (1, 3), ..Default::default() };
@@ -111,33 +103,72 @@ fn cooperative_matmul_emits_spirv_matrix_instructions() {
         shader_stage: naga::ShaderStage::Compute,
         entry_point: "matmul_coop".into(),
     };
-    let words = naga::back::spv::write_vec(&module, &info, &options, Some(&pipeline)).expect("SPIR-V");
-    let ops = instructions(&words);
-    let count = |opcode: u32| ops.iter().filter(|(op, _)| *op == opcode).count();
+    naga::back::spv::write_vec(&module, &info, &options, Some(&pipeline)).expect("SPIR-V")
+}
+
+#[test]
+fn cooperative_matmul_emits_spirv_matrix_instructions() {
+    // Lavapipe has no cooperative matrices, so the native kernel cannot run here: check what can be
+    // checked without the hardware. It validates only with the capability, and its SPIR-V (as wgpu's
+    // Vulkan backend would write it) multiplies on the matrix units, with the layouts the emulation
+    // reads: A fragments and stores row-major, B row-major, or column-major from the [col][k] stage of
+    // a transposed B. The emulated flavour needs no capability.
+    let native = compose(Family::MatmulCoop, Variant { dtype: DType::F16, subgroups: true });
     assert!(
-        ops.iter().any(|&(op, operands)| op == OP_CAPABILITY && operands == [CAPABILITY_COOPERATIVE_MATRIX]),
-        "no CooperativeMatrixKHR capability"
+        validate(&native, Capabilities::SHADER_FLOAT16 | Capabilities::SUBGROUP).is_err(),
+        "the native flavour validated without COOPERATIVE_MATRIX"
     );
-    // Per 16-deep step: 2 A and 2 B fragments, 4 products; then 4 fragments out. (naga may inline
-    // or not; count at least the distinct call sites' instructions.)
-    assert!(count(OP_COOPERATIVE_MATRIX_MUL_ADD) >= 1, "no OpCooperativeMatrixMulAddKHR");
-    assert!(count(OP_COOPERATIVE_MATRIX_LOAD) >= 2, "A and B fragments are not loaded");
-    assert!(count(OP_COOPERATIVE_MATRIX_STORE) >= 1, "no OpCooperativeMatrixStoreKHR");
-    // OpCooperativeMatrixLoadKHR: result type, result, pointer, layout, stride. The layout is a
-    // constant id, so check that every load and store uses the same one and that it holds 0
-    // (RowMajorKHR).
-    let constants: std::collections::HashMap<u32, u32> = ops
-        .iter()
-        .filter(|(op, operands)| *op == 43 && operands.len() == 3) // OpConstant: type, id, value
-        .map(|(_, operands)| (operands[1], operands[2]))
-        .collect();
-    for (op, operands) in &ops {
-        let layout = match *op {
-            OP_COOPERATIVE_MATRIX_LOAD => operands[3],
-            OP_COOPERATIVE_MATRIX_STORE => operands[2], // pointer, object, layout, stride
-            _ => continue,
-        };
-        assert_eq!(constants.get(&layout), Some(&0), "a fragment load or store that is not row-major");
+    let emulated = compose(Family::MatmulCoop, Variant { dtype: DType::F16, subgroups: false });
+    validate(&emulated, Capabilities::SHADER_FLOAT16).expect("the emulation needs only f16");
+    assert!(!emulated.contains("coop_mat16x16") && !emulated.contains("enable wgpu_cooperative_matrix;"));
+
+    const ROW_MAJOR: u32 = 0;
+    const COLUMN_MAJOR: u32 = 1;
+    const USE_A: u32 = 0;
+    const USE_B: u32 = 1;
+    for b_transposed in [false, true] {
+        let words = cooperative_spirv(&native, b_transposed);
+        let ops = instructions(&words);
+        let count = |opcode: u32| ops.iter().filter(|(op, _)| *op == opcode).count();
+        assert!(
+            ops.iter().any(|&(op, operands)| op == OP_CAPABILITY && operands == [CAPABILITY_COOPERATIVE_MATRIX]),
+            "no CooperativeMatrixKHR capability"
+        );
+        assert!(count(OP_COOPERATIVE_MATRIX_MUL_ADD) >= 1, "no OpCooperativeMatrixMulAddKHR");
+        assert!(count(OP_COOPERATIVE_MATRIX_STORE) >= 1, "no OpCooperativeMatrixStoreKHR");
+        // Ids of constants and of the matrix types' uses (OpTypeCooperativeMatrixKHR: result, component
+        // type, scope, rows, columns, use; all but the result and component type are constant ids).
+        let constants: std::collections::HashMap<u32, u32> = ops
+            .iter()
+            .filter(|(op, operands)| *op == OP_CONSTANT && operands.len() == 3)
+            .map(|(_, operands)| (operands[1], operands[2]))
+            .collect();
+        let uses: std::collections::HashMap<u32, u32> = ops
+            .iter()
+            .filter(|(op, _)| *op == OP_TYPE_COOPERATIVE_MATRIX)
+            .map(|(_, operands)| (operands[0], constants[&operands[5]]))
+            .collect();
+        let mut b_layouts = Vec::new();
+        for (op, operands) in &ops {
+            match *op {
+                // result type, result, pointer, layout, stride
+                OP_COOPERATIVE_MATRIX_LOAD => {
+                    let layout = constants[&operands[3]];
+                    match uses[&operands[0]] {
+                        USE_A => assert_eq!(layout, ROW_MAJOR, "an A fragment that is not loaded row-major"),
+                        USE_B => b_layouts.push(layout),
+                        other => panic!("a fragment of use {other} loaded"),
+                    }
+                }
+                // pointer, object, layout, stride
+                OP_COOPERATIVE_MATRIX_STORE => {
+                    assert_eq!(constants[&operands[2]], ROW_MAJOR, "an accumulator not stored row-major")
+                }
+                _ => {}
+            }
+        }
+        let want = if b_transposed { COLUMN_MAJOR } else { ROW_MAJOR };
+        assert!(b_layouts.contains(&want), "B_TRANSPOSED={b_transposed}: B loaded with layouts {b_layouts:?}");
     }
 }
 

@@ -4,8 +4,8 @@
 // elements of an accumulator (e = lane * 256 / lanes + j). That is not the order in which the
 // epilogue reads c_stage (e = lane + lanes j), so a missing barrier between coop_store and the
 // epilogue shows as wrong outputs here too. An A or B fragment is its offset in a_stage or b_stage,
-// read by the product (the stages do not change between a K step's loads and products). The
-// semantics are SPV_KHR_cooperative_matrix's, row-major.
+// read by the product (the stages do not change between a K step's loads and products) in the
+// layout the native loads use: row-major, or column-major for B when B_TRANSPOSED.
 //
 // The virtual subgroups are 32, 64 or 128 wide by the block's column (wg.x % 3), so that any product
 // of three or more column blocks takes each of the kernel's three ways of sharing out the quarters.
@@ -33,10 +33,16 @@ fn coop_mma(a: coop_a_t, b: coop_b_t, c: coop_acc_t, lane: u32, lanes: u32) -> c
     for (var j = 0u; j < share; j++) {
         let e = lane * share + j;
         let row = a + (e / 16u) * COOP_A_STRIDE;
-        let col = b + e % 16u;
+        // Element (k, e % 16) of the B fragment: row-major, or column-major with stride COOP_K.
+        var col = b + e % 16u;
+        var k_stride = COOP_B_STRIDE;
+        if B_TRANSPOSED {
+            col = b + (e % 16u) * COOP_K;
+            k_stride = 1u;
+        }
         var sum = out[j];
         for (var k = 0u; k < 16u; k++) {
-            sum = fma(f32(a_stage[row + k]), f32(b_stage[col + k * COOP_B_STRIDE]), sum);
+            sum = fma(f32(a_stage[row + k]), f32(b_stage[col + k * k_stride]), sum);
         }
         out[j] = sum;
     }

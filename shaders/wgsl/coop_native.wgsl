@@ -1,6 +1,6 @@
 // The fragment operations of matmul_coop.wgsl on wgpu's cooperative matrices (the module starts with
 // `enable wgpu_cooperative_matrix;`): SPIR-V's OpCooperativeMatrix*KHR on Vulkan. coopLoadT and
-// coopStoreT are the row-major forms.
+// coopStoreT are the row-major forms, coopLoad the column-major one.
 //
 // With this capability naga declares the Vulkan memory model but (naga 30) marks neither the
 // workgroup loads and stores NonPrivatePointer nor the barriers MakeAvailable/MakeVisible, so the
@@ -20,6 +20,9 @@ fn coop_load_a(offset: u32, lane: u32, lanes: u32) -> coop_a_t {
 }
 
 fn coop_load_b(offset: u32, lane: u32, lanes: u32) -> coop_b_t {
+    if B_TRANSPOSED {
+        return coopLoad<coop_b_t>(&b_stage[offset], COOP_K);
+    }
     return coopLoadT<coop_b_t>(&b_stage[offset], COOP_B_STRIDE);
 }
 

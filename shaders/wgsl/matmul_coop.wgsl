@@ -3,7 +3,8 @@
 // loads, the epilogue) is matmul_io.wgsl, shared with the scalar kernels.
 //
 // The fragment operations come from one of two snippets, both written against the semantics of
-// SPV_KHR_cooperative_matrix (row-major loads and stores: element (i, j) at offset + i * stride + j):
+// SPV_KHR_cooperative_matrix (row-major: element (i, j) at offset + i * stride + j; column-major:
+// at offset + j * stride + i):
 // - coop_native.wgsl: wgpu's cooperative matrices (`enable wgpu_cooperative_matrix`), one fragment
 //   held across a subgroup; chosen where the adapter lists 16 x 16 x 16 f16 -> f32 and its subgroups
 //   are at least 32 wide (at most four per workgroup);
@@ -14,7 +15,9 @@
 // invocation's place in its subgroup)
 //   coop_zero() -> coop_acc_t
 //   coop_load_a(offset, lane, lanes) -> coop_a_t    16 x 16 of a_stage at offset, stride COOP_A_STRIDE
-//   coop_load_b(offset, lane, lanes) -> coop_b_t    16 x 16 of b_stage at offset, stride COOP_B_STRIDE
+//   coop_load_b(offset, lane, lanes) -> coop_b_t    16 x 16 of b_stage at offset: row-major with stride
+//                                                   COOP_B_STRIDE, or column-major with stride COOP_K
+//                                                   when B_TRANSPOSED (b_stage holds [col][k] then)
 //   coop_mma(a, b, c, lane, lanes) -> coop_acc_t    a @ b + c
 //   coop_store(c, offset, lane, lanes)              16 x 16 into c_stage at offset, stride 16
 // and the entry point `matmul_coop`, which calls matmul_coop_block with its subgroup's place.
@@ -25,7 +28,7 @@
 // reads and writes.
 const COOP_QUARTER: u32 = COOP_TILE / 2u;
 const COOP_A_STRIDE: u32 = COOP_K; // a_stage: [row][k]
-const COOP_B_STRIDE: u32 = COOP_TILE; // b_stage: [k][col]
+const COOP_B_STRIDE: u32 = COOP_TILE; // b_stage: [k][col], or [col][k] with stride COOP_K when B_TRANSPOSED
 const COOP_FRAGMENT: u32 = 256u; // 16 x 16
 
 var<workgroup> a_stage: array<f16, COOP_TILE * COOP_K>;
@@ -36,19 +39,28 @@ var<workgroup> c_stage: array<f32, 4u * COOP_FRAGMENT>;
 var<workgroup> coop_subgroups: u32;
 
 // A's and B's COOP_K-deep slices of the block into workgroup memory, zeros past the matrices' edges
-// (so a ragged K adds nothing). Consecutive invocations read consecutive addresses: along k for A and
-// for a transposed B (a Linear weight), along the columns for a B stored K x N.
+// (so a ragged K adds nothing), each in its global order: consecutive invocations read consecutive
+// addresses and write consecutive workgroup words. A and a transposed B (a Linear weight, N x K) are
+// staged [row][k] and [col][k]; the B fragment is then loaded column-major, which reads it as K x N.
+// (Transposing while staging would put a row's 32 k, written by 32 neighbouring invocations, 128
+// bytes apart: one memory bank for all of them.)
 fn coop_stage(batch: u32, row0: u32, col0: u32, k0: u32, lid: u32) {
     for (var e = lid; e < COOP_TILE * COOP_K; e += COOP_THREADS) {
         a_stage[e] = f16(load_a(batch, row0 + e / COOP_K, k0 + e % COOP_K));
         if B_TRANSPOSED {
-            let kk = e % COOP_K;
-            let col = e / COOP_K;
-            b_stage[kk * COOP_B_STRIDE + col] = f16(load_b(batch, k0 + kk, col0 + col));
+            b_stage[e] = f16(load_b(batch, k0 + e % COOP_K, col0 + e / COOP_K));
         } else {
             b_stage[e] = f16(load_b(batch, k0 + e / COOP_TILE, col0 + e % COOP_TILE));
         }
     }
+}
+
+// Where the B fragment of k offset `ks` and first column `col` (in the block) starts in b_stage.
+fn coop_b_offset(ks: u32, col: u32) -> u32 {
+    if B_TRANSPOSED {
+        return col * COOP_K + ks;
+    }
+    return ks * COOP_B_STRIDE + col;
 }
 
 // One fragment of C, whose first output is (row, col): through the quarter's slot of c_stage, then
@@ -106,15 +118,15 @@ fn matmul_coop_block(wg: vec3<u32>, lid: u32, group: u32, groups: u32, lane: u32
             for (var ks = 0u; ks < COOP_K; ks += 16u) {
                 let a0 = coop_load_a(qr * COOP_A_STRIDE + ks, lane, lanes);
                 let a1 = coop_load_a((qr + 16u) * COOP_A_STRIDE + ks, lane, lanes);
-                let b0 = coop_load_b(ks * COOP_B_STRIDE + qc, lane, lanes);
-                let b1 = coop_load_b(ks * COOP_B_STRIDE + qc + 16u, lane, lanes);
+                let b0 = coop_load_b(coop_b_offset(ks, qc), lane, lanes);
+                let b1 = coop_load_b(coop_b_offset(ks, qc + 16u), lane, lanes);
                 c00 = coop_mma(a0, b0, c00, lane, lanes);
                 c01 = coop_mma(a0, b1, c01, lane, lanes);
                 c10 = coop_mma(a1, b0, c10, lane, lanes);
                 c11 = coop_mma(a1, b1, c11, lane, lanes);
                 if pair {
-                    let b2 = coop_load_b(ks * COOP_B_STRIDE + qc + 32u, lane, lanes);
-                    let b3 = coop_load_b(ks * COOP_B_STRIDE + qc + 48u, lane, lanes);
+                    let b2 = coop_load_b(coop_b_offset(ks, qc + 32u), lane, lanes);
+                    let b3 = coop_load_b(coop_b_offset(ks, qc + 48u), lane, lanes);
                     d00 = coop_mma(a0, b2, d00, lane, lanes);
                     d01 = coop_mma(a0, b3, d01, lane, lanes);
                     d10 = coop_mma(a1, b2, d10, lane, lanes);
