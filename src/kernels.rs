@@ -35,8 +35,8 @@ pub mod size {
     pub const SKINNY_CHUNK: u32 = 256;
     /// The matrix-unit matmul (16 x 16 x 16 f16 -> f32 products: cooperative matrices on wgpu, tensor
     /// cores on CUDA): a COOP_TILE square of C per workgroup, K in steps of COOP_K through workgroup
-    /// memory. On wgpu the workgroup is COOP_THREADS invocations, whatever the subgroup size: each
-    /// subgroup takes 32 x 32 quarters of the block in turn.
+    /// memory. On wgpu the workgroup is COOP_THREADS invocations, whatever the subgroup size: the
+    /// block's four 32 x 32 quarters are shared out among its one, two or four subgroups.
     pub const COOP_TILE: u32 = 64;
     pub const COOP_K: u32 = 32;
     pub const COOP_THREADS: u32 = 128;

@@ -86,12 +86,12 @@ pub fn matrix_units_verified(device: &Device) -> std::result::Result<(), String>
             (0..count).map(|i| ((i * 7 + salt) % 17) as f32 / 8.0 - 1.0).collect()
         };
         let (a, b, bias) = (values(m * k, 1), values(k * n, 5), values(n, 11));
+        let fail = |e: Error| format!("the cooperative kernel failed to run: {e}");
+        let ta = Tensor::from_f32(device, &[m, k], &a, DType::F16).map_err(fail)?;
+        let tbias = Tensor::from_f32(device, &[n], &bias, DType::F16).map_err(fail)?;
         for transpose_b in [false, true] {
-            let fail = |e: Error| format!("the cooperative kernel failed to run: {e}");
-            let ta = Tensor::from_f32(device, &[m, k], &a, DType::F16).map_err(fail)?;
             let b_shape = if transpose_b { [n, k] } else { [k, n] };
             let tb = Tensor::from_f32(device, &b_shape, &b, DType::F16).map_err(fail)?;
-            let tbias = Tensor::from_f32(device, &[n], &bias, DType::F16).map_err(fail)?;
             let options = MatmulOptions {
                 transpose_b,
                 bias: Some(&tbias),
