@@ -297,7 +297,7 @@ families! {
     Attention = "attention" {
         params: AttentionParams, reductions: false, dtypes: FLOATS,
         constants: [HEAD_DIM: U32, BLOCK_Q: U32, BLOCK_KV: U32, THREADS: U32, Q_TILE_VECS: U32,
-                    KV_TILE_VECS: U32, GROUP_MAJOR: Bool, TO_GROUP_MAJOR: Bool],
+                    KV_TILE_VECS: U32, KV_SPLIT: U32, GROUP_MAJOR: Bool, TO_GROUP_MAJOR: Bool],
     }
     /// The chunked selective scan (Mamba-1) and the recurrent SSD (Mamba-2).
     Scan = "scan" {
@@ -360,7 +360,7 @@ families! {
     QkvHeads = "qkv_heads" {
         params: QkvParams, reductions: true, dtypes: FLOATS,
         constants: [L2_NORM: Bool, HEAD_DIM: U32, BLOCK_Q: U32, BLOCK_KV: U32, THREADS: U32, Q_TILE_VECS: U32,
-                    KV_TILE_VECS: U32],
+                    KV_TILE_VECS: U32, KV_SPLIT: U32],
     }
     /// The AdaLN-gated residual add of a VAR block.
     Residual = "residual" {

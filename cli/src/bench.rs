@@ -350,6 +350,86 @@ pub fn attention(device: &Device, config: &AttentionBenchConfig) -> Result<Vec<A
     Ok(rows)
 }
 
+/// One KV-cache attention step: `rows` new queries per (batch, head) over `keys` cached keys.
+#[derive(Debug, Clone)]
+pub struct KvStepRow {
+    pub rows: usize,
+    pub keys: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    pub dtype: DType,
+    /// The device's tiles (`key_slices` > 1: the block splits its keys), or one slice.
+    pub key_slices: usize,
+    pub block_q: usize,
+    pub median_ms: f64,
+    /// One-slice time / this row's time, measured in the same run (1 for the one-slice row).
+    pub speedup_vs_one_slice: f64,
+    pub timing: TimingSource,
+}
+
+/// KV-cache attention steps (dense attention of few rows over many keys, as VAR's scales attend
+/// their cache) on `device`, beside the same steps on `one_slice`, a device of the same adapter whose
+/// blocks do not split their keys (`DeviceOptions::allow_key_split` off).
+pub fn kv_steps(
+    device: &Device,
+    one_slice: &Device,
+    steps: &[(usize, usize)],
+    config: &AttentionBenchConfig,
+) -> Result<Vec<KvStepRow>> {
+    use scalewise::ops::{AttentionOptions, attention_tiles};
+    let mut out = Vec::new();
+    for &(rows, keys) in steps {
+        for &dtype in &config.dtypes {
+            if dtype == DType::F16 && !device.caps().f16 {
+                continue;
+            }
+            check_fits(device, "the key cache", &[config.heads, keys, config.head_dim], dtype)?;
+            let mut timed = Vec::new();
+            for on in [device, one_slice] {
+                let q_shape = [1, config.heads, rows, config.head_dim];
+                let kv_shape = [1, config.heads, keys, config.head_dim];
+                let q = Tensor::from_f32(on, &q_shape, &pseudo_random(q_shape.iter().product(), 3), dtype)?;
+                let k = Tensor::from_f32(on, &kv_shape, &pseudo_random(kv_shape.iter().product(), 4), dtype)?;
+                let v = Tensor::from_f32(on, &kv_shape, &pseudo_random(kv_shape.iter().product(), 5), dtype)?;
+                let tiles = attention_tiles(on, config.head_dim, rows, keys)?;
+                let (median_ms, _, timing) = time_dispatches(on, config.warmup, config.iterations, || {
+                    ops::attention(&q, &k, &v, &AttentionOptions::default()).map(drop)
+                })?;
+                timed.push((tiles, median_ms, timing));
+            }
+            let one_slice_ms = timed[1].1;
+            for (tiles, median_ms, timing) in timed {
+                out.push(KvStepRow {
+                    rows,
+                    keys,
+                    heads: config.heads,
+                    head_dim: config.head_dim,
+                    dtype,
+                    key_slices: tiles.key_slices,
+                    block_q: tiles.block_q,
+                    median_ms,
+                    speedup_vs_one_slice: one_slice_ms / median_ms,
+                    timing,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub fn kv_steps_json(rows: &[KvStepRow]) -> serde_json::Value {
+    rows.iter()
+        .map(|r| {
+            serde_json::json!({
+                "rows": r.rows, "keys": r.keys, "heads": r.heads, "head_dim": r.head_dim,
+                "dtype": r.dtype.to_string(), "key_slices": r.key_slices, "block_q": r.block_q,
+                "median_ms": r.median_ms, "speedup_vs_one_slice": r.speedup_vs_one_slice,
+                "timing": format!("{:?}", r.timing),
+            })
+        })
+        .collect()
+}
+
 pub fn attention_json(device: &Device, rows: &[AttentionBenchRow]) -> serde_json::Value {
     let info = device.info();
     serde_json::json!({

@@ -47,6 +47,10 @@ struct DeviceArgs {
 
 impl DeviceArgs {
     fn open(&self) -> anyhow::Result<Device> {
+        Ok(Device::new(&self.options()?)?)
+    }
+
+    fn options(&self) -> anyhow::Result<DeviceOptions> {
         let mut options = DeviceOptions::from_env()?;
         if let Some(backend) = self.backend {
             options.backend = backend;
@@ -56,7 +60,7 @@ impl DeviceArgs {
         }
         options.allow_f16 &= !self.no_f16;
         options.allow_subgroups &= !self.no_subgroups;
-        Ok(Device::new(&options)?)
+        Ok(options)
     }
 }
 
@@ -264,9 +268,14 @@ struct PeaksArgs {
 
 #[derive(Args)]
 struct AttentionArgs {
-    /// Token grids: HxW for images, TxHxW for video (e.g. 64x64,8x12x20).
-    #[arg(long, value_delimiter = ',', default_values = ["32x32", "64x64"], value_parser = parse_grid)]
+    /// Token grids: HxW for images, TxHxW for video (e.g. 64x64,8x12x20); 32x32,64x64 when neither
+    /// this nor --kv-steps is given.
+    #[arg(long, value_delimiter = ',', value_parser = parse_grid)]
     grids: Vec<Vec<usize>>,
+    /// KV-cache steps ROWSxKEYS (e.g. 1x680,16x680: VAR's scales attending their cache), each timed
+    /// with the blocks splitting their keys and, beside it, on a device that does not.
+    #[arg(long, value_delimiter = ',', value_parser = parse_kv_step)]
+    kv_steps: Vec<(usize, usize)>,
     /// Text tokens after the image tokens (all valid).
     #[arg(long, default_value_t = 0)]
     text: usize,
@@ -286,6 +295,13 @@ struct AttentionArgs {
     /// Where to write the JSON results.
     #[arg(long, default_value = "bench-results/attention.json")]
     json: PathBuf,
+}
+
+fn parse_kv_step(s: &str) -> Result<(usize, usize), String> {
+    match s.split_once('x').map(|(r, k)| (r.parse::<usize>(), k.parse::<usize>())) {
+        Some((Ok(rows), Ok(keys))) if rows > 0 && keys > 0 => Ok((rows, keys)),
+        _ => Err(format!("KV step {s:?} must be ROWSxKEYS with both above 0")),
+    }
 }
 
 fn parse_grid(s: &str) -> Result<Vec<usize>, String> {
@@ -435,7 +451,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bench(BenchCommand::Generate(args)) => generate::bench_generate(&device.open()?, &args),
         Command::Bench(BenchCommand::Matmul(args)) => bench_matmul(&device.open()?, &args),
-        Command::Bench(BenchCommand::Attention(args)) => bench_attention(&device.open()?, &args),
+        Command::Bench(BenchCommand::Attention(args)) => bench_attention(&device, &args),
         Command::Bench(BenchCommand::Scan(args)) => bench_scan(&device.open()?, &args),
         Command::Bench(BenchCommand::Soak(args)) => bench_soak(&device.open()?, &args),
         Command::Bench(BenchCommand::Precision(args)) => bench_precision(&device.open()?, &args),
@@ -615,11 +631,17 @@ fn bench_matmul(device: &Device, args: &MatmulArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn bench_attention(device: &Device, args: &AttentionArgs) -> anyhow::Result<()> {
+fn bench_attention(device_args: &DeviceArgs, args: &AttentionArgs) -> anyhow::Result<()> {
     results_target(&args.json)?;
     anyhow::ensure!(args.iters > 0, "--iters must be at least 1");
+    let device = &device_args.open()?;
+    let grids = if args.grids.is_empty() && args.kv_steps.is_empty() {
+        vec![vec![32, 32], vec![64, 64]]
+    } else {
+        args.grids.clone()
+    };
     let config = AttentionBenchConfig {
-        cases: args.grids.iter().map(|g| AttentionCase { grid: g.clone(), text: args.text }).collect(),
+        cases: grids.iter().map(|g| AttentionCase { grid: g.clone(), text: args.text }).collect(),
         heads: args.heads,
         head_dim: args.head_dim,
         dtypes: args.dtype.clone(),
@@ -652,7 +674,30 @@ fn bench_attention(device: &Device, args: &AttentionArgs) -> anyhow::Result<()> 
             opt(r.bound_fraction().map(|f| f * 100.0), "%")
         );
     }
-    write_results(&args.json, &bench::attention_json(device, &rows))?;
+    let mut json = bench::attention_json(device, &rows);
+    if !args.kv_steps.is_empty() {
+        let one_slice = Device::new(&DeviceOptions { allow_key_split: false, ..device_args.options()? })?;
+        let steps = bench::kv_steps(device, &one_slice, &args.kv_steps, &config)?;
+        println!("KV-cache steps: ROWS new queries per head over KEYS cached keys");
+        println!(
+            "{:>6} {:>6} {:>5} {:>7} {:>7} {:>11} {:>9}",
+            "rows", "keys", "dtype", "block_q", "slices", "median ms", "speedup"
+        );
+        for r in &steps {
+            println!(
+                "{:>6} {:>6} {:>5} {:>7} {:>7} {:>11.3} {:>8.2}x",
+                r.rows,
+                r.keys,
+                r.dtype.to_string(),
+                r.block_q,
+                r.key_slices,
+                r.median_ms,
+                r.speedup_vs_one_slice
+            );
+        }
+        json["kv_steps"] = bench::kv_steps_json(&steps);
+    }
+    write_results(&args.json, &json)?;
     Ok(())
 }
 

@@ -3,7 +3,8 @@
 //! and occupancy statistics, beside static counts from naga's IR.
 //!
 //! Each WGSL module is composed as the wgpu backend composes it, its overrides take their default
-//! values (what a launch without constants gets), and naga writes the SPIR-V with the options wgpu
+//! values (what a launch without constants gets; the attention entries also get the constants of
+//! KV-cache steps, whose blocks split their keys), and naga writes the SPIR-V with the options wgpu
 //! uses on Vulkan (index clamping, no buffer bounds checks under robust buffer access 2, bounded
 //! loops, no workgroup zero-initialisation, which the library switches off).
 
@@ -32,12 +33,58 @@ pub struct ShaderStatsArgs {
     json: PathBuf,
 }
 
+/// Attention entry points compiled again with the constants of VAR-d16's KV-cache steps (head_dim
+/// 64, ROWS new queries over KEYS keys, tiled for this RDNA3 target), as launched: the first two
+/// split their keys (`AttentionTiles::key_slices`), code the defaults (one slice) fold away; the
+/// last is the last scale's.
+const KV_STEP_ENTRIES: &[(Family, &str)] =
+    &[(Family::Attention, "flash_attention"), (Family::QkvHeads, "qkv_attention")];
+const KV_STEPS: &[(usize, usize)] = &[(1, 680), (16, 680), (256, 680)];
+
+/// The limits attention tiles are sized for: RDNA3's 64 KiB of LDS per workgroup, 1024 invocations.
+fn rdna3_caps() -> scalewise::Caps {
+    scalewise::Caps {
+        f16: true,
+        subgroups: true,
+        subgroup_sizes: (32, 64),
+        timestamps: true,
+        shared_memory_bytes: 65536,
+        max_threads_per_group: 1024,
+        max_groups_per_dim: 65535,
+        max_storage_args: 16,
+        max_arg_bytes: 1 << 31,
+        max_buffer_bytes: 1 << 31,
+        is_cpu: false,
+        matrix_units: scalewise::MatrixUnits::Native,
+        attention: scalewise::AttentionDesign::RowsInRegisters,
+        attention_key_split: true,
+    }
+}
+
+/// The named launch configurations `entry` of `family` is compiled with: the defaults, then the KV
+/// steps of the attention entries.
+fn launches(family: Family, entry: &str) -> anyhow::Result<Vec<(Option<String>, naga::back::PipelineConstants)>> {
+    let mut out = vec![(None, naga::back::PipelineConstants::default())];
+    if KV_STEP_ENTRIES.contains(&(family, entry)) {
+        for &(rows, keys) in KV_STEPS {
+            let tiles = scalewise::ops::attention_tiles_for(&rdna3_caps(), 64, rows, keys)?;
+            let constants = tiles.constants(family, 64);
+            let values = constants.values().iter().map(|&(name, value)| (name.to_string(), value.as_f64())).collect();
+            out.push((Some(format!("kv{rows}x{keys}")), values));
+        }
+    }
+    Ok(out)
+}
+
 /// One compiled entry point.
 struct Kernel {
     family: Family,
     dtype: DType,
     subgroups: bool,
     entry: String,
+    /// The launch configuration, where not the defaults (`launches`), and its constants.
+    launch: Option<String>,
+    constants: naga::back::PipelineConstants,
     workgroup_size: [u32; 3],
     stats: radv::PipelineStats,
     counts: counts::StaticCounts,
@@ -46,7 +93,10 @@ struct Kernel {
 impl Kernel {
     fn label(&self) -> String {
         let variant = if self.subgroups { format!("{},sg", self.dtype) } else { self.dtype.to_string() };
-        format!("{}[{variant}] {}", self.family, self.entry)
+        match &self.launch {
+            Some(launch) => format!("{}[{variant}] {} @{launch}", self.family, self.entry),
+            None => format!("{}[{variant}] {}", self.family, self.entry),
+        }
     }
 
     /// A statistic by RADV's name for it.
@@ -123,17 +173,21 @@ fn measure(args: &ShaderStatsArgs) -> anyhow::Result<()> {
                 .validate(&module)
                 .map_err(|e| anyhow::anyhow!("{label}: {}", e.emit_to_string(&source)))?;
             for entry in module.entry_points.iter().filter(|e| e.stage == naga::ShaderStage::Compute) {
-                let (workgroup_size, stats, counts) = compile(&radv, &module, &info, &entry.name)
-                    .with_context(|| format!("{label} {}: compiling for {}", entry.name, args.target))?;
-                kernels.push(Kernel {
-                    family,
-                    dtype: variant.dtype,
-                    subgroups: variant.subgroups,
-                    entry: entry.name.clone(),
-                    workgroup_size,
-                    stats,
-                    counts,
-                });
+                for (launch, constants) in launches(family, &entry.name)? {
+                    let (workgroup_size, stats, counts) = compile(&radv, &module, &info, &entry.name, &constants)
+                        .with_context(|| format!("{label} {} {launch:?}: compiling for {}", entry.name, args.target))?;
+                    kernels.push(Kernel {
+                        family,
+                        dtype: variant.dtype,
+                        subgroups: variant.subgroups,
+                        entry: entry.name.clone(),
+                        launch,
+                        constants: constants.clone(),
+                        workgroup_size,
+                        stats,
+                        counts,
+                    });
+                }
             }
         }
     }
@@ -153,20 +207,18 @@ fn measure(args: &ShaderStatsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Applies the default overrides for `entry`, writes its SPIR-V and compiles it on RADV.
+/// Applies `constants` (the defaults for the rest) to `entry`, writes its SPIR-V and compiles it on
+/// RADV.
 fn compile(
     radv: &radv::Radv,
     module: &naga::Module,
     info: &naga::valid::ModuleInfo,
     entry: &str,
+    constants: &naga::back::PipelineConstants,
 ) -> anyhow::Result<([u32; 3], radv::PipelineStats, counts::StaticCounts)> {
     let stage = naga::ShaderStage::Compute;
-    let (module, info) = naga::back::pipeline_constants::process_overrides(
-        module,
-        info,
-        Some((stage, entry)),
-        &naga::back::PipelineConstants::default(),
-    )?;
+    let (module, info) =
+        naga::back::pipeline_constants::process_overrides(module, info, Some((stage, entry)), constants)?;
     let index = module.entry_points.iter().position(|e| e.name == entry).context("entry point vanished")?;
     let counts = counts::count(&module, &info, index);
     let options = naga::back::spv::Options {
@@ -278,6 +330,8 @@ fn report_json(radv: &radv::Radv, target: &str, kernels: &[Kernel]) -> serde_jso
                 "dtype": k.dtype.to_string(),
                 "subgroups": k.subgroups,
                 "entry": k.entry,
+                "launch": k.launch,
+                "constants": k.constants.iter().collect::<std::collections::BTreeMap<_, _>>(),
                 "workgroup_size": k.workgroup_size,
                 "subgroup_size": k.stats.subgroup_size,
                 "vgprs": k.stat("VGPRs"),

@@ -129,6 +129,13 @@ fn every_kernel_compiles_for_rdna3_without_spills_within_its_vgpr_budget() {
         }
     }
 
+    // The attention entries were also compiled as KV-cache steps, whose blocks split their keys: the
+    // code the defaults fold away is held to the same budgets.
+    for entry in ["flash_attention", "qkv_attention"] {
+        let split = kernels.iter().filter(|k| k["entry"] == entry && k["launch"].is_string()).count();
+        assert!(split > 0, "{entry} has no KV-step launch in the report");
+    }
+
     let budgets: BTreeMap<(&str, &str), u32> = VGPR_BUDGETS.iter().map(|&(f, e, b)| ((f, e), b)).collect();
     let mut failures = Vec::new();
     for k in kernels {
@@ -139,6 +146,11 @@ fn every_kernel_compiles_for_rdna3_without_spills_within_its_vgpr_budget() {
             k["dtype"].as_str().unwrap(),
             if k["subgroups"] == true { ",sg" } else { "" }
         );
+        // A launch configuration other than the defaults (the KV-cache steps of the attention entries).
+        let label = match k["launch"].as_str() {
+            Some(launch) => format!("{label} @{launch}"),
+            None => label,
+        };
         let stat = |name: &str| k[name].as_f64().unwrap_or_else(|| panic!("{label}: no {name} in the report"));
         if stat("spilled_vgprs") > 0.0 || stat("spilled_sgprs") > 0.0 {
             failures.push(format!("{label}: spills {} VGPRs, {} SGPRs", stat("spilled_vgprs"), stat("spilled_sgprs")));
@@ -151,8 +163,11 @@ fn every_kernel_compiles_for_rdna3_without_spills_within_its_vgpr_budget() {
             Some(_) => {}
             None => failures.push(format!("{label}: no VGPR budget (measured {vgprs}); add one to VGPR_BUDGETS")),
         }
+        // A block that splits its keys is launched for few query rows: its grid (batch x heads
+        // workgroups) is far below a GPU's capacity, so waves per SIMD do not bind it.
+        let splits_keys = k["constants"]["KV_SPLIT"].as_f64().is_some_and(|s| s > 1.0);
         if let Some(&(_, _, least, waves)) = GEMM_TARGETS.iter().find(|&&(f, e, _, _)| f == family && e == entry) {
-            if stat("waves_per_simd") < waves {
+            if stat("waves_per_simd") < waves && !splits_keys {
                 failures.push(format!("{label}: {} waves per SIMD, under {waves}", stat("waves_per_simd")));
             }
             let loops = k["inner_loops"].as_array().unwrap_or_else(|| panic!("{label}: no inner_loops in the report"));

@@ -8,7 +8,7 @@
 #      references, poisoned outputs) and `wgpu_full` (the WGSL kernels on NVIDIA's Vulkan driver);
 #      the model tests' `cuda` configuration; the NVRTC compile check;
 #   2. benchmarks, both backends from this one run: (Vulkan) the peak probes, then matmul, dense and
-#      GRAT attention at the Flux shape,
+#      GRAT attention at the Flux shape, (Vulkan) KV-cache attention steps with and without key slices,
 #      the selective scan, VAR-d16 256px end to end;
 #   3. the torch peers on the same GPU (cuBLAS GEMM, SDPA, FlexAttention with GRAT's block mask, a
 #      torch selective scan, copy bandwidth).
@@ -56,6 +56,13 @@ bench() {
         --dtype f32,f16 --naive-max 0 --iters 10 "${peak_args[@]}" --json "$OUT/matmul-$backend.json"
     step "bench-attention-$backend" 200 $B/scalewise --backend "$backend" bench attention --grids 64x64,128x128,512x512 \
         --text 512 --heads 24 --head-dim 128 --dtype f16 --iters 3 --dense-max-tokens 20000 --json "$OUT/attention-$backend.json"
+    if [[ "$backend" == vulkan ]]; then
+        # VAR-d16's KV-cache steps with CFG (32 heads of 64): each scale's rows over the 680 keys of
+        # the last scale, the blocks splitting their keys beside a device whose blocks do not.
+        step "bench-kv-steps-$backend" 60 $B/scalewise --backend "$backend" bench attention \
+            --kv-steps 1x680,4x680,16x680,64x680,256x680 --heads 32 --head-dim 64 --dtype f32,f16 --iters 10 \
+            --json "$OUT/kv-steps-$backend.json"
+    fi
     step "bench-scan-$backend" 90 $B/scalewise --backend "$backend" bench scan --shapes 8x2048x16x4096,1x1536x16x2048 \
         --dtype f32,f16 --naive-max-length 0 --iters 5 --json "$OUT/scan-$backend.json"
     step "bench-generate-$backend" 120 $B/scalewise --backend "$backend" bench generate --model var --depth 16 \

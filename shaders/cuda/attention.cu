@@ -36,6 +36,12 @@
 #ifndef KV_TILE_VECS
 #define KV_TILE_VECS 256u
 #endif
+// The WGSL kernels' key slices; these kernels split keys among warps themselves (the _tc entries),
+// so the host always passes 1.
+#ifndef KV_SPLIT
+#define KV_SPLIT 1u
+#endif
+static_assert(KV_SPLIT == 1u, "the CUDA attention kernels take no key slices");
 // Image tokens arrive group-major (each group's tokens contiguous, groups in raster order) instead of
 // raster-major; text tokens stay after them either way.
 #ifndef GROUP_MAJOR

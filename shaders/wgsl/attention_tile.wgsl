@@ -11,6 +11,14 @@
 // ROW_THREADS > 1 the partial dot products meet once per tile through workgroup memory. Barriers per
 // key tile: 3 (free the tiles, the key table, the tiles loaded), plus 1 with ROW_THREADS > 1.
 //
+// Flash-decoding inside the workgroup: a block of few query rows would leave most of a GPU's lanes
+// idle and stream every key through one thread per row, so the workgroup holds KV_SPLIT copies of the
+// row layout (THREADS = KV_SPLIT * BLOCK_Q * ROW_THREADS), and copy s attends keys
+// [s, s + 1) * BLOCK_KV / KV_SPLIT of every tile with its own running max, sum and output. The
+// copies load each tile together and merge their states once, at the end, in log2(KV_SPLIT) steps
+// through the tile memory (2 barriers each). The host chooses KV_SPLIT (ops::attention) so that a
+// step's states fit the K tile.
+//
 // The including module says where rows live by defining:
 //   fn query_vec(head: Head, token: u32, c: u32) -> vec4<f32>        components [4c, 4c + 4)
 //   fn finish_query(head: Head, x: vec4<f32>, sum_sq: f32) -> vec4<f32>
@@ -24,7 +32,9 @@
 override HEAD_DIM: u32 = 64u;
 override BLOCK_Q: u32 = 64u;
 override BLOCK_KV: u32 = 16u;
-override THREADS: u32 = 64u; // BLOCK_Q * ROW_THREADS
+override THREADS: u32 = 64u; // KV_SPLIT * BLOCK_Q * ROW_THREADS
+// Key slices per tile (a power of two dividing BLOCK_KV); 1 for blocks with enough rows.
+override KV_SPLIT: u32 = 1u;
 // Partial scores exchanged per tile: BLOCK_Q * BLOCK_KV * ROW_THREADS when ROW_THREADS > 1, else 1.
 override Q_TILE_VECS: u32 = 1u;
 // K and V tiles in vec4s: BLOCK_KV * ceil(HEAD_DIM / 4).
@@ -66,12 +76,21 @@ fn head_vecs() -> u32 {
 }
 
 fn row_threads() -> u32 {
-    return THREADS / BLOCK_Q;
+    return THREADS / (BLOCK_Q * KV_SPLIT);
 }
 
-// The thread's row in the block and the first vec4 of its slice.
+// Threads of one key slice: one copy of the row layout.
+fn slice_threads() -> u32 {
+    return THREADS / KV_SPLIT;
+}
+
+// The thread's key slice, its row in the block and the first vec4 of its share of the row.
+fn key_slice(t: u32) -> u32 {
+    return t / slice_threads();
+}
+
 fn row_of(t: u32) -> u32 {
-    return t / row_threads();
+    return (t % slice_threads()) / row_threads();
 }
 
 fn slice_start(t: u32) -> u32 {
@@ -89,8 +108,10 @@ fn row_total(t: u32, value: f32) -> f32 {
     partial_scores[t] = value;
     workgroupBarrier();
     var total = 0.0;
+    // The row's threads are rt consecutive ones in every key slice.
+    let first = t - t % rt;
     for (var s = 0u; s < rt; s++) {
-        total += partial_scores[row_of(t) * rt + s];
+        total += partial_scores[first + s];
     }
     return total;
 }
@@ -138,35 +159,39 @@ fn attend_tile(head: Head, t: u32, state: ptr<function, RowState>) {
     prepare_key_tile(head, t);
 
     // Loops run to SLICE_VECS with a predicate, a constant trip count, so the slices stay in registers.
+    // The thread's keys are [k0, k0 + keys) of the tile; scores[] is indexed from k0.
     let first = slice_start(t);
+    let keys = BLOCK_KV / KV_SPLIT;
+    let k0 = key_slice(t) * keys;
     var scores: array<f32, MAX_BLOCK_KV>;
-    for (var j = 0u; j < BLOCK_KV; j++) {
+    for (var j = 0u; j < keys; j++) {
         var acc = vec4<f32>(0.0);
         for (var i = 0u; i < SLICE_VECS; i++) {
             if first + i < hv {
-                acc += (*state).q[i] * k_tile[j * hv + first + i];
+                acc += (*state).q[i] * k_tile[(k0 + j) * hv + first + i];
             }
         }
         scores[j] = acc.x + acc.y + acc.z + acc.w;
     }
     let rt = row_threads();
     if rt > 1u {
+        // One slot per (row, key of the tile, share of the row): the key slices never collide.
         let r = row_of(t);
-        for (var j = 0u; j < BLOCK_KV; j++) {
-            partial_scores[(r * BLOCK_KV + j) * rt + t % rt] = scores[j];
+        for (var j = 0u; j < keys; j++) {
+            partial_scores[(r * BLOCK_KV + k0 + j) * rt + t % rt] = scores[j];
         }
         workgroupBarrier();
-        for (var j = 0u; j < BLOCK_KV; j++) {
+        for (var j = 0u; j < keys; j++) {
             var total = 0.0;
             for (var s = 0u; s < rt; s++) {
-                total += partial_scores[(r * BLOCK_KV + j) * rt + s];
+                total += partial_scores[(r * BLOCK_KV + k0 + j) * rt + s];
             }
             scores[j] = total;
         }
     }
     var tile_max = NEG_BIG;
-    for (var j = 0u; j < BLOCK_KV; j++) {
-        if key_token[j] != NO_TOKEN {
+    for (var j = 0u; j < keys; j++) {
+        if key_token[k0 + j] != NO_TOKEN {
             tile_max = max(tile_max, scores[j]);
         }
     }
@@ -176,13 +201,13 @@ fn attend_tile(head: Head, t: u32, state: ptr<function, RowState>) {
         (*state).o[i] *= rescale;
     }
     var tile_sum = 0.0;
-    for (var j = 0u; j < BLOCK_KV; j++) {
+    for (var j = 0u; j < keys; j++) {
         // Padding keys weigh exactly 0 (v is 0 there too).
-        let w = select(0.0, exp(scores[j] - new_max), key_token[j] != NO_TOKEN);
+        let w = select(0.0, exp(scores[j] - new_max), key_token[k0 + j] != NO_TOKEN);
         tile_sum += w;
         for (var i = 0u; i < SLICE_VECS; i++) {
             if first + i < hv {
-                (*state).o[i] += w * v_tile[j * hv + first + i];
+                (*state).o[i] += w * v_tile[(k0 + j) * hv + first + i];
             }
         }
     }
@@ -190,9 +215,53 @@ fn attend_tile(head: Head, t: u32, state: ptr<function, RowState>) {
     (*state).max = new_max;
 }
 
+// The key slices' states merged into slice 0's: in each step the upper half of the remaining slices
+// hands its output share and (max, sum) to the lower half through the tile memory (which the host
+// sized for it: KV_SPLIT / 2 * THREADS / KV_SPLIT shares of min(SLICE_VECS, head_vecs) vec4s fit
+// KV_TILE_VECS). Every thread calls it, in uniform control flow; empty slices hold max NEG_BIG and
+// sum 0, and weigh exactly 0 once any slice has a key.
+fn merge_key_slices(t: u32, state: ptr<function, RowState>) {
+    if KV_SPLIT == 1u {
+        return;
+    }
+    let s = key_slice(t);
+    let local = t % slice_threads();
+    let share = min(SLICE_VECS, head_vecs());
+    for (var half = KV_SPLIT / 2u; half > 0u; half /= 2u) {
+        // The tiles are free: the last tile's reads (or the previous step's) are done.
+        workgroupBarrier();
+        if s >= half && s < 2u * half {
+            let slot = (s - half) * slice_threads() + local;
+            for (var i = 0u; i < SLICE_VECS; i++) {
+                if i < share {
+                    k_tile[slot * share + i] = (*state).o[i];
+                }
+            }
+            v_tile[slot] = vec4<f32>((*state).max, (*state).sum, 0.0, 0.0);
+        }
+        workgroupBarrier();
+        if s < half {
+            let slot = s * slice_threads() + local;
+            let other = v_tile[slot];
+            let new_max = max((*state).max, other.x);
+            let mine = exp((*state).max - new_max);
+            let theirs = exp(other.x - new_max);
+            for (var i = 0u; i < SLICE_VECS; i++) {
+                if i < share {
+                    (*state).o[i] = (*state).o[i] * mine + k_tile[slot * share + i] * theirs;
+                }
+            }
+            (*state).sum = (*state).sum * mine + other.y * theirs;
+            (*state).max = new_max;
+        }
+    }
+}
+
+// Every thread calls it (the key slices merge first); slice 0 stores its rows.
 fn finish_queries(head: Head, t: u32, state: ptr<function, RowState>) {
+    merge_key_slices(t, state);
     let token = query_token[row_of(t)];
-    if token == NO_TOKEN {
+    if token == NO_TOKEN || key_slice(t) != 0u {
         return;
     }
     let inv_sum = 1.0 / (*state).sum;

@@ -91,6 +91,9 @@ pub struct DeviceOptions {
     /// and never chosen by `Auto`: it exists so that the cooperative kernel's tiling, edges and
     /// epilogue are tested on adapters without the units (the test suite's `wgpu_full` device).
     pub emulate_matrix_units: bool,
+    /// Let wgpu attention blocks of few query rows split their keys between copies of their row
+    /// layout (flash-decoding inside the workgroup; [`Caps::attention_key_split`]).
+    pub allow_key_split: bool,
     /// Fill every freshly handed-out buffer with NaN bytes (0xFF), so a kernel that forgets to write
     /// an element is caught by the tests instead of reading stale data.
     pub poison_allocations: bool,
@@ -106,6 +109,7 @@ impl Default for DeviceOptions {
             allow_timestamps: true,
             allow_cooperative_matrix: true,
             emulate_matrix_units: false,
+            allow_key_split: true,
             poison_allocations: false,
         }
     }
@@ -113,7 +117,7 @@ impl Default for DeviceOptions {
 
 impl DeviceOptions {
     /// Defaults overridden by the environment: `WGPU_BACKEND`, `WGPU_ADAPTER_NAME`, and
-    /// `SCALEWISE_DISABLE` (comma list of `f16`, `subgroups`, `timestamps`, `coop`).
+    /// `SCALEWISE_DISABLE` (comma list of `f16`, `subgroups`, `timestamps`, `coop`, `key-split`).
     pub fn from_env() -> Result<Self> {
         let mut options = Self::default();
         if let Ok(backend) = std::env::var("WGPU_BACKEND") {
@@ -131,10 +135,13 @@ impl DeviceOptions {
                     "subgroups" => options.allow_subgroups = false,
                     "timestamps" => options.allow_timestamps = false,
                     "coop" => options.allow_cooperative_matrix = false,
+                    "key-split" => options.allow_key_split = false,
                     other => {
                         return Err(Error::InvalidArgument {
                             op: "SCALEWISE_DISABLE",
-                            msg: format!("unknown item {other:?}; expected f16, subgroups, timestamps or coop"),
+                            msg: format!(
+                                "unknown item {other:?}; expected f16, subgroups, timestamps, coop or key-split"
+                            ),
                         });
                     }
                 }
@@ -172,6 +179,9 @@ pub struct Caps {
     pub matrix_units: MatrixUnits,
     /// How the backend's attention kernels are tiled, which the ops size the tiles for.
     pub attention: AttentionDesign,
+    /// [`AttentionDesign::RowsInRegisters`]: a block of few query rows splits its keys between
+    /// copies of its row layout ([`crate::ops::AttentionTiles::key_slices`]).
+    pub attention_key_split: bool,
 }
 
 /// The design of a backend's attention kernels (the attention family and `qkv_attention`).

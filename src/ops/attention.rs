@@ -12,7 +12,7 @@
 //! ```
 
 use super::{check_operand, elements, index_u32, launch, shape_error};
-use crate::device::{AttentionDesign, Grid};
+use crate::device::{AttentionDesign, Caps, Device, Grid};
 use crate::error::{Error, Result};
 use crate::kernels::{AttentionParams, Constants, Family};
 use crate::tensor::Tensor;
@@ -213,9 +213,10 @@ fn geometry(t: &Tensor, layout: AttentionLayout, what: &str) -> Result<Geometry>
     })
 }
 
-/// How an attention kernel is tiled: the constants every attention launch sets.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct AttentionTiles {
+/// How an attention kernel is tiled: the constants every attention launch sets. [`attention_tiles`]
+/// says which tiles a call would get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttentionTiles {
     /// Query rows per workgroup.
     pub block_q: usize,
     /// Keys per tile.
@@ -226,10 +227,13 @@ pub(super) struct AttentionTiles {
     pub q_tile_vecs: usize,
     /// The K and V tiles in vec4s.
     pub kv_tile_vecs: usize,
+    /// WGSL: copies of the row layout that split each key tile between them (flash-decoding inside
+    /// the workgroup, for blocks of few rows); 1 on CUDA, whose kernels split keys among warps.
+    pub key_slices: usize,
 }
 
 impl AttentionTiles {
-    /// The constants of these tiles, for the family's launch.
+    /// The constants of these tiles, for a launch of `family` (attention or qkv_heads).
     pub fn constants(&self, family: Family, dim: usize) -> Constants {
         Constants::new(family)
             .set("HEAD_DIM", dim as u32)
@@ -238,20 +242,56 @@ impl AttentionTiles {
             .set("THREADS", self.threads as u32)
             .set("Q_TILE_VECS", self.q_tile_vecs as u32)
             .set("KV_TILE_VECS", self.kv_tile_vecs as u32)
+            .set("KV_SPLIT", self.key_slices as u32)
     }
 }
 
 /// Dimensions of q and of the output one WGSL thread keeps in registers (attention_tile.wgsl).
 const WGSL_SLICE_DIMS: usize = 64;
 
-/// Tiles that fit the adapter's workgroup memory and invocation limits, for `rows` query rows (a
-/// workgroup's rows shrink to a power of two from 8 up, so few-row calls do not idle 64 threads).
+/// Invocations a WGSL workgroup of few query rows widens to by splitting its keys: a 64-wide wave
+/// or two 32-wide ones, so the block's rows do not stream every key through one lane each.
+const KEY_SPLIT_THREADS: usize = 64;
+
+/// The fewest keys of a tile one key slice attends. With 2, RADV (gfx1100) unrolls the slice's
+/// score loop and holds both keys' K rows beside q and the output: 132 VGPRs and 43 spilled
+/// (`scalewise shader-stats`, before this limit); with 4, the loop stays a loop, at 120 and none.
+const KEYS_PER_SLICE: usize = 4;
+
+/// The key slices for a WGSL block of `block_q` rows of `row_threads` threads with `block_kv`-key
+/// tiles, over `keys` keys: a power of two that widens the block towards KEY_SPLIT_THREADS, leaves
+/// each slice KEYS_PER_SLICE keys of a tile (and of the call), and lets half of the slices' output
+/// shares (min(64, head_dim) dimensions per thread) fit the K tile for the merge.
+fn key_slices(block_q: usize, block_kv: usize, row_threads: usize, head_vecs: usize, keys: usize) -> usize {
+    let share = head_vecs.min(WGSL_SLICE_DIMS / 4);
+    let mut slices = 1;
+    loop {
+        let next = 2 * slices;
+        let widens = next * block_q * row_threads <= KEY_SPLIT_THREADS;
+        let has_keys = next * KEYS_PER_SLICE <= block_kv.min(keys.next_power_of_two());
+        let merges = slices * block_q * row_threads * share <= block_kv * head_vecs;
+        if !(widens && has_keys && merges) {
+            return slices;
+        }
+        slices = next;
+    }
+}
+
+/// The tiles an attention call on `device` gets, for head_dim `dim`, `rows` query rows per block
+/// of work and at most `keys` keys per query: what fits the adapter's workgroup memory and
+/// invocation limits.
 ///
 /// WGSL (attention_tile.wgsl): one query row per ceil(head_dim / 64) threads, q and the output in
-/// registers, K and V tiles in workgroup memory. CUDA (attention.cu): BLOCK_Q x BLOCK_KV threads,
-/// one score each, with the query tile in shared memory too.
-pub(super) fn tile_config(q: &Tensor, dim: usize, rows: usize) -> Result<AttentionTiles> {
-    let caps = q.device().caps();
+/// registers, K and V tiles in workgroup memory. A workgroup's rows shrink to a power of two for
+/// few-row calls (a KV-cache step), and such a block splits its keys between copies of the row
+/// layout ([`AttentionTiles::key_slices`]). CUDA
+/// (attention.cu): BLOCK_Q x BLOCK_KV threads, one score each, with the query tile in shared memory.
+pub fn attention_tiles(device: &Device, dim: usize, rows: usize, keys: usize) -> Result<AttentionTiles> {
+    attention_tiles_for(&device.caps(), dim, rows, keys)
+}
+
+/// [`attention_tiles`] for a device with `caps` (e.g. a GPU described without being opened).
+pub fn attention_tiles_for(caps: &Caps, dim: usize, rows: usize, keys: usize) -> Result<AttentionTiles> {
     let vecs = dim.div_ceil(4);
     let fits = |words: usize, threads: usize| {
         words * 4 <= caps.shared_memory_bytes as usize && threads <= caps.max_threads_per_group as usize
@@ -267,24 +307,46 @@ pub(super) fn tile_config(q: &Tensor, dim: usize, rows: usize) -> Result<Attenti
                     threads: bq * bkv,
                     q_tile_vecs: bq * vecs,
                     kv_tile_vecs: bkv * vecs,
+                    key_slices: 1,
                 });
             }
         }
     } else {
         let row_threads = dim.div_ceil(WGSL_SLICE_DIMS);
+        let tiles = |bq: usize, bkv: usize, slices: usize| {
+            let threads = slices * bq * row_threads;
+            let partials = if row_threads > 1 { bq * bkv * row_threads } else { 1 };
+            let words = 2 * 4 * bkv * vecs + partials + 64 + 32; // tiles, partials, token tables
+            fits(words, threads).then_some(AttentionTiles {
+                block_q: bq,
+                block_kv: bkv,
+                threads,
+                q_tile_vecs: partials,
+                kv_tile_vecs: bkv * vecs,
+                key_slices: slices,
+            })
+        };
+        // Few rows over enough keys: a block of exactly those rows, whose copies split the keys. It
+        // takes 32-key tiles where they fit (more slices; its grid is small, so occupancy does not
+        // bind it).
+        if caps.attention_key_split {
+            let bq = rows.max(1).next_power_of_two();
+            for bkv in [32, 16, 8, 4] {
+                let slices = key_slices(bq, bkv, row_threads, vecs, keys);
+                if let Some(tiles) = tiles(bq, bkv, slices).filter(|_| slices > 1) {
+                    return Ok(tiles);
+                }
+            }
+        }
+        // One slice: rows shrink to a power of two from 8 up (lavapipe runs a workgroup of one
+        // invocation at half the speed of an 8-row one with 7 rows of padding). 16-key tiles first:
+        // at head_dim 64 their 8.5 KiB keep 8 waves per SIMD on RDNA3, where 32-key tiles' 17 KiB
+        // keep 4 (shader-stats).
         let wanted_q = rows.next_power_of_two().clamp(8, 64);
         for bq in [64, 32, 16, 8, 4].into_iter().filter(|&bq| bq <= wanted_q) {
-            for bkv in [32, 16, 8, 4] {
-                let partials = if row_threads > 1 { bq * bkv * row_threads } else { 1 };
-                let words = 2 * 4 * bkv * vecs + partials + 64 + 32; // tiles, partials, token tables
-                if fits(words, bq * row_threads) {
-                    return Ok(AttentionTiles {
-                        block_q: bq,
-                        block_kv: bkv,
-                        threads: bq * row_threads,
-                        q_tile_vecs: partials,
-                        kv_tile_vecs: bkv * vecs,
-                    });
+            for bkv in [16, 32, 8, 4] {
+                if let Some(tiles) = tiles(bq, bkv, 1) {
+                    return Ok(tiles);
                 }
             }
         }
@@ -315,9 +377,9 @@ impl<'a> AttentionLaunch<'a> {
         out: &'a Tensor,
         (qg, kg): (Geometry, Geometry),
         scale: f32,
-        rows: usize,
+        (rows, keys): (usize, usize),
     ) -> Result<Self> {
-        let tiles = tile_config(q, qg.dim, rows)?;
+        let tiles = attention_tiles(q.device(), qg.dim, rows, keys)?;
         Ok(Self { q, k, v, out, qg, kg, scale, tiles })
     }
 
@@ -429,7 +491,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, options: &AttentionOptions)
     let out = Tensor::empty(q.device(), q.shape(), q.dtype())?;
     let scale = softmax_scale(options.scale, qg.dim)?;
     let tokens = qg.tokens;
-    let launch = AttentionLaunch::new(q, k, v, &out, (qg, kg), scale, tokens)?;
+    let launch = AttentionLaunch::new(q, k, v, &out, (qg, kg), scale, (tokens, kv_len))?;
     let params = launch.params([0, tokens, kv_len], None)?;
     launch.run("flash_attention", &params, tokens.div_ceil(launch.tiles.block_q), TokenOrder::Raster)?;
     Ok(out)
@@ -478,7 +540,8 @@ pub fn grouped_attention_in(
     let image = layout.image_tokens();
     let (_, group, counts) = layout.dims3();
     let group_tokens = group.iter().product::<usize>();
-    let launch = AttentionLaunch::new(q, k, v, &out, (qg, kg), scale, group_tokens.max(layout.text_len))?;
+    let rows = group_tokens.max(layout.text_len);
+    let launch = AttentionLaunch::new(q, k, v, &out, (qg, kg), scale, (rows, layout.seq_len()))?;
     let blocks = counts.iter().product::<usize>() * group.iter().product::<usize>().div_ceil(launch.tiles.block_q);
     let params = launch.params([0, image, image], Some(layout))?;
     launch.run("grouped_attention", &params, blocks, order)?;

@@ -1,7 +1,7 @@
 //! Transformer-block glue kernels of VAR: the fused qkv split with cosine normalisation that feeds a
 //! KV cache (alone, or fused with the attention that follows it), and the AdaLN-gated residual add.
 
-use super::attention::{AttentionLayout, AttentionOptions, MAX_HEAD_DIM, attention, tile_config};
+use super::attention::{AttentionLayout, AttentionOptions, MAX_HEAD_DIM, attention, attention_tiles};
 use super::{check_operand, elements, float_dtype, index_u32, launch, rows as row_grid, shape_error};
 use crate::device::{AttentionDesign, Grid};
 use crate::error::{Error, Result};
@@ -156,7 +156,7 @@ pub fn qkv_attention(args: &QkvHeads, scale: f32) -> Result<Tensor> {
     if shape.batch * shape.tokens == 0 {
         return Ok(out);
     }
-    let tiles = tile_config(qkv, shape.dim, shape.tokens)?;
+    let tiles = attention_tiles(qkv.device(), shape.dim, shape.tokens, args.start + shape.tokens)?;
     let constants = tiles.constants(Family::QkvHeads, shape.dim).set("L2_NORM", args.l2_norm);
     let bindings = [
         qkv.arg("qkv"),

@@ -12,8 +12,8 @@ use scalewise::nn::{VarConfig, VarModel, VqVae, VqVaeConfig};
 use scalewise::ops::attention::reference as attention_ref;
 use scalewise::ops::sample::{gumbel_softmax, reference as sample_ref};
 use scalewise::ops::transformer::reference as transformer_ref;
-use scalewise::ops::{QkvHeads, gated_residual, qkv_attention, qkv_heads, reference_values};
-use scalewise::{DType, Device, Error, Tensor};
+use scalewise::ops::{QkvHeads, attention_tiles, gated_residual, qkv_attention, qkv_heads, reference_values};
+use scalewise::{AttentionDesign, DType, Device, Error, Tensor};
 use scalewise_support::synthetic::{VaeShape, VarShape, vae_state_dict, var_state_dict};
 
 fn upload(device: &Device, shape: &[usize], data: &[f32], dtype: DType) -> Tensor {
@@ -111,18 +111,20 @@ backend_tests! {
 }
 
 backend_tests! {
-    /// The fused split-and-attend over two calls: the second attends the first's cached keys (read
+    /// The fused split-and-attend over three calls: each attends the earlier calls' cached keys (read
     /// from the cache) and its own (normalised in the tile). Keys and queries are rounded to the
     /// storage type as the cache holds them, exactly as qkv_heads followed by attention would see them.
-    fn qkv_attention_matches_the_reference_and_fills_the_cache_over_two_calls(device: &Device, config: &str) {
+    fn qkv_attention_matches_the_reference_and_fills_the_cache_over_three_calls(device: &Device, config: &str) {
         let mut rng = Rng::for_config("qkv_attention", config);
         for dtype in dtypes(device) {
             for dim in [64, 24, rng.range(1, 100)] {
                 for l2_norm in [true, false] {
                     let (batch, heads) = (rng.range(1, 2), rng.range(1, 3));
-                    // Ragged: the second call has new keys on both sides of a key-tile edge.
-                    let steps = [rng.range(1, 9), rng.range(17, 40)];
-                    let total = steps[0] + steps[1];
+                    // Ragged: the second call has new keys on both sides of a key-tile edge; the third
+                    // is a KV-cache step of few rows, whose block splits its keys (ops::attention_tiles),
+                    // so its new keys are cached by whichever key slice attends them.
+                    let steps = [rng.range(1, 9), rng.range(17, 40), rng.range(1, 5)];
+                    let total: usize = steps.iter().sum();
                     let cap = total + rng.range(0, 2);
                     let width = heads * dim;
                     let head_scale: Vec<f32> = (0..heads).map(|_| 1.0 + 9.0 * rng.uniform(1.0).abs()).collect();
@@ -149,6 +151,10 @@ backend_tests! {
                             v_cache: &v_cache,
                             start,
                         };
+                        if step == 2 && device.caps().attention == AttentionDesign::RowsInRegisters {
+                            let tiles = attention_tiles(device, dim, tokens, start + tokens).unwrap();
+                            assert!(tiles.key_slices > 1, "{what}: the last call is not split: {tiles:?}");
+                        }
                         let out = qkv_attention(&args, softmax_scale).expect("qkv_attention");
                         assert_eq!(out.shape(), [batch, tokens, heads, dim], "{what}");
 

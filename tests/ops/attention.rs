@@ -5,10 +5,10 @@
 use crate::common::{Rng, Seeded, Tol, WGPU_FULL, assert_close, dtypes, full_device};
 use scalewise::ops::attention::reference::{allowed, masked_attention};
 use scalewise::ops::{
-    AttentionLayout, AttentionOptions, GratPattern, GroupedLayout, attention, grouped_attention,
+    AttentionLayout, AttentionOptions, GratPattern, GroupedLayout, attention, attention_tiles, grouped_attention,
     reference_values as stored,
 };
-use scalewise::{DType, Device, Error, Tensor};
+use scalewise::{AttentionDesign, DType, Device, Error, Tensor};
 
 /// Rows of one (batch, head) of a (B, H, L, D) tensor.
 fn head_rows(data: &[f32], heads: usize, len: usize, dim: usize, b: usize, h: usize) -> &[f32] {
@@ -52,6 +52,43 @@ fn random_pattern(rng: &mut Rng) -> GratPattern {
         1 => GratPattern::BlockTruncated { radius: rng.range(0, 2) },
         2 => GratPattern::CrissCross,
         _ => GratPattern::All,
+    }
+}
+
+backend_tests! {
+    /// Few query rows over many keys (a KV-cache step): on wgpu the block splits each key tile
+    /// between copies of its row layout and merges their softmax states at the end. Ragged key
+    /// counts leave some slices empty in the last tile; head_dim past 64 gives rows of several
+    /// threads, so the merge and the partial dot products meet.
+    fn dense_attention_of_few_rows_splits_the_keys(device: &Device, config: &str) {
+        let mut rng = Rng::for_config("dense_attention_split", config);
+        let splits = device.caps().attention == AttentionDesign::RowsInRegisters;
+        for dtype in dtypes(device) {
+            for (lq, dim) in [(1, 64), (3, 80), (5, rng.range(1, 63)), (5, 100), (6, 130), (2, 256)] {
+                let heads = rng.range(1, 3);
+                let lk = rng.range(70, 300);
+                let kv_len = rng.range(lk - 40, lk);
+                let tiles = attention_tiles(device, dim, lq, kv_len).unwrap();
+                if splits {
+                    assert!(tiles.key_slices > 1, "{config}: lq {lq} d{dim} kv {kv_len} is not split: {tiles:?}");
+                }
+                let shape = |len| vec![1, heads, len, dim];
+                let q = stored(&rng.vec(heads * lq * dim, 1.0), dtype);
+                let k = stored(&rng.vec(heads * lk * dim, 1.0), dtype);
+                let v = stored(&rng.vec(heads * lk * dim, 1.0), dtype);
+                let up = |x: &[f32], len| Tensor::from_f32(device, &shape(len), x, dtype).unwrap();
+                let options = AttentionOptions { kv_len: Some(kv_len), ..Default::default() };
+                let out = attention(&up(&q, lq), &up(&k, lk), &up(&v, lk), &options).unwrap().to_vec_f32().unwrap();
+                let scale = 1.0 / (dim as f64).sqrt();
+                let mut want = Vec::with_capacity(out.len());
+                for h in 0..heads {
+                    let rows = |x, len| head_rows(x, heads, len, dim, 0, h);
+                    want.extend(masked_attention(rows(&q, lq), rows(&k, lk), rows(&v, lk), dim, scale, |_, j| j < kv_len));
+                }
+                let what = format!("{config} {dtype} split {} lq{lq} kv{kv_len} d{dim}", tiles.key_slices);
+                assert_close(&out, &want, Tol::for_dtype(dtype, 1.0), &what);
+            }
+        }
     }
 }
 

@@ -283,6 +283,8 @@ mod enabled {
             // matmul_coop is the tensor-core kernel (mma.sync), which the CPU shim models; f16 only.
             matrix_units: if tensor_cores && options.allow_f16 { MatrixUnits::Native } else { MatrixUnits::None },
             attention: AttentionDesign::ScoreTiles,
+            // The tensor-core kernels split keys among their warps; the scalar ones take no slices.
+            attention_key_split: false,
         }
     }
 

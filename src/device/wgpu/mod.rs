@@ -214,6 +214,7 @@ impl WgpuDevice {
             (false, true) if imp.info.caps.f16 => MatrixUnits::Emulated,
             (false, _) => MatrixUnits::None,
         };
+        imp.info.caps.attention_key_split = options.allow_key_split;
         Ok(imp)
     }
 
@@ -241,6 +242,7 @@ impl WgpuDevice {
             // app's, by eframe) did not ask for the experimental feature.
             matrix_units: MatrixUnits::None,
             attention: AttentionDesign::RowsInRegisters,
+            attention_key_split: true,
         };
         let info = DeviceInfo { adapter: AdapterSummary::from_info(adapter_info), caps, cuda: None };
         let lost = Arc::new(Mutex::new(None));
