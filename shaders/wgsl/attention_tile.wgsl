@@ -202,8 +202,9 @@ fn attend_tile(head: Head, t: u32, state: ptr<function, RowState>) {
     }
     var tile_sum = 0.0;
     for (var j = 0u; j < keys; j++) {
-        // Padding keys weigh exactly 0 (v is 0 there too).
-        let w = select(0.0, exp(scores[j] - new_max), key_token[k0 + j] != NO_TOKEN);
+        // Padding keys weigh exactly 0 (v is 0 there too). A valid score is at most new_max; the
+        // min keeps a padding score of a slice that has seen no key yet (new_max NEG_BIG) finite.
+        let w = select(0.0, exp(min(scores[j] - new_max, 0.0)), key_token[k0 + j] != NO_TOKEN);
         tile_sum += w;
         for (var i = 0u; i < SLICE_VECS; i++) {
             if first + i < hv {

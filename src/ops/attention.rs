@@ -268,7 +268,7 @@ fn key_slices(block_q: usize, block_kv: usize, row_threads: usize, head_vecs: us
     loop {
         let next = 2 * slices;
         let widens = next * block_q * row_threads <= KEY_SPLIT_THREADS;
-        let has_keys = next * KEYS_PER_SLICE <= block_kv.min(keys.next_power_of_two());
+        let has_keys = next * KEYS_PER_SLICE <= block_kv.min(keys.max(1).next_power_of_two());
         let merges = slices * block_q * row_threads * share <= block_kv * head_vecs;
         if !(widens && has_keys && merges) {
             return slices;
@@ -331,7 +331,9 @@ pub fn attention_tiles_for(caps: &Caps, dim: usize, rows: usize, keys: usize) ->
         // bind it).
         if caps.attention_key_split {
             let bq = rows.max(1).next_power_of_two();
-            for bkv in [32, 16, 8, 4] {
+            // No tile longer than the call's keys, whose slices past them would only see padding.
+            let longest = keys.max(1).next_power_of_two();
+            for bkv in [32, 16, 8, 4].into_iter().filter(|&bkv| bkv <= longest) {
                 let slices = key_slices(bq, bkv, row_threads, vecs, keys);
                 if let Some(tiles) = tiles(bq, bkv, slices).filter(|_| slices > 1) {
                     return Ok(tiles);
@@ -540,8 +542,10 @@ pub fn grouped_attention_in(
     let image = layout.image_tokens();
     let (_, group, counts) = layout.dims3();
     let group_tokens = group.iter().product::<usize>();
+    // A key tile holds one key group (or text), so a split block's slices share a group's tokens.
     let rows = group_tokens.max(layout.text_len);
-    let launch = AttentionLaunch::new(q, k, v, &out, (qg, kg), scale, (rows, layout.seq_len()))?;
+    let keys = group_tokens.max(layout.text_valid);
+    let launch = AttentionLaunch::new(q, k, v, &out, (qg, kg), scale, (rows, keys))?;
     let blocks = counts.iter().product::<usize>() * group.iter().product::<usize>().div_ceil(launch.tiles.block_q);
     let params = launch.params([0, image, image], Some(layout))?;
     launch.run("grouped_attention", &params, blocks, order)?;
