@@ -3,9 +3,9 @@
 //
 // A workgroup owns BLOCK_Q query rows of one (batch, head) and streams BLOCK_KV keys at a time
 // through workgroup memory with an online softmax, so no L x L matrix ever exists. Each query row
-// belongs to ROW_THREADS = THREADS / BLOCK_Q adjacent threads (ceil(HEAD_DIM / 64)), each holding
-// 64 of its dimensions of q and of the output in registers: a thread computes BLOCK_KV scores per
-// tile, reading one workgroup word per FMA (each k or v component meets a q component or a
+// belongs to ROW_THREADS = THREADS / (BLOCK_Q * KV_SPLIT) adjacent threads (ceil(HEAD_DIM / 64)),
+// each holding 64 of its dimensions of q and of the output in registers: a thread computes
+// BLOCK_KV / KV_SPLIT scores per tile (KV_SPLIT: see below), reading one workgroup word per FMA (each k or v component meets a q component or a
 // probability held in registers, where a one-score-per-thread tile reads both operands from
 // workgroup memory), and its row's max and sum are its own, so no reduction crosses threads. With
 // ROW_THREADS > 1 the partial dot products meet once per tile through workgroup memory. Barriers per
