@@ -256,6 +256,12 @@ macro_rules! families {
                 match self { $(Family::$variant => $reductions),* }
             }
 
+            /// Whether the family multiplies on 16 x 16 f16 matrix units (wgpu: cooperative matrices,
+            /// or their emulation), so that its "subgroups" variant is the cooperative-matrix one.
+            pub fn uses_matrix_units(self) -> bool {
+                matches!(self, Family::MatmulCoop | Family::AttentionCoop)
+            }
+
             /// The storage types the family is compiled for.
             pub fn dtypes(self) -> &'static [DType] {
                 match self { $(Family::$variant => $dtypes),* }
@@ -298,6 +304,16 @@ families! {
         params: AttentionParams, reductions: false, dtypes: FLOATS,
         constants: [HEAD_DIM: U32, BLOCK_Q: U32, BLOCK_KV: U32, THREADS: U32, Q_TILE_VECS: U32,
                     KV_TILE_VECS: U32, KV_SPLIT: U32, GROUP_MAJOR: Bool, TO_GROUP_MAJOR: Bool],
+    }
+    /// Dense and GRAT attention on 16 x 16 x 16 f16 matrix units (`attention_coop.wgsl` under
+    /// attention.wgsl's entries; its own module because it needs `enable wgpu_cooperative_matrix`).
+    /// f16 storage only. CUDA runs these calls on the attention family, whose f16 kernel already
+    /// uses the tensor cores.
+    AttentionCoop = "attention_coop" {
+        params: AttentionParams, reductions: false, dtypes: &[DType::F16],
+        constants: [HEAD_DIM: U32, BLOCK_Q: U32, BLOCK_KV: U32, COOP_DIM: U32, COOP_Q_WORDS: U32,
+                    COOP_KV_WORDS: U32, COOP_P_WORDS: U32, COOP_PRODUCT_WORDS: U32, GROUP_MAJOR: Bool,
+                    TO_GROUP_MAJOR: Bool],
     }
     /// The chunked selective scan (Mamba-1) and the recurrent SSD (Mamba-2).
     Scan = "scan" {

@@ -30,7 +30,7 @@ fn every_variant_validates() {
             if variant.subgroups {
                 capabilities |= Capabilities::SUBGROUP;
             }
-            if family == Family::MatmulCoop && variant.subgroups {
+            if family.uses_matrix_units() && variant.subgroups {
                 capabilities |= Capabilities::COOPERATIVE_MATRIX;
             }
             if let Err(e) = validate(&source, capabilities) {
@@ -84,26 +84,86 @@ fn instructions(words: &[u32]) -> Vec<(u32, &[u32])> {
     out
 }
 
-/// The native matmul_coop's SPIR-V as wgpu's Vulkan backend writes it, with B_TRANSPOSED set.
-fn cooperative_spirv(native: &str, b_transposed: bool) -> Vec<u32> {
+/// A native cooperative module's SPIR-V for `entry`, as wgpu's Vulkan backend writes it, with the
+/// given pipeline constants.
+fn cooperative_spirv(native: &str, entry: &str, constants: &[(&str, f64)]) -> Vec<u32> {
     let module = parse(native).expect("parses");
     let capabilities = Capabilities::SHADER_FLOAT16 | Capabilities::SUBGROUP | Capabilities::COOPERATIVE_MATRIX;
     let info = Validator::new(ValidationFlags::all(), capabilities).validate(&module).expect("validates");
-    let constants =
-        naga::back::PipelineConstants::from([("B_TRANSPOSED".to_string(), f64::from(u8::from(b_transposed)))]);
+    let constants: naga::back::PipelineConstants = constants.iter().map(|&(name, v)| (name.to_string(), v)).collect();
     let (module, info) = naga::back::pipeline_constants::process_overrides(
         &module,
         &info,
-        Some((naga::ShaderStage::Compute, "matmul_coop")),
+        Some((naga::ShaderStage::Compute, entry)),
         &constants,
     )
     .expect("overrides");
     let options = naga::back::spv::Options { lang_version: (1, 3), ..Default::default() };
-    let pipeline = naga::back::spv::PipelineOptions {
-        shader_stage: naga::ShaderStage::Compute,
-        entry_point: "matmul_coop".into(),
-    };
+    let pipeline =
+        naga::back::spv::PipelineOptions { shader_stage: naga::ShaderStage::Compute, entry_point: entry.into() };
     naga::back::spv::write_vec(&module, &info, &options, Some(&pipeline)).expect("SPIR-V")
+}
+
+/// (use, layout) of every OpCooperativeMatrixLoadKHR, the layouts of the stores, and the number of
+/// OpCooperativeMatrixMulAddKHR, asserting the module declares the capability.
+fn cooperative_operations(words: &[u32]) -> (Vec<(u32, u32)>, Vec<u32>, usize) {
+    let ops = instructions(words);
+    assert!(
+        ops.iter().any(|&(op, operands)| op == OP_CAPABILITY && operands == [CAPABILITY_COOPERATIVE_MATRIX]),
+        "no CooperativeMatrixKHR capability"
+    );
+    // Ids of constants and of the matrix types' uses (OpTypeCooperativeMatrixKHR: result, component
+    // type, scope, rows, columns, use; all but the result and component type are constant ids).
+    let constants: std::collections::HashMap<u32, u32> = ops
+        .iter()
+        .filter(|(op, operands)| *op == OP_CONSTANT && operands.len() == 3)
+        .map(|(_, operands)| (operands[1], operands[2]))
+        .collect();
+    let uses: std::collections::HashMap<u32, u32> = ops
+        .iter()
+        .filter(|(op, _)| *op == OP_TYPE_COOPERATIVE_MATRIX)
+        .map(|(_, operands)| (operands[0], constants[&operands[5]]))
+        .collect();
+    let (mut loads, mut stores, mut products) = (Vec::new(), Vec::new(), 0);
+    for (op, operands) in &ops {
+        match *op {
+            // result type, result, pointer, layout, stride
+            OP_COOPERATIVE_MATRIX_LOAD => loads.push((uses[&operands[0]], constants[&operands[3]])),
+            // pointer, object, layout, stride
+            OP_COOPERATIVE_MATRIX_STORE => stores.push(constants[&operands[2]]),
+            OP_COOPERATIVE_MATRIX_MUL_ADD => products += 1,
+            _ => {}
+        }
+    }
+    (loads, stores, products)
+}
+
+const ROW_MAJOR: u32 = 0;
+const COLUMN_MAJOR: u32 = 1;
+const USE_A: u32 = 0;
+const USE_B: u32 = 1;
+
+#[test]
+fn cooperative_attention_emits_spirv_matrix_instructions() {
+    // As for the matmul below: the native attention_coop validates only with the capability, and both
+    // entries' SPIR-V multiply on the matrix units with the layouts the emulation reads: Q and the
+    // weights row-major (A), K column-major (K^T) and V row-major (B), products stored row-major.
+    let native = compose(Family::AttentionCoop, Variant { dtype: DType::F16, subgroups: true });
+    assert!(
+        validate(&native, Capabilities::SHADER_FLOAT16 | Capabilities::SUBGROUP).is_err(),
+        "the native flavour validated without COOPERATIVE_MATRIX"
+    );
+    let emulated = compose(Family::AttentionCoop, Variant { dtype: DType::F16, subgroups: false });
+    validate(&emulated, Capabilities::SHADER_FLOAT16).expect("the emulation needs only f16");
+    assert!(!emulated.contains("coop_mat16x16") && !emulated.contains("enable wgpu_cooperative_matrix;"));
+    for entry in ["flash_attention", "grouped_attention"] {
+        let words = cooperative_spirv(&native, entry, &[]);
+        let (loads, stores, products) = cooperative_operations(&words);
+        assert!(products >= 1, "{entry}: no OpCooperativeMatrixMulAddKHR");
+        assert!(loads.iter().all(|&(u, layout)| u != USE_A || layout == ROW_MAJOR), "{entry}: A loads {loads:?}");
+        assert!(loads.contains(&(USE_B, COLUMN_MAJOR)) && loads.contains(&(USE_B, ROW_MAJOR)), "{entry}: {loads:?}");
+        assert!(!stores.is_empty() && stores.iter().all(|&l| l == ROW_MAJOR), "{entry}: stores {stores:?}");
+    }
 }
 
 #[test]
@@ -122,53 +182,24 @@ fn cooperative_matmul_emits_spirv_matrix_instructions() {
     validate(&emulated, Capabilities::SHADER_FLOAT16).expect("the emulation needs only f16");
     assert!(!emulated.contains("coop_mat16x16") && !emulated.contains("enable wgpu_cooperative_matrix;"));
 
-    const ROW_MAJOR: u32 = 0;
-    const COLUMN_MAJOR: u32 = 1;
-    const USE_A: u32 = 0;
-    const USE_B: u32 = 1;
     for b_transposed in [false, true] {
-        let words = cooperative_spirv(&native, b_transposed);
-        let ops = instructions(&words);
-        let count = |opcode: u32| ops.iter().filter(|(op, _)| *op == opcode).count();
-        assert!(
-            ops.iter().any(|&(op, operands)| op == OP_CAPABILITY && operands == [CAPABILITY_COOPERATIVE_MATRIX]),
-            "no CooperativeMatrixKHR capability"
-        );
-        assert!(count(OP_COOPERATIVE_MATRIX_MUL_ADD) >= 1, "no OpCooperativeMatrixMulAddKHR");
-        assert!(count(OP_COOPERATIVE_MATRIX_STORE) >= 1, "no OpCooperativeMatrixStoreKHR");
-        // Ids of constants and of the matrix types' uses (OpTypeCooperativeMatrixKHR: result, component
-        // type, scope, rows, columns, use; all but the result and component type are constant ids).
-        let constants: std::collections::HashMap<u32, u32> = ops
-            .iter()
-            .filter(|(op, operands)| *op == OP_CONSTANT && operands.len() == 3)
-            .map(|(_, operands)| (operands[1], operands[2]))
-            .collect();
-        let uses: std::collections::HashMap<u32, u32> = ops
-            .iter()
-            .filter(|(op, _)| *op == OP_TYPE_COOPERATIVE_MATRIX)
-            .map(|(_, operands)| (operands[0], constants[&operands[5]]))
-            .collect();
-        let mut b_layouts = Vec::new();
-        for (op, operands) in &ops {
-            match *op {
-                // result type, result, pointer, layout, stride
-                OP_COOPERATIVE_MATRIX_LOAD => {
-                    let layout = constants[&operands[3]];
-                    match uses[&operands[0]] {
-                        USE_A => assert_eq!(layout, ROW_MAJOR, "an A fragment that is not loaded row-major"),
-                        USE_B => b_layouts.push(layout),
-                        other => panic!("a fragment of use {other} loaded"),
-                    }
-                }
-                // pointer, object, layout, stride
-                OP_COOPERATIVE_MATRIX_STORE => {
-                    assert_eq!(constants[&operands[2]], ROW_MAJOR, "an accumulator not stored row-major")
-                }
-                _ => {}
+        let words = cooperative_spirv(&native, "matmul_coop", &[("B_TRANSPOSED", f64::from(u8::from(b_transposed)))]);
+        let (loads, stores, products) = cooperative_operations(&words);
+        assert!(products >= 1, "no OpCooperativeMatrixMulAddKHR");
+        assert!(!stores.is_empty() && stores.iter().all(|&l| l == ROW_MAJOR), "an accumulator not stored row-major");
+        for &(u, layout) in &loads {
+            match u {
+                USE_A => assert_eq!(layout, ROW_MAJOR, "an A fragment that is not loaded row-major"),
+                USE_B => {}
+                other => panic!("a fragment of use {other} loaded"),
             }
         }
         let want = if b_transposed { COLUMN_MAJOR } else { ROW_MAJOR };
-        assert!(b_layouts.contains(&want), "B_TRANSPOSED={b_transposed}: B loaded with layouts {b_layouts:?}");
+        assert!(
+            loads.contains(&(USE_B, want)),
+            "B_TRANSPOSED={b_transposed}: B loaded with layouts {:?}",
+            loads.iter().filter(|(u, _)| *u == USE_B).collect::<Vec<_>>()
+        );
     }
 }
 

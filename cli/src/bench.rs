@@ -244,7 +244,9 @@ pub struct AttentionBenchRow {
     pub heads: usize,
     pub head_dim: usize,
     pub dtype: DType,
-    /// "dense", "grat-b", "grat-x", or "grat-b-unfused" / "grat-x-unfused" (separate permutations).
+    /// "dense", "grat-b", "grat-x", or "grat-b-unfused" / "grat-x-unfused" (separate permutations),
+    /// all on the scalar kernel; "dense-coop", "grat-b-coop", "grat-x-coop" on the matrix units (f16
+    /// where the adapter has them natively).
     pub kernel: &'static str,
     pub median_ms: f64,
     /// Effective TFLOP/s counted over attended (query, key) pairs only: 4 * head_dim per pair.
@@ -264,8 +266,10 @@ impl AttentionBenchRow {
 }
 
 pub fn attention(device: &Device, config: &AttentionBenchConfig) -> Result<Vec<AttentionBenchRow>> {
-    use scalewise::ops::{AttentionOptions, GratPattern, GroupedLayout};
+    use scalewise::ops::{AttentionAlgorithm, AttentionOptions, GratPattern, GroupedLayout, GroupedOptions};
     let mut rows = Vec::new();
+    let scalar = AttentionOptions { algorithm: AttentionAlgorithm::Scalar, ..Default::default() };
+    let scalar_grouped = GroupedOptions { algorithm: AttentionAlgorithm::Scalar, ..Default::default() };
     for case in &config.cases {
         let base = match case.grid.as_slice() {
             &[h, w] => GroupedLayout::image(h, w),
@@ -295,7 +299,7 @@ pub fn attention(device: &Device, config: &AttentionBenchConfig) -> Result<Vec<A
             let mut dense_ms = None;
             if len <= config.dense_max_tokens {
                 let (median_ms, _, timing) = time_dispatches(device, config.warmup, config.iterations, || {
-                    ops::attention(&q, &k, &v, &AttentionOptions::default()).map(drop)
+                    ops::attention(&q, &k, &v, &scalar).map(drop)
                 })?;
                 dense_ms = Some(median_ms);
                 rows.push(AttentionBenchRow {
@@ -319,10 +323,11 @@ pub fn attention(device: &Device, config: &AttentionBenchConfig) -> Result<Vec<A
                 // run the group-major kernel, permute the output back (all four timed).
                 let (median_ms, _, timing) = time_dispatches(device, config.warmup, config.iterations, || {
                     if fused {
-                        return ops::grouped_attention(&q, &k, &v, &layout, None).map(drop);
+                        return ops::grouped_attention_with(&q, &k, &v, &layout, &scalar_grouped).map(drop);
                     }
                     let [gq, gk, gv] = [&q, &k, &v].map(|t| ops::to_group_major(t, &layout));
-                    let out = ops::grouped_attention_in(&gq?, &gk?, &gv?, &layout, None, ops::TokenOrder::GroupMajor)?;
+                    let options = GroupedOptions { order: ops::TokenOrder::GroupMajor, ..scalar_grouped };
+                    let out = ops::grouped_attention_with(&gq?, &gk?, &gv?, &layout, &options)?;
                     ops::from_group_major(&out, &layout).map(drop)
                 })?;
                 let kernel = match (kernel, fused) {
@@ -341,6 +346,44 @@ pub fn attention(device: &Device, config: &AttentionBenchConfig) -> Result<Vec<A
                     median_ms,
                     tflops: layout.attended_pairs() as f64 * per_pair / (median_ms * 1e-3) / 1e12,
                     density_bound: 1.0 / layout.density(),
+                    speedup_vs_dense: dense_ms.map(|d| d / median_ms),
+                    timing,
+                });
+            }
+            // The matrix units, where the adapter has them (not their emulation) and the tiles fit.
+            let units = device.caps().matrix_units == scalewise::MatrixUnits::Native
+                && ops::coop_attention_tiles_for(&device.caps(), config.head_dim, 64).is_some();
+            if dtype != DType::F16 || !units {
+                continue;
+            }
+            let coop = AttentionOptions { algorithm: AttentionAlgorithm::Cooperative, ..Default::default() };
+            let coop_grouped = GroupedOptions { algorithm: AttentionAlgorithm::Cooperative, ..Default::default() };
+            let cases = [("dense-coop", None), ("grat-b-coop", Some(GratPattern::Block { radius: 1 }))];
+            let cases = cases.into_iter().chain([("grat-x-coop", Some(GratPattern::CrissCross))]);
+            for (kernel, pattern) in cases {
+                if pattern.is_none() && len > config.dense_max_tokens {
+                    continue;
+                }
+                let layout = pattern.map(|p| base.clone().with_pattern(p));
+                let (median_ms, _, timing) =
+                    time_dispatches(device, config.warmup, config.iterations, || match &layout {
+                        None => ops::attention(&q, &k, &v, &coop).map(drop),
+                        Some(layout) => ops::grouped_attention_with(&q, &k, &v, layout, &coop_grouped).map(drop),
+                    })?;
+                let (pairs, density) = match &layout {
+                    None => ((len as f64).powi(2), 1.0),
+                    Some(layout) => (layout.attended_pairs() as f64, layout.density()),
+                };
+                rows.push(AttentionBenchRow {
+                    grid: case.grid.clone(),
+                    text: case.text,
+                    heads: config.heads,
+                    head_dim: config.head_dim,
+                    dtype,
+                    kernel,
+                    median_ms,
+                    tflops: pairs * per_pair / (median_ms * 1e-3) / 1e12,
+                    density_bound: 1.0 / density,
                     speedup_vs_dense: dense_ms.map(|d| d / median_ms),
                     timing,
                 });

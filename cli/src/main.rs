@@ -506,6 +506,10 @@ fn info(device: &Device) -> anyhow::Result<()> {
             Ok(()) => println!("  self-check          passed: f16 matmuls use them"),
             Err(reason) => println!("  self-check          FAILED, f16 matmuls stay on the scalar kernels: {reason}"),
         }
+        match scalewise::ops::attention_units_verified(device) {
+            Ok(()) => println!("  attention check     passed: f16 attention of 32+ rows per block uses them"),
+            Err(reason) => println!("  attention check     FAILED, f16 attention stays on the scalar kernel: {reason}"),
+        }
     }
     if let Some(cuda) = &info.cuda {
         println!("cuda      {}", cuda.executor);

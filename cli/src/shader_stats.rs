@@ -153,7 +153,7 @@ fn measure(args: &ShaderStatsArgs) -> anyhow::Result<()> {
     for &family in Family::ALL {
         for variant in variants(family) {
             let label = format!("{family}{}", variant.suffix());
-            let native_coop = family == Family::MatmulCoop && variant.subgroups;
+            let native_coop = family.uses_matrix_units() && variant.subgroups;
             if native_coop && !radv.cooperative_matrix {
                 let reason = format!(
                     "{} lacks VK_KHR_cooperative_matrix (RADV has it for RDNA3 from Mesa 24.1)",

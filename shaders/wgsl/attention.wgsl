@@ -1,4 +1,7 @@
-// Flash attention (dense) and GRAT grouped attention, on the tile machinery of attention_tile.wgsl.
+// Flash attention (dense) and GRAT grouped attention, on a tile machinery: attention_tile.wgsl (scalar
+// cores, the attention family) or attention_coop.wgsl (16 x 16 f16 matrix units, attention_coop).
+// The machinery defines the entry points' TileInvocation (the invocation's builtins it needs) and
+// enter_tile, and the block sizes BLOCK_Q, BLOCK_KV and THREADS.
 //
 // The dense kernel streams keys [0, kv_len); the grouped kernel enumerates, from its query group's
 // coordinates, the key groups its pattern attends (whole groups, no per-element mask), then the
@@ -126,9 +129,11 @@ fn prepare_key_tile(head: Head, t: u32) {}
 fn flash_attention(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(num_workgroups) groups: vec3<u32>,
-    @builtin(local_invocation_index) t: u32,
+    tile: TileInvocation,
 ) {
+    let t = tile.index;
     let block = grid_workgroup(wg, groups);
+    enter_tile(tile, block);
     let first = block * BLOCK_Q;
     // Uniform per workgroup: whole surplus workgroups leave before any barrier.
     if first >= p.q_count {
@@ -265,9 +270,11 @@ fn attended_group(qg: vec3<u32>, i: u32) -> vec3<u32> {
 fn grouped_attention(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(num_workgroups) groups: vec3<u32>,
-    @builtin(local_invocation_index) t: u32,
+    tile: TileInvocation,
 ) {
+    let t = tile.index;
     let block = grid_workgroup(wg, groups);
+    enter_tile(tile, block);
     let g = block / p.blocks_per_group;
     let first = (block % p.blocks_per_group) * BLOCK_Q;
     if g >= p.groups_t * p.groups_h * p.groups_w {

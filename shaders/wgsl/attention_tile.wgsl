@@ -54,6 +54,14 @@ var<workgroup> partial_scores: array<f32, Q_TILE_VECS>;
 var<workgroup> query_token: array<u32, MAX_BLOCK_Q>;
 var<workgroup> key_token: array<u32, MAX_BLOCK_KV>;
 
+// The builtins an entry point hands the machinery (attention_coop.wgsl needs its subgroup's place).
+struct TileInvocation {
+    @builtin(local_invocation_index) index: u32,
+}
+
+// Called by the entry point with its linear workgroup index, before begin_queries.
+fn enter_tile(tile: TileInvocation, block: u32) {}
+
 // Where one (batch, head)'s rows start in the including module's tensors.
 struct Head {
     q_base: u32,

@@ -281,9 +281,15 @@ impl DeviceInfo {
             ),
             (
                 "attention",
-                "query rows in registers (ceil(head_dim / 64) threads per row, which keep its max and sum); \
-                 8..64 rows x 4..32 keys per tile from head_dim and workgroup memory"
-                    .into(),
+                format!(
+                    "query rows in registers (ceil(head_dim / 64) threads per row, which keep its max and sum); \
+                     8..64 rows x 4..32 keys per tile from head_dim and workgroup memory{}",
+                    match c.matrix_units {
+                        MatrixUnits::Native => "; f16 blocks of 32+ rows on cooperative matrices (64 or 32 x 32 tiles)",
+                        MatrixUnits::Emulated => "; cooperative kernel emulated on request (tests)",
+                        MatrixUnits::None => "",
+                    }
+                ),
             ),
             (
                 "selective scan",
@@ -534,6 +540,8 @@ pub struct Device {
     backend: Arc<Backend>,
     /// The outcome of [`Device::check_matrix_units`], once run.
     matrix_units_check: Arc<std::sync::OnceLock<std::result::Result<(), String>>>,
+    /// The outcome of [`Device::check_attention_units`], once run.
+    attention_units_check: Arc<std::sync::OnceLock<std::result::Result<(), String>>>,
 }
 
 impl std::fmt::Debug for Device {
@@ -559,7 +567,11 @@ impl Device {
         } else {
             Backend::Wgpu(self::wgpu::WgpuDevice::open(options).await?)
         };
-        Ok(Self { backend: Arc::new(backend), matrix_units_check: Arc::default() })
+        Ok(Self {
+            backend: Arc::new(backend),
+            matrix_units_check: Arc::default(),
+            attention_units_check: Arc::default(),
+        })
     }
 
     /// The wgpu features scalewise asks for when they exist, minus the ones `options` disallows.
@@ -576,7 +588,11 @@ impl Device {
         poison_allocations: bool,
     ) -> Self {
         let inner = self::wgpu::WgpuDevice::from_wgpu(adapter_info, device, queue, poison_allocations);
-        Self { backend: Arc::new(Backend::Wgpu(inner)), matrix_units_check: Arc::default() }
+        Self {
+            backend: Arc::new(Backend::Wgpu(inner)),
+            matrix_units_check: Arc::default(),
+            attention_units_check: Arc::default(),
+        }
     }
 
     /// The backend behind this device: the one `match` on it.
@@ -616,6 +632,16 @@ impl Device {
         check: impl FnOnce() -> std::result::Result<(), String>,
     ) -> std::result::Result<(), String> {
         self.matrix_units_check.get_or_init(check).clone()
+    }
+
+    /// [`Device::check_matrix_units`] for the matrix-unit attention
+    /// (`ops::attention::attention_units_verified`), kept apart: a driver may compile one kernel
+    /// right and the other wrong.
+    pub(crate) fn check_attention_units(
+        &self,
+        check: impl FnOnce() -> std::result::Result<(), String>,
+    ) -> std::result::Result<(), String> {
+        self.attention_units_check.get_or_init(check).clone()
     }
 
     /// The storage type models use by default here: f16 where the device has f16 kernels, else f32.

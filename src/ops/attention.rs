@@ -12,9 +12,10 @@
 //! ```
 
 use super::{check_operand, elements, index_u32, launch, shape_error};
-use crate::device::{AttentionDesign, Caps, Device, Grid};
+use crate::device::{AttentionDesign, Caps, Device, Grid, MatrixUnits};
+use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::kernels::{AttentionParams, Constants, Family};
+use crate::kernels::{AttentionParams, Constants, Family, size};
 use crate::tensor::Tensor;
 
 /// Largest head_dim the kernels accept (any size up to it is exact).
@@ -37,6 +38,120 @@ pub struct AttentionOptions {
     /// Attend only the first `kv_len` keys (a preallocated KV cache); default all.
     pub kv_len: Option<usize>,
     pub layout: AttentionLayout,
+    pub algorithm: AttentionAlgorithm,
+}
+
+/// Which kernel runs an attention call (dense or grouped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AttentionAlgorithm {
+    /// The matrix units for f16 blocks of at least [`COOP_MIN_ROWS`] rows where the device has them
+    /// ([`MatrixUnits::Native`]), they pass their self-check ([`attention_units_verified`]) and the
+    /// tiles fit; the scalar kernel otherwise.
+    #[default]
+    Auto,
+    /// The scalar kernel (wgpu: attention_tile.wgsl; CUDA: attention.cu, whose f16 path is on the
+    /// tensor cores anyway).
+    Scalar,
+    /// 16 x 16 x 16 f16 matrix units with f32 accumulation: wgpu's cooperative matrices
+    /// (attention_coop.wgsl), or their emulation on a device opened with
+    /// [`crate::DeviceOptions::emulate_matrix_units`]; CUDA's tensor-core attention. f16 storage only;
+    /// refused with a typed error on a device without the units or where the tiles do not fit.
+    Cooperative,
+}
+
+/// The fewest query rows per block of work (a call's rows, or a GRAT group's tokens) for which
+/// `Auto` takes the matrix units: below it the block would be mostly padding, and the scalar
+/// kernel's key slices serve few rows better.
+pub const COOP_MIN_ROWS: usize = 32;
+
+/// How the matrix-unit attention (attention_coop.wgsl) is tiled: [`coop_attention_tiles_for`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CoopAttentionTiles {
+    /// Query rows per workgroup: 64 or 32.
+    pub block_q: usize,
+    /// Keys per tile: 32.
+    pub block_kv: usize,
+    /// head_dim padded with zeros to a multiple of 32.
+    pub coop_dim: usize,
+}
+
+impl CoopAttentionTiles {
+    /// Bytes of workgroup memory: the f16 Q, K, V and weight stages, the f32 product stage, the
+    /// rows' exchange slots and the token tables.
+    pub fn workgroup_bytes(&self) -> usize {
+        let (q, kv, d) = (self.block_q, self.block_kv, self.coop_dim);
+        2 * (q * d + 2 * kv * d + q * kv) + 4 * q * d.max(kv) + 4 * (2 * size::COOP_THREADS as usize + 64 + 32 + 1)
+    }
+
+    pub fn constants(&self, dim: usize) -> Constants {
+        let (q, kv, d) = (self.block_q as u32, self.block_kv as u32, self.coop_dim as u32);
+        Constants::new(Family::AttentionCoop)
+            .set("HEAD_DIM", dim as u32)
+            .set("BLOCK_Q", q)
+            .set("BLOCK_KV", kv)
+            .set("COOP_DIM", d)
+            .set("COOP_Q_WORDS", q * d)
+            .set("COOP_KV_WORDS", kv * d)
+            .set("COOP_P_WORDS", q * kv)
+            .set("COOP_PRODUCT_WORDS", q * d.max(kv))
+    }
+}
+
+/// Output columns one thread of the matrix-unit kernel keeps in registers (OUT_SHARE).
+const COOP_OUT_SHARE: usize = 32;
+
+/// The matrix-unit tiles for head_dim `dim` and `rows` query rows per block of work on a device with
+/// `caps`, or `None` where none fits its workgroup memory. 64-row blocks for more than 32 rows where
+/// they fit, else 32. Both fragment counts of a tile, (block_q / 16) x (block_kv / 16) and
+/// (block_q / 16) x (coop_dim / 16), are multiples of 4, so that one, two or four subgroups share
+/// them out in equal rounds (the kernel's matrix operations must be in uniform control flow).
+pub fn coop_attention_tiles_for(caps: &Caps, dim: usize, rows: usize) -> Option<CoopAttentionTiles> {
+    let coop_dim = dim.div_ceil(32) * 32;
+    let threads = size::COOP_THREADS as usize;
+    let wanted = if rows > 32 { [64, 32].as_slice() } else { [32].as_slice() };
+    wanted.iter().map(|&block_q| CoopAttentionTiles { block_q, block_kv: 32, coop_dim }).find(|t| {
+        t.workgroup_bytes() <= caps.shared_memory_bytes as usize
+            && t.block_q * t.coop_dim / threads <= COOP_OUT_SHARE
+            && threads <= caps.max_threads_per_group as usize
+    })
+}
+
+/// Whether `device`'s matrix units compute attention as they should, checked once per device: the
+/// matrix-unit kernel on a dense call of 70 rows over 150 keys (three 32-row blocks, so the emulation
+/// takes its three subgroup widths; ragged tiles) at head_dim 40, against a float64 reference. The
+/// error says what failed; `Auto` then keeps f16 attention on the scalar kernel.
+pub fn attention_units_verified(device: &Device) -> std::result::Result<(), String> {
+    if device.caps().matrix_units == MatrixUnits::None {
+        return Err("the device has no matrix units".into());
+    }
+    device.check_attention_units(|| {
+        let (heads, lq, lk, dim) = (2, 70, 150, 40);
+        let values = |count: usize, salt: usize| -> Vec<f32> {
+            (0..count).map(|i| ((i * 7 + salt) % 17) as f32 / 8.0 - 1.0).collect()
+        };
+        let (q, k, v) = (values(heads * lq * dim, 1), values(heads * lk * dim, 5), values(heads * lk * dim, 11));
+        let fail = |e: Error| format!("the matrix-unit attention failed to run: {e}");
+        let up = |x: &[f32], len| Tensor::from_f32(device, &[1, heads, len, dim], x, DType::F16).map_err(fail);
+        let options = AttentionOptions { algorithm: AttentionAlgorithm::Cooperative, ..Default::default() };
+        let got =
+            attention(&up(&q, lq)?, &up(&k, lk)?, &up(&v, lk)?, &options).and_then(|o| o.to_vec_f32()).map_err(fail)?;
+        let scale = 1.0 / (dim as f64).sqrt();
+        for h in 0..heads {
+            let rows = |x: &[f32], len: usize| x[h * len * dim..(h + 1) * len * dim].to_vec();
+            let want =
+                reference::masked_attention(&rows(&q, lq), &rows(&k, lk), &rows(&v, lk), dim, scale, |_, _| true);
+            for (i, (&g, &w)) in got[h * lq * dim..].iter().zip(&want).enumerate() {
+                // f16 queries, weights and output: a few parts in 1e3 of the values' scale (1).
+                if g.is_nan() || (g as f64 - w).abs() > 4e-3 {
+                    return Err(format!(
+                        "the matrix-unit attention computed {g} for element {i} of head {h} \
+                         ({lq} rows, {lk} keys, head_dim {dim}), not {w}"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    })
 }
 
 /// Which key groups a query group attends.
@@ -359,6 +474,78 @@ pub fn attention_tiles_for(caps: &Caps, dim: usize, rows: usize, keys: usize) ->
     })
 }
 
+/// The kernel an attention call runs, with its tiles.
+#[derive(Debug, Clone, Copy)]
+enum AttentionKernel {
+    Scalar(AttentionTiles),
+    Cooperative(CoopAttentionTiles),
+}
+
+impl AttentionKernel {
+    /// What `algorithm` runs for head_dim `dim`, `rows` query rows per block of work and at most
+    /// `keys` keys per query, on `device` with f16 or f32 storage `dtype`.
+    fn choose(
+        device: &Device,
+        algorithm: AttentionAlgorithm,
+        dtype: DType,
+        dim: usize,
+        (rows, keys): (usize, usize),
+    ) -> Result<Self> {
+        let caps = device.caps();
+        let scalar = || Ok(AttentionKernel::Scalar(attention_tiles(device, dim, rows, keys)?));
+        match algorithm {
+            AttentionAlgorithm::Scalar => scalar(),
+            AttentionAlgorithm::Auto => {
+                let coop = dtype == DType::F16
+                    && caps.matrix_units == MatrixUnits::Native
+                    && caps.attention == AttentionDesign::RowsInRegisters
+                    && rows >= COOP_MIN_ROWS;
+                match coop_attention_tiles_for(&caps, dim, rows) {
+                    Some(tiles) if coop && attention_units_verified(device).is_ok() => {
+                        Ok(AttentionKernel::Cooperative(tiles))
+                    }
+                    _ => scalar(),
+                }
+            }
+            AttentionAlgorithm::Cooperative => {
+                if caps.matrix_units == MatrixUnits::None {
+                    return Err(Error::MissingFeature {
+                        what: "attention on matrix units".into(),
+                        feature: "16 x 16 f16 matrix units (cooperative matrices or tensor cores)",
+                    });
+                }
+                if dtype != DType::F16 {
+                    return Err(Error::UnsupportedDType {
+                        op: "attention (matrix units)",
+                        dtype,
+                        expected: "f16 (the units multiply f16)",
+                    });
+                }
+                // CUDA's attention kernel puts f16 on the tensor cores itself.
+                if caps.attention == AttentionDesign::ScoreTiles {
+                    return scalar();
+                }
+                coop_attention_tiles_for(&caps, dim, rows).map(AttentionKernel::Cooperative).ok_or_else(|| {
+                    Error::MissingFeature {
+                        what: format!(
+                            "attention on matrix units with head_dim {dim} ({} bytes of workgroup memory)",
+                            caps.shared_memory_bytes
+                        ),
+                        feature: "workgroup memory for 32 query rows, 32 keys and the head dimension in f16 stages",
+                    }
+                })
+            }
+        }
+    }
+
+    fn block_q(&self) -> usize {
+        match self {
+            AttentionKernel::Scalar(tiles) => tiles.block_q,
+            AttentionKernel::Cooperative(tiles) => tiles.block_q,
+        }
+    }
+}
+
 struct AttentionLaunch<'a> {
     q: &'a Tensor,
     k: &'a Tensor,
@@ -367,8 +554,8 @@ struct AttentionLaunch<'a> {
     qg: Geometry,
     kg: Geometry,
     scale: f32,
-    /// From head_dim, the query rows and the adapter's limits.
-    tiles: AttentionTiles,
+    /// From the algorithm, head_dim, the query rows and the adapter's limits.
+    kernel: AttentionKernel,
 }
 
 impl<'a> AttentionLaunch<'a> {
@@ -378,11 +565,11 @@ impl<'a> AttentionLaunch<'a> {
         v: &'a Tensor,
         out: &'a Tensor,
         (qg, kg): (Geometry, Geometry),
-        scale: f32,
-        (rows, keys): (usize, usize),
+        (scale, algorithm): (f32, AttentionAlgorithm),
+        rows_and_keys: (usize, usize),
     ) -> Result<Self> {
-        let tiles = attention_tiles(q.device(), qg.dim, rows, keys)?;
-        Ok(Self { q, k, v, out, qg, kg, scale, tiles })
+        let kernel = AttentionKernel::choose(q.device(), algorithm, q.dtype(), qg.dim, rows_and_keys)?;
+        Ok(Self { q, k, v, out, qg, kg, scale, kernel })
     }
 
     /// AttentionParams: strides, the dense ranges, then the grouped layout (a single group of one
@@ -426,7 +613,7 @@ impl<'a> AttentionLaunch<'a> {
                 p.text_start = u("text start", layout.image_tokens())?;
                 p.text_valid = u("text valid", layout.text_valid)?;
                 p.blocks_per_group =
-                    u("blocks per group", group.iter().product::<usize>().div_ceil(self.tiles.block_q))?;
+                    u("blocks per group", group.iter().product::<usize>().div_ceil(self.kernel.block_q()))?;
             }
             None => {
                 [p.grid_t, p.grid_h, p.grid_w, p.group_t, p.group_h, p.group_w, p.groups_t, p.groups_h, p.groups_w] =
@@ -437,12 +624,15 @@ impl<'a> AttentionLaunch<'a> {
     }
 
     fn run(&self, entry: &'static str, params: &AttentionParams, blocks: usize, order: TokenOrder) -> Result<()> {
-        let constants =
-            self.tiles.constants(Family::Attention, self.qg.dim).set("GROUP_MAJOR", order == TokenOrder::GroupMajor);
+        let (family, constants) = match self.kernel {
+            AttentionKernel::Scalar(tiles) => (Family::Attention, tiles.constants(Family::Attention, self.qg.dim)),
+            AttentionKernel::Cooperative(tiles) => (Family::AttentionCoop, tiles.constants(self.qg.dim)),
+        };
+        let constants = constants.set("GROUP_MAJOR", order == TokenOrder::GroupMajor);
         let batch = index_u32("attention", "batch * heads", self.qg.batch * self.qg.heads)?;
         let args = [self.q.arg("q"), self.k.arg("k"), self.v.arg("v"), self.out.arg_mut("out")];
         let grid = Grid::Batched { groups: blocks as u64, batch };
-        launch(self.q, Family::Attention, entry, self.q.dtype(), &constants, &args, params, grid)
+        launch(self.q, family, entry, self.q.dtype(), &constants, &args, params, grid)
     }
 }
 
@@ -493,9 +683,9 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, options: &AttentionOptions)
     let out = Tensor::empty(q.device(), q.shape(), q.dtype())?;
     let scale = softmax_scale(options.scale, qg.dim)?;
     let tokens = qg.tokens;
-    let launch = AttentionLaunch::new(q, k, v, &out, (qg, kg), scale, (tokens, kv_len))?;
+    let launch = AttentionLaunch::new(q, k, v, &out, (qg, kg), (scale, options.algorithm), (tokens, kv_len))?;
     let params = launch.params([0, tokens, kv_len], None)?;
-    launch.run("flash_attention", &params, tokens.div_ceil(launch.tiles.block_q), TokenOrder::Raster)?;
+    launch.run("flash_attention", &params, tokens.div_ceil(launch.kernel.block_q()), TokenOrder::Raster)?;
     Ok(out)
 }
 
@@ -532,6 +722,28 @@ pub fn grouped_attention_in(
     scale: Option<f32>,
     order: TokenOrder,
 ) -> Result<Tensor> {
+    grouped_attention_with(q, k, v, layout, &GroupedOptions { scale, order, ..Default::default() })
+}
+
+/// How a grouped attention call runs: [`grouped_attention_with`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GroupedOptions {
+    /// Softmax scale; default 1 / sqrt(head_dim).
+    pub scale: Option<f32>,
+    /// The order of the image tokens in the tensors and the output.
+    pub order: TokenOrder,
+    pub algorithm: AttentionAlgorithm,
+}
+
+/// [`grouped_attention`] with every option.
+pub fn grouped_attention_with(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    layout: &GroupedLayout,
+    options: &GroupedOptions,
+) -> Result<Tensor> {
+    let (scale, order) = (options.scale, options.order);
     let (qg, kg) = prepare(q, k, v, layout.tensors)?;
     layout.validate(qg.tokens)?;
     if kg.tokens != qg.tokens {
@@ -545,13 +757,13 @@ pub fn grouped_attention_in(
     // A key tile holds one key group (or text), so a split block's slices share a group's tokens.
     let rows = group_tokens.max(layout.text_len);
     let keys = group_tokens.max(layout.text_valid);
-    let launch = AttentionLaunch::new(q, k, v, &out, (qg, kg), scale, (rows, keys))?;
-    let blocks = counts.iter().product::<usize>() * group.iter().product::<usize>().div_ceil(launch.tiles.block_q);
+    let launch = AttentionLaunch::new(q, k, v, &out, (qg, kg), (scale, options.algorithm), (rows, keys))?;
+    let blocks = counts.iter().product::<usize>() * group.iter().product::<usize>().div_ceil(launch.kernel.block_q());
     let params = launch.params([0, image, image], Some(layout))?;
     launch.run("grouped_attention", &params, blocks, order)?;
     if layout.text_len > 0 {
         let params = launch.params([image, layout.text_len, image + layout.text_valid], None)?;
-        launch.run("flash_attention", &params, layout.text_len.div_ceil(launch.tiles.block_q), order)?;
+        launch.run("flash_attention", &params, layout.text_len.div_ceil(launch.kernel.block_q()), order)?;
     }
     Ok(out)
 }

@@ -14,8 +14,10 @@ pub mod scan;
 pub mod transformer;
 
 pub use attention::{
-    AttentionLayout, AttentionOptions, AttentionTiles, GratPattern, GroupedLayout, TokenOrder, attention,
-    attention_tiles, attention_tiles_for, from_group_major, grouped_attention, grouped_attention_in, to_group_major,
+    AttentionAlgorithm, AttentionLayout, AttentionOptions, AttentionTiles, CoopAttentionTiles, GratPattern,
+    GroupedLayout, GroupedOptions, TokenOrder, attention, attention_tiles, attention_tiles_for,
+    attention_units_verified, coop_attention_tiles_for, from_group_major, grouped_attention, grouped_attention_in,
+    grouped_attention_with, to_group_major,
 };
 pub use conv2d::{Conv2dAlgorithm, conv2d, conv2d_with};
 pub use elementwise::{add, add_repeat, gelu_tanh, mul, silu};

@@ -149,6 +149,7 @@ pub fn qkv_attention(args: &QkvHeads, scale: f32) -> Result<Tensor> {
             scale: Some(scale),
             kv_len: Some(args.start + shape.tokens),
             layout: AttentionLayout::TokensMajor,
+            ..Default::default()
         };
         return attention(&q, args.k_cache, args.v_cache, &options);
     }

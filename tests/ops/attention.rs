@@ -5,10 +5,10 @@
 use crate::common::{Rng, Seeded, Tol, WGPU_FULL, assert_close, dtypes, full_device};
 use scalewise::ops::attention::reference::{allowed, masked_attention};
 use scalewise::ops::{
-    AttentionLayout, AttentionOptions, GratPattern, GroupedLayout, attention, attention_tiles, grouped_attention,
-    reference_values as stored,
+    AttentionAlgorithm, AttentionLayout, AttentionOptions, GratPattern, GroupedLayout, GroupedOptions, attention,
+    attention_tiles, coop_attention_tiles_for, grouped_attention, grouped_attention_with, reference_values as stored,
 };
-use scalewise::{AttentionDesign, DType, Device, Error, Tensor};
+use scalewise::{AttentionDesign, DType, Device, Error, MatrixUnits, Tensor};
 
 /// Rows of one (batch, head) of a (B, H, L, D) tensor.
 fn head_rows(data: &[f32], heads: usize, len: usize, dim: usize, b: usize, h: usize) -> &[f32] {
@@ -123,7 +123,7 @@ backend_tests! {
                     AttentionLayout::TokensMajor => vec![batch, len, heads, dim],
                 };
                 let up = |x: &[f32], len| Tensor::from_f32(device, &shape(len), x, dtype).unwrap();
-                let options = AttentionOptions { scale, kv_len: Some(kv_len), layout };
+                let options = AttentionOptions { scale, kv_len: Some(kv_len), layout, ..Default::default() };
                 let out = attention(&up(&q, lq), &up(&k, lk), &up(&v, lk), &options).unwrap().to_vec_f32().unwrap();
                 // The reference works per (batch, head) on (L, D) rows.
                 let gather = |x: &[f32], len: usize, b: usize, h: usize| -> Vec<f32> {
@@ -393,5 +393,120 @@ backend_tests! {
         let back = from_group_major(&grouped, &layout).unwrap().to_vec_f32().unwrap();
         let raster: Vec<f64> = raster.iter().map(|&v| v as f64).collect();
         assert_close(&back, &raster, Tol::for_dtype(DType::F32, 1.0), &format!("{config} group-major kernel"));
+    }
+}
+
+backend_tests! {
+    /// The matrix-unit attention (wgpu: attention_coop.wgsl on cooperative matrices, or their
+    /// emulation, which shares a block's fragments among 4, 2 or 1 virtual subgroups by the block's
+    /// index, so calls of three or more blocks take all three; CUDA: the tensor-core kernel). Dense
+    /// calls of ragged rows, keys and head dims (zero-padded to 32) with kv_len short of the keys,
+    /// both tensor layouts and explicit scales; GRAT with text; the typed errors where it cannot run.
+    fn cooperative_attention_matches_reference(device: &Device, config: &str) {
+        let test = format!("ops::attention::cooperative_attention_matches_reference::{config}");
+        let caps = device.caps();
+        let cooperative = |scale, kv_len, layout| AttentionOptions {
+            scale,
+            kv_len,
+            layout,
+            algorithm: AttentionAlgorithm::Cooperative,
+        };
+        if caps.matrix_units == MatrixUnits::None || !caps.f16 {
+            let x = Tensor::zeros(device, &[1, 1, 40, 64], DType::F32).unwrap();
+            let err = attention(&x, &x, &x, &cooperative(None, None, AttentionLayout::HeadsMajor)).unwrap_err();
+            assert!(matches!(err, Error::MissingFeature { .. }), "{config}: {err:?}");
+            crate::common::skip(&test, "no matrix units (or no f16) on this device: checked the typed error only");
+            return;
+        }
+        let mut rng = Rng::for_config("cooperative_attention", config);
+        let dtype = DType::F16;
+        let x = Tensor::zeros(device, &[1, 1, 40, 64], DType::F32).unwrap();
+        let err = attention(&x, &x, &x, &cooperative(None, None, AttentionLayout::HeadsMajor)).unwrap_err();
+        assert!(matches!(err, Error::UnsupportedDType { .. }), "{config}: {err:?}");
+        // The self-check `Auto` waits for passes on the units (or on their emulation).
+        scalewise::ops::attention_units_verified(device).unwrap_or_else(|e| panic!("{config}: {e}"));
+        // Head dims whose tiles fit this adapter's workgroup memory (a 32 KiB one: up to 64).
+        let fits = |dim| coop_attention_tiles_for(&caps, dim, 64).is_some();
+        let dims: Vec<usize> = [64, 40, rng.range(1, 31), rng.range(65, 128), 100, 128].into_iter().filter(|&d| fits(d)).collect();
+        assert!(dims.len() >= 3 || caps.attention == AttentionDesign::ScoreTiles, "{config}: only head dims {dims:?} fit");
+        for (trial, &dim) in dims.iter().enumerate() {
+            let (batch, heads) = (rng.range(1, 2), rng.range(1, 3));
+            // Three blocks of 32 rows at least, in the first trials.
+            let lq = if trial < 2 { rng.range(65, 140) } else { rng.range(1, 140) };
+            let lk = rng.range(20, 200);
+            let kv_len = if trial % 2 == 0 { lk } else { rng.range(1, lk) };
+            let layout = if trial % 3 == 1 { AttentionLayout::TokensMajor } else { AttentionLayout::HeadsMajor };
+            let scale = if trial % 2 == 1 { Some(0.37f32) } else { None };
+            let q = stored(&rng.vec(batch * heads * lq * dim, 1.0), dtype);
+            let k = stored(&rng.vec(batch * heads * lk * dim, 1.0), dtype);
+            let v = stored(&rng.vec(batch * heads * lk * dim, 1.0), dtype);
+            let shape = |len| match layout {
+                AttentionLayout::HeadsMajor => vec![batch, heads, len, dim],
+                AttentionLayout::TokensMajor => vec![batch, len, heads, dim],
+            };
+            let up = |x: &[f32], len| Tensor::from_f32(device, &shape(len), x, dtype).unwrap();
+            let options = cooperative(scale, Some(kv_len), layout);
+            let out = attention(&up(&q, lq), &up(&k, lk), &up(&v, lk), &options).unwrap().to_vec_f32().unwrap();
+            let gather = |x: &[f32], len: usize, b: usize, h: usize| -> Vec<f32> {
+                (0..len)
+                    .flat_map(|i| {
+                        let row = match layout {
+                            AttentionLayout::HeadsMajor => ((b * heads + h) * len + i) * dim,
+                            AttentionLayout::TokensMajor => ((b * len + i) * heads + h) * dim,
+                        };
+                        x[row..row + dim].to_vec()
+                    })
+                    .collect()
+            };
+            let scale = scale.map_or(1.0 / (dim as f64).sqrt(), f64::from);
+            let mut want = vec![0.0; out.len()];
+            for b in 0..batch {
+                for h in 0..heads {
+                    let rows = masked_attention(&gather(&q, lq, b, h), &gather(&k, lk, b, h), &gather(&v, lk, b, h), dim, scale, |_, j| j < kv_len);
+                    for i in 0..lq {
+                        let at = match layout {
+                            AttentionLayout::HeadsMajor => ((b * heads + h) * lq + i) * dim,
+                            AttentionLayout::TokensMajor => ((b * lq + i) * heads + h) * dim,
+                        };
+                        want[at..at + dim].copy_from_slice(&rows[i * dim..(i + 1) * dim]);
+                    }
+                }
+            }
+            let what = format!("{config} cooperative b{batch} h{heads} lq{lq} kv{kv_len}/{lk} d{dim} {layout:?}");
+            assert_close(&out, &want, Tol::for_dtype(dtype, 1.0), &what);
+        }
+        // GRAT: ragged groups, every pattern kind, text; the text queries run the dense entry.
+        for trial in 0..3 {
+            let dim = dims[trial % dims.len()];
+            let layout = GroupedLayout::image(rng.range(5, 20), rng.range(5, 20))
+                .with_group(&[rng.range(4, 8), rng.range(4, 9)])
+                .with_pattern(random_pattern(&mut rng))
+                .with_text(rng.range(1, 40), rng.range(0, 5));
+            let (batch, heads) = (1, rng.range(1, 2));
+            let len = layout.seq_len();
+            let n = batch * heads * len * dim;
+            let (q, k, v) = (stored(&rng.vec(n, 1.0), dtype), stored(&rng.vec(n, 1.0), dtype), stored(&rng.vec(n, 1.0), dtype));
+            let shape = [batch, heads, len, dim];
+            let up = |x: &[f32]| Tensor::from_f32(device, &shape, x, dtype).unwrap();
+            let options = GroupedOptions { algorithm: AttentionAlgorithm::Cooperative, ..Default::default() };
+            let out = grouped_attention_with(&up(&q), &up(&k), &up(&v), &layout, &options).unwrap().to_vec_f32().unwrap();
+            let scale = 1.0 / (dim as f64).sqrt();
+            let mut want = Vec::with_capacity(n);
+            for h in 0..heads {
+                let rows = |x| head_rows(x, heads, len, dim, 0, h);
+                want.extend(masked_attention(rows(&q), rows(&k), rows(&v), dim, scale, |i, j| allowed(&layout, i, j)));
+            }
+            let what = format!("{config} cooperative GRAT {layout:?} d{dim}");
+            assert_close(&out, &want, Tol::for_dtype(dtype, 1.0), &what);
+        }
+        if caps.attention == AttentionDesign::RowsInRegisters {
+            // A head dim whose tiles cannot fit: the typed error, not a failed pipeline.
+            let dim = 256;
+            if !fits(dim) {
+                let x = Tensor::zeros(device, &[1, 1, 40, dim], dtype).unwrap();
+                let err = attention(&x, &x, &x, &cooperative(None, None, AttentionLayout::HeadsMajor)).unwrap_err();
+                assert!(matches!(err, Error::MissingFeature { .. }), "{config}: {err:?}");
+            }
+        }
     }
 }

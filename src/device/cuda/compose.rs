@@ -59,7 +59,9 @@ fn files(family: Family) -> (&'static str, &'static [&'static str]) {
     match family {
         // matmul_coop is matmul.cu's tensor-core kernel, under the family's own name.
         Family::Matmul | Family::MatmulCoop => ("matmul.cu", &["tensor_core.cuh", "gemm_wide.cuh"]),
-        Family::Attention => ("attention.cu", &["tensor_core.cuh"]),
+        // ops::attention launches the attention family on CUDA for either algorithm (its f16 kernel
+        // is on the tensor cores); attention_coop is named here so that every family has a source.
+        Family::Attention | Family::AttentionCoop => ("attention.cu", &["tensor_core.cuh"]),
         Family::Scan => ("scan.cu", &["sequence.cuh"]),
         Family::Ssd => ("ssd.cu", &["sequence.cuh"]),
         Family::Norm => ("norm.cu", &[]),

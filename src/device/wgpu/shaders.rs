@@ -6,8 +6,9 @@
 //!   `workgroup_sum` / `workgroup_max`: a subgroup version and a workgroup-memory tree version, so
 //!   every kernel has a path without subgroups and none assumes a subgroup size.
 //!
-//! `matmul_coop` has two flavours instead: its fragment operations on wgpu's cooperative matrices
-//! (the "subgroups" flavour, since a fragment lives across a subgroup), or the plain-WGSL emulation.
+//! `matmul_coop` and `attention_coop` have two flavours instead: their fragment operations on wgpu's
+//! cooperative matrices (the "subgroups" flavour, since a fragment lives across a subgroup), or the
+//! plain-WGSL emulation.
 //!
 //! Every module starts with the block sizes of [`crate::kernels::size`] as WGSL constants.
 
@@ -43,6 +44,9 @@ const ATTENTION_TILE: &str = include_str!("../../../shaders/wgsl/attention_tile.
 const MATMUL_IO: &str = include_str!("../../../shaders/wgsl/matmul_io.wgsl");
 const COOP_NATIVE: &str = include_str!("../../../shaders/wgsl/coop_native.wgsl");
 const COOP_EMULATED: &str = include_str!("../../../shaders/wgsl/coop_emulated.wgsl");
+const ATTENTION_COOP: &str = include_str!("../../../shaders/wgsl/attention_coop.wgsl");
+const ATTENTION_COOP_NATIVE: &str = include_str!("../../../shaders/wgsl/attention_coop_native.wgsl");
+const ATTENTION_COOP_EMULATED: &str = include_str!("../../../shaders/wgsl/attention_coop_emulated.wgsl");
 
 macro_rules! wgsl {
     ($name:literal) => {
@@ -58,6 +62,8 @@ fn source(family: Family) -> (&'static str, &'static [&'static str]) {
         Family::MatmulCoop => (wgsl!("matmul_coop"), &[ACTIVATION, MATMUL_IO]),
         Family::Norm => (wgsl!("norm"), &[]),
         Family::Attention => (wgsl!("attention"), &[ATTENTION_TILE]),
+        // The same entries on the matrix-unit machinery; its fragment operations are added by `compose`.
+        Family::AttentionCoop => (wgsl!("attention"), &[ATTENTION_COOP]),
         Family::Scan => (wgsl!("scan"), &[SEQUENCE]),
         Family::Ssd => (wgsl!("ssd"), &[SEQUENCE]),
         Family::ScanCarry => (wgsl!("scan_carry"), &[]),
@@ -83,7 +89,7 @@ fn block_sizes() -> String {
 /// The variant of `family` that runs `dtype` on a device with `caps`.
 pub fn variant(family: Family, dtype: DType, caps: &Caps) -> Variant {
     let subgroups = match family {
-        Family::MatmulCoop => caps.matrix_units == MatrixUnits::Native,
+        Family::MatmulCoop | Family::AttentionCoop => caps.matrix_units == MatrixUnits::Native,
         _ => caps.subgroups && family.uses_reductions(),
     };
     Variant { dtype, subgroups }
@@ -105,6 +111,8 @@ pub fn compose(family: Family, variant: Variant) -> String {
     let (enable, fragments) = match (family, variant.subgroups) {
         (Family::MatmulCoop, true) => ("enable wgpu_cooperative_matrix;\n", COOP_NATIVE),
         (Family::MatmulCoop, false) => ("", COOP_EMULATED),
+        (Family::AttentionCoop, true) => ("enable wgpu_cooperative_matrix;\n", ATTENTION_COOP_NATIVE),
+        (Family::AttentionCoop, false) => ("", ATTENTION_COOP_EMULATED),
         _ => ("", ""),
     };
     let (own, snippets) = source(family);
@@ -113,7 +121,7 @@ pub fn compose(family: Family, variant: Variant) -> String {
 
 /// Every variant the library may compile, for validation without a GPU.
 pub fn variants(family: Family) -> Vec<Variant> {
-    let two = family.uses_reductions() || family == Family::MatmulCoop;
+    let two = family.uses_reductions() || family.uses_matrix_units();
     let flavours: &[bool] = if two { &[false, true] } else { &[false] };
     family
         .dtypes()

@@ -1,0 +1,287 @@
+// The flash-attention machinery on 16 x 16 x 16 f16 matrix units (f32 accumulation), for the
+// attention_coop family: attention.wgsl's dense and GRAT entries over the same hooks as
+// attention_tile.wgsl (query_vec, finish_query, key_vec, value_vec, store_out, prepare_key_tile), f16
+// storage only.
+//
+// A workgroup of THREADS invocations owns BLOCK_Q query rows (64 or 32) of one (batch, head) and
+// streams BLOCK_KV = 32 keys at a time, FlashAttention-2 style: an online softmax, no L x L matrix.
+// Head dimensions are padded with zeros to COOP_DIM (a multiple of 32). Per key tile:
+//   1. the K and V rows into f16 stages (barrier before: the stages are free; after: loaded);
+//   2. S = Q K^T on the matrix units, (BLOCK_Q / 16) x (BLOCK_KV / 16) fragments of COOP_DIM / 16
+//      products each, into product_stage (barrier);
+//   3. each row's ROW_THREADS = THREADS / BLOCK_Q threads take BLOCK_KV / ROW_THREADS of its scores:
+//      partial maxima exchanged (barrier), then the weights exp(s - max) into p_stage as f16, the
+//      output in registers rescaled, partial sums exchanged (barrier);
+//   4. P V on the matrix units into product_stage (barrier), added to the output in registers.
+// Six barriers per tile. The output stays in registers (each thread its row's columns
+// part, part + ROW_THREADS, ...), so only its per-tile increment passes through workgroup memory,
+// and the rescale by exp(old max - new max), which a matrix fragment cannot apply per row, is a
+// multiply in registers. The weights are rounded to f16 for the product and summed as rounded, so
+// the normalisation matches what was multiplied.
+//
+// The fragment work of steps 2 and 4 is shared out among the workgroup's subgroups (one, two or four:
+// 128, 64 or 32 invocations wide) in rounds of whole fragments; the host's tiles make both fragment
+// counts multiples of 4, so every subgroup runs the same number of rounds and every matrix operation
+// is in uniform control flow. The fragment operations come from attention_coop_native.wgsl
+// (wgpu's cooperative matrices) or attention_coop_emulated.wgsl (plain WGSL, for checking this
+// kernel without matrix units), which define TileInvocation and enter_tile, and:
+//   frag_zero() -> coop_acc_t
+//   frag_query(offset, lane, lanes) -> coop_a_t     16 x 16 of q_stage, row-major, stride COOP_DIM
+//   frag_weights(offset, lane, lanes) -> coop_a_t   16 x 16 of p_stage, row-major, stride BLOCK_KV
+//   frag_keys(offset, lane, lanes) -> coop_b_t      16 (dims) x 16 (keys) of k_stage: K^T, read
+//                                                   column-major with stride COOP_DIM
+//   frag_values(offset, lane, lanes) -> coop_b_t    16 (keys) x 16 (dims) of v_stage, row-major
+//   frag_mma(a, b, c, lane, lanes) -> coop_acc_t    a @ b + c
+//   frag_store(c, offset, stride, lane, lanes)      into product_stage, row-major
+//   tile_place() -> vec4<u32>                       (subgroup, subgroups, lane, lanes) of the invocation
+
+override HEAD_DIM: u32 = 64u;
+override BLOCK_Q: u32 = 64u;
+override BLOCK_KV: u32 = 32u;
+// HEAD_DIM rounded up to a multiple of 32.
+override COOP_DIM: u32 = 64u;
+// Stage sizes in elements: BLOCK_Q * COOP_DIM, BLOCK_KV * COOP_DIM, BLOCK_Q * BLOCK_KV, and
+// BLOCK_Q * max(COOP_DIM, BLOCK_KV) (scores, then the product P V, never both at once).
+override COOP_Q_WORDS: u32 = 4096u;
+override COOP_KV_WORDS: u32 = 2048u;
+override COOP_P_WORDS: u32 = 2048u;
+override COOP_PRODUCT_WORDS: u32 = 4096u;
+
+const THREADS: u32 = COOP_THREADS;
+const MAX_BLOCK_Q: u32 = 64u;
+const MAX_BLOCK_KV: u32 = 32u;
+// Output columns one thread keeps: BLOCK_Q * COOP_DIM / THREADS at most.
+const OUT_SHARE: u32 = 32u;
+const NO_TOKEN: u32 = 0xffffffffu;
+// Finite "minus infinity": exp(NEG_BIG - m) is 0 and NEG_BIG - NEG_BIG is 0, never NaN.
+const NEG_BIG: f32 = -3.0e38;
+
+var<workgroup> q_stage: array<f16, COOP_Q_WORDS>;
+var<workgroup> k_stage: array<f16, COOP_KV_WORDS>;
+var<workgroup> v_stage: array<f16, COOP_KV_WORDS>;
+var<workgroup> p_stage: array<f16, COOP_P_WORDS>;
+var<workgroup> product_stage: array<f32, COOP_PRODUCT_WORDS>;
+var<workgroup> row_part_max: array<f32, THREADS>;
+var<workgroup> row_part_sum: array<f32, THREADS>;
+var<workgroup> query_token: array<u32, MAX_BLOCK_Q>;
+var<workgroup> key_token: array<u32, MAX_BLOCK_KV>;
+var<workgroup> coop_subgroups: u32;
+
+// Where one (batch, head)'s rows start in the including module's tensors.
+struct Head {
+    q_base: u32,
+    kv_base: u32,
+    o_base: u32,
+    batch: u32,
+    head: u32,
+}
+
+// One thread's share of a query row: its output columns, the row's running max and sum (the row's
+// threads hold the same), and the thread's subgroup place (subgroup, subgroups, lane, lanes).
+struct RowState {
+    o: array<f32, OUT_SHARE>,
+    max: f32,
+    sum: f32,
+    place: vec4<u32>,
+}
+
+fn head_vecs() -> u32 {
+    return (HEAD_DIM + 3u) / 4u;
+}
+
+fn row_threads() -> u32 {
+    return THREADS / BLOCK_Q;
+}
+
+// The thread's row of the block, and its part of the row (its columns and keys are part + k
+// row_threads()).
+fn row_of(t: u32) -> u32 {
+    return t / row_threads();
+}
+
+fn part_of(t: u32) -> u32 {
+    return t % row_threads();
+}
+
+fn out_columns() -> u32 {
+    return COOP_DIM / row_threads();
+}
+
+// Once query_token is filled: the block's queries, as attended, into q_stage (zeros past HEAD_DIM and
+// for padding rows), the softmax state reset, the subgroup place read.
+fn begin_queries(head: Head, t: u32, state: ptr<function, RowState>) {
+    workgroupBarrier();
+    let hv = head_vecs();
+    let rt = row_threads();
+    let r = row_of(t);
+    let part = part_of(t);
+    let token = query_token[r];
+    var sum_sq = 0.0;
+    if token != NO_TOKEN {
+        for (var c = part; c < hv; c += rt) {
+            let x = query_vec(head, token, c);
+            sum_sq += dot(x, x);
+        }
+    }
+    row_part_sum[t] = sum_sq;
+    workgroupBarrier();
+    var total = 0.0;
+    for (var s = 0u; s < rt; s++) {
+        total += row_part_sum[r * rt + s];
+    }
+    for (var c = part; c < COOP_DIM / 4u; c += rt) {
+        var x = vec4<f32>(0.0);
+        if token != NO_TOKEN && c < hv {
+            x = finish_query(head, query_vec(head, token, c), total);
+        }
+        for (var i = 0u; i < 4u; i++) {
+            q_stage[r * COOP_DIM + c * 4u + i] = f16(x[i]);
+        }
+    }
+    for (var i = 0u; i < OUT_SHARE; i++) {
+        (*state).o[i] = 0.0;
+    }
+    (*state).max = NEG_BIG;
+    (*state).sum = 0.0;
+    // Through workgroup memory so that the round counts are uniform in the analysis (the matrix
+    // operations need it); the barrier also publishes q_stage and frees row_part_sum.
+    let place = tile_place();
+    if t == 0u {
+        coop_subgroups = place.y;
+    }
+    (*state).place = vec4<u32>(place.x, workgroupUniformLoad(&coop_subgroups), place.z, place.w);
+}
+
+// Once key_token is filled: one online-softmax step over this tile of keys.
+fn attend_tile(head: Head, t: u32, state: ptr<function, RowState>) {
+    workgroupBarrier();
+    let hv = head_vecs();
+    let dim_vecs = COOP_DIM / 4u;
+    for (var e = t; e < BLOCK_KV * dim_vecs; e += THREADS) {
+        let token = key_token[e / dim_vecs];
+        let c = e % dim_vecs;
+        var kv = vec4<f32>(0.0);
+        var vv = vec4<f32>(0.0);
+        if token != NO_TOKEN && c < hv {
+            kv = key_vec(head, token, c);
+            vv = value_vec(head, token, c);
+        }
+        for (var i = 0u; i < 4u; i++) {
+            k_stage[e * 4u + i] = f16(kv[i]);
+            v_stage[e * 4u + i] = f16(vv[i]);
+        }
+    }
+    workgroupBarrier();
+    prepare_key_tile(head, t);
+
+    let group = (*state).place.x;
+    let groups = (*state).place.y;
+    let lane = (*state).place.z;
+    let lanes = (*state).place.w;
+    let key_blocks = BLOCK_KV / 16u;
+    let dim_blocks = COOP_DIM / 16u;
+
+    // 2. Scores: fragment f is rows (f / key_blocks) * 16, keys (f % key_blocks) * 16.
+    let score_rounds = (BLOCK_Q / 16u) * key_blocks / groups;
+    for (var round = 0u; round < score_rounds; round++) {
+        let f = group + round * groups;
+        let rows = (f / key_blocks) * 16u;
+        let keys = (f % key_blocks) * 16u;
+        var acc = frag_zero();
+        for (var d = 0u; d < dim_blocks; d++) {
+            let a = frag_query(rows * COOP_DIM + d * 16u, lane, lanes);
+            let b = frag_keys(keys * COOP_DIM + d * 16u, lane, lanes);
+            acc = frag_mma(a, b, acc, lane, lanes);
+        }
+        frag_store(acc, rows * BLOCK_KV + keys, BLOCK_KV, lane, lanes);
+    }
+    workgroupBarrier();
+
+    // 3. The row's softmax step: this thread's keys are part, part + rt, ... of the tile.
+    let rt = row_threads();
+    let r = row_of(t);
+    let part = part_of(t);
+    var tile_max = NEG_BIG;
+    for (var j = part; j < BLOCK_KV; j += rt) {
+        if key_token[j] != NO_TOKEN {
+            tile_max = max(tile_max, product_stage[r * BLOCK_KV + j]);
+        }
+    }
+    row_part_max[t] = tile_max;
+    workgroupBarrier();
+    var new_max = (*state).max;
+    for (var s = 0u; s < rt; s++) {
+        new_max = max(new_max, row_part_max[r * rt + s]);
+    }
+    let rescale = exp((*state).max - new_max);
+    var tile_sum = 0.0;
+    for (var j = part; j < BLOCK_KV; j += rt) {
+        // Padding keys weigh exactly 0 (their v is 0 too); a valid score is at most new_max.
+        let s = product_stage[r * BLOCK_KV + j];
+        let w = f16(select(0.0, exp(min(s - new_max, 0.0)), key_token[j] != NO_TOKEN));
+        p_stage[r * BLOCK_KV + j] = w;
+        tile_sum += f32(w);
+    }
+    row_part_sum[t] = tile_sum;
+    for (var i = 0u; i < OUT_SHARE; i++) {
+        (*state).o[i] *= rescale;
+    }
+    (*state).max = new_max;
+    workgroupBarrier();
+    var row_sum = 0.0;
+    for (var s = 0u; s < rt; s++) {
+        row_sum += row_part_sum[r * rt + s];
+    }
+    (*state).sum = (*state).sum * rescale + row_sum;
+
+    // 4. P V: fragment f is rows (f / dim_blocks) * 16, dimensions (f % dim_blocks) * 16.
+    let value_rounds = (BLOCK_Q / 16u) * dim_blocks / groups;
+    for (var round = 0u; round < value_rounds; round++) {
+        let f = group + round * groups;
+        let rows = (f / dim_blocks) * 16u;
+        let dims = (f % dim_blocks) * 16u;
+        var acc = frag_zero();
+        for (var k = 0u; k < key_blocks; k++) {
+            let a = frag_weights(rows * BLOCK_KV + k * 16u, lane, lanes);
+            let b = frag_values(k * 16u * COOP_DIM + dims, lane, lanes);
+            acc = frag_mma(a, b, acc, lane, lanes);
+        }
+        frag_store(acc, rows * COOP_DIM + dims, COOP_DIM, lane, lanes);
+    }
+    workgroupBarrier();
+    // Constant trip count with a predicate, so the output stays in registers.
+    let columns = out_columns();
+    for (var i = 0u; i < OUT_SHARE; i++) {
+        if i < columns {
+            (*state).o[i] += product_stage[r * COOP_DIM + part + i * rt];
+        }
+    }
+}
+
+// Every thread calls it; the row's threads store their columns.
+fn finish_queries(head: Head, t: u32, state: ptr<function, RowState>) {
+    let token = query_token[row_of(t)];
+    if token == NO_TOKEN {
+        return;
+    }
+    let inv_sum = 1.0 / (*state).sum;
+    let rt = row_threads();
+    let part = part_of(t);
+    for (var i = 0u; i < OUT_SHARE; i++) {
+        let d = part + i * rt;
+        if d < HEAD_DIM {
+            store_out(head, token, d, (*state).o[i] * inv_sum);
+        }
+    }
+}
+
+// Streams keys [start, start + count) (contiguous tokens) through attend_tile.
+fn attend_range(head: Head, t: u32, start: u32, count: u32, state: ptr<function, RowState>) {
+    for (var k0 = 0u; k0 < count; k0 += BLOCK_KV) {
+        workgroupBarrier();
+        for (var j = t; j < BLOCK_KV; j += THREADS) {
+            key_token[j] = select(NO_TOKEN, start + k0 + j, k0 + j < count);
+        }
+        attend_tile(head, t, state);
+    }
+}
