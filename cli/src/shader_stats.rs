@@ -273,18 +273,31 @@ fn words_per_fma(kernel: &Kernel) -> String {
 fn print_table(radv: &radv::Radv, target: &str, kernels: &[Kernel]) {
     println!("{} ({target}), {}; statistics from VK_KHR_pipeline_executable_properties", radv.device_name, radv.driver);
     println!(
-        "{:<44} {:>4} {:>5} {:>5} {:>6} {:>6} {:>6} {:>5} {:>6} {:>8} {:>5} {:>6}  words/FMA",
-        "kernel", "wave", "VGPR", "SGPR", "spillV", "spillS", "LDS", "waves", "instrs", "inv.thru", "barr", "wgmem"
+        "{:<44} {:>4} {:>5} {:>5} {:>6} {:>6} {:>7} {:>6} {:>5} {:>6} {:>8} {:>5} {:>6}  words/FMA",
+        "kernel",
+        "wave",
+        "VGPR",
+        "SGPR",
+        "spillV",
+        "spillS",
+        "scratch",
+        "LDS",
+        "waves",
+        "instrs",
+        "inv.thru",
+        "barr",
+        "wgmem"
     );
     for k in kernels {
         println!(
-            "{:<44} {:>4} {:>5} {:>5} {:>6} {:>6} {:>6} {:>5} {:>6} {:>8} {:>5} {:>6}  {}",
+            "{:<44} {:>4} {:>5} {:>5} {:>6} {:>6} {:>7} {:>6} {:>5} {:>6} {:>8} {:>5} {:>6}  {}",
             k.label(),
             k.stats.subgroup_size,
             number(k.stat("VGPRs")),
             number(k.stat("SGPRs")),
             number(k.stat("Spilled VGPRs")),
             number(k.stat("Spilled SGPRs")),
+            number(k.stat("Scratch size")),
             number(k.stat("LDS size")),
             number(k.stat("Subgroups per SIMD")),
             number(k.stat("Instructions")),
@@ -295,7 +308,8 @@ fn print_table(radv: &radv::Radv, target: &str, kernels: &[Kernel]) {
         );
     }
     println!(
-        "wave: subgroup size; LDS and wgmem: bytes (RADV's allocation, the WGSL variables used); waves: \
+        "wave: subgroup size; scratch: bytes of scratch memory per wave (private arrays the compiler could \
+         not keep in registers, and spills); LDS and wgmem: bytes (RADV's allocation, the WGSL variables used); waves: \
          subgroups per SIMD (occupancy); inv.thru: ACO's estimated inverse throughput; barr: barrier \
          sites; words/FMA: workgroup-memory words read per FMA in each GEMM-like inner loop"
     );
@@ -338,6 +352,7 @@ fn report_json(radv: &radv::Radv, target: &str, kernels: &[Kernel]) -> serde_jso
                 "sgprs": k.stat("SGPRs"),
                 "spilled_vgprs": k.stat("Spilled VGPRs"),
                 "spilled_sgprs": k.stat("Spilled SGPRs"),
+                "scratch_bytes": k.stat("Scratch size"),
                 "lds_bytes": k.stat("LDS size"),
                 "waves_per_simd": k.stat("Subgroups per SIMD"),
                 "instructions": k.stat("Instructions"),

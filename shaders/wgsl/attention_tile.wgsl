@@ -3,9 +3,11 @@
 //
 // A workgroup owns BLOCK_Q query rows of one (batch, head) and streams BLOCK_KV keys at a time
 // through workgroup memory with an online softmax, so no L x L matrix ever exists. Each query row
-// belongs to ROW_THREADS = THREADS / (BLOCK_Q * KV_SPLIT) adjacent threads (ceil(HEAD_DIM / 64)),
-// each holding 64 of its dimensions of q and of the output in registers: a thread computes
-// BLOCK_KV / KV_SPLIT scores per tile (KV_SPLIT: see below), reading one workgroup word per FMA (each k or v component meets a q component or a
+// belongs to ROW_THREADS = THREADS / (BLOCK_Q * KV_SPLIT) adjacent threads (ceil(HEAD_DIM / 32)),
+// each holding 32 of its dimensions of q and of the output in registers (64 per thread needed about
+// 245 VGPRs on RDNA3, where a wave64 has 128: the output went to scratch memory, and once that was
+// mended 113 VGPRs spilled): a thread computes BLOCK_KV / KV_SPLIT scores per tile (KV_SPLIT: see
+// below), reading one workgroup word per FMA (each k or v component meets a q component or a
 // probability held in registers, where a one-score-per-thread tile reads both operands from
 // workgroup memory), and its row's max and sum are its own, so no reduction crosses threads. With
 // ROW_THREADS > 1 the partial dot products meet once per tile through workgroup memory. Barriers per
@@ -32,16 +34,17 @@
 override HEAD_DIM: u32 = 64u;
 override BLOCK_Q: u32 = 64u;
 override BLOCK_KV: u32 = 16u;
-override THREADS: u32 = 64u; // KV_SPLIT * BLOCK_Q * ROW_THREADS
+override THREADS: u32 = 128u; // KV_SPLIT * BLOCK_Q * ROW_THREADS
 // Key slices per tile (a power of two dividing BLOCK_KV); 1 for blocks with enough rows.
 override KV_SPLIT: u32 = 1u;
 // Partial scores exchanged per tile: BLOCK_Q * BLOCK_KV * ROW_THREADS when ROW_THREADS > 1, else 1.
-override Q_TILE_VECS: u32 = 1u;
+override Q_TILE_VECS: u32 = 2048u;
 // K and V tiles in vec4s: BLOCK_KV * ceil(HEAD_DIM / 4).
 override KV_TILE_VECS: u32 = 256u;
 
-// Registers per thread: 16 vec4s (64 dimensions) of q and of the output.
-const SLICE_VECS: u32 = 16u;
+// Registers per thread: 8 vec4s (32 dimensions) of q and of the output. (The defaults above are the
+// launch of many rows at head_dim 64: two threads per row.)
+const SLICE_VECS: u32 = 8u;
 const MAX_BLOCK_Q: u32 = 64u;
 const MAX_BLOCK_KV: u32 = 32u;
 const NO_TOKEN: u32 = 0xffffffffu;
@@ -279,7 +282,14 @@ fn finish_queries(head: Head, t: u32, state: ptr<function, RowState>) {
     for (var i = 0u; i < SLICE_VECS; i++) {
         let c = first + i;
         if c < hv {
-            let value = (*state).o[i] * inv_sum;
+            // This loop, with its stores, is not unrolled; reading o[i] here would index the output
+            // dynamically, and the compiler would then keep all of it in scratch memory for the whole
+            // kernel (RADV: 520 bytes per invocation). The inner loop is unrolled: constant indices.
+            var slice = vec4<f32>(0.0);
+            for (var j = 0u; j < SLICE_VECS; j++) {
+                slice = select(slice, (*state).o[j], j == i);
+            }
+            let value = slice * inv_sum;
             for (var x = 0u; x < 4u; x++) {
                 let d = c * 4u + x;
                 if d < HEAD_DIM {

@@ -187,7 +187,7 @@ pub struct Caps {
 /// The design of a backend's attention kernels (the attention family and `qkv_attention`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttentionDesign {
-    /// attention_tile.wgsl: each query row in the registers of ceil(head_dim / 64) threads, K and V
+    /// attention_tile.wgsl: each query row in the registers of ceil(head_dim / 32) threads, K and V
     /// tiles in workgroup memory; `qkv_attention` is one fused kernel. The wgpu backend.
     RowsInRegisters,
     /// attention.cu: BLOCK_Q x BLOCK_KV threads, one score each, the query tile in shared memory too,
@@ -282,7 +282,7 @@ impl DeviceInfo {
             (
                 "attention",
                 format!(
-                    "query rows in registers (ceil(head_dim / 64) threads per row, which keep its max and sum); \
+                    "query rows in registers (ceil(head_dim / 32) threads per row, which keep its max and sum); \
                      8..64 rows x 4..32 keys per tile from head_dim and workgroup memory{}",
                     match c.matrix_units {
                         MatrixUnits::Native => "; f16 blocks of 32+ rows on cooperative matrices (64 or 32 x 32 tiles)",

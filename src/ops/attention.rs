@@ -362,7 +362,7 @@ impl AttentionTiles {
 }
 
 /// Dimensions of q and of the output one WGSL thread keeps in registers (attention_tile.wgsl).
-const WGSL_SLICE_DIMS: usize = 64;
+const WGSL_SLICE_DIMS: usize = 32;
 
 /// Invocations a WGSL workgroup of few query rows widens to by splitting its keys: a 64-wide wave
 /// or two 32-wide ones, so the block's rows do not stream every key through one lane each.
@@ -376,7 +376,7 @@ const KEYS_PER_SLICE: usize = 4;
 /// The key slices for a WGSL block of `block_q` rows of `row_threads` threads with `block_kv`-key
 /// tiles, over `keys` keys: a power of two that widens the block towards KEY_SPLIT_THREADS, leaves
 /// each slice KEYS_PER_SLICE keys of a tile (and of the call), and lets half of the slices' output
-/// shares (min(64, head_dim) dimensions per thread) fit the K tile for the merge.
+/// shares (min(32, head_dim) dimensions per thread) fit the K tile for the merge.
 fn key_slices(block_q: usize, block_kv: usize, row_threads: usize, head_vecs: usize, keys: usize) -> usize {
     let share = head_vecs.min(WGSL_SLICE_DIMS / 4);
     let mut slices = 1;
@@ -396,7 +396,7 @@ fn key_slices(block_q: usize, block_kv: usize, row_threads: usize, head_vecs: us
 /// of work and at most `keys` keys per query: what fits the adapter's workgroup memory and
 /// invocation limits.
 ///
-/// WGSL (attention_tile.wgsl): one query row per ceil(head_dim / 64) threads, q and the output in
+/// WGSL (attention_tile.wgsl): one query row per ceil(head_dim / 32) threads, q and the output in
 /// registers, K and V tiles in workgroup memory. A workgroup's rows shrink to a power of two for
 /// few-row calls (a KV-cache step), and such a block splits its keys between copies of the row
 /// layout ([`AttentionTiles::key_slices`]). CUDA

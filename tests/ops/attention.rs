@@ -73,7 +73,7 @@ backend_tests! {
             (3, 80, rng.range(70, 300), true),
             (5, rng.range(1, 63), rng.range(70, 300), true),
             (5, 100, rng.range(70, 300), true),
-            (6, 130, rng.range(70, 300), roomy),
+            (3, 130, rng.range(70, 300), roomy),
             (2, 256, rng.range(70, 300), roomy),
         ];
         for dtype in dtypes(device) {
