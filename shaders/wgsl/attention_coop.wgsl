@@ -34,6 +34,7 @@
 //   frag_mma(a, b, c, lane, lanes) -> coop_acc_t    a @ b + c
 //   frag_store(c, offset, stride, lane, lanes)      into product_stage, row-major
 //   tile_place() -> vec4<u32>                       (subgroup, subgroups, lane, lanes) of the invocation
+// Head, the token tables and attend_range are in attention_common.wgsl.
 
 override HEAD_DIM: u32 = 64u;
 override BLOCK_Q: u32 = 64u;
@@ -48,13 +49,8 @@ override COOP_P_WORDS: u32 = 2048u;
 override COOP_PRODUCT_WORDS: u32 = 4096u;
 
 const THREADS: u32 = COOP_THREADS;
-const MAX_BLOCK_Q: u32 = 64u;
-const MAX_BLOCK_KV: u32 = 32u;
 // Output columns one thread keeps: BLOCK_Q * COOP_DIM / THREADS at most.
 const OUT_SHARE: u32 = 32u;
-const NO_TOKEN: u32 = 0xffffffffu;
-// Finite "minus infinity": exp(NEG_BIG - m) is 0 and NEG_BIG - NEG_BIG is 0, never NaN.
-const NEG_BIG: f32 = -3.0e38;
 
 var<workgroup> q_stage: array<f16, COOP_Q_WORDS>;
 var<workgroup> k_stage: array<f16, COOP_KV_WORDS>;
@@ -63,18 +59,7 @@ var<workgroup> p_stage: array<f16, COOP_P_WORDS>;
 var<workgroup> product_stage: array<f32, COOP_PRODUCT_WORDS>;
 var<workgroup> row_part_max: array<f32, THREADS>;
 var<workgroup> row_part_sum: array<f32, THREADS>;
-var<workgroup> query_token: array<u32, MAX_BLOCK_Q>;
-var<workgroup> key_token: array<u32, MAX_BLOCK_KV>;
 var<workgroup> coop_subgroups: u32;
-
-// Where one (batch, head)'s rows start in the including module's tensors.
-struct Head {
-    q_base: u32,
-    kv_base: u32,
-    o_base: u32,
-    batch: u32,
-    head: u32,
-}
 
 // One thread's share of a query row: its output columns, the row's running max and sum (the row's
 // threads hold the same), and the thread's subgroup place (subgroup, subgroups, lane, lanes).
@@ -83,10 +68,6 @@ struct RowState {
     max: f32,
     sum: f32,
     place: vec4<u32>,
-}
-
-fn head_vecs() -> u32 {
-    return (HEAD_DIM + 3u) / 4u;
 }
 
 fn row_threads() -> u32 {
@@ -272,16 +253,5 @@ fn finish_queries(head: Head, t: u32, state: ptr<function, RowState>) {
         if d < HEAD_DIM {
             store_out(head, token, d, (*state).o[i] * inv_sum);
         }
-    }
-}
-
-// Streams keys [start, start + count) (contiguous tokens) through attend_tile.
-fn attend_range(head: Head, t: u32, start: u32, count: u32, state: ptr<function, RowState>) {
-    for (var k0 = 0u; k0 < count; k0 += BLOCK_KV) {
-        workgroupBarrier();
-        for (var j = t; j < BLOCK_KV; j += THREADS) {
-            key_token[j] = select(NO_TOKEN, start + k0 + j, k0 + j < count);
-        }
-        attend_tile(head, t, state);
     }
 }

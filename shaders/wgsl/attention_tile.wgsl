@@ -29,7 +29,8 @@
 //   fn value_vec(head: Head, token: u32, c: u32) -> vec4<f32>
 //   fn store_out(head: Head, token: u32, d: u32, value: f32)
 //   fn prepare_key_tile(head: Head, t: u32)   every thread, once k_tile and v_tile are loaded (may barrier)
-// Components past HEAD_DIM must read as 0.
+// Components past HEAD_DIM must read as 0. Head, the token tables and attend_range are in
+// attention_common.wgsl.
 
 override HEAD_DIM: u32 = 64u;
 override BLOCK_Q: u32 = 64u;
@@ -45,17 +46,10 @@ override KV_TILE_VECS: u32 = 256u;
 // Registers per thread: 8 vec4s (32 dimensions) of q and of the output. (The defaults above are the
 // launch of many rows at head_dim 64: two threads per row.)
 const SLICE_VECS: u32 = 8u;
-const MAX_BLOCK_Q: u32 = 64u;
-const MAX_BLOCK_KV: u32 = 32u;
-const NO_TOKEN: u32 = 0xffffffffu;
-// Finite "minus infinity": exp(NEG_BIG - m) is 0 and NEG_BIG - NEG_BIG is 0, never NaN.
-const NEG_BIG: f32 = -3.0e38;
 
 var<workgroup> k_tile: array<vec4<f32>, KV_TILE_VECS>;
 var<workgroup> v_tile: array<vec4<f32>, KV_TILE_VECS>;
 var<workgroup> partial_scores: array<f32, Q_TILE_VECS>;
-var<workgroup> query_token: array<u32, MAX_BLOCK_Q>;
-var<workgroup> key_token: array<u32, MAX_BLOCK_KV>;
 
 // The builtins an entry point hands the machinery (attention_coop.wgsl needs its subgroup's place).
 struct TileInvocation {
@@ -65,25 +59,12 @@ struct TileInvocation {
 // Called by the entry point with its linear workgroup index, before begin_queries.
 fn enter_tile(tile: TileInvocation, block: u32) {}
 
-// Where one (batch, head)'s rows start in the including module's tensors.
-struct Head {
-    q_base: u32,
-    kv_base: u32,
-    o_base: u32,
-    batch: u32,
-    head: u32,
-}
-
 // One thread's share of a query row: its q and output slices, the row's running max and sum.
 struct RowState {
     q: array<vec4<f32>, SLICE_VECS>,
     o: array<vec4<f32>, SLICE_VECS>,
     max: f32,
     sum: f32,
-}
-
-fn head_vecs() -> u32 {
-    return (HEAD_DIM + 3u) / 4u;
 }
 
 fn row_threads() -> u32 {
@@ -297,17 +278,5 @@ fn finish_queries(head: Head, t: u32, state: ptr<function, RowState>) {
                 }
             }
         }
-    }
-}
-
-// Streams keys [start, start + count) (contiguous tokens) through attend_tile.
-fn attend_range(head: Head, t: u32, start: u32, count: u32, state: ptr<function, RowState>) {
-    for (var k0 = 0u; k0 < count; k0 += BLOCK_KV) {
-        workgroupBarrier();
-        // A block of few rows can have fewer threads than keys.
-        for (var j = t; j < BLOCK_KV; j += THREADS) {
-            key_token[j] = select(NO_TOKEN, start + k0 + j, k0 + j < count);
-        }
-        attend_tile(head, t, state);
     }
 }

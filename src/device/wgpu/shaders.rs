@@ -40,6 +40,7 @@ const GRID: &str = include_str!("../../../shaders/wgsl/grid.wgsl");
 const SEQUENCE: &str = include_str!("../../../shaders/wgsl/sequence.wgsl");
 const ACTIVATION: &str = include_str!("../../../shaders/wgsl/activation.wgsl");
 const GEMM_WIDE: &str = include_str!("../../../shaders/wgsl/gemm_wide.wgsl");
+const ATTENTION_COMMON: &str = include_str!("../../../shaders/wgsl/attention_common.wgsl");
 const ATTENTION_TILE: &str = include_str!("../../../shaders/wgsl/attention_tile.wgsl");
 const MATMUL_IO: &str = include_str!("../../../shaders/wgsl/matmul_io.wgsl");
 const COOP_NATIVE: &str = include_str!("../../../shaders/wgsl/coop_native.wgsl");
@@ -61,9 +62,9 @@ fn source(family: Family) -> (&'static str, &'static [&'static str]) {
         // The fragment operations (COOP_NATIVE or COOP_EMULATED) are added by `compose`.
         Family::MatmulCoop => (wgsl!("matmul_coop"), &[ACTIVATION, MATMUL_IO]),
         Family::Norm => (wgsl!("norm"), &[]),
-        Family::Attention => (wgsl!("attention"), &[ATTENTION_TILE]),
+        Family::Attention => (wgsl!("attention"), &[ATTENTION_COMMON, ATTENTION_TILE]),
         // The same entries on the matrix-unit machinery; its fragment operations are added by `compose`.
-        Family::AttentionCoop => (wgsl!("attention"), &[ATTENTION_COOP]),
+        Family::AttentionCoop => (wgsl!("attention"), &[ATTENTION_COMMON, ATTENTION_COOP]),
         Family::Scan => (wgsl!("scan"), &[SEQUENCE]),
         Family::Ssd => (wgsl!("ssd"), &[SEQUENCE]),
         Family::ScanCarry => (wgsl!("scan_carry"), &[]),
@@ -76,7 +77,7 @@ fn source(family: Family) -> (&'static str, &'static [&'static str]) {
         Family::Resample => (wgsl!("resample"), &[]),
         Family::Conv2d => (wgsl!("conv2d"), &[GEMM_WIDE]),
         Family::Sample => (wgsl!("sample"), &[]),
-        Family::QkvHeads => (wgsl!("qkv_heads"), &[ATTENTION_TILE]),
+        Family::QkvHeads => (wgsl!("qkv_heads"), &[ATTENTION_COMMON, ATTENTION_TILE]),
         Family::Residual => (wgsl!("residual"), &[]),
     }
 }

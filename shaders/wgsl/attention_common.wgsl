@@ -1,0 +1,38 @@
+// What both attention machineries (attention_tile.wgsl on scalar cores, attention_coop.wgsl on
+// matrix units) share: the token tables the entry points fill, the head addressing, and the stream of
+// contiguous keys through the machinery's attend_tile. Each machinery defines BLOCK_KV, THREADS,
+// HEAD_DIM, RowState and attend_tile.
+
+const MAX_BLOCK_Q: u32 = 64u;
+const MAX_BLOCK_KV: u32 = 32u;
+const NO_TOKEN: u32 = 0xffffffffu;
+// Finite "minus infinity": exp(NEG_BIG - m) is 0 and NEG_BIG - NEG_BIG is 0, never NaN.
+const NEG_BIG: f32 = -3.0e38;
+
+var<workgroup> query_token: array<u32, MAX_BLOCK_Q>;
+var<workgroup> key_token: array<u32, MAX_BLOCK_KV>;
+
+// Where one (batch, head)'s rows start in the including module's tensors.
+struct Head {
+    q_base: u32,
+    kv_base: u32,
+    o_base: u32,
+    batch: u32,
+    head: u32,
+}
+
+fn head_vecs() -> u32 {
+    return (HEAD_DIM + 3u) / 4u;
+}
+
+// Streams keys [start, start + count) (contiguous tokens) through attend_tile.
+fn attend_range(head: Head, t: u32, start: u32, count: u32, state: ptr<function, RowState>) {
+    for (var k0 = 0u; k0 < count; k0 += BLOCK_KV) {
+        workgroupBarrier();
+        // A block of few rows can have fewer threads than keys.
+        for (var j = t; j < BLOCK_KV; j += THREADS) {
+            key_token[j] = select(NO_TOKEN, start + k0 + j, k0 + j < count);
+        }
+        attend_tile(head, t, state);
+    }
+}
