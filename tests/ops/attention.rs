@@ -46,6 +46,42 @@ fn check_grouped(
     assert_close(&out, &want, Tol::for_dtype(dtype, 1.0), what);
 }
 
+/// The float64 dense attention of q (lq rows) over the first kv_len of lk keys, per (batch, head),
+/// for tensors in `layout`, laid out as the output is.
+fn dense_reference(
+    [q, k, v]: [&[f32]; 3],
+    layout: AttentionLayout,
+    (batch, heads, dim): (usize, usize, usize),
+    (lq, lk, kv_len): (usize, usize, usize),
+    scale: f64,
+) -> Vec<f64> {
+    let row = |len: usize, b: usize, h: usize, t: usize| match layout {
+        AttentionLayout::HeadsMajor => ((b * heads + h) * len + t) * dim,
+        AttentionLayout::TokensMajor => ((b * len + t) * heads + h) * dim,
+    };
+    // The reference works per (batch, head) on (L, D) rows.
+    let gather = |x: &[f32], len: usize, b: usize, h: usize| -> Vec<f32> {
+        (0..len).flat_map(|t| x[row(len, b, h, t)..row(len, b, h, t) + dim].to_vec()).collect()
+    };
+    let mut want = vec![0.0; batch * heads * lq * dim];
+    for b in 0..batch {
+        for h in 0..heads {
+            let o = masked_attention(
+                &gather(q, lq, b, h),
+                &gather(k, lk, b, h),
+                &gather(v, lk, b, h),
+                dim,
+                scale,
+                |_, j| j < kv_len,
+            );
+            for t in 0..lq {
+                want[row(lq, b, h, t)..row(lq, b, h, t) + dim].copy_from_slice(&o[t * dim..(t + 1) * dim]);
+            }
+        }
+    }
+    want
+}
+
 fn random_pattern(rng: &mut Rng) -> GratPattern {
     match rng.range(0, 3) {
         0 => GratPattern::Block { radius: rng.range(0, 2) },
@@ -125,39 +161,8 @@ backend_tests! {
                 let up = |x: &[f32], len| Tensor::from_f32(device, &shape(len), x, dtype).unwrap();
                 let options = AttentionOptions { scale, kv_len: Some(kv_len), layout, ..Default::default() };
                 let out = attention(&up(&q, lq), &up(&k, lk), &up(&v, lk), &options).unwrap().to_vec_f32().unwrap();
-                // The reference works per (batch, head) on (L, D) rows.
-                let gather = |x: &[f32], len: usize, b: usize, h: usize| -> Vec<f32> {
-                    (0..len)
-                        .flat_map(|t| {
-                            let base = match layout {
-                                AttentionLayout::HeadsMajor => ((b * heads + h) * len + t) * dim,
-                                AttentionLayout::TokensMajor => ((b * len + t) * heads + h) * dim,
-                            };
-                            x[base..base + dim].to_vec()
-                        })
-                        .collect()
-                };
                 let scale = scale.unwrap_or(1.0 / (dim as f32).sqrt()) as f64;
-                let mut want = vec![0.0; out.len()];
-                for b in 0..batch {
-                    for h in 0..heads {
-                        let o = masked_attention(
-                            &gather(&q, lq, b, h),
-                            &gather(&k, lk, b, h),
-                            &gather(&v, lk, b, h),
-                            dim,
-                            scale,
-                            |_, j| j < kv_len,
-                        );
-                        for t in 0..lq {
-                            let base = match layout {
-                                AttentionLayout::HeadsMajor => ((b * heads + h) * lq + t) * dim,
-                                AttentionLayout::TokensMajor => ((b * lq + t) * heads + h) * dim,
-                            };
-                            want[base..base + dim].copy_from_slice(&o[t * dim..(t + 1) * dim]);
-                        }
-                    }
-                }
+                let want = dense_reference([&q, &k, &v], layout, (batch, heads, dim), (lq, lk, kv_len), scale);
                 let what =
                     format!("{config} {dtype} dense b{batch} h{heads} lq{lq} lk{lk} kv{kv_len} d{dim} {layout:?}");
                 assert_close(&out, &want, Tol::for_dtype(dtype, 1.0), &what);
@@ -447,31 +452,8 @@ backend_tests! {
             let up = |x: &[f32], len| Tensor::from_f32(device, &shape(len), x, dtype).unwrap();
             let options = cooperative(scale, Some(kv_len), layout);
             let out = attention(&up(&q, lq), &up(&k, lk), &up(&v, lk), &options).unwrap().to_vec_f32().unwrap();
-            let gather = |x: &[f32], len: usize, b: usize, h: usize| -> Vec<f32> {
-                (0..len)
-                    .flat_map(|i| {
-                        let row = match layout {
-                            AttentionLayout::HeadsMajor => ((b * heads + h) * len + i) * dim,
-                            AttentionLayout::TokensMajor => ((b * len + i) * heads + h) * dim,
-                        };
-                        x[row..row + dim].to_vec()
-                    })
-                    .collect()
-            };
             let scale = scale.map_or(1.0 / (dim as f64).sqrt(), f64::from);
-            let mut want = vec![0.0; out.len()];
-            for b in 0..batch {
-                for h in 0..heads {
-                    let rows = masked_attention(&gather(&q, lq, b, h), &gather(&k, lk, b, h), &gather(&v, lk, b, h), dim, scale, |_, j| j < kv_len);
-                    for i in 0..lq {
-                        let at = match layout {
-                            AttentionLayout::HeadsMajor => ((b * heads + h) * lq + i) * dim,
-                            AttentionLayout::TokensMajor => ((b * lq + i) * heads + h) * dim,
-                        };
-                        want[at..at + dim].copy_from_slice(&rows[i * dim..(i + 1) * dim]);
-                    }
-                }
-            }
+            let want = dense_reference([&q, &k, &v], layout, (batch, heads, dim), (lq, lk, kv_len), scale);
             let what = format!("{config} cooperative b{batch} h{heads} lq{lq} kv{kv_len}/{lk} d{dim} {layout:?}");
             assert_close(&out, &want, Tol::for_dtype(dtype, 1.0), &what);
         }
