@@ -259,7 +259,7 @@ macro_rules! families {
             /// Whether the family multiplies on 16 x 16 f16 matrix units (wgpu: cooperative matrices,
             /// or their emulation), so that its "subgroups" variant is the cooperative-matrix one.
             pub fn uses_matrix_units(self) -> bool {
-                matches!(self, Family::MatmulCoop | Family::AttentionCoop)
+                matches!(self, Family::MatmulCoop | Family::AttentionCoop | Family::QkvAttentionCoop)
             }
 
             /// The storage types the family is compiled for.
@@ -377,6 +377,15 @@ families! {
         params: QkvParams, reductions: true, dtypes: FLOATS,
         constants: [L2_NORM: Bool, HEAD_DIM: U32, BLOCK_Q: U32, BLOCK_KV: U32, THREADS: U32, Q_TILE_VECS: U32,
                     KV_TILE_VECS: U32, KV_SPLIT: U32],
+    }
+    /// `qkv_attention` on 16 x 16 x 16 f16 matrix units: qkv_attention.wgsl's entry on the
+    /// attention_coop machinery (its own module because it needs `enable wgpu_cooperative_matrix`).
+    /// f16 storage only. CUDA runs `qkv_attention` as qkv_heads then attention, so it never launches
+    /// this family.
+    QkvAttentionCoop = "qkv_attention_coop" {
+        params: QkvParams, reductions: false, dtypes: &[DType::F16],
+        constants: [L2_NORM: Bool, HEAD_DIM: U32, BLOCK_Q: U32, BLOCK_KV: U32, COOP_DIM: U32, COOP_Q_WORDS: U32,
+                    COOP_KV_WORDS: U32, COOP_P_WORDS: U32, COOP_PRODUCT_WORDS: U32],
     }
     /// The AdaLN-gated residual add of a VAR block.
     Residual = "residual" {

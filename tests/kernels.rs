@@ -145,24 +145,32 @@ const USE_B: u32 = 1;
 
 #[test]
 fn cooperative_attention_emits_spirv_matrix_instructions() {
-    // As for the matmul below: the native attention_coop validates only with the capability, and both
-    // entries' SPIR-V multiply on the matrix units with the layouts the emulation reads: Q and the
-    // weights row-major (A), K column-major (K^T) and V row-major (B), products stored row-major.
-    let native = compose(Family::AttentionCoop, Variant { dtype: DType::F16, subgroups: true });
-    assert!(
-        validate(&native, Capabilities::SHADER_FLOAT16 | Capabilities::SUBGROUP).is_err(),
-        "the native flavour validated without COOPERATIVE_MATRIX"
-    );
-    let emulated = compose(Family::AttentionCoop, Variant { dtype: DType::F16, subgroups: false });
-    validate(&emulated, Capabilities::SHADER_FLOAT16).expect("the emulation needs only f16");
-    assert!(!emulated.contains("coop_mat16x16") && !emulated.contains("enable wgpu_cooperative_matrix;"));
-    for entry in ["flash_attention", "grouped_attention"] {
-        let words = cooperative_spirv(&native, entry, &[]);
-        let (loads, stores, products) = cooperative_operations(&words);
-        assert!(products >= 1, "{entry}: no OpCooperativeMatrixMulAddKHR");
-        assert!(loads.iter().all(|&(u, layout)| u != USE_A || layout == ROW_MAJOR), "{entry}: A loads {loads:?}");
-        assert!(loads.contains(&(USE_B, COLUMN_MAJOR)) && loads.contains(&(USE_B, ROW_MAJOR)), "{entry}: {loads:?}");
-        assert!(!stores.is_empty() && stores.iter().all(|&l| l == ROW_MAJOR), "{entry}: stores {stores:?}");
+    // As for the matmul below: the native attention_coop and qkv_attention_coop validate only with the
+    // capability, and every entry's SPIR-V multiplies on the matrix units with the layouts the
+    // emulation reads: Q and the weights row-major (A), K column-major (K^T) and V row-major (B),
+    // products stored row-major.
+    let families = [
+        (Family::AttentionCoop, ["flash_attention", "grouped_attention"].as_slice()),
+        (Family::QkvAttentionCoop, ["qkv_attention"].as_slice()),
+    ];
+    for (family, entries) in families {
+        let native = compose(family, Variant { dtype: DType::F16, subgroups: true });
+        assert!(
+            validate(&native, Capabilities::SHADER_FLOAT16 | Capabilities::SUBGROUP).is_err(),
+            "{family}: the native flavour validated without COOPERATIVE_MATRIX"
+        );
+        let emulated = compose(family, Variant { dtype: DType::F16, subgroups: false });
+        validate(&emulated, Capabilities::SHADER_FLOAT16).expect("the emulation needs only f16");
+        assert!(!emulated.contains("coop_mat16x16") && !emulated.contains("enable wgpu_cooperative_matrix;"));
+        for &entry in entries {
+            let words = cooperative_spirv(&native, entry, &[]);
+            let (loads, stores, products) = cooperative_operations(&words);
+            assert!(products >= 1, "{entry}: no OpCooperativeMatrixMulAddKHR");
+            assert!(loads.iter().all(|&(u, layout)| u != USE_A || layout == ROW_MAJOR), "{entry}: A loads {loads:?}");
+            let b_layouts = loads.contains(&(USE_B, COLUMN_MAJOR)) && loads.contains(&(USE_B, ROW_MAJOR));
+            assert!(b_layouts, "{entry}: {loads:?}");
+            assert!(!stores.is_empty() && stores.iter().all(|&l| l == ROW_MAJOR), "{entry}: stores {stores:?}");
+        }
     }
 }
 

@@ -419,7 +419,7 @@ pub fn kv_steps(
     steps: &[(usize, usize)],
     config: &AttentionBenchConfig,
 ) -> Result<Vec<KvStepRow>> {
-    use scalewise::ops::{AttentionOptions, attention_tiles};
+    use scalewise::ops::{AttentionAlgorithm, AttentionOptions, attention_tiles};
     let mut out = Vec::new();
     for &(rows, keys) in steps {
         for &dtype in &config.dtypes {
@@ -435,8 +435,11 @@ pub fn kv_steps(
                 let k = Tensor::from_f32(on, &kv_shape, &pseudo_random(kv_shape.iter().product(), 4), dtype)?;
                 let v = Tensor::from_f32(on, &kv_shape, &pseudo_random(kv_shape.iter().product(), 5), dtype)?;
                 let tiles = attention_tiles(on, config.head_dim, rows, keys)?;
+                // The scalar kernel, whose tiles these are (`Auto` may take the matrix units for the
+                // larger steps).
+                let scalar = AttentionOptions { algorithm: AttentionAlgorithm::Scalar, ..Default::default() };
                 let (median_ms, _, timing) = time_dispatches(on, config.warmup, config.iterations, || {
-                    ops::attention(&q, &k, &v, &AttentionOptions::default()).map(drop)
+                    ops::attention(&q, &k, &v, &scalar).map(drop)
                 })?;
                 timed.push((tiles, median_ms, timing));
             }

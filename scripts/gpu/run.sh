@@ -67,6 +67,12 @@ bench() {
         --dtype f32,f16 --naive-max-length 0 --iters 5 --json "$OUT/scan-$backend.json"
     step "bench-generate-$backend" 120 $B/scalewise --backend "$backend" bench generate --model var --depth 16 \
         --iters 5 --json "$OUT/generate-$backend.json"
+    if [[ "$backend" == vulkan ]]; then
+        # The same generation with the cooperative matrices off (matmul and attention, qkv_attention
+        # included, on the scalar kernels): what the matrix units give VAR-d16 end to end.
+        step "bench-generate-$backend-no-coop" 120 env SCALEWISE_DISABLE=coop $B/scalewise --backend "$backend" \
+            bench generate --model var --depth 16 --iters 5 --json "$OUT/generate-$backend-no-coop.json"
+    fi
 }
 for part in $PARTS; do
     case "$part" in

@@ -1,7 +1,7 @@
-// The flash-attention machinery on 16 x 16 x 16 f16 matrix units (f32 accumulation), for the
-// attention_coop family: attention.wgsl's dense and GRAT entries over the same hooks as
-// attention_tile.wgsl (query_vec, finish_query, key_vec, value_vec, store_out, prepare_key_tile), f16
-// storage only.
+// The flash-attention machinery on 16 x 16 x 16 f16 matrix units (f32 accumulation), f16 storage
+// only, under the same hooks as attention_tile.wgsl (query_vec, finish_query, key_vec, value_vec,
+// store_out, prepare_key_tile): attention.wgsl's dense and GRAT entries (the attention_coop family)
+// and qkv_attention.wgsl's fused entry (the qkv_attention_coop family).
 //
 // A workgroup of THREADS invocations owns BLOCK_Q query rows (64 or 32) of one (batch, head) and
 // streams BLOCK_KV = 32 keys at a time, FlashAttention-2 style: an online softmax, no L x L matrix.
@@ -60,6 +60,24 @@ var<workgroup> product_stage: array<f32, COOP_PRODUCT_WORDS>;
 var<workgroup> row_part_max: array<f32, THREADS>;
 var<workgroup> row_part_sum: array<f32, THREADS>;
 var<workgroup> coop_subgroups: u32;
+
+// Components [4c, 4c + 4) of the tile's key (value) j as staged (f16), for prepare_key_tile.
+fn staged_key(j: u32, c: u32) -> vec4<f32> {
+    let e = j * COOP_DIM + c * 4u;
+    return vec4<f32>(f32(k_stage[e]), f32(k_stage[e + 1u]), f32(k_stage[e + 2u]), f32(k_stage[e + 3u]));
+}
+
+fn restage_key(j: u32, c: u32, x: vec4<f32>) {
+    let e = j * COOP_DIM + c * 4u;
+    for (var i = 0u; i < 4u; i++) {
+        k_stage[e + i] = f16(x[i]);
+    }
+}
+
+fn staged_value(j: u32, c: u32) -> vec4<f32> {
+    let e = j * COOP_DIM + c * 4u;
+    return vec4<f32>(f32(v_stage[e]), f32(v_stage[e + 1u]), f32(v_stage[e + 2u]), f32(v_stage[e + 3u]));
+}
 
 // One thread's share of a query row: its output columns, the row's running max and sum (the row's
 // threads hold the same), and the thread's subgroup place (subgroup, subgroups, lane, lanes).

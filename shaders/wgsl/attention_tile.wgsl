@@ -28,7 +28,8 @@
 //   fn key_vec(head: Head, token: u32, c: u32) -> vec4<f32>
 //   fn value_vec(head: Head, token: u32, c: u32) -> vec4<f32>
 //   fn store_out(head: Head, token: u32, d: u32, value: f32)
-//   fn prepare_key_tile(head: Head, t: u32)   every thread, once k_tile and v_tile are loaded (may barrier)
+//   fn prepare_key_tile(head: Head, t: u32)   every thread, once the tile's keys and values are
+//        staged (may barrier; may read and rewrite them through staged_key, restage_key, staged_value)
 // Components past HEAD_DIM must read as 0. Head, the token tables and attend_range are in
 // attention_common.wgsl.
 
@@ -58,6 +59,19 @@ struct TileInvocation {
 
 // Called by the entry point with its linear workgroup index, before begin_queries.
 fn enter_tile(tile: TileInvocation, block: u32) {}
+
+// Components [4c, 4c + 4) of the tile's key (value) j as staged, for prepare_key_tile.
+fn staged_key(j: u32, c: u32) -> vec4<f32> {
+    return k_tile[j * head_vecs() + c];
+}
+
+fn restage_key(j: u32, c: u32, x: vec4<f32>) {
+    k_tile[j * head_vecs() + c] = x;
+}
+
+fn staged_value(j: u32, c: u32) -> vec4<f32> {
+    return v_tile[j * head_vecs() + c];
+}
 
 // One thread's share of a query row: its q and output slices, the row's running max and sum.
 struct RowState {

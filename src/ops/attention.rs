@@ -83,9 +83,10 @@ impl CoopAttentionTiles {
         2 * (q * d + 2 * kv * d + q * kv) + 4 * q * d.max(kv) + 4 * (2 * size::COOP_THREADS as usize + 64 + 32 + 1)
     }
 
-    pub fn constants(&self, dim: usize) -> Constants {
+    /// The constants of these tiles, for a launch of `family` (attention_coop or qkv_attention_coop).
+    pub fn constants(&self, family: Family, dim: usize) -> Constants {
         let (q, kv, d) = (self.block_q as u32, self.block_kv as u32, self.coop_dim as u32);
-        Constants::new(Family::AttentionCoop)
+        Constants::new(family)
             .set("HEAD_DIM", dim as u32)
             .set("BLOCK_Q", q)
             .set("BLOCK_KV", kv)
@@ -474,9 +475,9 @@ pub fn attention_tiles_for(caps: &Caps, dim: usize, rows: usize, keys: usize) ->
     })
 }
 
-/// The kernel an attention call runs, with its tiles.
+/// The kernel an attention call (or ops::qkv_attention) runs, with its tiles.
 #[derive(Debug, Clone, Copy)]
-enum AttentionKernel {
+pub(crate) enum AttentionKernel {
     Scalar(AttentionTiles),
     Cooperative(CoopAttentionTiles),
 }
@@ -484,7 +485,7 @@ enum AttentionKernel {
 impl AttentionKernel {
     /// What `algorithm` runs for head_dim `dim`, `rows` query rows per block of work and at most
     /// `keys` keys per query, on `device` with f16 or f32 storage `dtype`.
-    fn choose(
+    pub(crate) fn choose(
         device: &Device,
         algorithm: AttentionAlgorithm,
         dtype: DType,
@@ -538,7 +539,7 @@ impl AttentionKernel {
         }
     }
 
-    fn block_q(&self) -> usize {
+    pub(crate) fn block_q(&self) -> usize {
         match self {
             AttentionKernel::Scalar(tiles) => tiles.block_q,
             AttentionKernel::Cooperative(tiles) => tiles.block_q,
@@ -626,7 +627,9 @@ impl<'a> AttentionLaunch<'a> {
     fn run(&self, entry: &'static str, params: &AttentionParams, blocks: usize, order: TokenOrder) -> Result<()> {
         let (family, constants) = match self.kernel {
             AttentionKernel::Scalar(tiles) => (Family::Attention, tiles.constants(Family::Attention, self.qg.dim)),
-            AttentionKernel::Cooperative(tiles) => (Family::AttentionCoop, tiles.constants(self.qg.dim)),
+            AttentionKernel::Cooperative(tiles) => {
+                (Family::AttentionCoop, tiles.constants(Family::AttentionCoop, self.qg.dim))
+            }
         };
         let constants = constants.set("GROUP_MAJOR", order == TokenOrder::GroupMajor);
         let batch = index_u32("attention", "batch * heads", self.qg.batch * self.qg.heads)?;

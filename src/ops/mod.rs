@@ -25,7 +25,7 @@ pub use embedding::{embedding, embedding_channels_first};
 pub use matmul::{GatedResidual, MatmulAlgorithm, linear, linear_gated_residual, linear_gelu, matmul, matmul_with};
 pub use norm::{adaln_layer_norm, gated_rms_norm, group_norm, layer_norm, modulate, rms_norm, softmax, softmax_scaled};
 pub use resample::{downsample_area, upsample_bicubic, upsample_nearest2x};
-pub use transformer::{QkvHeads, gated_residual, qkv_attention, qkv_heads};
+pub use transformer::{QkvHeads, gated_residual, qkv_attention, qkv_attention_with, qkv_heads};
 
 use crate::device::{Arg, Grid, Launch};
 use crate::error::{Error, Result, index_u32};

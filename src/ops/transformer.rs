@@ -1,7 +1,9 @@
 //! Transformer-block glue kernels of VAR: the fused qkv split with cosine normalisation that feeds a
 //! KV cache (alone, or fused with the attention that follows it), and the AdaLN-gated residual add.
 
-use super::attention::{AttentionLayout, AttentionOptions, MAX_HEAD_DIM, attention, attention_tiles};
+use super::attention::{
+    AttentionAlgorithm, AttentionKernel, AttentionLayout, AttentionOptions, MAX_HEAD_DIM, attention,
+};
 use super::{check_operand, elements, float_dtype, index_u32, launch, rows as row_grid, shape_error};
 use crate::device::{AttentionDesign, Grid};
 use crate::error::{Error, Result};
@@ -128,9 +130,20 @@ pub fn qkv_heads(args: &QkvHeads) -> Result<Tensor> {
 /// normalised). `scale` is the softmax scale: 1 for cosine attention, whose temperature is in q.
 ///
 /// On wgpu this is one kernel: the new keys are read from `qkv` and normalised in the attention
-/// tile, so no workgroup waits for another's cache writes. On CUDA it is the two launches, which
-/// keeps f16 attention on the tensor-core kernel.
+/// tile, so no workgroup waits for another's cache writes. With f16 storage and matrix units it runs
+/// on them where [`AttentionAlgorithm::Auto`] would for a dense call of the same rows
+/// ([`qkv_attention_with`]). On CUDA it is the two launches, which keeps f16 attention on the
+/// tensor-core kernel.
 pub fn qkv_attention(args: &QkvHeads, scale: f32) -> Result<Tensor> {
+    qkv_attention_with(args, scale, AttentionAlgorithm::Auto)
+}
+
+/// [`qkv_attention`] on the kernel `algorithm` names: `Scalar` (attention_tile.wgsl's machinery),
+/// `Cooperative` (16 x 16 f16 matrix units, attention_coop.wgsl's machinery: f16 only, a typed error
+/// where the device has no units or the tiles do not fit), or `Auto`, which takes the units for f16
+/// calls of at least [`super::COOP_MIN_ROWS`] new tokens on a device whose units are native and pass
+/// their self-check.
+pub fn qkv_attention_with(args: &QkvHeads, scale: f32, algorithm: AttentionAlgorithm) -> Result<Tensor> {
     const OP: &str = "qkv_attention";
     let shape = QkvShape::check(OP, args)?;
     if !scale.is_finite() {
@@ -143,13 +156,16 @@ pub fn qkv_attention(args: &QkvHeads, scale: f32) -> Result<Tensor> {
         });
     }
     let qkv = args.qkv;
+    // Before anything runs: an algorithm the device cannot serve is refused with nothing written.
+    let rows_and_keys = (shape.tokens, args.start + shape.tokens);
+    let kernel = AttentionKernel::choose(qkv.device(), algorithm, shape.dtype, shape.dim, rows_and_keys)?;
     if qkv.device().caps().attention == AttentionDesign::ScoreTiles {
         let q = qkv_heads(args)?;
         let options = AttentionOptions {
             scale: Some(scale),
             kv_len: Some(args.start + shape.tokens),
             layout: AttentionLayout::TokensMajor,
-            ..Default::default()
+            algorithm,
         };
         return attention(&q, args.k_cache, args.v_cache, &options);
     }
@@ -157,8 +173,13 @@ pub fn qkv_attention(args: &QkvHeads, scale: f32) -> Result<Tensor> {
     if shape.batch * shape.tokens == 0 {
         return Ok(out);
     }
-    let tiles = attention_tiles(qkv.device(), shape.dim, shape.tokens, args.start + shape.tokens)?;
-    let constants = tiles.constants(Family::QkvHeads, shape.dim).set("L2_NORM", args.l2_norm);
+    let (family, constants) = match kernel {
+        AttentionKernel::Scalar(tiles) => (Family::QkvHeads, tiles.constants(Family::QkvHeads, shape.dim)),
+        AttentionKernel::Cooperative(tiles) => {
+            (Family::QkvAttentionCoop, tiles.constants(Family::QkvAttentionCoop, shape.dim))
+        }
+    };
+    let constants = constants.set("L2_NORM", args.l2_norm);
     let bindings = [
         qkv.arg("qkv"),
         args.head_scale.arg("head_scale"),
@@ -168,10 +189,10 @@ pub fn qkv_attention(args: &QkvHeads, scale: f32) -> Result<Tensor> {
     ];
     let params = shape.params(args, scale);
     let grid = Grid::Batched {
-        groups: shape.tokens.div_ceil(tiles.block_q) as u64,
+        groups: shape.tokens.div_ceil(kernel.block_q()) as u64,
         batch: index_u32(OP, "batch * heads", shape.batch * args.heads)?,
     };
-    launch(qkv, Family::QkvHeads, "qkv_attention", shape.dtype, &constants, &bindings, &params, grid)?;
+    launch(qkv, family, "qkv_attention", shape.dtype, &constants, &bindings, &params, grid)?;
     Ok(out)
 }
 

@@ -12,8 +12,11 @@ use scalewise::nn::{VarConfig, VarModel, VqVae, VqVaeConfig};
 use scalewise::ops::attention::reference as attention_ref;
 use scalewise::ops::sample::{gumbel_softmax, reference as sample_ref};
 use scalewise::ops::transformer::reference as transformer_ref;
-use scalewise::ops::{QkvHeads, attention_tiles, gated_residual, qkv_attention, qkv_heads, reference_values};
-use scalewise::{AttentionDesign, DType, Device, Error, Tensor};
+use scalewise::ops::{
+    AttentionAlgorithm, QkvHeads, attention_tiles, coop_attention_tiles_for, gated_residual, qkv_attention,
+    qkv_attention_with, qkv_heads, reference_values,
+};
+use scalewise::{AttentionDesign, DType, Device, Error, MatrixUnits, Tensor};
 use scalewise_support::synthetic::{VaeShape, VarShape, vae_state_dict, var_state_dict};
 
 fn upload(device: &Device, shape: &[usize], data: &[f32], dtype: DType) -> Tensor {
@@ -110,120 +113,168 @@ backend_tests! {
     }
 }
 
+/// One qkv_attention case over the calls of `steps` new tokens each: each attends the earlier calls'
+/// cached keys (read from the cache) and its own (normalised in the tile). Keys and queries are
+/// rounded to the storage type as the cache holds them, exactly as qkv_heads followed by attention
+/// would see them; the caches are poisoned and must hold exactly the calls' rows afterwards.
+/// `check_step(step, tokens, start, what)` runs before each call.
+fn check_qkv_attention(
+    device: &Device,
+    config: &str,
+    rng: &mut Rng,
+    (dtype, dim, l2_norm): (DType, usize, bool),
+    steps: &[usize],
+    algorithm: AttentionAlgorithm,
+    check_step: impl Fn(usize, usize, usize, &str),
+) {
+    let (batch, heads) = (rng.range(1, 2), rng.range(1, 3));
+    let total: usize = steps.iter().sum();
+    let cap = total + rng.range(0, 2);
+    let width = heads * dim;
+    let head_scale: Vec<f32> = (0..heads).map(|_| 1.0 + 9.0 * rng.uniform(1.0).abs()).collect();
+    let softmax_scale = if l2_norm { 1.0 } else { 1.0 / (dim as f32).sqrt() };
+    let what = format!("{config} {algorithm:?} {dtype} b{batch} h{heads} d{dim} steps {steps:?} cap{cap} l2 {l2_norm}");
+    let scale = upload(device, &[heads], &head_scale, DType::F32);
+    let cache_shape = [batch, cap, heads, dim];
+    let k_cache = upload(device, &cache_shape, &vec![K_SENTINEL; batch * cap * width], dtype);
+    let v_cache = upload(device, &cache_shape, &vec![V_SENTINEL; batch * cap * width], dtype);
+    // The reference cache (b, token, h, d), as stored.
+    let mut want_k = vec![f64::NAN; batch * cap * width];
+    let mut want_v = vec![f64::NAN; batch * cap * width];
+    let mut start = 0;
+    for (step, &tokens) in steps.iter().enumerate() {
+        let rows = batch * tokens;
+        let data = rng.vec(rows * 3 * width, 2.0);
+        let qkv = upload(device, &[batch, tokens, 3 * width], &data, dtype);
+        let args =
+            QkvHeads { qkv: &qkv, heads, l2_norm, head_scale: &scale, k_cache: &k_cache, v_cache: &v_cache, start };
+        check_step(step, tokens, start, &what);
+        let out = qkv_attention_with(&args, softmax_scale, algorithm).expect("qkv_attention");
+        assert_eq!(out.shape(), [batch, tokens, heads, dim], "{what}");
+
+        let stored = reference_values(&data, dtype);
+        let [q, k, v] = transformer_ref::qkv_heads(&stored, rows, heads, dim, l2_norm, &head_scale);
+        let as_stored = |x: &[f64]| reference_values(&x.iter().map(|&x| x as f32).collect::<Vec<_>>(), dtype);
+        let (q, k) = (as_stored(&q), as_stored(&k));
+        for b in 0..batch {
+            for t in 0..tokens {
+                let src = (b * tokens + t) * width;
+                let dst = (b * cap + start + t) * width;
+                for i in 0..width {
+                    want_k[dst + i] = k[src + i] as f64;
+                    want_v[dst + i] = v[src + i];
+                }
+            }
+        }
+        let kv_len = start + tokens;
+        let mut want_out = vec![0.0; rows * width];
+        for b in 0..batch {
+            for h in 0..heads {
+                let gather = |src: &[f32], rows: usize, row0: usize, stride: usize| -> Vec<f32> {
+                    (0..rows)
+                        .flat_map(|t| {
+                            let base = (row0 + t * stride) * width + h * dim;
+                            src[base..base + dim].to_vec()
+                        })
+                        .collect()
+                };
+                let to_f32 = |x: &[f64]| x.iter().map(|&x| x as f32).collect::<Vec<_>>();
+                let qh = gather(&q, tokens, b * tokens, 1);
+                let kh = gather(&to_f32(&want_k), kv_len, b * cap, 1);
+                let vh = gather(&to_f32(&want_v), kv_len, b * cap, 1);
+                let o = attention_ref::masked_attention(&qh, &kh, &vh, dim, softmax_scale as f64, |_, _| true);
+                for t in 0..tokens {
+                    let dst = ((b * tokens + t) * heads + h) * dim;
+                    want_out[dst..dst + dim].copy_from_slice(&o[t * dim..(t + 1) * dim]);
+                }
+            }
+        }
+        let got = out.to_vec_f32().unwrap();
+        let tol = Tol::for_dtype(dtype, max_abs(&want_out).max(1.0));
+        assert_close(&got, &want_out, tol, &format!("{what}: output of call {step}"));
+        start += tokens;
+    }
+    let got_k = k_cache.to_vec_f32().unwrap();
+    let got_v = v_cache.to_vec_f32().unwrap();
+    for b in 0..batch {
+        for t in 0..cap {
+            let span = (b * cap + t) * width..(b * cap + t + 1) * width;
+            let (k_row, v_row) = (&got_k[span.clone()], &got_v[span.clone()]);
+            let row = format!("{what}: cache row b{b} t{t}");
+            if t < total {
+                assert_close(k_row, &want_k[span.clone()], Tol::for_dtype(dtype, 1.0), &format!("{row} k"));
+                let want_v_row: Vec<f32> = want_v[span].iter().map(|&v| v as f32).collect();
+                assert_eq!(v_row, want_v_row, "{row} v: a plain copy");
+            } else {
+                assert!(
+                    k_row.iter().all(|&v| v == K_SENTINEL) && v_row.iter().all(|&v| v == V_SENTINEL),
+                    "{row} past {total} was written"
+                );
+            }
+        }
+    }
+}
+
 backend_tests! {
-    /// The fused split-and-attend over three calls: each attends the earlier calls' cached keys (read
-    /// from the cache) and its own (normalised in the tile). Keys and queries are rounded to the
-    /// storage type as the cache holds them, exactly as qkv_heads followed by attention would see them.
+    /// The fused split-and-attend over three calls on the kernel `Auto` picks.
     fn qkv_attention_matches_the_reference_and_fills_the_cache_over_three_calls(device: &Device, config: &str) {
         let mut rng = Rng::for_config("qkv_attention", config);
         for dtype in dtypes(device) {
             for dim in [64, 24, rng.range(1, 100)] {
                 for l2_norm in [true, false] {
-                    let (batch, heads) = (rng.range(1, 2), rng.range(1, 3));
                     // Ragged: the second call has new keys on both sides of a key-tile edge; the third
                     // is a KV-cache step of few rows, whose block splits its keys (ops::attention_tiles):
                     // its new keys are normalised by the slice's tile loads and cached by the workgroup
                     // that owns them as queries.
                     let steps = [rng.range(1, 9), rng.range(17, 40), rng.range(1, 5)];
-                    let total: usize = steps.iter().sum();
-                    let cap = total + rng.range(0, 2);
-                    let width = heads * dim;
-                    let head_scale: Vec<f32> = (0..heads).map(|_| 1.0 + 9.0 * rng.uniform(1.0).abs()).collect();
-                    let softmax_scale = if l2_norm { 1.0 } else { 1.0 / (dim as f32).sqrt() };
-                    let what = format!("{config} {dtype} b{batch} h{heads} d{dim} steps {steps:?} cap{cap} l2 {l2_norm}");
-                    let scale = upload(device, &[heads], &head_scale, DType::F32);
-                    let cache_shape = [batch, cap, heads, dim];
-                    let k_cache = upload(device, &cache_shape, &vec![K_SENTINEL; batch * cap * width], dtype);
-                    let v_cache = upload(device, &cache_shape, &vec![V_SENTINEL; batch * cap * width], dtype);
-                    // The reference cache (b, token, h, d), as stored.
-                    let mut want_k = vec![f64::NAN; batch * cap * width];
-                    let mut want_v = vec![f64::NAN; batch * cap * width];
-                    let mut start = 0;
-                    for (step, &tokens) in steps.iter().enumerate() {
-                        let rows = batch * tokens;
-                        let data = rng.vec(rows * 3 * width, 2.0);
-                        let qkv = upload(device, &[batch, tokens, 3 * width], &data, dtype);
-                        let args = QkvHeads {
-                            qkv: &qkv,
-                            heads,
-                            l2_norm,
-                            head_scale: &scale,
-                            k_cache: &k_cache,
-                            v_cache: &v_cache,
-                            start,
-                        };
-                        let caps = device.caps();
+                    let caps = device.caps();
+                    let key_split = |step: usize, tokens: usize, start: usize, what: &str| {
                         if step == 2 && caps.attention == AttentionDesign::RowsInRegisters && caps.attention_key_split {
                             let tiles = attention_tiles(device, dim, tokens, start + tokens).unwrap();
                             assert!(tiles.key_slices > 1, "{what}: the last call is not split: {tiles:?}");
                         }
-                        let out = qkv_attention(&args, softmax_scale).expect("qkv_attention");
-                        assert_eq!(out.shape(), [batch, tokens, heads, dim], "{what}");
-
-                        let stored = reference_values(&data, dtype);
-                        let [q, k, v] = transformer_ref::qkv_heads(&stored, rows, heads, dim, l2_norm, &head_scale);
-                        let as_stored = |x: &[f64]| {
-                            reference_values(&x.iter().map(|&x| x as f32).collect::<Vec<_>>(), dtype)
-                        };
-                        let (q, k) = (as_stored(&q), as_stored(&k));
-                        for b in 0..batch {
-                            for t in 0..tokens {
-                                let src = (b * tokens + t) * width;
-                                let dst = (b * cap + start + t) * width;
-                                for i in 0..width {
-                                    want_k[dst + i] = k[src + i] as f64;
-                                    want_v[dst + i] = v[src + i];
-                                }
-                            }
-                        }
-                        let kv_len = start + tokens;
-                        let mut want_out = vec![0.0; rows * width];
-                        for b in 0..batch {
-                            for h in 0..heads {
-                                let gather = |src: &[f32], rows: usize, row0: usize, stride: usize| -> Vec<f32> {
-                                    (0..rows)
-                                        .flat_map(|t| {
-                                            let base = (row0 + t * stride) * width + h * dim;
-                                            src[base..base + dim].to_vec()
-                                        })
-                                        .collect()
-                                };
-                                let to_f32 = |x: &[f64]| x.iter().map(|&x| x as f32).collect::<Vec<_>>();
-                                let qh = gather(&q, tokens, b * tokens, 1);
-                                let kh = gather(&to_f32(&want_k), kv_len, b * cap, 1);
-                                let vh = gather(&to_f32(&want_v), kv_len, b * cap, 1);
-                                let o = attention_ref::masked_attention(&qh, &kh, &vh, dim, softmax_scale as f64, |_, _| true);
-                                for t in 0..tokens {
-                                    let dst = ((b * tokens + t) * heads + h) * dim;
-                                    want_out[dst..dst + dim].copy_from_slice(&o[t * dim..(t + 1) * dim]);
-                                }
-                            }
-                        }
-                        let got = out.to_vec_f32().unwrap();
-                        let tol = Tol::for_dtype(dtype, max_abs(&want_out).max(1.0));
-                        assert_close(&got, &want_out, tol, &format!("{what}: output of call {step}"));
-                        start += tokens;
-                    }
-                    let got_k = k_cache.to_vec_f32().unwrap();
-                    let got_v = v_cache.to_vec_f32().unwrap();
-                    for b in 0..batch {
-                        for t in 0..cap {
-                            let span = (b * cap + t) * width..(b * cap + t + 1) * width;
-                            let (k_row, v_row) = (&got_k[span.clone()], &got_v[span.clone()]);
-                            let row = format!("{what}: cache row b{b} t{t}");
-                            if t < total {
-                                assert_close(k_row, &want_k[span.clone()], Tol::for_dtype(dtype, 1.0), &format!("{row} k"));
-                                let want_v_row: Vec<f32> = want_v[span].iter().map(|&v| v as f32).collect();
-                                assert_eq!(v_row, want_v_row, "{row} v: a plain copy");
-                            } else {
-                                assert!(
-                                    k_row.iter().all(|&v| v == K_SENTINEL) && v_row.iter().all(|&v| v == V_SENTINEL),
-                                    "{row} past {total} was written"
-                                );
-                            }
-                        }
-                    }
+                    };
+                    let case = (dtype, dim, l2_norm);
+                    check_qkv_attention(device, config, &mut rng, case, &steps, AttentionAlgorithm::Auto, key_split);
                 }
+            }
+        }
+    }
+
+    /// The same on the matrix units (cooperative matrices, or their emulation on `wgpu_full`): a first
+    /// call of few rows (one 32-row block, mostly padding), a second of 33-90 rows (two blocks; its new
+    /// keys across key-tile edges), a KV-cache step of 1-4 rows; head dims padded to 32 and not.
+    fn qkv_attention_on_matrix_units_matches_the_reference(device: &Device, config: &str) {
+        let test = format!("models::var::qkv_attention_on_matrix_units_matches_the_reference::{config}");
+        let caps = device.caps();
+        // Refused (f32, or no units) before anything is written.
+        let (heads, dim, cap) = (2, 40, 8);
+        let x = upload(device, &[1, 3, 3 * heads * dim], &vec![0.5; 3 * 3 * heads * dim], DType::F32);
+        let scale = upload(device, &[heads], &[1.0; 2], DType::F32);
+        let k_cache = upload(device, &[1, cap, heads, dim], &vec![K_SENTINEL; cap * heads * dim], DType::F32);
+        let v_cache = upload(device, &[1, cap, heads, dim], &vec![V_SENTINEL; cap * heads * dim], DType::F32);
+        let (head_scale, l2_norm) = (&scale, true);
+        let args = QkvHeads { qkv: &x, heads, l2_norm, head_scale, k_cache: &k_cache, v_cache: &v_cache, start: 0 };
+        let err = qkv_attention_with(&args, 1.0, AttentionAlgorithm::Cooperative).unwrap_err();
+        let untouched = k_cache.to_vec_f32().unwrap().iter().all(|&x| x == K_SENTINEL);
+        assert!(untouched, "{config}: a refused call wrote the cache");
+        if caps.matrix_units == MatrixUnits::None || !caps.f16 {
+            assert!(matches!(err, Error::MissingFeature { .. }), "{config}: {err:?}");
+            crate::common::skip(&test, "no matrix units (or no f16) on this device: checked the typed error only");
+            return;
+        }
+        assert!(matches!(err, Error::UnsupportedDType { .. }), "{config}: {err:?}");
+        let mut rng = Rng::for_config("qkv_attention_coop", config);
+        let fits = |dim| coop_attention_tiles_for(&caps, dim, 64).is_some();
+        let dims: Vec<usize> = [64, 40, rng.range(1, 31)].into_iter().filter(|&d| fits(d)).collect();
+        let all_fit = dims.len() == 3 || caps.attention == AttentionDesign::ScoreTiles;
+        assert!(all_fit, "{config}: only head dims {dims:?} fit");
+        for dim in dims {
+            for l2_norm in [true, false] {
+                let steps = [rng.range(1, 9), rng.range(33, 90), rng.range(1, 5)];
+                let case = (DType::F16, dim, l2_norm);
+                let algorithm = AttentionAlgorithm::Cooperative;
+                check_qkv_attention(device, config, &mut rng, case, &steps, algorithm, |_, _, _, _| {});
             }
         }
     }

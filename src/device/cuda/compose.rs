@@ -75,7 +75,9 @@ fn files(family: Family) -> (&'static str, &'static [&'static str]) {
         Family::Resample => ("resample.cu", &[]),
         Family::Conv2d => ("conv2d.cu", &["gemm_wide.cuh"]),
         Family::Sample => ("sample.cu", &[]),
-        Family::QkvHeads => ("qkv_heads.cu", &[]),
+        // ops::qkv_attention runs qkv_heads then attention on CUDA; qkv_attention_coop is named here
+        // so that every family has a source.
+        Family::QkvHeads | Family::QkvAttentionCoop => ("qkv_heads.cu", &[]),
         Family::Residual => ("residual.cu", &[]),
     }
 }

@@ -6,7 +6,7 @@
 //!   `workgroup_sum` / `workgroup_max`: a subgroup version and a workgroup-memory tree version, so
 //!   every kernel has a path without subgroups and none assumes a subgroup size.
 //!
-//! `matmul_coop` and `attention_coop` have two flavours instead: their fragment operations on wgpu's
+//! `matmul_coop`, `attention_coop` and `qkv_attention_coop` have two flavours instead: their fragment operations on wgpu's
 //! cooperative matrices (the "subgroups" flavour, since a fragment lives across a subgroup), or the
 //! plain-WGSL emulation.
 //!
@@ -48,6 +48,8 @@ const COOP_EMULATED: &str = include_str!("../../../shaders/wgsl/coop_emulated.wg
 const ATTENTION_COOP: &str = include_str!("../../../shaders/wgsl/attention_coop.wgsl");
 const ATTENTION_COOP_NATIVE: &str = include_str!("../../../shaders/wgsl/attention_coop_native.wgsl");
 const ATTENTION_COOP_EMULATED: &str = include_str!("../../../shaders/wgsl/attention_coop_emulated.wgsl");
+const QKV_IO: &str = include_str!("../../../shaders/wgsl/qkv_io.wgsl");
+const QKV_ATTENTION: &str = include_str!("../../../shaders/wgsl/qkv_attention.wgsl");
 
 macro_rules! wgsl {
     ($name:literal) => {
@@ -77,7 +79,9 @@ fn source(family: Family) -> (&'static str, &'static [&'static str]) {
         Family::Resample => (wgsl!("resample"), &[]),
         Family::Conv2d => (wgsl!("conv2d"), &[GEMM_WIDE]),
         Family::Sample => (wgsl!("sample"), &[]),
-        Family::QkvHeads => (wgsl!("qkv_heads"), &[ATTENTION_COMMON, ATTENTION_TILE]),
+        Family::QkvHeads => (wgsl!("qkv_heads"), &[QKV_IO, ATTENTION_COMMON, ATTENTION_TILE, QKV_ATTENTION]),
+        // The fused entry alone, on the matrix-unit machinery (fragment operations added by `compose`).
+        Family::QkvAttentionCoop => (wgsl!("qkv_attention"), &[QKV_IO, ATTENTION_COMMON, ATTENTION_COOP]),
         Family::Residual => (wgsl!("residual"), &[]),
     }
 }
@@ -90,7 +94,9 @@ fn block_sizes() -> String {
 /// The variant of `family` that runs `dtype` on a device with `caps`.
 pub fn variant(family: Family, dtype: DType, caps: &Caps) -> Variant {
     let subgroups = match family {
-        Family::MatmulCoop | Family::AttentionCoop => caps.matrix_units == MatrixUnits::Native,
+        Family::MatmulCoop | Family::AttentionCoop | Family::QkvAttentionCoop => {
+            caps.matrix_units == MatrixUnits::Native
+        }
         _ => caps.subgroups && family.uses_reductions(),
     };
     Variant { dtype, subgroups }
@@ -112,8 +118,10 @@ pub fn compose(family: Family, variant: Variant) -> String {
     let (enable, fragments) = match (family, variant.subgroups) {
         (Family::MatmulCoop, true) => ("enable wgpu_cooperative_matrix;\n", COOP_NATIVE),
         (Family::MatmulCoop, false) => ("", COOP_EMULATED),
-        (Family::AttentionCoop, true) => ("enable wgpu_cooperative_matrix;\n", ATTENTION_COOP_NATIVE),
-        (Family::AttentionCoop, false) => ("", ATTENTION_COOP_EMULATED),
+        (Family::AttentionCoop | Family::QkvAttentionCoop, true) => {
+            ("enable wgpu_cooperative_matrix;\n", ATTENTION_COOP_NATIVE)
+        }
+        (Family::AttentionCoop | Family::QkvAttentionCoop, false) => ("", ATTENTION_COOP_EMULATED),
         _ => ("", ""),
     };
     let (own, snippets) = source(family);

@@ -1,0 +1,150 @@
+// qkv_attention: the split of qkv_heads.wgsl fused with the attention of the new tokens over the
+// whole cache, on either tile machinery: attention_tile.wgsl (scalar cores; the qkv_heads family) or
+// attention_coop.wgsl (16 x 16 f16 matrix units; the qkv_attention_coop family). The bindings and
+// params are in qkv_io.wgsl.
+//
+// Workgroup = (block of BLOCK_Q new tokens, batch * head). Keys [0, start) are read from the caches
+// (written, normalised, by earlier calls); keys [start, start + tokens) straight from qkv,
+// normalised in the machinery's staged key tile, so no workgroup waits for another's cache writes.
+// Every new key passes through exactly one tile of every workgroup; the workgroup that owns it as a
+// query writes it, and its value, into the caches for later calls. Normalised rows go through
+// store_t, as qkv_heads stores them, so the fused kernel attends exactly what the cache holds. Here
+// p.dim == HEAD_DIM.
+
+fn qkv_width() -> u32 {
+    return p.heads * HEAD_DIM;
+}
+
+fn attn_head(bh: u32) -> Head {
+    let b = bh / p.heads;
+    let h = bh % p.heads;
+    let width = qkv_width();
+    return Head(b * p.tokens * 3u * width + h * HEAD_DIM, b * p.cap * width + h * HEAD_DIM, b * p.tokens * width + h * HEAD_DIM, b, h);
+}
+
+// Components [4c, 4c + 4) of `part` (0 q, 1 k, 2 v) of new token `token`, zero past HEAD_DIM.
+fn qkv_vec(head: Head, part: u32, token: u32, c: u32) -> vec4<f32> {
+    let base = head.q_base + token * 3u * qkv_width() + part * qkv_width();
+    var out = vec4<f32>(0.0);
+    for (var i = 0u; i < 4u; i++) {
+        let d = c * 4u + i;
+        if d < HEAD_DIM {
+            out[i] = f32(qkv[base + d]);
+        }
+    }
+    return out;
+}
+
+fn cache_vec(head: Head, is_key: bool, token: u32, c: u32) -> vec4<f32> {
+    let base = head.kv_base + token * qkv_width();
+    var out = vec4<f32>(0.0);
+    for (var i = 0u; i < 4u; i++) {
+        let d = c * 4u + i;
+        if d < HEAD_DIM {
+            if is_key {
+                out[i] = f32(k_cache[base + d]);
+            } else {
+                out[i] = f32(v_cache[base + d]);
+            }
+        }
+    }
+    return out;
+}
+
+fn query_vec(head: Head, token: u32, c: u32) -> vec4<f32> {
+    return qkv_vec(head, 0u, token, c);
+}
+
+// 1 / max(|row|, 1e-12), as F.normalize.
+fn inverse_norm(sum_sq: f32) -> f32 {
+    return 1.0 / max(sqrt(sum_sq), 1e-12);
+}
+
+// Rounds normalised components as the cache stores them.
+fn as_stored(value: vec4<f32>) -> vec4<f32> {
+    return vec4<f32>(vec4<store_t>(value));
+}
+
+// Cosine queries: normalised, times the head's temperature, rounded as qkv_heads stores them.
+fn finish_query(head: Head, x: vec4<f32>, sum_sq: f32) -> vec4<f32> {
+    if L2_NORM {
+        return as_stored(x * (head_scale[head.head] * inverse_norm(sum_sq))) * p.scale;
+    }
+    return x * p.scale;
+}
+
+fn key_vec(head: Head, token: u32, c: u32) -> vec4<f32> {
+    if token < p.start {
+        return cache_vec(head, true, token, c);
+    }
+    return qkv_vec(head, 1u, token - p.start, c);
+}
+
+fn value_vec(head: Head, token: u32, c: u32) -> vec4<f32> {
+    if token < p.start {
+        return cache_vec(head, false, token, c);
+    }
+    return qkv_vec(head, 2u, token - p.start, c);
+}
+
+fn store_out(head: Head, token: u32, d: u32, value: f32) {
+    q[head.o_base + token * qkv_width() + d] = store_t(value);
+}
+
+// New keys arrive raw: one thread per key row normalises it in the staged tile (cached keys already
+// are) and, when the key is one of this workgroup's own queries, writes it and its value to the
+// caches. staged_key, restage_key and staged_value are the machinery's.
+fn prepare_key_tile(head: Head, t: u32) {
+    let hv = head_vecs();
+    for (var j = t; j < BLOCK_KV; j += THREADS) {
+        let token = key_token[j];
+        if token != NO_TOKEN && token >= p.start {
+            if L2_NORM {
+                var sum_sq = 0.0;
+                for (var c = 0u; c < hv; c++) {
+                    let x = staged_key(j, c);
+                    sum_sq += dot(x, x);
+                }
+                let inv = inverse_norm(sum_sq);
+                for (var c = 0u; c < hv; c++) {
+                    restage_key(j, c, as_stored(staged_key(j, c) * inv));
+                }
+            }
+            let own = token - p.start - query_token[0];
+            if own < BLOCK_Q {
+                let base = head.kv_base + token * qkv_width();
+                for (var d = 0u; d < HEAD_DIM; d++) {
+                    k_cache[base + d] = store_t(staged_key(j, d / 4u)[d % 4u]);
+                    v_cache[base + d] = store_t(staged_value(j, d / 4u)[d % 4u]);
+                }
+            }
+        }
+    }
+    if L2_NORM {
+        workgroupBarrier();
+    }
+}
+
+@compute @workgroup_size(THREADS)
+fn qkv_attention(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+    tile: TileInvocation,
+) {
+    let t = tile.index;
+    let block = grid_workgroup(wg, groups);
+    enter_tile(tile, block);
+    let first = block * BLOCK_Q;
+    // Uniform per workgroup: whole surplus workgroups leave before any barrier.
+    if first >= p.tokens {
+        return;
+    }
+    let head = attn_head(wg.z);
+    if t < BLOCK_Q {
+        query_token[t] = select(NO_TOKEN, first + t, first + t < p.tokens);
+    }
+    var state: RowState;
+    begin_queries(head, t, &state);
+    attend_range(head, t, 0u, p.start + p.tokens, &state);
+    finish_queries(head, t, &state);
+}
