@@ -31,6 +31,10 @@ pub struct ShaderStatsArgs {
     target: String,
     #[arg(long, default_value = "bench-results/shader-stats.json")]
     json: PathBuf,
+    /// The RADV driver's manifest (an ICD JSON file) to compile with, e.g. a newer Mesa unpacked
+    /// beside the system's (default: the system's radeon_icd*.json).
+    #[arg(long)]
+    icd: Option<PathBuf>,
 }
 
 /// Attention entry points compiled again with the constants of VAR-d16's KV-cache steps (head_dim
@@ -118,7 +122,11 @@ pub fn run(args: &ShaderStatsArgs) -> anyhow::Result<()> {
         return measure(args);
     }
     crate::results_target(&args.json)?;
-    let icd = radv::find_icd()?;
+    let icd = match &args.icd {
+        Some(icd) if icd.is_file() => icd.clone(),
+        Some(icd) => anyhow::bail!("--icd {}: no such file", icd.display()),
+        None => radv::find_icd()?,
+    };
     let exe = std::env::current_exe().context("locating the scalewise executable")?;
     let out = std::process::Command::new(exe)
         .args(std::env::args_os().skip(1))

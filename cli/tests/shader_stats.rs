@@ -3,9 +3,10 @@
 //! costs registers (and so occupancy on a real GPU) fails here.
 //!
 //! RADV comes with Mesa's `mesa-vulkan-drivers` (installed by scripts/lib/vulkan.sh). Without it the
-//! test prints a SKIP line and passes, except in CI (CI=true), where a missing RADV is a failure.
+//! test prints a SKIP line and passes, except in CI (CI=true), where a missing RADV is a failure. The
+//! cooperative-matrix flavours need a newer RADV than Debian 12's: scripts/lib/radv_coop.sh unpacks
+//! one and the second test compiles them with it (a SKIP without it, a failure in CI).
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::Command;
 
@@ -86,53 +87,128 @@ const GEMM_TARGETS: &[(&str, &str, f64, f64)] = &[
     ("qkv_heads", "qkv_attention", 1.0, 8.0),
 ];
 
-#[test]
-fn every_kernel_compiles_for_rdna3_without_spills_within_its_vgpr_budget() {
-    let dir = std::env::temp_dir().join(format!("scalewise-shader-stats-{}", std::process::id()));
+/// VGPR budgets of the cooperative-matrix flavours, compiled by Mesa 25.0.7's RADV (Debian 12's
+/// backports; scripts/lib/radv_coop.sh) for navi31 (gfx1100), measured 2026-12-03, plus 16: matmul_coop
+/// 108, attention_coop and qkv_attention_coop 96, permute_tokens 48 (this Mesa allocates more
+/// registers where occupancy does not suffer).
+const NATIVE_COOP_BUDGETS: &[(&str, &str, u32)] = &[
+    ("matmul_coop", "matmul_coop", 124),
+    ("attention_coop", "flash_attention", 112),
+    ("attention_coop", "grouped_attention", 112),
+    ("attention_coop", "permute_tokens", 64),
+    ("qkv_attention_coop", "qkv_attention", 112),
+];
+
+/// Runs `scalewise shader-stats` with `args` and returns its JSON report, or the failed run's stderr.
+/// `run` names the run's temporary folder (the tests run in parallel in one process).
+fn shader_stats(run: &str, args: &[&str]) -> Result<serde_json::Value, String> {
+    let dir = std::env::temp_dir().join(format!("scalewise-shader-stats-{}-{run}", std::process::id()));
     let json_path = dir.join("shader-stats.json");
     let out = Command::new(env!("CARGO_BIN_EXE_scalewise"))
-        .args(["shader-stats", "--target", "gfx1100", "--json"])
+        .arg("shader-stats")
+        .args(args)
+        .arg("--json")
         .arg(&json_path)
         .output()
         .expect("the scalewise binary runs");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if !out.status.success() && stderr.contains("apt-get install") {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "RADV is required in CI (scripts/lib/vulkan.sh installs mesa-vulkan-drivers):\n{stderr}"
-        );
-        // Past libtest's capture (which only takes print! and eprint!), so the skip shows in a passing run.
-        let _ = writeln!(std::io::stderr(), "SKIP shader_stats: {}", stderr.trim());
-        return;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() {
+        return Err(stderr);
     }
-    assert!(out.status.success(), "shader-stats failed:\n{stderr}");
     print!("{}", String::from_utf8_lossy(&out.stdout));
-    let report: serde_json::Value =
+    let report =
         serde_json::from_str(&std::fs::read_to_string(&json_path).expect("the JSON report")).expect("valid JSON");
     let _ = std::fs::remove_dir_all(&dir);
+    Ok(report)
+}
+
+fn same_variant(k: &serde_json::Value, family: Family, variant: &scalewise::device::wgsl::Variant) -> bool {
+    k["family"] == family.name() && k["dtype"] == variant.dtype.to_string() && k["subgroups"] == variant.subgroups
+}
+
+/// The kernel's label as shader-stats prints it.
+fn label(k: &serde_json::Value) -> String {
+    let family = k["family"].as_str().unwrap();
+    let entry = k["entry"].as_str().unwrap();
+    let label = format!(
+        "{family}[{}{}] {entry}",
+        k["dtype"].as_str().unwrap(),
+        if k["subgroups"] == true { ",sg" } else { "" }
+    );
+    // A launch configuration other than the defaults (the KV-cache steps of the attention entries).
+    match k["launch"].as_str() {
+        Some(launch) => format!("{label} @{launch}"),
+        None => label,
+    }
+}
+
+fn stat(k: &serde_json::Value, name: &str) -> f64 {
+    k[name].as_f64().unwrap_or_else(|| panic!("{}: no {name} in the report", label(k)))
+}
+
+/// Spills and scratch memory of one kernel, and its VGPRs against `budgets` where `budgets` is given.
+fn register_failures(k: &serde_json::Value, budgets: Option<&[(&str, &str, u32)]>, failures: &mut Vec<String>) {
+    let label = label(k);
+    if stat(k, "spilled_vgprs") > 0.0 || stat(k, "spilled_sgprs") > 0.0 {
+        let (v, s) = (stat(k, "spilled_vgprs"), stat(k, "spilled_sgprs"));
+        failures.push(format!("{label}: spills {v} VGPRs, {s} SGPRs"));
+    }
+    // Scratch without spills: a private array indexed where the compiler could not resolve the
+    // index, kept in memory for the whole kernel (the attention output once was: 33 KiB a wave).
+    if stat(k, "scratch_bytes") > 0.0 {
+        failures.push(format!("{label}: {} bytes of scratch memory per wave", stat(k, "scratch_bytes")));
+    }
+    let Some(budgets) = budgets else { return };
+    let vgprs = stat(k, "vgprs");
+    match budgets.iter().find(|&&(f, e, _)| k["family"] == f && k["entry"] == e) {
+        Some(&(_, _, budget)) if vgprs > f64::from(budget) => {
+            failures.push(format!("{label}: {vgprs} VGPRs, over its budget of {budget}"))
+        }
+        Some(_) => {}
+        None => failures.push(format!("{label}: no VGPR budget (measured {vgprs}); add one")),
+    }
+}
+
+/// Reports a skip past libtest's capture (which only takes print! and eprint!), so that it shows in a
+/// passing run.
+fn skip(what: &str, reason: &str) {
+    let _ = writeln!(std::io::stderr(), "SKIP {what}: {reason}");
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").as_deref() == Ok("true")
+}
+
+#[test]
+fn every_kernel_compiles_for_rdna3_without_spills_within_its_vgpr_budget() {
+    let report = match shader_stats("system", &["--target", "gfx1100"]) {
+        Ok(report) => report,
+        Err(stderr) if stderr.contains("apt-get install") => {
+            assert!(!in_ci(), "RADV is required in CI (scripts/lib/vulkan.sh installs mesa-vulkan-drivers):\n{stderr}");
+            return skip("shader_stats", stderr.trim());
+        }
+        Err(stderr) => panic!("shader-stats failed:\n{stderr}"),
+    };
     let kernels = report["kernels"].as_array().expect("kernels");
 
     // Every family and variant compiled (entry points per variant: at least one), but for the ones
-    // the driver cannot compile (the cooperative-matrix flavours of the matrix-unit families before Mesa 24.1), which
-    // the report lists with the reason and this test reports as a skip.
+    // the driver cannot compile (the cooperative-matrix flavours of the matrix-unit families before
+    // Mesa 24.1, which the next test compiles on a newer RADV), which the report lists with the reason
+    // and this test reports as a skip.
     let skipped = report["skipped"].as_array().expect("skipped");
-    let same = |k: &serde_json::Value, family: Family, variant: &scalewise::device::wgsl::Variant| {
-        k["family"] == family.name() && k["dtype"] == variant.dtype.to_string() && k["subgroups"] == variant.subgroups
-    };
     for &family in Family::ALL {
         for variant in variants(family) {
-            if let Some(skip) = skipped.iter().find(|k| same(k, family, &variant)) {
+            if let Some(reason) = skipped.iter().find(|k| same_variant(k, family, &variant)) {
+                let suffix = variant.suffix();
                 assert!(
                     family.uses_matrix_units() && variant.subgroups,
-                    "{family}{} skipped: {}",
-                    variant.suffix(),
-                    skip["reason"]
+                    "{family}{suffix} skipped: {}",
+                    reason["reason"]
                 );
-                let _ =
-                    writeln!(std::io::stderr(), "SKIP shader_stats {family}{}: {}", variant.suffix(), skip["reason"]);
+                skip(&format!("shader_stats {family}{suffix}"), &reason["reason"].to_string());
                 continue;
             }
-            let compiled = kernels.iter().any(|k| same(k, family, &variant));
+            let compiled = kernels.iter().any(|k| same_variant(k, family, &variant));
             assert!(compiled, "{family}{} has no compiled entry point", variant.suffix());
         }
     }
@@ -144,44 +220,18 @@ fn every_kernel_compiles_for_rdna3_without_spills_within_its_vgpr_budget() {
         assert!(split > 0, "{entry} has no KV-step launch in the report");
     }
 
-    let budgets: BTreeMap<(&str, &str), u32> = VGPR_BUDGETS.iter().map(|&(f, e, b)| ((f, e), b)).collect();
     let mut failures = Vec::new();
     for k in kernels {
-        let family = k["family"].as_str().unwrap();
-        let entry = k["entry"].as_str().unwrap();
-        let label = format!(
-            "{family}[{}{}] {entry}",
-            k["dtype"].as_str().unwrap(),
-            if k["subgroups"] == true { ",sg" } else { "" }
-        );
-        // A launch configuration other than the defaults (the KV-cache steps of the attention entries).
-        let label = match k["launch"].as_str() {
-            Some(launch) => format!("{label} @{launch}"),
-            None => label,
-        };
-        let stat = |name: &str| k[name].as_f64().unwrap_or_else(|| panic!("{label}: no {name} in the report"));
-        if stat("spilled_vgprs") > 0.0 || stat("spilled_sgprs") > 0.0 {
-            failures.push(format!("{label}: spills {} VGPRs, {} SGPRs", stat("spilled_vgprs"), stat("spilled_sgprs")));
-        }
-        // Scratch without spills: a private array indexed where the compiler could not resolve the
-        // index, kept in memory for the whole kernel (the attention output once was: 33 KiB a wave).
-        if stat("scratch_bytes") > 0.0 {
-            failures.push(format!("{label}: {} bytes of scratch memory per wave", stat("scratch_bytes")));
-        }
-        let vgprs = stat("vgprs");
-        match budgets.get(&(family, entry)) {
-            Some(&budget) if vgprs > f64::from(budget) => {
-                failures.push(format!("{label}: {vgprs} VGPRs, over its budget of {budget}"))
-            }
-            Some(_) => {}
-            None => failures.push(format!("{label}: no VGPR budget (measured {vgprs}); add one to VGPR_BUDGETS")),
-        }
+        register_failures(k, Some(VGPR_BUDGETS), &mut failures);
+        let label = label(k);
         // A block that splits its keys is launched for few query rows: its grid (batch x heads
         // workgroups) is far below a GPU's capacity, so waves per SIMD do not bind it.
         let splits_keys = k["constants"]["KV_SPLIT"].as_f64().is_some_and(|s| s > 1.0);
-        if let Some(&(_, _, least, waves)) = GEMM_TARGETS.iter().find(|&&(f, e, _, _)| f == family && e == entry) {
-            if stat("waves_per_simd") < waves && !splits_keys {
-                failures.push(format!("{label}: {} waves per SIMD, under {waves}", stat("waves_per_simd")));
+        if let Some(&(_, _, least, waves)) =
+            GEMM_TARGETS.iter().find(|&&(f, e, _, _)| k["family"] == f && k["entry"] == e)
+        {
+            if stat(k, "waves_per_simd") < waves && !splits_keys {
+                failures.push(format!("{label}: {} waves per SIMD, under {waves}", stat(k, "waves_per_simd")));
             }
             let loops = k["inner_loops"].as_array().unwrap_or_else(|| panic!("{label}: no inner_loops in the report"));
             if loops.is_empty() {
@@ -194,6 +244,42 @@ fn every_kernel_compiles_for_rdna3_without_spills_within_its_vgpr_budget() {
                 }
             }
         }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The cooperative-matrix flavours, which Debian 12's RADV cannot compile, on the newer RADV that
+/// scripts/lib/radv_coop.sh unpacks (SCALEWISE_RADV_COOP_ICD), which lists the units: each compiles
+/// within its VGPR budget; nothing in that run spills or uses scratch.
+#[test]
+fn cooperative_matrix_kernels_compile_for_rdna3_on_a_newer_radv() {
+    const TEST: &str = "shader_stats cooperative-matrix flavours";
+    let Some(icd) = std::env::var_os("SCALEWISE_RADV_COOP_ICD") else {
+        assert!(!in_ci(), "CI needs SCALEWISE_RADV_COOP_ICD (scripts/test sources scripts/lib/radv_coop.sh)");
+        return skip(TEST, "SCALEWISE_RADV_COOP_ICD is not set (scripts/test sets it on Debian 12)");
+    };
+    let icd = icd.to_str().expect("a UTF-8 path").to_owned();
+    // navi31 is gfx1100 under the name newer Mesas take.
+    let report = shader_stats("coop", &["--target", "navi31", "--icd", &icd])
+        .unwrap_or_else(|e| panic!("shader-stats failed:\n{e}"));
+    let kernels = report["kernels"].as_array().expect("kernels");
+    let skipped = report["skipped"].as_array().expect("skipped");
+    assert!(skipped.is_empty(), "this RADV skipped {skipped:?}");
+    let mut failures = Vec::new();
+    for &family in Family::ALL.iter().filter(|f| f.uses_matrix_units()) {
+        for variant in variants(family).into_iter().filter(|v| v.subgroups) {
+            let compiled: Vec<_> = kernels.iter().filter(|k| same_variant(k, family, &variant)).collect();
+            assert!(!compiled.is_empty(), "{family}{} has no compiled entry point", variant.suffix());
+            for k in compiled {
+                register_failures(k, Some(NATIVE_COOP_BUDGETS), &mut failures);
+            }
+        }
+    }
+    for k in kernels
+        .iter()
+        .filter(|k| !(k["subgroups"] == true && NATIVE_COOP_BUDGETS.iter().any(|&(f, ..)| k["family"] == f)))
+    {
+        register_failures(k, None, &mut failures);
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -139,14 +139,7 @@ fn flash_attention(
     if first >= p.q_count {
         return;
     }
-    let head = head_of(wg.z);
-    if t < BLOCK_Q {
-        query_token[t] = select(NO_TOKEN, p.q_start + first + t, first + t < p.q_count);
-    }
-    var state: RowState;
-    begin_queries(head, t, &state);
-    attend_range(head, t, 0u, p.kv_len, &state);
-    finish_queries(head, t, &state);
+    attend_rows(head_of(wg.z), t, first, p.q_count, p.q_start, p.kv_len);
 }
 
 // ---- GRAT ----

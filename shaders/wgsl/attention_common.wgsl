@@ -1,7 +1,8 @@
 // What both attention machineries (attention_tile.wgsl on scalar cores, attention_coop.wgsl on
-// matrix units) share: the token tables the entry points fill, the head addressing, and the stream of
-// contiguous keys through the machinery's attend_tile. Each machinery defines BLOCK_KV, THREADS,
-// HEAD_DIM, RowState and attend_tile.
+// matrix units) share: the token tables the entry points fill, the head addressing, the stream of
+// contiguous keys through the machinery's attend_tile, and a dense block from start to finish. Each
+// machinery defines BLOCK_Q, BLOCK_KV, THREADS, HEAD_DIM, RowState, begin_queries, attend_tile and
+// finish_queries.
 
 const MAX_BLOCK_Q: u32 = 64u;
 const MAX_BLOCK_KV: u32 = 32u;
@@ -35,4 +36,16 @@ fn attend_range(head: Head, t: u32, start: u32, count: u32, state: ptr<function,
         }
         attend_tile(head, t, state);
     }
+}
+
+// A block of a dense call: rows [first, first + BLOCK_Q) of the `rows` query rows (tokens token0 +
+// row) attend keys [0, keys). The entry point has left when `first >= rows`.
+fn attend_rows(head: Head, t: u32, first: u32, rows: u32, token0: u32, keys: u32) {
+    if t < BLOCK_Q {
+        query_token[t] = select(NO_TOKEN, token0 + first + t, first + t < rows);
+    }
+    var state: RowState;
+    begin_queries(head, t, &state);
+    attend_range(head, t, 0u, keys, &state);
+    finish_queries(head, t, &state);
 }

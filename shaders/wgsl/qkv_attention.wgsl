@@ -139,12 +139,5 @@ fn qkv_attention(
     if first >= p.tokens {
         return;
     }
-    let head = attn_head(wg.z);
-    if t < BLOCK_Q {
-        query_token[t] = select(NO_TOKEN, first + t, first + t < p.tokens);
-    }
-    var state: RowState;
-    begin_queries(head, t, &state);
-    attend_range(head, t, 0u, p.start + p.tokens, &state);
-    finish_queries(head, t, &state);
+    attend_rows(attn_head(wg.z), t, first, p.tokens, 0u, p.start + p.tokens);
 }
