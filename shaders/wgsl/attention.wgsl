@@ -102,13 +102,17 @@ fn head_of(bh: u32) -> Head {
     );
 }
 
-// The machinery's hooks (attention_tile.wgsl): rows at explicit strides, queries times the scale.
+// The machinery's hooks (attention_tile.wgsl): rows at explicit strides, queries as stored.
 fn query_vec(head: Head, token: u32, c: u32) -> vec4<f32> {
     return load_vec(true, head.q_base + token * p.q_token_stride, c);
 }
 
 fn finish_query(head: Head, x: vec4<f32>, sum_sq: f32) -> vec4<f32> {
-    return x * p.scale;
+    return x;
+}
+
+fn softmax_scale() -> f32 {
+    return p.scale;
 }
 
 fn key_vec(head: Head, token: u32, c: u32) -> vec4<f32> {
@@ -290,7 +294,7 @@ fn grouped_attention(
         let key_group = group_at(attended_group(qg, i));
         let key_count = group_size(key_group);
         for (var k0 = 0u; k0 < key_count; k0 += BLOCK_KV) {
-            workgroupBarrier();
+            release_key_table();
             // A block of few rows can have fewer threads than keys.
             for (var j = t; j < BLOCK_KV; j += THREADS) {
                 key_token[j] = select(NO_TOKEN, group_token(key_group, k0 + j), k0 + j < key_count);

@@ -1,8 +1,9 @@
 // What both attention machineries (attention_tile.wgsl on scalar cores, attention_coop.wgsl on
 // matrix units) share: the token tables the entry points fill, the head addressing, the stream of
 // contiguous keys through the machinery's attend_tile, and a dense block from start to finish. Each
-// machinery defines BLOCK_Q, BLOCK_KV, THREADS, HEAD_DIM, RowState, begin_queries, attend_tile and
-// finish_queries.
+// machinery defines BLOCK_Q, BLOCK_KV, THREADS, HEAD_DIM, RowState, begin_queries, attend_tile,
+// finish_queries and release_key_table (called before key_token is refilled: it returns once the
+// machinery's reads of the previous tile's table are done).
 
 const MAX_BLOCK_Q: u32 = 64u;
 const MAX_BLOCK_KV: u32 = 32u;
@@ -29,7 +30,7 @@ fn head_vecs() -> u32 {
 // Streams keys [start, start + count) (contiguous tokens) through attend_tile.
 fn attend_range(head: Head, t: u32, start: u32, count: u32, state: ptr<function, RowState>) {
     for (var k0 = 0u; k0 < count; k0 += BLOCK_KV) {
-        workgroupBarrier();
+        release_key_table();
         // A block of few rows can have fewer threads than keys.
         for (var j = t; j < BLOCK_KV; j += THREADS) {
             key_token[j] = select(NO_TOKEN, start + k0 + j, k0 + j < count);

@@ -1,7 +1,7 @@
 // The flash-attention machinery on 16 x 16 x 16 f16 matrix units (f32 accumulation), f16 storage
-// only, under the same hooks as attention_tile.wgsl (query_vec, finish_query, key_vec, value_vec,
-// store_out, prepare_key_tile): attention.wgsl's dense and GRAT entries (the attention_coop family)
-// and qkv_attention.wgsl's fused entry (the qkv_attention_coop family).
+// only, under the same hooks as attention_tile.wgsl (query_vec, finish_query, softmax_scale, key_vec,
+// value_vec, store_out, prepare_key_tile): attention.wgsl's dense and GRAT entries (the
+// attention_coop family) and qkv_attention.wgsl's fused entry (the qkv_attention_coop family).
 //
 // A workgroup of THREADS invocations owns BLOCK_Q query rows (64 or 32) of one (batch, head) and
 // streams BLOCK_KV = 32 keys at a time, FlashAttention-2 style: an online softmax, no L x L matrix.
@@ -9,11 +9,12 @@
 //   1. the K and V rows into f16 stages (barrier before: the stages are free; after: loaded);
 //   2. S = Q K^T on the matrix units, (BLOCK_Q / 16) x (BLOCK_KV / 16) fragments of COOP_DIM / 16
 //      products each, into product_stage (barrier);
-//   3. each row's ROW_THREADS = THREADS / BLOCK_Q threads take BLOCK_KV / ROW_THREADS of its scores:
+//   3. each row's ROW_THREADS = THREADS / BLOCK_Q threads take BLOCK_KV / ROW_THREADS of its scores
+//      (times the softmax scale, in f32: the f16 queries are staged as stored, unscaled):
 //      partial maxima exchanged (barrier), then the weights exp(s - max) into p_stage as f16, the
 //      output in registers rescaled, partial sums exchanged (barrier);
 //   4. P V on the matrix units into product_stage (barrier), added to the output in registers.
-// Six barriers per tile. The output stays in registers (each thread its row's columns
+// Six barriers per tile (the key table needs none of its own: release_key_table). The output stays in registers (each thread its row's columns
 // part, part + ROW_THREADS, ...), so only its per-tile increment passes through workgroup memory,
 // and the rescale by exp(old max - new max), which a matrix fragment cannot apply per row, is a
 // multiply in registers. The weights are rounded to f16 for the product and summed as rounded, so
@@ -60,6 +61,10 @@ var<workgroup> product_stage: array<f32, COOP_PRODUCT_WORDS>;
 var<workgroup> row_part_max: array<f32, THREADS>;
 var<workgroup> row_part_sum: array<f32, THREADS>;
 var<workgroup> coop_subgroups: u32;
+
+// Every read of the key table in a tile comes before the tile's weights barrier, so the next tile's
+// table needs no barrier of its own (attend_tile's first one publishes it).
+fn release_key_table() {}
 
 // Components [4c, 4c + 4) of the tile's key (value) j as staged (f16), for prepare_key_tile.
 fn staged_key(j: u32, c: u32) -> vec4<f32> {
@@ -200,10 +205,12 @@ fn attend_tile(head: Head, t: u32, state: ptr<function, RowState>) {
     let rt = row_threads();
     let r = row_of(t);
     let part = part_of(t);
+    // The scale multiplies the f32 scores, not the f16 queries, which it could overflow.
+    let scale = softmax_scale();
     var tile_max = NEG_BIG;
     for (var j = part; j < BLOCK_KV; j += rt) {
         if key_token[j] != NO_TOKEN {
-            tile_max = max(tile_max, product_stage[r * BLOCK_KV + j]);
+            tile_max = max(tile_max, scale * product_stage[r * BLOCK_KV + j]);
         }
     }
     row_part_max[t] = tile_max;
@@ -216,7 +223,7 @@ fn attend_tile(head: Head, t: u32, state: ptr<function, RowState>) {
     var tile_sum = 0.0;
     for (var j = part; j < BLOCK_KV; j += rt) {
         // Padding keys weigh exactly 0 (their v is 0 too); a valid score is at most new_max.
-        let s = product_stage[r * BLOCK_KV + j];
+        let s = scale * product_stage[r * BLOCK_KV + j];
         let w = f16(select(0.0, exp(min(s - new_max, 0.0)), key_token[j] != NO_TOKEN));
         p_stage[r * BLOCK_KV + j] = w;
         tile_sum += f32(w);

@@ -24,7 +24,8 @@
 // The including module says where rows live by defining:
 //   fn query_vec(head: Head, token: u32, c: u32) -> vec4<f32>        components [4c, 4c + 4)
 //   fn finish_query(head: Head, x: vec4<f32>, sum_sq: f32) -> vec4<f32>
-//        the query as attended, given its row's sum of squares (softmax scale, normalisation)
+//        the query as attended, given its row's sum of squares (a normalisation), before the scale
+//   fn softmax_scale() -> f32                                        scores are scale * q . k
 //   fn key_vec(head: Head, token: u32, c: u32) -> vec4<f32>
 //   fn value_vec(head: Head, token: u32, c: u32) -> vec4<f32>
 //   fn store_out(head: Head, token: u32, d: u32, value: f32)
@@ -59,6 +60,12 @@ struct TileInvocation {
 
 // Called by the entry point with its linear workgroup index, before begin_queries.
 fn enter_tile(tile: TileInvocation, block: u32) {}
+
+// The rows read the key table after the tile's last barrier (the score loop), so the next tile's
+// table waits for them.
+fn release_key_table() {
+    workgroupBarrier();
+}
 
 // Components [4c, 4c + 4) of the tile's key (value) j as staged, for prepare_key_tile.
 fn staged_key(j: u32, c: u32) -> vec4<f32> {
@@ -139,8 +146,10 @@ fn begin_queries(head: Head, t: u32, state: ptr<function, RowState>) {
         sum_sq += dot(x, x);
     }
     sum_sq = row_total(t, sum_sq);
+    // The scale goes into q once, not into every score.
+    let scale = softmax_scale();
     for (var i = 0u; i < SLICE_VECS; i++) {
-        (*state).q[i] = finish_query(head, (*state).q[i], sum_sq);
+        (*state).q[i] = finish_query(head, (*state).q[i], sum_sq) * scale;
     }
     (*state).max = NEG_BIG;
     (*state).sum = 0.0;

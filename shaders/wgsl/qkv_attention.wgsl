@@ -68,9 +68,13 @@ fn as_stored(value: vec4<f32>) -> vec4<f32> {
 // Cosine queries: normalised, times the head's temperature, rounded as qkv_heads stores them.
 fn finish_query(head: Head, x: vec4<f32>, sum_sq: f32) -> vec4<f32> {
     if L2_NORM {
-        return as_stored(x * (head_scale[head.head] * inverse_norm(sum_sq))) * p.scale;
+        return as_stored(x * (head_scale[head.head] * inverse_norm(sum_sq)));
     }
-    return x * p.scale;
+    return x;
+}
+
+fn softmax_scale() -> f32 {
+    return p.scale;
 }
 
 fn key_vec(head: Head, token: u32, c: u32) -> vec4<f32> {

@@ -105,28 +105,41 @@ const COOP_OUT_SHARE: usize = 32;
 /// `caps`, or `None` where none fits its workgroup memory. 64-row blocks for more than 32 rows where
 /// they fit, else 32. Both fragment counts of a tile, (block_q / 16) x (block_kv / 16) and
 /// (block_q / 16) x (coop_dim / 16), are multiples of 4, so that one, two or four subgroups share
-/// them out in equal rounds (the kernel's matrix operations must be in uniform control flow).
+/// them out in equal rounds (the kernel's matrix operations must be in uniform control flow). With
+/// native units whose subgroups may be narrower than 32 lanes (more than four subgroups), a tile
+/// whose fragments do not share evenly among them is passed over (e.g. 32-row blocks in 16-lane
+/// subgroups): some fragments would never be computed. wgpu devices do not list such units as
+/// native today; this keeps a hand-written `Caps` from reaching the kernel.
 pub fn coop_attention_tiles_for(caps: &Caps, dim: usize, rows: usize) -> Option<CoopAttentionTiles> {
     let coop_dim = dim.div_ceil(32) * 32;
     let threads = size::COOP_THREADS as usize;
+    // The emulation's virtual subgroups are 32, 64 or 128 lanes wide.
+    let narrowest = match caps.matrix_units {
+        MatrixUnits::Native => caps.subgroup_sizes.0 as usize,
+        _ => 32,
+    };
+    let subgroups = threads / narrowest.clamp(1, threads);
     let wanted = if rows > 32 { [64, 32].as_slice() } else { [32].as_slice() };
     wanted.iter().map(|&block_q| CoopAttentionTiles { block_q, block_kv: 32, coop_dim }).find(|t| {
+        let fragments = [(t.block_q / 16) * (t.block_kv / 16), (t.block_q / 16) * (t.coop_dim / 16)];
         t.workgroup_bytes() <= caps.shared_memory_bytes as usize
             && t.block_q * t.coop_dim / threads <= COOP_OUT_SHARE
             && threads <= caps.max_threads_per_group as usize
+            && fragments.iter().all(|f| f % subgroups == 0)
     })
 }
 
 /// Whether `device`'s matrix units compute attention as they should, checked once per device: the
-/// matrix-unit kernel on a dense call of 70 rows over 150 keys (three 32-row blocks, so the emulation
-/// takes its three subgroup widths; ragged tiles) at head_dim 40, against a float64 reference. The
-/// error says what failed; `Auto` then keeps f16 attention on the scalar kernel.
+/// matrix-unit kernel on a dense call of 140 rows over 150 keys (at least three blocks of 64 or 32
+/// rows, so the emulation takes its three subgroup widths; ragged tiles) at head_dim 40, against a
+/// float64 reference. The error says what failed; `Auto` then keeps f16 attention on the scalar
+/// kernel.
 pub fn attention_units_verified(device: &Device) -> std::result::Result<(), String> {
     if device.caps().matrix_units == MatrixUnits::None {
         return Err("the device has no matrix units".into());
     }
     device.check_attention_units(|| {
-        let (heads, lq, lk, dim) = (2, 70, 150, 40);
+        let (heads, lq, lk, dim) = (2, 140, 150, 40);
         let values = |count: usize, salt: usize| -> Vec<f32> {
             (0..count).map(|i| ((i * 7 + salt) % 17) as f32 / 8.0 - 1.0).collect()
         };

@@ -305,6 +305,34 @@ backend_tests! {
 }
 
 #[test]
+fn matrix_unit_tiles_need_subgroups_that_share_their_fragments_evenly() {
+    // The kernel shares each tile's fragments among its subgroups in equal rounds. Subgroups of 16
+    // lanes are 8 per workgroup: a 64-row block's 8 score and 16+ product fragments share evenly, a
+    // 32-row block's 4 score fragments do not (some would never be computed), so few rows get none.
+    let mut caps = full_device().caps();
+    caps.shared_memory_bytes = 65536;
+    caps.max_threads_per_group = 1024;
+    caps.matrix_units = MatrixUnits::Native;
+    let cases = [(64, 256, Some(64)), (40, 20, Some(32)), (128, 100, Some(32)), (64, 32, Some(32))];
+    for sizes in [(32, 64), (64, 64), (16, 64), (8, 32)] {
+        caps.subgroup_sizes = sizes;
+        let subgroups = 128 / sizes.0 as usize;
+        for (dim, rows, block_q) in cases {
+            let tiles = coop_attention_tiles_for(&caps, dim, rows);
+            let fragments = block_q.map(|q| [(q / 16) * 2, (q / 16) * dim.div_ceil(32) * 2]);
+            let want = block_q.filter(|_| fragments.unwrap().iter().all(|f| f % subgroups == 0));
+            let what = format!("subgroups {sizes:?}, head_dim {dim}, {rows} rows: {tiles:?}");
+            assert_eq!(tiles.map(|t| t.block_q), want, "{what}");
+        }
+    }
+    caps.subgroup_sizes = (16, 64);
+    assert!(coop_attention_tiles_for(&caps, 40, 20).is_none(), "32-row blocks in 8 subgroups");
+    // The emulation's virtual subgroups are 32 lanes at the narrowest, whatever the adapter's.
+    caps.matrix_units = MatrixUnits::Emulated;
+    assert!(coop_attention_tiles_for(&caps, 40, 20).is_some());
+}
+
+#[test]
 fn density_matches_the_published_key_counts_and_bounds() {
     // Flux at 8192^2: 512 x 512 tokens in 16 x 16 groups, 512 text tokens.
     let b = GroupedLayout::image(512, 512);
@@ -456,6 +484,24 @@ backend_tests! {
             let want = dense_reference([&q, &k, &v], layout, (batch, heads, dim), (lq, lk, kv_len), scale);
             let what = format!("{config} cooperative b{batch} h{heads} lq{lq} kv{kv_len}/{lk} d{dim} {layout:?}");
             assert_close(&out, &want, Tol::for_dtype(dtype, 1.0), &what);
+        }
+        // A softmax scale that takes q past f16's range (7e4 x 1 > 65504) on well-separated scores:
+        // the scale must meet the f32 scores, not the f16 queries (inf x 0 would give NaN).
+        {
+            let (dim, lq, lk) = (dims[0], 40, 50);
+            let first = |i: usize| [1.0, -1.0][(i / dim) % 2];
+            let q: Vec<f32> = (0..lq * dim).map(|i| if i % dim == 0 { first(i) } else { 0.0 }).collect();
+            let mut k = stored(&rng.vec(lk * dim, 1.0), dtype);
+            for j in 0..lk {
+                k[j * dim] = ((j * 37) % lk) as f32 / 64.0 - 0.375;
+            }
+            let v = stored(&rng.vec(lk * dim, 1.0), dtype);
+            let up = |x: &[f32], len| Tensor::from_f32(device, &[1, 1, len, dim], x, dtype).unwrap();
+            let options = cooperative(Some(7.0e4), None, AttentionLayout::HeadsMajor);
+            let out = attention(&up(&q, lq), &up(&k, lk), &up(&v, lk), &options).unwrap().to_vec_f32().unwrap();
+            let shape = (1, 1, dim);
+            let want = dense_reference([&q, &k, &v], AttentionLayout::HeadsMajor, shape, (lq, lk, lk), 7.0e4);
+            assert_close(&out, &want, Tol::for_dtype(dtype, 1.0), &format!("{config} cooperative scale 7e4 d{dim}"));
         }
         // GRAT: ragged groups, every pattern kind, text; the text queries run the dense entry.
         for trial in 0..3 {
