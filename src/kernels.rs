@@ -56,6 +56,10 @@ pub mod size {
     pub const SSD_ROWS: u32 = 16;
     pub const SSD_COLS: u32 = 16;
     pub const SSD_MAX_HEAD_DIM: u32 = 256;
+    /// The most query rows and keys per tile of the WGSL attention machineries: the size of their
+    /// token tables in workgroup memory (ops::attention's tiles stay within them).
+    pub const ATTENTION_MAX_BLOCK_Q: u32 = 64;
+    pub const ATTENTION_MAX_BLOCK_KV: u32 = 32;
 
     // The relations the matmul kernels are written for: each thread of the wide kernel holds 8 x 8
     // outputs and fetches one vec4 per stage of A and of B; the skinny kernel keeps its rows in two
@@ -69,6 +73,8 @@ pub mod size {
     /// Every block size by name, as each backend emits them into its kernel sources.
     pub const ALL: &[(&str, u32)] = &[
         ("THREADS_1D", THREADS_1D),
+        ("ATTENTION_MAX_BLOCK_Q", ATTENTION_MAX_BLOCK_Q),
+        ("ATTENTION_MAX_BLOCK_KV", ATTENTION_MAX_BLOCK_KV),
         ("REDUCE_WG", REDUCE_WG),
         ("TILE_M", TILE_M),
         ("TILE_N", TILE_N),

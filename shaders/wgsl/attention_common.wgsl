@@ -5,14 +5,13 @@
 // finish_queries and release_key_table (called before key_token is refilled: it returns once the
 // machinery's reads of the previous tile's table are done).
 
-const MAX_BLOCK_Q: u32 = 64u;
-const MAX_BLOCK_KV: u32 = 32u;
 const NO_TOKEN: u32 = 0xffffffffu;
 // Finite "minus infinity": exp(NEG_BIG - m) is 0 and NEG_BIG - NEG_BIG is 0, never NaN.
 const NEG_BIG: f32 = -3.0e38;
 
-var<workgroup> query_token: array<u32, MAX_BLOCK_Q>;
-var<workgroup> key_token: array<u32, MAX_BLOCK_KV>;
+// Sized by the host's largest tiles (kernels::size).
+var<workgroup> query_token: array<u32, ATTENTION_MAX_BLOCK_Q>;
+var<workgroup> key_token: array<u32, ATTENTION_MAX_BLOCK_KV>;
 
 // Where one (batch, head)'s rows start in the including module's tensors.
 struct Head {

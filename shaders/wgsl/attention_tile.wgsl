@@ -178,7 +178,7 @@ fn attend_tile(head: Head, t: u32, state: ptr<function, RowState>) {
     let first = slice_start(t);
     let keys = BLOCK_KV / KV_SPLIT;
     let k0 = key_slice(t) * keys;
-    var scores: array<f32, MAX_BLOCK_KV>;
+    var scores: array<f32, ATTENTION_MAX_BLOCK_KV>;
     for (var j = 0u; j < keys; j++) {
         var acc = vec4<f32>(0.0);
         for (var i = 0u; i < SLICE_VECS; i++) {

@@ -80,7 +80,10 @@ impl CoopAttentionTiles {
     /// rows' exchange slots and the token tables.
     pub fn workgroup_bytes(&self) -> usize {
         let (q, kv, d) = (self.block_q, self.block_kv, self.coop_dim);
-        2 * (q * d + 2 * kv * d + q * kv) + 4 * q * d.max(kv) + 4 * (2 * size::COOP_THREADS as usize + 64 + 32 + 1)
+        2 * (q * d + 2 * kv * d + q * kv)
+            + 4 * q * d.max(kv)
+            + 4 * (2 * size::COOP_THREADS as usize + 1)
+            + TOKEN_TABLE_BYTES
     }
 
     /// The constants of these tiles, for a launch of `family` (attention_coop or qkv_attention_coop).
@@ -97,6 +100,9 @@ impl CoopAttentionTiles {
             .set("COOP_PRODUCT_WORDS", q * d.max(kv))
     }
 }
+
+/// The WGSL machineries' token tables (attention_common.wgsl), u32 each.
+const TOKEN_TABLE_BYTES: usize = 4 * (size::ATTENTION_MAX_BLOCK_Q + size::ATTENTION_MAX_BLOCK_KV) as usize;
 
 /// Output columns one thread of the matrix-unit kernel keeps in registers (OUT_SHARE).
 const COOP_OUT_SHARE: usize = 32;
@@ -120,6 +126,7 @@ pub fn coop_attention_tiles_for(caps: &Caps, dim: usize, rows: usize) -> Option<
     };
     let subgroups = threads / narrowest.clamp(1, threads);
     let wanted = if rows > 32 { [64, 32].as_slice() } else { [32].as_slice() };
+    const _: () = assert!(size::ATTENTION_MAX_BLOCK_Q >= 64 && size::ATTENTION_MAX_BLOCK_KV >= 32);
     wanted.iter().map(|&block_q| CoopAttentionTiles { block_q, block_kv: 32, coop_dim }).find(|t| {
         let fragments = [(t.block_q / 16) * (t.block_kv / 16), (t.block_q / 16) * (t.coop_dim / 16)];
         t.workgroup_bytes() <= caps.shared_memory_bytes as usize
@@ -443,9 +450,12 @@ pub fn attention_tiles_for(caps: &Caps, dim: usize, rows: usize, keys: usize) ->
     } else {
         let row_threads = dim.div_ceil(WGSL_SLICE_DIMS);
         let tiles = |bq: usize, bkv: usize, slices: usize| {
+            // The token tables' sizes in the kernels.
+            let (max_q, max_kv) = (size::ATTENTION_MAX_BLOCK_Q as usize, size::ATTENTION_MAX_BLOCK_KV as usize);
+            debug_assert!(bq <= max_q && bkv <= max_kv, "a {bq} x {bkv} tile outgrows the token tables");
             let threads = slices * bq * row_threads;
             let partials = if row_threads > 1 { bq * bkv * row_threads } else { 1 };
-            let words = 2 * 4 * bkv * vecs + partials + 64 + 32; // tiles, partials, token tables
+            let words = 2 * 4 * bkv * vecs + partials + TOKEN_TABLE_BYTES / 4; // tiles, partials, token tables
             fits(words, threads).then_some(AttentionTiles {
                 block_q: bq,
                 block_kv: bkv,
