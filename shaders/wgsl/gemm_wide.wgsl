@@ -16,6 +16,7 @@
 const WIDE_QUADS: u32 = WIDE_TILE / 4u; // vec4 words per K row of a stage
 const WIDE_STAGE: u32 = WIDE_K * WIDE_QUADS; // vec4 words per stage (one per thread)
 const WIDE_HALF: u32 = WIDE_TILE / 2u;
+const_assert WIDE_K <= 8u && MATMUL_SIDE >= WIDE_K;
 
 var<workgroup> wide_a: array<vec4<f32>, 2u * WIDE_STAGE>; // [stage][k][row / 4]
 var<workgroup> wide_b: array<vec4<f32>, 2u * WIDE_STAGE>; // [stage][k][col / 4]
@@ -23,6 +24,13 @@ var<workgroup> wide_b: array<vec4<f32>, 2u * WIDE_STAGE>; // [stage][k][col / 4]
 // Thread `lid` fetches one vec4 of each stage: 4 consecutive rows of A (or columns of a transposed B)
 // at one k, consecutive threads on consecutive k of the same rows; a B stored K x N gives 4
 // consecutive columns, consecutive threads on consecutive columns.
+//
+// The k-major fetches land in the stage swizzled: quad q of row k is stored at q ^ k. Unswizzled, the
+// 8 consecutive threads that write k = 0..7 of one quad (the lanes one 128-bit LDS store serves per
+// cycle on AMD and NVIDIA) would hit the same 4 banks, rows being 128 words apart: an 8-way
+// conflict on every staging store. Swizzled, they cover all 32 banks. k < WIDE_K = 8 flips only the
+// quad's low 3 bits, so a quad stays within its half of the row, and the readers' XOR with the
+// unrolled kk is one instruction.
 fn wide_fetch_a(batch: u32, row0: u32, k0: u32, lid: u32) -> vec4<f32> {
     let kk = k0 + lid % WIDE_K;
     let row = row0 + 4u * (lid / WIDE_K);
@@ -30,7 +38,8 @@ fn wide_fetch_a(batch: u32, row0: u32, k0: u32, lid: u32) -> vec4<f32> {
 }
 
 fn wide_slot_a(lid: u32) -> u32 {
-    return (lid % WIDE_K) * WIDE_QUADS + lid / WIDE_K;
+    let kk = lid % WIDE_K;
+    return kk * WIDE_QUADS + ((lid / WIDE_K) ^ kk);
 }
 
 fn wide_fetch_b(batch: u32, col0: u32, k0: u32, lid: u32) -> vec4<f32> {
@@ -45,9 +54,17 @@ fn wide_fetch_b(batch: u32, col0: u32, k0: u32, lid: u32) -> vec4<f32> {
 
 fn wide_slot_b(lid: u32) -> u32 {
     if B_TRANSPOSED {
-        return (lid % WIDE_K) * WIDE_QUADS + lid / WIDE_K;
+        return wide_slot_a(lid);
     }
     return lid;
+}
+
+// Where quad `q` of stage row `kk` of B is: swizzled as A's when B is fetched k-major.
+fn wide_quad_b(q: u32, kk: u32) -> u32 {
+    if B_TRANSPOSED {
+        return q ^ kk;
+    }
+    return q;
 }
 
 fn gemm_wide_store(batch: u32, row: u32, col: u32, m: u32, n: u32, v: vec4<f32>) {
@@ -94,10 +111,10 @@ fn gemm_wide_tile(batch: u32, row0: u32, col0: u32, m: u32, n: u32, k: u32, loca
         }
         for (var kk = 0u; kk < WIDE_K; kk++) {
             let base = cur + kk * WIDE_QUADS;
-            let a_lo = wide_a[base + local.y];
-            let a_hi = wide_a[base + MATMUL_SIDE + local.y];
-            let b_lo = wide_b[base + local.x];
-            let b_hi = wide_b[base + MATMUL_SIDE + local.x];
+            let a_lo = wide_a[base + (local.y ^ kk)];
+            let a_hi = wide_a[base + MATMUL_SIDE + (local.y ^ kk)];
+            let b_lo = wide_b[base + wide_quad_b(local.x, kk)];
+            let b_hi = wide_b[base + MATMUL_SIDE + wide_quad_b(local.x, kk)];
             c00 += a_lo.x * b_lo;
             c01 += a_lo.x * b_hi;
             c10 += a_lo.y * b_lo;
