@@ -44,7 +44,9 @@ const VGPR_BUDGETS: &[(&str, &str, u32)] = &[
     ("scan", "scan_chunk_totals", 64),
     ("scan", "scan_chunk_outputs", 52),
     ("ssd", "ssd_cumsum", 28),
-    ("ssd", "ssd_chunk_states", 100),
+    // 4 x 4 register blocks of the state (2026-12-03): 108 measured (84 with one output per step
+    // and thread, at 2 workgroup words per FMA instead of 0.5); waves stay 14, bound by LDS.
+    ("ssd", "ssd_chunk_states", 124),
     ("ssd", "ssd_chunk_outputs", 64),
     ("scan_carry", "scan_carry", 28),
     ("conv1d", "conv1d", 28),

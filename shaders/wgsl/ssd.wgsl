@@ -106,7 +106,13 @@ fn ssd_cumsum(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
 }
 
-// Workgroup per (batch * head, chunk): the chunk's own end state (N x P) and its decay.
+// Workgroup per (batch * head, chunk): the chunk's own end state (N x P) and its decay, a GEMM over
+// the chunk's steps (B^T (w x)). Thread (bn, bc) of the 16 x 16 grid holds a 4 x 4 register block of
+// the state per group of 64 columns: states 4bn..4bn+3, columns 64q + 4bc..64q + 4bc + 3 (q <
+// SSD_COL_GROUPS), so a step reads 8 workgroup words for 16 FMAs (one output per thread read 2 words
+// per FMA). Blocks past N_STATE or head_dim compute on neighbouring rows' words and are not stored.
+const SSD_COL_GROUPS: u32 = SSD_MAX_HEAD_DIM / 64u;
+
 @compute @workgroup_size(SSD_THREADS)
 fn ssd_chunk_states(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) index: u32) {
     let b = wg.x / p.heads;
@@ -115,8 +121,10 @@ fn ssd_chunk_states(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocat
     let start = chunk * p.chunk_len;
     let end = min(start + p.chunk_len, p.length);
     let end_cum = work[work_cum(b, h, end - 1u)];
-    let outputs = N_STATE * p.head_dim;
-    var acc: array<f32, MAX_STATE * SSD_MAX_HEAD_DIM / SSD_THREADS>; // outputs per thread
+    let n0 = 4u * (index / 16u);
+    let c0 = 4u * (index % 16u);
+    // acc[4q + i]: state n0 + i, columns 64q + c0 .. + 3.
+    var acc: array<vec4<f32>, 4u * SSD_COL_GROUPS>;
     for (var s0 = start; s0 < end; s0 += STAGE) {
         let count = min(STAGE, end - s0);
         workgroupBarrier();
@@ -139,25 +147,48 @@ fn ssd_chunk_states(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocat
             keys_x[e] = v;
         }
         workgroupBarrier();
-        for (var k = 0u; k * SSD_THREADS + index < outputs; k++) {
-            let o = k * SSD_THREADS + index;
-            let n = o / p.head_dim;
-            let col = o % p.head_dim;
-            var sum = acc[k];
-            for (var s = 0u; s < count; s++) {
-                sum += keys_b[s * N_STATE + n] * keys_x[s * p.head_dim + col];
+        if n0 < N_STATE {
+            // Constant trip count, so acc stays in registers; the groups past head_dim skip.
+            for (var q = 0u; q < SSD_COL_GROUPS; q++) {
+                let col = 64u * q + c0;
+                if col < p.head_dim {
+                    var a0 = acc[4u * q];
+                    var a1 = acc[4u * q + 1u];
+                    var a2 = acc[4u * q + 2u];
+                    var a3 = acc[4u * q + 3u];
+                    for (var s = 0u; s < count; s++) {
+                        let kb = s * N_STATE + n0;
+                        let kx = s * p.head_dim + col;
+                        let bv = vec4<f32>(keys_b[kb], keys_b[kb + 1u], keys_b[kb + 2u], keys_b[kb + 3u]);
+                        let xv = vec4<f32>(keys_x[kx], keys_x[kx + 1u], keys_x[kx + 2u], keys_x[kx + 3u]);
+                        a0 += bv.x * xv;
+                        a1 += bv.y * xv;
+                        a2 += bv.z * xv;
+                        a3 += bv.w * xv;
+                    }
+                    acc[4u * q] = a0;
+                    acc[4u * q + 1u] = a1;
+                    acc[4u * q + 2u] = a2;
+                    acc[4u * q + 3u] = a3;
+                }
             }
-            acc[k] = sum;
         }
     }
     let decay = exp(end_cum);
-    for (var k = 0u; k * SSD_THREADS + index < outputs; k++) {
-        let o = k * SSD_THREADS + index;
-        let n = o / p.head_dim;
-        let channel = h * p.head_dim + o % p.head_dim;
-        let base = ((b * p.heads * p.head_dim + channel) * p.chunks + chunk) * 2u * N_STATE;
-        totals[base + n] = decay;
-        totals[base + N_STATE + n] = acc[k];
+    for (var q = 0u; q < SSD_COL_GROUPS; q++) {
+        for (var i = 0u; i < 4u; i++) {
+            let n = n0 + i;
+            let block = acc[4u * q + i];
+            for (var c = 0u; c < 4u; c++) {
+                let col = 64u * q + c0 + c;
+                if n < N_STATE && col < p.head_dim {
+                    let channel = h * p.head_dim + col;
+                    let base = ((b * p.heads * p.head_dim + channel) * p.chunks + chunk) * 2u * N_STATE;
+                    totals[base + n] = decay;
+                    totals[base + N_STATE + n] = block[c];
+                }
+            }
+        }
     }
 }
 

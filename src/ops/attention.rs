@@ -450,9 +450,6 @@ pub fn attention_tiles_for(caps: &Caps, dim: usize, rows: usize, keys: usize) ->
     } else {
         let row_threads = dim.div_ceil(WGSL_SLICE_DIMS);
         let tiles = |bq: usize, bkv: usize, slices: usize| {
-            // The token tables' sizes in the kernels.
-            let (max_q, max_kv) = (size::ATTENTION_MAX_BLOCK_Q as usize, size::ATTENTION_MAX_BLOCK_KV as usize);
-            debug_assert!(bq <= max_q && bkv <= max_kv, "a {bq} x {bkv} tile outgrows the token tables");
             let threads = slices * bq * row_threads;
             let partials = if row_threads > 1 { bq * bkv * row_threads } else { 1 };
             let words = 2 * 4 * bkv * vecs + partials + TOKEN_TABLE_BYTES / 4; // tiles, partials, token tables
@@ -475,7 +472,7 @@ pub fn attention_tiles_for(caps: &Caps, dim: usize, rows: usize, keys: usize) ->
             for bkv in [32, 16, 8, 4].into_iter().filter(|&bkv| bkv <= longest) {
                 let slices = key_slices(bq, bkv, row_threads, vecs, keys);
                 if let Some(tiles) = tiles(bq, bkv, slices).filter(|_| slices > 1) {
-                    return Ok(tiles);
+                    return Ok(within_token_tables(tiles));
                 }
             }
         }
@@ -487,7 +484,7 @@ pub fn attention_tiles_for(caps: &Caps, dim: usize, rows: usize, keys: usize) ->
         for bq in [64, 32, 16, 8, 4].into_iter().filter(|&bq| bq <= wanted_q) {
             for bkv in [16, 32, 8, 4] {
                 if let Some(tiles) = tiles(bq, bkv, 1) {
-                    return Ok(tiles);
+                    return Ok(within_token_tables(tiles));
                 }
             }
         }
@@ -496,6 +493,13 @@ pub fn attention_tiles_for(caps: &Caps, dim: usize, rows: usize, keys: usize) ->
         what: format!("attention with head_dim {dim} ({} bytes of workgroup memory)", caps.shared_memory_bytes),
         feature: "max_compute_workgroup_storage_size >= 16 KiB",
     })
+}
+
+/// WGSL tiles as chosen, checked against the kernels' token tables (kernels::size).
+fn within_token_tables(tiles: AttentionTiles) -> AttentionTiles {
+    let (max_q, max_kv) = (size::ATTENTION_MAX_BLOCK_Q as usize, size::ATTENTION_MAX_BLOCK_KV as usize);
+    debug_assert!(tiles.block_q <= max_q && tiles.block_kv <= max_kv, "{tiles:?} outgrow the token tables");
+    tiles
 }
 
 /// The kernel an attention call (or ops::qkv_attention) runs, with its tiles.

@@ -210,6 +210,26 @@ backend_tests! {
             }
         }
     }
+
+    /// The chunked form at M-VAR's Mamba-2 head (head_dim 64, d_state 64) and at head dims past one
+    /// group of 64 columns of the chunk-state kernel's register blocks, not multiples of 4, with a
+    /// state size that is not either.
+    fn ssd_chunked_matches_the_recurrence_on_wide_heads(device: &Device, config: &str) {
+        let mut rng = Rng::for_config("ssd_wide_heads", config);
+        for (head_dim, n_state, heads) in [(64, 64, 2), (rng.range(65, 130), 13, 1), (rng.range(190, 256), 64, 1)] {
+            let case = Case {
+                channels: heads * head_dim,
+                heads: Some(heads),
+                groups: 1,
+                n_state,
+                length: rng.range(20, 90),
+                form: SsdForm::ChunkedMatrix,
+                chunk_len: Some(rng.range(9, 40)),
+                ..random_case(&mut rng, DType::F32, true)
+            };
+            check(device, &mut rng, &case, &format!("{config} {}", describe(&case)));
+        }
+    }
 }
 
 #[test]
