@@ -40,6 +40,11 @@ struct dim3 {
     unsigned x, y, z;
 };
 
+// CUDA's built-in 128-bit vector (16-byte aligned, so that a store of one is one transaction).
+struct alignas(16) float4 {
+    float x, y, z, w;
+};
+
 static dim3 threadIdx, blockIdx, blockDim, gridDim;
 
 namespace sw {

@@ -24,24 +24,37 @@ SW_DEVICE void gemm_wide_fetch(const Ops& ops, u32 batch, u32 row0, u32 col0, u3
     }
 }
 
-// Where thread `lid`'s fetched elements go in a stage laid out [k][row] (A) and [k][col] (B).
+SW_DEVICE float4 gemm_wide_quad(const float* v) {
+    float4 q;
+    q.x = v[0];
+    q.y = v[1];
+    q.z = v[2];
+    q.w = v[3];
+    return q;
+}
+
+// Where thread `lid`'s fetched quad goes in a stage laid out [k][row / 4] (A) and [k][col / 4] (B),
+// as one 128-bit store. The k-major fetches (A's, and B's when transposed) are swizzled: quad q of
+// row k is stored at q ^ k. Unswizzled, the 8 threads one 128-bit store serves per cycle (k = 0..7
+// of one quad, rows 128 words apart) hit the same 4 banks; swizzled they cover all 32 (as in
+// gemm_wide.wgsl). k < WIDE_K = 8 flips only a quad's low 3 bits, so it stays in its half row.
 template <class Ops>
-SW_DEVICE void gemm_wide_stash(float* stage_a, float* stage_b, u32 lid, const float* na, const float* nb) {
-    const u32 a_slot = (lid % WIDE_K) * WIDE_TILE + 4u * (lid / WIDE_K);
-    const u32 b_slot =
-        Ops::b_transposed ? a_slot : (lid / (WIDE_TILE / 4u)) * WIDE_TILE + 4u * (lid % (WIDE_TILE / 4u));
-    for (u32 i = 0; i < 4u; ++i) {
-        stage_a[a_slot + i] = na[i];
-        stage_b[b_slot + i] = nb[i];
-    }
+SW_DEVICE void gemm_wide_stash(float4* stage_a, float4* stage_b, u32 lid, const float* na, const float* nb) {
+    const u32 k = lid % WIDE_K;
+    const u32 a_slot = k * (WIDE_TILE / 4u) + ((lid / WIDE_K) ^ k);
+    // B stored K x N: thread lid fetched quad lid % 32 of row lid / 32.
+    const u32 b_slot = Ops::b_transposed ? a_slot : lid;
+    stage_a[a_slot] = gemm_wide_quad(na);
+    stage_b[b_slot] = gemm_wide_quad(nb);
 }
 
 // The block of C at (row0, col0) of `batch`; called by every thread of the block with the same m, n, k.
 template <class Ops>
 SW_DEVICE void gemm_wide_tile(const Ops& ops, u32 batch, u32 row0, u32 col0, u32 m, u32 n, u32 k) {
-    __shared__ float wide_a[2u * WIDE_K * WIDE_TILE];  // [stage][k][row]
-    __shared__ float wide_b[2u * WIDE_K * WIDE_TILE];  // [stage][k][col]
-    const u32 stage = WIDE_K * WIDE_TILE;
+    static_assert(WIDE_K <= 8u && WIDE_TILE == 8u * MATMUL_SIDE, "the swizzle flips a quad's low 3 bits");
+    __shared__ float4 wide_a[2u * WIDE_K * (WIDE_TILE / 4u)];  // [stage][k][row / 4], swizzled
+    __shared__ float4 wide_b[2u * WIDE_K * (WIDE_TILE / 4u)];  // [stage][k][col / 4], swizzled if transposed
+    const u32 stage = WIDE_K * (WIDE_TILE / 4u);
     const u32 lid = threadIdx.x + threadIdx.y * MATMUL_SIDE;
     float acc[8][8];
     for (u32 i = 0; i < 8u; ++i)
@@ -56,14 +69,13 @@ SW_DEVICE void gemm_wide_tile(const Ops& ops, u32 batch, u32 row0, u32 col0, u32
         const bool more = t + 1u < tiles;
         if (more) gemm_wide_fetch(ops, batch, row0, col0, (t + 1u) * WIDE_K, lid, na, nb);
         for (u32 kk = 0; kk < WIDE_K; ++kk) {
-            const u32 base = cur + kk * WIDE_TILE;
-            float av[8], bv[8];
-            for (u32 i = 0; i < 4u; ++i) {
-                av[i] = wide_a[base + 4u * threadIdx.y + i];
-                av[4u + i] = wide_a[base + WIDE_TILE / 2u + 4u * threadIdx.y + i];
-                bv[i] = wide_b[base + 4u * threadIdx.x + i];
-                bv[4u + i] = wide_b[base + WIDE_TILE / 2u + 4u * threadIdx.x + i];
-            }
+            const u32 base = cur + kk * (WIDE_TILE / 4u);
+            const u32 qa = threadIdx.y ^ kk;
+            const u32 qb = Ops::b_transposed ? threadIdx.x ^ kk : threadIdx.x;
+            const float4 a_lo = wide_a[base + qa], a_hi = wide_a[base + MATMUL_SIDE + qa];
+            const float4 b_lo = wide_b[base + qb], b_hi = wide_b[base + MATMUL_SIDE + qb];
+            const float av[8] = {a_lo.x, a_lo.y, a_lo.z, a_lo.w, a_hi.x, a_hi.y, a_hi.z, a_hi.w};
+            const float bv[8] = {b_lo.x, b_lo.y, b_lo.z, b_lo.w, b_hi.x, b_hi.y, b_hi.z, b_hi.w};
             for (u32 i = 0; i < 8u; ++i)
                 for (u32 j = 0; j < 8u; ++j) acc[i][j] += av[i] * bv[j];
         }
