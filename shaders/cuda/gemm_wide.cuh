@@ -51,7 +51,9 @@ SW_DEVICE void gemm_wide_stash(float4* stage_a, float4* stage_b, u32 lid, const 
 // The block of C at (row0, col0) of `batch`; called by every thread of the block with the same m, n, k.
 template <class Ops>
 SW_DEVICE void gemm_wide_tile(const Ops& ops, u32 batch, u32 row0, u32 col0, u32 m, u32 n, u32 k) {
-    static_assert(WIDE_K <= 8u && WIDE_TILE == 8u * MATMUL_SIDE, "the swizzle flips a quad's low 3 bits");
+    // The swizzle XORs a quad with kk < 8, which permutes each aligned group of 8 quads: a half row
+    // (MATMUL_SIDE quads) must be whole groups.
+    static_assert(WIDE_K <= 8u && MATMUL_SIDE % 8u == 0u, "the swizzle stays within a half row");
     __shared__ float4 wide_a[2u * WIDE_K * (WIDE_TILE / 4u)];  // [stage][k][row / 4], swizzled
     __shared__ float4 wide_b[2u * WIDE_K * (WIDE_TILE / 4u)];  // [stage][k][col / 4], swizzled if transposed
     const u32 stage = WIDE_K * (WIDE_TILE / 4u);

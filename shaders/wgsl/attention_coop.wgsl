@@ -14,11 +14,11 @@
 //      partial maxima exchanged (barrier), then the weights exp(s - max) into p_stage as f16, the
 //      output in registers rescaled, partial sums exchanged (barrier);
 //   4. P V on the matrix units into product_stage (barrier), added to the output in registers.
-// Six barriers per tile (the key table needs none of its own: release_key_table). The output stays in registers (each thread its row's columns
-// part, part + ROW_THREADS, ...), so only its per-tile increment passes through workgroup memory,
-// and the rescale by exp(old max - new max), which a matrix fragment cannot apply per row, is a
-// multiply in registers. The weights are rounded to f16 for the product and summed as rounded, so
-// the normalisation matches what was multiplied.
+// Six barriers per tile (the key table needs none of its own: release_key_table). The output stays
+// in registers (each thread its row's columns part, part + ROW_THREADS, ...), so only its per-tile
+// increment passes through workgroup memory, and the rescale by exp(old max - new max), which a
+// matrix fragment cannot apply per row, is a multiply in registers. The weights are rounded to f16
+// for the product and summed as rounded, so the normalisation matches what was multiplied.
 //
 // The fragment work of steps 2 and 4 is shared out among the workgroup's subgroups (one, two or four:
 // 128, 64 or 32 invocations wide) in rounds of whole fragments; the host's tiles make both fragment

@@ -16,7 +16,9 @@
 const WIDE_QUADS: u32 = WIDE_TILE / 4u; // vec4 words per K row of a stage
 const WIDE_STAGE: u32 = WIDE_K * WIDE_QUADS; // vec4 words per stage (one per thread)
 const WIDE_HALF: u32 = WIDE_TILE / 2u;
-const_assert WIDE_K <= 8u && MATMUL_SIDE >= WIDE_K;
+// The swizzle XORs a quad with kk < 8, which permutes each aligned group of 8 quads: a half row
+// (MATMUL_SIDE quads) must be whole groups.
+const_assert WIDE_K <= 8u && MATMUL_SIDE % 8u == 0u;
 
 var<workgroup> wide_a: array<vec4<f32>, 2u * WIDE_STAGE>; // [stage][k][row / 4]
 var<workgroup> wide_b: array<vec4<f32>, 2u * WIDE_STAGE>; // [stage][k][col / 4]

@@ -6,9 +6,10 @@
 //!   `workgroup_sum` / `workgroup_max`: a subgroup version and a workgroup-memory tree version, so
 //!   every kernel has a path without subgroups and none assumes a subgroup size.
 //!
-//! `matmul_coop`, `attention_coop` and `qkv_attention_coop` have two flavours instead: their fragment operations on wgpu's
-//! cooperative matrices (the "subgroups" flavour, since a fragment lives across a subgroup), or the
-//! plain-WGSL emulation.
+//! The matrix-unit families (`Family::uses_matrix_units`: `matmul_coop`, `attention_coop`,
+//! `qkv_attention_coop`) have two flavours instead: their fragment operations on wgpu's cooperative
+//! matrices (the "subgroups" flavour, since a fragment lives across a subgroup), or the plain-WGSL
+//! emulation.
 //!
 //! Every module starts with the block sizes of [`crate::kernels::size`] as WGSL constants.
 
@@ -93,11 +94,10 @@ fn block_sizes() -> String {
 
 /// The variant of `family` that runs `dtype` on a device with `caps`.
 pub fn variant(family: Family, dtype: DType, caps: &Caps) -> Variant {
-    let subgroups = match family {
-        Family::MatmulCoop | Family::AttentionCoop | Family::QkvAttentionCoop => {
-            caps.matrix_units == MatrixUnits::Native
-        }
-        _ => caps.subgroups && family.uses_reductions(),
+    let subgroups = if family.uses_matrix_units() {
+        caps.matrix_units == MatrixUnits::Native
+    } else {
+        caps.subgroups && family.uses_reductions()
     };
     Variant { dtype, subgroups }
 }
