@@ -52,10 +52,17 @@ pub mod size {
     pub const SCAN_WG: u32 = 64;
     /// Largest SSM state (N) the scans hold in registers and workgroup memory.
     pub const MAX_STATE: u32 = 64;
-    /// SSD's chunked matrix form: ROWS time steps per workgroup of SSD_ROWS x SSD_COLS threads.
+    /// SSD's chunked matrix form: ssd_chunk_states' workgroup of SSD_ROWS x SSD_COLS threads.
     pub const SSD_ROWS: u32 = 16;
     pub const SSD_COLS: u32 = 16;
     pub const SSD_MAX_HEAD_DIM: u32 = 256;
+    /// ssd_chunk_outputs: SSD_OUT_ROWS time steps per workgroup of SSD_OUT_THREADS, keys in tiles of
+    /// SSD_OUT_KEYS, and a stage of SSD_OUT_STAGE words that holds a tile of B (N x keys), a slice of
+    /// the carried-in states (states x head_dim) or of dt x (keys x head_dim).
+    pub const SSD_OUT_ROWS: u32 = 32;
+    pub const SSD_OUT_KEYS: u32 = 32;
+    pub const SSD_OUT_THREADS: u32 = 128;
+    pub const SSD_OUT_STAGE: u32 = 2048;
     /// The most query rows and keys per tile of the WGSL attention machineries: the size of their
     /// token tables in workgroup memory (ops::attention's tiles stay within them).
     pub const ATTENTION_MAX_BLOCK_Q: u32 = 64;
@@ -66,6 +73,11 @@ pub mod size {
     // vec4 accumulators, and its A chunk has room for the lanes' partial sums.
     const _: () = assert!(WIDE_TILE == 8 * MATMUL_SIDE && WIDE_K * WIDE_TILE / 4 == MATMUL_SIDE * MATMUL_SIDE);
     const _: () = assert!(SKINNY_ROWS == 8 && SKINNY_CHUNK >= SKINNY_COLS * SKINNY_LANES);
+    // ssd_chunk_outputs' threads each hold 4 rows x 4 columns of every 64-column group, and 4 rows x
+    // 2 keys of a score tile; its stage holds a tile of B and at least one state's or key's row.
+    const _: () = assert!(SSD_OUT_THREADS == SSD_OUT_ROWS / 4 * 16 && SSD_OUT_KEYS == 2 * 16);
+    const _: () = assert!(SSD_OUT_STAGE >= MAX_STATE * SSD_OUT_KEYS && SSD_OUT_STAGE >= SSD_MAX_HEAD_DIM);
+    const _: () = assert!(SSD_MAX_HEAD_DIM.is_multiple_of(64) && SSD_ROWS * SSD_COLS == 256);
     // The CUDA tensor-core kernel and the WGSL cooperative one cover the same block, so both share
     // the 64 x 64 matmul's grid; the WGSL one is written for four 32 x 32 quarters and 16-deep steps.
     const _: () = assert!(COOP_TILE == TILE_M && COOP_TILE == TILE_N && COOP_TILE == 64 && COOP_K.is_multiple_of(16));
@@ -100,6 +112,10 @@ pub mod size {
         ("SSD_ROWS", SSD_ROWS),
         ("SSD_COLS", SSD_COLS),
         ("SSD_MAX_HEAD_DIM", SSD_MAX_HEAD_DIM),
+        ("SSD_OUT_ROWS", SSD_OUT_ROWS),
+        ("SSD_OUT_KEYS", SSD_OUT_KEYS),
+        ("SSD_OUT_THREADS", SSD_OUT_THREADS),
+        ("SSD_OUT_STAGE", SSD_OUT_STAGE),
     ];
 }
 

@@ -47,7 +47,10 @@ const VGPR_BUDGETS: &[(&str, &str, u32)] = &[
     // 4 x 4 register blocks of the state (2026-12-03): 108 measured (84 with one output per step
     // and thread, at 2 workgroup words per FMA instead of 0.5); waves stay 14, bound by LDS.
     ("ssd", "ssd_chunk_states", 124),
-    ("ssd", "ssd_chunk_outputs", 64),
+    // Register blocks (2026-12-03): 4 rows x 4 columns of each 64-column group per thread, 4 x 2
+    // scores per key tile: 108 measured (48 with one row and P / 16 columns per thread, at 1-2
+    // workgroup words per FMA instead of 0.5-0.75); 8 waves, bound by LDS (20 KiB).
+    ("ssd", "ssd_chunk_outputs", 124),
     ("scan_carry", "scan_carry", 28),
     ("conv1d", "conv1d", 28),
     ("conv1d", "conv1d_state", 28),
@@ -81,9 +84,14 @@ const VGPR_BUDGETS: &[(&str, &str, u32)] = &[
 /// Attention is held to 1 FMA per word, what it reaches: each k or v component read meets one q or p
 /// component of the thread's row. The 4 needs several query rows per thread, whose q would
 /// not fit in registers nor, beside the K and V tiles, in WebGPU's default 16 KiB of workgroup memory.
+/// SSD's chunk kernels are held to what their 4 x 4 blocks give (16 FMAs per 8 words; the scores of
+/// ssd_chunk_outputs, 4 x 2 per thread, 8 per 6): their tiles are as deep as a head (N x P), and
+/// 8 x 8 blocks would leave most of a 64 x 64 head's threads without work.
 const GEMM_TARGETS: &[(&str, &str, f64, f64)] = &[
     ("matmul", "matmul_wide", 4.0, 8.0),
     ("conv2d", "conv2d_gemm", 4.0, 8.0),
+    ("ssd", "ssd_chunk_states", 2.0, 8.0),
+    ("ssd", "ssd_chunk_outputs", 1.3, 8.0),
     ("attention", "flash_attention", 1.0, 8.0),
     ("attention", "grouped_attention", 1.0, 8.0),
     ("qkv_heads", "qkv_attention", 1.0, 8.0),

@@ -9,7 +9,7 @@
 #      the model tests' `cuda` configuration; the NVRTC compile check;
 #   2. benchmarks, both backends from this one run: (Vulkan) the peak probes, then matmul, dense and
 #      GRAT attention at the Flux shape, (Vulkan) KV-cache attention steps with and without key slices,
-#      the selective scan, VAR-d16 256px end to end;
+#      the selective scan and SSD's two forms at M-VAR d16's shape, VAR-d16 256px end to end;
 #   3. the torch peers on the same GPU (cuBLAS GEMM, SDPA, FlexAttention with GRAT's block mask, a
 #      torch selective scan, copy bandwidth).
 set -uo pipefail
@@ -64,7 +64,7 @@ bench() {
             --json "$OUT/kv-steps-$backend.json"
     fi
     step "bench-scan-$backend" 90 $B/scalewise --backend "$backend" bench scan --shapes 8x2048x16x4096,1x1536x16x2048 \
-        --dtype f32,f16 --naive-max-length 0 --iters 5 --json "$OUT/scan-$backend.json"
+        --dtype f32,f16 --naive-max-length 0 --iters 5 --ssd-forms --json "$OUT/scan-$backend.json"
     step "bench-generate-$backend" 120 $B/scalewise --backend "$backend" bench generate --model var --depth 16 \
         --iters 5 --json "$OUT/generate-$backend.json"
     if [[ "$backend" == vulkan ]]; then

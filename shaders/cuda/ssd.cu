@@ -22,13 +22,12 @@
 #define REVERSE 0
 #endif
 
-// SSD_ROWS: output rows (time steps) per block, and keys per tile; SSD_COLS: threads per row.
+// ssd_chunk_states' block: SSD_ROWS x SSD_COLS threads.
 #define SSD_THREADS (SSD_ROWS * SSD_COLS)
 // Steps per stage in ssd_chunk_states.
 #define SSD_STAGE 8u
-// Outputs per thread of ssd_chunk_states and columns per thread of ssd_chunk_outputs.
-#define SSD_STATE_ACC (MAX_STATE * SSD_MAX_HEAD_DIM / SSD_THREADS)
-#define SSD_OUTPUT_ACC (SSD_MAX_HEAD_DIM / SSD_COLS)
+// Groups of 64 columns in the kernels' register blocks.
+#define SSD_COL_GROUPS (SSD_MAX_HEAD_DIM / 64u)
 
 SW_DEVICE u32 ssd_time_at(const SsdParams& p, u32 i) { return step_time(i, p.length, REVERSE != 0); }
 
@@ -73,22 +72,33 @@ SW_KERNEL(ssd_cumsum, SCAN_WG, 1, 1,
     }
 }
 
-// Block per (batch * head, chunk): the chunk's own end state (N x P) and its decay.
+// Block per (batch * head, chunk): the chunk's own end state (N x P) and its decay, a GEMM over the
+// chunk's steps (B^T (w x)) in register blocks, as ssd.wgsl's ssd_chunk_states: thread (bn, bc) of the
+// 16 x 16 grid holds states 4bn..4bn+3 x columns 64q + 4bc..+3 of every 64-column group q, so a step
+// reads 8 shared words for 16 FMAs. Blocks past N_STATE or head_dim compute on neighbouring rows'
+// words and are not stored.
 SW_KERNEL(ssd_chunk_states, SSD_THREADS, 1, 1,
           (SSD_BINDINGS)) {
-    __shared__ float keys_b[SSD_ROWS * MAX_STATE];  // SSD_STAGE x N_STATE used here
-    __shared__ float keys_x[SSD_ROWS * SSD_MAX_HEAD_DIM];
+    __shared__ float keys_b[SSD_STAGE * MAX_STATE];
+    __shared__ float keys_x[SSD_STAGE * SSD_MAX_HEAD_DIM];
     const u32 index = threadIdx.x;
     const u32 b = blockIdx.x / p.heads;
     const u32 h = blockIdx.x % p.heads;
     const u32 chunk = blockIdx.y;
     const u32 start = chunk * p.chunk_len;
     const u32 end = min(start + p.chunk_len, p.length);
+    const u32 hd = p.head_dim;
     const float end_cum = work[ssd_work_cum(p, b, h, end - 1u)];
-    const u32 outputs = N_STATE * p.head_dim;
-    float acc[SSD_STATE_ACC];
+    const u32 n0 = 4u * (index / 16u);
+    const u32 c0 = 4u * (index % 16u);
+    // acc[q][i][c]: state n0 + i, column 64q + c0 + c.
+    float acc[SSD_COL_GROUPS][4][4];
     SW_UNROLL
-    for (u32 k = 0; k < SSD_STATE_ACC; k++) acc[k] = 0.0f;
+    for (u32 q = 0; q < SSD_COL_GROUPS; q++)
+        SW_UNROLL
+        for (u32 i = 0; i < 4u; i++)
+            SW_UNROLL
+            for (u32 c = 0; c < 4u; c++) acc[q][i][c] = 0.0f;
     for (u32 s0 = start; s0 < end; s0 += SSD_STAGE) {
         const u32 count = min(SSD_STAGE, end - s0);
         __syncthreads();
@@ -98,151 +108,213 @@ SW_KERNEL(ssd_chunk_states, SSD_THREADS, 1, 1,
             if (s < count) v = to_f32(b_in[ssd_bc_index(p, b, h, e % N_STATE, s0 + s)]);
             keys_b[e] = v;
         }
-        for (u32 e = index; e < SSD_STAGE * p.head_dim; e += SSD_THREADS) {
-            const u32 s = e / p.head_dim;
+        for (u32 e = index; e < SSD_STAGE * hd; e += SSD_THREADS) {
+            const u32 s = e / hd;
             float v = 0.0f;
             if (s < count) {
                 const u32 i = s0 + s;
                 const float weight = expf(end_cum - work[ssd_work_cum(p, b, h, i)]) * work[ssd_work_dt(p, b, h, i)];
-                v = weight * to_f32(x[ssd_x_index(p, b, h * p.head_dim + e % p.head_dim, i)]);
+                v = weight * to_f32(x[ssd_x_index(p, b, h * hd + e % hd, i)]);
             }
             keys_x[e] = v;
         }
         __syncthreads();
-        // Output o = k * SSD_THREADS + index while o < outputs (an unrolled loop with a guard, so acc
-        // stays in registers).
-        SW_UNROLL
-        for (u32 k = 0; k < SSD_STATE_ACC; k++) {
-            const u32 o = k * SSD_THREADS + index;
-            if (o < outputs) {
-                const u32 n = o / p.head_dim;
-                const u32 col = o % p.head_dim;
-                float sum = acc[k];
-                for (u32 s = 0; s < count; s++) sum += keys_b[s * N_STATE + n] * keys_x[s * p.head_dim + col];
-                acc[k] = sum;
+        if (n0 < N_STATE) {
+            SW_UNROLL
+            for (u32 q = 0; q < SSD_COL_GROUPS; q++) {
+                const u32 col = 64u * q + c0;
+                if (col < hd) {
+                    for (u32 s = 0; s < count; s++) {
+                        const float* bv = &keys_b[s * N_STATE + n0];
+                        const float* xv = &keys_x[s * hd + col];
+                        SW_UNROLL
+                        for (u32 i = 0; i < 4u; i++)
+                            SW_UNROLL
+                            for (u32 c = 0; c < 4u; c++) acc[q][i][c] += bv[i] * xv[c];
+                    }
+                }
             }
         }
     }
     const float decay = expf(end_cum);
     SW_UNROLL
-    for (u32 k = 0; k < SSD_STATE_ACC; k++) {
-        const u32 o = k * SSD_THREADS + index;
-        if (o < outputs) {
-            const u32 n = o / p.head_dim;
-            const u32 channel = h * p.head_dim + o % p.head_dim;
-            const u32 base = ((b * p.heads * p.head_dim + channel) * p.chunks + chunk) * 2u * N_STATE;
-            totals[base + n] = decay;
-            totals[base + N_STATE + n] = acc[k];
-        }
-    }
+    for (u32 q = 0; q < SSD_COL_GROUPS; q++)
+        SW_UNROLL
+        for (u32 i = 0; i < 4u; i++)
+            SW_UNROLL
+            for (u32 c = 0; c < 4u; c++) {
+                const u32 n = n0 + i;
+                const u32 col = 64u * q + c0 + c;
+                if (n < N_STATE && col < hd) {
+                    const u32 channel = h * hd + col;
+                    const u32 base = ((b * p.heads * hd + channel) * p.chunks + chunk) * 2u * N_STATE;
+                    totals[base + n] = decay;
+                    totals[base + N_STATE + n] = acc[q][i][c];
+                }
+            }
 }
 
-// Block per (batch * head, chunk, block of SSD_ROWS steps): thread (r, j) owns step r of the block
-// and the output columns j, j + SSD_COLS, ...
-SW_KERNEL(ssd_chunk_outputs, SSD_THREADS, 1, 1,
+// Block per (batch * head, chunk, block of SSD_OUT_ROWS steps): the block's outputs as three small
+// GEMMs in register blocks, as ssd.wgsl's ssd_chunk_outputs (see there): thread (tr, tc) holds rows
+// 4tr..4tr+3 x columns 64q + 4tc..+3 of every 64-column group q, and computes the scores of those rows
+// against keys 2tc and 2tc + 1 of each SSD_OUT_KEYS-key tile. C stays staged, transposed; B^T, the
+// carried-in states and dt x take turns in one stage.
+SW_KERNEL(ssd_chunk_outputs, SSD_OUT_THREADS, 1, 1,
           (SSD_BINDINGS)) {
-    __shared__ float rows_c[SSD_ROWS * MAX_STATE];
-    __shared__ float keys_b[SSD_ROWS * MAX_STATE];
-    __shared__ float keys_x[SSD_ROWS * SSD_MAX_HEAD_DIM];  // dt_s * x_s
-    __shared__ float scores[SSD_ROWS * SSD_ROWS];
+    __shared__ float4 out_c[MAX_STATE * SSD_OUT_ROWS / 4u];         // [n][row / 4]: C^T
+    __shared__ float4 out_scores[SSD_OUT_KEYS * SSD_OUT_ROWS / 4u];  // [key][row / 4]
+    // Plus 4: a block's last 4 columns of a row not a multiple of 4 long read up to 3 words past it.
+    __shared__ float out_stage[SSD_OUT_STAGE + 4u];
+    const u32 row_vecs = SSD_OUT_ROWS / 4u;
     const u32 index = threadIdx.x;
     const u32 b = blockIdx.x / p.heads;
     const u32 h = blockIdx.x % p.heads;
     const u32 chunk = blockIdx.y;
     const u32 start = chunk * p.chunk_len;
     const u32 end = min(start + p.chunk_len, p.length);
-    const u32 first = start + blockIdx.z * SSD_ROWS;
+    const u32 first = start + blockIdx.z * SSD_OUT_ROWS;
     if (first >= end) return;  // uniform over the block
-    const u32 r = index / SSD_COLS;
-    const u32 j = index % SSD_COLS;
-    const u32 i = first + r;
-    const bool live = i < end;
-    SW_UNROLL
-    for (u32 k = 0; k < (SSD_ROWS * N_STATE + SSD_THREADS - 1u) / SSD_THREADS; k++) {
-        const u32 e = index + k * SSD_THREADS;
-        if (e < SSD_ROWS * N_STATE) {
-            const u32 row = first + e / N_STATE;
-            float v = 0.0f;
-            if (row < end) v = to_f32(c_in[ssd_bc_index(p, b, h, e % N_STATE, row)]);
-            rows_c[e] = v;
-        }
+    const u32 hd = p.head_dim;
+    const u32 tr = index / 16u;
+    const u32 tc = index % 16u;
+    const u32 r0 = 4u * tr;
+    const u32 c0 = 4u * tc;
+    float* c_words = reinterpret_cast<float*>(out_c);
+    for (u32 e = index; e < N_STATE * SSD_OUT_ROWS; e += SSD_OUT_THREADS) {
+        const u32 row = first + e % SSD_OUT_ROWS;
+        float v = 0.0f;
+        if (row < end) v = to_f32(c_in[ssd_bc_index(p, b, h, e / SSD_OUT_ROWS, row)]);
+        c_words[e] = v;
     }
-    __syncthreads();
-    float cum_i = 0.0f;
-    if (live) cum_i = work[ssd_work_cum(p, b, h, i)];
-    // The carried-in state, decayed to step i: exp(a_i) C_i . S_init. Thread (r, j) owns columns
-    // j + k * SSD_COLS below head_dim (an unrolled loop with a guard, so acc stays in registers); the
-    // state loop is outside the column loop so C_i[n] is read once, and each column still sums over n
-    // in order.
-    float acc[SSD_OUTPUT_ACC];
+    // a_i of the thread's rows (0 past the chunk, whose C is 0).
+    float cum_rows[4];
     SW_UNROLL
-    for (u32 k = 0; k < SSD_OUTPUT_ACC; k++) acc[k] = 0.0f;
-    if (live) {
-        const u32 base = ((b * p.heads * p.head_dim + h * p.head_dim + j) * p.chunks + chunk) * N_STATE;
-        const u32 column_step = SSD_COLS * p.chunks * N_STATE;
-        for (u32 n = 0; n < N_STATE; n++) {
-            const float cn = rows_c[r * N_STATE + n];
+    for (u32 i = 0; i < 4u; i++) cum_rows[i] = first + r0 + i < end ? work[ssd_work_cum(p, b, h, first + r0 + i)] : 0.0f;
+
+    // acc[q][i][c]: row r0 + i, column 64q + c0 + c.
+    float acc[SSD_COL_GROUPS][4][4];
+    SW_UNROLL
+    for (u32 q = 0; q < SSD_COL_GROUPS; q++)
+        SW_UNROLL
+        for (u32 i = 0; i < 4u; i++)
             SW_UNROLL
-            for (u32 k = 0; k < SSD_OUTPUT_ACC; k++) {
-                if (j + k * SSD_COLS < p.head_dim) acc[k] += cn * chunk_initial[base + k * column_step + n];
-            }
+            for (u32 c = 0; c < 4u; c++) acc[q][i][c] = 0.0f;
+    // The carried-in state: S_init^T in slices of states ([n][column]).
+    const u32 states_per_slice = min(N_STATE, SSD_OUT_STAGE / hd);
+    for (u32 n0 = 0; n0 < N_STATE; n0 += states_per_slice) {
+        const u32 count = min(states_per_slice, N_STATE - n0);
+        __syncthreads();
+        for (u32 e = index; e < count * hd; e += SSD_OUT_THREADS) {
+            const u32 col = e / count;
+            const u32 n = n0 + e % count;
+            const u32 channel = h * hd + col;
+            out_stage[(n - n0) * hd + col] = chunk_initial[((b * p.heads * hd + channel) * p.chunks + chunk) * N_STATE + n];
         }
-        const float carry = expf(cum_i);
-        SW_UNROLL
-        for (u32 k = 0; k < SSD_OUTPUT_ACC; k++) acc[k] = carry * acc[k];
-    }
-    // Within the chunk: keys up to the block's last step (causal).
-    const u32 last = min(first + SSD_ROWS, end);
-    for (u32 s0 = start; s0 < last; s0 += SSD_ROWS) {
         __syncthreads();
         SW_UNROLL
-        for (u32 k = 0; k < (SSD_ROWS * N_STATE + SSD_THREADS - 1u) / SSD_THREADS; k++) {
-            const u32 e = index + k * SSD_THREADS;
-            if (e < SSD_ROWS * N_STATE) {
-                const u32 s = s0 + e / N_STATE;
-                float v = 0.0f;
-                if (s < end) v = to_f32(b_in[ssd_bc_index(p, b, h, e % N_STATE, s)]);
-                keys_b[e] = v;
-            }
-        }
-        for (u32 e = index; e < SSD_ROWS * p.head_dim; e += SSD_THREADS) {
-            const u32 s = s0 + e / p.head_dim;
-            float v = 0.0f;
-            if (s < end) v = work[ssd_work_dt(p, b, h, s)] * to_f32(x[ssd_x_index(p, b, h * p.head_dim + e % p.head_dim, s)]);
-            keys_x[e] = v;
-        }
-        __syncthreads();
-        // Score of step i against key s0 + j: (C_i . B_s) exp(a_i - a_s), zero above the diagonal.
-        const u32 s = s0 + j;
-        float score = 0.0f;
-        if (live && s <= i) {
-            float dot = 0.0f;
-            for (u32 n = 0; n < N_STATE; n++) dot += rows_c[r * N_STATE + n] * keys_b[j * N_STATE + n];
-            score = dot * expf(cum_i - work[ssd_work_cum(p, b, h, s)]);
-        }
-        scores[r * SSD_ROWS + j] = score;
-        __syncthreads();
-        if (live) {
-            // Key outside the column loop (each score read once); each column sums over keys in order.
-            for (u32 key = 0; key < SSD_ROWS; key++) {
-                const float score_key = scores[r * SSD_ROWS + key];
-                SW_UNROLL
-                for (u32 k = 0; k < SSD_OUTPUT_ACC; k++) {
-                    const u32 col = j + k * SSD_COLS;
-                    if (col < p.head_dim) acc[k] += score_key * keys_x[key * p.head_dim + col];
+        for (u32 q = 0; q < SSD_COL_GROUPS; q++) {
+            const u32 col = 64u * q + c0;
+            if (col < hd) {
+                for (u32 n = 0; n < count; n++) {
+                    const float4 cv = out_c[(n0 + n) * row_vecs + tr];
+                    const float* sv = &out_stage[n * hd + col];
+                    const float rows[4] = {cv.x, cv.y, cv.z, cv.w};
+                    SW_UNROLL
+                    for (u32 i = 0; i < 4u; i++)
+                        SW_UNROLL
+                        for (u32 c = 0; c < 4u; c++) acc[q][i][c] += rows[i] * sv[c];
                 }
             }
         }
     }
-    if (live) {
-        float skip = 0.0f;
-        if (HAS_D_SKIP) skip = d_skip[h];
+    SW_UNROLL
+    for (u32 i = 0; i < 4u; i++) {
+        const float carry = expf(cum_rows[i]);
         SW_UNROLL
-        for (u32 k = 0; k < SSD_OUTPUT_ACC; k++) {
-            if (j + k * SSD_COLS < p.head_dim) {
-                const u32 at = ssd_x_index(p, b, h * p.head_dim + j + k * SSD_COLS, i);
-                store_f32(y, at, acc[k] + skip * to_f32(x[at]));
+        for (u32 q = 0; q < SSD_COL_GROUPS; q++)
+            SW_UNROLL
+            for (u32 c = 0; c < 4u; c++) acc[q][i][c] *= carry;
+    }
+
+    // Within the chunk: key tiles up to the block's last step (causal).
+    const u32 last = min(first + SSD_OUT_ROWS, end);
+    const u32 keys_per_slice = min(SSD_OUT_KEYS, SSD_OUT_STAGE / hd);
+    for (u32 s0 = start; s0 < last; s0 += SSD_OUT_KEYS) {
+        // B^T of the tile: [n][key].
+        __syncthreads();
+        for (u32 e = index; e < N_STATE * SSD_OUT_KEYS; e += SSD_OUT_THREADS) {
+            const u32 s = s0 + e % SSD_OUT_KEYS;
+            float v = 0.0f;
+            if (s < end) v = to_f32(b_in[ssd_bc_index(p, b, h, e / SSD_OUT_KEYS, s)]);
+            out_stage[e] = v;
+        }
+        __syncthreads();
+        // Scores of rows r0..r0 + 3 against keys s0 + 2tc and s0 + 2tc + 1.
+        const u32 k0 = 2u * tc;
+        float g[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+        for (u32 n = 0; n < N_STATE; n++) {
+            const float4 cv = out_c[n * row_vecs + tr];
+            const float rows[4] = {cv.x, cv.y, cv.z, cv.w};
+            const float keys[2] = {out_stage[n * SSD_OUT_KEYS + k0], out_stage[n * SSD_OUT_KEYS + k0 + 1u]};
+            SW_UNROLL
+            for (u32 k = 0; k < 2u; k++)
+                SW_UNROLL
+                for (u32 i = 0; i < 4u; i++) g[k][i] += rows[i] * keys[k];
+        }
+        SW_UNROLL
+        for (u32 k = 0; k < 2u; k++) {
+            const u32 s = s0 + k0 + k;
+            float decayed[4];
+            SW_UNROLL
+            for (u32 i = 0; i < 4u; i++) {
+                // Zero above the diagonal (and past the chunk); the decay is read only below it.
+                const u32 row = first + r0 + i;
+                decayed[i] = s <= row && row < end ? g[k][i] * expf(cum_rows[i] - work[ssd_work_cum(p, b, h, s)]) : 0.0f;
+            }
+            out_scores[(k0 + k) * row_vecs + tr] = float4{decayed[0], decayed[1], decayed[2], decayed[3]};
+        }
+        // Y += G (dt x), x in slices of keys ([key][column]).
+        for (u32 k_first = 0; k_first < SSD_OUT_KEYS; k_first += keys_per_slice) {
+            const u32 count = min(keys_per_slice, SSD_OUT_KEYS - k_first);
+            __syncthreads();
+            for (u32 e = index; e < count * hd; e += SSD_OUT_THREADS) {
+                const u32 s = s0 + k_first + e / hd;
+                float v = 0.0f;
+                if (s < end) v = work[ssd_work_dt(p, b, h, s)] * to_f32(x[ssd_x_index(p, b, h * hd + e % hd, s)]);
+                out_stage[e] = v;
+            }
+            __syncthreads();
+            SW_UNROLL
+            for (u32 q = 0; q < SSD_COL_GROUPS; q++) {
+                const u32 col = 64u * q + c0;
+                if (col < hd) {
+                    for (u32 k = 0; k < count; k++) {
+                        const float4 gv = out_scores[(k_first + k) * row_vecs + tr];
+                        const float rows[4] = {gv.x, gv.y, gv.z, gv.w};
+                        const float* xv = &out_stage[k * hd + col];
+                        SW_UNROLL
+                        for (u32 i = 0; i < 4u; i++)
+                            SW_UNROLL
+                            for (u32 c = 0; c < 4u; c++) acc[q][i][c] += rows[i] * xv[c];
+                    }
+                }
             }
         }
     }
+
+    float skip = 0.0f;
+    if (HAS_D_SKIP) skip = d_skip[h];
+    SW_UNROLL
+    for (u32 q = 0; q < SSD_COL_GROUPS; q++)
+        SW_UNROLL
+        for (u32 i = 0; i < 4u; i++)
+            SW_UNROLL
+            for (u32 c = 0; c < 4u; c++) {
+                const u32 row = first + r0 + i;
+                const u32 col = 64u * q + c0 + c;
+                if (row < end && col < hd) {
+                    const u32 at = ssd_x_index(p, b, h * hd + col, row);
+                    store_f32(y, at, acc[q][i][c] + skip * to_f32(x[at]));
+                }
+            }
 }

@@ -13,7 +13,7 @@ override HAS_DT_BIAS: bool = false;
 override DT_SOFTPLUS: bool = true;
 override REVERSE: bool = false;
 
-// SSD_ROWS: output rows (time steps) per workgroup, and keys per tile; SSD_COLS: threads per row.
+// ssd_chunk_states' workgroup: a 16 x 16 grid of threads (SSD_ROWS x SSD_COLS).
 const SSD_THREADS: u32 = SSD_ROWS * SSD_COLS;
 const STAGE: u32 = 8u; // steps per stage in ssd_chunk_states
 
@@ -53,10 +53,9 @@ struct SsdParams {
 @group(0) @binding(10) var<storage, read_write> y: array<store_t>;
 @group(0) @binding(11) var<uniform> p: SsdParams;
 
-var<workgroup> rows_c: array<f32, SSD_ROWS * MAX_STATE>;
-var<workgroup> keys_b: array<f32, SSD_ROWS * MAX_STATE>; // STAGE x MAX_STATE in chunk_states
-var<workgroup> keys_x: array<f32, SSD_ROWS * SSD_MAX_HEAD_DIM>; // dt_s * x_s
-var<workgroup> scores: array<f32, SSD_ROWS * SSD_ROWS>;
+// ssd_chunk_states' stages: STAGE steps of B and of the weighted x.
+var<workgroup> keys_b: array<f32, STAGE * MAX_STATE>;
+var<workgroup> keys_x: array<f32, STAGE * SSD_MAX_HEAD_DIM>;
 
 fn time_at(i: u32) -> u32 {
     return step_time(i, p.length, REVERSE);
@@ -192,102 +191,195 @@ fn ssd_chunk_states(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocat
     }
 }
 
-// Workgroup per (batch * head, chunk, block of SSD_ROWS steps): thread (r, j) owns step r of the block
-// and the output columns j, j + SSD_COLS, ...
-@compute @workgroup_size(SSD_THREADS)
+// Workgroup per (batch * head, chunk, block of SSD_OUT_ROWS steps): the block's outputs, three small
+// GEMMs per workgroup in register blocks (one output per thread read 1-2 workgroup words per FMA):
+//   carried-in state  Y = diag(exp(a)) C S_init^T    thread (tr, tc): rows 4tr..4tr+3 x columns
+//                                                    64q + 4tc..+3 per group q of 64 (0.5 words/FMA)
+//   scores, per tile  G = (C B^T) * exp(a_i - a_s)   thread (tr, tc): rows 4tr..+3 x keys 2tc, 2tc + 1
+//   of SSD_OUT_KEYS   masked to s <= i               (0.75 words/FMA)
+//                     Y += G (dt x)                  the output block again (0.5 words/FMA)
+// C stays staged (transposed, so a thread's four rows are one vec4); B^T, S_init and dt x take turns
+// in one stage of SSD_OUT_STAGE words, x in slices of SSD_OUT_STAGE / head_dim keys (all 32 keys at
+// head_dim 64). Barriers per key tile: 4, plus 2 per further slice of x. Rows past the chunk read
+// C = 0 and are not stored; blocks past head_dim compute on neighbouring words and are not stored.
+const OUT_THREADS: u32 = SSD_OUT_THREADS;
+const OUT_ROW_VECS: u32 = SSD_OUT_ROWS / 4u;
+
+var<workgroup> out_c: array<vec4<f32>, MAX_STATE * OUT_ROW_VECS>; // [n][row / 4]: C^T
+var<workgroup> out_scores: array<vec4<f32>, SSD_OUT_KEYS * OUT_ROW_VECS>; // [key][row / 4]
+// Plus 4: a block's last vec4 of a row not a multiple of 4 long reads up to 3 words past the slice.
+var<workgroup> out_stage: array<f32, SSD_OUT_STAGE + 4u>;
+
+@compute @workgroup_size(OUT_THREADS)
 fn ssd_chunk_outputs(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) index: u32) {
     let b = wg.x / p.heads;
     let h = wg.x % p.heads;
     let chunk = wg.y;
     let start = chunk * p.chunk_len;
     let end = min(start + p.chunk_len, p.length);
-    let first = start + wg.z * SSD_ROWS;
+    let first = start + wg.z * SSD_OUT_ROWS;
     if first >= end {
         return;
     }
-    let r = index / SSD_COLS;
-    let j = index % SSD_COLS;
-    let i = first + r;
-    let live = i < end;
-    for (var e = index; e < SSD_ROWS * N_STATE; e += SSD_THREADS) {
-        let row = first + e / N_STATE;
+    let hd = p.head_dim;
+    let tr = index / 16u;
+    let tc = index % 16u;
+    let r0 = 4u * tr;
+    let c0 = 4u * tc;
+    for (var e = index; e < N_STATE * SSD_OUT_ROWS; e += OUT_THREADS) {
+        let row = first + e % SSD_OUT_ROWS;
         var v = 0.0;
         if row < end {
-            v = f32(c_in[bc_index(b, h, e % N_STATE, row)]);
+            v = f32(c_in[bc_index(b, h, e / SSD_OUT_ROWS, row)]);
         }
-        rows_c[e] = v;
+        out_c[e / 4u][e % 4u] = v;
     }
-    workgroupBarrier();
-    var cum_i = 0.0;
-    if live {
-        cum_i = work[work_cum(b, h, i)];
-    }
-    // The carried-in state, decayed to step i: exp(a_i) C_i . S_init.
-    var acc: array<f32, SSD_MAX_HEAD_DIM / SSD_COLS>; // head_dim / SSD_COLS columns per thread
-    if live {
-        let carry = exp(cum_i);
-        for (var k = 0u; j + k * SSD_COLS < p.head_dim; k++) {
-            let channel = h * p.head_dim + j + k * SSD_COLS;
-            let base = ((b * p.heads * p.head_dim + channel) * p.chunks + chunk) * N_STATE;
-            var sum = 0.0;
-            for (var n = 0u; n < N_STATE; n++) {
-                sum += rows_c[r * N_STATE + n] * chunk_initial[base + n];
-            }
-            acc[k] = carry * sum;
+    // a_i of the thread's rows (0 past the chunk, whose C is 0).
+    var cum_rows = vec4<f32>(0.0);
+    for (var i = 0u; i < 4u; i++) {
+        if first + r0 + i < end {
+            cum_rows[i] = work[work_cum(b, h, first + r0 + i)];
         }
     }
-    // Within the chunk: keys up to the block's last step (causal).
-    let last = min(first + SSD_ROWS, end);
-    for (var s0 = start; s0 < last; s0 += SSD_ROWS) {
+
+    // acc[4q + i]: row r0 + i, columns 64q + c0 .. + 3.
+    var acc: array<vec4<f32>, 4u * SSD_COL_GROUPS>;
+    // The carried-in state: S_init^T in slices of states (n, column), the columns contiguous.
+    let states_per_slice = min(N_STATE, SSD_OUT_STAGE / hd);
+    for (var n0 = 0u; n0 < N_STATE; n0 += states_per_slice) {
+        let count = min(states_per_slice, N_STATE - n0);
         workgroupBarrier();
-        for (var e = index; e < SSD_ROWS * N_STATE; e += SSD_THREADS) {
-            let s = s0 + e / N_STATE;
-            var v = 0.0;
-            if s < end {
-                v = f32(b_in[bc_index(b, h, e % N_STATE, s)]);
-            }
-            keys_b[e] = v;
-        }
-        for (var e = index; e < SSD_ROWS * p.head_dim; e += SSD_THREADS) {
-            let s = s0 + e / p.head_dim;
-            var v = 0.0;
-            if s < end {
-                v = work[work_dt(b, h, s)] * f32(x[x_index(b, h * p.head_dim + e % p.head_dim, s)]);
-            }
-            keys_x[e] = v;
+        for (var e = index; e < count * hd; e += OUT_THREADS) {
+            let col = e / count;
+            let n = n0 + e % count;
+            let channel = h * hd + col;
+            let at = ((b * p.heads * hd + channel) * p.chunks + chunk) * N_STATE + n;
+            out_stage[(n - n0) * hd + col] = chunk_initial[at];
         }
         workgroupBarrier();
-        // Score of step i against key s0 + j: (C_i . B_s) exp(a_i - a_s), zero above the diagonal.
-        let s = s0 + j;
-        var score = 0.0;
-        if live && s <= i {
-            var dot = 0.0;
-            for (var n = 0u; n < N_STATE; n++) {
-                dot += rows_c[r * N_STATE + n] * keys_b[j * N_STATE + n];
-            }
-            score = dot * exp(cum_i - work[work_cum(b, h, s)]);
-        }
-        scores[r * SSD_ROWS + j] = score;
-        workgroupBarrier();
-        if live {
-            for (var k = 0u; j + k * SSD_COLS < p.head_dim; k++) {
-                let col = j + k * SSD_COLS;
-                var sum = acc[k];
-                for (var key = 0u; key < SSD_ROWS; key++) {
-                    sum += scores[r * SSD_ROWS + key] * keys_x[key * p.head_dim + col];
+        for (var q = 0u; q < SSD_COL_GROUPS; q++) {
+            let col = 64u * q + c0;
+            if col < hd {
+                var a0 = acc[4u * q];
+                var a1 = acc[4u * q + 1u];
+                var a2 = acc[4u * q + 2u];
+                var a3 = acc[4u * q + 3u];
+                for (var n = 0u; n < count; n++) {
+                    let cv = out_c[(n0 + n) * OUT_ROW_VECS + tr];
+                    let ks = n * hd + col;
+                    let sv = vec4<f32>(out_stage[ks], out_stage[ks + 1u], out_stage[ks + 2u], out_stage[ks + 3u]);
+                    a0 += cv.x * sv;
+                    a1 += cv.y * sv;
+                    a2 += cv.z * sv;
+                    a3 += cv.w * sv;
                 }
-                acc[k] = sum;
+                acc[4u * q] = a0;
+                acc[4u * q + 1u] = a1;
+                acc[4u * q + 2u] = a2;
+                acc[4u * q + 3u] = a3;
             }
         }
     }
-    if live {
-        var skip = 0.0;
-        if HAS_D_SKIP {
-            skip = d_skip[h];
+    let carry = exp(cum_rows);
+    for (var q = 0u; q < SSD_COL_GROUPS; q++) {
+        for (var i = 0u; i < 4u; i++) {
+            acc[4u * q + i] *= carry[i];
         }
-        for (var k = 0u; j + k * SSD_COLS < p.head_dim; k++) {
-            let at = x_index(b, h * p.head_dim + j + k * SSD_COLS, i);
-            y[at] = store_t(acc[k] + skip * f32(x[at]));
+    }
+
+    // Within the chunk: key tiles up to the block's last step (causal).
+    let last = min(first + SSD_OUT_ROWS, end);
+    let keys_per_slice = min(SSD_OUT_KEYS, SSD_OUT_STAGE / hd);
+    for (var s0 = start; s0 < last; s0 += SSD_OUT_KEYS) {
+        // B^T of the tile: [n][key].
+        workgroupBarrier();
+        for (var e = index; e < N_STATE * SSD_OUT_KEYS; e += OUT_THREADS) {
+            let s = s0 + e % SSD_OUT_KEYS;
+            var v = 0.0;
+            if s < end {
+                v = f32(b_in[bc_index(b, h, e / SSD_OUT_KEYS, s)]);
+            }
+            out_stage[e] = v;
+        }
+        workgroupBarrier();
+        // Scores of rows r0..r0 + 3 against keys s0 + 2tc and s0 + 2tc + 1.
+        var g0 = vec4<f32>(0.0);
+        var g1 = vec4<f32>(0.0);
+        let k0 = 2u * tc;
+        for (var n = 0u; n < N_STATE; n++) {
+            let cv = out_c[n * OUT_ROW_VECS + tr];
+            let kb = n * SSD_OUT_KEYS + k0;
+            g0 += cv * out_stage[kb];
+            g1 += cv * out_stage[kb + 1u];
+        }
+        for (var k = 0u; k < 2u; k++) {
+            let s = s0 + k0 + k;
+            var g = select(g0, g1, k == 1u);
+            for (var i = 0u; i < 4u; i++) {
+                // Zero above the diagonal (and past the chunk, where s > every live row); the decay is
+                // read only below it, where s is a step of this chunk.
+                let row = first + r0 + i;
+                var decayed = 0.0;
+                if s <= row && row < end {
+                    decayed = g[i] * exp(cum_rows[i] - work[work_cum(b, h, s)]);
+                }
+                g[i] = decayed;
+            }
+            out_scores[(k0 + k) * OUT_ROW_VECS + tr] = g;
+        }
+        // Y += G (dt x), x in slices of keys: [key][column].
+        for (var k_first = 0u; k_first < SSD_OUT_KEYS; k_first += keys_per_slice) {
+            let count = min(keys_per_slice, SSD_OUT_KEYS - k_first);
+            workgroupBarrier();
+            for (var e = index; e < count * hd; e += OUT_THREADS) {
+                let s = s0 + k_first + e / hd;
+                var v = 0.0;
+                if s < end {
+                    v = work[work_dt(b, h, s)] * f32(x[x_index(b, h * hd + e % hd, s)]);
+                }
+                out_stage[e] = v;
+            }
+            workgroupBarrier();
+            for (var q = 0u; q < SSD_COL_GROUPS; q++) {
+                let col = 64u * q + c0;
+                if col < hd {
+                    var a0 = acc[4u * q];
+                    var a1 = acc[4u * q + 1u];
+                    var a2 = acc[4u * q + 2u];
+                    var a3 = acc[4u * q + 3u];
+                    for (var k = 0u; k < count; k++) {
+                        let gv = out_scores[(k_first + k) * OUT_ROW_VECS + tr];
+                        let kx = k * hd + col;
+                        let xv = vec4<f32>(out_stage[kx], out_stage[kx + 1u], out_stage[kx + 2u], out_stage[kx + 3u]);
+                        a0 += gv.x * xv;
+                        a1 += gv.y * xv;
+                        a2 += gv.z * xv;
+                        a3 += gv.w * xv;
+                    }
+                    acc[4u * q] = a0;
+                    acc[4u * q + 1u] = a1;
+                    acc[4u * q + 2u] = a2;
+                    acc[4u * q + 3u] = a3;
+                }
+            }
+        }
+    }
+
+    var skip = 0.0;
+    if HAS_D_SKIP {
+        skip = d_skip[h];
+    }
+    for (var q = 0u; q < SSD_COL_GROUPS; q++) {
+        for (var i = 0u; i < 4u; i++) {
+            let row = first + r0 + i;
+            let block = acc[4u * q + i];
+            for (var c = 0u; c < 4u; c++) {
+                let col = 64u * q + c0 + c;
+                if row < end && col < hd {
+                    let at = x_index(b, h * hd + col, row);
+                    y[at] = store_t(block[c] + skip * f32(x[at]));
+                }
+            }
         }
     }
 }

@@ -66,10 +66,15 @@ pub enum SsdForm {
 
 /// Largest headdim the chunked matrix form takes.
 pub const SSD_MAX_HEAD_DIM: usize = size::SSD_MAX_HEAD_DIM as usize;
-/// Workgroup memory the chunked matrix form needs.
-const SSD_WORKGROUP_BYTES: u32 =
-    (2 * size::SSD_ROWS * size::MAX_STATE + size::SSD_ROWS * size::SSD_MAX_HEAD_DIM + size::SSD_ROWS * size::SSD_ROWS)
-        * 4;
+/// Workgroup memory the chunked matrix form needs: the larger of ssd_chunk_states' two stages of 8
+/// steps and ssd_chunk_outputs' C, scores and stage (plus its 4 words of slack), in bytes.
+const SSD_WORKGROUP_BYTES: u32 = {
+    let states = 8 * (size::MAX_STATE + size::SSD_MAX_HEAD_DIM);
+    let outputs = size::SSD_OUT_ROWS * (size::MAX_STATE + size::SSD_OUT_KEYS) + size::SSD_OUT_STAGE + 4;
+    4 * if states > outputs { states } else { outputs }
+};
+// The refusal's message states it.
+const _: () = assert!(SSD_WORKGROUP_BYTES == 20496);
 /// Default chunk of the matrix form: its per-token work grows with the chunk, and 64 keeps it near
 /// the recurrence's 2NP at N = P = 64 (Mamba-2's 256 suits tensor-core matmuls we do not have).
 const SSD_DEFAULT_CHUNK: usize = 64;
@@ -179,7 +184,7 @@ pub fn ssd_scan_checked(s: &SsdScan, check_a: bool) -> Result<ScanOutput> {
         SsdForm::ChunkedMatrix if !matrix_fits => {
             return Err(Error::MissingFeature {
                 what: format!("SSD's chunked matrix form with headdim {head_dim} (at most {SSD_MAX_HEAD_DIM})"),
-                feature: "max_compute_workgroup_storage_size >= 25 KiB",
+                feature: "max_compute_workgroup_storage_size >= 20496 bytes",
             });
         }
         form => form,
@@ -459,7 +464,7 @@ fn ssd_matrix_form(s: &Scan, g: &SsdGeometry, scan: &ScanParams, y: &Tensor, fin
     dispatch("ssd_cumsum", [tasks.div_ceil(size::SCAN_WG), 1, 1])?;
     dispatch("ssd_chunk_states", [heads_total, chunks, 1])?;
     carry_states(s, &totals, &chunk_initial, final_state, g.batch * channels * g.n_state, g.chunks, g.n_state)?;
-    dispatch("ssd_chunk_outputs", [heads_total, chunks, (g.chunk_len as u32).div_ceil(size::SSD_ROWS)])
+    dispatch("ssd_chunk_outputs", [heads_total, chunks, (g.chunk_len as u32).div_ceil(size::SSD_OUT_ROWS)])
 }
 
 /// The serial pass over chunk totals: every chunk's initial state and the final state.

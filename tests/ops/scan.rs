@@ -212,8 +212,10 @@ backend_tests! {
     }
 
     /// The chunked form at M-VAR's Mamba-2 head (head_dim 64, d_state 64) and at head dims past one
-    /// group of 64 columns of the chunk-state kernel's register blocks, not multiples of 4, with a
-    /// state size that is not either.
+    /// group of 64 columns of the kernels' register blocks, not multiples of 4, with a state size that
+    /// is not either; chunks past one 32-step block of outputs and one 32-key tile, and head dims whose
+    /// x passes through the output kernel's stage in several slices of keys (65-130: 15-31 keys,
+    /// 190-255: 8-10).
     fn ssd_chunked_matches_the_recurrence_on_wide_heads(device: &Device, config: &str) {
         let mut rng = Rng::for_config("ssd_wide_heads", config);
         for (head_dim, n_state, heads) in [(64, 64, 2), (rng.range(65, 130), 13, 1), (rng.range(190, 256), 64, 1)] {
@@ -222,9 +224,9 @@ backend_tests! {
                 heads: Some(heads),
                 groups: 1,
                 n_state,
-                length: rng.range(20, 90),
+                length: rng.range(20, 170),
                 form: SsdForm::ChunkedMatrix,
-                chunk_len: Some(rng.range(9, 40)),
+                chunk_len: Some(rng.range(9, 80)),
                 ..random_case(&mut rng, DType::F32, true)
             };
             check(device, &mut rng, &case, &format!("{config} {}", describe(&case)));
