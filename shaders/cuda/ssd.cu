@@ -154,6 +154,27 @@ SW_KERNEL(ssd_chunk_states, SSD_THREADS, 1, 1,
             }
 }
 
+// The thread's output block += rows[k * SSD_OUT_ROWS / 4 + tr] (four rows) x stage[k * head_dim + col..
+// col + 3] over k < count, for each 64-column group below head_dim (unrolled, so acc stays in registers).
+SW_DEVICE void ssd_accumulate_rows(float (&acc)[SSD_COL_GROUPS][4][4], const float4* rows, const float* stage,
+                                   u32 count, u32 hd, u32 tr, u32 c0) {
+    SW_UNROLL
+    for (u32 q = 0; q < SSD_COL_GROUPS; q++) {
+        const u32 col = 64u * q + c0;
+        if (col < hd) {
+            for (u32 k = 0; k < count; k++) {
+                const float4 rv = rows[k * (SSD_OUT_ROWS / 4u) + tr];
+                const float r[4] = {rv.x, rv.y, rv.z, rv.w};
+                const float* cols = &stage[k * hd + col];
+                SW_UNROLL
+                for (u32 i = 0; i < 4u; i++)
+                    SW_UNROLL
+                    for (u32 c = 0; c < 4u; c++) acc[q][i][c] += r[i] * cols[c];
+            }
+        }
+    }
+}
+
 // Block per (batch * head, chunk, block of SSD_OUT_ROWS steps): the block's outputs as three small
 // GEMMs in register blocks, as ssd.wgsl's ssd_chunk_outputs (see there): thread (tr, tc) holds rows
 // 4tr..4tr+3 x columns 64q + 4tc..+3 of every 64-column group q, and computes the scores of those rows
@@ -211,21 +232,7 @@ SW_KERNEL(ssd_chunk_outputs, SSD_OUT_THREADS, 1, 1,
             out_stage[(n - n0) * hd + col] = chunk_initial[((b * p.heads * hd + channel) * p.chunks + chunk) * N_STATE + n];
         }
         __syncthreads();
-        SW_UNROLL
-        for (u32 q = 0; q < SSD_COL_GROUPS; q++) {
-            const u32 col = 64u * q + c0;
-            if (col < hd) {
-                for (u32 n = 0; n < count; n++) {
-                    const float4 cv = out_c[(n0 + n) * row_vecs + tr];
-                    const float* sv = &out_stage[n * hd + col];
-                    const float rows[4] = {cv.x, cv.y, cv.z, cv.w};
-                    SW_UNROLL
-                    for (u32 i = 0; i < 4u; i++)
-                        SW_UNROLL
-                        for (u32 c = 0; c < 4u; c++) acc[q][i][c] += rows[i] * sv[c];
-                }
-            }
-        }
+        ssd_accumulate_rows(acc, &out_c[n0 * row_vecs], out_stage, count, hd, tr, c0);
     }
     SW_UNROLL
     for (u32 i = 0; i < 4u; i++) {
@@ -284,21 +291,7 @@ SW_KERNEL(ssd_chunk_outputs, SSD_OUT_THREADS, 1, 1,
                 out_stage[e] = v;
             }
             __syncthreads();
-            SW_UNROLL
-            for (u32 q = 0; q < SSD_COL_GROUPS; q++) {
-                const u32 col = 64u * q + c0;
-                if (col < hd) {
-                    for (u32 k = 0; k < count; k++) {
-                        const float4 gv = out_scores[(k_first + k) * row_vecs + tr];
-                        const float rows[4] = {gv.x, gv.y, gv.z, gv.w};
-                        const float* xv = &out_stage[k * hd + col];
-                        SW_UNROLL
-                        for (u32 i = 0; i < 4u; i++)
-                            SW_UNROLL
-                            for (u32 c = 0; c < 4u; c++) acc[q][i][c] += rows[i] * xv[c];
-                    }
-                }
-            }
+            ssd_accumulate_rows(acc, &out_scores[k_first * row_vecs], out_stage, count, hd, tr, c0);
         }
     }
 

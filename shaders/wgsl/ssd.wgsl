@@ -205,10 +205,39 @@ fn ssd_chunk_states(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocat
 const OUT_THREADS: u32 = SSD_OUT_THREADS;
 const OUT_ROW_VECS: u32 = SSD_OUT_ROWS / 4u;
 
-var<workgroup> out_c: array<vec4<f32>, MAX_STATE * OUT_ROW_VECS>; // [n][row / 4]: C^T
-var<workgroup> out_scores: array<vec4<f32>, SSD_OUT_KEYS * OUT_ROW_VECS>; // [key][row / 4]
+// The left operands, four rows to a vec4: C^T ([n][row / 4]), then a tile's scores ([key][row / 4]).
+const SCORES_AT: u32 = MAX_STATE * OUT_ROW_VECS;
+var<workgroup> out_rows: array<vec4<f32>, (MAX_STATE + SSD_OUT_KEYS) * OUT_ROW_VECS>;
 // Plus 4: a block's last vec4 of a row not a multiple of 4 long reads up to 3 words past the slice.
 var<workgroup> out_stage: array<f32, SSD_OUT_STAGE + 4u>;
+
+// The thread's output block += out_rows[first + k][tr] (rows) x out_stage[k][col..col + 3] over
+// k < count, for each 64-column group below head_dim (a constant trip count, so acc stays in registers).
+fn accumulate_rows(acc: ptr<function, array<vec4<f32>, 4u * SSD_COL_GROUPS>>, first: u32, count: u32, tr: u32, c0: u32) {
+    let hd = p.head_dim;
+    for (var q = 0u; q < SSD_COL_GROUPS; q++) {
+        let col = 64u * q + c0;
+        if col < hd {
+            var a0 = (*acc)[4u * q];
+            var a1 = (*acc)[4u * q + 1u];
+            var a2 = (*acc)[4u * q + 2u];
+            var a3 = (*acc)[4u * q + 3u];
+            for (var k = 0u; k < count; k++) {
+                let rows = out_rows[(first + k) * OUT_ROW_VECS + tr];
+                let at = k * hd + col;
+                let cols = vec4<f32>(out_stage[at], out_stage[at + 1u], out_stage[at + 2u], out_stage[at + 3u]);
+                a0 += rows.x * cols;
+                a1 += rows.y * cols;
+                a2 += rows.z * cols;
+                a3 += rows.w * cols;
+            }
+            (*acc)[4u * q] = a0;
+            (*acc)[4u * q + 1u] = a1;
+            (*acc)[4u * q + 2u] = a2;
+            (*acc)[4u * q + 3u] = a3;
+        }
+    }
+}
 
 @compute @workgroup_size(OUT_THREADS)
 fn ssd_chunk_outputs(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) index: u32) {
@@ -232,7 +261,7 @@ fn ssd_chunk_outputs(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoca
         if row < end {
             v = f32(c_in[bc_index(b, h, e / SSD_OUT_ROWS, row)]);
         }
-        out_c[e / 4u][e % 4u] = v;
+        out_rows[e / 4u][e % 4u] = v;
     }
     // a_i of the thread's rows (0 past the chunk, whose C is 0).
     var cum_rows = vec4<f32>(0.0);
@@ -257,28 +286,7 @@ fn ssd_chunk_outputs(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoca
             out_stage[(n - n0) * hd + col] = chunk_initial[at];
         }
         workgroupBarrier();
-        for (var q = 0u; q < SSD_COL_GROUPS; q++) {
-            let col = 64u * q + c0;
-            if col < hd {
-                var a0 = acc[4u * q];
-                var a1 = acc[4u * q + 1u];
-                var a2 = acc[4u * q + 2u];
-                var a3 = acc[4u * q + 3u];
-                for (var n = 0u; n < count; n++) {
-                    let cv = out_c[(n0 + n) * OUT_ROW_VECS + tr];
-                    let ks = n * hd + col;
-                    let sv = vec4<f32>(out_stage[ks], out_stage[ks + 1u], out_stage[ks + 2u], out_stage[ks + 3u]);
-                    a0 += cv.x * sv;
-                    a1 += cv.y * sv;
-                    a2 += cv.z * sv;
-                    a3 += cv.w * sv;
-                }
-                acc[4u * q] = a0;
-                acc[4u * q + 1u] = a1;
-                acc[4u * q + 2u] = a2;
-                acc[4u * q + 3u] = a3;
-            }
-        }
+        accumulate_rows(&acc, n0, count, tr, c0);
     }
     let carry = exp(cum_rows);
     for (var q = 0u; q < SSD_COL_GROUPS; q++) {
@@ -307,7 +315,7 @@ fn ssd_chunk_outputs(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoca
         var g1 = vec4<f32>(0.0);
         let k0 = 2u * tc;
         for (var n = 0u; n < N_STATE; n++) {
-            let cv = out_c[n * OUT_ROW_VECS + tr];
+            let cv = out_rows[n * OUT_ROW_VECS + tr];
             let kb = n * SSD_OUT_KEYS + k0;
             g0 += cv * out_stage[kb];
             g1 += cv * out_stage[kb + 1u];
@@ -325,7 +333,7 @@ fn ssd_chunk_outputs(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoca
                 }
                 g[i] = decayed;
             }
-            out_scores[(k0 + k) * OUT_ROW_VECS + tr] = g;
+            out_rows[SCORES_AT + (k0 + k) * OUT_ROW_VECS + tr] = g;
         }
         // Y += G (dt x), x in slices of keys: [key][column].
         for (var k_first = 0u; k_first < SSD_OUT_KEYS; k_first += keys_per_slice) {
@@ -340,28 +348,7 @@ fn ssd_chunk_outputs(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoca
                 out_stage[e] = v;
             }
             workgroupBarrier();
-            for (var q = 0u; q < SSD_COL_GROUPS; q++) {
-                let col = 64u * q + c0;
-                if col < hd {
-                    var a0 = acc[4u * q];
-                    var a1 = acc[4u * q + 1u];
-                    var a2 = acc[4u * q + 2u];
-                    var a3 = acc[4u * q + 3u];
-                    for (var k = 0u; k < count; k++) {
-                        let gv = out_scores[(k_first + k) * OUT_ROW_VECS + tr];
-                        let kx = k * hd + col;
-                        let xv = vec4<f32>(out_stage[kx], out_stage[kx + 1u], out_stage[kx + 2u], out_stage[kx + 3u]);
-                        a0 += gv.x * xv;
-                        a1 += gv.y * xv;
-                        a2 += gv.z * xv;
-                        a3 += gv.w * xv;
-                    }
-                    acc[4u * q] = a0;
-                    acc[4u * q + 1u] = a1;
-                    acc[4u * q + 2u] = a2;
-                    acc[4u * q + 3u] = a3;
-                }
-            }
+            accumulate_rows(&acc, MAX_STATE + k_first, count, tr, c0);
         }
     }
 
