@@ -154,10 +154,10 @@ SW_KERNEL(ssd_chunk_states, SSD_THREADS, 1, 1,
             }
 }
 
-// The thread's output block += rows[k * SSD_OUT_ROWS / 4 + tr] (four rows) x stage[k * head_dim + col..
+// The thread's output block += rows[k * SSD_OUT_ROWS / 4 + tr] (four rows) x stage[k * stride + col..
 // col + 3] over k < count, for each 64-column group below head_dim (unrolled, so acc stays in registers).
 SW_DEVICE void ssd_accumulate_rows(float (&acc)[SSD_COL_GROUPS][4][4], const float4* rows, const float* stage,
-                                   u32 count, u32 hd, u32 tr, u32 c0) {
+                                   u32 count, u32 stride, u32 hd, u32 tr, u32 c0) {
     SW_UNROLL
     for (u32 q = 0; q < SSD_COL_GROUPS; q++) {
         const u32 col = 64u * q + c0;
@@ -165,7 +165,7 @@ SW_DEVICE void ssd_accumulate_rows(float (&acc)[SSD_COL_GROUPS][4][4], const flo
             for (u32 k = 0; k < count; k++) {
                 const float4 rv = rows[k * (SSD_OUT_ROWS / 4u) + tr];
                 const float r[4] = {rv.x, rv.y, rv.z, rv.w};
-                const float* cols = &stage[k * hd + col];
+                const float* cols = &stage[k * stride + col];
                 SW_UNROLL
                 for (u32 i = 0; i < 4u; i++)
                     SW_UNROLL
@@ -220,8 +220,11 @@ SW_KERNEL(ssd_chunk_outputs, SSD_OUT_THREADS, 1, 1,
         for (u32 i = 0; i < 4u; i++)
             SW_UNROLL
             for (u32 c = 0; c < 4u; c++) acc[q][i][c] = 0.0f;
-    // The carried-in state: S_init^T in slices of states ([n][column]).
-    const u32 states_per_slice = min(N_STATE, SSD_OUT_STAGE / hd);
+    // The carried-in state: S_init^T in slices of states ([n][column]), read along n (contiguous in
+    // chunk_initial), so consecutive threads store down a column: rows hd + 1 apart keep those stores
+    // in distinct banks.
+    const u32 state_stride = hd + 1u;
+    const u32 states_per_slice = min(N_STATE, SSD_OUT_STAGE / state_stride);
     for (u32 n0 = 0; n0 < N_STATE; n0 += states_per_slice) {
         const u32 count = min(states_per_slice, N_STATE - n0);
         __syncthreads();
@@ -229,10 +232,10 @@ SW_KERNEL(ssd_chunk_outputs, SSD_OUT_THREADS, 1, 1,
             const u32 col = e / count;
             const u32 n = n0 + e % count;
             const u32 channel = h * hd + col;
-            out_stage[(n - n0) * hd + col] = chunk_initial[((b * p.heads * hd + channel) * p.chunks + chunk) * N_STATE + n];
+            out_stage[(n - n0) * state_stride + col] = chunk_initial[((b * p.heads * hd + channel) * p.chunks + chunk) * N_STATE + n];
         }
         __syncthreads();
-        ssd_accumulate_rows(acc, &out_c[n0 * row_vecs], out_stage, count, hd, tr, c0);
+        ssd_accumulate_rows(acc, &out_c[n0 * row_vecs], out_stage, count, state_stride, hd, tr, c0);
     }
     SW_UNROLL
     for (u32 i = 0; i < 4u; i++) {
@@ -291,7 +294,7 @@ SW_KERNEL(ssd_chunk_outputs, SSD_OUT_THREADS, 1, 1,
                 out_stage[e] = v;
             }
             __syncthreads();
-            ssd_accumulate_rows(acc, &out_scores[k_first * row_vecs], out_stage, count, hd, tr, c0);
+            ssd_accumulate_rows(acc, &out_scores[k_first * row_vecs], out_stage, count, hd, hd, tr, c0);
         }
     }
 

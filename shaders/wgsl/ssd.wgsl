@@ -211,9 +211,16 @@ var<workgroup> out_rows: array<vec4<f32>, (MAX_STATE + SSD_OUT_KEYS) * OUT_ROW_V
 // Plus 4: a block's last vec4 of a row not a multiple of 4 long reads up to 3 words past the slice.
 var<workgroup> out_stage: array<f32, SSD_OUT_STAGE + 4u>;
 
-// The thread's output block += out_rows[first + k][tr] (rows) x out_stage[k][col..col + 3] over
+// The thread's output block += out_rows[first + k][tr] (rows) x out_stage[k * stride + col..+ 3] over
 // k < count, for each 64-column group below head_dim (a constant trip count, so acc stays in registers).
-fn accumulate_rows(acc: ptr<function, array<vec4<f32>, 4u * SSD_COL_GROUPS>>, first: u32, count: u32, tr: u32, c0: u32) {
+fn accumulate_rows(
+    acc: ptr<function, array<vec4<f32>, 4u * SSD_COL_GROUPS>>,
+    first: u32,
+    count: u32,
+    stride: u32,
+    tr: u32,
+    c0: u32,
+) {
     let hd = p.head_dim;
     for (var q = 0u; q < SSD_COL_GROUPS; q++) {
         let col = 64u * q + c0;
@@ -224,7 +231,7 @@ fn accumulate_rows(acc: ptr<function, array<vec4<f32>, 4u * SSD_COL_GROUPS>>, fi
             var a3 = (*acc)[4u * q + 3u];
             for (var k = 0u; k < count; k++) {
                 let rows = out_rows[(first + k) * OUT_ROW_VECS + tr];
-                let at = k * hd + col;
+                let at = k * stride + col;
                 let cols = vec4<f32>(out_stage[at], out_stage[at + 1u], out_stage[at + 2u], out_stage[at + 3u]);
                 a0 += rows.x * cols;
                 a1 += rows.y * cols;
@@ -273,8 +280,11 @@ fn ssd_chunk_outputs(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoca
 
     // acc[4q + i]: row r0 + i, columns 64q + c0 .. + 3.
     var acc: array<vec4<f32>, 4u * SSD_COL_GROUPS>;
-    // The carried-in state: S_init^T in slices of states (n, column), the columns contiguous.
-    let states_per_slice = min(N_STATE, SSD_OUT_STAGE / hd);
+    // The carried-in state: S_init^T in slices of states ([n][column]), read along n (contiguous in
+    // chunk_initial), so consecutive threads store down a column: rows hd + 1 apart keep those stores
+    // in distinct banks (hd apart, a multiple of 32 would put all of a wave's in one).
+    let state_stride = hd + 1u;
+    let states_per_slice = min(N_STATE, SSD_OUT_STAGE / state_stride);
     for (var n0 = 0u; n0 < N_STATE; n0 += states_per_slice) {
         let count = min(states_per_slice, N_STATE - n0);
         workgroupBarrier();
@@ -283,10 +293,10 @@ fn ssd_chunk_outputs(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoca
             let n = n0 + e % count;
             let channel = h * hd + col;
             let at = ((b * p.heads * hd + channel) * p.chunks + chunk) * N_STATE + n;
-            out_stage[(n - n0) * hd + col] = chunk_initial[at];
+            out_stage[(n - n0) * state_stride + col] = chunk_initial[at];
         }
         workgroupBarrier();
-        accumulate_rows(&acc, n0, count, tr, c0);
+        accumulate_rows(&acc, n0, count, state_stride, tr, c0);
     }
     let carry = exp(cum_rows);
     for (var q = 0u; q < SSD_COL_GROUPS; q++) {
@@ -348,7 +358,7 @@ fn ssd_chunk_outputs(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoca
                 out_stage[e] = v;
             }
             workgroupBarrier();
-            accumulate_rows(&acc, MAX_STATE + k_first, count, tr, c0);
+            accumulate_rows(&acc, MAX_STATE + k_first, count, hd, tr, c0);
         }
     }
 
