@@ -52,9 +52,11 @@ pub mod size {
     pub const SCAN_WG: u32 = 64;
     /// Largest SSM state (N) the scans hold in registers and workgroup memory.
     pub const MAX_STATE: u32 = 64;
-    /// SSD's chunked matrix form: ssd_chunk_states' workgroup of SSD_ROWS x SSD_COLS threads.
+    /// SSD's chunked matrix form: ssd_chunk_states' workgroup of SSD_ROWS x SSD_COLS threads, which
+    /// stages SSD_STAGE steps of B and of the weighted x at a time.
     pub const SSD_ROWS: u32 = 16;
     pub const SSD_COLS: u32 = 16;
+    pub const SSD_STAGE: u32 = 8;
     pub const SSD_MAX_HEAD_DIM: u32 = 256;
     /// ssd_chunk_outputs: SSD_OUT_ROWS time steps per workgroup of SSD_OUT_THREADS, keys in tiles of
     /// SSD_OUT_KEYS, and a stage of SSD_OUT_STAGE words that holds a tile of B (N x keys), a slice of
@@ -111,6 +113,7 @@ pub mod size {
         ("MAX_STATE", MAX_STATE),
         ("SSD_ROWS", SSD_ROWS),
         ("SSD_COLS", SSD_COLS),
+        ("SSD_STAGE", SSD_STAGE),
         ("SSD_MAX_HEAD_DIM", SSD_MAX_HEAD_DIM),
         ("SSD_OUT_ROWS", SSD_OUT_ROWS),
         ("SSD_OUT_KEYS", SSD_OUT_KEYS),

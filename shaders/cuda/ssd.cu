@@ -24,8 +24,6 @@
 
 // ssd_chunk_states' block: SSD_ROWS x SSD_COLS threads.
 #define SSD_THREADS (SSD_ROWS * SSD_COLS)
-// Steps per stage in ssd_chunk_states.
-#define SSD_STAGE 8u
 // Groups of 64 columns in the kernels' register blocks.
 #define SSD_COL_GROUPS (SSD_MAX_HEAD_DIM / 64u)
 
@@ -92,13 +90,7 @@ SW_KERNEL(ssd_chunk_states, SSD_THREADS, 1, 1,
     const u32 n0 = 4u * (index / 16u);
     const u32 c0 = 4u * (index % 16u);
     // acc[q][i][c]: state n0 + i, column 64q + c0 + c.
-    float acc[SSD_COL_GROUPS][4][4];
-    SW_UNROLL
-    for (u32 q = 0; q < SSD_COL_GROUPS; q++)
-        SW_UNROLL
-        for (u32 i = 0; i < 4u; i++)
-            SW_UNROLL
-            for (u32 c = 0; c < 4u; c++) acc[q][i][c] = 0.0f;
+    float acc[SSD_COL_GROUPS][4][4] = {};
     for (u32 s0 = start; s0 < end; s0 += SSD_STAGE) {
         const u32 count = min(SSD_STAGE, end - s0);
         __syncthreads();
@@ -213,13 +205,7 @@ SW_KERNEL(ssd_chunk_outputs, SSD_OUT_THREADS, 1, 1,
     for (u32 i = 0; i < 4u; i++) cum_rows[i] = first + r0 + i < end ? work[ssd_work_cum(p, b, h, first + r0 + i)] : 0.0f;
 
     // acc[q][i][c]: row r0 + i, column 64q + c0 + c.
-    float acc[SSD_COL_GROUPS][4][4];
-    SW_UNROLL
-    for (u32 q = 0; q < SSD_COL_GROUPS; q++)
-        SW_UNROLL
-        for (u32 i = 0; i < 4u; i++)
-            SW_UNROLL
-            for (u32 c = 0; c < 4u; c++) acc[q][i][c] = 0.0f;
+    float acc[SSD_COL_GROUPS][4][4] = {};
     // The carried-in state: S_init^T in slices of states ([n][column]), read along n (contiguous in
     // chunk_initial), so consecutive threads store down a column: rows hd + 1 apart keep those stores
     // in distinct banks.

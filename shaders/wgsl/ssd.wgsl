@@ -15,7 +15,6 @@ override REVERSE: bool = false;
 
 // ssd_chunk_states' workgroup: a 16 x 16 grid of threads (SSD_ROWS x SSD_COLS).
 const SSD_THREADS: u32 = SSD_ROWS * SSD_COLS;
-const STAGE: u32 = 8u; // steps per stage in ssd_chunk_states
 
 struct SsdParams {
     batch: u32,
@@ -53,9 +52,9 @@ struct SsdParams {
 @group(0) @binding(10) var<storage, read_write> y: array<store_t>;
 @group(0) @binding(11) var<uniform> p: SsdParams;
 
-// ssd_chunk_states' stages: STAGE steps of B and of the weighted x.
-var<workgroup> keys_b: array<f32, STAGE * MAX_STATE>;
-var<workgroup> keys_x: array<f32, STAGE * SSD_MAX_HEAD_DIM>;
+// ssd_chunk_states' stages: SSD_STAGE steps of B and of the weighted x.
+var<workgroup> keys_b: array<f32, SSD_STAGE * MAX_STATE>;
+var<workgroup> keys_x: array<f32, SSD_STAGE * SSD_MAX_HEAD_DIM>;
 
 fn time_at(i: u32) -> u32 {
     return step_time(i, p.length, REVERSE);
@@ -124,10 +123,10 @@ fn ssd_chunk_states(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocat
     let c0 = 4u * (index % 16u);
     // acc[4q + i]: state n0 + i, columns 64q + c0 .. + 3.
     var acc: array<vec4<f32>, 4u * SSD_COL_GROUPS>;
-    for (var s0 = start; s0 < end; s0 += STAGE) {
-        let count = min(STAGE, end - s0);
+    for (var s0 = start; s0 < end; s0 += SSD_STAGE) {
+        let count = min(SSD_STAGE, end - s0);
         workgroupBarrier();
-        for (var e = index; e < STAGE * N_STATE; e += SSD_THREADS) {
+        for (var e = index; e < SSD_STAGE * N_STATE; e += SSD_THREADS) {
             let s = e / N_STATE;
             var v = 0.0;
             if s < count {
@@ -135,7 +134,7 @@ fn ssd_chunk_states(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocat
             }
             keys_b[e] = v;
         }
-        for (var e = index; e < STAGE * p.head_dim; e += SSD_THREADS) {
+        for (var e = index; e < SSD_STAGE * p.head_dim; e += SSD_THREADS) {
             let s = e / p.head_dim;
             var v = 0.0;
             if s < count {

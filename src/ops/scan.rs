@@ -66,10 +66,10 @@ pub enum SsdForm {
 
 /// Largest headdim the chunked matrix form takes.
 pub const SSD_MAX_HEAD_DIM: usize = size::SSD_MAX_HEAD_DIM as usize;
-/// Workgroup memory the chunked matrix form needs: the larger of ssd_chunk_states' two stages of 8
-/// steps and ssd_chunk_outputs' C, scores and stage (plus its 4 words of slack), in bytes.
+/// Workgroup memory the chunked matrix form needs: the larger of ssd_chunk_states' two stages of
+/// SSD_STAGE steps and ssd_chunk_outputs' C, scores and stage (plus its 4 words of slack), in bytes.
 const SSD_WORKGROUP_BYTES: u32 = {
-    let states = 8 * (size::MAX_STATE + size::SSD_MAX_HEAD_DIM);
+    let states = size::SSD_STAGE * (size::MAX_STATE + size::SSD_MAX_HEAD_DIM);
     let outputs = size::SSD_OUT_ROWS * (size::MAX_STATE + size::SSD_OUT_KEYS) + size::SSD_OUT_STAGE + 4;
     4 * if states > outputs { states } else { outputs }
 };
