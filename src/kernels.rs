@@ -281,6 +281,13 @@ macro_rules! families {
                 match self { $(Family::$variant => $reductions),* }
             }
 
+            /// Whether the family runs the scalar attention machinery (attention_tile.wgsl), whose rows'
+            /// partial scores may meet through subgroup shuffles: a subgroup variant where the
+            /// backend has subgroups.
+            pub fn uses_attention_lanes(self) -> bool {
+                matches!(self, Family::Attention | Family::QkvHeads)
+            }
+
             /// Whether the family multiplies on 16 x 16 f16 matrix units (wgpu: cooperative matrices,
             /// or their emulation), so that its "subgroups" variant is the cooperative-matrix one.
             pub fn uses_matrix_units(self) -> bool {
@@ -324,11 +331,13 @@ families! {
         constants: [HAS_WEIGHT: Bool, HAS_BIAS: Bool, MODULATE: Bool],
     }
     /// Dense and GRAT attention; each query row's max and sum stay in its own threads' registers, so
-    /// no row reduction and no subgroup variant.
+    /// no row reduction; its subgroup variant sums a row's partial scores through shuffles
+    /// (`uses_attention_lanes`).
     Attention = "attention" {
         params: AttentionParams, reductions: false, dtypes: FLOATS,
         constants: [HEAD_DIM: U32, BLOCK_Q: U32, BLOCK_KV: U32, THREADS: U32, Q_TILE_VECS: U32,
-                    KV_TILE_VECS: U32, KV_SPLIT: U32, GROUP_MAJOR: Bool, TO_GROUP_MAJOR: Bool],
+                    KV_TILE_VECS: U32, KV_SPLIT: U32, ROWS: U32, SUBGROUP_EXCHANGE: Bool,
+                    GROUP_MAJOR: Bool, TO_GROUP_MAJOR: Bool],
     }
     /// Dense and GRAT attention on 16 x 16 x 16 f16 matrix units (`attention_coop.wgsl` under
     /// attention.wgsl's entries; its own module because it needs `enable wgpu_cooperative_matrix`).
@@ -401,7 +410,7 @@ families! {
     QkvHeads = "qkv_heads" {
         params: QkvParams, reductions: true, dtypes: FLOATS,
         constants: [L2_NORM: Bool, HEAD_DIM: U32, BLOCK_Q: U32, BLOCK_KV: U32, THREADS: U32, Q_TILE_VECS: U32,
-                    KV_TILE_VECS: U32, KV_SPLIT: U32],
+                    KV_TILE_VECS: U32, KV_SPLIT: U32, ROWS: U32, SUBGROUP_EXCHANGE: Bool],
     }
     /// `qkv_attention` on 16 x 16 x 16 f16 matrix units: qkv_attention.wgsl's entry on the
     /// attention_coop machinery (its own module because it needs `enable wgpu_cooperative_matrix`).

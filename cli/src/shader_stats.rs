@@ -45,11 +45,23 @@ const KV_STEP_ENTRIES: &[(Family, &str)] =
     &[(Family::Attention, "flash_attention"), (Family::QkvHeads, "qkv_attention")];
 const KV_STEPS: &[(usize, usize)] = &[(1, 680), (16, 680), (256, 680)];
 
-/// The limits attention tiles are sized for: RDNA3's 64 KiB of LDS per workgroup, 1024 invocations.
-fn rdna3_caps() -> scalewise::Caps {
+/// Entry points on the scalar attention machinery (attention_tile.wgsl), whose default row is
+/// compiled with the constants the host launches for many rows (`MANY_ROWS`) on this target, in
+/// the variant's flavour: its rows per thread and exchange differ with subgroups, and its overrides'
+/// defaults are the launch without them.
+const TILE_ENTRIES: &[(Family, &str)] = &[
+    (Family::Attention, "flash_attention"),
+    (Family::Attention, "grouped_attention"),
+    (Family::QkvHeads, "qkv_attention"),
+];
+const MANY_ROWS: (usize, usize) = (256, 680);
+
+/// The limits attention tiles are sized for: RDNA3's 64 KiB of LDS per workgroup, 1024 invocations,
+/// subgroups of 32 or 64 lanes (`subgroups`: whether the variant uses them).
+fn rdna3_caps(subgroups: bool) -> scalewise::Caps {
     scalewise::Caps {
         f16: true,
-        subgroups: true,
+        subgroups,
         subgroup_sizes: (32, 64),
         timestamps: true,
         shared_memory_bytes: 65536,
@@ -65,16 +77,29 @@ fn rdna3_caps() -> scalewise::Caps {
     }
 }
 
-/// The named launch configurations `entry` of `family` is compiled with: the defaults, then the KV
-/// steps of the attention entries.
-fn launches(family: Family, entry: &str) -> anyhow::Result<Vec<(Option<String>, naga::back::PipelineConstants)>> {
-    let mut out = vec![(None, naga::back::PipelineConstants::default())];
+/// The named launch configurations `entry` of `family` is compiled with in a variant with or without
+/// `subgroups`: the defaults (for the attention machinery's entries, the launch of many rows), then
+/// the KV steps of the attention entries.
+fn launches(
+    family: Family,
+    entry: &str,
+    subgroups: bool,
+) -> anyhow::Result<Vec<(Option<String>, naga::back::PipelineConstants)>> {
+    let caps = rdna3_caps(subgroups);
+    let launch = |rows: usize, keys: usize| -> anyhow::Result<naga::back::PipelineConstants> {
+        let tiles = scalewise::ops::attention_tiles_for(&caps, 64, rows, keys)?;
+        let constants = tiles.constants(family, 64);
+        Ok(constants.values().iter().map(|&(name, value)| (name.to_string(), value.as_f64())).collect())
+    };
+    let defaults = if TILE_ENTRIES.contains(&(family, entry)) {
+        launch(MANY_ROWS.0, MANY_ROWS.1)?
+    } else {
+        naga::back::PipelineConstants::default()
+    };
+    let mut out = vec![(None, defaults)];
     if KV_STEP_ENTRIES.contains(&(family, entry)) {
         for &(rows, keys) in KV_STEPS {
-            let tiles = scalewise::ops::attention_tiles_for(&rdna3_caps(), 64, rows, keys)?;
-            let constants = tiles.constants(family, 64);
-            let values = constants.values().iter().map(|&(name, value)| (name.to_string(), value.as_f64())).collect();
-            out.push((Some(format!("kv{rows}x{keys}")), values));
+            out.push((Some(format!("kv{rows}x{keys}")), launch(rows, keys)?));
         }
     }
     Ok(out)
@@ -181,7 +206,7 @@ fn measure(args: &ShaderStatsArgs) -> anyhow::Result<()> {
                 .validate(&module)
                 .map_err(|e| anyhow::anyhow!("{label}: {}", e.emit_to_string(&source)))?;
             for entry in module.entry_points.iter().filter(|e| e.stage == naga::ShaderStage::Compute) {
-                for (launch, constants) in launches(family, &entry.name)? {
+                for (launch, constants) in launches(family, &entry.name, variant.subgroups)? {
                     let (workgroup_size, stats, counts) = compile(&radv, &module, &info, &entry.name, &constants)
                         .with_context(|| format!("{label} {} {launch:?}: compiling for {}", entry.name, args.target))?;
                     kernels.push(Kernel {

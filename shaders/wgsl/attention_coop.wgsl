@@ -62,6 +62,12 @@ var<workgroup> row_part_max: array<f32, THREADS>;
 var<workgroup> row_part_sum: array<f32, THREADS>;
 var<workgroup> coop_subgroups: u32;
 
+// The entry points' thread index: the local invocation index (the fragment operations place the
+// subgroups themselves, in enter_tile).
+fn tile_thread(tile: TileInvocation) -> u32 {
+    return tile.index;
+}
+
 // Every read of the key table in a tile comes before the tile's weights barrier, so the next tile's
 // table needs no barrier of its own (attend_tile's first one publishes it).
 fn release_key_table() {}

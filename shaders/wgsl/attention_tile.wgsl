@@ -2,24 +2,27 @@
 // qkv_attention entry of the qkv_heads family: FlashAttention-2's structure on scalar cores.
 //
 // A workgroup owns BLOCK_Q query rows of one (batch, head) and streams BLOCK_KV keys at a time
-// through workgroup memory with an online softmax, so no L x L matrix ever exists. Each query row
-// belongs to ROW_THREADS = THREADS / (BLOCK_Q * KV_SPLIT) adjacent threads (ceil(HEAD_DIM / 32)),
-// each holding 32 of its dimensions of q and of the output in registers (64 per thread needed about
-// 245 VGPRs on RDNA3, where a wave64 has 128: the output went to scratch memory, and once that was
-// mended 113 VGPRs spilled): a thread computes BLOCK_KV / KV_SPLIT scores per tile (KV_SPLIT: see
-// below), reading one workgroup word per FMA (each k or v component meets a q component or a
-// probability held in registers, where a one-score-per-thread tile reads both operands from
-// workgroup memory), and its row's max and sum are its own, so no reduction crosses threads. With
-// ROW_THREADS > 1 the partial dot products meet once per tile through workgroup memory. Barriers per
-// key tile: 3 (free the tiles, the key table, the tiles loaded), plus 1 with ROW_THREADS > 1.
+// through workgroup memory with an online softmax, so no L x L matrix ever exists. Rows come in
+// groups of ROWS (1 or 2); each group belongs to ROW_THREADS = THREADS * ROWS / (BLOCK_Q *
+// KV_SPLIT) adjacent threads, each holding SLICE_VECS / ROWS vec4s of every row of the group: 32
+// dimensions of q and of the output in registers per thread in all (64 needed about 245 VGPRs on
+// RDNA3, where a wave64 has 128: the output went to scratch memory, and once that was mended 113
+// VGPRs spilled). A thread computes BLOCK_KV / KV_SPLIT scores of each of its rows per tile, and
+// every k or v component it reads from workgroup memory meets ROWS components of q or ROWS
+// probabilities held in registers: ROWS FMAs per workgroup word. The row's partial dot products meet
+// once per tile, through subgroup shuffles (SUBGROUP_EXCHANGE: the subgroups variant, where a row's
+// threads are lanes of one subgroup) or through workgroup memory (one more barrier); every thread of
+// a row then holds the row's scores and keeps its max and sum itself. Barriers per key tile: 3 (free
+// the tiles, the key table, the tiles loaded), plus 1 for the exchange through workgroup memory.
+// The host (ops::attention) takes ROWS 2 where the group's threads fit a subgroup, else 1.
 //
 // Flash-decoding inside the workgroup: a block of few query rows would leave most of a GPU's lanes
 // idle and stream every key through one thread per row, so the workgroup holds KV_SPLIT copies of the
-// row layout (THREADS = KV_SPLIT * BLOCK_Q * ROW_THREADS), and copy s attends keys
+// row layout (THREADS = KV_SPLIT * BLOCK_Q / ROWS * ROW_THREADS), and copy s attends keys
 // [s, s + 1) * BLOCK_KV / KV_SPLIT of every tile with its own running max, sum and output. The
 // copies load each tile together and merge their states once, at the end, in log2(KV_SPLIT) steps
 // through the tile memory (2 barriers each). The host chooses KV_SPLIT (ops::attention) so that a
-// step's states fit the K tile.
+// step's states fit the K tile, and splits only blocks of one row per thread (ROWS 1).
 //
 // The including module says where rows live by defining:
 //   fn query_vec(head: Head, token: u32, c: u32) -> vec4<f32>        components [4c, 4c + 4)
@@ -32,31 +35,34 @@
 //   fn prepare_key_tile(head: Head, t: u32)   every thread, once the tile's keys and values are
 //        staged (may barrier; may read and rewrite them through staged_key, restage_key, staged_value)
 // Components past HEAD_DIM must read as 0. Head, the token tables and attend_range are in
-// attention_common.wgsl.
+// attention_common.wgsl; TileInvocation, tile_thread and lanes_sum in attention_lanes_subgroup.wgsl
+// or attention_lanes_workgroup.wgsl, by variant.
 
 override HEAD_DIM: u32 = 64u;
 override BLOCK_Q: u32 = 64u;
 override BLOCK_KV: u32 = 16u;
-override THREADS: u32 = 128u; // KV_SPLIT * BLOCK_Q * ROW_THREADS
+override THREADS: u32 = 128u; // KV_SPLIT * BLOCK_Q / ROWS * ROW_THREADS
 // Key slices per tile (a power of two dividing BLOCK_KV); 1 for blocks with enough rows.
 override KV_SPLIT: u32 = 1u;
-// Partial scores exchanged per tile: BLOCK_Q * BLOCK_KV * ROW_THREADS when ROW_THREADS > 1, else 1.
+// Query rows per thread: 1 or 2, dividing BLOCK_Q.
+override ROWS: u32 = 1u;
+// A row's partial scores meet through subgroup shuffles (lanes_sum) instead of partial_scores: the
+// subgroups variant only, with ROW_THREADS a power of two no wider than the narrowest subgroup.
+override SUBGROUP_EXCHANGE: bool = false;
+// Partial scores exchanged per tile through workgroup memory: BLOCK_Q * BLOCK_KV * ROW_THREADS when
+// ROW_THREADS > 1 and SUBGROUP_EXCHANGE is off, else 1.
 override Q_TILE_VECS: u32 = 2048u;
 // K and V tiles in vec4s: BLOCK_KV * ceil(HEAD_DIM / 4).
 override KV_TILE_VECS: u32 = 256u;
 
-// Registers per thread: 8 vec4s (32 dimensions) of q and of the output. (The defaults above are the
-// launch of many rows at head_dim 64: two threads per row.)
+// Registers per thread: 8 vec4s (32 dimensions) of q and of the output, over its ROWS rows. (The
+// defaults above are the launch of many rows at head_dim 64 without subgroups: one row per thread,
+// two threads per row.)
 const SLICE_VECS: u32 = 8u;
 
 var<workgroup> k_tile: array<vec4<f32>, KV_TILE_VECS>;
 var<workgroup> v_tile: array<vec4<f32>, KV_TILE_VECS>;
 var<workgroup> partial_scores: array<f32, Q_TILE_VECS>;
-
-// The builtins an entry point hands the machinery (attention_coop.wgsl needs its subgroup's place).
-struct TileInvocation {
-    @builtin(local_invocation_index) index: u32,
-}
 
 // Called by the entry point with its linear workgroup index, before begin_queries.
 fn enter_tile(tile: TileInvocation, block: u32) {}
@@ -80,16 +86,22 @@ fn staged_value(j: u32, c: u32) -> vec4<f32> {
     return v_tile[j * head_vecs() + c];
 }
 
-// One thread's share of a query row: its q and output slices, the row's running max and sum.
+// One thread's share of ROWS query rows: row r's q and output slices at [r * row_vecs(), (r + 1) *
+// row_vecs()), and the rows' running max and sum in components r < ROWS.
 struct RowState {
     q: array<vec4<f32>, SLICE_VECS>,
     o: array<vec4<f32>, SLICE_VECS>,
-    max: f32,
-    sum: f32,
+    max: vec4<f32>,
+    sum: vec4<f32>,
+}
+
+// The vec4s of one row a thread holds.
+fn row_vecs() -> u32 {
+    return SLICE_VECS / ROWS;
 }
 
 fn row_threads() -> u32 {
-    return THREADS / (BLOCK_Q * KV_SPLIT);
+    return THREADS * ROWS / (BLOCK_Q * KV_SPLIT);
 }
 
 // Threads of one key slice: one copy of the row layout.
@@ -97,62 +109,114 @@ fn slice_threads() -> u32 {
     return THREADS / KV_SPLIT;
 }
 
-// The thread's key slice, its row in the block and the first vec4 of its share of the row.
+// The thread's key slice, its first row in the block and the first vec4 of its share of a row.
 fn key_slice(t: u32) -> u32 {
     return t / slice_threads();
 }
 
-fn row_of(t: u32) -> u32 {
-    return (t % slice_threads()) / row_threads();
+fn first_row(t: u32) -> u32 {
+    return (t % slice_threads()) / row_threads() * ROWS;
 }
 
 fn slice_start(t: u32) -> u32 {
-    return (t % row_threads()) * SLICE_VECS;
+    return (t % row_threads()) * row_vecs();
 }
 
-// Sum over the row's threads of one value per thread (every thread gets the same total, summed in
-// the same order). Uniform control flow; uses partial_scores, so not inside a tile.
-fn row_total(t: u32, value: f32) -> f32 {
+// A thread's scores of one tile: ROWS per key, key j's at [j * ROWS, (j + 1) * ROWS). Flat f32s,
+// not a vec4 per key: where a loop over it stays rolled, RADV keeps an indexed array of up to 256
+// bytes in registers and moves a larger one to scratch memory (a vec4 per key of a 32-key tile is
+// 512 bytes). The host keeps ROWS * BLOCK_KV / KV_SPLIT <= ATTENTION_MAX_BLOCK_KV.
+alias Scores = array<f32, ATTENTION_MAX_BLOCK_KV>;
+
+// Key j's scores, row r's in component r < ROWS.
+fn get_scores(scores: ptr<function, Scores>, j: u32) -> vec4<f32> {
+    var s = vec4<f32>(0.0);
+    for (var r = 0u; r < ROWS; r++) {
+        s[r] = (*scores)[j * ROWS + r];
+    }
+    return s;
+}
+
+fn set_scores(scores: ptr<function, Scores>, j: u32, s: vec4<f32>) {
+    for (var r = 0u; r < ROWS; r++) {
+        (*scores)[j * ROWS + r] = s[r];
+    }
+}
+
+// The query tokens of the thread's rows (components r < ROWS).
+fn row_tokens(t: u32) -> vec4<u32> {
+    let row0 = first_row(t);
+    var tokens = vec4<u32>(NO_TOKEN);
+    for (var r = 0u; r < ROWS; r++) {
+        tokens[r] = query_token[row0 + r];
+    }
+    return tokens;
+}
+
+fn total(v: vec4<f32>) -> f32 {
+    return v.x + v.y + v.z + v.w;
+}
+
+// exp of components r < ROWS (the others are never read): no transcendental spent on absent rows.
+fn exp_rows(x: vec4<f32>) -> vec4<f32> {
+    if ROWS == 1u {
+        return vec4<f32>(exp(x.x), 0.0, 0.0, 0.0);
+    }
+    return vec4<f32>(exp(x.xy), 0.0, 0.0);
+}
+
+// Per row (component r < ROWS), the sum over the row's threads of one value per thread; every
+// thread of the row gets the same total. Uniform control flow; may use partial_scores, so not
+// inside a tile.
+fn row_totals(t: u32, value: vec4<f32>) -> vec4<f32> {
     let rt = row_threads();
     if rt == 1u {
         return value;
     }
-    workgroupBarrier();
-    partial_scores[t] = value;
-    workgroupBarrier();
-    var total = 0.0;
+    if SUBGROUP_EXCHANGE {
+        return lanes_sum(value, rt);
+    }
+    var total = vec4<f32>(0.0);
     // The row's threads are rt consecutive ones in every key slice.
     let first = t - t % rt;
-    for (var s = 0u; s < rt; s++) {
-        total += partial_scores[first + s];
+    for (var r = 0u; r < ROWS; r++) {
+        workgroupBarrier();
+        partial_scores[t] = value[r];
+        workgroupBarrier();
+        for (var s = 0u; s < rt; s++) {
+            total[r] += partial_scores[first + s];
+        }
     }
     return total;
 }
 
-// Once query_token is filled: the thread's query slice into registers, the softmax state reset.
+// Once query_token is filled: the thread's query slices into registers, the softmax state reset.
 fn begin_queries(head: Head, t: u32, state: ptr<function, RowState>) {
     workgroupBarrier();
     let hv = head_vecs();
+    let rv = row_vecs();
     let first = slice_start(t);
-    let token = query_token[row_of(t)];
-    var sum_sq = 0.0;
+    let tokens = row_tokens(t);
+    var sum_sq = vec4<f32>(0.0);
     for (var i = 0u; i < SLICE_VECS; i++) {
+        let c = first + i % rv;
+        let token = tokens[i / rv];
         var x = vec4<f32>(0.0);
-        if token != NO_TOKEN && first + i < hv {
-            x = query_vec(head, token, first + i);
+        if token != NO_TOKEN && c < hv {
+            x = query_vec(head, token, c);
         }
         (*state).q[i] = x;
         (*state).o[i] = vec4<f32>(0.0);
-        sum_sq += dot(x, x);
+        sum_sq[i / rv] += dot(x, x);
     }
-    sum_sq = row_total(t, sum_sq);
+    sum_sq = row_totals(t, sum_sq);
     // The scale goes into q once, not into every score.
     let scale = softmax_scale();
     for (var i = 0u; i < SLICE_VECS; i++) {
-        (*state).q[i] = finish_query(head, (*state).q[i], sum_sq) * scale;
+        (*state).q[i] = finish_query(head, (*state).q[i], sum_sq[i / rv]) * scale;
     }
-    (*state).max = NEG_BIG;
-    (*state).sum = 0.0;
+    (*state).max = vec4<f32>(NEG_BIG);
+    (*state).sum = vec4<f32>(0.0);
 }
 
 // Once key_token is filled: one online-softmax step over this tile of keys.
@@ -173,57 +237,82 @@ fn attend_tile(head: Head, t: u32, state: ptr<function, RowState>) {
     workgroupBarrier();
     prepare_key_tile(head, t);
 
-    // Loops run to SLICE_VECS with a predicate, a constant trip count, so the slices stay in registers.
-    // The thread's keys are [k0, k0 + keys) of the tile; scores[] is indexed from k0.
+    // Loops run to SLICE_VECS with a predicate, a constant trip count, so the slices stay in registers;
+    // the rows past the first are written out (under ROWS, which the overrides make constant) so that
+    // each k or v vec4 is read once for all of them.
+    // The thread's keys are [k0, k0 + keys) of the tile; scores[] is indexed from k0 (see Scores).
     let first = slice_start(t);
+    let rv = row_vecs();
     let keys = BLOCK_KV / KV_SPLIT;
     let k0 = key_slice(t) * keys;
-    var scores: array<f32, ATTENTION_MAX_BLOCK_KV>;
+    var scores: Scores;
     for (var j = 0u; j < keys; j++) {
-        var acc = vec4<f32>(0.0);
-        for (var i = 0u; i < SLICE_VECS; i++) {
-            if first + i < hv {
-                acc += (*state).q[i] * k_tile[(k0 + j) * hv + first + i];
+        var acc0 = vec4<f32>(0.0);
+        var acc1 = vec4<f32>(0.0);
+        for (var c = 0u; c < rv; c++) {
+            if first + c < hv {
+                let k = k_tile[(k0 + j) * hv + first + c];
+                acc0 += (*state).q[c] * k;
+                if ROWS == 2u {
+                    acc1 += (*state).q[rv + c] * k;
+                }
             }
         }
-        scores[j] = acc.x + acc.y + acc.z + acc.w;
+        set_scores(&scores, j, vec4<f32>(total(acc0), total(acc1), 0.0, 0.0));
     }
+    // The exchange is a loop of its own: RADV unrolls a loop only up to a size, and the score loop
+    // with the shuffles inside outgrew it (its scores then went to scratch memory).
     let rt = row_threads();
     if rt > 1u {
-        // One slot per (row, key of the tile, share of the row): the key slices never collide.
-        let r = row_of(t);
-        for (var j = 0u; j < keys; j++) {
-            partial_scores[(r * BLOCK_KV + k0 + j) * rt + t % rt] = scores[j];
-        }
-        workgroupBarrier();
-        for (var j = 0u; j < keys; j++) {
-            var total = 0.0;
-            for (var s = 0u; s < rt; s++) {
-                total += partial_scores[(r * BLOCK_KV + k0 + j) * rt + s];
+        if SUBGROUP_EXCHANGE {
+            for (var j = 0u; j < keys; j++) {
+                set_scores(&scores, j, lanes_sum(get_scores(&scores, j), rt));
             }
-            scores[j] = total;
+        } else {
+            // One slot per (row, key of the tile, share of the row): the key slices never collide.
+            let row0 = first_row(t);
+            for (var j = 0u; j < keys; j++) {
+                for (var r = 0u; r < ROWS; r++) {
+                    partial_scores[((row0 + r) * BLOCK_KV + k0 + j) * rt + t % rt] = scores[j * ROWS + r];
+                }
+            }
+            workgroupBarrier();
+            for (var j = 0u; j < keys; j++) {
+                var total = vec4<f32>(0.0);
+                for (var r = 0u; r < ROWS; r++) {
+                    for (var s = 0u; s < rt; s++) {
+                        total[r] += partial_scores[((row0 + r) * BLOCK_KV + k0 + j) * rt + s];
+                    }
+                }
+                set_scores(&scores, j, total);
+            }
         }
     }
-    var tile_max = NEG_BIG;
+    var tile_max = vec4<f32>(NEG_BIG);
     for (var j = 0u; j < keys; j++) {
         if key_token[k0 + j] != NO_TOKEN {
-            tile_max = max(tile_max, scores[j]);
+            tile_max = max(tile_max, get_scores(&scores, j));
         }
     }
     let new_max = max((*state).max, tile_max);
-    let rescale = exp((*state).max - new_max);
+    let rescale = exp_rows((*state).max - new_max);
     for (var i = 0u; i < SLICE_VECS; i++) {
-        (*state).o[i] *= rescale;
+        (*state).o[i] *= rescale[i / rv];
     }
-    var tile_sum = 0.0;
+    var tile_sum = vec4<f32>(0.0);
     for (var j = 0u; j < keys; j++) {
         // Padding keys weigh exactly 0 (v is 0 there too). A valid score is at most new_max; the
         // min keeps a padding score of a slice that has seen no key yet (new_max NEG_BIG) finite.
-        let w = select(0.0, exp(min(scores[j] - new_max, 0.0)), key_token[k0 + j] != NO_TOKEN);
+        let score = get_scores(&scores, j);
+        let w = select(vec4<f32>(0.0), exp_rows(min(score - new_max, vec4<f32>(0.0))), key_token[k0 + j] != NO_TOKEN);
         tile_sum += w;
-        for (var i = 0u; i < SLICE_VECS; i++) {
-            if first + i < hv {
-                (*state).o[i] += w * v_tile[(k0 + j) * hv + first + i];
+        for (var c = 0u; c < rv; c++) {
+            if first + c < hv {
+                let v = v_tile[(k0 + j) * hv + first + c];
+                (*state).o[c] += w.x * v;
+                if ROWS == 2u {
+                    (*state).o[rv + c] += w.y * v;
+                }
             }
         }
     }
@@ -234,41 +323,42 @@ fn attend_tile(head: Head, t: u32, state: ptr<function, RowState>) {
 // The key slices' states merged into slice 0's: in each step the upper half of the remaining slices
 // hands its output share and (max, sum) to the lower half through the tile memory (which the host
 // sized for it: KV_SPLIT / 2 * THREADS / KV_SPLIT shares of min(SLICE_VECS, head_vecs) vec4s fit
-// KV_TILE_VECS). Every thread calls it, in uniform control flow; empty slices hold max NEG_BIG and
-// sum 0, and weigh exactly 0 once any slice has a key.
+// KV_TILE_VECS). Only blocks of one row per thread split their keys (ROWS 1: component x). Every
+// thread calls it, in uniform control flow; empty slices hold max NEG_BIG and sum 0, and weigh
+// exactly 0 once any slice has a key.
 fn merge_key_slices(t: u32, state: ptr<function, RowState>) {
-    if KV_SPLIT == 1u {
-        return;
-    }
-    let s = key_slice(t);
-    let local = t % slice_threads();
-    let share = min(SLICE_VECS, head_vecs());
-    for (var half = KV_SPLIT / 2u; half > 0u; half /= 2u) {
-        // The tiles are free: the last tile's reads (or the previous step's) are done.
-        workgroupBarrier();
-        if s >= half && s < 2u * half {
-            let slot = (s - half) * slice_threads() + local;
-            for (var i = 0u; i < SLICE_VECS; i++) {
-                if i < share {
-                    k_tile[slot * share + i] = (*state).o[i];
+    // A branch rather than an early return, so that shader-stats' counts skip it where KV_SPLIT is 1.
+    if KV_SPLIT > 1u {
+        let s = key_slice(t);
+        let local = t % slice_threads();
+        let share = min(SLICE_VECS, head_vecs());
+        for (var half = KV_SPLIT / 2u; half > 0u; half /= 2u) {
+            // The tiles are free: the last tile's reads (or the previous step's) are done.
+            workgroupBarrier();
+            if s >= half && s < 2u * half {
+                let slot = (s - half) * slice_threads() + local;
+                for (var i = 0u; i < SLICE_VECS; i++) {
+                    if i < share {
+                        k_tile[slot * share + i] = (*state).o[i];
+                    }
                 }
+                v_tile[slot] = vec4<f32>((*state).max.x, (*state).sum.x, 0.0, 0.0);
             }
-            v_tile[slot] = vec4<f32>((*state).max, (*state).sum, 0.0, 0.0);
-        }
-        workgroupBarrier();
-        if s < half {
-            let slot = s * slice_threads() + local;
-            let other = v_tile[slot];
-            let new_max = max((*state).max, other.x);
-            let mine = exp((*state).max - new_max);
-            let theirs = exp(other.x - new_max);
-            for (var i = 0u; i < SLICE_VECS; i++) {
-                if i < share {
-                    (*state).o[i] = (*state).o[i] * mine + k_tile[slot * share + i] * theirs;
+            workgroupBarrier();
+            if s < half {
+                let slot = s * slice_threads() + local;
+                let other = v_tile[slot];
+                let new_max = max((*state).max.x, other.x);
+                let mine = exp((*state).max.x - new_max);
+                let theirs = exp(other.x - new_max);
+                for (var i = 0u; i < SLICE_VECS; i++) {
+                    if i < share {
+                        (*state).o[i] = (*state).o[i] * mine + k_tile[slot * share + i] * theirs;
+                    }
                 }
+                (*state).sum.x = (*state).sum.x * mine + other.y * theirs;
+                (*state).max.x = new_max;
             }
-            (*state).sum = (*state).sum * mine + other.y * theirs;
-            (*state).max = new_max;
         }
     }
 }
@@ -276,16 +366,18 @@ fn merge_key_slices(t: u32, state: ptr<function, RowState>) {
 // Every thread calls it (the key slices merge first); slice 0 stores its rows.
 fn finish_queries(head: Head, t: u32, state: ptr<function, RowState>) {
     merge_key_slices(t, state);
-    let token = query_token[row_of(t)];
-    if token == NO_TOKEN || key_slice(t) != 0u {
+    if key_slice(t) != 0u {
         return;
     }
-    let inv_sum = 1.0 / (*state).sum;
+    let inv_sum = vec4<f32>(1.0) / (*state).sum;
     let hv = head_vecs();
+    let rv = row_vecs();
     let first = slice_start(t);
+    let tokens = row_tokens(t);
     for (var i = 0u; i < SLICE_VECS; i++) {
-        let c = first + i;
-        if c < hv {
+        let c = first + i % rv;
+        let token = tokens[i / rv];
+        if token != NO_TOKEN && c < hv {
             // This loop, with its stores, is not unrolled; reading o[i] here would index the output
             // dynamically, and the compiler would then keep all of it in scratch memory for the whole
             // kernel (RADV: 520 bytes per invocation). The inner loop is unrolled: constant indices.
@@ -293,7 +385,7 @@ fn finish_queries(head: Head, t: u32, state: ptr<function, RowState>) {
             for (var j = 0u; j < SLICE_VECS; j++) {
                 slice = select(slice, (*state).o[j], j == i);
             }
-            let value = slice * inv_sum;
+            let value = slice * inv_sum[i / rv];
             for (var x = 0u; x < 4u; x++) {
                 let d = c * 4u + x;
                 if d < HEAD_DIM {

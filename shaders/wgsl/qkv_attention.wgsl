@@ -135,7 +135,7 @@ fn qkv_attention(
     @builtin(num_workgroups) groups: vec3<u32>,
     tile: TileInvocation,
 ) {
-    let t = tile.index;
+    let t = tile_thread(tile);
     let block = grid_workgroup(wg, groups);
     enter_tile(tile, block);
     let first = block * BLOCK_Q;

@@ -282,8 +282,14 @@ impl DeviceInfo {
             (
                 "attention",
                 format!(
-                    "query rows in registers (ceil(head_dim / 32) threads per row, which keep its max and sum); \
+                    "query rows in registers ({}, which keep their max and sum); \
                      8..64 rows x 4..32 keys per tile from head_dim and workgroup memory{}",
+                    if c.subgroups {
+                        "two rows per thread where a pair's ceil(head_dim / 16) threads fit a subgroup, their partial \
+                         scores summed by shuffles; else ceil(head_dim / 32) threads per row"
+                    } else {
+                        "ceil(head_dim / 32) threads per row, partial scores summed in workgroup memory"
+                    },
                     match c.matrix_units {
                         MatrixUnits::Native => "; f16 blocks of 32+ rows on cooperative matrices (64 or 32 x 32 tiles)",
                         MatrixUnits::Emulated => "; cooperative kernel emulated on request (tests)",

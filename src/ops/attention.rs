@@ -366,6 +366,12 @@ pub struct AttentionTiles {
     /// WGSL: copies of the row layout that split each key tile between them (flash-decoding inside
     /// the workgroup, for blocks of few rows); 1 on CUDA, whose kernels split keys among warps.
     pub key_slices: usize,
+    /// WGSL: query rows per thread (1 or 2), each k and v word read from workgroup memory meeting
+    /// that many rows; 1 on CUDA.
+    pub rows_per_thread: usize,
+    /// WGSL: a row's partial scores meet through subgroup shuffles rather than workgroup memory (the
+    /// subgroups variant, a row's threads within the narrowest subgroup); false on CUDA.
+    pub subgroup_exchange: bool,
 }
 
 impl AttentionTiles {
@@ -379,10 +385,13 @@ impl AttentionTiles {
             .set("Q_TILE_VECS", self.q_tile_vecs as u32)
             .set("KV_TILE_VECS", self.kv_tile_vecs as u32)
             .set("KV_SPLIT", self.key_slices as u32)
+            .set("ROWS", self.rows_per_thread as u32)
+            .set("SUBGROUP_EXCHANGE", self.subgroup_exchange)
     }
 }
 
-/// Dimensions of q and of the output one WGSL thread keeps in registers (attention_tile.wgsl).
+/// Dimensions of q and of the output one WGSL thread keeps in registers, over its rows
+/// (attention_tile.wgsl: SLICE_VECS vec4s).
 const WGSL_SLICE_DIMS: usize = 32;
 
 /// Invocations a WGSL workgroup of few query rows widens to by splitting its keys: a 64-wide wave
@@ -418,7 +427,11 @@ fn key_slices(block_q: usize, block_kv: usize, row_threads: usize, head_vecs: us
 /// invocation limits.
 ///
 /// WGSL (attention_tile.wgsl): one query row per ceil(head_dim / 32) threads, q and the output in
-/// registers, K and V tiles in workgroup memory. A workgroup's rows shrink to a power of two for
+/// registers, K and V tiles in workgroup memory; with subgroups, blocks of many rows put two rows on
+/// each ceil(head_dim / 16) threads where that is a power of two within the narrowest subgroup (each
+/// k and v word read then serves both rows), and a row's partial scores meet through shuffles
+/// wherever its threads fit a subgroup ([`AttentionTiles::rows_per_thread`],
+/// [`AttentionTiles::subgroup_exchange`]). A workgroup's rows shrink to a power of two for
 /// few-row calls (a KV-cache step), and such a block splits its keys between copies of the row
 /// layout ([`AttentionTiles::key_slices`]). CUDA
 /// (attention.cu): BLOCK_Q x BLOCK_KV threads, one score each, with the query tile in shared memory.
@@ -444,14 +457,23 @@ pub fn attention_tiles_for(caps: &Caps, dim: usize, rows: usize, keys: usize) ->
                     q_tile_vecs: bq * vecs,
                     kv_tile_vecs: bkv * vecs,
                     key_slices: 1,
+                    rows_per_thread: 1,
+                    subgroup_exchange: false,
                 });
             }
         }
     } else {
-        let row_threads = dim.div_ceil(WGSL_SLICE_DIMS);
-        let tiles = |bq: usize, bkv: usize, slices: usize| {
-            let threads = slices * bq * row_threads;
-            let partials = if row_threads > 1 { bq * bkv * row_threads } else { 1 };
+        // A row's threads for `rows` rows per thread (each holding WGSL_SLICE_DIMS / rows of a row's
+        // dimensions), and whether they can sum their partial scores in one subgroup: a power of two
+        // within the narrowest subgroup the adapter may run.
+        let row_threads = |rows: usize| vecs.div_ceil(WGSL_SLICE_DIMS / 4 / rows);
+        let in_subgroup =
+            |rt: usize| caps.subgroups && rt > 1 && rt.is_power_of_two() && rt <= caps.subgroup_sizes.0 as usize;
+        let tiles = |bq: usize, bkv: usize, slices: usize, rows: usize| {
+            let rt = row_threads(rows);
+            let subgroup_exchange = in_subgroup(rt);
+            let threads = slices * bq / rows * rt;
+            let partials = if rt > 1 && !subgroup_exchange { bq * bkv * rt } else { 1 };
             let words = 2 * 4 * bkv * vecs + partials + TOKEN_TABLE_BYTES / 4; // tiles, partials, token tables
             fits(words, threads).then_some(AttentionTiles {
                 block_q: bq,
@@ -460,8 +482,15 @@ pub fn attention_tiles_for(caps: &Caps, dim: usize, rows: usize, keys: usize) ->
                 q_tile_vecs: partials,
                 kv_tile_vecs: bkv * vecs,
                 key_slices: slices,
+                rows_per_thread: rows,
+                subgroup_exchange,
             })
         };
+        // Several rows per thread (each k and v word read serving all of them) only where their
+        // partial scores can meet in a subgroup: through workgroup memory they would need ROWS times
+        // the exchange space and a barrier more per tile.
+        let many_rows = if in_subgroup(row_threads(2)) { 2 } else { 1 };
+        let row_threads = row_threads(1);
         // Few rows over enough keys: a block of exactly those rows, whose copies split the keys. It
         // takes 32-key tiles where they fit (more slices; its grid is small, so occupancy does not
         // bind it).
@@ -471,7 +500,7 @@ pub fn attention_tiles_for(caps: &Caps, dim: usize, rows: usize, keys: usize) ->
             let longest = keys.max(1).next_power_of_two();
             for bkv in [32, 16, 8, 4].into_iter().filter(|&bkv| bkv <= longest) {
                 let slices = key_slices(bq, bkv, row_threads, vecs, keys);
-                if let Some(tiles) = tiles(bq, bkv, slices).filter(|_| slices > 1) {
+                if let Some(tiles) = tiles(bq, bkv, slices, 1).filter(|_| slices > 1) {
                     return Ok(within_token_tables(tiles));
                 }
             }
@@ -482,8 +511,11 @@ pub fn attention_tiles_for(caps: &Caps, dim: usize, rows: usize, keys: usize) ->
         // keep 4 (shader-stats).
         let wanted_q = rows.next_power_of_two().clamp(8, 64);
         for bq in [64, 32, 16, 8, 4].into_iter().filter(|&bq| bq <= wanted_q) {
-            for bkv in [16, 32, 8, 4] {
-                if let Some(tiles) = tiles(bq, bkv, 1) {
+            let rows = many_rows.min(bq);
+            // A thread's scores of a tile, rows x keys, fit its score array (attention_tile.wgsl).
+            let score_slots = size::ATTENTION_MAX_BLOCK_KV as usize;
+            for bkv in [16, 32, 8, 4].into_iter().filter(|&bkv| rows * bkv <= score_slots) {
+                if let Some(tiles) = tiles(bq, bkv, 1, rows) {
                     return Ok(within_token_tables(tiles));
                 }
             }

@@ -141,6 +141,65 @@ backend_tests! {
 }
 
 backend_tests! {
+    /// The scalar machinery's layouts of a block of many rows: two query rows per thread whose
+    /// partial scores meet through subgroup shuffles (the subgroups variant, where a row pair's
+    /// threads fit the narrowest subgroup), one row per thread through shuffles, and through
+    /// workgroup memory (a head dim whose row threads are no power of two, or no subgroups). Odd row
+    /// counts leave a padding row beside a real one in the last pair, over several blocks; the keys
+    /// end inside a tile. On a subgroups device the pairs must have run; the workgroup-memory
+    /// exchange runs everywhere.
+    fn dense_attention_row_layouts_match_reference(device: &Device, config: &str) {
+        let mut rng = Rng::for_config("dense_attention_row_layouts", config);
+        let caps = device.caps();
+        let scalar_rows = caps.attention == AttentionDesign::RowsInRegisters;
+        let mut layouts = Vec::new();
+        for dtype in dtypes(device) {
+            for (dim, lq) in [(64, 67), (128, 33), (256, 21), (80, 45), (rng.range(1, 31), 70), (64, 1 + 2 * rng.range(4, 60))] {
+                let heads = rng.range(1, 2);
+                let lk = rng.range(40, 150);
+                let kv_len = rng.range(lk - 30, lk);
+                let tiles = attention_tiles(device, dim, lq, kv_len).unwrap();
+                if scalar_rows && tiles.key_slices == 1 {
+                    layouts.push((tiles.rows_per_thread, tiles.subgroup_exchange));
+                    if dim == 64 {
+                        let pairs = caps.subgroups && caps.subgroup_sizes.0 >= 4;
+                        assert_eq!(
+                            (tiles.rows_per_thread, tiles.subgroup_exchange),
+                            (if pairs { 2 } else { 1 }, pairs),
+                            "{config}: head_dim 64, {lq} rows: {tiles:?}"
+                        );
+                    }
+                }
+                let shape = |len| vec![1, heads, len, dim];
+                let q = stored(&rng.vec(heads * lq * dim, 1.0), dtype);
+                let k = stored(&rng.vec(heads * lk * dim, 1.0), dtype);
+                let v = stored(&rng.vec(heads * lk * dim, 1.0), dtype);
+                let up = |x: &[f32], len| Tensor::from_f32(device, &shape(len), x, dtype).unwrap();
+                let options = AttentionOptions { kv_len: Some(kv_len), ..Default::default() };
+                let out = attention(&up(&q, lq), &up(&k, lk), &up(&v, lk), &options).unwrap().to_vec_f32().unwrap();
+                let scale = 1.0 / (dim as f64).sqrt();
+                let mut want = Vec::with_capacity(out.len());
+                for h in 0..heads {
+                    let rows = |x, len| head_rows(x, heads, len, dim, 0, h);
+                    want.extend(masked_attention(rows(&q, lq), rows(&k, lk), rows(&v, lk), dim, scale, |_, j| j < kv_len));
+                }
+                let what = format!(
+                    "{config} {dtype} lq{lq} kv{kv_len} d{dim} rows/thread {} subgroup exchange {}",
+                    tiles.rows_per_thread, tiles.subgroup_exchange
+                );
+                assert_close(&out, &want, Tol::for_dtype(dtype, 1.0), &what);
+            }
+        }
+        if scalar_rows {
+            assert!(layouts.contains(&(1, false)), "{config}: no workgroup-memory exchange ran: {layouts:?}");
+            if caps.subgroups && caps.subgroup_sizes.0 >= 4 {
+                assert!(layouts.contains(&(2, true)), "{config}: no row pairs ran: {layouts:?}");
+            }
+        }
+    }
+}
+
+backend_tests! {
     fn dense_attention_matches_reference(device: &Device, config: &str) {
         let mut rng = Rng::for_config("dense_attention", config);
         for dtype in dtypes(device) {

@@ -50,7 +50,7 @@ pub fn count(module: &Module, info: &ModuleInfo, index: usize) -> StaticCounts {
         .sum();
 
     let mut barriers = Barriers { module, memo: HashMap::new() };
-    let barriers = barriers.block(&entry.function.body);
+    let barriers = barriers.block(&entry.function, &entry.function.body);
 
     // Every function the entry point reaches, once; the entry point's own body first.
     let mut reached = Vec::new();
@@ -66,32 +66,48 @@ pub fn count(module: &Module, info: &ModuleInfo, index: usize) -> StaticCounts {
     StaticCounts { barriers, workgroup_bytes, inner_loops }
 }
 
+/// The side of a branch that runs, where its condition is a constant (an override folded by naga,
+/// as `if KV_SPLIT > 1u`): only that side is counted.
+fn constant_branch<'a>(function: &Function, statement: &'a Statement) -> Option<&'a Block> {
+    match *statement {
+        Statement::If { condition, ref accept, ref reject } => match function.expressions[condition] {
+            Expression::Literal(naga::Literal::Bool(taken)) => Some(if taken { accept } else { reject }),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 struct Barriers<'a> {
     module: &'a Module,
     memo: HashMap<Handle<Function>, u32>,
 }
 
 impl Barriers<'_> {
-    fn block(&mut self, block: &Block) -> u32 {
-        block.iter().map(|statement| self.statement(statement)).sum()
+    fn block(&mut self, function: &Function, block: &Block) -> u32 {
+        block.iter().map(|statement| self.statement(function, statement)).sum()
     }
 
-    fn statement(&mut self, statement: &Statement) -> u32 {
+    fn statement(&mut self, function: &Function, statement: &Statement) -> u32 {
+        if let Some(taken) = constant_branch(function, statement) {
+            return self.block(function, taken);
+        }
         match statement {
             // A subgroup-only barrier does not stall the workgroup.
             Statement::ControlBarrier(flags) => u32::from(*flags != naga::Barrier::SUB_GROUP),
-            Statement::Call { function, .. } => {
-                if let Some(&n) = self.memo.get(function) {
+            Statement::Call { function: callee, .. } => {
+                if let Some(&n) = self.memo.get(callee) {
                     return n;
                 }
-                let n = self.block(&self.module.functions[*function].body);
-                self.memo.insert(*function, n);
+                let body = &self.module.functions[*callee];
+                let n = self.block(body, &body.body);
+                self.memo.insert(*callee, n);
                 n
             }
-            Statement::Block(b) => self.block(b),
-            Statement::If { accept, reject, .. } => self.block(accept) + self.block(reject),
-            Statement::Switch { cases, .. } => cases.iter().map(|c| self.block(&c.body)).sum(),
-            Statement::Loop { body, continuing, .. } => self.block(body) + self.block(continuing),
+            Statement::Block(b) => self.block(function, b),
+            Statement::If { accept, reject, .. } => self.block(function, accept) + self.block(function, reject),
+            Statement::Switch { cases, .. } => cases.iter().map(|c| self.block(function, &c.body)).sum(),
+            Statement::Loop { body, continuing, .. } => self.block(function, body) + self.block(function, continuing),
             _ => 0,
         }
     }
@@ -148,6 +164,10 @@ fn innermost_loops(
             }
             continue;
         }
+        if let Some(taken) = constant_branch(function, statement) {
+            innermost_loops(module, function, info, name, taken, out);
+            continue;
+        }
         for child in children(statement) {
             innermost_loops(module, function, info, name, child, out);
         }
@@ -170,6 +190,10 @@ impl Tally<'_> {
                 for handle in range.clone() {
                     self.expression(handle);
                 }
+            }
+            if let Some(taken) = constant_branch(self.function, statement) {
+                self.block(taken);
+                continue;
             }
             for child in children(statement) {
                 self.block(child);

@@ -6,6 +6,10 @@
 //!   `workgroup_sum` / `workgroup_max`: a subgroup version and a workgroup-memory tree version, so
 //!   every kernel has a path without subgroups and none assumes a subgroup size.
 //!
+//! - for the scalar attention machinery (`Family::uses_attention_lanes`), `TileInvocation`,
+//!   `tile_thread` and `lanes_sum`: a row's partial scores summed through subgroup shuffles, or (the
+//!   variant without subgroups) a never-called placeholder beside the workgroup-memory exchange.
+//!
 //! The matrix-unit families (`Family::uses_matrix_units`: `matmul_coop`, `attention_coop`,
 //! `qkv_attention_coop`) have two flavours instead: their fragment operations on wgpu's cooperative
 //! matrices (the "subgroups" flavour, since a fragment lives across a subgroup), or the plain-WGSL
@@ -43,6 +47,8 @@ const ACTIVATION: &str = include_str!("../../../shaders/wgsl/activation.wgsl");
 const GEMM_WIDE: &str = include_str!("../../../shaders/wgsl/gemm_wide.wgsl");
 const ATTENTION_COMMON: &str = include_str!("../../../shaders/wgsl/attention_common.wgsl");
 const ATTENTION_TILE: &str = include_str!("../../../shaders/wgsl/attention_tile.wgsl");
+const ATTENTION_LANES_WORKGROUP: &str = include_str!("../../../shaders/wgsl/attention_lanes_workgroup.wgsl");
+const ATTENTION_LANES_SUBGROUP: &str = include_str!("../../../shaders/wgsl/attention_lanes_subgroup.wgsl");
 const MATMUL_IO: &str = include_str!("../../../shaders/wgsl/matmul_io.wgsl");
 const COOP_NATIVE: &str = include_str!("../../../shaders/wgsl/coop_native.wgsl");
 const COOP_EMULATED: &str = include_str!("../../../shaders/wgsl/coop_emulated.wgsl");
@@ -97,7 +103,7 @@ pub fn variant(family: Family, dtype: DType, caps: &Caps) -> Variant {
     let subgroups = if family.uses_matrix_units() {
         caps.matrix_units == MatrixUnits::Native
     } else {
-        caps.subgroups && family.uses_reductions()
+        caps.subgroups && (family.uses_reductions() || family.uses_attention_lanes())
     };
     Variant { dtype, subgroups }
 }
@@ -122,6 +128,9 @@ pub fn compose(family: Family, variant: Variant) -> String {
             ("enable wgpu_cooperative_matrix;\n", ATTENTION_COOP_NATIVE)
         }
         (Family::AttentionCoop | Family::QkvAttentionCoop, false) => ("", ATTENTION_COOP_EMULATED),
+        // The scalar attention machinery's lanes: subgroup shuffles, or workgroup memory only.
+        (Family::Attention | Family::QkvHeads, true) => ("", ATTENTION_LANES_SUBGROUP),
+        (Family::Attention | Family::QkvHeads, false) => ("", ATTENTION_LANES_WORKGROUP),
         _ => ("", ""),
     };
     let (own, snippets) = source(family);
@@ -130,7 +139,7 @@ pub fn compose(family: Family, variant: Variant) -> String {
 
 /// Every variant the library may compile, for validation without a GPU.
 pub fn variants(family: Family) -> Vec<Variant> {
-    let two = family.uses_reductions() || family.uses_matrix_units();
+    let two = family.uses_reductions() || family.uses_matrix_units() || family.uses_attention_lanes();
     let flavours: &[bool] = if two { &[false, true] } else { &[false] };
     family
         .dtypes()
