@@ -82,6 +82,32 @@ fn dense_reference(
     want
 }
 
+/// A dense call of one batch, (1, heads, len, dim) tensors with random rows, the first `kv_len` of
+/// `lk` keys attended, against the float64 reference with the default scale.
+fn check_one_batch(
+    device: &Device,
+    rng: &mut Rng,
+    dtype: DType,
+    (heads, dim): (usize, usize),
+    (lq, lk, kv_len): (usize, usize, usize),
+    what: &str,
+) {
+    let shape = |len| vec![1, heads, len, dim];
+    let q = stored(&rng.vec(heads * lq * dim, 1.0), dtype);
+    let k = stored(&rng.vec(heads * lk * dim, 1.0), dtype);
+    let v = stored(&rng.vec(heads * lk * dim, 1.0), dtype);
+    let up = |x: &[f32], len| Tensor::from_f32(device, &shape(len), x, dtype).unwrap();
+    let options = AttentionOptions { kv_len: Some(kv_len), ..Default::default() };
+    let out = attention(&up(&q, lq), &up(&k, lk), &up(&v, lk), &options).unwrap().to_vec_f32().unwrap();
+    let scale = 1.0 / (dim as f64).sqrt();
+    let mut want = Vec::with_capacity(out.len());
+    for h in 0..heads {
+        let rows = |x, len| head_rows(x, heads, len, dim, 0, h);
+        want.extend(masked_attention(rows(&q, lq), rows(&k, lk), rows(&v, lk), dim, scale, |_, j| j < kv_len));
+    }
+    assert_close(&out, &want, Tol::for_dtype(dtype, 1.0), what);
+}
+
 fn random_pattern(rng: &mut Rng) -> GratPattern {
     match rng.range(0, 3) {
         0 => GratPattern::Block { radius: rng.range(0, 2) },
@@ -120,21 +146,8 @@ backend_tests! {
                 if splits && must_split {
                     assert!(tiles.key_slices > 1, "{config}: lq {lq} d{dim} kv {kv_len} is not split: {tiles:?}");
                 }
-                let shape = |len| vec![1, heads, len, dim];
-                let q = stored(&rng.vec(heads * lq * dim, 1.0), dtype);
-                let k = stored(&rng.vec(heads * lk * dim, 1.0), dtype);
-                let v = stored(&rng.vec(heads * lk * dim, 1.0), dtype);
-                let up = |x: &[f32], len| Tensor::from_f32(device, &shape(len), x, dtype).unwrap();
-                let options = AttentionOptions { kv_len: Some(kv_len), ..Default::default() };
-                let out = attention(&up(&q, lq), &up(&k, lk), &up(&v, lk), &options).unwrap().to_vec_f32().unwrap();
-                let scale = 1.0 / (dim as f64).sqrt();
-                let mut want = Vec::with_capacity(out.len());
-                for h in 0..heads {
-                    let rows = |x, len| head_rows(x, heads, len, dim, 0, h);
-                    want.extend(masked_attention(rows(&q, lq), rows(&k, lk), rows(&v, lk), dim, scale, |_, j| j < kv_len));
-                }
                 let what = format!("{config} {dtype} split {} lq{lq} kv{kv_len} d{dim}", tiles.key_slices);
-                assert_close(&out, &want, Tol::for_dtype(dtype, 1.0), &what);
+                check_one_batch(device, &mut rng, dtype, (heads, dim), (lq, lk, kv_len), &what);
             }
         }
     }
@@ -170,24 +183,11 @@ backend_tests! {
                         );
                     }
                 }
-                let shape = |len| vec![1, heads, len, dim];
-                let q = stored(&rng.vec(heads * lq * dim, 1.0), dtype);
-                let k = stored(&rng.vec(heads * lk * dim, 1.0), dtype);
-                let v = stored(&rng.vec(heads * lk * dim, 1.0), dtype);
-                let up = |x: &[f32], len| Tensor::from_f32(device, &shape(len), x, dtype).unwrap();
-                let options = AttentionOptions { kv_len: Some(kv_len), ..Default::default() };
-                let out = attention(&up(&q, lq), &up(&k, lk), &up(&v, lk), &options).unwrap().to_vec_f32().unwrap();
-                let scale = 1.0 / (dim as f64).sqrt();
-                let mut want = Vec::with_capacity(out.len());
-                for h in 0..heads {
-                    let rows = |x, len| head_rows(x, heads, len, dim, 0, h);
-                    want.extend(masked_attention(rows(&q, lq), rows(&k, lk), rows(&v, lk), dim, scale, |_, j| j < kv_len));
-                }
                 let what = format!(
                     "{config} {dtype} lq{lq} kv{kv_len} d{dim} rows/thread {} subgroup exchange {}",
                     tiles.rows_per_thread, tiles.subgroup_exchange
                 );
-                assert_close(&out, &want, Tol::for_dtype(dtype, 1.0), &what);
+                check_one_batch(device, &mut rng, dtype, (heads, dim), (lq, lk, kv_len), &what);
             }
         }
         if scalar_rows {
