@@ -260,6 +260,29 @@ fn every_kernel_compiles_for_rdna3_without_spills_within_its_vgpr_budget() {
             }
         }
     }
+
+    // Where a row's partial scores meet through subgroup shuffles, their workgroup-memory exchange and
+    // its barriers are gone: fewer barrier sites than the same launch of the variant without subgroups.
+    let exchanges: Vec<_> =
+        kernels.iter().filter(|k| k["constants"]["SUBGROUP_EXCHANGE"].as_f64().is_some_and(|e| e > 0.0)).collect();
+    assert!(!exchanges.is_empty(), "no attention launch sums its partial scores through subgroups");
+    for k in exchanges {
+        let same_launch = |p: &&serde_json::Value| {
+            p["subgroups"] == false && ["family", "entry", "dtype", "launch"].iter().all(|&f| p[f] == k[f])
+        };
+        let Some(plain) = kernels.iter().find(same_launch) else {
+            failures.push(format!("{}: no launch without subgroups to compare with", label(k)));
+            continue;
+        };
+        if stat(k, "barriers") >= stat(plain, "barriers") {
+            failures.push(format!(
+                "{}: {} barrier sites, not fewer than without subgroups ({})",
+                label(k),
+                stat(k, "barriers"),
+                stat(plain, "barriers")
+            ));
+        }
+    }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 

@@ -8,7 +8,10 @@
 use std::collections::{HashMap, HashSet};
 
 use naga::valid::{FunctionInfo, ModuleInfo};
-use naga::{AddressSpace, BinaryOperator, Block, Expression, Function, Handle, MathFunction, Module, Statement};
+use naga::{
+    AddressSpace, Arena, BinaryOperator, Block, Expression, Function, Handle, MathFunction, Module, Statement,
+    UnaryOperator,
+};
 
 /// The counts of one entry point.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,14 +69,45 @@ pub fn count(module: &Module, info: &ModuleInfo, index: usize) -> StaticCounts {
     StaticCounts { barriers, workgroup_bytes, inner_loops }
 }
 
-/// The side of a branch that runs, where its condition is a constant (an override folded by naga,
-/// as `if KV_SPLIT > 1u`): only that side is counted.
-fn constant_branch<'a>(function: &Function, statement: &'a Statement) -> Option<&'a Block> {
-    match *statement {
-        Statement::If { condition, ref accept, ref reject } => match function.expressions[condition] {
-            Expression::Literal(naga::Literal::Bool(taken)) => Some(if taken { accept } else { reject }),
-            _ => None,
-        },
+/// The statements of `block` that can run, in order: a branch on a constant (an override naga
+/// folded, as `if KV_SPLIT > 1u`, or a bool override such as `if SUBGROUP_EXCHANGE`) replaced by the
+/// statements of the side that runs, and nothing after a return, also one at the end of such a side
+/// (as `if SUBGROUP_EXCHANGE { return lanes_sum(..); }` skips the workgroup exchange below it).
+fn live<'a>(module: &Module, function: &Function, block: &'a Block) -> Vec<&'a Statement> {
+    let mut out = Vec::new();
+    live_into(module, function, block, &mut out);
+    out
+}
+
+/// Appends `block`'s live statements to `out`; true where the block ends in a return.
+fn live_into<'a>(module: &Module, function: &Function, block: &'a Block, out: &mut Vec<&'a Statement>) -> bool {
+    for statement in block.iter() {
+        if let Statement::If { condition, accept, reject } = statement
+            && let Some(taken) = constant_bool(module, &function.expressions, *condition)
+        {
+            if live_into(module, function, if taken { accept } else { reject }, out) {
+                return true;
+            }
+            continue;
+        }
+        out.push(statement);
+        if matches!(statement, Statement::Return { .. }) {
+            return true;
+        }
+    }
+    false
+}
+
+/// The value of a boolean expression that is constant after the overrides are processed: a literal,
+/// a constant (what a bool override becomes; naga leaves `if SUBGROUP_EXCHANGE` reading it rather
+/// than folding it to a literal), or the negation of either.
+fn constant_bool(module: &Module, arena: &Arena<Expression>, expression: Handle<Expression>) -> Option<bool> {
+    match arena[expression] {
+        Expression::Literal(naga::Literal::Bool(value)) => Some(value),
+        Expression::Constant(constant) => {
+            constant_bool(module, &module.global_expressions, module.constants[constant].init)
+        }
+        Expression::Unary { op: UnaryOperator::LogicalNot, expr } => constant_bool(module, arena, expr).map(|v| !v),
         _ => None,
     }
 }
@@ -85,13 +119,10 @@ struct Barriers<'a> {
 
 impl Barriers<'_> {
     fn block(&mut self, function: &Function, block: &Block) -> u32 {
-        block.iter().map(|statement| self.statement(function, statement)).sum()
+        live(self.module, function, block).into_iter().map(|statement| self.statement(function, statement)).sum()
     }
 
     fn statement(&mut self, function: &Function, statement: &Statement) -> u32 {
-        if let Some(taken) = constant_branch(function, statement) {
-            return self.block(function, taken);
-        }
         match statement {
             // A subgroup-only barrier does not stall the workgroup.
             Statement::ControlBarrier(flags) => u32::from(*flags != naga::Barrier::SUB_GROUP),
@@ -151,7 +182,7 @@ fn innermost_loops(
     block: &Block,
     out: &mut Vec<InnerLoop>,
 ) {
-    for statement in block.iter() {
+    for statement in live(module, function, block) {
         if let Statement::Loop { body, continuing, .. } = statement
             && !contains_loop(body)
             && !contains_loop(continuing)
@@ -162,10 +193,6 @@ fn innermost_loops(
             if tally.words > 0.0 && tally.fmas > 0 {
                 out.push(InnerLoop { function: name.to_string(), words: tally.words, fmas: tally.fmas });
             }
-            continue;
-        }
-        if let Some(taken) = constant_branch(function, statement) {
-            innermost_loops(module, function, info, name, taken, out);
             continue;
         }
         for child in children(statement) {
@@ -185,15 +212,11 @@ struct Tally<'a> {
 
 impl Tally<'_> {
     fn block(&mut self, block: &Block) {
-        for statement in block.iter() {
+        for statement in live(self.module, self.function, block) {
             if let Statement::Emit(range) = statement {
                 for handle in range.clone() {
                     self.expression(handle);
                 }
-            }
-            if let Some(taken) = constant_branch(self.function, statement) {
-                self.block(taken);
-                continue;
             }
             for child in children(statement) {
                 self.block(child);
