@@ -1,20 +1,31 @@
 // The scalar attention machinery's lanes in the subgroups variant (attention_tile.wgsl): a row's
 // threads may sum their partial scores through subgroup shuffles instead of workgroup memory.
 //
-// A thread's place in the block counts its subgroup's lanes first (subgroup * size + lane), not
-// local_invocation_index: a row's ROW_THREADS threads, a power of two no wider than the narrowest
-// subgroup (the host checks), are then lanes of one subgroup whose indices differ only in their low
-// bits, whatever order the implementation gives the workgroup's invocations. No subgroup size is
-// assumed.
+// Where a row's threads sum through shuffles (SUBGROUP_EXCHANGE), a thread's place in the block
+// counts its subgroup's lanes first (subgroup * size + lane), not local_invocation_index: a row's
+// ROW_THREADS threads, a power of two no wider than the narrowest subgroup, are then lanes of one
+// subgroup whose indices differ only in their low bits, whatever order the implementation gives the
+// workgroup's invocations. That numbering covers the block once only if its subgroups are full and
+// of one size. One size per dispatch Vulkan promises (SubgroupSize is uniform with command scope,
+// also under the varying subgroup sizes wgpu allows); full subgroups it promises only to pipelines
+// that require them, which wgpu cannot ask for. So the host asks for the exchange only where the
+// block is a multiple of the widest subgroup the adapter may run, or fits in the narrowest
+// (ops::attention), sizes that implementations fill with full subgroups: an assumption, which the
+// row-layout tests check against float64 on every adapter they run on. Elsewhere the place is the
+// local index, as in the variant without subgroups. No subgroup size is assumed.
 
 struct TileInvocation {
+    @builtin(local_invocation_index) index: u32,
     @builtin(subgroup_invocation_id) lane: u32,
     @builtin(subgroup_id) subgroup: u32,
     @builtin(subgroup_size) subgroup_size: u32,
 }
 
 fn tile_thread(tile: TileInvocation) -> u32 {
-    return tile.subgroup * tile.subgroup_size + tile.lane;
+    if SUBGROUP_EXCHANGE {
+        return tile.subgroup * tile.subgroup_size + tile.lane;
+    }
+    return tile.index;
 }
 
 // Each component r < ROWS summed over `lanes` adjacent lanes (a power of two; call from uniform

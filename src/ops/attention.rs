@@ -469,10 +469,19 @@ pub fn attention_tiles_for(caps: &Caps, dim: usize, rows: usize, keys: usize) ->
         let row_threads = |rows: usize| vecs.div_ceil(WGSL_SLICE_DIMS / 4 / rows);
         let in_subgroup =
             |rt: usize| caps.subgroups && rt > 1 && rt.is_power_of_two() && rt <= caps.subgroup_sizes.0 as usize;
+        // Shuffles number a block's threads by subgroup and lane (attention_lanes_subgroup.wgsl),
+        // which covers the block once only where its subgroups come full: a block of one subgroup,
+        // or a multiple of the widest subgroup the adapter may run.
+        let full_subgroups = |threads: usize| {
+            threads <= caps.subgroup_sizes.0 as usize || threads.is_multiple_of(caps.subgroup_sizes.1.max(1) as usize)
+        };
         let tiles = |bq: usize, bkv: usize, slices: usize, rows: usize| {
             let rt = row_threads(rows);
-            let subgroup_exchange = in_subgroup(rt);
             let threads = slices * bq / rows * rt;
+            let subgroup_exchange = in_subgroup(rt) && full_subgroups(threads);
+            if rows > 1 && !subgroup_exchange {
+                return None;
+            }
             let partials = if rt > 1 && !subgroup_exchange { bq * bkv * rt } else { 1 };
             let words = 2 * 4 * bkv * vecs + partials + TOKEN_TABLE_BYTES / 4; // tiles, partials, token tables
             fits(words, threads).then_some(AttentionTiles {
@@ -511,12 +520,14 @@ pub fn attention_tiles_for(caps: &Caps, dim: usize, rows: usize, keys: usize) ->
         // keep 4 (shader-stats).
         let wanted_q = rows.next_power_of_two().clamp(8, 64);
         for bq in [64, 32, 16, 8, 4].into_iter().filter(|&bq| bq <= wanted_q) {
-            let rows = many_rows.min(bq);
-            // A thread's scores of a tile, rows x keys, fit its score array (attention_tile.wgsl).
-            let score_slots = size::ATTENTION_MAX_BLOCK_KV as usize;
-            for bkv in [16, 32, 8, 4].into_iter().filter(|&bkv| rows * bkv <= score_slots) {
-                if let Some(tiles) = tiles(bq, bkv, 1, rows) {
-                    return Ok(within_token_tables(tiles));
+            // Two rows per thread where the block's subgroups allow the shuffles, else one.
+            for rows in (1..=many_rows.min(bq)).rev() {
+                // A thread's scores of a tile, rows x keys, fit its score array (attention_tile.wgsl).
+                let score_slots = size::ATTENTION_MAX_BLOCK_KV as usize;
+                for bkv in [16, 32, 8, 4].into_iter().filter(|&bkv| rows * bkv <= score_slots) {
+                    if let Some(tiles) = tiles(bq, bkv, 1, rows) {
+                        return Ok(within_token_tables(tiles));
+                    }
                 }
             }
         }

@@ -159,12 +159,16 @@ backend_tests! {
     /// threads fit the narrowest subgroup), one row per thread through shuffles, and through
     /// workgroup memory (a head dim whose row threads are no power of two, or no subgroups). Odd row
     /// counts leave a padding row beside a real one in the last pair, over several blocks; the keys
-    /// end inside a tile. On a subgroups device the pairs must have run; the workgroup-memory
-    /// exchange runs everywhere.
+    /// end inside a tile. On a subgroups device the pairs must have run, and single rows through
+    /// shuffles where 8 threads fit the narrowest subgroup and 16 do not (head dim 256); the
+    /// workgroup-memory exchange runs everywhere.
     fn dense_attention_row_layouts_match_reference(device: &Device, config: &str) {
         let mut rng = Rng::for_config("dense_attention_row_layouts", config);
         let caps = device.caps();
         let scalar_rows = caps.attention == AttentionDesign::RowsInRegisters;
+        // A row's threads can sum through shuffles: a power of two within the narrowest subgroup.
+        let shuffles =
+            |threads: usize| caps.subgroups && threads > 1 && threads.is_power_of_two() && threads <= caps.subgroup_sizes.0 as usize;
         let mut layouts = Vec::new();
         for dtype in dtypes(device) {
             for (dim, lq) in [(64, 67), (128, 33), (256, 21), (80, 45), (rng.range(1, 31), 70), (64, 1 + 2 * rng.range(4, 60))] {
@@ -173,15 +177,14 @@ backend_tests! {
                 let kv_len = rng.range(lk - 30, lk);
                 let tiles = attention_tiles(device, dim, lq, kv_len).unwrap();
                 if scalar_rows && tiles.key_slices == 1 {
-                    layouts.push((tiles.rows_per_thread, tiles.subgroup_exchange));
-                    if dim == 64 {
-                        let pairs = caps.subgroups && caps.subgroup_sizes.0 >= 4;
-                        assert_eq!(
-                            (tiles.rows_per_thread, tiles.subgroup_exchange),
-                            (if pairs { 2 } else { 1 }, pairs),
-                            "{config}: head_dim 64, {lq} rows: {tiles:?}"
-                        );
-                    }
+                    let layout = (tiles.rows_per_thread, tiles.subgroup_exchange);
+                    layouts.push(layout);
+                    // Pairs of rows on ceil(dim / 16) threads where those can shuffle, else one row on
+                    // ceil(dim / 32) threads, shuffling where they can; the block's subgroups full.
+                    let full = tiles.threads <= caps.subgroup_sizes.0 as usize
+                        || tiles.threads.is_multiple_of(caps.subgroup_sizes.1 as usize);
+                    let want = if shuffles(dim.div_ceil(16)) && full { (2, true) } else { (1, shuffles(dim.div_ceil(32)) && full) };
+                    assert_eq!(layout, want, "{config}: head_dim {dim}, {lq} rows: {tiles:?}");
                 }
                 let what = format!(
                     "{config} {dtype} lq{lq} kv{kv_len} d{dim} rows/thread {} subgroup exchange {}",
@@ -192,8 +195,12 @@ backend_tests! {
         }
         if scalar_rows {
             assert!(layouts.contains(&(1, false)), "{config}: no workgroup-memory exchange ran: {layouts:?}");
-            if caps.subgroups && caps.subgroup_sizes.0 >= 4 {
+            if shuffles(4) {
                 assert!(layouts.contains(&(2, true)), "{config}: no row pairs ran: {layouts:?}");
+            }
+            // Head dim 256: 8 threads per row, 16 per pair.
+            if shuffles(8) && !shuffles(16) {
+                assert!(layouts.contains(&(1, true)), "{config}: no single rows shuffled: {layouts:?}");
             }
         }
     }
@@ -360,6 +367,44 @@ backend_tests! {
         let x = Tensor::zeros(device, &[1, 16, 1, 8], DType::F32).unwrap();
         let err = scalewise::ops::to_group_major(&x, &layout).unwrap_err();
         assert!(matches!(err, Error::InvalidArgument { .. }), "{err:?}");
+    }
+}
+
+#[test]
+fn shuffled_rows_only_in_blocks_of_full_subgroups() {
+    // The shuffles number a block's threads by subgroup and lane, which covers the block once only
+    // where its subgroups come full: a block within the narrowest subgroup, or a multiple of the
+    // widest. Row pairs need the shuffles; without them a block keeps one row per thread.
+    let mut caps = full_device().caps();
+    caps.attention = AttentionDesign::RowsInRegisters;
+    caps.subgroups = true;
+    caps.shared_memory_bytes = 32768;
+    caps.max_threads_per_group = 256;
+    let mut seen = std::collections::BTreeSet::new();
+    for sizes in [(8, 8), (32, 64), (8, 32), (16, 16), (4, 128), (64, 64)] {
+        caps.subgroup_sizes = sizes;
+        let (narrowest, widest) = (sizes.0 as usize, sizes.1 as usize);
+        for key_split in [false, true] {
+            caps.attention_key_split = key_split;
+            for dim in [16, 40, 64, 128, 256] {
+                for (rows, keys) in [(1, 680), (3, 40), (8, 100), (16, 680), (100, 300), (256, 680)] {
+                    let t = scalewise::ops::attention_tiles_for(&caps, dim, rows, keys).unwrap();
+                    let what = format!("subgroups {sizes:?}, key split {key_split}, d{dim}, {rows}x{keys}: {t:?}");
+                    let row_threads = t.threads * t.rows_per_thread / (t.key_slices * t.block_q);
+                    assert_eq!(row_threads, dim.div_ceil(32 / t.rows_per_thread), "{what}");
+                    let full = t.threads <= narrowest || t.threads.is_multiple_of(widest);
+                    let fits = row_threads > 1 && row_threads.is_power_of_two() && row_threads <= narrowest;
+                    assert_eq!(t.subgroup_exchange, full && fits, "{what}");
+                    assert!(t.rows_per_thread == 1 || t.subgroup_exchange, "{what}");
+                    seen.insert((t.rows_per_thread, t.subgroup_exchange, full));
+                }
+            }
+        }
+    }
+    // Each case came up: pairs, single rows shuffled, and a power-of-two row kept off the shuffles
+    // because its block's subgroups would not be full.
+    for case in [(2, true, true), (1, true, true), (1, false, false), (1, false, true)] {
+        assert!(seen.contains(&case), "never chosen: {case:?} (of {seen:?})");
     }
 }
 
