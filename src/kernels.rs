@@ -40,6 +40,10 @@ pub mod size {
     pub const COOP_TILE: u32 = 64;
     pub const COOP_K: u32 = 32;
     pub const COOP_THREADS: u32 = 128;
+    /// The matrix-unit attention's padding of its f32 (product) and f16 (weight) stage rows: 16 bytes,
+    /// the least a matrix load or store allows, which moves each row 4 (2) banks on.
+    pub const COOP_PAD_F32: u32 = 4;
+    pub const COOP_PAD_F16: u32 = 8;
     /// The tiled conv2d: TILE_W x TILE_H pixels x COUT_BLOCK output channels per workgroup.
     pub const CONV_TILE_W: u32 = 16;
     pub const CONV_TILE_H: u32 = 8;
@@ -103,6 +107,8 @@ pub mod size {
         ("COOP_TILE", COOP_TILE),
         ("COOP_K", COOP_K),
         ("COOP_THREADS", COOP_THREADS),
+        ("COOP_PAD_F32", COOP_PAD_F32),
+        ("COOP_PAD_F16", COOP_PAD_F16),
         ("CONV_TILE_W", CONV_TILE_W),
         ("CONV_TILE_H", CONV_TILE_H),
         ("CONV_COUT_BLOCK", CONV_COUT_BLOCK),
@@ -345,7 +351,7 @@ families! {
     /// uses the tensor cores.
     AttentionCoop = "attention_coop" {
         params: AttentionParams, reductions: false, dtypes: &[DType::F16],
-        constants: [HEAD_DIM: U32, BLOCK_Q: U32, BLOCK_KV: U32, COOP_DIM: U32, COOP_Q_WORDS: U32,
+        constants: [HEAD_DIM: U32, BLOCK_Q: U32, BLOCK_KV: U32, THREADS: U32, COOP_DIM: U32, COOP_Q_WORDS: U32,
                     COOP_KV_WORDS: U32, COOP_P_WORDS: U32, COOP_PRODUCT_WORDS: U32, GROUP_MAJOR: Bool,
                     TO_GROUP_MAJOR: Bool],
     }
@@ -418,8 +424,8 @@ families! {
     /// this family.
     QkvAttentionCoop = "qkv_attention_coop" {
         params: QkvParams, reductions: false, dtypes: &[DType::F16],
-        constants: [L2_NORM: Bool, HEAD_DIM: U32, BLOCK_Q: U32, BLOCK_KV: U32, COOP_DIM: U32, COOP_Q_WORDS: U32,
-                    COOP_KV_WORDS: U32, COOP_P_WORDS: U32, COOP_PRODUCT_WORDS: U32],
+        constants: [L2_NORM: Bool, HEAD_DIM: U32, BLOCK_Q: U32, BLOCK_KV: U32, THREADS: U32, COOP_DIM: U32,
+                    COOP_Q_WORDS: U32, COOP_KV_WORDS: U32, COOP_P_WORDS: U32, COOP_PRODUCT_WORDS: U32],
     }
     /// The AdaLN-gated residual add of a VAR block.
     Residual = "residual" {

@@ -56,6 +56,15 @@ const TILE_ENTRIES: &[(Family, &str)] = &[
 ];
 const MANY_ROWS: (usize, usize) = (256, 680);
 
+/// Entry points on the matrix-unit attention machinery (attention_coop.wgsl), whose default row is
+/// compiled with the tiles the host launches for many rows at head_dim 64 on this target (both
+/// flavours: the emulation's virtual subgroups take the same tiles).
+const COOP_TILE_ENTRIES: &[(Family, &str)] = &[
+    (Family::AttentionCoop, "flash_attention"),
+    (Family::AttentionCoop, "grouped_attention"),
+    (Family::QkvAttentionCoop, "qkv_attention"),
+];
+
 /// The limits attention tiles are sized for: RDNA3's 64 KiB of LDS per workgroup, 1024 invocations,
 /// subgroups of 32 or 64 lanes (`subgroups`: whether the variant uses them).
 fn rdna3_caps(subgroups: bool) -> scalewise::Caps {
@@ -86,13 +95,18 @@ fn launches(
     subgroups: bool,
 ) -> anyhow::Result<Vec<(Option<String>, naga::back::PipelineConstants)>> {
     let caps = rdna3_caps(subgroups);
+    let named = |constants: scalewise::kernels::Constants| -> naga::back::PipelineConstants {
+        constants.values().iter().map(|&(name, value)| (name.to_string(), value.as_f64())).collect()
+    };
     let launch = |rows: usize, keys: usize| -> anyhow::Result<naga::back::PipelineConstants> {
-        let tiles = scalewise::ops::attention_tiles_for(&caps, 64, rows, keys)?;
-        let constants = tiles.constants(family, 64);
-        Ok(constants.values().iter().map(|&(name, value)| (name.to_string(), value.as_f64())).collect())
+        Ok(named(scalewise::ops::attention_tiles_for(&caps, 64, rows, keys)?.constants(family, 64)))
     };
     let defaults = if TILE_ENTRIES.contains(&(family, entry)) {
         launch(MANY_ROWS.0, MANY_ROWS.1)?
+    } else if COOP_TILE_ENTRIES.contains(&(family, entry)) {
+        let tiles = scalewise::ops::coop_attention_tiles_for(&caps, 64, MANY_ROWS.0)
+            .ok_or_else(|| anyhow::anyhow!("no matrix-unit attention tiles fit {}", caps.shared_memory_bytes))?;
+        named(tiles.constants(family, 64))
     } else {
         naga::back::PipelineConstants::default()
     };

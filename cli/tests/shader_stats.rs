@@ -101,6 +101,25 @@ const GEMM_TARGETS: &[(&str, &str, f64, f64, f64)] = &[
     ("qkv_heads", "qkv_attention", 1.0, 2.0, 8.0),
 ];
 
+/// The matrix-unit kernels' waves per SIMD (issue 15: at least 8 for matmul and attention), in both
+/// flavours. The attention's stages were 37.5 KiB over two wave64s (4 waves); with four threads per
+/// query row, 40.5 KiB (rows padded) over four: 8 (2026-12-03).
+const MATRIX_UNIT_WAVES: &[(&str, &str, f64)] = &[
+    ("matmul_coop", "matmul_coop", 8.0),
+    ("attention_coop", "flash_attention", 8.0),
+    ("attention_coop", "grouped_attention", 8.0),
+    ("qkv_attention_coop", "qkv_attention", 8.0),
+];
+
+/// A matrix-unit kernel under its waves per SIMD in `MATRIX_UNIT_WAVES`.
+fn matrix_unit_wave_failures(k: &serde_json::Value, failures: &mut Vec<String>) {
+    if let Some(&(_, _, waves)) = MATRIX_UNIT_WAVES.iter().find(|&&(f, e, _)| k["family"] == f && k["entry"] == e)
+        && stat(k, "waves_per_simd") < waves
+    {
+        failures.push(format!("{}: {} waves per SIMD, under {waves}", label(k), stat(k, "waves_per_simd")));
+    }
+}
+
 /// VGPR budgets of the cooperative-matrix flavours, compiled by Mesa 25.0.7's RADV (Debian 12's
 /// backports; scripts/lib/radv_coop.sh) for navi31 (gfx1100), measured 2026-12-03, plus 16: matmul_coop
 /// 108, attention_coop and qkv_attention_coop 96, permute_tokens 48 (this Mesa allocates more
@@ -237,6 +256,7 @@ fn every_kernel_compiles_for_rdna3_without_spills_within_its_vgpr_budget() {
     let mut failures = Vec::new();
     for k in kernels {
         register_failures(k, Some(VGPR_BUDGETS), &mut failures);
+        matrix_unit_wave_failures(k, &mut failures);
         let label = label(k);
         // A block that splits its keys is launched for few query rows: its grid (batch x heads
         // workgroups) is far below a GPU's capacity, so waves per SIMD do not bind it.
@@ -316,6 +336,7 @@ fn cooperative_matrix_kernels_compile_for_rdna3_on_a_newer_radv() {
         let is_native =
             k["subgroups"] == true && Family::ALL.iter().any(|f| f.uses_matrix_units() && k["family"] == f.name());
         register_failures(k, is_native.then_some(NATIVE_COOP_BUDGETS), &mut failures);
+        matrix_unit_wave_failures(k, &mut failures);
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

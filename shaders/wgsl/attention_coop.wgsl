@@ -3,8 +3,11 @@
 // value_vec, store_out, prepare_key_tile): attention.wgsl's dense and GRAT entries (the
 // attention_coop family) and qkv_attention.wgsl's fused entry (the qkv_attention_coop family).
 //
-// A workgroup of THREADS invocations owns BLOCK_Q query rows (64 or 32) of one (batch, head) and
-// streams BLOCK_KV = 32 keys at a time, FlashAttention-2 style: an online softmax, no L x L matrix.
+// A workgroup of THREADS = 4 BLOCK_Q invocations (256 or 128) owns BLOCK_Q query rows (64 or 32) of
+// one (batch, head) and streams BLOCK_KV = 32 keys at a time, FlashAttention-2 style: an online
+// softmax, no L x L matrix. Four threads per row rather than two: the stages are a workgroup's, so
+// twice the waves share them (a 64-row block at head_dim 64 is 40.5 KiB over 4 wave64s, where 37.5
+// KiB over 2 held RDNA3 to half the waves), and each thread's share of the softmax step halves.
 // Head dimensions are padded with zeros to COOP_DIM (a multiple of 32). Per key tile:
 //   1. the K and V rows into f16 stages (barrier before: the stages are free; after: loaded);
 //   2. S = Q K^T on the matrix units, (BLOCK_Q / 16) x (BLOCK_KV / 16) fragments of COOP_DIM / 16
@@ -20,15 +23,16 @@
 // matrix fragment cannot apply per row, is a multiply in registers. The weights are rounded to f16
 // for the product and summed as rounded, so the normalisation matches what was multiplied.
 //
-// The fragment work of steps 2 and 4 is shared out among the workgroup's subgroups (one, two or four:
-// 128, 64 or 32 invocations wide) in rounds of whole fragments; the host's tiles make both fragment
-// counts multiples of 4, so every subgroup runs the same number of rounds and every matrix operation
-// is in uniform control flow. The fragment operations come from attention_coop_native.wgsl
+// The fragment work of steps 2 and 4 is shared out among the workgroup's subgroups (THREADS / lanes of
+// them, 32 to 128 lanes wide: two to eight in a 64-row block, one to four in a 32-row one) in rounds
+// of whole fragments; the host's tiles make both fragment counts multiples of the most subgroups the
+// block may hold, so every subgroup runs the same number of rounds and every matrix operation is in
+// uniform control flow. The fragment operations come from attention_coop_native.wgsl
 // (wgpu's cooperative matrices) or attention_coop_emulated.wgsl (plain WGSL, for checking this
 // kernel without matrix units), which define TileInvocation and enter_tile, and:
 //   frag_zero() -> coop_acc_t
 //   frag_query(offset, lane, lanes) -> coop_a_t     16 x 16 of q_stage, row-major, stride COOP_DIM
-//   frag_weights(offset, lane, lanes) -> coop_a_t   16 x 16 of p_stage, row-major, stride BLOCK_KV
+//   frag_weights(offset, lane, lanes) -> coop_a_t   16 x 16 of p_stage, row-major, stride weight_stride()
 //   frag_keys(offset, lane, lanes) -> coop_b_t      16 (dims) x 16 (keys) of k_stage: K^T, read
 //                                                   column-major with stride COOP_DIM
 //   frag_values(offset, lane, lanes) -> coop_b_t    16 (keys) x 16 (dims) of v_stage, row-major
@@ -42,14 +46,15 @@ override BLOCK_Q: u32 = 64u;
 override BLOCK_KV: u32 = 32u;
 // HEAD_DIM rounded up to a multiple of 32.
 override COOP_DIM: u32 = 64u;
-// Stage sizes in elements: BLOCK_Q * COOP_DIM, BLOCK_KV * COOP_DIM, BLOCK_Q * BLOCK_KV, and
-// BLOCK_Q * max(COOP_DIM, BLOCK_KV) (scores, then the product P V, never both at once).
+// Stage sizes in elements: BLOCK_Q * COOP_DIM, BLOCK_KV * COOP_DIM, BLOCK_Q * weight_stride(), and
+// BLOCK_Q * max(output_stride(), score_stride()) (scores, then the product P V, never both at once).
 override COOP_Q_WORDS: u32 = 4096u;
 override COOP_KV_WORDS: u32 = 2048u;
-override COOP_P_WORDS: u32 = 2048u;
-override COOP_PRODUCT_WORDS: u32 = 4096u;
+override COOP_P_WORDS: u32 = 2560u;
+override COOP_PRODUCT_WORDS: u32 = 4352u;
 
-const THREADS: u32 = COOP_THREADS;
+// 4 * BLOCK_Q (ops::attention::CoopAttentionTiles::threads).
+override THREADS: u32 = 256u;
 // Output columns one thread keeps: BLOCK_Q * COOP_DIM / THREADS at most.
 const OUT_SHARE: u32 = 32u;
 
@@ -111,6 +116,26 @@ fn row_of(t: u32) -> u32 {
 
 fn part_of(t: u32) -> u32 {
     return t % row_threads();
+}
+
+// Row strides of the stages the rows' threads read across: the scores and the product P V (f32,
+// product_stage) and the weights (f16, p_stage). Unpadded they are multiples of 32 words, the bank
+// count of AMD's and NVIDIA's workgroup memory, so the same column of every row is in one bank: a
+// wave64's 16 rows x 4 parts read 4 of the 32 banks (16-way conflicts) on every score and output read
+// of the softmax step and its output update, and 4 on every weight store. COOP_PAD_F32 words
+// (COOP_PAD_F16 halves) more per row, the least the matrix loads and stores allow (16 bytes), move each
+// row 4 banks on (2 for the weights), so 8 consecutive rows cover all 32: conflict-free for a 32-lane
+// subgroup, two lanes a bank for a wave64 (which the LDS serves in two passes anyway).
+fn score_stride() -> u32 {
+    return BLOCK_KV + COOP_PAD_F32;
+}
+
+fn output_stride() -> u32 {
+    return COOP_DIM + COOP_PAD_F32;
+}
+
+fn weight_stride() -> u32 {
+    return BLOCK_KV + COOP_PAD_F16;
 }
 
 fn out_columns() -> u32 {
@@ -203,7 +228,7 @@ fn attend_tile(head: Head, t: u32, state: ptr<function, RowState>) {
             let b = frag_keys(keys * COOP_DIM + d * 16u, lane, lanes);
             acc = frag_mma(a, b, acc, lane, lanes);
         }
-        frag_store(acc, rows * BLOCK_KV + keys, BLOCK_KV, lane, lanes);
+        frag_store(acc, rows * score_stride() + keys, score_stride(), lane, lanes);
     }
     workgroupBarrier();
 
@@ -216,7 +241,7 @@ fn attend_tile(head: Head, t: u32, state: ptr<function, RowState>) {
     var tile_max = NEG_BIG;
     for (var j = part; j < BLOCK_KV; j += rt) {
         if key_token[j] != NO_TOKEN {
-            tile_max = max(tile_max, scale * product_stage[r * BLOCK_KV + j]);
+            tile_max = max(tile_max, scale * product_stage[r * score_stride() + j]);
         }
     }
     row_part_max[t] = tile_max;
@@ -229,14 +254,19 @@ fn attend_tile(head: Head, t: u32, state: ptr<function, RowState>) {
     var tile_sum = 0.0;
     for (var j = part; j < BLOCK_KV; j += rt) {
         // Padding keys weigh exactly 0 (their v is 0 too); a valid score is at most new_max.
-        let s = scale * product_stage[r * BLOCK_KV + j];
+        let s = scale * product_stage[r * score_stride() + j];
         let w = f16(select(0.0, exp(min(s - new_max, 0.0)), key_token[j] != NO_TOKEN));
-        p_stage[r * BLOCK_KV + j] = w;
+        p_stage[r * weight_stride() + j] = w;
         tile_sum += f32(w);
     }
     row_part_sum[t] = tile_sum;
+    // Only the columns the thread holds (a constant once the overrides are): a 64-row block at
+    // head_dim 64 holds 16 of the 32.
+    let columns = out_columns();
     for (var i = 0u; i < OUT_SHARE; i++) {
-        (*state).o[i] *= rescale;
+        if i < columns {
+            (*state).o[i] *= rescale;
+        }
     }
     (*state).max = new_max;
     workgroupBarrier();
@@ -254,18 +284,17 @@ fn attend_tile(head: Head, t: u32, state: ptr<function, RowState>) {
         let dims = (f % dim_blocks) * 16u;
         var acc = frag_zero();
         for (var k = 0u; k < key_blocks; k++) {
-            let a = frag_weights(rows * BLOCK_KV + k * 16u, lane, lanes);
+            let a = frag_weights(rows * weight_stride() + k * 16u, lane, lanes);
             let b = frag_values(k * 16u * COOP_DIM + dims, lane, lanes);
             acc = frag_mma(a, b, acc, lane, lanes);
         }
-        frag_store(acc, rows * COOP_DIM + dims, COOP_DIM, lane, lanes);
+        frag_store(acc, rows * output_stride() + dims, output_stride(), lane, lanes);
     }
     workgroupBarrier();
     // Constant trip count with a predicate, so the output stays in registers.
-    let columns = out_columns();
     for (var i = 0u; i < OUT_SHARE; i++) {
         if i < columns {
-            (*state).o[i] += product_stage[r * COOP_DIM + part + i * rt];
+            (*state).o[i] += product_stage[r * output_stride() + part + i * rt];
         }
     }
 }

@@ -53,12 +53,12 @@ fn frag_values(offset: u32, lane: u32, lanes: u32) -> coop_b_t {
     return vec2<u32>(FRAG_VALUES, offset);
 }
 
-// Element (row, k) of an A fragment: q_stage row-major (stride COOP_DIM) or p_stage (BLOCK_KV).
+// Element (row, k) of an A fragment: q_stage row-major (stride COOP_DIM) or p_stage (weight_stride()).
 fn frag_a_at(a: coop_a_t, row: u32, k: u32) -> f32 {
     if a.x == FRAG_QUERY {
         return f32(q_stage[a.y + row * COOP_DIM + k]);
     }
-    return f32(p_stage[a.y + row * BLOCK_KV + k]);
+    return f32(p_stage[a.y + row * weight_stride() + k]);
 }
 
 // Element (k, col) of a B fragment: k_stage column-major (K^T) or v_stage row-major, stride COOP_DIM.

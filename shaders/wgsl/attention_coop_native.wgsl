@@ -35,7 +35,7 @@ fn frag_query(offset: u32, lane: u32, lanes: u32) -> coop_a_t {
 }
 
 fn frag_weights(offset: u32, lane: u32, lanes: u32) -> coop_a_t {
-    return coopLoadT<coop_a_t>(&p_stage[offset], BLOCK_KV);
+    return coopLoadT<coop_a_t>(&p_stage[offset], weight_stride());
 }
 
 fn frag_keys(offset: u32, lane: u32, lanes: u32) -> coop_b_t {

@@ -76,13 +76,29 @@ pub struct CoopAttentionTiles {
 }
 
 impl CoopAttentionTiles {
+    /// Invocations per workgroup: [`COOP_ROW_THREADS`] per query row.
+    pub fn threads(&self) -> usize {
+        COOP_ROW_THREADS * self.block_q
+    }
+
+    /// Elements of the f16 weight stage: block_q rows, padded (size::COOP_PAD_F16).
+    fn weight_words(&self) -> usize {
+        self.block_q * (self.block_kv + size::COOP_PAD_F16 as usize)
+    }
+
+    /// Elements of the f32 product stage: block_q rows of the scores, then of P V, padded
+    /// (size::COOP_PAD_F32).
+    fn product_words(&self) -> usize {
+        self.block_q * (self.coop_dim.max(self.block_kv) + size::COOP_PAD_F32 as usize)
+    }
+
     /// Bytes of workgroup memory: the f16 Q, K, V and weight stages, the f32 product stage, the
     /// rows' exchange slots and the token tables.
     pub fn workgroup_bytes(&self) -> usize {
         let (q, kv, d) = (self.block_q, self.block_kv, self.coop_dim);
-        2 * (q * d + 2 * kv * d + q * kv)
-            + 4 * q * d.max(kv)
-            + 4 * (2 * size::COOP_THREADS as usize + 1)
+        2 * (q * d + 2 * kv * d + self.weight_words())
+            + 4 * self.product_words()
+            + 4 * (2 * self.threads() + 1)
             + TOKEN_TABLE_BYTES
     }
 
@@ -93,11 +109,12 @@ impl CoopAttentionTiles {
             .set("HEAD_DIM", dim as u32)
             .set("BLOCK_Q", q)
             .set("BLOCK_KV", kv)
+            .set("THREADS", self.threads() as u32)
             .set("COOP_DIM", d)
             .set("COOP_Q_WORDS", q * d)
             .set("COOP_KV_WORDS", kv * d)
-            .set("COOP_P_WORDS", q * kv)
-            .set("COOP_PRODUCT_WORDS", q * d.max(kv))
+            .set("COOP_P_WORDS", self.weight_words() as u32)
+            .set("COOP_PRODUCT_WORDS", self.product_words() as u32)
     }
 }
 
@@ -107,28 +124,36 @@ const TOKEN_TABLE_BYTES: usize = 4 * (size::ATTENTION_MAX_BLOCK_Q + size::ATTENT
 /// Output columns one thread of the matrix-unit kernel keeps in registers (OUT_SHARE).
 const COOP_OUT_SHARE: usize = 32;
 
+/// Threads per query row of the matrix-unit kernel. Its stages belong to the workgroup, so the more
+/// threads share them, the less workgroup memory each wave holds: with 4 (was 2) a 64-row block at
+/// head_dim 64 puts 10.1 KiB on each of its four wave64s instead of 18.8 KiB on two, which doubles
+/// the waves RDNA3 can keep per SIMD (RADV: 8, was 4), and the softmax step's share of a row halves.
+pub const COOP_ROW_THREADS: usize = 4;
+
 /// The matrix-unit tiles for head_dim `dim` and `rows` query rows per block of work on a device with
 /// `caps`, or `None` where none fits its workgroup memory. 64-row blocks for more than 32 rows where
-/// they fit, else 32. Both fragment counts of a tile, (block_q / 16) x (block_kv / 16) and
-/// (block_q / 16) x (coop_dim / 16), are multiples of 4, so that one, two or four subgroups share
-/// them out in equal rounds (the kernel's matrix operations must be in uniform control flow). With
-/// native units whose subgroups may be narrower than 32 lanes (more than four subgroups), a tile
-/// whose fragments do not share evenly among them is passed over (e.g. 32-row blocks in 16-lane
-/// subgroups): some fragments would never be computed. wgpu devices do not list such units as
-/// native today; this keeps a hand-written `Caps` from reaching the kernel.
+/// they fit, else 32; [`COOP_ROW_THREADS`] threads per row. Both fragment counts of a tile,
+/// (block_q / 16) x (block_kv / 16) and (block_q / 16) x (coop_dim / 16), must share out in equal
+/// rounds among the block's subgroups (the kernel's matrix operations must be in uniform control
+/// flow): with subgroups of 32 lanes or more they do (8 and 8k fragments among at most 8 subgroups in
+/// a 64-row block, 4 and 4k among at most 4 in a 32-row one). With native units whose subgroups may
+/// be narrower, a tile whose fragments do not share evenly is passed over (e.g. 16-lane subgroups,
+/// 16 and 8 per block): some fragments would never be computed. wgpu devices do not list such units
+/// as native today; this keeps a hand-written `Caps` from reaching the kernel. A device whose
+/// workgroups are limited to fewer invocations than a 64-row block's gets 32-row blocks.
 pub fn coop_attention_tiles_for(caps: &Caps, dim: usize, rows: usize) -> Option<CoopAttentionTiles> {
     let coop_dim = dim.div_ceil(32) * 32;
-    let threads = size::COOP_THREADS as usize;
     // The emulation's virtual subgroups are 32, 64 or 128 lanes wide.
     let narrowest = match caps.matrix_units {
         MatrixUnits::Native => caps.subgroup_sizes.0 as usize,
         _ => 32,
     };
-    let subgroups = threads / narrowest.clamp(1, threads);
     let wanted = if rows > 32 { [64, 32].as_slice() } else { [32].as_slice() };
     const _: () = assert!(size::ATTENTION_MAX_BLOCK_Q >= 64 && size::ATTENTION_MAX_BLOCK_KV >= 32);
     wanted.iter().map(|&block_q| CoopAttentionTiles { block_q, block_kv: 32, coop_dim }).find(|t| {
         let fragments = [(t.block_q / 16) * (t.block_kv / 16), (t.block_q / 16) * (t.coop_dim / 16)];
+        let threads = t.threads();
+        let subgroups = threads / narrowest.clamp(1, threads);
         t.workgroup_bytes() <= caps.shared_memory_bytes as usize
             && t.block_q * t.coop_dim / threads <= COOP_OUT_SHARE
             && threads <= caps.max_threads_per_group as usize

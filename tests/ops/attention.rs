@@ -420,17 +420,26 @@ fn matrix_unit_tiles_need_subgroups_that_share_their_fragments_evenly() {
     let cases = [(64, 256, Some(64)), (40, 20, Some(32)), (128, 100, Some(32)), (64, 32, Some(32))];
     for sizes in [(32, 64), (64, 64), (16, 64), (8, 32)] {
         caps.subgroup_sizes = sizes;
-        let subgroups = 128 / sizes.0 as usize;
         for (dim, rows, block_q) in cases {
             let tiles = coop_attention_tiles_for(&caps, dim, rows);
+            // Four threads per row: a 64-row block is 256 invocations, a 32-row one 128.
+            let subgroups = block_q.map(|q| 4 * q / sizes.0 as usize);
             let fragments = block_q.map(|q| [(q / 16) * 2, (q / 16) * dim.div_ceil(32) * 2]);
-            let want = block_q.filter(|_| fragments.unwrap().iter().all(|f| f % subgroups == 0));
+            let want = block_q.filter(|_| fragments.unwrap().iter().all(|f| f % subgroups.unwrap() == 0));
             let what = format!("subgroups {sizes:?}, head_dim {dim}, {rows} rows: {tiles:?}");
             assert_eq!(tiles.map(|t| t.block_q), want, "{what}");
+            if let Some(t) = tiles {
+                assert_eq!(t.threads(), 4 * t.block_q, "{what}");
+            }
         }
     }
     caps.subgroup_sizes = (16, 64);
     assert!(coop_attention_tiles_for(&caps, 40, 20).is_none(), "32-row blocks in 8 subgroups");
+    assert!(coop_attention_tiles_for(&caps, 64, 256).is_none(), "64-row blocks in 16 subgroups");
+    // A device whose workgroups hold fewer invocations than a 64-row block's gets 32-row blocks.
+    caps.subgroup_sizes = (32, 64);
+    caps.max_threads_per_group = 128;
+    assert_eq!(coop_attention_tiles_for(&caps, 64, 256).map(|t| t.block_q), Some(32));
     // The emulation's virtual subgroups are 32 lanes at the narrowest, whatever the adapter's.
     caps.matrix_units = MatrixUnits::Emulated;
     assert!(coop_attention_tiles_for(&caps, 40, 20).is_some());
@@ -566,10 +575,21 @@ backend_tests! {
         let fits = |dim| coop_attention_tiles_for(&caps, dim, 64).is_some();
         let dims: Vec<usize> = [64, 40, rng.range(1, 31), rng.range(65, 128), 100, 128].into_iter().filter(|&d| fits(d)).collect();
         assert!(dims.len() >= 3 || caps.attention == AttentionDesign::ScoreTiles, "{config}: only head dims {dims:?} fit");
-        for (trial, &dim) in dims.iter().enumerate() {
+        // A last trial of three 64-row blocks (256 invocations each: 8, 4 and 2 virtual subgroups in
+        // the emulation) at a head dim whose 64-row tiles fit a 32 KiB adapter too.
+        let wide = (rng.range(1, 32), rng.range(129, 200));
+        let wide_tiles = coop_attention_tiles_for(&caps, wide.0, wide.1);
+        if caps.shared_memory_bytes >= 32768 && caps.max_threads_per_group >= 256 {
+            assert_eq!(wide_tiles.map(|t| (t.block_q, t.threads())), Some((64, 256)), "{config}: {wide:?}");
+        }
+        for (trial, &dim) in dims.iter().chain([wide.0].iter()).enumerate() {
             let (batch, heads) = (rng.range(1, 2), rng.range(1, 3));
-            // Three blocks of 32 rows at least, in the first trials.
-            let lq = if trial < 2 { rng.range(65, 140) } else { rng.range(1, 140) };
+            // Three blocks of 32 rows at least, in the first trials; three of 64 in the last.
+            let lq = match trial {
+                0 | 1 => rng.range(65, 140),
+                _ if trial == dims.len() => wide.1,
+                _ => rng.range(1, 140),
+            };
             let lk = rng.range(20, 200);
             let kv_len = if trial % 2 == 0 { lk } else { rng.range(1, lk) };
             let layout = if trial % 3 == 1 { AttentionLayout::TokensMajor } else { AttentionLayout::HeadsMajor };
