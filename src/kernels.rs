@@ -41,7 +41,7 @@ pub mod size {
     pub const COOP_K: u32 = 32;
     pub const COOP_THREADS: u32 = 128;
     /// The matrix-unit attention's padding of its f32 (product) and f16 (weight) stage rows: 16 bytes,
-    /// the least a matrix load or store allows, which moves each row 4 (2) banks on.
+    /// the least a matrix load or store allows, which moves each row 4 banks further on.
     pub const COOP_PAD_F32: u32 = 4;
     pub const COOP_PAD_F16: u32 = 8;
     /// The tiled conv2d: TILE_W x TILE_H pixels x COUT_BLOCK output channels per workgroup.

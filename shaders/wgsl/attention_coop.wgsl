@@ -119,13 +119,15 @@ fn part_of(t: u32) -> u32 {
 }
 
 // Row strides of the stages the rows' threads read across: the scores and the product P V (f32,
-// product_stage) and the weights (f16, p_stage). Unpadded they are multiples of 32 words, the bank
-// count of AMD's and NVIDIA's workgroup memory, so the same column of every row is in one bank: a
-// wave64's 16 rows x 4 parts read 4 of the 32 banks (16-way conflicts) on every score and output read
-// of the softmax step and its output update, and 4 on every weight store. COOP_PAD_F32 words
-// (COOP_PAD_F16 halves) more per row, the least the matrix loads and stores allow (16 bytes), move each
-// row 4 banks on (2 for the weights), so 8 consecutive rows cover all 32: conflict-free for a 32-lane
-// subgroup, two lanes a bank for a wave64 (which the LDS serves in two passes anyway).
+// product_stage) and the weights (f16, p_stage). Unpadded, the f32 rows are multiples of 32 words
+// apart, the bank count of AMD's and NVIDIA's workgroup memory, so the same column of every row is in
+// one bank: a wave64's 16 rows x 4 parts read 4 of the 32 banks (16-way conflicts) on every score and
+// output read of the softmax step and its output update; the f16 rows, 16 words, put a wave64's
+// weight stores on 4 banks. COOP_PAD_F32 words (COOP_PAD_F16 halves) more per row, the least the
+// matrix loads and stores allow (16 bytes), move each f32 row 4 banks on, so 8 consecutive rows cover
+// all 32 (no conflicts in a 32-lane subgroup; two lanes a bank in a wave64, which the LDS serves in
+// two passes anyway), and each f16 row 20 banks on, so 8 rows' stores (two lanes a word) fall in 16
+// banks, one word each.
 fn score_stride() -> u32 {
     return BLOCK_KV + COOP_PAD_F32;
 }
