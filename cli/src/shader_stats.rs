@@ -105,7 +105,7 @@ fn launches(
         launch(MANY_ROWS.0, MANY_ROWS.1)?
     } else if COOP_TILE_ENTRIES.contains(&(family, entry)) {
         let tiles = scalewise::ops::coop_attention_tiles_for(&caps, 64, MANY_ROWS.0)
-            .ok_or_else(|| anyhow::anyhow!("no matrix-unit attention tiles fit {}", caps.shared_memory_bytes))?;
+            .ok_or_else(|| anyhow::anyhow!("no matrix-unit attention tiles fit {} bytes", caps.shared_memory_bytes))?;
         named(tiles.constants(family, 64))
     } else {
         naga::back::PipelineConstants::default()

@@ -581,6 +581,8 @@ backend_tests! {
         let wide_tiles = coop_attention_tiles_for(&caps, wide.0, wide.1);
         if caps.shared_memory_bytes >= 32768 && caps.max_threads_per_group >= 256 {
             assert_eq!(wide_tiles.map(|t| (t.block_q, t.threads())), Some((64, 256)), "{config}: {wide:?}");
+        } else {
+            crate::common::skip(&test, format_args!("64-row blocks do not fit this adapter: its last trial runs {wide_tiles:?}"));
         }
         for (trial, &dim) in dims.iter().chain([wide.0].iter()).enumerate() {
             let (batch, heads) = (rng.range(1, 2), rng.range(1, 3));
