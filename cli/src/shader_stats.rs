@@ -320,7 +320,7 @@ fn words_per_fma(kernel: &Kernel) -> String {
 fn print_table(radv: &radv::Radv, target: &str, kernels: &[Kernel]) {
     println!("{} ({target}), {}; statistics from VK_KHR_pipeline_executable_properties", radv.device_name, radv.driver);
     println!(
-        "{:<44} {:>4} {:>5} {:>5} {:>6} {:>6} {:>7} {:>6} {:>5} {:>6} {:>8} {:>5} {:>6}  words/FMA",
+        "{:<44} {:>4} {:>5} {:>5} {:>6} {:>6} {:>7} {:>6} {:>5} {:>6} {:>8} {:>5} {:>4} {:>6}  words/FMA",
         "kernel",
         "wave",
         "VGPR",
@@ -333,11 +333,12 @@ fn print_table(radv: &radv::Radv, target: &str, kernels: &[Kernel]) {
         "instrs",
         "inv.thru",
         "barr",
+        "tile",
         "wgmem"
     );
     for k in kernels {
         println!(
-            "{:<44} {:>4} {:>5} {:>5} {:>6} {:>6} {:>7} {:>6} {:>5} {:>6} {:>8} {:>5} {:>6}  {}",
+            "{:<44} {:>4} {:>5} {:>5} {:>6} {:>6} {:>7} {:>6} {:>5} {:>6} {:>8} {:>5} {:>4} {:>6}  {}",
             k.label(),
             k.stats.subgroup_size,
             number(k.stat("VGPRs")),
@@ -350,6 +351,7 @@ fn print_table(radv: &radv::Radv, target: &str, kernels: &[Kernel]) {
             number(k.stat("Instructions")),
             number(k.stat("Inverse Throughput")),
             k.counts.barriers,
+            k.counts.tile_barriers.map_or("-".to_string(), |n| n.to_string()),
             k.counts.workgroup_bytes,
             words_per_fma(k),
         );
@@ -358,7 +360,7 @@ fn print_table(radv: &radv::Radv, target: &str, kernels: &[Kernel]) {
         "wave: subgroup size; scratch: bytes of scratch memory per wave (private arrays the compiler could \
          not keep in registers, and spills); LDS and wgmem: bytes (RADV's allocation, the WGSL variables used); waves: \
          subgroups per SIMD (occupancy); inv.thru: ACO's estimated inverse throughput; barr: barrier \
-         sites; words/FMA: workgroup-memory words read per FMA in each GEMM-like inner loop"
+         sites; tile: barrier sites per key tile of an attention kernel; words/FMA: workgroup-memory words read per FMA in each GEMM-like inner loop"
     );
 }
 
@@ -404,6 +406,7 @@ fn report_json(radv: &radv::Radv, target: &str, kernels: &[Kernel]) -> serde_jso
                 "waves_per_simd": k.stat("Subgroups per SIMD"),
                 "instructions": k.stat("Instructions"),
                 "barriers": k.counts.barriers,
+                "tile_barriers": k.counts.tile_barriers,
                 "workgroup_bytes": k.counts.workgroup_bytes,
                 "inner_loops": loops,
                 "statistics": statistics,

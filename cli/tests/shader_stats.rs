@@ -103,13 +103,46 @@ const GEMM_TARGETS: &[(&str, &str, f64, f64, f64)] = &[
 
 /// The matrix-unit kernels' waves per SIMD (issue 15: at least 8 for matmul and attention), in both
 /// flavours. The attention's stages were 37.5 KiB over two wave64s (4 waves); with four threads per
-/// query row, 40.5 KiB (rows padded) over four: 8 (2026-12-03).
+/// query row, 40.5 KiB (rows padded) over four: 8 (2026-12-03); 39.5 KiB without the row maxima's
+/// exchange (2026-12-04).
 const MATRIX_UNIT_WAVES: &[(&str, &str, f64)] = &[
     ("matmul_coop", "matmul_coop", 8.0),
     ("attention_coop", "flash_attention", 8.0),
     ("attention_coop", "grouped_attention", 8.0),
     ("qkv_attention_coop", "qkv_attention", 8.0),
 ];
+
+/// Barrier sites per key tile of the attention kernels (issue 15: at most 3 for flash attention), by
+/// family and whether the variant has subgroups. The scalar kernel has 3 with subgroups (its rows'
+/// partial scores meet through shuffles) and 4 without (through workgroup memory). The matrix-unit
+/// kernel has 4 in both flavours, the least for fragments whose layout is opaque: the staged keys and
+/// values, the stored scores, the stored weights and the stored product P V each need one (it had 6,
+/// with two exchanges per tile, until 2026-12-04). The fused QKV entries have one more where they
+/// normalise the new keys in the staged tile (L2_NORM, on in shader-stats' launch).
+const TILE_BARRIERS: &[(&str, bool, f64)] = &[
+    ("attention", true, 3.0),
+    ("attention", false, 4.0),
+    ("qkv_heads", true, 4.0),
+    ("qkv_heads", false, 5.0),
+    ("attention_coop", true, 4.0),
+    ("attention_coop", false, 4.0),
+    ("qkv_attention_coop", true, 5.0),
+    ("qkv_attention_coop", false, 5.0),
+];
+
+/// An attention kernel over its barrier sites per key tile in `TILE_BARRIERS`; an entry point that
+/// streams key tiles must report them.
+fn tile_barrier_failures(k: &serde_json::Value, failures: &mut Vec<String>) {
+    let streams_keys = ["flash_attention", "grouped_attention", "qkv_attention"].iter().any(|&e| k["entry"] == e);
+    let Some(&(_, _, most)) = TILE_BARRIERS.iter().find(|&&(f, sg, _)| k["family"] == f && k["subgroups"] == sg) else {
+        return;
+    };
+    match k["tile_barriers"].as_f64() {
+        None if streams_keys => failures.push(format!("{}: no barrier count per key tile", label(k))),
+        Some(n) if n > most => failures.push(format!("{}: {n} barrier sites per key tile, over {most}", label(k))),
+        _ => {}
+    }
+}
 
 /// A matrix-unit kernel under its waves per SIMD in `MATRIX_UNIT_WAVES`.
 fn matrix_unit_wave_failures(k: &serde_json::Value, failures: &mut Vec<String>) {
@@ -257,6 +290,7 @@ fn every_kernel_compiles_for_rdna3_without_spills_within_its_vgpr_budget() {
     for k in kernels {
         register_failures(k, Some(VGPR_BUDGETS), &mut failures);
         matrix_unit_wave_failures(k, &mut failures);
+        tile_barrier_failures(k, &mut failures);
         let label = label(k);
         // A block that splits its keys is launched for few query rows: its grid (batch x heads
         // workgroups) is far below a GPU's capacity, so waves per SIMD do not bind it.
@@ -337,6 +371,7 @@ fn cooperative_matrix_kernels_compile_for_rdna3_on_a_newer_radv() {
             k["subgroups"] == true && Family::ALL.iter().any(|f| f.uses_matrix_units() && k["family"] == f.name());
         register_failures(k, is_native.then_some(NATIVE_COOP_BUDGETS), &mut failures);
         matrix_unit_wave_failures(k, &mut failures);
+        tile_barrier_failures(k, &mut failures);
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

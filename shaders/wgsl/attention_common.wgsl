@@ -3,7 +3,8 @@
 // contiguous keys through the machinery's attend_tile, and a dense block from start to finish. Each
 // machinery defines BLOCK_Q, BLOCK_KV, THREADS, HEAD_DIM, RowState, begin_queries, attend_tile,
 // finish_queries and release_key_table (called before key_token is refilled: it returns once the
-// machinery's reads of the previous tile's table are done).
+// machinery's reads of the previous tile's table are done). A tile's table holds its valid keys
+// first, then NO_TOKEN to the end (the matrix-unit machinery counts them from that layout).
 
 const NO_TOKEN: u32 = 0xffffffffu;
 // Finite "minus infinity": exp(NEG_BIG - m) is 0 and NEG_BIG - NEG_BIG is 0, never NaN.

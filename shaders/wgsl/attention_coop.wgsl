@@ -6,22 +6,32 @@
 // A workgroup of THREADS = 4 BLOCK_Q invocations (256 or 128) owns BLOCK_Q query rows (64 or 32) of
 // one (batch, head) and streams BLOCK_KV = 32 keys at a time, FlashAttention-2 style: an online
 // softmax, no L x L matrix. Four threads per row rather than two: the stages are a workgroup's, so
-// twice the waves share them (a 64-row block at head_dim 64 is 40.5 KiB over 4 wave64s, where 37.5
+// twice the waves share them (a 64-row block at head_dim 64 is 39.5 KiB over 4 wave64s, where 37.5
 // KiB over 2 held RDNA3 to half the waves), and each thread's share of the softmax step halves.
-// Head dimensions are padded with zeros to COOP_DIM (a multiple of 32). Per key tile:
-//   1. the K and V rows into f16 stages (barrier before: the stages are free; after: loaded);
+// Head dimensions are padded with zeros to COOP_DIM (a multiple of 32). Per key tile, four barriers:
+//   1. (barrier: the key table and the previous tile's product P V are published, the stages free)
+//      the previous tile's product added to the output in registers; the K and V rows into f16
+//      stages (barrier: loaded, and product_stage read);
 //   2. S = Q K^T on the matrix units, (BLOCK_Q / 16) x (BLOCK_KV / 16) fragments of COOP_DIM / 16
 //      products each, into product_stage (barrier);
-//   3. each row's ROW_THREADS = THREADS / BLOCK_Q threads take BLOCK_KV / ROW_THREADS of its scores
-//      (times the softmax scale, in f32: the f16 queries are staged as stored, unscaled):
-//      partial maxima exchanged (barrier), then the weights exp(s - max) into p_stage as f16, the
-//      output in registers rescaled, partial sums exchanged (barrier);
-//   4. P V on the matrix units into product_stage (barrier), added to the output in registers.
-// Six barriers per tile (the key table needs none of its own: release_key_table). The output stays
-// in registers (each thread its row's columns part, part + ROW_THREADS, ...), so only its per-tile
-// increment passes through workgroup memory, and the rescale by exp(old max - new max), which a
-// matrix fragment cannot apply per row, is a multiply in registers. The weights are rounded to f16
-// for the product and summed as rounded, so the normalisation matches what was multiplied.
+//   3. each of a row's ROW_THREADS = THREADS / BLOCK_Q threads reads all the row's scores for the
+//      row's new maximum (times the softmax scale, in f32: the f16 queries are staged as stored,
+//      unscaled), then writes the weights exp(s - max) of its BLOCK_KV / ROW_THREADS keys into p_stage
+//      as f16, rescales its output columns and its part of the row sum (barrier);
+//   4. P V on the matrix units into product_stage, added to the output by the next tile's step 1 or
+//      by finish_queries, after their barrier.
+// The row's threads compute the same maximum from the same words in the same order, so they agree
+// without an exchange, and keep their own parts of the row sum (rescaled alike) until
+// finish_queries sums them: no exchange barriers, where there were two a tile. Deferring the
+// product's addition to the next tile's first barrier saves the barrier that followed the product.
+// The key table needs no barrier of its own (release_key_table): its last read in a tile is before
+// the weights barrier, and the next tile's first barrier publishes the refilled table. The output
+// stays in registers (each thread its row's columns part, part + ROW_THREADS, ...), so only its
+// per-tile increment passes through workgroup memory, and the rescale by exp(old max - new max),
+// which a matrix fragment cannot apply per row, is a multiply in registers. The weights are rounded
+// to f16 for the product and summed as rounded, so the normalisation matches what was multiplied.
+// Four is the least for fragments whose layout is opaque: the loaded stages, the stored scores, the
+// stored weights and the stored product each need one before other invocations read them.
 //
 // The fragment work of steps 2 and 4 is shared out among the workgroup's subgroups (THREADS / lanes of
 // them, 32 to 128 lanes wide: two to eight in a 64-row block, one to four in a 32-row one) in rounds
@@ -63,9 +73,11 @@ var<workgroup> k_stage: array<f16, COOP_KV_WORDS>;
 var<workgroup> v_stage: array<f16, COOP_KV_WORDS>;
 var<workgroup> p_stage: array<f16, COOP_P_WORDS>;
 var<workgroup> product_stage: array<f32, COOP_PRODUCT_WORDS>;
-var<workgroup> row_part_max: array<f32, THREADS>;
 var<workgroup> row_part_sum: array<f32, THREADS>;
 var<workgroup> coop_subgroups: u32;
+// The tile's valid keys, counted from the key table as it is loaded (they are its first entries:
+// attention_common.wgsl), so that each thread's pass over the row's scores reads one word for them.
+var<workgroup> tile_keys: u32;
 
 // The entry points' thread index: the local invocation index (the fragment operations place the
 // subgroups themselves, in enter_tile).
@@ -95,13 +107,15 @@ fn staged_value(j: u32, c: u32) -> vec4<f32> {
     return vec4<f32>(f32(v_stage[e]), f32(v_stage[e + 1u]), f32(v_stage[e + 2u]), f32(v_stage[e + 3u]));
 }
 
-// One thread's share of a query row: its output columns, the row's running max and sum (the row's
-// threads hold the same), and the thread's subgroup place (subgroup, subgroups, lane, lanes).
+// One thread's share of a query row: its output columns, the row's running max (the row's threads
+// hold the same), its part of the row's running sum (over its own keys), the thread's subgroup
+// place (subgroup, subgroups, lane, lanes), and whether a tile's product P V waits in product_stage.
 struct RowState {
     o: array<f32, OUT_SHARE>,
     max: f32,
     sum: f32,
     place: vec4<u32>,
+    pending: bool,
 }
 
 fn row_threads() -> u32 {
@@ -180,6 +194,7 @@ fn begin_queries(head: Head, t: u32, state: ptr<function, RowState>) {
     }
     (*state).max = NEG_BIG;
     (*state).sum = 0.0;
+    (*state).pending = false;
     // Through workgroup memory so that the round counts are uniform in the analysis (the matrix
     // operations need it); the barrier also publishes q_stage and frees row_part_sum.
     let place = tile_place();
@@ -189,9 +204,31 @@ fn begin_queries(head: Head, t: u32, state: ptr<function, RowState>) {
     (*state).place = vec4<u32>(place.x, workgroupUniformLoad(&coop_subgroups), place.z, place.w);
 }
 
-// Once key_token is filled: one online-softmax step over this tile of keys.
+// Once key_token is filled: one online-softmax step over this tile of keys. The previous tile's
+// product P V is added to the output here, after the first barrier (see the header).
 fn attend_tile(head: Head, t: u32, state: ptr<function, RowState>) {
+    // Publishes the key table and the previous tile's product; the stages are free (the previous
+    // tile's last reads of k_stage and v_stage were before its weights barrier and its end).
     workgroupBarrier();
+    let rt = row_threads();
+    let r = row_of(t);
+    let part = part_of(t);
+    let columns = out_columns();
+    if (*state).pending {
+        add_product(state, r, part);
+    }
+    (*state).pending = true;
+    // The thread of the last valid key (or thread 0, of none) counts them (THREADS = 4 BLOCK_Q is at
+    // least 128, past BLOCK_KV); the count's last read was before the previous tile's weights barrier.
+    if t < BLOCK_KV {
+        let valid = key_token[t] != NO_TOKEN;
+        let next_valid = t + 1u < BLOCK_KV && key_token[min(t + 1u, BLOCK_KV - 1u)] != NO_TOKEN;
+        if valid && !next_valid {
+            tile_keys = t + 1u;
+        } else if t == 0u && !valid {
+            tile_keys = 0u;
+        }
+    }
     let hv = head_vecs();
     let dim_vecs = COOP_DIM / 4u;
     for (var e = t; e < BLOCK_KV * dim_vecs; e += THREADS) {
@@ -208,6 +245,7 @@ fn attend_tile(head: Head, t: u32, state: ptr<function, RowState>) {
             v_stage[e * 4u + i] = f16(vv[i]);
         }
     }
+    // The stages are loaded, and every read of the previous product is done.
     workgroupBarrier();
     prepare_key_tile(head, t);
 
@@ -234,49 +272,41 @@ fn attend_tile(head: Head, t: u32, state: ptr<function, RowState>) {
     }
     workgroupBarrier();
 
-    // 3. The row's softmax step: this thread's keys are part, part + rt, ... of the tile.
-    let rt = row_threads();
-    let r = row_of(t);
-    let part = part_of(t);
+    // 3. The row's softmax step. Every thread of the row takes the row's maximum over all the tile's
+    // scores (the same reads in the same order, so the row's threads agree bit for bit: no exchange,
+    // no barrier; the row's threads read the same words, which the LDS broadcasts), then the weights
+    // of its own keys, part, part + rt, ... of the tile, and its own part of the row sum.
     // The scale multiplies the f32 scores, not the f16 queries, which it could overflow.
     let scale = softmax_scale();
-    var tile_max = NEG_BIG;
-    for (var j = part; j < BLOCK_KV; j += rt) {
-        if key_token[j] != NO_TOKEN {
-            tile_max = max(tile_max, scale * product_stage[r * score_stride() + j]);
-        }
-    }
-    row_part_max[t] = tile_max;
-    workgroupBarrier();
+    let valid_keys = tile_keys;
+    // Every score is read and the padding ones are selected away, not branched around: the loads
+    // then issue together instead of one wait each.
     var new_max = (*state).max;
-    for (var s = 0u; s < rt; s++) {
-        new_max = max(new_max, row_part_max[r * rt + s]);
+    for (var j = 0u; j < BLOCK_KV; j++) {
+        let s = scale * product_stage[r * score_stride() + j];
+        new_max = max(new_max, select(NEG_BIG, s, j < valid_keys));
     }
     let rescale = exp((*state).max - new_max);
     var tile_sum = 0.0;
     for (var j = part; j < BLOCK_KV; j += rt) {
         // Padding keys weigh exactly 0 (their v is 0 too); a valid score is at most new_max.
         let s = scale * product_stage[r * score_stride() + j];
-        let w = f16(select(0.0, exp(min(s - new_max, 0.0)), key_token[j] != NO_TOKEN));
+        let w = f16(select(0.0, exp(min(s - new_max, 0.0)), j < valid_keys));
         p_stage[r * weight_stride() + j] = w;
         tile_sum += f32(w);
     }
-    row_part_sum[t] = tile_sum;
     // Only the columns the thread holds (a constant once the overrides are): a 64-row block at
     // head_dim 64 holds 16 of the 32.
-    let columns = out_columns();
     for (var i = 0u; i < OUT_SHARE; i++) {
         if i < columns {
             (*state).o[i] *= rescale;
         }
     }
     (*state).max = new_max;
+    (*state).sum = (*state).sum * rescale + tile_sum;
+    // The weights are staged; the key table's last reads were in step 1 and prepare_key_tile, so the
+    // caller may refill it.
     workgroupBarrier();
-    var row_sum = 0.0;
-    for (var s = 0u; s < rt; s++) {
-        row_sum += row_part_sum[r * rt + s];
-    }
-    (*state).sum = (*state).sum * rescale + row_sum;
 
     // 4. P V: fragment f is rows (f / dim_blocks) * 16, dimensions (f % dim_blocks) * 16.
     let value_rounds = (BLOCK_Q / 16u) * dim_blocks / groups;
@@ -292,7 +322,12 @@ fn attend_tile(head: Head, t: u32, state: ptr<function, RowState>) {
         }
         frag_store(acc, rows * output_stride() + dims, output_stride(), lane, lanes);
     }
-    workgroupBarrier();
+}
+
+// The product P V of the last tile, from product_stage, added to the thread's output columns.
+fn add_product(state: ptr<function, RowState>, r: u32, part: u32) {
+    let rt = row_threads();
+    let columns = out_columns();
     // Constant trip count with a predicate, so the output stays in registers.
     for (var i = 0u; i < OUT_SHARE; i++) {
         if i < columns {
@@ -301,15 +336,28 @@ fn attend_tile(head: Head, t: u32, state: ptr<function, RowState>) {
     }
 }
 
-// Every thread calls it; the row's threads store their columns.
+// Every thread calls it (its barrier is the workgroup's); the row's threads add the last tile's
+// product, sum their parts of the row sum, and store their columns.
 fn finish_queries(head: Head, t: u32, state: ptr<function, RowState>) {
-    let token = query_token[row_of(t)];
+    let rt = row_threads();
+    let r = row_of(t);
+    let part = part_of(t);
+    row_part_sum[t] = (*state).sum;
+    // Publishes the last product and the parts of the sums (row_part_sum's last reads, in
+    // begin_queries, were before its uniform load's barrier).
+    workgroupBarrier();
+    if (*state).pending {
+        add_product(state, r, part);
+    }
+    let token = query_token[r];
     if token == NO_TOKEN {
         return;
     }
-    let inv_sum = 1.0 / (*state).sum;
-    let rt = row_threads();
-    let part = part_of(t);
+    var row_sum = 0.0;
+    for (var s = 0u; s < rt; s++) {
+        row_sum += row_part_sum[r * rt + s];
+    }
+    let inv_sum = 1.0 / row_sum;
     for (var i = 0u; i < OUT_SHARE; i++) {
         let d = part + i * rt;
         if d < HEAD_DIM {

@@ -93,12 +93,12 @@ impl CoopAttentionTiles {
     }
 
     /// Bytes of workgroup memory: the f16 Q, K, V and weight stages, the f32 product stage, the
-    /// rows' exchange slots and the token tables.
+    /// rows' exchange slots (one per thread), the subgroup and valid-key counts and the token tables.
     pub fn workgroup_bytes(&self) -> usize {
         let (q, kv, d) = (self.block_q, self.block_kv, self.coop_dim);
         2 * (q * d + 2 * kv * d + self.weight_words())
             + 4 * self.product_words()
-            + 4 * (2 * self.threads() + 1)
+            + 4 * (self.threads() + 2)
             + TOKEN_TABLE_BYTES
     }
 
@@ -126,7 +126,7 @@ const COOP_OUT_SHARE: usize = 32;
 
 /// Threads per query row of the matrix-unit kernel. Its stages belong to the workgroup, so the more
 /// threads share them, the less workgroup memory each wave holds: with 4 (was 2) a 64-row block at
-/// head_dim 64 puts 10.1 KiB on each of its four wave64s instead of 18.8 KiB on two, which doubles
+/// head_dim 64 puts 9.9 KiB on each of its four wave64s instead of 18.8 KiB on two, which doubles
 /// the waves RDNA3 can keep per SIMD (RADV: 8, was 4), and the softmax step's share of a row halves.
 pub const COOP_ROW_THREADS: usize = 4;
 

@@ -19,6 +19,10 @@ pub struct StaticCounts {
     /// Workgroup (and storage) control barriers on the entry point's code, each call site of a
     /// function counted with the barriers of that function: barrier sites, not barriers executed.
     pub barriers: u32,
+    /// Barrier sites per key tile of an attention machinery (its `attend_tile` and the
+    /// `release_key_table` its callers run before refilling the tile's key table), where the entry
+    /// point streams key tiles: the barriers that repeat with the keys.
+    pub tile_barriers: Option<u32>,
     /// Bytes of the workgroup variables the entry point uses.
     pub workgroup_bytes: u32,
     /// The innermost loops that both read workgroup memory and do FMAs (GEMM-like inner loops).
@@ -52,12 +56,20 @@ pub fn count(module: &Module, info: &ModuleInfo, index: usize) -> StaticCounts {
         .map(|(_, var)| module.types[var.ty].inner.size(module.to_ctx()))
         .sum();
 
-    let mut barriers = Barriers { module, memo: HashMap::new() };
-    let barriers = barriers.block(&entry.function, &entry.function.body);
+    let mut counter = Barriers { module, memo: HashMap::new() };
+    let barriers = counter.block(&entry.function, &entry.function.body);
 
     // Every function the entry point reaches, once; the entry point's own body first.
     let mut reached = Vec::new();
     calls(module, &entry.function.body, &mut HashSet::new(), &mut reached);
+    let named = |name: &str| reached.iter().copied().find(|&h| module.functions[h].name.as_deref() == Some(name));
+    let tile_barriers = named("attend_tile").map(|tile| {
+        [Some(tile), named("release_key_table")]
+            .into_iter()
+            .flatten()
+            .map(|handle| counter.block(&module.functions[handle], &module.functions[handle].body))
+            .sum()
+    });
     let mut inner_loops = Vec::new();
     let name = entry.name.clone();
     innermost_loops(module, &entry.function, entry_info, &name, &entry.function.body, &mut inner_loops);
@@ -66,7 +78,7 @@ pub fn count(module: &Module, info: &ModuleInfo, index: usize) -> StaticCounts {
         let name = function.name.clone().unwrap_or_default();
         innermost_loops(module, function, &info[handle], &name, &function.body, &mut inner_loops);
     }
-    StaticCounts { barriers, workgroup_bytes, inner_loops }
+    StaticCounts { barriers, tile_barriers, workgroup_bytes, inner_loops }
 }
 
 /// The statements of `block` that can run, in order: a branch on a constant (an override naga
