@@ -129,6 +129,13 @@ fn store_out(head: Head, token: u32, d: u32, value: f32) {
 
 fn prepare_key_tile(head: Head, t: u32) {}
 
+// Keys are attended as stored: none is normalised as staged.
+fn key_needs_norm(token: u32) -> bool {
+    return false;
+}
+
+fn stage_normalised_key(head: Head, j: u32, token: u32) {}
+
 @compute @workgroup_size(THREADS)
 fn flash_attention(
     @builtin(workgroup_id) wg: vec3<u32>,

@@ -1,7 +1,8 @@
 // The flash-attention machinery on 16 x 16 x 16 f16 matrix units (f32 accumulation), f16 storage
 // only, under the same hooks as attention_tile.wgsl (query_vec, finish_query, softmax_scale, key_vec,
-// value_vec, store_out, prepare_key_tile): attention.wgsl's dense and GRAT entries (the
-// attention_coop family) and qkv_attention.wgsl's fused entry (the qkv_attention_coop family).
+// value_vec, store_out, prepare_key_tile) and two of its own (key_needs_norm, stage_normalised_key:
+// keys normalised as staged): attention.wgsl's dense and GRAT entries (the attention_coop family) and
+// qkv_attention.wgsl's fused entry (the qkv_attention_coop family).
 //
 // A workgroup of THREADS = 4 BLOCK_Q invocations (256 or 128) owns BLOCK_Q query rows (64 or 32) of
 // one (batch, head) and streams BLOCK_KV = 32 keys at a time, FlashAttention-2 style: an online
@@ -11,7 +12,8 @@
 // Head dimensions are padded with zeros to COOP_DIM (a multiple of 32). Per key tile, four barriers:
 //   1. (barrier: the key table and the previous tile's product P V are published, the stages free)
 //      the previous tile's product added to the output in registers; the K and V rows into f16
-//      stages (barrier: loaded, and product_stage read);
+//      stages, keys that the including module normalises (qkv_attention's new keys) by one thread
+//      a row, which restages its row normalised (barrier: loaded, and product_stage read);
 //   2. S = Q K^T on the matrix units, (BLOCK_Q / 16) x (BLOCK_KV / 16) fragments of COOP_DIM / 16
 //      products each, into product_stage (barrier);
 //   3. each of a row's ROW_THREADS = THREADS / BLOCK_Q threads reads all the row's scores for the
@@ -84,6 +86,10 @@ var<workgroup> tile_keys: u32;
 fn tile_thread(tile: TileInvocation) -> u32 {
     return tile.index;
 }
+
+// The machinery normalises the keys that need it as it stages them (attend_tile), so
+// prepare_key_tile does not.
+const STAGED_KEYS_NORMALISED: bool = true;
 
 // Every read of the key table in a tile comes before the tile's weights barrier, so the next tile's
 // table needs no barrier of its own (attend_tile's first one publishes it).
@@ -234,15 +240,30 @@ fn attend_tile(head: Head, t: u32, state: ptr<function, RowState>) {
     for (var e = t; e < BLOCK_KV * dim_vecs; e += THREADS) {
         let token = key_token[e / dim_vecs];
         let c = e % dim_vecs;
+        // A key to normalise is staged by stage_normalised_key below, not here.
+        let by_row = token != NO_TOKEN && key_needs_norm(token);
         var kv = vec4<f32>(0.0);
         var vv = vec4<f32>(0.0);
         if token != NO_TOKEN && c < hv {
-            kv = key_vec(head, token, c);
+            if !by_row {
+                kv = key_vec(head, token, c);
+            }
             vv = value_vec(head, token, c);
         }
         for (var i = 0u; i < 4u; i++) {
-            k_stage[e * 4u + i] = f16(kv[i]);
+            if !(by_row && c < hv) {
+                k_stage[e * 4u + i] = f16(kv[i]);
+            }
             v_stage[e * 4u + i] = f16(vv[i]);
+        }
+    }
+    // Keys the including module normalises (qkv_attention's new keys under L2_NORM): one thread per
+    // key row stages the row and restages it normalised. It reads back only its own writes, so this
+    // needs no barrier of its own (it cost one a tile in prepare_key_tile).
+    if t < BLOCK_KV {
+        let token = key_token[t];
+        if token != NO_TOKEN && key_needs_norm(token) {
+            stage_normalised_key(head, t, token);
         }
     }
     // The stages are loaded, and every read of the previous product is done.

@@ -64,6 +64,10 @@ var<workgroup> k_tile: array<vec4<f32>, KV_TILE_VECS>;
 var<workgroup> v_tile: array<vec4<f32>, KV_TILE_VECS>;
 var<workgroup> partial_scores: array<f32, Q_TILE_VECS>;
 
+// prepare_key_tile normalises the keys that need it in the staged tile (this machinery stages keys
+// as they arrive).
+const STAGED_KEYS_NORMALISED: bool = false;
+
 // Called by the entry point with its linear workgroup index, before begin_queries.
 fn enter_tile(tile: TileInvocation, block: u32) {}
 

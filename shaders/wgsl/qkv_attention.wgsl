@@ -95,23 +95,67 @@ fn store_out(head: Head, token: u32, d: u32, value: f32) {
     q[head.o_base + token * qkv_width() + d] = store_t(value);
 }
 
-// New keys arrive raw: one thread per key row normalises it in the staged tile (cached keys already
-// are) and, when the key is one of this workgroup's own queries, writes it and its value to the
-// caches. staged_key, restage_key and staged_value are the machinery's.
+// Whether key `token` arrives raw and is normalised in the staged tile: the new keys under L2_NORM
+// (cached keys already are). The matrix-unit machinery asks as it stages the tile.
+fn key_needs_norm(token: u32) -> bool {
+    return L2_NORM && token >= p.start;
+}
+
+// Components of such a key as attended and cached, given its row's sum of squares.
+fn normalised_key(x: vec4<f32>, sum_sq: f32) -> vec4<f32> {
+    return as_stored(x * inverse_norm(sum_sq));
+}
+
+// For a machinery that normalises keys as it stages them (STAGED_KEYS_NORMALISED): new key `token`
+// into row j of the staged tile, normalised, by one thread, with prepare_key_tile's sums and
+// roundings (the staged values' squares in order, then the staged values scaled), so the tile is
+// the same. The row is read in rounds of KEY_ROUND_VECS vec4s whose loads issue together: all of
+// it at once (a constant trip count, unrolled) took Mesa 25's RADV to 168 VGPRs (was 84), one vec4
+// a round would wait on memory 16 times a tile at head_dim 64. The rounds run to p.dim, which is
+// HEAD_DIM but not a constant, so that they are not unrolled too.
+const KEY_ROUND_VECS: u32 = 4u;
+
+fn stage_normalised_key(head: Head, j: u32, token: u32) {
+    let row_vecs = (p.dim + 3u) / 4u;
+    var sum_sq = 0.0;
+    for (var c0 = 0u; c0 < row_vecs; c0 += KEY_ROUND_VECS) {
+        for (var i = 0u; i < KEY_ROUND_VECS; i++) {
+            if c0 + i < row_vecs {
+                restage_key(j, c0 + i, key_vec(head, token, c0 + i));
+            }
+        }
+        for (var i = 0u; i < KEY_ROUND_VECS; i++) {
+            if c0 + i < row_vecs {
+                let x = staged_key(j, c0 + i);
+                sum_sq += dot(x, x);
+            }
+        }
+    }
+    for (var c = 0u; c < row_vecs; c++) {
+        restage_key(j, c, normalised_key(staged_key(j, c), sum_sq));
+    }
+}
+
+// New keys arrive raw: unless the machinery normalised them as it staged them
+// (STAGED_KEYS_NORMALISED), one thread per key row normalises it in the staged tile, and a barrier
+// publishes the tile. When a new key is one of this workgroup's own queries, its thread writes it
+// and its value to the caches for later calls. staged_key, restage_key and staged_value are the
+// machinery's.
 fn prepare_key_tile(head: Head, t: u32) {
     let hv = head_vecs();
     for (var j = t; j < BLOCK_KV; j += THREADS) {
         let token = key_token[j];
         if token != NO_TOKEN && token >= p.start {
             if L2_NORM {
-                var sum_sq = 0.0;
-                for (var c = 0u; c < hv; c++) {
-                    let x = staged_key(j, c);
-                    sum_sq += dot(x, x);
-                }
-                let inv = inverse_norm(sum_sq);
-                for (var c = 0u; c < hv; c++) {
-                    restage_key(j, c, as_stored(staged_key(j, c) * inv));
+                if !STAGED_KEYS_NORMALISED {
+                    var sum_sq = 0.0;
+                    for (var c = 0u; c < hv; c++) {
+                        let x = staged_key(j, c);
+                        sum_sq += dot(x, x);
+                    }
+                    for (var c = 0u; c < hv; c++) {
+                        restage_key(j, c, normalised_key(staged_key(j, c), sum_sq));
+                    }
                 }
             }
             let own = token - p.start - query_token[0];
@@ -125,7 +169,9 @@ fn prepare_key_tile(head: Head, t: u32) {
         }
     }
     if L2_NORM {
-        workgroupBarrier();
+        if !STAGED_KEYS_NORMALISED {
+            workgroupBarrier();
+        }
     }
 }
 
