@@ -113,18 +113,20 @@ const MATRIX_UNIT_WAVES: &[(&str, &str, f64)] = &[
 ];
 
 /// Barrier sites per key tile of the attention kernels (issue 15: at most 3 for flash attention), by
-/// family and whether the variant has subgroups. The scalar kernel has 3 with subgroups (its rows'
-/// partial scores meet through shuffles) and 4 without (through workgroup memory); its fused QKV
+/// family and whether the variant has subgroups. The scalar kernel has 2 with subgroups (its rows'
+/// partial scores meet through shuffles) and 3 without (through workgroup memory); its fused QKV
 /// entry has one more, where it L2-normalises the new keys in the staged tile (L2_NORM, on in
-/// shader-stats' launch). The matrix-unit kernel has 4 in both flavours, the least for fragments
-/// whose layout is opaque: the staged keys and values, the stored scores, the stored weights and the
-/// stored product P V each need one. It had 6, with two exchanges per tile, and its fused QKV entry
-/// 7, until 2026-12-04; that entry now normalises new keys as it stages them.
+/// shader-stats' launch). Each had one more until 2026-12-04, when the rows began to mask padding
+/// keys by the tile's key count instead of reading the key table after the load barrier. The
+/// matrix-unit kernel has 4 in both flavours, the least for fragments whose layout is opaque: the
+/// staged keys and values, the stored scores, the stored weights and the stored product P V each need
+/// one. It had 6, with two exchanges per tile, and its fused QKV entry 7, until 2026-12-04; that entry
+/// now normalises new keys as it stages them.
 const TILE_BARRIERS: &[(&str, bool, f64)] = &[
-    ("attention", true, 3.0),
-    ("attention", false, 4.0),
-    ("qkv_heads", true, 4.0),
-    ("qkv_heads", false, 5.0),
+    ("attention", true, 2.0),
+    ("attention", false, 3.0),
+    ("qkv_heads", true, 3.0),
+    ("qkv_heads", false, 4.0),
     ("attention_coop", true, 4.0),
     ("attention_coop", false, 4.0),
     ("qkv_attention_coop", true, 4.0),

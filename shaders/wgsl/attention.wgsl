@@ -129,6 +129,9 @@ fn store_out(head: Head, token: u32, d: u32, value: f32) {
 
 fn prepare_key_tile(head: Head, t: u32) {}
 
+// prepare_key_tile does not read the key table.
+const KEY_TABLE_READ_AFTER_LOAD: bool = false;
+
 // Keys are attended as stored: none is normalised as staged.
 fn key_needs_norm(token: u32) -> bool {
     return false;

@@ -13,6 +13,10 @@ const NEG_BIG: f32 = -3.0e38;
 // Sized by the host's largest tiles (kernels::size).
 var<workgroup> query_token: array<u32, ATTENTION_MAX_BLOCK_Q>;
 var<workgroup> key_token: array<u32, ATTENTION_MAX_BLOCK_KV>;
+// The tile's valid keys, key_token's first entries (count_tile_keys): the machineries mask the
+// padding keys by it in their softmax step, so that only their loads read the key table, before
+// their tiles' load barriers, and the next tile's table needs no barrier of its own.
+var<workgroup> tile_keys: u32;
 
 // Where one (batch, head)'s rows start in the including module's tensors.
 struct Head {
@@ -25,6 +29,32 @@ struct Head {
 
 fn head_vecs() -> u32 {
     return (HEAD_DIM + 3u) / 4u;
+}
+
+// Once key_token is filled and published, every thread: the thread of the last valid key (or of
+// key 0, where none is) writes their count to tile_keys. Read it after the next barrier.
+fn count_tile_keys(t: u32) {
+    // A branch on the constants rather than the loop alone: where every key has a thread, the
+    // compiler does not see that the loop runs at most once.
+    if THREADS >= BLOCK_KV {
+        if t < BLOCK_KV {
+            count_key(t);
+        }
+    } else {
+        for (var j = t; j < BLOCK_KV; j += THREADS) {
+            count_key(j);
+        }
+    }
+}
+
+fn count_key(j: u32) {
+    let valid = key_token[j] != NO_TOKEN;
+    let next_valid = j + 1u < BLOCK_KV && key_token[min(j + 1u, BLOCK_KV - 1u)] != NO_TOKEN;
+    if valid && !next_valid {
+        tile_keys = j + 1u;
+    } else if j == 0u && !valid {
+        tile_keys = 0u;
+    }
 }
 
 // Streams keys [start, start + count) (contiguous tokens) through attend_tile.

@@ -77,9 +77,6 @@ var<workgroup> p_stage: array<f16, COOP_P_WORDS>;
 var<workgroup> product_stage: array<f32, COOP_PRODUCT_WORDS>;
 var<workgroup> row_part_sum: array<f32, THREADS>;
 var<workgroup> coop_subgroups: u32;
-// The tile's valid keys, counted from the key table as it is loaded (they are its first entries:
-// attention_common.wgsl), so that each thread's pass over the row's scores reads one word for them.
-var<workgroup> tile_keys: u32;
 
 // The entry points' thread index: the local invocation index (the fragment operations place the
 // subgroups themselves, in enter_tile).
@@ -224,17 +221,9 @@ fn attend_tile(head: Head, t: u32, state: ptr<function, RowState>) {
         add_product(state, r, part);
     }
     (*state).pending = true;
-    // The thread of the last valid key (or thread 0, of none) counts them (THREADS = 4 BLOCK_Q is at
-    // least 128, past BLOCK_KV); the count's last read was before the previous tile's weights barrier.
-    if t < BLOCK_KV {
-        let valid = key_token[t] != NO_TOKEN;
-        let next_valid = t + 1u < BLOCK_KV && key_token[min(t + 1u, BLOCK_KV - 1u)] != NO_TOKEN;
-        if valid && !next_valid {
-            tile_keys = t + 1u;
-        } else if t == 0u && !valid {
-            tile_keys = 0u;
-        }
-    }
+    // The tile's valid keys (attention_common.wgsl), read in step 3; the count's last read was
+    // before the previous tile's weights barrier.
+    count_tile_keys(t);
     let hv = head_vecs();
     let dim_vecs = COOP_DIM / 4u;
     for (var e = t; e < BLOCK_KV * dim_vecs; e += THREADS) {

@@ -12,8 +12,9 @@
 // probabilities held in registers: ROWS FMAs per workgroup word. The row's partial dot products meet
 // once per tile, through subgroup shuffles (SUBGROUP_EXCHANGE: the subgroups variant, where a row's
 // threads are lanes of one subgroup) or through workgroup memory (one more barrier); every thread of
-// a row then holds the row's scores and keeps its max and sum itself. Barriers per key tile: 3 (free
-// the tiles, the key table, the tiles loaded), plus 1 for the exchange through workgroup memory.
+// a row then holds the row's scores and keeps its max and sum itself. Barriers per key tile: 2 (free
+// the tiles and publish the key table; the tiles loaded), plus 1 for the exchange through workgroup
+// memory (the key table had one of its own until the rows masked padding keys by tile_keys).
 // The host (ops::attention) takes ROWS 2 where the group's threads fit a subgroup, else 1.
 //
 // Flash-decoding inside the workgroup: a block of few query rows would leave most of a GPU's lanes
@@ -71,10 +72,14 @@ const STAGED_KEYS_NORMALISED: bool = false;
 // Called by the entry point with its linear workgroup index, before begin_queries.
 fn enter_tile(tile: TileInvocation, block: u32) {}
 
-// The rows read the key table after the tile's last barrier (the score loop), so the next tile's
-// table waits for them.
+// The rows mask the padding keys by tile_keys, not the key table, so its last reads in a tile are the
+// loads, before the tile's load barrier: the next tile's table waits for nothing more, unless the
+// including module's prepare_key_tile reads the table after that barrier with no barrier of its own
+// to follow (KEY_TABLE_READ_AFTER_LOAD: qkv_attention without L2_NORM).
 fn release_key_table() {
-    workgroupBarrier();
+    if KEY_TABLE_READ_AFTER_LOAD {
+        workgroupBarrier();
+    }
 }
 
 // Components [4c, 4c + 4) of the tile's key (value) j as staged, for prepare_key_tile.
@@ -225,7 +230,10 @@ fn begin_queries(head: Head, t: u32, state: ptr<function, RowState>) {
 
 // Once key_token is filled: one online-softmax step over this tile of keys.
 fn attend_tile(head: Head, t: u32, state: ptr<function, RowState>) {
+    // The tiles are free (the previous tile's reads are done) and the key table published.
     workgroupBarrier();
+    // The count's last read was in the previous tile's softmax, before this barrier.
+    count_tile_keys(t);
     let hv = head_vecs();
     for (var e = t; e < BLOCK_KV * hv; e += THREADS) {
         let token = key_token[e / hv];
@@ -292,9 +300,10 @@ fn attend_tile(head: Head, t: u32, state: ptr<function, RowState>) {
             }
         }
     }
+    let valid_keys = tile_keys;
     var tile_max = vec4<f32>(NEG_BIG);
     for (var j = 0u; j < keys; j++) {
-        if key_token[k0 + j] != NO_TOKEN {
+        if k0 + j < valid_keys {
             tile_max = max(tile_max, get_scores(&scores, j));
         }
     }
@@ -308,7 +317,7 @@ fn attend_tile(head: Head, t: u32, state: ptr<function, RowState>) {
         // Padding keys weigh exactly 0 (v is 0 there too). A valid score is at most new_max; the
         // min keeps a padding score of a slice that has seen no key yet (new_max NEG_BIG) finite.
         let score = get_scores(&scores, j);
-        let w = select(vec4<f32>(0.0), exp_rows(min(score - new_max, vec4<f32>(0.0))), key_token[k0 + j] != NO_TOKEN);
+        let w = select(vec4<f32>(0.0), exp_rows(min(score - new_max, vec4<f32>(0.0))), k0 + j < valid_keys);
         tile_sum += w;
         for (var c = 0u; c < rv; c++) {
             if first + c < hv {

@@ -136,6 +136,11 @@ fn stage_normalised_key(head: Head, j: u32, token: u32) {
     }
 }
 
+// prepare_key_tile reads the key table after the tiles' load barrier; under L2_NORM a barrier of its
+// own follows (in the scalar machinery), otherwise the next tile's table must wait for it
+// (release_key_table).
+override KEY_TABLE_READ_AFTER_LOAD: bool = !L2_NORM;
+
 // New keys arrive raw: unless the machinery normalised them as it staged them
 // (STAGED_KEYS_NORMALISED), one thread per key row normalises it in the staged tile, and a barrier
 // publishes the tile. When a new key is one of this workgroup's own queries, its thread writes it

@@ -93,12 +93,12 @@ impl CoopAttentionTiles {
     }
 
     /// Bytes of workgroup memory: the f16 Q, K, V and weight stages, the f32 product stage, the
-    /// rows' exchange slots (one per thread), the subgroup and valid-key counts and the token tables.
+    /// rows' exchange slots (one per thread), the subgroup count and the token tables.
     pub fn workgroup_bytes(&self) -> usize {
         let (q, kv, d) = (self.block_q, self.block_kv, self.coop_dim);
         2 * (q * d + 2 * kv * d + self.weight_words())
             + 4 * self.product_words()
-            + 4 * (self.threads() + 2)
+            + 4 * (self.threads() + 1)
             + TOKEN_TABLE_BYTES
     }
 
@@ -118,8 +118,8 @@ impl CoopAttentionTiles {
     }
 }
 
-/// The WGSL machineries' token tables (attention_common.wgsl), u32 each.
-const TOKEN_TABLE_BYTES: usize = 4 * (size::ATTENTION_MAX_BLOCK_Q + size::ATTENTION_MAX_BLOCK_KV) as usize;
+/// The WGSL machineries' token tables and the tile's key count (attention_common.wgsl), u32 each.
+const TOKEN_TABLE_BYTES: usize = 4 * (size::ATTENTION_MAX_BLOCK_Q + size::ATTENTION_MAX_BLOCK_KV + 1) as usize;
 
 /// Output columns one thread of the matrix-unit kernel keeps in registers (OUT_SHARE).
 const COOP_OUT_SHARE: usize = 32;
