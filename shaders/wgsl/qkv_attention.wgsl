@@ -109,11 +109,12 @@ fn normalised_key(x: vec4<f32>, sum_sq: f32) -> vec4<f32> {
 // For a machinery that normalises keys as it stages them (STAGED_KEYS_NORMALISED): new key `token`
 // into row j of the staged tile, normalised, by one thread, with prepare_key_tile's sums and
 // roundings (the staged values' squares in order, then the staged values scaled), so the tile is
-// the same. The row is read in rounds of KEY_ROUND_VECS vec4s whose loads issue together: all of
-// it at once (a constant trip count, unrolled) took Mesa 25's RADV to 168 VGPRs (was 84), one vec4
-// a round would wait on memory 16 times a tile at head_dim 64. The rounds run to p.dim, which is
-// HEAD_DIM but not a constant, so that they are not unrolled too.
-const KEY_ROUND_VECS: u32 = 4u;
+// the same. The row is read in rounds of KEY_ROUND_VECS vec4s whose loads issue together (2 rounds
+// at head_dim 64, each a wait on memory). Mesa 25's RADV, navi31, shader-stats' launch: the whole
+// row in one unrolled loop took 168 VGPRs (was 84); rounds of 4 or 8, 84; of 16, 84 but with the
+// round left rolled (ACO's estimate 26653, against 24828 for 8 and 24715 for 4, which waits twice as
+// often). The rounds run to p.dim, which is HEAD_DIM but not a constant, so that they stay rounds.
+const KEY_ROUND_VECS: u32 = 8u;
 
 fn stage_normalised_key(head: Head, j: u32, token: u32) {
     let row_vecs = (p.dim + 3u) / 4u;
