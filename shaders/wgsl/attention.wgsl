@@ -129,8 +129,8 @@ fn store_out(head: Head, token: u32, d: u32, value: f32) {
 
 fn prepare_key_tile(head: Head, t: u32) {}
 
-// prepare_key_tile does not read the key table.
-const KEY_TABLE_READ_AFTER_LOAD: bool = false;
+// prepare_key_tile does not read the key table: the next tile's table waits for nothing.
+fn release_prepared_key_table() {}
 
 // Keys are attended as stored: none is normalised as staged.
 fn key_needs_norm(token: u32) -> bool {

@@ -75,11 +75,9 @@ fn enter_tile(tile: TileInvocation, block: u32) {}
 // The rows mask the padding keys by tile_keys, not the key table, so its last reads in a tile are the
 // loads, before the tile's load barrier: the next tile's table waits for nothing more, unless the
 // including module's prepare_key_tile reads the table after that barrier with no barrier of its own
-// to follow (KEY_TABLE_READ_AFTER_LOAD: qkv_attention without L2_NORM).
+// to follow (qkv_attention without L2_NORM), whose release_prepared_key_table then waits.
 fn release_key_table() {
-    if KEY_TABLE_READ_AFTER_LOAD {
-        workgroupBarrier();
-    }
+    release_prepared_key_table();
 }
 
 // Components [4c, 4c + 4) of the tile's key (value) j as staged, for prepare_key_tile.

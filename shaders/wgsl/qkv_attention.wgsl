@@ -137,10 +137,14 @@ fn stage_normalised_key(head: Head, j: u32, token: u32) {
     }
 }
 
-// prepare_key_tile reads the key table after the tiles' load barrier; under L2_NORM a barrier of its
-// own follows (in the scalar machinery), otherwise the next tile's table must wait for it
-// (release_key_table).
-override KEY_TABLE_READ_AFTER_LOAD: bool = !L2_NORM;
+// Called by the scalar machinery's release_key_table: prepare_key_tile reads the key table after the
+// tiles' load barrier. Under L2_NORM its normalisation's barrier follows those reads; otherwise the
+// next tile's table waits here. (A function, not a derived override: the host sets the overrides.)
+fn release_prepared_key_table() {
+    if !L2_NORM {
+        workgroupBarrier();
+    }
+}
 
 // New keys arrive raw: unless the machinery normalised them as it staged them
 // (STAGED_KEYS_NORMALISED), one thread per key row normalises it in the staged tile, and a barrier
