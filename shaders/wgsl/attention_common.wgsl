@@ -4,7 +4,7 @@
 // machinery defines BLOCK_Q, BLOCK_KV, THREADS, HEAD_DIM, RowState, begin_queries, attend_tile,
 // finish_queries and release_key_table (called before key_token is refilled: it returns once the
 // machinery's reads of the previous tile's table are done). A tile's table holds its valid keys
-// first, then NO_TOKEN to the end (the matrix-unit machinery counts them from that layout).
+// first, then NO_TOKEN to the end (count_tile_keys counts them from that layout).
 
 const NO_TOKEN: u32 = 0xffffffffu;
 // Finite "minus infinity": exp(NEG_BIG - m) is 0 and NEG_BIG - NEG_BIG is 0, never NaN.
@@ -14,8 +14,9 @@ const NEG_BIG: f32 = -3.0e38;
 var<workgroup> query_token: array<u32, ATTENTION_MAX_BLOCK_Q>;
 var<workgroup> key_token: array<u32, ATTENTION_MAX_BLOCK_KV>;
 // The tile's valid keys, key_token's first entries (count_tile_keys): the machineries mask the
-// padding keys by it in their softmax step, so that only their loads read the key table, before
-// their tiles' load barriers, and the next tile's table needs no barrier of its own.
+// padding keys by it in their softmax step, so that their own reads of the key table are the loads,
+// before their tiles' load barriers (qkv_attention's prepare_key_tile reads it after; see each
+// machinery's release_key_table).
 var<workgroup> tile_keys: u32;
 
 // Where one (batch, head)'s rows start in the including module's tensors.

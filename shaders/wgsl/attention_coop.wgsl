@@ -92,7 +92,8 @@ const STAGED_KEYS_NORMALISED: bool = true;
 // table needs no barrier of its own (attend_tile's first one publishes it).
 fn release_key_table() {}
 
-// Components [4c, 4c + 4) of the tile's key (value) j as staged (f16), for prepare_key_tile.
+// Components [4c, 4c + 4) of the tile's key (value) j as staged (f16), for prepare_key_tile and
+// stage_normalised_key.
 fn staged_key(j: u32, c: u32) -> vec4<f32> {
     let e = j * COOP_DIM + c * 4u;
     return vec4<f32>(f32(k_stage[e]), f32(k_stage[e + 1u]), f32(k_stage[e + 2u]), f32(k_stage[e + 3u]));

@@ -14,7 +14,9 @@
 // threads are lanes of one subgroup) or through workgroup memory (one more barrier); every thread of
 // a row then holds the row's scores and keeps its max and sum itself. Barriers per key tile: 2 (free
 // the tiles and publish the key table; the tiles loaded), plus 1 for the exchange through workgroup
-// memory (the key table had one of its own until the rows masked padding keys by tile_keys).
+// memory, plus 1 in qkv_attention under L2_NORM (prepare_key_tile's normalisation) or, without it,
+// 1 before the key table is refilled (the key table had one of its own everywhere until the rows
+// masked padding keys by tile_keys).
 // The host (ops::attention) takes ROWS 2 where the group's threads fit a subgroup, else 1.
 //
 // Flash-decoding inside the workgroup: a block of few query rows would leave most of a GPU's lanes
@@ -35,6 +37,10 @@
 //   fn store_out(head: Head, token: u32, d: u32, value: f32)
 //   fn prepare_key_tile(head: Head, t: u32)   every thread, once the tile's keys and values are
 //        staged (may barrier; may read and rewrite them through staged_key, restage_key, staged_value)
+//   fn release_prepared_key_table()   before the key table is refilled: a barrier where
+//        prepare_key_tile reads the table with no barrier of its own after
+//   fn key_needs_norm(token: u32) -> bool, fn stage_normalised_key(head: Head, j: u32, token: u32)
+//        for the matrix-unit machinery (attention_coop.wgsl), which normalises keys as it stages them
 // Components past HEAD_DIM must read as 0. Head, the token tables and attend_range are in
 // attention_common.wgsl; TileInvocation, tile_thread and lanes_sum in attention_lanes_subgroup.wgsl
 // or attention_lanes_workgroup.wgsl, by variant.
