@@ -61,7 +61,7 @@ pub fn count(module: &Module, info: &ModuleInfo, index: usize) -> StaticCounts {
 
     // Every function the entry point reaches, once; the entry point's own body first.
     let mut reached = Vec::new();
-    calls(module, &entry.function.body, &mut HashSet::new(), &mut reached);
+    calls(module, &entry.function, &entry.function.body, &mut HashSet::new(), &mut reached);
     let named = |name: &str| reached.iter().copied().find(|&h| module.functions[h].name.as_deref() == Some(name));
     let tile_barriers = named("attend_tile").map(|tile| {
         [Some(tile), named("release_key_table")]
@@ -167,17 +167,26 @@ fn children(statement: &Statement) -> Vec<&Block> {
     }
 }
 
-/// Appends the functions called from `block`, transitively, each once.
-fn calls(module: &Module, block: &Block, seen: &mut HashSet<Handle<Function>>, out: &mut Vec<Handle<Function>>) {
-    for statement in block.iter() {
-        if let Statement::Call { function, .. } = statement
-            && seen.insert(*function)
+/// Appends the functions called from `block` of `function`, transitively, each once: only from
+/// statements that can run (a function called only on the side of a constant branch that does not,
+/// such as the scalar attention's machinery for another ROWS, is not reached).
+fn calls(
+    module: &Module,
+    function: &Function,
+    block: &Block,
+    seen: &mut HashSet<Handle<Function>>,
+    out: &mut Vec<Handle<Function>>,
+) {
+    for statement in live(module, function, block) {
+        if let Statement::Call { function: callee, .. } = statement
+            && seen.insert(*callee)
         {
-            out.push(*function);
-            calls(module, &module.functions[*function].body, seen, out);
+            out.push(*callee);
+            let body = &module.functions[*callee];
+            calls(module, body, &body.body, seen, out);
         }
         for child in children(statement) {
-            calls(module, child, seen, out);
+            calls(module, function, child, seen, out);
         }
     }
 }
