@@ -83,11 +83,12 @@ const VGPR_BUDGETS: &[(&str, &str, u32)] = &[
 /// loop), in the variant without subgroups and in the one with them, and at least this many waves
 /// per SIMD (to hide memory latency).
 /// Attention is held to 1 FMA per word without subgroups: each k or v component read meets one q or
-/// p component of the thread's row. With subgroups, its blocks of many rows put two query rows on each
-/// thread (their partial scores meet through shuffles): 2 FMAs per word (2026-12-03). The issue's 4
-/// needs four rows per thread: at head_dim 64 that held 132 VGPRs with 5 spilled with 8-key tiles,
-/// or fit in 120 only with 4-key tiles (three barriers per 4 keys). Blocks that split their keys keep
-/// one row per thread (1 FMA per word in either variant), as their waves are exempt below.
+/// p component of the thread's row. With subgroups, its blocks of many rows put four query rows on
+/// each thread (their partial scores meet through shuffles): 4 FMAs per word (2026-12-04; two rows,
+/// 2 FMAs, from 2026-12-03). Four rows take their keys one at a time, with no tile of scores held
+/// (which at 4 x 8 keys had taken 132 VGPRs with 5 spilled): 96 VGPRs at head_dim 64. Blocks that
+/// split their keys keep one row per thread (1 FMA per word in either variant), as their waves are
+/// exempt below.
 /// SSD's chunk kernels are held to what their 4 x 4 blocks give (16 FMAs per 8 words; the scores of
 /// ssd_chunk_outputs, 4 x 2 per thread, 8 per 6): their tiles are as deep as a head (N x P), and
 /// 8 x 8 blocks would leave most of a 64 x 64 head's threads without work.
@@ -96,9 +97,9 @@ const GEMM_TARGETS: &[(&str, &str, f64, f64, f64)] = &[
     ("conv2d", "conv2d_gemm", 4.0, 4.0, 8.0),
     ("ssd", "ssd_chunk_states", 2.0, 2.0, 8.0),
     ("ssd", "ssd_chunk_outputs", 1.3, 1.3, 8.0),
-    ("attention", "flash_attention", 1.0, 2.0, 8.0),
-    ("attention", "grouped_attention", 1.0, 2.0, 8.0),
-    ("qkv_heads", "qkv_attention", 1.0, 2.0, 8.0),
+    ("attention", "flash_attention", 1.0, 4.0, 8.0),
+    ("attention", "grouped_attention", 1.0, 4.0, 8.0),
+    ("qkv_heads", "qkv_attention", 1.0, 4.0, 8.0),
 ];
 
 /// The matrix-unit kernels' waves per SIMD (issue 15: at least 8 for matmul and attention), in both

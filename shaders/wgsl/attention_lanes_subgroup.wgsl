@@ -51,5 +51,8 @@ fn lanes_step(v: vec4<f32>, mask: u32) -> vec4<f32> {
     if ROWS == 1u {
         return vec4<f32>(v.x + subgroupShuffleXor(v.x, mask), v.yzw);
     }
+    if ROWS == 4u {
+        return v + subgroupShuffleXor(v, mask);
+    }
     return vec4<f32>(v.xy + subgroupShuffleXor(v.xy, mask), v.zw);
 }

@@ -3,21 +3,24 @@
 //
 // A workgroup owns BLOCK_Q query rows of one (batch, head) and streams BLOCK_KV keys at a time
 // through workgroup memory with an online softmax, so no L x L matrix ever exists. Rows come in
-// groups of ROWS (1 or 2); each group belongs to ROW_THREADS = THREADS * ROWS / (BLOCK_Q *
+// groups of ROWS (1, 2 or 4); each group belongs to ROW_THREADS = THREADS * ROWS / (BLOCK_Q *
 // KV_SPLIT) adjacent threads, each holding SLICE_VECS / ROWS vec4s of every row of the group: 32
 // dimensions of q and of the output in registers per thread in all (64 needed about 245 VGPRs on
 // RDNA3, where a wave64 has 128: the output went to scratch memory, and once that was mended 113
 // VGPRs spilled). A thread computes BLOCK_KV / KV_SPLIT scores of each of its rows per tile, and
 // every k or v component it reads from workgroup memory meets ROWS components of q or ROWS
-// probabilities held in registers: ROWS FMAs per workgroup word. The row's partial dot products meet
-// once per tile, through subgroup shuffles (SUBGROUP_EXCHANGE: the subgroups variant, where a row's
-// threads are lanes of one subgroup) or through workgroup memory (one more barrier); every thread of
-// a row then holds the row's scores and keeps its max and sum itself. Barriers per key tile: 2 (free
+// probabilities held in registers: ROWS FMAs per workgroup word. With ROWS 1 or 2 the row's partial
+// dot products meet once per tile, through subgroup shuffles (SUBGROUP_EXCHANGE: the subgroups
+// variant, where a row's threads are lanes of one subgroup) or through workgroup memory (one more
+// barrier); every thread of a row then holds the row's scores and keeps its max and sum itself. With
+// ROWS 4 (subgroups only) they meet key by key through shuffles, and the rows' max moves lazily
+// (attend_keys_in_order). Barriers per key tile: 2 (free
 // the tiles and publish the key table; the tiles loaded), plus 1 for the exchange through workgroup
 // memory, plus 1 in qkv_attention under L2_NORM (prepare_key_tile's normalisation) or, without it,
 // 1 before the key table is refilled (the key table had one of its own everywhere until the rows
 // masked padding keys by tile_keys).
-// The host (ops::attention) takes ROWS 2 where the group's threads fit a subgroup, else 1.
+// The host (ops::attention) takes ROWS 4 where the group's threads fit a subgroup and are at least 4
+// (the entry points fill the token tables with a thread per row), else ROWS 2 where those fit, else 1.
 //
 // Flash-decoding inside the workgroup: a block of few query rows would leave most of a GPU's lanes
 // idle and stream every key through one thread per row, so the workgroup holds KV_SPLIT copies of the
@@ -51,7 +54,7 @@ override BLOCK_KV: u32 = 16u;
 override THREADS: u32 = 128u; // KV_SPLIT * BLOCK_Q / ROWS * ROW_THREADS
 // Key slices per tile (a power of two dividing BLOCK_KV); 1 for blocks with enough rows.
 override KV_SPLIT: u32 = 1u;
-// Query rows per thread: 1 or 2, dividing BLOCK_Q.
+// Query rows per thread: 1, 2 or 4 (4 and 2 with SUBGROUP_EXCHANGE only), dividing BLOCK_Q.
 override ROWS: u32 = 1u;
 // A row's partial scores meet through subgroup shuffles (lanes_sum) instead of partial_scores: the
 // subgroups variant only, with ROW_THREADS a power of two no wider than the narrowest subgroup.
@@ -253,6 +256,17 @@ fn attend_tile(head: Head, t: u32, state: ptr<function, RowState>) {
     workgroupBarrier();
     prepare_key_tile(head, t);
 
+    if ROWS == 4u {
+        attend_keys_in_order(t, state);
+    } else {
+        attend_keys_by_tile(t, state);
+    }
+}
+
+// ROWS 1 or 2: a tile's scores first, then its max, then the weighted values. A thread holds its
+// scores of the tile (ROWS per key), so ROWS * BLOCK_KV / KV_SPLIT <= ATTENTION_MAX_BLOCK_KV.
+fn attend_keys_by_tile(t: u32, state: ptr<function, RowState>) {
+    let hv = head_vecs();
     // Loops run to SLICE_VECS with a predicate, a constant trip count, so the slices stay in registers;
     // the rows past the first are written out (under ROWS, which the overrides make constant) so that
     // each k or v vec4 is read once for all of them.
@@ -335,6 +349,63 @@ fn attend_tile(head: Head, t: u32, state: ptr<function, RowState>) {
     }
     (*state).sum = (*state).sum * rescale + tile_sum;
     (*state).max = new_max;
+}
+
+// A score may pass its row's running max by this much before the row's output and sum are rescaled
+// (attend_keys_in_order): weights stay below exp(8), about 3000, far from overflowing f32.
+const RESCALE_MARGIN: f32 = 8.0;
+
+// ROWS 4 (subgroups only): keys one at a time, with no tile of scores held. Four rows' scores of a
+// key are 4 floats, where a tile's would be 4 * BLOCK_KV (16 keys: 64 VGPRs beside q and the output,
+// which spilled); instead of a tile max, each row's max moves only where a score passes it by
+// RESCALE_MARGIN, and then the row's output and sum are rescaled. A row's max is always one of its
+// scores, so its largest weight is at least 1 and the sum never underflows; the output is
+// sum_j exp(s_j - m) v_j / sum_j exp(s_j - m) for whatever m the row ends with, as exact as with the
+// tile max. The row's threads hold bit-identical scores (lanes_sum), so they take the same steps.
+fn attend_keys_in_order(t: u32, state: ptr<function, RowState>) {
+    let hv = head_vecs();
+    let first = slice_start(t);
+    let rv = row_vecs();
+    let rt = row_threads();
+    let valid_keys = tile_keys;
+    // A constant trip count (the shuffles need uniform control flow); padding keys weigh 0.
+    for (var j = 0u; j < BLOCK_KV; j++) {
+        var partial = vec4<f32>(0.0);
+        for (var c = 0u; c < rv; c++) {
+            if first + c < hv {
+                let k = k_tile[j * hv + first + c];
+                partial += vec4<f32>(
+                    dot((*state).q[c], k),
+                    dot((*state).q[rv + c], k),
+                    dot((*state).q[2u * rv + c], k),
+                    dot((*state).q[3u * rv + c], k),
+                );
+            }
+        }
+        let score = lanes_sum(partial, rt);
+        let valid = j < valid_keys;
+        if valid && any(score > (*state).max + vec4<f32>(RESCALE_MARGIN)) {
+            let new_max = max((*state).max, score);
+            let rescale = exp((*state).max - new_max);
+            for (var i = 0u; i < SLICE_VECS; i++) {
+                (*state).o[i] *= rescale[i / rv];
+            }
+            (*state).sum *= rescale;
+            (*state).max = new_max;
+        }
+        // A padding key's exp may overflow; select takes 0 for it, not a product with it.
+        let w = select(vec4<f32>(0.0), exp(score - (*state).max), valid);
+        (*state).sum += w;
+        for (var c = 0u; c < rv; c++) {
+            if first + c < hv {
+                let v = v_tile[j * hv + first + c];
+                (*state).o[c] += w.x * v;
+                (*state).o[rv + c] += w.y * v;
+                (*state).o[2u * rv + c] += w.z * v;
+                (*state).o[3u * rv + c] += w.w * v;
+            }
+        }
+    }
 }
 
 // The key slices' states merged into slice 0's: in each step the upper half of the remaining slices

@@ -285,9 +285,9 @@ impl DeviceInfo {
                     "query rows in registers ({}, which keep their max and sum); \
                      8..64 rows x 4..32 keys per tile from head_dim and workgroup memory{}",
                     if c.subgroups {
-                        "two rows per thread where a pair's ceil(head_dim / 16) threads fit a subgroup and the block \
-                         is whole subgroups, their partial scores summed by shuffles; else ceil(head_dim / 32) threads \
-                         per row"
+                        "four rows per ceil(head_dim / 8) threads (at least 4), taking keys one at a time, or else two \
+                         per ceil(head_dim / 16), where those threads fit a subgroup and the block is whole subgroups, \
+                         their partial scores summed by shuffles; else ceil(head_dim / 32) threads per row"
                     } else {
                         "ceil(head_dim / 32) threads per row, partial scores summed in workgroup memory"
                     },

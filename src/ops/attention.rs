@@ -391,7 +391,7 @@ pub struct AttentionTiles {
     /// WGSL: copies of the row layout that split each key tile between them (flash-decoding inside
     /// the workgroup, for blocks of few rows); 1 on CUDA, whose kernels split keys among warps.
     pub key_slices: usize,
-    /// WGSL: query rows per thread (1 or 2), each k and v word read from workgroup memory meeting
+    /// WGSL: query rows per thread (1, 2 or 4), each k and v word read from workgroup memory meeting
     /// that many rows; 1 on CUDA.
     pub rows_per_thread: usize,
     /// WGSL: a row's partial scores meet through subgroup shuffles rather than workgroup memory (the
@@ -452,9 +452,10 @@ fn key_slices(block_q: usize, block_kv: usize, row_threads: usize, head_vecs: us
 /// invocation limits.
 ///
 /// WGSL (attention_tile.wgsl): one query row per ceil(head_dim / 32) threads, q and the output in
-/// registers, K and V tiles in workgroup memory; with subgroups, blocks of many rows put two rows on
-/// each ceil(head_dim / 16) threads where that is a power of two within the narrowest subgroup (each
-/// k and v word read then serves both rows), and a row's partial scores meet through shuffles
+/// registers, K and V tiles in workgroup memory; with subgroups, blocks of many rows put four rows on
+/// each ceil(head_dim / 8) threads (at least 4, so that a block keeps a thread per row), or else two
+/// on each ceil(head_dim / 16), where that is a power of two within the narrowest subgroup (each k
+/// and v word read then serves all of them), and a row's partial scores meet through shuffles
 /// wherever its threads fit a subgroup ([`AttentionTiles::rows_per_thread`],
 /// [`AttentionTiles::subgroup_exchange`]). A workgroup's rows shrink to a power of two for
 /// few-row calls (a KV-cache step), and such a block splits its keys between copies of the row
@@ -504,7 +505,10 @@ pub fn attention_tiles_for(caps: &Caps, dim: usize, rows: usize, keys: usize) ->
             let rt = row_threads(rows);
             let threads = slices * bq / rows * rt;
             let subgroup_exchange = in_subgroup(rt) && full_subgroups(threads);
-            if rows > 1 && !subgroup_exchange {
+            // Several rows per thread need the shuffles; and a block keeps a thread per row, as the
+            // entry points fill its token table one row per thread (four rows of head_dim 16 or less
+            // would have 2 threads, or 1).
+            if (rows > 1 && !subgroup_exchange) || threads < bq {
                 return None;
             }
             let partials = if rt > 1 && !subgroup_exchange { bq * bkv * rt } else { 1 };
@@ -523,7 +527,7 @@ pub fn attention_tiles_for(caps: &Caps, dim: usize, rows: usize, keys: usize) ->
         // Several rows per thread (each k and v word read serving all of them) only where their
         // partial scores can meet in a subgroup: through workgroup memory they would need ROWS times
         // the exchange space and a barrier more per tile.
-        let many_rows = if in_subgroup(row_threads(2)) { 2 } else { 1 };
+        let many_rows = [4, 2].into_iter().find(|&rows| in_subgroup(row_threads(rows))).unwrap_or(1);
         let row_threads = row_threads(1);
         // Few rows over enough keys: a block of exactly those rows, whose copies split the keys. It
         // takes 32-key tiles where they fit (more slices; its grid is small, so occupancy does not
@@ -545,11 +549,12 @@ pub fn attention_tiles_for(caps: &Caps, dim: usize, rows: usize, keys: usize) ->
         // keep 4 (shader-stats).
         let wanted_q = rows.next_power_of_two().clamp(8, 64);
         for bq in [64, 32, 16, 8, 4].into_iter().filter(|&bq| bq <= wanted_q) {
-            // Two rows per thread where the block's subgroups allow the shuffles, else one.
-            for rows in (1..=many_rows.min(bq)).rev() {
-                // A thread's scores of a tile, rows x keys, fit its score array (attention_tile.wgsl).
+            // Four or two rows per thread where the block's subgroups allow the shuffles, else one.
+            for rows in [4, 2, 1].into_iter().filter(|&r| r <= many_rows.min(bq)) {
+                // A thread's scores of a tile, rows x keys, fit its score array (attention_tile.wgsl);
+                // four rows take their keys one at a time and hold no such array.
                 let score_slots = size::ATTENTION_MAX_BLOCK_KV as usize;
-                for bkv in [16, 32, 8, 4].into_iter().filter(|&bkv| rows * bkv <= score_slots) {
+                for bkv in [16, 32, 8, 4].into_iter().filter(|&bkv| rows == 4 || rows * bkv <= score_slots) {
                     if let Some(tiles) = tiles(bq, bkv, 1, rows) {
                         return Ok(within_token_tables(tiles));
                     }

@@ -154,14 +154,15 @@ backend_tests! {
 }
 
 backend_tests! {
-    /// The scalar machinery's layouts of a block of many rows: two query rows per thread whose
-    /// partial scores meet through subgroup shuffles (the subgroups variant, where a row pair's
-    /// threads fit the narrowest subgroup), one row per thread through shuffles, and through
-    /// workgroup memory (a head dim whose row threads are no power of two, or no subgroups). Odd row
-    /// counts leave a padding row beside a real one in the last pair, over several blocks; the keys
-    /// end inside a tile. On a subgroups device the pairs must have run, and single rows through
-    /// shuffles where 8 threads fit the narrowest subgroup and 16 do not (head dim 256); the
-    /// workgroup-memory exchange runs everywhere.
+    /// The scalar machinery's layouts of a block of many rows: four or two query rows per thread
+    /// whose partial scores meet through subgroup shuffles (the subgroups variant, where the rows'
+    /// threads fit the narrowest subgroup; four rows take their keys one at a time), one row per
+    /// thread through shuffles, and through workgroup memory (a head dim whose row threads are no
+    /// power of two, or no subgroups). Row counts that are no multiple of 4 leave padding rows beside
+    /// real ones in the last group, over several blocks; the keys end inside a tile. On a subgroups
+    /// device four rows must have run where 8 threads fit the narrowest subgroup (head dim 64), pairs
+    /// where 8 do and 16 do not (head dim 128), and single rows through shuffles where 8 threads fit
+    /// and 16 do not (head dim 256); the workgroup-memory exchange runs everywhere.
     fn dense_attention_row_layouts_match_reference(device: &Device, config: &str) {
         let mut rng = Rng::for_config("dense_attention_row_layouts", config);
         let caps = device.caps();
@@ -179,11 +180,19 @@ backend_tests! {
                 if scalar_rows && tiles.key_slices == 1 {
                     let layout = (tiles.rows_per_thread, tiles.subgroup_exchange);
                     layouts.push(layout);
-                    // Pairs of rows on ceil(dim / 16) threads where those can shuffle, else one row on
-                    // ceil(dim / 32) threads, shuffling where they can; the block's subgroups full.
+                    // Four rows on ceil(dim / 8) threads where those can shuffle, else pairs on
+                    // ceil(dim / 16), else one row on ceil(dim / 32) threads, shuffling where they can;
+                    // the block's subgroups full.
                     let full = tiles.threads <= caps.subgroup_sizes.0 as usize
                         || tiles.threads.is_multiple_of(caps.subgroup_sizes.1 as usize);
-                    let want = if shuffles(dim.div_ceil(16)) && full { (2, true) } else { (1, shuffles(dim.div_ceil(32)) && full) };
+                    // Four rows only on 4 or more threads: a block keeps a thread per row.
+                    let want = if dim.div_ceil(8) >= 4 && shuffles(dim.div_ceil(8)) && full {
+                        (4, true)
+                    } else if shuffles(dim.div_ceil(16)) && full {
+                        (2, true)
+                    } else {
+                        (1, shuffles(dim.div_ceil(32)) && full)
+                    };
                     assert_eq!(layout, want, "{config}: head_dim {dim}, {lq} rows: {tiles:?}");
                 }
                 let what = format!(
@@ -195,12 +204,65 @@ backend_tests! {
         }
         if scalar_rows {
             assert!(layouts.contains(&(1, false)), "{config}: no workgroup-memory exchange ran: {layouts:?}");
-            if shuffles(4) {
+            // Head dim 64: 8 threads per four rows; head dim 128: 16 per four, 8 per pair.
+            if shuffles(8) {
+                assert!(layouts.contains(&(4, true)), "{config}: no four-row groups ran: {layouts:?}");
+            }
+            if shuffles(8) && !shuffles(16) {
                 assert!(layouts.contains(&(2, true)), "{config}: no row pairs ran: {layouts:?}");
             }
             // Head dim 256: 8 threads per row, 16 per pair.
             if shuffles(8) && !shuffles(16) {
                 assert!(layouts.contains(&(1, true)), "{config}: no single rows shuffled: {layouts:?}");
+            }
+        }
+    }
+}
+
+backend_tests! {
+    /// Scores far apart: where a row's running max moves by more than exp's f32 range (88), its
+    /// output and sum must follow it. Along the keys, each row's scores climb by 9 to 20 per key (so
+    /// each key moves the max by more than the four-row scalar layout's rescale margin, 8), or fall
+    /// (the first key holds the max and the rest weigh almost nothing), or climb to a random key and
+    /// fall after it; the calls end the keys before and after the peak. Head dims 64 and a random one
+    /// of 25-128, so rows in fours, pairs and one per thread on a subgroups device.
+    fn dense_attention_with_wide_score_spreads_matches_reference(device: &Device, config: &str) {
+        let mut rng = Rng::for_config("dense_attention_wide_scores", config);
+        for dtype in dtypes(device) {
+            for (shape, dim) in [(0, 64), (1, 64), (2, 64), (0, rng.range(25, 128)), (2, rng.range(25, 128))] {
+                let (lq, lk) = (rng.range(20, 90), rng.range(40, 100));
+                let kv_len = rng.range(lk - 30, lk);
+                let scale = 1.0 / (dim as f64).sqrt();
+                // q: component 0 in [0.5, 1], the rest noise; k: component 0 moves by `step`, which
+                // moves each row's score by 9-20 (at least 0.5 * step * scale).
+                let mut q = rng.vec(lq * dim, 0.05);
+                for i in 0..lq {
+                    q[i * dim] = 0.75 + rng.uniform(0.25);
+                }
+                let mut k = rng.vec(lk * dim, 0.05);
+                let peak = match shape {
+                    0 => lk,
+                    1 => 0,
+                    _ => rng.range(1, lk - 1),
+                };
+                let mut level = 0.0f32;
+                for j in 0..lk {
+                    let step = (9.0 + 11.0 * rng.unit()) / (0.5 * scale as f32);
+                    level += if j < peak { step } else { -step };
+                    k[j * dim] = level;
+                }
+                let v = rng.vec(lk * dim, 1.0);
+                let (q, k, v) = (stored(&q, dtype), stored(&k, dtype), stored(&v, dtype));
+                let up = |x: &[f32], len| Tensor::from_f32(device, &[1, 1, len, dim], x, dtype).unwrap();
+                let options = AttentionOptions { kv_len: Some(kv_len), ..Default::default() };
+                let out = attention(&up(&q, lq), &up(&k, lk), &up(&v, lk), &options).unwrap().to_vec_f32().unwrap();
+                let want = masked_attention(&q, &k, &v, dim, scale, |_, j| j < kv_len);
+                let tiles = attention_tiles(device, dim, lq, kv_len).unwrap();
+                let what = format!(
+                    "{config} {dtype} lq{lq} lk{lk} kv{kv_len} peak {peak} d{dim} rows/thread {}",
+                    tiles.rows_per_thread
+                );
+                assert_close(&out, &want, Tol::for_dtype(dtype, 1.0), &what);
             }
         }
     }
@@ -374,7 +436,7 @@ backend_tests! {
 fn shuffled_rows_only_in_blocks_of_full_subgroups() {
     // The shuffles number a block's threads by subgroup and lane, which covers the block once only
     // where its subgroups come full: a block within the narrowest subgroup, or a multiple of the
-    // widest. Row pairs need the shuffles; without them a block keeps one row per thread.
+    // widest. Rows in fours or pairs need the shuffles; without them a block keeps one row per thread.
     let mut caps = full_device().caps();
     caps.attention = AttentionDesign::RowsInRegisters;
     caps.subgroups = true;
@@ -396,14 +458,16 @@ fn shuffled_rows_only_in_blocks_of_full_subgroups() {
                     let fits = row_threads > 1 && row_threads.is_power_of_two() && row_threads <= narrowest;
                     assert_eq!(t.subgroup_exchange, full && fits, "{what}");
                     assert!(t.rows_per_thread == 1 || t.subgroup_exchange, "{what}");
+                    // The entry points fill the block's token table one row per thread.
+                    assert!(t.threads >= t.block_q, "{what}");
                     seen.insert((t.rows_per_thread, t.subgroup_exchange, full));
                 }
             }
         }
     }
-    // Each case came up: pairs, single rows shuffled, and a power-of-two row kept off the shuffles
-    // because its block's subgroups would not be full.
-    for case in [(2, true, true), (1, true, true), (1, false, false), (1, false, true)] {
+    // Each case came up: four rows, pairs, single rows shuffled, and a power-of-two row kept off the
+    // shuffles because its block's subgroups would not be full.
+    for case in [(4, true, true), (2, true, true), (1, true, true), (1, false, false), (1, false, true)] {
         assert!(seen.contains(&case), "never chosen: {case:?} (of {seen:?})");
     }
 }
