@@ -29,7 +29,8 @@ const VGPR_BUDGETS: &[(&str, &str, u32)] = &[
     ("norm", "group_norm", 28),
     ("norm", "softmax", 28),
     ("norm", "modulate", 28),
-    // Query rows in registers (32 dimensions of q and of the output per thread, none in scratch): 120 measured.
+    // Query rows in registers (32 dimensions of q and of the output per thread, none in scratch): 120
+    // measured; 96 with four rows per thread (subgroups, 2026-12-04), 120 still without subgroups.
     ("attention", "flash_attention", 136),
     ("attention", "grouped_attention", 136),
     ("attention", "permute_tokens", 28),

@@ -141,7 +141,8 @@ fn slice_start(t: u32) -> u32 {
 // A thread's scores of one tile: ROWS per key, key j's at [j * ROWS, (j + 1) * ROWS). Flat f32s,
 // not a vec4 per key: where a loop over it stays rolled, RADV keeps an indexed array of up to 256
 // bytes in registers and moves a larger one to scratch memory (a vec4 per key of a 32-key tile is
-// 512 bytes). The host keeps ROWS * BLOCK_KV / KV_SPLIT <= ATTENTION_MAX_BLOCK_KV.
+// 512 bytes). The host keeps ROWS * BLOCK_KV / KV_SPLIT <= ATTENTION_MAX_BLOCK_KV for ROWS 1 and 2;
+// ROWS 4 holds no tile of scores (attend_keys_in_order).
 alias Scores = array<f32, ATTENTION_MAX_BLOCK_KV>;
 
 // Key j's scores, row r's in component r < ROWS.
@@ -173,7 +174,8 @@ fn total(v: vec4<f32>) -> f32 {
     return v.x + v.y + v.z + v.w;
 }
 
-// exp of components r < ROWS (the others are never read): no transcendental spent on absent rows.
+// exp of components r < ROWS, for ROWS 1 or 2 (the tile path; the others are never read): no
+// transcendental spent on absent rows.
 fn exp_rows(x: vec4<f32>) -> vec4<f32> {
     if ROWS == 1u {
         return vec4<f32>(exp(x.x), 0.0, 0.0, 0.0);

@@ -221,13 +221,17 @@ backend_tests! {
 
 backend_tests! {
     /// Scores far apart: where a row's running max moves by more than exp's f32 range (88), its
-    /// output and sum must follow it. Along the keys, each row's scores climb by 9 to 20 per key (so
-    /// each key moves the max by more than the four-row scalar layout's rescale margin, 8), or fall
-    /// (the first key holds the max and the rest weigh almost nothing), or climb to a random key and
-    /// fall after it; the calls end the keys before and after the peak. Head dims 64 and a random one
-    /// of 25-128, so rows in fours, pairs and one per thread on a subgroups device.
+    /// output and sum must follow it. Along the keys, each row's scores climb by at least 9 per key
+    /// (9-20 for the rows whose q weighs least; so each key moves the max by more than the four-row
+    /// scalar layout's rescale margin, 8), or fall (the first key holds the max and the rest weigh
+    /// almost nothing), or climb to a random key and fall after it (the attended keys, the first
+    /// 70-100%, may end before the peak). Head dims 64 and a random one of 25-128, so rows in fours,
+    /// pairs and one per thread on a subgroups device; four rows must have run where 8 threads fit
+    /// the narrowest subgroup.
     fn dense_attention_with_wide_score_spreads_matches_reference(device: &Device, config: &str) {
         let mut rng = Rng::for_config("dense_attention_wide_scores", config);
+        let caps = device.caps();
+        let mut four_rows = false;
         for dtype in dtypes(device) {
             for (shape, dim) in [(0, 64), (1, 64), (2, 64), (0, rng.range(25, 128)), (2, rng.range(25, 128))] {
                 let (lq, lk) = (rng.range(20, 90), rng.range(40, 100));
@@ -258,12 +262,16 @@ backend_tests! {
                 let out = attention(&up(&q, lq), &up(&k, lk), &up(&v, lk), &options).unwrap().to_vec_f32().unwrap();
                 let want = masked_attention(&q, &k, &v, dim, scale, |_, j| j < kv_len);
                 let tiles = attention_tiles(device, dim, lq, kv_len).unwrap();
+                four_rows |= tiles.rows_per_thread == 4;
                 let what = format!(
                     "{config} {dtype} lq{lq} lk{lk} kv{kv_len} peak {peak} d{dim} rows/thread {}",
                     tiles.rows_per_thread
                 );
                 assert_close(&out, &want, Tol::for_dtype(dtype, 1.0), &what);
             }
+        }
+        if caps.attention == AttentionDesign::RowsInRegisters && caps.subgroups && caps.subgroup_sizes.0 >= 8 {
+            assert!(four_rows, "{config}: no block of four rows per thread ran");
         }
     }
 }
