@@ -16,8 +16,9 @@ use naga::{
 /// The counts of one entry point.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StaticCounts {
-    /// Workgroup (and storage) control barriers on the entry point's code, each call site of a
-    /// function counted with the barriers of that function: barrier sites, not barriers executed.
+    /// Workgroup (and storage) control barriers on the entry point's code, a `workgroupUniformLoad`
+    /// counted as one, each call site of a function counted with the barriers of that function:
+    /// barrier sites, not barriers executed.
     pub barriers: u32,
     /// Barrier sites per key tile of an attention machinery (its `attend_tile` and the
     /// `release_key_table` its callers run before refilling the tile's key table), where the entry
@@ -138,6 +139,8 @@ impl Barriers<'_> {
         match statement {
             // A subgroup-only barrier does not stall the workgroup.
             Statement::ControlBarrier(flags) => u32::from(*flags != naga::Barrier::SUB_GROUP),
+            // workgroupUniformLoad is a workgroup barrier on either side of the load (WGSL spec).
+            Statement::WorkGroupUniformLoad { .. } => 1,
             Statement::Call { function: callee, .. } => {
                 if let Some(&n) = self.memo.get(callee) {
                     return n;
@@ -284,5 +287,81 @@ impl Tally<'_> {
             naga::TypeInner::Vector { size, scalar } if scalar.kind == naga::ScalarKind::Float => size as u32,
             _ => 0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The counts of `source`'s entry point `main` with its overrides set to `constants`.
+    fn counts_of(source: &str, constants: &[(&str, f64)]) -> StaticCounts {
+        let module = naga::front::wgsl::parse_str(source).expect("the test shader parses");
+        let mut validator =
+            naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all());
+        let info = validator.validate(&module).expect("the test shader validates");
+        let constants: naga::back::PipelineConstants = constants.iter().map(|&(k, v)| (k.to_string(), v)).collect();
+        let entry = Some((naga::ShaderStage::Compute, "main"));
+        let (module, info) =
+            naga::back::pipeline_constants::process_overrides(&module, &info, entry, &constants).expect("overrides");
+        let index = module.entry_points.iter().position(|e| e.name == "main").expect("main");
+        count(&module, &info, index)
+    }
+
+    /// Two machineries behind a bool override, as the scalar attention's ROWS selects its own: each
+    /// a loop of FMAs over workgroup memory, the wide one with a barrier after it.
+    const TWO_MACHINERIES: &str = r#"
+override WIDE: bool = false;
+var<workgroup> tile: array<f32, 64>;
+var<workgroup> slot: u32;
+
+fn narrow_loop(x: f32) -> f32 {
+    var acc = x;
+    for (var i = 0u; i < 64u; i++) {
+        acc += tile[i] * x;
+    }
+    return acc;
+}
+
+fn wide_loop(x: vec4<f32>) -> vec4<f32> {
+    var acc = x;
+    for (var i = 0u; i < 64u; i++) {
+        acc += tile[i] * x;
+    }
+    workgroupBarrier();
+    return acc;
+}
+
+@compute @workgroup_size(64)
+fn main(@builtin(local_invocation_index) t: u32) {
+    tile[t] = f32(t);
+    workgroupBarrier();
+    let n = workgroupUniformLoad(&slot);
+    if WIDE {
+        tile[t] = wide_loop(vec4<f32>(f32(n))).x;
+    } else {
+        tile[t] = narrow_loop(f32(n));
+    }
+}
+"#;
+
+    #[test]
+    fn only_the_machinery_that_runs_is_counted() {
+        // The narrow side: its loop alone (1 word per FMA); the wide function's loop and barrier are
+        // on the side that does not run.
+        let narrow = counts_of(TWO_MACHINERIES, &[]);
+        let ratios: Vec<f64> = narrow.inner_loops.iter().map(InnerLoop::words_per_fma).collect();
+        assert_eq!(ratios, [1.0], "{narrow:?}");
+        // The wide side: 4 FMAs per word, and its barrier.
+        let wide = counts_of(TWO_MACHINERIES, &[("WIDE", 1.0)]);
+        let ratios: Vec<f64> = wide.inner_loops.iter().map(InnerLoop::words_per_fma).collect();
+        assert_eq!(ratios, [0.25], "{wide:?}");
+        assert_eq!(wide.barriers, narrow.barriers + 1, "{wide:?}");
+    }
+
+    #[test]
+    fn a_uniform_load_is_a_barrier_site() {
+        // The workgroupBarrier and the workgroupUniformLoad.
+        assert_eq!(counts_of(TWO_MACHINERIES, &[]).barriers, 2);
     }
 }
