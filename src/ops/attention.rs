@@ -524,10 +524,6 @@ pub fn attention_tiles_for(caps: &Caps, dim: usize, rows: usize, keys: usize) ->
                 subgroup_exchange,
             })
         };
-        // Several rows per thread (each k and v word read serving all of them) only where their
-        // partial scores can meet in a subgroup: through workgroup memory they would need ROWS times
-        // the exchange space and a barrier more per tile.
-        let many_rows = [4, 2].into_iter().find(|&rows| in_subgroup(row_threads(rows))).unwrap_or(1);
         let row_threads = row_threads(1);
         // Few rows over enough keys: a block of exactly those rows, whose copies split the keys. It
         // takes 32-key tiles where they fit (more slices; its grid is small, so occupancy does not
@@ -550,7 +546,10 @@ pub fn attention_tiles_for(caps: &Caps, dim: usize, rows: usize, keys: usize) ->
         let wanted_q = rows.next_power_of_two().clamp(8, 64);
         for bq in [64, 32, 16, 8, 4].into_iter().filter(|&bq| bq <= wanted_q) {
             // Four or two rows per thread where the block's subgroups allow the shuffles, else one.
-            for rows in [4, 2, 1].into_iter().filter(|&r| r <= many_rows.min(bq)) {
+            // `tiles` refuses several rows per thread where their partial scores cannot meet in a
+            // subgroup: through workgroup memory they would need ROWS times the exchange space and a
+            // barrier more per tile.
+            for rows in [4, 2, 1].into_iter().filter(|&r| r <= bq) {
                 // A thread's scores of a tile, rows x keys, fit its score array (attention_tile.wgsl);
                 // four rows take their keys one at a time and hold no such array.
                 let score_slots = size::ATTENTION_MAX_BLOCK_KV as usize;
