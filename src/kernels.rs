@@ -56,11 +56,11 @@ pub mod size {
     pub const SCAN_WG: u32 = 64;
     /// Largest SSM state (N) the scans hold in registers and workgroup memory.
     pub const MAX_STATE: u32 = 64;
-    /// SSD's chunked matrix form: ssd_chunk_states' workgroup of SSD_ROWS x SSD_COLS threads, which
-    /// stages SSD_STAGE steps of B and of the weighted x at a time.
-    pub const SSD_ROWS: u32 = 16;
-    pub const SSD_COLS: u32 = 16;
-    pub const SSD_STAGE: u32 = 8;
+    /// SSD's chunked matrix form: ssd_chunk_states' workgroup of SSD_TEAMS teams of 64 threads, which
+    /// stages SSD_STAGE steps of B and of the weighted x (64 columns) at a time; the teams split the
+    /// steps and meet in the same workgroup memory at the end.
+    pub const SSD_TEAMS: u32 = 4;
+    pub const SSD_STAGE: u32 = 32;
     pub const SSD_MAX_HEAD_DIM: u32 = 256;
     /// ssd_chunk_outputs: SSD_OUT_ROWS time steps per workgroup of SSD_OUT_THREADS, keys in tiles of
     /// SSD_OUT_KEYS, and a stage of SSD_OUT_STAGE words that holds a tile of B (N x keys), a slice of
@@ -83,7 +83,9 @@ pub mod size {
     // 2 keys of a score tile; its stage holds a tile of B and at least one state's or key's row.
     const _: () = assert!(SSD_OUT_THREADS == SSD_OUT_ROWS / 4 * 16 && SSD_OUT_KEYS == 2 * 16);
     const _: () = assert!(SSD_OUT_STAGE >= MAX_STATE * SSD_OUT_KEYS && SSD_OUT_STAGE >= SSD_MAX_HEAD_DIM);
-    const _: () = assert!(SSD_MAX_HEAD_DIM.is_multiple_of(64) && SSD_ROWS * SSD_COLS == 256);
+    // ssd_chunk_states' 64 threads of a team each hold 8 x 8 of a 64-state x 64-column block; its
+    // stage (B and x, 64 words a step each) holds a team's block when the teams add theirs up.
+    const _: () = assert!(SSD_MAX_HEAD_DIM.is_multiple_of(64) && MAX_STATE == 64 && 2 * SSD_STAGE >= MAX_STATE);
     // The CUDA tensor-core kernel and the WGSL cooperative one cover the same block, so both share
     // the 64 x 64 matmul's grid; the WGSL one is written for four 32 x 32 quarters and 16-deep steps.
     const _: () = assert!(COOP_TILE == TILE_M && COOP_TILE == TILE_N && COOP_TILE == 64 && COOP_K.is_multiple_of(16));
@@ -117,8 +119,7 @@ pub mod size {
         ("CONV_WEIGHT_CAP", CONV_WEIGHT_CAP),
         ("SCAN_WG", SCAN_WG),
         ("MAX_STATE", MAX_STATE),
-        ("SSD_ROWS", SSD_ROWS),
-        ("SSD_COLS", SSD_COLS),
+        ("SSD_TEAMS", SSD_TEAMS),
         ("SSD_STAGE", SSD_STAGE),
         ("SSD_MAX_HEAD_DIM", SSD_MAX_HEAD_DIM),
         ("SSD_OUT_ROWS", SSD_OUT_ROWS),

@@ -90,13 +90,14 @@ const VGPR_BUDGETS: &[(&str, &str, u32)] = &[
 /// (which at 4 x 8 keys had taken 132 VGPRs with 5 spilled): 96 VGPRs at head_dim 64. Blocks that
 /// split their keys keep one row per thread (1 FMA per word in either variant), as their waves are
 /// exempt below.
-/// SSD's chunk kernels are held to what their 4 x 4 blocks give (16 FMAs per 8 words; the scores of
-/// ssd_chunk_outputs, 4 x 2 per thread, 8 per 6): their tiles are as deep as a head (N x P), and
-/// 8 x 8 blocks would leave most of a 64 x 64 head's threads without work.
+/// SSD's chunk states take 8 x 8 blocks of a 64-state x 64-column block of a head's state, four teams
+/// of 64 threads splitting the chunk's steps: 4 FMAs per word (2026-12-04; 4 x 4 blocks over the whole
+/// head gave 2). ssd_chunk_outputs is held to what its 4 x 4 blocks give (16 FMAs per 8 words; its
+/// scores, 4 x 2 per thread, 8 per 6): its causal tiles are 32 rows deep.
 const GEMM_TARGETS: &[(&str, &str, f64, f64, f64)] = &[
     ("matmul", "matmul_wide", 4.0, 4.0, 8.0),
     ("conv2d", "conv2d_gemm", 4.0, 4.0, 8.0),
-    ("ssd", "ssd_chunk_states", 2.0, 2.0, 8.0),
+    ("ssd", "ssd_chunk_states", 4.0, 4.0, 8.0),
     ("ssd", "ssd_chunk_outputs", 1.3, 1.3, 8.0),
     ("attention", "flash_attention", 1.0, 4.0, 8.0),
     ("attention", "grouped_attention", 1.0, 4.0, 8.0),

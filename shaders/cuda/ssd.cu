@@ -22,9 +22,7 @@
 #define REVERSE 0
 #endif
 
-// ssd_chunk_states' block: SSD_ROWS x SSD_COLS threads.
-#define SSD_THREADS (SSD_ROWS * SSD_COLS)
-// Groups of 64 columns in the kernels' register blocks.
+// Groups of 64 columns in ssd_chunk_outputs' register blocks.
 #define SSD_COL_GROUPS (SSD_MAX_HEAD_DIM / 64u)
 
 SW_DEVICE u32 ssd_time_at(const SsdParams& p, u32 i) { return step_time(i, p.length, REVERSE != 0); }
@@ -70,80 +68,115 @@ SW_KERNEL(ssd_cumsum, SCAN_WG, 1, 1,
     }
 }
 
-// Block per (batch * head, chunk): the chunk's own end state (N x P) and its decay, a GEMM over the
-// chunk's steps (B^T (w x)) in register blocks, as ssd.wgsl's ssd_chunk_states: thread (bn, bc) of the
-// 16 x 16 grid holds states 4bn..4bn+3 x columns 64q + 4bc..+3 of every 64-column group q, so a step
-// reads 8 shared words for 16 FMAs. Blocks past N_STATE or head_dim compute on neighbouring rows'
-// words and are not stored.
-SW_KERNEL(ssd_chunk_states, SSD_THREADS, 1, 1,
+// Block per (batch * head, chunk, group of 64 columns): that block of the chunk's own end state (N x P)
+// and its decay, a GEMM over the chunk's steps (B^T (w x)), as ssd.wgsl's ssd_chunk_states: thread
+// (tn, tc) of a team's 8 x 8 grid holds states 4tn..+3 and 32 + 4tn..+3 x columns 4tc..+3 and
+// 32 + 4tc..+3 of the group, so a step reads 4 float4 words for 64 FMAs. The teams take every fourth
+// step of a stage (split-K) and add their blocks through the stage one team at a time. States past
+// N_STATE and columns past head_dim are staged as 0 and not stored.
+#define SSD_STATES_THREADS (64u * SSD_TEAMS)
+// Quads per staged step: 64 states of B, then (at SSD_STATES_X) 64 columns of the weighted x.
+#define SSD_STATES_X (SSD_STAGE * 16u)
+SW_KERNEL(ssd_chunk_states, SSD_STATES_THREADS, 1, 1,
           (SSD_BINDINGS)) {
-    __shared__ float keys_b[SSD_STAGE * MAX_STATE];
-    __shared__ float keys_x[SSD_STAGE * SSD_MAX_HEAD_DIM];
+    __shared__ float4 stage4[2u * SSD_STAGE * 16u];
+    float* stage = reinterpret_cast<float*>(stage4);
     const u32 index = threadIdx.x;
     const u32 b = blockIdx.x / p.heads;
     const u32 h = blockIdx.x % p.heads;
     const u32 chunk = blockIdx.y;
+    const u32 col0 = 64u * blockIdx.z;
     const u32 start = chunk * p.chunk_len;
     const u32 end = min(start + p.chunk_len, p.length);
     const u32 hd = p.head_dim;
     const float end_cum = work[ssd_work_cum(p, b, h, end - 1u)];
-    const u32 n0 = 4u * (index / 16u);
-    const u32 c0 = 4u * (index % 16u);
-    // acc[q][i][c]: state n0 + i, column 64q + c0 + c.
-    float acc[SSD_COL_GROUPS][4][4] = {};
+    const u32 team = index / 64u;
+    const u32 lane = index % 64u;
+    const u32 tn = lane / 8u;
+    const u32 tc = lane % 8u;
+    // acc[i][c]: state (i < 4 ? 4tn + i : 32 + 4tn + i - 4), column (c < 4 ? 4tc + c : 32 + 4tc + c - 4).
+    float acc[8][8] = {};
     for (u32 s0 = start; s0 < end; s0 += SSD_STAGE) {
         const u32 count = min(SSD_STAGE, end - s0);
         __syncthreads();
-        for (u32 e = index; e < SSD_STAGE * N_STATE; e += SSD_THREADS) {
-            const u32 s = e / N_STATE;
+        for (u32 e = index; e < SSD_STAGE * 64u; e += SSD_STATES_THREADS) {
+            const u32 s = e / 64u;
+            const u32 n = e % 64u;
             float v = 0.0f;
-            if (s < count) v = to_f32(b_in[ssd_bc_index(p, b, h, e % N_STATE, s0 + s)]);
-            keys_b[e] = v;
+            if (s < count && n < N_STATE) v = to_f32(b_in[ssd_bc_index(p, b, h, n, s0 + s)]);
+            stage[e] = v;
         }
-        for (u32 e = index; e < SSD_STAGE * hd; e += SSD_THREADS) {
-            const u32 s = e / hd;
+        for (u32 e = index; e < SSD_STAGE * 64u; e += SSD_STATES_THREADS) {
+            const u32 s = e / 64u;
+            const u32 col = col0 + e % 64u;
             float v = 0.0f;
-            if (s < count) {
+            if (s < count && col < hd) {
                 const u32 i = s0 + s;
                 const float weight = expf(end_cum - work[ssd_work_cum(p, b, h, i)]) * work[ssd_work_dt(p, b, h, i)];
-                v = weight * to_f32(x[ssd_x_index(p, b, h * hd + e % hd, i)]);
+                v = weight * to_f32(x[ssd_x_index(p, b, h * hd + col, i)]);
             }
-            keys_x[e] = v;
+            stage[4u * SSD_STATES_X + e] = v;
         }
         __syncthreads();
-        if (n0 < N_STATE) {
+        for (u32 s = team; s < count; s += SSD_TEAMS) {
+            const float4 b_lo = stage4[16u * s + tn], b_hi = stage4[16u * s + 8u + tn];
+            const float4 x_lo = stage4[SSD_STATES_X + 16u * s + tc], x_hi = stage4[SSD_STATES_X + 16u * s + 8u + tc];
+            const float bv[8] = {b_lo.x, b_lo.y, b_lo.z, b_lo.w, b_hi.x, b_hi.y, b_hi.z, b_hi.w};
+            const float xv[8] = {x_lo.x, x_lo.y, x_lo.z, x_lo.w, x_hi.x, x_hi.y, x_hi.z, x_hi.w};
             SW_UNROLL
-            for (u32 q = 0; q < SSD_COL_GROUPS; q++) {
-                const u32 col = 64u * q + c0;
-                if (col < hd) {
-                    for (u32 s = 0; s < count; s++) {
-                        const float* bv = &keys_b[s * N_STATE + n0];
-                        const float* xv = &keys_x[s * hd + col];
-                        SW_UNROLL
-                        for (u32 i = 0; i < 4u; i++)
-                            SW_UNROLL
-                            for (u32 c = 0; c < 4u; c++) acc[q][i][c] += bv[i] * xv[c];
-                    }
-                }
-            }
+            for (u32 i = 0; i < 8u; i++)
+                SW_UNROLL
+                for (u32 c = 0; c < 8u; c++) acc[i][c] += bv[i] * xv[c];
         }
     }
-    const float decay = expf(end_cum);
-    SW_UNROLL
-    for (u32 q = 0; q < SSD_COL_GROUPS; q++)
-        SW_UNROLL
-        for (u32 i = 0; i < 4u; i++)
+    // Teams 1, 2 and 3 hand their blocks to team 0 in turn: quad (i, j) of each thread at 64 (2i + j) + lane.
+    for (u32 t = 1; t < SSD_TEAMS; t++) {
+        __syncthreads();
+        if (team == t) {
             SW_UNROLL
-            for (u32 c = 0; c < 4u; c++) {
-                const u32 n = n0 + i;
-                const u32 col = 64u * q + c0 + c;
-                if (n < N_STATE && col < hd) {
-                    const u32 channel = h * hd + col;
-                    const u32 base = ((b * p.heads * hd + channel) * p.chunks + chunk) * 2u * N_STATE;
-                    totals[base + n] = decay;
-                    totals[base + N_STATE + n] = acc[q][i][c];
+            for (u32 i = 0; i < 8u; i++)
+                SW_UNROLL
+                for (u32 j = 0; j < 2u; j++)
+                    stage4[64u * (2u * i + j) + lane] =
+                        float4{acc[i][4u * j], acc[i][4u * j + 1u], acc[i][4u * j + 2u], acc[i][4u * j + 3u]};
+        }
+        __syncthreads();
+        if (team == 0u) {
+            SW_UNROLL
+            for (u32 i = 0; i < 8u; i++)
+                SW_UNROLL
+                for (u32 j = 0; j < 2u; j++) {
+                    const float4 v = stage4[64u * (2u * i + j) + lane];
+                    acc[i][4u * j] += v.x;
+                    acc[i][4u * j + 1u] += v.y;
+                    acc[i][4u * j + 2u] += v.z;
+                    acc[i][4u * j + 3u] += v.w;
                 }
-            }
+        }
+    }
+    // Team 0 lays the sum out column by column (state n of column c at 64c + n), so that every thread
+    // stores consecutive states of a column, as totals holds them.
+    __syncthreads();
+    if (team == 0u) {
+        SW_UNROLL
+        for (u32 c = 0; c < 8u; c++) {
+            const u32 col = (c < 4u ? 0u : 28u) + 4u * tc + c;
+            stage4[16u * col + tn] = float4{acc[0][c], acc[1][c], acc[2][c], acc[3][c]};
+            stage4[16u * col + 8u + tn] = float4{acc[4][c], acc[5][c], acc[6][c], acc[7][c]};
+        }
+    }
+    __syncthreads();
+    const float decay = expf(end_cum);
+    for (u32 e = index; e < 64u * N_STATE; e += SSD_STATES_THREADS) {
+        const u32 col = col0 + e / N_STATE;
+        const u32 n = e % N_STATE;
+        if (col < hd) {
+            const u32 channel = h * hd + col;
+            const u32 base = ((b * p.heads * hd + channel) * p.chunks + chunk) * 2u * N_STATE;
+            totals[base + n] = decay;
+            totals[base + N_STATE + n] = stage[64u * (col - col0) + n];
+        }
+    }
 }
 
 // The thread's output block += rows[k * SSD_OUT_ROWS / 4 + tr] (four rows) x stage[k * stride + col..

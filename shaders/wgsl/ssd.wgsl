@@ -13,9 +13,6 @@ override HAS_DT_BIAS: bool = false;
 override DT_SOFTPLUS: bool = true;
 override REVERSE: bool = false;
 
-// ssd_chunk_states' workgroup: a 16 x 16 grid of threads (SSD_ROWS x SSD_COLS).
-const SSD_THREADS: u32 = SSD_ROWS * SSD_COLS;
-
 struct SsdParams {
     batch: u32,
     heads: u32,
@@ -51,10 +48,6 @@ struct SsdParams {
 @group(0) @binding(9) var<storage, read_write> totals: array<f32>;
 @group(0) @binding(10) var<storage, read_write> y: array<store_t>;
 @group(0) @binding(11) var<uniform> p: SsdParams;
-
-// ssd_chunk_states' stages: SSD_STAGE steps of B and of the weighted x.
-var<workgroup> keys_b: array<f32, SSD_STAGE * MAX_STATE>;
-var<workgroup> keys_x: array<f32, SSD_STAGE * SSD_MAX_HEAD_DIM>;
 
 fn time_at(i: u32) -> u32 {
     return step_time(i, p.length, REVERSE);
@@ -104,88 +97,121 @@ fn ssd_cumsum(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
 }
 
-// Workgroup per (batch * head, chunk): the chunk's own end state (N x P) and its decay, a GEMM over
-// the chunk's steps (B^T (w x)). Thread (bn, bc) of the 16 x 16 grid holds a 4 x 4 register block of
-// the state per group of 64 columns: states 4bn..4bn+3, columns 64q + 4bc..64q + 4bc + 3 (q <
-// SSD_COL_GROUPS), so a step reads 8 workgroup words for 16 FMAs (one output per thread read 2 words
-// per FMA). Blocks past N_STATE or head_dim compute on neighbouring rows' words and are not stored.
-const SSD_COL_GROUPS: u32 = SSD_MAX_HEAD_DIM / 64u;
+// Workgroup per (batch * head, chunk, group of 64 columns): that block of the chunk's own end state
+// (N x P) and its decay, a GEMM over the chunk's steps (B^T (w x)). Thread (tn, tc) of a team's 8 x 8
+// grid holds an 8 x 8 register block: states 4tn..4tn+3 and 32 + 4tn..+3, columns 4tc..4tc+3 and
+// 32 + 4tc..+3 of the group, so a step reads 4 vec4 words for 64 FMAs (4 FMAs per word; 4 x 4 blocks
+// read 2). The four teams take every fourth step of a stage (split-K), then add their blocks through
+// the stage one team at a time. States past N_STATE and columns past head_dim are staged as 0 and not
+// stored.
+const STATES_THREADS: u32 = 64u * SSD_TEAMS;
+// Quads per staged step: 64 states of B, then (at STATES_X) 64 columns of the weighted x.
+const STATES_X: u32 = SSD_STAGE * 16u;
+var<workgroup> states_stage: array<vec4<f32>, 2u * SSD_STAGE * 16u>;
 
-@compute @workgroup_size(SSD_THREADS)
+@compute @workgroup_size(STATES_THREADS)
 fn ssd_chunk_states(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) index: u32) {
     let b = wg.x / p.heads;
     let h = wg.x % p.heads;
     let chunk = wg.y;
+    let col0 = 64u * wg.z;
     let start = chunk * p.chunk_len;
     let end = min(start + p.chunk_len, p.length);
     let end_cum = work[work_cum(b, h, end - 1u)];
-    let n0 = 4u * (index / 16u);
-    let c0 = 4u * (index % 16u);
-    // acc[4q + i]: state n0 + i, columns 64q + c0 .. + 3.
-    var acc: array<vec4<f32>, 4u * SSD_COL_GROUPS>;
+    let team = index / 64u;
+    let lane = index % 64u;
+    let tn = lane / 8u;
+    let tc = lane % 8u;
+    // acc[2i + j]: state (i < 4 ? 4tn + i : 32 + 4tn + i - 4), columns 32j + 4tc .. + 3.
+    var acc: array<vec4<f32>, 16>;
     for (var s0 = start; s0 < end; s0 += SSD_STAGE) {
         let count = min(SSD_STAGE, end - s0);
         workgroupBarrier();
-        for (var e = index; e < SSD_STAGE * N_STATE; e += SSD_THREADS) {
-            let s = e / N_STATE;
+        for (var e = index; e < SSD_STAGE * 64u; e += STATES_THREADS) {
+            let s = e / 64u;
+            let n = e % 64u;
             var v = 0.0;
-            if s < count {
-                v = f32(b_in[bc_index(b, h, e % N_STATE, s0 + s)]);
+            if s < count && n < N_STATE {
+                v = f32(b_in[bc_index(b, h, n, s0 + s)]);
             }
-            keys_b[e] = v;
+            states_stage[e / 4u][e % 4u] = v;
         }
-        for (var e = index; e < SSD_STAGE * p.head_dim; e += SSD_THREADS) {
-            let s = e / p.head_dim;
+        for (var e = index; e < SSD_STAGE * 64u; e += STATES_THREADS) {
+            let s = e / 64u;
+            let col = col0 + e % 64u;
             var v = 0.0;
-            if s < count {
+            if s < count && col < p.head_dim {
                 let i = s0 + s;
                 let weight = exp(end_cum - work[work_cum(b, h, i)]) * work[work_dt(b, h, i)];
-                v = weight * f32(x[x_index(b, h * p.head_dim + e % p.head_dim, i)]);
+                v = weight * f32(x[x_index(b, h * p.head_dim + col, i)]);
             }
-            keys_x[e] = v;
+            states_stage[STATES_X + e / 4u][e % 4u] = v;
         }
         workgroupBarrier();
-        if n0 < N_STATE {
-            // Constant trip count, so acc stays in registers; the groups past head_dim skip.
-            for (var q = 0u; q < SSD_COL_GROUPS; q++) {
-                let col = 64u * q + c0;
-                if col < p.head_dim {
-                    var a0 = acc[4u * q];
-                    var a1 = acc[4u * q + 1u];
-                    var a2 = acc[4u * q + 2u];
-                    var a3 = acc[4u * q + 3u];
-                    for (var s = 0u; s < count; s++) {
-                        let kb = s * N_STATE + n0;
-                        let kx = s * p.head_dim + col;
-                        let bv = vec4<f32>(keys_b[kb], keys_b[kb + 1u], keys_b[kb + 2u], keys_b[kb + 3u]);
-                        let xv = vec4<f32>(keys_x[kx], keys_x[kx + 1u], keys_x[kx + 2u], keys_x[kx + 3u]);
-                        a0 += bv.x * xv;
-                        a1 += bv.y * xv;
-                        a2 += bv.z * xv;
-                        a3 += bv.w * xv;
-                    }
-                    acc[4u * q] = a0;
-                    acc[4u * q + 1u] = a1;
-                    acc[4u * q + 2u] = a2;
-                    acc[4u * q + 3u] = a3;
-                }
+        for (var s = team; s < count; s += SSD_TEAMS) {
+            let b_lo = states_stage[16u * s + tn];
+            let b_hi = states_stage[16u * s + 8u + tn];
+            let x_lo = states_stage[STATES_X + 16u * s + tc];
+            let x_hi = states_stage[STATES_X + 16u * s + 8u + tc];
+            // Written out, not a loop over i: the step loop stays the innermost (as shader-stats
+            // counts words per FMA), and the block is unrolled without depending on the compiler.
+            acc[0] += b_lo.x * x_lo;
+            acc[1] += b_lo.x * x_hi;
+            acc[2] += b_lo.y * x_lo;
+            acc[3] += b_lo.y * x_hi;
+            acc[4] += b_lo.z * x_lo;
+            acc[5] += b_lo.z * x_hi;
+            acc[6] += b_lo.w * x_lo;
+            acc[7] += b_lo.w * x_hi;
+            acc[8] += b_hi.x * x_lo;
+            acc[9] += b_hi.x * x_hi;
+            acc[10] += b_hi.y * x_lo;
+            acc[11] += b_hi.y * x_hi;
+            acc[12] += b_hi.z * x_lo;
+            acc[13] += b_hi.z * x_hi;
+            acc[14] += b_hi.w * x_lo;
+            acc[15] += b_hi.w * x_hi;
+        }
+    }
+    // Teams 1, 2 and 3 hand their blocks to team 0 in turn, each thread's 16 quads 64 quads apart.
+    for (var t = 1u; t < SSD_TEAMS; t++) {
+        workgroupBarrier();
+        if team == t {
+            for (var k = 0u; k < 16u; k++) {
+                states_stage[64u * k + lane] = acc[k];
+            }
+        }
+        workgroupBarrier();
+        if team == 0u {
+            for (var k = 0u; k < 16u; k++) {
+                acc[k] += states_stage[64u * k + lane];
             }
         }
     }
-    let decay = exp(end_cum);
-    for (var q = 0u; q < SSD_COL_GROUPS; q++) {
-        for (var i = 0u; i < 4u; i++) {
-            let n = n0 + i;
-            let block = acc[4u * q + i];
+    // Team 0 lays the sum out column by column (quad n / 4 of column c at 16c + n / 4), so that every
+    // thread stores consecutive states of a column, as totals holds them.
+    workgroupBarrier();
+    if team == 0u {
+        for (var j = 0u; j < 2u; j++) {
             for (var c = 0u; c < 4u; c++) {
-                let col = 64u * q + c0 + c;
-                if n < N_STATE && col < p.head_dim {
-                    let channel = h * p.head_dim + col;
-                    let base = ((b * p.heads * p.head_dim + channel) * p.chunks + chunk) * 2u * N_STATE;
-                    totals[base + n] = decay;
-                    totals[base + N_STATE + n] = block[c];
-                }
+                let col = 32u * j + 4u * tc + c;
+                let lo = vec4<f32>(acc[j][c], acc[2u + j][c], acc[4u + j][c], acc[6u + j][c]);
+                let hi = vec4<f32>(acc[8u + j][c], acc[10u + j][c], acc[12u + j][c], acc[14u + j][c]);
+                states_stage[16u * col + tn] = lo;
+                states_stage[16u * col + 8u + tn] = hi;
             }
+        }
+    }
+    workgroupBarrier();
+    let decay = exp(end_cum);
+    for (var e = index; e < 64u * N_STATE; e += STATES_THREADS) {
+        let col = col0 + e / N_STATE;
+        let n = e % N_STATE;
+        if col < p.head_dim {
+            let channel = h * p.head_dim + col;
+            let base = ((b * p.heads * p.head_dim + channel) * p.chunks + chunk) * 2u * N_STATE;
+            totals[base + n] = decay;
+            totals[base + N_STATE + n] = states_stage[16u * (col - col0) + n / 4u][n % 4u];
         }
     }
 }
@@ -202,6 +228,8 @@ fn ssd_chunk_states(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocat
 // head_dim 64). Barriers per key tile: 4, plus 2 per further slice of x. Rows past the chunk read
 // C = 0 and are not stored; blocks past head_dim compute on neighbouring words and are not stored.
 const OUT_THREADS: u32 = SSD_OUT_THREADS;
+// Groups of 64 columns in the output blocks.
+const SSD_COL_GROUPS: u32 = SSD_MAX_HEAD_DIM / 64u;
 const OUT_ROW_VECS: u32 = SSD_OUT_ROWS / 4u;
 
 // The left operands, four rows to a vec4: C^T ([n][row / 4]), then a tile's scores ([key][row / 4]).

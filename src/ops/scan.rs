@@ -66,10 +66,11 @@ pub enum SsdForm {
 
 /// Largest headdim the chunked matrix form takes.
 pub const SSD_MAX_HEAD_DIM: usize = size::SSD_MAX_HEAD_DIM as usize;
-/// Workgroup memory the chunked matrix form needs: the larger of ssd_chunk_states' two stages of
-/// SSD_STAGE steps and ssd_chunk_outputs' C, scores and stage (plus its 4 words of slack), in bytes.
+/// Workgroup memory the chunked matrix form needs: the larger of ssd_chunk_states' stage (SSD_STAGE
+/// steps of B and of 64 columns of x) and ssd_chunk_outputs' C, scores and stage (plus its 4 words of
+/// slack), in bytes.
 const SSD_WORKGROUP_BYTES: u32 = {
-    let states = size::SSD_STAGE * (size::MAX_STATE + size::SSD_MAX_HEAD_DIM);
+    let states = size::SSD_STAGE * 2 * 64;
     let outputs = size::SSD_OUT_ROWS * (size::MAX_STATE + size::SSD_OUT_KEYS) + size::SSD_OUT_STAGE + 4;
     4 * if states > outputs { states } else { outputs }
 };
@@ -462,7 +463,8 @@ fn ssd_matrix_form(s: &Scan, g: &SsdGeometry, scan: &ScanParams, y: &Tensor, fin
     let chunks = index_u32(OP, "chunks", g.chunks)?;
     let tasks = index_u32(OP, "cumsum tasks", g.batch * g.heads * g.chunks)?;
     dispatch("ssd_cumsum", [tasks.div_ceil(size::SCAN_WG), 1, 1])?;
-    dispatch("ssd_chunk_states", [heads_total, chunks, 1])?;
+    let column_groups = (g.head_dim as u32).div_ceil(64);
+    dispatch("ssd_chunk_states", [heads_total, chunks, column_groups])?;
     carry_states(s, &totals, &chunk_initial, final_state, g.batch * channels * g.n_state, g.chunks, g.n_state)?;
     dispatch("ssd_chunk_outputs", [heads_total, chunks, (g.chunk_len as u32).div_ceil(size::SSD_OUT_ROWS)])
 }
