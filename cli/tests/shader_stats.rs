@@ -16,7 +16,9 @@ use scalewise::kernels::Family;
 /// VGPR budgets on gfx1100 per (family, entry point), for every variant: the most any variant used
 /// when measured (Mesa 22.3.6, 2026-12-01) plus 16. Raise one only with a reason in the commit.
 const VGPR_BUDGETS: &[(&str, &str, u32)] = &[
-    ("matmul", "matmul_tiled", 52),
+    // 8 x 8 outputs per thread, four teams splitting K (2026-12-04): 120 measured, 12 waves (36 with
+    // 4 x 4 per thread, at 2 FMAs per workgroup word instead of 4).
+    ("matmul", "matmul_tiled", 136),
     ("matmul", "matmul_naive", 28),
     ("matmul", "matmul_wide", 124),
     ("matmul", "matmul_skinny", 52),
@@ -45,8 +47,9 @@ const VGPR_BUDGETS: &[(&str, &str, u32)] = &[
     ("scan", "scan_chunk_totals", 64),
     ("scan", "scan_chunk_outputs", 52),
     ("ssd", "ssd_cumsum", 28),
-    // 4 x 4 register blocks of the state (2026-12-03): 108 measured (84 with one output per step
-    // and thread, at 2 workgroup words per FMA instead of 0.5); waves stay 14, bound by LDS.
+    // 8 x 8 register blocks of a 64 x 64 block of the state, four teams splitting the chunk's steps
+    // (2026-12-04): 96 measured, 16 waves (108 and 14 with 4 x 4 blocks, at 2 FMAs per workgroup word
+    // instead of 4; 84 with one output per step and thread, at 0.5).
     ("ssd", "ssd_chunk_states", 124),
     // Register blocks (2026-12-03): 4 rows x 4 columns of each 64-column group per thread, 4 x 2
     // scores per key tile: 108 measured (48 with one row and P / 16 columns per thread, at 1-2
@@ -83,6 +86,8 @@ const VGPR_BUDGETS: &[(&str, &str, u32)] = &[
 /// their innermost loops (below it the workgroup-memory bandwidth, not the FMA units, bounds the
 /// loop), in the variant without subgroups and in the one with them, and at least this many waves
 /// per SIMD (to hide memory latency).
+/// Both scalar matmul tiles hold 8 x 8 outputs per thread: the 64 x 64 one (for grids too small for
+/// 128 x 128 blocks) by four teams splitting K since 2026-12-04 (4 x 4 per thread before, 2 FMAs).
 /// Attention is held to 1 FMA per word without subgroups: each k or v component read meets one q or
 /// p component of the thread's row. With subgroups, its blocks of many rows put four query rows on
 /// each thread (their partial scores meet through shuffles): 4 FMAs per word (2026-12-04; two rows,
@@ -96,6 +101,7 @@ const VGPR_BUDGETS: &[(&str, &str, u32)] = &[
 /// scores, 4 x 2 per thread, 8 per 6): its causal tiles are 32 rows deep.
 const GEMM_TARGETS: &[(&str, &str, f64, f64, f64)] = &[
     ("matmul", "matmul_wide", 4.0, 4.0, 8.0),
+    ("matmul", "matmul_tiled", 4.0, 4.0, 8.0),
     ("conv2d", "conv2d_gemm", 4.0, 4.0, 8.0),
     ("ssd", "ssd_chunk_states", 4.0, 4.0, 8.0),
     ("ssd", "ssd_chunk_outputs", 1.3, 1.3, 8.0),

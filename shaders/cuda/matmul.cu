@@ -49,61 +49,115 @@ SW_DEVICE float matmul_load_b(const store_t* b, const MatmulParams p, u32 batch,
     return 0.0f;
 }
 
-// Tiled kernel: a 64 x 64 block of C per block of 16 x 16 threads, K in steps of 16 through shared
-// memory (f32, whatever the storage type). Each thread owns a 4 x 4 micro-tile strided by 16 rows and
-// 16 columns, so neighbouring threads read neighbouring shared-memory words and write neighbouring
-// addresses of C.
+// Tiled kernel (matmul_tiled in matmul.wgsl): a 64 x 64 block of C per block of 256 threads, four
+// teams of 64 that split K. Thread (ty, tx) of each team holds 8 x 8 outputs of the block (rows
+// 4ty..+3 and 32 + 4ty..+3, the same for columns): one k reads 4 float4 words for 64 FMAs. K
+// advances TILE_K at a time through two shared stages, double-buffered (one float4 of A and of B
+// fetched per thread and stage, one barrier per stage); team t takes the stage's k = t, t + 4, ...
+// The k-major fetches are swizzled (quad q of stage row k at q ^ k). At the end team t owns rows 2t
+// and 2t + 1 of each thread's 8 and receives them from the other teams in three rounds, all teams
+// sending and receiving at once, through the stages.
+#define TILED_QUADS (TILE_M / 4u)
+#define TILED_STAGE (TILE_K * TILED_QUADS)
+#define TILED_TEAMS 4u
+
+SW_DEVICE void matmul_tiled_fetch(const store_t* a, const store_t* b, const MatmulParams& p, u32 batch, u32 row0,
+                                  u32 col0, u32 k0, u32 lid, float4& na, float4& nb) {
+    const u32 a_k = k0 + lid % TILE_K;
+    const u32 a_row = row0 + 4u * (lid / TILE_K);
+    const u32 b_k = B_TRANSPOSED ? k0 + lid % TILE_K : k0 + lid / TILED_QUADS;
+    const u32 b_col = col0 + 4u * (B_TRANSPOSED ? lid / TILE_K : lid % TILED_QUADS);
+    na = float4{matmul_load_a(a, p, batch, a_row, a_k), matmul_load_a(a, p, batch, a_row + 1u, a_k),
+                matmul_load_a(a, p, batch, a_row + 2u, a_k), matmul_load_a(a, p, batch, a_row + 3u, a_k)};
+    nb = float4{matmul_load_b(b, p, batch, b_k, b_col), matmul_load_b(b, p, batch, b_k, b_col + 1u),
+                matmul_load_b(b, p, batch, b_k, b_col + 2u), matmul_load_b(b, p, batch, b_k, b_col + 3u)};
+}
+
+// Where thread `lid`'s fetched quads go in a stage of A ([k][row / 4]) and of B ([k][col / 4]).
+SW_DEVICE void matmul_tiled_stash(float4* stage_a, float4* stage_b, u32 lid, const float4& na, const float4& nb) {
+    const u32 k = lid % TILE_K;
+    const u32 a_slot = k * TILED_QUADS + ((lid / TILE_K) ^ k);
+    stage_a[a_slot] = na;
+    stage_b[B_TRANSPOSED ? a_slot : lid] = nb;
+}
+
+// Output (row 2u + i, column j) of the thread's 8 x 8 (quarter u); u is the team's, not a constant,
+// so it is picked, not indexed (an indexed acc would leave registers).
+SW_DEVICE float matmul_tiled_quarter(const float (&acc)[8][8], u32 u, u32 i, u32 j) {
+    return u == 0u ? acc[i][j] : u == 1u ? acc[2u + i][j] : u == 2u ? acc[4u + i][j] : acc[6u + i][j];
+}
+
 SW_KERNEL(matmul_tiled, MATMUL_SIDE, MATMUL_SIDE, 1,
           MATMUL_ARGS) {
-    __shared__ float a_tile[TILE_K * TILE_M];  // [TILE_K][TILE_M], k-major so the inner loop reads rows
-    __shared__ float b_tile[TILE_K * TILE_N];  // [TILE_K][TILE_N]
+    static_assert(TILE_M == 64u && TILE_N == TILE_M && TILE_K == 16u && TILED_STAGE == MATMUL_SIDE * MATMUL_SIDE,
+                  "a 64 x 64 block, one float4 of each stage per thread");
+    // [stage of A (2)][k][row / 4], then [stage of B (2)][k][col / 4]; the exchange's 16 slots of 64
+    // quads at the end.
+    __shared__ float4 stage[4u * TILED_STAGE];
+    float4* stage_b = stage + 2u * TILED_STAGE;
     const u32 lid = threadIdx.x + threadIdx.y * MATMUL_SIDE;
     const u32 batch = blockIdx.z;
     const u32 row0 = blockIdx.y * TILE_M;
     const u32 col0 = blockIdx.x * TILE_N;
-    float acc[4][4];
-    for (u32 i = 0; i < 4; ++i)
-        for (u32 j = 0; j < 4; ++j) acc[i][j] = 0.0f;
+    const u32 team = lid / 64u;
+    const u32 lane = lid % 64u;
+    const u32 ty = lane / 8u;
+    const u32 tx = lane % 8u;
+    // acc[i][j]: row (i < 4 ? 4ty + i : 32 + 4ty + i - 4), column (j < 4 ? 4tx + j : 32 + 4tx + j - 4).
+    float acc[8][8] = {};
+    float4 na, nb;
+    matmul_tiled_fetch(a, b, p, batch, row0, col0, 0u, lid, na, nb);
+    matmul_tiled_stash(stage, stage_b, lid, na, nb);
+    __syncthreads();
     const u32 tiles = (p.k + TILE_K - 1u) / TILE_K;
     for (u32 t = 0; t < tiles; ++t) {
-        const u32 k0 = t * TILE_K;
-        // 1024 elements of each tile, 4 per thread; consecutive threads read consecutive addresses.
-        for (u32 i = 0; i < 4u; ++i) {
-            const u32 e = lid + i * 256u;
-            const u32 a_row = e / TILE_K;
-            const u32 a_col = e % TILE_K;
-            a_tile[a_col * TILE_M + a_row] = matmul_load_a(a, p, batch, row0 + a_row, k0 + a_col);
-            if (B_TRANSPOSED) {
-                const u32 b_col = e / TILE_K;
-                const u32 b_k = e % TILE_K;
-                b_tile[b_k * TILE_N + b_col] = matmul_load_b(b, p, batch, k0 + b_k, col0 + b_col);
-            } else {
-                const u32 b_k = e / TILE_N;
-                const u32 b_col = e % TILE_N;
-                b_tile[b_k * TILE_N + b_col] = matmul_load_b(b, p, batch, k0 + b_k, col0 + b_col);
-            }
+        const u32 cur = (t % 2u) * TILED_STAGE;
+        const bool more = t + 1u < tiles;
+        if (more) matmul_tiled_fetch(a, b, p, batch, row0, col0, (t + 1u) * TILE_K, lid, na, nb);
+        for (u32 kk = team; kk < TILE_K; kk += TILED_TEAMS) {
+            const u32 base = cur + kk * TILED_QUADS;
+            const float4 a_lo = stage[base + (ty ^ kk)], a_hi = stage[base + ((8u + ty) ^ kk)];
+            const float4 b_lo = stage_b[base + (B_TRANSPOSED ? tx ^ kk : tx)];
+            const float4 b_hi = stage_b[base + (B_TRANSPOSED ? (8u + tx) ^ kk : 8u + tx)];
+            const float av[8] = {a_lo.x, a_lo.y, a_lo.z, a_lo.w, a_hi.x, a_hi.y, a_hi.z, a_hi.w};
+            const float bv[8] = {b_lo.x, b_lo.y, b_lo.z, b_lo.w, b_hi.x, b_hi.y, b_hi.z, b_hi.w};
+            for (u32 i = 0; i < 8u; ++i)
+                for (u32 j = 0; j < 8u; ++j) acc[i][j] += av[i] * bv[j];
         }
-        __syncthreads();
-        for (u32 kk = 0; kk < TILE_K; ++kk) {
-            const u32 a_base = kk * TILE_M + threadIdx.y;
-            const u32 b_base = kk * TILE_N + threadIdx.x;
-            float bv[4];
-            for (u32 j = 0; j < 4; ++j) bv[j] = b_tile[b_base + 16u * j];
-            for (u32 i = 0; i < 4; ++i) {
-                const float av = a_tile[a_base + 16u * i];
-                for (u32 j = 0; j < 4; ++j) acc[i][j] += av * bv[j];
-            }
-        }
+        // The other stage was last read before the previous barrier.
+        if (more) matmul_tiled_stash(stage + (TILED_STAGE - cur), stage_b + (TILED_STAGE - cur), lid, na, nb);
         __syncthreads();
     }
-    for (u32 i = 0; i < 4u; ++i) {
-        const u32 row = row0 + threadIdx.y + 16u * i;
+    // Quad q of a quarter: its row q / 2, its column half q % 2. Slot t, quad q, lane l at 64 (4t + q) + l.
+    float own[2][8];
+    for (u32 i = 0; i < 2u; ++i)
+        for (u32 j = 0; j < 8u; ++j) own[i][j] = matmul_tiled_quarter(acc, team, i, j);
+    for (u32 r = 1; r < TILED_TEAMS; ++r) {
+        if (r > 1u) __syncthreads();
+        const u32 sent = (team + r) % TILED_TEAMS;
+        for (u32 q = 0; q < 4u; ++q) {
+            const u32 i = q / 2u, j = 4u * (q % 2u);
+            stage[64u * (4u * team + q) + lane] =
+                float4{matmul_tiled_quarter(acc, sent, i, j), matmul_tiled_quarter(acc, sent, i, j + 1u),
+                       matmul_tiled_quarter(acc, sent, i, j + 2u), matmul_tiled_quarter(acc, sent, i, j + 3u)};
+        }
+        __syncthreads();
+        const u32 sender = (team + TILED_TEAMS - r) % TILED_TEAMS;
+        for (u32 q = 0; q < 4u; ++q) {
+            const float4 v = stage[64u * (4u * sender + q) + lane];
+            const u32 i = q / 2u, j = 4u * (q % 2u);
+            own[i][j] += v.x;
+            own[i][j + 1u] += v.y;
+            own[i][j + 2u] += v.z;
+            own[i][j + 3u] += v.w;
+        }
+    }
+    for (u32 i = 0; i < 2u; ++i) {
+        const u32 row = row0 + 4u * ty + 2u * (team % 2u) + (TILE_M / 2u) * (team / 2u) + i;
         if (row >= p.m) continue;
-        for (u32 j = 0; j < 4u; ++j) {
-            const u32 col = col0 + threadIdx.x + 16u * j;
-            if (col < p.n) {
-                matmul_store(c, bias, residual, gate, p, batch, row, col, acc[i][j]);
-            }
+        for (u32 j = 0; j < 8u; ++j) {
+            const u32 col = col0 + (j < 4u ? 4u * tx + j : TILE_N / 2u + 4u * tx + j - 4u);
+            if (col < p.n) matmul_store(c, bias, residual, gate, p, batch, row, col, own[i][j]);
         }
     }
 }

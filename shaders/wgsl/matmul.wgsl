@@ -1,70 +1,168 @@
 // The scalar matmul kernels; the interface (bindings, loads, the output's epilogue) is matmul_io.wgsl.
 
-// Tiled kernel: a 64 x 64 block of C per workgroup of 16 x 16 threads, K in steps of 16 through
-// workgroup memory (f32, whatever the storage type). Each thread owns a 4 x 4 micro-tile strided by
-// 16 rows and 16 columns, so neighbouring threads read neighbouring workgroup-memory words and
-// write neighbouring addresses of C.
+// Tiled kernel: a 64 x 64 block of C per workgroup of 256 threads, for grids too small for the wide
+// kernel's 128 x 128 blocks. The threads are four teams of 64 that split K (split-K inside the
+// workgroup): thread (ty, tx) of each team holds 8 x 8 outputs of the block (rows 4ty..4ty+3 and
+// 32 + 4ty..+3, the same for columns), so one k reads 4 vec4 words for 64 FMAs (4 per word; 4 x 4
+// outputs per thread read 2). K advances TILE_K at a time through two stages of workgroup memory,
+// double-buffered as in the wide kernel (each thread fetches one vec4 of A and one of B per stage,
+// the next stage's loads in flight during the FMAs; one barrier per stage); team t takes the stage's
+// k = t, t + 4, ... At the end the teams exchange their partial blocks through the stages: team t
+// owns a quarter of the thread's outputs (rows 2t and 2t + 1 of its 8) and receives that quarter
+// from each other team, three rounds in which every team sends and receives at once.
+const TILED_QUADS: u32 = TILE_M / 4u; // vec4 words per k row of a stage (A's rows, or B's columns)
+const TILED_STAGE: u32 = TILE_K * TILED_QUADS; // vec4 words per stage: one per thread
+const TILED_HALF: u32 = TILE_M / 2u;
+const TILED_TEAMS: u32 = 4u;
+const_assert TILE_M == 64u && TILE_N == TILE_M && TILE_K == 16u && TILED_STAGE == MATMUL_SIDE * MATMUL_SIDE;
 
-var<workgroup> a_tile: array<f32, TILE_K * TILE_M>; // [TILE_K][TILE_M], k-major so the inner loop reads rows
-var<workgroup> b_tile: array<f32, TILE_K * TILE_N>; // [TILE_K][TILE_N]
+// [stage of A (2)][k][row / 4], then [stage of B (2)][k][col / 4] at TILED_B; all four are the
+// exchange's 16 slots of 64 quads at the end.
+const TILED_B: u32 = 2u * TILED_STAGE;
+var<workgroup> tiled_stage: array<vec4<f32>, 4u * TILED_STAGE>;
+
+// Thread `lid` fetches 4 consecutive rows of A (or columns of a transposed B) at one k, consecutive
+// threads on consecutive k; stored at quad (row / 4) ^ k of stage row k, so that the 8 threads one
+// 128-bit store serves per cycle cover all 32 banks (as the wide kernel's stages; k < 16 permutes a
+// row's 16 quads). A B stored K x N gives 4 consecutive columns, consecutive threads on consecutive
+// columns, unswizzled.
+fn tiled_fetch_a(batch: u32, row0: u32, k0: u32, lid: u32) -> vec4<f32> {
+    let kk = k0 + lid % TILE_K;
+    let row = row0 + 4u * (lid / TILE_K);
+    return vec4<f32>(load_a(batch, row, kk), load_a(batch, row + 1u, kk), load_a(batch, row + 2u, kk), load_a(batch, row + 3u, kk));
+}
+
+fn tiled_slot_k_major(lid: u32) -> u32 {
+    let kk = lid % TILE_K;
+    return kk * TILED_QUADS + ((lid / TILE_K) ^ kk);
+}
+
+fn tiled_fetch_b(batch: u32, col0: u32, k0: u32, lid: u32) -> vec4<f32> {
+    var kk = k0 + lid / TILED_QUADS;
+    var col = col0 + 4u * (lid % TILED_QUADS);
+    if B_TRANSPOSED {
+        kk = k0 + lid % TILE_K;
+        col = col0 + 4u * (lid / TILE_K);
+    }
+    return vec4<f32>(load_b(batch, kk, col), load_b(batch, kk, col + 1u), load_b(batch, kk, col + 2u), load_b(batch, kk, col + 3u));
+}
+
+fn tiled_slot_b(lid: u32) -> u32 {
+    if B_TRANSPOSED {
+        return tiled_slot_k_major(lid);
+    }
+    return lid;
+}
+
+fn tiled_quad_b(q: u32, kk: u32) -> u32 {
+    if B_TRANSPOSED {
+        return q ^ kk;
+    }
+    return q;
+}
+
+// Quad q (0-3) of quarter u of a thread's 16 quads.
+fn tiled_quarter(acc: ptr<function, array<vec4<f32>, 16>>, u: u32, q: u32) -> vec4<f32> {
+    return select(select(select((*acc)[q], (*acc)[4u + q], u == 1u), (*acc)[8u + q], u == 2u), (*acc)[12u + q], u == 3u);
+}
+
+fn tiled_store(batch: u32, row: u32, col: u32, v: vec4<f32>) {
+    if row >= p.m {
+        return;
+    }
+    for (var j = 0u; j < 4u; j++) {
+        if col + j < p.n {
+            store_output(batch, row, col + j, v[j]);
+        }
+    }
+}
 
 @compute @workgroup_size(MATMUL_SIDE, MATMUL_SIDE)
-fn matmul_tiled(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(local_invocation_id) local: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
+fn matmul_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let batch = wg.z;
     let row0 = wg.y * TILE_M;
     let col0 = wg.x * TILE_N;
-    var acc0 = vec4<f32>(0.0);
-    var acc1 = vec4<f32>(0.0);
-    var acc2 = vec4<f32>(0.0);
-    var acc3 = vec4<f32>(0.0);
+    let team = lid / 64u;
+    let ty = (lid % 64u) / 8u;
+    let tx = lid % 8u;
+    // acc[2i + j]: row i of the thread's 8 (4ty + i, or 32 + 4ty + i - 4 from i = 4), columns
+    // 4tx..+3 (j = 0) or 32 + 4tx..+3 (j = 1).
+    var acc: array<vec4<f32>, 16>;
     let tiles = (p.k + TILE_K - 1u) / TILE_K;
+    tiled_stage[tiled_slot_k_major(lid)] = tiled_fetch_a(batch, row0, 0u, lid);
+    tiled_stage[TILED_B + tiled_slot_b(lid)] = tiled_fetch_b(batch, col0, 0u, lid);
+    workgroupBarrier();
     for (var t = 0u; t < tiles; t++) {
-        let k0 = t * TILE_K;
-        // 1024 elements of each tile, 4 per thread; consecutive threads read consecutive addresses.
-        for (var i = 0u; i < 4u; i++) {
-            let e = lid + i * 256u;
-            let a_row = e / TILE_K;
-            let a_col = e % TILE_K;
-            a_tile[a_col * TILE_M + a_row] = load_a(batch, row0 + a_row, k0 + a_col);
-            if B_TRANSPOSED {
-                let b_col = e / TILE_K;
-                let b_k = e % TILE_K;
-                b_tile[b_k * TILE_N + b_col] = load_b(batch, k0 + b_k, col0 + b_col);
-            } else {
-                let b_k = e / TILE_N;
-                let b_col = e % TILE_N;
-                b_tile[b_k * TILE_N + b_col] = load_b(batch, k0 + b_k, col0 + b_col);
-            }
+        let cur = (t % 2u) * TILED_STAGE;
+        let more = t + 1u < tiles;
+        var next_a = vec4<f32>(0.0);
+        var next_b = vec4<f32>(0.0);
+        if more {
+            next_a = tiled_fetch_a(batch, row0, (t + 1u) * TILE_K, lid);
+            next_b = tiled_fetch_b(batch, col0, (t + 1u) * TILE_K, lid);
         }
-        workgroupBarrier();
-        for (var kk = 0u; kk < TILE_K; kk++) {
-            let a_base = kk * TILE_M + local.y;
-            let b_base = kk * TILE_N + local.x;
-            let bv = vec4<f32>(b_tile[b_base], b_tile[b_base + 16u], b_tile[b_base + 32u], b_tile[b_base + 48u]);
-            acc0 += a_tile[a_base] * bv;
-            acc1 += a_tile[a_base + 16u] * bv;
-            acc2 += a_tile[a_base + 32u] * bv;
-            acc3 += a_tile[a_base + 48u] * bv;
+        for (var j = 0u; j < TILE_K / TILED_TEAMS; j++) {
+            let kk = TILED_TEAMS * j + team;
+            let base = cur + kk * TILED_QUADS;
+            let a_lo = tiled_stage[base + (ty ^ kk)];
+            let a_hi = tiled_stage[base + ((8u + ty) ^ kk)];
+            let b_lo = tiled_stage[TILED_B + base + tiled_quad_b(tx, kk)];
+            let b_hi = tiled_stage[TILED_B + base + tiled_quad_b(8u + tx, kk)];
+            acc[0] += a_lo.x * b_lo;
+            acc[1] += a_lo.x * b_hi;
+            acc[2] += a_lo.y * b_lo;
+            acc[3] += a_lo.y * b_hi;
+            acc[4] += a_lo.z * b_lo;
+            acc[5] += a_lo.z * b_hi;
+            acc[6] += a_lo.w * b_lo;
+            acc[7] += a_lo.w * b_hi;
+            acc[8] += a_hi.x * b_lo;
+            acc[9] += a_hi.x * b_hi;
+            acc[10] += a_hi.y * b_lo;
+            acc[11] += a_hi.y * b_hi;
+            acc[12] += a_hi.z * b_lo;
+            acc[13] += a_hi.z * b_hi;
+            acc[14] += a_hi.w * b_lo;
+            acc[15] += a_hi.w * b_hi;
+        }
+        // The other stage was last read before the previous barrier, so it can be overwritten now.
+        if more {
+            let next = TILED_STAGE - cur;
+            tiled_stage[next + tiled_slot_k_major(lid)] = next_a;
+            tiled_stage[TILED_B + next + tiled_slot_b(lid)] = next_b;
         }
         workgroupBarrier();
     }
-    let rows = array<vec4<f32>, 4>(acc0, acc1, acc2, acc3);
-    for (var i = 0u; i < 4u; i++) {
-        let row = row0 + local.y + 16u * i;
-        if row >= p.m {
-            continue;
+    // The exchange: in round r, team t sends quarter (t + r) % 4 of its outputs to slot t and adds the
+    // quarter it owns from slot (t - r) % 4. Slot t, quad q, lane l is at 64 (4t + q) + l.
+    let lane = lid % 64u;
+    var own = array<vec4<f32>, 4>(
+        tiled_quarter(&acc, team, 0u),
+        tiled_quarter(&acc, team, 1u),
+        tiled_quarter(&acc, team, 2u),
+        tiled_quarter(&acc, team, 3u),
+    );
+    for (var r = 1u; r < TILED_TEAMS; r++) {
+        if r > 1u {
+            workgroupBarrier();
         }
-        for (var j = 0u; j < 4u; j++) {
-            let col = col0 + local.x + 16u * j;
-            if col < p.n {
-                store_output(batch, row, col, rows[i][j]);
-            }
+        let sent = (team + r) % TILED_TEAMS;
+        for (var q = 0u; q < 4u; q++) {
+            tiled_stage[64u * (4u * team + q) + lane] = tiled_quarter(&acc, sent, q);
+        }
+        workgroupBarrier();
+        let sender = (team + TILED_TEAMS - r) % TILED_TEAMS;
+        for (var q = 0u; q < 4u; q++) {
+            own[q] += tiled_stage[64u * (4u * sender + q) + lane];
         }
     }
+    // Quarter t: rows 2t and 2t + 1 of the thread's 8, each in two column quads.
+    let row = row0 + 4u * ty + 2u * (team % 2u) + TILED_HALF * (team / 2u);
+    let col = col0 + 4u * tx;
+    tiled_store(batch, row, col, own[0]);
+    tiled_store(batch, row, col + TILED_HALF, own[1]);
+    tiled_store(batch, row + 1u, col, own[2]);
+    tiled_store(batch, row + 1u, col + TILED_HALF, own[3]);
 }
 
 // One thread per output element: the baseline the tiled kernel is measured against.
