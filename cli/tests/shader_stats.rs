@@ -48,8 +48,8 @@ const VGPR_BUDGETS: &[(&str, &str, u32)] = &[
     ("scan", "scan_chunk_outputs", 52),
     ("ssd", "ssd_cumsum", 28),
     // 8 x 8 register blocks of a 64 x 64 block of the state, four teams splitting the chunk's steps
-    // (2026-12-04): 96 measured, 16 waves (108 and 14 with 4 x 4 blocks, at 2 FMAs per workgroup word
-    // instead of 4; 84 with one output per step and thread, at 0.5).
+    // (2026-12-04): 96 measured, 16 waves; 120 and 12 on Mesa 25.0.7 (108 and 14 with 4 x 4 blocks, at 2
+    // FMAs per workgroup word instead of 4; 84 with one output per step and thread, at 0.5).
     ("ssd", "ssd_chunk_states", 124),
     // Register blocks (2026-12-03): 4 rows x 4 columns of each 64-column group per thread, 4 x 2
     // scores per key tile: 108 measured (48 with one row and P / 16 columns per thread, at 1-2

@@ -72,11 +72,17 @@ SW_KERNEL(ssd_cumsum, SCAN_WG, 1, 1,
 // and its decay, a GEMM over the chunk's steps (B^T (w x)), as ssd.wgsl's ssd_chunk_states: thread
 // (tn, tc) of a team's 8 x 8 grid holds states 4tn..+3 and 32 + 4tn..+3 x columns 4tc..+3 and
 // 32 + 4tc..+3 of the group, so a step reads 4 float4 words for 64 FMAs. The teams take every fourth
-// step of a stage (split-K) and add their blocks through the stage one team at a time. States past
+// step of a stage (split-K) and exchange quarters of their blocks through the stage. States past
 // N_STATE and columns past head_dim are staged as 0 and not stored.
 #define SSD_STATES_THREADS (64u * SSD_TEAMS)
 // Quads per staged step: 64 states of B, then (at SSD_STATES_X) 64 columns of the weighted x.
 #define SSD_STATES_X (SSD_STAGE * 16u)
+// State 2u + i (of the thread's 8), column c of quarter u of its block; u is the team's, not a
+// constant, so it is picked, not indexed (an indexed acc would leave registers).
+SW_DEVICE float ssd_states_quarter(const float (&acc)[8][8], u32 u, u32 i, u32 c) {
+    return u == 0u ? acc[i][c] : u == 1u ? acc[2u + i][c] : u == 2u ? acc[4u + i][c] : acc[6u + i][c];
+}
+
 SW_KERNEL(ssd_chunk_states, SSD_STATES_THREADS, 1, 1,
           (SSD_BINDINGS)) {
     __shared__ float4 stage4[2u * SSD_STAGE * 16u];
@@ -129,40 +135,47 @@ SW_KERNEL(ssd_chunk_states, SSD_STATES_THREADS, 1, 1,
                 for (u32 c = 0; c < 8u; c++) acc[i][c] += bv[i] * xv[c];
         }
     }
-    // Teams 1, 2 and 3 hand their blocks to team 0 in turn: quad (i, j) of each thread at 64 (2i + j) + lane.
-    for (u32 t = 1; t < SSD_TEAMS; t++) {
+    // The exchange, as matmul_tiled's: team t owns states i = 2t and 2t + 1 of each thread's 8 and in
+    // round r sends quarter (t + r) % 4 to slot t and adds its own from slot (t - r) % 4, all teams at
+    // once. Quad q of a quarter: its state q / 2, its column half q % 2; slot t, quad q, lane l at
+    // 64 (4t + q) + l.
+    float own[2][8];
+    SW_UNROLL
+    for (u32 i = 0; i < 2u; i++)
+        SW_UNROLL
+        for (u32 c = 0; c < 8u; c++) own[i][c] = ssd_states_quarter(acc, team, i, c);
+    for (u32 r = 1; r < SSD_TEAMS; r++) {
         __syncthreads();
-        if (team == t) {
-            SW_UNROLL
-            for (u32 i = 0; i < 8u; i++)
-                SW_UNROLL
-                for (u32 j = 0; j < 2u; j++)
-                    stage4[64u * (2u * i + j) + lane] =
-                        float4{acc[i][4u * j], acc[i][4u * j + 1u], acc[i][4u * j + 2u], acc[i][4u * j + 3u]};
+        const u32 sent = (team + r) % SSD_TEAMS;
+        SW_UNROLL
+        for (u32 q = 0; q < 4u; q++) {
+            const u32 i = q / 2u, c = 4u * (q % 2u);
+            stage4[64u * (4u * team + q) + lane] =
+                float4{ssd_states_quarter(acc, sent, i, c), ssd_states_quarter(acc, sent, i, c + 1u),
+                       ssd_states_quarter(acc, sent, i, c + 2u), ssd_states_quarter(acc, sent, i, c + 3u)};
         }
         __syncthreads();
-        if (team == 0u) {
-            SW_UNROLL
-            for (u32 i = 0; i < 8u; i++)
-                SW_UNROLL
-                for (u32 j = 0; j < 2u; j++) {
-                    const float4 v = stage4[64u * (2u * i + j) + lane];
-                    acc[i][4u * j] += v.x;
-                    acc[i][4u * j + 1u] += v.y;
-                    acc[i][4u * j + 2u] += v.z;
-                    acc[i][4u * j + 3u] += v.w;
-                }
+        const u32 sender = (team + SSD_TEAMS - r) % SSD_TEAMS;
+        SW_UNROLL
+        for (u32 q = 0; q < 4u; q++) {
+            const float4 v = stage4[64u * (4u * sender + q) + lane];
+            const u32 i = q / 2u, c = 4u * (q % 2u);
+            own[i][c] += v.x;
+            own[i][c + 1u] += v.y;
+            own[i][c + 2u] += v.z;
+            own[i][c + 3u] += v.w;
         }
     }
-    // Team 0 lays the sum out column by column (state n of column c at 64c + n), so that every thread
-    // stores consecutive states of a column, as totals holds them.
+    // Each team lays its quarter out column by column (state n of column c at 64c + n), so that every
+    // thread then stores consecutive states of a column, as totals holds them.
     __syncthreads();
-    if (team == 0u) {
+    SW_UNROLL
+    for (u32 i = 0; i < 2u; i++) {
+        const u32 n = 4u * tn + 2u * (team % 2u) + i + 32u * (team / 2u);
         SW_UNROLL
         for (u32 c = 0; c < 8u; c++) {
             const u32 col = (c < 4u ? 0u : 28u) + 4u * tc + c;
-            stage4[16u * col + tn] = float4{acc[0][c], acc[1][c], acc[2][c], acc[3][c]};
-            stage4[16u * col + 8u + tn] = float4{acc[4][c], acc[5][c], acc[6][c], acc[7][c]};
+            stage[64u * col + n] = own[i][c];
         }
     }
     __syncthreads();

@@ -101,13 +101,19 @@ fn ssd_cumsum(@builtin(global_invocation_id) gid: vec3<u32>) {
 // (N x P) and its decay, a GEMM over the chunk's steps (B^T (w x)). Thread (tn, tc) of a team's 8 x 8
 // grid holds an 8 x 8 register block: states 4tn..4tn+3 and 32 + 4tn..+3, columns 4tc..4tc+3 and
 // 32 + 4tc..+3 of the group, so a step reads 4 vec4 words for 64 FMAs (4 FMAs per word; 4 x 4 blocks
-// read 2). The four teams take every fourth step of a stage (split-K), then add their blocks through
-// the stage one team at a time. States past N_STATE and columns past head_dim are staged as 0 and not
-// stored.
+// read 2). The four teams take every fourth step of a stage (split-K), then exchange quarters of
+// their blocks through the stage. States past N_STATE and columns past head_dim are staged as 0 and
+// not stored.
 const STATES_THREADS: u32 = 64u * SSD_TEAMS;
 // Quads per staged step: 64 states of B, then (at STATES_X) 64 columns of the weighted x.
 const STATES_X: u32 = SSD_STAGE * 16u;
 var<workgroup> states_stage: array<vec4<f32>, 2u * SSD_STAGE * 16u>;
+
+// Quad q (0-3) of quarter u of a thread's 16 quads (acc[4u + q]); u is the team's, not a constant,
+// so the quad is selected, not indexed (an indexed acc would leave registers).
+fn states_quarter(acc: ptr<function, array<vec4<f32>, 16>>, u: u32, q: u32) -> vec4<f32> {
+    return select(select(select((*acc)[q], (*acc)[4u + q], u == 1u), (*acc)[8u + q], u == 2u), (*acc)[12u + q], u == 3u);
+}
 
 @compute @workgroup_size(STATES_THREADS)
 fn ssd_chunk_states(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) index: u32) {
@@ -173,33 +179,36 @@ fn ssd_chunk_states(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocat
             acc[15] += b_hi.w * x_hi;
         }
     }
-    // Teams 1, 2 and 3 hand their blocks to team 0 in turn, each thread's 16 quads 64 quads apart.
-    for (var t = 1u; t < SSD_TEAMS; t++) {
+    // The exchange, as matmul_tiled's: team t owns a quarter of every thread's block (its states 2t
+    // and 2t + 1 of 8, 4 quads) and in round r sends quarter (t + r) % 4 to slot t and adds its own
+    // from slot (t - r) % 4, all teams at once. Slot t, quad q, lane l at 64 (4t + q) + l.
+    var own = array<vec4<f32>, 4>(
+        states_quarter(&acc, team, 0u),
+        states_quarter(&acc, team, 1u),
+        states_quarter(&acc, team, 2u),
+        states_quarter(&acc, team, 3u),
+    );
+    for (var r = 1u; r < SSD_TEAMS; r++) {
         workgroupBarrier();
-        if team == t {
-            for (var k = 0u; k < 16u; k++) {
-                states_stage[64u * k + lane] = acc[k];
-            }
+        let sent = (team + r) % SSD_TEAMS;
+        for (var q = 0u; q < 4u; q++) {
+            states_stage[64u * (4u * team + q) + lane] = states_quarter(&acc, sent, q);
         }
         workgroupBarrier();
-        if team == 0u {
-            for (var k = 0u; k < 16u; k++) {
-                acc[k] += states_stage[64u * k + lane];
-            }
+        let sender = (team + SSD_TEAMS - r) % SSD_TEAMS;
+        for (var q = 0u; q < 4u; q++) {
+            own[q] += states_stage[64u * (4u * sender + q) + lane];
         }
     }
-    // Team 0 lays the sum out column by column (quad n / 4 of column c at 16c + n / 4), so that every
-    // thread stores consecutive states of a column, as totals holds them.
+    // Each team lays its quarter out column by column (state n of column c at word 64c + n), so that
+    // every thread then stores consecutive states of a column, as totals holds them. Quad q holds
+    // state 4tn + 2 (t % 2) + q / 2 (+ 32 from team 2), columns 32 (q % 2) + 4tc .. + 3.
     workgroupBarrier();
-    if team == 0u {
-        for (var j = 0u; j < 2u; j++) {
-            for (var c = 0u; c < 4u; c++) {
-                let col = 32u * j + 4u * tc + c;
-                let lo = vec4<f32>(acc[j][c], acc[2u + j][c], acc[4u + j][c], acc[6u + j][c]);
-                let hi = vec4<f32>(acc[8u + j][c], acc[10u + j][c], acc[12u + j][c], acc[14u + j][c]);
-                states_stage[16u * col + tn] = lo;
-                states_stage[16u * col + 8u + tn] = hi;
-            }
+    for (var q = 0u; q < 4u; q++) {
+        let n = 4u * tn + 2u * (team % 2u) + q / 2u + 32u * (team / 2u);
+        for (var c = 0u; c < 4u; c++) {
+            let col = 32u * (q % 2u) + 4u * tc + c;
+            states_stage[16u * col + n / 4u][n % 4u] = own[q][c];
         }
     }
     workgroupBarrier();

@@ -12,7 +12,8 @@ pub enum MatmulAlgorithm {
     /// Chosen per call from the shape and the device ([`MatmulAlgorithm::choose`]).
     #[default]
     Auto,
-    /// 64 x 64 output tiles through workgroup memory, 4 x 4 outputs per thread.
+    /// 64 x 64 output tiles, 8 x 8 outputs per thread, four teams of threads splitting K (and adding
+    /// their blocks up at the end), K double-buffered: for grids too small for the wide kernel.
     Tiled,
     /// 128 x 128 output tiles, 8 x 8 outputs per thread, K double-buffered: for large products.
     Wide,
