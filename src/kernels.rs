@@ -62,9 +62,9 @@ pub mod size {
     pub const SSD_TEAMS: u32 = 4;
     pub const SSD_STAGE: u32 = 32;
     pub const SSD_MAX_HEAD_DIM: u32 = 256;
-    /// ssd_chunk_outputs: SSD_OUT_ROWS time steps per workgroup of SSD_OUT_THREADS, keys in tiles of
-    /// SSD_OUT_KEYS, and a stage of SSD_OUT_STAGE words that holds a tile of B (N x keys), a slice of
-    /// the carried-in states (states x head_dim) or of dt x (keys x head_dim).
+    /// ssd_chunk_outputs: SSD_OUT_ROWS time steps x 64 columns per workgroup of SSD_OUT_THREADS, keys
+    /// in tiles of SSD_OUT_KEYS, and a stage of SSD_OUT_STAGE words that holds a tile of B (N x keys),
+    /// a slice of the carried-in states (states x 64 columns, rows 65 words apart) or dt x (keys x 64).
     pub const SSD_OUT_ROWS: u32 = 32;
     pub const SSD_OUT_KEYS: u32 = 32;
     pub const SSD_OUT_THREADS: u32 = 128;
@@ -79,10 +79,11 @@ pub mod size {
     // vec4 accumulators, and its A chunk has room for the lanes' partial sums.
     const _: () = assert!(WIDE_TILE == 8 * MATMUL_SIDE && WIDE_K * WIDE_TILE / 4 == MATMUL_SIDE * MATMUL_SIDE);
     const _: () = assert!(SKINNY_ROWS == 8 && SKINNY_CHUNK >= SKINNY_COLS * SKINNY_LANES);
-    // ssd_chunk_outputs' threads each hold 4 rows x 4 columns of every 64-column group, and 4 rows x
-    // 2 keys of a score tile; its stage holds a tile of B and at least one state's or key's row.
-    const _: () = assert!(SSD_OUT_THREADS == SSD_OUT_ROWS / 4 * 16 && SSD_OUT_KEYS == 2 * 16);
-    const _: () = assert!(SSD_OUT_STAGE >= MAX_STATE * SSD_OUT_KEYS && SSD_OUT_STAGE >= SSD_MAX_HEAD_DIM);
+    // ssd_chunk_outputs' threads are four teams of 32, each thread 8 rows x 8 columns of a 32 x 64
+    // block, and compute 4 rows x 2 keys of a score tile; its stage holds a tile of B, a tile of dt x
+    // and at least one state's row (65 words).
+    const _: () = assert!(SSD_OUT_THREADS == 4 * 32 && SSD_OUT_ROWS == 32 && SSD_OUT_KEYS == 2 * 16);
+    const _: () = assert!(SSD_OUT_STAGE >= MAX_STATE * SSD_OUT_KEYS && SSD_OUT_STAGE >= SSD_OUT_KEYS * 64);
     // ssd_chunk_states' 64 threads of a team each hold 8 x 8 of a 64-state x 64-column block; its
     // stage (B and x, 64 words a step each) holds a team's block when the teams add theirs up.
     const _: () = assert!(SSD_MAX_HEAD_DIM.is_multiple_of(64) && MAX_STATE == 64 && 2 * SSD_STAGE >= MAX_STATE);

@@ -51,9 +51,10 @@ const VGPR_BUDGETS: &[(&str, &str, u32)] = &[
     // (2026-12-04): 96 measured, 16 waves; 120 and 12 on Mesa 25.0.7 (108 and 14 with 4 x 4 blocks, at 2
     // FMAs per workgroup word instead of 4; 84 with one output per step and thread, at 0.5).
     ("ssd", "ssd_chunk_states", 124),
-    // Register blocks (2026-12-03): 4 rows x 4 columns of each 64-column group per thread, 4 x 2
-    // scores per key tile: 108 measured (48 with one row and P / 16 columns per thread, at 1-2
-    // workgroup words per FMA instead of 0.5-0.75); 8 waves, bound by LDS (20 KiB).
+    // 8 x 8 register blocks of a 32-step x 64-column block, four teams splitting K, and 4 x 2 scores
+    // per key tile (2026-12-04): 108 measured, 8 waves, bound by LDS (20 KiB); 144-168 on Mesa 25.0.7,
+    // still 8 waves (108 before, with 4 rows x 4 columns of every 64-column group per thread; 48 with
+    // one row and P / 16 columns per thread, at 1-2 workgroup words per FMA instead of 0.25-0.75).
     ("ssd", "ssd_chunk_outputs", 124),
     ("scan_carry", "scan_carry", 28),
     ("conv1d", "conv1d", 28),
@@ -97,8 +98,9 @@ const VGPR_BUDGETS: &[(&str, &str, u32)] = &[
 /// exempt below.
 /// SSD's chunk states take 8 x 8 blocks of a 64-state x 64-column block of a head's state, four teams
 /// of 64 threads splitting the chunk's steps: 4 FMAs per word (2026-12-04; 4 x 4 blocks over the whole
-/// head gave 2). ssd_chunk_outputs is held to what its 4 x 4 blocks give (16 FMAs per 8 words; its
-/// scores, 4 x 2 per thread, 8 per 6): its causal tiles are 32 rows deep.
+/// head gave 2). ssd_chunk_outputs is held to what its scores give (4 x 2 per thread, 8 FMAs per 6
+/// words: its causal tiles are 32 rows deep); its products into the output take 8 x 8 blocks as the
+/// states' (4 FMAs per word, 2026-12-04).
 const GEMM_TARGETS: &[(&str, &str, f64, f64, f64)] = &[
     ("matmul", "matmul_wide", 4.0, 4.0, 8.0),
     ("matmul", "matmul_tiled", 4.0, 4.0, 8.0),

@@ -22,9 +22,6 @@
 #define REVERSE 0
 #endif
 
-// Groups of 64 columns in ssd_chunk_outputs' register blocks.
-#define SSD_COL_GROUPS (SSD_MAX_HEAD_DIM / 64u)
-
 SW_DEVICE u32 ssd_time_at(const SsdParams& p, u32 i) { return step_time(i, p.length, REVERSE != 0); }
 
 SW_DEVICE u32 ssd_work_dt(const SsdParams& p, u32 b, u32 h, u32 i) { return (b * p.heads + h) * p.length + i; }
@@ -77,9 +74,9 @@ SW_KERNEL(ssd_cumsum, SCAN_WG, 1, 1,
 #define SSD_STATES_THREADS (64u * SSD_TEAMS)
 // Quads per staged step: 64 states of B, then (at SSD_STATES_X) 64 columns of the weighted x.
 #define SSD_STATES_X (SSD_STAGE * 16u)
-// State 2u + i (of the thread's 8), column c of quarter u of its block; u is the team's, not a
-// constant, so it is picked, not indexed (an indexed acc would leave registers).
-SW_DEVICE float ssd_states_quarter(const float (&acc)[8][8], u32 u, u32 i, u32 c) {
+// Row (or state) 2u + i of the thread's 8, column c: quarter u of its block in both chunk kernels; u
+// is the team's, not a constant, so it is picked, not indexed (an indexed acc would leave registers).
+SW_DEVICE float ssd_block_quarter(const float (&acc)[8][8], u32 u, u32 i, u32 c) {
     return u == 0u ? acc[i][c] : u == 1u ? acc[2u + i][c] : u == 2u ? acc[4u + i][c] : acc[6u + i][c];
 }
 
@@ -143,7 +140,7 @@ SW_KERNEL(ssd_chunk_states, SSD_STATES_THREADS, 1, 1,
     SW_UNROLL
     for (u32 i = 0; i < 2u; i++)
         SW_UNROLL
-        for (u32 c = 0; c < 8u; c++) own[i][c] = ssd_states_quarter(acc, team, i, c);
+        for (u32 c = 0; c < 8u; c++) own[i][c] = ssd_block_quarter(acc, team, i, c);
     for (u32 r = 1; r < SSD_TEAMS; r++) {
         __syncthreads();
         const u32 sent = (team + r) % SSD_TEAMS;
@@ -151,8 +148,8 @@ SW_KERNEL(ssd_chunk_states, SSD_STATES_THREADS, 1, 1,
         for (u32 q = 0; q < 4u; q++) {
             const u32 i = q / 2u, c = 4u * (q % 2u);
             stage4[64u * (4u * team + q) + lane] =
-                float4{ssd_states_quarter(acc, sent, i, c), ssd_states_quarter(acc, sent, i, c + 1u),
-                       ssd_states_quarter(acc, sent, i, c + 2u), ssd_states_quarter(acc, sent, i, c + 3u)};
+                float4{ssd_block_quarter(acc, sent, i, c), ssd_block_quarter(acc, sent, i, c + 1u),
+                       ssd_block_quarter(acc, sent, i, c + 2u), ssd_block_quarter(acc, sent, i, c + 3u)};
         }
         __syncthreads();
         const u32 sender = (team + SSD_TEAMS - r) % SSD_TEAMS;
@@ -192,157 +189,181 @@ SW_KERNEL(ssd_chunk_states, SSD_STATES_THREADS, 1, 1,
     }
 }
 
-// The thread's output block += rows[k * SSD_OUT_ROWS / 4 + tr] (four rows) x stage[k * stride + col..
-// col + 3] over k < count, for each 64-column group below head_dim (unrolled, so acc stays in registers).
-SW_DEVICE void ssd_accumulate_rows(float (&acc)[SSD_COL_GROUPS][4][4], const float4* rows, const float* stage,
-                                   u32 count, u32 stride, u32 hd, u32 tr, u32 c0) {
-    SW_UNROLL
-    for (u32 q = 0; q < SSD_COL_GROUPS; q++) {
-        const u32 col = 64u * q + c0;
-        if (col < hd) {
-            for (u32 k = 0; k < count; k++) {
-                const float4 rv = rows[k * (SSD_OUT_ROWS / 4u) + tr];
-                const float r[4] = {rv.x, rv.y, rv.z, rv.w};
-                const float* cols = &stage[k * stride + col];
-                SW_UNROLL
-                for (u32 i = 0; i < 4u; i++)
-                    SW_UNROLL
-                    for (u32 c = 0; c < 4u; c++) acc[q][i][c] += r[i] * cols[c];
-            }
+// The thread's 8 x 8 output block += rows[k * SSD_OUT_ROWS / 4 + tr and + 4] (its 8 rows) x
+// stage[k * stride + 4tc..+3 and + 32..] (its 8 columns) over k = team, team + 4, ... < count.
+SW_DEVICE void ssd_accumulate_block(float (&acc)[8][8], const float4* rows, const float* stage, u32 count, u32 stride,
+                                    u32 team, u32 tr, u32 tc) {
+    for (u32 k = team; k < count; k += 4u) {
+        const float4 lo = rows[k * (SSD_OUT_ROWS / 4u) + tr], hi = rows[k * (SSD_OUT_ROWS / 4u) + 4u + tr];
+        const float r[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+        const float* cols = &stage[k * stride + 4u * tc];
+        float c[8];
+        SW_UNROLL
+        for (u32 j = 0; j < 4u; j++) {
+            c[j] = cols[j];
+            c[4u + j] = cols[32u + j];
         }
+        SW_UNROLL
+        for (u32 i = 0; i < 8u; i++)
+            SW_UNROLL
+            for (u32 j = 0; j < 8u; j++) acc[i][j] += r[i] * c[j];
     }
 }
 
-// Block per (batch * head, chunk, block of SSD_OUT_ROWS steps): the block's outputs as three small
-// GEMMs in register blocks, as ssd.wgsl's ssd_chunk_outputs (see there): thread (tr, tc) holds rows
-// 4tr..4tr+3 x columns 64q + 4tc..+3 of every 64-column group q, and computes the scores of those rows
-// against keys 2tc and 2tc + 1 of each SSD_OUT_KEYS-key tile. C stays staged, transposed; B^T, the
-// carried-in states and dt x take turns in one stage.
+// Block per (batch * head, chunk, block of SSD_OUT_ROWS steps x group of 64 columns): that block of
+// the outputs, as ssd.wgsl's ssd_chunk_outputs (see there): for the carried-in state and G (dt x)
+// the 128 threads are four teams of 32 that split K, thread (tr, tc) of a team holding rows 4tr..+3
+// and 16 + 4tr..+3 x columns 4tc..+3 and 32 + 4tc..+3; the scores are shared out over all 128
+// threads ((sr, sc): rows 4sr..+3 x keys 2sc, 2sc + 1 of a tile). The teams exchange quarters of
+// their blocks at the end. C stays staged, transposed; B^T, a slice of S_init and dt x take turns in
+// one stage.
 SW_KERNEL(ssd_chunk_outputs, SSD_OUT_THREADS, 1, 1,
           (SSD_BINDINGS)) {
+    static_assert(SSD_OUT_THREADS == 128u && SSD_OUT_ROWS == 32u, "four teams of 32, 8 rows each");
     __shared__ float4 out_c[MAX_STATE * SSD_OUT_ROWS / 4u];         // [n][row / 4]: C^T
     __shared__ float4 out_scores[SSD_OUT_KEYS * SSD_OUT_ROWS / 4u];  // [key][row / 4]
-    // Plus 4: a block's last 4 columns of a row not a multiple of 4 long read up to 3 words past it.
-    __shared__ float out_stage[SSD_OUT_STAGE + 4u];
+    __shared__ float out_stage[SSD_OUT_STAGE];
     const u32 row_vecs = SSD_OUT_ROWS / 4u;
     const u32 index = threadIdx.x;
     const u32 b = blockIdx.x / p.heads;
     const u32 h = blockIdx.x % p.heads;
     const u32 chunk = blockIdx.y;
+    const u32 hd = p.head_dim;
+    const u32 column_groups = (hd + 63u) / 64u;
+    const u32 col0 = 64u * (blockIdx.z % column_groups);
     const u32 start = chunk * p.chunk_len;
     const u32 end = min(start + p.chunk_len, p.length);
-    const u32 first = start + blockIdx.z * SSD_OUT_ROWS;
-    if (first >= end) return;  // uniform over the block
-    const u32 hd = p.head_dim;
-    const u32 tr = index / 16u;
-    const u32 tc = index % 16u;
-    const u32 r0 = 4u * tr;
-    const u32 c0 = 4u * tc;
-    float* c_words = reinterpret_cast<float*>(out_c);
+    const u32 first = start + (blockIdx.z / column_groups) * SSD_OUT_ROWS;
+    if (first >= end) return;
+    const u32 team = index / 32u;
+    const u32 lane = index % 32u;
+    const u32 tr = lane / 8u;
+    const u32 tc = lane % 8u;
     for (u32 e = index; e < N_STATE * SSD_OUT_ROWS; e += SSD_OUT_THREADS) {
         const u32 row = first + e % SSD_OUT_ROWS;
-        float v = 0.0f;
-        if (row < end) v = to_f32(c_in[ssd_bc_index(p, b, h, e / SSD_OUT_ROWS, row)]);
-        c_words[e] = v;
+        reinterpret_cast<float*>(out_c)[e] = row < end ? to_f32(c_in[ssd_bc_index(p, b, h, e / SSD_OUT_ROWS, row)]) : 0.0f;
     }
-    // a_i of the thread's rows (0 past the chunk, whose C is 0).
-    float cum_rows[4];
-    SW_UNROLL
-    for (u32 i = 0; i < 4u; i++) cum_rows[i] = first + r0 + i < end ? work[ssd_work_cum(p, b, h, first + r0 + i)] : 0.0f;
-
-    // acc[q][i][c]: row r0 + i, column 64q + c0 + c.
-    float acc[SSD_COL_GROUPS][4][4] = {};
-    // The carried-in state: S_init^T in slices of states ([n][column]), read along n (contiguous in
-    // chunk_initial), so consecutive threads store down a column: rows hd + 1 apart keep those stores
-    // in distinct banks.
-    const u32 state_stride = hd + 1u;
+    // acc[i][j]: row (i < 4 ? 4tr + i : 16 + 4tr + i - 4), column (j < 4 ? 4tc + j : 32 + 4tc + j - 4).
+    float acc[8][8] = {};
+    // The carried-in state: S_init^T in slices of states ([n][column], rows 65 words apart, so that
+    // consecutive threads storing down a column hit distinct banks).
+    const u32 state_stride = 65u;
     const u32 states_per_slice = min(N_STATE, SSD_OUT_STAGE / state_stride);
     for (u32 n0 = 0; n0 < N_STATE; n0 += states_per_slice) {
         const u32 count = min(states_per_slice, N_STATE - n0);
         __syncthreads();
-        for (u32 e = index; e < count * hd; e += SSD_OUT_THREADS) {
-            const u32 col = e / count;
+        for (u32 e = index; e < count * 64u; e += SSD_OUT_THREADS) {
+            const u32 col = col0 + e / count;
             const u32 n = n0 + e % count;
-            const u32 channel = h * hd + col;
-            out_stage[(n - n0) * state_stride + col] = chunk_initial[((b * p.heads * hd + channel) * p.chunks + chunk) * N_STATE + n];
+            float v = 0.0f;
+            if (col < hd) v = chunk_initial[((b * p.heads * hd + h * hd + col) * p.chunks + chunk) * N_STATE + n];
+            out_stage[(n - n0) * state_stride + col - col0] = v;
         }
         __syncthreads();
-        ssd_accumulate_rows(acc, &out_c[n0 * row_vecs], out_stage, count, state_stride, hd, tr, c0);
+        ssd_accumulate_block(acc, &out_c[n0 * row_vecs], out_stage, count, state_stride, team, tr, tc);
     }
     SW_UNROLL
-    for (u32 i = 0; i < 4u; i++) {
-        const float carry = expf(cum_rows[i]);
+    for (u32 i = 0; i < 8u; i++) {
+        const u32 row = first + 4u * tr + i + (i < 4u ? 0u : SSD_OUT_ROWS / 2u - 4u);
+        const float carry = row < end ? expf(work[ssd_work_cum(p, b, h, row)]) : 0.0f;
         SW_UNROLL
-        for (u32 q = 0; q < SSD_COL_GROUPS; q++)
-            SW_UNROLL
-            for (u32 c = 0; c < 4u; c++) acc[q][i][c] *= carry;
+        for (u32 j = 0; j < 8u; j++) acc[i][j] *= carry;
     }
 
-    // Within the chunk: key tiles up to the block's last step (causal).
+    // The scores' rows 4sr..+3 and their a_i (0 past the chunk).
+    const u32 sr = index / 16u;
+    const u32 sc = index % 16u;
+    float cum_rows[4];
+    for (u32 i = 0; i < 4u; i++) {
+        const u32 row = first + 4u * sr + i;
+        cum_rows[i] = row < end ? work[ssd_work_cum(p, b, h, row)] : 0.0f;
+    }
     const u32 last = min(first + SSD_OUT_ROWS, end);
-    const u32 keys_per_slice = min(SSD_OUT_KEYS, SSD_OUT_STAGE / hd);
     for (u32 s0 = start; s0 < last; s0 += SSD_OUT_KEYS) {
         // B^T of the tile: [n][key].
         __syncthreads();
         for (u32 e = index; e < N_STATE * SSD_OUT_KEYS; e += SSD_OUT_THREADS) {
             const u32 s = s0 + e % SSD_OUT_KEYS;
-            float v = 0.0f;
-            if (s < end) v = to_f32(b_in[ssd_bc_index(p, b, h, e / SSD_OUT_KEYS, s)]);
-            out_stage[e] = v;
+            out_stage[e] = s < end ? to_f32(b_in[ssd_bc_index(p, b, h, e / SSD_OUT_KEYS, s)]) : 0.0f;
         }
         __syncthreads();
-        // Scores of rows r0..r0 + 3 against keys s0 + 2tc and s0 + 2tc + 1.
-        const u32 k0 = 2u * tc;
-        float g[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+        const u32 k0 = 2u * sc;
+        float g[2][4] = {};
         for (u32 n = 0; n < N_STATE; n++) {
-            const float4 cv = out_c[n * row_vecs + tr];
-            const float rows[4] = {cv.x, cv.y, cv.z, cv.w};
-            const float keys[2] = {out_stage[n * SSD_OUT_KEYS + k0], out_stage[n * SSD_OUT_KEYS + k0 + 1u]};
+            const float4 cv = out_c[n * row_vecs + sr];
+            const float cr[4] = {cv.x, cv.y, cv.z, cv.w};
+            const float b0 = out_stage[n * SSD_OUT_KEYS + k0], b1 = out_stage[n * SSD_OUT_KEYS + k0 + 1u];
             SW_UNROLL
-            for (u32 k = 0; k < 2u; k++)
-                SW_UNROLL
-                for (u32 i = 0; i < 4u; i++) g[k][i] += rows[i] * keys[k];
+            for (u32 i = 0; i < 4u; i++) {
+                g[0][i] += cr[i] * b0;
+                g[1][i] += cr[i] * b1;
+            }
         }
         SW_UNROLL
         for (u32 k = 0; k < 2u; k++) {
             const u32 s = s0 + k0 + k;
-            float decayed[4];
+            float d[4];
             SW_UNROLL
             for (u32 i = 0; i < 4u; i++) {
                 // Zero above the diagonal (and past the chunk); the decay is read only below it.
-                const u32 row = first + r0 + i;
-                decayed[i] = s <= row && row < end ? g[k][i] * expf(cum_rows[i] - work[ssd_work_cum(p, b, h, s)]) : 0.0f;
+                const u32 row = first + 4u * sr + i;
+                d[i] = (s <= row && row < end) ? g[k][i] * expf(cum_rows[i] - work[ssd_work_cum(p, b, h, s)]) : 0.0f;
             }
-            out_scores[(k0 + k) * row_vecs + tr] = float4{decayed[0], decayed[1], decayed[2], decayed[3]};
+            out_scores[(k0 + k) * row_vecs + sr] = float4{d[0], d[1], d[2], d[3]};
         }
-        // Y += G (dt x), x in slices of keys ([key][column]).
-        for (u32 k_first = 0; k_first < SSD_OUT_KEYS; k_first += keys_per_slice) {
-            const u32 count = min(keys_per_slice, SSD_OUT_KEYS - k_first);
-            __syncthreads();
-            for (u32 e = index; e < count * hd; e += SSD_OUT_THREADS) {
-                const u32 s = s0 + k_first + e / hd;
-                float v = 0.0f;
-                if (s < end) v = work[ssd_work_dt(p, b, h, s)] * to_f32(x[ssd_x_index(p, b, h * hd + e % hd, s)]);
-                out_stage[e] = v;
-            }
-            __syncthreads();
-            ssd_accumulate_rows(acc, &out_scores[k_first * row_vecs], out_stage, count, hd, hd, tr, c0);
+        // Y += G (dt x): x of the tile's keys, [key][column].
+        __syncthreads();
+        for (u32 e = index; e < SSD_OUT_KEYS * 64u; e += SSD_OUT_THREADS) {
+            const u32 s = s0 + e / 64u;
+            const u32 col = col0 + e % 64u;
+            out_stage[e] = (s < end && col < hd) ? work[ssd_work_dt(p, b, h, s)] * to_f32(x[ssd_x_index(p, b, h * hd + col, s)]) : 0.0f;
         }
+        __syncthreads();
+        ssd_accumulate_block(acc, out_scores, out_stage, SSD_OUT_KEYS, 64u, team, tr, tc);
     }
 
-    float skip = 0.0f;
-    if (HAS_D_SKIP) skip = d_skip[h];
+    // The exchange (as ssd_chunk_states'): team t owns rows i = 2t and 2t + 1 of each thread's 8; in
+    // round r it sends quarter (t + r) % 4 to slot t and adds its own from slot (t - r) % 4. Slot t,
+    // quad q (row q / 2, column half q % 2), lane l at 32 (4t + q) + l, over C^T.
+    float own[2][8];
     SW_UNROLL
-    for (u32 q = 0; q < SSD_COL_GROUPS; q++)
+    for (u32 i = 0; i < 2u; i++)
         SW_UNROLL
-        for (u32 i = 0; i < 4u; i++)
-            SW_UNROLL
-            for (u32 c = 0; c < 4u; c++) {
-                const u32 row = first + r0 + i;
-                const u32 col = 64u * q + c0 + c;
-                if (row < end && col < hd) {
-                    const u32 at = ssd_x_index(p, b, h * hd + col, row);
-                    store_f32(y, at, acc[q][i][c] + skip * to_f32(x[at]));
-                }
+        for (u32 j = 0; j < 8u; j++) own[i][j] = ssd_block_quarter(acc, team, i, j);
+    for (u32 r = 1; r < 4u; r++) {
+        __syncthreads();
+        const u32 sent = (team + r) % 4u;
+        SW_UNROLL
+        for (u32 q = 0; q < 4u; q++) {
+            const u32 i = q / 2u, j = 4u * (q % 2u);
+            out_c[32u * (4u * team + q) + lane] =
+                float4{ssd_block_quarter(acc, sent, i, j), ssd_block_quarter(acc, sent, i, j + 1u),
+                       ssd_block_quarter(acc, sent, i, j + 2u), ssd_block_quarter(acc, sent, i, j + 3u)};
+        }
+        __syncthreads();
+        const u32 sender = (team + 4u - r) % 4u;
+        SW_UNROLL
+        for (u32 q = 0; q < 4u; q++) {
+            const float4 v = out_c[32u * (4u * sender + q) + lane];
+            const u32 i = q / 2u, j = 4u * (q % 2u);
+            own[i][j] += v.x;
+            own[i][j + 1u] += v.y;
+            own[i][j + 2u] += v.z;
+            own[i][j + 3u] += v.w;
+        }
+    }
+    const float skip = HAS_D_SKIP ? d_skip[h] : 0.0f;
+    SW_UNROLL
+    for (u32 i = 0; i < 2u; i++) {
+        const u32 row = first + 4u * tr + 2u * (team % 2u) + i + (SSD_OUT_ROWS / 2u) * (team / 2u);
+        if (row >= end) continue;
+        SW_UNROLL
+        for (u32 j = 0; j < 8u; j++) {
+            const u32 col = col0 + (j < 4u ? 4u * tc + j : 28u + 4u * tc + j);
+            if (col < hd) {
+                const u32 at = ssd_x_index(p, b, h * hd + col, row);
+                store_f32(y, at, own[i][j] + skip * to_f32(x[at]));
             }
+        }
+    }
 }

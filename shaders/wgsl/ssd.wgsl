@@ -109,9 +109,9 @@ const STATES_THREADS: u32 = 64u * SSD_TEAMS;
 const STATES_X: u32 = SSD_STAGE * 16u;
 var<workgroup> states_stage: array<vec4<f32>, 2u * SSD_STAGE * 16u>;
 
-// Quad q (0-3) of quarter u of a thread's 16 quads (acc[4u + q]); u is the team's, not a constant,
-// so the quad is selected, not indexed (an indexed acc would leave registers).
-fn states_quarter(acc: ptr<function, array<vec4<f32>, 16>>, u: u32, q: u32) -> vec4<f32> {
+// Quad q (0-3) of quarter u of a thread's 16 quads (acc[4u + q]) in both chunk kernels; u is the
+// team's, not a constant, so the quad is selected, not indexed (an indexed acc would leave registers).
+fn block_quarter(acc: ptr<function, array<vec4<f32>, 16>>, u: u32, q: u32) -> vec4<f32> {
     return select(select(select((*acc)[q], (*acc)[4u + q], u == 1u), (*acc)[8u + q], u == 2u), (*acc)[12u + q], u == 3u);
 }
 
@@ -183,16 +183,16 @@ fn ssd_chunk_states(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocat
     // and 2t + 1 of 8, 4 quads) and in round r sends quarter (t + r) % 4 to slot t and adds its own
     // from slot (t - r) % 4, all teams at once. Slot t, quad q, lane l at 64 (4t + q) + l.
     var own = array<vec4<f32>, 4>(
-        states_quarter(&acc, team, 0u),
-        states_quarter(&acc, team, 1u),
-        states_quarter(&acc, team, 2u),
-        states_quarter(&acc, team, 3u),
+        block_quarter(&acc, team, 0u),
+        block_quarter(&acc, team, 1u),
+        block_quarter(&acc, team, 2u),
+        block_quarter(&acc, team, 3u),
     );
     for (var r = 1u; r < SSD_TEAMS; r++) {
         workgroupBarrier();
         let sent = (team + r) % SSD_TEAMS;
         for (var q = 0u; q < 4u; q++) {
-            states_stage[64u * (4u * team + q) + lane] = states_quarter(&acc, sent, q);
+            states_stage[64u * (4u * team + q) + lane] = block_quarter(&acc, sent, q);
         }
         workgroupBarrier();
         let sender = (team + SSD_TEAMS - r) % SSD_TEAMS;
@@ -225,79 +225,49 @@ fn ssd_chunk_states(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocat
     }
 }
 
-// Workgroup per (batch * head, chunk, block of SSD_OUT_ROWS steps): the block's outputs, three small
-// GEMMs per workgroup in register blocks (one output per thread read 1-2 workgroup words per FMA):
-//   carried-in state  Y = diag(exp(a)) C S_init^T    thread (tr, tc): rows 4tr..4tr+3 x columns
-//                                                    64q + 4tc..+3 per group q of 64 (0.5 words/FMA)
-//   scores, per tile  G = (C B^T) * exp(a_i - a_s)   thread (tr, tc): rows 4tr..+3 x keys 2tc, 2tc + 1
-//   of SSD_OUT_KEYS   masked to s <= i               (0.75 words/FMA)
-//                     Y += G (dt x)                  the output block again (0.5 words/FMA)
-// C stays staged (transposed, so a thread's four rows are one vec4); B^T, S_init and dt x take turns
-// in one stage of SSD_OUT_STAGE words, x in slices of SSD_OUT_STAGE / head_dim keys (all 32 keys at
-// head_dim 64). Barriers per key tile: 4, plus 2 per further slice of x. Rows past the chunk read
-// C = 0 and are not stored; blocks past head_dim compute on neighbouring words and are not stored.
+// Workgroup per (batch * head, chunk, block of SSD_OUT_ROWS steps x group of 64 columns): that block
+// of the outputs, three small GEMMs per workgroup in register blocks:
+//   carried-in state  Y = diag(exp(a)) C S_init^T    K = N (the states)
+//   scores, per tile  G = (C B^T) * exp(a_i - a_s)   K = N; masked to s <= i
+//   of SSD_OUT_KEYS   Y += G (dt x)                  K = the tile's keys
+// For the two products into Y the 128 threads are four teams of 32 that split K, as ssd_chunk_states'
+// teams: thread (tr, tc) of a team's 4 x 8 grid holds rows 4tr..+3 and 16 + 4tr..+3 x columns
+// 4tc..+3 and 32 + 4tc..+3 of the block (16 workgroup words per 64 FMAs), and the teams exchange
+// quarters of their blocks at the end. The scores are shared out over all 128 threads: (sr, sc) of
+// a 8 x 16 grid computes rows 4sr..+3 x keys 2sc, 2sc + 1 of a tile (6 words per 8 FMAs).
+// C stays staged (transposed, so four rows are one vec4); B^T, a slice of S_init and dt x take
+// turns in one stage of SSD_OUT_STAGE words (x: all 32 keys x 64 columns). Barriers per key tile: 4.
+// Rows past the chunk read C = 0 and are not stored; columns past head_dim are staged as 0 and not
+// stored.
 const OUT_THREADS: u32 = SSD_OUT_THREADS;
-// Groups of 64 columns in the output blocks.
-const SSD_COL_GROUPS: u32 = SSD_MAX_HEAD_DIM / 64u;
+const OUT_TEAMS: u32 = 4u;
 const OUT_ROW_VECS: u32 = SSD_OUT_ROWS / 4u;
+const OUT_HALF: u32 = SSD_OUT_ROWS / 2u;
 
-// The left operands, four rows to a vec4: C^T ([n][row / 4]), then a tile's scores ([key][row / 4]).
+// The left operands, four rows to a vec4: C^T ([n][row / 4]), then a tile's scores ([key][row / 4]);
+// the teams' exchange at the end (16 slots of 32 quads).
 const SCORES_AT: u32 = MAX_STATE * OUT_ROW_VECS;
 var<workgroup> out_rows: array<vec4<f32>, (MAX_STATE + SSD_OUT_KEYS) * OUT_ROW_VECS>;
-// Plus 4: a block's last vec4 of a row not a multiple of 4 long reads up to 3 words past the slice.
-var<workgroup> out_stage: array<f32, SSD_OUT_STAGE + 4u>;
-
-// The thread's output block += out_rows[first + k][tr] (rows) x out_stage[k * stride + col..+ 3] over
-// k < count, for each 64-column group below head_dim (a constant trip count, so acc stays in registers).
-fn accumulate_rows(
-    acc: ptr<function, array<vec4<f32>, 4u * SSD_COL_GROUPS>>,
-    first: u32,
-    count: u32,
-    stride: u32,
-    tr: u32,
-    c0: u32,
-) {
-    let hd = p.head_dim;
-    for (var q = 0u; q < SSD_COL_GROUPS; q++) {
-        let col = 64u * q + c0;
-        if col < hd {
-            var a0 = (*acc)[4u * q];
-            var a1 = (*acc)[4u * q + 1u];
-            var a2 = (*acc)[4u * q + 2u];
-            var a3 = (*acc)[4u * q + 3u];
-            for (var k = 0u; k < count; k++) {
-                let rows = out_rows[(first + k) * OUT_ROW_VECS + tr];
-                let at = k * stride + col;
-                let cols = vec4<f32>(out_stage[at], out_stage[at + 1u], out_stage[at + 2u], out_stage[at + 3u]);
-                a0 += rows.x * cols;
-                a1 += rows.y * cols;
-                a2 += rows.z * cols;
-                a3 += rows.w * cols;
-            }
-            (*acc)[4u * q] = a0;
-            (*acc)[4u * q + 1u] = a1;
-            (*acc)[4u * q + 2u] = a2;
-            (*acc)[4u * q + 3u] = a3;
-        }
-    }
-}
+var<workgroup> out_stage: array<f32, SSD_OUT_STAGE>;
 
 @compute @workgroup_size(OUT_THREADS)
 fn ssd_chunk_outputs(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) index: u32) {
     let b = wg.x / p.heads;
     let h = wg.x % p.heads;
     let chunk = wg.y;
+    let column_groups = (p.head_dim + 63u) / 64u;
+    let col0 = 64u * (wg.z % column_groups);
     let start = chunk * p.chunk_len;
     let end = min(start + p.chunk_len, p.length);
-    let first = start + wg.z * SSD_OUT_ROWS;
+    let first = start + (wg.z / column_groups) * SSD_OUT_ROWS;
     if first >= end {
         return;
     }
     let hd = p.head_dim;
-    let tr = index / 16u;
-    let tc = index % 16u;
-    let r0 = 4u * tr;
-    let c0 = 4u * tc;
+    let team = index / 32u;
+    let lane = index % 32u;
+    let tr = lane / 8u;
+    let tc = lane % 8u;
     for (var e = index; e < N_STATE * SSD_OUT_ROWS; e += OUT_THREADS) {
         let row = first + e % SSD_OUT_ROWS;
         var v = 0.0;
@@ -306,44 +276,79 @@ fn ssd_chunk_outputs(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoca
         }
         out_rows[e / 4u][e % 4u] = v;
     }
-    // a_i of the thread's rows (0 past the chunk, whose C is 0).
-    var cum_rows = vec4<f32>(0.0);
-    for (var i = 0u; i < 4u; i++) {
-        if first + r0 + i < end {
-            cum_rows[i] = work[work_cum(b, h, first + r0 + i)];
-        }
-    }
 
-    // acc[4q + i]: row r0 + i, columns 64q + c0 .. + 3.
-    var acc: array<vec4<f32>, 4u * SSD_COL_GROUPS>;
+    // acc[2i + j]: row i of the thread's 8 (4tr + i, or 16 + 4tr + i - 4 from i = 4), columns
+    // 4tc..+3 (j = 0) or 32 + 4tc..+3 (j = 1) of the group.
+    var acc: array<vec4<f32>, 16>;
     // The carried-in state: S_init^T in slices of states ([n][column]), read along n (contiguous in
-    // chunk_initial), so consecutive threads store down a column: rows hd + 1 apart keep those stores
-    // in distinct banks (hd apart, a multiple of 32 would put all of a wave's in one).
-    let state_stride = hd + 1u;
+    // chunk_initial), so consecutive threads store down a column: rows 65 words apart keep those
+    // stores in distinct banks (64 apart would put all of a wave's in one). Team t takes the slice's
+    // states t, t + 4, ...
+    let state_stride = 65u;
     let states_per_slice = min(N_STATE, SSD_OUT_STAGE / state_stride);
     for (var n0 = 0u; n0 < N_STATE; n0 += states_per_slice) {
         let count = min(states_per_slice, N_STATE - n0);
         workgroupBarrier();
-        for (var e = index; e < count * hd; e += OUT_THREADS) {
-            let col = e / count;
+        for (var e = index; e < count * 64u; e += OUT_THREADS) {
+            let col = col0 + e / count;
             let n = n0 + e % count;
-            let channel = h * hd + col;
-            let at = ((b * p.heads * hd + channel) * p.chunks + chunk) * N_STATE + n;
-            out_stage[(n - n0) * state_stride + col] = chunk_initial[at];
+            var v = 0.0;
+            if col < hd {
+                let channel = h * hd + col;
+                v = chunk_initial[((b * p.heads * hd + channel) * p.chunks + chunk) * N_STATE + n];
+            }
+            out_stage[(n - n0) * state_stride + col - col0] = v;
         }
         workgroupBarrier();
-        accumulate_rows(&acc, n0, count, state_stride, tr, c0);
-    }
-    let carry = exp(cum_rows);
-    for (var q = 0u; q < SSD_COL_GROUPS; q++) {
-        for (var i = 0u; i < 4u; i++) {
-            acc[4u * q + i] *= carry[i];
+        for (var k = team; k < count; k += OUT_TEAMS) {
+            let rows = (n0 + k) * OUT_ROW_VECS;
+            let c_lo = out_rows[rows + tr];
+            let c_hi = out_rows[rows + 4u + tr];
+            // Read here, not in a helper: shader-stats counts a loop's own workgroup reads.
+            let lo = k * state_stride + 4u * tc;
+            let hi = lo + 32u;
+            let s_lo = vec4<f32>(out_stage[lo], out_stage[lo + 1u], out_stage[lo + 2u], out_stage[lo + 3u]);
+            let s_hi = vec4<f32>(out_stage[hi], out_stage[hi + 1u], out_stage[hi + 2u], out_stage[hi + 3u]);
+            acc[0] += c_lo.x * s_lo;
+            acc[1] += c_lo.x * s_hi;
+            acc[2] += c_lo.y * s_lo;
+            acc[3] += c_lo.y * s_hi;
+            acc[4] += c_lo.z * s_lo;
+            acc[5] += c_lo.z * s_hi;
+            acc[6] += c_lo.w * s_lo;
+            acc[7] += c_lo.w * s_hi;
+            acc[8] += c_hi.x * s_lo;
+            acc[9] += c_hi.x * s_hi;
+            acc[10] += c_hi.y * s_lo;
+            acc[11] += c_hi.y * s_hi;
+            acc[12] += c_hi.z * s_lo;
+            acc[13] += c_hi.z * s_hi;
+            acc[14] += c_hi.w * s_lo;
+            acc[15] += c_hi.w * s_hi;
         }
     }
+    // exp(a) of the thread's 8 rows (0 past the chunk, whose C is 0).
+    for (var i = 0u; i < 8u; i++) {
+        let row = first + 4u * tr + i + select(0u, OUT_HALF - 4u, i >= 4u);
+        var carry = 0.0;
+        if row < end {
+            carry = exp(work[work_cum(b, h, row)]);
+        }
+        acc[2u * i] *= carry;
+        acc[2u * i + 1u] *= carry;
+    }
 
+    // The scores' rows: a_i of rows 4sr..+3 (0 past the chunk).
+    let sr = index / 16u;
+    let sc = index % 16u;
+    var cum_rows = vec4<f32>(0.0);
+    for (var i = 0u; i < 4u; i++) {
+        if first + 4u * sr + i < end {
+            cum_rows[i] = work[work_cum(b, h, first + 4u * sr + i)];
+        }
+    }
     // Within the chunk: key tiles up to the block's last step (causal).
     let last = min(first + SSD_OUT_ROWS, end);
-    let keys_per_slice = min(SSD_OUT_KEYS, SSD_OUT_STAGE / hd);
     for (var s0 = start; s0 < last; s0 += SSD_OUT_KEYS) {
         // B^T of the tile: [n][key].
         workgroupBarrier();
@@ -356,12 +361,12 @@ fn ssd_chunk_outputs(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoca
             out_stage[e] = v;
         }
         workgroupBarrier();
-        // Scores of rows r0..r0 + 3 against keys s0 + 2tc and s0 + 2tc + 1.
+        // Scores of rows 4sr..4sr + 3 against keys s0 + 2sc and s0 + 2sc + 1.
         var g0 = vec4<f32>(0.0);
         var g1 = vec4<f32>(0.0);
-        let k0 = 2u * tc;
+        let k0 = 2u * sc;
         for (var n = 0u; n < N_STATE; n++) {
-            let cv = out_rows[n * OUT_ROW_VECS + tr];
+            let cv = out_rows[n * OUT_ROW_VECS + sr];
             let kb = n * SSD_OUT_KEYS + k0;
             g0 += cv * out_stage[kb];
             g1 += cv * out_stage[kb + 1u];
@@ -372,29 +377,73 @@ fn ssd_chunk_outputs(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoca
             for (var i = 0u; i < 4u; i++) {
                 // Zero above the diagonal (and past the chunk, where s > every live row); the decay is
                 // read only below it, where s is a step of this chunk.
-                let row = first + r0 + i;
+                let row = first + 4u * sr + i;
                 var decayed = 0.0;
                 if s <= row && row < end {
                     decayed = g[i] * exp(cum_rows[i] - work[work_cum(b, h, s)]);
                 }
                 g[i] = decayed;
             }
-            out_rows[SCORES_AT + (k0 + k) * OUT_ROW_VECS + tr] = g;
+            out_rows[SCORES_AT + (k0 + k) * OUT_ROW_VECS + sr] = g;
         }
-        // Y += G (dt x), x in slices of keys: [key][column].
-        for (var k_first = 0u; k_first < SSD_OUT_KEYS; k_first += keys_per_slice) {
-            let count = min(keys_per_slice, SSD_OUT_KEYS - k_first);
-            workgroupBarrier();
-            for (var e = index; e < count * hd; e += OUT_THREADS) {
-                let s = s0 + k_first + e / hd;
-                var v = 0.0;
-                if s < end {
-                    v = work[work_dt(b, h, s)] * f32(x[x_index(b, h * hd + e % hd, s)]);
-                }
-                out_stage[e] = v;
+        // Y += G (dt x): x of the tile's keys, [key][column]; team t takes keys t, t + 4, ...
+        workgroupBarrier();
+        for (var e = index; e < SSD_OUT_KEYS * 64u; e += OUT_THREADS) {
+            let s = s0 + e / 64u;
+            let col = col0 + e % 64u;
+            var v = 0.0;
+            if s < end && col < hd {
+                v = work[work_dt(b, h, s)] * f32(x[x_index(b, h * hd + col, s)]);
             }
-            workgroupBarrier();
-            accumulate_rows(&acc, MAX_STATE + k_first, count, hd, tr, c0);
+            out_stage[e] = v;
+        }
+        workgroupBarrier();
+        for (var k = team; k < SSD_OUT_KEYS; k += OUT_TEAMS) {
+            let rows = SCORES_AT + k * OUT_ROW_VECS;
+            let g_lo = out_rows[rows + tr];
+            let g_hi = out_rows[rows + 4u + tr];
+            let lo = k * 64u + 4u * tc;
+            let hi = lo + 32u;
+            let x_lo = vec4<f32>(out_stage[lo], out_stage[lo + 1u], out_stage[lo + 2u], out_stage[lo + 3u]);
+            let x_hi = vec4<f32>(out_stage[hi], out_stage[hi + 1u], out_stage[hi + 2u], out_stage[hi + 3u]);
+            acc[0] += g_lo.x * x_lo;
+            acc[1] += g_lo.x * x_hi;
+            acc[2] += g_lo.y * x_lo;
+            acc[3] += g_lo.y * x_hi;
+            acc[4] += g_lo.z * x_lo;
+            acc[5] += g_lo.z * x_hi;
+            acc[6] += g_lo.w * x_lo;
+            acc[7] += g_lo.w * x_hi;
+            acc[8] += g_hi.x * x_lo;
+            acc[9] += g_hi.x * x_hi;
+            acc[10] += g_hi.y * x_lo;
+            acc[11] += g_hi.y * x_hi;
+            acc[12] += g_hi.z * x_lo;
+            acc[13] += g_hi.z * x_hi;
+            acc[14] += g_hi.w * x_lo;
+            acc[15] += g_hi.w * x_hi;
+        }
+    }
+
+    // The exchange (as ssd_chunk_states'): team t owns rows 2t and 2t + 1 of every thread's 8 and in
+    // round r sends quarter (t + r) % 4 to slot t and adds its own from slot (t - r) % 4. Slot t, quad
+    // q, lane l at 32 (4t + q) + l, over C^T and the scores, no longer read after the first barrier.
+    var own = array<vec4<f32>, 4>(
+        block_quarter(&acc, team, 0u),
+        block_quarter(&acc, team, 1u),
+        block_quarter(&acc, team, 2u),
+        block_quarter(&acc, team, 3u),
+    );
+    for (var r = 1u; r < OUT_TEAMS; r++) {
+        workgroupBarrier();
+        let sent = (team + r) % OUT_TEAMS;
+        for (var q = 0u; q < 4u; q++) {
+            out_rows[32u * (4u * team + q) + lane] = block_quarter(&acc, sent, q);
+        }
+        workgroupBarrier();
+        let sender = (team + OUT_TEAMS - r) % OUT_TEAMS;
+        for (var q = 0u; q < 4u; q++) {
+            own[q] += out_rows[32u * (4u * sender + q) + lane];
         }
     }
 
@@ -402,16 +451,14 @@ fn ssd_chunk_outputs(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoca
     if HAS_D_SKIP {
         skip = d_skip[h];
     }
-    for (var q = 0u; q < SSD_COL_GROUPS; q++) {
-        for (var i = 0u; i < 4u; i++) {
-            let row = first + r0 + i;
-            let block = acc[4u * q + i];
-            for (var c = 0u; c < 4u; c++) {
-                let col = 64u * q + c0 + c;
-                if row < end && col < hd {
-                    let at = x_index(b, h * hd + col, row);
-                    y[at] = store_t(block[c] + skip * f32(x[at]));
-                }
+    // Quad q: row 4tr + 2 (t % 2) + q / 2 (+ 16 from team 2), columns 32 (q % 2) + 4tc .. + 3.
+    for (var q = 0u; q < 4u; q++) {
+        let row = first + 4u * tr + 2u * (team % 2u) + q / 2u + OUT_HALF * (team / 2u);
+        for (var c = 0u; c < 4u; c++) {
+            let col = col0 + 32u * (q % 2u) + 4u * tc + c;
+            if row < end && col < hd {
+                let at = x_index(b, h * hd + col, row);
+                y[at] = store_t(own[q][c] + skip * f32(x[at]));
             }
         }
     }

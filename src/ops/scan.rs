@@ -67,15 +67,14 @@ pub enum SsdForm {
 /// Largest headdim the chunked matrix form takes.
 pub const SSD_MAX_HEAD_DIM: usize = size::SSD_MAX_HEAD_DIM as usize;
 /// Workgroup memory the chunked matrix form needs: the larger of ssd_chunk_states' stage (SSD_STAGE
-/// steps of B and of 64 columns of x) and ssd_chunk_outputs' C, scores and stage (plus its 4 words of
-/// slack), in bytes.
+/// steps of B and of 64 columns of x) and ssd_chunk_outputs' C, scores and stage, in bytes.
 const SSD_WORKGROUP_BYTES: u32 = {
     let states = size::SSD_STAGE * 2 * 64;
-    let outputs = size::SSD_OUT_ROWS * (size::MAX_STATE + size::SSD_OUT_KEYS) + size::SSD_OUT_STAGE + 4;
+    let outputs = size::SSD_OUT_ROWS * (size::MAX_STATE + size::SSD_OUT_KEYS) + size::SSD_OUT_STAGE;
     4 * if states > outputs { states } else { outputs }
 };
 // The refusal's message states it.
-const _: () = assert!(SSD_WORKGROUP_BYTES == 20496);
+const _: () = assert!(SSD_WORKGROUP_BYTES == 20480);
 /// Default chunk of the matrix form: its per-token work grows with the chunk, and 64 keeps it near
 /// the recurrence's 2NP at N = P = 64 (Mamba-2's 256 suits tensor-core matmuls we do not have).
 const SSD_DEFAULT_CHUNK: usize = 64;
@@ -185,7 +184,7 @@ pub fn ssd_scan_checked(s: &SsdScan, check_a: bool) -> Result<ScanOutput> {
         SsdForm::ChunkedMatrix if !matrix_fits => {
             return Err(Error::MissingFeature {
                 what: format!("SSD's chunked matrix form with headdim {head_dim} (at most {SSD_MAX_HEAD_DIM})"),
-                feature: "max_compute_workgroup_storage_size >= 20496 bytes",
+                feature: "max_compute_workgroup_storage_size >= 20480 bytes",
             });
         }
         form => form,
@@ -466,7 +465,8 @@ fn ssd_matrix_form(s: &Scan, g: &SsdGeometry, scan: &ScanParams, y: &Tensor, fin
     let column_groups = (g.head_dim as u32).div_ceil(64);
     dispatch("ssd_chunk_states", [heads_total, chunks, column_groups])?;
     carry_states(s, &totals, &chunk_initial, final_state, g.batch * channels * g.n_state, g.chunks, g.n_state)?;
-    dispatch("ssd_chunk_outputs", [heads_total, chunks, (g.chunk_len as u32).div_ceil(size::SSD_OUT_ROWS)])
+    let row_blocks = (g.chunk_len as u32).div_ceil(size::SSD_OUT_ROWS);
+    dispatch("ssd_chunk_outputs", [heads_total, chunks, row_blocks * column_groups])
 }
 
 /// The serial pass over chunk totals: every chunk's initial state and the final state.

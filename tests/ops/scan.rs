@@ -212,13 +212,12 @@ backend_tests! {
     }
 
     /// The chunked form at M-VAR's Mamba-2 head (head_dim 64, d_state 64) and at head dims past one
-    /// group of 64 columns of the kernels' register blocks, not multiples of 4, with a state size that
-    /// is not either; chunks past one 32-step block of outputs and one 32-key tile, and head dims whose
-    /// x passes through the output kernel's stage in several slices of keys (65-130: 15-31 keys,
-    /// 190-255: 8-10). The last two cases are fixed so that every seed covers it all: M-VAR's head at
-    /// its default chunk of 64 (two blocks, two key tiles, the carried state in three slices), and head
-    /// dim 255 over chunks of 80 with a 10-step last chunk (three blocks; x in four slices of 8 keys,
-    /// the state in eight) from an initial state.
+    /// group of 64 columns (each a workgroup of both chunk kernels), not multiples of 4, with a state
+    /// size that is not either; chunks past one 32-step stage of the states' kernel, one 32-step block
+    /// of outputs and one 32-key tile. The last two cases are fixed so that every seed covers it all:
+    /// M-VAR's head at its default chunk of 64 (two blocks, two key tiles, the carried state in three
+    /// slices of 31 states), and head dim 255 over chunks of 80 with a 10-step last chunk (four column
+    /// groups, the last 63 wide; three blocks and three stages) from an initial state.
     fn ssd_chunked_matches_the_recurrence_on_wide_heads(device: &Device, config: &str) {
         let mut rng = Rng::for_config("ssd_wide_heads", config);
         let random = |rng: &mut Rng| (rng.range(20, 170), rng.range(9, 80));
