@@ -81,12 +81,6 @@ SW_DEVICE void matmul_tiled_stash(float4* stage_a, float4* stage_b, u32 lid, con
     stage_b[B_TRANSPOSED ? a_slot : lid] = nb;
 }
 
-// Output (row 2u + i, column j) of the thread's 8 x 8 (quarter u); u is the team's, not a constant,
-// so it is picked, not indexed (an indexed acc would leave registers).
-SW_DEVICE float matmul_tiled_quarter(const float (&acc)[8][8], u32 u, u32 i, u32 j) {
-    return u == 0u ? acc[i][j] : u == 1u ? acc[2u + i][j] : u == 2u ? acc[4u + i][j] : acc[6u + i][j];
-}
-
 SW_KERNEL(matmul_tiled, MATMUL_SIDE, MATMUL_SIDE, 1,
           MATMUL_ARGS) {
     static_assert(TILE_M == 64u && TILE_N == TILE_M && TILE_K == 16u && TILED_STAGE == MATMUL_SIDE * MATMUL_SIDE,
@@ -128,30 +122,10 @@ SW_KERNEL(matmul_tiled, MATMUL_SIDE, MATMUL_SIDE, 1,
         if (more) matmul_tiled_stash(stage + (TILED_STAGE - cur), stage_b + (TILED_STAGE - cur), lid, na, nb);
         __syncthreads();
     }
-    // Quad q of a quarter: its row q / 2, its column half q % 2. Slot t, quad q, lane l at 64 (4t + q) + l.
+    // The teams add their blocks up over the stages (block_exchange.cuh): team t owns rows 2t and
+    // 2t + 1 of each thread's 8.
     float own[2][8];
-    for (u32 i = 0; i < 2u; ++i)
-        for (u32 j = 0; j < 8u; ++j) own[i][j] = matmul_tiled_quarter(acc, team, i, j);
-    for (u32 r = 1; r < TILED_TEAMS; ++r) {
-        if (r > 1u) __syncthreads();
-        const u32 sent = (team + r) % TILED_TEAMS;
-        for (u32 q = 0; q < 4u; ++q) {
-            const u32 i = q / 2u, j = 4u * (q % 2u);
-            stage[64u * (4u * team + q) + lane] =
-                float4{matmul_tiled_quarter(acc, sent, i, j), matmul_tiled_quarter(acc, sent, i, j + 1u),
-                       matmul_tiled_quarter(acc, sent, i, j + 2u), matmul_tiled_quarter(acc, sent, i, j + 3u)};
-        }
-        __syncthreads();
-        const u32 sender = (team + TILED_TEAMS - r) % TILED_TEAMS;
-        for (u32 q = 0; q < 4u; ++q) {
-            const float4 v = stage[64u * (4u * sender + q) + lane];
-            const u32 i = q / 2u, j = 4u * (q % 2u);
-            own[i][j] += v.x;
-            own[i][j + 1u] += v.y;
-            own[i][j + 2u] += v.z;
-            own[i][j + 3u] += v.w;
-        }
-    }
+    block_exchange(acc, own, stage, team, lane, 64u);
     for (u32 i = 0; i < 2u; ++i) {
         const u32 row = row0 + 4u * ty + 2u * (team % 2u) + (TILE_M / 2u) * (team / 2u) + i;
         if (row >= p.m) continue;

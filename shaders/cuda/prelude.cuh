@@ -28,6 +28,14 @@ typedef unsigned long long u64;
 #define SW_NAN __int_as_float(0x7fffffff)
 #endif
 
+// Full unrolling of loops over compile-time bounds (keeps per-thread arrays in registers on the GPU;
+// nothing on the CPU shim).
+#ifdef SW_CPU
+#define SW_UNROLL
+#else
+#define SW_UNROLL _Pragma("unroll")
+#endif
+
 // f16 storage: the bits of an IEEE binary16, converted with round-to-nearest-even.
 struct half_t {
     unsigned short bits;

@@ -16,13 +16,3 @@ SW_DEVICE u32 step_time(u32 i, u32 length, bool reverse) {
     if (reverse) return length - 1u - i;
     return i;
 }
-
-// Full unrolling of loops over compile-time bounds (keeps per-thread arrays in registers on the GPU;
-// nothing on the CPU shim).
-#ifndef SW_UNROLL
-#ifdef SW_CPU
-#define SW_UNROLL
-#else
-#define SW_UNROLL _Pragma("unroll")
-#endif
-#endif

@@ -74,12 +74,6 @@ SW_KERNEL(ssd_cumsum, SCAN_WG, 1, 1,
 #define SSD_STATES_THREADS (64u * SSD_TEAMS)
 // Quads per staged step: 64 states of B, then (at SSD_STATES_X) 64 columns of the weighted x.
 #define SSD_STATES_X (SSD_STAGE * 16u)
-// Row (or state) 2u + i of the thread's 8, column c: quarter u of its block in both chunk kernels; u
-// is the team's, not a constant, so it is picked, not indexed (an indexed acc would leave registers).
-SW_DEVICE float ssd_block_quarter(const float (&acc)[8][8], u32 u, u32 i, u32 c) {
-    return u == 0u ? acc[i][c] : u == 1u ? acc[2u + i][c] : u == 2u ? acc[4u + i][c] : acc[6u + i][c];
-}
-
 SW_KERNEL(ssd_chunk_states, SSD_STATES_THREADS, 1, 1,
           (SSD_BINDINGS)) {
     __shared__ float4 stage4[2u * SSD_STAGE * 16u];
@@ -132,37 +126,10 @@ SW_KERNEL(ssd_chunk_states, SSD_STATES_THREADS, 1, 1,
                 for (u32 c = 0; c < 8u; c++) acc[i][c] += bv[i] * xv[c];
         }
     }
-    // The exchange, as matmul_tiled's: team t owns states i = 2t and 2t + 1 of each thread's 8 and in
-    // round r sends quarter (t + r) % 4 to slot t and adds its own from slot (t - r) % 4, all teams at
-    // once. Quad q of a quarter: its state q / 2, its column half q % 2; slot t, quad q, lane l at
-    // 64 (4t + q) + l.
+    // The teams add their blocks up (block_exchange.cuh): team t owns states i = 2t and 2t + 1 of
+    // each thread's 8.
     float own[2][8];
-    SW_UNROLL
-    for (u32 i = 0; i < 2u; i++)
-        SW_UNROLL
-        for (u32 c = 0; c < 8u; c++) own[i][c] = ssd_block_quarter(acc, team, i, c);
-    for (u32 r = 1; r < SSD_TEAMS; r++) {
-        __syncthreads();
-        const u32 sent = (team + r) % SSD_TEAMS;
-        SW_UNROLL
-        for (u32 q = 0; q < 4u; q++) {
-            const u32 i = q / 2u, c = 4u * (q % 2u);
-            stage4[64u * (4u * team + q) + lane] =
-                float4{ssd_block_quarter(acc, sent, i, c), ssd_block_quarter(acc, sent, i, c + 1u),
-                       ssd_block_quarter(acc, sent, i, c + 2u), ssd_block_quarter(acc, sent, i, c + 3u)};
-        }
-        __syncthreads();
-        const u32 sender = (team + SSD_TEAMS - r) % SSD_TEAMS;
-        SW_UNROLL
-        for (u32 q = 0; q < 4u; q++) {
-            const float4 v = stage4[64u * (4u * sender + q) + lane];
-            const u32 i = q / 2u, c = 4u * (q % 2u);
-            own[i][c] += v.x;
-            own[i][c + 1u] += v.y;
-            own[i][c + 2u] += v.z;
-            own[i][c + 3u] += v.w;
-        }
-    }
+    block_exchange(acc, own, stage4, team, lane, 64u);
     // Each team lays its quarter out column by column (state n of column c at 64c + n), so that every
     // thread then stores consecutive states of a column, as totals holds them.
     __syncthreads();
@@ -322,36 +289,10 @@ SW_KERNEL(ssd_chunk_outputs, SSD_OUT_THREADS, 1, 1,
         ssd_accumulate_block(acc, out_scores, out_stage, SSD_OUT_KEYS, 64u, team, tr, tc);
     }
 
-    // The exchange (as ssd_chunk_states'): team t owns rows i = 2t and 2t + 1 of each thread's 8; in
-    // round r it sends quarter (t + r) % 4 to slot t and adds its own from slot (t - r) % 4. Slot t,
-    // quad q (row q / 2, column half q % 2), lane l at 32 (4t + q) + l, over C^T.
+    // The teams add their blocks up (block_exchange.cuh) over C^T, no longer read: team t owns rows
+    // i = 2t and 2t + 1 of each thread's 8.
     float own[2][8];
-    SW_UNROLL
-    for (u32 i = 0; i < 2u; i++)
-        SW_UNROLL
-        for (u32 j = 0; j < 8u; j++) own[i][j] = ssd_block_quarter(acc, team, i, j);
-    for (u32 r = 1; r < 4u; r++) {
-        __syncthreads();
-        const u32 sent = (team + r) % 4u;
-        SW_UNROLL
-        for (u32 q = 0; q < 4u; q++) {
-            const u32 i = q / 2u, j = 4u * (q % 2u);
-            out_c[32u * (4u * team + q) + lane] =
-                float4{ssd_block_quarter(acc, sent, i, j), ssd_block_quarter(acc, sent, i, j + 1u),
-                       ssd_block_quarter(acc, sent, i, j + 2u), ssd_block_quarter(acc, sent, i, j + 3u)};
-        }
-        __syncthreads();
-        const u32 sender = (team + 4u - r) % 4u;
-        SW_UNROLL
-        for (u32 q = 0; q < 4u; q++) {
-            const float4 v = out_c[32u * (4u * sender + q) + lane];
-            const u32 i = q / 2u, j = 4u * (q % 2u);
-            own[i][j] += v.x;
-            own[i][j + 1u] += v.y;
-            own[i][j + 2u] += v.z;
-            own[i][j + 3u] += v.w;
-        }
-    }
+    block_exchange(acc, own, out_c, team, lane, 32u);
     const float skip = HAS_D_SKIP ? d_skip[h] : 0.0f;
     SW_UNROLL
     for (u32 i = 0; i < 2u; i++) {

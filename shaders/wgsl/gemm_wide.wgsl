@@ -33,36 +33,38 @@ var<workgroup> wide_b: array<vec4<f32>, 2u * WIDE_STAGE>; // [stage][k][col / 4]
 // conflict on every staging store. Swizzled, they cover all 32 banks. k < WIDE_K = 8 flips only the
 // quad's low 3 bits, so a quad stays within its half of the row, and the readers' XOR with the
 // unrolled kk is one instruction.
-fn wide_fetch_a(batch: u32, row0: u32, k0: u32, lid: u32) -> vec4<f32> {
-    let kk = k0 + lid % WIDE_K;
-    let row = row0 + 4u * (lid / WIDE_K);
+//
+// The 64 x 64 matmul (matmul_tiled) fills its stages the same way, `depth` k rows of `quads` quads.
+fn stage_fetch_a(batch: u32, row0: u32, k0: u32, lid: u32, depth: u32) -> vec4<f32> {
+    let kk = k0 + lid % depth;
+    let row = row0 + 4u * (lid / depth);
     return vec4<f32>(gemm_a(batch, row, kk), gemm_a(batch, row + 1u, kk), gemm_a(batch, row + 2u, kk), gemm_a(batch, row + 3u, kk));
 }
 
-fn wide_slot_a(lid: u32) -> u32 {
-    let kk = lid % WIDE_K;
-    return kk * WIDE_QUADS + ((lid / WIDE_K) ^ kk);
+fn stage_slot_a(lid: u32, depth: u32, quads: u32) -> u32 {
+    let kk = lid % depth;
+    return kk * quads + ((lid / depth) ^ kk);
 }
 
-fn wide_fetch_b(batch: u32, col0: u32, k0: u32, lid: u32) -> vec4<f32> {
-    var kk = k0 + lid / WIDE_QUADS;
-    var col = col0 + 4u * (lid % WIDE_QUADS);
+fn stage_fetch_b(batch: u32, col0: u32, k0: u32, lid: u32, depth: u32, quads: u32) -> vec4<f32> {
+    var kk = k0 + lid / quads;
+    var col = col0 + 4u * (lid % quads);
     if B_TRANSPOSED {
-        kk = k0 + lid % WIDE_K;
-        col = col0 + 4u * (lid / WIDE_K);
+        kk = k0 + lid % depth;
+        col = col0 + 4u * (lid / depth);
     }
     return vec4<f32>(gemm_b(batch, kk, col), gemm_b(batch, kk, col + 1u), gemm_b(batch, kk, col + 2u), gemm_b(batch, kk, col + 3u));
 }
 
-fn wide_slot_b(lid: u32) -> u32 {
+fn stage_slot_b(lid: u32, depth: u32, quads: u32) -> u32 {
     if B_TRANSPOSED {
-        return wide_slot_a(lid);
+        return stage_slot_a(lid, depth, quads);
     }
     return lid;
 }
 
 // Where quad `q` of stage row `kk` of B is: swizzled as A's when B is fetched k-major.
-fn wide_quad_b(q: u32, kk: u32) -> u32 {
+fn stage_quad_b(q: u32, kk: u32) -> u32 {
     if B_TRANSPOSED {
         return q ^ kk;
     }
@@ -99,8 +101,8 @@ fn gemm_wide_tile(batch: u32, row0: u32, col0: u32, m: u32, n: u32, k: u32, loca
     var c70 = vec4<f32>(0.0);
     var c71 = vec4<f32>(0.0);
     let tiles = (k + WIDE_K - 1u) / WIDE_K;
-    wide_a[wide_slot_a(lid)] = wide_fetch_a(batch, row0, 0u, lid);
-    wide_b[wide_slot_b(lid)] = wide_fetch_b(batch, col0, 0u, lid);
+    wide_a[stage_slot_a(lid, WIDE_K, WIDE_QUADS)] = stage_fetch_a(batch, row0, 0u, lid, WIDE_K);
+    wide_b[stage_slot_b(lid, WIDE_K, WIDE_QUADS)] = stage_fetch_b(batch, col0, 0u, lid, WIDE_K, WIDE_QUADS);
     workgroupBarrier();
     for (var t = 0u; t < tiles; t++) {
         let cur = (t % 2u) * WIDE_STAGE;
@@ -108,15 +110,15 @@ fn gemm_wide_tile(batch: u32, row0: u32, col0: u32, m: u32, n: u32, k: u32, loca
         var next_a = vec4<f32>(0.0);
         var next_b = vec4<f32>(0.0);
         if more {
-            next_a = wide_fetch_a(batch, row0, (t + 1u) * WIDE_K, lid);
-            next_b = wide_fetch_b(batch, col0, (t + 1u) * WIDE_K, lid);
+            next_a = stage_fetch_a(batch, row0, (t + 1u) * WIDE_K, lid, WIDE_K);
+            next_b = stage_fetch_b(batch, col0, (t + 1u) * WIDE_K, lid, WIDE_K, WIDE_QUADS);
         }
         for (var kk = 0u; kk < WIDE_K; kk++) {
             let base = cur + kk * WIDE_QUADS;
             let a_lo = wide_a[base + (local.y ^ kk)];
             let a_hi = wide_a[base + MATMUL_SIDE + (local.y ^ kk)];
-            let b_lo = wide_b[base + wide_quad_b(local.x, kk)];
-            let b_hi = wide_b[base + MATMUL_SIDE + wide_quad_b(local.x, kk)];
+            let b_lo = wide_b[base + stage_quad_b(local.x, kk)];
+            let b_hi = wide_b[base + MATMUL_SIDE + stage_quad_b(local.x, kk)];
             c00 += a_lo.x * b_lo;
             c01 += a_lo.x * b_hi;
             c10 += a_lo.y * b_lo;
@@ -137,8 +139,8 @@ fn gemm_wide_tile(batch: u32, row0: u32, col0: u32, m: u32, n: u32, k: u32, loca
         // The other stage was last read before the previous barrier, so it can be overwritten now.
         if more {
             let next = WIDE_STAGE - cur;
-            wide_a[next + wide_slot_a(lid)] = next_a;
-            wide_b[next + wide_slot_b(lid)] = next_b;
+            wide_a[next + stage_slot_a(lid, WIDE_K, WIDE_QUADS)] = next_a;
+            wide_b[next + stage_slot_b(lid, WIDE_K, WIDE_QUADS)] = next_b;
         }
         workgroupBarrier();
     }

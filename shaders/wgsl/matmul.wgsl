@@ -21,60 +21,13 @@ const_assert TILE_M == 64u && TILE_N == TILE_M && TILE_K == 16u && TILED_STAGE =
 const TILED_B: u32 = 2u * TILED_STAGE;
 var<workgroup> tiled_stage: array<vec4<f32>, 4u * TILED_STAGE>;
 
-// Thread `lid` fetches 4 consecutive rows of A (or columns of a transposed B) at one k, consecutive
-// threads on consecutive k; stored at quad (row / 4) ^ k of stage row k, so that the 8 threads one
-// 128-bit store serves per cycle cover all 32 banks (as the wide kernel's stages; k < 16 permutes a
-// row's 16 quads). A B stored K x N gives 4 consecutive columns, consecutive threads on consecutive
-// columns, unswizzled.
-fn tiled_fetch_a(batch: u32, row0: u32, k0: u32, lid: u32) -> vec4<f32> {
-    let kk = k0 + lid % TILE_K;
-    let row = row0 + 4u * (lid / TILE_K);
-    return vec4<f32>(load_a(batch, row, kk), load_a(batch, row + 1u, kk), load_a(batch, row + 2u, kk), load_a(batch, row + 3u, kk));
-}
-
-fn tiled_slot_k_major(lid: u32) -> u32 {
-    let kk = lid % TILE_K;
-    return kk * TILED_QUADS + ((lid / TILE_K) ^ kk);
-}
-
-fn tiled_fetch_b(batch: u32, col0: u32, k0: u32, lid: u32) -> vec4<f32> {
-    var kk = k0 + lid / TILED_QUADS;
-    var col = col0 + 4u * (lid % TILED_QUADS);
-    if B_TRANSPOSED {
-        kk = k0 + lid % TILE_K;
-        col = col0 + 4u * (lid / TILE_K);
-    }
-    return vec4<f32>(load_b(batch, kk, col), load_b(batch, kk, col + 1u), load_b(batch, kk, col + 2u), load_b(batch, kk, col + 3u));
-}
-
-fn tiled_slot_b(lid: u32) -> u32 {
-    if B_TRANSPOSED {
-        return tiled_slot_k_major(lid);
-    }
-    return lid;
-}
-
-fn tiled_quad_b(q: u32, kk: u32) -> u32 {
-    if B_TRANSPOSED {
-        return q ^ kk;
-    }
-    return q;
-}
-
+// The stages are filled as the wide kernel's (gemm_wide.wgsl's stage_fetch_a and the rest): thread
+// `lid` fetches 4 consecutive rows of A (or columns of a transposed B) at one k, stored at quad
+// (row / 4) ^ k of stage row k (k < 16 permutes a row's 16 quads), so that the 8 threads one 128-bit
+// store serves per cycle cover all 32 banks.
 // Quad q (0-3) of quarter u of a thread's 16 quads.
 fn tiled_quarter(acc: ptr<function, array<vec4<f32>, 16>>, u: u32, q: u32) -> vec4<f32> {
     return select(select(select((*acc)[q], (*acc)[4u + q], u == 1u), (*acc)[8u + q], u == 2u), (*acc)[12u + q], u == 3u);
-}
-
-fn tiled_store(batch: u32, row: u32, col: u32, v: vec4<f32>) {
-    if row >= p.m {
-        return;
-    }
-    for (var j = 0u; j < 4u; j++) {
-        if col + j < p.n {
-            store_output(batch, row, col + j, v[j]);
-        }
-    }
 }
 
 @compute @workgroup_size(MATMUL_SIDE, MATMUL_SIDE)
@@ -89,8 +42,8 @@ fn matmul_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
     // 4tx..+3 (j = 0) or 32 + 4tx..+3 (j = 1).
     var acc: array<vec4<f32>, 16>;
     let tiles = (p.k + TILE_K - 1u) / TILE_K;
-    tiled_stage[tiled_slot_k_major(lid)] = tiled_fetch_a(batch, row0, 0u, lid);
-    tiled_stage[TILED_B + tiled_slot_b(lid)] = tiled_fetch_b(batch, col0, 0u, lid);
+    tiled_stage[stage_slot_a(lid, TILE_K, TILED_QUADS)] = stage_fetch_a(batch, row0, 0u, lid, TILE_K);
+    tiled_stage[TILED_B + stage_slot_b(lid, TILE_K, TILED_QUADS)] = stage_fetch_b(batch, col0, 0u, lid, TILE_K, TILED_QUADS);
     workgroupBarrier();
     for (var t = 0u; t < tiles; t++) {
         let cur = (t % 2u) * TILED_STAGE;
@@ -98,16 +51,16 @@ fn matmul_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
         var next_a = vec4<f32>(0.0);
         var next_b = vec4<f32>(0.0);
         if more {
-            next_a = tiled_fetch_a(batch, row0, (t + 1u) * TILE_K, lid);
-            next_b = tiled_fetch_b(batch, col0, (t + 1u) * TILE_K, lid);
+            next_a = stage_fetch_a(batch, row0, (t + 1u) * TILE_K, lid, TILE_K);
+            next_b = stage_fetch_b(batch, col0, (t + 1u) * TILE_K, lid, TILE_K, TILED_QUADS);
         }
         for (var j = 0u; j < TILE_K / TILED_TEAMS; j++) {
             let kk = TILED_TEAMS * j + team;
             let base = cur + kk * TILED_QUADS;
             let a_lo = tiled_stage[base + (ty ^ kk)];
             let a_hi = tiled_stage[base + ((8u + ty) ^ kk)];
-            let b_lo = tiled_stage[TILED_B + base + tiled_quad_b(tx, kk)];
-            let b_hi = tiled_stage[TILED_B + base + tiled_quad_b(8u + tx, kk)];
+            let b_lo = tiled_stage[TILED_B + base + stage_quad_b(tx, kk)];
+            let b_hi = tiled_stage[TILED_B + base + stage_quad_b(8u + tx, kk)];
             acc[0] += a_lo.x * b_lo;
             acc[1] += a_lo.x * b_hi;
             acc[2] += a_lo.y * b_lo;
@@ -128,8 +81,8 @@ fn matmul_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
         // The other stage was last read before the previous barrier, so it can be overwritten now.
         if more {
             let next = TILED_STAGE - cur;
-            tiled_stage[next + tiled_slot_k_major(lid)] = next_a;
-            tiled_stage[TILED_B + next + tiled_slot_b(lid)] = next_b;
+            tiled_stage[next + stage_slot_a(lid, TILE_K, TILED_QUADS)] = next_a;
+            tiled_stage[TILED_B + next + stage_slot_b(lid, TILE_K, TILED_QUADS)] = next_b;
         }
         workgroupBarrier();
     }
@@ -159,10 +112,10 @@ fn matmul_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
     // Quarter t: rows 2t and 2t + 1 of the thread's 8, each in two column quads.
     let row = row0 + 4u * ty + 2u * (team % 2u) + TILED_HALF * (team / 2u);
     let col = col0 + 4u * tx;
-    tiled_store(batch, row, col, own[0]);
-    tiled_store(batch, row, col + TILED_HALF, own[1]);
-    tiled_store(batch, row + 1u, col, own[2]);
-    tiled_store(batch, row + 1u, col + TILED_HALF, own[3]);
+    gemm_wide_store(batch, row, col, p.m, p.n, own[0]);
+    gemm_wide_store(batch, row, col + TILED_HALF, p.m, p.n, own[1]);
+    gemm_wide_store(batch, row + 1u, col, p.m, p.n, own[2]);
+    gemm_wide_store(batch, row + 1u, col + TILED_HALF, p.m, p.n, own[3]);
 }
 
 // One thread per output element: the baseline the tiled kernel is measured against.

@@ -58,12 +58,14 @@ const CPU_SHIM: &str = cuda!("cpu_shim.h");
 fn files(family: Family) -> (&'static str, &'static [&'static str]) {
     match family {
         // matmul_coop is matmul.cu's tensor-core kernel, under the family's own name.
-        Family::Matmul | Family::MatmulCoop => ("matmul.cu", &["tensor_core.cuh", "gemm_wide.cuh"]),
+        Family::Matmul | Family::MatmulCoop => {
+            ("matmul.cu", &["tensor_core.cuh", "gemm_wide.cuh", "block_exchange.cuh"])
+        }
         // ops::attention launches the attention family on CUDA for either algorithm (its f16 kernel
         // is on the tensor cores); attention_coop is named here so that every family has a source.
         Family::Attention | Family::AttentionCoop => ("attention.cu", &["tensor_core.cuh"]),
         Family::Scan => ("scan.cu", &["sequence.cuh"]),
-        Family::Ssd => ("ssd.cu", &["sequence.cuh"]),
+        Family::Ssd => ("ssd.cu", &["sequence.cuh", "block_exchange.cuh"]),
         Family::Norm => ("norm.cu", &[]),
         Family::ScanCarry => ("scan_carry.cu", &[]),
         Family::Conv1d => ("conv1d.cu", &[]),
@@ -108,6 +110,7 @@ fn embedded(file: &str) -> Option<&'static str> {
         "tensor_core.cuh" => cuda!("tensor_core.cuh"),
         "sequence.cuh" => cuda!("sequence.cuh"),
         "gemm_wide.cuh" => cuda!("gemm_wide.cuh"),
+        "block_exchange.cuh" => cuda!("block_exchange.cuh"),
         _ => return None,
     })
 }
