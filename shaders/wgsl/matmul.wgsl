@@ -25,10 +25,6 @@ var<workgroup> tiled_stage: array<vec4<f32>, 4u * TILED_STAGE>;
 // `lid` fetches 4 consecutive rows of A (or columns of a transposed B) at one k, stored at quad
 // (row / 4) ^ k of stage row k (k < 16 permutes a row's 16 quads), so that the 8 threads one 128-bit
 // store serves per cycle cover all 32 banks.
-// Quad q (0-3) of quarter u of a thread's 16 quads.
-fn tiled_quarter(acc: ptr<function, array<vec4<f32>, 16>>, u: u32, q: u32) -> vec4<f32> {
-    return select(select(select((*acc)[q], (*acc)[4u + q], u == 1u), (*acc)[8u + q], u == 2u), (*acc)[12u + q], u == 3u);
-}
 
 @compute @workgroup_size(MATMUL_SIDE, MATMUL_SIDE)
 fn matmul_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -90,10 +86,10 @@ fn matmul_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
     // quarter it owns from slot (t - r) % 4. Slot t, quad q, lane l is at 64 (4t + q) + l.
     let lane = lid % 64u;
     var own = array<vec4<f32>, 4>(
-        tiled_quarter(&acc, team, 0u),
-        tiled_quarter(&acc, team, 1u),
-        tiled_quarter(&acc, team, 2u),
-        tiled_quarter(&acc, team, 3u),
+        block_quarter(&acc, team, 0u),
+        block_quarter(&acc, team, 1u),
+        block_quarter(&acc, team, 2u),
+        block_quarter(&acc, team, 3u),
     );
     for (var r = 1u; r < TILED_TEAMS; r++) {
         if r > 1u {
@@ -101,7 +97,7 @@ fn matmul_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
         }
         let sent = (team + r) % TILED_TEAMS;
         for (var q = 0u; q < 4u; q++) {
-            tiled_stage[64u * (4u * team + q) + lane] = tiled_quarter(&acc, sent, q);
+            tiled_stage[64u * (4u * team + q) + lane] = block_quarter(&acc, sent, q);
         }
         workgroupBarrier();
         let sender = (team + TILED_TEAMS - r) % TILED_TEAMS;

@@ -109,12 +109,6 @@ const STATES_THREADS: u32 = 64u * SSD_TEAMS;
 const STATES_X: u32 = SSD_STAGE * 16u;
 var<workgroup> states_stage: array<vec4<f32>, 2u * SSD_STAGE * 16u>;
 
-// Quad q (0-3) of quarter u of a thread's 16 quads (acc[4u + q]) in both chunk kernels; u is the
-// team's, not a constant, so the quad is selected, not indexed (an indexed acc would leave registers).
-fn block_quarter(acc: ptr<function, array<vec4<f32>, 16>>, u: u32, q: u32) -> vec4<f32> {
-    return select(select(select((*acc)[q], (*acc)[4u + q], u == 1u), (*acc)[8u + q], u == 2u), (*acc)[12u + q], u == 3u);
-}
-
 @compute @workgroup_size(STATES_THREADS)
 fn ssd_chunk_states(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) index: u32) {
     let b = wg.x / p.heads;

@@ -45,6 +45,7 @@ const GRID: &str = include_str!("../../../shaders/wgsl/grid.wgsl");
 const SEQUENCE: &str = include_str!("../../../shaders/wgsl/sequence.wgsl");
 const ACTIVATION: &str = include_str!("../../../shaders/wgsl/activation.wgsl");
 const GEMM_WIDE: &str = include_str!("../../../shaders/wgsl/gemm_wide.wgsl");
+const BLOCK_EXCHANGE: &str = include_str!("../../../shaders/wgsl/block_exchange.wgsl");
 const ATTENTION_COMMON: &str = include_str!("../../../shaders/wgsl/attention_common.wgsl");
 const ATTENTION_TILE: &str = include_str!("../../../shaders/wgsl/attention_tile.wgsl");
 const ATTENTION_LANES_WORKGROUP: &str = include_str!("../../../shaders/wgsl/attention_lanes_workgroup.wgsl");
@@ -67,7 +68,7 @@ macro_rules! wgsl {
 /// The family's own source and the shared snippets (plain WGSL functions) it needs.
 fn source(family: Family) -> (&'static str, &'static [&'static str]) {
     match family {
-        Family::Matmul => (wgsl!("matmul"), &[ACTIVATION, MATMUL_IO, GEMM_WIDE]),
+        Family::Matmul => (wgsl!("matmul"), &[ACTIVATION, MATMUL_IO, GEMM_WIDE, BLOCK_EXCHANGE]),
         // The fragment operations (COOP_NATIVE or COOP_EMULATED) are added by `compose`.
         Family::MatmulCoop => (wgsl!("matmul_coop"), &[ACTIVATION, MATMUL_IO]),
         Family::Norm => (wgsl!("norm"), &[]),
@@ -75,7 +76,7 @@ fn source(family: Family) -> (&'static str, &'static [&'static str]) {
         // The same entries on the matrix-unit machinery; its fragment operations are added by `compose`.
         Family::AttentionCoop => (wgsl!("attention"), &[ATTENTION_COMMON, ATTENTION_COOP]),
         Family::Scan => (wgsl!("scan"), &[SEQUENCE]),
-        Family::Ssd => (wgsl!("ssd"), &[SEQUENCE]),
+        Family::Ssd => (wgsl!("ssd"), &[SEQUENCE, BLOCK_EXCHANGE]),
         Family::ScanCarry => (wgsl!("scan_carry"), &[]),
         Family::Conv1d => (wgsl!("conv1d"), &[]),
         Family::Elementwise => (wgsl!("elementwise"), &[ACTIVATION]),

@@ -1,0 +1,12 @@
+// For blocks whose threads are four teams that split K (matmul_tiled, ssd.wgsl's chunk kernels): each
+// thread of a team holds a partial 8 x 8 register block (16 quads) of the same outputs, and the teams
+// add theirs up through workgroup memory at the end. Team t owns quarter t of every thread's block
+// (quads 4t..4t + 3, its rows 2t and 2t + 1 of 8) and receives it from the other teams in three
+// rounds, each team sending quarter (t + r) % 4 in round r. The rounds stay in the kernels: each
+// sends through its own workgroup array, which WGSL cannot pass to a function.
+
+// Quad q (0-3) of quarter u of a thread's 16 quads (acc[4u + q]). u is the team's, not a constant, so
+// the quad is selected, not indexed (an indexed acc would leave registers).
+fn block_quarter(acc: ptr<function, array<vec4<f32>, 16>>, u: u32, q: u32) -> vec4<f32> {
+    return select(select(select((*acc)[q], (*acc)[4u + q], u == 1u), (*acc)[8u + q], u == 2u), (*acc)[12u + q], u == 3u);
+}
