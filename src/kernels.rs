@@ -56,10 +56,11 @@ pub mod size {
     pub const SCAN_WG: u32 = 64;
     /// Largest SSM state (N) the scans hold in registers and workgroup memory.
     pub const MAX_STATE: u32 = 64;
-    /// SSD's chunked matrix form: ssd_chunk_states' workgroup of SSD_TEAMS teams of 64 threads, which
-    /// stages SSD_STAGE steps of B and of the weighted x (64 columns) at a time; the teams split the
-    /// steps and meet in the same workgroup memory at the end.
-    pub const SSD_TEAMS: u32 = 4;
+    /// The teams that split K in matmul_tiled and SSD's chunk kernels, each thread an 8 x 8 register
+    /// block of the same outputs, added up at the end (block_exchange.wgsl / .cuh).
+    pub const BLOCK_TEAMS: u32 = 4;
+    /// SSD's chunked matrix form: ssd_chunk_states' workgroup of BLOCK_TEAMS teams of 64 threads,
+    /// which stages SSD_STAGE steps of B and of the weighted x (64 columns) at a time.
     pub const SSD_STAGE: u32 = 32;
     pub const SSD_MAX_HEAD_DIM: u32 = 256;
     /// ssd_chunk_outputs: SSD_OUT_ROWS time steps x 64 columns per workgroup of SSD_OUT_THREADS, keys
@@ -82,10 +83,12 @@ pub mod size {
     // ssd_chunk_outputs' threads are four teams of 32, each thread 8 rows x 8 columns of a 32 x 64
     // block, and compute 4 rows x 2 keys of a score tile; its stage holds a tile of B, a tile of dt x
     // and at least one state's row (65 words).
-    const _: () = assert!(SSD_OUT_THREADS == 4 * 32 && SSD_OUT_ROWS == 32 && SSD_OUT_KEYS == 2 * 16);
+    const _: () = assert!(SSD_OUT_THREADS == BLOCK_TEAMS * 32 && SSD_OUT_ROWS == 32 && SSD_OUT_KEYS == 2 * 16);
     const _: () = assert!(SSD_OUT_STAGE >= MAX_STATE * SSD_OUT_KEYS && SSD_OUT_STAGE >= SSD_OUT_KEYS * 64);
+    // The teams' exchange owns a quarter of each thread's block per team: it is written for four.
     // ssd_chunk_states' 64 threads of a team each hold 8 x 8 of a 64-state x 64-column block; its
-    // stage (B and x, 64 words a step each) holds a team's block when the teams add theirs up.
+    // stage (B and x, 64 words a step each) holds the exchange's 16 slots of 64 quads at the end.
+    const _: () = assert!(BLOCK_TEAMS == 4 && TILE_K.is_multiple_of(BLOCK_TEAMS));
     const _: () = assert!(SSD_MAX_HEAD_DIM.is_multiple_of(64) && MAX_STATE == 64 && 2 * SSD_STAGE >= MAX_STATE);
     // The CUDA tensor-core kernel and the WGSL cooperative one cover the same block, so both share
     // the 64 x 64 matmul's grid; the WGSL one is written for four 32 x 32 quarters and 16-deep steps.
@@ -120,7 +123,7 @@ pub mod size {
         ("CONV_WEIGHT_CAP", CONV_WEIGHT_CAP),
         ("SCAN_WG", SCAN_WG),
         ("MAX_STATE", MAX_STATE),
-        ("SSD_TEAMS", SSD_TEAMS),
+        ("BLOCK_TEAMS", BLOCK_TEAMS),
         ("SSD_STAGE", SSD_STAGE),
         ("SSD_MAX_HEAD_DIM", SSD_MAX_HEAD_DIM),
         ("SSD_OUT_ROWS", SSD_OUT_ROWS),

@@ -19,9 +19,9 @@ SW_DEVICE void block_exchange(const float (&acc)[8][8], float (&own)[2][8], floa
     for (u32 i = 0; i < 2u; i++)
         SW_UNROLL
         for (u32 j = 0; j < 8u; j++) own[i][j] = block_quarter(acc, team, i, j);
-    for (u32 r = 1; r < 4u; r++) {
+    for (u32 r = 1; r < BLOCK_TEAMS; r++) {
         __syncthreads();
-        const u32 sent = (team + r) % 4u;
+        const u32 sent = (team + r) % BLOCK_TEAMS;
         SW_UNROLL
         for (u32 q = 0; q < 4u; q++) {
             const u32 i = q / 2u, j = 4u * (q % 2u);
@@ -30,7 +30,7 @@ SW_DEVICE void block_exchange(const float (&acc)[8][8], float (&own)[2][8], floa
                        block_quarter(acc, sent, i, j + 2u), block_quarter(acc, sent, i, j + 3u)};
         }
         __syncthreads();
-        const u32 sender = (team + 4u - r) % 4u;
+        const u32 sender = (team + BLOCK_TEAMS - r) % BLOCK_TEAMS;
         SW_UNROLL
         for (u32 q = 0; q < 4u; q++) {
             const float4 v = slots[lanes * (4u * sender + q) + lane];

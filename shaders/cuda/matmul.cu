@@ -59,7 +59,6 @@ SW_DEVICE float matmul_load_b(const store_t* b, const MatmulParams p, u32 batch,
 // sending and receiving at once, through the stages.
 #define TILED_QUADS (TILE_M / 4u)
 #define TILED_STAGE (TILE_K * TILED_QUADS)
-#define TILED_TEAMS 4u
 
 SW_DEVICE void matmul_tiled_fetch(const store_t* a, const store_t* b, const MatmulParams& p, u32 batch, u32 row0,
                                   u32 col0, u32 k0, u32 lid, float4& na, float4& nb) {
@@ -108,7 +107,7 @@ SW_KERNEL(matmul_tiled, MATMUL_SIDE, MATMUL_SIDE, 1,
         const u32 cur = (t % 2u) * TILED_STAGE;
         const bool more = t + 1u < tiles;
         if (more) matmul_tiled_fetch(a, b, p, batch, row0, col0, (t + 1u) * TILE_K, lid, na, nb);
-        for (u32 kk = team; kk < TILE_K; kk += TILED_TEAMS) {
+        for (u32 kk = team; kk < TILE_K; kk += BLOCK_TEAMS) {
             const u32 base = cur + kk * TILED_QUADS;
             const float4 a_lo = stage[base + (ty ^ kk)], a_hi = stage[base + ((8u + ty) ^ kk)];
             const float4 b_lo = stage_b[base + (B_TRANSPOSED ? tx ^ kk : tx)];

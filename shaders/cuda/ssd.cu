@@ -71,7 +71,7 @@ SW_KERNEL(ssd_cumsum, SCAN_WG, 1, 1,
 // 32 + 4tc..+3 of the group, so a step reads 4 float4 words for 64 FMAs. The teams take every fourth
 // step of a stage (split-K) and exchange quarters of their blocks through the stage. States past
 // N_STATE and columns past head_dim are staged as 0 and not stored.
-#define SSD_STATES_THREADS (64u * SSD_TEAMS)
+#define SSD_STATES_THREADS (64u * BLOCK_TEAMS)
 // Quads per staged step: 64 states of B, then (at SSD_STATES_X) 64 columns of the weighted x.
 #define SSD_STATES_X (SSD_STAGE * 16u)
 SW_KERNEL(ssd_chunk_states, SSD_STATES_THREADS, 1, 1,
@@ -115,7 +115,7 @@ SW_KERNEL(ssd_chunk_states, SSD_STATES_THREADS, 1, 1,
             stage[4u * SSD_STATES_X + e] = v;
         }
         __syncthreads();
-        for (u32 s = team; s < count; s += SSD_TEAMS) {
+        for (u32 s = team; s < count; s += BLOCK_TEAMS) {
             const float4 b_lo = stage4[16u * s + tn], b_hi = stage4[16u * s + 8u + tn];
             const float4 x_lo = stage4[SSD_STATES_X + 16u * s + tc], x_hi = stage4[SSD_STATES_X + 16u * s + 8u + tc];
             const float bv[8] = {b_lo.x, b_lo.y, b_lo.z, b_lo.w, b_hi.x, b_hi.y, b_hi.z, b_hi.w};
@@ -160,7 +160,7 @@ SW_KERNEL(ssd_chunk_states, SSD_STATES_THREADS, 1, 1,
 // stage[k * stride + 4tc..+3 and + 32..] (its 8 columns) over k = team, team + 4, ... < count.
 SW_DEVICE void ssd_accumulate_block(float (&acc)[8][8], const float4* rows, const float* stage, u32 count, u32 stride,
                                     u32 team, u32 tr, u32 tc) {
-    for (u32 k = team; k < count; k += 4u) {
+    for (u32 k = team; k < count; k += BLOCK_TEAMS) {
         const float4 lo = rows[k * (SSD_OUT_ROWS / 4u) + tr], hi = rows[k * (SSD_OUT_ROWS / 4u) + 4u + tr];
         const float r[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
         const float* cols = &stage[k * stride + 4u * tc];

@@ -13,7 +13,6 @@
 const TILED_QUADS: u32 = TILE_M / 4u; // vec4 words per k row of a stage (A's rows, or B's columns)
 const TILED_STAGE: u32 = TILE_K * TILED_QUADS; // vec4 words per stage: one per thread
 const TILED_HALF: u32 = TILE_M / 2u;
-const TILED_TEAMS: u32 = 4u;
 const_assert TILE_M == 64u && TILE_N == TILE_M && TILE_K == 16u && TILED_STAGE == MATMUL_SIDE * MATMUL_SIDE;
 
 // [stage of A (2)][k][row / 4], then [stage of B (2)][k][col / 4] at TILED_B; all four are the
@@ -50,8 +49,8 @@ fn matmul_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
             next_a = stage_fetch_a(batch, row0, (t + 1u) * TILE_K, lid, TILE_K);
             next_b = stage_fetch_b(batch, col0, (t + 1u) * TILE_K, lid, TILE_K, TILED_QUADS);
         }
-        for (var j = 0u; j < TILE_K / TILED_TEAMS; j++) {
-            let kk = TILED_TEAMS * j + team;
+        for (var j = 0u; j < TILE_K / BLOCK_TEAMS; j++) {
+            let kk = BLOCK_TEAMS * j + team;
             let base = cur + kk * TILED_QUADS;
             let a_lo = tiled_stage[base + (ty ^ kk)];
             let a_hi = tiled_stage[base + ((8u + ty) ^ kk)];
@@ -91,16 +90,16 @@ fn matmul_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
         block_quarter(&acc, team, 2u),
         block_quarter(&acc, team, 3u),
     );
-    for (var r = 1u; r < TILED_TEAMS; r++) {
+    for (var r = 1u; r < BLOCK_TEAMS; r++) {
         if r > 1u {
             workgroupBarrier();
         }
-        let sent = (team + r) % TILED_TEAMS;
+        let sent = (team + r) % BLOCK_TEAMS;
         for (var q = 0u; q < 4u; q++) {
             tiled_stage[64u * (4u * team + q) + lane] = block_quarter(&acc, sent, q);
         }
         workgroupBarrier();
-        let sender = (team + TILED_TEAMS - r) % TILED_TEAMS;
+        let sender = (team + BLOCK_TEAMS - r) % BLOCK_TEAMS;
         for (var q = 0u; q < 4u; q++) {
             own[q] += tiled_stage[64u * (4u * sender + q) + lane];
         }

@@ -104,7 +104,7 @@ fn ssd_cumsum(@builtin(global_invocation_id) gid: vec3<u32>) {
 // read 2). The four teams take every fourth step of a stage (split-K), then exchange quarters of
 // their blocks through the stage. States past N_STATE and columns past head_dim are staged as 0 and
 // not stored.
-const STATES_THREADS: u32 = 64u * SSD_TEAMS;
+const STATES_THREADS: u32 = 64u * BLOCK_TEAMS;
 // Quads per staged step: 64 states of B, then (at STATES_X) 64 columns of the weighted x.
 const STATES_X: u32 = SSD_STAGE * 16u;
 var<workgroup> states_stage: array<vec4<f32>, 2u * SSD_STAGE * 16u>;
@@ -148,7 +148,7 @@ fn ssd_chunk_states(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocat
             states_stage[STATES_X + e / 4u][e % 4u] = v;
         }
         workgroupBarrier();
-        for (var s = team; s < count; s += SSD_TEAMS) {
+        for (var s = team; s < count; s += BLOCK_TEAMS) {
             let b_lo = states_stage[16u * s + tn];
             let b_hi = states_stage[16u * s + 8u + tn];
             let x_lo = states_stage[STATES_X + 16u * s + tc];
@@ -182,14 +182,14 @@ fn ssd_chunk_states(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocat
         block_quarter(&acc, team, 2u),
         block_quarter(&acc, team, 3u),
     );
-    for (var r = 1u; r < SSD_TEAMS; r++) {
+    for (var r = 1u; r < BLOCK_TEAMS; r++) {
         workgroupBarrier();
-        let sent = (team + r) % SSD_TEAMS;
+        let sent = (team + r) % BLOCK_TEAMS;
         for (var q = 0u; q < 4u; q++) {
             states_stage[64u * (4u * team + q) + lane] = block_quarter(&acc, sent, q);
         }
         workgroupBarrier();
-        let sender = (team + SSD_TEAMS - r) % SSD_TEAMS;
+        let sender = (team + BLOCK_TEAMS - r) % BLOCK_TEAMS;
         for (var q = 0u; q < 4u; q++) {
             own[q] += states_stage[64u * (4u * sender + q) + lane];
         }
@@ -234,7 +234,6 @@ fn ssd_chunk_states(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocat
 // Rows past the chunk read C = 0 and are not stored; columns past head_dim are staged as 0 and not
 // stored.
 const OUT_THREADS: u32 = SSD_OUT_THREADS;
-const OUT_TEAMS: u32 = 4u;
 const OUT_ROW_VECS: u32 = SSD_OUT_ROWS / 4u;
 const OUT_HALF: u32 = SSD_OUT_ROWS / 2u;
 
@@ -294,7 +293,7 @@ fn ssd_chunk_outputs(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoca
             out_stage[(n - n0) * state_stride + col - col0] = v;
         }
         workgroupBarrier();
-        for (var k = team; k < count; k += OUT_TEAMS) {
+        for (var k = team; k < count; k += BLOCK_TEAMS) {
             let rows = (n0 + k) * OUT_ROW_VECS;
             let c_lo = out_rows[rows + tr];
             let c_hi = out_rows[rows + 4u + tr];
@@ -392,7 +391,7 @@ fn ssd_chunk_outputs(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoca
             out_stage[e] = v;
         }
         workgroupBarrier();
-        for (var k = team; k < SSD_OUT_KEYS; k += OUT_TEAMS) {
+        for (var k = team; k < SSD_OUT_KEYS; k += BLOCK_TEAMS) {
             let rows = SCORES_AT + k * OUT_ROW_VECS;
             let g_lo = out_rows[rows + tr];
             let g_hi = out_rows[rows + 4u + tr];
@@ -428,14 +427,14 @@ fn ssd_chunk_outputs(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoca
         block_quarter(&acc, team, 2u),
         block_quarter(&acc, team, 3u),
     );
-    for (var r = 1u; r < OUT_TEAMS; r++) {
+    for (var r = 1u; r < BLOCK_TEAMS; r++) {
         workgroupBarrier();
-        let sent = (team + r) % OUT_TEAMS;
+        let sent = (team + r) % BLOCK_TEAMS;
         for (var q = 0u; q < 4u; q++) {
             out_rows[32u * (4u * team + q) + lane] = block_quarter(&acc, sent, q);
         }
         workgroupBarrier();
-        let sender = (team + OUT_TEAMS - r) % OUT_TEAMS;
+        let sender = (team + BLOCK_TEAMS - r) % BLOCK_TEAMS;
         for (var q = 0u; q < 4u; q++) {
             own[q] += out_rows[32u * (4u * sender + q) + lane];
         }
