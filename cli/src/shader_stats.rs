@@ -360,7 +360,8 @@ fn print_table(radv: &radv::Radv, target: &str, kernels: &[Kernel]) {
         "wave: subgroup size; scratch: bytes of scratch memory per wave (private arrays the compiler could \
          not keep in registers, and spills); LDS and wgmem: bytes (RADV's allocation, the WGSL variables used); waves: \
          subgroups per SIMD (occupancy); inv.thru: ACO's estimated inverse throughput; barr: barrier \
-         sites; tile: barrier sites per key tile of an attention kernel; words/FMA: workgroup-memory words read per FMA in each GEMM-like inner loop"
+         sites; tile: barrier sites per key tile of an attention kernel; words/FMA: workgroup-memory words read per FMA in each GEMM-like inner loop (the innermost loops \
+         that read workgroup memory and multiply two different values, with the functions they call)"
     );
 }
 

@@ -297,7 +297,6 @@ fn ssd_chunk_outputs(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoca
             let rows = (n0 + k) * OUT_ROW_VECS;
             let c_lo = out_rows[rows + tr];
             let c_hi = out_rows[rows + 4u + tr];
-            // Read here, not in a helper: shader-stats counts a loop's own workgroup reads.
             let lo = k * state_stride + 4u * tc;
             let hi = lo + 32u;
             let s_lo = vec4<f32>(out_stage[lo], out_stage[lo + 1u], out_stage[lo + 2u], out_stage[lo + 3u]);

@@ -26,7 +26,8 @@ pub struct StaticCounts {
     pub tile_barriers: Option<u32>,
     /// Bytes of the workgroup variables the entry point uses.
     pub workgroup_bytes: u32,
-    /// The innermost loops that both read workgroup memory and do FMAs (GEMM-like inner loops).
+    /// The innermost loops that both read workgroup memory and do FMAs (GEMM-like inner loops),
+    /// counted with the functions they call; a square (a norm's `dot(x, x)`) is no FMA here.
     pub inner_loops: Vec<InnerLoop>,
 }
 
@@ -73,11 +74,12 @@ pub fn count(module: &Module, info: &ModuleInfo, index: usize) -> StaticCounts {
     });
     let mut inner_loops = Vec::new();
     let name = entry.name.clone();
-    innermost_loops(module, &entry.function, entry_info, &name, &entry.function.body, &mut inner_loops);
+    let loops = Loops { module, info };
+    loops.innermost(&entry.function, entry_info, &name, &entry.function.body, &mut inner_loops);
     for handle in reached {
         let function = &module.functions[handle];
         let name = function.name.clone().unwrap_or_default();
-        innermost_loops(module, function, &info[handle], &name, &function.body, &mut inner_loops);
+        loops.innermost(function, &info[handle], &name, &function.body, &mut inner_loops);
     }
     StaticCounts { barriers, tile_barriers, workgroup_bytes, inner_loops }
 }
@@ -194,99 +196,124 @@ fn calls(
     }
 }
 
-fn contains_loop(block: &Block) -> bool {
-    block.iter().any(|s| matches!(s, Statement::Loop { .. }) || children(s).into_iter().any(contains_loop))
+/// Whether `block` of `function` runs a loop, in its own statements or in a function it calls.
+fn runs_loop(module: &Module, function: &Function, block: &Block) -> bool {
+    live(module, function, block).into_iter().any(|statement| match statement {
+        Statement::Loop { .. } => true,
+        Statement::Call { function: callee, .. } => {
+            let body = &module.functions[*callee];
+            runs_loop(module, body, &body.body)
+        }
+        _ => children(statement).into_iter().any(|child| runs_loop(module, function, child)),
+    })
 }
 
-fn innermost_loops(
-    module: &Module,
-    function: &Function,
-    info: &FunctionInfo,
-    name: &str,
-    block: &Block,
-    out: &mut Vec<InnerLoop>,
-) {
-    for statement in live(module, function, block) {
-        if let Statement::Loop { body, continuing, .. } = statement
-            && !contains_loop(body)
-            && !contains_loop(continuing)
-        {
-            let mut tally = Tally { module, function, info, words: 0.0, fmas: 0 };
-            tally.block(body);
-            tally.block(continuing);
-            if tally.words > 0.0 && tally.fmas > 0 {
-                out.push(InnerLoop { function: name.to_string(), words: tally.words, fmas: tally.fmas });
+/// Finds the innermost loops of functions: loops that run no loop themselves, also none in a
+/// function they call.
+struct Loops<'a> {
+    module: &'a Module,
+    info: &'a ModuleInfo,
+}
+
+impl Loops<'_> {
+    fn innermost(&self, function: &Function, info: &FunctionInfo, name: &str, block: &Block, out: &mut Vec<InnerLoop>) {
+        for statement in live(self.module, function, block) {
+            if let Statement::Loop { body, continuing, .. } = statement
+                && !runs_loop(self.module, function, body)
+                && !runs_loop(self.module, function, continuing)
+            {
+                let mut tally = Tally { module: self.module, module_info: self.info, words: 0.0, fmas: 0 };
+                tally.block(function, info, body);
+                tally.block(function, info, continuing);
+                if tally.words > 0.0 && tally.fmas > 0 {
+                    out.push(InnerLoop { function: name.to_string(), words: tally.words, fmas: tally.fmas });
+                }
+                continue;
             }
-            continue;
-        }
-        for child in children(statement) {
-            innermost_loops(module, function, info, name, child, out);
+            for child in children(statement) {
+                self.innermost(function, info, name, child, out);
+            }
         }
     }
 }
 
-/// Workgroup words loaded and FMAs done by the expressions a block evaluates (its `Emit` ranges).
+/// Workgroup words loaded and FMAs done by the expressions a block evaluates (its `Emit` ranges),
+/// and by the functions it calls, at every call: a helper that reads a stage for the loop is the
+/// loop's traffic (2026-12-04; before, only the loop's own expressions were counted).
 struct Tally<'a> {
     module: &'a Module,
-    function: &'a Function,
-    info: &'a FunctionInfo,
+    module_info: &'a ModuleInfo,
     words: f64,
     fmas: u32,
 }
 
 impl Tally<'_> {
-    fn block(&mut self, block: &Block) {
-        for statement in live(self.module, self.function, block) {
-            if let Statement::Emit(range) = statement {
-                for handle in range.clone() {
-                    self.expression(handle);
+    fn block(&mut self, function: &Function, info: &FunctionInfo, block: &Block) {
+        for statement in live(self.module, function, block) {
+            match statement {
+                Statement::Emit(range) => {
+                    for handle in range.clone() {
+                        self.expression(function, info, handle);
+                    }
                 }
+                Statement::Call { function: callee, .. } => {
+                    let body = &self.module.functions[*callee];
+                    self.block(body, &self.module_info[*callee], &body.body);
+                }
+                _ => {}
             }
             for child in children(statement) {
-                self.block(child);
+                self.block(function, info, child);
             }
         }
     }
 
-    fn expression(&mut self, handle: Handle<Expression>) {
-        let expressions = &self.function.expressions;
+    fn expression(&mut self, function: &Function, info: &FunctionInfo, handle: Handle<Expression>) {
+        let expressions = &function.expressions;
+        let components = |handle| float_components(self.module, info, handle);
         match expressions[handle] {
-            Expression::Load { pointer } if self.is_workgroup(pointer) => {
-                let bytes = self.info[handle].ty.inner_with(&self.module.types).size(self.module.to_ctx());
+            Expression::Load { pointer } if is_workgroup(self.module, function, pointer) => {
+                let bytes = info[handle].ty.inner_with(&self.module.types).size(self.module.to_ctx());
                 self.words += f64::from(bytes) / 4.0;
             }
             Expression::Binary { op: BinaryOperator::Add | BinaryOperator::Subtract, left, right }
-                if [left, right]
-                    .iter()
-                    .any(|&e| matches!(expressions[e], Expression::Binary { op: BinaryOperator::Multiply, .. })) =>
+                if [left, right].iter().any(|&e| is_product(expressions, e)) =>
             {
-                self.fmas += self.float_components(handle);
+                self.fmas += components(handle);
             }
-            Expression::Math { fun: MathFunction::Fma, .. } => self.fmas += self.float_components(handle),
-            Expression::Math { fun: MathFunction::Dot, arg, .. } => self.fmas += self.float_components(arg),
+            Expression::Math { fun: MathFunction::Fma, arg, arg1: Some(arg1), .. } if arg != arg1 => {
+                self.fmas += components(handle);
+            }
+            Expression::Math { fun: MathFunction::Dot, arg, arg1: Some(arg1), .. } if arg != arg1 => {
+                self.fmas += components(arg);
+            }
             _ => {}
         }
     }
+}
 
-    /// Whether `pointer` points into a workgroup variable.
-    fn is_workgroup(&self, mut pointer: Handle<Expression>) -> bool {
-        loop {
-            match self.function.expressions[pointer] {
-                Expression::Access { base, .. } | Expression::AccessIndex { base, .. } => pointer = base,
-                Expression::GlobalVariable(var) => {
-                    return self.module.global_variables[var].space == AddressSpace::WorkGroup;
-                }
-                _ => return false,
-            }
+/// Whether `e` multiplies two different values: a square (`x * x`, `dot(x, x)`: a norm's sum of
+/// squares) is a reduction of one operand, not a product of two, and no GEMM's FMA.
+fn is_product(expressions: &Arena<Expression>, e: Handle<Expression>) -> bool {
+    matches!(expressions[e], Expression::Binary { op: BinaryOperator::Multiply, left, right } if left != right)
+}
+
+/// Whether `pointer` points into a workgroup variable.
+fn is_workgroup(module: &Module, function: &Function, mut pointer: Handle<Expression>) -> bool {
+    loop {
+        match function.expressions[pointer] {
+            Expression::Access { base, .. } | Expression::AccessIndex { base, .. } => pointer = base,
+            Expression::GlobalVariable(var) => return module.global_variables[var].space == AddressSpace::WorkGroup,
+            _ => return false,
         }
     }
+}
 
-    fn float_components(&self, handle: Handle<Expression>) -> u32 {
-        match *self.info[handle].ty.inner_with(&self.module.types) {
-            naga::TypeInner::Scalar(s) if s.kind == naga::ScalarKind::Float => 1,
-            naga::TypeInner::Vector { size, scalar } if scalar.kind == naga::ScalarKind::Float => size as u32,
-            _ => 0,
-        }
+fn float_components(module: &Module, info: &FunctionInfo, handle: Handle<Expression>) -> u32 {
+    match *info[handle].ty.inner_with(&module.types) {
+        naga::TypeInner::Scalar(s) if s.kind == naga::ScalarKind::Float => 1,
+        naga::TypeInner::Vector { size, scalar } if scalar.kind == naga::ScalarKind::Float => size as u32,
+        _ => 0,
     }
 }
 
@@ -357,6 +384,59 @@ fn main(@builtin(local_invocation_index) t: u32) {
         let ratios: Vec<f64> = wide.inner_loops.iter().map(InnerLoop::words_per_fma).collect();
         assert_eq!(ratios, [0.25], "{wide:?}");
         assert_eq!(wide.barriers, narrow.barriers + 1, "{wide:?}");
+    }
+
+    /// A stage read through a helper, a loop that calls a looping helper, and a norm's sum of squares.
+    const HELPERS: &str = r#"
+var<workgroup> stage: array<vec4<f32>, 64>;
+
+fn staged(i: u32) -> vec4<f32> {
+    return stage[i];
+}
+
+fn row_sum(x: f32) -> f32 {
+    var acc = 0.0;
+    for (var i = 0u; i < 4u; i++) {
+        acc += stage[i].x * x;
+    }
+    return acc;
+}
+
+@compute @workgroup_size(64)
+fn main(@builtin(local_invocation_index) t: u32) {
+    stage[t] = vec4<f32>(f32(t));
+    workgroupBarrier();
+    let q = vec4<f32>(f32(t));
+    var acc = vec4<f32>(0.0);
+    for (var i = 0u; i < 64u; i++) {
+        let k = staged(i);
+        acc += q.x * k;
+        acc += q.y * k;
+    }
+    var norm = 0.0;
+    for (var i = 0u; i < 64u; i++) {
+        let k = stage[i];
+        norm += dot(k, k);
+    }
+    var outer = 0.0;
+    for (var i = 0u; i < 2u; i++) {
+        outer += row_sum(acc[i]);
+    }
+    workgroupBarrier();
+    stage[t] = acc * norm * outer;
+}
+"#;
+
+    #[test]
+    fn helpers_are_followed_and_squares_are_no_products() {
+        let counts = counts_of(HELPERS, &[]);
+        let mut loops: Vec<(String, f64)> =
+            counts.inner_loops.iter().map(|l| (l.function.clone(), l.words_per_fma())).collect();
+        loops.sort_by(|a, b| a.0.cmp(&b.0));
+        // main's first loop: the helper's vec4 read (4 words) for 8 FMAs. Its norm loop reads but
+        // multiplies nothing by another value. Its outer loop calls a loop, so row_sum's loop is the
+        // innermost one: one word (the component loaded) per FMA.
+        assert_eq!(loops, [("main".to_string(), 0.5), ("row_sum".to_string(), 1.0)], "{counts:?}");
     }
 
     #[test]
