@@ -5,13 +5,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, ensure};
 use clap::Args;
-use scalewise::demo::DemoModel;
 use scalewise::generate::{GenerateOptions, MAX_BATCH, Pipeline, ScaleStep, Transformer};
 use scalewise::image::Image;
 use scalewise::nn::ScaleHistory;
 use scalewise::output::StagedOutput;
 use scalewise::{DType, Device};
 use scalewise_cli::bench::{self, BenchTransformer, GenerateBenchConfig};
+use scalewise_cli::demo::DemoModel;
 use scalewise_support::synthetic::{MvarShape, VaeShape, VarShape};
 
 #[derive(Args)]

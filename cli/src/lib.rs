@@ -2,4 +2,5 @@
 //! `cargo bench -p scalewise-cli`. The scalewise library itself carries only the data path.
 
 pub mod bench;
+pub mod demo;
 pub mod peaks;

@@ -384,7 +384,7 @@ fn list_classes(args: &ClassesArgs) -> anyhow::Result<()> {
                 check_input_file("--var", path)?;
                 scalewise::weights::StateDict::load_with(path, &args.weights.options())?
             }
-            None => scalewise::demo::var_state_dict()?,
+            None => scalewise_cli::demo::var_state_dict()?,
         };
         loaded = scalewise::generate::Transformer::infer_config(&sd)?;
         (loaded.class_names.as_deref().unwrap_or_default(), loaded.num_classes)
