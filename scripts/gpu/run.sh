@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU run (issues 14 and 15), on the lent device, from the repository root with .gl and .devbin
-# carried (scripts/gpu/build.sh made them). Every step writes under $OUT and goes on when one fails;
+# carried (scripts/gpu/build.sh made them): `bash scripts/gpu/run.sh PART`. Every step writes under $OUT and goes on when one fails;
 # $OUT/summary.txt lists each step's exit status and time. A task that draws a device gets 15 minutes
 # of it in all, start-up included, and at most 10 per command, so the parts are sized for that and run
 # as separate commands, most important first: `run.sh vulkan` (its steps' limits sum to 505 s; call it
@@ -33,6 +33,15 @@ if [[ -z "${SCALEWISE_NVRTC_DIR:-}" ]]; then
     # shellcheck disable=SC2086
     lib="$(find $sites /usr/local/cuda* -name 'libnvrtc.so.13' 2>/dev/null | head -1)"
     [[ -n "$lib" ]] && export SCALEWISE_NVRTC_DIR="$(dirname "$lib")"
+fi
+# build.sh gzipped the executables.
+for f in .devbin/*.gz; do
+    gunzip -c "$f" >"${f%.gz}" && chmod +x "${f%.gz}"
+done
+# The tests read their fixtures under the folder they were built in (build.sh wrote it down).
+built_in="$(cat .devbin/built-in 2>/dev/null)"
+if [[ -n "$built_in" && ! -e "$built_in" ]]; then
+    mkdir -p "$(dirname "$built_in")" && ln -s "$(pwd)" "$built_in"
 fi
 # Compiled kernels stay on the device (not copied back with $OUT).
 export SCALEWISE_CACHE_DIR=/tmp/scalewise-cache
@@ -118,7 +127,7 @@ for part in $PARTS; do
         attention cuda
         scan cuda
         ;;
-    torch) step torch-peers 500 python3 $B/torch_peers.py --out "$OUT/torch.json" ;;
+    torch) step torch-peers 500 python3 scripts/gpu/torch_peers.py --out "$OUT/torch.json" ;;
     *) echo "run.sh: unknown part $part (vulkan, check, vulkan-more, cuda, torch)" >&2 ;;
     esac
 done
