@@ -249,9 +249,10 @@ struct PeaksArgs {
     /// FMA probe: workgroups of 256 threads.
     #[arg(long, default_value_t = PeaksConfig::default().fma_workgroups)]
     fma_workgroups: u32,
-    /// FMA probe: iterations of 32 FMAs per thread.
-    #[arg(long, default_value_t = PeaksConfig::default().fma_iters)]
-    fma_iters: u32,
+    /// FMA probe: iterations of 32 FMAs per thread [default: 4096, fewer where a run would take
+    /// over half a second, as on a CPU adapter]
+    #[arg(long)]
+    fma_iters: Option<u32>,
     /// Copy probe: MiB read and written (capped by the adapter's binding limit).
     #[arg(long, default_value_t = PeaksConfig::default().copy_bytes >> 20)]
     copy_mib: u64,
@@ -560,7 +561,8 @@ fn bench_peaks(device: &Device, args: &PeaksArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.iters > 0, "--iters must be at least 1");
     let config = PeaksConfig {
         fma_workgroups: args.fma_workgroups,
-        fma_iters: args.fma_iters,
+        fma_iters: args.fma_iters.unwrap_or(PeaksConfig::default().fma_iters),
+        fit_fma_iters: args.fma_iters.is_none(),
         copy_bytes: args.copy_mib.checked_mul(1 << 20).context("--copy-mib is too large")?,
         dispatches: args.dispatches,
         warmup: args.warmup,

@@ -16,6 +16,10 @@ pub struct PeaksConfig {
     /// FMA probe: workgroups of 256 threads, each thread `fma_iters` iterations of 32 FMAs.
     pub fma_workgroups: u32,
     pub fma_iters: u32,
+    /// Fewer iterations where `fma_iters` would take over FMA_RUN_MS_MOST per run (a CPU adapter:
+    /// lavapipe's 16384 x 256 threads x 4096 iterations took about 80 s a run, 16 minutes for the
+    /// probe); false keeps `fma_iters` as given.
+    pub fit_fma_iters: bool,
     /// Copy probe: bytes copied (read once, written once), capped by the adapter's binding limit.
     pub copy_bytes: u64,
     /// Dispatch-gap probe: empty one-thread dispatches recorded in one compute pass.
@@ -29,6 +33,7 @@ impl Default for PeaksConfig {
         Self {
             fma_workgroups: 16384,
             fma_iters: 4096,
+            fit_fma_iters: true,
             copy_bytes: 1 << 30,
             dispatches: 2000,
             warmup: 2,
@@ -235,6 +240,30 @@ impl Probe<'_> {
     }
 }
 
+/// The longest an FMA probe run may take before its iterations are cut ([`PeaksConfig::fit_fma_iters`]):
+/// a GPU's run of the default size takes milliseconds (an H100-class one about 20), so only a CPU
+/// adapter or a very small GPU is cut.
+const FMA_RUN_MS_MOST: f64 = 500.0;
+
+/// `config.fma_iters`, or fewer where a run of them would take over FMA_RUN_MS_MOST: timed on one
+/// run of a 64th of them (at least 1), scaled to FMA_RUN_MS_MOST / 4.
+fn fitted_fma_iters(
+    probe: &Probe<'_>,
+    buffers: (&wgpu::Buffer, &wgpu::Buffer),
+    threads: u64,
+    config: &PeaksConfig,
+) -> anyhow::Result<u32> {
+    let sample = (config.fma_iters / 64).max(1);
+    let once = PeaksConfig { warmup: 1, iterations: 1, ..config.clone() };
+    let (ms, _) = probe.time_kernel("fma_peak", buffers, threads as u32, sample, config.fma_workgroups, &once)?;
+    let projected = ms * f64::from(config.fma_iters) / f64::from(sample);
+    if projected <= FMA_RUN_MS_MOST {
+        return Ok(config.fma_iters);
+    }
+    let fitted = f64::from(config.fma_iters) * FMA_RUN_MS_MOST / 4.0 / projected;
+    Ok((fitted as u32).clamp(1, config.fma_iters))
+}
+
 /// A grid of `groups` workgroups, wrapped into rows of at most ROW_GROUPS.
 fn grid(groups: u32) -> (u32, u32) {
     (groups.min(ROW_GROUPS), groups.div_ceil(ROW_GROUPS))
@@ -266,16 +295,18 @@ pub fn peaks(device: &Device, config: &PeaksConfig) -> anyhow::Result<Vec<Peak>>
     );
     let dst = probe.buffer(fma_bytes, storage);
     let src = probe.buffer(16, storage);
+    let fma_iters =
+        if config.fit_fma_iters { fitted_fma_iters(&probe, (&src, &dst), threads, config)? } else { config.fma_iters };
     let (median, min) =
-        probe.time_kernel("fma_peak", (&src, &dst), threads as u32, config.fma_iters, config.fma_workgroups, config)?;
-    let flops = threads as f64 * f64::from(config.fma_iters) * 64.0;
+        probe.time_kernel("fma_peak", (&src, &dst), threads as u32, fma_iters, config.fma_workgroups, config)?;
+    let flops = threads as f64 * f64::from(fma_iters) * 64.0;
     out.push(Peak {
         probe: "fma",
         median_ms: median,
         min_ms: min,
         value: flops / (min * 1e-3) / 1e12,
         unit: "TFLOP/s",
-        detail: format!("{threads} threads x {} iterations x 32 f32 FMAs", config.fma_iters),
+        detail: format!("{threads} threads x {fma_iters} iterations x 32 f32 FMAs"),
     });
     drop((dst, src));
 
@@ -334,6 +365,7 @@ pub fn peaks_json(device: &Device, config: &PeaksConfig, peaks: &[Peak]) -> serd
         "config": {
             "fma_workgroups": config.fma_workgroups,
             "fma_iters": config.fma_iters,
+            "fit_fma_iters": config.fit_fma_iters,
             "copy_bytes": config.copy_bytes,
             "dispatches": config.dispatches,
             "iterations": config.iterations,
@@ -367,6 +399,8 @@ mod tests {
         let config = PeaksConfig {
             fma_workgroups: 8,
             fma_iters: 16,
+            // The fitting's sample run happens; 16 iterations are far below its cut anywhere.
+            fit_fma_iters: true,
             copy_bytes: 1 << 16,
             dispatches: 20,
             warmup: 1,
@@ -375,6 +409,7 @@ mod tests {
         let peaks = peaks(&device, &config).expect("the probes run");
         let probes: Vec<&str> = peaks.iter().map(|p| p.probe).collect();
         assert_eq!(probes, ["fma", "copy", "dispatch gap"]);
+        assert_eq!(peaks[0].detail, "2048 threads x 16 iterations x 32 f32 FMAs");
         for p in &peaks {
             assert!(p.value.is_finite() && p.value >= 0.0 && p.min_ms <= p.median_ms, "{p:?}");
         }
