@@ -596,6 +596,9 @@ params! {
         /// tiles_x * tiles_y
         tiles: u32,
         cout_blocks: u32,
+        /// The direct kernel's first output channel: its 32-channel blocks cover [cout_start, cout)
+        /// (0, or the rows past an implicit GEMM's full tiles).
+        cout_start: u32,
     }
 
     SampleParams {

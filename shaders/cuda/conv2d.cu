@@ -40,7 +40,7 @@ SW_KERNEL(conv2d_tiled, CONV_THREADS, 1, 1,
     const u32 f = grid_block();
     if (f >= p.tiles * p.cout_blocks * p.batch) return;
     const u32 tile = f % p.tiles;
-    const u32 co0 = ((f / p.tiles) % p.cout_blocks) * CONV_COUT_BLOCK;
+    const u32 co0 = p.cout_start + ((f / p.tiles) % p.cout_blocks) * CONV_COUT_BLOCK;
     const u32 b = f / (p.tiles * p.cout_blocks);
     const u32 x0 = (tile % p.tiles_x) * CONV_TILE_W;
     const u32 y0 = (tile / p.tiles_x) * CONV_TILE_H;

@@ -16,6 +16,8 @@ struct Conv2dParams {
     tiles_x: u32,
     tiles: u32,       // tiles_x * tiles_y
     cout_blocks: u32,
+    // conv2d_tiled's first output channel: its blocks cover [cout_start, cout).
+    cout_start: u32,
 }
 
 @group(0) @binding(0) var<storage, read> x: array<store_t>;
@@ -49,7 +51,7 @@ fn conv2d_tiled(
         return;
     }
     let tile = f % p.tiles;
-    let co0 = ((f / p.tiles) % p.cout_blocks) * CONV_COUT_BLOCK;
+    let co0 = p.cout_start + ((f / p.tiles) % p.cout_blocks) * CONV_COUT_BLOCK;
     let b = f / (p.tiles * p.cout_blocks);
     let x0 = (tile % p.tiles_x) * CONV_TILE_W;
     let y0 = (tile / p.tiles_x) * CONV_TILE_H;

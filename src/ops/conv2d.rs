@@ -20,7 +20,8 @@ const MAX_CIN_CHUNK: usize = 16;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Conv2dAlgorithm {
     /// The implicit GEMM where both channel counts are at least [`GEMM_MIN_CHANNELS`], the direct
-    /// tiled kernel for narrower layers.
+    /// tiled kernel for narrower layers; a GEMM's last output channels, where they would fill at most
+    /// a quarter of its last 128-row tile, go to the direct kernel ([`Conv2dAlgorithm::gemm_rows`]).
     #[default]
     Auto,
     /// 16 x 8 pixels x 32 output channels per workgroup, input patch and weights through workgroup
@@ -49,6 +50,17 @@ impl Conv2dAlgorithm {
         } else {
             Conv2dAlgorithm::Tiled
         }
+    }
+
+    /// The output channels [`Conv2dAlgorithm::Auto`]'s implicit GEMM computes of `cout`: all of
+    /// them, or only its full 128-row tiles where the rest would fit one of the direct kernel's
+    /// 32-channel blocks, which then computes them (a second launch). The official VQVAE's widest
+    /// levels have 160 channels: two 128-row tiles spent 37.5% of their FMAs on padding rows. Past
+    /// 32 rows the GEMM keeps them: on lavapipe the direct kernel took 3x the GEMM's time per FMA
+    /// it did (at 160 -> 160 channels), so 64 rows of it cost more than a half-empty tile.
+    pub fn gemm_rows(cout: usize) -> usize {
+        let (wide, tail) = (size::WIDE_TILE as usize, cout % size::WIDE_TILE as usize);
+        if cout > wide && tail > 0 && tail <= COUT_BLOCK { cout - tail } else { cout }
     }
 }
 
@@ -111,7 +123,6 @@ pub fn conv2d_with(x: &Tensor, weight: &Tensor, options: &Conv2dOptions) -> Resu
         return Ok(out);
     }
     let (tiles_x, tiles_y) = (width.div_ceil(TILE_W), height.div_ceil(TILE_H));
-    let cout_blocks = cout.div_ceil(COUT_BLOCK);
     let params = Conv2dParams {
         batch: batch as u32,
         cin: cin as u32,
@@ -120,33 +131,67 @@ pub fn conv2d_with(x: &Tensor, weight: &Tensor, options: &Conv2dOptions) -> Resu
         width: width as u32,
         tiles_x: tiles_x as u32,
         tiles: index_u32(OP, "tiles", tiles_x * tiles_y)?,
-        cout_blocks: cout_blocks as u32,
+        cout_blocks: cout.div_ceil(COUT_BLOCK) as u32,
+        cout_start: 0,
     };
     let algorithm = match options.algorithm {
         Conv2dAlgorithm::Auto => Conv2dAlgorithm::choose(cin, cout),
         chosen => chosen,
     };
+    // The GEMM's rows under Auto (its full tiles, the rest on the direct kernel); every row where the
+    // GEMM was asked for by name, so that its own tail is what runs.
+    let gemm_rows = match (options.algorithm, algorithm) {
+        (Conv2dAlgorithm::Auto, Conv2dAlgorithm::ImplicitGemm) => Conv2dAlgorithm::gemm_rows(cout),
+        _ => cout,
+    };
     index_u32(OP, "weights per output channel", cin * k * k)?;
-    // Only the direct tiled kernel stages input channels; the others share one pipeline for every Cin.
-    let chunk = if algorithm == Conv2dAlgorithm::Tiled { cin_chunk(k, cin) } else { 1 };
-    let constants = Constants::new(Family::Conv2d)
-        .set("KSIZE", k as u32)
-        .set("HAS_BIAS", options.bias.is_some())
-        .set("CIN_CHUNK", chunk as u32);
+    let constants = |chunk: usize| {
+        Constants::new(Family::Conv2d)
+            .set("KSIZE", k as u32)
+            .set("HAS_BIAS", options.bias.is_some())
+            .set("CIN_CHUNK", chunk as u32)
+    };
     let bindings = [x.arg("x"), weight.arg("weight"), options.bias.unwrap_or(weight).arg("bias"), out.arg_mut("y")];
-    let (entry, grid) = match algorithm {
-        Conv2dAlgorithm::Tiled | Conv2dAlgorithm::Auto => {
-            ("conv2d_tiled", Grid::Linear((tiles_x * tiles_y * cout_blocks * batch) as u64))
-        }
+    // The direct kernel's blocks over output channels [start, cout); only it stages input channels, so
+    // the others share one pipeline for every Cin (CIN_CHUNK 1).
+    let direct = |start: usize| {
+        let params = Conv2dParams {
+            cout_start: start as u32,
+            cout_blocks: (cout - start).div_ceil(COUT_BLOCK) as u32,
+            ..params
+        };
+        let grid = Grid::Linear((tiles_x * tiles_y * (cout - start).div_ceil(COUT_BLOCK) * batch) as u64);
+        launch(x, Family::Conv2d, "conv2d_tiled", dtype, &constants(cin_chunk(k, cin)), &bindings, &params, grid)
+    };
+    match algorithm {
+        Conv2dAlgorithm::Tiled | Conv2dAlgorithm::Auto => direct(0)?,
         Conv2dAlgorithm::ImplicitGemm => {
             let wide = size::WIDE_TILE as usize;
-            let groups = [(height * width).div_ceil(wide) as u32, cout.div_ceil(wide) as u32, batch as u32];
-            ("conv2d_gemm", Grid::Groups(groups))
+            let groups = [(height * width).div_ceil(wide) as u32, gemm_rows.div_ceil(wide) as u32, batch as u32];
+            launch(x, Family::Conv2d, "conv2d_gemm", dtype, &constants(1), &bindings, &params, Grid::Groups(groups))?;
+            if gemm_rows < cout {
+                direct(gemm_rows)?;
+            }
         }
-        Conv2dAlgorithm::Naive => ("conv2d_naive", elements(out.numel())),
-    };
-    launch(x, Family::Conv2d, entry, dtype, &constants, &bindings, &params, grid)?;
+        Conv2dAlgorithm::Naive => {
+            launch(x, Family::Conv2d, "conv2d_naive", dtype, &constants(1), &bindings, &params, elements(out.numel()))?
+        }
+    }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Conv2dAlgorithm;
+
+    #[test]
+    fn the_gemm_keeps_its_full_tiles_and_a_tail_beyond_one_direct_block() {
+        let rows: Vec<usize> = [64, 100, 128, 129, 131, 160, 161, 192, 288, 320, 640]
+            .into_iter()
+            .map(Conv2dAlgorithm::gemm_rows)
+            .collect();
+        assert_eq!(rows, [64, 100, 128, 128, 128, 128, 161, 192, 256, 320, 640]);
+    }
 }
 
 pub mod reference {

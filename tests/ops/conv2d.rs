@@ -46,9 +46,12 @@ backend_tests! {
                 ConvCase { batch: 1, cin: 5, cout: 65, height: 3, width: 2, k: 3, bias: false },
                 ConvCase { batch: 1, cin: 3, cout: 6, height: 10, width: 13, k: 7, bias: true },
                 // The implicit GEMM's shapes: Cout past one 128-row tile, H * W past one 128-pixel
-                // tile, Cin * k * k not a multiple of its K step.
+                // tile, Cin * k * k not a multiple of its K step. Under Auto, the 3 rows past 131's
+                // full tile (and 160's 32) run on the direct kernel from channel 128, in a second
+                // launch beside the GEMM's.
                 ConvCase { batch: 2, cin: 67, cout: 131, height: 12, width: 11, k: 3, bias: true },
                 ConvCase { batch: 1, cin: 64, cout: 70, height: 5, width: 29, k: 1, bias: false },
+                ConvCase { batch: 2, cin: 64, cout: 160, height: 5, width: 9, k: 3, bias: true },
             ];
             for _ in 0..4 {
                 cases.push(ConvCase {
