@@ -2,23 +2,34 @@
 //! architectures, with the multi-scale VQVAE they share, trained on procedural images
 //! (scripts/train_demo.py and scripts/train_demo_mvar.py), so generation works without downloading
 //! the official checkpoints. Their class names, schedule and image size are in the files' metadata.
+//!
+//! Their names ([`DemoModel`]) are always here; the weights, and what loads them, come with the
+//! `demo` cargo feature (on by default), so a program built without it can still take and name a
+//! demo model and say that this build lacks it.
 
 use std::fmt;
 use std::str::FromStr;
 
+#[cfg(feature = "demo")]
 use crate::device::Device;
 use crate::error::{Error, Result};
+#[cfg(feature = "demo")]
 use crate::generate::{Pipeline, Transformer};
+#[cfg(feature = "demo")]
 use crate::nn::VqVae;
 use crate::tensor::DType;
+#[cfg(feature = "demo")]
 use crate::weights::StateDict;
 
 /// The VAR transformer's weights (f16 safetensors with the official key names).
+#[cfg(feature = "demo")]
 pub const VAR_SAFETENSORS: &[u8] = include_bytes!("../assets/demo/var.safetensors");
 /// The M-VAR transformer's weights (f16 safetensors with the official key names): attention inside
 /// each scale, Mamba-2 across scales.
+#[cfg(feature = "demo")]
 pub const MVAR_SAFETENSORS: &[u8] = include_bytes!("../assets/demo/mvar.safetensors");
 /// The VQVAE's weights (decoder, codebook, Phi; no encoder), shared by both transformers.
+#[cfg(feature = "demo")]
 pub const VAE_SAFETENSORS: &[u8] = include_bytes!("../assets/demo/vae.safetensors");
 
 /// Which built-in transformer to run.
@@ -52,6 +63,7 @@ impl DemoModel {
     }
 
     /// The transformer's embedded safetensors file.
+    #[cfg(feature = "demo")]
     pub fn transformer_safetensors(self) -> &'static [u8] {
         match self {
             DemoModel::Var => VAR_SAFETENSORS,
@@ -60,6 +72,7 @@ impl DemoModel {
     }
 
     /// The transformer as a state_dict.
+    #[cfg(feature = "demo")]
     pub fn transformer_state_dict(self) -> Result<StateDict> {
         StateDict::from_safetensors_bytes(self.transformer_safetensors())
     }
@@ -70,6 +83,7 @@ impl DemoModel {
     }
 
     /// This demo's pipeline on `device`; `dtype` defaults to f16 where the device has SHADER_F16.
+    #[cfg(feature = "demo")]
     pub fn pipeline(self, device: &Device, dtype: Option<DType>) -> Result<Pipeline> {
         let dtype = dtype.unwrap_or(device.preferred_float());
         let vae = VqVae::from_state_dict(device, &vae_state_dict()?, dtype)?;
@@ -101,16 +115,19 @@ impl FromStr for DemoModel {
 }
 
 /// The VAR demo's transformer as a state_dict.
+#[cfg(feature = "demo")]
 pub fn var_state_dict() -> Result<StateDict> {
     DemoModel::Var.transformer_state_dict()
 }
 
 /// The demos' VQVAE as a state_dict.
+#[cfg(feature = "demo")]
 pub fn vae_state_dict() -> Result<StateDict> {
     StateDict::from_safetensors_bytes(VAE_SAFETENSORS)
 }
 
 /// The VAR demo pipeline on `device`; `dtype` defaults to f16 where the device has SHADER_F16.
+#[cfg(feature = "demo")]
 pub fn pipeline(device: &Device, dtype: Option<DType>) -> Result<Pipeline> {
     DemoModel::Var.pipeline(device, dtype)
 }

@@ -21,7 +21,6 @@
 //! # Ok::<(), scalewise::Error>(())
 //! ```
 
-#[cfg(feature = "demo")]
 pub mod demo;
 pub mod device;
 pub mod dtype;

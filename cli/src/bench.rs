@@ -1,6 +1,7 @@
 //! Shader benchmarks shared by `scalewise bench` and `cargo bench`: each kernel timed per dispatch
 //! (GPU timestamps where the adapter has them), median of several runs after a warm-up.
 
+use scalewise::demo::DemoModel;
 use scalewise::device::{Device, LaunchStats, TimingSource};
 use scalewise::ops::{self, MatmulAlgorithm, matmul::MatmulOptions};
 use scalewise::{DType, Error, MatrixUnits, Result, Tensor};
@@ -1037,7 +1038,7 @@ pub fn resident_bytes() -> Option<u64> {
 
 pub fn soak(device: &Device, config: &SoakConfig, mut progress: impl FnMut(&SoakSample)) -> Result<SoakResult> {
     use scalewise::generate::GenerateOptions;
-    let pipeline = crate::demo::pipeline(device, config.dtype)?;
+    let pipeline = crate::demo::pipeline(DemoModel::Var, device, config.dtype)?;
     let classes = pipeline.config().num_classes;
     let distinct = config.distinct.max(1);
     let mut first_hash: Vec<Option<u64>> = vec![None; distinct];
@@ -1098,8 +1099,8 @@ pub fn precision(device: &Device, seeds: &[u64]) -> Result<PrecisionResult> {
     if !device.caps().f16 {
         return Err(Error::MissingFeature { what: "comparing f16 with f32 weights".into(), feature: "SHADER_F16" });
     }
-    let f32_pipeline = crate::demo::pipeline(device, Some(DType::F32))?;
-    let f16_pipeline = crate::demo::pipeline(device, Some(DType::F16))?;
+    let f32_pipeline = crate::demo::pipeline(DemoModel::Var, device, Some(DType::F32))?;
+    let f16_pipeline = crate::demo::pipeline(DemoModel::Var, device, Some(DType::F16))?;
     let config = f32_pipeline.config();
     let mut scales: Vec<(usize, usize, usize)> = config.patch_nums.iter().map(|&s| (s, 0, 0)).collect();
     let (mut runs, mut identical_tokens, mut identical_images) = (0, 0, 0);

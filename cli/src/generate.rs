@@ -5,13 +5,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, ensure};
 use clap::Args;
+use scalewise::demo::DemoModel;
 use scalewise::generate::{GenerateOptions, MAX_BATCH, Pipeline, ScaleStep, Transformer};
 use scalewise::image::Image;
 use scalewise::nn::ScaleHistory;
 use scalewise::output::StagedOutput;
 use scalewise::{DType, Device};
 use scalewise_cli::bench::{self, BenchTransformer, GenerateBenchConfig};
-use scalewise_cli::demo::DemoModel;
 use scalewise_support::synthetic::{MvarShape, VaeShape, VarShape};
 
 #[derive(Args)]
@@ -237,7 +237,8 @@ pub fn generate(device: &Device, args: &GenerateArgs, mut outputs: Outputs) -> a
         }
         _ => {
             let demo = args.demo.unwrap_or_default();
-            demo.pipeline(device, None).with_context(|| format!("loading the {} demo model", demo.family()))?
+            scalewise_cli::demo::pipeline(demo, device, None)
+                .with_context(|| format!("loading the {} demo model", demo.family()))?
         }
     };
     let load_s = started.elapsed().as_secs_f64();
