@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The GPU run (issues 14 and 15), on the lent device, from the repository root with .gl and .devbin
-# carried (scripts/gpu/build.sh made them): `bash scripts/gpu/run.sh PART`. Every step writes under $OUT and goes on when one fails;
-# $OUT/summary.txt lists each step's exit status and time. A task that draws a device gets 15 minutes
+# carried (scripts/gpu/build.sh made them): `bash scripts/gpu/run.sh PART`. Every step writes its
+# log and JSON under $RUN and goes on when one fails; $RUN/summary.txt lists each step's exit status
+# and time. After every step $RUN is packed into $OUT/gpu-run.tar.gz beside a copy of the summary:
+# the device sends back at most 8 files from $OUT, and whatever a command that ran out of time left
+# there. A task that draws a device gets 15 minutes
 # of it in all, start-up included, and at most 10 per command, so the parts are sized for that and run
 # as separate commands, most important first: `run.sh vulkan` (its steps' limits sum to 505 s; call it
 # with timeout_s 560), then with what is left `run.sh check`, `run.sh vulkan-more`, `run.sh cuda`,
@@ -21,7 +24,8 @@
 #     torch selective scan, copy bandwidth).
 set -uo pipefail
 OUT="${OUT:-$(pwd)/gpu-out}"
-mkdir -p "$OUT"
+RUN="${RUN:-/tmp/scalewise-gpu-run}"
+mkdir -p "$OUT" "$RUN"
 for f in .gl/*.deb; do dpkg -x "$f" /; done
 ldconfig
 export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
@@ -43,26 +47,31 @@ built_in="$(cat .devbin/built-in 2>/dev/null)"
 if [[ -n "$built_in" && ! -e "$built_in" ]]; then
     mkdir -p "$(dirname "$built_in")" && ln -s "$(pwd)" "$built_in"
 fi
-# Compiled kernels stay on the device (not copied back with $OUT).
+# Compiled kernels stay on the device (not packed with $RUN).
 export SCALEWISE_CACHE_DIR=/tmp/scalewise-cache
 B=.devbin
 PARTS="${1:-vulkan check vulkan-more cuda torch}"
-touch "$OUT/summary.txt"
+touch "$RUN/summary.txt"
 step() {
     local name="$1" limit="$2"
     shift 2
     local start=$SECONDS
-    timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+    timeout "$limit" "$@" >"$RUN/$name.log" 2>&1
     local rc=$?
-    echo "$name rc=$rc $((SECONDS - start))s" | tee -a "$OUT/summary.txt"
+    echo "$name rc=$rc $((SECONDS - start))s" | tee -a "$RUN/summary.txt"
+    pack
+}
+pack() {
+    tar -czf "$OUT/gpu-run.tar.gz.part" -C "$RUN" . && mv "$OUT/gpu-run.tar.gz.part" "$OUT/gpu-run.tar.gz"
+    cp "$RUN/summary.txt" "$OUT/summary.txt"
 }
 PEAK_ARGS=()
 # The device's own limits (FMA loop, copy, dispatch gap); matmul is then quoted against the measured
 # FMA peak.
 peaks() {
-    step "bench-peaks-$1" 40 $B/scalewise --backend "$1" bench peaks --json "$OUT/peaks-$1.json"
+    step "bench-peaks-$1" 40 $B/scalewise --backend "$1" bench peaks --json "$RUN/peaks-$1.json"
     local gflops
-    gflops="$(python3 -c 'import json,sys; print([p["value"] * 1000 for p in json.load(open(sys.argv[1]))["peaks"] if p["probe"] == "fma"][0])' "$OUT/peaks-$1.json" 2>/dev/null)"
+    gflops="$(python3 -c 'import json,sys; print([p["value"] * 1000 for p in json.load(open(sys.argv[1]))["peaks"] if p["probe"] == "fma"][0])' "$RUN/peaks-$1.json" 2>/dev/null)"
     [[ -n "$gflops" ]] && PEAK_ARGS=(--peak-gflops "$gflops")
 }
 # VAR-d16 256px, batch 1 with CFG (issue 15: under 50 ms; the first image under 150 ms with a warm
@@ -70,36 +79,36 @@ peaks() {
 # the second's first image is the one with the cache warm.
 generate() {
     step "bench-generate-$1-cold" 70 $B/scalewise --backend "$1" bench generate --model var --depth 16 \
-        --iters 3 --json "$OUT/generate-$1-cold.json"
+        --iters 3 --json "$RUN/generate-$1-cold.json"
     step "bench-generate-$1" 60 $B/scalewise --backend "$1" bench generate --model var --depth 16 \
-        --iters 5 --json "$OUT/generate-$1.json"
+        --iters 5 --json "$RUN/generate-$1.json"
 }
 # Square sizes, then VAR-d16's Linear shapes at batch 1 with CFG: the conditioning (2 rows), the
 # last scale's QKV, fc1 and fc2 (512 rows); every kernel and what Auto picks.
 matmul() {
     step "bench-matmul-$1" 80 $B/scalewise --backend "$1" bench matmul --sizes 1024,2048,4096 \
         --linear 2x1024x6144,512x1024x3072,512x1024x4096,512x4096x1024 \
-        --dtype f32,f16 --naive-max 0 --iters 10 "${PEAK_ARGS[@]}" --json "$OUT/matmul-$1.json"
+        --dtype f32,f16 --naive-max 0 --iters 10 "${PEAK_ARGS[@]}" --json "$RUN/matmul-$1.json"
 }
 attention() {
     step "bench-attention-$1" 100 $B/scalewise --backend "$1" bench attention --grids 64x64,128x128,512x512 \
-        --text 512 --heads 24 --head-dim 128 --dtype f16 --iters 3 --dense-max-tokens 20000 --json "$OUT/attention-$1.json"
+        --text 512 --heads 24 --head-dim 128 --dtype f16 --iters 3 --dense-max-tokens 20000 --json "$RUN/attention-$1.json"
 }
 # VAR-d16's KV-cache steps with CFG (32 heads of 64): each scale's rows over the 680 keys of the last
 # scale, the blocks splitting their keys beside a device whose blocks do not.
 kv_steps() {
     step "bench-kv-steps-$1" 40 $B/scalewise --backend "$1" bench attention \
         --kv-steps 1x680,4x680,16x680,64x680,256x680 --heads 32 --head-dim 64 --dtype f32,f16 --iters 10 \
-        --json "$OUT/kv-steps-$1.json"
+        --json "$RUN/kv-steps-$1.json"
 }
 scan() {
     step "bench-scan-$1" 90 $B/scalewise --backend "$1" bench scan --shapes 8x2048x16x4096,1x1536x16x2048 \
-        --dtype f32,f16 --naive-max-length 0 --iters 5 --ssd-forms --json "$OUT/scan-$1.json"
+        --dtype f32,f16 --naive-max-length 0 --iters 5 --ssd-forms --json "$RUN/scan-$1.json"
 }
 for part in $PARTS; do
     case "$part" in
     vulkan)
-        nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1
+        nvidia-smi >"$RUN/nvidia-smi.txt" 2>&1
         step info-vulkan 15 $B/scalewise --backend vulkan info
         peaks vulkan
         generate vulkan
@@ -118,7 +127,7 @@ for part in $PARTS; do
         # The same generation with the cooperative matrices off (matmul and attention, qkv_attention
         # included, on the scalar kernels).
         step bench-generate-vulkan-no-coop 90 env SCALEWISE_DISABLE=coop $B/scalewise --backend vulkan \
-            bench generate --model var --depth 16 --iters 5 --json "$OUT/generate-vulkan-no-coop.json"
+            bench generate --model var --depth 16 --iters 5 --json "$RUN/generate-vulkan-no-coop.json"
         scan vulkan
         ;;
     cuda)
@@ -127,8 +136,9 @@ for part in $PARTS; do
         attention cuda
         scan cuda
         ;;
-    torch) step torch-peers 500 python3 scripts/gpu/torch_peers.py --out "$OUT/torch.json" ;;
+    torch) step torch-peers 500 python3 scripts/gpu/torch_peers.py --out "$RUN/torch.json" ;;
     *) echo "run.sh: unknown part $part (vulkan, check, vulkan-more, cuda, torch)" >&2 ;;
     esac
 done
-cat "$OUT/summary.txt"
+pack
+cat "$RUN/summary.txt"
