@@ -395,8 +395,8 @@ impl Pipeline {
         Ok(())
     }
 
-    /// The largest buffer one image contributes to: logits, the FFN's hidden activations, a decoder
-    /// activation at full resolution, and what the blocks carry: VAR's KV cache of a block; M-VAR's
+    /// The largest buffer one image contributes to: logits, the FFN's hidden activations, the
+    /// decoder's largest buffer ([`VqVaeConfig::largest_decode_buffer`]), and what the blocks carry: VAR's KV cache of a block; M-VAR's
     /// Mamba-2 in_proj output (over the scale, or over every scale so far when the prefix is
     /// recomputed, which also keeps that multi-scale sequence) and its f32 SSM state (saturating: a
     /// model too large for the arithmetic cannot run a single image anyway).
@@ -406,17 +406,11 @@ impl Pipeline {
         let last = (v.latent_side() as u64).saturating_mul(v.latent_side() as u64);
         let tokens = v.seq_len() as u64;
         let weight_bytes = self.transformer.dtype().size_in_bytes() as u64;
-        let image = self.image_size() as u64;
-        let pixels = image.saturating_mul(image);
-        let widest_level = a.level_channels.iter().copied().max().unwrap_or(0) as u64;
         let rows = |n: u64, width: usize, bytes: u64| {
             halves.saturating_mul(n).saturating_mul(width as u64).saturating_mul(bytes)
         };
-        let mut sizes = vec![
-            rows(last, v.vocab, 4),
-            rows(last, v.mlp_hidden, 4),
-            pixels.saturating_mul(widest_level).saturating_mul(4),
-        ];
+        let mut sizes =
+            vec![rows(last, v.vocab, 4), rows(last, v.mlp_hidden, 4), a.largest_decode_buffer(self.image_size())];
         match &self.transformer {
             Transformer::Var(_) => sizes.push(rows(tokens, v.width, weight_bytes)),
             Transformer::Mvar(model) => {

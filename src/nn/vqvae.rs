@@ -74,6 +74,29 @@ impl VqVaeConfig {
     pub fn upscale(&self) -> usize {
         1 << (self.level_channels.len().saturating_sub(1))
     }
+
+    /// The largest buffer [`VqVae::decode`] makes for one image of `image` x `image` pixels, in
+    /// bytes at 4 per element (the bound, whatever the storage type): level i runs at image / 2^i
+    /// pixels a side with its own channels, after taking the level above's there (its upsampled
+    /// output) into its first block; an AttnBlock adds its fused q, k, v and its (HW x HW) scores.
+    /// The widest level's channels at full resolution, which this replaced, was 4x the official
+    /// VQVAE's largest (640 channels live at 16 x 16, not at 256 x 256): a 167772160-byte bound that
+    /// refused official models on adapters binding 128 MiB.
+    pub fn largest_decode_buffer(&self, image: usize) -> u64 {
+        let levels = self.level_channels.len();
+        (0..levels)
+            .map(|i| {
+                let side = (image >> i) as u64;
+                let pixels = side.saturating_mul(side);
+                let c = self.level_channels[i] as u64;
+                let input = self.level_channels.get(i + 1).map_or(c, |&above| above as u64);
+                let attention = self.attn_levels.contains(&i) || (i + 1 == levels && self.mid_attention);
+                let attention_bytes = if attention { (3 * c).max(pixels).saturating_mul(pixels) } else { 0 };
+                pixels.saturating_mul(c.max(input)).max(attention_bytes).saturating_mul(4)
+            })
+            .max()
+            .unwrap_or(0)
+    }
 }
 
 struct Conv {
@@ -430,5 +453,37 @@ impl AttnBlock {
         // out (B, C, HW) = v weights^T
         let out = matmul_with(&v, &weights, &transpose_b)?.reshape(&[batch, c, height, width])?;
         add(x, &apply_conv(&out, &self.proj_out)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::VqVaeConfig;
+
+    fn config(level_channels: &[usize], attn_levels: &[usize], mid_attention: bool) -> VqVaeConfig {
+        VqVaeConfig {
+            vocab: 4096,
+            cvae: 32,
+            phi_convs: 4,
+            level_channels: level_channels.to_vec(),
+            blocks_per_level: 3,
+            attn_levels: attn_levels.to_vec(),
+            mid_attention,
+        }
+    }
+
+    #[test]
+    fn the_largest_decode_buffer_is_the_widest_activation_at_its_own_resolution() {
+        // The official VQVAE at 256 px: 160 channels at 256 x 256 (the 640 live at 16 x 16).
+        let official = config(&[160, 160, 320, 320, 640], &[], true);
+        assert_eq!(official.largest_decode_buffer(256), 256 * 256 * 160 * 4);
+        // A level takes the level above's channels at its own resolution: 64 x 64 x 512 here.
+        assert_eq!(config(&[32, 512], &[], false).largest_decode_buffer(64), 64 * 64 * 512 * 4);
+        // An AttnBlock's (HW x HW) scores at 32 x 32 outgrow every activation.
+        assert_eq!(config(&[8, 8], &[0], false).largest_decode_buffer(32), 1024 * 1024 * 4);
+        // The middle's attention at the top level: its fused q, k, v (3 x 640 channels at 4 x 4;
+        // with a level below, that level's upsampled input, 4x the pixels, is larger).
+        assert_eq!(config(&[640], &[], true).largest_decode_buffer(4), 3 * 640 * 16 * 4);
+        assert_eq!(config(&[16, 640], &[], true).largest_decode_buffer(8), 8 * 8 * 640 * 4);
     }
 }
