@@ -10,3 +10,25 @@
 fn block_quarter(acc: ptr<function, array<vec4<f32>, 16>>, u: u32, q: u32) -> vec4<f32> {
     return select(select(select((*acc)[q], (*acc)[4u + q], u == 1u), (*acc)[8u + q], u == 2u), (*acc)[12u + q], u == 3u);
 }
+
+// One k of a thread's 8 x 8 block: rows (a_lo, a_hi) times columns (b_lo, b_hi), row i's column quad
+// j at acc[2i + j]. Written out rather than looped, so the block is unrolled without depending on
+// the compiler and the caller's loop over k stays the innermost one.
+fn block_fma(acc: ptr<function, array<vec4<f32>, 16>>, a_lo: vec4<f32>, a_hi: vec4<f32>, b_lo: vec4<f32>, b_hi: vec4<f32>) {
+    (*acc)[0] += a_lo.x * b_lo;
+    (*acc)[1] += a_lo.x * b_hi;
+    (*acc)[2] += a_lo.y * b_lo;
+    (*acc)[3] += a_lo.y * b_hi;
+    (*acc)[4] += a_lo.z * b_lo;
+    (*acc)[5] += a_lo.z * b_hi;
+    (*acc)[6] += a_lo.w * b_lo;
+    (*acc)[7] += a_lo.w * b_hi;
+    (*acc)[8] += a_hi.x * b_lo;
+    (*acc)[9] += a_hi.x * b_hi;
+    (*acc)[10] += a_hi.y * b_lo;
+    (*acc)[11] += a_hi.y * b_hi;
+    (*acc)[12] += a_hi.z * b_lo;
+    (*acc)[13] += a_hi.z * b_hi;
+    (*acc)[14] += a_hi.w * b_lo;
+    (*acc)[15] += a_hi.w * b_hi;
+}

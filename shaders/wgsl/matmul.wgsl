@@ -56,22 +56,7 @@ fn matmul_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
             let a_hi = tiled_stage[base + ((8u + ty) ^ kk)];
             let b_lo = tiled_stage[TILED_B + base + stage_quad_b(tx, kk)];
             let b_hi = tiled_stage[TILED_B + base + stage_quad_b(8u + tx, kk)];
-            acc[0] += a_lo.x * b_lo;
-            acc[1] += a_lo.x * b_hi;
-            acc[2] += a_lo.y * b_lo;
-            acc[3] += a_lo.y * b_hi;
-            acc[4] += a_lo.z * b_lo;
-            acc[5] += a_lo.z * b_hi;
-            acc[6] += a_lo.w * b_lo;
-            acc[7] += a_lo.w * b_hi;
-            acc[8] += a_hi.x * b_lo;
-            acc[9] += a_hi.x * b_hi;
-            acc[10] += a_hi.y * b_lo;
-            acc[11] += a_hi.y * b_hi;
-            acc[12] += a_hi.z * b_lo;
-            acc[13] += a_hi.z * b_hi;
-            acc[14] += a_hi.w * b_lo;
-            acc[15] += a_hi.w * b_hi;
+            block_fma(&acc, a_lo, a_hi, b_lo, b_hi);
         }
         // The other stage was last read before the previous barrier, so it can be overwritten now.
         if more {

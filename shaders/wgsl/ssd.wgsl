@@ -153,24 +153,7 @@ fn ssd_chunk_states(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocat
             let b_hi = states_stage[16u * s + 8u + tn];
             let x_lo = states_stage[STATES_X + 16u * s + tc];
             let x_hi = states_stage[STATES_X + 16u * s + 8u + tc];
-            // Written out, not a loop over i: the step loop stays the innermost (as shader-stats
-            // counts words per FMA), and the block is unrolled without depending on the compiler.
-            acc[0] += b_lo.x * x_lo;
-            acc[1] += b_lo.x * x_hi;
-            acc[2] += b_lo.y * x_lo;
-            acc[3] += b_lo.y * x_hi;
-            acc[4] += b_lo.z * x_lo;
-            acc[5] += b_lo.z * x_hi;
-            acc[6] += b_lo.w * x_lo;
-            acc[7] += b_lo.w * x_hi;
-            acc[8] += b_hi.x * x_lo;
-            acc[9] += b_hi.x * x_hi;
-            acc[10] += b_hi.y * x_lo;
-            acc[11] += b_hi.y * x_hi;
-            acc[12] += b_hi.z * x_lo;
-            acc[13] += b_hi.z * x_hi;
-            acc[14] += b_hi.w * x_lo;
-            acc[15] += b_hi.w * x_hi;
+            block_fma(&acc, b_lo, b_hi, x_lo, x_hi);
         }
     }
     // The exchange, as matmul_tiled's: team t owns a quarter of every thread's block (its states 2t
@@ -301,22 +284,7 @@ fn ssd_chunk_outputs(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoca
             let hi = lo + 32u;
             let s_lo = vec4<f32>(out_stage[lo], out_stage[lo + 1u], out_stage[lo + 2u], out_stage[lo + 3u]);
             let s_hi = vec4<f32>(out_stage[hi], out_stage[hi + 1u], out_stage[hi + 2u], out_stage[hi + 3u]);
-            acc[0] += c_lo.x * s_lo;
-            acc[1] += c_lo.x * s_hi;
-            acc[2] += c_lo.y * s_lo;
-            acc[3] += c_lo.y * s_hi;
-            acc[4] += c_lo.z * s_lo;
-            acc[5] += c_lo.z * s_hi;
-            acc[6] += c_lo.w * s_lo;
-            acc[7] += c_lo.w * s_hi;
-            acc[8] += c_hi.x * s_lo;
-            acc[9] += c_hi.x * s_hi;
-            acc[10] += c_hi.y * s_lo;
-            acc[11] += c_hi.y * s_hi;
-            acc[12] += c_hi.z * s_lo;
-            acc[13] += c_hi.z * s_hi;
-            acc[14] += c_hi.w * s_lo;
-            acc[15] += c_hi.w * s_hi;
+            block_fma(&acc, c_lo, c_hi, s_lo, s_hi);
         }
     }
     // exp(a) of the thread's 8 rows (0 past the chunk, whose C is 0).
@@ -398,22 +366,7 @@ fn ssd_chunk_outputs(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoca
             let hi = lo + 32u;
             let x_lo = vec4<f32>(out_stage[lo], out_stage[lo + 1u], out_stage[lo + 2u], out_stage[lo + 3u]);
             let x_hi = vec4<f32>(out_stage[hi], out_stage[hi + 1u], out_stage[hi + 2u], out_stage[hi + 3u]);
-            acc[0] += g_lo.x * x_lo;
-            acc[1] += g_lo.x * x_hi;
-            acc[2] += g_lo.y * x_lo;
-            acc[3] += g_lo.y * x_hi;
-            acc[4] += g_lo.z * x_lo;
-            acc[5] += g_lo.z * x_hi;
-            acc[6] += g_lo.w * x_lo;
-            acc[7] += g_lo.w * x_hi;
-            acc[8] += g_hi.x * x_lo;
-            acc[9] += g_hi.x * x_hi;
-            acc[10] += g_hi.y * x_lo;
-            acc[11] += g_hi.y * x_hi;
-            acc[12] += g_hi.z * x_lo;
-            acc[13] += g_hi.z * x_hi;
-            acc[14] += g_hi.w * x_lo;
-            acc[15] += g_hi.w * x_hi;
+            block_fma(&acc, g_lo, g_hi, x_lo, x_hi);
         }
     }
 
