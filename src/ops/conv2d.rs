@@ -155,12 +155,9 @@ pub fn conv2d_with(x: &Tensor, weight: &Tensor, options: &Conv2dOptions) -> Resu
     // The direct kernel's blocks over output channels [start, cout); only it stages input channels, so
     // the others share one pipeline for every Cin (CIN_CHUNK 1).
     let direct = |start: usize| {
-        let params = Conv2dParams {
-            cout_start: start as u32,
-            cout_blocks: (cout - start).div_ceil(COUT_BLOCK) as u32,
-            ..params
-        };
-        let grid = Grid::Linear((tiles_x * tiles_y * (cout - start).div_ceil(COUT_BLOCK) * batch) as u64);
+        let blocks = (cout - start).div_ceil(COUT_BLOCK);
+        let params = Conv2dParams { cout_start: start as u32, cout_blocks: blocks as u32, ..params };
+        let grid = Grid::Linear((tiles_x * tiles_y * blocks * batch) as u64);
         launch(x, Family::Conv2d, "conv2d_tiled", dtype, &constants(cin_chunk(k, cin)), &bindings, &params, grid)
     };
     match algorithm {
