@@ -135,9 +135,13 @@ impl<'a> Loader<'a> {
 
     /// The values of `name`, which must have `shape` and (unless the state_dict allows them) hold no
     /// NaN or infinity. A missing, mis-shaped or non-finite key is recorded for [`Loader::finish`] and
-    /// reads as zeros of `shape`'s size, so the loading code can carry on.
-    pub fn host(&self, name: impl Display, shape: &[usize]) -> Cow<'a, [f32]> {
+    /// reads as zeros of `shape`'s size, so the loading code can carry on. A `shape` above the
+    /// adapter's per-binding limit is an error before anything is read or allocated: the shape comes
+    /// from other keys' shapes, so a file of a few hundred bytes could otherwise ask for terabytes of
+    /// zeros.
+    pub fn host(&self, name: impl Display, shape: &[usize]) -> Result<Cow<'a, [f32]>> {
         let key = self.key(name);
+        self.check_fits(&key, shape)?;
         let found = self.sd.shape(&key).map(<[usize]>::to_vec);
         // Read outside the record's borrow: a streaming source reads the file here.
         let data = match &found {
@@ -148,7 +152,7 @@ impl<'a> Loader<'a> {
         record.requested.insert(key.clone());
         match (found, data) {
             (Some(_), Some(Ok(data))) if self.sd.allow_non_finite() || data.iter().all(|v| v.is_finite()) => {
-                return data;
+                return Ok(data);
             }
             (Some(_), Some(Ok(data))) => {
                 let bad = data.iter().filter(|v| !v.is_finite()).count();
@@ -160,7 +164,7 @@ impl<'a> Loader<'a> {
             (Some(found), None) => record.misshaped.push((key, shape.to_vec(), found)),
             (None, _) => record.missing.push(key),
         }
-        Cow::Owned(vec![0.0; shape.iter().product()])
+        Ok(Cow::Owned(vec![0.0; shape.iter().product()]))
     }
 
     /// `name`, which must have `shape`, uploaded as this loader's dtype. After any problem (see
@@ -172,9 +176,7 @@ impl<'a> Loader<'a> {
     /// `name`, stored with `shape`, uploaded with `as_shape` (the same number of elements), as
     /// [`Loader::tensor`] does.
     pub fn tensor_as(&self, name: impl Display, shape: &[usize], as_shape: &[usize]) -> Result<Tensor> {
-        let key = self.key(&name);
-        self.check_fits(&key, shape)?;
-        let data = self.host(name, shape);
+        let data = self.host(name, shape)?;
         self.upload(as_shape, &data)
     }
 

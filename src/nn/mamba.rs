@@ -94,7 +94,7 @@ impl Mamba1Block {
         let [_, _, d_conv] = dims(sd, prefix, "conv1d.weight")?;
         let lp = Loader::new_with_prefix(device, sd, prefix, dtype);
         let lp32 = lp.with_dtype(DType::F32);
-        let a = a_from_log(&lp.host("A_log", &[d_inner, d_state]));
+        let a = a_from_log(&lp.host("A_log", &[d_inner, d_state])?);
         let block = Self {
             d_model,
             d_inner,
@@ -239,7 +239,7 @@ impl Mamba2Block {
         let Mamba2Dims { d_model, d_inner, d_state, n_heads, n_groups, d_conv } = dims;
         let conv_channels = dims.conv_channels();
         let lp32 = lp.with_dtype(DType::F32);
-        let a = a_from_log(&lp.host("A_log", &[n_heads]));
+        let a = a_from_log(&lp.host("A_log", &[n_heads])?);
         let block = Self {
             d_model,
             d_inner,

@@ -275,7 +275,7 @@ impl MvarModel {
             let block = lp.pp("blocks").pp(i);
             let (attn, ffn, ada, mamba) = (block.pp("attn"), block.pp("ffn"), block.pp("ada_lin.1"), block.pp("mamba"));
             let scales = if config.cosine_attention {
-                attention_temperatures(&attn.host("scale_mul_1H11", &[1, heads, 1, 1]))
+                attention_temperatures(&attn.host("scale_mul_1H11", &[1, heads, 1, 1])?)
             } else {
                 vec![1.0; heads]
             };
@@ -283,7 +283,7 @@ impl MvarModel {
             attn.accept("patch_nums", &[base.patch_nums.len()]);
             // mamba_ssm's default conv_bias=True, which M-VAR keeps: absent, it is a missing key.
             if !mamba.has("conv1d.bias") {
-                mamba.host("conv1d.bias", &[config.mamba.conv_channels()]);
+                mamba.host("conv1d.bias", &[config.mamba.conv_channels()])?;
             }
             let (mamba_block, a) = Mamba2Block::load(&mamba, config.mamba)?;
             a_values.push(a);

@@ -131,8 +131,9 @@ impl VarConfig {
         if rows < 2 {
             return Err(bad(format!("class_emb.weight has {rows} rows; it needs the classes plus the null class")));
         }
-        if heads == 0 || !width.is_multiple_of(heads) {
-            return Err(bad(format!("width {width} is not divisible by {heads} heads")));
+        // A width of 0 is a multiple of any head count, and the heads then size other keys' shapes.
+        if width == 0 || heads == 0 || !width.is_multiple_of(heads) {
+            return Err(bad(format!("width {width} is not a positive multiple of {heads} heads")));
         }
         let head_dim = width / heads;
         let mlp_hidden = two(&shape("blocks.0.ffn.fc1.weight")?, "blocks.0.ffn.fc1.weight")?[0];
@@ -292,11 +293,16 @@ fn schedule_from_mask(sd: &dyn Weights, seq_len: usize) -> Option<Vec<usize>> {
     (end == seq_len).then_some(sides)
 }
 
+/// A key's shape as (rows, columns), both positive: every dimension read this way sizes other keys
+/// (an empty one would make the model's widths 0 and its checks vacuous).
 fn two(shape: &[usize], key: &str) -> Result<[usize; 2]> {
-    <[usize; 2]>::try_from(shape).map_err(|_| Error::InvalidArgument {
-        op: "VAR checkpoint",
-        msg: format!("{key} has shape {shape:?}: expected a matrix (2 dimensions)"),
-    })
+    match <[usize; 2]>::try_from(shape) {
+        Ok(dims) if dims.iter().all(|&d| d > 0) => Ok(dims),
+        _ => Err(Error::InvalidArgument {
+            op: "VAR checkpoint",
+            msg: format!("{key} has shape {shape:?}: expected a matrix (2 dimensions, neither empty)"),
+        }),
+    }
 }
 
 /// The largest scale side a schedule may name: 1024 px images have 64 tokens a side; 4096 leaves room
@@ -344,9 +350,9 @@ impl VarIo {
         // The head runs in f32 as the official get_logits does.
         let lp32 = lp.with_dtype(DType::F32);
         let class_emb = lp.tensor("class_emb.weight", &[config.num_classes + 1, c])?;
-        let pos = lp.host("pos_1LC", &[1, l, c]);
-        let lvl = lp.host("lvl_embed.weight", &[config.patch_nums.len(), c]);
-        let start = lp.host("pos_start", &[1, 1, c]);
+        let pos = lp.host("pos_1LC", &[1, l, c])?;
+        let lvl = lp.host("lvl_embed.weight", &[config.patch_nums.len(), c])?;
+        let start = lp.host("pos_start", &[1, 1, c])?;
         // A buffer without learned state (lvl_1L is an integer buffer and skipped on load).
         lp.accept("attn_bias_for_masking", &[1, 1, l, l]);
         let mut scale_pos = Vec::with_capacity(config.patch_nums.len());
@@ -492,8 +498,8 @@ pub(crate) fn attention_temperatures(scale_mul: &[f32]) -> Vec<f32> {
 /// cat(q_bias, 0, v_bias): the fused qkv bias (K has none).
 pub(crate) fn qkv_bias(attn: &Loader, c: usize) -> Result<Tensor> {
     let mut bias = vec![0f32; 3 * c];
-    bias[..c].copy_from_slice(&attn.host("q_bias", &[c]));
-    bias[2 * c..].copy_from_slice(&attn.host("v_bias", &[c]));
+    bias[..c].copy_from_slice(&attn.host("q_bias", &[c])?);
+    bias[2 * c..].copy_from_slice(&attn.host("v_bias", &[c])?);
     attn.accept("zero_k_bias", &[c]);
     attn.upload(&[3 * c], &bias)
 }
@@ -526,7 +532,7 @@ impl VarModel {
                 let ada = block.pp("ada_lin.1");
                 (Some(ada.tensor("weight", &[6 * c, c])?), ada.tensor("bias", &[6 * c])?)
             };
-            let scales = attention_temperatures(&attn.host("scale_mul_1H11", &[1, config.heads, 1, 1]));
+            let scales = attention_temperatures(&attn.host("scale_mul_1H11", &[1, config.heads, 1, 1])?);
             blocks.push(VarBlock {
                 ada_weight,
                 ada_bias,

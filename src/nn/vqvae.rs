@@ -30,8 +30,11 @@ pub fn phi_index(si: usize, scales: usize, convs: usize) -> usize {
     if convs <= 1 {
         return 0;
     }
-    if scales == 10 && convs == 4 {
-        return PHI_TABLE_10[si];
+    if scales == 10
+        && convs == 4
+        && let Some(&index) = PHI_TABLE_10.get(si)
+    {
+        return index;
     }
     let at = if scales > 1 { si as f64 / (scales - 1) as f64 } else { 0.0 };
     // numpy.linspace: start + i * step, the last tick exactly `stop`.
@@ -178,6 +181,12 @@ impl VqVaeConfig {
                 codebook
             )));
         };
+        if vocab == 0 || cvae == 0 {
+            return Err(bad(format!(
+                "quantize.embedding.weight has shape {codebook:?}: the codebook needs at least one entry of at least \
+                 one channel"
+            )));
+        }
         let phi_convs = (0..).take_while(|k| sd.contains(&format!("quantize.quant_resi.qresi_ls.{k}.weight"))).count();
         if phi_convs == 0 {
             return Err(weights_error(vec!["quantize.quant_resi.qresi_ls.0.weight".into()], vec![]));
@@ -235,12 +244,12 @@ impl VqVae {
         let mut phi = Vec::with_capacity(config.phi_convs);
         for k in 0..config.phi_convs {
             let p = lp.pp("quantize.quant_resi.qresi_ls").pp(k);
-            let mut weight: Vec<f32> = p.host("weight", &[z, z, 3, 3]).iter().map(|v| 0.5 * v).collect();
+            let mut weight: Vec<f32> = p.host("weight", &[z, z, 3, 3])?.iter().map(|v| 0.5 * v).collect();
             for c in 0..z {
                 // Centre tap of output c from input c.
                 weight[(c * z + c) * 9 + 4] += 0.5;
             }
-            let bias: Vec<f32> = p.host("bias", &[z]).iter().map(|v| 0.5 * v).collect();
+            let bias: Vec<f32> = p.host("bias", &[z])?.iter().map(|v| 0.5 * v).collect();
             phi.push(Conv { weight: p.upload(&[z, z, 3, 3], &weight)?, bias: p.upload(&[z], &bias)? });
         }
         let post_quant_conv = Conv::load(&lp.pp("post_quant_conv"), z, z, 3)?;
@@ -314,24 +323,28 @@ impl VqVae {
 
     /// (B, n, Cvae) token vectors -> (B, Cvae, side, side).
     pub fn tokens_to_map(&self, tokens: &Tensor, side: usize) -> Result<Tensor> {
-        let batch = tokens.shape()[0];
+        let [batch, _, _] = tokens.dims("VqVae::tokens_to_map", "tokens (B, n, Cvae)")?;
         tokens.transpose_last2()?.reshape(&[batch, self.config.cvae, side, side])
     }
 
     /// f_hat (B, Cvae, S, S) += Phi_si(h upsampled bicubically to S x S) for scale `si` of `scales`
     /// (no upsampling when h is already S x S, the last scale).
     pub fn accumulate(&self, f_hat: &Tensor, h: &Tensor, si: usize, scales: usize) -> Result<Tensor> {
-        let (side_h, side_w) = (f_hat.shape()[2], f_hat.shape()[3]);
-        let h = if h.shape()[2..] == [side_h, side_w] { h.clone() } else { upsample_bicubic(h, side_h, side_w)? };
+        const OP: &str = "VqVae::accumulate";
+        if si >= scales {
+            return Err(Error::InvalidArgument { op: OP, msg: format!("scale {si} of {scales} scales") });
+        }
+        let [_, _, side_h, side_w] = f_hat.dims(OP, "f_hat (B, Cvae, S, S)")?;
+        let [_, _, h_h, h_w] = h.dims(OP, "h (B, Cvae, s, s)")?;
+        let h = if [h_h, h_w] == [side_h, side_w] { h.clone() } else { upsample_bicubic(h, side_h, side_w)? };
         let phi = &self.phi[phi_index(si, scales, self.phi.len())];
         add(f_hat, &conv2d(&h, &phi.weight, Some(&phi.bias))?)
     }
 
     /// The next scale's VAR input: f_hat area-downsampled to side x side, as tokens (B, side^2, Cvae).
     pub fn next_token_map(&self, f_hat: &Tensor, side: usize) -> Result<Tensor> {
-        let batch = f_hat.shape()[0];
-        let small =
-            if f_hat.shape()[2..] == [side, side] { f_hat.clone() } else { downsample_area(f_hat, side, side)? };
+        let [batch, _, h, w] = f_hat.dims("VqVae::next_token_map", "f_hat (B, Cvae, S, S)")?;
+        let small = if [h, w] == [side, side] { f_hat.clone() } else { downsample_area(f_hat, side, side)? };
         small.reshape(&[batch, self.config.cvae, side * side])?.transpose_last2()
     }
 

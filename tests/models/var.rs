@@ -740,6 +740,33 @@ fn checkpoint_mixups_name_the_right_flag() {
 }
 
 #[test]
+fn empty_or_oversized_dimensions_are_refused_before_anything_is_allocated() {
+    let device = full_device();
+    let shape = vae_shape();
+    // An empty codebook would make the Phi convs' channels, and with them every later shape, 0.
+    let mut vae = vae_state_dict(&shape, 1).unwrap();
+    let vocab = vae.remove("quantize.embedding.weight").unwrap().shape[0];
+    vae.insert("quantize.embedding.weight", &[vocab, 0], Vec::new()).unwrap();
+    let err = VqVae::from_state_dict(device, &vae, DType::F32).err().expect("an empty codebook");
+    assert!(matches!(err, Error::InvalidArgument { .. }) && err.to_string().contains("codebook"), "{err}");
+    // 2^17 channels: a 2 MB codebook whose Phi convs would be 618 GB of placeholder zeros once one of
+    // them is missing. The size is refused before a byte of them exists.
+    let mut vae = vae_state_dict(&shape, 1).unwrap();
+    vae.remove("quantize.embedding.weight").unwrap();
+    vae.insert("quantize.embedding.weight", &[4, 1 << 17], vec![0.0; 4 << 17]).unwrap();
+    vae.remove("quantize.quant_resi.qresi_ls.0.weight").unwrap();
+    vae.insert("quantize.quant_resi.qresi_ls.0.weight", &[1], vec![0.0]).unwrap();
+    let err = VqVae::from_state_dict(device, &vae, DType::F32).err().expect("a terabyte of Phi weights");
+    assert!(matches!(err, Error::TooLarge { .. }) && err.to_string().contains("qresi_ls.0.weight"), "{err}");
+    // A VAR whose class table is 0 wide would pass any head count (0 is a multiple of everything).
+    let mut var = var_state_dict(&var_shape(false), 2).unwrap();
+    let rows = var.remove("class_emb.weight").unwrap().shape[0];
+    var.insert("class_emb.weight", &[rows, 0], Vec::new()).unwrap();
+    let err = VarModel::from_state_dict(device, &var, DType::F32).err().expect("a VAR of width 0");
+    assert!(err.to_string().contains("class_emb.weight") && err.to_string().contains("neither empty"), "{err}");
+}
+
+#[test]
 fn pre_april_2024_checkpoints_are_recognised() {
     let device = full_device();
     let shape = var_shape(false);
