@@ -115,3 +115,12 @@ impl Element for u32 {
 pub fn numel(shape: &[usize]) -> usize {
     shape.iter().product()
 }
+
+/// The number of elements of a shape whose dimensions, an empty one counted as 1, multiply within
+/// `usize`; `None` otherwise. Every tensor's shape passes, so the element count of any part of it
+/// (the dimensions before or after one, say) cannot overflow either, even in an empty tensor such
+/// as (0, 2^40, 2^40).
+pub fn checked_numel(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d.max(1)))?;
+    Some(numel(shape))
+}

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use crate::device::{Arg, Device, Grid, Launch, Readback, Storage};
-use crate::dtype::numel;
 pub use crate::dtype::{DType, Element};
+use crate::dtype::{checked_numel, numel};
 use crate::error::{Error, Result, index_u32};
 use crate::kernels::{CastParams, Constants, CopyParams, Family, size};
 
@@ -29,8 +29,8 @@ impl Tensor {
         if dtype == DType::F16 && !device.caps().f16 {
             return Err(Error::MissingFeature { what: "f16 tensor storage".into(), feature: "SHADER_F16" });
         }
-        let bytes = numel(shape)
-            .checked_mul(dtype.size_in_bytes())
+        let bytes = checked_numel(shape)
+            .and_then(|n| n.checked_mul(dtype.size_in_bytes()))
             .ok_or_else(|| Error::InvalidArgument { op: "Tensor::empty", msg: format!("shape {shape:?} overflows") })?;
         let storage = device.alloc(bytes as u64, &format!("a {dtype} tensor of shape {shape:?}"))?;
         Ok(Self { device: device.clone(), storage: Arc::new(storage), shape: shape.to_vec(), dtype })
@@ -50,12 +50,15 @@ impl Tensor {
     /// Uploads `data` stored as `dtype`: floats convert between f32 and f16; indices stay u32.
     pub fn from_slice_as<T: Element>(device: &Device, shape: &[usize], data: &[T], dtype: DType) -> Result<Self> {
         const OP: &str = "Tensor::from_slice";
-        if numel(shape) != data.len() {
+        if checked_numel(shape) != Some(data.len()) {
             return Err(Error::ShapeMismatch {
                 op: OP,
                 lhs: shape.to_vec(),
                 rhs: vec![data.len()],
-                detail: format!("the shape holds {} elements but {} were given", numel(shape), data.len()),
+                detail: match checked_numel(shape) {
+                    Some(n) => format!("the shape holds {n} elements but {} were given", data.len()),
+                    None => format!("the shape's element count overflows; {} were given", data.len()),
+                },
             });
         }
         let bytes = T::encode(data, dtype).ok_or_else(|| Error::UnsupportedDType {
@@ -128,12 +131,15 @@ impl Tensor {
 
     /// Same storage, new shape with the same number of elements.
     pub fn reshape(&self, shape: &[usize]) -> Result<Self> {
-        if numel(shape) != self.numel() {
+        let Some(elements) = checked_numel(shape) else {
+            return Err(Error::InvalidArgument { op: "reshape", msg: format!("shape {shape:?} overflows") });
+        };
+        if elements != self.numel() {
             return Err(Error::ShapeMismatch {
                 op: "reshape",
                 lhs: self.shape.clone(),
                 rhs: shape.to_vec(),
-                detail: format!("{} elements cannot be viewed as {}", self.numel(), numel(shape)),
+                detail: format!("{} elements cannot be viewed as {elements}", self.numel()),
             });
         }
         Ok(Self { shape: shape.to_vec(), ..self.clone() })
@@ -219,7 +225,10 @@ impl Tensor {
                     detail: format!("all dimensions but {dim} must agree"),
                 });
             }
-            shape[dim] += t.shape[dim];
+            shape[dim] = shape[dim].checked_add(t.shape[dim]).ok_or_else(|| Error::InvalidArgument {
+                op: "concat",
+                msg: format!("dimension {dim} of the joined tensors overflows"),
+            })?;
         }
         let out = Self::empty(&first.device, &shape, first.dtype)?;
         let mut start = 0;
@@ -237,13 +246,11 @@ impl Tensor {
         if src.dtype != self.dtype {
             return Err(Error::DTypeMismatch { op: "write_slice", lhs: self.dtype, rhs: src.dtype });
         }
-        let fits = src.shape.len() == self.shape.len()
-            && src
-                .shape
-                .iter()
-                .zip(&self.shape)
-                .enumerate()
-                .all(|(d, (a, b))| if d == dim { start + a <= len } else { a == b });
+        let fits =
+            src.shape.len() == self.shape.len()
+                && src.shape.iter().zip(&self.shape).enumerate().all(|(d, (a, b))| {
+                    if d == dim { start.checked_add(*a).is_some_and(|end| end <= len) } else { a == b }
+                });
         if !fits {
             return Err(Error::ShapeMismatch {
                 op: "write_slice",

@@ -73,6 +73,28 @@ fn invalid_parameters_are_rejected() {
 }
 
 #[test]
+fn shapes_and_offsets_that_overflow_are_typed_errors() {
+    let device = full_device();
+    let invalid = |r: scalewise::Result<Tensor>| matches!(r, Err(Error::InvalidArgument { .. }));
+    // 2^64 elements wrap to 0 in release builds: without the check, a 4-byte buffer of that shape.
+    assert!(invalid(Tensor::empty(device, &[1 << 33, 1 << 31], DType::F32)));
+    // Empty, yet the dimensions after the first multiply past usize (a copy would count 2^80).
+    assert!(invalid(Tensor::empty(device, &[0, 1 << 40, 1 << 40], DType::F32)));
+    let err = Tensor::from_f32(device, &[0, 1 << 40, 1 << 40], &[], DType::F32).unwrap_err();
+    assert!(matches!(err, Error::ShapeMismatch { .. }) && err.to_string().contains("overflows"), "{err:?}");
+    let empty = Tensor::empty(device, &[0, 1 << 20, 1 << 20], DType::F32).unwrap();
+    assert!(invalid(empty.reshape(&[0, 1 << 40, 1 << 40])));
+    let wide = Tensor::empty(device, &[1, usize::MAX / 2, 0], DType::F32).unwrap();
+    assert!(invalid(Tensor::concat(&[&wide, &wide, &wide], 1)));
+    // start + len wrapping past usize::MAX must not pass the bounds check.
+    let cache = tensor(device, &[2, 4]);
+    let err = cache.write_slice(0, usize::MAX, &tensor(device, &[1, 4])).unwrap_err();
+    assert!(matches!(err, Error::ShapeMismatch { .. }), "{err:?}");
+    let err = ops::add_repeat(&tensor(device, &[2, 3]), &tensor(device, &[3]), usize::MAX).unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument { .. }), "{err:?}");
+}
+
+#[test]
 fn tensors_beyond_the_adapter_limits_are_typed_errors() {
     let device = full_device();
     let caps = device.caps();

@@ -22,7 +22,12 @@ fn binary(op: &'static str, entry: &'static str, a: &Tensor, b: &Tensor, copies:
     let mut shape = a.shape().to_vec();
     if copies != 1 {
         match shape.first_mut() {
-            Some(first) if copies > 0 => *first *= copies,
+            Some(first) if copies > 0 => {
+                *first = first.checked_mul(copies).ok_or_else(|| Error::InvalidArgument {
+                    op,
+                    msg: format!("{copies} copies of a tensor of shape {:?} overflow", a.shape()),
+                })?
+            }
             _ => {
                 return Err(Error::InvalidArgument {
                     op,

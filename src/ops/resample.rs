@@ -28,8 +28,9 @@ fn resample(op: &'static str, entry: &'static str, x: &Tensor, out_h: usize, out
     index_u32(op, "elements of x", x.numel())?;
     let n = index_u32(op, "elements of the output", out.numel())?;
     // The area windows are computed as (i + 1) * in + out - 1 in 32 bits.
-    index_u32(op, "in_h * out_h + out_h", (in_h + 1) * out_h)?;
-    index_u32(op, "in_w * out_w + out_w", (in_w + 1) * out_w)?;
+    let window_end = |inp: usize, out: usize| inp.checked_add(1).and_then(|n| n.checked_mul(out)).unwrap_or(usize::MAX);
+    index_u32(op, "in_h * out_h + out_h", window_end(in_h, out_h))?;
+    index_u32(op, "in_w * out_w + out_w", window_end(in_w, out_w))?;
     // PyTorch's scale for an explicit output size: in / out, rounded to f32.
     let scale = |i: usize, o: usize| i as f32 / o as f32;
     let params = ResampleParams {

@@ -39,7 +39,8 @@ impl QkvShape {
         let dtype = float_dtype(op, qkv)?;
         let [batch, tokens, width3] = qkv.dims(op, "qkv (B, T, 3C)")?;
         let heads = args.heads;
-        if heads == 0 || !width3.is_multiple_of(3 * heads) || width3 == 0 {
+        // width3 / 3, not 3 * heads: the heads are the caller's number and may be any usize.
+        if heads == 0 || width3 == 0 || !width3.is_multiple_of(3) || !(width3 / 3).is_multiple_of(heads) {
             return Err(Error::InvalidArgument {
                 op,
                 msg: format!("qkv width {width3} is not 3 * heads ({heads}) * head_dim"),
@@ -57,7 +58,11 @@ impl QkvShape {
         for cache in [args.k_cache, args.v_cache] {
             check_operand(op, qkv, cache)?;
             match cache.shape() {
-                &[b, cap, h, d] if b == batch && h == heads && d == dim && args.start + tokens <= cap => {}
+                &[b, cap, h, d]
+                    if b == batch
+                        && h == heads
+                        && d == dim
+                        && args.start.checked_add(tokens).is_some_and(|end| end <= cap) => {}
                 _ => {
                     return Err(shape_error(
                         op,
