@@ -174,7 +174,8 @@ pub fn ssd_scan_checked(s: &SsdScan, check_a: bool) -> Result<ScanOutput> {
         other => return Err(invalid(OP, format!("A must have shape (nheads), got {other:?}"))),
     };
     let channels = sequence_dims(s.x, s.layout, "x")?.1;
-    if !channels.is_multiple_of(heads) {
+    // Zero channels are a multiple of any head count, but leave no head dimension to divide by.
+    if channels == 0 || !channels.is_multiple_of(heads) {
         return Err(invalid(OP, format!("{channels} channels are not nheads ({heads}) x headdim")));
     }
     let head_dim = channels / heads;
