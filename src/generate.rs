@@ -709,7 +709,7 @@ impl<'a> Generation<'a> {
 
     fn images(&self, out: Tensor) -> Result<Vec<Image>> {
         let &[batch, _, h, w] = out.shape() else { unreachable!("the decoder returns (B, 3, H, W)") };
-        Ok(Image::from_decoder_output(&out.to_vec_f32()?, batch, h, w))
+        Image::from_decoder_output(&out.to_vec_f32()?, batch, h, w)
     }
 
     /// Runs the next scale with the given token ids (B * side^2) instead of sampling: teacher forcing,
@@ -778,7 +778,14 @@ impl<'a> Generation<'a> {
             }
         }
         let mut clock = StageClock::start(device, self.options.profile_stages)?;
-        let x = self.next_input.take().expect("an input exists for every scale not yet run");
+        // Taken here and set again once the scale's work is recorded: only a scale that failed on the
+        // way leaves it empty, and the generation cannot go on from there.
+        let Some(x) = self.next_input.take() else {
+            return Err(Error::InvalidArgument {
+                op: "Generation",
+                msg: format!("scale {si} has no input: an earlier scale failed; start a new generation"),
+            });
+        };
         let session = &mut self.session;
         let logits = clock.stage_split(|split| session.forward(&x, |part| split.enter(part == BlockPart::Mamba)))?;
         let ratio = if scales > 1 { si as f32 / (scales - 1) as f32 } else { 0.0 };
