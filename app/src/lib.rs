@@ -374,7 +374,13 @@ impl ScalewiseApp {
         for event in events {
             match event {
                 GenerationEvent::Scale { index, scales, side, times, wall_ms, images } => {
-                    let grid = Image::square_grid(&images);
+                    let grid = match Image::square_grid(&images) {
+                        Ok(grid) => grid,
+                        Err(e) => {
+                            self.banner = Some(format!("scale {index} cannot be shown: {e}"));
+                            continue;
+                        }
+                    };
                     let color = egui::ColorImage::from_rgb([grid.width, grid.height], &grid.rgb);
                     let texture = ctx.load_texture(format!("scale-{index}"), color, TextureOptions::NEAREST);
                     let batch = images.len();

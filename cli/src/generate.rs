@@ -317,7 +317,7 @@ pub fn generate(device: &Device, args: &GenerateArgs, mut outputs: Outputs) -> a
     let scales_ms = wall_ms - startup_ms - decode_ms;
 
     // Everything is computed: fill the staged files, then rename them into place.
-    outputs.image.write_all(&Image::square_grid(&images).to_png()?)?;
+    outputs.image.write_all(&Image::square_grid(&images)?.to_png()?)?;
     if let Some(staged) = &mut outputs.tokens {
         let first: Vec<Vec<u32>> =
             generation.tokens().iter().zip(&config.patch_nums).map(|(ids, side)| ids[..side * side].to_vec()).collect();
@@ -331,7 +331,7 @@ pub fn generate(device: &Device, args: &GenerateArgs, mut outputs: Outputs) -> a
             folder.files.len()
         );
         for (staged, images) in folder.files.iter_mut().zip(&previews) {
-            staged.write_all(&Image::square_grid(images).to_png()?)?;
+            staged.write_all(&Image::square_grid(images)?.to_png()?)?;
         }
     }
     outputs.image.commit()?;
