@@ -345,8 +345,8 @@ pub fn attention(device: &Device, config: &AttentionBenchConfig) -> Result<Vec<A
                     dtype,
                     kernel,
                     median_ms,
-                    tflops: layout.attended_pairs() as f64 * per_pair / (median_ms * 1e-3) / 1e12,
-                    density_bound: 1.0 / layout.density(),
+                    tflops: layout.attended_pairs()? as f64 * per_pair / (median_ms * 1e-3) / 1e12,
+                    density_bound: 1.0 / layout.density()?,
                     speedup_vs_dense: dense_ms.map(|d| d / median_ms),
                     timing,
                 });
@@ -373,7 +373,7 @@ pub fn attention(device: &Device, config: &AttentionBenchConfig) -> Result<Vec<A
                     })?;
                 let (pairs, density) = match &layout {
                     None => ((len as f64).powi(2), 1.0),
-                    Some(layout) => (layout.attended_pairs() as f64, layout.density()),
+                    Some(layout) => (layout.attended_pairs()? as f64, layout.density()?),
                 };
                 rows.push(AttentionBenchRow {
                     grid: case.grid.clone(),

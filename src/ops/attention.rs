@@ -299,6 +299,23 @@ impl GroupedLayout {
 
     /// Checks the layout against a sequence length; errors name the offending values.
     pub fn validate(&self, seq_len: usize) -> Result<()> {
+        let tokens = self.checked_seq_len()?;
+        if tokens != seq_len {
+            return Err(Error::InvalidArgument {
+                op: "grouped_attention",
+                msg: format!(
+                    "grid {:?} ({} tokens) + {} text tokens = {tokens} does not match the sequence length {seq_len}",
+                    self.grid,
+                    self.image_tokens(),
+                    self.text_len,
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// The layout's own checks (everything but a tensor's sequence length), then its sequence length.
+    fn checked_seq_len(&self) -> Result<usize> {
         let invalid = |msg: String| Err(Error::InvalidArgument { op: "grouped_attention", msg });
         if !(2..=3).contains(&self.grid.len()) {
             return invalid(format!("the grid must be [H, W] or [T, H, W], got {:?}", self.grid));
@@ -315,25 +332,21 @@ impl GroupedLayout {
         if self.text_valid > self.text_len {
             return invalid(format!("text valid length {} exceeds the text length {}", self.text_valid, self.text_len));
         }
-        if self.seq_len() != seq_len {
-            return invalid(format!(
-                "grid {:?} ({} tokens) + {} text tokens = {} does not match the sequence length {seq_len}",
-                self.grid,
-                self.image_tokens(),
-                self.text_len,
-                self.seq_len()
-            ));
-        }
         if let GratPattern::Block { radius } | GratPattern::BlockTruncated { radius } = self.pattern
             && radius > 1 << 16
         {
             return invalid(format!("radius {radius} is out of range"));
         }
-        Ok(())
+        match self.grid.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).and_then(|n| n.checked_add(self.text_len)) {
+            Some(seq_len) => Ok(seq_len),
+            None => invalid(format!("grid {:?} with {} text tokens overflows", self.grid, self.text_len)),
+        }
     }
 
-    /// Allowed (query, key) pairs, counting text: the work the grouped kernel does.
-    pub fn attended_pairs(&self) -> u64 {
+    /// Allowed (query, key) pairs, counting text: the work the grouped kernel does. Errors as
+    /// [`GroupedLayout::validate`] does on the layout's own values.
+    pub fn attended_pairs(&self) -> Result<u64> {
+        self.checked_seq_len()?;
         let (grid, group, counts) = self.dims3();
         let size = |g: [usize; 3]| -> u64 { (0..3).map(|a| group[a].min(grid[a] - g[a] * group[a]) as u64).product() };
         let all: Vec<[usize; 3]> = (0..counts[0])
@@ -344,12 +357,12 @@ impl GroupedLayout {
             let keys: u64 = all.iter().filter(|&&kg| reference::groups_allowed(self, qg, kg)).map(|&kg| size(kg)).sum();
             pairs += size(qg) * (keys + self.text_valid as u64);
         }
-        pairs + self.text_len as u64 * (self.image_tokens() + self.text_valid) as u64
+        Ok(pairs.saturating_add((self.text_len as u64).saturating_mul((self.image_tokens() + self.text_valid) as u64)))
     }
 
     /// Fraction of the dense (seq_len^2) pairs attended.
-    pub fn density(&self) -> f64 {
-        self.attended_pairs() as f64 / (self.seq_len() as f64).powi(2)
+    pub fn density(&self) -> Result<f64> {
+        Ok(self.attended_pairs()? as f64 / (self.seq_len() as f64).powi(2))
     }
 }
 

@@ -523,16 +523,24 @@ fn density_matches_the_published_key_counts_and_bounds() {
     let b = GroupedLayout::image(512, 512);
     let x = b.clone().with_pattern(GratPattern::CrissCross);
     let image = 512 * 512;
-    assert_eq!(b.attended_pairs(), image as u64 * 2304, "GRAT-B: 3 x 3 groups = 2304 keys per query");
-    assert_eq!(x.attended_pairs(), image as u64 * 16128, "GRAT-X: 63 groups = 16128 keys per query");
+    assert_eq!(b.attended_pairs().unwrap(), image as u64 * 2304, "GRAT-B: 3 x 3 groups = 2304 keys per query");
+    assert_eq!(x.attended_pairs().unwrap(), image as u64 * 16128, "GRAT-X: 63 groups = 16128 keys per query");
     // The published bounds count the image queries' work (keys + 512 text) against L^2.
     let len = (image + 512) as f64;
     let bound = |keys: f64| len * len / (image as f64 * (keys + 512.0));
     assert!((bound(2304.0) - 93.4).abs() < 0.5 && (bound(16128.0) - 15.8).abs() < 0.1);
     // HunyuanVideo 720p: 4 x 8 x 8 groups on 32 x 48 x 80 -> 8 x 6 x 10 = 480 groups, 165 attended.
     let video = GroupedLayout::video(32, 48, 80).with_pattern(GratPattern::CrissCross);
-    assert_eq!(video.attended_pairs(), 32 * 48 * 80 * 165 * 256);
-    assert!((1.0 / video.density() - 480.0 / 165.0).abs() < 1e-9);
+    assert_eq!(video.attended_pairs().unwrap(), 32 * 48 * 80 * 165 * 256);
+    assert!((1.0 / video.density().unwrap() - 480.0 / 165.0).abs() < 1e-9);
+    // The fields are public: counting a layout that `validate` would refuse is an error, not a panic.
+    for bad in [
+        GroupedLayout { grid: vec![64], ..GroupedLayout::image(8, 8) },
+        GroupedLayout::image(8, 8).with_group(&[0, 16]),
+        GroupedLayout::image(usize::MAX, 2),
+    ] {
+        assert!(bad.attended_pairs().is_err() && bad.density().is_err(), "{bad:?}");
+    }
 }
 
 #[test]
