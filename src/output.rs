@@ -61,6 +61,12 @@ impl StagedOutput {
         &self.target
     }
 
+    /// Whether the target may still be replaced ([`check_target`]): a caller committing several
+    /// outputs checks them all before the first commit.
+    pub fn check(&self) -> Result<()> {
+        check_target(&self.target)
+    }
+
     /// Appends `bytes` to the staged file.
     pub fn write_all(&mut self, bytes: &[u8]) -> Result<()> {
         let file = self.file.as_mut().ok_or_else(|| Error::Output {

@@ -123,6 +123,12 @@ pub fn check_args(args: &GenerateArgs) -> anyhow::Result<Outputs> {
             anyhow::bail!("{flag} and {other} name the same file {}", path.display());
         }
     }
+    check_outputs_spare_inputs(&targets, &inputs(args))?;
+    if let Some(folder) = &args.every_scale
+        && let Some((flag, _)) = targets.iter().find(|(_, p)| same_file(p, folder))
+    {
+        anyhow::bail!("--every-scale and {flag} name the same path {}", folder.display());
+    }
     let stage = |flag: &str, path: &Path| StagedOutput::create(path).with_context(|| flag.to_string());
     let image = stage("--out", &args.out)?;
     let tokens = args.dump_tokens.as_deref().map(|p| stage("--dump-tokens", p)).transpose()?;
@@ -141,6 +147,38 @@ pub fn check_input_file(flag: &str, path: &Path) -> anyhow::Result<()> {
             anyhow::bail!("{flag} {}: not a regular file (a FIFO, socket or device)", path.display())
         }
         Ok(_) => std::fs::File::open(path).map(drop).with_context(|| format!("{flag} {}", path.display())),
+    }
+}
+
+/// The checkpoint files a run reads, with their flags.
+fn inputs(args: &GenerateArgs) -> Vec<(&'static str, &Path)> {
+    [("--var", &args.var), ("--vae", &args.vae)].into_iter().filter_map(|(f, p)| Some((f, p.as_deref()?))).collect()
+}
+
+/// Refuses an output that would replace one of the run's input files, whatever path names it (a
+/// symbolic link to the input, or the input named through another folder).
+pub fn check_outputs_spare_inputs(outputs: &[(&str, &Path)], inputs: &[(&str, &Path)]) -> anyhow::Result<()> {
+    for (out_flag, out) in outputs {
+        if let Some((in_flag, _)) =
+            inputs.iter().find(|(_, input)| same_file(out, input) || same_existing_file(out, input))
+        {
+            anyhow::bail!("{out_flag} {} would replace the {in_flag} file it reads", out.display());
+        }
+    }
+    Ok(())
+}
+
+/// Whether two paths that both exist lead to the same file (symbolic links followed).
+pub fn same_existing_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        #[cfg(unix)]
+        (Ok(ma), Ok(mb)) => {
+            use std::os::unix::fs::MetadataExt;
+            (ma.dev(), ma.ino()) == (mb.dev(), mb.ino())
+        }
+        #[cfg(not(unix))]
+        (Ok(_), Ok(_)) => matches!((std::fs::canonicalize(a), std::fs::canonicalize(b)), (Ok(x), Ok(y)) if x == y),
+        _ => false,
     }
 }
 
@@ -266,8 +304,14 @@ pub fn generate(device: &Device, args: &GenerateArgs, mut outputs: Outputs) -> a
     };
     pipeline.validate(&options)?;
     if let Some(folder) = &mut outputs.scales {
+        let mut others = vec![("--out", args.out.as_path())];
+        others.extend(args.dump_tokens.as_deref().map(|p| ("--dump-tokens", p)));
         for (index, &side) in config.patch_nums.iter().enumerate() {
             let path = scale_file(&folder.path, index, side);
+            if let Some((flag, _)) = others.iter().find(|(_, p)| same_file(p, &path)) {
+                anyhow::bail!("--every-scale would write {} over the {flag} file", path.display());
+            }
+            check_outputs_spare_inputs(&[("--every-scale", &path)], &inputs(args))?;
             folder.files.push(StagedOutput::create(&path).context("--every-scale")?);
         }
     }
@@ -333,6 +377,12 @@ pub fn generate(device: &Device, args: &GenerateArgs, mut outputs: Outputs) -> a
         for (staged, images) in folder.files.iter_mut().zip(&previews) {
             staged.write_all(&Image::square_grid(images)?.to_png()?)?;
         }
+    }
+    // Every target once more before the first rename: one that became unwritable during the run
+    // (a folder made where a file was to go) fails the run with nothing replaced.
+    let scale_files = outputs.scales.iter().flat_map(|folder| &folder.files);
+    for staged in std::iter::once(&outputs.image).chain(&outputs.tokens).chain(scale_files) {
+        staged.check()?;
     }
     outputs.image.commit()?;
     if let Some(staged) = outputs.tokens.take() {

@@ -258,6 +258,63 @@ fn output_targets_are_checked_before_the_model_loads() {
 }
 
 #[test]
+fn outputs_never_replace_the_inputs_or_each_other() {
+    let s = Scratch::new("clashes");
+    let (tiny_var, tiny_vae) = tiny();
+    // The user's own copies of the checkpoints, one also reached through a symbolic link.
+    let var = s.path("var.pth");
+    let vae = s.path("vae.pth");
+    std::fs::copy(&tiny_var, &var).unwrap();
+    std::fs::copy(&tiny_vae, &vae).unwrap();
+    let link = s.path("link.pth");
+    std::os::unix::fs::symlink(&var, &link).unwrap();
+    let (var_s, vae_s, link_s) = (path_str(&var), path_str(&vae), path_str(&link));
+    let out = s.out();
+    fails("--out is --var", &generate_args(var_s, vae_s, &["--class", "1", "--out", var_s]), "would replace the --var");
+    fails(
+        "--out is --var through a link",
+        &generate_args(link_s, vae_s, &["--class", "1", "--out", var_s]),
+        "would replace the --var",
+    );
+    fails(
+        "--dump-tokens is --vae",
+        &generate_args(var_s, vae_s, &["--class", "1", "--out", &out, "--dump-tokens", vae_s]),
+        "would replace the --vae",
+    );
+    fails("convert through a link", &["convert", link_s, var_s, "--f16"], "must differ from the input");
+    // --every-scale naming the --dump-tokens file: once, the folder was made, the image written over
+    // out.png, and only then the tokens' target found to be a folder.
+    let same = s.path("same");
+    let same_s = path_str(&same);
+    fails(
+        "--every-scale is --dump-tokens",
+        &generate_args(
+            var_s,
+            vae_s,
+            &["--class", "1", "--out", &out, "--dump-tokens", same_s, "--every-scale", same_s],
+        ),
+        "name the same path",
+    );
+    // A token dump named like one of the scale files would have been written over by it.
+    let scales = s.path("scales");
+    std::fs::create_dir(&scales).unwrap();
+    let clash = scales.join("scale_00_1x1.png");
+    fails(
+        "--dump-tokens inside --every-scale",
+        &generate_args(
+            var_s,
+            vae_s,
+            &["--class", "1", "--out", &out, "--dump-tokens", path_str(&clash), "--every-scale", path_str(&scales)],
+        ),
+        "over the --dump-tokens file",
+    );
+    assert_eq!(std::fs::read_dir(&scales).unwrap().count(), 0, "files left in the scales folder");
+    assert_eq!(std::fs::read(&var).unwrap(), std::fs::read(&tiny_var).unwrap(), "the --var file changed");
+    assert_eq!(std::fs::read(&vae).unwrap(), std::fs::read(&tiny_vae).unwrap(), "the --vae file changed");
+    s.assert_untouched("clashes", &["link.pth", "scales", "vae.pth", "var.pth"]);
+}
+
+#[test]
 fn inputs_that_are_not_regular_files_are_named() {
     let s = Scratch::new("inputs");
     let (_, vae) = tiny();
