@@ -471,6 +471,7 @@ fn convert(args: &ConvertArgs) -> anyhow::Result<()> {
     // The target is checked (and its temporary file created) before the input is read.
     let mut staged = scalewise::output::StagedOutput::create(&args.output)?;
     let sd = scalewise::weights::StateDict::load_with(&args.input, &args.weights.options())?;
+    sd.check_finite()?;
     let dtype = if args.f16 { DType::F16 } else { DType::F32 };
     staged.write_all(&sd.to_safetensors_bytes(dtype)?)?;
     staged.commit()?;

@@ -385,7 +385,22 @@ fn non_finite_weights_are_refused_by_name() {
         &generate_args(&var, path_str(&inf_vae), &["--class", "1", "--out", &out]),
         "decoder.conv_out.weight",
     );
-    s.assert_untouched("nonfinite", &["inf_vae.safetensors", "nan_temperature.safetensors", "nan_var.safetensors"]);
+    // convert uses no key, so it checks them all (it copied the NaN into its output once).
+    let converted = s.path("converted.safetensors");
+    let err = fails("convert a NaN", &["convert", path_str(&nan_var), path_str(&converted)], "fc1.weight (1 of");
+    assert!(!err.contains("attn_bias_for_masking"), "VAR's mask of 0 and -inf is not a fault: {err}");
+    // A finite value beyond f16's range would be stored as an infinity.
+    let mut wide = StateDict::load(&var).unwrap();
+    poison(&mut wide, "head.bias", 1e5);
+    let wide = s.save("wide.safetensors", &wide);
+    fails("convert 1e5 to f16", &["convert", path_str(&wide), path_str(&converted), "--f16"], "head.bias");
+    s.assert_untouched(
+        "nonfinite",
+        &["inf_vae.safetensors", "nan_temperature.safetensors", "nan_var.safetensors", "wide.safetensors"],
+    );
+    let result = run(&["convert", path_str(&nan_var), path_str(&converted), "--allow-non-finite"]);
+    assert!(result.status.success(), "--allow-non-finite converts: {}", String::from_utf8_lossy(&result.stderr));
+    std::fs::remove_file(&converted).unwrap();
     // The opt-out loads them (the image is then whatever the arithmetic gives).
     let forced = s.path("forced.png");
     let result = run(&generate_args(

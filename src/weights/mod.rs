@@ -201,6 +201,25 @@ impl StateDict {
         crate::output::write_atomic(path.as_ref(), &self.to_safetensors_bytes(dtype)?)
     }
 
+    /// An error naming every tensor that holds NaN or infinity, unless the file was loaded with
+    /// [`LoadOptions::allow_non_finite`] (the model loaders check the keys they use; this checks all
+    /// of them, for a caller such as a converter that uses none). An additive mask, a tensor of only
+    /// 0 and -inf such as VAR's `attn_bias_for_masking`, is not a fault.
+    pub fn check_finite(&self) -> Result<()> {
+        if self.allow_non_finite {
+            return Ok(());
+        }
+        let mask = |data: &[f32]| data.iter().all(|&v| v == 0.0 || v == f32::NEG_INFINITY);
+        let tensors: Vec<(String, usize, usize)> = self
+            .iter()
+            .filter_map(|(key, t)| {
+                let bad = t.data.iter().filter(|v| !v.is_finite()).count();
+                (bad > 0 && !mask(&t.data)).then(|| (key.to_string(), bad, t.data.len()))
+            })
+            .collect();
+        if tensors.is_empty() { Ok(()) } else { Err(Error::NonFiniteWeights { prefix: String::new(), tensors }) }
+    }
+
     /// The number of loaded tensors (skipped ones not counted).
     pub fn len(&self) -> usize {
         self.tensors.len()

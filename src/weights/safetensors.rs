@@ -230,6 +230,20 @@ pub(super) fn write(sd: &StateDict, dtype: crate::dtype::DType) -> Result<Vec<u8
             });
         }
     };
+    if dtype == DType::F16
+        && let Some((key, value)) = sd.iter().find_map(|(k, t)| {
+            t.data.iter().find(|v| v.is_finite() && !half::f16::from_f32(**v).is_finite()).map(|v| (k, *v))
+        })
+    {
+        // Stored as f16 it would be an infinity, which every loader then refuses (or worse, runs).
+        return Err(Error::InvalidArgument {
+            op: "StateDict::to_safetensors",
+            msg: format!(
+                "{} holds {value:e}, beyond f16's range of +-65504: keep this checkpoint in f32",
+                crate::error::shown(key)
+            ),
+        });
+    }
     let data: Vec<(String, Vec<u8>, Vec<usize>)> =
         sd.iter().map(|(k, t)| (k.to_string(), bytes_of(&t.data), t.shape.clone())).collect();
     let views = data
