@@ -48,9 +48,10 @@ pub struct GenerateArgs {
     /// The official "more smooth" mode (Gumbel-softmax mixtures of codebook vectors).
     #[arg(long)]
     smooth: bool,
-    /// Images to generate (the classes repeat to fill it).
-    #[arg(long, default_value_t = 1)]
-    batch: usize,
+    /// Images to generate, at least as many as the classes (which repeat to fill it) [default: one
+    /// per class]
+    #[arg(long)]
+    batch: Option<usize>,
     /// The final image (a grid when the batch has several).
     #[arg(long, default_value = "out.png", value_name = "FILE")]
     out: PathBuf,
@@ -103,7 +104,14 @@ impl Drop for ScalesFolder {
 pub fn check_args(args: &GenerateArgs) -> anyhow::Result<Outputs> {
     ensure!(args.cfg.is_finite() && args.cfg >= 0.0, "--cfg must be a finite number >= 0, got {}", args.cfg);
     ensure!((0.0..=1.0).contains(&args.top_p), "--top-p must be in [0, 1], got {}", args.top_p);
-    ensure!((1..=MAX_BATCH).contains(&args.batch), "--batch must be between 1 and {MAX_BATCH}, got {}", args.batch);
+    if let Some(batch) = args.batch {
+        ensure!((1..=MAX_BATCH).contains(&batch), "--batch must be between 1 and {MAX_BATCH}, got {batch}");
+        ensure!(
+            batch >= args.classes.len(),
+            "--batch {batch} is fewer than the {} classes given: one image per class at least",
+            args.classes.len()
+        );
+    }
     ensure!(
         args.classes.len() <= MAX_BATCH,
         "--class lists {} classes; a batch holds at most {MAX_BATCH}",
@@ -285,7 +293,7 @@ pub fn generate(device: &Device, args: &GenerateArgs, mut outputs: Outputs) -> a
     if let Some(k) = args.top_k {
         ensure!(k <= config.vocab, "--top-k {k} is above this model's vocabulary of {} tokens", config.vocab);
     }
-    let batch = args.batch.max(classes.len());
+    let batch = args.batch.unwrap_or(classes.len());
     let max_batch = pipeline.max_batch(args.cfg > 0.0);
     ensure!(
         batch <= max_batch,
@@ -463,7 +471,7 @@ pub fn bench_generate(device: &Device, args: &GenerateBenchArgs) -> anyhow::Resu
         "--batch must be in 1..={MAX_BATCH} and --iters at least 1"
     );
     ensure!(args.cfg.is_finite() && args.cfg >= 0.0, "--cfg must be a finite number >= 0, got {}", args.cfg);
-    super::results_target(&args.json)?;
+    super::results_target("--json", &args.json)?;
     // f16 on a device without SHADER_F16 fails with a typed error when the weights are uploaded.
     let dtype = args.dtype.unwrap_or(device.preferred_float());
     // clap admits only "var" and "mvar".

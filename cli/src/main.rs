@@ -227,7 +227,7 @@ struct ScanArgs {
     #[arg(long, default_value_t = 1)]
     warmup: usize,
     /// The device's measured copy bandwidth in GB/s, to print each result as a fraction of it.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_positive)]
     copy_gbps: Option<f64>,
     /// Also time SSD's recurrent and chunked matrix forms at M-VAR d16's shape.
     #[arg(long)]
@@ -247,14 +247,14 @@ fn parse_scan_shape(s: &str) -> Result<[usize; 4], String> {
 #[derive(Args)]
 struct PeaksArgs {
     /// FMA probe: workgroups of 256 threads.
-    #[arg(long, default_value_t = PeaksConfig::default().fma_workgroups)]
+    #[arg(long, default_value_t = PeaksConfig::default().fma_workgroups, value_parser = clap::value_parser!(u32).range(1..))]
     fma_workgroups: u32,
     /// FMA probe: iterations of 32 FMAs per thread [default: 4096, fewer where a run would take
     /// over half a second, as on a CPU adapter]
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     fma_iters: Option<u32>,
     /// Copy probe: MiB read and written (capped by the adapter's binding limit).
-    #[arg(long, default_value_t = PeaksConfig::default().copy_bytes >> 20)]
+    #[arg(long, default_value_t = PeaksConfig::default().copy_bytes >> 20, value_parser = clap::value_parser!(u64).range(1..))]
     copy_mib: u64,
     /// Dispatch-gap probe: empty dispatches in one pass.
     #[arg(long, default_value_t = PeaksConfig::default().dispatches)]
@@ -280,7 +280,7 @@ struct AttentionArgs {
     /// Text tokens after the image tokens (all valid).
     #[arg(long, default_value_t = 0)]
     text: usize,
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     heads: usize,
     #[arg(long, default_value_t = 64)]
     head_dim: usize,
@@ -338,7 +338,7 @@ struct MatmulArgs {
     #[arg(long, default_value_t = 1024)]
     naive_max: usize,
     /// The device's f32 FMA peak in GFLOP/s, to print each result as a fraction of it.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_positive)]
     peak_gflops: Option<f64>,
     /// Where to write the JSON results.
     #[arg(long, default_value = "bench-results/matmul.json")]
@@ -363,6 +363,14 @@ fn parse_matmul_algorithm(s: &str) -> Result<MatmulAlgorithm, String> {
         .chain([MatmulAlgorithm::Auto])
         .find(|&a| bench::algorithm_name(a) == s)
         .ok_or_else(|| format!("unknown kernel {s:?} (expected tiled, wide, skinny, naive, cooperative or auto)"))
+}
+
+/// A rate or peak given by the user, which results are divided by: finite and above 0.
+fn parse_positive(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a finite number above 0")),
+    }
 }
 
 fn parse_dtype(s: &str) -> Result<DType, String> {
@@ -561,7 +569,7 @@ fn bytes(n: u64) -> String {
 }
 
 fn bench_peaks(device: &Device, args: &PeaksArgs) -> anyhow::Result<()> {
-    results_target(&args.json)?;
+    results_target("--json", &args.json)?;
     anyhow::ensure!(args.iters > 0, "--iters must be at least 1");
     let config = PeaksConfig {
         fma_workgroups: args.fma_workgroups,
@@ -587,7 +595,7 @@ fn bench_peaks(device: &Device, args: &PeaksArgs) -> anyhow::Result<()> {
 }
 
 fn bench_matmul(device: &Device, args: &MatmulArgs) -> anyhow::Result<()> {
-    results_target(&args.json)?;
+    results_target("--json", &args.json)?;
     anyhow::ensure!(!args.sizes.contains(&0), "--sizes must list sizes above 0");
     anyhow::ensure!(args.iters > 0, "--iters must be at least 1");
     anyhow::ensure!(!args.kernels.is_empty(), "--kernels must list at least one kernel");
@@ -642,7 +650,7 @@ fn bench_matmul(device: &Device, args: &MatmulArgs) -> anyhow::Result<()> {
 }
 
 fn bench_attention(device_args: &DeviceArgs, args: &AttentionArgs) -> anyhow::Result<()> {
-    results_target(&args.json)?;
+    results_target("--json", &args.json)?;
     anyhow::ensure!(args.iters > 0, "--iters must be at least 1");
     let device = &device_args.open()?;
     let grids = if args.grids.is_empty() && args.kv_steps.is_empty() {
@@ -712,7 +720,7 @@ fn bench_attention(device_args: &DeviceArgs, args: &AttentionArgs) -> anyhow::Re
 }
 
 fn bench_scan(device: &Device, args: &ScanArgs) -> anyhow::Result<()> {
-    results_target(&args.json)?;
+    results_target("--json", &args.json)?;
     anyhow::ensure!(args.iters > 0, "--iters must be at least 1");
     let config = ScanBenchConfig {
         shapes: args.shapes.clone(),
@@ -784,7 +792,15 @@ fn bench_soak(device: &Device, args: &SoakArgs) -> anyhow::Result<()> {
         (1..=1_000_000).contains(&args.generations) && args.warmup < args.generations,
         "--generations must be in 1..=1000000 and above --warmup"
     );
-    results_target(&args.json)?;
+    // Each pair is generated once to take its image and then again to compare: fewer generations
+    // than twice the pairs would leave some, or all, never compared.
+    anyhow::ensure!(
+        args.distinct >= 1 && args.distinct.saturating_mul(2) <= args.generations,
+        "--distinct {} must be at least 1 and at most half of --generations ({}), so that every pair repeats",
+        args.distinct,
+        args.generations
+    );
+    results_target("--json", &args.json)?;
     let config = bench::SoakConfig {
         generations: args.generations,
         distinct: args.distinct,
@@ -851,7 +867,7 @@ fn bench_soak(device: &Device, args: &SoakArgs) -> anyhow::Result<()> {
 
 fn bench_precision(device: &Device, args: &PrecisionArgs) -> anyhow::Result<()> {
     anyhow::ensure!(!args.seeds.is_empty() && args.seeds.len() <= 1000, "--seeds must list 1 to 1000 seeds");
-    results_target(&args.json)?;
+    results_target("--json", &args.json)?;
     let r = bench::precision(device, &args.seeds)?;
     println!("demo model, f32 vs f16 weights on {}: {} generations each", device.info().adapter.name, r.runs);
     println!("{:>5} {:>7} {:>16}", "scale", "side", "tokens agreeing");
@@ -873,9 +889,15 @@ fn bench_precision(device: &Device, args: &PrecisionArgs) -> anyhow::Result<()> 
 
 fn bench_load(device: &Device, args: &LoadArgs) -> anyhow::Result<()> {
     anyhow::ensure!((1..=64).contains(&args.depth), "--depth must be in 1..=64");
-    results_target(&args.json)?;
-    results_target(&args.file)?;
+    results_target("--json", &args.json)?;
+    results_target("--file", &args.file)?;
     anyhow::ensure!(!args.file.exists(), "--file {} exists; the benchmark writes a new file", args.file.display());
+    anyhow::ensure!(
+        !generate::same_file(&args.file, &args.json),
+        "--file and --json name the same file {}",
+        args.file.display()
+    );
+    create_parent(&args.file)?;
     let model = if args.model == "var" { bench::BenchModel::Var } else { bench::BenchModel::Mvar };
     let config = bench::LoadBenchConfig {
         model,
@@ -922,21 +944,37 @@ fn bench_load(device: &Device, args: &LoadArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Checks a results file's target before a benchmark runs (creating its folder), so a bad --json
-/// fails at once rather than after the measurements.
-pub(crate) fn results_target(path: &Path) -> anyhow::Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("--json: creating {}", dir.display()))?;
+/// Checks an output's target before a benchmark runs, so a bad path fails at once rather than after
+/// the measurements. Nothing is created: a refused run leaves no folder behind. A missing folder is
+/// made when the results are written ([`create_parent`]); here its nearest existing ancestor must be
+/// a folder.
+pub(crate) fn results_target(flag: &str, path: &Path) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && std::fs::symlink_metadata(dir).is_err()
+    {
+        let existing = dir.ancestors().skip(1).find(|a| a.as_os_str().is_empty() || std::fs::metadata(a).is_ok());
+        return match existing {
+            Some(a) if !a.as_os_str().is_empty() && !a.is_dir() => {
+                anyhow::bail!("{flag} {}: {} is not a folder", path.display(), a.display())
+            }
+            _ => Ok(()),
+        };
     }
-    scalewise::output::check_target(path).context("--json")?;
+    scalewise::output::check_target(path).with_context(|| flag.to_string())?;
+    Ok(())
+}
+
+/// Creates the folder `path` lies in, where missing.
+pub(crate) fn create_parent(path: &Path) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     Ok(())
 }
 
 /// Writes a benchmark's JSON results atomically (creating the folder first) and says where.
 pub(crate) fn write_results(path: &Path, json: &serde_json::Value) -> anyhow::Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
+    create_parent(path)?;
     scalewise::output::write_atomic(path, serde_json::to_string_pretty(json)?.as_bytes())?;
     println!("wrote {}", path.display());
     Ok(())

@@ -160,7 +160,7 @@ pub fn run(args: &ShaderStatsArgs) -> anyhow::Result<()> {
     if std::env::var_os(CHILD).is_some() {
         return measure(args);
     }
-    crate::results_target(&args.json)?;
+    crate::results_target("--json", &args.json)?;
     let icd = match &args.icd {
         Some(icd) if icd.is_file() => icd.clone(),
         Some(icd) => anyhow::bail!("--icd {}: no such file", icd.display()),

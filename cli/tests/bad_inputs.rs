@@ -123,6 +123,12 @@ fn formerly_panicking_inputs_are_errors() {
             "--batch must be between 1 and 4096",
         );
     }
+    // Three classes in a batch of two made three images without a word.
+    fails(
+        "--batch below the classes",
+        &generate_args(&var, &vae, &["--class", "1,2,3", "--batch", "2", "--out", &out]),
+        "fewer than the 3 classes",
+    );
     s.assert_untouched("panics", &["zero_d_vae.safetensors"]);
 }
 
@@ -157,11 +163,6 @@ fn memory_bombs_are_refused_before_allocating() {
         "bench matmul 2^20",
         &["bench", "matmul", "--sizes", "1048576", "--json", path_str(&s.path("mm.json"))],
         "above this adapter's",
-    );
-    fails(
-        "bench peaks without FMA work",
-        &["bench", "peaks", "--fma-iters", "0", "--json", path_str(&s.path("peaks.json"))],
-        "the FMA probe needs work",
     );
     fails(
         "bench peaks 2^20 x 256 FMA threads",
@@ -620,5 +621,35 @@ fn write_corpus() {
     ];
     for (name, bytes) in files {
         std::fs::write(corpus(name), bytes).unwrap();
+    }
+}
+
+#[test]
+fn refused_benchmarks_name_the_flag_and_create_no_folder() {
+    let s = Scratch::new("bench");
+    let cases: [(&[&str], i32, &str); 11] = [
+        (&["bench", "matmul", "--sizes", "0"], 1, "--sizes"),
+        (&["bench", "peaks", "--fma-iters", "0"], 2, "--fma-iters"),
+        (&["bench", "matmul", "--sizes", "0", "--json", "new/a/x.json"], 1, "--sizes"),
+        (&["bench", "matmul", "--sizes", "8", "--json", "out.png/x.json"], 1, "out.png is not a folder"),
+        (&["bench", "matmul", "--sizes", "8", "--peak-gflops", "0"], 2, "not a finite number above 0"),
+        (&["bench", "matmul", "--sizes", "8", "--peak-gflops", "NaN"], 2, "not a finite number above 0"),
+        (&["bench", "scan", "--copy-gbps", "inf"], 2, "not a finite number above 0"),
+        (&["bench", "peaks", "--copy-mib", "0"], 2, "--copy-mib"),
+        (&["bench", "attention", "--heads", "0"], 2, "--heads"),
+        (&["bench", "soak", "--distinct", "3", "--generations", "4", "--warmup", "0"], 1, "--distinct 3"),
+        (&["bench", "load", "--file", "x.bin", "--json", "x.bin"], 1, "--file and --json name the same file"),
+    ];
+    for (args, code, needle) in cases {
+        let out = Command::new(env!("CARGO_BIN_EXE_scalewise"))
+            .current_dir(&s.dir)
+            .args(args)
+            .output()
+            .expect("the scalewise binary runs");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+        assert!(err.contains(needle) && !err.contains("panicked"), "{args:?}: expected {needle:?} in {err}");
+        // Neither the default bench-results/ nor a --json folder is made for a refused run.
+        s.assert_untouched(&format!("{args:?}"), &[]);
     }
 }
