@@ -54,8 +54,18 @@ pub fn resolve(names: &[String], num_classes: usize, text: &str) -> Result<usize
             num_classes - 1
         )));
     }
-    if let Some(id) = names.iter().position(|n| n == text) {
-        return Ok(id);
+    // ImageNet names two classes "crane" (the bird and the machine) and two "maillot": an exact
+    // match is only an answer when it is the only one.
+    let exact: Vec<usize> = (0..names.len()).filter(|&i| names[i] == text).collect();
+    match exact.as_slice() {
+        [id] => return Ok(*id),
+        [] => {}
+        several => {
+            return Err(error(format!(
+                "{text:?} names several classes ({}); give the number",
+                listing(names, several)
+            )));
+        }
     }
     let lower = text.to_lowercase();
     let folded: Vec<usize> = (0..names.len()).filter(|&i| names[i].to_lowercase() == lower).collect();
@@ -139,6 +149,11 @@ mod tests {
         // Case folding is Unicode's, as in search.
         let accented: Vec<String> = ["Café", "tea"].map(String::from).to_vec();
         assert_eq!(resolve(&accented, 2, "CAFÉ").unwrap(), 0);
+        // A file's own names may repeat one exactly: that name is ambiguous, not the first of them.
+        let repeated: Vec<String> = ["x", "y", "x"].map(String::from).to_vec();
+        let e = resolve(&repeated, 3, "x").unwrap_err().to_string();
+        assert!(e.contains("0 \"x\"") && e.contains("2 \"x\""), "{e}");
+        assert_eq!(resolve(&repeated, 3, "y").unwrap(), 1);
     }
 
     #[test]

@@ -171,6 +171,13 @@ impl VarConfig {
                 "the schedule {patch_nums:?} has a side of {side}: sides must be in 1..={MAX_SIDE}"
             )));
         }
+        // Coarse to fine: each scale's map is upsampled into the next, and the last is the latent.
+        if let Some(pair) = patch_nums.windows(2).find(|pair| pair[0] >= pair[1]) {
+            return Err(bad(format!(
+                "the schedule {patch_nums:?} does not grow from scale to scale ({} then {}): sides must increase",
+                pair[0], pair[1]
+            )));
+        }
         // Sides are bounded, so the squares cannot overflow; the sum is checked against pos_1LC below.
         let scheduled: usize = patch_nums.iter().map(|s| s * s).sum();
         if patch_nums.len() != scales || scheduled != seq_len {

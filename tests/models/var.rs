@@ -682,6 +682,14 @@ fn inferred_configs_equal_the_synthetic_shapes() {
         let err = VarConfig::infer(&bare).unwrap_err();
         assert!(matches!(err, Error::InvalidArgument { .. }), "{err:?}");
         assert!(err.to_string().contains(META_PATCH_NUMS), "{err}");
+        // A schedule of the right token count that does not grow coarse to fine (it loaded, then
+        // failed mid-generation once, or generated from a shuffled schedule).
+        let mut shuffled = sd.clone();
+        let mut sides = shape.patch_nums.clone();
+        sides.reverse();
+        shuffled.metadata.insert(META_PATCH_NUMS.into(), serde_json::to_string(&sides).unwrap());
+        let err = VarConfig::infer(&shuffled).unwrap_err();
+        assert!(err.to_string().contains("sides must increase"), "{err}");
     }
     let other_vae = VaeShape { ch: 32, ch_mult: vec![1, 1, 2], blocks_per_level: 2, vocab: 20, cvae: 4, phi_convs: 1 };
     for (shape, channels) in [(vae_shape(), vec![32, 64]), (other_vae, vec![32, 32, 64])] {
