@@ -483,7 +483,12 @@ fn pth_hostile_pickles_are_errors_not_crashes() {
     huge_string.extend_from_slice(&u32::MAX.to_le_bytes());
     let mut huge_long = vec![0x80, 2, 0x8b];
     huge_long.extend_from_slice(&i32::MAX.to_le_bytes());
-    let cases: [(&str, Vec<u8>, &str); 11] = [
+    // 9 MiB of nested empty lists: 64 MiB of them once took 5 GB of the machine's memory.
+    let mut nested = vec![0x80, 2];
+    nested.extend(std::iter::repeat_n([b']', b'a'], 9 << 19).flatten());
+    nested.push(b'.');
+    let cases: [(&str, Vec<u8>, &str); 12] = [
+        ("nested lists", nested, "bytes of pickle"),
         ("deep", deep, "tuple"),
         ("reused pairs", reused_pairs, "hostile"),
         ("reused args", reused_args, "tuple"),

@@ -20,8 +20,10 @@ use crate::error::{Error, Result};
 type StorageView = (String, FloatType, Rc<TensorRef>);
 
 /// data.pkl holds only structure (tensor data lives in the storages): real state dicts pickle to a few
-/// hundred KB. The cap bounds the pickle machine's memory on a hostile file.
-const MAX_PICKLE_BYTES: u64 = 64 << 20;
+/// hundred KB. The cap bounds the pickle machine's memory on a hostile file: each one-byte opcode can
+/// make a value of 24 bytes and a container of as many again, so 64 MiB of `]` or `N` took 3-5 GB;
+/// 8 MiB takes at most about 700 MB.
+const MAX_PICKLE_BYTES: u64 = 8 << 20;
 
 /// Entries that hold the state_dict inside a training checkpoint, in the order they are tried.
 const STATE_DICT_ENTRIES: [&str; 3] = ["state_dict", "model", "module"];
@@ -61,6 +63,16 @@ fn parse<R: Read + Seek>(archive: &mut ZipArchive<R>, file_len: u64, path: &Path
         }
     }
     let pkl_name = format!("{root}/data.pkl");
+    if let Ok(record) = archive.by_name(&pkl_name)
+        && record.size() > MAX_PICKLE_BYTES
+    {
+        return Err(fail(format!(
+            "{pkl_name} is {} bytes of pickle; a state_dict's is a few hundred KB and scalewise reads at most {} MiB \
+             (the tensors themselves live in the storage records)",
+            record.size(),
+            MAX_PICKLE_BYTES >> 20
+        )));
+    }
     let pkl = read_record(archive, &pkl_name, MAX_PICKLE_BYTES.min(file_len)).map_err(fail)?;
     let unpickled = pickle::unpickle(&pkl).map_err(|e| fail(format!("{pkl_name}: {e}")))?;
     let items = state_dict_entries(&unpickled).map_err(|e| fail(format!("{pkl_name}: {e}")))?;
