@@ -72,29 +72,47 @@ fn parse_demo(name: &str) -> Result<DemoModel, String> {
     name.parse().map_err(|e: scalewise::Error| e.to_string())
 }
 
-/// The output files of one `generate` run, staged (see [`scalewise::output::StagedOutput`]) before
-/// the model loads, so that a bad target is refused before any work and nothing is written or
-/// replaced unless the whole run succeeds.
+/// The output targets of one `generate` run, each proved writable before the model loads (a file
+/// staged there and removed again: see [`probe`]), so that a bad target is refused before any
+/// work. Nothing is created while the model runs, so an interrupted run leaves nothing behind; the
+/// files are staged, written and renamed into place only once everything is computed, and only
+/// when all of them could be written.
 pub struct Outputs {
-    image: StagedOutput,
-    tokens: Option<StagedOutput>,
-    scales: Option<ScalesFolder>,
+    image: PathBuf,
+    tokens: Option<PathBuf>,
+    scales: Option<PathBuf>,
 }
 
-/// The `--every-scale` folder: created by this run when it did not exist (and removed again, when
-/// still empty, if the run fails).
-struct ScalesFolder {
-    path: PathBuf,
+/// Proves `path` writable as an output of `flag`: stages a file there ([`StagedOutput::create`]
+/// checks the target) and removes it again.
+fn probe(flag: &str, path: &Path) -> anyhow::Result<()> {
+    drop(StagedOutput::create(path).with_context(|| flag.to_string())?);
+    Ok(())
+}
+
+/// The `--every-scale` folder while its files are written: created by this run when it did not
+/// exist, and removed again (when still empty) if writing fails.
+struct ScalesFolder<'a> {
+    path: &'a Path,
     created: bool,
-    files: Vec<StagedOutput>,
     committed: bool,
 }
 
-impl Drop for ScalesFolder {
+impl ScalesFolder<'_> {
+    fn open(path: &Path) -> anyhow::Result<ScalesFolder<'_>> {
+        let created = !path.is_dir();
+        if created {
+            std::fs::create_dir(path)
+                .with_context(|| format!("--every-scale: creating the folder {}", path.display()))?;
+        }
+        Ok(ScalesFolder { path, created, committed: false })
+    }
+}
+
+impl Drop for ScalesFolder<'_> {
     fn drop(&mut self) {
         if !self.committed && self.created {
-            self.files.clear();
-            let _ = std::fs::remove_dir(&self.path);
+            let _ = std::fs::remove_dir(self.path);
         }
     }
 }
@@ -137,11 +155,14 @@ pub fn check_args(args: &GenerateArgs) -> anyhow::Result<Outputs> {
     {
         anyhow::bail!("--every-scale and {flag} name the same path {}", folder.display());
     }
-    let stage = |flag: &str, path: &Path| StagedOutput::create(path).with_context(|| flag.to_string());
-    let image = stage("--out", &args.out)?;
-    let tokens = args.dump_tokens.as_deref().map(|p| stage("--dump-tokens", p)).transpose()?;
-    let scales = args.every_scale.as_deref().map(scales_folder).transpose()?;
-    Ok(Outputs { image, tokens, scales })
+    probe("--out", &args.out)?;
+    if let Some(path) = &args.dump_tokens {
+        probe("--dump-tokens", path)?;
+    }
+    if let Some(path) = &args.every_scale {
+        check_scales_folder(path)?;
+    }
+    Ok(Outputs { image: args.out.clone(), tokens: args.dump_tokens.clone(), scales: args.every_scale.clone() })
 }
 
 /// An input checkpoint: a readable regular file (a directory, FIFO or device is named as such; a
@@ -199,21 +220,20 @@ pub fn same_file(a: &Path, b: &Path) -> bool {
     resolve(a) == resolve(b)
 }
 
-/// Checks (or creates) the `--every-scale` folder; its files are staged once the model's schedule is
-/// known.
-fn scales_folder(path: &Path) -> anyhow::Result<ScalesFolder> {
+/// Checks the `--every-scale` folder: an existing folder, or one that can be made (made and removed
+/// again here; it is made for good when the images are written). Its files are checked once the
+/// model's schedule is known.
+fn check_scales_folder(path: &Path) -> anyhow::Result<()> {
     let flag = "--every-scale";
     match std::fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => {
-            Ok(ScalesFolder { path: path.to_path_buf(), created: false, files: Vec::new(), committed: false })
-        }
+        Ok(m) if m.is_dir() => Ok(()),
         Ok(m) if m.file_type().is_symlink() => {
             anyhow::bail!("{flag} {}: is a symbolic link; name the folder itself", path.display())
         }
         Ok(_) => anyhow::bail!("{flag} {}: exists and is not a folder", path.display()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             std::fs::create_dir(path).with_context(|| format!("{flag}: creating the folder {}", path.display()))?;
-            Ok(ScalesFolder { path: path.to_path_buf(), created: true, files: Vec::new(), committed: false })
+            std::fs::remove_dir(path).with_context(|| format!("{flag}: removing the test folder {}", path.display()))
         }
         Err(e) => anyhow::bail!("{flag} {}: {e}", path.display()),
     }
@@ -268,7 +288,7 @@ impl Progress {
 /// `scalewise generate`: arguments and output targets are checked by [`check_args`] (in `main`,
 /// before the device opens), then the model loads, the generation runs, and only then are the
 /// staged outputs written and renamed into place.
-pub fn generate(device: &Device, args: &GenerateArgs, mut outputs: Outputs) -> anyhow::Result<()> {
+pub fn generate(device: &Device, args: &GenerateArgs, outputs: Outputs) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     // The pipelines this model used in an earlier run compile on background threads while its
     // weights load (the model and the storage type decide the kernels).
@@ -311,16 +331,20 @@ pub fn generate(device: &Device, args: &GenerateArgs, mut outputs: Outputs) -> a
         ..GenerateOptions::default()
     };
     pipeline.validate(&options)?;
-    if let Some(folder) = &mut outputs.scales {
-        let mut others = vec![("--out", args.out.as_path())];
-        others.extend(args.dump_tokens.as_deref().map(|p| ("--dump-tokens", p)));
-        for (index, &side) in config.patch_nums.iter().enumerate() {
-            let path = scale_file(&folder.path, index, side);
-            if let Some((flag, _)) = others.iter().find(|(_, p)| same_file(p, &path)) {
-                anyhow::bail!("--every-scale would write {} over the {flag} file", path.display());
-            }
-            check_outputs_spare_inputs(&[("--every-scale", &path)], &inputs(args))?;
-            folder.files.push(StagedOutput::create(&path).context("--every-scale")?);
+    let scale_files: Vec<PathBuf> = match &outputs.scales {
+        Some(folder) => config.patch_nums.iter().enumerate().map(|(i, &side)| scale_file(folder, i, side)).collect(),
+        None => Vec::new(),
+    };
+    let mut others = vec![("--out", args.out.as_path())];
+    others.extend(args.dump_tokens.as_deref().map(|p| ("--dump-tokens", p)));
+    for path in &scale_files {
+        if let Some((flag, _)) = others.iter().find(|(_, p)| same_file(p, path)) {
+            anyhow::bail!("--every-scale would write {} over the {flag} file", path.display());
+        }
+        check_outputs_spare_inputs(&[("--every-scale", path)], &inputs(args))?;
+        // In a folder that exists already (one this run makes is empty until the end).
+        if path.parent().is_some_and(Path::is_dir) {
+            probe("--every-scale", path)?;
         }
     }
     let mvar = match &pipeline.transformer {
@@ -368,38 +392,39 @@ pub fn generate(device: &Device, args: &GenerateArgs, mut outputs: Outputs) -> a
     let wall_ms = started.elapsed().as_secs_f64() * 1e3;
     let scales_ms = wall_ms - startup_ms - decode_ms;
 
-    // Everything is computed: fill the staged files, then rename them into place.
-    outputs.image.write_all(&Image::square_grid(&images)?.to_png()?)?;
-    if let Some(staged) = &mut outputs.tokens {
+    // Everything is computed: stage and fill every file, check every target again (one that became
+    // unwritable during the run fails it with nothing replaced), then rename them into place.
+    ensure!(
+        previews.len() == scale_files.len(),
+        "the generation decoded {} of {} scales",
+        previews.len(),
+        scale_files.len()
+    );
+    let mut image = StagedOutput::create(&outputs.image).context("--out")?;
+    image.write_all(&Image::square_grid(&images)?.to_png()?)?;
+    let mut tokens = None;
+    if let Some(path) = &outputs.tokens {
         let first: Vec<Vec<u32>> =
             generation.tokens().iter().zip(&config.patch_nums).map(|(ids, side)| ids[..side * side].to_vec()).collect();
+        let mut staged = StagedOutput::create(path).context("--dump-tokens")?;
         staged.write_all(serde_json::to_string(&serde_json::json!({ "tokens": first }))?.as_bytes())?;
+        tokens = Some(staged);
     }
-    if let Some(folder) = &mut outputs.scales {
-        ensure!(
-            previews.len() == folder.files.len(),
-            "the generation decoded {} of {} scales",
-            previews.len(),
-            folder.files.len()
-        );
-        for (staged, images) in folder.files.iter_mut().zip(&previews) {
-            staged.write_all(&Image::square_grid(images)?.to_png()?)?;
-        }
+    let mut folder = outputs.scales.as_deref().map(ScalesFolder::open).transpose()?;
+    let mut scales = Vec::with_capacity(scale_files.len());
+    for (path, images) in scale_files.iter().zip(&previews) {
+        let mut staged = StagedOutput::create(path).context("--every-scale")?;
+        staged.write_all(&Image::square_grid(images)?.to_png()?)?;
+        scales.push(staged);
     }
-    // Every target once more before the first rename: one that became unwritable during the run
-    // (a folder made where a file was to go) fails the run with nothing replaced.
-    let scale_files = outputs.scales.iter().flat_map(|folder| &folder.files);
-    for staged in std::iter::once(&outputs.image).chain(&outputs.tokens).chain(scale_files) {
+    for staged in std::iter::once(&image).chain(&tokens).chain(&scales) {
         staged.check()?;
     }
-    outputs.image.commit()?;
-    if let Some(staged) = outputs.tokens.take() {
+    image.commit()?;
+    for staged in tokens.into_iter().chain(scales) {
         staged.commit()?;
     }
-    if let Some(folder) = &mut outputs.scales {
-        for staged in folder.files.drain(..) {
-            staged.commit()?;
-        }
+    if let Some(folder) = &mut folder {
         folder.committed = true;
     }
     if !args.quiet {

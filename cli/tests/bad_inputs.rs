@@ -653,3 +653,27 @@ fn refused_benchmarks_name_the_flag_and_create_no_folder() {
         s.assert_untouched(&format!("{args:?}"), &[]);
     }
 }
+
+#[test]
+fn a_run_killed_while_generating_leaves_nothing_behind() {
+    use std::io::{BufRead, BufReader};
+    let s = Scratch::new("killed");
+    let (tokens, scales) = (s.path("tokens.json"), s.path("scales"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_scalewise"))
+        .args(["generate", "--demo", "--class", "1", "--batch", "8", "--out", &s.out()])
+        .args(["--dump-tokens", path_str(&tokens), "--every-scale", path_str(&scales)])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("the scalewise binary runs");
+    // The model line comes once the weights are loaded: the scales and the decode (seconds at batch
+    // 8 on any adapter) are still to run. Staged outputs used to exist from the start, as empty
+    // temporary files and the new scales folder, and a kill left them there.
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let loaded = lines.by_ref().map_while(Result::ok).any(|line| line.starts_with("model:"));
+    assert!(loaded, "no model line on stderr");
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "the run finished before it was killed: {status:?}");
+    s.assert_untouched("killed", &[]);
+}
