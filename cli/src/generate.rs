@@ -39,7 +39,7 @@ pub struct GenerateArgs {
     /// Classifier-free guidance, ramped linearly over the scales (0 turns it off).
     #[arg(long, default_value_t = 4.0, allow_negative_numbers = true)]
     cfg: f32,
-    /// Keep the K most likely tokens (1 = argmax; default min(900, vocabulary)).
+    /// Keep the K most likely tokens (1 = argmax, 0 = off; default min(900, vocabulary)).
     #[arg(long)]
     top_k: Option<usize>,
     /// Nucleus sampling mass in [0, 1] (0 or 1: off).
@@ -139,6 +139,13 @@ pub fn check_args(args: &GenerateArgs) -> anyhow::Result<Outputs> {
         if let Some(path) = path {
             check_input_file(flag, path)?;
         }
+    }
+    // The demo's weights are built in: read with neither limit nor check, so the flags would do nothing.
+    if args.var.is_none() {
+        ensure!(
+            args.weights.max_weights_mib.is_none() && !args.weights.allow_non_finite,
+            "--max-weights-mib and --allow-non-finite apply to --var/--vae files, not the built-in demo"
+        );
     }
     let mut targets: Vec<(&str, &Path)> = vec![("--out", &args.out)];
     if let Some(path) = &args.dump_tokens {

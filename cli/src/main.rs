@@ -66,15 +66,15 @@ impl DeviceArgs {
 
 /// How weights files are read (generate, convert, classes).
 #[derive(Args)]
-struct WeightsArgs {
+pub(crate) struct WeightsArgs {
     /// Load weights holding NaN or infinity instead of refusing them (they give blank or identical
     /// images; for inspecting broken checkpoints).
     #[arg(long)]
-    allow_non_finite: bool,
+    pub(crate) allow_non_finite: bool,
     /// The most host memory, in MiB, one weights file may expand to (independently, a file never
     /// expands to more than 8 times its own size).
     #[arg(long, value_name = "MIB")]
-    max_weights_mib: Option<u64>,
+    pub(crate) max_weights_mib: Option<u64>,
 }
 
 impl WeightsArgs {
@@ -484,6 +484,22 @@ fn convert(args: &ConvertArgs) -> anyhow::Result<()> {
     staged.write_all(&sd.to_safetensors_bytes(dtype)?)?;
     staged.commit()?;
     println!("wrote {} tensors ({dtype}) to {}", sd.len(), args.output.display());
+    // Integer and bool buffers are not weights and are left out; say which, in case one was meant to be.
+    if !sd.skipped.is_empty() {
+        const SHOWN: usize = 5;
+        let mut names: Vec<String> = sd
+            .skipped
+            .iter()
+            .take(SHOWN)
+            .map(|(key, t)| format!("{} ({} {:?})", scalewise::error::shown(key), t.dtype, t.shape))
+            .collect();
+        if sd.skipped.len() > SHOWN {
+            names.push(format!("and {} more", sd.skipped.len() - SHOWN));
+        }
+        let count = sd.skipped.len();
+        let noun = if count == 1 { "tensor that is" } else { "tensors that are" };
+        eprintln!("left out {count} {noun} not floating point: {}", names.join(", "));
+    }
     Ok(())
 }
 

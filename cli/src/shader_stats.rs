@@ -163,6 +163,7 @@ pub fn run(args: &ShaderStatsArgs) -> anyhow::Result<()> {
     crate::results_target("--json", &args.json)?;
     let icd = match &args.icd {
         Some(icd) if icd.is_file() => icd.clone(),
+        Some(icd) if icd.is_dir() => anyhow::bail!("--icd {}: is a folder; name its radeon_icd*.json", icd.display()),
         Some(icd) => anyhow::bail!("--icd {}: no such file", icd.display()),
         None => radv::find_icd()?,
     };

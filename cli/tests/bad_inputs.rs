@@ -152,7 +152,13 @@ fn memory_bombs_are_refused_before_allocating() {
     fails(
         "--max-weights-mib 0",
         &generate_args(&var, &vae, &["--class", "1", "--max-weights-mib", "0", "--out", &out]),
-        "LoadOptions::max_bytes",
+        "raise the limit",
+    );
+    // The demo's weights are built in: the limit would silently do nothing.
+    fails(
+        "--max-weights-mib with the demo",
+        &["generate", "--demo", "--class", "1", "--max-weights-mib", "3", "--out", &out],
+        "not the built-in demo",
     );
     fails(
         "bench scan 2^32 tokens",

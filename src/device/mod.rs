@@ -128,6 +128,14 @@ impl DeviceOptions {
         {
             options.adapter_name = Some(name);
         }
+        if let Err(std::env::VarError::NotUnicode(value)) = std::env::var("SCALEWISE_DISABLE") {
+            return Err(Error::InvalidArgument {
+                op: "SCALEWISE_DISABLE",
+                msg: format!(
+                    "{value:?} is not UTF-8; expected a comma list of f16, subgroups, timestamps, coop, key-split"
+                ),
+            });
+        }
         if let Ok(disabled) = std::env::var("SCALEWISE_DISABLE") {
             for item in disabled.split(',').map(str::trim).filter(|s| !s.is_empty()) {
                 match item.to_ascii_lowercase().as_str() {

@@ -100,16 +100,22 @@ impl Budget {
     pub(crate) fn take(&mut self, key: &str, elements: usize) -> std::result::Result<(), String> {
         let bytes = (elements as u64).saturating_mul(4);
         if bytes > self.left {
-            let limit = if self.total == self.max_bytes {
-                format!("the limit of {} bytes (LoadOptions::max_bytes)", self.max_bytes)
+            // Which bound was met decides what to say: the caller's own limit may simply be too low.
+            return Err(if self.total == self.max_bytes {
+                format!(
+                    "tensor {} would bring the loaded tensors to more than the limit of {} bytes \
+                     (LoadOptions::max_bytes, the CLI's --max-weights-mib): raise the limit to load this file",
+                    crate::error::shown(key),
+                    self.max_bytes
+                )
             } else {
-                format!("{} bytes, {EXPANSION_FACTOR} times the file's size", self.total)
-            };
-            return Err(format!(
-                "tensor {} would bring the loaded tensors to more than {limit}: a file whose views expand far beyond \
-                 its stored bytes",
-                crate::error::shown(key)
-            ));
+                format!(
+                    "tensor {} would bring the loaded tensors to more than {} bytes, {EXPANSION_FACTOR} times the \
+                     file's size: a file whose views expand far beyond its stored bytes",
+                    crate::error::shown(key),
+                    self.total
+                )
+            });
         }
         self.left -= bytes;
         Ok(())
