@@ -54,29 +54,21 @@ pub fn resolve(names: &[String], num_classes: usize, text: &str) -> Result<usize
             num_classes - 1
         )));
     }
-    // ImageNet names two classes "crane" (the bird and the machine) and two "maillot": an exact
-    // match is only an answer when it is the only one.
-    let exact: Vec<usize> = (0..names.len()).filter(|&i| names[i] == text).collect();
-    match exact.as_slice() {
-        [id] => return Ok(*id),
-        [] => {}
-        several => {
-            return Err(error(format!(
-                "{text:?} names several classes ({}); give the number",
-                listing(names, several)
-            )));
-        }
-    }
+    // Exact spelling first, then ignoring case. A file's own names may repeat one exactly: a name
+    // several classes share is ambiguous at either step, not the first of them.
     let lower = text.to_lowercase();
-    let folded: Vec<usize> = (0..names.len()).filter(|&i| names[i].to_lowercase() == lower).collect();
-    match folded.as_slice() {
-        [id] => return Ok(*id),
-        [] => {}
-        several => {
-            return Err(error(format!(
-                "{text:?} names several classes ({}); spell the name exactly or give the number",
-                listing(names, several)
-            )));
+    let exact = |name: &str| name == text;
+    let folded = |name: &str| name.to_lowercase() == lower;
+    let steps: [(&dyn Fn(&str) -> bool, &str); 2] =
+        [(&exact, "give the number"), (&folded, "spell the name exactly or give the number")];
+    for (matches, hint) in steps {
+        let ids: Vec<usize> = (0..names.len()).filter(|&i| matches(&names[i])).collect();
+        match ids.as_slice() {
+            [id] => return Ok(*id),
+            [] => {}
+            several => {
+                return Err(error(format!("{text:?} names several classes ({}); {hint}", listing(names, several))));
+            }
         }
     }
     if names.len() <= 2 * SUGGESTIONS {

@@ -383,41 +383,28 @@ fn bad_scan_arguments_are_typed_errors() {
     assert!(e.contains("[6, 4]") && e.contains("[6, 3]"), "{e}");
     let e = err(&t(&[6, 4], -1.0), &t(&[1, 2, 4, 6], 0.5));
     assert!(e.contains("[1, 2, 4, 5]"), "{e}");
-    let x = t(&[1, 6, 5], 0.5);
-    let ssd = ssd_scan(&SsdScan {
-        x: &x,
-        dt: &t(&[1, 4, 5], 0.5),
-        a: &t(&[4], -1.0),
-        b: &bc,
-        c: &bc,
-        d_skip: None,
-        dt_bias: None,
-        dt_softplus: true,
-        initial_state: None,
-        reverse: false,
-        layout: SequenceLayout::ChannelsMajor,
-        chunk_len: None,
-        form: SsdForm::Auto,
-    });
-    assert!(matches!(ssd, Err(Error::InvalidArgument { .. })), "6 channels cannot be 4 heads");
+    let ssd = |x: &Tensor| {
+        ssd_scan(&SsdScan {
+            x,
+            dt: &t(&[1, 4, 5], 0.5),
+            a: &t(&[4], -1.0),
+            b: &bc,
+            c: &bc,
+            d_skip: None,
+            dt_bias: None,
+            dt_softplus: true,
+            initial_state: None,
+            reverse: false,
+            layout: SequenceLayout::ChannelsMajor,
+            chunk_len: None,
+            form: SsdForm::Auto,
+        })
+    };
+    let six = ssd(&t(&[1, 6, 5], 0.5));
+    assert!(matches!(six, Err(Error::InvalidArgument { .. })), "6 channels cannot be 4 heads");
     // Zero channels are a multiple of 4 heads, but leave no head dimension (a division by zero once).
-    let none = t(&[1, 0, 5], 0.5);
-    let ssd = ssd_scan(&SsdScan {
-        x: &none,
-        dt: &t(&[1, 4, 5], 0.5),
-        a: &t(&[4], -1.0),
-        b: &bc,
-        c: &bc,
-        d_skip: None,
-        dt_bias: None,
-        dt_softplus: true,
-        initial_state: None,
-        reverse: false,
-        layout: SequenceLayout::ChannelsMajor,
-        chunk_len: None,
-        form: SsdForm::Auto,
-    });
-    assert!(matches!(ssd, Err(Error::InvalidArgument { .. })), "0 channels have no head dimension");
+    let none = ssd(&t(&[1, 0, 5], 0.5));
+    assert!(matches!(none, Err(Error::InvalidArgument { .. })), "0 channels have no head dimension");
 }
 
 backend_tests! {
