@@ -57,12 +57,9 @@ pub fn resolve(names: &[String], num_classes: usize, text: &str) -> Result<usize
     // Exact spelling first, then ignoring case. A file's own names may repeat one exactly: a name
     // several classes share is ambiguous at either step, not the first of them.
     let lower = text.to_lowercase();
-    let exact = |name: &str| name == text;
-    let folded = |name: &str| name.to_lowercase() == lower;
-    let steps: [(&dyn Fn(&str) -> bool, &str); 2] =
-        [(&exact, "give the number"), (&folded, "spell the name exactly or give the number")];
-    for (matches, hint) in steps {
-        let ids: Vec<usize> = (0..names.len()).filter(|&i| matches(&names[i])).collect();
+    let exact: Vec<usize> = (0..names.len()).filter(|&i| names[i] == text).collect();
+    let folded: Vec<usize> = (0..names.len()).filter(|&i| names[i].to_lowercase() == lower).collect();
+    for (ids, hint) in [(exact, "give the number"), (folded, "spell the name exactly or give the number")] {
         match ids.as_slice() {
             [id] => return Ok(*id),
             [] => {}
