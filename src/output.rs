@@ -7,8 +7,9 @@
 //! with `O_CREAT | O_EXCL`, which never opens an existing file or follows a planted symbolic link.
 //! The bytes go to that file; [`StagedOutput::commit`] renames it over the target. Dropped without a
 //! commit, the temporary file is removed and the target keeps its old content. A caller with
-//! several outputs stages all of them before any expensive work (which also proves each folder
-//! writable) and commits them only when everything has succeeded.
+//! several outputs checks each target before any expensive work (a staging dropped at once proves
+//! its folder writable), stages them all once everything is computed, checks them all again
+//! ([`StagedOutput::check`]) and only then commits them.
 
 use std::fs::{File, OpenOptions};
 use std::hash::{BuildHasher, Hasher};

@@ -99,13 +99,18 @@ struct ScalesFolder<'a> {
 }
 
 impl ScalesFolder<'_> {
+    /// Makes the folder, or takes the one found there: a real folder, never a symbolic link (one
+    /// planted while the model ran would send the images elsewhere).
     fn open(path: &Path) -> anyhow::Result<ScalesFolder<'_>> {
-        let created = !path.is_dir();
-        if created {
-            std::fs::create_dir(path)
-                .with_context(|| format!("--every-scale: creating the folder {}", path.display()))?;
+        let flag = "--every-scale";
+        match std::fs::create_dir(path) {
+            Ok(()) => Ok(ScalesFolder { path, created: true, committed: false }),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => match std::fs::symlink_metadata(path) {
+                Ok(m) if m.is_dir() => Ok(ScalesFolder { path, created: false, committed: false }),
+                _ => anyhow::bail!("{flag} {}: is no longer a folder (it changed during the run)", path.display()),
+            },
+            Err(e) => Err(e).with_context(|| format!("{flag}: creating the folder {}", path.display())),
         }
-        Ok(ScalesFolder { path, created, committed: false })
     }
 }
 

@@ -484,6 +484,12 @@ fn convert(args: &ConvertArgs) -> anyhow::Result<()> {
     staged.write_all(&sd.to_safetensors_bytes(dtype)?)?;
     staged.commit()?;
     println!("wrote {} tensors ({dtype}) to {}", sd.len(), args.output.display());
+    let wide = if args.f16 { sd.beyond_f16() } else { Vec::new() };
+    if !wide.is_empty() {
+        let names: Vec<_> = wide.iter().take(5).map(|key| scalewise::error::shown(key)).collect();
+        let more = if wide.len() > 5 { format!(" and {} more", wide.len() - 5) } else { String::new() };
+        eprintln!("kept in f32, for values beyond f16's range: {}{more}", names.join(", "));
+    }
     // Integer and bool buffers are not weights and are left out; say which, in case one was meant to be.
     if !sd.skipped.is_empty() {
         const SHOWN: usize = 5;
@@ -969,12 +975,17 @@ pub(crate) fn results_target(flag: &str, path: &Path) -> anyhow::Result<()> {
         && std::fs::symlink_metadata(dir).is_err()
     {
         let existing = dir.ancestors().skip(1).find(|a| a.as_os_str().is_empty() || std::fs::metadata(a).is_ok());
-        return match existing {
-            Some(a) if !a.as_os_str().is_empty() && !a.is_dir() => {
-                anyhow::bail!("{flag} {}: {} is not a folder", path.display(), a.display())
-            }
-            _ => Ok(()),
+        let existing = match existing {
+            Some(a) if !a.as_os_str().is_empty() => a,
+            _ => Path::new("."),
         };
+        anyhow::ensure!(existing.is_dir(), "{flag} {}: {} is not a folder", path.display(), existing.display());
+        // The folders will be made inside it: a test folder made and removed proves that they can be.
+        let test = existing.join(format!(".scalewise-test-{}", std::process::id()));
+        std::fs::create_dir(&test)
+            .with_context(|| format!("{flag} {}: cannot make folders in {}", path.display(), existing.display()))?;
+        let _ = std::fs::remove_dir(&test);
+        return Ok(());
     }
     scalewise::output::check_target(path).with_context(|| flag.to_string())?;
     Ok(())

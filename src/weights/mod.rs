@@ -197,7 +197,8 @@ impl StateDict {
         pth::read(std::io::Cursor::new(bytes), bytes.len() as u64, Path::new(MEMORY), &LoadOptions::default())
     }
 
-    /// The tensors and metadata as a safetensors file, stored as `dtype` (f32 or f16).
+    /// The tensors and metadata as a safetensors file, stored as `dtype` (f32 or f16; with f16, a
+    /// tensor holding values beyond its range stays f32: [`StateDict::beyond_f16`]).
     pub fn to_safetensors_bytes(&self, dtype: DType) -> Result<Vec<u8>> {
         safetensors::write(self, dtype)
     }
@@ -224,6 +225,13 @@ impl StateDict {
             })
             .collect();
         if tensors.is_empty() { Ok(()) } else { Err(Error::NonFiniteWeights { prefix: String::new(), tensors }) }
+    }
+
+    /// The keys holding finite values beyond f16's range (+-65504), in key order: written as f32 when
+    /// [`StateDict::to_safetensors_bytes`] is asked for f16.
+    pub fn beyond_f16(&self) -> Vec<&str> {
+        let beyond = |v: &f32| v.is_finite() && !half::f16::from_f32(*v).is_finite();
+        self.iter().filter(|(_, t)| t.data.iter().any(beyond)).map(|(key, _)| key).collect()
     }
 
     /// The number of loaded tensors (skipped ones not counted).

@@ -230,26 +230,22 @@ pub(super) fn write(sd: &StateDict, dtype: crate::dtype::DType) -> Result<Vec<u8
             });
         }
     };
-    if dtype == DType::F16
-        && let Some((key, value)) = sd.iter().find_map(|(k, t)| {
-            t.data.iter().find(|v| v.is_finite() && !half::f16::from_f32(**v).is_finite()).map(|v| (k, *v))
+    // A tensor with values beyond f16's range stays f32: as f16 they would be infinities, which the
+    // loaders refuse (statistics buffers such as a VQVAE's code-hit counts may hold them).
+    let wide: std::collections::HashSet<&str> =
+        if dtype == DType::F16 { sd.beyond_f16().into_iter().collect() } else { Default::default() };
+    let f32_bytes: Encode = |v| v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let data: Vec<(String, Dtype, Vec<u8>, Vec<usize>)> = sd
+        .iter()
+        .map(|(k, t)| match wide.contains(k) {
+            true => (k.to_string(), Dtype::F32, f32_bytes(&t.data), t.shape.clone()),
+            false => (k.to_string(), st_dtype, bytes_of(&t.data), t.shape.clone()),
         })
-    {
-        // Stored as f16 it would be an infinity, which every loader then refuses (or worse, runs).
-        return Err(Error::InvalidArgument {
-            op: "StateDict::to_safetensors",
-            msg: format!(
-                "{} holds {value:e}, beyond f16's range of +-65504: keep this checkpoint in f32",
-                crate::error::shown(key)
-            ),
-        });
-    }
-    let data: Vec<(String, Vec<u8>, Vec<usize>)> =
-        sd.iter().map(|(k, t)| (k.to_string(), bytes_of(&t.data), t.shape.clone())).collect();
+        .collect();
     let views = data
         .iter()
-        .map(|(k, bytes, shape)| {
-            ::safetensors::tensor::TensorView::new(st_dtype, shape.clone(), bytes).map(|view| (k.as_str(), view))
+        .map(|(k, st_dtype, bytes, shape)| {
+            ::safetensors::tensor::TensorView::new(*st_dtype, shape.clone(), bytes).map(|view| (k.as_str(), view))
         })
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| Error::InvalidArgument { op: "StateDict::to_safetensors", msg: e.to_string() })?;
