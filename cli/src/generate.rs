@@ -72,15 +72,20 @@ fn parse_demo(name: &str) -> Result<DemoModel, String> {
     name.parse().map_err(|e: scalewise::Error| e.to_string())
 }
 
-/// The output targets of one `generate` run, each proved writable before the model loads (a file
-/// staged there and removed again: see [`probe`]), so that a bad target is refused before any
-/// work. Nothing is created while the model runs, so an interrupted run leaves nothing behind; the
-/// files are staged, written and renamed into place only once everything is computed, and only
-/// when all of them could be written.
+/// Proof that [`check_args`] passed: every output target of the run was proved writable before
+/// the model loads (a file staged there and removed again: see [`probe`]), so that a bad target is
+/// refused before any work. Nothing is created while the model runs, so an interrupted run leaves
+/// nothing behind; the files are staged, written and renamed into place only once everything is
+/// computed, and only when all of them could be written.
 pub struct Outputs {
-    image: PathBuf,
-    tokens: Option<PathBuf>,
-    scales: Option<PathBuf>,
+    _checked: (),
+}
+
+/// The run's output files with their flags (the `--every-scale` files come with the schedule).
+fn output_files(args: &GenerateArgs) -> Vec<(&'static str, &Path)> {
+    let mut files = vec![("--out", args.out.as_path())];
+    files.extend(args.dump_tokens.as_deref().map(|p| ("--dump-tokens", p)));
+    files
 }
 
 /// Proves `path` writable as an output of `flag`: stages a file there ([`StagedOutput::create`]
@@ -152,10 +157,7 @@ pub fn check_args(args: &GenerateArgs) -> anyhow::Result<Outputs> {
             "--max-weights-mib and --allow-non-finite apply to --var/--vae files, not the built-in demo"
         );
     }
-    let mut targets: Vec<(&str, &Path)> = vec![("--out", &args.out)];
-    if let Some(path) = &args.dump_tokens {
-        targets.push(("--dump-tokens", path));
-    }
+    let targets = output_files(args);
     for (i, (flag, path)) in targets.iter().enumerate() {
         if let Some((other, _)) = targets[..i].iter().find(|(_, p)| same_file(p, path)) {
             anyhow::bail!("{flag} and {other} name the same file {}", path.display());
@@ -167,14 +169,13 @@ pub fn check_args(args: &GenerateArgs) -> anyhow::Result<Outputs> {
     {
         anyhow::bail!("--every-scale and {flag} name the same path {}", folder.display());
     }
-    probe("--out", &args.out)?;
-    if let Some(path) = &args.dump_tokens {
-        probe("--dump-tokens", path)?;
+    for (flag, path) in &targets {
+        probe(flag, path)?;
     }
     if let Some(path) = &args.every_scale {
         check_scales_folder(path)?;
     }
-    Ok(Outputs { image: args.out.clone(), tokens: args.dump_tokens.clone(), scales: args.every_scale.clone() })
+    Ok(Outputs { _checked: () })
 }
 
 /// An input checkpoint: a readable regular file (a directory, FIFO or device is named as such; a
@@ -196,13 +197,12 @@ fn inputs(args: &GenerateArgs) -> Vec<(&'static str, &Path)> {
     [("--var", &args.var), ("--vae", &args.vae)].into_iter().filter_map(|(f, p)| Some((f, p.as_deref()?))).collect()
 }
 
-/// Refuses an output that would replace one of the run's input files, whatever path names it (a
-/// symbolic link to the input, or the input named through another folder).
+/// Refuses an output that would replace one of the run's input files (which exist: checked by
+/// [`check_input_file`]), whatever path names it (a symbolic link to the input, or the input named
+/// through another folder).
 pub fn check_outputs_spare_inputs(outputs: &[(&str, &Path)], inputs: &[(&str, &Path)]) -> anyhow::Result<()> {
     for (out_flag, out) in outputs {
-        if let Some((in_flag, _)) =
-            inputs.iter().find(|(_, input)| same_file(out, input) || same_existing_file(out, input))
-        {
+        if let Some((in_flag, _)) = inputs.iter().find(|(_, input)| same_existing_file(out, input)) {
             anyhow::bail!("{out_flag} {} would replace the {in_flag} file it reads", out.display());
         }
     }
@@ -300,7 +300,7 @@ impl Progress {
 /// `scalewise generate`: arguments and output targets are checked by [`check_args`] (in `main`,
 /// before the device opens), then the model loads, the generation runs, and only then are the
 /// staged outputs written and renamed into place.
-pub fn generate(device: &Device, args: &GenerateArgs, outputs: Outputs) -> anyhow::Result<()> {
+pub fn generate(device: &Device, args: &GenerateArgs, _checked: Outputs) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     // The pipelines this model used in an earlier run compile on background threads while its
     // weights load (the model and the storage type decide the kernels).
@@ -343,12 +343,11 @@ pub fn generate(device: &Device, args: &GenerateArgs, outputs: Outputs) -> anyho
         ..GenerateOptions::default()
     };
     pipeline.validate(&options)?;
-    let scale_files: Vec<PathBuf> = match &outputs.scales {
+    let scale_files: Vec<PathBuf> = match &args.every_scale {
         Some(folder) => config.patch_nums.iter().enumerate().map(|(i, &side)| scale_file(folder, i, side)).collect(),
         None => Vec::new(),
     };
-    let mut others = vec![("--out", args.out.as_path())];
-    others.extend(args.dump_tokens.as_deref().map(|p| ("--dump-tokens", p)));
+    let others = output_files(args);
     for path in &scale_files {
         if let Some((flag, _)) = others.iter().find(|(_, p)| same_file(p, path)) {
             anyhow::bail!("--every-scale would write {} over the {flag} file", path.display());
@@ -412,17 +411,17 @@ pub fn generate(device: &Device, args: &GenerateArgs, outputs: Outputs) -> anyho
         previews.len(),
         scale_files.len()
     );
-    let mut image = StagedOutput::create(&outputs.image).context("--out")?;
+    let mut image = StagedOutput::create(&args.out).context("--out")?;
     image.write_all(&Image::square_grid(&images)?.to_png()?)?;
     let mut tokens = None;
-    if let Some(path) = &outputs.tokens {
+    if let Some(path) = &args.dump_tokens {
         let first: Vec<Vec<u32>> =
             generation.tokens().iter().zip(&config.patch_nums).map(|(ids, side)| ids[..side * side].to_vec()).collect();
         let mut staged = StagedOutput::create(path).context("--dump-tokens")?;
         staged.write_all(serde_json::to_string(&serde_json::json!({ "tokens": first }))?.as_bytes())?;
         tokens = Some(staged);
     }
-    let mut folder = outputs.scales.as_deref().map(ScalesFolder::open).transpose()?;
+    let mut folder = args.every_scale.as_deref().map(ScalesFolder::open).transpose()?;
     let mut scales = Vec::with_capacity(scale_files.len());
     for (path, images) in scale_files.iter().zip(&previews) {
         let mut staged = StagedOutput::create(path).context("--every-scale")?;

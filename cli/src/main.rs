@@ -472,10 +472,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn convert(args: &ConvertArgs) -> anyhow::Result<()> {
     check_input_file("input", &args.input)?;
-    anyhow::ensure!(
-        !generate::same_file(&args.input, &args.output) && !generate::same_existing_file(&args.input, &args.output),
-        "the output must differ from the input"
-    );
+    anyhow::ensure!(!generate::same_existing_file(&args.input, &args.output), "the output must differ from the input");
     // The target is checked (and its temporary file created) before the input is read.
     let mut staged = scalewise::output::StagedOutput::create(&args.output)?;
     let sd = scalewise::weights::StateDict::load_with(&args.input, &args.weights.options())?;
