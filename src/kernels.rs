@@ -302,7 +302,10 @@ macro_rules! families {
             /// Whether the family multiplies on 16 x 16 f16 matrix units (wgpu: cooperative matrices,
             /// or their emulation), so that its "subgroups" variant is the cooperative-matrix one.
             pub fn uses_matrix_units(self) -> bool {
-                matches!(self, Family::MatmulCoop | Family::AttentionCoop | Family::QkvAttentionCoop)
+                matches!(
+                    self,
+                    Family::MatmulCoop | Family::Conv2dCoop | Family::AttentionCoop | Family::QkvAttentionCoop
+                )
             }
 
             /// The storage types the family is compiled for.
@@ -410,6 +413,14 @@ families! {
     Conv2d = "conv2d" {
         params: Conv2dParams, reductions: false, dtypes: FLOATS,
         constants: [KSIZE: U32, HAS_BIAS: Bool, CIN_CHUNK: U32],
+    }
+    /// conv2d as an implicit GEMM on 16 x 16 x 16 f16 matrix units: matmul_coop.wgsl's block with
+    /// conv2d's operands (weight @ im2col(x), `conv2d_coop.wgsl`; its own module because it needs
+    /// `enable wgpu_cooperative_matrix`). f16 storage only. wgpu only: CUDA has no source for it
+    /// (`Device::supports` says so), and its convolutions stay on the implicit GEMM.
+    Conv2dCoop = "conv2d_coop" {
+        params: Conv2dParams, reductions: false, dtypes: &[DType::F16],
+        constants: [KSIZE: U32, HAS_BIAS: Bool],
     }
     /// The VAR sampler step: CFG, top-k, top-p and the Philox multinomial draw (logits are f32).
     Sample = "sample" {

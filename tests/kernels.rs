@@ -211,6 +211,30 @@ fn cooperative_matmul_emits_spirv_matrix_instructions() {
     }
 }
 
+#[test]
+fn cooperative_conv_emits_spirv_matrix_instructions() {
+    // conv2d_coop is matmul_coop's block on conv2d's operands: the native flavour validates only with
+    // the capability, and its SPIR-V multiplies on the matrix units with the weight (A) and im2col(x)
+    // (B, K x N as a convolution's B always is) loaded row-major, products stored row-major.
+    let native = compose(Family::Conv2dCoop, Variant { dtype: DType::F16, subgroups: true });
+    assert!(
+        validate(&native, Capabilities::SHADER_FLOAT16 | Capabilities::SUBGROUP).is_err(),
+        "the native flavour validated without COOPERATIVE_MATRIX"
+    );
+    let emulated = compose(Family::Conv2dCoop, Variant { dtype: DType::F16, subgroups: false });
+    validate(&emulated, Capabilities::SHADER_FLOAT16).expect("the emulation needs only f16");
+    assert!(!emulated.contains("coop_mat16x16") && !emulated.contains("enable wgpu_cooperative_matrix;"));
+    for ksize in [1.0, 3.0] {
+        let words = cooperative_spirv(&native, "matmul_coop", &[("KSIZE", ksize), ("HAS_BIAS", 1.0)]);
+        let (loads, stores, products) = cooperative_operations(&words);
+        assert!(products >= 1, "KSIZE {ksize}: no OpCooperativeMatrixMulAddKHR");
+        assert!(loads.contains(&(USE_A, ROW_MAJOR)) && loads.contains(&(USE_B, ROW_MAJOR)), "{loads:?}");
+        // (The column-major B load of a transposed B stays in the module behind the false constant.)
+        assert!(loads.iter().all(|&(u, layout)| u != USE_A || layout == ROW_MAJOR), "KSIZE {ksize}: loads {loads:?}");
+        assert!(!stores.is_empty() && stores.iter().all(|&l| l == ROW_MAJOR), "KSIZE {ksize}: stores {stores:?}");
+    }
+}
+
 /// (member, byte offset) of the WGSL struct `name`, from naga's layouter.
 fn wgsl_layout(module: &naga::Module, name: &str) -> Option<(Vec<(String, usize)>, usize)> {
     let mut layouter = naga::proc::Layouter::default();

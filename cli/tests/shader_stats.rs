@@ -25,6 +25,9 @@ const VGPR_BUDGETS: &[(&str, &str, u32)] = &[
     // The emulation (the only flavour Mesa 22.3 compiles): 96. The cooperative-matrix flavour, on
     // Mesa 25.0.7's RADV for navi31 (gfx1100): 108, 0 spills, 10 waves, 32 v_wmma_f32_16x16x16_f16.
     ("matmul_coop", "matmul_coop", 124),
+    // The same block on conv2d's operands, im2col gathered where it is staged (2026-12-04): 96 in the
+    // emulation; the cooperative-matrix flavour on Mesa 25.0.7 for navi31: 108, 0 spills, 10 waves.
+    ("conv2d_coop", "matmul_coop", 124),
     ("norm", "layer_norm", 28),
     ("norm", "rms_norm", 28),
     ("norm", "gated_rms_norm", 28),
@@ -118,6 +121,7 @@ const GEMM_TARGETS: &[(&str, &str, f64, f64, f64)] = &[
 /// exchange (2026-12-04).
 const MATRIX_UNIT_WAVES: &[(&str, &str, f64)] = &[
     ("matmul_coop", "matmul_coop", 8.0),
+    ("conv2d_coop", "matmul_coop", 8.0),
     ("attention_coop", "flash_attention", 8.0),
     ("attention_coop", "grouped_attention", 8.0),
     ("qkv_attention_coop", "qkv_attention", 8.0),
@@ -169,10 +173,12 @@ fn matrix_unit_wave_failures(k: &serde_json::Value, failures: &mut Vec<String>) 
 
 /// VGPR budgets of the cooperative-matrix flavours, compiled by Mesa 25.0.7's RADV (Debian 12's
 /// backports; scripts/lib/radv_coop.sh) for navi31 (gfx1100), measured 2026-12-03, plus 16: matmul_coop
-/// 108, attention_coop and qkv_attention_coop 96, permute_tokens 48 (this Mesa allocates more
+/// 108 (conv2d_coop's, the same block, 108 on 2026-12-04), attention_coop and qkv_attention_coop 96,
+/// permute_tokens 48 (this Mesa allocates more
 /// registers where occupancy does not suffer).
 const NATIVE_COOP_BUDGETS: &[(&str, &str, u32)] = &[
     ("matmul_coop", "matmul_coop", 124),
+    ("conv2d_coop", "matmul_coop", 124),
     ("attention_coop", "flash_attention", 112),
     ("attention_coop", "grouped_attention", 112),
     ("attention_coop", "permute_tokens", 64),

@@ -1,30 +1,11 @@
 // 2-D convolution, stride 1, zero padding (K - 1) / 2 (output size = input size), odd K <= 7, PyTorch
 // layouts x (B, Cin, H, W), weight (Cout, Cin, K, K), y (B, Cout, H, W):
 //   y[b, o, r, c] = bias[o] + sum_{i, ky, kx} weight[o, i, ky, kx] * x[b, i, r + ky - pad, c + kx - pad]
-override KSIZE: u32 = 3u;
-override HAS_BIAS: bool = false;
+// The constants, params and bindings are conv2d_io.wgsl's.
+
 // Input channels staged per step of the tiled kernel; the host picks it so that the patch and the
 // weights of one step fit PATCH_CAP and WEIGHT_CAP.
 override CIN_CHUNK: u32 = 8u;
-
-struct Conv2dParams {
-    batch: u32,
-    cin: u32,
-    cout: u32,
-    height: u32,
-    width: u32,
-    tiles_x: u32,
-    tiles: u32,       // tiles_x * tiles_y
-    cout_blocks: u32,
-    // conv2d_tiled's first output channel: its blocks cover [cout_start, cout).
-    cout_start: u32,
-}
-
-@group(0) @binding(0) var<storage, read> x: array<store_t>;
-@group(0) @binding(1) var<storage, read> weight: array<store_t>;
-@group(0) @binding(2) var<storage, read> bias: array<store_t>;
-@group(0) @binding(3) var<storage, read_write> y: array<store_t>;
-@group(0) @binding(4) var<uniform> p: Conv2dParams;
 
 // Tiled kernel: one workgroup of 128 threads computes a 16 x 8 tile of output pixels for a block of
 // 32 output channels. Per step of CIN_CHUNK input channels it stages, in f32 workgroup memory,
@@ -176,45 +157,8 @@ fn conv2d_naive(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) g
     y[i] = store_t(acc);
 }
 
-// Implicit-GEMM kernel for wide layers (64+ channels, the VQVAE decoder's body): per image, y (Cout x
-// H*W) = weight (Cout x Cin*K*K) @ im2col(x) (Cin*K*K x H*W), on the shared wide GEMM tile
-// (gemm_wide.wgsl). The im2col matrix is never stored: each element of B is read from x where the
-// GEMM fetches it (zero in the padding). Rows are output channels and columns pixels, so C is y's
-// own layout and consecutive threads fetch and store consecutive pixels.
-const B_TRANSPOSED: bool = false;
-
-fn gemm_a(batch: u32, row: u32, kk: u32) -> f32 {
-    let taps = p.cin * KSIZE * KSIZE;
-    if row < p.cout && kk < taps {
-        return f32(weight[row * taps + kk]);
-    }
-    return 0.0;
-}
-
-fn gemm_b(batch: u32, kk: u32, col: u32) -> f32 {
-    let pixels = p.height * p.width;
-    if kk >= p.cin * KSIZE * KSIZE || col >= pixels {
-        return 0.0;
-    }
-    let ci = kk / (KSIZE * KSIZE);
-    let tap = kk % (KSIZE * KSIZE);
-    let pad = i32((KSIZE - 1u) / 2u);
-    let iy = i32(col / p.width + tap / KSIZE) - pad;
-    let ix = i32(col % p.width + tap % KSIZE) - pad;
-    if iy < 0 || iy >= i32(p.height) || ix < 0 || ix >= i32(p.width) {
-        return 0.0;
-    }
-    return f32(x[((batch * p.cin + ci) * p.height + u32(iy)) * p.width + u32(ix)]);
-}
-
-fn gemm_store(batch: u32, row: u32, col: u32, sum: f32) {
-    var value = sum;
-    if HAS_BIAS {
-        value += f32(bias[row]);
-    }
-    y[(batch * p.cout + row) * p.height * p.width + col] = store_t(value);
-}
-
+// Implicit-GEMM kernel for wide layers (64+ channels, the VQVAE decoder's body): the convolution as a
+// GEMM (conv2d_io.wgsl) on the shared wide GEMM tile (gemm_wide.wgsl).
 @compute @workgroup_size(MATMUL_SIDE, MATMUL_SIDE)
 fn conv2d_gemm(
     @builtin(workgroup_id) wg: vec3<u32>,

@@ -1,6 +1,11 @@
 // The matmul on 16 x 16 x 16 f16 matrix units (f32 accumulation): a 64 x 64 block of C per workgroup
 // of COOP_THREADS invocations, K in steps of COOP_K through workgroup memory. The interface (bindings,
-// loads, the epilogue) is matmul_io.wgsl, shared with the scalar kernels.
+// loads, the epilogue) is matmul_io.wgsl, shared with the scalar kernels; the conv2d_coop family
+// runs the same block on conv2d's operands (conv2d_coop.wgsl). Either provides
+//   coop_m(), coop_n(), coop_k() -> u32                  the product's M, N and K
+//   load_a(batch, row, kk), load_b(batch, kk, col) -> f32 A[row][kk] and op(B)[kk][col], 0 outside
+//   store_output(batch, row, col, sum)                   C[row][col] with its epilogue
+//   B_TRANSPOSED (bool)                                  B stored N x K
 //
 // The fragment operations come from one of two snippets, both written against the semantics of
 // SPV_KHR_cooperative_matrix (row-major: element (i, j) at offset + i * stride + j; column-major:
@@ -72,7 +77,7 @@ fn coop_emit(acc: coop_acc_t, batch: u32, row: u32, col: u32, quarter: u32, lane
     for (var e = lane; e < COOP_FRAGMENT; e += lanes) {
         let r = row + e / 16u;
         let c = col + e % 16u;
-        if r < p.m && c < p.n {
+        if r < coop_m() && c < coop_n() {
             store_output(batch, r, c, c_stage[slot + e]);
         }
     }
@@ -112,7 +117,7 @@ fn matmul_coop_block(wg: vec3<u32>, lid: u32, group: u32, groups: u32, lane: u32
         var d01 = coop_zero();
         var d10 = coop_zero();
         var d11 = coop_zero();
-        for (var k0 = 0u; k0 < p.k; k0 += COOP_K) {
+        for (var k0 = 0u; k0 < coop_k(); k0 += COOP_K) {
             coop_stage(batch, row0, col0, k0, lid);
             workgroupBarrier();
             for (var ks = 0u; ks < COOP_K; ks += 16u) {

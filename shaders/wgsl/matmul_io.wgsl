@@ -64,3 +64,16 @@ fn load_b(batch: u32, kk: u32, col: u32) -> f32 {
     }
     return 0.0;
 }
+
+// The product's dimensions, as matmul_coop.wgsl reads them (conv2d_coop.wgsl gives its own).
+fn coop_m() -> u32 {
+    return p.m;
+}
+
+fn coop_n() -> u32 {
+    return p.n;
+}
+
+fn coop_k() -> u32 {
+    return p.k;
+}

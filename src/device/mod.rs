@@ -260,6 +260,7 @@ impl DeviceInfo {
                         "skinny (<= 8 rows), wide 128x128, tiled 64x64; scalar (no tensor cores below sm_80)".into()
                     },
                 ),
+                ("conv2d", "direct 32-channel blocks, implicit GEMM on the wide tile for 64+ channels".into()),
                 ("row reductions", "warp shuffles (32 lanes) and shared memory".into()),
                 ("profiling", "wall clock per dispatch (synchronised)".into()),
             ];
@@ -301,6 +302,17 @@ impl DeviceInfo {
                     },
                     match c.matrix_units {
                         MatrixUnits::Native => "; f16 blocks of 32+ rows on cooperative matrices (64 or 32 x 32 tiles)",
+                        MatrixUnits::Emulated => "; cooperative kernel emulated on request (tests)",
+                        MatrixUnits::None => "",
+                    }
+                ),
+            ),
+            (
+                "conv2d",
+                format!(
+                    "direct 32-channel blocks; implicit GEMM for 64+ channels on the wide tile{}",
+                    match c.matrix_units {
+                        MatrixUnits::Native => ", f16 on cooperative matrices (64x64 tiles)",
                         MatrixUnits::Emulated => "; cooperative kernel emulated on request (tests)",
                         MatrixUnits::None => "",
                     }
@@ -557,6 +569,8 @@ pub struct Device {
     matrix_units_check: Arc<std::sync::OnceLock<std::result::Result<(), String>>>,
     /// The outcome of [`Device::check_attention_units`], once run.
     attention_units_check: Arc<std::sync::OnceLock<std::result::Result<(), String>>>,
+    /// The outcome of [`Device::check_conv_units`], once run.
+    conv_units_check: Arc<std::sync::OnceLock<std::result::Result<(), String>>>,
 }
 
 impl std::fmt::Debug for Device {
@@ -586,6 +600,7 @@ impl Device {
             backend: Arc::new(backend),
             matrix_units_check: Arc::default(),
             attention_units_check: Arc::default(),
+            conv_units_check: Arc::default(),
         })
     }
 
@@ -607,6 +622,7 @@ impl Device {
             backend: Arc::new(Backend::Wgpu(inner)),
             matrix_units_check: Arc::default(),
             attention_units_check: Arc::default(),
+            conv_units_check: Arc::default(),
         }
     }
 
@@ -657,6 +673,15 @@ impl Device {
         check: impl FnOnce() -> std::result::Result<(), String>,
     ) -> std::result::Result<(), String> {
         self.attention_units_check.get_or_init(check).clone()
+    }
+
+    /// [`Device::check_matrix_units`] for the matrix-unit convolution
+    /// (`ops::conv2d::conv_units_verified`), kept apart for the same reason.
+    pub(crate) fn check_conv_units(
+        &self,
+        check: impl FnOnce() -> std::result::Result<(), String>,
+    ) -> std::result::Result<(), String> {
+        self.conv_units_check.get_or_init(check).clone()
     }
 
     /// The storage type models use by default here: f16 where the device has f16 kernels, else f32.

@@ -1,7 +1,8 @@
 //! 2-D convolution with stride 1 and "same" zero padding, the convolutions of the VQVAE decoder.
 
 use super::{check_operand, elements, float_dtype, index_u32, launch, shape_error};
-use crate::device::Grid;
+use crate::device::{Device, Grid, MatrixUnits};
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::kernels::{Constants, Conv2dParams, Family, size};
 use crate::tensor::Tensor;
@@ -19,9 +20,11 @@ const MAX_CIN_CHUNK: usize = 16;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Conv2dAlgorithm {
-    /// The implicit GEMM where both channel counts are at least [`GEMM_MIN_CHANNELS`], the direct
-    /// tiled kernel for narrower layers; a GEMM's last output channels, where they would fill at most
-    /// a quarter of its last 128-row tile, go to the direct kernel ([`Conv2dAlgorithm::gemm_rows`]).
+    /// Where both channel counts are at least [`GEMM_MIN_CHANNELS`], the implicit GEMM: on the matrix
+    /// units for f16 where the device has them and they passed their self-check
+    /// ([`Conv2dAlgorithm::Cooperative`]), else on the wide tile, whose last output channels, where
+    /// they would fill at most a quarter of its last 128-row tile, go to the direct kernel
+    /// ([`Conv2dAlgorithm::gemm_rows`]). The direct tiled kernel for narrower layers.
     #[default]
     Auto,
     /// 16 x 8 pixels x 32 output channels per workgroup, input patch and weights through workgroup
@@ -32,6 +35,11 @@ pub enum Conv2dAlgorithm {
     ImplicitGemm,
     /// One thread per output, straight from global memory: the benchmark baseline.
     Naive,
+    /// The implicit GEMM on 16 x 16 x 16 f16 matrix units with f32 sums (wgpu's cooperative
+    /// matrices, or their emulation on request): the cooperative matmul's 64 x 64 block with the
+    /// weight as A and im2col(x) as B. f16 storage only; wgpu only (CUDA's convolutions stay on the
+    /// implicit GEMM, and this is refused there).
+    Cooperative,
 }
 
 /// Below this many input or output channels the 128 x 128 GEMM tile is mostly padding (a 3-channel
@@ -40,16 +48,23 @@ pub const GEMM_MIN_CHANNELS: usize = 64;
 
 impl Conv2dAlgorithm {
     /// Every kernel, for tests and benchmarks.
-    pub const KERNELS: [Conv2dAlgorithm; 3] =
-        [Conv2dAlgorithm::Tiled, Conv2dAlgorithm::ImplicitGemm, Conv2dAlgorithm::Naive];
+    pub const KERNELS: [Conv2dAlgorithm; 4] =
+        [Conv2dAlgorithm::Tiled, Conv2dAlgorithm::ImplicitGemm, Conv2dAlgorithm::Naive, Conv2dAlgorithm::Cooperative];
 
-    /// The kernel [`Conv2dAlgorithm::Auto`] runs for `cin` input and `cout` output channels.
-    pub fn choose(cin: usize, cout: usize) -> Self {
-        if cin >= GEMM_MIN_CHANNELS && cout >= GEMM_MIN_CHANNELS {
-            Conv2dAlgorithm::ImplicitGemm
-        } else {
-            Conv2dAlgorithm::Tiled
+    /// The kernel [`Conv2dAlgorithm::Auto`] runs on `device` for `dtype` storage, `cin` input and
+    /// `cout` output channels.
+    pub fn choose(device: &Device, dtype: DType, cin: usize, cout: usize) -> Self {
+        if cin < GEMM_MIN_CHANNELS || cout < GEMM_MIN_CHANNELS {
+            return Conv2dAlgorithm::Tiled;
         }
+        if dtype == DType::F16
+            && device.caps().matrix_units == MatrixUnits::Native
+            && device.supports(Family::Conv2dCoop, dtype)
+            && conv_units_verified(device).is_ok()
+        {
+            return Conv2dAlgorithm::Cooperative;
+        }
+        Conv2dAlgorithm::ImplicitGemm
     }
 
     /// The output channels [`Conv2dAlgorithm::Auto`]'s implicit GEMM computes of `cout`: all of
@@ -62,6 +77,46 @@ impl Conv2dAlgorithm {
         let (wide, tail) = (size::WIDE_TILE as usize, cout % size::WIDE_TILE as usize);
         if cout > wide && tail > 0 && tail <= COUT_BLOCK { cout - tail } else { cout }
     }
+}
+
+/// Whether `device`'s matrix units compute convolutions as they should, checked once per device:
+/// the cooperative kernel on a 3 x 3 convolution of 70 to 70 channels over 9 x 13 pixels with a bias
+/// (two 64-row blocks, two 64-pixel blocks, 630 = 70 * 9 not a multiple of the 32-deep K step), against
+/// the float64 reference. Inputs are multiples of 1/8 in [-1, 1], so every product and partial sum is
+/// exact in f32 and only the f16 output rounds. The error says what failed; `Auto` then keeps f16
+/// convolutions on the implicit GEMM's scalar tile.
+pub fn conv_units_verified(device: &Device) -> std::result::Result<(), String> {
+    if device.caps().matrix_units == MatrixUnits::None {
+        return Err("the device has no matrix units".into());
+    }
+    if !device.supports(Family::Conv2dCoop, DType::F16) {
+        return Err("this backend has no cooperative convolution".into());
+    }
+    device.check_conv_units(|| {
+        let (channels, height, width, k) = (70, 9, 13, 3);
+        let values = |count: usize, salt: usize| -> Vec<f32> {
+            (0..count).map(|i| ((i * 7 + salt) % 17) as f32 / 8.0 - 1.0).collect()
+        };
+        let (x, w, bias) =
+            (values(channels * height * width, 1), values(channels * channels * k * k, 5), values(channels, 11));
+        let fail = |e: Error| format!("the cooperative convolution failed to run: {e}");
+        let up = |v: &[f32], shape: &[usize]| Tensor::from_f32(device, shape, v, DType::F16).map_err(fail);
+        let options = Conv2dOptions { bias: Some(&up(&bias, &[channels])?), algorithm: Conv2dAlgorithm::Cooperative };
+        let got = conv2d_with(&up(&x, &[1, channels, height, width])?, &up(&w, &[channels, channels, k, k])?, &options)
+            .and_then(|y| y.to_vec_f32())
+            .map_err(fail)?;
+        let want = reference::conv2d(&x, &w, Some(&bias), 1, channels, height, width, k);
+        for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+            // f16 rounding of the output: half an ulp is 2^-11 relative. NaN fails too.
+            if g.is_nan() || (g as f64 - w).abs() > 1e-3 * w.abs().max(1.0) {
+                return Err(format!(
+                    "the cooperative convolution computed {g} for element {i} of a {channels} -> {channels} \
+                     channel {k}x{k} convolution over {height}x{width} pixels, not {w}"
+                ));
+            }
+        }
+        Ok(())
+    })
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -135,7 +190,22 @@ pub fn conv2d_with(x: &Tensor, weight: &Tensor, options: &Conv2dOptions) -> Resu
         cout_start: 0,
     };
     let algorithm = match options.algorithm {
-        Conv2dAlgorithm::Auto => Conv2dAlgorithm::choose(cin, cout),
+        Conv2dAlgorithm::Auto => Conv2dAlgorithm::choose(x.device(), dtype, cin, cout),
+        Conv2dAlgorithm::Cooperative if dtype != DType::F16 => {
+            return Err(Error::UnsupportedDType { op: OP, dtype, expected: "f16 (the matrix units multiply f16)" });
+        }
+        Conv2dAlgorithm::Cooperative if x.device().caps().matrix_units == MatrixUnits::None => {
+            return Err(Error::MissingFeature {
+                what: "conv2d's cooperative kernel".into(),
+                feature: "16 x 16 f16 matrix units (cooperative matrices)",
+            });
+        }
+        Conv2dAlgorithm::Cooperative if !x.device().supports(Family::Conv2dCoop, dtype) => {
+            return Err(Error::MissingFeature {
+                what: "conv2d's cooperative kernel (CUDA runs convolutions on the implicit GEMM)".into(),
+                feature: "wgpu's cooperative matrices",
+            });
+        }
         chosen => chosen,
     };
     // The GEMM's rows under Auto (its full tiles, the rest on the direct kernel); every row where the
@@ -169,6 +239,13 @@ pub fn conv2d_with(x: &Tensor, weight: &Tensor, options: &Conv2dOptions) -> Resu
             if gemm_rows < cout {
                 direct(gemm_rows)?;
             }
+        }
+        Conv2dAlgorithm::Cooperative => {
+            let tile = size::COOP_TILE as usize;
+            let groups = [(height * width).div_ceil(tile) as u32, cout.div_ceil(tile) as u32, batch as u32];
+            let constants =
+                Constants::new(Family::Conv2dCoop).set("KSIZE", k as u32).set("HAS_BIAS", options.bias.is_some());
+            launch(x, Family::Conv2dCoop, "matmul_coop", dtype, &constants, &bindings, &params, Grid::Groups(groups))?
         }
         Conv2dAlgorithm::Naive => {
             launch(x, Family::Conv2d, "conv2d_naive", dtype, &constants(1), &bindings, &params, elements(out.numel()))?

@@ -19,7 +19,7 @@ pub use attention::{
     attention_units_verified, coop_attention_tiles_for, from_group_major, grouped_attention, grouped_attention_in,
     grouped_attention_with, to_group_major,
 };
-pub use conv2d::{Conv2dAlgorithm, conv2d, conv2d_with};
+pub use conv2d::{Conv2dAlgorithm, conv_units_verified, conv2d, conv2d_with};
 pub use elementwise::{add, add_repeat, gelu_tanh, mul, silu};
 pub use embedding::{embedding, embedding_channels_first};
 pub use matmul::{GatedResidual, MatmulAlgorithm, linear, linear_gated_residual, linear_gelu, matmul, matmul_with};

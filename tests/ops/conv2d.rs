@@ -1,11 +1,12 @@
-//! conv2d (tiled, implicit GEMM and naive) with k = 1, 3, 5, 7 on shapes that are not multiples of the tiles, against
+//! conv2d (tiled, implicit GEMM, naive and on matrix units) with k = 1, 3, 5, 7 on shapes that are not multiples of the tiles, against
 //! the float64 reference; typed errors for bad arguments (the VQVAE's other ops' errors included).
 
 use crate::common::{Rng, Seeded, Tol, assert_close, dtypes, full_device};
+use scalewise::kernels::Family;
 use scalewise::ops::conv2d::{self, Conv2dAlgorithm, Conv2dOptions, conv2d, conv2d_with};
 use scalewise::ops::reference_values as stored;
 use scalewise::ops::resample::{downsample_area, upsample_bicubic, upsample_nearest2x};
-use scalewise::{DType, Device, Error, Tensor};
+use scalewise::{DType, Device, Error, MatrixUnits, Tensor};
 
 #[derive(Clone, Copy, Debug)]
 struct ConvCase {
@@ -27,7 +28,30 @@ fn check_conv(device: &Device, rng: &mut Rng, dtype: DType, case: ConvCase, algo
     let up = |v: &[f32], shape: &[usize]| Tensor::from_f32(device, shape, v, dtype).unwrap();
     let (tx, tw, tb) = (up(&x, &[batch, cin, height, width]), up(&w, &[cout, cin, k, k]), up(&b, &[cout]));
     let options = Conv2dOptions { bias: bias.then_some(&tb), algorithm };
-    let got = conv2d_with(&tx, &tw, &options).unwrap_or_else(|e| panic!("{what}: {e}"));
+    let result = conv2d_with(&tx, &tw, &options);
+    if algorithm == Conv2dAlgorithm::Cooperative {
+        // The matrix units multiply f16, exist only on some devices (the full test device emulates
+        // them), and the CUDA backend has no cooperative conv: each refusal is typed and says why.
+        let refusal = if dtype != DType::F16 {
+            Some("f16 (the matrix units multiply f16)")
+        } else if device.caps().matrix_units == MatrixUnits::None {
+            Some("matrix units")
+        } else if !device.supports(Family::Conv2dCoop, dtype) {
+            Some("CUDA runs convolutions on the implicit GEMM")
+        } else {
+            None
+        };
+        if let Some(reason) = refusal {
+            let err = result.expect_err("the cooperative conv must be refused here");
+            assert!(
+                matches!(err, Error::UnsupportedDType { .. } | Error::MissingFeature { .. })
+                    && err.to_string().contains(reason),
+                "{what}: {err}"
+            );
+            return;
+        }
+    }
+    let got = result.unwrap_or_else(|e| panic!("{what}: {e}"));
     assert_eq!(got.shape(), [batch, cout, height, width], "{what}");
     let want = conv2d::reference::conv2d(&x, &w, bias.then_some(&b[..]), batch, cin, height, width, k);
     assert_close(&got.to_vec_f32().unwrap(), &want, Tol::for_dtype(dtype, 2.0), what);
@@ -48,7 +72,9 @@ backend_tests! {
                 // The implicit GEMM's shapes: Cout past one 128-row tile, H * W past one 128-pixel
                 // tile, Cin * k * k not a multiple of its K step. Under Auto, the 3 rows past 131's
                 // full tile (and 160's 32) run on the direct kernel from channel 128, in a second
-                // launch beside the GEMM's.
+                // launch beside the GEMM's. The cooperative kernel's 64 x 64 blocks and 32-deep K
+                // steps are ragged on all of them (160 is two and a half blocks, 603 = 67 * 9 is not
+                // a multiple of 32, 5 * 29 pixels end inside a block).
                 ConvCase { batch: 2, cin: 67, cout: 131, height: 12, width: 11, k: 3, bias: true },
                 ConvCase { batch: 1, cin: 64, cout: 70, height: 5, width: 29, k: 1, bias: false },
                 ConvCase { batch: 2, cin: 64, cout: 160, height: 5, width: 9, k: 3, bias: true },
@@ -74,16 +100,46 @@ backend_tests! {
     }
 }
 
+backend_tests! {
+    fn auto_takes_the_matrix_units_only_where_a_cooperative_conv_runs(device: &Device, config: &str) {
+        // Real units, a conv2d_coop source on this backend, and the units' self-check; never the
+        // emulation (wgpu_full), never on CUDA (tensor cores, but no cooperative conv).
+        let check = scalewise::ops::conv_units_verified(device);
+        // The self-check passes wherever the kernel exists (real units or their emulation) and names
+        // why it cannot run elsewhere.
+        match (device.caps().matrix_units, device.supports(Family::Conv2dCoop, DType::F16)) {
+            (MatrixUnits::None, _) => assert_eq!(check, Err("the device has no matrix units".into()), "{config}"),
+            (_, false) => assert_eq!(check, Err("this backend has no cooperative convolution".into()), "{config}"),
+            (_, true) => assert_eq!(check, Ok(()), "{config}"),
+        }
+        let runs_here = device.caps().matrix_units == MatrixUnits::Native && check.is_ok();
+        for dtype in dtypes(device) {
+            let want = if dtype == DType::F16 && runs_here {
+                Conv2dAlgorithm::Cooperative
+            } else {
+                Conv2dAlgorithm::ImplicitGemm
+            };
+            assert_eq!(Conv2dAlgorithm::choose(device, dtype, 160, 160), want, "{config} {dtype}");
+            assert_eq!(Conv2dAlgorithm::choose(device, dtype, 160, 3), Conv2dAlgorithm::Tiled, "{config} {dtype}");
+        }
+    }
+}
+
 #[test]
 fn conv2d_default_is_the_tiled_kernel_and_equals_naive() {
     assert_eq!(Conv2dOptions::default().algorithm, Conv2dAlgorithm::Auto, "the default conv2d chooses by shape");
-    // The implicit GEMM only where both sides have 64 channels or more (the decoder's body).
-    assert_eq!(Conv2dAlgorithm::choose(160, 160), Conv2dAlgorithm::ImplicitGemm);
-    assert_eq!(Conv2dAlgorithm::choose(64, 64), Conv2dAlgorithm::ImplicitGemm);
-    assert_eq!(Conv2dAlgorithm::choose(160, 3), Conv2dAlgorithm::Tiled);
-    assert_eq!(Conv2dAlgorithm::choose(32, 128), Conv2dAlgorithm::Tiled);
-    let mut rng = Rng::for_test("conv2d_default");
+    // The implicit GEMM only where both sides have 64 channels or more (the decoder's body); on the
+    // matrix units only where the device has real ones (the full test device emulates them, which
+    // Auto never takes).
     let device = full_device();
+    let choose = |dtype, cin, cout| Conv2dAlgorithm::choose(device, dtype, cin, cout);
+    for dtype in dtypes(device) {
+        assert_eq!(choose(dtype, 160, 160), Conv2dAlgorithm::ImplicitGemm, "{dtype}");
+        assert_eq!(choose(dtype, 64, 64), Conv2dAlgorithm::ImplicitGemm, "{dtype}");
+        assert_eq!(choose(dtype, 160, 3), Conv2dAlgorithm::Tiled, "{dtype}");
+        assert_eq!(choose(dtype, 32, 128), Conv2dAlgorithm::Tiled, "{dtype}");
+    }
+    let mut rng = Rng::for_test("conv2d_default");
     let (cin, cout, h, w) = (20, 35, 18, 33);
     let x = Tensor::from_f32(device, &[1, cin, h, w], &rng.vec(cin * h * w, 1.0), DType::F32).unwrap();
     let wt = Tensor::from_f32(device, &[cout, cin, 3, 3], &rng.vec(cout * cin * 9, 0.1), DType::F32).unwrap();

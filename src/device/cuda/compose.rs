@@ -76,6 +76,9 @@ fn files(family: Family) -> (&'static str, &'static [&'static str]) {
         Family::CastToF32 => ("cast_to_f32.cu", &[]),
         Family::Resample => ("resample.cu", &[]),
         Family::Conv2d => ("conv2d.cu", &["gemm_wide.cuh"]),
+        // No CUDA source: `Device::supports` is false for it, so ops::conv2d keeps CUDA's
+        // convolutions on conv2d.cu's implicit GEMM and refuses the cooperative algorithm by name.
+        Family::Conv2dCoop => ("conv2d_coop.cu", &[]),
         Family::Sample => ("sample.cu", &[]),
         // ops::qkv_attention runs qkv_heads then attention on CUDA; qkv_attention_coop is named here
         // so that every family has a source.

@@ -58,6 +58,7 @@ const ATTENTION_COOP_NATIVE: &str = include_str!("../../../shaders/wgsl/attentio
 const ATTENTION_COOP_EMULATED: &str = include_str!("../../../shaders/wgsl/attention_coop_emulated.wgsl");
 const QKV_IO: &str = include_str!("../../../shaders/wgsl/qkv_io.wgsl");
 const QKV_ATTENTION: &str = include_str!("../../../shaders/wgsl/qkv_attention.wgsl");
+const CONV2D_IO: &str = include_str!("../../../shaders/wgsl/conv2d_io.wgsl");
 
 macro_rules! wgsl {
     ($name:literal) => {
@@ -85,7 +86,9 @@ fn source(family: Family) -> (&'static str, &'static [&'static str]) {
         Family::CastToF16 => (wgsl!("cast_to_f16"), &[]),
         Family::CastToF32 => (wgsl!("cast_to_f32"), &[]),
         Family::Resample => (wgsl!("resample"), &[]),
-        Family::Conv2d => (wgsl!("conv2d"), &[GEMM_WIDE]),
+        Family::Conv2d => (wgsl!("conv2d"), &[CONV2D_IO, GEMM_WIDE]),
+        // matmul_coop.wgsl's block on conv2d's operands; its fragment operations are added by `compose`.
+        Family::Conv2dCoop => (wgsl!("matmul_coop"), &[CONV2D_IO, wgsl!("conv2d_coop")]),
         Family::Sample => (wgsl!("sample"), &[]),
         Family::QkvHeads => (wgsl!("qkv_heads"), &[QKV_IO, ATTENTION_COMMON, ATTENTION_TILE, QKV_ATTENTION]),
         // The fused entry alone, on the matrix-unit machinery (fragment operations added by `compose`).
@@ -123,8 +126,8 @@ pub fn compose(family: Family, variant: Variant) -> String {
     };
     // Enable directives come before every declaration.
     let (enable, fragments) = match (family, variant.subgroups) {
-        (Family::MatmulCoop, true) => ("enable wgpu_cooperative_matrix;\n", COOP_NATIVE),
-        (Family::MatmulCoop, false) => ("", COOP_EMULATED),
+        (Family::MatmulCoop | Family::Conv2dCoop, true) => ("enable wgpu_cooperative_matrix;\n", COOP_NATIVE),
+        (Family::MatmulCoop | Family::Conv2dCoop, false) => ("", COOP_EMULATED),
         (Family::AttentionCoop | Family::QkvAttentionCoop, true) => {
             ("enable wgpu_cooperative_matrix;\n", ATTENTION_COOP_NATIVE)
         }
