@@ -416,8 +416,8 @@ families! {
     }
     /// conv2d as an implicit GEMM on 16 x 16 x 16 f16 matrix units: matmul_coop.wgsl's block with
     /// conv2d's operands (weight @ im2col(x), `conv2d_coop.wgsl`; its own module because it needs
-    /// `enable wgpu_cooperative_matrix`). f16 storage only. wgpu only: CUDA has no source for it
-    /// (`Device::supports` says so), and its convolutions stay on the implicit GEMM.
+    /// `enable wgpu_cooperative_matrix`), on CUDA conv2d.cu's entry on the tensor-core block
+    /// (gemm_tc.cuh). f16 storage only.
     Conv2dCoop = "conv2d_coop" {
         params: Conv2dParams, reductions: false, dtypes: &[DType::F16],
         constants: [KSIZE: U32, HAS_BIAS: Bool],

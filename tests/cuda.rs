@@ -47,11 +47,6 @@ const REGISTER_BUDGET: u32 = 128;
 /// Shared memory a block may declare statically.
 const SHARED_BUDGET: u32 = 48 * 1024;
 
-/// Families with no CUDA source, by design: the CUDA backend reports them unsupported
-/// (`Device::supports`) and the ops run another family there. conv2d_coop: CUDA's convolutions stay
-/// on conv2d.cu's implicit GEMM.
-const WGPU_ONLY: &[&str] = &["conv2d_coop"];
-
 #[test]
 fn every_family_compiles_to_cubin_for_sm80_and_sm90_without_spills() {
     if !require_nvrtc("every_family_compiles_to_cubin_for_sm80_and_sm90_without_spills") {
@@ -110,11 +105,8 @@ fn every_family_compiles_to_cubin_for_sm80_and_sm90_without_spills() {
         }
     }
     assert!(failures.is_empty(), "{} problems:\n{}", failures.len(), failures.join("\n"));
-    let missing: Vec<&str> = Family::ALL
-        .iter()
-        .map(|f| f.name())
-        .filter(|name| !families_seen.iter().any(|s| s == name) && !WGPU_ONLY.contains(name))
-        .collect();
+    let missing: Vec<&str> =
+        Family::ALL.iter().map(|f| f.name()).filter(|name| !families_seen.iter().any(|s| s == name)).collect();
     assert!(missing.is_empty(), "families without CUDA kernels: {missing:?}");
 }
 

@@ -542,12 +542,10 @@ fn info(device: &Device) -> anyhow::Result<()> {
             Ok(()) => println!("  attention check     passed: f16 attention of 32+ rows per block uses them"),
             Err(reason) => println!("  attention check     FAILED, f16 attention stays on the scalar kernel: {reason}"),
         }
-        if info.cuda.is_none() {
-            match scalewise::ops::conv_units_verified(device) {
-                Ok(()) => println!("  conv2d check        passed: f16 convolutions of 64+ channels use them"),
-                Err(reason) => {
-                    println!("  conv2d check        FAILED, f16 convolutions stay on the implicit GEMM: {reason}")
-                }
+        match scalewise::ops::conv_units_verified(device) {
+            Ok(()) => println!("  conv2d check        passed: f16 convolutions of 64+ channels use them"),
+            Err(reason) => {
+                println!("  conv2d check        FAILED, f16 convolutions stay on the implicit GEMM: {reason}")
             }
         }
     }

@@ -158,16 +158,23 @@ SW_DEVICE float gemm_a(const ConvGemm& g, u32 batch, u32 row, u32 kk) {
     return row < g.p.cout && kk < taps ? to_f32(g.weight[row * taps + kk]) : 0.0f;
 }
 
-SW_DEVICE float gemm_b(const ConvGemm& g, u32 batch, u32 kk, u32 col) {
+// Where element (kk, col) of im2col(x) lives in x; false in the padding and past the matrix.
+SW_DEVICE bool conv_im2col_at(const ConvGemm& g, u32 batch, u32 kk, u32 col, u32& index) {
     const Conv2dParams& p = g.p;
-    if (kk >= p.cin * KSIZE * KSIZE || col >= p.height * p.width) return 0.0f;
+    if (kk >= p.cin * KSIZE * KSIZE || col >= p.height * p.width) return false;
     const u32 ci = kk / (KSIZE * KSIZE);
     const u32 tap = kk % (KSIZE * KSIZE);
     const i32 pad = (i32)((KSIZE - 1u) / 2u);
     const i32 iy = (i32)(col / p.width + tap / KSIZE) - pad;
     const i32 ix = (i32)(col % p.width + tap % KSIZE) - pad;
-    if (iy < 0 || iy >= (i32)p.height || ix < 0 || ix >= (i32)p.width) return 0.0f;
-    return to_f32(g.x[((batch * p.cin + ci) * p.height + (u32)iy) * p.width + (u32)ix]);
+    if (iy < 0 || iy >= (i32)p.height || ix < 0 || ix >= (i32)p.width) return false;
+    index = ((batch * p.cin + ci) * p.height + (u32)iy) * p.width + (u32)ix;
+    return true;
+}
+
+SW_DEVICE float gemm_b(const ConvGemm& g, u32 batch, u32 kk, u32 col) {
+    u32 index = 0u;
+    return conv_im2col_at(g, batch, kk, col, index) ? to_f32(g.x[index]) : 0.0f;
 }
 
 SW_DEVICE void gemm_store(const ConvGemm& g, u32 batch, u32 row, u32 col, float sum) {
@@ -181,3 +188,47 @@ SW_KERNEL(conv2d_gemm, MATMUL_SIDE, MATMUL_SIDE, 1,
     gemm_wide_tile(g, blockIdx.z, blockIdx.y * WIDE_TILE, blockIdx.x * WIDE_TILE, p.cout, p.height * p.width,
                    p.cin * KSIZE * KSIZE);
 }
+
+#ifdef GEMM_TC_BLOCK
+// conv2d on tensor cores (the conv2d_coop family, Conv2dAlgorithm::Cooperative; conv2d_coop.wgsl on
+// wgpu's cooperative matrices): the implicit GEMM above on gemm_tc.cuh's block, 64 output channels x
+// 64 pixels per block. The weight's rows are staged as a matmul's A (16-byte copies where Cin * K * K
+// allows them); im2col(x) is gathered half by half into the [k][n] stage (zeros in the padding).
+struct ConvTc {
+    ConvGemm g;
+    u32 mode_a;  // gemm_tc_mode of the weight
+};
+
+SW_DEVICE void gemm_tc_stage(const ConvTc& o, u32 (*a_st)[GEMM_TC_ROW_WORDS], u32 (*b_st)[GEMM_TC_B_WORDS],
+                             u32 batch, u32 row0, u32 col0, u32 k0, u32 lid) {
+    const Conv2dParams& p = o.g.p;
+    const u32 taps = p.cin * KSIZE * KSIZE;
+    {
+        const u32 r = lid / 4u, c = (lid % 4u) * 8u;  // 64 output channels x 4 chunks of k
+        const u32 row = row0 + r, kk = k0 + c;
+        const u32 valid = row < p.cout && kk < taps ? min(8u, taps - kk) : 0u;
+        const store_t* src = valid > 0u ? o.g.weight + row * taps + kk : o.g.weight;
+        gemm_tc_chunk(&a_st[r][c / 2u], src, valid, o.mode_a);
+    }
+    {
+        const u32 r = lid / 8u, c = (lid % 8u) * 8u;  // 32 rows of k x 8 chunks of pixels
+        for (u32 w = 0; w < 4u; ++w) {
+            u32 lo = 0u, hi = 0u, index = 0u;
+            if (conv_im2col_at(o.g, batch, k0 + r, col0 + c + 2u * w, index)) lo = (u32)o.g.x[index].bits;
+            if (conv_im2col_at(o.g, batch, k0 + r, col0 + c + 2u * w + 1u, index)) hi = (u32)o.g.x[index].bits;
+            b_st[r][c / 2u + w] = lo | (hi << 16);
+        }
+    }
+}
+
+SW_DEVICE void gemm_tc_store(const ConvTc& o, u32 batch, u32 row, u32 col, float sum) {
+    gemm_store(o.g, batch, row, col, sum);
+}
+
+SW_KERNEL(matmul_coop, MATMUL_SIDE, MATMUL_SIDE, 1,
+          (const store_t* x, const store_t* weight, const store_t* bias, store_t* y, const Conv2dParams p)) {
+    const u32 taps = p.cin * KSIZE * KSIZE;
+    const ConvTc ops = {{x, weight, bias, y, p}, gemm_tc_mode(weight, taps, 0u)};
+    gemm_tc_block(ops, p.cout, p.height * p.width, taps);
+}
+#endif

@@ -209,150 +209,50 @@ SW_KERNEL(matmul_skinny, SKINNY_LANES, SKINNY_COLS, 1,
     matmul_store(c, bias, residual, gate, p, batch, row, n, value);
 }
 
-#ifdef SW_STORE_F16
-// Tensor-core variant of matmul_tiled for f16 storage (launched instead of it for f16): the same
-// block of 16 x 16 threads and the same grid, a 64 x 64 block of C per block. The 8 warps form a 2 x 4
-// grid, each warp computing 32 rows x 16 columns of the block as 2 x 2 mma.m16n8k16 tiles (f16 in, f32
-// accumulate). K advances MATMUL_TC_K at a time through two shared-memory stages: while the block
-// computes on one, the next K step is copied into the other with cp.async. The tiles keep global
-// memory's element order, so every copy moves 16 contiguous bytes: A as [row][k], B as [n][k] when
-// B_TRANSPOSED (a Linear weight) or [k][n] otherwise. ldmatrix fills the fragments (.trans for the
-// [k][n] B). Rows are padded by 16 bytes so that the 8 row addresses of an ldmatrix matrix fall in
-// distinct bank groups. Elements past M, N or K are zeros, as in matmul_tiled.
-#define MATMUL_TC_K 32u
-#define MATMUL_TC_ROW_WORDS (MATMUL_TC_K / 2u + 4u)  // [row][k] stage: 32 halves + 8 of padding (80 bytes)
-#define MATMUL_TC_KN_WORDS (TILE_N / 2u + 4u)        // [k][n] stage: 64 halves + 8 of padding (144 bytes)
-#if B_TRANSPOSED
-#define MATMUL_TC_B_ROWS TILE_N
-#define MATMUL_TC_B_WORDS MATMUL_TC_ROW_WORDS
-#else
-#define MATMUL_TC_B_ROWS MATMUL_TC_K
-#define MATMUL_TC_B_WORDS MATMUL_TC_KN_WORDS
-#endif
+#ifdef GEMM_TC_BLOCK
+// Tensor-core variant of matmul_tiled for f16 storage (launched instead of it for f16), on
+// gemm_tc.cuh's block: the same block of 16 x 16 threads, the same grid and 64 x 64 blocks of C.
+// Every copy into a stage moves 16 contiguous bytes where the operand's alignment allows it.
+struct MatmulTc {
+    MatmulGemm g;        // the operands, as the wide tile takes them
+    u32 mode_a, mode_b;  // gemm_tc_mode of each operand
+};
 
-// How a matrix is staged: 16-byte cp.async copies where every 8-half chunk starts 16-byte aligned
-// (the base pointer 16-byte aligned, the row length and batch stride multiples of 8 halves), 4-byte
-// loads where every pair is 4-byte aligned, element loads otherwise.
-#define MATMUL_TC_ASYNC 2u
-#define MATMUL_TC_WORDS 1u
-#define MATMUL_TC_HALVES 0u
-
-SW_DEVICE u32 matmul_tc_mode(const store_t* base, u32 row_len, u32 batch_stride) {
-    const u64 address = (u64)base;
-    if (row_len % 8u == 0u && batch_stride % 8u == 0u && address % 16u == 0u) return MATMUL_TC_ASYNC;
-    if (row_len % 2u == 0u && batch_stride % 2u == 0u && address % 4u == 0u) return MATMUL_TC_WORDS;
-    return MATMUL_TC_HALVES;
-}
-
-// Stages 8 consecutive halves of one matrix row into 16 bytes of shared memory: the first `valid`
-// (0 to 8) from `src`, zeros after them. `src` is not read when valid is 0 (it must still be the
-// matrix's base or a chunk start, so that the async copy's address is aligned).
-SW_DEVICE void matmul_tc_chunk(u32* dst, const store_t* src, u32 valid, u32 mode) {
-    if (mode == MATMUL_TC_ASYNC) {
-        cp_async_16_zfill(dst, src, 2u * valid);
-        return;
-    }
-    for (u32 w = 0; w < 4u; ++w) {
-        u32 word = 0u;
-        if (2u * w + 1u < valid) {
-            if (mode == MATMUL_TC_WORDS) word = reinterpret_cast<const u32*>(src)[w];
-            else word = pack_half2(src[2u * w], src[2u * w + 1u]);
-        } else if (2u * w < valid) {
-            word = (u32)src[2u * w].bits;
-        }
-        dst[w] = word;
-    }
-}
-
-// Issues the copies of K step [k0, k0 + MATMUL_TC_K) into one stage: 256 chunks of A and 256 of B,
+// Issues the copies of K step [k0, k0 + GEMM_TC_K) into one stage: 256 chunks of A and 256 of B,
 // one of each per thread, consecutive threads on consecutive 16-byte chunks of a row.
-SW_DEVICE void matmul_tc_load(u32 (*a_st)[MATMUL_TC_ROW_WORDS], u32 (*b_st)[MATMUL_TC_B_WORDS], const store_t* a,
-                              const store_t* b, const MatmulParams p, u32 batch, u32 row0, u32 col0, u32 k0, u32 lid,
-                              u32 mode_a, u32 mode_b) {
+SW_DEVICE void gemm_tc_stage(const MatmulTc& o, u32 (*a_st)[GEMM_TC_ROW_WORDS], u32 (*b_st)[GEMM_TC_B_WORDS],
+                             u32 batch, u32 row0, u32 col0, u32 k0, u32 lid) {
+    const MatmulParams& p = o.g.p;
     {
         const u32 r = lid / 4u, c = (lid % 4u) * 8u;  // 64 rows x 4 chunks
         const u32 row = row0 + r, kk = k0 + c;
         const u32 valid = row < p.m && kk < p.k ? min(8u, p.k - kk) : 0u;
-        const store_t* src = valid > 0u ? a + batch * p.a_batch_stride + row * p.k + kk : a;
-        matmul_tc_chunk(&a_st[r][c / 2u], src, valid, mode_a);
+        const store_t* src = valid > 0u ? o.g.a + batch * p.a_batch_stride + row * p.k + kk : o.g.a;
+        gemm_tc_chunk(&a_st[r][c / 2u], src, valid, o.mode_a);
     }
     if (B_TRANSPOSED) {
         const u32 r = lid / 4u, c = (lid % 4u) * 8u;  // 64 columns of op(B) x 4 chunks of k
         const u32 n = col0 + r, kk = k0 + c;
         const u32 valid = n < p.n && kk < p.k ? min(8u, p.k - kk) : 0u;
-        const store_t* src = valid > 0u ? b + batch * p.b_batch_stride + n * p.k + kk : b;
-        matmul_tc_chunk(&b_st[r][c / 2u], src, valid, mode_b);
+        const store_t* src = valid > 0u ? o.g.b + batch * p.b_batch_stride + n * p.k + kk : o.g.b;
+        gemm_tc_chunk(&b_st[r][c / 2u], src, valid, o.mode_b);
     } else {
         const u32 r = lid / 8u, c = (lid % 8u) * 8u;  // 32 rows of k x 8 chunks of n
         const u32 kk = k0 + r, n = col0 + c;
         const u32 valid = kk < p.k && n < p.n ? min(8u, p.n - n) : 0u;
-        const store_t* src = valid > 0u ? b + batch * p.b_batch_stride + kk * p.n + n : b;
-        matmul_tc_chunk(&b_st[r][c / 2u], src, valid, mode_b);
+        const store_t* src = valid > 0u ? o.g.b + batch * p.b_batch_stride + kk * p.n + n : o.g.b;
+        gemm_tc_chunk(&b_st[r][c / 2u], src, valid, o.mode_b);
     }
 }
 
+SW_DEVICE void gemm_tc_store(const MatmulTc& o, u32 batch, u32 row, u32 col, float sum) {
+    gemm_store(o.g, batch, row, col, sum);
+}
+
 SW_DEVICE void matmul_tc_block MATMUL_ARGS {
-    alignas(16) __shared__ u32 a_s[2][TILE_M][MATMUL_TC_ROW_WORDS];
-    alignas(16) __shared__ u32 b_s[2][MATMUL_TC_B_ROWS][MATMUL_TC_B_WORDS];
-    const u32 lid = threadIdx.x + threadIdx.y * MATMUL_SIDE;
-    const u32 warp = lid / 32u, lane = lid % 32u;
-    const u32 g = lane >> 2, t = lane & 3u;
-    const u32 warp_row = (warp / 4u) * 32u;  // 2 warps down
-    const u32 warp_col = (warp % 4u) * 16u;  // 4 warps across
-    const u32 batch = blockIdx.z;
-    const u32 row0 = blockIdx.y * TILE_M;
-    const u32 col0 = blockIdx.x * TILE_N;
-    const u32 mode_a = matmul_tc_mode(a, p.k, p.a_batch_stride);
-    const u32 mode_b = matmul_tc_mode(b, B_TRANSPOSED ? p.k : p.n, p.b_batch_stride);
-    float acc[2][2][4];
-    for (u32 mi = 0; mi < 2; ++mi)
-        for (u32 ni = 0; ni < 2; ++ni)
-            for (u32 i = 0; i < 4; ++i) acc[mi][ni][i] = 0.0f;
-    const u32 steps = (p.k + MATMUL_TC_K - 1u) / MATMUL_TC_K;
-    if (steps > 0u) matmul_tc_load(a_s[0], b_s[0], a, b, p, batch, row0, col0, 0u, lid, mode_a, mode_b);
-    cp_async_commit();
-    for (u32 s = 0; s < steps; ++s) {
-        const u32 st = s & 1u;
-        // Step s + 1 into the other stage (last read in step s - 1, before the barrier that ended it).
-        if (s + 1u < steps)
-            matmul_tc_load(a_s[st ^ 1u], b_s[st ^ 1u], a, b, p, batch, row0, col0, (s + 1u) * MATMUL_TC_K, lid,
-                           mode_a, mode_b);
-        cp_async_commit();
-        cp_async_wait_group<1>();  // this thread's copies of step s have landed
-        __syncthreads();           // and everyone's
-        for (u32 kk = 0; kk < MATMUL_TC_K; kk += 16u) {  // one k16 slice
-            u32 af[2][4], bf[4];
-            // A: lanes 0-15 address rows 0-15 at k, lanes 16-31 the same rows at k + 8:
-            // matrices (rows 0-7, k), (rows 8-15, k), (rows 0-7, k + 8), (rows 8-15, k + 8) = a[0..3].
-            for (u32 mi = 0; mi < 2; ++mi)
-                ldmatrix_x4(af[mi], &a_s[st][warp_row + mi * 16u + lane % 16u][(kk + (lane / 16u) * 8u) / 2u]);
-            // B: matrices (n 0-7, k), (n 0-7, k + 8), (n 8-15, k), (n 8-15, k + 8) of the warp's 16
-            // columns = b[0..1] of the first n8 tile, then of the second.
-            if (B_TRANSPOSED) {
-                const u32 n = warp_col + (lane / 16u) * 8u + lane % 8u;
-                ldmatrix_x4(bf, &b_s[st][n][(kk + ((lane / 8u) % 2u) * 8u) / 2u]);
-            } else {
-                const u32 k_row = kk + ((lane / 8u) % 2u) * 8u + lane % 8u;
-                ldmatrix_x4_trans(bf, &b_s[st][k_row][(warp_col + (lane / 16u) * 8u) / 2u]);
-            }
-            for (u32 mi = 0; mi < 2; ++mi) {
-                mma_m16n8k16_f16_f32(acc[mi][0], af[mi], &bf[0], acc[mi][0]);
-                mma_m16n8k16_f16_f32(acc[mi][1], af[mi], &bf[2], acc[mi][1]);
-            }
-        }
-        __syncthreads();  // before step s + 2 overwrites this stage
-    }
-    for (u32 mi = 0; mi < 2; ++mi) {
-        for (u32 ni = 0; ni < 2; ++ni) {
-            for (u32 i = 0; i < 4; ++i) {
-                const u32 row = row0 + warp_row + mi * 16u + g + (i >= 2u ? 8u : 0u);
-                const u32 col = col0 + warp_col + ni * 8u + 2u * t + (i & 1u);
-                if (row < p.m && col < p.n) {
-                    matmul_store(c, bias, residual, gate, p, batch, row, col, acc[mi][ni][i]);
-                }
-            }
-        }
-    }
+    const MatmulTc ops = {{a, b, bias, residual, gate, c, p}, gemm_tc_mode(a, p.k, p.a_batch_stride),
+                          gemm_tc_mode(b, B_TRANSPOSED ? p.k : p.n, p.b_batch_stride)};
+    gemm_tc_block(ops, p.m, p.n, p.k);
 }
 
 SW_KERNEL(matmul_tiled_tc, MATMUL_SIDE, MATMUL_SIDE, 1,

@@ -1,8 +1,9 @@
-// conv2d on 16 x 16 x 16 f16 matrix units: the convolution as a GEMM (conv2d_io.wgsl: per image,
-// weight (Cout x Cin*K*K) @ im2col(x) (Cin*K*K x H*W), im2col read from x where the tile fetches it)
-// on matmul_coop.wgsl's 64 x 64 block. Output channels are M, so a 160-channel layer takes three
-// 64-row blocks (the wide scalar tile took two of 128); the bias is the epilogue. f16 storage only:
-// the staged operands are f16, as they already are in memory, and the sums f32.
+// conv2d on 16 x 16 x 16 f16 matrix units: the convolution as a GEMM (conv2d_io.wgsl's gemm_a, gemm_b
+// and gemm_store: per image, weight (Cout x Cin*K*K) @ im2col(x) (Cin*K*K x H*W), im2col read from x
+// where the block stages it) on matmul_coop.wgsl's 64 x 64 block. Output channels are M, so a
+// 160-channel layer takes three 64-row blocks (the wide scalar tile took two of 128); the bias is the
+// epilogue. f16 storage only: the staged operands are f16, as they already are in memory, and the
+// sums f32.
 
 fn coop_m() -> u32 {
     return p.cout;
@@ -14,16 +15,4 @@ fn coop_n() -> u32 {
 
 fn coop_k() -> u32 {
     return p.cin * KSIZE * KSIZE;
-}
-
-fn load_a(batch: u32, row: u32, kk: u32) -> f32 {
-    return gemm_a(batch, row, kk);
-}
-
-fn load_b(batch: u32, kk: u32, col: u32) -> f32 {
-    return gemm_b(batch, kk, col);
-}
-
-fn store_output(batch: u32, row: u32, col: u32, sum: f32) {
-    gemm_store(batch, row, col, sum);
 }

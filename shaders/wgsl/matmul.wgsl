@@ -114,19 +114,8 @@ fn matmul_naive(@builtin(global_invocation_id) gid: vec3<u32>) {
     store_output(batch, row, col, value);
 }
 
-// Wide kernel for large products: the shared wide GEMM tile (gemm_wide.wgsl), 128 x 128 outputs per
-// workgroup, 8 x 8 per thread, K double-buffered.
-fn gemm_a(batch: u32, row: u32, kk: u32) -> f32 {
-    return load_a(batch, row, kk);
-}
-
-fn gemm_b(batch: u32, kk: u32, col: u32) -> f32 {
-    return load_b(batch, kk, col);
-}
-
-fn gemm_store(batch: u32, row: u32, col: u32, sum: f32) {
-    store_output(batch, row, col, sum);
-}
+// Wide kernel for large products: the shared wide GEMM tile (gemm_wide.wgsl, on matmul_io.wgsl's
+// gemm_a, gemm_b and gemm_store), 128 x 128 outputs per workgroup, 8 x 8 per thread, K double-buffered.
 
 @compute @workgroup_size(MATMUL_SIDE, MATMUL_SIDE)
 fn matmul_wide(

@@ -1,10 +1,11 @@
 // The matmul on 16 x 16 x 16 f16 matrix units (f32 accumulation): a 64 x 64 block of C per workgroup
 // of COOP_THREADS invocations, K in steps of COOP_K through workgroup memory. The interface (bindings,
 // loads, the epilogue) is matmul_io.wgsl, shared with the scalar kernels; the conv2d_coop family
-// runs the same block on conv2d's operands (conv2d_coop.wgsl). Either provides
+// runs the same block on conv2d's operands (conv2d_io.wgsl, conv2d_coop.wgsl). Either provides, as
+// for gemm_wide.wgsl's tile,
 //   coop_m(), coop_n(), coop_k() -> u32                  the product's M, N and K
-//   load_a(batch, row, kk), load_b(batch, kk, col) -> f32 A[row][kk] and op(B)[kk][col], 0 outside
-//   store_output(batch, row, col, sum)                   C[row][col] with its epilogue
+//   gemm_a(batch, row, kk), gemm_b(batch, kk, col) -> f32 A[row][kk] and op(B)[kk][col], 0 outside
+//   gemm_store(batch, row, col, sum)                     C[row][col] with its epilogue
 //   B_TRANSPOSED (bool)                                  B stored N x K
 //
 // The fragment operations come from one of two snippets, both written against the semantics of
@@ -51,11 +52,11 @@ var<workgroup> coop_subgroups: u32;
 // bytes apart: one memory bank for all of them.)
 fn coop_stage(batch: u32, row0: u32, col0: u32, k0: u32, lid: u32) {
     for (var e = lid; e < COOP_TILE * COOP_K; e += COOP_THREADS) {
-        a_stage[e] = f16(load_a(batch, row0 + e / COOP_K, k0 + e % COOP_K));
+        a_stage[e] = f16(gemm_a(batch, row0 + e / COOP_K, k0 + e % COOP_K));
         if B_TRANSPOSED {
-            b_stage[e] = f16(load_b(batch, k0 + e % COOP_K, col0 + e / COOP_K));
+            b_stage[e] = f16(gemm_b(batch, k0 + e % COOP_K, col0 + e / COOP_K));
         } else {
-            b_stage[e] = f16(load_b(batch, k0 + e / COOP_TILE, col0 + e % COOP_TILE));
+            b_stage[e] = f16(gemm_b(batch, k0 + e / COOP_TILE, col0 + e % COOP_TILE));
         }
     }
 }
@@ -78,7 +79,7 @@ fn coop_emit(acc: coop_acc_t, batch: u32, row: u32, col: u32, quarter: u32, lane
         let r = row + e / 16u;
         let c = col + e % 16u;
         if r < coop_m() && c < coop_n() {
-            store_output(batch, r, c, c_stage[slot + e]);
+            gemm_store(batch, r, c, c_stage[slot + e]);
         }
     }
     workgroupBarrier();

@@ -65,7 +65,20 @@ fn load_b(batch: u32, kk: u32, col: u32) -> f32 {
     return 0.0;
 }
 
-// The product's dimensions, as matmul_coop.wgsl reads them (conv2d_coop.wgsl gives its own).
+// The product as the shared GEMM blocks read it (gemm_wide.wgsl's tile, matmul_coop.wgsl's block; conv2d_io.wgsl
+// and conv2d_coop.wgsl give a convolution's).
+fn gemm_a(batch: u32, row: u32, kk: u32) -> f32 {
+    return load_a(batch, row, kk);
+}
+
+fn gemm_b(batch: u32, kk: u32, col: u32) -> f32 {
+    return load_b(batch, kk, col);
+}
+
+fn gemm_store(batch: u32, row: u32, col: u32, sum: f32) {
+    store_output(batch, row, col, sum);
+}
+
 fn coop_m() -> u32 {
     return p.m;
 }

@@ -260,7 +260,16 @@ impl DeviceInfo {
                         "skinny (<= 8 rows), wide 128x128, tiled 64x64; scalar (no tensor cores below sm_80)".into()
                     },
                 ),
-                ("conv2d", "direct 32-channel blocks, implicit GEMM on the wide tile for 64+ channels".into()),
+                (
+                    "conv2d",
+                    if cuda.tensor_cores {
+                        "direct 32-channel blocks, implicit GEMM for 64+ channels; f16 on tensor cores (conv2d_coop: \
+                         mma.sync m16n8k16)"
+                            .into()
+                    } else {
+                        "direct 32-channel blocks, implicit GEMM on the wide tile for 64+ channels".into()
+                    },
+                ),
                 ("row reductions", "warp shuffles (32 lanes) and shared memory".into()),
                 ("profiling", "wall clock per dispatch (synchronised)".into()),
             ];

@@ -172,9 +172,7 @@ pub fn attention_units_verified(device: &Device) -> std::result::Result<(), Stri
     }
     device.check_attention_units(|| {
         let (heads, lq, lk, dim) = (2, 140, 150, 40);
-        let values = |count: usize, salt: usize| -> Vec<f32> {
-            (0..count).map(|i| ((i * 7 + salt) % 17) as f32 / 8.0 - 1.0).collect()
-        };
+        let values = super::eighths;
         let (q, k, v) = (values(heads * lq * dim, 1), values(heads * lk * dim, 5), values(heads * lk * dim, 11));
         let fail = |e: Error| format!("the matrix-unit attention failed to run: {e}");
         let up = |x: &[f32], len| Tensor::from_f32(device, &[1, heads, len, dim], x, DType::F16).map_err(fail);

@@ -36,9 +36,8 @@ pub enum Conv2dAlgorithm {
     /// One thread per output, straight from global memory: the benchmark baseline.
     Naive,
     /// The implicit GEMM on 16 x 16 x 16 f16 matrix units with f32 sums (wgpu's cooperative
-    /// matrices, or their emulation on request): the cooperative matmul's 64 x 64 block with the
-    /// weight as A and im2col(x) as B. f16 storage only; wgpu only (CUDA's convolutions stay on the
-    /// implicit GEMM, and this is refused there).
+    /// matrices or their emulation on request; CUDA's tensor cores): the cooperative matmul's 64 x 64
+    /// block with the weight as A and im2col(x) as B. f16 storage only.
     Cooperative,
 }
 
@@ -59,7 +58,6 @@ impl Conv2dAlgorithm {
         }
         if dtype == DType::F16
             && device.caps().matrix_units == MatrixUnits::Native
-            && device.supports(Family::Conv2dCoop, dtype)
             && conv_units_verified(device).is_ok()
         {
             return Conv2dAlgorithm::Cooperative;
@@ -89,14 +87,9 @@ pub fn conv_units_verified(device: &Device) -> std::result::Result<(), String> {
     if device.caps().matrix_units == MatrixUnits::None {
         return Err("the device has no matrix units".into());
     }
-    if !device.supports(Family::Conv2dCoop, DType::F16) {
-        return Err("this backend has no cooperative convolution".into());
-    }
     device.check_conv_units(|| {
         let (channels, height, width, k) = (70, 9, 13, 3);
-        let values = |count: usize, salt: usize| -> Vec<f32> {
-            (0..count).map(|i| ((i * 7 + salt) % 17) as f32 / 8.0 - 1.0).collect()
-        };
+        let values = super::eighths;
         let (x, w, bias) =
             (values(channels * height * width, 1), values(channels * channels * k * k, 5), values(channels, 11));
         let fail = |e: Error| format!("the cooperative convolution failed to run: {e}");
@@ -198,12 +191,6 @@ pub fn conv2d_with(x: &Tensor, weight: &Tensor, options: &Conv2dOptions) -> Resu
             return Err(Error::MissingFeature {
                 what: "conv2d's cooperative kernel".into(),
                 feature: "16 x 16 f16 matrix units (cooperative matrices)",
-            });
-        }
-        Conv2dAlgorithm::Cooperative if !x.device().supports(Family::Conv2dCoop, dtype) => {
-            return Err(Error::MissingFeature {
-                what: "conv2d's cooperative kernel (CUDA runs convolutions on the implicit GEMM)".into(),
-                feature: "wgpu's cooperative matrices",
             });
         }
         chosen => chosen,

@@ -85,3 +85,10 @@ pub fn reference_values(data: &[f32], dtype: DType) -> Vec<f32> {
         _ => data.to_vec(),
     }
 }
+
+/// `count` inputs for the matrix units' self-checks: multiples of 1/8 in [-1, 1] (a pattern salted by
+/// `salt`), so that every f16 input is exact and so are the f32 products and the partial sums of a
+/// few hundred of them.
+pub(crate) fn eighths(count: usize, salt: usize) -> Vec<f32> {
+    (0..count).map(|i| ((i * 7 + salt) % 17) as f32 / 8.0 - 1.0).collect()
+}

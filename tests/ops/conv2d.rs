@@ -2,7 +2,6 @@
 //! the float64 reference; typed errors for bad arguments (the VQVAE's other ops' errors included).
 
 use crate::common::{Rng, Seeded, Tol, assert_close, dtypes, full_device};
-use scalewise::kernels::Family;
 use scalewise::ops::conv2d::{self, Conv2dAlgorithm, Conv2dOptions, conv2d, conv2d_with};
 use scalewise::ops::reference_values as stored;
 use scalewise::ops::resample::{downsample_area, upsample_bicubic, upsample_nearest2x};
@@ -30,14 +29,12 @@ fn check_conv(device: &Device, rng: &mut Rng, dtype: DType, case: ConvCase, algo
     let options = Conv2dOptions { bias: bias.then_some(&tb), algorithm };
     let result = conv2d_with(&tx, &tw, &options);
     if algorithm == Conv2dAlgorithm::Cooperative {
-        // The matrix units multiply f16, exist only on some devices (the full test device emulates
-        // them), and the CUDA backend has no cooperative conv: each refusal is typed and says why.
+        // The matrix units multiply f16 and exist only on some devices (the full test device
+        // emulates them, the CUDA CPU shim models tensor cores): each refusal is typed and says why.
         let refusal = if dtype != DType::F16 {
             Some("f16 (the matrix units multiply f16)")
         } else if device.caps().matrix_units == MatrixUnits::None {
             Some("matrix units")
-        } else if !device.supports(Family::Conv2dCoop, dtype) {
-            Some("CUDA runs convolutions on the implicit GEMM")
         } else {
             None
         };
@@ -102,15 +99,13 @@ backend_tests! {
 
 backend_tests! {
     fn auto_takes_the_matrix_units_only_where_a_cooperative_conv_runs(device: &Device, config: &str) {
-        // Real units, a conv2d_coop source on this backend, and the units' self-check; never the
-        // emulation (wgpu_full), never on CUDA (tensor cores, but no cooperative conv).
+        // Real units (cooperative matrices, tensor cores, the CUDA CPU shim's model of them) whose
+        // self-check passed; never the emulation (wgpu_full). The check passes wherever the kernel
+        // runs, emulated or not, and says why it cannot run elsewhere.
         let check = scalewise::ops::conv_units_verified(device);
-        // The self-check passes wherever the kernel exists (real units or their emulation) and names
-        // why it cannot run elsewhere.
-        match (device.caps().matrix_units, device.supports(Family::Conv2dCoop, DType::F16)) {
-            (MatrixUnits::None, _) => assert_eq!(check, Err("the device has no matrix units".into()), "{config}"),
-            (_, false) => assert_eq!(check, Err("this backend has no cooperative convolution".into()), "{config}"),
-            (_, true) => assert_eq!(check, Ok(()), "{config}"),
+        match device.caps().matrix_units {
+            MatrixUnits::None => assert_eq!(check, Err("the device has no matrix units".into()), "{config}"),
+            _ => assert_eq!(check, Ok(()), "{config}"),
         }
         let runs_here = device.caps().matrix_units == MatrixUnits::Native && check.is_ok();
         for dtype in dtypes(device) {

@@ -59,7 +59,7 @@ fn files(family: Family) -> (&'static str, &'static [&'static str]) {
     match family {
         // matmul_coop is matmul.cu's tensor-core kernel, under the family's own name.
         Family::Matmul | Family::MatmulCoop => {
-            ("matmul.cu", &["tensor_core.cuh", "gemm_wide.cuh", "block_exchange.cuh"])
+            ("matmul.cu", &["tensor_core.cuh", "gemm_tc.cuh", "gemm_wide.cuh", "block_exchange.cuh"])
         }
         // ops::attention launches the attention family on CUDA for either algorithm (its f16 kernel
         // is on the tensor cores); attention_coop is named here so that every family has a source.
@@ -76,9 +76,9 @@ fn files(family: Family) -> (&'static str, &'static [&'static str]) {
         Family::CastToF32 => ("cast_to_f32.cu", &[]),
         Family::Resample => ("resample.cu", &[]),
         Family::Conv2d => ("conv2d.cu", &["gemm_wide.cuh"]),
-        // No CUDA source: `Device::supports` is false for it, so ops::conv2d keeps CUDA's
-        // convolutions on conv2d.cu's implicit GEMM and refuses the cooperative algorithm by name.
-        Family::Conv2dCoop => ("conv2d_coop.cu", &[]),
+        // conv2d.cu's tensor-core entry (matmul_coop), which only this family's module has (the
+        // block is gemm_tc.cuh's).
+        Family::Conv2dCoop => ("conv2d.cu", &["tensor_core.cuh", "gemm_tc.cuh", "gemm_wide.cuh"]),
         Family::Sample => ("sample.cu", &[]),
         // ops::qkv_attention runs qkv_heads then attention on CUDA; qkv_attention_coop is named here
         // so that every family has a source.
@@ -113,6 +113,7 @@ fn embedded(file: &str) -> Option<&'static str> {
         "tensor_core.cuh" => cuda!("tensor_core.cuh"),
         "sequence.cuh" => cuda!("sequence.cuh"),
         "gemm_wide.cuh" => cuda!("gemm_wide.cuh"),
+        "gemm_tc.cuh" => cuda!("gemm_tc.cuh"),
         "block_exchange.cuh" => cuda!("block_exchange.cuh"),
         _ => return None,
     })
