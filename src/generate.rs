@@ -298,6 +298,10 @@ impl Pipeline {
         if transformer.dtype() == DType::F16 && device.caps().matrix_units == crate::MatrixUnits::Native {
             let _ = crate::ops::matmul::matrix_units_verified(device);
         }
+        // The convolutions' own check, likewise, before the first decode.
+        if vae.dtype == DType::F16 && device.caps().matrix_units == crate::MatrixUnits::Native {
+            let _ = crate::ops::conv_units_verified(device);
+        }
         Ok(Self { transformer, vae })
     }
 

@@ -5,10 +5,13 @@
 // a time through two shared-memory stages: while the block computes on one, the next K step is
 // staged into the other (cp.async where the operand allows it). The stages keep global memory's
 // element order: A as [row][k], B as [n][k] when B_TRANSPOSED (a Linear weight) or [k][n] otherwise.
+// (An operand staged with plain loads, such as conv2d's gathered im2col, is read before the step's
+// barrier, so only cp.async copies overlap the products.)
 // ldmatrix fills the fragments (.trans for the [k][n] B). Rows are padded by 16 bytes so that the 8
 // row addresses of an ldmatrix matrix fall in distinct bank groups. Elements past M, N or K are zeros.
 //
-// The including file defines B_TRANSPOSED and, for its operand type Ops,
+// B_TRANSPOSED comes from the host's constants (0 when unset, here). The file using the block defines,
+// for its operand type Ops,
 //   void gemm_tc_stage(const Ops&, u32 (*a_st)[GEMM_TC_ROW_WORDS], u32 (*b_st)[GEMM_TC_B_WORDS],
 //                      u32 batch, u32 row0, u32 col0, u32 k0, u32 lid)
 //       K step [k0, k0 + GEMM_TC_K) of the block at (row0, col0) into one stage, by the block's 256

@@ -86,8 +86,9 @@ pub struct DeviceOptions {
     /// pass their self-check ([`Device::check_matrix_units`]). CUDA's tensor cores do not depend on
     /// it.
     pub allow_cooperative_matrix: bool,
-    /// Where the adapter has no matrix units, run [`crate::ops::MatmulAlgorithm::Cooperative`] on a
-    /// plain-WGSL emulation of them ([`MatrixUnits::Emulated`]). Far slower than every other kernel
+    /// Where the adapter has no matrix units, run the cooperative kernels
+    /// ([`crate::ops::MatmulAlgorithm::Cooperative`], the attention's and conv2d's) on a plain-WGSL
+    /// emulation of them ([`MatrixUnits::Emulated`]). Far slower than every other kernel
     /// and never chosen by `Auto`: it exists so that the cooperative kernel's tiling, edges and
     /// epilogue are tested on adapters without the units (the test suite's `wgpu_full` device).
     pub emulate_matrix_units: bool,

@@ -51,13 +51,21 @@ impl Conv2dAlgorithm {
         [Conv2dAlgorithm::Tiled, Conv2dAlgorithm::ImplicitGemm, Conv2dAlgorithm::Naive, Conv2dAlgorithm::Cooperative];
 
     /// The kernel [`Conv2dAlgorithm::Auto`] runs on `device` for `dtype` storage, `cin` input and
-    /// `cout` output channels.
-    pub fn choose(device: &Device, dtype: DType, cin: usize, cout: usize) -> Self {
+    /// `cout` output channels and `pixels` (H x W) per image. The first call that could take the
+    /// matrix units runs their self-check ([`conv_units_verified`]: a few dispatches and a readback,
+    /// once per device).
+    pub fn choose(device: &Device, dtype: DType, cin: usize, cout: usize, pixels: usize) -> Self {
         if cin < GEMM_MIN_CHANNELS || cout < GEMM_MIN_CHANNELS {
             return Conv2dAlgorithm::Tiled;
         }
+        // Its 64-pixel blocks make twice the implicit GEMM's workgroups along x: an image past the
+        // grid's limit there keeps the GEMM.
+        let tile = size::COOP_TILE as usize;
+        let limit = device.caps().max_groups_per_dim as usize;
         if dtype == DType::F16
             && device.caps().matrix_units == MatrixUnits::Native
+            && pixels.div_ceil(tile) <= limit
+            && cout.div_ceil(tile) <= limit
             && conv_units_verified(device).is_ok()
         {
             return Conv2dAlgorithm::Cooperative;
@@ -78,8 +86,9 @@ impl Conv2dAlgorithm {
 }
 
 /// Whether `device`'s matrix units compute convolutions as they should, checked once per device:
-/// the cooperative kernel on a 3 x 3 convolution of 70 to 70 channels over 9 x 13 pixels with a bias
-/// (two 64-row blocks, two 64-pixel blocks, 630 = 70 * 9 not a multiple of the 32-deep K step), against
+/// the cooperative kernel on a 3 x 3 convolution of 72 to 72 channels over 9 x 13 pixels with a bias
+/// (two 64-row blocks, two 64-pixel blocks, 648 = 72 * 9 not a multiple of the 32-deep K step but of
+/// 8, so that CUDA stages the weight with 16-byte copies as it does for the real layers), against
 /// the float64 reference. Inputs are multiples of 1/8 in [-1, 1], so every product and partial sum is
 /// exact in f32 and only the f16 output rounds. The error says what failed; `Auto` then keeps f16
 /// convolutions on the implicit GEMM's scalar tile.
@@ -88,7 +97,7 @@ pub fn conv_units_verified(device: &Device) -> std::result::Result<(), String> {
         return Err("the device has no matrix units".into());
     }
     device.check_conv_units(|| {
-        let (channels, height, width, k) = (70, 9, 13, 3);
+        let (channels, height, width, k) = (72, 9, 13, 3);
         let values = super::eighths;
         let (x, w, bias) =
             (values(channels * height * width, 1), values(channels * channels * k * k, 5), values(channels, 11));
@@ -183,14 +192,14 @@ pub fn conv2d_with(x: &Tensor, weight: &Tensor, options: &Conv2dOptions) -> Resu
         cout_start: 0,
     };
     let algorithm = match options.algorithm {
-        Conv2dAlgorithm::Auto => Conv2dAlgorithm::choose(x.device(), dtype, cin, cout),
+        Conv2dAlgorithm::Auto => Conv2dAlgorithm::choose(x.device(), dtype, cin, cout, height * width),
         Conv2dAlgorithm::Cooperative if dtype != DType::F16 => {
             return Err(Error::UnsupportedDType { op: OP, dtype, expected: "f16 (the matrix units multiply f16)" });
         }
         Conv2dAlgorithm::Cooperative if x.device().caps().matrix_units == MatrixUnits::None => {
             return Err(Error::MissingFeature {
                 what: "conv2d's cooperative kernel".into(),
-                feature: "16 x 16 f16 matrix units (cooperative matrices)",
+                feature: "16 x 16 f16 matrix units (cooperative matrices or tensor cores)",
             });
         }
         chosen => chosen,

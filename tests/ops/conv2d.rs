@@ -69,9 +69,9 @@ backend_tests! {
                 // The implicit GEMM's shapes: Cout past one 128-row tile, H * W past one 128-pixel
                 // tile, Cin * k * k not a multiple of its K step. Under Auto, the 3 rows past 131's
                 // full tile (and 160's 32) run on the direct kernel from channel 128, in a second
-                // launch beside the GEMM's. The cooperative kernel's 64 x 64 blocks and 32-deep K
-                // steps are ragged on all of them (160 is two and a half blocks, 603 = 67 * 9 is not
-                // a multiple of 32, 5 * 29 pixels end inside a block).
+                // launch beside the GEMM's. The cooperative kernel's 64-row and 64-pixel blocks are
+                // ragged on all of them (160 is two and a half blocks, 5 * 29 pixels end inside one),
+                // its 32-deep K steps on the first (603 = 67 * 9).
                 ConvCase { batch: 2, cin: 67, cout: 131, height: 12, width: 11, k: 3, bias: true },
                 ConvCase { batch: 1, cin: 64, cout: 70, height: 5, width: 29, k: 1, bias: false },
                 ConvCase { batch: 2, cin: 64, cout: 160, height: 5, width: 9, k: 3, bias: true },
@@ -114,8 +114,12 @@ backend_tests! {
             } else {
                 Conv2dAlgorithm::ImplicitGemm
             };
-            assert_eq!(Conv2dAlgorithm::choose(device, dtype, 160, 160), want, "{config} {dtype}");
-            assert_eq!(Conv2dAlgorithm::choose(device, dtype, 160, 3), Conv2dAlgorithm::Tiled, "{config} {dtype}");
+            let choose = |cin, cout, pixels| Conv2dAlgorithm::choose(device, dtype, cin, cout, pixels);
+            assert_eq!(choose(160, 160, 256 * 256), want, "{config} {dtype}");
+            assert_eq!(choose(160, 3, 256 * 256), Conv2dAlgorithm::Tiled, "{config} {dtype}");
+            // An image whose 64-pixel blocks would pass the grid's limit along x keeps the GEMM.
+            let past = 64 * (device.caps().max_groups_per_dim as usize + 1);
+            assert_eq!(choose(160, 160, past), Conv2dAlgorithm::ImplicitGemm, "{config} {dtype}");
         }
     }
 }
@@ -127,7 +131,7 @@ fn conv2d_default_is_the_tiled_kernel_and_equals_naive() {
     // matrix units only where the device has real ones (the full test device emulates them, which
     // Auto never takes).
     let device = full_device();
-    let choose = |dtype, cin, cout| Conv2dAlgorithm::choose(device, dtype, cin, cout);
+    let choose = |dtype, cin, cout| Conv2dAlgorithm::choose(device, dtype, cin, cout, 64 * 64);
     for dtype in dtypes(device) {
         assert_eq!(choose(dtype, 160, 160), Conv2dAlgorithm::ImplicitGemm, "{dtype}");
         assert_eq!(choose(dtype, 64, 64), Conv2dAlgorithm::ImplicitGemm, "{dtype}");

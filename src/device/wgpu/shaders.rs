@@ -10,8 +10,8 @@
 //!   `tile_thread` and `lanes_sum`: a row's partial scores summed through subgroup shuffles, or (the
 //!   variant without subgroups) a never-called placeholder beside the workgroup-memory exchange.
 //!
-//! The matrix-unit families (`Family::uses_matrix_units`: `matmul_coop`, `attention_coop`,
-//! `qkv_attention_coop`) have two flavours instead: their fragment operations on wgpu's cooperative
+//! The matrix-unit families (`Family::uses_matrix_units`: `matmul_coop`, `conv2d_coop`,
+//! `attention_coop`, `qkv_attention_coop`) have two flavours instead: their fragment operations on wgpu's cooperative
 //! matrices (the "subgroups" flavour, since a fragment lives across a subgroup), or the plain-WGSL
 //! emulation.
 //!
