@@ -23,6 +23,9 @@
 #define CONV_STAGE_UNROLL _Pragma("unroll 2")
 #endif
 
+// The conv2d_coop family's module (gemm_tc.cuh included) holds only its tensor-core entry below: the
+// other entries would only add to its compile time.
+#ifndef GEMM_TC_BLOCK
 // Tiled kernel: one block of 128 threads computes a 16 x 8 tile of output pixels for a block of 32
 // output channels. Per step of CIN_CHUNK input channels it stages, in f32 shared memory,
 // - x_tile, the input patch: the tile plus its halo, (8 + K - 1) x (16 + K - 1) per channel, zeros
@@ -141,6 +144,8 @@ SW_KERNEL(conv2d_naive, THREADS_1D, 1, 1,
     store_f32(y, i, acc);
 }
 
+#endif
+
 // Implicit-GEMM kernel for wide layers (conv2d_gemm in conv2d.wgsl): per image, y (Cout x H*W) =
 // weight (Cout x Cin*K*K) @ im2col(x) (Cin*K*K x H*W) on the shared wide GEMM tile (gemm_wide.cuh),
 // each element of im2col read from x where the tile fetches it (zero in the padding).
@@ -182,12 +187,14 @@ SW_DEVICE void gemm_store(const ConvGemm& g, u32 batch, u32 row, u32 col, float 
     store_f32(g.y, (batch * g.p.cout + row) * g.p.height * g.p.width + col, sum);
 }
 
+#ifndef GEMM_TC_BLOCK
 SW_KERNEL(conv2d_gemm, MATMUL_SIDE, MATMUL_SIDE, 1,
           (const store_t* x, const store_t* weight, const store_t* bias, store_t* y, const Conv2dParams p)) {
     const ConvGemm g = {x, weight, bias, y, p};
     gemm_wide_tile(g, blockIdx.z, blockIdx.y * WIDE_TILE, blockIdx.x * WIDE_TILE, p.cout, p.height * p.width,
                    p.cin * KSIZE * KSIZE);
 }
+#endif
 
 #ifdef GEMM_TC_BLOCK
 // conv2d on tensor cores (the conv2d_coop family, Conv2dAlgorithm::Cooperative; conv2d_coop.wgsl on

@@ -76,9 +76,9 @@ fn files(family: Family) -> (&'static str, &'static [&'static str]) {
         Family::CastToF32 => ("cast_to_f32.cu", &[]),
         Family::Resample => ("resample.cu", &[]),
         Family::Conv2d => ("conv2d.cu", &["gemm_wide.cuh"]),
-        // conv2d.cu's tensor-core entry (matmul_coop), which only this family's module has (the
-        // block is gemm_tc.cuh's).
-        Family::Conv2dCoop => ("conv2d.cu", &["tensor_core.cuh", "gemm_tc.cuh", "gemm_wide.cuh"]),
+        // conv2d.cu's tensor-core entry (matmul_coop), the only one this family's module has (the
+        // block is gemm_tc.cuh's; its presence leaves the scalar entries out).
+        Family::Conv2dCoop => ("conv2d.cu", &["tensor_core.cuh", "gemm_tc.cuh"]),
         Family::Sample => ("sample.cu", &[]),
         // ops::qkv_attention runs qkv_heads then attention on CUDA; qkv_attention_coop is named here
         // so that every family has a source.
