@@ -1,12 +1,34 @@
 //! Compiled kernels kept on disk between runs: wgpu's Vulkan pipeline cache and the CUDA backend's
 //! cubins and CPU-shim modules. A cache is only ever a speed-up: every failure to read or write one
 //! is ignored (the work is redone), and nothing is written outside the cache folder.
+//!
+//! The folders stay bounded: a file is "used" whenever it is read or found (its modification time is
+//! moved forward, at most once a day), and once a day per folder the first process to open it
+//! removes the entries unused for [`UNUSED_FOR`], the temporaries a killed writer left behind, and,
+//! while the folder still holds more than [`MAX_FOLDER_BYTES`], the least recently used entries.
+//! Without this a folder would keep every kernel of every earlier version and driver for good. Only
+//! files whose names this module's callers write are ever removed: a cache folder pointed at a
+//! folder of the user's loses nothing else.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+const DAY: Duration = Duration::from_secs(24 * 60 * 60);
+/// Entries not used for this long are removed (a later run recompiles them, if it needs them).
+pub(crate) const UNUSED_FOR: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+/// A temporary this old was left by a writer that died (a write takes seconds at most).
+const ABANDONED_AFTER: Duration = Duration::from_secs(60 * 60);
+/// The most one folder keeps; past it the least recently used entries go, down to this.
+pub(crate) const MAX_FOLDER_BYTES: u64 = 1 << 30;
+/// The file whose modification time says when the folder was last pruned.
+const PRUNE_MARKER: &str = ".last-pruned";
 
 /// The folder `kind` under `SCALEWISE_CACHE_DIR`, else `$XDG_CACHE_HOME/scalewise`, else
-/// `~/.cache/scalewise`; created if missing. `None` when none can be named or created (then nothing
-/// is cached), or when `SCALEWISE_CACHE_DIR` is set to `off`.
+/// `~/.cache/scalewise`; created if missing, and pruned if a day has passed since it last was.
+/// `None` when none can be named or created (then nothing is cached), or when `SCALEWISE_CACHE_DIR`
+/// is set to `off`.
 pub(crate) fn dir(kind: &str) -> Option<PathBuf> {
     let named = |var: &str| std::env::var_os(var).filter(|v| !v.is_empty()).map(PathBuf::from);
     let base = match named("SCALEWISE_CACHE_DIR") {
@@ -18,6 +40,7 @@ pub(crate) fn dir(kind: &str) -> Option<PathBuf> {
     };
     let dir = base.join(kind);
     std::fs::create_dir_all(&dir).ok()?;
+    prune_once_per_process(&dir);
     Some(dir)
 }
 
@@ -30,11 +53,252 @@ pub(crate) fn write(path: &Path, bytes: &[u8]) {
     }
 }
 
-/// The file's bytes when it exists and is at most `max_bytes` long.
+/// The file's bytes when it exists and is at most `max_bytes` long; the file counts as used.
 pub(crate) fn read(path: &Path, max_bytes: u64) -> Option<Vec<u8>> {
     let len = std::fs::metadata(path).ok()?.len();
     if len > max_bytes {
         return None;
     }
-    std::fs::read(path).ok()
+    let bytes = std::fs::read(path).ok()?;
+    mark_used(path);
+    Some(bytes)
+}
+
+/// Whether the file exists; if it does, it counts as used (for entries that are loaded, not read:
+/// the CUDA CPU shim's modules, hence unused without the `cuda` feature).
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(crate) fn find(path: &Path) -> bool {
+    let found = path.is_file();
+    if found {
+        mark_used(path);
+    }
+    found
+}
+
+/// Moves the file's modification time to now, unless it moved within the last day: the pruning's
+/// "last used". A read-only folder leaves it as it is (its files are then pruned by age).
+fn mark_used(path: &Path) {
+    let now = SystemTime::now();
+    let recent = std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .is_ok_and(|modified| now.duration_since(modified).is_ok_and(|age| age < DAY));
+    if !recent && let Ok(file) = std::fs::OpenOptions::new().append(true).open(path) {
+        let _ = file.set_modified(now);
+    }
+}
+
+/// What a cache file name is: an entry one of this module's callers writes, a temporary of
+/// [`write`] (`<entry>.tmp<pid>`) or of the CPU shim's compile (`<module>.tmp<pid>.so`), or
+/// anything else (never removed).
+#[derive(Debug, PartialEq, Eq)]
+enum CacheFile {
+    Entry,
+    Temporary,
+    Foreign,
+}
+
+fn classify(name: &str) -> CacheFile {
+    let stem = name.strip_suffix(".so").unwrap_or(name);
+    let temporary = stem
+        .rsplit_once(".tmp")
+        .is_some_and(|(entry, pid)| !entry.is_empty() && !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()));
+    if temporary {
+        CacheFile::Temporary
+    } else if [".pipelines", ".cubin", ".so"].iter().any(|ext| name.ends_with(ext) && name.len() > ext.len())
+        || name.starts_with("wgpu_pipeline_cache_")
+    {
+        CacheFile::Entry
+    } else {
+        CacheFile::Foreign
+    }
+}
+
+/// Prunes `dir` once in this process, and then only if no process pruned it within the last day.
+fn prune_once_per_process(dir: &Path) {
+    static SEEN: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
+    let first = SEEN.lock().is_ok_and(|mut seen| seen.get_or_insert_with(HashSet::new).insert(dir.to_path_buf()));
+    if !first {
+        return;
+    }
+    prune_if_due(dir, SystemTime::now(), MAX_FOLDER_BYTES);
+}
+
+/// Prunes `dir` (see [`prune`]) unless its marker says a process did within the day before `now`;
+/// `None` when it was not due.
+fn prune_if_due(dir: &Path, now: SystemTime, max_bytes: u64) -> Option<Vec<PathBuf>> {
+    let marker = dir.join(PRUNE_MARKER);
+    let pruned_lately = std::fs::metadata(&marker)
+        .and_then(|m| m.modified())
+        .is_ok_and(|at| now.duration_since(at).is_ok_and(|age| age < DAY));
+    if pruned_lately {
+        return None;
+    }
+    // The marker first: a second process opening the folder meanwhile skips the listing. A folder
+    // that cannot take it (read-only) is not pruned either.
+    let marked = std::fs::File::create(&marker).and_then(|f| f.set_modified(now));
+    marked.is_ok().then(|| prune(dir, now, max_bytes))
+}
+
+/// Removes from `dir`, as of `now`: entries last used more than [`UNUSED_FOR`] ago, temporaries
+/// older than [`ABANDONED_AFTER`], then the least recently used entries while the remaining ones
+/// hold more than `max_bytes`. Returns the files removed. Links, folders and foreign names stay.
+fn prune(dir: &Path, now: SystemTime, max_bytes: u64) -> Vec<PathBuf> {
+    let Ok(listing) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut removed = Vec::new();
+    let mut kept = Vec::new();
+    for item in listing.flatten() {
+        let Ok(meta) = item.metadata() else { continue };
+        let name = item.file_name();
+        let (Some(name), true) = (name.to_str(), meta.file_type().is_file()) else { continue };
+        // A time in the future (a clock set back) counts as now.
+        let age = meta.modified().ok().and_then(|at| now.duration_since(at).ok()).unwrap_or_default();
+        let class = classify(name);
+        let expired = match class {
+            CacheFile::Foreign => continue,
+            CacheFile::Temporary => age > ABANDONED_AFTER,
+            CacheFile::Entry => age > UNUSED_FOR,
+        };
+        if expired {
+            if std::fs::remove_file(item.path()).is_ok() {
+                removed.push(item.path());
+            }
+        } else if class == CacheFile::Entry {
+            kept.push((age, meta.len(), item.path()));
+        }
+    }
+    let mut total: u64 = kept.iter().map(|&(_, len, _)| len).sum();
+    // The oldest first.
+    kept.sort_by_key(|&(age, _, _)| std::cmp::Reverse(age));
+    for (_, len, path) in kept {
+        if total <= max_bytes {
+            break;
+        }
+        if std::fs::remove_file(&path).is_ok() {
+            total -= len;
+            removed.push(path);
+        }
+    }
+    removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn folder(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("scalewise-disk-cache-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// A file of `len` bytes last modified `age` before `now`.
+    fn file(dir: &Path, name: &str, len: usize, now: SystemTime, age: Duration) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, vec![7u8; len]).unwrap();
+        std::fs::File::options().append(true).open(&path).unwrap().set_modified(now - age).unwrap();
+        path
+    }
+
+    #[test]
+    fn names_are_told_apart() {
+        for entry in [
+            "vulkan-10005-0000-002c65b0a9b20aa7.pipelines",
+            "wgpu_pipeline_cache_vulkan_65541_0",
+            "attention-sm90-0123abcd.cubin",
+            "attention-00ca979b3808ea80b5f8ceee12484761.so",
+        ] {
+            assert_eq!(classify(entry), CacheFile::Entry, "{entry}");
+        }
+        for temporary in [
+            "vulkan-10005-0000-002c65b0a9b20aa7.tmp4242",
+            "wgpu_pipeline_cache_vulkan_65541_0.tmp7",
+            "attention-sm90-0123abcd.tmp12",
+            "attention-00ca979b3808ea80b5f8ceee12484761.tmp99.so",
+        ] {
+            assert_eq!(classify(temporary), CacheFile::Temporary, "{temporary}");
+        }
+        for foreign in ["notes.txt", "photo.png", ".last-pruned", "x.tmp", "x.tmpabc", ".so", ".tmp12", "cubin"] {
+            assert_eq!(classify(foreign), CacheFile::Foreign, "{foreign}");
+        }
+    }
+
+    #[test]
+    fn prunes_stale_entries_and_abandoned_temporaries_only() {
+        let dir = folder("age");
+        let now = SystemTime::now();
+        let old = UNUSED_FOR + DAY;
+        let stale = file(&dir, "a-0001.pipelines", 10, now, old);
+        let stale_cubin = file(&dir, "matmul-sm90-0002.cubin", 10, now, old);
+        let fresh = file(&dir, "b-0003.pipelines", 10, now, UNUSED_FOR - DAY);
+        let abandoned = file(&dir, "matmul-0004.tmp321.so", 10, now, 2 * ABANDONED_AFTER);
+        let writing = file(&dir, "b-0005.tmp322", 10, now, Duration::from_secs(5));
+        let foreign = file(&dir, "holiday.png", 10, now, 10 * old);
+        std::fs::create_dir(dir.join("sub.cubin")).unwrap();
+        let mut removed = prune(&dir, now, MAX_FOLDER_BYTES);
+        removed.sort();
+        let mut expected = vec![stale, stale_cubin, abandoned];
+        expected.sort();
+        assert_eq!(removed, expected);
+        for path in &expected {
+            assert!(!path.exists(), "{}", path.display());
+        }
+        for path in [&fresh, &writing, &foreign] {
+            assert!(path.exists(), "{}", path.display());
+        }
+        assert!(dir.join("sub.cubin").is_dir());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_full_folder_loses_its_least_recently_used_entries() {
+        let dir = folder("size");
+        let now = SystemTime::now();
+        let hours = |h: u64| Duration::from_secs(h * 3600);
+        let oldest = file(&dir, "a-1.so", 400, now, hours(30));
+        let older = file(&dir, "b-2.so", 300, now, hours(20));
+        let newer = file(&dir, "c-3.cubin", 200, now, hours(10));
+        let newest = file(&dir, "d-4.pipelines", 100, now, hours(1));
+        let foreign = file(&dir, "readme.txt", 5000, now, hours(40));
+        // 1000 bytes of entries against 450: the two oldest go (600 -> 300 left).
+        let removed = prune(&dir, now, 450);
+        assert_eq!(removed, vec![oldest.clone(), older.clone()]);
+        assert!(!oldest.exists() && !older.exists());
+        assert!(newer.exists() && newest.exists() && foreign.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_folder_is_pruned_at_most_once_a_day() {
+        let dir = folder("daily");
+        let now = SystemTime::now();
+        let stale = || file(&dir, "a-1.pipelines", 10, now, UNUSED_FOR + DAY);
+        let path = stale();
+        assert_eq!(prune_if_due(&dir, now, MAX_FOLDER_BYTES), Some(vec![path.clone()]));
+        assert!(dir.join(PRUNE_MARKER).is_file());
+        stale();
+        let hours = |h: u64| Duration::from_secs(h * 3600);
+        assert_eq!(prune_if_due(&dir, now + hours(23), MAX_FOLDER_BYTES), None, "pruned within the day");
+        assert!(path.exists());
+        assert_eq!(prune_if_due(&dir, now + hours(25), MAX_FOLDER_BYTES), Some(vec![path.clone()]));
+        assert!(!path.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn reading_or_finding_an_entry_marks_it_used() {
+        let dir = folder("used");
+        let now = SystemTime::now();
+        let old = UNUSED_FOR + DAY;
+        let read_one = file(&dir, "a-1.pipelines", 10, now, old);
+        let found_one = file(&dir, "b-2.so", 10, now, old);
+        let left = file(&dir, "c-3.cubin", 10, now, old);
+        assert_eq!(read(&read_one, 1 << 20).as_deref(), Some(&[7u8; 10][..]));
+        assert!(find(&found_one));
+        assert!(!find(&dir.join("missing.so")));
+        assert_eq!(read(&left, 5), None, "a file over the limit is not read");
+        assert_eq!(prune(&dir, SystemTime::now(), MAX_FOLDER_BYTES), vec![left]);
+        assert!(read_one.exists() && found_one.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

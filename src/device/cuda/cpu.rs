@@ -57,13 +57,25 @@ pub(super) fn load(key: &ModuleKey) -> Result<CpuModule> {
     let hash = compose::content_hash(&[source.as_bytes(), version.as_bytes(), FLAGS.join(" ").as_bytes()]);
     let dir = crate::device::disk_cache::dir("cuda-cpu").unwrap_or_else(std::env::temp_dir);
     let path = dir.join(format!("{}-{hash}.so", key.family));
-    if !path.exists() {
+    if !crate::device::disk_cache::find(&path) {
         compile(&source, &path, &label)?;
     }
-    // SAFETY: the library is our own module, built from our sources by the line above; its static
+    // SAFETY: the library is our own module, built from our sources by the lines around; its static
     // constructors only register kernels.
-    let library = unsafe { libloading::Library::new(&path) }
-        .map_err(|e| Error::CudaCompile { kernel: label.clone(), log: format!("loading {}: {e}", path.display()) })?;
+    let open = || unsafe { libloading::Library::new(&path) };
+    let unloadable = |e: libloading::Error| Error::CudaCompile {
+        kernel: label.clone(),
+        log: format!("loading {}: {e}", path.display()),
+    };
+    let library = match open() {
+        Ok(library) => library,
+        // Another process pruned the module between the lookup and the load: build it again.
+        Err(_) if !path.exists() => {
+            compile(&source, &path, &label)?;
+            open().map_err(unloadable)?
+        }
+        Err(e) => return Err(unloadable(e)),
+    };
     // SAFETY: cpu_shim.h defines both symbols with exactly these signatures.
     let (launch, block) = unsafe {
         let launch = library.get::<LaunchFn>(b"sw_launch\0").map(|s| s.into_raw());

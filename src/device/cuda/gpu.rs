@@ -188,7 +188,8 @@ impl GpuContext {
             compose::content_hash(&[source.as_bytes(), options.as_bytes(), format!("{major}.{minor}").as_bytes()]);
         let path =
             crate::device::disk_cache::dir("cuda").map(|d| d.join(format!("{}-sm{arch}-{hash}.cubin", key.family)));
-        let cubin = match path.as_ref().and_then(|p| std::fs::read(p).ok()) {
+        // A module's cubin is a few hundred KiB; anything past 64 MiB is not one of ours.
+        let cubin = match path.as_ref().and_then(|p| crate::device::disk_cache::read(p, 64 << 20)) {
             Some(cubin) => cubin,
             None => {
                 let cubin = nvrtc::compile(&source, &label, arch)?.cubin;
