@@ -172,8 +172,11 @@ pub fn attention_units_verified(device: &Device) -> std::result::Result<(), Stri
     }
     device.check_attention_units(|| {
         let (heads, lq, lk, dim) = (2, 140, 150, 40);
-        let values = super::eighths;
-        let (q, k, v) = (values(heads * lq * dim, 1), values(heads * lk * dim, 5), values(heads * lk * dim, 11));
+        let (q, k, v) = (
+            super::eighths(heads * lq * dim, 1),
+            super::eighths(heads * lk * dim, 5),
+            super::eighths(heads * lk * dim, 11),
+        );
         let fail = |e: Error| format!("the matrix-unit attention failed to run: {e}");
         let up = |x: &[f32], len| Tensor::from_f32(device, &[1, heads, len, dim], x, DType::F16).map_err(fail);
         let options = AttentionOptions { algorithm: AttentionAlgorithm::Cooperative, ..Default::default() };

@@ -98,9 +98,11 @@ pub fn conv_units_verified(device: &Device) -> std::result::Result<(), String> {
     }
     device.check_conv_units(|| {
         let (channels, height, width, k) = (72, 9, 13, 3);
-        let values = super::eighths;
-        let (x, w, bias) =
-            (values(channels * height * width, 1), values(channels * channels * k * k, 5), values(channels, 11));
+        let (x, w, bias) = (
+            super::eighths(channels * height * width, 1),
+            super::eighths(channels * channels * k * k, 5),
+            super::eighths(channels, 11),
+        );
         let fail = |e: Error| format!("the cooperative convolution failed to run: {e}");
         let up = |v: &[f32], shape: &[usize]| Tensor::from_f32(device, shape, v, DType::F16).map_err(fail);
         let options = Conv2dOptions { bias: Some(&up(&bias, &[channels])?), algorithm: Conv2dAlgorithm::Cooperative };

@@ -83,8 +83,7 @@ pub fn matrix_units_verified(device: &Device) -> std::result::Result<(), String>
     }
     device.check_matrix_units(|| {
         let (m, k, n) = (70, 90, 150);
-        let values = super::eighths;
-        let (a, b, bias) = (values(m * k, 1), values(k * n, 5), values(n, 11));
+        let (a, b, bias) = (super::eighths(m * k, 1), super::eighths(k * n, 5), super::eighths(n, 11));
         let fail = |e: Error| format!("the cooperative kernel failed to run: {e}");
         let ta = Tensor::from_f32(device, &[m, k], &a, DType::F16).map_err(fail)?;
         let tbias = Tensor::from_f32(device, &[n], &bias, DType::F16).map_err(fail)?;
