@@ -23,10 +23,19 @@ pub fn wanted_features() -> eframe::wgpu::Features {
     Device::wanted_features(&scalewise::DeviceOptions::default())
 }
 
-/// eframe's wgpu setup: the default adapter choice, a device with the adapter's limits and the
-/// optional features scalewise uses (f16, subgroups, timestamps) where they exist.
+/// eframe's wgpu setup: the adapter the CLI would pick (`Device::best_adapter`: a discrete GPU
+/// first, then the backend with the fast paths) among those that can show the window, a device with
+/// the adapter's limits and the optional features scalewise uses (f16, subgroups, timestamps) where
+/// they exist.
 pub fn wgpu_setup() -> egui_wgpu::WgpuSetup {
     let mut setup = egui_wgpu::WgpuSetupCreateNew::without_display_handle();
+    setup.native_adapter_selector = Some(Arc::new(|adapters, surface| {
+        let shown: Vec<eframe::wgpu::Adapter> =
+            adapters.iter().filter(|a| surface.is_none_or(|s| a.is_surface_supported(s))).cloned().collect();
+        Device::best_adapter(&shown, &scalewise::DeviceOptions::default())
+            .map(|index| shown[index].clone())
+            .ok_or_else(|| format!("none of the {} GPU adapters found can show this window", adapters.len()))
+    }));
     setup.device_descriptor = Arc::new(|adapter| eframe::wgpu::DeviceDescriptor {
         label: Some("scalewise app device"),
         required_features: adapter.features() & wanted_features(),

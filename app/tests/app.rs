@@ -211,3 +211,20 @@ fn the_demo_selector_switches_between_the_built_in_var_and_mvar() {
     settle(&mut harness, Duration::from_secs(60));
     assert_eq!(harness.state().pipeline().unwrap().transformer.to_string(), "VAR d4");
 }
+
+#[test]
+fn the_app_opens_the_adapter_the_cli_would() {
+    let egui_wgpu::WgpuSetup::CreateNew(setup) = scalewise_app::wgpu_setup() else {
+        panic!("the app creates its own wgpu device");
+    };
+    let select = setup.native_adapter_selector.expect("the app picks its adapter itself");
+    let mut descriptor = eframe::wgpu::InstanceDescriptor::new_without_display_handle();
+    descriptor.backends = eframe::wgpu::Backends::PRIMARY;
+    let instance = eframe::wgpu::Instance::new(descriptor);
+    let adapters = pollster::block_on(instance.enumerate_adapters(eframe::wgpu::Backends::PRIMARY));
+    let chosen = select(&adapters, None).expect("an adapter").get_info();
+    let device = scalewise::Device::new(&scalewise::DeviceOptions::default()).unwrap();
+    let cli = &device.info().adapter;
+    assert_eq!((chosen.name.as_str(), format!("{:?}", chosen.backend)), (cli.name.as_str(), cli.backend.clone()));
+    assert!(select(&[], None).is_err(), "no adapter is an error for eframe to report, not a panic");
+}

@@ -619,6 +619,13 @@ impl Device {
         self::wgpu::wanted_features(options)
     }
 
+    /// Which of `adapters` [`Device::new`] would open under `options` (its index; `None` for an empty
+    /// list), for code that opens the wgpu device itself and shares it ([`Device::from_wgpu`]): the
+    /// desktop app hands eframe this choice, so that the UI and `scalewise info` name one adapter.
+    pub fn best_adapter(adapters: &[::wgpu::Adapter], options: &DeviceOptions) -> Option<usize> {
+        self::wgpu::adapter::best_adapter(adapters, options)
+    }
+
     /// Wraps a wgpu device somebody else opened (eframe's, say), so the compute backend and the UI
     /// share it. The kernel variants follow the features that device was created with.
     pub fn from_wgpu(

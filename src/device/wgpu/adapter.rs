@@ -1,5 +1,8 @@
-//! Adapter choice: a discrete GPU first, then integrated, virtual, software; Vulkan/Metal/DX12 before
-//! GL at equal rank (GL llvmpipe has no f16, no subgroups and only 16 storage buffers per stage).
+//! Adapter choice: a discrete GPU first, then integrated, virtual, software; among adapters of one kind
+//! the one with more of the features the fast kernels use, then Vulkan, Metal, DX12, GL in that order.
+//! One GPU is often listed twice: on Windows through Vulkan and DX12, where DX12 without DXC on the
+//! PATH has no f16 and no subgroups, and only Vulkan has cooperative matrices and the pipeline cache;
+//! GL (llvmpipe, say) has no f16, no subgroups and only 16 storage buffers per stage.
 
 use crate::device::{BackendChoice, DeviceOptions};
 use crate::error::{Error, Result};
@@ -45,21 +48,55 @@ fn backends_for(choice: BackendChoice) -> wgpu::Backends {
     }
 }
 
-/// Higher is better.
-fn adapter_rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
-    let device = match info.device_type {
+/// The adapter features that put kernels on their fast paths: f16 storage, subgroups (row sums
+/// through shuffles, more query rows per thread), cooperative matrices (matmul, attention and conv on
+/// the matrix units) and the persistent pipeline cache (the first image without driver compiles).
+fn fast_path_features(options: &DeviceOptions) -> wgpu::Features {
+    let mut features = super::wanted_features(options) - wgpu::Features::TIMESTAMP_QUERY;
+    if options.allow_cooperative_matrix {
+        features |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+    }
+    features
+}
+
+/// Higher is better: the kind of device, then how many of the `fast` features the adapter has, then
+/// the backend (no two backends tie, so neither does one GPU listed twice).
+fn adapter_rank(
+    device_type: wgpu::DeviceType,
+    backend: wgpu::Backend,
+    features: wgpu::Features,
+    fast: wgpu::Features,
+) -> (u8, usize, u8) {
+    let device = match device_type {
         wgpu::DeviceType::DiscreteGpu => 4,
         wgpu::DeviceType::IntegratedGpu => 3,
         wgpu::DeviceType::VirtualGpu => 2,
         wgpu::DeviceType::Cpu => 1,
         wgpu::DeviceType::Other => 0,
     };
-    let backend = match info.backend {
-        wgpu::Backend::Vulkan | wgpu::Backend::Metal | wgpu::Backend::Dx12 => 2,
+    let backend = match backend {
+        wgpu::Backend::Vulkan => 4,
+        wgpu::Backend::Metal => 3,
+        wgpu::Backend::Dx12 => 2,
         wgpu::Backend::Gl => 1,
         _ => 0,
     };
-    (device, backend)
+    (device, (features & fast).iter().count(), backend)
+}
+
+/// The index of the best-ranked of `ranks`; the first listed among equals (two identical GPUs).
+fn best<R: Ord>(ranks: impl IntoIterator<Item = R>) -> Option<usize> {
+    ranks.into_iter().enumerate().max_by(|(i, a), (j, b)| a.cmp(b).then(j.cmp(i))).map(|(i, _)| i)
+}
+
+/// The index of the best of `adapters` for the kernels under `options` (see the module's docs), the
+/// first listed among equals; `None` for an empty list.
+pub(crate) fn best_adapter(adapters: &[wgpu::Adapter], options: &DeviceOptions) -> Option<usize> {
+    let fast = fast_path_features(options);
+    best(adapters.iter().map(|a| {
+        let info = a.get_info();
+        adapter_rank(info.device_type, info.backend, a.features(), fast)
+    }))
 }
 
 pub(crate) async fn select_adapter(options: &DeviceOptions) -> Result<wgpu::Adapter> {
@@ -83,15 +120,15 @@ pub(crate) async fn select_adapter(options: &DeviceOptions) -> Result<wgpu::Adap
             let info = a.get_info();
             format!("{} ({:?}, {:?})", info.name, info.backend, info.device_type)
         }));
-        let best = adapters
+        let mut candidates: Vec<wgpu::Adapter> = adapters
             .into_iter()
             .filter(|a| match &wanted_name {
                 Some(name) => a.get_info().name.to_lowercase().contains(name.as_str()),
                 None => true,
             })
-            .max_by_key(|a| adapter_rank(&a.get_info()));
-        if let Some(best) = best {
-            return Ok(best);
+            .collect();
+        if let Some(index) = best_adapter(&candidates, options) {
+            return Ok(candidates.swap_remove(index));
         }
     }
     let found = if seen.is_empty() { "none".to_string() } else { seen.join(", ") };
@@ -103,4 +140,61 @@ pub(crate) async fn select_adapter(options: &DeviceOptions) -> Result<wgpu::Adap
         filter.push_str(&format!(" whose name contains {name:?}"));
     }
     Err(Error::NoAdapter { filter, found })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wgpu::{Backend, DeviceType, Features};
+
+    fn fast() -> Features {
+        fast_path_features(&DeviceOptions::default())
+    }
+
+    #[test]
+    fn one_gpu_listed_twice_runs_on_the_backend_with_the_fast_paths() {
+        // Windows: the GPU through Vulkan (f16, subgroups, cooperative matrices, pipeline cache) and
+        // through DX12 with FXC (none of them). wgpu lists Vulkan first; `max_by_key` took the last.
+        let vulkan = adapter_rank(DeviceType::DiscreteGpu, Backend::Vulkan, fast(), fast());
+        let dx12 = adapter_rank(DeviceType::DiscreteGpu, Backend::Dx12, Features::empty(), fast());
+        assert_eq!(best([vulkan, dx12]), Some(0));
+        assert_eq!(best([dx12, vulkan]), Some(1));
+        // DX12 with DXC has f16 and subgroups, still fewer than Vulkan's.
+        let dx12_dxc =
+            adapter_rank(DeviceType::DiscreteGpu, Backend::Dx12, Features::SHADER_F16 | Features::SUBGROUP, fast());
+        assert_eq!(best([vulkan, dx12_dxc]), Some(0));
+        // Where Vulkan lacks them, the backend with more fast paths wins.
+        let bare_vulkan = adapter_rank(DeviceType::DiscreteGpu, Backend::Vulkan, Features::SUBGROUP, fast());
+        assert_eq!(best([bare_vulkan, dx12_dxc]), Some(1));
+        // With equal features, the backend decides: Vulkan, Metal, DX12, GL.
+        let same = Features::SHADER_F16 | Features::SUBGROUP;
+        let ranks = [Backend::Gl, Backend::Dx12, Backend::Metal, Backend::Vulkan]
+            .map(|b| adapter_rank(DeviceType::DiscreteGpu, b, same, fast()));
+        assert_eq!(best(ranks), Some(3));
+    }
+
+    #[test]
+    fn the_kind_of_device_comes_before_its_features() {
+        let discrete = adapter_rank(DeviceType::DiscreteGpu, Backend::Dx12, Features::empty(), fast());
+        let integrated = adapter_rank(DeviceType::IntegratedGpu, Backend::Vulkan, fast(), fast());
+        let cpu = adapter_rank(DeviceType::Cpu, Backend::Vulkan, fast(), fast());
+        assert_eq!(best([cpu, integrated, discrete]), Some(2));
+        assert_eq!(best([cpu, integrated]), Some(1));
+        assert_eq!(best(Vec::<(u8, usize, u8)>::new()), None);
+        // Two identical GPUs: the first listed.
+        assert_eq!(best([discrete, discrete]), Some(0));
+    }
+
+    #[test]
+    fn features_turned_off_do_not_count() {
+        let options = DeviceOptions { allow_f16: false, allow_cooperative_matrix: false, ..Default::default() };
+        let fast = fast_path_features(&options);
+        assert!(!fast.contains(Features::SHADER_F16) && !fast.contains(Features::EXPERIMENTAL_COOPERATIVE_MATRIX));
+        assert!(fast.contains(Features::SUBGROUP | Features::PIPELINE_CACHE));
+        assert!(!fast.contains(Features::TIMESTAMP_QUERY), "profiling is not a fast path");
+        // Vulkan with f16 only against DX12 with subgroups: f16 no longer counts, so DX12 wins.
+        let vulkan = adapter_rank(DeviceType::DiscreteGpu, Backend::Vulkan, Features::SHADER_F16, fast);
+        let dx12 = adapter_rank(DeviceType::DiscreteGpu, Backend::Dx12, Features::SUBGROUP, fast);
+        assert_eq!(best([vulkan, dx12]), Some(1));
+    }
 }

@@ -1,7 +1,7 @@
 //! The wgpu backend: WGSL kernels on Vulkan, Metal, DX12 and GL. All of scalewise's wgpu calls live
 //! under this folder.
 
-mod adapter;
+pub(crate) mod adapter;
 mod launch;
 mod pool;
 mod prewarm;
