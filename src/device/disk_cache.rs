@@ -26,22 +26,31 @@ pub(crate) const MAX_FOLDER_BYTES: u64 = 1 << 30;
 const PRUNE_MARKER: &str = ".last-pruned";
 
 /// The folder `kind` under `SCALEWISE_CACHE_DIR`, else `$XDG_CACHE_HOME/scalewise`, else
-/// `~/.cache/scalewise`; created if missing, and pruned if a day has passed since it last was.
-/// `None` when none can be named or created (then nothing is cached), or when `SCALEWISE_CACHE_DIR`
-/// is set to `off`.
+/// `%LOCALAPPDATA%\scalewise\cache` on Windows (where `HOME` is rarely set) and `~/.cache/scalewise`
+/// elsewhere; created if missing, and pruned if a day has passed since it last was. `None` when none
+/// can be named or created (then nothing is cached), or when `SCALEWISE_CACHE_DIR` is set to `off`.
 pub(crate) fn dir(kind: &str) -> Option<PathBuf> {
-    let named = |var: &str| std::env::var_os(var).filter(|v| !v.is_empty()).map(PathBuf::from);
-    let base = match named("SCALEWISE_CACHE_DIR") {
-        Some(dir) if dir.as_os_str() == "off" => return None,
-        Some(dir) => dir,
-        None => named("XDG_CACHE_HOME")
-            .map(|d| d.join("scalewise"))
-            .or_else(|| named("HOME").map(|h| h.join(".cache/scalewise")))?,
-    };
+    let base = cache_base(|var| std::env::var_os(var), cfg!(windows))?;
     let dir = base.join(kind);
     std::fs::create_dir_all(&dir).ok()?;
     prune_once_per_process(&dir);
     Some(dir)
+}
+
+/// The cache folder named by the environment `var` reads (see [`dir`]).
+fn cache_base(var: impl Fn(&str) -> Option<std::ffi::OsString>, windows: bool) -> Option<PathBuf> {
+    let named = |name: &str| var(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    match named("SCALEWISE_CACHE_DIR") {
+        Some(dir) if dir.as_os_str() == "off" => None,
+        Some(dir) => Some(dir),
+        None => named("XDG_CACHE_HOME").map(|d| d.join("scalewise")).or_else(|| {
+            if windows {
+                named("LOCALAPPDATA").map(|d| d.join("scalewise").join("cache"))
+            } else {
+                named("HOME").map(|h| h.join(".cache/scalewise"))
+            }
+        }),
+    }
 }
 
 /// Writes `bytes` to `path` through a temporary beside it and a rename, so a concurrent reader
@@ -198,6 +207,29 @@ mod tests {
         std::fs::write(&path, vec![7u8; len]).unwrap();
         std::fs::File::options().append(true).open(&path).unwrap().set_modified(now - age).unwrap();
         path
+    }
+
+    #[test]
+    fn the_cache_folder_follows_the_environment_and_the_platform() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| pairs.iter().find(|(n, _)| *n == name).map(|(_, v)| std::ffi::OsString::from(v))
+        };
+        const ALL: &[(&str, &str)] =
+            &[("SCALEWISE_CACHE_DIR", "/c"), ("XDG_CACHE_HOME", "/x"), ("HOME", "/h"), ("LOCALAPPDATA", "/l")];
+        let base = |pairs: &'static [(&'static str, &'static str)], windows| cache_base(env(pairs), windows);
+        assert_eq!(base(ALL, false), Some(PathBuf::from("/c")));
+        assert_eq!(base(&[("SCALEWISE_CACHE_DIR", "off"), ("HOME", "/h")], false), None);
+        assert_eq!(
+            base(&[("SCALEWISE_CACHE_DIR", ""), ("XDG_CACHE_HOME", "/x")], true),
+            Some(PathBuf::from("/x/scalewise"))
+        );
+        assert_eq!(base(&[("HOME", "/h"), ("LOCALAPPDATA", "/l")], false), Some(PathBuf::from("/h/.cache/scalewise")));
+        assert_eq!(
+            base(&[("HOME", "/h"), ("LOCALAPPDATA", "/l")], true),
+            Some(PathBuf::from("/l").join("scalewise").join("cache"))
+        );
+        assert_eq!(base(&[("HOME", "/h")], true), None, "Windows without LOCALAPPDATA caches nothing");
+        assert_eq!(base(&[], false), None);
     }
 
     #[test]
