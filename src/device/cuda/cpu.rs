@@ -16,9 +16,10 @@ type BlockFn = unsafe extern "C" fn(*const c_char, *mut u32) -> i32;
 
 /// A loaded module.
 pub(super) struct CpuModule {
-    launch: libloading::os::unix::Symbol<LaunchFn>,
-    block: libloading::os::unix::Symbol<BlockFn>,
-    // Keeps the symbols valid.
+    // Entry points into `_library`, which keeps them valid (plain function pointers, so the struct is
+    // the same on every platform).
+    launch: LaunchFn,
+    block: BlockFn,
     _library: libloading::Library,
 }
 
@@ -32,6 +33,10 @@ pub(super) fn compiler_version() -> std::result::Result<&'static str, String> {
     static VERSION: OnceLock<std::result::Result<String, String>> = OnceLock::new();
     VERSION
         .get_or_init(|| {
+            // The shim switches fibers with ucontext and maps their stacks with mmap.
+            if cfg!(windows) {
+                return Err("the CUDA CPU shim (cuda-cpu) needs a Unix host (Linux or macOS)".into());
+            }
             let cxx = compiler();
             let out = Command::new(&cxx)
                 .arg("--version")
@@ -78,8 +83,8 @@ pub(super) fn load(key: &ModuleKey) -> Result<CpuModule> {
     };
     // SAFETY: cpu_shim.h defines both symbols with exactly these signatures.
     let (launch, block) = unsafe {
-        let launch = library.get::<LaunchFn>(b"sw_launch\0").map(|s| s.into_raw());
-        let block = library.get::<BlockFn>(b"sw_kernel_block\0").map(|s| s.into_raw());
+        let launch = library.get::<LaunchFn>(b"sw_launch\0").map(|s| *s);
+        let block = library.get::<BlockFn>(b"sw_kernel_block\0").map(|s| *s);
         (launch, block)
     };
     let missing = |e: libloading::Error| Error::CudaCompile { kernel: label.clone(), log: e.to_string() };

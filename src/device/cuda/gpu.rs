@@ -46,9 +46,10 @@ impl GpuContext {
     pub fn open(name_filter: Option<&str>) -> Result<Self> {
         // SAFETY: only tries to open the driver library by its candidate names.
         if !unsafe { sys::is_culib_present() } {
-            return Err(Error::CudaUnavailable(
-                "the CUDA driver library (libcuda.so) was not found: this machine has no NVIDIA driver".into(),
-            ));
+            return Err(Error::CudaUnavailable(format!(
+                "the CUDA driver library ({}) was not found: this machine has no NVIDIA driver",
+                if cfg!(windows) { "nvcuda.dll" } else { "libcuda.so" }
+            )));
         }
         nvrtc::available().map_err(Error::CudaUnavailable)?;
         cu::init().map_err(driver("initialising the CUDA driver"))?;

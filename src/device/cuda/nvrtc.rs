@@ -9,27 +9,26 @@ use cudarc::nvrtc::{result as nvrtc, sys};
 
 use crate::error::{Error, Result};
 
-/// Loads the NVRTC library once. `SCALEWISE_NVRTC_DIR` names the folder with libnvrtc.so.13 and its
-/// builtins (the wheel's `nvidia/cu13/lib`, which has no RUNPATH): both are opened by absolute path
-/// first, so cudarc's own lookup by name finds them loaded. Every cudarc call panics without the
-/// library, so this check comes before any of them.
+/// NVRTC 13's library and its builtins, as the wheel and the toolkit name them on this platform.
+#[cfg(unix)]
+const NVRTC_FILES: [&str; 2] = ["libnvrtc-builtins.so.13.0", "libnvrtc.so.13"];
+#[cfg(windows)]
+const NVRTC_FILES: [&str; 2] = ["nvrtc-builtins64_130.dll", "nvrtc64_130_0.dll"];
+
+/// Loads the NVRTC library once. `SCALEWISE_NVRTC_DIR` names the folder with NVRTC_FILES (the wheel's
+/// `nvidia/cu13/lib` on Linux, which has no RUNPATH): both are opened by absolute path first, so
+/// cudarc's own lookup by name finds them loaded. Every cudarc call panics without the library, so
+/// this check comes before any of them.
 pub(super) fn available() -> std::result::Result<(), String> {
     static STATE: OnceLock<std::result::Result<(), String>> = OnceLock::new();
     STATE
         .get_or_init(|| {
             if let Some(dir) = std::env::var_os("SCALEWISE_NVRTC_DIR").filter(|d| !d.is_empty()) {
                 let dir = std::path::PathBuf::from(dir);
-                for name in ["libnvrtc-builtins.so.13.0", "libnvrtc.so.13"] {
+                for name in NVRTC_FILES {
                     let path = dir.join(name);
-                    // SAFETY: NVIDIA's library; its initialisers have no preconditions. RTLD_GLOBAL
-                    // makes later loads by name (cudarc's, NVRTC's own of its builtins) reuse it.
-                    let lib = unsafe {
-                        libloading::os::unix::Library::open(
-                            Some(&path),
-                            libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_GLOBAL,
-                        )
-                    }
-                    .map_err(|e| format!("SCALEWISE_NVRTC_DIR: cannot load {}: {e}", path.display()))?;
+                    let lib = open_for_later_lookups(&path)
+                        .map_err(|e| format!("SCALEWISE_NVRTC_DIR: cannot load {}: {e}", path.display()))?;
                     std::mem::forget(lib);
                 }
             }
@@ -37,12 +36,33 @@ pub(super) fn available() -> std::result::Result<(), String> {
             if unsafe { sys::is_culib_present() } {
                 Ok(())
             } else {
-                Err("the NVRTC library (libnvrtc.so.13) was not found: install the CUDA toolkit or `pip install \
-                     --target DIR nvidia-cuda-nvrtc` and set SCALEWISE_NVRTC_DIR=DIR/nvidia/cu13/lib"
-                    .into())
+                Err(format!(
+                    "the NVRTC library ({}) was not found: install the CUDA toolkit or `pip install --target DIR \
+                     nvidia-cuda-nvrtc` and set SCALEWISE_NVRTC_DIR to the wheel's folder holding it \
+                     (DIR/nvidia/cu13/lib on Linux)",
+                    NVRTC_FILES[1]
+                ))
             }
         })
         .clone()
+}
+
+/// Opens the library at `path` so that later loads by its name (cudarc's, NVRTC's own of its
+/// builtins) get this copy: RTLD_GLOBAL on Unix; Windows matches a loaded module by its name.
+fn open_for_later_lookups(path: &std::path::Path) -> std::result::Result<libloading::Library, libloading::Error> {
+    // SAFETY: NVIDIA's library; its initialisers have no preconditions.
+    #[cfg(unix)]
+    let lib = unsafe {
+        libloading::os::unix::Library::open(
+            Some(path),
+            libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_GLOBAL,
+        )
+        .map(libloading::Library::from)
+    };
+    // SAFETY: as above.
+    #[cfg(not(unix))]
+    let lib = unsafe { libloading::Library::new(path) };
+    lib
 }
 
 /// NVRTC's version, e.g. (13, 0).
