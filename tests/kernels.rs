@@ -1,6 +1,7 @@
 //! The kernel contract, checked with naga alone (no GPU): every WGSL variant validates (the portable
-//! ones without f16 or subgroups), each family's params struct matches its WGSL struct member for
-//! member, and its declared specialisation constants are exactly the module's overrides.
+//! ones without f16 or subgroups), translates to HLSL and MSL as wgpu's DX12 and Metal backends
+//! translate it, each family's params struct matches its WGSL struct member for member, and its
+//! declared specialisation constants are exactly the module's overrides.
 
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 use scalewise::DType;
@@ -40,6 +41,138 @@ fn every_variant_validates() {
         }
     }
     assert!(count >= Family::ALL.len(), "only {count} variants validated");
+}
+
+/// The limits attention tiles are sized for on a DX12 or Metal GPU: 32 KiB of workgroup memory (what
+/// wgpu exposes on both), 1024 invocations, subgroups of `subgroup_sizes` where the variant uses them.
+fn caps_of(subgroups: bool, subgroup_sizes: (u32, u32)) -> scalewise::Caps {
+    scalewise::Caps {
+        f16: true,
+        subgroups,
+        subgroup_sizes,
+        timestamps: true,
+        shared_memory_bytes: 32768,
+        max_threads_per_group: 1024,
+        max_groups_per_dim: 65535,
+        max_storage_args: 31,
+        max_arg_bytes: 1 << 30,
+        max_buffer_bytes: 1 << 30,
+        is_cpu: false,
+        matrix_units: scalewise::MatrixUnits::None,
+        attention: scalewise::AttentionDesign::RowsInRegisters,
+        attention_key_split: true,
+    }
+}
+
+/// The constants `entry` of `family` is launched with on a device with `caps`: the defaults, and for
+/// the scalar attention machinery's entries the tiles of a many-row call and of a one-row KV-cache
+/// step at head_dim 64 (the overrides size its workgroup arrays and pick its code paths).
+fn launches(family: Family, entry: &str, caps: &scalewise::Caps) -> Vec<naga::back::PipelineConstants> {
+    let mut out = vec![naga::back::PipelineConstants::default()];
+    let tiled = matches!(
+        (family, entry),
+        (Family::Attention, "flash_attention" | "grouped_attention") | (Family::QkvHeads, "qkv_attention")
+    );
+    if tiled {
+        for (rows, keys) in [(256, 680), (1, 680)] {
+            let tiles = scalewise::ops::attention_tiles_for(caps, 64, rows, keys).expect("tiles fit 32 KiB");
+            out.push(
+                tiles.constants(family, 64).values().iter().map(|&(name, v)| (name.to_string(), v.as_f64())).collect(),
+            );
+        }
+    }
+    out
+}
+
+/// Every kernel wgpu may run on DX12 or Metal, translated with the options those backends use: DX12
+/// takes shader model 6.2 where it has f16 or subgroups (DXC) and 5.1 for the portable variants (FXC);
+/// Metal takes MSL 2.4 (macOS 12). The matrix-unit kernels' native flavour is Vulkan's alone. A
+/// kernel naga cannot write for a backend would fail there when its pipeline is created, on machines
+/// no test here runs on. What this cannot see: whether DXC, FXC or Apple's compiler then accept the
+/// text (naga writes f16 and wave intrinsics even for shader model 5.1; the portable variants have
+/// none, see `portable_variants_need_neither_f16_nor_subgroups`).
+#[test]
+fn every_kernel_translates_for_dx12_and_metal() {
+    let mut failures = Vec::new();
+    let mut translated = 0;
+    for &family in Family::ALL {
+        for variant in variants(family).into_iter().filter(|v| !(family.uses_matrix_units() && v.subgroups)) {
+            let source = compose(family, variant);
+            let module = parse(&source).unwrap_or_else(|e| panic!("{family}{}: {e}", variant.suffix()));
+            let mut capabilities = Capabilities::empty();
+            capabilities.set(Capabilities::SHADER_FLOAT16, variant.dtype == DType::F16);
+            capabilities.set(Capabilities::SUBGROUP, variant.subgroups);
+            let info = Validator::new(ValidationFlags::all(), capabilities)
+                .validate(&module)
+                .unwrap_or_else(|e| panic!("{family}{}: {}", variant.suffix(), e.emit_to_string(&source)));
+            let shader_model = if variant.dtype == DType::F16 || variant.subgroups {
+                naga::back::hlsl::ShaderModel::V6_2
+            } else {
+                naga::back::hlsl::ShaderModel::V5_1
+            };
+            let entries = module.entry_points.iter().filter(|e| e.stage == naga::ShaderStage::Compute);
+            for entry in entries {
+                let stage_entry = Some((naga::ShaderStage::Compute, entry.name.clone()));
+                // Metal's simdgroups are 32 wide; DX12's waves 32 or 64 (NVIDIA, AMD) or 8-32 (Intel).
+                for (backend, sizes) in [("DX12", (32, 64)), ("DX12", (8, 32)), ("Metal", (32, 32))] {
+                    for constants in launches(family, &entry.name, &caps_of(variant.subgroups, sizes)) {
+                        let label = format!("{backend} {family}{} {} {constants:?}", variant.suffix(), entry.name);
+                        let overridden = naga::back::pipeline_constants::process_overrides(
+                            &module,
+                            &info,
+                            Some((naga::ShaderStage::Compute, &entry.name)),
+                            &constants,
+                        );
+                        let (module, info) = match overridden {
+                            Ok(done) => done,
+                            Err(e) => {
+                                failures.push(format!("{label}: overrides: {e}"));
+                                continue;
+                            }
+                        };
+                        let written = if backend == "DX12" {
+                            let options = naga::back::hlsl::Options {
+                                shader_model,
+                                fake_missing_bindings: true,
+                                zero_initialize_workgroup_memory: true,
+                                restrict_indexing: true,
+                                force_loop_bounding: true,
+                                ..Default::default()
+                            };
+                            let pipeline = naga::back::hlsl::PipelineOptions { entry_point: stage_entry.clone() };
+                            let mut hlsl = String::new();
+                            naga::back::hlsl::Writer::new(&mut hlsl, &options, &pipeline)
+                                .write(&module, &info, None)
+                                .map(|_| hlsl.len())
+                                .map_err(|e| e.to_string())
+                        } else {
+                            let options = naga::back::msl::Options {
+                                lang_version: (2, 4),
+                                fake_missing_bindings: true,
+                                zero_initialize_workgroup_memory: true,
+                                force_loop_bounding: true,
+                                ..Default::default()
+                            };
+                            let pipeline = naga::back::msl::PipelineOptions {
+                                entry_point: stage_entry.clone(),
+                                ..Default::default()
+                            };
+                            naga::back::msl::write_string(&module, &info, &options, &pipeline)
+                                .map(|(msl, _)| msl.len())
+                                .map_err(|e| e.to_string())
+                        };
+                        match written {
+                            Ok(len) if len > 0 => translated += 1,
+                            Ok(_) => failures.push(format!("{label}: empty output")),
+                            Err(e) => failures.push(format!("{label}: {e}")),
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} translations failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(translated >= 3 * Family::ALL.len(), "only {translated} translations");
 }
 
 #[test]
