@@ -5,7 +5,8 @@
 //! existing target must be a regular, writable file: never a directory, a symbolic link, a device
 //! node, a FIFO or a socket), then creates a temporary file beside it under an unpredictable name
 //! with `O_CREAT | O_EXCL`, which never opens an existing file or follows a planted symbolic link.
-//! The bytes go to that file; [`StagedOutput::commit`] renames it over the target. Dropped without a
+//! The bytes go to that file; [`StagedOutput::commit`] gives it the permissions of the file it
+//! replaces and renames it over the target (a hard link to the old file keeps the old content). Dropped without a
 //! commit, the temporary file is removed and the target keeps its old content. A caller with
 //! several outputs checks each target before any expensive work (a staging dropped at once proves
 //! its folder writable), stages them all once everything is computed, checks them all again
@@ -86,6 +87,11 @@ impl StagedOutput {
             file.sync_all().map_err(|e| fail(e.to_string()))?;
         }
         check_target(&self.target)?;
+        // A replaced file keeps its permissions (a 0600 image stays private); the temporary was
+        // created with the defaults. check_target refused read-only targets, so the copy is writable.
+        if let Ok(existing) = std::fs::metadata(&self.target) {
+            std::fs::set_permissions(&self.temp, existing.permissions()).map_err(|e| fail(e.to_string()))?;
+        }
         std::fs::rename(&self.temp, &self.target).map_err(|e| fail(e.to_string()))?;
         self.committed = true;
         Ok(())
@@ -108,6 +114,11 @@ pub fn check_target(target: &Path) -> Result<()> {
     let fail = |reason: String| Err(Error::Output { path: target.to_path_buf(), reason });
     if target.file_name().is_none() {
         return fail("the path names no file".into());
+    }
+    // `tok/` has the file name `tok`, so the checks below would pass and only the final rename fail:
+    // after the run's work, and after earlier outputs were committed.
+    if target.as_os_str().as_encoded_bytes().last().is_some_and(|&b| std::path::is_separator(b as char)) {
+        return fail("the path ends in a folder separator; name a file".into());
     }
     let dir = folder_of(target);
     match std::fs::metadata(&dir) {
@@ -198,6 +209,36 @@ mod tests {
         c.commit().unwrap();
         assert_eq!(std::fs::read(&target).unwrap(), b"new");
         assert_eq!(entries(&dir), ["out.png"]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_path_ending_in_a_separator_is_refused_before_anything_is_written() {
+        let dir = scratch("separator");
+        for name in ["tokens/", "tokens//"] {
+            let target = PathBuf::from(format!("{}/{name}", dir.display()));
+            let err = StagedOutput::create(&target).unwrap_err().to_string();
+            assert!(err.contains("folder separator"), "{name}: {err}");
+            assert!(check_target(&target).is_err());
+        }
+        assert!(entries(&dir).is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_replaced_file_keeps_its_permissions() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = scratch("mode");
+        let (private, fresh) = (dir.join("private.png"), dir.join("fresh.png"));
+        std::fs::write(&private, b"old").unwrap();
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600)).unwrap();
+        write_atomic(&private, b"new").unwrap();
+        write_atomic(&fresh, b"new").unwrap();
+        assert_eq!(std::fs::read(&private).unwrap(), b"new");
+        assert_eq!(std::fs::metadata(&private).unwrap().permissions().mode() & 0o777, 0o600);
+        // A new file gets the defaults (the umask's), not some other file's mode.
+        let default = std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777;
+        assert_eq!(default & 0o600, 0o600, "{default:o}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -224,6 +224,17 @@ fn output_targets_are_checked_before_the_model_loads() {
         &generate_args(&var, &vae, &["--class", "1", "--out", &out, "--dump-tokens", path_str(&folder)]),
         "is a directory",
     );
+    // A path ending in a separator names no file: it used to pass the early checks and fail only at
+    // its rename, after --out had replaced the user's file.
+    let keep = s.path("keep.png");
+    std::fs::write(&keep, b"the user's file").unwrap();
+    let tokens = format!("{}/", s.path("tokens").display());
+    fails(
+        "--dump-tokens ends in a separator",
+        &generate_args(&var, &vae, &["--class", "1", "--out", path_str(&keep), "--dump-tokens", &tokens]),
+        "folder separator",
+    );
+    assert_eq!(std::fs::read(&keep).unwrap(), b"the user's file");
     let file = s.path("victim.txt");
     fails(
         "--every-scale names a file",
@@ -261,7 +272,7 @@ fn output_targets_are_checked_before_the_model_loads() {
         &generate_args(path_str(&corpus("stride0_bomb.pth")), &vae, &["--class", "1", "--out", path_str(&folder)]),
         "is a directory",
     );
-    s.assert_untouched("outputs", &["folder", "link.png", "readonly.png", "scales", "victim.txt"]);
+    s.assert_untouched("outputs", &["folder", "keep.png", "link.png", "readonly.png", "scales", "victim.txt"]);
 }
 
 #[test]
