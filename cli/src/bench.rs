@@ -821,10 +821,12 @@ pub fn generate(device: &Device, config: &GenerateBenchConfig) -> Result<Generat
     let vae = VqVae::from_state_dict(device, &synthetic::vae_state_dict(&config.vae, 2)?, config.dtype)?;
     let (transformer, histories): (Transformer, Vec<Option<ScaleHistory>>) = match &config.transformer {
         BenchTransformer::Var(shape) => {
+            check_host_fits(&format!("a random VAR of width {}", shape.width), synthetic::var_parameters(shape)?)?;
             let sd = synthetic::var_state_dict(shape, 1)?;
             (VarModel::from_state_dict(device, &sd, config.dtype)?.into(), vec![None])
         }
         BenchTransformer::Mvar(shape) => {
+            check_host_fits(&format!("a random M-VAR of width {}", shape.width), synthetic::mvar_parameters(shape)?)?;
             let sd = synthetic::mvar_state_dict(shape, 1)?;
             let histories = vec![Some(ScaleHistory::CarryState), Some(ScaleHistory::RecomputePrefix)];
             (MvarModel::from_state_dict(device, &sd, config.dtype)?.into(), histories)
@@ -1028,6 +1030,33 @@ impl SoakResult {
     }
 }
 
+/// Memory the kernel could give this process without swapping (Linux: MemAvailable in /proc/meminfo),
+/// else None.
+pub fn available_host_bytes() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Refuses a random model of `parameters` f32 values that would not fit in the host memory available
+/// (it is drawn whole before it is uploaded): a typed error instead of the allocator's abort.
+fn check_host_fits(what: &str, parameters: u64) -> Result<()> {
+    let bytes = parameters.saturating_mul(4);
+    let gib = |b: u64| b as f64 / f64::from(1 << 30);
+    match available_host_bytes() {
+        Some(available) if bytes > available => Err(Error::InvalidArgument {
+            op: "bench generate",
+            msg: format!(
+                "{what} needs {:.1} GiB of host memory to draw its f32 weights; {:.1} GiB is available",
+                gib(bytes),
+                gib(available)
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// The process's resident set size from /proc/self/status (Linux), else None.
 pub fn resident_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -1195,6 +1224,9 @@ pub fn write_synthetic_pth(path: &std::path::Path, model: BenchModel, depth: usi
         |e: scalewise_support::torch_file::ZipError| Error::Output { path: path.to_path_buf(), reason: e.to_string() };
     // A new file only (O_EXCL): the benchmark never replaces anything.
     let file = std::fs::OpenOptions::new().write(true).create_new(true).open(path).map_err(io)?;
+    // The file is ours from here: a failed write (a full disk, with tens of GB written) removes it.
+    // Declared before the writer, so the writer is dropped (and its file closed) first.
+    let mut partial = PartialFile(Some(path.to_path_buf()));
     let mut zip = p::ZipWriter::new(std::io::BufWriter::new(file));
     let options = p::stored_options();
     let mut entries: Vec<(String, Vec<u8>)> = Vec::new();
@@ -1235,8 +1267,22 @@ pub fn write_synthetic_pth(path: &std::path::Path, model: BenchModel, depth: usi
     zip.write_all(b"little").map_err(io)?;
     let mut writer = zip.finish().map_err(zip_error)?;
     writer.flush().map_err(io)?;
+    writer.get_ref().sync_all().map_err(io)?;
     let bytes = std::fs::metadata(path).map_err(io)?.len();
+    partial.0 = None;
     Ok((bytes, tensors, parameters, largest))
+}
+
+/// A file this process created and has not finished writing: removed when dropped, unless the
+/// writer took the path back out on success.
+struct PartialFile(Option<std::path::PathBuf>);
+
+impl Drop for PartialFile {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 fn measure_load(

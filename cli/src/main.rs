@@ -308,7 +308,11 @@ fn parse_kv_step(s: &str) -> Result<(usize, usize), String> {
 fn parse_grid(s: &str) -> Result<Vec<usize>, String> {
     let dims: Result<Vec<usize>, _> = s.split('x').map(str::parse).collect();
     match dims {
-        Ok(d) if (2..=3).contains(&d.len()) && !d.contains(&0) => Ok(d),
+        Ok(d) if (2..=3).contains(&d.len()) && !d.contains(&0) => {
+            // The kernels count tokens in u32.
+            let tokens = d.iter().try_fold(1u32, |n, &axis| u32::try_from(axis).ok().and_then(|a| n.checked_mul(a)));
+            tokens.map(|_| d).ok_or_else(|| format!("grid {s:?} has more than {} tokens", u32::MAX))
+        }
         _ => Err(format!("grid {s:?} must be HxW or TxHxW with sizes above 0")),
     }
 }
@@ -881,7 +885,8 @@ fn bench_soak(device: &Device, args: &SoakArgs) -> anyhow::Result<()> {
     );
     if let Some(growth) = rss_growth {
         anyhow::ensure!(
-            growth <= (args.max_growth_mib << 20) as i64,
+            growth
+                <= i64::try_from(args.max_growth_mib).ok().and_then(|mib| mib.checked_mul(1 << 20)).unwrap_or(i64::MAX),
             "resident memory grew by {:.1} MiB after the warm-up (limit {} MiB)",
             growth as f64 / (1 << 20) as f64,
             args.max_growth_mib

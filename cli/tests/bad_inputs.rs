@@ -651,7 +651,7 @@ fn write_corpus() {
 #[test]
 fn refused_benchmarks_name_the_flag_and_create_no_folder() {
     let s = Scratch::new("bench");
-    let cases: [(&[&str], i32, &str); 11] = [
+    let cases: [(&[&str], i32, &str); 13] = [
         (&["bench", "matmul", "--sizes", "0"], 1, "--sizes"),
         (&["bench", "peaks", "--fma-iters", "0"], 2, "--fma-iters"),
         (&["bench", "matmul", "--sizes", "0", "--json", "new/a/x.json"], 1, "--sizes"),
@@ -663,6 +663,9 @@ fn refused_benchmarks_name_the_flag_and_create_no_folder() {
         (&["bench", "attention", "--heads", "0"], 2, "--heads"),
         (&["bench", "soak", "--distinct", "3", "--generations", "4", "--warmup", "0"], 1, "--distinct 3"),
         (&["bench", "load", "--file", "x.bin", "--json", "x.bin"], 1, "--file and --json name the same file"),
+        // Grids whose token count wrapped to a small number and surfaced as a misleading kv_len error.
+        (&["bench", "attention", "--grids", "4294967296x4294967296"], 2, "more than 4294967295 tokens"),
+        (&["bench", "attention", "--grids", "65536x65536"], 2, "more than 4294967295 tokens"),
     ];
     for (args, code, needle) in cases {
         let out = Command::new(env!("CARGO_BIN_EXE_scalewise"))
@@ -703,4 +706,52 @@ fn a_run_killed_while_generating_leaves_nothing_behind() {
         return;
     }
     s.assert_untouched("killed", &[]);
+}
+
+#[test]
+fn a_checkpoint_write_that_fails_midway_leaves_no_partial_file() {
+    // A file-size limit stands in for a full disk: `bench load` writes a multi-GB checkpoint, and a
+    // failed write used to leave everything written so far. SIGXFSZ ignored, so the write fails with
+    // EFBIG instead of killing the process.
+    let s = Scratch::new("partial");
+    let exe = env!("CARGO_BIN_EXE_scalewise");
+    let out = Command::new("sh")
+        .current_dir(&s.dir)
+        .args(["-c", "trap '' XFSZ; ulimit -f 20480; exec \"$0\" bench load --model var --depth 16 --file synth.pth --json load.json"])
+        .arg(exe)
+        .output()
+        .expect("sh runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("synth.pth") && err.contains("too large") && !err.contains("panicked"), "{err}");
+    s.assert_untouched("a failed checkpoint write", &[]);
+}
+
+#[test]
+fn a_random_model_larger_than_host_memory_is_refused_before_it_is_drawn() {
+    // VAR d64's random weights are 72 GiB of f32; drawing them used to end in the allocator's abort
+    // (exit 134) or the OOM killer.
+    let available_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            info.lines().find(|l| l.starts_with("MemAvailable:"))?.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map(|kib| kib >> 20);
+    match available_gib {
+        Some(gib) if gib < 70 => {}
+        other => {
+            println!("SKIP a_random_model_larger_than_host_memory: {other:?} GiB available, enough to draw VAR d64");
+            return;
+        }
+    }
+    let s = Scratch::new("host-memory");
+    let out = Command::new(env!("CARGO_BIN_EXE_scalewise"))
+        .current_dir(&s.dir)
+        .args(["bench", "generate", "--depth", "64", "--json", "bg.json"])
+        .output()
+        .expect("the scalewise binary runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("GiB of host memory") && err.contains("width 4096"), "{err}");
+    s.assert_untouched("VAR d64 on a small host", &[]);
 }

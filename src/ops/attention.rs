@@ -281,12 +281,15 @@ impl GroupedLayout {
         self
     }
 
+    /// The grid's tokens (saturating: an impossible grid reads as usize::MAX, which the checks of
+    /// every launch refuse, never as a wrapped small number).
     pub fn image_tokens(&self) -> usize {
-        self.grid.iter().product()
+        self.grid.iter().fold(1usize, |tokens, &axis| tokens.saturating_mul(axis))
     }
 
+    /// Image and text tokens (saturating, as [`Self::image_tokens`]).
     pub fn seq_len(&self) -> usize {
-        self.image_tokens() + self.text_len
+        self.image_tokens().saturating_add(self.text_len)
     }
 
     /// Grid, group shape and group counts as (t, h, w), with t = 1 for images.

@@ -75,11 +75,23 @@ impl VaeShape {
 struct Builder {
     sd: StateDict,
     rng: Rng,
+    /// Count the random tensors' elements instead of drawing them (see [`var_parameters`]).
+    dry: bool,
+    /// Elements of the random tensors so far.
+    elements: u64,
 }
 
 impl Builder {
+    fn new(seed: u64, dry: bool) -> Self {
+        Self { sd: StateDict::new(), rng: Rng::new(seed), dry, elements: 0 }
+    }
+
     fn normal(&mut self, key: String, shape: &[usize], std: f32, mean: f32) -> Result<()> {
-        let n = shape.iter().product();
+        let n: usize = shape.iter().product();
+        self.elements += n as u64;
+        if self.dry {
+            return Ok(());
+        }
         let data = self.rng.normal_vec(n, std, mean);
         self.sd.insert(key, shape, data)
     }
@@ -102,7 +114,16 @@ impl Builder {
 
 /// A random VAR checkpoint of `shape`; the schedule goes into the metadata.
 pub fn var_state_dict(shape: &VarShape, seed: u64) -> Result<StateDict> {
-    let mut b = Builder { sd: StateDict::new(), rng: Rng::new(seed) };
+    build_var(shape, Builder::new(seed, false)).map(|b| b.sd)
+}
+
+/// The parameters [`var_state_dict`] would draw for `shape` (4 bytes each), counted without
+/// allocating them: what a caller checks against the memory it has before building a large model.
+pub fn var_parameters(shape: &VarShape) -> Result<u64> {
+    build_var(shape, Builder::new(0, true)).map(|b| b.elements)
+}
+
+fn build_var(shape: &VarShape, mut b: Builder) -> Result<Builder> {
     let c = shape.width;
     let l: usize = shape.patch_nums.iter().map(|p| p * p).sum();
     b.normal("pos_start".into(), &[1, 1, c], 0.02, 0.0)?;
@@ -132,10 +153,9 @@ pub fn var_state_dict(shape: &VarShape, seed: u64) -> Result<StateDict> {
     b.normal("head_nm.ada_lin.1.weight".into(), &[2 * c, c], 0.1 * (c as f32).powf(-0.5), 0.0)?;
     b.normal("head_nm.ada_lin.1.bias".into(), &[2 * c], 0.02, 0.0)?;
     b.linear("head", shape.vocab, c)?;
-    let mut sd = b.sd;
-    sd.metadata
+    b.sd.metadata
         .insert(scalewise::nn::var::META_PATCH_NUMS.into(), serde_json::to_string(&shape.patch_nums).expect("list"));
-    Ok(sd)
+    Ok(b)
 }
 
 /// An M-VAR transformer shape (heads = width / 64; Mamba-2 with d_state 64, headdim 64, expand 2,
@@ -170,7 +190,16 @@ impl MvarShape {
 /// A random M-VAR checkpoint of `shape`; the schedule goes into the metadata. The Mamba-2 layers
 /// follow mamba_ssm's initialisation (dt in [0.001, 0.1], A in [1, 16], D and the norm weight 1).
 pub fn mvar_state_dict(shape: &MvarShape, seed: u64) -> Result<StateDict> {
-    let mut b = Builder { sd: StateDict::new(), rng: Rng::new(seed) };
+    build_mvar(shape, Builder::new(seed, false)).map(|b| b.sd)
+}
+
+/// The parameters [`mvar_state_dict`] would draw for `shape`, as [`var_parameters`] (its few
+/// per-head vectors of constants aside).
+pub fn mvar_parameters(shape: &MvarShape) -> Result<u64> {
+    build_mvar(shape, Builder::new(0, true)).map(|b| b.elements)
+}
+
+fn build_mvar(shape: &MvarShape, mut b: Builder) -> Result<Builder> {
     let c = shape.width;
     let heads = c / 64;
     let (d_inner, d_state) = (2 * c, 64);
@@ -215,15 +244,14 @@ pub fn mvar_state_dict(shape: &MvarShape, seed: u64) -> Result<StateDict> {
     b.normal("head_nm.ada_lin.1.weight".into(), &[2 * c, c], 0.1 * (c as f32).powf(-0.5), 0.0)?;
     b.normal("head_nm.ada_lin.1.bias".into(), &[2 * c], 0.02, 0.0)?;
     b.linear("head", shape.vocab, c)?;
-    let mut sd = b.sd;
-    sd.metadata
+    b.sd.metadata
         .insert(scalewise::nn::var::META_PATCH_NUMS.into(), serde_json::to_string(&shape.patch_nums).expect("list"));
-    Ok(sd)
+    Ok(b)
 }
 
 /// A random VQVAE (codebook, Phi, post_quant_conv and decoder) of `shape`.
 pub fn vae_state_dict(shape: &VaeShape, seed: u64) -> Result<StateDict> {
-    let mut b = Builder { sd: StateDict::new(), rng: Rng::new(seed) };
+    let mut b = Builder::new(seed, false);
     let z = shape.cvae;
     b.normal("quantize.embedding.weight".into(), &[shape.vocab, z], 0.5, 0.0)?;
     for k in 0..shape.phi_convs {
@@ -268,4 +296,33 @@ pub fn vae_state_dict(shape: &VaeShape, seed: u64) -> Result<StateDict> {
     b.norm("decoder.norm_out", cin)?;
     b.conv("decoder.conv_out", 3, cin, 3)?;
     Ok(b.sd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn elements(sd: &StateDict) -> u64 {
+        sd.iter().map(|(_, t)| t.data.len() as u64).sum()
+    }
+
+    #[test]
+    fn parameter_counts_match_the_models_built() {
+        for depth in [1, 3] {
+            let var = VarShape { depth, ..VarShape::official(2) };
+            assert_eq!(var_parameters(&var).unwrap(), elements(&var_state_dict(&var, 5).unwrap()), "VAR depth {depth}");
+            // M-VAR's constant per-head vectors (dt_bias, A_log, D, the norm weight) are not drawn.
+            let mvar = MvarShape { depth, ..MvarShape::official(2) };
+            let (m_heads, d_inner) = (2 * mvar.width / 64, 2 * mvar.width);
+            let constants = (depth * (3 * m_heads + d_inner)) as u64;
+            assert_eq!(
+                mvar_parameters(&mvar).unwrap() + constants,
+                elements(&mvar_state_dict(&mvar, 5).unwrap()),
+                "M-VAR depth {depth}"
+            );
+        }
+        // VAR d64 (width 4096): about 19 billion parameters, counted without allocating them.
+        let d64 = var_parameters(&VarShape::official(64)).unwrap();
+        assert!((18_000_000_000..21_000_000_000).contains(&d64), "{d64}");
+    }
 }
