@@ -89,8 +89,10 @@ impl StagedOutput {
         check_target(&self.target)?;
         // A replaced file keeps its permissions (a 0600 image stays private); the temporary was
         // created with the defaults. check_target refused read-only targets, so the copy is writable.
+        // Best effort: a file system without Unix modes (FAT, some network mounts) refuses the call,
+        // and there the modes meant nothing to keep.
         if let Ok(existing) = std::fs::metadata(&self.target) {
-            std::fs::set_permissions(&self.temp, existing.permissions()).map_err(|e| fail(e.to_string()))?;
+            let _ = std::fs::set_permissions(&self.temp, existing.permissions());
         }
         std::fs::rename(&self.temp, &self.target).map_err(|e| fail(e.to_string()))?;
         self.committed = true;
