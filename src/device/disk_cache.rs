@@ -85,7 +85,9 @@ pub(crate) fn find(path: &Path) -> bool {
 }
 
 /// Moves the file's modification time to now, unless it moved within the last day: the pruning's
-/// "last used". A read-only folder leaves it as it is (its files are then pruned by age).
+/// "last used". A read-only file keeps its time, so it goes 30 days after it was written however
+/// often it is read (a cache entry is only a speed-up); a read-only folder is never pruned (its
+/// marker cannot be written).
 fn mark_used(path: &Path) {
     let now = SystemTime::now();
     let recent = std::fs::metadata(path)
@@ -97,8 +99,13 @@ fn mark_used(path: &Path) {
 }
 
 /// What a cache file name is: an entry one of this module's callers writes, a temporary of
-/// [`write`] (`<entry>.tmp<pid>`) or of the CPU shim's compile (`<module>.tmp<pid>.so`), or
-/// anything else (never removed).
+/// [`write`] (`<entry stem>.tmp<pid>`) or of the CPU shim's compile (`<module stem>.tmp<pid>.so`), or
+/// anything else (never removed). Entries are recognised by their exact formats, not by extension
+/// alone, so that a cache folder pointed at a folder of the user's never loses a `.so` of theirs:
+/// - `<backend>-<hex>-<hex>-<16 hex>.pipelines` (prewarm manifests),
+/// - `wgpu_pipeline_cache_<backend>_<digits>_<digits>` (wgpu's Vulkan pipeline cache),
+/// - `<family>-sm<digits>-<32 hex>.cubin` (cubins) and `<family>-<32 hex>.so` (CPU-shim modules),
+///   `<family>` one of the kernel families.
 #[derive(Debug, PartialEq, Eq)]
 enum CacheFile {
     Entry,
@@ -107,18 +114,44 @@ enum CacheFile {
 }
 
 fn classify(name: &str) -> CacheFile {
-    let stem = name.strip_suffix(".so").unwrap_or(name);
-    let temporary = stem
-        .rsplit_once(".tmp")
-        .is_some_and(|(entry, pid)| !entry.is_empty() && !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()));
-    if temporary {
-        CacheFile::Temporary
-    } else if [".pipelines", ".cubin", ".so"].iter().any(|ext| name.ends_with(ext) && name.len() > ext.len())
-        || name.starts_with("wgpu_pipeline_cache_")
-    {
-        CacheFile::Entry
-    } else {
-        CacheFile::Foreign
+    let temporary =
+        name.strip_suffix(".so").unwrap_or(name).rsplit_once(".tmp").filter(|(stem, pid)| {
+            !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) && entry_stem(stem).is_some()
+        });
+    if temporary.is_some() {
+        return CacheFile::Temporary;
+    }
+    let entry = match name.rsplit_once('.') {
+        Some((stem, ext @ ("pipelines" | "cubin" | "so"))) => entry_stem(stem) == Some(ext),
+        _ => entry_stem(name) == Some(""),
+    };
+    if entry { CacheFile::Entry } else { CacheFile::Foreign }
+}
+
+/// The extension an entry named `stem` carries ("" for wgpu's pipeline cache), if `stem` is one.
+fn entry_stem(stem: &str) -> Option<&'static str> {
+    let hex = |s: &str, len: Option<usize>| {
+        !s.is_empty() && len.is_none_or(|l| s.len() == l) && s.bytes().all(|b| b.is_ascii_hexdigit())
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let lower = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if let Some(rest) = stem.strip_prefix("wgpu_pipeline_cache_") {
+        let parts: Vec<&str> = rest.split('_').collect();
+        return (parts.len() == 3 && lower(parts[0]) && digits(parts[1]) && digits(parts[2])).then_some("");
+    }
+    let parts: Vec<&str> = stem.split('-').collect();
+    let family = |s: &str| crate::kernels::Family::ALL.iter().any(|f| f.name() == s);
+    match parts.as_slice() {
+        [backend, vendor, device, hash]
+            if lower(backend) && hex(vendor, None) && hex(device, None) && hex(hash, Some(16)) =>
+        {
+            Some("pipelines")
+        }
+        [f, arch, hash] if family(f) && arch.strip_prefix("sm").is_some_and(digits) && hex(hash, Some(32)) => {
+            Some("cubin")
+        }
+        [f, hash] if family(f) && hex(hash, Some(32)) => Some("so"),
+        _ => None,
     }
 }
 
@@ -232,25 +265,46 @@ mod tests {
         assert_eq!(base(&[], false), None);
     }
 
+    const HASH: &str = "00ca979b3808ea80b5f8ceee12484761";
+
     #[test]
     fn names_are_told_apart() {
-        for entry in [
-            "vulkan-10005-0000-002c65b0a9b20aa7.pipelines",
-            "wgpu_pipeline_cache_vulkan_65541_0",
-            "attention-sm90-0123abcd.cubin",
-            "attention-00ca979b3808ea80b5f8ceee12484761.so",
-        ] {
+        let cubin = format!("attention-sm90-{HASH}.cubin");
+        let module = format!("matmul-{HASH}.so");
+        for entry in
+            ["vulkan-10005-0000-002c65b0a9b20aa7.pipelines", "wgpu_pipeline_cache_vulkan_65541_0", &cubin, &module]
+        {
             assert_eq!(classify(entry), CacheFile::Entry, "{entry}");
         }
+        let cubin_tmp = format!("attention-sm90-{HASH}.tmp12");
+        let module_tmp = format!("matmul-{HASH}.tmp99.so");
         for temporary in [
             "vulkan-10005-0000-002c65b0a9b20aa7.tmp4242",
             "wgpu_pipeline_cache_vulkan_65541_0.tmp7",
-            "attention-sm90-0123abcd.tmp12",
-            "attention-00ca979b3808ea80b5f8ceee12484761.tmp99.so",
+            &cubin_tmp,
+            &module_tmp,
         ] {
             assert_eq!(classify(temporary), CacheFile::Temporary, "{temporary}");
         }
-        for foreign in ["notes.txt", "photo.png", ".last-pruned", "x.tmp", "x.tmpabc", ".so", ".tmp12", "cubin"] {
+        // A user's files in a folder SCALEWISE_CACHE_DIR names: the extensions alone are not enough.
+        let not_a_family = format!("libfoo-{HASH}.so");
+        let short_hash = "attention-sm90-00ca.cubin";
+        for foreign in [
+            "notes.txt",
+            "libcuda.so",
+            "libnvrtc.so.13",
+            "kernel.cubin",
+            "my.pipelines",
+            &not_a_family,
+            short_hash,
+            "wgpu_pipeline_cache_vulkan_65541",
+            ".last-pruned",
+            "x.tmp",
+            "x.tmp12",
+            "photo.tmp12.so",
+            ".so",
+            "cubin",
+        ] {
             assert_eq!(classify(foreign), CacheFile::Foreign, "{foreign}");
         }
     }
@@ -260,11 +314,11 @@ mod tests {
         let dir = folder("age");
         let now = SystemTime::now();
         let old = UNUSED_FOR + DAY;
-        let stale = file(&dir, "a-0001.pipelines", 10, now, old);
-        let stale_cubin = file(&dir, "matmul-sm90-0002.cubin", 10, now, old);
-        let fresh = file(&dir, "b-0003.pipelines", 10, now, UNUSED_FOR - DAY);
-        let abandoned = file(&dir, "matmul-0004.tmp321.so", 10, now, 2 * ABANDONED_AFTER);
-        let writing = file(&dir, "b-0005.tmp322", 10, now, Duration::from_secs(5));
+        let stale = file(&dir, "vulkan-10005-0000-0000000000000001.pipelines", 10, now, old);
+        let stale_cubin = file(&dir, &format!("matmul-sm90-{HASH}.cubin"), 10, now, old);
+        let fresh = file(&dir, "vulkan-10005-0000-0000000000000003.pipelines", 10, now, UNUSED_FOR - DAY);
+        let abandoned = file(&dir, &format!("matmul-{HASH}.tmp321.so"), 10, now, 2 * ABANDONED_AFTER);
+        let writing = file(&dir, "vulkan-10005-0000-0000000000000005.tmp322", 10, now, Duration::from_secs(5));
         let foreign = file(&dir, "holiday.png", 10, now, 10 * old);
         std::fs::create_dir(dir.join("sub.cubin")).unwrap();
         let mut removed = prune(&dir, now, MAX_FOLDER_BYTES);
@@ -287,10 +341,10 @@ mod tests {
         let dir = folder("size");
         let now = SystemTime::now();
         let hours = |h: u64| Duration::from_secs(h * 3600);
-        let oldest = file(&dir, "a-1.so", 400, now, hours(30));
-        let older = file(&dir, "b-2.so", 300, now, hours(20));
-        let newer = file(&dir, "c-3.cubin", 200, now, hours(10));
-        let newest = file(&dir, "d-4.pipelines", 100, now, hours(1));
+        let oldest = file(&dir, &format!("attention-{HASH}.so"), 400, now, hours(30));
+        let older = file(&dir, &format!("matmul-{HASH}.so"), 300, now, hours(20));
+        let newer = file(&dir, &format!("conv2d-sm80-{HASH}.cubin"), 200, now, hours(10));
+        let newest = file(&dir, "vulkan-10005-0000-0000000000000004.pipelines", 100, now, hours(1));
         let foreign = file(&dir, "readme.txt", 5000, now, hours(40));
         // 1000 bytes of entries against 450: the two oldest go (600 -> 300 left).
         let removed = prune(&dir, now, 450);
@@ -304,7 +358,7 @@ mod tests {
     fn a_folder_is_pruned_at_most_once_a_day() {
         let dir = folder("daily");
         let now = SystemTime::now();
-        let stale = || file(&dir, "a-1.pipelines", 10, now, UNUSED_FOR + DAY);
+        let stale = || file(&dir, "vulkan-10005-0000-0000000000000001.pipelines", 10, now, UNUSED_FOR + DAY);
         let path = stale();
         assert_eq!(prune_if_due(&dir, now, MAX_FOLDER_BYTES), Some(vec![path.clone()]));
         assert!(dir.join(PRUNE_MARKER).is_file());
@@ -322,9 +376,9 @@ mod tests {
         let dir = folder("used");
         let now = SystemTime::now();
         let old = UNUSED_FOR + DAY;
-        let read_one = file(&dir, "a-1.pipelines", 10, now, old);
-        let found_one = file(&dir, "b-2.so", 10, now, old);
-        let left = file(&dir, "c-3.cubin", 10, now, old);
+        let read_one = file(&dir, "vulkan-10005-0000-0000000000000001.pipelines", 10, now, old);
+        let found_one = file(&dir, &format!("matmul-{HASH}.so"), 10, now, old);
+        let left = file(&dir, &format!("conv2d-sm80-{HASH}.cubin"), 10, now, old);
         assert_eq!(read(&read_one, 1 << 20).as_deref(), Some(&[7u8; 10][..]));
         assert!(find(&found_one));
         assert!(!find(&dir.join("missing.so")));
