@@ -47,9 +47,18 @@ impl StagedOutput {
         // Random names, so another user of a shared folder cannot plant the temporary name in advance;
         // O_EXCL (`create_new`) is what makes a planted name harmless, the randomness only avoids the
         // retries.
+        // The temporary is created with the replaced file's permission bits (setuid and the like
+        // aside), so a private file's new content is never readable by others, even while staged.
+        let mut options = OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        if let Ok(existing) = std::fs::metadata(target) {
+            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+            options.mode(existing.permissions().mode() & 0o777);
+        }
         for _ in 0..16 {
             let temp = dir.join(format!(".{}.{:016x}.tmp", name.to_string_lossy(), random_u64()));
-            match OpenOptions::new().write(true).create_new(true).open(&temp) {
+            match options.open(&temp) {
                 Ok(file) => return Ok(Self { target: target.to_path_buf(), temp, file: Some(file), committed: false }),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(fail(format!("cannot create a file in the folder {}: {e}", dir.display()))),
@@ -87,12 +96,15 @@ impl StagedOutput {
             file.sync_all().map_err(|e| fail(e.to_string()))?;
         }
         check_target(&self.target)?;
-        // A replaced file keeps its permissions (a 0600 image stays private); the temporary was
-        // created with the defaults. check_target refused read-only targets, so the copy is writable.
-        // Best effort: a file system without Unix modes (FAT, some network mounts) refuses the call,
-        // and there the modes meant nothing to keep.
+        // A replaced file keeps its permissions: the temporary got them at creation, less the umask,
+        // and gets them exactly here. check_target refused read-only targets, so the copy is
+        // writable. Best effort: a file system without Unix modes (FAT, some network mounts) refuses
+        // the call, and there the modes meant nothing to keep.
+        #[cfg(unix)]
         if let Ok(existing) = std::fs::metadata(&self.target) {
-            let _ = std::fs::set_permissions(&self.temp, existing.permissions());
+            use std::os::unix::fs::PermissionsExt;
+            let mode = existing.permissions().mode() & 0o777;
+            let _ = std::fs::set_permissions(&self.temp, std::fs::Permissions::from_mode(mode));
         }
         std::fs::rename(&self.temp, &self.target).map_err(|e| fail(e.to_string()))?;
         self.committed = true;
@@ -117,10 +129,12 @@ pub fn check_target(target: &Path) -> Result<()> {
     if target.file_name().is_none() {
         return fail("the path names no file".into());
     }
-    // `tok/` has the file name `tok`, so the checks below would pass and only the final rename fail:
-    // after the run's work, and after earlier outputs were committed.
-    if target.as_os_str().as_encoded_bytes().last().is_some_and(|&b| std::path::is_separator(b as char)) {
-        return fail("the path ends in a folder separator; name a file".into());
+    // `tok/` and `tok/.` have the file name `tok`, so the checks below would pass and only the final
+    // rename fail: after the run's work, and after earlier outputs were committed. A path names a
+    // file only if it ends with its file name.
+    let name = target.file_name().map_or(&[][..], |n| n.as_encoded_bytes());
+    if !target.as_os_str().as_encoded_bytes().ends_with(name) {
+        return fail("the path ends in a folder separator or `.`; name a file".into());
     }
     let dir = folder_of(target);
     match std::fs::metadata(&dir) {
@@ -217,10 +231,10 @@ mod tests {
     #[test]
     fn a_path_ending_in_a_separator_is_refused_before_anything_is_written() {
         let dir = scratch("separator");
-        for name in ["tokens/", "tokens//"] {
+        for name in ["tokens/", "tokens//", "tokens/.", "tokens/./"] {
             let target = PathBuf::from(format!("{}/{name}", dir.display()));
             let err = StagedOutput::create(&target).unwrap_err().to_string();
-            assert!(err.contains("folder separator"), "{name}: {err}");
+            assert!(err.contains("name a file"), "{name}: {err}");
             assert!(check_target(&target).is_err());
         }
         assert!(entries(&dir).is_empty());
@@ -234,7 +248,11 @@ mod tests {
         let (private, fresh) = (dir.join("private.png"), dir.join("fresh.png"));
         std::fs::write(&private, b"old").unwrap();
         std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600)).unwrap();
-        write_atomic(&private, b"new").unwrap();
+        let mut staged = StagedOutput::create(&private).unwrap();
+        let staged_mode = std::fs::metadata(&staged.temp).unwrap().permissions().mode() & 0o777;
+        assert_eq!(staged_mode & 0o077, 0, "the staged copy of a private file is readable by others: {staged_mode:o}");
+        staged.write_all(b"new").unwrap();
+        staged.commit().unwrap();
         write_atomic(&fresh, b"new").unwrap();
         assert_eq!(std::fs::read(&private).unwrap(), b"new");
         assert_eq!(std::fs::metadata(&private).unwrap().permissions().mode() & 0o777, 0o600);
