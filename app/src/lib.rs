@@ -32,9 +32,11 @@ pub fn wgpu_setup() -> egui_wgpu::WgpuSetup {
     setup.native_adapter_selector = Some(Arc::new(|adapters, surface| {
         let shown: Vec<eframe::wgpu::Adapter> =
             adapters.iter().filter(|a| surface.is_none_or(|s| a.is_surface_supported(s))).cloned().collect();
-        Device::best_adapter(&shown, &scalewise::DeviceOptions::default())
-            .map(|index| shown[index].clone())
-            .ok_or_else(|| format!("none of the {} GPU adapters found can show this window", adapters.len()))
+        // The CLI's options: WGPU_BACKEND, WGPU_ADAPTER_NAME and SCALEWISE_DISABLE apply here too.
+        let options = scalewise::DeviceOptions::from_env().map_err(|e| e.to_string())?;
+        Device::best_adapter(&shown, &options).map(|index| shown[index].clone()).ok_or_else(|| {
+            format!("none of the {} GPU adapters found both shows this window and matches WGPU_BACKEND and WGPU_ADAPTER_NAME", adapters.len())
+        })
     }));
     setup.device_descriptor = Arc::new(|adapter| eframe::wgpu::DeviceDescriptor {
         label: Some("scalewise app device"),

@@ -223,7 +223,7 @@ fn the_app_opens_the_adapter_the_cli_would() {
     let instance = eframe::wgpu::Instance::new(descriptor);
     let adapters = pollster::block_on(instance.enumerate_adapters(eframe::wgpu::Backends::PRIMARY));
     let chosen = select(&adapters, None).expect("an adapter").get_info();
-    let device = scalewise::Device::new(&scalewise::DeviceOptions::default()).unwrap();
+    let device = scalewise::Device::from_env().unwrap();
     let cli = &device.info().adapter;
     assert_eq!((chosen.name.as_str(), format!("{:?}", chosen.backend)), (cli.name.as_str(), cli.backend.clone()));
     assert!(select(&[], None).is_err(), "no adapter is an error for eframe to report, not a panic");

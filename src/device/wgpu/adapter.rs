@@ -59,14 +59,16 @@ fn fast_path_features(options: &DeviceOptions) -> wgpu::Features {
     features
 }
 
-/// Higher is better: the kind of device, then how many of the `fast` features the adapter has, then
-/// the backend (no two backends tie, so neither does one GPU listed twice).
+/// Higher is better: a primary backend before GL (GL is probed only where no primary adapter
+/// exists), then the kind of device, then how many of the `fast` features the adapter has, then the
+/// backend (no two backends tie, so neither does one GPU listed twice).
 fn adapter_rank(
     device_type: wgpu::DeviceType,
     backend: wgpu::Backend,
     features: wgpu::Features,
     fast: wgpu::Features,
-) -> (u8, usize, u8) {
+) -> (bool, u8, usize, u8) {
+    let primary = backend != wgpu::Backend::Gl;
     let device = match device_type {
         wgpu::DeviceType::DiscreteGpu => 4,
         wgpu::DeviceType::IntegratedGpu => 3,
@@ -81,7 +83,7 @@ fn adapter_rank(
         wgpu::Backend::Gl => 1,
         _ => 0,
     };
-    (device, (features & fast).iter().count(), backend)
+    (primary, device, (features & fast).iter().count(), backend)
 }
 
 /// The index of the best-ranked of `ranks`; the first listed among equals (two identical GPUs).
@@ -89,14 +91,24 @@ fn best<R: Ord>(ranks: impl IntoIterator<Item = R>) -> Option<usize> {
     ranks.into_iter().enumerate().max_by(|(i, a), (j, b)| a.cmp(b).then(j.cmp(i))).map(|(i, _)| i)
 }
 
-/// The index of the best of `adapters` for the kernels under `options` (see the module's docs), the
-/// first listed among equals; `None` for an empty list.
+/// The index of the best of `adapters` for the kernels under `options` (see the module's docs): among
+/// those of the backend and with the name `options` ask for, the first listed among equals; `None`
+/// when none is left.
 pub(crate) fn best_adapter(adapters: &[wgpu::Adapter], options: &DeviceOptions) -> Option<usize> {
     let fast = fast_path_features(options);
-    best(adapters.iter().map(|a| {
-        let info = a.get_info();
-        adapter_rank(info.device_type, info.backend, a.features(), fast)
-    }))
+    let wanted_backends = backends_for(options.backend);
+    let wanted_name = options.adapter_name.as_ref().map(|n| n.to_lowercase());
+    let ranks: Vec<_> = adapters
+        .iter()
+        .enumerate()
+        .filter_map(|(i, a)| {
+            let info = a.get_info();
+            let named = wanted_name.as_ref().is_none_or(|n| info.name.to_lowercase().contains(n.as_str()));
+            (named && wanted_backends.contains(wgpu::Backends::from(info.backend)))
+                .then(|| (i, adapter_rank(info.device_type, info.backend, a.features(), fast)))
+        })
+        .collect();
+    best(ranks.iter().map(|&(_, rank)| rank)).map(|k| ranks[k].0)
 }
 
 pub(crate) async fn select_adapter(options: &DeviceOptions) -> Result<wgpu::Adapter> {
@@ -109,7 +121,6 @@ pub(crate) async fn select_adapter(options: &DeviceOptions) -> Result<wgpu::Adap
     } else {
         vec![backends]
     };
-    let wanted_name = options.adapter_name.as_ref().map(|n| n.to_lowercase());
     let mut seen = Vec::new();
     for pass in passes {
         let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle();
@@ -120,15 +131,9 @@ pub(crate) async fn select_adapter(options: &DeviceOptions) -> Result<wgpu::Adap
             let info = a.get_info();
             format!("{} ({:?}, {:?})", info.name, info.backend, info.device_type)
         }));
-        let mut candidates: Vec<wgpu::Adapter> = adapters
-            .into_iter()
-            .filter(|a| match &wanted_name {
-                Some(name) => a.get_info().name.to_lowercase().contains(name.as_str()),
-                None => true,
-            })
-            .collect();
-        if let Some(index) = best_adapter(&candidates, options) {
-            return Ok(candidates.swap_remove(index));
+        let mut adapters = adapters;
+        if let Some(index) = best_adapter(&adapters, options) {
+            return Ok(adapters.swap_remove(index));
         }
     }
     let found = if seen.is_empty() { "none".to_string() } else { seen.join(", ") };
@@ -180,7 +185,11 @@ mod tests {
         let cpu = adapter_rank(DeviceType::Cpu, Backend::Vulkan, fast(), fast());
         assert_eq!(best([cpu, integrated, discrete]), Some(2));
         assert_eq!(best([cpu, integrated]), Some(1));
-        assert_eq!(best(Vec::<(u8, usize, u8)>::new()), None);
+        assert_eq!(best(Vec::<(bool, u8, usize, u8)>::new()), None);
+        // GL only where no primary backend has an adapter: a discrete GPU through GL does not win
+        // over a software Vulkan adapter, as the CLI's passes decide.
+        let gl_discrete = adapter_rank(DeviceType::DiscreteGpu, Backend::Gl, fast(), fast());
+        assert_eq!(best([gl_discrete, cpu]), Some(1));
         // Two identical GPUs: the first listed.
         assert_eq!(best([discrete, discrete]), Some(0));
     }
