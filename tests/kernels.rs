@@ -113,8 +113,10 @@ fn every_kernel_translates_for_dx12_and_metal() {
             let entries = module.entry_points.iter().filter(|e| e.stage == naga::ShaderStage::Compute);
             for entry in entries {
                 let stage_entry = Some((naga::ShaderStage::Compute, entry.name.clone()));
-                // Metal's simdgroups are 32 wide; DX12's waves 32 or 64 (NVIDIA, AMD) or 8-32 (Intel).
-                for (backend, sizes) in [("DX12", (32, 64)), ("DX12", (8, 32)), ("Metal", (32, 32))] {
+                // The subgroup ranges wgpu reports: DX12 32-64 (NVIDIA, AMD), 8-32 (Intel), 64-128
+                // (Adreno); Metal 4-64 whatever the GPU (wgpu-hal's Metal adapter).
+                let ranges = [("DX12", (32, 64)), ("DX12", (8, 32)), ("DX12", (64, 128)), ("Metal", (4, 64))];
+                for (backend, sizes) in ranges {
                     for constants in launches(family, &entry.name, &caps_of(variant.subgroups, sizes)) {
                         let label = format!("{backend} {family}{} {} {constants:?}", variant.suffix(), entry.name);
                         let overridden = naga::back::pipeline_constants::process_overrides(
