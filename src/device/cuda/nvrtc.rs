@@ -9,25 +9,35 @@ use cudarc::nvrtc::{result as nvrtc, sys};
 
 use crate::error::{Error, Result};
 
-/// NVRTC 13's library and its builtins, as the wheel and the toolkit name them on this platform.
+/// NVRTC 13's library, and the start of its builtins' name (13.0 ships `libnvrtc-builtins.so.13.0`
+/// and `nvrtc-builtins64_130.dll`, 13.1 `...13.1` and `..._131.dll`), as this platform names them.
 #[cfg(unix)]
-const NVRTC_FILES: [&str; 2] = ["libnvrtc-builtins.so.13.0", "libnvrtc.so.13"];
+const NVRTC_FILES: (&str, &str) = ("libnvrtc.so.13", "libnvrtc-builtins.so.13");
 #[cfg(windows)]
-const NVRTC_FILES: [&str; 2] = ["nvrtc-builtins64_130.dll", "nvrtc64_130_0.dll"];
+const NVRTC_FILES: (&str, &str) = ("nvrtc64_130_0.dll", "nvrtc-builtins64_13");
 
-/// Loads the NVRTC library once. `SCALEWISE_NVRTC_DIR` names the folder with NVRTC_FILES (the wheel's
-/// `nvidia/cu13/lib` on Linux, which has no RUNPATH): both are opened by absolute path first, so
-/// cudarc's own lookup by name finds them loaded. Every cudarc call panics without the library, so
-/// this check comes before any of them.
+/// Loads the NVRTC library once. `SCALEWISE_NVRTC_DIR` names the folder with the library and its
+/// builtins (the wheel's `nvidia/cu13/lib` on Linux, which has no RUNPATH): both are opened by
+/// absolute path first, the builtins whatever their minor version, so that cudarc's own lookup by
+/// name finds them loaded. Every cudarc call panics without the library, so this check comes before
+/// any of them.
 pub(super) fn available() -> std::result::Result<(), String> {
     static STATE: OnceLock<std::result::Result<(), String>> = OnceLock::new();
     STATE
         .get_or_init(|| {
             if let Some(dir) = std::env::var_os("SCALEWISE_NVRTC_DIR").filter(|d| !d.is_empty()) {
                 let dir = std::path::PathBuf::from(dir);
-                for name in NVRTC_FILES {
-                    let path = dir.join(name);
-                    let lib = open_for_later_lookups(&path)
+                let (library, builtins) = NVRTC_FILES;
+                // The builtins first: the library loads them by name when it starts.
+                let mut found: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+                    .map_err(|e| format!("SCALEWISE_NVRTC_DIR: cannot list {}: {e}", dir.display()))?
+                    .flatten()
+                    .filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with(builtins)))
+                    .map(|e| e.path())
+                    .collect();
+                found.sort();
+                for path in found.iter().rev().take(1).chain([&dir.join(library)]) {
+                    let lib = open_for_later_lookups(path)
                         .map_err(|e| format!("SCALEWISE_NVRTC_DIR: cannot load {}: {e}", path.display()))?;
                     std::mem::forget(lib);
                 }
@@ -40,7 +50,7 @@ pub(super) fn available() -> std::result::Result<(), String> {
                     "the NVRTC library ({}) was not found: install the CUDA toolkit or `pip install --target DIR \
                      nvidia-cuda-nvrtc` and set SCALEWISE_NVRTC_DIR to the wheel's folder holding it \
                      (DIR/nvidia/cu13/lib on Linux)",
-                    NVRTC_FILES[1]
+                    NVRTC_FILES.0
                 ))
             }
         })
