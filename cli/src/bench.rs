@@ -284,6 +284,17 @@ pub fn attention(device: &Device, config: &AttentionBenchConfig) -> Result<Vec<A
         }
         .with_text(case.text, case.text);
         let len = base.seq_len();
+        // The kernels count tokens in u32 (the grid alone was checked when the flag was read).
+        if u32::try_from(len).is_err() {
+            return Err(Error::InvalidArgument {
+                op: "bench attention",
+                msg: format!(
+                    "{} image and {} text tokens pass the kernels' u32 token count",
+                    base.image_tokens(),
+                    case.text
+                ),
+            });
+        }
         for &dtype in &config.dtypes {
             check_fits(device, "attention's q, k and v", &[config.heads, len, config.head_dim], dtype)?;
         }

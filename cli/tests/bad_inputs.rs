@@ -232,7 +232,7 @@ fn output_targets_are_checked_before_the_model_loads() {
     fails(
         "--dump-tokens ends in a separator",
         &generate_args(&var, &vae, &["--class", "1", "--out", path_str(&keep), "--dump-tokens", &tokens]),
-        "folder separator",
+        "name a file",
     );
     assert_eq!(std::fs::read(&keep).unwrap(), b"the user's file");
     let file = s.path("victim.txt");
@@ -651,7 +651,7 @@ fn write_corpus() {
 #[test]
 fn refused_benchmarks_name_the_flag_and_create_no_folder() {
     let s = Scratch::new("bench");
-    let cases: [(&[&str], i32, &str); 13] = [
+    let cases: [(&[&str], i32, &str); 14] = [
         (&["bench", "matmul", "--sizes", "0"], 1, "--sizes"),
         (&["bench", "peaks", "--fma-iters", "0"], 2, "--fma-iters"),
         (&["bench", "matmul", "--sizes", "0", "--json", "new/a/x.json"], 1, "--sizes"),
@@ -666,6 +666,7 @@ fn refused_benchmarks_name_the_flag_and_create_no_folder() {
         // Grids whose token count wrapped to a small number and surfaced as a misleading kv_len error.
         (&["bench", "attention", "--grids", "4294967296x4294967296"], 2, "more than 4294967295 tokens"),
         (&["bench", "attention", "--grids", "65536x65536"], 2, "more than 4294967295 tokens"),
+        (&["bench", "attention", "--grids", "65535x65535", "--text", "200000"], 1, "u32 token count"),
     ];
     for (args, code, needle) in cases {
         let out = Command::new(env!("CARGO_BIN_EXE_scalewise"))
