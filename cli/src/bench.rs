@@ -1044,8 +1044,13 @@ impl SoakResult {
 /// Memory the kernel could give this process without swapping (Linux: MemAvailable in /proc/meminfo),
 /// else None.
 pub fn available_host_bytes() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    proc_kib_field("/proc/meminfo", "MemAvailable:")
+}
+
+/// The `key` line of a /proc file that counts in kB (`VmRSS:   1234 kB`), in bytes; None off Linux.
+fn proc_kib_field(file: &str, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let line = text.lines().find(|l| l.starts_with(key))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }
@@ -1070,10 +1075,7 @@ fn check_host_fits(what: &str, parameters: u64) -> Result<()> {
 
 /// The process's resident set size from /proc/self/status (Linux), else None.
 pub fn resident_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
+    proc_kib_field("/proc/self/status", "VmRSS:")
 }
 
 pub fn soak(device: &Device, config: &SoakConfig, mut progress: impl FnMut(&SoakSample)) -> Result<SoakResult> {
@@ -1207,10 +1209,7 @@ pub struct LoadBenchResult {
 
 /// Peak resident set size (VmHWM), Linux only.
 fn peak_resident_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
+    proc_kib_field("/proc/self/status", "VmHWM:")
 }
 
 /// Resets the peak resident set size to the current one (Linux: `5` into /proc/self/clear_refs).

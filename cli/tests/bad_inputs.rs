@@ -732,12 +732,7 @@ fn a_checkpoint_write_that_fails_midway_leaves_no_partial_file() {
 fn a_random_model_larger_than_host_memory_is_refused_before_it_is_drawn() {
     // VAR d64's random weights are 72 GiB of f32; drawing them used to end in the allocator's abort
     // (exit 134) or the OOM killer.
-    let available_gib = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|info| {
-            info.lines().find(|l| l.starts_with("MemAvailable:"))?.split_whitespace().nth(1)?.parse::<u64>().ok()
-        })
-        .map(|kib| kib >> 20);
+    let available_gib = scalewise_cli::bench::available_host_bytes().map(|bytes| bytes >> 30);
     match available_gib {
         Some(gib) if gib < 70 => {}
         other => {

@@ -90,12 +90,18 @@ pub(crate) fn find(path: &Path) -> bool {
 /// marker cannot be written).
 fn mark_used(path: &Path) {
     let now = SystemTime::now();
-    let recent = std::fs::metadata(path)
-        .and_then(|m| m.modified())
-        .is_ok_and(|modified| now.duration_since(modified).is_ok_and(|age| age < DAY));
-    if !recent && let Ok(file) = std::fs::OpenOptions::new().append(true).open(path) {
+    if !modified_within_a_day(path, now)
+        && let Ok(file) = std::fs::OpenOptions::new().append(true).open(path)
+    {
         let _ = file.set_modified(now);
     }
+}
+
+/// Whether `path` exists and was modified within the day before `now` (a time after `now`, a clock
+/// set back, does not count).
+fn modified_within_a_day(path: &Path, now: SystemTime) -> bool {
+    let modified = std::fs::metadata(path).and_then(|m| m.modified());
+    modified.is_ok_and(|at| now.duration_since(at).is_ok_and(|age| age < DAY))
 }
 
 /// What a cache file name is: an entry one of this module's callers writes, a temporary of
@@ -169,10 +175,7 @@ fn prune_once_per_process(dir: &Path) {
 /// `None` when it was not due.
 fn prune_if_due(dir: &Path, now: SystemTime, max_bytes: u64) -> Option<Vec<PathBuf>> {
     let marker = dir.join(PRUNE_MARKER);
-    let pruned_lately = std::fs::metadata(&marker)
-        .and_then(|m| m.modified())
-        .is_ok_and(|at| now.duration_since(at).is_ok_and(|age| age < DAY));
-    if pruned_lately {
+    if modified_within_a_day(&marker, now) {
         return None;
     }
     // The marker first: a second process opening the folder meanwhile skips the listing. A folder
