@@ -1,5 +1,6 @@
 # Sourced by scripts/test and scripts/scalewise: makes sure a Vulkan driver and loader exist (installing
-# Mesa's software Vulkan, lavapipe, on a machine without one) and sets the environment wgpu wants.
+# Mesa's software Vulkan, lavapipe, on a machine without one; in CI also Mesa's GL for the wgpu_gl
+# tests) and sets the environment wgpu wants.
 # Expects `set -euo pipefail` in the caller.
 
 # Vulkan is usable when an ICD manifest and the loader (libvulkan.so.1) are both present. An ICD named
@@ -50,6 +51,30 @@ if [[ "$(uname -s)" == Linux ]] && { ! have_vulkan || { [[ "${CI:-}" == true ]] 
         echo "vulkan setup: error: Vulkan (or RADV) still not found after installing mesa-vulkan-drivers" >&2
         exit 1
     fi
+fi
+
+# OpenGL through EGL (the GLVND loader, Mesa's EGL and its llvmpipe driver): the op and model tests'
+# `wgpu_gl` configuration runs every kernel on wgpu's GL backend, what machines without Vulkan, Metal or
+# DX12 get. Outside CI a missing GL is only a SKIP line per test; CI installs it and requires it.
+have_gl() {
+    local ldconfig cache
+    ldconfig="$(command -v ldconfig || echo /sbin/ldconfig)"
+    cache="$("$ldconfig" -p 2>/dev/null || true)"
+    [[ "$cache" == *libEGL.so.1* && "$cache" == *libEGL_mesa.so.0* ]] &&
+        compgen -G '/usr/lib/*/dri/swrast_dri.so' >/dev/null
+}
+if [[ "$(uname -s)" == Linux && "${CI:-}" == true ]]; then
+    if ! have_gl; then
+        echo "gl setup: no EGL/Mesa GL found; installing Mesa's GL drivers (llvmpipe) for the wgpu_gl tests" >&2
+        if [[ "$(id -u)" -eq 0 ]]; then sudo=(); else sudo=(sudo); fi
+        "${sudo[@]}" apt-get update
+        "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y libegl1 libegl-mesa0 libgl1-mesa-dri
+        if ! have_gl; then
+            echo "gl setup: error: EGL or Mesa's GL driver still not found after installing them" >&2
+            exit 1
+        fi
+    fi
+    export SCALEWISE_TEST_GL="${SCALEWISE_TEST_GL:-require}"
 fi
 
 # Without a GPU wgpu also finds GL llvmpipe (no f16, no subgroups, 16 storage buffers per stage);

@@ -19,6 +19,7 @@ use scalewise::{BackendChoice, DType, Device, DeviceOptions};
 /// (`matmul_matches_reference::wgpu_portable`) and are passed to its body for assertion messages.
 pub const WGPU_FULL: &str = "wgpu_full";
 pub const WGPU_PORTABLE: &str = "wgpu_portable";
+pub const WGPU_GL: &str = "wgpu_gl";
 pub const CUDA: &str = "cuda";
 pub const CUDA_CPU: &str = "cuda_cpu";
 
@@ -30,10 +31,14 @@ pub const CUDA_CPU: &str = "cuda_cpu";
 /// }
 /// ```
 ///
-/// keeps the function as written and adds `mod matmul_matches_reference` with four tests:
+/// keeps the function as written and adds `mod matmul_matches_reference` with five tests:
 ///
 /// - `wgpu_full`: the wgpu adapter with every optional feature it has ([`full_device`]);
 /// - `wgpu_portable`: the same adapter with f16, subgroups and timestamps off ([`portable_device`]);
+/// - `wgpu_gl`: wgpu's OpenGL backend ([`gl_device`]): the kernels as naga writes them in GLSL and a
+///   GL driver compiles them (Mesa's llvmpipe here), what machines without Vulkan, Metal or DX12 run
+///   (virtual machines with GL-only graphics, old GPUs). Where no GL adapter opens it is a [`skip`],
+///   except under `SCALEWISE_TEST_GL=require` (scripts/test sets it on Linux CI), where it fails.
 /// - `cuda`: the CUDA backend ([`cuda_device`]). Without the `cuda` cargo feature there is nothing to
 ///   run, and the test is `#[ignore]`d with that reason, so libtest lists it as ignored rather than
 ///   passed. With the feature, a CUDA device that cannot be opened (no driver or GPU, or, until the
@@ -64,6 +69,14 @@ macro_rules! backend_tests {
             #[test]
             fn wgpu_portable() {
                 super::$name($crate::common::portable_device(), $crate::common::WGPU_PORTABLE)
+            }
+
+            #[test]
+            fn wgpu_gl() {
+                match $crate::common::gl_device() {
+                    Ok(device) => super::$name(device, $crate::common::WGPU_GL),
+                    Err(reason) => $crate::common::skip(concat!(module_path!(), "::wgpu_gl"), reason),
+                }
             }
 
             #[test]
@@ -117,6 +130,25 @@ pub fn portable_device() -> &'static Device {
             DeviceOptions { allow_f16: false, allow_subgroups: false, allow_timestamps: false, ..wgpu_options() };
         Device::new(&options).expect("a portable device")
     })
+}
+
+/// wgpu's GL backend with every optional feature it has (`wgpu_gl`), or why it cannot be opened here.
+/// Under `SCALEWISE_TEST_GL=require` a GL adapter must open: the test fails instead of skipping.
+pub fn gl_device() -> Result<&'static Device, &'static str> {
+    static DEVICE: OnceLock<Result<Device, String>> = OnceLock::new();
+    let device = DEVICE
+        .get_or_init(|| {
+            let options = DeviceOptions { backend: BackendChoice::Gl, ..wgpu_options() };
+            Device::new(&options).map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(String::as_str);
+    if let Err(reason) = device
+        && std::env::var("SCALEWISE_TEST_GL").is_ok_and(|v| v == "require")
+    {
+        panic!("SCALEWISE_TEST_GL=require, but no GL adapter opened: {reason}");
+    }
+    device
 }
 
 /// The CUDA device, or why it cannot be opened here (the typed error, as text).
