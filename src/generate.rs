@@ -169,6 +169,11 @@ impl<'a> Session<'a> {
     }
 }
 
+/// The largest [`GenerateOptions::cfg`] a generation takes. The guided logits are
+/// (1 + t) * cond - t * uncond in f32; a finite but huge t overflows them to infinities and NaN,
+/// which sample no token (VAR's published settings are 1.5 to 5; 10^6 keeps logits below 10^32 finite).
+pub const MAX_CFG: f32 = 1.0e6;
+
 /// How to generate. `Default`: the official demo's settings (cfg 4, top-k 900, top-p 0.95).
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenerateOptions {
@@ -176,7 +181,7 @@ pub struct GenerateOptions {
     pub labels: Vec<usize>,
     pub seed: u64,
     /// Classifier-free guidance; ramps linearly from 0 at the first scale to `cfg` at the last. 0
-    /// turns guidance off (and skips the unconditional half).
+    /// turns guidance off (and skips the unconditional half). At most [`MAX_CFG`].
     pub cfg: f32,
     /// 0: no top-k; 1: argmax; at or above the vocabulary size every token is kept (so the default,
     /// the official 900, also suits models with smaller codebooks).
@@ -355,8 +360,8 @@ impl Pipeline {
                 config.num_classes
             ));
         }
-        if !options.cfg.is_finite() || options.cfg < 0.0 {
-            return bad(format!("cfg must be a finite number >= 0, got {}", options.cfg));
+        if !options.cfg.is_finite() || !(0.0..=MAX_CFG).contains(&options.cfg) {
+            return bad(format!("cfg must be a finite number in 0..={MAX_CFG:e}, got {}", options.cfg));
         }
         if !(0.0..=1.0).contains(&options.top_p) {
             return bad(format!("top-p must be in [0, 1], got {}", options.top_p));
@@ -852,6 +857,21 @@ impl<'a> Generation<'a> {
             ScaleTokens::Reading(read) => read.wait_u32()?,
             ScaleTokens::Known(ids) => ids,
         };
+        // The sampler's sign of a row without finite logits (see `sample_tokens`): the scale's f_hat
+        // and the next scale's input were built from an id the codebook does not have.
+        let vocab = self.pipeline.config().vocab;
+        if let Some(&id) = tokens.iter().find(|&&id| id as usize >= vocab) {
+            self.in_flight = None;
+            self.next_input = None;
+            self.scale = self.scales();
+            return Err(Error::InvalidArgument {
+                op: "generate",
+                msg: format!(
+                    "the logits of scale {index} are not finite: the sampler drew token {id}, outside the \
+                     vocabulary of {vocab} (non-finite weights, or a guidance too large for the logits)"
+                ),
+            });
+        }
         let logits = logits.map(|l| l.to_vec_f32()).transpose()?;
         self.scale += 1;
         self.tokens.push(tokens.clone());

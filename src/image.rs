@@ -6,6 +6,11 @@ use std::path::Path;
 use crate::error::{Error, Result};
 use crate::output::write_atomic;
 
+/// The most RGB bytes [`Image::grid`] and [`Image::upscale_nearest`] produce (2 GiB, a 26754 x 26754
+/// image): both size their output from caller values (a factor, the cells' sides), and a count that
+/// fits usize may still be terabytes, which would abort in the allocator rather than return an error.
+pub const MAX_IMAGE_BYTES: usize = 1 << 31;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Image {
     pub width: usize,
@@ -70,6 +75,7 @@ impl Image {
 
     /// The images in a grid of `columns` (the last row may be short), 2 black pixels between; each
     /// cell is the first image's size (a larger image is cropped, a smaller one padded with black).
+    /// Cells without pixels and grids above [`MAX_IMAGE_BYTES`] are refused.
     pub fn grid(images: &[Image], columns: usize) -> Result<Image> {
         const OP: &str = "Image::grid";
         for image in images {
@@ -83,15 +89,18 @@ impl Image {
         let columns = columns.clamp(1, images.len());
         let rows = images.len().div_ceil(columns);
         let (w, h) = (first.width, first.height);
+        // Empty cells would leave a grid of nothing but the black gaps, whose size no image bounds.
+        if w == 0 || h == 0 {
+            return Err(invalid(OP, format!("the cells are {w} x {h}: a grid needs images with pixels")));
+        }
         // Each image is checked, so w x h x 3 fits; the grid's sides and bytes may not.
         let side = |cells: usize, cell: usize| cell.checked_add(GAP)?.checked_mul(cells)?.checked_sub(GAP);
         let (Some(width), Some(height)) = (side(columns, w), side(rows, h)) else {
             return Err(invalid(OP, format!("{} images of {w} x {h} overflow a grid", images.len())));
         };
-        let Some(bytes) = width.checked_mul(height).and_then(|n| n.checked_mul(3)) else {
-            return Err(invalid(OP, format!("a {width} x {height} grid overflows")));
-        };
-        let mut rgb = vec![0u8; bytes];
+        let bytes = output_bytes(OP, width, height)?;
+        let mut rgb = allocate(OP, bytes)?;
+        rgb.resize(bytes, 0);
         for (i, image) in images.iter().enumerate() {
             let (x0, y0) = ((i % columns) * (w + GAP), (i / columns) * (h + GAP));
             for y in 0..h.min(image.height) {
@@ -104,16 +113,15 @@ impl Image {
     }
 
     /// Every pixel repeated `factor` times along both axes (no smoothing: coarse tokens stay visible).
+    /// Outputs above [`MAX_IMAGE_BYTES`] are refused.
     pub fn upscale_nearest(&self, factor: usize) -> Result<Image> {
         const OP: &str = "Image::upscale_nearest";
         self.check(OP)?;
         let factor = factor.max(1);
-        let sides = self.width.checked_mul(factor).zip(self.height.checked_mul(factor));
-        let Some((width, height)) = sides.filter(|&(w, h)| w.checked_mul(h).and_then(|n| n.checked_mul(3)).is_some())
-        else {
+        let Some((width, height)) = self.width.checked_mul(factor).zip(self.height.checked_mul(factor)) else {
             return Err(invalid(OP, format!("{} x {} upscaled {factor} times overflows", self.width, self.height)));
         };
-        let mut rgb = Vec::with_capacity(width * height * 3);
+        let mut rgb = allocate(OP, output_bytes(OP, width, height)?)?;
         for y in 0..height {
             for x in 0..width {
                 let i = ((y / factor) * self.width + x / factor) * 3;
@@ -145,6 +153,22 @@ impl Image {
     }
 }
 
+/// The RGB bytes of a `width` x `height` output, or an error above [`MAX_IMAGE_BYTES`].
+fn output_bytes(op: &'static str, width: usize, height: usize) -> Result<usize> {
+    match width.checked_mul(height).and_then(|n| n.checked_mul(3)) {
+        Some(bytes) if bytes <= MAX_IMAGE_BYTES => Ok(bytes),
+        _ => Err(invalid(op, format!("a {width} x {height} image exceeds the {MAX_IMAGE_BYTES} bytes of RGB allowed"))),
+    }
+}
+
+/// An empty buffer with room for `bytes`: the memory is asked for here, so a machine that has less
+/// gets an error instead of an allocator abort.
+fn allocate(op: &'static str, bytes: usize) -> Result<Vec<u8>> {
+    let mut rgb = Vec::new();
+    rgb.try_reserve_exact(bytes).map_err(|e| invalid(op, format!("cannot allocate {bytes} bytes of RGB: {e}")))?;
+    Ok(rgb)
+}
+
 fn invalid(op: &'static str, msg: String) -> Error {
     Error::InvalidArgument { op, msg }
 }
@@ -174,5 +198,18 @@ mod tests {
         assert!(torn.upscale_nearest(2).is_err());
         assert!(pair[0].upscale_nearest(usize::MAX).is_err());
         assert_eq!(pair[0].upscale_nearest(3).unwrap().rgb.len(), 6 * 6 * 3);
+    }
+
+    #[test]
+    fn outputs_past_the_byte_bound_are_refused_before_allocating() {
+        // 2^20 x 2^20 pixels fit usize but are 3.3 TB: refused, not an allocator abort.
+        let pixel = Image { width: 1, height: 1, rgb: vec![1, 2, 3] };
+        let err = pixel.upscale_nearest(1 << 20).unwrap_err().to_string();
+        assert!(err.contains("1048576 x 1048576") && err.contains(&MAX_IMAGE_BYTES.to_string()), "{err}");
+        // Empty cells 2^40 high: the gaps alone would be 6.6 TB.
+        let empty = Image { width: 0, height: 1 << 40, rgb: vec![] };
+        let err = Image::grid(&[empty.clone(), empty], 2).unwrap_err().to_string();
+        assert!(err.contains("0 x 1099511627776"), "{err}");
+        assert_eq!(pixel.upscale_nearest(2).unwrap().rgb, [1, 2, 3].repeat(4));
     }
 }

@@ -192,3 +192,261 @@ fn a_weight_above_the_binding_limit_is_refused_by_name_before_it_is_read() {
         skip("the f16 half of the check", "no SHADER_F16");
     }
 }
+
+/// A second device (its own wgpu device on the same adapter), for operands from elsewhere.
+fn other_device() -> Device {
+    Device::new(&DeviceOptions::from_env().unwrap()).unwrap()
+}
+
+fn on_another_device(r: scalewise::Result<impl std::fmt::Debug>) -> bool {
+    matches!(&r, Err(Error::InvalidArgument { msg, .. }) if msg.contains("different devices"))
+}
+
+#[test]
+fn operands_from_another_device_are_refused() {
+    use scalewise::ops::scan::{SelectiveScan, SequenceLayout, SsdForm, SsdScan, selective_scan, ssd_scan};
+    use scalewise::ops::{QkvHeads, qkv_attention, qkv_heads};
+    let device = full_device();
+    let other = other_device();
+    let qkv = tensor(device, &[1, 1, 12]);
+    let (k_cache, v_cache) = (tensor(device, &[1, 2, 1, 4]), tensor(device, &[1, 2, 1, 4]));
+    let foreign_scale = tensor(&other, &[1]);
+    let args = QkvHeads {
+        qkv: &qkv,
+        heads: 1,
+        l2_norm: true,
+        head_scale: &foreign_scale,
+        k_cache: &k_cache,
+        v_cache: &v_cache,
+        start: 0,
+    };
+    assert!(on_another_device(qkv_heads(&args)));
+    assert!(on_another_device(qkv_attention(&args, 1.0)));
+    // Every f32 operand of the scans: A, D, delta_bias and the initial state.
+    let (u, b) = (tensor(device, &[1, 2, 3]), tensor(device, &[1, 1, 1, 3]));
+    let (a, d) = (tensor(device, &[2, 1]), tensor(device, &[2]));
+    let (foreign_a, foreign_d, foreign_h0) =
+        (tensor(&other, &[2, 1]), tensor(&other, &[2]), tensor(&other, &[1, 2, 1]));
+    let scan = SelectiveScan {
+        u: &u,
+        delta: &u,
+        a: &a,
+        b: &b,
+        c: &b,
+        d_skip: Some(&d),
+        z: None,
+        delta_bias: Some(&d),
+        delta_softplus: false,
+        initial_state: None,
+        reverse: false,
+        layout: SequenceLayout::ChannelsMajor,
+        chunk_len: None,
+    };
+    assert!(selective_scan(&scan).is_ok());
+    assert!(on_another_device(selective_scan(&SelectiveScan { a: &foreign_a, ..scan }).map(|o| o.y)));
+    assert!(on_another_device(selective_scan(&SelectiveScan { d_skip: Some(&foreign_d), ..scan }).map(|o| o.y)));
+    assert!(on_another_device(selective_scan(&SelectiveScan { delta_bias: Some(&foreign_d), ..scan }).map(|o| o.y)));
+    assert!(on_another_device(
+        selective_scan(&SelectiveScan { initial_state: Some(&foreign_h0), ..scan }).map(|o| o.y)
+    ));
+    let ssd = SsdScan {
+        x: &u,
+        dt: &tensor(device, &[1, 1, 3]),
+        a: &tensor(&other, &[1]),
+        b: &b,
+        c: &b,
+        d_skip: None,
+        dt_bias: None,
+        dt_softplus: false,
+        initial_state: None,
+        reverse: false,
+        layout: SequenceLayout::ChannelsMajor,
+        chunk_len: None,
+        form: SsdForm::Recurrent,
+    };
+    assert!(on_another_device(ssd_scan(&ssd).map(|o| o.y)));
+}
+
+#[test]
+fn tensors_written_in_place_may_not_share_storage_with_another_operand() {
+    use scalewise::ops::{QkvHeads, qkv_attention, qkv_heads};
+    let device = full_device();
+    let shares = |r: scalewise::Result<Tensor>| matches!(&r, Err(Error::InvalidArgument { msg, .. }) if msg.contains("share storage"));
+    let qkv =
+        Tensor::from_f32(device, &[1, 1, 12], &[1., 0., 0., 0., 0., 2., 0., 0., 5., 6., 7., 8.], DType::F32).unwrap();
+    let scale = tensor(device, &[1]);
+    let cache = Tensor::zeros(device, &[1, 3, 1, 4], DType::F32).unwrap();
+    let other = Tensor::zeros(device, &[1, 3, 1, 4], DType::F32).unwrap();
+    let args = QkvHeads {
+        qkv: &qkv,
+        heads: 1,
+        l2_norm: false,
+        head_scale: &scale,
+        k_cache: &cache,
+        v_cache: &cache,
+        start: 0,
+    };
+    // One tensor as both caches: the values would overwrite the keys.
+    assert!(shares(qkv_heads(&args)));
+    assert!(shares(qkv_attention(&args, 1.0)));
+    // A cache that is a view of qkv: the kernel would read what it writes.
+    let view = qkv.reshape(&[1, 3, 1, 4]).unwrap();
+    assert!(shares(qkv_heads(&QkvHeads { k_cache: &view, v_cache: &other, ..args })));
+    assert!(shares(qkv_heads(&QkvHeads { k_cache: &other, v_cache: &view, ..args })));
+    // Nothing was written, and the batch is healthy: the cache reads back as it was.
+    assert_eq!(cache.to_vec_f32().unwrap(), [0.0; 12]);
+    let q = qkv_heads(&QkvHeads { k_cache: &cache, v_cache: &other, ..args }).unwrap();
+    assert_eq!(q.to_vec_f32().unwrap(), [1., 0., 0., 0.], "distinct caches are fine");
+    assert_eq!(cache.to_vec_f32().unwrap()[..4], [0., 2., 0., 0.]);
+    assert_eq!(other.to_vec_f32().unwrap()[..4], [5., 6., 7., 8.]);
+}
+
+#[test]
+fn ssd_heads_must_divide_into_groups_in_every_form() {
+    use scalewise::ops::scan::{SequenceLayout, SsdForm, SsdScan, ssd_scan};
+    let device = full_device();
+    // 3 heads of 2 channels, 2 groups of B and C.
+    let (x, dt, a, bc) =
+        (tensor(device, &[1, 6, 5]), tensor(device, &[1, 3, 5]), tensor(device, &[3]), tensor(device, &[1, 2, 4, 5]));
+    for form in [SsdForm::Auto, SsdForm::Recurrent, SsdForm::ChunkedMatrix] {
+        let s = SsdScan {
+            x: &x,
+            dt: &dt,
+            a: &a,
+            b: &bc,
+            c: &bc,
+            d_skip: None,
+            dt_bias: None,
+            dt_softplus: false,
+            initial_state: None,
+            reverse: false,
+            layout: SequenceLayout::ChannelsMajor,
+            chunk_len: None,
+            form,
+        };
+        let err = ssd_scan(&s).map(|o| o.y).unwrap_err().to_string();
+        assert!(err.contains("2 groups do not divide 3 heads"), "{form:?}: {err}");
+    }
+}
+
+#[test]
+fn a_guidance_that_overflows_is_refused() {
+    use scalewise::ops::sample::{SampleOptions, sample_tokens};
+    let device = full_device();
+    let logits = Tensor::from_f32(device, &[2, 1, 3], &[2., 1., 0., 0., 0., 0.], DType::F32).unwrap();
+    let options =
+        |cfg: f32, cfg_ratio: f32| SampleOptions { cfg: Some(cfg), cfg_ratio, top_k: 1, ..Default::default() };
+    // Each finite, their product is not.
+    let err = sample_tokens(&logits, &options(3e38, 2.0)).map(|s| s.ids).unwrap_err().to_string();
+    assert!(err.contains("guidance"), "{err}");
+    assert_eq!(sample_tokens(&logits, &options(4.0, 0.5)).unwrap().ids.to_vec_u32().unwrap(), [0]);
+}
+
+#[test]
+fn generation_refuses_a_huge_cfg_and_reports_non_finite_logits_by_scale() {
+    use scalewise::generate::{GenerateOptions, MAX_CFG, Pipeline};
+    use scalewise::nn::{VarModel, VqVae};
+    use scalewise_support::synthetic::{tiny_imagenet, vae_state_dict, var_state_dict};
+    let device = full_device();
+    let (var, vae) = tiny_imagenet();
+    let mut sd = var_state_dict(&var, 1).unwrap();
+    // NaN logits from the first scale on: a NaN head (loaded on purpose).
+    sd.allow_non_finite = true;
+    sd.insert("head.weight", &[var.vocab, var.width], vec![f32::NAN; var.vocab * var.width]).unwrap();
+    let model = VarModel::from_state_dict(device, &sd, DType::F32).unwrap();
+    let vae = VqVae::from_state_dict(device, &vae_state_dict(&vae, 1).unwrap(), DType::F32).unwrap();
+    let pipeline = Pipeline::new(model, vae).unwrap();
+    let options = GenerateOptions { labels: vec![0], cfg: 0.0, top_k: 1, profile_stages: false, ..Default::default() };
+    for cfg in [3e38, MAX_CFG * 2.0] {
+        let err = pipeline.start(&GenerateOptions { cfg, ..options.clone() }).err().expect("refused").to_string();
+        assert!(err.contains("cfg"), "{err}");
+    }
+    // Argmax over NaN finds no token: the sampler's id V becomes an error naming the scale.
+    let err = pipeline.generate(&options).map(|(_, steps)| steps.len()).unwrap_err().to_string();
+    assert!(err.contains("logits of scale 0 are not finite"), "{err}");
+    let mut generation = pipeline.start(&GenerateOptions { profile_stages: true, ..options }).unwrap();
+    assert!(generation.step().is_err());
+    assert!(generation.step().is_err(), "no scale follows a failed one");
+}
+
+#[test]
+fn models_refuse_conditions_caches_and_states_of_another_depth() {
+    use scalewise::nn::{MvarModel, ScaleHistory, VarModel};
+    use scalewise_support::synthetic::{MvarShape, mvar_state_dict, tiny_imagenet, var_state_dict};
+    let device = full_device();
+    let (shallow, _) = tiny_imagenet();
+    let deep = scalewise_support::synthetic::VarShape { depth: 2, ..shallow.clone() };
+    let load = |shape| VarModel::from_state_dict(device, &var_state_dict(shape, 1).unwrap(), DType::F32).unwrap();
+    let (m1, m2) = (load(&shallow), load(&deep));
+    let c2 = m2.conditions(&[0]).unwrap();
+    let x = m2.first_input(&c2).unwrap();
+    let refused = |r: scalewise::Result<Tensor>| matches!(r, Err(Error::InvalidArgument { .. }));
+    assert!(refused(m2.forward(&x, &m1.conditions(&[0]).unwrap(), &mut m2.new_cache(1).unwrap())));
+    assert!(refused(m2.forward(&x, &c2, &mut m1.new_cache(1).unwrap())));
+    assert!(refused(m1.forward(
+        &m1.first_input(&m1.conditions(&[0]).unwrap()).unwrap(),
+        &m1.conditions(&[0]).unwrap(),
+        &mut m2.new_cache(1).unwrap()
+    )));
+    // A cache for other rows (the right depth) is a shape mismatch, as before.
+    assert!(matches!(m2.forward(&x, &c2, &mut m2.new_cache(2).unwrap()), Err(Error::ShapeMismatch { .. })));
+    assert!(m2.forward(&x, &c2, &mut m2.new_cache(1).unwrap()).is_ok());
+    let shape = MvarShape {
+        depth: 1,
+        width: 64,
+        num_classes: 10,
+        vocab: 16,
+        cvae: 4,
+        patch_nums: vec![1, 2],
+        cosine_attention: false,
+    };
+    let load = |shape: &MvarShape| {
+        MvarModel::from_state_dict(device, &mvar_state_dict(shape, 1).unwrap(), DType::F32).unwrap()
+    };
+    let (m1, m2) = (load(&shape), load(&MvarShape { depth: 2, ..shape.clone() }));
+    let c2 = m2.conditions(&[0]).unwrap();
+    let x = m2.first_input(&c2).unwrap();
+    for history in [ScaleHistory::CarryState, ScaleHistory::RecomputePrefix] {
+        assert!(refused(m2.forward(&x, &m1.conditions(&[0]).unwrap(), &mut m2.new_state(1, history))));
+        assert!(refused(m2.forward(&x, &c2, &mut m1.new_state(1, history))));
+    }
+}
+
+#[test]
+fn sizes_that_wrap_are_refused_by_the_op_that_takes_them() {
+    use scalewise::nn::VqVae;
+    use scalewise_support::synthetic::{tiny_imagenet, vae_state_dict};
+    let device = full_device();
+    let vae = VqVae::from_state_dict(device, &vae_state_dict(&tiny_imagenet().1, 1).unwrap(), DType::F32).unwrap();
+    // (2^32)^2 wraps to 0 = the ids' length: refused by lookup itself, not by a reshape downstream.
+    let ids = Tensor::from_u32(device, &[1, 0], &[]).unwrap();
+    let err = vae.lookup(&ids, 1 << 32).unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument { op: "VqVae::lookup", .. }), "{err:?}");
+}
+
+#[test]
+fn linear_without_input_features_gives_the_bias_rows() {
+    let device = full_device();
+    let x = Tensor::zeros(device, &[2, 0], DType::F32).unwrap();
+    let w = Tensor::zeros(device, &[3, 0], DType::F32).unwrap();
+    let b = Tensor::from_f32(device, &[3], &[1., 2., 3.], DType::F32).unwrap();
+    let y = ops::linear(&x, &w, Some(&b)).unwrap();
+    assert_eq!(y.shape(), [2, 3]);
+    assert_eq!(y.to_vec_f32().unwrap(), [1., 2., 3., 1., 2., 3.]);
+    let y = ops::linear(&Tensor::zeros(device, &[2, 4, 0], DType::F32).unwrap(), &w, None).unwrap();
+    assert_eq!(y.to_vec_f32().unwrap(), [0.0; 24]);
+}
+
+#[test]
+fn groups_larger_than_the_grid_attend_as_the_whole_grid() {
+    use scalewise::ops::{GroupedLayout, grouped_attention};
+    let device = full_device();
+    // Sides whose product overflows usize, and a group of 2^26 tokens: one group, one block each.
+    let v = Tensor::from_f32(device, &[1, 1, 2, 4], &[1., 2., 3., 4., 5., 6., 7., 8.], DType::F32).unwrap();
+    for group in [[1 << 32, 1 << 32], [1 << 13, 1 << 13]] {
+        let layout = GroupedLayout::image(1, 2).with_group(&group);
+        let out = grouped_attention(&v, &tensor(device, &[1, 1, 2, 4]), &v, &layout, None).unwrap();
+        // Equal keys: each query averages the two values.
+        assert_eq!(out.to_vec_f32().unwrap(), [3., 4., 5., 6., 3., 4., 5., 6.], "{group:?}");
+    }
+}

@@ -203,3 +203,25 @@ fn uploads_and_clears_between_kernels_join_the_pending_submission() {
     assert!(z.to_vec_f32().unwrap().iter().all(|&v| v == 0.0));
     assert!(sum.to_vec_f32().unwrap().iter().all(|&v| (v - (silu + 3.0)).abs() < 1e-6));
 }
+
+#[test]
+fn write_slice_refuses_a_source_sharing_the_destination_storage() {
+    let device = full_device();
+    let x = Tensor::from_f32(device, &[4], &[1., 2., 3., 4.], DType::F32).unwrap();
+    let err = x.write_slice(0, 0, &x.reshape(&[4]).unwrap()).unwrap_err().to_string();
+    assert!(err.contains("share storage"), "{err}");
+    let clone = x.clone();
+    assert!(x.write_slice(0, 1, &clone.reshape(&[4]).unwrap().slice(0, 0..2).unwrap()).is_ok(), "a copy is fine");
+    // The pending batch was not poisoned: an unrelated op reads back.
+    let y = scalewise::ops::add(&x, &x).unwrap();
+    assert_eq!(y.to_vec_f32().unwrap(), [2., 2., 4., 8.]);
+}
+
+#[test]
+fn split_sizes_that_wrap_past_usize_are_refused() {
+    let device = full_device();
+    let x = Tensor::from_f32(device, &[1], &[1.0], DType::F32).unwrap();
+    // usize::MAX + 2 wraps to 1, the dimension's length.
+    let err = x.split(0, [usize::MAX, 2]).map(|_| ()).unwrap_err().to_string();
+    assert!(err.contains("do not add up"), "{err}");
+}

@@ -371,7 +371,20 @@ impl MvarModel {
                 detail: format!("x, the conditions and the state ({} rows) must agree in rows and width", state.rows),
             });
         }
-        if state.len + tokens > state.capacity {
+        // Conditions and states are plain values a caller may take from another model: one of another
+        // depth would index past its blocks.
+        let depth = self.blocks.len();
+        if conditions.blocks.len() != depth || state.carried.len() != depth || state.prefix.len() != depth {
+            return Err(Error::InvalidArgument {
+                op: FORWARD,
+                msg: format!(
+                    "the model has {depth} blocks, the conditions {} and the state {}: they come from another model",
+                    conditions.blocks.len(),
+                    state.carried.len().min(state.prefix.len())
+                ),
+            });
+        }
+        if state.len.checked_add(tokens).is_none_or(|end| end > state.capacity) {
             return Err(Error::InvalidArgument {
                 op: FORWARD,
                 msg: format!(

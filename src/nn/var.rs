@@ -620,7 +620,29 @@ impl VarModel {
                 detail: "x, the conditions and the cache must agree in rows and width".into(),
             });
         }
-        if cache.len + tokens > cache.capacity {
+        // Conditions and caches are plain values a caller may take from another model: one of another
+        // depth would index past its blocks.
+        let depth = self.blocks.len();
+        if conditions.blocks.len() != depth || cache.k.len() != depth || cache.v.len() != depth {
+            return Err(Error::InvalidArgument {
+                op: "VarModel::forward",
+                msg: format!(
+                    "the model has {depth} blocks, the conditions {} and the cache {}: they come from another model",
+                    conditions.blocks.len(),
+                    cache.k.len().min(cache.v.len())
+                ),
+            });
+        }
+        let cache_shape = [rows, cache.capacity, self.config.heads, self.config.head_dim];
+        if let Some(k) = cache.k.iter().chain(&cache.v).find(|k| k.shape() != cache_shape) {
+            return Err(Error::ShapeMismatch {
+                op: "VarModel::forward",
+                lhs: cache_shape.to_vec(),
+                rhs: k.shape().to_vec(),
+                detail: "the cache must be (rows, capacity, heads, head_dim) of this model".into(),
+            });
+        }
+        if cache.len.checked_add(tokens).is_none_or(|end| end > cache.capacity) {
             return Err(Error::InvalidArgument {
                 op: "VarModel::forward",
                 msg: format!("{tokens} new tokens do not fit the cache ({} of {} used)", cache.len, cache.capacity),

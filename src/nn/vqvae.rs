@@ -312,7 +312,8 @@ impl VqVae {
     /// Codebook vectors of token ids (B, n) as a map (B, Cvae, side, side), n = side^2 row-major.
     pub fn lookup(&self, ids: &Tensor, side: usize) -> Result<Tensor> {
         let [_, n] = ids.dims("VqVae::lookup", "ids (B, n)")?;
-        if n != side * side {
+        // Checked: a side whose square wraps past usize could match n.
+        if side.checked_mul(side) != Some(n) {
             return Err(Error::InvalidArgument {
                 op: "VqVae::lookup",
                 msg: format!("{n} tokens are not a {side} x {side} map"),

@@ -292,11 +292,14 @@ impl GroupedLayout {
         self.image_tokens().saturating_add(self.text_len)
     }
 
-    /// Grid, group shape and group counts as (t, h, w), with t = 1 for images.
+    /// Grid, group shape and group counts as (t, h, w), with t = 1 for images. Each group side is
+    /// clamped to its grid side: a group larger than the grid is the whole axis either way (one group,
+    /// whose extent the kernels already cut to the grid), but the launch is sized by the group's
+    /// tokens, so an unclamped 2^13 x 2^13 group on a 1 x 1 grid would run 2^26 / block_q empty blocks.
     fn dims3(&self) -> ([usize; 3], [usize; 3], [usize; 3]) {
         let pad = |v: &[usize]| if v.len() == 2 { [1, v[0], v[1]] } else { [v[0], v[1], v[2]] };
         let grid = pad(&self.grid);
-        let group = pad(&self.group);
+        let group = [0, 1, 2].map(|a| pad(&self.group)[a].min(grid[a]));
         let counts = [0, 1, 2].map(|a| grid[a].div_ceil(group[a]));
         (grid, group, counts)
     }
@@ -348,25 +351,88 @@ impl GroupedLayout {
     }
 
     /// Allowed (query, key) pairs, counting text: the work the grouped kernel does. Errors as
-    /// [`GroupedLayout::validate`] does on the layout's own values.
+    /// [`GroupedLayout::validate`] does on the layout's own values, and when the count exceeds u64.
+    ///
+    /// Computed per axis without listing groups (a 65536^2 grid of 1 x 1 groups has 2^32 of them):
+    /// the group patterns are products or unions of per-axis conditions, and a group's tokens are the
+    /// product of its per-axis extents, so the sum over (query group, key group) pairs factors by axis
+    /// ([`AxisSums`]). `reference::attended_pairs` counts the same pairs group by group.
     pub fn attended_pairs(&self) -> Result<u64> {
         self.checked_seq_len()?;
         let (grid, group, counts) = self.dims3();
-        let size = |g: [usize; 3]| -> u64 { (0..3).map(|a| group[a].min(grid[a] - g[a] * group[a]) as u64).product() };
-        let all: Vec<[usize; 3]> = (0..counts[0])
-            .flat_map(|t| (0..counts[1]).flat_map(move |h| (0..counts[2]).map(move |w| [t, h, w])))
-            .collect();
-        let mut pairs = 0u64;
-        for &qg in &all {
-            let keys: u64 = all.iter().filter(|&&kg| reference::groups_allowed(self, qg, kg)).map(|&kg| size(kg)).sum();
-            pairs += size(qg) * (keys + self.text_valid as u64);
-        }
-        Ok(pairs.saturating_add((self.text_len as u64).saturating_mul((self.image_tokens() + self.text_valid) as u64)))
+        // Images have a dummy t axis; only the grid's own axes take part in the pattern.
+        let axes: &[usize] = if self.grid.len() == 2 { &[1, 2] } else { &[0, 1, 2] };
+        let sums: Vec<AxisSums> = axes.iter().map(|&a| AxisSums::new(grid[a], group[a], counts[a])).collect();
+        let image = self.image_tokens() as u128;
+        // Every factor is at most image^2 < 2^128 (image fits usize), and so is every product.
+        let product = |f: &dyn Fn(&AxisSums) -> u128| sums.iter().map(f).product::<u128>();
+        let image_pairs = match self.pattern {
+            GratPattern::All => image * image,
+            GratPattern::Block { radius } => product(&|s| s.block(radius as u128)),
+            GratPattern::BlockTruncated { radius } => product(&|s| s.block_truncated(radius as u128)),
+            // Allowed unless no axis matches: all pairs less those differing on every axis.
+            GratPattern::CrissCross => image * image - product(&|s| s.len * s.len - s.same_group()),
+        };
+        let (text_len, text_valid) = (self.text_len as u128, self.text_valid as u128);
+        // Image queries attend the valid text; text queries attend every image and valid text token.
+        let total = image_pairs + image * text_valid + text_len * (image + text_valid);
+        u64::try_from(total).map_err(|_| Error::InvalidArgument {
+            op: "grouped_attention",
+            msg: format!(
+                "grid {:?} with {} text tokens attends {total} pairs, more than u64 counts",
+                self.grid, self.text_len
+            ),
+        })
     }
 
     /// Fraction of the dense (seq_len^2) pairs attended.
     pub fn density(&self) -> Result<f64> {
         Ok(self.attended_pairs()? as f64 / (self.seq_len() as f64).powi(2))
+    }
+}
+
+/// One grid axis of `len` tokens in `n` groups of `group` (the last one `last` tokens): sums over
+/// (query group, key group) pairs along the axis of size(query) x size(key), for the pairs each
+/// pattern allows, in closed form. size(i) = group - (group - last) [i = n - 1], so a sum of sizes
+/// over a range of groups is group x (its groups) less (group - last) if it holds the last one.
+struct AxisSums {
+    len: u128,
+    group: u128,
+    n: u128,
+    last: u128,
+}
+
+impl AxisSums {
+    fn new(len: usize, group: usize, n: usize) -> Self {
+        let (len, group, n) = (len as u128, group as u128, n as u128);
+        Self { len, group, n, last: len - (n - 1) * group }
+    }
+
+    /// Pairs within the same group: the sum of size(i)^2.
+    fn same_group(&self) -> u128 {
+        (self.n - 1) * self.group * self.group + self.last * self.last
+    }
+
+    /// GRAT-B: query group q attends the 2r+1 groups around clamp(q, r, n-1-r), or the whole axis
+    /// when it has no more. Otherwise (n > 2r+1) each window weighs group x (2r+1), less (group -
+    /// last) for the windows that hold the last group: those of the queries from n-1-r on (r full
+    /// groups and the last).
+    fn block(&self, r: u128) -> u128 {
+        if self.n <= 2 * r + 1 {
+            return self.len * self.len;
+        }
+        self.len * self.group * (2 * r + 1) - (self.group - self.last) * (r * self.group + self.last)
+    }
+
+    /// GRAT-B truncated: query group q attends groups max(0, q-r)..=min(n-1, q+r). With m = min(r,
+    /// n-1): the windows hold sum |window| = n + 2 (m n - m (m+1) / 2) groups; the last query's
+    /// window (m+1 groups) is the one whose own size is `last`, and the queries from n-1-m on (m full
+    /// groups and the last) have windows holding the last group.
+    fn block_truncated(&self, r: u128) -> u128 {
+        let m = r.min(self.n - 1);
+        let windows = self.n + 2 * (m * self.n - m * (m + 1) / 2);
+        let short = self.group - self.last;
+        self.group * (self.group * windows - short * (m + 1)) - short * (m * self.group + self.last)
     }
 }
 
@@ -877,7 +943,15 @@ pub fn grouped_attention_with(
     let rows = group_tokens.max(layout.text_len);
     let keys = group_tokens.max(layout.text_valid);
     let launch = AttentionLaunch::new(q, k, v, &out, (qg, kg), (scale, options.algorithm), (rows, keys))?;
-    let blocks = counts.iter().product::<usize>() * group.iter().product::<usize>().div_ceil(launch.kernel.block_q());
+    // The clamped groups (dims3) cover the grid at most twice per axis, so this stays near the
+    // image's tokens; checked all the same, as the grid may be anything `validate` passes.
+    let blocks = counts
+        .iter()
+        .try_fold(group_tokens.div_ceil(launch.kernel.block_q()), |n, &c| n.checked_mul(c))
+        .ok_or_else(|| Error::InvalidArgument {
+            op: "grouped_attention",
+            msg: format!("grid {:?} in groups of {:?} needs more blocks than usize counts", layout.grid, layout.group),
+        })?;
     let params = launch.params([0, image, image], Some(layout))?;
     launch.run("grouped_attention", &params, blocks, order)?;
     if layout.text_len > 0 {
@@ -961,6 +1035,22 @@ pub mod reference {
         }
     }
 
+    /// [`GroupedLayout::attended_pairs`] counted group by group (every pair of groups: for small
+    /// layouts, to check the closed form).
+    pub fn attended_pairs(layout: &GroupedLayout) -> u64 {
+        let (grid, group, counts) = layout.dims3();
+        let size = |g: [usize; 3]| -> u64 { (0..3).map(|a| group[a].min(grid[a] - g[a] * group[a]) as u64).product() };
+        let all: Vec<[usize; 3]> = (0..counts[0])
+            .flat_map(|t| (0..counts[1]).flat_map(move |h| (0..counts[2]).map(move |w| [t, h, w])))
+            .collect();
+        let mut pairs = 0u64;
+        for &qg in &all {
+            let keys: u64 = all.iter().filter(|&&kg| groups_allowed(layout, qg, kg)).map(|&kg| size(kg)).sum();
+            pairs += size(qg) * (keys + layout.text_valid as u64);
+        }
+        pairs + layout.text_len as u64 * (layout.image_tokens() + layout.text_valid) as u64
+    }
+
     /// May token `q` attend token `k` (raster-order image tokens, then text)?
     pub fn allowed(layout: &GroupedLayout, q: usize, k: usize) -> bool {
         let image = layout.image_tokens();
@@ -1004,5 +1094,68 @@ pub mod reference {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attended_pairs_in_closed_form_match_the_count_by_groups() {
+        let patterns = [
+            GratPattern::All,
+            GratPattern::CrissCross,
+            GratPattern::Block { radius: 0 },
+            GratPattern::Block { radius: 1 },
+            GratPattern::Block { radius: 2 },
+            GratPattern::BlockTruncated { radius: 0 },
+            GratPattern::BlockTruncated { radius: 1 },
+            GratPattern::BlockTruncated { radius: 3 },
+        ];
+        // Ragged and exact grids, groups larger than the grid, 2D and 3D, with and without text.
+        let layouts = [
+            GroupedLayout::image(7, 10).with_group(&[3, 4]),
+            GroupedLayout::image(16, 16).with_group(&[4, 4]).with_text(5, 3),
+            GroupedLayout::image(1, 9).with_group(&[2, 1]),
+            GroupedLayout::image(5, 3).with_group(&[8, 8]).with_text(2, 2),
+            GroupedLayout::image(11, 13).with_group(&[2, 3]),
+            GroupedLayout::video(3, 7, 10).with_group(&[2, 3, 4]).with_text(4, 1),
+            GroupedLayout::video(5, 4, 9).with_group(&[1, 4, 2]),
+        ];
+        for layout in layouts {
+            for pattern in patterns {
+                let layout = layout.clone().with_pattern(pattern);
+                assert_eq!(layout.attended_pairs().unwrap(), reference::attended_pairs(&layout), "{layout:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn attended_pairs_of_huge_grids_are_counted_without_listing_groups() {
+        // 2^32 groups of one token: listing them took ~100 GB; the closed form takes no time.
+        let side = 1usize << 16;
+        let tokens = (side * side) as u64;
+        let block = GroupedLayout::image(side, side).with_group(&[1, 1]);
+        block.validate(side * side).unwrap();
+        assert_eq!(block.attended_pairs().unwrap(), tokens * 9, "3 x 3 one-token groups per query");
+        let cross = block.clone().with_pattern(GratPattern::CrissCross).with_text(3, 2);
+        let image_pairs = tokens * (2 * side as u64 - 1);
+        assert_eq!(cross.attended_pairs().unwrap(), image_pairs + tokens * 2 + 3 * (tokens + 2));
+        // Past u64: an error, not a wrapped or saturated count.
+        let dense = GroupedLayout::image(1 << 20, 1 << 20).with_pattern(GratPattern::All);
+        assert!(dense.attended_pairs().is_err() && dense.density().is_err());
+    }
+
+    #[test]
+    fn groups_larger_than_the_grid_are_clamped_where_launches_are_sized() {
+        // One group either way, but sized by the group the launch ran 2^26 / block_q empty blocks.
+        let (grid, group, counts) = GroupedLayout::image(1, 3).with_group(&[1 << 13, 2]).dims3();
+        assert_eq!((grid, group, counts), ([1, 1, 3], [1, 1, 2], [1, 1, 2]));
+        // Sides whose product overflows usize.
+        let (_, group, counts) = GroupedLayout::video(2, 5, 6).with_group(&[1 << 32, 1 << 32, 4]).dims3();
+        assert_eq!((group, counts), ([2, 5, 4], [1, 1, 2]));
+        let layout = GroupedLayout::image(4, 4).with_group(&[1 << 40, 1 << 40]);
+        assert_eq!(layout.attended_pairs().unwrap(), 256);
     }
 }

@@ -169,18 +169,20 @@ pub fn linear_gated_residual(
 
 /// [`linear`] with the other options of [`matmul_with`] (`transpose_b` is implied).
 fn linear_with(x: &Tensor, weight: &Tensor, options: &MatmulOptions) -> Result<Tensor> {
-    if x.shape().is_empty() {
+    let Some((&k, leading)) = x.shape().split_last() else {
         return Err(Error::InvalidArgument { op: "linear", msg: "the input must have at least one dimension".into() });
-    }
+    };
     if weight.shape().len() != 2 {
         return Err(shape_error("linear", x, weight, "the weight must be 2-D (out_features, in_features)"));
     }
-    let k = x.shape()[x.shape().len() - 1];
-    let rows = x.numel() / k.max(1);
+    // The leading dimensions' product, not numel / k: with k = 0 that reads 0 rows for any shape.
+    let rows = leading.iter().try_fold(1usize, |rows, &d| rows.checked_mul(d)).ok_or_else(|| {
+        Error::InvalidArgument { op: "linear", msg: format!("the leading dimensions of {:?} overflow", x.shape()) }
+    })?;
     let x2 = x.reshape(&[rows, k])?;
     let y = matmul_with(&x2, weight, &MatmulOptions { transpose_b: true, ..*options })?;
-    let mut shape = x.shape().to_vec();
-    *shape.last_mut().expect("non-empty") = weight.shape()[0];
+    let mut shape = leading.to_vec();
+    shape.push(weight.shape()[0]);
     y.reshape(&shape)
 }
 

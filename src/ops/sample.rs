@@ -75,6 +75,12 @@ fn invalid(msg: String) -> Error {
 }
 
 /// One sampler step on logits (2B, T, V) with CFG or (B, T, V) without; see the module docs.
+///
+/// A row whose guided logits are not finite (NaN from the model, or infinities of opposite sign
+/// meeting in the CFG combine) has no token. Its id is unspecified: V, outside the vocabulary, when
+/// no value compares as the maximum (top_k = 1 on NaN), otherwise any index in 0..V. An id >= V
+/// therefore always means a non-finite row (the generation loop reports it as an error), but a row
+/// may be non-finite without one; finite rows are unaffected either way.
 pub fn sample_tokens(logits: &Tensor, options: &SampleOptions) -> Result<SampleOutput> {
     if logits.dtype() != DType::F32 {
         return Err(Error::UnsupportedDType { op: OP, dtype: logits.dtype(), expected: "f32" });
@@ -95,6 +101,13 @@ pub fn sample_tokens(logits: &Tensor, options: &SampleOptions) -> Result<SampleO
             }
             if !options.cfg_ratio.is_finite() || options.cfg_ratio < 0.0 {
                 return Err(invalid(format!("cfg_ratio must be finite and >= 0, got {}", options.cfg_ratio)));
+            }
+            // Each finite, the product may not be: an infinite t makes every guided logit NaN.
+            if !(cfg * options.cfg_ratio).is_finite() {
+                return Err(invalid(format!(
+                    "the guidance cfg * cfg_ratio = {cfg} * {} overflows f32",
+                    options.cfg_ratio
+                )));
             }
             if !rows_in.is_multiple_of(2) {
                 return Err(invalid(format!(

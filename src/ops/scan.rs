@@ -5,7 +5,7 @@ use super::{check_operand, index_u32, launch};
 use crate::device::Grid;
 use crate::error::{Error, Result};
 use crate::kernels::{CarryParams, Constants, Family, ScanParams, SsdParams, size};
-use crate::tensor::{DType, Tensor};
+use crate::tensor::{DType, Tensor, check_same_device};
 
 /// Largest state size N per channel.
 pub const MAX_STATE: usize = size::MAX_STATE as usize;
@@ -258,6 +258,11 @@ fn run(s: &Scan) -> Result<ScanOutput> {
     if groups == 0 || !channels.is_multiple_of(groups) {
         return Err(invalid(OP, format!("{groups} groups do not divide {channels} channels")));
     }
+    // SSD's heads share B and C by group whatever the form (a head straddling two groups has none);
+    // for the selective scan heads are channels, checked just above.
+    if per_head && !heads.is_multiple_of(groups) {
+        return Err(invalid("ssd_scan", format!("{groups} groups do not divide {heads} heads")));
+    }
     if batch == 0 || channels == 0 || length == 0 {
         return Err(invalid(OP, format!("empty sequence: batch {batch}, channels {channels}, length {length}")));
     }
@@ -279,6 +284,12 @@ fn run(s: &Scan) -> Result<ScanOutput> {
     if let Some(z) = s.z {
         check_operand(OP, s.x, z)?;
         expect_shape(z, &seq(channels), "z")?;
+    }
+    // Every operand is bound to one launch on x's device; A, D, delta_bias and the initial state are
+    // f32 whatever x's dtype, so only their device is compared.
+    let f32_operands = [Some(s.a), s.d_skip, s.delta_bias, s.initial_state];
+    for t in f32_operands.into_iter().flatten() {
+        check_same_device(OP, s.x, t)?;
     }
     let a_shape = if per_head { vec![heads] } else { vec![channels, n_state] };
     expect_shape(s.a, &a_shape, "A")?;
