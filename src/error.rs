@@ -115,19 +115,19 @@ pub enum Error {
 
     /// A weights file that cannot be read: missing, truncated, corrupt, or not a format scalewise reads.
     /// `path` is `<memory>` for the `StateDict::from_*_bytes` constructors.
-    #[error("weights file {}: {reason}", path.display())]
+    #[error("weights file {}: {reason}", shown_path(path))]
     WeightsFile { path: std::path::PathBuf, reason: String },
 
     /// A tensor whose element type scalewise does not convert (complex, float8, quantized, ...).
     #[error(
         "weights file {}: tensor {key:?} has dtype {dtype}; scalewise loads F32, F16, BF16 and F64 tensors \
          (as f32) and skips integer and bool buffers",
-        path.display()
+        shown_path(path)
     )]
     WeightsDType { path: std::path::PathBuf, key: String, dtype: String },
 
     /// Writing an output file failed; nothing partial is left under `path`.
-    #[error("cannot write {}: {reason}", path.display())]
+    #[error("cannot write {}: {reason}", shown_path(path))]
     Output { path: std::path::PathBuf, reason: String },
 }
 
@@ -188,21 +188,33 @@ fn describe_non_finite(tensors: &[(String, usize, usize)]) -> String {
 /// and other invisible code points are escaped (no terminal escape sequences or line breaks reach the
 /// terminal), and very long names are cut.
 pub fn shown(name: &str) -> std::borrow::Cow<'_, str> {
-    const LONGEST: usize = 160;
+    escaped(name, 160)
+}
+
+/// A path made safe to print in a message, as [`shown`] does for names: a file name may hold line
+/// breaks and terminal escapes as well as a key can. Paths are cut later than names (4096 bytes,
+/// Linux's PATH_MAX), since the whole path is what the user needs to find the file; bytes that are
+/// not UTF-8 show as U+FFFD.
+pub fn shown_path(path: &std::path::Path) -> String {
+    escaped(&path.to_string_lossy(), 4096).into_owned()
+}
+
+/// `text` with control characters and invisible code points escaped, cut after `longest` bytes.
+fn escaped(text: &str, longest: usize) -> std::borrow::Cow<'_, str> {
     let plain = |c: char| {
         !c.is_control()
             && !matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
     };
-    if name.len() <= LONGEST && name.chars().all(plain) {
-        return std::borrow::Cow::Borrowed(name);
+    if text.len() <= longest && text.chars().all(plain) {
+        return std::borrow::Cow::Borrowed(text);
     }
-    let mut text = String::new();
-    for c in name.chars() {
-        if text.len() >= LONGEST {
-            text.push_str(&format!("... ({} bytes in all)", name.len()));
+    let mut out = String::new();
+    for c in text.chars() {
+        if out.len() >= longest {
+            out.push_str(&format!("... ({} bytes in all)", text.len()));
             break;
         }
-        if plain(c) { text.push(c) } else { text.extend(c.escape_unicode()) }
+        if plain(c) { out.push(c) } else { out.extend(c.escape_unicode()) }
     }
-    std::borrow::Cow::Owned(text)
+    std::borrow::Cow::Owned(out)
 }

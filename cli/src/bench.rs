@@ -422,6 +422,19 @@ pub struct KvStepRow {
     pub timing: TimingSource,
 }
 
+/// Whether every KV-cache step's queries and keys fit the adapter's buffers, checked before anything
+/// is allocated: `--kv-steps 4294967296x1` asked for a terabyte of host memory for its queries (an
+/// abort) when only the keys were checked.
+pub fn kv_steps_fit(device: &Device, steps: &[(usize, usize)], config: &AttentionBenchConfig) -> Result<()> {
+    for &(rows, keys) in steps {
+        for &dtype in &config.dtypes {
+            check_fits(device, "the queries", &[config.heads, rows, config.head_dim], dtype)?;
+            check_fits(device, "the key cache", &[config.heads, keys, config.head_dim], dtype)?;
+        }
+    }
+    Ok(())
+}
+
 /// KV-cache attention steps (dense attention of few rows over many keys, as VAR's scales attend
 /// their cache) on `device`, beside the same steps on `one_slice`, a device of the same adapter whose
 /// blocks do not split their keys (`DeviceOptions::allow_key_split` off).
@@ -432,13 +445,13 @@ pub fn kv_steps(
     config: &AttentionBenchConfig,
 ) -> Result<Vec<KvStepRow>> {
     use scalewise::ops::{AttentionAlgorithm, AttentionOptions, attention_tiles};
+    kv_steps_fit(device, steps, config)?;
     let mut out = Vec::new();
     for &(rows, keys) in steps {
         for &dtype in &config.dtypes {
             if dtype == DType::F16 && !device.caps().f16 {
                 continue;
             }
-            check_fits(device, "the key cache", &[config.heads, keys, config.head_dim], dtype)?;
             let mut timed = Vec::new();
             for on in [device, one_slice] {
                 let q_shape = [1, config.heads, rows, config.head_dim];
@@ -1222,6 +1235,18 @@ fn reset_peak_resident() -> bool {
 /// index (the values do not matter for loading, their number and sizes do). Returns the file's size,
 /// the tensor count, the parameter count and the largest tensor's f32 bytes.
 pub fn write_synthetic_pth(path: &std::path::Path, model: BenchModel, depth: usize) -> Result<(u64, usize, u64, u64)> {
+    let (partial, written) = write_synthetic(path, model, depth)?;
+    partial.keep();
+    Ok(written)
+}
+
+/// [`write_synthetic_pth`], with the file still partial: removed when the guard is dropped, or when
+/// the process is interrupted, until the caller keeps it.
+fn write_synthetic(
+    path: &std::path::Path,
+    model: BenchModel,
+    depth: usize,
+) -> Result<(PartialFile, (u64, usize, u64, u64))> {
     use scalewise_support::synthetic::{MvarShape, VarShape, mvar_state_dict, var_state_dict};
     use scalewise_support::torch_file as p;
     use std::io::Write;
@@ -1232,11 +1257,10 @@ pub fn write_synthetic_pth(path: &std::path::Path, model: BenchModel, depth: usi
     let io = |e: std::io::Error| Error::Output { path: path.to_path_buf(), reason: e.to_string() };
     let zip_error =
         |e: scalewise_support::torch_file::ZipError| Error::Output { path: path.to_path_buf(), reason: e.to_string() };
-    // A new file only (O_EXCL): the benchmark never replaces anything.
-    let file = std::fs::OpenOptions::new().write(true).create_new(true).open(path).map_err(io)?;
-    // The file is ours from here: a failed write (a full disk, with tens of GB written) removes it.
-    // Declared before the writer, so the writer is dropped (and its file closed) first.
-    let mut partial = PartialFile(Some(path.to_path_buf()));
+    // A new file only (O_EXCL): the benchmark never replaces anything. The file is ours from here: a
+    // failed write (a full disk, with tens of GB written) or a signal removes it. Declared before the
+    // writer, so the writer is dropped (and its file closed) first.
+    let (partial, file) = PartialFile::create(path).map_err(io)?;
     let mut zip = p::ZipWriter::new(std::io::BufWriter::new(file));
     let options = p::stored_options();
     let mut entries: Vec<(String, Vec<u8>)> = Vec::new();
@@ -1279,18 +1303,33 @@ pub fn write_synthetic_pth(path: &std::path::Path, model: BenchModel, depth: usi
     writer.flush().map_err(io)?;
     writer.get_ref().sync_all().map_err(io)?;
     let bytes = std::fs::metadata(path).map_err(io)?.len();
-    partial.0 = None;
-    Ok((bytes, tensors, parameters, largest))
+    Ok((partial, (bytes, tensors, parameters, largest)))
 }
 
-/// A file this process created and has not finished writing: removed when dropped, unless the
-/// writer took the path back out on success.
+/// A file this process created and has not finished with: removed when dropped, and registered
+/// with [`scalewise::output::create_partial`] so that an interrupted run removes it too (the CLI's
+/// signal thread), unless [`PartialFile::keep`] was called.
 struct PartialFile(Option<std::path::PathBuf>);
+
+impl PartialFile {
+    /// Creates `path`, which must not exist, for writing.
+    fn create(path: &std::path::Path) -> std::io::Result<(Self, std::fs::File)> {
+        let file = scalewise::output::create_partial(path, std::fs::OpenOptions::new().write(true).create_new(true))?;
+        Ok((Self(Some(path.to_path_buf())), file))
+    }
+
+    /// The file is complete and stays.
+    fn keep(mut self) {
+        if let Some(path) = self.0.take() {
+            scalewise::output::keep_partial(&path);
+        }
+    }
+}
 
 impl Drop for PartialFile {
     fn drop(&mut self) {
         if let Some(path) = self.0.take() {
-            let _ = std::fs::remove_file(path);
+            scalewise::output::discard_partial(&path);
         }
     }
 }
@@ -1319,8 +1358,9 @@ fn measure_load(
 
 pub fn load(device: &Device, config: &LoadBenchConfig) -> Result<LoadBenchResult> {
     use scalewise::weights::{LoadOptions, StateDict, WeightsFile};
-    let (file_bytes, tensors, parameters, largest_tensor_bytes) =
-        write_synthetic_pth(&config.file, config.model, config.depth)?;
+    // The file stays registered as partial while it is measured: an interrupted run removes it.
+    let (partial, (file_bytes, tensors, parameters, largest_tensor_bytes)) =
+        write_synthetic(&config.file, config.model, config.depth)?;
     let path = config.file.clone();
     let run = || -> Result<(LoadMeasure, Option<LoadMeasure>)> {
         let streamed =
@@ -1333,8 +1373,10 @@ pub fn load(device: &Device, config: &LoadBenchConfig) -> Result<LoadBenchResult
         Ok((streamed, eager))
     };
     let outcome = run();
-    if !config.keep {
-        let _ = std::fs::remove_file(&config.file);
+    if config.keep {
+        partial.keep();
+    } else {
+        drop(partial);
     }
     let (streamed, eager) = outcome?;
     Ok(LoadBenchResult { file_bytes, tensors, parameters, largest_tensor_bytes, streamed, eager })

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, ensure};
 use clap::Args;
 use scalewise::demo::DemoModel;
+use scalewise::error::shown_path;
 use scalewise::generate::{GenerateOptions, MAX_BATCH, Pipeline, ScaleStep, Transformer};
 use scalewise::image::Image;
 use scalewise::nn::ScaleHistory;
@@ -112,9 +113,9 @@ impl ScalesFolder<'_> {
             Ok(()) => Ok(ScalesFolder { path, created: true, committed: false }),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => match std::fs::symlink_metadata(path) {
                 Ok(m) if m.is_dir() => Ok(ScalesFolder { path, created: false, committed: false }),
-                _ => anyhow::bail!("{flag} {}: is no longer a folder (it changed during the run)", path.display()),
+                _ => anyhow::bail!("{flag} {}: is no longer a folder (it changed during the run)", shown_path(path)),
             },
-            Err(e) => Err(e).with_context(|| format!("{flag}: creating the folder {}", path.display())),
+            Err(e) => Err(e).with_context(|| format!("{flag}: creating the folder {}", shown_path(path))),
         }
     }
 }
@@ -160,14 +161,14 @@ pub fn check_args(args: &GenerateArgs) -> anyhow::Result<Outputs> {
     let targets = output_files(args);
     for (i, (flag, path)) in targets.iter().enumerate() {
         if let Some((other, _)) = targets[..i].iter().find(|(_, p)| same_file(p, path)) {
-            anyhow::bail!("{flag} and {other} name the same file {}", path.display());
+            anyhow::bail!("{flag} and {other} name the same file {}", shown_path(path));
         }
     }
     check_outputs_spare_inputs(&targets, &inputs(args))?;
     if let Some(folder) = &args.every_scale
         && let Some((flag, _)) = targets.iter().find(|(_, p)| same_file(p, folder))
     {
-        anyhow::bail!("--every-scale and {flag} name the same path {}", folder.display());
+        anyhow::bail!("--every-scale and {flag} name the same path {}", shown_path(folder));
     }
     for (flag, path) in &targets {
         probe(flag, path)?;
@@ -182,13 +183,15 @@ pub fn check_args(args: &GenerateArgs) -> anyhow::Result<Outputs> {
 /// FIFO would otherwise block the loader).
 pub fn check_input_file(flag: &str, path: &Path) -> anyhow::Result<()> {
     match std::fs::metadata(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => anyhow::bail!("{flag} {}: no such file", path.display()),
-        Err(e) => anyhow::bail!("{flag} {}: {e}", path.display()),
-        Ok(m) if m.is_dir() => anyhow::bail!("{flag} {}: is a directory, not a checkpoint file", path.display()),
-        Ok(m) if !m.is_file() => {
-            anyhow::bail!("{flag} {}: not a regular file (a FIFO, socket or device)", path.display())
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            anyhow::bail!("{flag} {}: no such file", shown_path(path))
         }
-        Ok(_) => std::fs::File::open(path).map(drop).with_context(|| format!("{flag} {}", path.display())),
+        Err(e) => anyhow::bail!("{flag} {}: {e}", shown_path(path)),
+        Ok(m) if m.is_dir() => anyhow::bail!("{flag} {}: is a directory, not a checkpoint file", shown_path(path)),
+        Ok(m) if !m.is_file() => {
+            anyhow::bail!("{flag} {}: not a regular file (a FIFO, socket or device)", shown_path(path))
+        }
+        Ok(_) => std::fs::File::open(path).map(drop).with_context(|| format!("{flag} {}", shown_path(path))),
     }
 }
 
@@ -203,7 +206,7 @@ fn inputs(args: &GenerateArgs) -> Vec<(&'static str, &Path)> {
 pub fn check_outputs_spare_inputs(outputs: &[(&str, &Path)], inputs: &[(&str, &Path)]) -> anyhow::Result<()> {
     for (out_flag, out) in outputs {
         if let Some((in_flag, _)) = inputs.iter().find(|(_, input)| same_existing_file(out, input)) {
-            anyhow::bail!("{out_flag} {} would replace the {in_flag} file it reads", out.display());
+            anyhow::bail!("{out_flag} {} would replace the {in_flag} file it reads", shown_path(out));
         }
     }
     Ok(())
@@ -240,14 +243,14 @@ fn check_scales_folder(path: &Path) -> anyhow::Result<()> {
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => Ok(()),
         Ok(m) if m.file_type().is_symlink() => {
-            anyhow::bail!("{flag} {}: is a symbolic link; name the folder itself", path.display())
+            anyhow::bail!("{flag} {}: is a symbolic link; name the folder itself", shown_path(path))
         }
-        Ok(_) => anyhow::bail!("{flag} {}: exists and is not a folder", path.display()),
+        Ok(_) => anyhow::bail!("{flag} {}: exists and is not a folder", shown_path(path)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir(path).with_context(|| format!("{flag}: creating the folder {}", path.display()))?;
-            std::fs::remove_dir(path).with_context(|| format!("{flag}: removing the test folder {}", path.display()))
+            std::fs::create_dir(path).with_context(|| format!("{flag}: creating the folder {}", shown_path(path)))?;
+            std::fs::remove_dir(path).with_context(|| format!("{flag}: removing the test folder {}", shown_path(path)))
         }
-        Err(e) => anyhow::bail!("{flag} {}: {e}", path.display()),
+        Err(e) => anyhow::bail!("{flag} {}: {e}", shown_path(path)),
     }
 }
 
@@ -350,7 +353,7 @@ pub fn generate(device: &Device, args: &GenerateArgs, _checked: Outputs) -> anyh
     let others = output_files(args);
     for path in &scale_files {
         if let Some((flag, _)) = others.iter().find(|(_, p)| same_file(p, path)) {
-            anyhow::bail!("--every-scale would write {} over the {flag} file", path.display());
+            anyhow::bail!("--every-scale would write {} over the {flag} file", shown_path(path));
         }
         check_outputs_spare_inputs(&[("--every-scale", path)], &inputs(args))?;
         // In a folder that exists already (one this run makes is empty until the end).
@@ -451,7 +454,7 @@ pub fn generate(device: &Device, args: &GenerateArgs, _checked: Outputs) -> anyh
             totals.sampling_ms,
             totals.accumulate_ms,
             if totals.decode_ms > 0.0 { format!(", previews {:.1} ms", totals.decode_ms) } else { String::new() },
-            args.out.display()
+            shown_path(&args.out)
         );
         eprintln!(
             "launch path: {} pipelines compiled on first use (inside the times above), {} of {} compiled ahead on \
@@ -528,7 +531,7 @@ pub fn bench_generate(device: &Device, args: &GenerateBenchArgs) -> anyhow::Resu
         iterations: args.iters,
     };
     let r = bench::generate(device, &config)?;
-    println!(
+    outln!(
         "{name} ({:.0}M parameters) + VQVAE ch {}, {}px, batch {}, cfg {}, {dtype}, {:?}",
         r.parameters as f64 / 1e6,
         args.vae_ch,
@@ -536,20 +539,32 @@ pub fn bench_generate(device: &Device, args: &GenerateBenchArgs) -> anyhow::Resu
         args.batch,
         args.cfg,
         r.timing
-    );
+    )?;
     let first = &r.runs[0];
     match r.runs.as_slice() {
         [carried, recomputed] => {
-            println!(
+            outln!(
                 "{:>5} {:>8} | {:>29} | {:>29} | {:>11} {:>13}",
-                "", "", "carried state", "recomputed prefix", "", ""
-            );
-            println!(
+                "",
+                "",
+                "carried state",
+                "recomputed prefix",
+                "",
+                ""
+            )?;
+            outln!(
                 "{:>5} {:>8} | {:>14} {:>14} | {:>14} {:>14} | {:>11} {:>13}",
-                "scale", "tokens", "attn+FFN ms", "mamba ms", "attn+FFN ms", "mamba ms", "sampling ms", "accumulate ms"
-            );
+                "scale",
+                "tokens",
+                "attn+FFN ms",
+                "mamba ms",
+                "attn+FFN ms",
+                "mamba ms",
+                "sampling ms",
+                "accumulate ms"
+            )?;
             for (i, ((side, c), (_, p))) in carried.scales.iter().zip(&recomputed.scales).enumerate() {
-                println!(
+                outln!(
                     "{:>5} {:>8} | {:>14.2} {:>14.2} | {:>14.2} {:>14.2} | {:>11.2} {:>13.2}",
                     i,
                     format!("{side}x{side}"),
@@ -559,11 +574,11 @@ pub fn bench_generate(device: &Device, args: &GenerateBenchArgs) -> anyhow::Resu
                     p.mamba_ms,
                     c.sampling_ms,
                     c.accumulate_ms
-                );
+                )?;
             }
             for run in [carried, recomputed] {
                 let t = run.totals();
-                println!(
+                outln!(
                     "{}: GPU attention/FFN/rest {:.1} ms, Mamba-2 {:.1} ms ({} token-steps per layer), sampling {:.1} ms, \
                      accumulate {:.1} ms; end to end median {:.1} ms, min {:.1} ms",
                     match run.history {
@@ -577,9 +592,9 @@ pub fn bench_generate(device: &Device, args: &GenerateBenchArgs) -> anyhow::Resu
                     t.accumulate_ms,
                     run.median_ms,
                     run.min_ms
-                );
+                )?;
             }
-            println!(
+            outln!(
                 "end to end, recomputed prefix / carried state: {:.2}x (median), {:.2}x (min); Mamba-2 token-steps {} / {} \
                  per layer; decode {:.1} ms; peak GPU memory {:.1} MiB",
                 recomputed.median_ms / carried.median_ms,
@@ -588,39 +603,46 @@ pub fn bench_generate(device: &Device, args: &GenerateBenchArgs) -> anyhow::Resu
                 carried.mamba_token_steps.unwrap_or(0),
                 r.decode_ms,
                 r.peak_bytes as f64 / (1 << 20) as f64
-            );
+            )?;
         }
         _ => {
-            println!(
+            outln!(
                 "{:>5} {:>8} {:>14} {:>12} {:>14}",
-                "scale", "tokens", "transformer ms", "sampling ms", "accumulate ms"
-            );
+                "scale",
+                "tokens",
+                "transformer ms",
+                "sampling ms",
+                "accumulate ms"
+            )?;
             for (i, (side, t)) in first.scales.iter().enumerate() {
-                println!(
+                outln!(
                     "{:>5} {:>8} {:>14.2} {:>12.2} {:>14.2}",
                     i,
                     format!("{side}x{side}"),
                     t.transformer_ms,
                     t.sampling_ms,
                     t.accumulate_ms
-                );
+                )?;
             }
             let totals = first.totals();
-            println!(
+            outln!(
                 "GPU total: transformer {:.1} ms, sampling {:.1} ms, accumulate {:.1} ms, decode {:.1} ms",
-                totals.transformer_ms, totals.sampling_ms, totals.accumulate_ms, r.decode_ms
-            );
-            println!(
+                totals.transformer_ms,
+                totals.sampling_ms,
+                totals.accumulate_ms,
+                r.decode_ms
+            )?;
+            outln!(
                 "end to end (unprofiled wall clock): median {:.1} ms, min {:.1} ms per batch; peak GPU memory {:.1} MiB",
                 first.median_ms,
                 first.min_ms,
                 r.peak_bytes as f64 / (1 << 20) as f64
-            );
+            )?;
         }
     }
     for run in &r.runs {
         let (f, s) = (&run.first_launch, &run.steady_launch);
-        println!(
+        outln!(
             "{}first image {:.1} ms ({} pipelines compiled in {:.0} ms), steady state median {:.1} ms; per steady \
              generation: {} dispatches, {} submissions, {} drains of the GPU, {} waits with work still queued",
             match run.history {
@@ -636,7 +658,7 @@ pub fn bench_generate(device: &Device, args: &GenerateBenchArgs) -> anyhow::Resu
             s.submits,
             s.drains,
             s.overlapped_waits
-        );
+        )?;
     }
     super::write_results(&args.json, &bench::generate_json(device, &config, &r))?;
     Ok(())

@@ -1,6 +1,15 @@
 //! The scalewise command line: device information, VAR and M-VAR generation and benchmarks.
 
+/// `println!` that returns an [`out::StdoutError`] instead of panicking when standard output is
+/// closed or full.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::out::line(format_args!($($arg)*))
+    };
+}
+
 mod generate;
+mod out;
 mod shader_stats;
 
 use std::io::Write;
@@ -11,6 +20,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use generate::check_input_file;
 use scalewise::MatrixUnits;
+use scalewise::error::shown_path;
 use scalewise::kernels::Family;
 use scalewise::ops::MatmulAlgorithm;
 use scalewise::{BackendChoice, DType, Device, DeviceOptions};
@@ -369,6 +379,15 @@ fn parse_matmul_algorithm(s: &str) -> Result<MatmulAlgorithm, String> {
         .ok_or_else(|| format!("unknown kernel {s:?} (expected tiled, wide, skinny, naive, cooperative or auto)"))
 }
 
+/// Refuses a list flag naming one entry twice: `--dtype f32,f32` printed the row twice, the second
+/// as a ratio against itself.
+fn refuse_repeats<T: PartialEq>(flag: &str, list: &[T], show: impl Fn(&T) -> String) -> anyhow::Result<()> {
+    for (i, item) in list.iter().enumerate() {
+        anyhow::ensure!(!list[..i].contains(item), "{flag} lists {} twice", show(item));
+    }
+    Ok(())
+}
+
 /// A rate or peak given by the user, which results are divided by: finite and above 0.
 fn parse_positive(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
@@ -403,7 +422,7 @@ fn list_classes(args: &ClassesArgs) -> anyhow::Result<()> {
         (loaded.class_names.as_deref().unwrap_or_default(), loaded.num_classes)
     };
     if names.is_empty() {
-        println!("this model's {count} classes have no names: use the numbers 0..={}", count.saturating_sub(1));
+        outln!("this model's {count} classes have no names: use the numbers 0..={}", count.saturating_sub(1))?;
         return Ok(());
     }
     let ids = scalewise::labels::search(names, count, &args.search.join(" "));
@@ -438,14 +457,97 @@ fn quiet_headless_vulkan_probe() {
     }
 }
 
+/// The exit status for a closed standard output: what a shell reports for a process killed by
+/// SIGPIPE (128 + 13), as `yes | head -1` gives, so scripts with `pipefail` see the same.
+const CLOSED_PIPE_EXIT: u8 = 141;
+
 fn main() -> ExitCode {
     quiet_headless_vulkan_probe();
+    #[cfg(unix)]
+    signals::clean_up_on_termination();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            let stdout = error.chain().find_map(|e| e.downcast_ref::<out::StdoutError>());
+            if stdout.is_some_and(out::StdoutError::is_closed_pipe) {
+                // The reader went away (`| head`): quietly, as other Unix tools end.
+                return ExitCode::from(CLOSED_PIPE_EXIT);
+            }
+            // A closed or full stderr loses the message but must not turn the error into a panic.
+            let _ = writeln!(std::io::stderr(), "error: {error:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Interrupted runs leave nothing behind: SIGINT, SIGTERM and SIGHUP are taken by one thread, which
+/// removes this process's partial files (`scalewise::output`'s registry: staged outputs, the
+/// synthetic checkpoint of `bench load`) and then dies of the same signal, so the exit status still
+/// says how the process ended (130 or 143 in a shell).
+#[cfg(unix)]
+mod signals {
+    use std::mem::MaybeUninit;
+
+    const HANDLED: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
+    /// Must run before any other thread exists: threads inherit the signal mask of the thread that
+    /// starts them, and a signal must reach the waiting thread, never another one (where its default
+    /// action would kill the process with the partial files still there).
+    pub(crate) fn clean_up_on_termination() {
+        // SAFETY: plain libc calls on a local signal set; no other thread exists yet.
+        unsafe {
+            // Past `ulimit -f` a write then fails with EFBIG, which the writer's error path reports
+            // and cleans up after, instead of SIGXFSZ killing the process with its partial file.
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let mut set = empty_set();
+            for signal in HANDLED {
+                // A signal ignored by whoever started us (`nohup`, a background job of a
+                // non-interactive shell) stays ignored.
+                let mut current = MaybeUninit::<libc::sigaction>::zeroed();
+                if libc::sigaction(signal, std::ptr::null(), current.as_mut_ptr()) == 0
+                    && current.assume_init().sa_sigaction == libc::SIG_IGN
+                {
+                    continue;
+                }
+                libc::sigaddset(&mut set, signal);
+            }
+            if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+                return;
+            }
+            let waiter = std::thread::Builder::new().name("signals".into()).spawn(move || wait(set));
+            if waiter.is_err() {
+                // Without the thread the signals keep their default action.
+                libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+            }
+        }
+    }
+
+    fn wait(set: libc::sigset_t) {
+        let mut signal = 0;
+        // SAFETY: sigwait on a set built by clean_up_on_termination.
+        while unsafe { libc::sigwait(&set, &mut signal) } != 0 {}
+        // Held until the process ends: no file is created or committed after the clean-up.
+        let _partials = scalewise::output::remove_partials();
+        // SAFETY: restores the default action and delivers the signal to this thread, which
+        // terminates the process as the signal would have without the clean-up.
+        unsafe {
+            libc::signal(signal, libc::SIG_DFL);
+            let mut one = empty_set();
+            libc::sigaddset(&mut one, signal);
+            libc::pthread_sigmask(libc::SIG_UNBLOCK, &one, std::ptr::null_mut());
+            libc::raise(signal);
+        }
+        // Not reached; should the signal not end the process, end it as a shell would report.
+        std::process::exit(128 + signal);
+    }
+
+    fn empty_set() -> libc::sigset_t {
+        let mut set = MaybeUninit::<libc::sigset_t>::uninit();
+        // SAFETY: sigemptyset initialises the set.
+        unsafe {
+            libc::sigemptyset(set.as_mut_ptr());
+            set.assume_init()
         }
     }
 }
@@ -484,7 +586,7 @@ fn convert(args: &ConvertArgs) -> anyhow::Result<()> {
     let dtype = if args.f16 { DType::F16 } else { DType::F32 };
     staged.write_all(&sd.to_safetensors_bytes(dtype)?)?;
     staged.commit()?;
-    println!("wrote {} tensors ({dtype}) to {}", sd.len(), args.output.display());
+    outln!("wrote {} tensors ({dtype}) to {}", sd.len(), shown_path(&args.output))?;
     let wide = if args.f16 { sd.beyond_f16() } else { Vec::new() };
     if !wide.is_empty() {
         let names: Vec<_> = wide.iter().take(5).map(|key| scalewise::error::shown(key)).collect();
@@ -513,76 +615,76 @@ fn convert(args: &ConvertArgs) -> anyhow::Result<()> {
 fn info(device: &Device) -> anyhow::Result<()> {
     let info = device.info();
     let a = &info.adapter;
-    println!("adapter   {}", a.name);
-    println!("backend   {}", a.backend);
-    println!("type      {}", a.device_type);
-    println!("driver    {} {}", a.driver, a.driver_info);
-    println!("pci ids   vendor {:#06x} device {:#06x}", a.vendor_id, a.device_id);
+    outln!("adapter   {}", a.name)?;
+    outln!("backend   {}", a.backend)?;
+    outln!("type      {}", a.device_type)?;
+    outln!("driver    {} {}", a.driver, a.driver_info)?;
+    outln!("pci ids   vendor {:#06x} device {:#06x}", a.vendor_id, a.device_id)?;
     let c = info.caps;
     let on = |b: bool| if b { "yes" } else { "no" };
-    println!("features  f16 {}  subgroups {}  timestamps {}", on(c.f16), on(c.subgroups), on(c.timestamps));
+    outln!("features  f16 {}  subgroups {}  timestamps {}", on(c.f16), on(c.subgroups), on(c.timestamps))?;
     if c.subgroups {
-        println!("subgroups size {}..{}", c.subgroup_sizes.0, c.subgroup_sizes.1);
+        outln!("subgroups size {}..{}", c.subgroup_sizes.0, c.subgroup_sizes.1)?;
     }
-    println!("cpu adapter {}", on(c.is_cpu));
+    outln!("cpu adapter {}", on(c.is_cpu))?;
     let units = match c.matrix_units {
         MatrixUnits::Native if info.cuda.is_some() => "tensor cores (matmul_coop: mma.sync)",
         MatrixUnits::Native => "cooperative matrices, 16x16x16 f16 -> f32 (matmul_coop, experimental in wgpu)",
         MatrixUnits::Emulated => "emulated in plain WGSL (tests only)",
         MatrixUnits::None => "none (f16 matmuls on the scalar kernels)",
     };
-    println!("matrix units {units}");
+    outln!("matrix units {units}")?;
     if info.cuda.is_none() {
         let listed = &info.adapter.cooperative_matrices;
         let listed = if listed.is_empty() { "none".to_string() } else { listed.join(", ") };
-        println!("  cooperative matrices listed by the adapter: {listed}");
+        outln!("  cooperative matrices listed by the adapter: {listed}")?;
     }
     if c.matrix_units == MatrixUnits::Native {
         match scalewise::ops::matmul::matrix_units_verified(device) {
-            Ok(()) => println!("  self-check          passed: f16 matmuls use them"),
-            Err(reason) => println!("  self-check          FAILED, f16 matmuls stay on the scalar kernels: {reason}"),
+            Ok(()) => outln!("  self-check          passed: f16 matmuls use them")?,
+            Err(reason) => outln!("  self-check          FAILED, f16 matmuls stay on the scalar kernels: {reason}")?,
         }
         match scalewise::ops::attention_units_verified(device) {
-            Ok(()) => println!("  attention check     passed: f16 attention of 32+ rows per block uses them"),
-            Err(reason) => println!("  attention check     FAILED, f16 attention stays on the scalar kernel: {reason}"),
+            Ok(()) => outln!("  attention check     passed: f16 attention of 32+ rows per block uses them")?,
+            Err(reason) => outln!("  attention check     FAILED, f16 attention stays on the scalar kernel: {reason}")?,
         }
         match scalewise::ops::conv_units_verified(device) {
-            Ok(()) => println!("  conv2d check        passed: f16 convolutions of 64+ channels use them"),
+            Ok(()) => outln!("  conv2d check        passed: f16 convolutions of 64+ channels use them")?,
             Err(reason) => {
-                println!("  conv2d check        FAILED, f16 convolutions stay on the implicit GEMM: {reason}")
+                outln!("  conv2d check        FAILED, f16 convolutions stay on the implicit GEMM: {reason}")?
             }
         }
     }
     if let Some(cuda) = &info.cuda {
-        println!("cuda      {}", cuda.executor);
+        outln!("cuda      {}", cuda.executor)?;
         if let Some((major, minor)) = cuda.compute_capability {
-            println!("  compute capability  {major}.{minor} (sm_{major}{minor})");
+            outln!("  compute capability  {major}.{minor} (sm_{major}{minor})")?;
         }
         if let Some((major, minor)) = cuda.nvrtc_version {
-            println!("  NVRTC               {major}.{minor}");
+            outln!("  NVRTC               {major}.{minor}")?;
         }
         if let Some(total) = cuda.total_memory {
-            println!("  memory              {}", bytes(total));
+            outln!("  memory              {}", bytes(total))?;
         }
-        println!("  tensor cores        {}", on(cuda.tensor_cores));
+        outln!("  tensor cores        {}", on(cuda.tensor_cores))?;
     }
-    println!("limits");
-    println!("  buffer                      {}", bytes(c.max_buffer_bytes));
-    println!("  kernel argument             {}", bytes(c.max_arg_bytes));
-    println!("  workgroup memory            {}", bytes(c.shared_memory_bytes as u64));
-    println!("  threads per workgroup       {}", c.max_threads_per_group);
-    println!("  workgroups per dimension    {}", c.max_groups_per_dim);
-    println!("  storage buffers per kernel  {}", c.max_storage_args);
-    println!("kernel variants");
+    outln!("limits")?;
+    outln!("  buffer                      {}", bytes(c.max_buffer_bytes))?;
+    outln!("  kernel argument             {}", bytes(c.max_arg_bytes))?;
+    outln!("  workgroup memory            {}", bytes(c.shared_memory_bytes as u64))?;
+    outln!("  threads per workgroup       {}", c.max_threads_per_group)?;
+    outln!("  workgroups per dimension    {}", c.max_groups_per_dim)?;
+    outln!("  storage buffers per kernel  {}", c.max_storage_args)?;
+    outln!("kernel variants")?;
     for (what, variant) in info.kernel_variants() {
-        println!("  {what:<32} {variant}");
+        outln!("  {what:<32} {variant}")?;
     }
     let (runs, missing): (Vec<Family>, Vec<Family>) =
         Family::ALL.iter().partition(|f| f.dtypes().iter().any(|&dtype| device.supports(**f, dtype)));
     let names = |list: &[Family]| list.iter().map(|f| f.name()).collect::<Vec<_>>().join(", ");
-    println!("kernel families  {}", names(&runs));
+    outln!("kernel families  {}", names(&runs))?;
     if !missing.is_empty() {
-        println!("not on this backend  {}", names(&missing));
+        outln!("not on this backend  {}", names(&missing))?;
     }
     Ok(())
 }
@@ -610,17 +712,15 @@ fn bench_peaks(device: &Device, args: &PeaksArgs) -> anyhow::Result<()> {
         iterations: args.iters,
     };
     let info = device.info();
-    println!(
-        "peaks on {} ({}), best of {} runs (the gap: median)",
-        info.adapter.name, info.adapter.backend, args.iters
-    );
+    outln!("peaks on {} ({}), best of {} runs (the gap: median)", info.adapter.name, info.adapter.backend, args.iters)?;
     let rows = peaks::peaks(device, &config)?;
-    println!("{:>13} {:>11} {:>14}  what", "probe", "median ms", "value");
-    for r in &rows {
-        println!("{:>13} {:>11.3} {:>9.3} {:<4}  {}", r.probe, r.median_ms, r.value, r.unit, r.detail);
-    }
-    write_results(&args.json, &peaks::peaks_json(device, &config, &rows))?;
-    Ok(())
+    report(&args.json, &peaks::peaks_json(device, &config, &rows), || {
+        outln!("{:>13} {:>11} {:>14}  what", "probe", "median ms", "value")?;
+        for r in &rows {
+            outln!("{:>13} {:>11.3} {:>9.3} {:<4}  {}", r.probe, r.median_ms, r.value, r.unit, r.detail)?;
+        }
+        Ok(())
+    })
 }
 
 fn bench_matmul(device: &Device, args: &MatmulArgs) -> anyhow::Result<()> {
@@ -628,6 +728,10 @@ fn bench_matmul(device: &Device, args: &MatmulArgs) -> anyhow::Result<()> {
     anyhow::ensure!(!args.sizes.contains(&0), "--sizes must list sizes above 0");
     anyhow::ensure!(args.iters > 0, "--iters must be at least 1");
     anyhow::ensure!(!args.kernels.is_empty(), "--kernels must list at least one kernel");
+    refuse_repeats("--sizes", &args.sizes, usize::to_string)?;
+    refuse_repeats("--linear", &args.linear, MatmulShape::label)?;
+    refuse_repeats("--kernels", &args.kernels, |&k| bench::algorithm_name(k))?;
+    refuse_repeats("--dtype", &args.dtype, DType::to_string)?;
     let config = MatmulBenchConfig {
         shapes: if args.sizes.is_empty() && args.linear.is_empty() {
             MatmulBenchConfig::default().shapes
@@ -641,26 +745,36 @@ fn bench_matmul(device: &Device, args: &MatmulArgs) -> anyhow::Result<()> {
         iterations: args.iters,
     };
     let info = device.info();
-    println!("matmul on {} ({}), median of {} runs", info.adapter.name, info.adapter.backend, args.iters);
+    outln!("matmul on {} ({}), median of {} runs", info.adapter.name, info.adapter.backend, args.iters)?;
     let rows = bench::matmul(device, &config)?;
-    println!(
+    report(&args.json, &bench::matmul_json(device, &rows), || print_matmul(args, &rows))
+}
+
+fn print_matmul(args: &MatmulArgs, rows: &[bench::MatmulBenchRow]) -> anyhow::Result<()> {
+    outln!(
         "{:>16} {:>5} {:>15} {:>11} {:>11} {:>9} {:>9}",
-        "shape", "dtype", "kernel", "median ms", "GFLOP/s", "vs tiled", "vs naive"
-    );
+        "shape",
+        "dtype",
+        "kernel",
+        "median ms",
+        "GFLOP/s",
+        "vs tiled",
+        "vs naive"
+    )?;
     let versus = |r: &bench::MatmulBenchRow, baseline: MatmulAlgorithm| {
         rows.iter()
             .find(|o| o.shape == r.shape && o.dtype == r.dtype && o.algorithm == baseline)
             .map(|o| format!("{:.2}x", o.median_ms / r.median_ms))
             .unwrap_or_else(|| "-".into())
     };
-    for r in &rows {
+    for r in rows {
         let peak = args.peak_gflops.map(|p| format!("  {:.1}% of peak", 100.0 * r.gflops / p)).unwrap_or_default();
         let kernel = if r.algorithm == MatmulAlgorithm::Auto {
             format!("auto ({})", bench::algorithm_name(r.kernel))
         } else {
             bench::algorithm_name(r.algorithm)
         };
-        println!(
+        outln!(
             "{:>16} {:>5} {:>15} {:>11.3} {:>11.2} {:>9} {:>9}{peak}",
             r.shape.label(),
             r.dtype.to_string(),
@@ -669,18 +783,20 @@ fn bench_matmul(device: &Device, args: &MatmulArgs) -> anyhow::Result<()> {
             r.gflops,
             versus(r, MatmulAlgorithm::Tiled),
             versus(r, MatmulAlgorithm::Naive),
-        );
+        )?;
     }
     if let Some(first) = rows.first() {
-        println!("timing: {:?}", first.timing);
+        outln!("timing: {:?}", first.timing)?;
     }
-    write_results(&args.json, &bench::matmul_json(device, &rows))?;
     Ok(())
 }
 
 fn bench_attention(device_args: &DeviceArgs, args: &AttentionArgs) -> anyhow::Result<()> {
     results_target("--json", &args.json)?;
     anyhow::ensure!(args.iters > 0, "--iters must be at least 1");
+    refuse_repeats("--grids", &args.grids, |g| g.iter().map(usize::to_string).collect::<Vec<_>>().join("x"))?;
+    refuse_repeats("--kv-steps", &args.kv_steps, |(rows, keys)| format!("{rows}x{keys}"))?;
+    refuse_repeats("--dtype", &args.dtype, DType::to_string)?;
     let device = &device_args.open()?;
     let grids = if args.grids.is_empty() && args.kv_steps.is_empty() {
         vec![vec![32, 32], vec![64, 64]]
@@ -696,20 +812,45 @@ fn bench_attention(device_args: &DeviceArgs, args: &AttentionArgs) -> anyhow::Re
         warmup: args.warmup,
         iterations: args.iters,
     };
+    bench::kv_steps_fit(device, &args.kv_steps, &config)?;
     let info = device.info();
-    println!(
+    outln!(
         "attention on {} ({}): {} heads, head_dim {}, {} text tokens, median of {} runs",
-        info.adapter.name, info.adapter.backend, args.heads, args.head_dim, args.text, args.iters
-    );
+        info.adapter.name,
+        info.adapter.backend,
+        args.heads,
+        args.head_dim,
+        args.text,
+        args.iters
+    )?;
     let rows = bench::attention(device, &config)?;
-    println!(
+    let mut json = bench::attention_json(device, &rows);
+    // Measured before anything is printed: a closed standard output then loses no measurement.
+    let mut steps = Vec::new();
+    if !args.kv_steps.is_empty() {
+        let one_slice = Device::new(&DeviceOptions { allow_key_split: false, ..device_args.options()? })?;
+        steps = bench::kv_steps(device, &one_slice, &args.kv_steps, &config)?;
+        json["kv_steps"] = bench::kv_steps_json(&steps);
+    }
+    report(&args.json, &json, || print_attention(&rows, &steps))
+}
+
+fn print_attention(rows: &[bench::AttentionBenchRow], steps: &[bench::KvStepRow]) -> anyhow::Result<()> {
+    outln!(
         "{:>12} {:>5} {:>14} {:>11} {:>9} {:>9} {:>9} {:>9}",
-        "grid", "dtype", "kernel", "median ms", "TFLOP/s", "speedup", "bound", "of bound"
-    );
-    for r in &rows {
+        "grid",
+        "dtype",
+        "kernel",
+        "median ms",
+        "TFLOP/s",
+        "speedup",
+        "bound",
+        "of bound"
+    )?;
+    for r in rows {
         let grid = r.grid.iter().map(usize::to_string).collect::<Vec<_>>().join("x");
         let opt = |v: Option<f64>, suffix: &str| v.map_or("-".into(), |v| format!("{v:.2}{suffix}"));
-        println!(
+        outln!(
             "{:>12} {:>5} {:>14} {:>11.3} {:>9.4} {:>9} {:>9.1} {:>9}",
             grid,
             r.dtype.to_string(),
@@ -719,38 +860,42 @@ fn bench_attention(device_args: &DeviceArgs, args: &AttentionArgs) -> anyhow::Re
             opt(r.speedup_vs_dense, "x"),
             r.density_bound,
             opt(r.bound_fraction().map(|f| f * 100.0), "%")
-        );
+        )?;
     }
-    let mut json = bench::attention_json(device, &rows);
-    if !args.kv_steps.is_empty() {
-        let one_slice = Device::new(&DeviceOptions { allow_key_split: false, ..device_args.options()? })?;
-        let steps = bench::kv_steps(device, &one_slice, &args.kv_steps, &config)?;
-        println!("KV-cache steps: ROWS new queries per head over KEYS cached keys");
-        println!(
-            "{:>6} {:>6} {:>5} {:>7} {:>7} {:>11} {:>9}",
-            "rows", "keys", "dtype", "block_q", "slices", "median ms", "speedup"
-        );
-        for r in &steps {
-            println!(
-                "{:>6} {:>6} {:>5} {:>7} {:>7} {:>11.3} {:>8.2}x",
-                r.rows,
-                r.keys,
-                r.dtype.to_string(),
-                r.block_q,
-                r.key_slices,
-                r.median_ms,
-                r.speedup_vs_one_slice
-            );
-        }
-        json["kv_steps"] = bench::kv_steps_json(&steps);
+    if steps.is_empty() {
+        return Ok(());
     }
-    write_results(&args.json, &json)?;
+    outln!("KV-cache steps: ROWS new queries per head over KEYS cached keys")?;
+    outln!(
+        "{:>6} {:>6} {:>5} {:>7} {:>7} {:>11} {:>9}",
+        "rows",
+        "keys",
+        "dtype",
+        "block_q",
+        "slices",
+        "median ms",
+        "speedup"
+    )?;
+    for r in steps {
+        outln!(
+            "{:>6} {:>6} {:>5} {:>7} {:>7} {:>11.3} {:>8.2}x",
+            r.rows,
+            r.keys,
+            r.dtype.to_string(),
+            r.block_q,
+            r.key_slices,
+            r.median_ms,
+            r.speedup_vs_one_slice
+        )?;
+    }
     Ok(())
 }
 
 fn bench_scan(device: &Device, args: &ScanArgs) -> anyhow::Result<()> {
     results_target("--json", &args.json)?;
     anyhow::ensure!(args.iters > 0, "--iters must be at least 1");
+    refuse_repeats("--shapes", &args.shapes, |s| s.map(|d| d.to_string()).join("x"))?;
+    refuse_repeats("--dtype", &args.dtype, DType::to_string)?;
     let config = ScanBenchConfig {
         shapes: args.shapes.clone(),
         dtypes: args.dtype.clone(),
@@ -759,16 +904,47 @@ fn bench_scan(device: &Device, args: &ScanArgs) -> anyhow::Result<()> {
         iterations: args.iters,
     };
     let info = device.info();
-    println!("selective scan on {} ({}), median of {} runs", info.adapter.name, info.adapter.backend, args.iters);
+    outln!("selective scan on {} ({}), median of {} runs", info.adapter.name, info.adapter.backend, args.iters)?;
     let rows = bench::scan(device, &config)?;
-    println!(
+    let mut json = bench::scan_json(device, &rows);
+    // Measured before anything is printed: a closed standard output then loses no measurement.
+    let mut forms = Vec::new();
+    if args.ssd_forms {
+        for &dtype in &args.dtype {
+            if dtype == DType::F16 && !device.caps().f16 {
+                continue;
+            }
+            forms.push(bench::ssd_forms(device, dtype, args.warmup, args.iters)?);
+        }
+        json["ssd_forms"] = forms
+            .iter()
+            .map(|f| {
+                serde_json::json!({
+                    "shape_b_l_h_p_n": f.shape, "dtype": f.dtype.to_string(),
+                    "recurrent_ms": f.recurrent_ms,
+                    "chunked_matrix_ms": f.matrix_ms.iter().map(|(q, ms)| serde_json::json!({"chunk": q, "ms": ms})).collect::<Vec<_>>(),
+                    "matrix_products_lower_bound_ms": f.matrix_products_lower_bound_ms,
+                })
+            })
+            .collect();
+    }
+    report(&args.json, &json, || print_scan(args, &rows, &forms))
+}
+
+fn print_scan(args: &ScanArgs, rows: &[bench::ScanBenchRow], forms: &[bench::SsdFormComparison]) -> anyhow::Result<()> {
+    outln!(
         "{:>20} {:>5} {:>9} {:>11} {:>10} {:>9}",
-        "B x D x N x L", "dtype", "kernel", "median ms", "GB/s", "speedup"
-    );
-    for r in &rows {
+        "B x D x N x L",
+        "dtype",
+        "kernel",
+        "median ms",
+        "GB/s",
+        "speedup"
+    )?;
+    for r in rows {
         let shape = r.shape.iter().map(usize::to_string).collect::<Vec<_>>().join("x");
         if let Some(why) = &r.skipped {
-            println!("{shape:>20} {:>5} skipped: {why}", r.dtype.to_string());
+            outln!("{shape:>20} {:>5} skipped: {why}", r.dtype.to_string())?;
             continue;
         }
         let chunked = rows.iter().find(|c| c.shape == r.shape && c.dtype == r.dtype && c.kernel == "chunked");
@@ -776,43 +952,27 @@ fn bench_scan(device: &Device, args: &ScanArgs) -> anyhow::Result<()> {
             .filter(|_| r.kernel == "per-step")
             .map_or("-".into(), |c| format!("{:.1}x", r.median_ms / c.median_ms));
         let fraction = args.copy_gbps.map(|c| format!("  {:.1}% of copy", 100.0 * r.gbps / c)).unwrap_or_default();
-        println!(
+        outln!(
             "{shape:>20} {:>5} {:>9} {:>11.3} {:>10.2} {:>9}{fraction}",
             r.dtype.to_string(),
             r.kernel,
             r.median_ms,
             r.gbps,
             speedup
-        );
+        )?;
     }
-    let mut json = bench::scan_json(device, &rows);
-    if args.ssd_forms {
-        let mut forms = Vec::new();
-        for &dtype in &args.dtype {
-            if dtype == DType::F16 && !device.caps().f16 {
-                continue;
-            }
-            let f = bench::ssd_forms(device, dtype, args.warmup, args.iters)?;
-            let matrix: Vec<String> =
-                f.matrix_ms.iter().map(|(q, ms)| format!("chunked matrix Q={q} {ms:.3} ms")).collect();
-            println!(
-                "SSD (B, L, H, P, N) = {:?} {}: recurrent {:.3} ms, {}, matrix-form products alone (Q=256) {:.3} ms",
-                f.shape,
-                f.dtype,
-                f.recurrent_ms,
-                matrix.join(", "),
-                f.matrix_products_lower_bound_ms
-            );
-            forms.push(serde_json::json!({
-                "shape_b_l_h_p_n": f.shape, "dtype": f.dtype.to_string(),
-                "recurrent_ms": f.recurrent_ms,
-                "chunked_matrix_ms": f.matrix_ms.iter().map(|(q, ms)| serde_json::json!({"chunk": q, "ms": ms})).collect::<Vec<_>>(),
-                "matrix_products_lower_bound_ms": f.matrix_products_lower_bound_ms,
-            }));
-        }
-        json["ssd_forms"] = serde_json::Value::Array(forms);
+    for f in forms {
+        let matrix: Vec<String> =
+            f.matrix_ms.iter().map(|(q, ms)| format!("chunked matrix Q={q} {ms:.3} ms")).collect();
+        outln!(
+            "SSD (B, L, H, P, N) = {:?} {}: recurrent {:.3} ms, {}, matrix-form products alone (Q=256) {:.3} ms",
+            f.shape,
+            f.dtype,
+            f.recurrent_ms,
+            matrix.join(", "),
+            f.matrix_products_lower_bound_ms
+        )?;
     }
-    write_results(&args.json, &json)?;
     Ok(())
 }
 
@@ -837,17 +997,20 @@ fn bench_soak(device: &Device, args: &SoakArgs) -> anyhow::Result<()> {
         dtype: args.dtype,
     };
     let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
-    println!(
+    outln!(
         "soak: {} demo generations on {}, {} distinct seeds",
         args.generations,
         device.info().adapter.name,
         args.distinct
-    );
-    println!("{:>10} {:>10} {:>14} {:>14} {:>9}", "generation", "RSS MiB", "pool live MiB", "pool cache MiB", "ms");
+    )?;
+    outln!("{:>10} {:>10} {:>14} {:>14} {:>9}", "generation", "RSS MiB", "pool live MiB", "pool cache MiB", "ms")?;
     let every = (args.generations / 20).max(1);
+    // The soak goes on when standard output fails (its results go to --json), with the first
+    // failure kept for the end.
+    let mut progress = Ok(());
     let result = bench::soak(device, &config, |s| {
-        if s.generation % every == 0 || s.generation + 1 == args.generations {
-            println!(
+        if progress.is_ok() && (s.generation % every == 0 || s.generation + 1 == args.generations) {
+            progress = outln!(
                 "{:>10} {:>10} {:>14.2} {:>14.2} {:>9.0}",
                 s.generation,
                 s.rss_bytes.map_or("-".into(), |b| format!("{:.1}", mib(b))),
@@ -860,14 +1023,6 @@ fn bench_soak(device: &Device, args: &SoakArgs) -> anyhow::Result<()> {
     let rss_growth = result.rss_growth(args.warmup);
     let pool_growth = result.pool_growth(args.warmup);
     let walls: Vec<f64> = result.samples.iter().map(|s| s.wall_ms).collect();
-    println!(
-        "after the {} warm-up generations: RSS {} MiB, GPU pool {} MiB; {} of {} repeated generations bit-identical",
-        args.warmup,
-        rss_growth.map_or("n/a".into(), |g| format!("{:+.2}", g as f64 / (1 << 20) as f64)),
-        pool_growth.map_or("n/a".into(), |g| format!("{:+.2}", g as f64 / (1 << 20) as f64)),
-        result.compared - result.mismatches.len(),
-        result.compared
-    );
     let json = serde_json::json!({
         "adapter": device.info().adapter.name,
         "generations": args.generations, "distinct": args.distinct, "warmup": args.warmup,
@@ -877,7 +1032,18 @@ fn bench_soak(device: &Device, args: &SoakArgs) -> anyhow::Result<()> {
         "rss_bytes": result.samples.iter().map(|s| s.rss_bytes).collect::<Vec<_>>(),
         "pool_bytes": result.samples.iter().map(|s| s.pool_live_bytes + s.pool_cached_bytes).collect::<Vec<_>>(),
     });
-    write_results(&args.json, &json)?;
+    report(&args.json, &json, || {
+        progress?;
+        outln!(
+            "after the {} warm-up generations: RSS {} MiB, GPU pool {} MiB; {} of {} repeated generations bit-identical",
+            args.warmup,
+            rss_growth.map_or("n/a".into(), |g| format!("{:+.2}", g as f64 / (1 << 20) as f64)),
+            pool_growth.map_or("n/a".into(), |g| format!("{:+.2}", g as f64 / (1 << 20) as f64)),
+            result.compared - result.mismatches.len(),
+            result.compared
+        )?;
+        Ok(())
+    })?;
     anyhow::ensure!(
         result.mismatches.is_empty(),
         "generations {:?} differ from the first of their seed",
@@ -897,35 +1063,40 @@ fn bench_soak(device: &Device, args: &SoakArgs) -> anyhow::Result<()> {
 
 fn bench_precision(device: &Device, args: &PrecisionArgs) -> anyhow::Result<()> {
     anyhow::ensure!(!args.seeds.is_empty() && args.seeds.len() <= 1000, "--seeds must list 1 to 1000 seeds");
+    refuse_repeats("--seeds", &args.seeds, u64::to_string)?;
     results_target("--json", &args.json)?;
     let r = bench::precision(device, &args.seeds)?;
-    println!("demo model, f32 vs f16 weights on {}: {} generations each", device.info().adapter.name, r.runs);
-    println!("{:>5} {:>7} {:>16}", "scale", "side", "tokens agreeing");
-    for (i, (side, equal, total)) in r.scales.iter().enumerate() {
-        println!("{i:>5} {side:>7} {:>9.1}% of {total}", 100.0 * *equal as f64 / (*total).max(1) as f64);
-    }
-    println!(
-        "whole token sequences equal: {} of {}; final images bit-identical: {} of {}",
-        r.identical_tokens, r.runs, r.identical_images, r.runs
-    );
     let json = serde_json::json!({
         "adapter": device.info().adapter.name, "seeds": args.seeds, "runs": r.runs,
         "scales": r.scales.iter().map(|(side, equal, total)| serde_json::json!({"side": side, "equal": equal, "total": total})).collect::<Vec<_>>(),
         "identical_tokens": r.identical_tokens, "identical_images": r.identical_images,
     });
-    write_results(&args.json, &json)?;
-    Ok(())
+    report(&args.json, &json, || {
+        outln!("demo model, f32 vs f16 weights on {}: {} generations each", device.info().adapter.name, r.runs)?;
+        outln!("{:>5} {:>7} {:>16}", "scale", "side", "tokens agreeing")?;
+        for (i, (side, equal, total)) in r.scales.iter().enumerate() {
+            outln!("{i:>5} {side:>7} {:>9.1}% of {total}", 100.0 * *equal as f64 / (*total).max(1) as f64)?;
+        }
+        outln!(
+            "whole token sequences equal: {} of {}; final images bit-identical: {} of {}",
+            r.identical_tokens,
+            r.runs,
+            r.identical_images,
+            r.runs
+        )?;
+        Ok(())
+    })
 }
 
 fn bench_load(device: &Device, args: &LoadArgs) -> anyhow::Result<()> {
     anyhow::ensure!((1..=64).contains(&args.depth), "--depth must be in 1..=64");
     results_target("--json", &args.json)?;
     results_target("--file", &args.file)?;
-    anyhow::ensure!(!args.file.exists(), "--file {} exists; the benchmark writes a new file", args.file.display());
+    anyhow::ensure!(!args.file.exists(), "--file {} exists; the benchmark writes a new file", shown_path(&args.file));
     anyhow::ensure!(
         !generate::same_file(&args.file, &args.json),
         "--file and --json name the same file {}",
-        args.file.display()
+        shown_path(&args.file)
     );
     create_parent(&args.file)?;
     let model = if args.model == "var" { bench::BenchModel::Var } else { bench::BenchModel::Mvar };
@@ -938,40 +1109,46 @@ fn bench_load(device: &Device, args: &LoadArgs) -> anyhow::Result<()> {
         eager: args.eager,
     };
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
-    println!("writing a synthetic {} d{} checkpoint to {} ...", args.model, args.depth, args.file.display());
+    outln!("writing a synthetic {} d{} checkpoint to {} ...", args.model, args.depth, shown_path(&args.file))?;
     let r = bench::load(device, &config)?;
-    println!(
-        "{} tensors, {:.2}B parameters, {:.2} GiB file, largest tensor {:.0} MiB in f32; {} weights on {} ({})",
-        r.tensors,
-        r.parameters as f64 / 1e9,
-        gib(r.file_bytes),
-        r.largest_tensor_bytes as f64 / (1 << 20) as f64,
-        config.dtype,
-        device.info().adapter.name,
-        if device.caps().is_cpu { "a CPU adapter: its GPU memory is host memory" } else { "GPU memory separate" },
-    );
+    // Each measure as a line of the table and as JSON.
     let row = |name: &str, m: &bench::LoadMeasure| {
         let peak = m.peak_rss_growth;
         let host = peak.map(|p| if device.caps().is_cpu { p.saturating_sub(m.gpu_bytes) } else { p });
-        println!(
+        let line = format!(
             "{name:>9}: {:6.1} s, peak RSS growth {} GiB, model on the device {:.2} GiB, host memory beyond the device's {} GiB",
             m.seconds,
             peak.map_or("n/a".into(), |p| format!("{:.2}", gib(p))),
             gib(m.gpu_bytes),
             host.map_or("n/a".into(), |h| format!("{:.2}", gib(h))),
         );
-        serde_json::json!({"seconds": m.seconds, "peak_rss_growth_bytes": peak, "device_bytes": m.gpu_bytes, "host_beyond_device_bytes": host})
+        let json = serde_json::json!({"seconds": m.seconds, "peak_rss_growth_bytes": peak, "device_bytes": m.gpu_bytes, "host_beyond_device_bytes": host});
+        (line, json)
     };
-    let streamed = row("streamed", &r.streamed);
-    let eager = r.eager.as_ref().map(|m| row("eager", m));
+    let (streamed_line, streamed) = row("streamed", &r.streamed);
+    let (eager_line, eager) = r.eager.as_ref().map(|m| row("eager", m)).unzip();
     let json = serde_json::json!({
         "adapter": device.info().adapter.name, "cpu_adapter": device.caps().is_cpu,
         "model": args.model, "depth": args.depth, "dtype": config.dtype.to_string(),
         "file_bytes": r.file_bytes, "tensors": r.tensors, "parameters": r.parameters,
         "largest_tensor_f32_bytes": r.largest_tensor_bytes, "streamed": streamed, "eager": eager,
     });
-    write_results(&args.json, &json)?;
-    Ok(())
+    report(&args.json, &json, || {
+        outln!(
+            "{} tensors, {:.2}B parameters, {:.2} GiB file, largest tensor {:.0} MiB in f32; {} weights on {} ({})",
+            r.tensors,
+            r.parameters as f64 / 1e9,
+            gib(r.file_bytes),
+            r.largest_tensor_bytes as f64 / (1 << 20) as f64,
+            config.dtype,
+            device.info().adapter.name,
+            if device.caps().is_cpu { "a CPU adapter: its GPU memory is host memory" } else { "GPU memory separate" },
+        )?;
+        for line in std::iter::once(&streamed_line).chain(&eager_line) {
+            outln!("{line}")?;
+        }
+        Ok(())
+    })
 }
 
 /// Checks an output's target before a benchmark runs, so a bad path fails at once rather than after
@@ -987,11 +1164,11 @@ pub(crate) fn results_target(flag: &str, path: &Path) -> anyhow::Result<()> {
             Some(a) if !a.as_os_str().is_empty() => a,
             _ => Path::new("."),
         };
-        anyhow::ensure!(existing.is_dir(), "{flag} {}: {} is not a folder", path.display(), existing.display());
+        anyhow::ensure!(existing.is_dir(), "{flag} {}: {} is not a folder", shown_path(path), shown_path(existing));
         // The folders will be made inside it: a test folder made and removed proves that they can be.
         let test = existing.join(format!(".scalewise-test-{}", std::process::id()));
         std::fs::create_dir(&test)
-            .with_context(|| format!("{flag} {}: cannot make folders in {}", path.display(), existing.display()))?;
+            .with_context(|| format!("{flag} {}: cannot make folders in {}", shown_path(path), shown_path(existing)))?;
         let _ = std::fs::remove_dir(&test);
         return Ok(());
     }
@@ -1002,7 +1179,7 @@ pub(crate) fn results_target(flag: &str, path: &Path) -> anyhow::Result<()> {
 /// Creates the folder `path` lies in, where missing.
 pub(crate) fn create_parent(path: &Path) -> anyhow::Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", shown_path(dir)))?;
     }
     Ok(())
 }
@@ -1011,6 +1188,18 @@ pub(crate) fn create_parent(path: &Path) -> anyhow::Result<()> {
 pub(crate) fn write_results(path: &Path, json: &serde_json::Value) -> anyhow::Result<()> {
     create_parent(path)?;
     scalewise::output::write_atomic(path, serde_json::to_string_pretty(json)?.as_bytes())?;
-    println!("wrote {}", path.display());
+    outln!("wrote {}", shown_path(path))?;
     Ok(())
+}
+
+/// Prints a benchmark's table (`print`) and writes its JSON results, the file whatever became of
+/// the table: a closed or full standard output (`| head -1`) must not lose the measurements. A
+/// failed write is the error reported before a failed print.
+pub(crate) fn report(
+    path: &Path,
+    json: &serde_json::Value,
+    print: impl FnOnce() -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let printed = print();
+    write_results(path, json).and(printed)
 }

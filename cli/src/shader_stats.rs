@@ -11,6 +11,7 @@
 mod counts;
 mod radv;
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -18,6 +19,7 @@ use clap::Args;
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 use scalewise::DType;
 use scalewise::device::wgsl::{compose, variants};
+use scalewise::error::shown_path;
 use scalewise::kernels::Family;
 use serde_json::json;
 
@@ -35,6 +37,19 @@ pub struct ShaderStatsArgs {
     /// beside the system's (default: the system's radeon_icd*.json).
     #[arg(long)]
     icd: Option<PathBuf>,
+}
+
+/// Refuses a `--target` that is no GPU family name as RADV_FORCE_FAMILY spells them (gfx1100,
+/// navi21: letters, digits and `_`), so that what reaches the child's environment and the messages
+/// is never a terminal escape or a line break. Checked here rather than by clap, whose message would
+/// echo the value unescaped.
+fn check_target_name(target: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !target.is_empty() && target.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+        "--target {}: not a GPU family name (letters, digits and _, such as gfx1100)",
+        scalewise::error::shown(target)
+    );
+    Ok(())
 }
 
 /// Attention entry points compiled again with the constants of VAR-d16's KV-cache steps (head_dim
@@ -157,14 +172,15 @@ const CHILD: &str = "SCALEWISE_SHADER_STATS_CHILD";
 /// is unsound once threads exist), and because RADV aborts the process on a family name it does not
 /// know, or on an internal compiler error: the parent turns that into an error message.
 pub fn run(args: &ShaderStatsArgs) -> anyhow::Result<()> {
+    check_target_name(&args.target)?;
     if std::env::var_os(CHILD).is_some() {
         return measure(args);
     }
     crate::results_target("--json", &args.json)?;
     let icd = match &args.icd {
         Some(icd) if icd.is_file() => icd.clone(),
-        Some(icd) if icd.is_dir() => anyhow::bail!("--icd {}: is a folder; name its radeon_icd*.json", icd.display()),
-        Some(icd) => anyhow::bail!("--icd {}: no such file", icd.display()),
+        Some(icd) if icd.is_dir() => anyhow::bail!("--icd {}: is a folder; name its radeon_icd*.json", shown_path(icd)),
+        Some(icd) => anyhow::bail!("--icd {}: no such file", shown_path(icd)),
         None => radv::find_icd()?,
     };
     let exe = std::env::current_exe().context("locating the scalewise executable")?;
@@ -177,14 +193,20 @@ pub fn run(args: &ShaderStatsArgs) -> anyhow::Result<()> {
         .output()
         .context("starting the shader-stats child process")?;
     let stderr = String::from_utf8_lossy(&out.stderr);
+    // Forwarded as is (the child's messages are its own); a closed or full stderr loses them but must
+    // not panic the parent.
+    let forward = || {
+        let _ = std::io::stderr().lock().write_all(&out.stderr);
+    };
     match out.status.code() {
         Some(0) => {
-            eprint!("{stderr}");
+            forward();
             Ok(())
         }
-        // The child has printed its error already.
+        // The child has printed its error already (or, for a closed standard output, nothing: its
+        // exit code says so).
         Some(code) => {
-            eprint!("{stderr}");
+            forward();
             std::process::exit(code)
         }
         None if stderr.contains("Unknown family") => {
@@ -239,10 +261,6 @@ fn measure(args: &ShaderStatsArgs) -> anyhow::Result<()> {
             }
         }
     }
-    print_table(&radv, &args.target, &kernels);
-    for (family, variant, reason) in &skipped {
-        println!("skipped {family}{}: {reason}", variant.suffix());
-    }
     let mut json = report_json(&radv, &args.target, &kernels);
     json["skipped"] = skipped
         .iter()
@@ -251,8 +269,13 @@ fn measure(args: &ShaderStatsArgs) -> anyhow::Result<()> {
                    "reason": reason})
         })
         .collect();
-    crate::write_results(&args.json, &json)?;
-    Ok(())
+    crate::report(&args.json, &json, || {
+        print_table(&radv, &args.target, &kernels)?;
+        for (family, variant, reason) in &skipped {
+            outln!("skipped {family}{}: {reason}", variant.suffix())?;
+        }
+        Ok(())
+    })
 }
 
 /// Applies `constants` (the defaults for the rest) to `entry`, writes its SPIR-V and compiles it on
@@ -318,9 +341,9 @@ fn words_per_fma(kernel: &Kernel) -> String {
     kernel.counts.inner_loops.iter().map(|l| format!("{:.2}", l.words_per_fma())).collect::<Vec<_>>().join(" ")
 }
 
-fn print_table(radv: &radv::Radv, target: &str, kernels: &[Kernel]) {
-    println!("{} ({target}), {}; statistics from VK_KHR_pipeline_executable_properties", radv.device_name, radv.driver);
-    println!(
+fn print_table(radv: &radv::Radv, target: &str, kernels: &[Kernel]) -> anyhow::Result<()> {
+    outln!("{} ({target}), {}; statistics from VK_KHR_pipeline_executable_properties", radv.device_name, radv.driver)?;
+    outln!(
         "{:<44} {:>4} {:>5} {:>5} {:>6} {:>6} {:>7} {:>6} {:>5} {:>6} {:>8} {:>5} {:>4} {:>6}  words/FMA",
         "kernel",
         "wave",
@@ -336,9 +359,9 @@ fn print_table(radv: &radv::Radv, target: &str, kernels: &[Kernel]) {
         "barr",
         "tile",
         "wgmem"
-    );
+    )?;
     for k in kernels {
-        println!(
+        outln!(
             "{:<44} {:>4} {:>5} {:>5} {:>6} {:>6} {:>7} {:>6} {:>5} {:>6} {:>8} {:>5} {:>4} {:>6}  {}",
             k.label(),
             k.stats.subgroup_size,
@@ -355,15 +378,16 @@ fn print_table(radv: &radv::Radv, target: &str, kernels: &[Kernel]) {
             k.counts.tile_barriers.map_or("-".to_string(), |n| n.to_string()),
             k.counts.workgroup_bytes,
             words_per_fma(k),
-        );
+        )?;
     }
-    println!(
+    outln!(
         "wave: subgroup size; scratch: bytes of scratch memory per wave (private arrays the compiler could \
          not keep in registers, and spills); LDS and wgmem: bytes (RADV's allocation, the WGSL variables used); waves: \
          subgroups per SIMD (occupancy); inv.thru: ACO's estimated inverse throughput; barr: barrier \
          sites; tile: barrier sites per key tile of an attention kernel; words/FMA: workgroup-memory words read per FMA in each GEMM-like inner loop (the innermost loops \
          that read workgroup memory and multiply two different values, with the functions they call)"
-    );
+    )?;
+    Ok(())
 }
 
 fn statistic_json(value: radv::Value) -> serde_json::Value {

@@ -5,6 +5,7 @@
 //! rest are derived at run time from the tiny fixtures, so the corpus stays small.
 #![cfg(unix)]
 
+use std::io::Write;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -353,7 +354,7 @@ fn inputs_that_are_not_regular_files_are_named() {
             "not a regular file",
         );
     } else {
-        eprintln!("SKIP the FIFO case: mkfifo is not available");
+        let _ = writeln!(std::io::stderr(), "SKIP the FIFO case: mkfifo is not available");
     }
     fails(
         "missing --var",
@@ -651,7 +652,7 @@ fn write_corpus() {
 #[test]
 fn refused_benchmarks_name_the_flag_and_create_no_folder() {
     let s = Scratch::new("bench");
-    let cases: [(&[&str], i32, &str); 14] = [
+    let cases: [(&[&str], i32, &str); 16] = [
         (&["bench", "matmul", "--sizes", "0"], 1, "--sizes"),
         (&["bench", "peaks", "--fma-iters", "0"], 2, "--fma-iters"),
         (&["bench", "matmul", "--sizes", "0", "--json", "new/a/x.json"], 1, "--sizes"),
@@ -667,6 +668,10 @@ fn refused_benchmarks_name_the_flag_and_create_no_folder() {
         (&["bench", "attention", "--grids", "4294967296x4294967296"], 2, "more than 4294967295 tokens"),
         (&["bench", "attention", "--grids", "65536x65536"], 2, "more than 4294967295 tokens"),
         (&["bench", "attention", "--grids", "65535x65535", "--text", "200000"], 1, "u32 token count"),
+        // A duplicate printed its row twice, the second as a ratio against itself.
+        (&["bench", "matmul", "--sizes", "8", "--dtype", "f32,f32"], 1, "--dtype lists f32 twice"),
+        // The queries of a KV step were not checked: a terabyte asked of the allocator (an abort).
+        (&["bench", "attention", "--kv-steps", "4294967296x1", "--iters", "1", "--warmup", "0"], 1, "the queries"),
     ];
     for (args, code, needle) in cases {
         let out = Command::new(env!("CARGO_BIN_EXE_scalewise"))
@@ -703,7 +708,10 @@ fn a_run_killed_while_generating_leaves_nothing_behind() {
     child.kill().unwrap();
     if child.wait().unwrap().success() {
         // Only a GPU far faster than any today could get here: nothing was interrupted to check.
-        eprintln!("SKIP a_run_killed_while_generating_leaves_nothing_behind: the run finished before the kill");
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIP a_run_killed_while_generating_leaves_nothing_behind: the run finished before the kill"
+        );
         return;
     }
     s.assert_untouched("killed", &[]);
@@ -736,7 +744,10 @@ fn a_random_model_larger_than_host_memory_is_refused_before_it_is_drawn() {
     match available_gib {
         Some(gib) if gib < 70 => {}
         other => {
-            println!("SKIP a_random_model_larger_than_host_memory: {other:?} GiB available, enough to draw VAR d64");
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIP a_random_model_larger_than_host_memory: {other:?} GiB available, enough to draw VAR d64"
+            );
             return;
         }
     }
@@ -750,4 +761,200 @@ fn a_random_model_larger_than_host_memory_is_refused_before_it_is_drawn() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("GiB of host memory") && err.contains("width 4096"), "{err}");
     s.assert_untouched("VAR d64 on a small host", &[]);
+}
+
+/// `scalewise ARGS` in `dir` with its standard output `stdout`.
+fn run_in(dir: &Path, args: &[&str], stdout: impl Into<std::process::Stdio>) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_scalewise"))
+        .current_dir(dir)
+        .args(args)
+        .stdout(stdout)
+        .output()
+        .expect("the scalewise binary runs")
+}
+
+#[test]
+fn a_closed_or_full_standard_output_is_an_error_not_a_panic() {
+    let s = Scratch::new("stdout");
+    let full = || std::fs::OpenOptions::new().write(true).open("/dev/full").expect("/dev/full");
+    // A full output: one error line, exit 1 (println! panicked: exit 101).
+    let (var, _) = tiny();
+    for args in [&["info"][..], &["convert", &var, "conv.st"]] {
+        let out = run_in(&s.dir, args, full());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains("cannot write to standard output") && !err.contains("panicked"), "{args:?}: {err}");
+    }
+    // A closed pipe (`| head -1`): a quiet exit with SIGPIPE's status, and the measurements are
+    // still written to --json.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_scalewise"))
+        .current_dir(&s.dir)
+        .args(["bench", "matmul", "--sizes", "1,2,3,4", "--iters", "1", "--warmup", "0", "--kernels", "naive"])
+        .args(["--json", "m.json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the scalewise binary runs");
+    // As `| head -1` does: the first line read (the header, before the measurements), then closed.
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut first).unwrap();
+    assert!(first.starts_with("matmul on"), "{first}");
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "{err}");
+    assert!(err.is_empty(), "a closed pipe is not an error to report: {err}");
+    assert!(s.path("m.json").is_file(), "the results were lost with the standard output");
+    s.assert_untouched("stdout", &["conv.st", "m.json"]);
+}
+
+/// Runs `scalewise ARGS` in `dir`, waits for a file matching `started` to appear there, sends it
+/// `signal`; returns the exit status, `None` when the run ended before the signal.
+fn interrupted(
+    dir: &Path,
+    args: &[&str],
+    started: impl Fn(&str) -> bool,
+    signal: i32,
+) -> Option<std::process::ExitStatus> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_scalewise"))
+        .current_dir(dir)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("the scalewise binary runs");
+    let begun = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let _ = writeln!(std::io::stderr(), "SKIP {args:?}: the run ended ({status}) before the signal");
+            return None;
+        }
+        let names = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned());
+        if names.into_iter().any(|name| started(&name)) {
+            break;
+        }
+        assert!(begun.elapsed().as_secs() < 60, "{args:?}: nothing appeared");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    // SAFETY: a signal to our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+    Some(child.wait().unwrap())
+}
+
+#[test]
+fn an_interrupted_run_leaves_no_partial_file() {
+    use std::os::unix::process::ExitStatusExt;
+    let s = Scratch::new("interrupted");
+    // A 256 MiB checkpoint (sparse: zeros), so the conversion is still running when the signal comes.
+    let elements: u64 = 64 << 20;
+    let header =
+        format!("{{\"w\":{{\"dtype\":\"F32\",\"shape\":[{elements}],\"data_offsets\":[0,{}]}}}}", 4 * elements);
+    let header = format!("{header:<width$}", width = header.len().next_multiple_of(8));
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header.as_bytes());
+    let big = s.path("big.safetensors");
+    std::fs::write(&big, &bytes).unwrap();
+    std::fs::OpenOptions::new().write(true).open(&big).unwrap().set_len(bytes.len() as u64 + 4 * elements).unwrap();
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        // The staged output (`.conv.st.<hex>.tmp`) exists from the start: it used to stay behind.
+        let staged = |name: &str| name.starts_with(".conv.st.");
+        match interrupted(&s.dir, &["convert", path_str(&big), "conv.st"], staged, signal) {
+            Some(status) => assert_eq!(status.signal(), Some(signal), "convert: {status}"),
+            None => std::fs::remove_file(s.path("conv.st")).unwrap(),
+        }
+        s.assert_untouched(&format!("convert, signal {signal}"), &["big.safetensors"]);
+    }
+    // `bench load`'s synthetic checkpoint (GBs) stayed too, and the next run refused to start.
+    let args = ["bench", "load", "--model", "var", "--depth", "16", "--file", "synth.pth", "--json", "l.json"];
+    match interrupted(&s.dir, &args, |name| name == "synth.pth", libc::SIGTERM) {
+        Some(status) => assert_eq!(status.signal(), Some(libc::SIGTERM), "bench load: {status}"),
+        None => std::fs::remove_file(s.path("l.json")).unwrap(),
+    }
+    s.assert_untouched("bench load, SIGTERM", &["big.safetensors"]);
+    // Past `ulimit -f` the write fails with EFBIG (SIGXFSZ ignored) and is reported: the signal
+    // killed the process silently and left its partial temporary.
+    let (var, _) = tiny();
+    let out = Command::new("sh")
+        .current_dir(&s.dir)
+        .args(["-c", "ulimit -f 8; exec \"$0\" convert \"$1\" o.st", env!("CARGO_BIN_EXE_scalewise"), &var])
+        .output()
+        .expect("sh runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("o.st") && err.contains("too large"), "{err}");
+    s.assert_untouched("ulimit -f", &["big.safetensors"]);
+}
+
+#[test]
+fn a_file_another_user_owns_in_a_sticky_folder_is_refused_before_the_run() {
+    // In a sticky folder (like /tmp) only the file's owner may replace it, whatever its mode: the
+    // rename failed at the end, after --out had been replaced. Needs root to set up (a file of
+    // another user) and setpriv to run as that other user.
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let setpriv = Command::new("setpriv").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !root || !setpriv {
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIP a_file_another_user_owns_in_a_sticky_folder: needs root and setpriv (root {root}, setpriv {setpriv})"
+        );
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let s = Scratch::new("other-owner");
+    let sticky = s.path("shared");
+    std::fs::create_dir(&sticky).unwrap();
+    std::fs::set_permissions(&sticky, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    std::fs::set_permissions(&s.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let theirs = sticky.join("theirs.json");
+    std::fs::write(&theirs, b"root's").unwrap();
+    std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out_png = sticky.join("new.png");
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_scalewise")])
+        .args(["generate", "--demo", "--class", "1", "--quiet", "--out", path_str(&out_png)])
+        .args(["--dump-tokens", path_str(&theirs)])
+        .env("SCALEWISE_CACHE_DIR", "off")
+        .output()
+        .expect("setpriv runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("theirs.json") && err.contains("is sticky") && !err.contains("model:"), "{err}");
+    assert!(!out_png.exists(), "--out was written before the refusal");
+    assert_eq!(std::fs::read(&theirs).unwrap(), b"root's");
+    assert_eq!(std::fs::read_dir(&sticky).unwrap().count(), 1, "files left in the sticky folder");
+}
+
+#[test]
+fn paths_in_messages_are_escaped() {
+    let s = Scratch::new("escaped-paths");
+    let (var, vae) = tiny();
+    let escape = "nope\n\u{1b}[31mX";
+    let out = s.path(&format!("{escape}/x.png"));
+    let title = s.path("v\u{1b}]0;title\u{7}.pth");
+    let under_a_file = s.path("out.png").join(escape).join("x.json");
+    for (case, args) in [
+        ("--out", generate_args(&var, &vae, &["--class", "1", "--out", path_str(&out)])),
+        ("--var", generate_args(path_str(&title), &vae, &["--class", "1"])),
+        ("convert", vec!["convert", &var, path_str(&out)]),
+        ("bench --json", vec!["bench", "matmul", "--sizes", "8", "--json", path_str(&under_a_file)]),
+    ] {
+        let err = fails(case, &args, "\\u{1b}");
+        assert!(
+            !err.contains('\u{1b}') && !err.contains('\u{7}') && err.trim_end().lines().count() == 1,
+            "{case}: {err:?}"
+        );
+    }
+    s.assert_untouched("escaped paths", &[]);
+}
+
+#[test]
+fn environment_values_that_are_not_utf8_are_refused() {
+    use std::os::unix::ffi::OsStrExt;
+    let junk = std::ffi::OsStr::from_bytes(b"vulk\xffan");
+    for name in ["WGPU_BACKEND", "WGPU_ADAPTER_NAME", "SCALEWISE_DISABLE"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_scalewise")).arg("info").env(name, junk).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}: {err}");
+        assert!(err.contains(name) && err.contains("not UTF-8"), "{name}: {err}");
+    }
 }

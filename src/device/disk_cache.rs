@@ -56,8 +56,22 @@ fn cache_base(var: impl Fn(&str) -> Option<std::ffi::OsString>, windows: bool) -
 /// Writes `bytes` to `path` through a temporary beside it and a rename, so a concurrent reader
 /// never sees half a file.
 pub(crate) fn write(path: &Path, bytes: &[u8]) {
+    use std::io::Write;
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    if std::fs::write(&tmp, bytes).is_err() || std::fs::rename(&tmp, path).is_err() {
+    // The name is predictable (the pruning recognises it), so it is created with O_EXCL, which never
+    // opens an existing file or follows a planted link. One found there (a killed writer's, whose pid
+    // was reused, or a planted link) is removed, the link itself and not its target, and the
+    // creation tried once more.
+    let create = || std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp);
+    let file = create().or_else(|e| {
+        if e.kind() != std::io::ErrorKind::AlreadyExists {
+            return Err(e);
+        }
+        std::fs::remove_file(&tmp)?;
+        create()
+    });
+    let Ok(mut file) = file else { return };
+    if file.write_all(bytes).is_err() || std::fs::rename(&tmp, path).is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
 }
@@ -180,8 +194,23 @@ fn prune_if_due(dir: &Path, now: SystemTime, max_bytes: u64) -> Option<Vec<PathB
     }
     // The marker first: a second process opening the folder meanwhile skips the listing. A folder
     // that cannot take it (read-only) is not pruned either.
-    let marked = std::fs::File::create(&marker).and_then(|f| f.set_modified(now));
+    let marked = touch_marker(&marker, now);
     marked.is_ok().then(|| prune(dir, now, max_bytes))
+}
+
+/// Creates or dates the prune marker without ever opening what a link there points to (a planted
+/// `.last-pruned -> precious` used to be truncated): a marker that is not a regular file is removed
+/// (a link's target is left alone), and the file is opened without truncation and, on Unix, with
+/// O_NOFOLLOW, so a link planted after the check fails the open instead.
+fn touch_marker(marker: &Path, now: SystemTime) -> std::io::Result<()> {
+    if std::fs::symlink_metadata(marker).is_ok_and(|m| !m.is_file()) {
+        std::fs::remove_file(marker)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NOFOLLOW);
+    options.open(marker)?.set_modified(now)
 }
 
 /// Removes from `dir`, as of `now`: entries last used more than [`UNUSED_FOR`] ago, temporaries
@@ -354,6 +383,31 @@ mod tests {
         assert_eq!(removed, vec![oldest.clone(), older.clone()]);
         assert!(!oldest.exists() && !older.exists());
         assert!(newer.exists() && newest.exists() && foreign.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    #[cfg(unix)]
+    fn planted_links_are_never_followed() {
+        let dir = folder("links");
+        let victim = dir.join("precious");
+        std::fs::write(&victim, b"precious").unwrap();
+        // Old enough that the marker (followed to it) says pruning is due: it used to be truncated.
+        let old = SystemTime::now() - 2 * DAY;
+        std::fs::File::options().write(true).open(&victim).unwrap().set_modified(old).unwrap();
+        let marker = dir.join(PRUNE_MARKER);
+        std::os::unix::fs::symlink(&victim, &marker).unwrap();
+        assert!(prune_if_due(&dir, SystemTime::now(), MAX_FOLDER_BYTES).is_some());
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert!(std::fs::symlink_metadata(&marker).unwrap().is_file(), "the link was not replaced by a marker");
+        // The same for the predictable temporary of a write.
+        let entry = dir.join("vulkan-10005-0000-0000000000000001.pipelines");
+        let tmp = entry.with_extension(format!("tmp{}", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+        write(&entry, b"entry");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert_eq!(std::fs::read(&entry).unwrap(), b"entry");
+        assert!(std::fs::symlink_metadata(&tmp).is_err(), "the temporary is left");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

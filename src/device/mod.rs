@@ -121,23 +121,16 @@ impl DeviceOptions {
     /// `SCALEWISE_DISABLE` (comma list of `f16`, `subgroups`, `timestamps`, `coop`, `key-split`).
     pub fn from_env() -> Result<Self> {
         let mut options = Self::default();
-        if let Ok(backend) = std::env::var("WGPU_BACKEND") {
+        if let Some(backend) = env_utf8("WGPU_BACKEND", "auto, vulkan, metal, dx12, gl, cuda or cuda-cpu")? {
             options.backend = backend.parse()?;
         }
-        if let Ok(name) = std::env::var("WGPU_ADAPTER_NAME")
+        if let Some(name) = env_utf8("WGPU_ADAPTER_NAME", "a part of an adapter's name")?
             && !name.trim().is_empty()
         {
             options.adapter_name = Some(name);
         }
-        if let Err(std::env::VarError::NotUnicode(value)) = std::env::var("SCALEWISE_DISABLE") {
-            return Err(Error::InvalidArgument {
-                op: "SCALEWISE_DISABLE",
-                msg: format!(
-                    "{value:?} is not UTF-8; expected a comma list of f16, subgroups, timestamps, coop, key-split"
-                ),
-            });
-        }
-        if let Ok(disabled) = std::env::var("SCALEWISE_DISABLE") {
+        let expected = "a comma list of f16, subgroups, timestamps, coop, key-split";
+        if let Some(disabled) = env_utf8("SCALEWISE_DISABLE", expected)? {
             for item in disabled.split(',').map(str::trim).filter(|s| !s.is_empty()) {
                 match item.to_ascii_lowercase().as_str() {
                     "f16" => options.allow_f16 = false,
@@ -157,6 +150,19 @@ impl DeviceOptions {
             }
         }
         Ok(options)
+    }
+}
+
+/// The environment variable `name`, `None` when unset; a value that is not UTF-8 is refused (naming
+/// what was `expected`) rather than ignored, which would silently run on another adapter or backend
+/// than the one asked for.
+fn env_utf8(name: &'static str, expected: &str) -> Result<Option<String>> {
+    match std::env::var(name) {
+        Ok(value) => Ok(Some(value)),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(value)) => {
+            Err(Error::InvalidArgument { op: name, msg: format!("{value:?} is not UTF-8; expected {expected}") })
+        }
     }
 }
 
