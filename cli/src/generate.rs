@@ -366,7 +366,7 @@ pub fn generate(device: &Device, args: &GenerateArgs, _checked: Outputs) -> anyh
         Transformer::Mvar(model) => Some(model.config.cosine_attention),
     };
     if !args.quiet {
-        eprintln!(
+        errln!(
             "model: {}{} depth {} width {} ({}{:.2}M parameters, {} classes), {}px, {} weights, loaded in {load_s:.1} s",
             if args.var.is_none() { "demo " } else { "" },
             pipeline.transformer.kind(),
@@ -446,7 +446,7 @@ pub fn generate(device: &Device, args: &GenerateArgs, _checked: Outputs) -> anyh
         // own, and pipeline compiles (on first use) fall inside whichever part first needed them.
         let work = device.launch_stats() - work_before;
         let ahead = prewarm.join();
-        eprintln!(
+        errln!(
             "generated {batch} image(s) in {wall_ms:.0} ms: start-up {startup_ms:.0} ms, scales {scales_ms:.0} ms (GPU: \
              transformer {:.1} ms{}, sampling {:.1} ms, accumulate {:.1} ms{}), final decode {decode_ms:.0} ms; wrote {}",
             totals.transformer_ms,
@@ -456,7 +456,7 @@ pub fn generate(device: &Device, args: &GenerateArgs, _checked: Outputs) -> anyh
             if totals.decode_ms > 0.0 { format!(", previews {:.1} ms", totals.decode_ms) } else { String::new() },
             shown_path(&args.out)
         );
-        eprintln!(
+        errln!(
             "launch path: {} pipelines compiled on first use (inside the times above), {} of {} compiled ahead on \
              background threads in {:.0} ms while the model loaded; {} dispatches, {} submissions, {} drains of the \
              GPU, {} waits with work still queued",

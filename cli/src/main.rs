@@ -8,6 +8,15 @@ macro_rules! outln {
     };
 }
 
+/// `eprintln!` without its panic: a closed or full standard error (`2>&1 | head -3`) loses the
+/// progress and notes, but the run goes on and writes its outputs.
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod generate;
 mod out;
 mod shader_stats;
@@ -591,7 +600,7 @@ fn convert(args: &ConvertArgs) -> anyhow::Result<()> {
     if !wide.is_empty() {
         let names: Vec<_> = wide.iter().take(5).map(|key| scalewise::error::shown(key)).collect();
         let more = if wide.len() > 5 { format!(" and {} more", wide.len() - 5) } else { String::new() };
-        eprintln!("kept in f32, for values beyond f16's range: {}{more}", names.join(", "));
+        errln!("kept in f32, for values beyond f16's range: {}{more}", names.join(", "));
     }
     // Integer and bool buffers are not weights and are left out; say which, in case one was meant to be.
     if !sd.skipped.is_empty() {
@@ -607,7 +616,7 @@ fn convert(args: &ConvertArgs) -> anyhow::Result<()> {
         }
         let count = sd.skipped.len();
         let noun = if count == 1 { "tensor that is" } else { "tensors that are" };
-        eprintln!("left out {count} {noun} not floating point: {}", names.join(", "));
+        errln!("left out {count} {noun} not floating point: {}", names.join(", "));
     }
     Ok(())
 }

@@ -804,7 +804,18 @@ fn a_closed_or_full_standard_output_is_an_error_not_a_panic() {
     assert_eq!(out.status.code(), Some(141), "{err}");
     assert!(err.is_empty(), "a closed pipe is not an error to report: {err}");
     assert!(s.path("m.json").is_file(), "the results were lost with the standard output");
-    s.assert_untouched("stdout", &["conv.st", "m.json"]);
+    // A full standard error (`2>&1 | head` closes it the same way) loses the progress, not the run:
+    // eprintln! panicked at the first progress line.
+    let out = Command::new(env!("CARGO_BIN_EXE_scalewise"))
+        .current_dir(&s.dir)
+        .args(["generate", "--demo", "--class", "red_disc", "--seed", "1", "--out", "g.png"])
+        .stdout(std::process::Stdio::null())
+        .stderr(full())
+        .output()
+        .expect("the scalewise binary runs");
+    assert_eq!(out.status.code(), Some(0), "a full stderr stopped the generation");
+    assert!(s.path("g.png").is_file(), "the image was not written");
+    s.assert_untouched("stdout", &["conv.st", "m.json", "g.png"]);
 }
 
 /// Runs `scalewise ARGS` in `dir`, waits for a file matching `started` to appear there, sends it
