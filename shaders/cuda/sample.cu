@@ -63,6 +63,13 @@ SW_KERNEL(philox_words, THREADS_1D, 1, 1, (const store_t* logits, u32* ids, stor
 // ---- the sampler ----
 
 // Unsigned order = float order; -0 and +0 share a key.
+// NaN or +inf, told by the bits (as sample.wgsl, where a compiler may assume floats are finite). -inf
+// is not a fault: it is a masked logit, probability 0.
+SW_DEVICE bool nan_or_plus_infinity(float v) {
+    const u32 bits = __float_as_uint(v);
+    return (bits & 0x7fffffffu) > 0x7f800000u || bits == 0x7f800000u;
+}
+
 SW_DEVICE u32 order_key(float x) {
     u32 bits = __float_as_uint(x);
     if (bits == 0x80000000u) bits = 0u;
@@ -115,8 +122,9 @@ SW_KERNEL(sample, REDUCE_WG, 1, 1, (const store_t* logits, u32* ids, store_t* fi
     const u32 n = p.vocab;
     const u32 base = row * n;
 
-    // Pass 0: guided values (CFG) and the row maximum.
+    // Pass 0: guided values (CFG), the row maximum, and whether any is NaN or +inf.
     float local_max = -3.4028235e38f;
+    float local_bad = 0.0f;
     for (u32 c = lane; c < n; c += REDUCE_WG) {
         float v;
         if (CFG) {
@@ -128,11 +136,15 @@ SW_KERNEL(sample, REDUCE_WG, 1, 1, (const store_t* logits, u32* ids, store_t* fi
             v = to_f32(logits[base + c]);
         }
         local_max = fmaxf(local_max, v);
+        local_bad = fmaxf(local_bad, nan_or_plus_infinity(v) ? 1.0f : 0.0f);
     }
     // Later passes read guided values other threads wrote (__syncthreads orders global memory within
     // the block).
     __syncthreads();
     const float row_max = block_max(local_max, scratch);
+    // Such a row has no distribution to draw from: its id is V, outside the vocabulary, whatever the
+    // passes below make of it (they stay bounded), so the caller can tell it from every real token.
+    const bool no_token = block_max(local_bad, scratch) > 0.0f;
     const u32 max_key = order_key(row_max);
     RowFilter f = {0u, 0u, 0u};
 
@@ -282,7 +294,7 @@ SW_KERNEL(sample, REDUCE_WG, 1, 1, (const store_t* logits, u32* ids, store_t* fi
         choice = draw_choice;
         if (choice == SAMPLE_NO_CHOICE) choice = (u32)last_kept;
     }
-    if (lane == 0u) ids[row] = choice;
+    if (lane == 0u) ids[row] = no_token ? n : choice;
 
     if (KEEP_FILTERED) {
         // Every thread has finished reading the guided values before they are overwritten.

@@ -145,6 +145,13 @@ fn weight(base: u32, c: u32, f: RowFilter, row_max: f32) -> f32 {
 }
 
 // A value every thread computed identically, as a uniform value (for control flow around barriers).
+// NaN or +inf, told by the bits: WGSL lets a compiler assume floats are finite, so `v != v` could
+// fold away. -inf is not a fault: it is a masked logit, probability 0.
+fn nan_or_plus_infinity(v: f32) -> bool {
+    let bits = bitcast<u32>(v);
+    return (bits & 0x7fffffffu) > 0x7f800000u || bits == 0x7f800000u;
+}
+
 fn broadcast(v: u32, lane: Lane) -> u32 {
     if lane.index == 0u {
         broadcast_slot = v;
@@ -162,8 +169,9 @@ fn sample(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups:
     let n = p.vocab;
     let base = row * n;
 
-    // Pass 0: guided values (CFG) and the row maximum.
+    // Pass 0: guided values (CFG), the row maximum, and whether any is NaN or +inf.
     var local_max = -3.4028235e38;
+    var local_bad = 0.0;
     for (var c = lane.index; c < n; c += REDUCE_WG) {
         var v: f32;
         if CFG {
@@ -175,10 +183,14 @@ fn sample(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups:
             v = f32(logits[base + c]);
         }
         local_max = max(local_max, v);
+        local_bad = max(local_bad, select(0.0, 1.0, nan_or_plus_infinity(v)));
     }
     // Later passes read guided values other threads wrote.
     storageBarrier();
     let row_max = workgroup_max(local_max, lane);
+    // Such a row has no distribution to draw from: its id is V, outside the vocabulary, whatever the
+    // passes below make of it (they stay bounded), so the caller can tell it from every real token.
+    let no_token = workgroup_max(local_bad, lane) > 0.0;
     let max_key = order_key(row_max);
     var f = RowFilter(0u, 0u, 0u);
 
@@ -340,7 +352,7 @@ fn sample(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups:
         }
     }
     if lane.index == 0u {
-        ids[row] = choice;
+        ids[row] = select(choice, n, no_token);
     }
 
     if KEEP_FILTERED {

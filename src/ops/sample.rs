@@ -76,11 +76,10 @@ fn invalid(msg: String) -> Error {
 
 /// One sampler step on logits (2B, T, V) with CFG or (B, T, V) without; see the module docs.
 ///
-/// A row whose guided logits are not finite (NaN from the model, or infinities of opposite sign
-/// meeting in the CFG combine) has no token. Its id is unspecified: V, outside the vocabulary, when
-/// no value compares as the maximum (top_k = 1 on NaN), otherwise any index in 0..V. An id >= V
-/// therefore always means a non-finite row (the generation loop reports it as an error), but a row
-/// may be non-finite without one; finite rows are unaffected either way.
+/// A row whose guided logits hold a NaN or +inf (from the model, or from the CFG combine overflowing
+/// f32) has no distribution to draw from: its id is V, outside the vocabulary, whatever the other
+/// options (the generation loop reports it as an error naming the scale), and its filtered logits,
+/// when kept, are unspecified. -inf is not a fault: a logit of -inf is a token of probability 0.
 pub fn sample_tokens(logits: &Tensor, options: &SampleOptions) -> Result<SampleOutput> {
     if logits.dtype() != DType::F32 {
         return Err(Error::UnsupportedDType { op: OP, dtype: logits.dtype(), expected: "f32" });
@@ -372,7 +371,11 @@ pub mod reference {
         let mut filtered = Vec::with_capacity(guided.len());
         for (row, values) in guided.chunks(vocab).enumerate() {
             let kept = filter_row(values, options.top_k, options.top_p as f64);
-            let id = if options.top_k == 1 {
+            // The kernel's f32 guided value: NaN or +inf there (an overflow included) means no token.
+            let no_token = values.iter().any(|&v| (v as f32).is_nan() || v as f32 == f32::INFINITY);
+            let id = if no_token {
+                vocab
+            } else if options.top_k == 1 {
                 argmax_row(&kept)
             } else {
                 draw_row(&kept, uniform(key, (row % tokens) as u32, (row / tokens) as u32))

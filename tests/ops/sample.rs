@@ -207,6 +207,58 @@ backend_tests! {
 }
 
 backend_tests! {
+    /// A row holding a NaN or +inf (or whose CFG combine overflows f32) gets id V whatever the
+    /// filters, so the caller can tell it from every token; -inf logits are masked tokens, not faults.
+    fn rows_with_nan_or_infinity_get_the_id_past_the_vocabulary(device: &Device, config: &str) {
+        let mut rng = Rng::for_config("sample_non_finite", config);
+        let vocab = rng.range(300, 1000);
+        let tokens = 6;
+        let mut logits = grid(&mut rng, 2 * tokens * vocab, 2.0, 0.25);
+        // Conditional rows 1-5 (row 0 stays finite); the unconditional half is logits[tokens * vocab..].
+        let at = |row: usize, c: usize| row * vocab + c;
+        let c = rng.range(0, vocab);
+        logits[at(1, c)] = f32::NAN;
+        logits[at(2, vocab - 1)] = f32::INFINITY;
+        for c in [0, 3, vocab / 2, vocab - 1] {
+            logits[at(3, c)] = f32::NEG_INFINITY;
+        }
+        for c in 0..vocab {
+            logits[at(4, c)] = f32::NAN;
+        }
+        // Finite, but (1 + t) x - t y overflows f32 under CFG.
+        logits[at(5, 7)] = 3.0e38;
+        logits[tokens * vocab + at(5, 7)] = -3.0e38;
+        let input = upload(device, &[2, tokens, vocab], &logits);
+        let without_cfg = upload(device, &[1, tokens, vocab], &logits[..tokens * vocab]);
+        let vocab_id = vocab as u32;
+        for (top_k, top_p) in [(0, 0.0), (1, 0.0), (5, 0.0), (0, 0.9), (40, 0.8)] {
+            for cfg in [None, Some(1.5)] {
+                let what = format!("{config} V={vocab} top_k {top_k} top_p {top_p} cfg {cfg:?}");
+                let options = SampleOptions { cfg, top_k, top_p, seed: 11, ..Default::default() };
+                let on = if cfg.is_some() { &input } else { &without_cfg };
+                let ids = sample::sample_tokens(on, &options).expect("sample").ids.to_vec_u32().unwrap();
+                let want = reference::sample(if cfg.is_some() { &logits } else { &logits[..tokens * vocab] }, tokens, vocab, &options).ids;
+                for row in [1, 2, 4] {
+                    assert_eq!(ids[row], vocab_id, "{what}: row {row} holds a NaN or +inf");
+                    assert_eq!(want[row], vocab_id, "{what}: the reference's row {row}");
+                }
+                // Row 3's -inf entries are masked tokens: a real token, never one of them.
+                assert!(ids[3] < vocab_id && logits[at(3, ids[3] as usize)].is_finite(), "{what}: row 3 drew {}", ids[3]);
+                assert!(ids[0] < vocab_id, "{what}: row 0 is finite");
+                let overflow = if cfg.is_some() { vocab_id } else { ids[5] };
+                assert_eq!(ids[5], overflow, "{what}: row 5's guided value overflows f32 only under CFG");
+                assert!(cfg.is_some() || ids[5] < vocab_id, "{what}: row 5 is finite without CFG");
+                if top_k == 1 {
+                    for row in [0, 3] {
+                        assert_eq!(ids[row], want[row], "{what}: argmax of row {row}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+backend_tests! {
     fn top_k_one_is_the_argmax_whatever_the_seed(device: &Device, config: &str) {
         let mut rng = Rng::for_config("sample_argmax", config);
         for vocab in [4096, 777, 3] {
