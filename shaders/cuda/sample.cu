@@ -130,7 +130,9 @@ SW_KERNEL(sample, REDUCE_WG, 1, 1, (const store_t* logits, u32* ids, store_t* fi
         if (CFG) {
             const float x = to_f32(logits[base + c]);
             const float y = to_f32(logits[p.uncond_offset + base + c]);
-            v = (1.0f + p.cfg_t) * x - p.cfg_t * y;
+            // A token masked in the conditional half (-inf) stays masked, whatever the other half:
+            // -inf - t * -inf would be NaN, a fault, where both halves mask the same token.
+            v = __float_as_uint(x) == 0xff800000u ? x : (1.0f + p.cfg_t) * x - p.cfg_t * y;
             store_f32(filtered, base + c, v);
         } else {
             v = to_f32(logits[base + c]);

@@ -177,7 +177,9 @@ fn sample(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups:
         if CFG {
             let x = f32(logits[base + c]);
             let y = f32(logits[p.uncond_offset + base + c]);
-            v = (1.0 + p.cfg_t) * x - p.cfg_t * y;
+            // A token masked in the conditional half (-inf) stays masked, whatever the other half:
+            // -inf - t * -inf would be NaN, a fault, where both halves mask the same token.
+            v = select((1.0 + p.cfg_t) * x - p.cfg_t * y, x, bitcast<u32>(x) == 0xff800000u);
             filtered[base + c] = store_t(v);
         } else {
             v = f32(logits[base + c]);

@@ -79,7 +79,9 @@ fn invalid(msg: String) -> Error {
 /// A row whose guided logits hold a NaN or +inf (from the model, or from the CFG combine overflowing
 /// f32) has no distribution to draw from: its id is V, outside the vocabulary, whatever the other
 /// options (the generation loop reports it as an error naming the scale), and its filtered logits,
-/// when kept, are unspecified. -inf is not a fault: a logit of -inf is a token of probability 0.
+/// when kept, are unspecified. -inf is not a fault: a logit of -inf is a token of probability 0, and
+/// with CFG a token whose conditional logit is -inf stays masked whatever its unconditional one (PyTorch's
+/// `(1 + t) x - t y` would make a token masked in both halves NaN).
 pub fn sample_tokens(logits: &Tensor, options: &SampleOptions) -> Result<SampleOutput> {
     if logits.dtype() != DType::F32 {
         return Err(Error::UnsupportedDType { op: OP, dtype: logits.dtype(), expected: "f32" });
@@ -287,7 +289,15 @@ pub mod reference {
             Some(t) => {
                 let t = t as f64;
                 let (cond, uncond) = logits.split_at(logits.len() / 2);
-                cond.iter().zip(uncond).map(|(&x, &y)| (1.0 + t) * x as f64 - t * y as f64).collect()
+                // A token masked in the conditional half stays masked (as the kernels do).
+                cond.iter()
+                    .zip(uncond)
+                    .map(
+                        |(&x, &y)| {
+                            if x == f32::NEG_INFINITY { f64::NEG_INFINITY } else { (1.0 + t) * x as f64 - t * y as f64 }
+                        },
+                    )
+                    .collect()
             }
         }
     }

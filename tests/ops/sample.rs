@@ -219,8 +219,12 @@ backend_tests! {
         let c = rng.range(0, vocab);
         logits[at(1, c)] = f32::NAN;
         logits[at(2, vocab - 1)] = f32::INFINITY;
+        // Masked in the conditional half only, and in both halves (-inf - t * -inf must not be NaN).
         for c in [0, 3, vocab / 2, vocab - 1] {
             logits[at(3, c)] = f32::NEG_INFINITY;
+        }
+        for c in [0, vocab / 2] {
+            logits[tokens * vocab + at(3, c)] = f32::NEG_INFINITY;
         }
         for c in 0..vocab {
             logits[at(4, c)] = f32::NAN;
