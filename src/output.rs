@@ -183,7 +183,11 @@ fn keep_mode_and_owner(file: &File, existing: &std::fs::Metadata) {
         && (staged.uid(), staged.gid()) != (existing.uid(), existing.gid())
     {
         // fchown on the open file, never the path: the name could be swapped for a link meanwhile.
-        let _ = std::os::unix::fs::fchown(file, Some(existing.uid()), Some(existing.gid()));
+        // Owner and group at once needs root; failing that, the group alone, which a user may give a
+        // file where they belong to it.
+        if std::os::unix::fs::fchown(file, Some(existing.uid()), Some(existing.gid())).is_err() {
+            let _ = std::os::unix::fs::fchown(file, None, Some(existing.gid()));
+        }
         // chown clears setuid/setgid, not the permission bits; set them again in case a platform
         // differs.
         let _ = file.set_permissions(std::fs::Permissions::from_mode(existing.mode() & 0o777));

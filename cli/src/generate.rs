@@ -531,6 +531,18 @@ pub fn bench_generate(device: &Device, args: &GenerateBenchArgs) -> anyhow::Resu
         iterations: args.iters,
     };
     let r = bench::generate(device, &config)?;
+    // The results are written whatever happens to the printing (a closed or full stdout).
+    let json = bench::generate_json(device, &config, &r);
+    super::report(&args.json, &json, || print_generate_bench(&name, args, dtype, &r))
+}
+
+/// `bench generate`'s tables: per scale, per run, the launch path.
+fn print_generate_bench(
+    name: &str,
+    args: &GenerateBenchArgs,
+    dtype: scalewise::DType,
+    r: &bench::GenerateBenchResult,
+) -> anyhow::Result<()> {
     outln!(
         "{name} ({:.0}M parameters) + VQVAE ch {}, {}px, batch {}, cfg {}, {dtype}, {:?}",
         r.parameters as f64 / 1e6,
@@ -660,6 +672,5 @@ pub fn bench_generate(device: &Device, args: &GenerateBenchArgs) -> anyhow::Resu
             s.overlapped_waits
         )?;
     }
-    super::write_results(&args.json, &bench::generate_json(device, &config, &r))?;
     Ok(())
 }

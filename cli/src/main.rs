@@ -86,8 +86,9 @@ impl DeviceArgs {
 /// How weights files are read (generate, convert, classes).
 #[derive(Args)]
 pub(crate) struct WeightsArgs {
-    /// Load weights holding NaN or infinity instead of refusing them (they give blank or identical
-    /// images; for inspecting broken checkpoints).
+    /// Load weights holding NaN or infinity instead of refusing them, for inspecting broken
+    /// checkpoints: a generation stops at the first scale whose logits are not finite, and a broken
+    /// VAE gives blank images.
     #[arg(long)]
     pub(crate) allow_non_finite: bool,
     /// The most host memory, in MiB, one weights file may expand to (independently, a file never
@@ -436,13 +437,10 @@ fn list_classes(args: &ClassesArgs) -> anyhow::Result<()> {
     }
     let ids = scalewise::labels::search(names, count, &args.search.join(" "));
     anyhow::ensure!(!ids.is_empty(), "no class name contains {:?}", args.search.join(" "));
-    let mut out = std::io::stdout().lock();
     for id in ids {
-        // A closed pipe (`| head`) ends the listing quietly.
-        // Names come from the file: escaped, so they cannot move the cursor or spoof lines.
-        if writeln!(out, "{id:>4}  {}", scalewise::error::shown(&names[id])).is_err() {
-            break;
-        }
+        // Names come from the file: escaped, so they cannot move the cursor or spoof lines. A closed
+        // pipe (`| head`) ends the listing quietly, as for every command.
+        outln!("{id:>4}  {}", scalewise::error::shown(&names[id]))?;
     }
     Ok(())
 }

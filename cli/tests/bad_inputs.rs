@@ -427,15 +427,19 @@ fn non_finite_weights_are_refused_by_name() {
     let result = run(&["convert", path_str(&nan_var), path_str(&converted), "--allow-non-finite"]);
     assert!(result.status.success(), "--allow-non-finite converts: {}", String::from_utf8_lossy(&result.stderr));
     std::fs::remove_file(&converted).unwrap();
-    // The opt-out loads them (the image is then whatever the arithmetic gives).
+    // The opt-out loads them; the NaN then reaches the logits, and the generation stops at the first
+    // scale without a token (before, a default top-k drew arbitrary tokens from NaN and wrote an
+    // image), writing nothing.
     let forced = s.path("forced.png");
     let result = run(&generate_args(
         path_str(&nan_var),
         &vae,
         &["--class", "1", "--allow-non-finite", "--out", path_str(&forced)],
     ));
-    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
-    assert!(forced.is_file());
+    let err = String::from_utf8_lossy(&result.stderr);
+    assert_eq!(result.status.code(), Some(1), "{err}");
+    assert!(err.contains("the logits of scale 0 are not finite"), "{err}");
+    assert!(!forced.exists(), "an image was written from NaN logits");
 }
 
 #[test]
@@ -779,7 +783,7 @@ fn a_closed_or_full_standard_output_is_an_error_not_a_panic() {
     let full = || std::fs::OpenOptions::new().write(true).open("/dev/full").expect("/dev/full");
     // A full output: one error line, exit 1 (println! panicked: exit 101).
     let (var, _) = tiny();
-    for args in [&["info"][..], &["convert", &var, "conv.st"]] {
+    for args in [&["info"][..], &["classes", "--imagenet"], &["convert", &var, "conv.st"]] {
         let out = run_in(&s.dir, args, full());
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
@@ -804,6 +808,12 @@ fn a_closed_or_full_standard_output_is_an_error_not_a_panic() {
     assert_eq!(out.status.code(), Some(141), "{err}");
     assert!(err.is_empty(), "a closed pipe is not an error to report: {err}");
     assert!(s.path("m.json").is_file(), "the results were lost with the standard output");
+    // bench generate measured for its whole run and then lost its JSON to the full stdout.
+    let args =
+        ["bench", "generate", "--depth", "1", "--vae-ch", "32", "--iters", "1", "--warmup", "0", "--json", "g.json"];
+    let out = run_in(&s.dir, &args, full());
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(s.path("g.json").is_file(), "bench generate's results were lost with the standard output");
     // A full standard error (`2>&1 | head` closes it the same way) loses the progress, not the run:
     // eprintln! panicked at the first progress line.
     let out = Command::new(env!("CARGO_BIN_EXE_scalewise"))
@@ -815,7 +825,7 @@ fn a_closed_or_full_standard_output_is_an_error_not_a_panic() {
         .expect("the scalewise binary runs");
     assert_eq!(out.status.code(), Some(0), "a full stderr stopped the generation");
     assert!(s.path("g.png").is_file(), "the image was not written");
-    s.assert_untouched("stdout", &["conv.st", "m.json", "g.png"]);
+    s.assert_untouched("stdout", &["conv.st", "m.json", "g.json", "g.png"]);
 }
 
 /// Runs `scalewise ARGS` in `dir`, waits for a file matching `started` to appear there, sends it
