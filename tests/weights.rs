@@ -571,3 +571,33 @@ fn check_reports_missing_unexpected_and_misshaped_together() {
     );
     assert!(!msg.contains("encoder.") && !msg.contains("quantize."), "{msg}");
 }
+
+/// A FIFO, a directory and a device are refused at once by name. Opening a FIFO used to block until
+/// a writer came (the app's load never finished); the test gives each open ten seconds on a thread.
+#[cfg(unix)]
+#[test]
+fn files_that_are_not_regular_are_refused_without_blocking() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("weights_tests");
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("fifo.pth");
+    let _ = std::fs::remove_file(&fifo);
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status().expect("mkfifo runs");
+    assert!(made.success(), "mkfifo {}", fifo.display());
+    let folder = dir.join("folder.pth");
+    std::fs::create_dir_all(&folder).unwrap();
+    for (path, want) in
+        [(fifo.clone(), "not a regular file"), (folder, "is a directory"), ("/dev/zero".into(), "not a regular file")]
+    {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let opened = path.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(WeightsFile::open(&opened, &LoadOptions::default()).map(|_| ()).map_err(|e| e.to_string()));
+        });
+        let result = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("opening {} blocked", path.display()));
+        let err = result.expect_err("not a checkpoint");
+        assert!(err.contains(want), "{}: {err}", path.display());
+    }
+    let _ = std::fs::remove_file(&fifo);
+}

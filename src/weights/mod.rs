@@ -504,8 +504,22 @@ impl Weights for WeightsFile {
 /// Opens `path` and tells its format from the first bytes.
 fn open_and_sniff(path: &Path) -> Result<(File, u64, WeightsFormat)> {
     let fail = |reason: String| file_error(path, reason);
-    let mut file = File::open(path).map_err(|e| fail(format!("cannot open: {e}")))?;
-    let len = file.metadata().map_err(|e| fail(format!("cannot read its size: {e}")))?.len();
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    // Opening a FIFO for reading blocks until a writer comes, possibly forever (the app's load
+    // never finished): non-blocking, the open returns at once and the check below refuses it.
+    // Regular files ignore the flag.
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK);
+    let mut file = options.open(path).map_err(|e| fail(format!("cannot open: {e}")))?;
+    let meta = file.metadata().map_err(|e| fail(format!("cannot read its size: {e}")))?;
+    if meta.is_dir() {
+        return Err(fail("it is a directory, not a checkpoint file".into()));
+    }
+    if !meta.is_file() {
+        return Err(fail("not a regular file (a FIFO, socket or device), so not a checkpoint".into()));
+    }
+    let len = meta.len();
     let mut head = [0u8; 16];
     let mut got = 0;
     while got < head.len() {
