@@ -178,6 +178,10 @@ fn list(dir: &Path, show_all: bool) -> std::io::Result<Vec<Entry>> {
         // Follow links so a linked folder opens like a folder; a broken link is skipped.
         let Ok(meta) = std::fs::metadata(&path) else { continue };
         let is_dir = meta.is_dir();
+        // FIFOs, sockets and devices are never checkpoints, whatever their names.
+        if !is_dir && !meta.is_file() {
+            continue;
+        }
         if !show_all && (name.starts_with('.') || (!is_dir && !is_checkpoint(&path))) {
             continue;
         }

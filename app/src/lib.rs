@@ -95,6 +95,9 @@ pub struct ScalewiseApp {
     class_ids: Vec<usize>,
     seed: u64,
     cfg: f32,
+    /// The top-k asked for (900 until the slider moves), kept whatever model is loaded: each
+    /// generation and the slider clamp a copy to the model's vocabulary, so a small model loaded in
+    /// between does not leave a larger one sampling with its vocabulary as the top-k.
     top_k: usize,
     top_p: f32,
     smooth: bool,
@@ -109,6 +112,11 @@ pub struct ScalewiseApp {
     /// (not of the controls, which may have changed since).
     result_stem: String,
     frames: Vec<ScaleFrame>,
+    /// Whether `frames` reached the generation's last scale (its exact image): Save writes only
+    /// such a result, never a cancelled or failed run's reduced preview as the "final PNG".
+    frames_complete: bool,
+    /// The banner a failed save raised, cleared by the next save that succeeds.
+    save_error: Option<String>,
     selected: Option<usize>,
     /// Measured times vary run to run and the adapter machine to machine; snapshot tests turn both
     /// off.
@@ -188,6 +196,8 @@ impl ScalewiseApp {
             save_dir: "scalewise-output".into(),
             result_stem: String::new(),
             frames: Vec::new(),
+            frames_complete: false,
+            save_error: None,
             selected: None,
             show_times: true,
             ui_times: UiFrameTimes::default(),
@@ -204,6 +214,17 @@ impl ScalewiseApp {
     /// The scales shown so far (the filmstrip).
     pub fn frames(&self) -> &[ScaleFrame] {
         &self.frames
+    }
+
+    /// Whether the filmstrip holds a whole generation (its last scale, the exact image): what Save
+    /// needs.
+    pub fn result_complete(&self) -> bool {
+        self.frames_complete
+    }
+
+    /// The top-k asked for, before each model clamps it to its vocabulary.
+    pub fn top_k(&self) -> usize {
+        self.top_k
     }
 
     /// The error banner, if one is shown.
@@ -297,6 +318,7 @@ impl ScalewiseApp {
             return;
         }
         self.frames.clear();
+        self.frames_complete = false;
         self.selected = None;
         let class = options.labels[0] as usize;
         self.result_stem = format!("{class}_{}_seed{}", file_name_part(&config.class_name(class)), self.seed);
@@ -329,6 +351,14 @@ impl ScalewiseApp {
             self.banner = Some("nothing to save yet: generate an image first".into());
             return None;
         };
+        if !self.frames_complete {
+            self.banner = Some(if self.job.is_some() {
+                "the generation is still running: save once its last scale is shown".into()
+            } else {
+                "this generation stopped before its last scale, so it has no final image to save".into()
+            });
+            return None;
+        }
         let dir = PathBuf::from(&self.save_dir);
         let taken = |stem: &str| dir.join(stem).exists() || dir.join(format!("{stem}.png")).exists();
         let base = &self.result_stem;
@@ -338,22 +368,30 @@ impl ScalewiseApp {
             self.banner = Some(format!("{} holds too many saves named {base}", dir.display()));
             return None;
         };
+        let final_path = dir.join(format!("{stem}.png"));
         let result = (|| -> Result<PathBuf, String> {
             std::fs::create_dir_all(dir.join(&stem)).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-            let final_path = dir.join(format!("{stem}.png"));
             last.grid.save_png(&final_path).map_err(|e| e.to_string())?;
             for frame in &self.frames {
                 let path = dir.join(&stem).join(format!("scale_{:02}_{}x{}.png", frame.index, frame.side, frame.side));
                 frame.grid.save_png(&path).map_err(|e| e.to_string())?;
             }
-            Ok(final_path)
+            Ok(final_path.clone())
         })();
         match result {
             Ok(path) => {
                 self.notice = Some(format!("saved {} and {} scales", path.display(), self.frames.len()));
+                if self.banner.is_some() && self.banner == self.save_error.take() {
+                    self.banner = None;
+                }
                 Some(path)
             }
             Err(e) => {
+                // Both names were free (`taken`), so what exists now is this save's partial work: it
+                // goes, or the next save would have to take the `_2` name.
+                let _ = std::fs::remove_dir_all(dir.join(&stem));
+                let _ = std::fs::remove_file(&final_path);
+                self.save_error = Some(e.clone());
                 self.banner = Some(e);
                 None
             }
@@ -367,7 +405,6 @@ impl ScalewiseApp {
                 Ok(pipeline) => {
                     let config = pipeline.config();
                     self.class = self.class.min(config.num_classes - 1);
-                    self.top_k = self.top_k.min(config.vocab);
                     self.class_ids = scalewise::labels::search(
                         config.class_names.as_deref().unwrap_or(&[]),
                         config.num_classes,
@@ -399,6 +436,7 @@ impl ScalewiseApp {
                 }
                 GenerationEvent::Done { wall_ms } => {
                     self.status = Status::Done { wall_ms };
+                    self.frames_complete = true;
                     self.job = None;
                 }
                 GenerationEvent::Failed(e) => {
@@ -564,7 +602,10 @@ impl ScalewiseApp {
             }
         });
         ui.add(egui::Slider::new(&mut self.cfg, 0.0..=10.0).text("cfg"));
-        ui.add(egui::Slider::new(&mut self.top_k, 0..=config.vocab).text("top-k"));
+        let mut top_k = self.top_k.min(config.vocab);
+        if ui.add(egui::Slider::new(&mut top_k, 0..=config.vocab).text("top-k")).changed() {
+            self.top_k = top_k;
+        }
         ui.add(egui::Slider::new(&mut self.top_p, 0.0..=1.0).text("top-p"));
         ui.checkbox(&mut self.smooth, "smooth (Gumbel) mode");
         ui.add(egui::Slider::new(&mut self.batch, 1..=16).text("batch"));
@@ -584,7 +625,7 @@ impl ScalewiseApp {
         ui.horizontal(|ui| {
             let label = ui.label("folder");
             ui.add(egui::TextEdit::singleline(&mut self.save_dir).desired_width(130.0)).labelled_by(label.id);
-            if ui.add_enabled(!self.frames.is_empty(), egui::Button::new("Save")).clicked() {
+            if ui.add_enabled(self.frames_complete, egui::Button::new("Save")).clicked() {
                 self.save();
             }
         });

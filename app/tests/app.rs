@@ -3,6 +3,7 @@
 //! banner and the app keeps working. Snapshots live in tests/snapshots/ (UPDATE_SNAPSHOTS=1 rewrites
 //! them).
 
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use egui_kittest::Harness;
@@ -72,6 +73,32 @@ fn generates_on_the_demo_model_and_fills_the_filmstrip() {
     let second = harness.state_mut().save().expect("saved again");
     assert_eq!(second, dir.join("0_red_disc_seed0_2.png"));
     assert!(first.exists() && dir.join("0_red_disc_seed0_2").is_dir());
+
+    // A cancelled generation has no final image: Save refuses instead of writing a reduced preview
+    // under the final name (and taking that name from the real result).
+    assert_eq!(harness.state().top_k(), 900, "the top-k asked for, not the demo's vocabulary of 512");
+    // The cancel lands between scales at a moment that depends on the machine: a few attempts,
+    // cancelling later each time, until one stops with some scales but not the last.
+    let mut partial = false;
+    for attempt in 0..12 {
+        harness.get_by_label("Generate").click();
+        harness.step();
+        std::thread::sleep(Duration::from_millis(25 * attempt));
+        harness.state_mut().cancel();
+        settle(&mut harness, Duration::from_secs(300));
+        if harness.state().result_complete() || harness.state().frames().is_empty() {
+            continue;
+        }
+        partial = true;
+        assert!(harness.state_mut().save().is_none(), "a cancelled generation was saved");
+        let banner = harness.state().banner().expect("a banner").to_string();
+        assert!(banner.contains("stopped before its last scale"), "{banner}");
+        assert!(!dir.join("0_red_disc_seed0_3.png").exists() && !dir.join("0_red_disc_seed0_3").exists());
+        break;
+    }
+    if !partial {
+        let _ = writeln!(std::io::stderr(), "SKIP the cancelled save: no cancel stopped a generation midway");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -90,6 +117,21 @@ fn a_corrupt_checkpoint_shows_the_banner_and_the_app_keeps_working() {
     settle(&mut harness, Duration::from_secs(60));
     let banner = harness.state().banner().expect("an error banner").to_string();
     assert!(banner.contains("could not load"), "{banner}");
+    #[cfg(unix)]
+    {
+        // A FIFO (a name ending in .pth) is refused at once: opening it used to block the load, and with
+        // it every button, until some other process wrote to it.
+        let fifo = dir.join("fifo_var.pth");
+        let _ = std::fs::remove_file(&fifo);
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().is_ok_and(|s| s.success()), "mkfifo");
+        let fifo_path = fifo.display().to_string();
+        harness.state_mut().set_model_paths(&fifo_path, &fifo_path);
+        harness.get_by_label("Load files").click();
+        harness.step();
+        settle(&mut harness, Duration::from_secs(20));
+        let banner = harness.state().banner().expect("an error banner").to_string();
+        assert!(banner.contains("not a regular file"), "{banner}");
+    }
     // The demo model stays loaded and still generates.
     harness.get_by_label("Generate").click();
     harness.step();
