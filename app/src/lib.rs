@@ -541,8 +541,17 @@ impl ScalewiseApp {
         ui.horizontal(|ui| {
             let busy = !self.is_idle();
             if ui.add_enabled(!busy, egui::Button::new("Load files")).clicked() {
-                let source = ModelSource::Files { var: self.var_path.trim().into(), vae: self.vae_path.trim().into() };
-                self.load_model(&ctx, source);
+                let (var, vae) = (self.var_path.trim(), self.vae_path.trim());
+                if var.is_empty() || vae.is_empty() {
+                    // Not "cannot open ''": say what is missing.
+                    self.banner = Some(
+                        "choose a VAR (or M-VAR) checkpoint and a VAE first: Browse VAR, Browse VAE, or \
+                                        type or drop their paths"
+                            .into(),
+                    );
+                } else {
+                    self.load_model(&ctx, ModelSource::Files { var: var.into(), vae: vae.into() });
+                }
             }
             for model in DemoModel::ALL {
                 let current = self.model.as_ref() == Some(&ModelSource::Demo(model)) && self.pipeline.is_some();

@@ -133,8 +133,12 @@ impl ModelSource {
     pub fn describe(&self) -> String {
         match self {
             ModelSource::Demo(model) => format!("demo {} (built in)", model.family()),
-            ModelSource::Files { var, .. } => {
-                var.file_name().map_or_else(|| var.display().to_string(), |n| n.to_string_lossy().into_owned())
+            // Both files: an error names the one that failed, the banner the pair it came from.
+            ModelSource::Files { var, vae } => {
+                let name = |p: &std::path::Path| {
+                    p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned())
+                };
+                format!("{} + {}", name(var), name(vae))
             }
         }
     }

@@ -110,6 +110,14 @@ fn a_corrupt_checkpoint_shows_the_banner_and_the_app_keeps_working() {
     std::fs::write(&corrupt, b"PK\x03\x04 this is not a checkpoint").unwrap();
     let mut harness = harness();
     settle(&mut harness, Duration::from_secs(60));
+    // Empty fields: what is missing, not "cannot open ''".
+    harness.state_mut().set_model_paths("", " ");
+    harness.get_by_label("Load files").click();
+    harness.step();
+    let banner = harness.state().banner().expect("an error banner").to_string();
+    assert!(banner.contains("choose a VAR"), "{banner}");
+    // The banner shows from the next frame on and moves the controls down.
+    harness.run_steps(2);
     let path = corrupt.display().to_string();
     harness.state_mut().set_model_paths(&path, &path);
     harness.get_by_label("Load files").click();

@@ -243,7 +243,7 @@ pub(crate) fn check_transformer(sd: &dyn Weights, op: &'static str) -> Result<()
     }
     let msg = if sd.contains("quantize.embedding.weight") || sd.contains("decoder.conv_in.weight") {
         "this is a VQVAE checkpoint (it holds quantize.* and decoder.* keys), not a VAR transformer: pass it as \
-         --vae and the var_d*.pth file as --var"
+         --vae (the app's VAE field) and the var_d*.pth file as --var (the VAR field)"
             .to_string()
     } else {
         format!(

@@ -166,7 +166,7 @@ impl VqVaeConfig {
             if sd.contains("class_emb.weight") || sd.contains("blocks.0.attn.mat_qkv.weight") {
                 return Err(bad(
                     "this is a transformer checkpoint (VAR or M-VAR: it holds class_emb and blocks.* keys), not the VQVAE: \
-                     pass it as --var and the vae_ch160v4096z32.pth file as --vae"
+                     pass it as --var (the app's VAR field) and the vae_ch160v4096z32.pth file as --vae (the VAE field)"
                         .into(),
                 ));
             }
