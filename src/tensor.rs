@@ -244,7 +244,6 @@ impl Tensor {
     pub fn write_slice(&self, dim: usize, start: usize, src: &Tensor) -> Result<()> {
         let len = self.dim_len("write_slice", dim)?;
         check_same_device("write_slice", self, src)?;
-        check_not_aliased("write_slice", ("the destination", self), ("the source", src))?;
         if src.dtype != self.dtype {
             return Err(Error::DTypeMismatch { op: "write_slice", lhs: self.dtype, rhs: src.dtype });
         }
@@ -334,27 +333,6 @@ impl Tensor {
             msg: format!("dimension {dim} out of range for shape {:?}", self.shape),
         })
     }
-}
-
-/// An error unless `written`, which an op writes in place, shares no storage with `other`, which it
-/// reads or also writes (clones and reshapes share storage). A kernel binding one buffer both ways
-/// breaks wgpu's usage rules, which fails the whole pending batch at its next readback (an unrelated
-/// op's error), and reads values it has already overwritten; two outputs in one buffer lose one.
-pub(crate) fn check_not_aliased(
-    op: &'static str,
-    (written_name, written): (&str, &Tensor),
-    (other_name, other): (&str, &Tensor),
-) -> Result<()> {
-    if Arc::ptr_eq(&written.storage, &other.storage) {
-        return Err(Error::InvalidArgument {
-            op,
-            msg: format!(
-                "{written_name} and {other_name} share storage (a clone or reshape of one tensor); {op} writes \
-                 {written_name} in place, so they must be distinct tensors"
-            ),
-        });
-    }
-    Ok(())
 }
 
 pub(crate) fn check_same_device(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {

@@ -435,6 +435,24 @@ impl<'a> Launch<'a> {
                 expected: "a dtype the family is compiled for",
             });
         }
+        // A buffer a kernel writes may be bound nowhere else in the launch (a clone or a reshape of
+        // a caller's tensor shares its storage): wgpu would refuse the dispatch only when the batch
+        // is submitted, failing an unrelated later readback, and a kernel reading what it overwrites
+        // computes garbage. Every dispatch passes here, copies (write_slice) included.
+        for (i, written) in self.args.iter().enumerate().filter(|(_, a)| a.writable) {
+            if let Some((_, other)) =
+                self.args.iter().enumerate().find(|&(j, a)| j != i && std::ptr::eq(a.storage, written.storage))
+            {
+                return Err(Error::InvalidArgument {
+                    op: self.entry,
+                    msg: format!(
+                        "{} and {} share storage (a clone or reshape of one tensor), and {} is written: pass \
+                         distinct tensors",
+                        written.name, other.name, written.name
+                    ),
+                });
+            }
+        }
         Ok(())
     }
 }

@@ -65,19 +65,6 @@ fn launch<P: KernelParams>(
     params: &P,
     grid: Grid,
 ) -> Result<()> {
-    // A buffer a kernel writes must be bound nowhere else in the launch: wgpu refuses such a
-    // dispatch only when the batch is submitted (failing an unrelated later readback), and a kernel
-    // reading what it overwrites computes garbage. Ops that write a caller's tensor check their
-    // operands by name first; this catches any that does not.
-    for (i, written) in args.iter().enumerate().filter(|(_, a)| a.writable) {
-        if let Some(other) = args.iter().enumerate().find(|&(j, a)| j != i && std::ptr::eq(a.storage, written.storage))
-        {
-            return Err(Error::InvalidArgument {
-                op: entry,
-                msg: format!("{} is written and also bound as {}: the same storage", written.name, other.1.name),
-            });
-        }
-    }
     on.device().launch(&Launch::new(family, entry, dtype, constants, args, params, grid))
 }
 

@@ -8,7 +8,7 @@ use super::{check_operand, elements, float_dtype, index_u32, launch, rows as row
 use crate::device::{AttentionDesign, Grid};
 use crate::error::{Error, Result};
 use crate::kernels::{Constants, Family, QkvParams, ResidualParams};
-use crate::tensor::{DType, Tensor, check_not_aliased, check_same_device};
+use crate::tensor::{DType, Tensor, check_same_device};
 
 /// The attention inputs of one step: `qkv` (B, T, 3 * H * D) from the fused projection (its bias
 /// already added), `head_scale` (H) f32 temperatures, and the caches (B, cap, H, D) that receive the
@@ -80,13 +80,6 @@ impl QkvShape {
             return Err(shape_error(op, qkv, args.head_scale, format!("head_scale must be f32 [{heads}]")));
         }
         check_same_device(op, qkv, args.head_scale)?;
-        // The caches are written in place; the kernel binds every operand at once.
-        let operands = [("qkv", qkv), ("head_scale", args.head_scale), ("v_cache", args.v_cache)];
-        for (written, name) in [(args.k_cache, "k_cache"), (args.v_cache, "v_cache")] {
-            for &(other_name, other) in operands.iter().filter(|&&(n, _)| n != name) {
-                check_not_aliased(op, (name, written), (other_name, other))?;
-            }
-        }
         index_u32(op, "cache elements", args.k_cache.numel())?;
         index_u32(op, "qkv elements", qkv.numel())?;
         Ok(Self { batch, tokens, dim, cap: args.k_cache.shape()[1], dtype })
