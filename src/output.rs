@@ -178,7 +178,7 @@ impl StagedOutput {
 #[cfg(unix)]
 fn keep_mode_and_owner(file: &File, existing: &std::fs::Metadata) {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let _ = file.set_permissions(std::fs::Permissions::from_mode(existing.mode() & 0o777));
+    // Owner first: a chown may clear mode bits, so the mode is set once, after it.
     if let Ok(staged) = file.metadata()
         && (staged.uid(), staged.gid()) != (existing.uid(), existing.gid())
     {
@@ -188,10 +188,8 @@ fn keep_mode_and_owner(file: &File, existing: &std::fs::Metadata) {
         if std::os::unix::fs::fchown(file, Some(existing.uid()), Some(existing.gid())).is_err() {
             let _ = std::os::unix::fs::fchown(file, None, Some(existing.gid()));
         }
-        // chown clears setuid/setgid, not the permission bits; set them again in case a platform
-        // differs.
-        let _ = file.set_permissions(std::fs::Permissions::from_mode(existing.mode() & 0o777));
     }
+    let _ = file.set_permissions(std::fs::Permissions::from_mode(existing.mode() & 0o777));
 }
 
 /// The part of a target's file name its temporary carries: the whole name, cut (at a character
