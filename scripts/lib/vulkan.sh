@@ -25,28 +25,34 @@ have_radv() {
         compgen -G '/etc/vulkan/icd.d/radeon_icd*.json' >/dev/null
 }
 
-# Only Linux needs this: macOS runs Metal and Windows DX12/Vulkan through their own drivers.
-# CI machines have no GPU: there the tests run on Mesa's software Vulkan driver (lavapipe), and CI
-# also needs RADV (the shader-stats test fails there without it).
-if [[ "$(uname -s)" == Linux ]] && { ! have_vulkan || { [[ "${CI:-}" == true ]] && ! have_radv; }; }; then
-    echo "vulkan setup: no Vulkan driver/loader (or, in CI, no RADV) found; installing Mesa's Vulkan drivers" >&2
+# Installs Debian packages, as root or through sudo, without prompts; `what` names them in messages.
+# Usage: apt_install WHAT PACKAGE...
+apt_install() {
+    local what="$1" sudo
+    shift
     if [[ "$(id -u)" -eq 0 ]]; then
         sudo=()
     elif command -v sudo >/dev/null 2>&1; then
         sudo=(sudo)
     else
-        echo "vulkan setup: error: installing mesa-vulkan-drivers and libvulkan1 needs root or sudo;" \
-            "install them by hand (apt-get install mesa-vulkan-drivers libvulkan1)" >&2
+        echo "setup: error: installing $what needs root or sudo; install them by hand (apt-get install $*)" >&2
         exit 1
     fi
     if ! command -v apt-get >/dev/null 2>&1; then
-        echo "vulkan setup: error: no apt-get; install Mesa's Vulkan drivers (lavapipe) and the" \
-            "Vulkan loader with this system's package manager" >&2
+        echo "setup: error: no apt-get; install $what with this system's package manager" >&2
         exit 1
     fi
     "${sudo[@]}" apt-get update
     # `env` so that DEBIAN_FRONTEND survives sudo's environment reset: no prompts without stdin.
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y mesa-vulkan-drivers libvulkan1
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y "$@"
+}
+
+# Only Linux needs this: macOS runs Metal and Windows DX12/Vulkan through their own drivers.
+# CI machines have no GPU: there the tests run on Mesa's software Vulkan driver (lavapipe), and CI
+# also needs RADV (the shader-stats test fails there without it).
+if [[ "$(uname -s)" == Linux ]] && { ! have_vulkan || { [[ "${CI:-}" == true ]] && ! have_radv; }; }; then
+    echo "vulkan setup: no Vulkan driver/loader (or, in CI, no RADV) found; installing Mesa's Vulkan drivers" >&2
+    apt_install "Mesa's Vulkan drivers (lavapipe) and the Vulkan loader" mesa-vulkan-drivers libvulkan1
     if ! have_vulkan || ! have_radv; then
         echo "vulkan setup: error: Vulkan (or RADV) still not found after installing mesa-vulkan-drivers" >&2
         exit 1
@@ -66,9 +72,7 @@ have_gl() {
 if [[ "$(uname -s)" == Linux && "${CI:-}" == true ]]; then
     if ! have_gl; then
         echo "gl setup: no EGL/Mesa GL found; installing Mesa's GL drivers (llvmpipe) for the wgpu_gl tests" >&2
-        if [[ "$(id -u)" -eq 0 ]]; then sudo=(); else sudo=(sudo); fi
-        "${sudo[@]}" apt-get update
-        "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y libegl1 libegl-mesa0 libgl1-mesa-dri
+        apt_install "Mesa's EGL and GL drivers" libegl1 libegl-mesa0 libgl1-mesa-dri
         if ! have_gl; then
             echo "gl setup: error: EGL or Mesa's GL driver still not found after installing them" >&2
             exit 1
