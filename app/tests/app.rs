@@ -31,6 +31,16 @@ fn settle(harness: &mut Harness<'static, ScalewiseApp>, limit: Duration) {
     }
 }
 
+/// Types `var` and `vae` into the path fields, presses Load files and waits for the load to end;
+/// returns the banner it left, if any.
+fn load_files(harness: &mut Harness<'static, ScalewiseApp>, var: &str, vae: &str, limit: Duration) -> Option<String> {
+    harness.state_mut().set_model_paths(var, vae);
+    harness.get_by_label("Load files").click();
+    harness.step();
+    settle(harness, limit);
+    harness.state().banner().map(str::to_string)
+}
+
 #[test]
 fn generates_on_the_demo_model_and_fills_the_filmstrip() {
     let mut harness = harness();
@@ -119,11 +129,7 @@ fn a_corrupt_checkpoint_shows_the_banner_and_the_app_keeps_working() {
     // The banner shows from the next frame on and moves the controls down.
     harness.run_steps(2);
     let path = corrupt.display().to_string();
-    harness.state_mut().set_model_paths(&path, &path);
-    harness.get_by_label("Load files").click();
-    harness.step();
-    settle(&mut harness, Duration::from_secs(60));
-    let banner = harness.state().banner().expect("an error banner").to_string();
+    let banner = load_files(&mut harness, &path, &path, Duration::from_secs(60)).expect("an error banner");
     assert!(banner.contains("could not load"), "{banner}");
     #[cfg(unix)]
     {
@@ -133,11 +139,8 @@ fn a_corrupt_checkpoint_shows_the_banner_and_the_app_keeps_working() {
         let _ = std::fs::remove_file(&fifo);
         assert!(std::process::Command::new("mkfifo").arg(&fifo).status().is_ok_and(|s| s.success()), "mkfifo");
         let fifo_path = fifo.display().to_string();
-        harness.state_mut().set_model_paths(&fifo_path, &fifo_path);
-        harness.get_by_label("Load files").click();
-        harness.step();
-        settle(&mut harness, Duration::from_secs(20));
-        let banner = harness.state().banner().expect("an error banner").to_string();
+        let banner =
+            load_files(&mut harness, &fifo_path, &fifo_path, Duration::from_secs(20)).expect("an error banner");
         assert!(banner.contains("not a regular file"), "{banner}");
     }
     // The demo model stays loaded and still generates.
@@ -218,11 +221,9 @@ fn an_mvar_checkpoint_loads_through_the_same_fields_and_is_named() {
     let mut harness = harness();
     settle(&mut harness, Duration::from_secs(60));
     harness.get_by_label_contains("VAR d");
-    harness.state_mut().set_model_paths(&var.display().to_string(), &vae.display().to_string());
-    harness.get_by_label("Load files").click();
-    harness.step();
-    settle(&mut harness, Duration::from_secs(60));
-    assert!(harness.state().banner().is_none(), "{:?}", harness.state().banner());
+    let banner =
+        load_files(&mut harness, &var.display().to_string(), &vae.display().to_string(), Duration::from_secs(60));
+    assert!(banner.is_none(), "{banner:?}");
     let pipeline = harness.state().pipeline().expect("the M-VAR model loads");
     assert_eq!(pipeline.transformer.to_string(), "M-VAR d2, cosine attention");
     let scales = pipeline.config().patch_nums.len();
