@@ -351,7 +351,8 @@ families! {
         params: AttentionParams, reductions: false, dtypes: FLOATS,
         constants: [HEAD_DIM: U32, BLOCK_Q: U32, BLOCK_KV: U32, THREADS: U32, Q_TILE_VECS: U32,
                     KV_TILE_VECS: U32, KV_SPLIT: U32, ROWS: U32, SUBGROUP_EXCHANGE: Bool,
-                    GROUP_MAJOR: Bool, TO_GROUP_MAJOR: Bool],
+                    STAGED_SCORES: Bool, Q_STAGE_VECS: U32, SCORE_TILE_VECS: U32, GROUP_MAJOR: Bool,
+                    TO_GROUP_MAJOR: Bool],
     }
     /// Dense and GRAT attention on 16 x 16 x 16 f16 matrix units (`attention_coop.wgsl` under
     /// attention.wgsl's entries; its own module because it needs `enable wgpu_cooperative_matrix`).
@@ -432,7 +433,8 @@ families! {
     QkvHeads = "qkv_heads" {
         params: QkvParams, reductions: true, dtypes: FLOATS,
         constants: [L2_NORM: Bool, HEAD_DIM: U32, BLOCK_Q: U32, BLOCK_KV: U32, THREADS: U32, Q_TILE_VECS: U32,
-                    KV_TILE_VECS: U32, KV_SPLIT: U32, ROWS: U32, SUBGROUP_EXCHANGE: Bool],
+                    KV_TILE_VECS: U32, KV_SPLIT: U32, ROWS: U32, SUBGROUP_EXCHANGE: Bool, STAGED_SCORES: Bool,
+                    Q_STAGE_VECS: U32, SCORE_TILE_VECS: U32],
     }
     /// `qkv_attention` on 16 x 16 x 16 f16 matrix units: qkv_attention.wgsl's entry on the
     /// attention_coop machinery (its own module because it needs `enable wgpu_cooperative_matrix`).

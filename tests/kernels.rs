@@ -61,6 +61,7 @@ fn caps_of(subgroups: bool, subgroup_sizes: (u32, u32)) -> scalewise::Caps {
         matrix_units: scalewise::MatrixUnits::None,
         attention: scalewise::AttentionDesign::RowsInRegisters,
         attention_key_split: true,
+        attention_staged_scores: true,
     }
 }
 

@@ -98,6 +98,7 @@ fn rdna3_caps(subgroups: bool) -> scalewise::Caps {
         matrix_units: scalewise::MatrixUnits::Native,
         attention: scalewise::AttentionDesign::RowsInRegisters,
         attention_key_split: true,
+        attention_staged_scores: true,
     }
 }
 

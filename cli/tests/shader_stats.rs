@@ -35,7 +35,8 @@ const VGPR_BUDGETS: &[(&str, &str, u32)] = &[
     ("norm", "softmax", 28),
     ("norm", "modulate", 28),
     // Query rows in registers (32 dimensions of q and of the output per thread, none in scratch): 120
-    // measured; 96 with four rows per thread (subgroups, 2026-12-04), 120 still without subgroups.
+    // measured; 96 with four rows per thread (subgroups, 2026-12-04); 108 without subgroups since
+    // 2026-12-05 (four rows per thread, staged scores: q leaves the registers).
     ("attention", "flash_attention", 136),
     ("attention", "grouped_attention", 136),
     ("attention", "permute_tokens", 28),
@@ -89,11 +90,16 @@ const VGPR_BUDGETS: &[(&str, &str, u32)] = &[
 /// GEMM-like kernels held to issue 15's targets: at least this many FMAs per workgroup-memory word in
 /// their innermost loops (below it the workgroup-memory bandwidth, not the FMA units, bounds the
 /// loop), in the variant without subgroups and in the one with them, and at least this many waves
-/// per SIMD (to hide memory latency).
+/// per SIMD (to hide memory latency), in the variant without subgroups and in the one with them.
 /// Both scalar matmul tiles hold 8 x 8 outputs per thread: the 64 x 64 one (for grids too small for
 /// 128 x 128 blocks) by four teams splitting K since 2026-12-04 (4 x 4 per thread before, 2 FMAs).
-/// Attention is held to 1 FMA per word without subgroups: each k or v component read meets one q or
-/// p component of the thread's row. With subgroups, its blocks of many rows put four query rows on
+/// Attention without subgroups puts four query rows on each thread and stages their scores
+/// (2026-12-05): a tile's scores are a GEMM of the staged queries and keys, 4 rows x 4 keys per
+/// thread (2 FMAs per word), and each v word meets four probabilities (4); before, with one row
+/// per thread, each k or v word met one q or p component (1). Its stages (the block's queries, 16
+/// KiB at head_dim 64) hold it to 6 waves (29 KiB of LDS; 8 with one row per thread at 16.5 KiB):
+/// half the workgroup-memory words per FMA in the scores and a quarter in the values, for a quarter
+/// fewer waves. With subgroups, its blocks of many rows put four query rows on
 /// each thread (their partial scores meet through shuffles): 4 FMAs per word (2026-12-04; two rows,
 /// 2 FMAs, from 2026-12-03). Four rows take their keys one at a time, with no tile of scores held
 /// (which at 4 x 8 keys had taken 132 VGPRs with 5 spilled): 96 VGPRs at head_dim 64. Blocks that
@@ -104,15 +110,15 @@ const VGPR_BUDGETS: &[(&str, &str, u32)] = &[
 /// head gave 2). ssd_chunk_outputs is held to what its scores give (4 x 2 per thread, 8 FMAs per 6
 /// words: its causal tiles are 32 rows deep); its products into the output take 8 x 8 blocks as the
 /// states' (4 FMAs per word, 2026-12-04).
-const GEMM_TARGETS: &[(&str, &str, f64, f64, f64)] = &[
-    ("matmul", "matmul_wide", 4.0, 4.0, 8.0),
-    ("matmul", "matmul_tiled", 4.0, 4.0, 8.0),
-    ("conv2d", "conv2d_gemm", 4.0, 4.0, 8.0),
-    ("ssd", "ssd_chunk_states", 4.0, 4.0, 8.0),
-    ("ssd", "ssd_chunk_outputs", 1.3, 1.3, 8.0),
-    ("attention", "flash_attention", 1.0, 4.0, 8.0),
-    ("attention", "grouped_attention", 1.0, 4.0, 8.0),
-    ("qkv_heads", "qkv_attention", 1.0, 4.0, 8.0),
+const GEMM_TARGETS: &[(&str, &str, f64, f64, f64, f64)] = &[
+    ("matmul", "matmul_wide", 4.0, 4.0, 8.0, 8.0),
+    ("matmul", "matmul_tiled", 4.0, 4.0, 8.0, 8.0),
+    ("conv2d", "conv2d_gemm", 4.0, 4.0, 8.0, 8.0),
+    ("ssd", "ssd_chunk_states", 4.0, 4.0, 8.0, 8.0),
+    ("ssd", "ssd_chunk_outputs", 1.3, 1.3, 8.0, 8.0),
+    ("attention", "flash_attention", 2.0, 4.0, 6.0, 8.0),
+    ("attention", "grouped_attention", 2.0, 4.0, 6.0, 8.0),
+    ("qkv_heads", "qkv_attention", 2.0, 4.0, 6.0, 8.0),
 ];
 
 /// The matrix-unit kernels' waves per SIMD (issue 15: at least 8 for matmul and attention), in both
@@ -129,7 +135,8 @@ const MATRIX_UNIT_WAVES: &[(&str, &str, f64)] = &[
 
 /// Barrier sites per key tile of the attention kernels (issue 15: at most 3 for flash attention), by
 /// family and whether the variant has subgroups. The scalar kernel has 2 with subgroups (its rows'
-/// partial scores meet through shuffles) and 3 without (through workgroup memory); its fused QKV
+/// partial scores meet through shuffles) and 3 without (through workgroup memory; since 2026-12-05
+/// the staged scores' barrier, the rows four per thread); its fused QKV
 /// entry has one more, where it L2-normalises the new keys in the staged tile (L2_NORM, on in
 /// shader-stats' launch). Each had one more until 2026-12-04, when the rows began to mask padding
 /// keys by the tile's key count instead of reading the key table after the load barrier. The
@@ -315,13 +322,19 @@ fn every_kernel_compiles_for_rdna3_without_spills_within_its_vgpr_budget() {
         // A block that splits its keys is launched for few query rows: its grid (batch x heads
         // workgroups) is far below a GPU's capacity, so waves per SIMD do not bind it.
         let splits_keys = k["constants"]["KV_SPLIT"].as_f64().is_some_and(|s| s > 1.0);
-        if let Some(&(_, _, plain, with_subgroups, waves)) =
-            GEMM_TARGETS.iter().find(|&&(f, e, _, _, _)| k["family"] == f && k["entry"] == e)
+        if let Some(&(_, _, plain, with_subgroups, plain_waves, subgroup_waves)) =
+            GEMM_TARGETS.iter().find(|&&(f, e, ..)| k["family"] == f && k["entry"] == e)
         {
+            let waves = if k["subgroups"] == true { subgroup_waves } else { plain_waves };
             if stat(k, "waves_per_simd") < waves && !splits_keys {
                 failures.push(format!("{label}: {} waves per SIMD, under {waves}", stat(k, "waves_per_simd")));
             }
-            let least = if k["subgroups"] == true && !splits_keys { with_subgroups } else { plain };
+            // Blocks that split their keys keep one row per thread: 1 FMA per word in either variant.
+            let least = match () {
+                _ if splits_keys => 1.0,
+                _ if k["subgroups"] == true => with_subgroups,
+                _ => plain,
+            };
             let loops = k["inner_loops"].as_array().unwrap_or_else(|| panic!("{label}: no inner_loops in the report"));
             if loops.is_empty() {
                 failures.push(format!("{label}: no GEMM-like inner loop found"));

@@ -10,8 +10,7 @@ fn tile_thread(tile: TileInvocation) -> u32 {
 }
 
 // Never called: the host sets SUBGROUP_EXCHANGE only on the subgroups variant (ops::attention), and
-// attention_tile.wgsl reaches lanes_sum only under it or under ROWS 4, which the host sets only with
-// it. It exists so that one machinery source serves both variants; it returns its input unchanged,
+// attention_tile.wgsl reaches lanes_sum only under it (ROWS 4 without it stages its scores). It exists so that one machinery source serves both variants; it returns its input unchanged,
 // which would be wrong for lanes > 1.
 fn lanes_sum(x: vec4<f32>, lanes: u32) -> vec4<f32> {
     return x;

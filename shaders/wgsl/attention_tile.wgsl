@@ -13,14 +13,26 @@
 // dot products meet once per tile, through subgroup shuffles (SUBGROUP_EXCHANGE: the subgroups
 // variant, where a row's threads are lanes of one subgroup) or through workgroup memory (one more
 // barrier); every thread of a row then holds the row's scores and keeps its max and sum itself. With
-// ROWS 4 (subgroups only) they meet key by key through shuffles, and the rows' max moves lazily
-// (attend_keys_in_order). Barriers per key tile: 2 (free
-// the tiles and publish the key table; the tiles loaded), plus 1 for the exchange through workgroup
-// memory, plus 1 in qkv_attention under L2_NORM (prepare_key_tile's normalisation) or, without it,
-// 1 before the key table is refilled (the key table had one of its own everywhere until the rows
-// masked padding keys by tile_keys).
-// The host (ops::attention) takes ROWS 4 where the group's threads fit a subgroup and are at least 4
-// (the entry points fill the token tables with a thread per row), else ROWS 2 where those fit, else 1.
+// ROWS 4 they meet key by key through shuffles where the group's threads fit a subgroup, and the
+// rows' max moves lazily (attend_keys_in_order). Without the shuffles, ROWS 4 stages scores instead
+// (STAGED_SCORES, below): no partial dot products meet at all. Barriers per key tile: 2 (free the
+// tiles and publish the key table; the tiles loaded), plus 1 for the exchange through workgroup
+// memory or the staged scores, plus 1 in qkv_attention under L2_NORM (prepare_key_tile's
+// normalisation) or, without it, 1 before the key table is refilled (the key table had one of its
+// own everywhere until the rows masked padding keys by tile_keys).
+// The host (ops::attention) takes ROWS 4 with shuffles where the group's threads fit a subgroup and
+// are at least 4 (the entry points fill the token tables with a thread per row), else ROWS 2 with
+// shuffles where those fit, else ROWS 4 with staged scores where its stages fit, else 1.
+//
+// Staged scores (ROWS 4 without SUBGROUP_EXCHANGE): a row's partial dot products would have to meet
+// through workgroup memory, ROWS times the exchange of one row per thread, each thread of the group
+// reading every share. Instead the rows' finished queries are staged once per block (q_stage), and
+// each tile's scores are a small GEMM of the staged queries and keys: a thread computes 4 rows x 4
+// keys over the whole head (stage_tile_scores: 8 vec4 reads for 64 FMAs, 2 FMAs per word, where
+// one row per thread reads 1) into score_tile, and after one barrier the groups' threads read each
+// key's four scores (one vec4, the same for all of a group's threads, so they take the same lazy-max
+// steps) and weigh their share of the values as with shuffles (4 FMAs per word). q leaves the
+// registers; the output stays.
 //
 // Flash-decoding inside the workgroup: a block of few query rows would leave most of a GPU's lanes
 // idle and stream every key through one thread per row, so the workgroup holds KV_SPLIT copies of the
@@ -54,7 +66,8 @@ override BLOCK_KV: u32 = 16u;
 override THREADS: u32 = 128u; // KV_SPLIT * BLOCK_Q / ROWS * ROW_THREADS
 // Key slices per tile (a power of two dividing BLOCK_KV); 1 for blocks with enough rows.
 override KV_SPLIT: u32 = 1u;
-// Query rows per thread: 1, 2 or 4 (4 and 2 with SUBGROUP_EXCHANGE only), dividing BLOCK_Q.
+// Query rows per thread: 1, 2 or 4 (2 with SUBGROUP_EXCHANGE only; 4 without it stages its scores),
+// dividing BLOCK_Q.
 override ROWS: u32 = 1u;
 // A row's partial scores meet through subgroup shuffles (lanes_sum) instead of partial_scores: the
 // subgroups variant only, with ROW_THREADS a power of two no wider than the narrowest subgroup.
@@ -64,6 +77,15 @@ override SUBGROUP_EXCHANGE: bool = false;
 override Q_TILE_VECS: u32 = 2048u;
 // K and V tiles in vec4s: BLOCK_KV * ceil(HEAD_DIM / 4).
 override KV_TILE_VECS: u32 = 256u;
+// Staged scores only (ROWS 4 without SUBGROUP_EXCHANGE), else 1: the block's finished queries,
+// BLOCK_Q * ceil(HEAD_DIM / 4) vec4s, and a tile's scores, one vec4 (four rows) per group of rows
+// and key, BLOCK_Q / 4 * BLOCK_KV.
+override Q_STAGE_VECS: u32 = 1u;
+override SCORE_TILE_VECS: u32 = 1u;
+// Four rows per thread whose scores are staged (see the top): ROWS 4 without SUBGROUP_EXCHANGE (the
+// variant without shuffles, or a group too wide for the narrowest subgroup). Set by the host with
+// them (AttentionTiles::staged_scores) rather than derived here, like every override.
+override STAGED_SCORES: bool = false;
 
 // Registers per thread: 8 vec4s (32 dimensions) of q and of the output, over its ROWS rows. (The
 // defaults above are the launch of many rows at head_dim 64 without subgroups: one row per thread,
@@ -73,6 +95,9 @@ const SLICE_VECS: u32 = 8u;
 var<workgroup> k_tile: array<vec4<f32>, KV_TILE_VECS>;
 var<workgroup> v_tile: array<vec4<f32>, KV_TILE_VECS>;
 var<workgroup> partial_scores: array<f32, Q_TILE_VECS>;
+var<workgroup> q_stage: array<vec4<f32>, Q_STAGE_VECS>;
+var<workgroup> score_tile: array<vec4<f32>, SCORE_TILE_VECS>;
+
 
 // prepare_key_tile normalises the keys that need it in the staged tile (this machinery stages keys
 // as they arrive).
@@ -233,6 +258,17 @@ fn begin_queries(head: Head, t: u32, state: ptr<function, RowState>) {
     for (var i = 0u; i < SLICE_VECS; i++) {
         (*state).q[i] = finish_query(head, (*state).q[i], sum_sq[i / rv]) * scale;
     }
+    if STAGED_SCORES {
+        // Read after attend_tile's first barrier. Padding rows stage 0s (or whatever finish_query
+        // makes of them): their scores reach only their own components, never stored.
+        let row0 = first_row(t);
+        for (var i = 0u; i < SLICE_VECS; i++) {
+            let c = first + i % rv;
+            if c < hv {
+                q_stage[(row0 + i / rv) * hv + c] = (*state).q[i];
+            }
+        }
+    }
     (*state).max = vec4<f32>(NEG_BIG);
     (*state).sum = vec4<f32>(0.0);
 }
@@ -259,6 +295,10 @@ fn attend_tile(head: Head, t: u32, state: ptr<function, RowState>) {
     prepare_key_tile(head, t);
 
     if ROWS == 4u {
+        if STAGED_SCORES {
+            stage_tile_scores(t);
+            workgroupBarrier();
+        }
         attend_keys_in_order(t, state);
     } else {
         attend_keys_by_tile(t, state);
@@ -353,17 +393,70 @@ fn attend_keys_by_tile(t: u32, state: ptr<function, RowState>) {
     (*state).max = new_max;
 }
 
+// Staged scores: the tile's scores of every group of four rows, 4 keys x 4 rows per thread and
+// step, from the staged queries and keys over the whole head: 8 vec4 reads for 64 FMAs. Key j's
+// scores of group g land in score_tile[g * BLOCK_KV + j], row r's in component r (padding keys
+// score 0 against their zero keys; the rows mask them by tile_keys).
+fn stage_tile_scores(t: u32) {
+    let blocks = BLOCK_Q / 4u * (BLOCK_KV / 4u);
+    // A branch on the constants rather than the loop alone: where every block has a thread, the
+    // compiler does not see that the loop runs at most once.
+    if THREADS >= blocks {
+        if t < blocks {
+            stage_score_block(t);
+        }
+    } else {
+        for (var b = t; b < blocks; b += THREADS) {
+            stage_score_block(b);
+        }
+    }
+}
+
+// Block b of stage_tile_scores: four rows of group b / (BLOCK_KV / 4) against four keys.
+fn stage_score_block(b: u32) {
+    let hv = head_vecs();
+    let quads = BLOCK_KV / 4u;
+    let g = b / quads;
+    let j0 = (b % quads) * 4u;
+    let q0 = 4u * g * hv;
+    let k0 = j0 * hv;
+    var s0 = vec4<f32>(0.0);
+    var s1 = vec4<f32>(0.0);
+    var s2 = vec4<f32>(0.0);
+    var s3 = vec4<f32>(0.0);
+    for (var c = 0u; c < hv; c++) {
+        let r0 = q_stage[q0 + c];
+        let r1 = q_stage[q0 + hv + c];
+        let r2 = q_stage[q0 + 2u * hv + c];
+        let r3 = q_stage[q0 + 3u * hv + c];
+        let ka = k_tile[k0 + c];
+        let kb = k_tile[k0 + hv + c];
+        let kc = k_tile[k0 + 2u * hv + c];
+        let kd = k_tile[k0 + 3u * hv + c];
+        s0 += vec4<f32>(dot(r0, ka), dot(r1, ka), dot(r2, ka), dot(r3, ka));
+        s1 += vec4<f32>(dot(r0, kb), dot(r1, kb), dot(r2, kb), dot(r3, kb));
+        s2 += vec4<f32>(dot(r0, kc), dot(r1, kc), dot(r2, kc), dot(r3, kc));
+        s3 += vec4<f32>(dot(r0, kd), dot(r1, kd), dot(r2, kd), dot(r3, kd));
+    }
+    let out = g * BLOCK_KV + j0;
+    score_tile[out] = s0;
+    score_tile[out + 1u] = s1;
+    score_tile[out + 2u] = s2;
+    score_tile[out + 3u] = s3;
+}
+
 // A score may pass its row's running max by this much before the row's output and sum are rescaled
 // (attend_keys_in_order): weights stay below exp(8), about 3000, far from overflowing f32.
 const RESCALE_MARGIN: f32 = 8.0;
 
-// ROWS 4 (subgroups only): keys one at a time, with no tile of scores held. Four rows' scores of a
+// ROWS 4: keys one at a time, with no tile of scores held in registers. Four rows' scores of a
 // key are 4 floats, where a tile's would be 4 * BLOCK_KV (16 keys: 64 VGPRs beside q and the output,
 // which spilled); instead of a tile max, each row's max moves only where a score passes it by
 // RESCALE_MARGIN, and then the row's output and sum are rescaled. A row's max is always one of its
 // scores, so its largest weight is at least 1 and the sum never underflows; the output is
 // sum_j exp(s_j - m) v_j / sum_j exp(s_j - m) for whatever m the row ends with, as exact as with the
-// tile max. The row's threads hold bit-identical scores (lanes_sum), so they take the same steps.
+// tile max. The row's threads hold bit-identical scores (lanes_sum, or the staged score_tile), so
+// they take the same steps.
 fn attend_keys_in_order(t: u32, state: ptr<function, RowState>) {
     let hv = head_vecs();
     let first = slice_start(t);
@@ -371,20 +464,26 @@ fn attend_keys_in_order(t: u32, state: ptr<function, RowState>) {
     let rt = row_threads();
     let valid_keys = tile_keys;
     // A constant trip count (the shuffles need uniform control flow); padding keys weigh 0.
+    let group_scores = first_row(t) / 4u * BLOCK_KV;
     for (var j = 0u; j < BLOCK_KV; j++) {
-        var partial = vec4<f32>(0.0);
-        for (var c = 0u; c < rv; c++) {
-            if first + c < hv {
-                let k = k_tile[j * hv + first + c];
-                partial += vec4<f32>(
-                    dot((*state).q[c], k),
-                    dot((*state).q[rv + c], k),
-                    dot((*state).q[2u * rv + c], k),
-                    dot((*state).q[3u * rv + c], k),
-                );
+        var score: vec4<f32>;
+        if STAGED_SCORES {
+            score = score_tile[group_scores + j];
+        } else {
+            var partial = vec4<f32>(0.0);
+            for (var c = 0u; c < rv; c++) {
+                if first + c < hv {
+                    let k = k_tile[j * hv + first + c];
+                    partial += vec4<f32>(
+                        dot((*state).q[c], k),
+                        dot((*state).q[rv + c], k),
+                        dot((*state).q[2u * rv + c], k),
+                        dot((*state).q[3u * rv + c], k),
+                    );
+                }
             }
+            score = lanes_sum(partial, rt);
         }
-        let score = lanes_sum(partial, rt);
         let valid = j < valid_keys;
         if valid && any(score > (*state).max + vec4<f32>(RESCALE_MARGIN)) {
             let new_max = max((*state).max, score);

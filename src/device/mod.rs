@@ -95,6 +95,10 @@ pub struct DeviceOptions {
     /// Let wgpu attention blocks of few query rows split their keys between copies of their row
     /// layout (flash-decoding inside the workgroup; [`Caps::attention_key_split`]).
     pub allow_key_split: bool,
+    /// Let wgpu attention blocks without subgroup shuffles put four query rows on each thread and
+    /// stage their scores in workgroup memory ([`Caps::attention_staged_scores`]); off, such blocks
+    /// keep one row per thread.
+    pub allow_staged_scores: bool,
     /// Fill every freshly handed-out buffer with NaN bytes (0xFF), so a kernel that forgets to write
     /// an element is caught by the tests instead of reading stale data.
     pub poison_allocations: bool,
@@ -111,6 +115,7 @@ impl Default for DeviceOptions {
             allow_cooperative_matrix: true,
             emulate_matrix_units: false,
             allow_key_split: true,
+            allow_staged_scores: true,
             poison_allocations: false,
         }
     }
@@ -118,7 +123,8 @@ impl Default for DeviceOptions {
 
 impl DeviceOptions {
     /// Defaults overridden by the environment: `WGPU_BACKEND`, `WGPU_ADAPTER_NAME`, and
-    /// `SCALEWISE_DISABLE` (comma list of `f16`, `subgroups`, `timestamps`, `coop`, `key-split`).
+    /// `SCALEWISE_DISABLE` (comma list of `f16`, `subgroups`, `timestamps`, `coop`, `key-split`,
+    /// `staged-scores`).
     pub fn from_env() -> Result<Self> {
         let mut options = Self::default();
         if let Some(backend) = env_utf8("WGPU_BACKEND", "auto, vulkan, metal, dx12, gl, cuda or cuda-cpu")? {
@@ -129,7 +135,7 @@ impl DeviceOptions {
         {
             options.adapter_name = Some(name);
         }
-        let expected = "a comma list of f16, subgroups, timestamps, coop, key-split";
+        let expected = "a comma list of f16, subgroups, timestamps, coop, key-split, staged-scores";
         if let Some(disabled) = env_utf8("SCALEWISE_DISABLE", expected)? {
             for item in disabled.split(',').map(str::trim).filter(|s| !s.is_empty()) {
                 match item.to_ascii_lowercase().as_str() {
@@ -138,11 +144,13 @@ impl DeviceOptions {
                     "timestamps" => options.allow_timestamps = false,
                     "coop" => options.allow_cooperative_matrix = false,
                     "key-split" => options.allow_key_split = false,
+                    "staged-scores" => options.allow_staged_scores = false,
                     other => {
                         return Err(Error::InvalidArgument {
                             op: "SCALEWISE_DISABLE",
                             msg: format!(
-                                "unknown item {other:?}; expected f16, subgroups, timestamps, coop or key-split"
+                                "unknown item {other:?}; expected f16, subgroups, timestamps, coop, key-split or \
+                                 staged-scores"
                             ),
                         });
                     }
@@ -197,6 +205,10 @@ pub struct Caps {
     /// [`AttentionDesign::RowsInRegisters`]: a block of few query rows splits its keys between
     /// copies of its row layout ([`crate::ops::AttentionTiles::key_slices`]).
     pub attention_key_split: bool,
+    /// [`AttentionDesign::RowsInRegisters`]: a block of many query rows whose partial scores cannot
+    /// meet through subgroup shuffles puts four rows on each thread and stages its scores
+    /// ([`crate::ops::AttentionTiles::staged_scores`]).
+    pub attention_staged_scores: bool,
 }
 
 /// The design of a backend's attention kernels (the attention family and `qkv_attention`).
@@ -312,9 +324,13 @@ impl DeviceInfo {
                     if c.subgroups {
                         "four rows per ceil(head_dim / 8) threads (at least 4), taking keys one at a time, or else two \
                          per ceil(head_dim / 16), where those threads fit a subgroup and the block is whole subgroups, \
-                         their partial scores summed by shuffles; else ceil(head_dim / 32) threads per row"
+                         their partial scores summed by shuffles; else four rows whose scores are staged in workgroup memory, \
+                         where those stages fit; else \
+                         ceil(head_dim / 32) threads per row"
                     } else {
-                        "ceil(head_dim / 32) threads per row, partial scores summed in workgroup memory"
+                        "four rows per ceil(head_dim / 8) threads (at least 4), their scores computed whole from the \
+                         block's queries staged in workgroup memory, where those stages fit; else ceil(head_dim / 32) \
+                         threads per row, partial scores summed in workgroup memory"
                     },
                     match c.matrix_units {
                         MatrixUnits::Native => "; f16 blocks of 32+ rows on cooperative matrices (64 or 32 x 32 tiles)",

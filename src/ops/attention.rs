@@ -467,15 +467,15 @@ pub struct AttentionTiles {
     pub block_kv: usize,
     pub threads: usize,
     /// CUDA: the query tile in vec4s. WGSL: the partial scores exchanged per tile (1 when each row
-    /// has one thread).
+    /// has one thread; with staged scores, one per thread, for the queries' norms).
     pub q_tile_vecs: usize,
     /// The K and V tiles in vec4s.
     pub kv_tile_vecs: usize,
     /// WGSL: copies of the row layout that split each key tile between them (flash-decoding inside
     /// the workgroup, for blocks of few rows); 1 on CUDA, whose kernels split keys among warps.
     pub key_slices: usize,
-    /// WGSL: query rows per thread (1, 2 or 4), each k and v word read from workgroup memory meeting
-    /// that many rows; 1 on CUDA.
+    /// WGSL: query rows per thread (1, 2 or 4), each v word (and, but for staged scores, each k
+    /// word) read from workgroup memory meeting that many rows; 1 on CUDA.
     pub rows_per_thread: usize,
     /// WGSL: a row's partial scores meet through subgroup shuffles rather than workgroup memory (the
     /// subgroups variant, a row's threads within the narrowest subgroup); false on CUDA.
@@ -483,8 +483,19 @@ pub struct AttentionTiles {
 }
 
 impl AttentionTiles {
+    /// WGSL: four rows per thread without shuffles, whose tiles' scores are computed whole from the
+    /// block's staged queries and staged in workgroup memory (attention_tile.wgsl).
+    pub fn staged_scores(&self) -> bool {
+        self.rows_per_thread == 4 && !self.subgroup_exchange
+    }
+
     /// The constants of these tiles, for a launch of `family` (attention or qkv_heads).
     pub fn constants(&self, family: Family, dim: usize) -> Constants {
+        let (q_stage, score_tile) = if self.staged_scores() {
+            (self.block_q * dim.div_ceil(4), self.block_q / 4 * self.block_kv)
+        } else {
+            (1, 1)
+        };
         Constants::new(family)
             .set("HEAD_DIM", dim as u32)
             .set("BLOCK_Q", self.block_q as u32)
@@ -495,6 +506,9 @@ impl AttentionTiles {
             .set("KV_SPLIT", self.key_slices as u32)
             .set("ROWS", self.rows_per_thread as u32)
             .set("SUBGROUP_EXCHANGE", self.subgroup_exchange)
+            .set("STAGED_SCORES", self.staged_scores())
+            .set("Q_STAGE_VECS", q_stage as u32)
+            .set("SCORE_TILE_VECS", score_tile as u32)
     }
 }
 
@@ -540,7 +554,11 @@ fn key_slices(block_q: usize, block_kv: usize, row_threads: usize, head_vecs: us
 /// on each ceil(head_dim / 16), where that is a power of two within the narrowest subgroup (each k
 /// and v word read then serves all of them), and a row's partial scores meet through shuffles
 /// wherever its threads fit a subgroup ([`AttentionTiles::rows_per_thread`],
-/// [`AttentionTiles::subgroup_exchange`]). A workgroup's rows shrink to a power of two for
+/// [`AttentionTiles::subgroup_exchange`]). Where no shuffles serve them (no subgroups, or rows too
+/// wide for the narrowest), blocks of many rows still put four rows on each ceil(head_dim / 8)
+/// threads where the block's queries and a tile's scores fit workgroup memory beside the tiles:
+/// the scores are then computed whole from the staged queries, 4 rows x 4 keys per thread, and
+/// staged ([`AttentionTiles::staged_scores`]). A workgroup's rows shrink to a power of two for
 /// few-row calls (a KV-cache step), and such a block splits its keys between copies of the row
 /// layout ([`AttentionTiles::key_slices`]). CUDA
 /// (attention.cu): BLOCK_Q x BLOCK_KV threads, one score each, with the query tile in shared memory.
@@ -584,18 +602,33 @@ pub fn attention_tiles_for(caps: &Caps, dim: usize, rows: usize, keys: usize) ->
         let full_subgroups = |threads: usize| {
             threads <= caps.subgroup_sizes.0 as usize || threads.is_multiple_of(caps.subgroup_sizes.1.max(1) as usize)
         };
-        let tiles = |bq: usize, bkv: usize, slices: usize, rows: usize| {
+        // `shuffled`: whether several rows per thread must meet through shuffles (four rows without
+        // them stage their scores; two rows need them).
+        let tiles = |bq: usize, bkv: usize, slices: usize, rows: usize, shuffled: bool| {
             let rt = row_threads(rows);
             let threads = slices * bq / rows * rt;
             let subgroup_exchange = in_subgroup(rt) && full_subgroups(threads);
-            // Several rows per thread need the shuffles; and a block keeps a thread per row, as the
-            // entry points fill its token table one row per thread (four rows of head_dim 16 or less
-            // would have 2 threads, or 1).
-            if (rows > 1 && !subgroup_exchange) || threads < bq {
+            // A block keeps a thread per row, as the entry points fill its token table one row per
+            // thread (four rows of head_dim 16 or less would have 2 threads, or 1).
+            if (rows > 1 && subgroup_exchange != shuffled) || threads < bq {
                 return None;
             }
-            let partials = if rt > 1 && !subgroup_exchange { bq * bkv * rt } else { 1 };
-            let words = 2 * 4 * bkv * vecs + partials + TOKEN_TABLE_BYTES / 4; // tiles, partials, token tables
+            let staged = rows == 4 && !subgroup_exchange;
+            if staged && !caps.attention_staged_scores {
+                return None;
+            }
+            let partials = if staged {
+                // The queries' norms meet through partial_scores (row_totals), a word per thread.
+                threads
+            } else if rt > 1 && !subgroup_exchange {
+                bq * bkv * rt
+            } else {
+                1
+            };
+            // The staged queries and a tile's scores.
+            let stages = if staged { 4 * bq * vecs + bq * bkv } else { 0 };
+            // tiles, partials, stages, token tables
+            let words = 2 * 4 * bkv * vecs + partials + stages + TOKEN_TABLE_BYTES / 4;
             fits(words, threads).then_some(AttentionTiles {
                 block_q: bq,
                 block_kv: bkv,
@@ -617,7 +650,7 @@ pub fn attention_tiles_for(caps: &Caps, dim: usize, rows: usize, keys: usize) ->
             let longest = keys.max(1).next_power_of_two();
             for bkv in [32, 16, 8, 4].into_iter().filter(|&bkv| bkv <= longest) {
                 let slices = key_slices(bq, bkv, row_threads, vecs, keys);
-                if let Some(tiles) = tiles(bq, bkv, slices, 1).filter(|_| slices > 1) {
+                if let Some(tiles) = tiles(bq, bkv, slices, 1, false).filter(|_| slices > 1) {
                     return Ok(within_token_tables(tiles));
                 }
             }
@@ -628,16 +661,18 @@ pub fn attention_tiles_for(caps: &Caps, dim: usize, rows: usize, keys: usize) ->
         // keep 4 (shader-stats).
         let wanted_q = rows.next_power_of_two().clamp(8, 64);
         for bq in [64, 32, 16, 8, 4].into_iter().filter(|&bq| bq <= wanted_q) {
-            // Four or two rows per thread where the block's subgroups allow the shuffles, else one.
-            // `tiles` refuses several rows per thread where their partial scores cannot meet in a
-            // subgroup: through workgroup memory they would need ROWS times the exchange space and a
-            // barrier more per tile.
-            for rows in [4, 2, 1].into_iter().filter(|&r| r <= bq) {
+            // Four or two rows per thread where the block's subgroups allow the shuffles; else four
+            // rows with staged scores; else one. Two rows without shuffles would exchange their
+            // partial scores through workgroup memory, twice the space of one row per thread, and
+            // hold both rows' scores of a tile in registers (RADV: 132 VGPRs, 6 waves and a worse
+            // throughput estimate than one row, `scalewise shader-stats`).
+            let layouts = [(4, true), (2, true), (4, false), (1, false)];
+            for (rows, shuffled) in layouts.into_iter().filter(|&(r, _)| r <= bq) {
                 // A thread's scores of a tile, rows x keys, fit its score array (attention_tile.wgsl);
                 // four rows take their keys one at a time and hold no such array.
                 let score_slots = size::ATTENTION_MAX_BLOCK_KV as usize;
                 for bkv in [16, 32, 8, 4].into_iter().filter(|&bkv| rows == 4 || rows * bkv <= score_slots) {
-                    if let Some(tiles) = tiles(bq, bkv, 1, rows) {
+                    if let Some(tiles) = tiles(bq, bkv, 1, rows, shuffled) {
                         return Ok(within_token_tables(tiles));
                     }
                 }

@@ -156,13 +156,16 @@ backend_tests! {
 backend_tests! {
     /// The scalar machinery's layouts of a block of many rows: four or two query rows per thread
     /// whose partial scores meet through subgroup shuffles (the subgroups variant, where the rows'
-    /// threads fit the narrowest subgroup; four rows take their keys one at a time), one row per
-    /// thread through shuffles, and through workgroup memory (a head dim whose row threads are no
-    /// power of two, or no subgroups). Row counts that are no multiple of 4 leave padding rows beside
-    /// real ones in the last group, over several blocks; the keys end inside a tile. On a subgroups
-    /// device four rows must have run where 8 threads fit the narrowest subgroup (head dim 64), pairs
-    /// where 8 do and 16 do not (head dim 128), and single rows through shuffles where 8 threads fit
-    /// and 16 do not (head dim 256); the workgroup-memory exchange runs everywhere.
+    /// threads fit the narrowest subgroup; four rows take their keys one at a time), four rows whose
+    /// scores are staged (where no shuffles serve them and the stages fit), one row per thread
+    /// through shuffles, and through workgroup memory (a head dim whose row threads are no power of
+    /// two, or no subgroups, and whose staged scores do not fit). Row counts that are no multiple of
+    /// 4 leave padding rows beside real ones in the last group, over several blocks; the keys end
+    /// inside a tile. On a subgroups device four rows must have run where 8 threads fit the narrowest
+    /// subgroup (head dim 64), pairs where 8 do and 16 do not (head dim 128), and single rows through
+    /// shuffles where 8 threads fit and 16 do not (head dim 256); staged scores where the device has
+    /// no subgroups and 32 KiB of workgroup memory (head dim 64), or where the rows' threads are no
+    /// power of two (head dim 80); the workgroup-memory exchange runs everywhere (head dim 200).
     fn dense_attention_row_layouts_match_reference(device: &Device, config: &str) {
         let mut rng = Rng::for_config("dense_attention_row_layouts", config);
         let caps = device.caps();
@@ -172,7 +175,8 @@ backend_tests! {
             |threads: usize| caps.subgroups && threads > 1 && threads.is_power_of_two() && threads <= caps.subgroup_sizes.0 as usize;
         let mut layouts = Vec::new();
         for dtype in dtypes(device) {
-            for (dim, lq) in [(64, 67), (128, 33), (256, 21), (80, 45), (rng.range(1, 31), 70), (64, 1 + 2 * rng.range(4, 60))] {
+            let shapes = [(64, 67), (128, 33), (256, 21), (80, 45), (200, 19), (rng.range(1, 31), 70), (64, 1 + 2 * rng.range(4, 60))];
+            for (dim, lq) in shapes {
                 let heads = rng.range(1, 2);
                 let lk = rng.range(40, 150);
                 let kv_len = rng.range(lk - 30, lk);
@@ -181,8 +185,9 @@ backend_tests! {
                     let layout = (tiles.rows_per_thread, tiles.subgroup_exchange);
                     layouts.push(layout);
                     // Four rows on ceil(dim / 8) threads where those can shuffle, else pairs on
-                    // ceil(dim / 16), else one row on ceil(dim / 32) threads, shuffling where they can;
-                    // the block's subgroups full.
+                    // ceil(dim / 16), else four rows with staged scores where their stages fit (at
+                    // least 4 threads), else one row on ceil(dim / 32) threads, shuffling where they
+                    // can; the block's subgroups full.
                     let full = tiles.threads <= caps.subgroup_sizes.0 as usize
                         || tiles.threads.is_multiple_of(caps.subgroup_sizes.1 as usize);
                     // Four rows only on 4 or more threads: a block keeps a thread per row.
@@ -190,6 +195,8 @@ backend_tests! {
                         (4, true)
                     } else if shuffles(dim.div_ceil(16)) && full {
                         (2, true)
+                    } else if dim.div_ceil(8) >= 4 && tiles.staged_scores() {
+                        (4, false)
                     } else {
                         (1, shuffles(dim.div_ceil(32)) && full)
                     };
@@ -204,6 +211,15 @@ backend_tests! {
         }
         if scalar_rows {
             assert!(layouts.contains(&(1, false)), "{config}: no workgroup-memory exchange ran: {layouts:?}");
+            // Head dim 80: 10 threads per four rows, no power of two.
+            let staged = caps.attention_staged_scores && caps.shared_memory_bytes >= 32768;
+            if staged {
+                assert!(layouts.contains(&(4, false)), "{config}: no staged scores ran: {layouts:?}");
+            }
+            if staged && !caps.subgroups {
+                let at_64 = attention_tiles(device, 64, 67, 100).unwrap();
+                assert!(at_64.staged_scores(), "{config}: head dim 64 without subgroups: {at_64:?}");
+            }
             // Head dim 64: 8 threads per four rows; head dim 128: 16 per four, 8 per pair.
             if shuffles(8) {
                 assert!(layouts.contains(&(4, true)), "{config}: no four-row groups ran: {layouts:?}");
@@ -227,7 +243,8 @@ backend_tests! {
     /// almost nothing), or climb to a random key and fall after it (the attended keys, the first
     /// 70-100%, may end before the peak). Head dims 64 and a random one of 25-128, so rows in fours,
     /// pairs and one per thread on a subgroups device; four rows must have run where 8 threads fit
-    /// the narrowest subgroup.
+    /// the narrowest subgroup, and, without subgroups, with staged scores where 32 KiB of workgroup
+    /// memory hold them (the rows' max moves by the same rule).
     fn dense_attention_with_wide_score_spreads_matches_reference(device: &Device, config: &str) {
         let mut rng = Rng::for_config("dense_attention_wide_scores", config);
         let caps = device.caps();
@@ -270,7 +287,13 @@ backend_tests! {
                 assert_close(&out, &want, Tol::for_dtype(dtype, 1.0), &what);
             }
         }
-        if caps.attention == AttentionDesign::RowsInRegisters && caps.subgroups && caps.subgroup_sizes.0 >= 8 {
+        let scalar_rows = caps.attention == AttentionDesign::RowsInRegisters;
+        let fours_fit = if caps.subgroups {
+            caps.subgroup_sizes.0 >= 8
+        } else {
+            caps.attention_staged_scores && caps.shared_memory_bytes >= 32768
+        };
+        if scalar_rows && fours_fit {
             assert!(four_rows, "{config}: no block of four rows per thread ran");
         }
     }
@@ -454,18 +477,24 @@ fn shuffled_rows_only_in_blocks_of_full_subgroups() {
     for sizes in [(8, 8), (32, 64), (8, 32), (16, 16), (4, 128), (64, 64)] {
         caps.subgroup_sizes = sizes;
         let (narrowest, widest) = (sizes.0 as usize, sizes.1 as usize);
-        for key_split in [false, true] {
+        for (key_split, staged) in [(false, true), (true, true), (true, false)] {
             caps.attention_key_split = key_split;
+            caps.attention_staged_scores = staged;
             for dim in [16, 40, 64, 128, 256] {
                 for (rows, keys) in [(1, 680), (3, 40), (8, 100), (16, 680), (100, 300), (256, 680)] {
                     let t = scalewise::ops::attention_tiles_for(&caps, dim, rows, keys).unwrap();
-                    let what = format!("subgroups {sizes:?}, key split {key_split}, d{dim}, {rows}x{keys}: {t:?}");
+                    let what = format!(
+                        "subgroups {sizes:?}, key split {key_split}, staged {staged}, d{dim}, {rows}x{keys}: {t:?}"
+                    );
                     let row_threads = t.threads * t.rows_per_thread / (t.key_slices * t.block_q);
                     assert_eq!(row_threads, dim.div_ceil(32 / t.rows_per_thread), "{what}");
                     let full = t.threads <= narrowest || t.threads.is_multiple_of(widest);
                     let fits = row_threads > 1 && row_threads.is_power_of_two() && row_threads <= narrowest;
                     assert_eq!(t.subgroup_exchange, full && fits, "{what}");
-                    assert!(t.rows_per_thread == 1 || t.subgroup_exchange, "{what}");
+                    // Pairs need the shuffles; four rows without them stage their scores.
+                    assert!(t.rows_per_thread != 2 || t.subgroup_exchange, "{what}");
+                    assert_eq!(t.staged_scores(), t.rows_per_thread == 4 && !t.subgroup_exchange, "{what}");
+                    assert!(staged || !t.staged_scores(), "{what}");
                     // The entry points fill the block's token table one row per thread.
                     assert!(t.threads >= t.block_q, "{what}");
                     seen.insert((t.rows_per_thread, t.subgroup_exchange, full));
@@ -473,9 +502,19 @@ fn shuffled_rows_only_in_blocks_of_full_subgroups() {
             }
         }
     }
-    // Each case came up: four rows, pairs, single rows shuffled, and a power-of-two row kept off the
-    // shuffles because its block's subgroups would not be full.
-    for case in [(4, true, true), (2, true, true), (1, true, true), (1, false, false), (1, false, true)] {
+    // Each case came up: four rows, pairs, single rows shuffled, a power-of-two row kept off the
+    // shuffles because its block's subgroups would not be full, and four rows with staged scores in
+    // blocks of full subgroups (rows too wide for the narrowest) and of others.
+    let cases = [
+        (4, true, true),
+        (2, true, true),
+        (1, true, true),
+        (1, false, false),
+        (1, false, true),
+        (4, false, true),
+        (4, false, false),
+    ];
+    for case in cases {
         assert!(seen.contains(&case), "never chosen: {case:?} (of {seen:?})");
     }
 }

@@ -285,6 +285,8 @@ mod enabled {
             attention: AttentionDesign::ScoreTiles,
             // The tensor-core kernels split keys among their warps; the scalar ones take no slices.
             attention_key_split: false,
+            // Its blocks hold a score per thread (AttentionDesign::ScoreTiles).
+            attention_staged_scores: false,
         }
     }
 

@@ -215,6 +215,7 @@ impl WgpuDevice {
             (false, _) => MatrixUnits::None,
         };
         imp.info.caps.attention_key_split = options.allow_key_split;
+        imp.info.caps.attention_staged_scores = options.allow_staged_scores;
         Ok(imp)
     }
 
@@ -243,6 +244,7 @@ impl WgpuDevice {
             matrix_units: MatrixUnits::None,
             attention: AttentionDesign::RowsInRegisters,
             attention_key_split: true,
+            attention_staged_scores: true,
         };
         let info = DeviceInfo { adapter: AdapterSummary::from_info(adapter_info), caps, cuda: None };
         let lost = Arc::new(Mutex::new(None));
