@@ -18,7 +18,8 @@
 #   check: correctness of the CUDA backend: the NVRTC compile check, every op test's and the model
 #     tests' `cuda` configuration;
 #   vulkan-more: VAR-d16 with the cooperative matrices off (what the matrix units give end to end),
-#     the selective scan and SSD's two forms at M-VAR d16's shape;
+#     the selective scan and SSD's two forms at M-VAR d16's shape; the attention without subgroups
+#     (what DX12 without DXC and GL run) with its four-row staged scores and with one row per thread;
 #   cuda: the benchmarks above on the CUDA backend;
 #   torch: the torch peers on the same GPU (cuBLAS GEMM, SDPA, FlexAttention with GRAT's block mask, a
 #     torch selective scan, copy bandwidth).
@@ -101,6 +102,15 @@ kv_steps() {
         --kv-steps 1x680,4x680,16x680,64x680,256x680 --heads 32 --head-dim 64 --dtype f32,f16 --iters 10 \
         --json "$RUN/kv-steps-$1.json"
 }
+# The scalar attention without subgroups, f32 at head_dim 64: four rows per thread with staged scores
+# (the default there), then one row per thread (SCALEWISE_DISABLE=staged-scores).
+no_subgroups_attention() {
+    step "bench-attention-staged-$1" 40 env SCALEWISE_DISABLE=subgroups $B/scalewise --backend "$1" bench attention \
+        --grids 64x64 --heads 16 --head-dim 64 --dtype f32 --iters 5 --json "$RUN/attention-staged-$1.json"
+    step "bench-attention-one-row-$1" 40 env SCALEWISE_DISABLE=subgroups,staged-scores $B/scalewise --backend "$1" \
+        bench attention --grids 64x64 --heads 16 --head-dim 64 --dtype f32 --iters 5 \
+        --json "$RUN/attention-one-row-$1.json"
+}
 scan() {
     step "bench-scan-$1" 90 $B/scalewise --backend "$1" bench scan --shapes 8x2048x16x4096,1x1536x16x2048 \
         --dtype f32,f16 --naive-max-length 0 --iters 5 --ssd-forms --json "$RUN/scan-$1.json"
@@ -129,6 +139,7 @@ for part in $PARTS; do
         step bench-generate-vulkan-no-coop 90 env SCALEWISE_DISABLE=coop $B/scalewise --backend vulkan \
             bench generate --model var --depth 16 --iters 5 --json "$RUN/generate-vulkan-no-coop.json"
         scan vulkan
+        no_subgroups_attention vulkan
         ;;
     cuda)
         generate cuda
