@@ -56,24 +56,38 @@ fn cache_base(var: impl Fn(&str) -> Option<std::ffi::OsString>, windows: bool) -
 /// Writes `bytes` to `path` through a temporary beside it and a rename, so a concurrent reader
 /// never sees half a file.
 pub(crate) fn write(path: &Path, bytes: &[u8]) {
+    write_through(path, bytes, &temporary(path, ""));
+}
+
+/// [`write`] through the temporary `tmp`.
+fn write_through(path: &Path, bytes: &[u8], tmp: &Path) {
     use std::io::Write;
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     // The name is predictable (the pruning recognises it), so it is created with O_EXCL, which never
     // opens an existing file or follows a planted link. One found there (a killed writer's, whose pid
     // was reused, or a planted link) is removed, the link itself and not its target, and the
     // creation tried once more.
-    let create = || std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp);
+    let create = || std::fs::OpenOptions::new().write(true).create_new(true).open(tmp);
     let file = create().or_else(|e| {
         if e.kind() != std::io::ErrorKind::AlreadyExists {
             return Err(e);
         }
-        std::fs::remove_file(&tmp)?;
+        std::fs::remove_file(tmp)?;
         create()
     });
     let Ok(mut file) = file else { return };
-    if file.write_all(bytes).is_err() || std::fs::rename(&tmp, path).is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    if file.write_all(bytes).is_err() || std::fs::rename(tmp, path).is_err() {
+        let _ = std::fs::remove_file(tmp);
     }
+}
+
+/// A temporary name beside `path` for one write of it: `<stem>.tmp<pid>-<n><suffix>`, `n` counting
+/// this process's temporaries, so that two threads writing one entry at once (two devices of one
+/// adapter, a module compiled on first use while the background compile builds it too) never share
+/// a temporary, which one of them would remove or rename half-written.
+pub(crate) fn temporary(path: &Path, suffix: &str) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    path.with_extension(format!("tmp{}-{n}{suffix}", std::process::id()))
 }
 
 /// The file's bytes when it exists and is at most `max_bytes` long; the file counts as used.
@@ -119,7 +133,8 @@ fn modified_within_a_day(path: &Path, now: SystemTime) -> bool {
 }
 
 /// What a cache file name is: an entry one of this module's callers writes, a temporary of
-/// [`write`] (`<entry stem>.tmp<pid>`) or of the CPU shim's compile (`<module stem>.tmp<pid>.so`), or
+/// [`write`] (`<entry stem>.tmp<pid>-<n>`, or `.tmp<pid>` from earlier versions) or of the CPU shim's
+/// compile (the same with `.so` after it), or
 /// anything else (never removed). Entries are recognised by their exact formats, not by extension
 /// alone, so that a cache folder pointed at a folder of the user's never loses a `.so` of theirs:
 /// - `<backend>-<hex>-<hex>-<16 hex>.pipelines` (prewarm manifests),
@@ -134,10 +149,14 @@ enum CacheFile {
 }
 
 fn classify(name: &str) -> CacheFile {
-    let temporary =
-        name.strip_suffix(".so").unwrap_or(name).rsplit_once(".tmp").filter(|(stem, pid)| {
-            !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) && entry_stem(stem).is_some()
-        });
+    let temporary = name.strip_suffix(".so").unwrap_or(name).rsplit_once(".tmp").filter(|(stem, counters)| {
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        let counted = match counters.split_once('-') {
+            Some((pid, n)) => digits(pid) && digits(n),
+            None => digits(counters),
+        };
+        counted && entry_stem(stem).is_some()
+    });
     if temporary.is_some() {
         return CacheFile::Temporary;
     }
@@ -310,11 +329,16 @@ mod tests {
         }
         let cubin_tmp = format!("attention-sm90-{HASH}.tmp12");
         let module_tmp = format!("matmul-{HASH}.tmp99.so");
+        let counted_cubin_tmp = format!("attention-sm90-{HASH}.tmp12-0");
+        let counted_module_tmp = format!("matmul-{HASH}.tmp99-31.so");
         for temporary in [
             "vulkan-10005-0000-002c65b0a9b20aa7.tmp4242",
+            "vulkan-10005-0000-002c65b0a9b20aa7.tmp4242-7",
             "wgpu_pipeline_cache_vulkan_65541_0.tmp7",
             &cubin_tmp,
             &module_tmp,
+            &counted_cubin_tmp,
+            &counted_module_tmp,
         ] {
             assert_eq!(classify(temporary), CacheFile::Temporary, "{temporary}");
         }
@@ -333,7 +357,11 @@ mod tests {
             ".last-pruned",
             "x.tmp",
             "x.tmp12",
+            "x.tmp12-3",
             "photo.tmp12.so",
+            "vulkan-10005-0000-002c65b0a9b20aa7.tmp4242-",
+            "vulkan-10005-0000-002c65b0a9b20aa7.tmp-7",
+            "vulkan-10005-0000-002c65b0a9b20aa7.tmp1-2-3",
             ".so",
             "cubin",
         ] {
@@ -402,9 +430,9 @@ mod tests {
         assert!(std::fs::symlink_metadata(&marker).unwrap().is_file(), "the link was not replaced by a marker");
         // The same for the predictable temporary of a write.
         let entry = dir.join("vulkan-10005-0000-0000000000000001.pipelines");
-        let tmp = entry.with_extension(format!("tmp{}", std::process::id()));
+        let tmp = temporary(&entry, "");
         std::os::unix::fs::symlink(&victim, &tmp).unwrap();
-        write(&entry, b"entry");
+        write_through(&entry, b"entry", &tmp);
         assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
         assert_eq!(std::fs::read(&entry).unwrap(), b"entry");
         assert!(std::fs::symlink_metadata(&tmp).is_err(), "the temporary is left");

@@ -62,7 +62,8 @@ pub(super) fn load(key: &ModuleKey) -> Result<CpuModule> {
     let hash = compose::content_hash(&[source.as_bytes(), version.as_bytes(), FLAGS.join(" ").as_bytes()]);
     let dir = crate::device::disk_cache::dir("cuda-cpu").unwrap_or_else(std::env::temp_dir);
     let path = dir.join(format!("{}-{hash}.so", key.family));
-    if !crate::device::disk_cache::find(&path) {
+    let cached = crate::device::disk_cache::find(&path);
+    if !cached {
         compile(&source, &path, &label)?;
     }
     // SAFETY: the library is our own module, built from our sources by the lines around; its static
@@ -74,8 +75,10 @@ pub(super) fn load(key: &ModuleKey) -> Result<CpuModule> {
     };
     let library = match open() {
         Ok(library) => library,
-        // Another process pruned the module between the lookup and the load: build it again.
-        Err(_) if !path.exists() => {
+        // A cached module that does not load (truncated by a crash or a full disk, or otherwise
+        // damaged), or one another process pruned between the lookup and the load: build it again,
+        // replacing it, rather than fail every later run on it.
+        Err(_) if cached => {
             compile(&source, &path, &label)?;
             open().map_err(unloadable)?
         }
@@ -92,7 +95,7 @@ pub(super) fn load(key: &ModuleKey) -> Result<CpuModule> {
 }
 
 fn compile(source: &str, path: &std::path::Path, label: &str) -> Result<()> {
-    let tmp: PathBuf = path.with_extension(format!("tmp{}.so", std::process::id()));
+    let tmp: PathBuf = crate::device::disk_cache::temporary(path, ".so");
     let mut child = Command::new(compiler())
         .args(FLAGS)
         .arg("-")

@@ -189,18 +189,21 @@ impl GpuContext {
             compose::content_hash(&[source.as_bytes(), options.as_bytes(), format!("{major}.{minor}").as_bytes()]);
         let path =
             crate::device::disk_cache::dir("cuda").map(|d| d.join(format!("{}-sm{arch}-{hash}.cubin", key.family)));
-        // A module's cubin is a few hundred KiB; anything past 64 MiB is not one of ours.
-        let cubin = match path.as_ref().and_then(|p| crate::device::disk_cache::read(p, 64 << 20)) {
-            Some(cubin) => cubin,
-            None => {
-                let cubin = nvrtc::compile(&source, &label, arch)?.cubin;
-                if let Some(path) = &path {
-                    crate::device::disk_cache::write(path, &cubin);
-                }
-                cubin
-            }
-        };
         self.bind()?;
+        // A module's cubin is a few hundred KiB; anything past 64 MiB is not one of ours.
+        if let Some(cubin) = path.as_ref().and_then(|p| crate::device::disk_cache::read(p, 64 << 20)) {
+            // SAFETY: a cubin NVRTC produced for this device's architecture in an earlier run, or a
+            // damaged file (truncated by a crash or a full disk), which the driver refuses with an
+            // error: then the module is compiled afresh below and the file replaced, rather than
+            // every later run failing on it.
+            if let Ok(module) = unsafe { cu::module::load_data(cubin.as_ptr().cast()) } {
+                return Ok(GpuModule { module, functions: Default::default() });
+            }
+        }
+        let cubin = nvrtc::compile(&source, &label, arch)?.cubin;
+        if let Some(path) = &path {
+            crate::device::disk_cache::write(path, &cubin);
+        }
         // SAFETY: a cubin NVRTC produced for this device's architecture.
         let module =
             unsafe { cu::module::load_data(cubin.as_ptr().cast()) }.map_err(driver(format!("loading {label}")))?;
