@@ -1,5 +1,6 @@
 // The scalar attention machinery's lanes without subgroups (attention_tile.wgsl): a row's threads
-// sum their partial scores through workgroup memory (partial_scores), always.
+// sum their partial scores through workgroup memory (partial_scores), or four rows per thread take
+// their scores whole from the staged queries (STAGED_SCORES); never through shuffles.
 
 struct TileInvocation {
     @builtin(local_invocation_index) index: u32,

@@ -73,7 +73,8 @@ override ROWS: u32 = 1u;
 // subgroups variant only, with ROW_THREADS a power of two no wider than the narrowest subgroup.
 override SUBGROUP_EXCHANGE: bool = false;
 // Partial scores exchanged per tile through workgroup memory: BLOCK_Q * BLOCK_KV * ROW_THREADS when
-// ROW_THREADS > 1 and SUBGROUP_EXCHANGE is off, else 1.
+// ROW_THREADS > 1 and SUBGROUP_EXCHANGE is off, else 1; with STAGED_SCORES, THREADS (the queries'
+// norms only, row_totals).
 override Q_TILE_VECS: u32 = 2048u;
 // K and V tiles in vec4s: BLOCK_KV * ceil(HEAD_DIM / 4).
 override KV_TILE_VECS: u32 = 256u;
@@ -88,8 +89,8 @@ override SCORE_TILE_VECS: u32 = 1u;
 override STAGED_SCORES: bool = false;
 
 // Registers per thread: 8 vec4s (32 dimensions) of q and of the output, over its ROWS rows. (The
-// defaults above are the launch of many rows at head_dim 64 without subgroups: one row per thread,
-// two threads per row.)
+// defaults above are a launch of many rows at head_dim 64 with one row per thread, two threads per
+// row, the layout before staged scores; the host sets every constant of a launch.)
 const SLICE_VECS: u32 = 8u;
 
 var<workgroup> k_tile: array<vec4<f32>, KV_TILE_VECS>;
@@ -109,9 +110,12 @@ fn enter_tile(tile: TileInvocation, block: u32) {}
 // The rows mask the padding keys by tile_keys, not the key table, so its last reads in a tile are the
 // loads, before the tile's load barrier: the next tile's table waits for nothing more, unless the
 // including module's prepare_key_tile reads the table after that barrier with no barrier of its own
-// to follow (qkv_attention without L2_NORM), whose release_prepared_key_table then waits.
+// to follow (qkv_attention without L2_NORM), whose release_prepared_key_table then waits. With
+// staged scores the barrier after the scores already follows those reads.
 fn release_key_table() {
-    release_prepared_key_table();
+    if !STAGED_SCORES {
+        release_prepared_key_table();
+    }
 }
 
 // Components [4c, 4c + 4) of the tile's key (value) j as staged, for prepare_key_tile.

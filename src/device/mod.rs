@@ -16,7 +16,7 @@ mod wgpu;
 #[cfg(feature = "cuda")]
 pub mod cuda_compile {
     pub use super::cuda::compile_all;
-    pub use super::cuda::nvrtc::{Compiled, KernelReport, compile, kernel_reports, version};
+    pub use super::cuda::nvrtc::{Compiled, KernelReport, compile, cubin_is_whole, kernel_reports, version};
 }
 
 use std::sync::Arc;
@@ -319,18 +319,26 @@ impl DeviceInfo {
             (
                 "attention",
                 format!(
-                    "query rows in registers ({}, which keep their max and sum); \
+                    "query rows in registers ({}{}{}, which keep their max and sum); \
                      8..64 rows x 4..32 keys per tile from head_dim and workgroup memory{}",
                     if c.subgroups {
                         "four rows per ceil(head_dim / 8) threads (at least 4), taking keys one at a time, or else two \
                          per ceil(head_dim / 16), where those threads fit a subgroup and the block is whole subgroups, \
-                         their partial scores summed by shuffles; else four rows whose scores are staged in workgroup memory, \
-                         where those stages fit; else \
-                         ceil(head_dim / 32) threads per row"
+                         their partial scores summed by shuffles; else "
                     } else {
+                        ""
+                    },
+                    if c.attention_staged_scores {
                         "four rows per ceil(head_dim / 8) threads (at least 4), their scores computed whole from the \
                          block's queries staged in workgroup memory, where those stages fit; else ceil(head_dim / 32) \
-                         threads per row, partial scores summed in workgroup memory"
+                         threads per row"
+                    } else {
+                        "ceil(head_dim / 32) threads per row"
+                    },
+                    if c.subgroups {
+                        ", partial scores summed by shuffles where they fit, else in workgroup memory"
+                    } else {
+                        ", partial scores summed in workgroup memory"
                     },
                     match c.matrix_units {
                         MatrixUnits::Native => "; f16 blocks of 32+ rows on cooperative matrices (64 or 32 x 32 tiles)",

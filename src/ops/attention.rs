@@ -625,8 +625,9 @@ pub fn attention_tiles_for(caps: &Caps, dim: usize, rows: usize, keys: usize) ->
             } else {
                 1
             };
-            // The staged queries and a tile's scores.
-            let stages = if staged { 4 * bq * vecs + bq * bkv } else { 0 };
+            // The staged queries and a tile's scores (one vec4 each where not staged: WGSL arrays
+            // have at least one element).
+            let stages = if staged { 4 * bq * vecs + bq * bkv } else { 8 };
             // tiles, partials, stages, token tables
             let words = 2 * 4 * bkv * vecs + partials + stages + TOKEN_TABLE_BYTES / 4;
             fits(words, threads).then_some(AttentionTiles {
