@@ -10,7 +10,7 @@
 
 use std::path::PathBuf;
 
-use scalewise::device::cuda_compile::{compile_all, kernel_reports};
+use scalewise::device::cuda_compile::{compile_all, cubin_is_whole, kernel_reports};
 use scalewise::kernels::Family;
 use scalewise::{BackendChoice, Device, DeviceOptions, Error};
 
@@ -65,6 +65,13 @@ fn every_family_compiles_to_cubin_for_sm80_and_sm90_without_spills() {
                 Err(e) => failures.push(format!("sm_{arch} {label}: {e}")),
                 Ok(compiled) => {
                     assert!(!compiled.cubin.is_empty(), "sm_{arch} {label}: empty cubin");
+                    // What the disk cache's check takes for a whole image (a cached cubin failing it
+                    // is compiled afresh): every cubin NVRTC makes, and none cut short.
+                    let cubin = &compiled.cubin;
+                    assert!(cubin_is_whole(cubin), "sm_{arch} {label}: not a whole ELF image");
+                    for len in [cubin.len() / 2, cubin.len() - 1] {
+                        assert!(!cubin_is_whole(&cubin[..len]), "sm_{arch} {label}: cut to {len} bytes passes");
+                    }
                     let reports = kernel_reports(&compiled.log);
                     assert!(!reports.is_empty(), "sm_{arch} {label}: no ptxas report in the log:\n{}", compiled.log);
                     // The host reads each kernel's block shape from the `<entry>_block` global

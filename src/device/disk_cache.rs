@@ -81,12 +81,21 @@ fn write_through(path: &Path, bytes: &[u8], tmp: &Path) {
 }
 
 /// A temporary name beside `path` for one write of it: `<stem>.tmp<pid>-<n><suffix>`, `n` counting
-/// this process's temporaries, so that two threads writing one entry at once (two devices of one
-/// adapter, a module compiled on first use while the background compile builds it too) never share
+/// this process's temporaries from a start drawn from the clock, so that two threads writing one
+/// entry at once (two devices of one adapter, a module compiled on first use while the background
+/// compile builds it too), or two processes of one pid in containers sharing the folder, never share
 /// a temporary, which one of them would remove or rename half-written.
 pub(crate) fn temporary(path: &Path, suffix: &str) -> PathBuf {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    static START: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(|| {
+        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+        // The clock's nanoseconds within the hour, times 1024: processes of one pid collide only
+        // when started in the same nanosecond of an hour and 1024 writes apart at most.
+        (now.as_nanos() % 3_600_000_000_000) as u64 * 1024
+    });
+    let n = start.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed));
     path.with_extension(format!("tmp{}-{n}{suffix}", std::process::id()))
 }
 

@@ -78,7 +78,7 @@ pub(super) fn load(key: &ModuleKey) -> Result<CpuModule> {
         // A cached module that does not load (truncated by a crash or a full disk, or otherwise
         // damaged), or one another process pruned between the lookup and the load: build it again,
         // replacing it, rather than fail every later run on it.
-        Err(_) if cached => {
+        Err(_) if cached || !path.exists() => {
             compile(&source, &path, &label)?;
             open().map_err(unloadable)?
         }

@@ -190,15 +190,18 @@ impl GpuContext {
         let path =
             crate::device::disk_cache::dir("cuda").map(|d| d.join(format!("{}-sm{arch}-{hash}.cubin", key.family)));
         self.bind()?;
-        // A module's cubin is a few hundred KiB; anything past 64 MiB is not one of ours.
-        if let Some(cubin) = path.as_ref().and_then(|p| crate::device::disk_cache::read(p, 64 << 20)) {
-            // SAFETY: a cubin NVRTC produced for this device's architecture in an earlier run, or a
-            // damaged file (truncated by a crash or a full disk), which the driver refuses with an
-            // error: then the module is compiled afresh below and the file replaced, rather than
-            // every later run failing on it.
-            if let Ok(module) = unsafe { cu::module::load_data(cubin.as_ptr().cast()) } {
-                return Ok(GpuModule { module, functions: Default::default() });
-            }
+        // A module's cubin is a few hundred KiB; anything past 64 MiB is not one of ours. A file that
+        // is not a whole ELF image (truncated by a crash or a full disk, or damaged) is compiled
+        // afresh below and replaced, rather than handed to the driver, which takes no length and
+        // would read past it (or, for an empty file, from a dangling pointer).
+        if let Some(cubin) = path.as_ref().and_then(|p| crate::device::disk_cache::read(p, 64 << 20))
+            && nvrtc::cubin_is_whole(&cubin)
+        {
+            // SAFETY: a whole ELF image NVRTC produced for this device's architecture in an earlier run
+            // (the file name hashes the source, the options and the NVRTC version).
+            let module = unsafe { cu::module::load_data(cubin.as_ptr().cast()) }
+                .map_err(driver(format!("loading {label} from the cache")))?;
+            return Ok(GpuModule { module, functions: Default::default() });
         }
         let cubin = nvrtc::compile(&source, &label, arch)?.cubin;
         if let Some(path) = &path {

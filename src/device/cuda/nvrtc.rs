@@ -94,6 +94,41 @@ pub struct Compiled {
     pub log: String,
 }
 
+/// Whether `bytes` is a whole 64-bit little-endian ELF image, as NVRTC's cubins are: the header,
+/// the program and section header tables and every section's data lie within it. The driver's
+/// loader takes no length (it reads the image's extent from its header), so a cached cubin cut
+/// short by a crash or a full disk must be caught before it is handed over.
+pub fn cubin_is_whole(bytes: &[u8]) -> bool {
+    const HEADER: usize = 64;
+    if bytes.len() < HEADER || &bytes[..4] != b"\x7fELF" || bytes[4] != 2 || bytes[5] != 1 {
+        return false;
+    }
+    let u16_at = |at: usize| u16::from_le_bytes([bytes[at], bytes[at + 1]]) as u64;
+    let u32_at = |at: usize| bytes.get(at..at + 4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")));
+    let u64_at = |at: u64| {
+        let at = usize::try_from(at).ok()?;
+        bytes.get(at..at.checked_add(8)?).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    };
+    let within = |offset: u64, len: u64| offset.checked_add(len).is_some_and(|end| end <= bytes.len() as u64);
+    let (Some(ph_offset), Some(sh_offset)) = (u64_at(0x20), u64_at(0x28)) else { return false };
+    let (ph_size, ph_count) = (u16_at(0x36), u16_at(0x38));
+    let (sh_size, sh_count) = (u16_at(0x3a), u16_at(0x3c));
+    if !within(ph_offset, ph_size * ph_count) || !within(sh_offset, sh_size * sh_count) {
+        return false;
+    }
+    // A section's data (NOBITS sections, type 8, have none in the file).
+    const NOBITS: u32 = 8;
+    (0..sh_count).all(|i| {
+        let header = sh_offset + i * sh_size;
+        let Ok(at) = usize::try_from(header) else { return false };
+        match (u32_at(at + 4), u64_at(header + 0x18), u64_at(header + 0x20)) {
+            (Some(NOBITS), Some(_), Some(_)) => true,
+            (Some(_), Some(offset), Some(len)) => within(offset, len),
+            _ => false,
+        }
+    })
+}
+
 /// The options every module is compiled with, for architecture `sm_XY` (e.g. 90).
 pub(super) fn options(arch: u32) -> Vec<String> {
     vec![
@@ -171,4 +206,58 @@ pub fn kernel_reports(log: &str) -> Vec<KernelReport> {
         }
     }
     reports
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cubin_is_whole;
+
+    /// A minimal ELF64 image: the header, 16 bytes of section data, then two section headers (the
+    /// null one and one PROGBITS section over the data).
+    fn image() -> Vec<u8> {
+        let mut bytes = vec![0u8; 64];
+        bytes[..4].copy_from_slice(b"\x7fELF");
+        bytes[4] = 2;
+        bytes[5] = 1;
+        bytes.extend_from_slice(&[0xab; 16]);
+        let sh_offset = bytes.len() as u64;
+        bytes[0x28..0x30].copy_from_slice(&sh_offset.to_le_bytes());
+        bytes[0x3a..0x3c].copy_from_slice(&64u16.to_le_bytes());
+        bytes[0x3c..0x3e].copy_from_slice(&2u16.to_le_bytes());
+        bytes.extend_from_slice(&[0u8; 64]);
+        let mut section = [0u8; 64];
+        section[4..8].copy_from_slice(&1u32.to_le_bytes());
+        section[0x18..0x20].copy_from_slice(&64u64.to_le_bytes());
+        section[0x20..0x28].copy_from_slice(&16u64.to_le_bytes());
+        bytes.extend_from_slice(&section);
+        bytes
+    }
+
+    #[test]
+    fn whole_images_pass_and_cut_or_damaged_ones_do_not() {
+        let whole = image();
+        assert!(cubin_is_whole(&whole));
+        for len in [0, 3, 63, 64, 79, 80, whole.len() - 1] {
+            assert!(!cubin_is_whole(&whole[..len]), "cut to {len} bytes");
+        }
+        // A section whose data runs past the end, or whose offset wraps.
+        let mut past = whole.clone();
+        let size_at = 80 + 64 + 0x20;
+        past[size_at..size_at + 8].copy_from_slice(&(whole.len() as u64 - 64 + 1).to_le_bytes());
+        assert!(!cubin_is_whole(&past));
+        let mut wraps = whole.clone();
+        let offset_at = 80 + 64 + 0x18;
+        wraps[offset_at..offset_at + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(!cubin_is_whole(&wraps));
+        // NOBITS sections take no room in the file.
+        let mut nobits = past.clone();
+        nobits[80 + 64 + 4..80 + 64 + 8].copy_from_slice(&8u32.to_le_bytes());
+        assert!(cubin_is_whole(&nobits));
+        // Not ELF, 32-bit, big-endian.
+        for (at, value) in [(0, 0u8), (4, 1), (5, 2)] {
+            let mut other = whole.clone();
+            other[at] = value;
+            assert!(!cubin_is_whole(&other), "byte {at} = {value}");
+        }
+    }
 }
