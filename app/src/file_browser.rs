@@ -2,6 +2,8 @@
 //! needs no system dialog service (portals, GTK) and runs inside the headless UI tests.
 
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::time::Duration;
 
 use eframe::egui;
 use egui::RichText;
@@ -42,7 +44,16 @@ pub struct FileBrowser {
     error: Option<String>,
     /// Show every file, hidden ones included, not only checkpoints.
     show_all: bool,
+    /// A listing still running on its own thread (a large or slow folder, a network mount): its
+    /// result arrives here, and the entries stay empty until it does.
+    pending: Option<Receiver<std::io::Result<Vec<Entry>>>>,
 }
+
+/// How long `go` waits for a folder's listing on the UI thread before showing it as still listing:
+/// a local folder of some thousand entries is listed within it, so the browser shows it on the
+/// frame it opens; a larger or slower one no longer freezes the window (100 000 entries took about
+/// 180 ms here).
+const LISTING_WAIT: Duration = Duration::from_millis(30);
 
 impl FileBrowser {
     /// Opens at the folder of `current` (the field's path) when it exists, else the working folder.
@@ -62,9 +73,15 @@ impl FileBrowser {
             entries: Vec::new(),
             error: None,
             show_all: false,
+            pending: None,
         };
         browser.go(start);
         browser
+    }
+
+    /// Whether the folder shown is still being listed.
+    pub fn is_listing(&self) -> bool {
+        self.pending.is_some()
     }
 
     /// The folder shown.
@@ -77,24 +94,68 @@ impl FileBrowser {
         self.entries.iter().map(|e| if e.is_dir { format!("{}/", e.name) } else { e.name.clone() }).collect()
     }
 
-    /// Shows `dir`. A folder that cannot be read keeps the browser open with the reason shown.
+    /// Shows `dir`, listed on a thread of its own: waits up to `LISTING_WAIT` for it, then shows
+    /// the folder as still listing (`poll` takes the result when it comes). A folder that cannot be
+    /// read keeps the browser open with the reason shown.
     pub fn go(&mut self, dir: PathBuf) {
+        self.go_waiting(dir, LISTING_WAIT);
+    }
+
+    fn go_waiting(&mut self, dir: PathBuf, wait: Duration) {
         let dir = resolve(dir);
         self.location = dir.display().to_string();
-        match list(&dir, self.show_all) {
-            Ok(entries) => {
-                self.entries = entries;
-                self.error = None;
+        self.entries.clear();
+        self.error = None;
+        let (send, receive) = std::sync::mpsc::channel();
+        let (folder, show_all) = (dir.clone(), self.show_all);
+        // A listing the user has left (another folder asked for first) finishes unread: its
+        // receiver is gone, so its send fails and the thread ends.
+        let spawned = std::thread::Builder::new()
+            .name("file-browser listing".into())
+            .spawn(move || drop(send.send(list(&folder, show_all))));
+        self.dir = dir;
+        match spawned {
+            Ok(_) => {
+                self.pending = Some(receive);
+                if let Ok(listing) = self.pending.as_ref().expect("just set").recv_timeout(wait) {
+                    self.take(listing);
+                }
             }
-            Err(e) => {
-                self.entries.clear();
-                self.error = Some(format!("cannot list {}: {e}", dir.display()));
+            // No thread to be had: list here, as before.
+            Err(_) => {
+                self.pending = None;
+                self.take(list(&self.dir, self.show_all));
             }
         }
-        self.dir = dir;
+    }
+
+    /// Takes the listing of the folder shown, if it has come; true once none is pending.
+    pub fn poll(&mut self) -> bool {
+        let Some(pending) = &self.pending else { return true };
+        match pending.try_recv() {
+            Ok(listing) => self.take(listing),
+            Err(TryRecvError::Empty) => return false,
+            Err(TryRecvError::Disconnected) => {
+                self.pending = None;
+                self.error = Some(format!("cannot list {}: the listing thread stopped", self.dir.display()));
+            }
+        }
+        true
+    }
+
+    fn take(&mut self, listing: std::io::Result<Vec<Entry>>) {
+        self.pending = None;
+        match listing {
+            Ok(entries) => self.entries = entries,
+            Err(e) => self.error = Some(format!("cannot list {}: {e}", self.dir.display())),
+        }
     }
 
     pub fn show(&mut self, ctx: &egui::Context) -> BrowserAction {
+        if !self.poll() {
+            // The listing's thread cannot wake the UI: look again shortly.
+            ctx.request_repaint_after(Duration::from_millis(50));
+        }
         let title = match self.target {
             PickTarget::Var => "Open the VAR or M-VAR checkpoint",
             PickTarget::Vae => "Open the VQVAE checkpoint",
@@ -130,6 +191,11 @@ impl FileBrowser {
             ui.separator();
             if let Some(error) = &self.error {
                 ui.colored_label(egui::Color32::from_rgb(220, 50, 50), error);
+            } else if self.pending.is_some() {
+                ui.horizontal(|ui| {
+                    ui.spinner();
+                    ui.label(RichText::new("listing this folder…").weak());
+                });
             } else if self.entries.is_empty() {
                 ui.label(RichText::new("no folders or checkpoints (.pth, .pt, .safetensors) here").weak());
             }
@@ -254,6 +320,44 @@ mod tests {
         assert_eq!(human_size(999), "999 B");
         assert_eq!(human_size(1_500), "1.5 KB");
         assert_eq!(human_size(1_234_567_890), "1.2 GB");
+    }
+
+    /// A listing that outlasts the wait: the folder shows as listing, with no entries (none of the
+    /// folder left), until `poll` takes the result; a folder left before its listing came never
+    /// shows its entries in another.
+    #[test]
+    fn slow_listings_arrive_later_and_only_for_their_folder() {
+        let dir = std::env::temp_dir().join(format!("scalewise-browser-slow-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for sub in ["a/inner", "b"] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        std::fs::write(dir.join("b/model.pth"), b"x").unwrap();
+        let mut browser = FileBrowser::open(PickTarget::Var, &dir.display().to_string());
+        let until_listed = |browser: &mut FileBrowser| {
+            let start = std::time::Instant::now();
+            while !browser.poll() {
+                assert!(start.elapsed() < Duration::from_secs(30), "the listing never came");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        };
+        until_listed(&mut browser);
+        assert_eq!(browser.listed(), ["a/", "b/"]);
+        browser.go_waiting(dir.join("a"), Duration::ZERO);
+        browser.go_waiting(dir.join("b"), Duration::ZERO);
+        assert!(browser.is_listing() || browser.listed() == ["model.pth"]);
+        if browser.is_listing() {
+            assert!(browser.listed().is_empty(), "the folder left shows nothing while listing");
+        }
+        until_listed(&mut browser);
+        assert!(!browser.is_listing());
+        assert_eq!(browser.dir(), resolve(dir.join("b")));
+        assert_eq!(browser.listed(), ["model.pth"], "b's entries, never a's");
+        browser.go_waiting(dir.join("missing"), Duration::ZERO);
+        until_listed(&mut browser);
+        assert!(browser.error.as_deref().is_some_and(|e| e.contains("cannot list")), "{:?}", browser.error);
+        assert!(browser.listed().is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
