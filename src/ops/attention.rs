@@ -489,13 +489,16 @@ impl AttentionTiles {
         self.rows_per_thread == 4 && !self.subgroup_exchange
     }
 
+    /// WGSL: the staged queries and a tile's staged scores in vec4s, for head_dim `dim` (one each,
+    /// unused, where the scores are not staged: WGSL arrays have at least one element). What the
+    /// launch declares and what the tiles are sized for.
+    fn stage_vecs(&self, dim: usize) -> (usize, usize) {
+        if self.staged_scores() { (self.block_q * dim.div_ceil(4), self.block_q / 4 * self.block_kv) } else { (1, 1) }
+    }
+
     /// The constants of these tiles, for a launch of `family` (attention or qkv_heads).
     pub fn constants(&self, family: Family, dim: usize) -> Constants {
-        let (q_stage, score_tile) = if self.staged_scores() {
-            (self.block_q * dim.div_ceil(4), self.block_q / 4 * self.block_kv)
-        } else {
-            (1, 1)
-        };
+        let (q_stage, score_tile) = self.stage_vecs(dim);
         Constants::new(family)
             .set("HEAD_DIM", dim as u32)
             .set("BLOCK_Q", self.block_q as u32)
@@ -613,11 +616,20 @@ pub fn attention_tiles_for(caps: &Caps, dim: usize, rows: usize, keys: usize) ->
             if (rows > 1 && subgroup_exchange != shuffled) || threads < bq {
                 return None;
             }
-            let staged = rows == 4 && !subgroup_exchange;
-            if staged && !caps.attention_staged_scores {
+            let mut tiles = AttentionTiles {
+                block_q: bq,
+                block_kv: bkv,
+                threads,
+                q_tile_vecs: 1,
+                kv_tile_vecs: bkv * vecs,
+                key_slices: slices,
+                rows_per_thread: rows,
+                subgroup_exchange,
+            };
+            if tiles.staged_scores() && !caps.attention_staged_scores {
                 return None;
             }
-            let partials = if staged {
+            tiles.q_tile_vecs = if tiles.staged_scores() {
                 // The queries' norms meet through partial_scores (row_totals), a word per thread.
                 threads
             } else if rt > 1 && !subgroup_exchange {
@@ -625,21 +637,11 @@ pub fn attention_tiles_for(caps: &Caps, dim: usize, rows: usize, keys: usize) ->
             } else {
                 1
             };
-            // The staged queries and a tile's scores (one vec4 each where not staged: WGSL arrays
-            // have at least one element).
-            let stages = if staged { 4 * bq * vecs + bq * bkv } else { 8 };
-            // tiles, partials, stages, token tables
-            let words = 2 * 4 * bkv * vecs + partials + stages + TOKEN_TABLE_BYTES / 4;
-            fits(words, threads).then_some(AttentionTiles {
-                block_q: bq,
-                block_kv: bkv,
-                threads,
-                q_tile_vecs: partials,
-                kv_tile_vecs: bkv * vecs,
-                key_slices: slices,
-                rows_per_thread: rows,
-                subgroup_exchange,
-            })
+            let (q_stage, score_tile) = tiles.stage_vecs(dim);
+            // K and V tiles, partial scores, stages, token tables
+            let words =
+                2 * 4 * tiles.kv_tile_vecs + tiles.q_tile_vecs + 4 * (q_stage + score_tile) + TOKEN_TABLE_BYTES / 4;
+            fits(words, threads).then_some(tiles)
         };
         let row_threads = row_threads(1);
         // Few rows over enough keys: a block of exactly those rows, whose copies split the keys. It
