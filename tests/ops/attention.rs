@@ -185,9 +185,11 @@ backend_tests! {
                     let layout = (tiles.rows_per_thread, tiles.subgroup_exchange);
                     layouts.push(layout);
                     // Four rows on ceil(dim / 8) threads where those can shuffle, else pairs on
-                    // ceil(dim / 16), else four rows with staged scores where their stages fit (at
-                    // least 4 threads), else one row on ceil(dim / 32) threads, shuffling where they
-                    // can; the block's subgroups full.
+                    // ceil(dim / 16), else four rows with staged scores (at least 4 threads, the
+                    // layout allowed) where their stages fit, else one row on ceil(dim / 32)
+                    // threads, shuffling where they can; the block's subgroups full. Whether the
+                    // stages fit is the host's sizing: here a staged layout is only checked to be
+                    // allowed, and the assertions after the loop require it where it must fit.
                     let full = tiles.threads <= caps.subgroup_sizes.0 as usize
                         || tiles.threads.is_multiple_of(caps.subgroup_sizes.1 as usize);
                     // Four rows only on 4 or more threads: a block keeps a thread per row.
@@ -195,7 +197,7 @@ backend_tests! {
                         (4, true)
                     } else if shuffles(dim.div_ceil(16)) && full {
                         (2, true)
-                    } else if dim.div_ceil(8) >= 4 && tiles.staged_scores() {
+                    } else if dim.div_ceil(8) >= 4 && caps.attention_staged_scores && layout == (4, false) {
                         (4, false)
                     } else {
                         (1, shuffles(dim.div_ceil(32)) && full)
