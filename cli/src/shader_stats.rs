@@ -99,6 +99,7 @@ fn rdna3_caps(subgroups: bool) -> scalewise::Caps {
         attention: scalewise::AttentionDesign::RowsInRegisters,
         attention_key_split: true,
         attention_staged_scores: true,
+        attention_staged_key_slices: true,
     }
 }
 
@@ -386,7 +387,8 @@ fn print_table(radv: &radv::Radv, target: &str, kernels: &[Kernel]) -> anyhow::R
          not keep in registers, and spills); LDS and wgmem: bytes (RADV's allocation, the WGSL variables used); waves: \
          subgroups per SIMD (occupancy); inv.thru: ACO's estimated inverse throughput; barr: barrier \
          sites; tile: barrier sites per key tile of an attention kernel; words/FMA: workgroup-memory words read per FMA in each GEMM-like inner loop (the innermost loops \
-         that read workgroup memory and multiply two different values, with the functions they call)"
+         that read workgroup memory and multiply two different values, with the functions they call; not \
+         the attention's once-per-block merges of its key slices)"
     )?;
     Ok(())
 }

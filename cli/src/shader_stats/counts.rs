@@ -46,6 +46,11 @@ impl InnerLoop {
     }
 }
 
+/// Functions whose loops run once per workgroup, after its K loop: the attention machinery's merges
+/// of its key slices' softmax states (attention_tile.wgsl). They read workgroup memory and multiply,
+/// but they are epilogues, not the GEMM-like inner loops whose words per FMA the counts describe.
+const ONCE_PER_BLOCK: [&str; 2] = ["merge_key_slices", "merge_staged_key_slices"];
+
 /// The counts of entry point `index` of a module whose overrides are already processed.
 pub fn count(module: &Module, info: &ModuleInfo, index: usize) -> StaticCounts {
     let entry = &module.entry_points[index];
@@ -79,7 +84,9 @@ pub fn count(module: &Module, info: &ModuleInfo, index: usize) -> StaticCounts {
     for handle in reached {
         let function = &module.functions[handle];
         let name = function.name.clone().unwrap_or_default();
-        loops.innermost(function, &info[handle], &name, &function.body, &mut inner_loops);
+        if !ONCE_PER_BLOCK.contains(&name.as_str()) {
+            loops.innermost(function, &info[handle], &name, &function.body, &mut inner_loops);
+        }
     }
     StaticCounts { barriers, tile_barriers, workgroup_bytes, inner_loops }
 }
