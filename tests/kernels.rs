@@ -62,6 +62,7 @@ fn caps_of(subgroups: bool, subgroup_sizes: (u32, u32)) -> scalewise::Caps {
         attention: scalewise::AttentionDesign::RowsInRegisters,
         attention_key_split: true,
         attention_staged_scores: true,
+        attention_staged_key_slices: true,
     }
 }
 

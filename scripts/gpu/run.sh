@@ -19,7 +19,8 @@
 #     tests' `cuda` configuration;
 #   vulkan-more: VAR-d16 with the cooperative matrices off (what the matrix units give end to end),
 #     the selective scan and SSD's two forms at M-VAR d16's shape; the attention without subgroups
-#     (what DX12 without DXC and GL run) with its four-row staged scores and with one row per thread;
+#     (what DX12 without DXC and GL run) with its four-row staged scores in two key slices and in one,
+#     and with one row per thread;
 #   cuda: the benchmarks above on the CUDA backend;
 #   torch: the torch peers on the same GPU (cuBLAS GEMM, SDPA, FlexAttention with GRAT's block mask, a
 #     torch selective scan, copy bandwidth).
@@ -103,10 +104,14 @@ kv_steps() {
         --json "$RUN/kv-steps-$1.json"
 }
 # The scalar attention without subgroups, f32 at head_dim 64: four rows per thread with staged scores
-# (the default there), then one row per thread (SCALEWISE_DISABLE=staged-scores).
+# in two key slices (the default there on a GPU), in one (SCALEWISE_DISABLE=key-split), then one row
+# per thread (SCALEWISE_DISABLE=staged-scores).
 no_subgroups_attention() {
     step "bench-attention-staged-$1" 40 env SCALEWISE_DISABLE=subgroups $B/scalewise --backend "$1" bench attention \
         --grids 64x64 --heads 16 --head-dim 64 --dtype f32 --iters 5 --json "$RUN/attention-staged-$1.json"
+    step "bench-attention-staged-one-slice-$1" 40 env SCALEWISE_DISABLE=subgroups,key-split $B/scalewise \
+        --backend "$1" bench attention --grids 64x64 --heads 16 --head-dim 64 --dtype f32 --iters 5 \
+        --json "$RUN/attention-staged-one-slice-$1.json"
     step "bench-attention-one-row-$1" 40 env SCALEWISE_DISABLE=subgroups,staged-scores $B/scalewise --backend "$1" \
         bench attention --grids 64x64 --heads 16 --head-dim 64 --dtype f32 --iters 5 \
         --json "$RUN/attention-one-row-$1.json"

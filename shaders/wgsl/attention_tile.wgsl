@@ -32,7 +32,11 @@
 // one row per thread reads 1) into score_tile, and after one barrier the groups' threads read each
 // key's four scores (one vec4, the same for all of a group's threads, so they take the same lazy-max
 // steps) and weigh their share of the values as with shuffles (4 FMAs per word). q leaves the
-// registers; the output stays.
+// registers; the output stays. The stages make the block's workgroup memory large for its 128
+// threads (at head_dim 64, 29 KiB: 6 waves per SIMD on RDNA3), so on GPUs the host gives it two key
+// slices where the adapter allows 256 invocations: the same memory for twice the waves, each slice weighing
+// half of every tile's keys with its own max, sum and output, merged through the stages at the end
+// (merge_staged_key_slices).
 //
 // Flash-decoding inside the workgroup: a block of few query rows would leave most of a GPU's lanes
 // idle and stream every key through one thread per row, so the workgroup holds KV_SPLIT copies of the
@@ -40,7 +44,8 @@
 // [s, s + 1) * BLOCK_KV / KV_SPLIT of every tile with its own running max, sum and output. The
 // copies load each tile together and merge their states once, at the end, in log2(KV_SPLIT) steps
 // through the tile memory (2 barriers each). The host chooses KV_SPLIT (ops::attention) so that a
-// step's states fit the K tile, and splits only blocks of one row per thread (ROWS 1).
+// step's states fit the K tile, and splits only blocks of one row per thread (ROWS 1) this way;
+// staged scores split into two slices of many rows (above).
 //
 // The including module says where rows live by defining:
 //   fn query_vec(head: Head, token: u32, c: u32) -> vec4<f32>        components [4c, 4c + 4)
@@ -64,7 +69,8 @@ override HEAD_DIM: u32 = 64u;
 override BLOCK_Q: u32 = 64u;
 override BLOCK_KV: u32 = 16u;
 override THREADS: u32 = 128u; // KV_SPLIT * BLOCK_Q / ROWS * ROW_THREADS
-// Key slices per tile (a power of two dividing BLOCK_KV); 1 for blocks with enough rows.
+// Key slices per tile (a power of two dividing BLOCK_KV); 1 for blocks with enough rows, but 1 or 2
+// with staged scores.
 override KV_SPLIT: u32 = 1u;
 // Query rows per thread: 1, 2 or 4 (2 with SUBGROUP_EXCHANGE only; 4 without it stages its scores),
 // dividing BLOCK_Q.
@@ -262,7 +268,8 @@ fn begin_queries(head: Head, t: u32, state: ptr<function, RowState>) {
     for (var i = 0u; i < SLICE_VECS; i++) {
         (*state).q[i] = finish_query(head, (*state).q[i], sum_sq[i / rv]) * scale;
     }
-    if STAGED_SCORES {
+    // Key slice 0 stages the block's queries (every slice holds the same rows).
+    if STAGED_SCORES && key_slice(t) == 0u {
         // Read after attend_tile's first barrier. Padding rows stage 0s (or whatever finish_query
         // makes of them): their scores reach only their own components, never stored.
         let row0 = first_row(t);
@@ -467,9 +474,13 @@ fn attend_keys_in_order(t: u32, state: ptr<function, RowState>) {
     let rv = row_vecs();
     let rt = row_threads();
     let valid_keys = tile_keys;
+    // The thread's keys: [k0, k0 + keys) of the tile (all of them but with staged scores in key
+    // slices).
+    let keys = BLOCK_KV / KV_SPLIT;
+    let k0 = key_slice(t) * keys;
     // A constant trip count (the shuffles need uniform control flow); padding keys weigh 0.
-    let group_scores = first_row(t) / 4u * BLOCK_KV;
-    for (var j = 0u; j < BLOCK_KV; j++) {
+    let group_scores = first_row(t) / 4u * BLOCK_KV + k0;
+    for (var j = 0u; j < keys; j++) {
         var score: vec4<f32>;
         if STAGED_SCORES {
             score = score_tile[group_scores + j];
@@ -477,7 +488,7 @@ fn attend_keys_in_order(t: u32, state: ptr<function, RowState>) {
             var partial = vec4<f32>(0.0);
             for (var c = 0u; c < rv; c++) {
                 if first + c < hv {
-                    let k = k_tile[j * hv + first + c];
+                    let k = k_tile[(k0 + j) * hv + first + c];
                     partial += vec4<f32>(
                         dot((*state).q[c], k),
                         dot((*state).q[rv + c], k),
@@ -488,7 +499,7 @@ fn attend_keys_in_order(t: u32, state: ptr<function, RowState>) {
             }
             score = lanes_sum(partial, rt);
         }
-        let valid = j < valid_keys;
+        let valid = k0 + j < valid_keys;
         if valid && any(score > (*state).max + vec4<f32>(RESCALE_MARGIN)) {
             let new_max = max((*state).max, score);
             let rescale = exp((*state).max - new_max);
@@ -503,7 +514,7 @@ fn attend_keys_in_order(t: u32, state: ptr<function, RowState>) {
         (*state).sum += w;
         for (var c = 0u; c < rv; c++) {
             if first + c < hv {
-                let v = v_tile[j * hv + first + c];
+                let v = v_tile[(k0 + j) * hv + first + c];
                 (*state).o[c] += w.x * v;
                 (*state).o[rv + c] += w.y * v;
                 (*state).o[2u * rv + c] += w.z * v;
@@ -516,12 +527,19 @@ fn attend_keys_in_order(t: u32, state: ptr<function, RowState>) {
 // The key slices' states merged into slice 0's: in each step the upper half of the remaining slices
 // hands its output share and (max, sum) to the lower half through the tile memory (which the host
 // sized for it: KV_SPLIT / 2 * THREADS / KV_SPLIT shares of min(SLICE_VECS, head_vecs) vec4s fit
-// KV_TILE_VECS). Only blocks of one row per thread split their keys (ROWS 1: component x). Every
+// KV_TILE_VECS). Only blocks of one row per thread split their keys this way (ROWS 1: component x);
+// staged scores merge through their stages (merge_staged_key_slices). Every
 // thread calls it, in uniform control flow; empty slices hold max NEG_BIG and sum 0, and weigh
 // exactly 0 once any slice has a key.
 fn merge_key_slices(t: u32, state: ptr<function, RowState>) {
     // A branch rather than an early return, so that shader-stats' counts skip it where KV_SPLIT is 1.
     if KV_SPLIT > 1u {
+        // Staged scores merge their own way (`if STAGED_SCORES && ..` would become control flow
+        // naga leaves unfolded, and the counts would charge both merges to every variant).
+        if STAGED_SCORES {
+            merge_staged_key_slices(t, state);
+            return;
+        }
         let s = key_slice(t);
         let local = t % slice_threads();
         let share = min(SLICE_VECS, head_vecs());
@@ -553,6 +571,49 @@ fn merge_key_slices(t: u32, state: ptr<function, RowState>) {
                 (*state).max.x = new_max;
             }
         }
+    }
+}
+
+// Staged scores in two key slices (the host splits them no further): slice 1 hands its rows'
+// outputs to slice 0 through q_stage, where the rows' queries were (each component where it was
+// staged, so the shares fit whatever the head dim), and each group's max and sum (the same in all of
+// its threads) through score_tile. Both are free once the last tile's scores have been read, which
+// the first barrier waits for. Every thread calls it, in uniform control flow.
+fn merge_staged_key_slices(t: u32, state: ptr<function, RowState>) {
+    let hv = head_vecs();
+    let rv = row_vecs();
+    let first = slice_start(t);
+    let row0 = first_row(t);
+    let s = key_slice(t);
+    workgroupBarrier();
+    if s == 1u {
+        for (var i = 0u; i < SLICE_VECS; i++) {
+            let c = first + i % rv;
+            if c < hv {
+                q_stage[(row0 + i / rv) * hv + c] = (*state).o[i];
+            }
+        }
+        if first == 0u {
+            score_tile[row0 / 2u] = (*state).max;
+            score_tile[row0 / 2u + 1u] = (*state).sum;
+        }
+    }
+    workgroupBarrier();
+    if s == 0u {
+        let other_max = score_tile[row0 / 2u];
+        let other_sum = score_tile[row0 / 2u + 1u];
+        let new_max = max((*state).max, other_max);
+        let mine = exp((*state).max - new_max);
+        let theirs = exp(other_max - new_max);
+        for (var i = 0u; i < SLICE_VECS; i++) {
+            let c = first + i % rv;
+            if c < hv {
+                let r = i / rv;
+                (*state).o[i] = (*state).o[i] * mine[r] + q_stage[(row0 + r) * hv + c] * theirs[r];
+            }
+        }
+        (*state).sum = (*state).sum * mine + other_sum * theirs;
+        (*state).max = new_max;
     }
 }
 

@@ -93,8 +93,13 @@ pub struct DeviceOptions {
     /// epilogue are tested on adapters without the units (the test suite's `wgpu_full` device).
     pub emulate_matrix_units: bool,
     /// Let wgpu attention blocks of few query rows split their keys between copies of their row
-    /// layout (flash-decoding inside the workgroup; [`Caps::attention_key_split`]).
+    /// layout (flash-decoding inside the workgroup; [`Caps::attention_key_split`]), and blocks of
+    /// staged scores split theirs in two on GPUs ([`Caps::attention_staged_key_slices`]).
     pub allow_key_split: bool,
+    /// Split staged scores' keys in two on a CPU adapter too, as on a GPU (slower there): so that
+    /// the tests run that layout on lavapipe (the test suite's `wgpu_portable` and `wgpu_gl`
+    /// devices).
+    pub staged_key_slices_on_cpu: bool,
     /// Let wgpu attention blocks without subgroup shuffles put four query rows on each thread and
     /// stage their scores in workgroup memory ([`Caps::attention_staged_scores`]); off, such blocks
     /// keep one row per thread.
@@ -115,6 +120,7 @@ impl Default for DeviceOptions {
             allow_cooperative_matrix: true,
             emulate_matrix_units: false,
             allow_key_split: true,
+            staged_key_slices_on_cpu: false,
             allow_staged_scores: true,
             poison_allocations: false,
         }
@@ -203,12 +209,19 @@ pub struct Caps {
     /// How the backend's attention kernels are tiled, which the ops size the tiles for.
     pub attention: AttentionDesign,
     /// [`AttentionDesign::RowsInRegisters`]: a block of few query rows splits its keys between
-    /// copies of its row layout ([`crate::ops::AttentionTiles::key_slices`]).
+    /// copies of its row layout ([`crate::ops::AttentionTiles::key_slices`]), and so does a block of
+    /// staged scores, in two.
     pub attention_key_split: bool,
     /// [`AttentionDesign::RowsInRegisters`]: a block of many query rows whose partial scores cannot
     /// meet through subgroup shuffles puts four rows on each thread and stages its scores
     /// ([`crate::ops::AttentionTiles::staged_scores`]).
     pub attention_staged_scores: bool,
+    /// [`AttentionDesign::RowsInRegisters`]: a block of staged scores splits each tile's keys between
+    /// two copies of its row layout ([`crate::ops::AttentionTiles::key_slices`]): twice the
+    /// invocations on the same workgroup memory, for more waves per SIMD on a GPU. Off on CPU
+    /// adapters (lavapipe and llvmpipe GL ran dense attention 1.2-1.6x slower split) unless
+    /// [`DeviceOptions::staged_key_slices_on_cpu`], and wherever `allow_key_split` is off.
+    pub attention_staged_key_slices: bool,
 }
 
 /// The design of a backend's attention kernels (the attention family and `qkv_attention`).
@@ -328,7 +341,11 @@ impl DeviceInfo {
                     } else {
                         ""
                     },
-                    if c.attention_staged_scores {
+                    if c.attention_staged_scores && c.attention_staged_key_slices {
+                        "four rows per ceil(head_dim / 8) threads (at least 4), their scores computed whole from the \
+                         block's queries staged in workgroup memory, in two key slices where 256 invocations may run, \
+                         where those stages fit; else ceil(head_dim / 32) threads per row"
+                    } else if c.attention_staged_scores {
                         "four rows per ceil(head_dim / 8) threads (at least 4), their scores computed whole from the \
                          block's queries staged in workgroup memory, where those stages fit; else ceil(head_dim / 32) \
                          threads per row"

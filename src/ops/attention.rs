@@ -472,7 +472,8 @@ pub struct AttentionTiles {
     /// The K and V tiles in vec4s.
     pub kv_tile_vecs: usize,
     /// WGSL: copies of the row layout that split each key tile between them (flash-decoding inside
-    /// the workgroup, for blocks of few rows); 1 on CUDA, whose kernels split keys among warps.
+    /// the workgroup, for blocks of few rows; two for staged scores, whose workgroup memory then
+    /// serves twice the invocations); 1 on CUDA, whose kernels split keys among warps.
     pub key_slices: usize,
     /// WGSL: query rows per thread (1, 2 or 4), each v word (and, but for staged scores, each k
     /// word) read from workgroup memory meeting that many rows; 1 on CUDA.
@@ -561,9 +562,10 @@ fn key_slices(block_q: usize, block_kv: usize, row_threads: usize, head_vecs: us
 /// wide for the narrowest), blocks of many rows still put four rows on each ceil(head_dim / 8)
 /// threads where the block's queries and a tile's scores fit workgroup memory beside the tiles:
 /// the scores are then computed whole from the staged queries, 4 rows x 4 keys per thread, and
-/// staged ([`AttentionTiles::staged_scores`]). A workgroup's rows shrink to a power of two for
-/// few-row calls (a KV-cache step), and such a block splits its keys between copies of the row
-/// layout ([`AttentionTiles::key_slices`]). CUDA
+/// staged ([`AttentionTiles::staged_scores`]), in two copies of the row layout that split each
+/// tile's keys on GPUs where 256 invocations are allowed ([`Caps::attention_staged_key_slices`]).
+/// A workgroup's rows shrink to a power of two for few-row calls (a KV-cache step), and such a
+/// block splits its keys between copies of the row layout ([`AttentionTiles::key_slices`]). CUDA
 /// (attention.cu): BLOCK_Q x BLOCK_KV threads, one score each, with the query tile in shared memory.
 pub fn attention_tiles(device: &Device, dim: usize, rows: usize, keys: usize) -> Result<AttentionTiles> {
     attention_tiles_for(&device.caps(), dim, rows, keys)
@@ -674,9 +676,17 @@ pub fn attention_tiles_for(caps: &Caps, dim: usize, rows: usize, keys: usize) ->
                 // A thread's scores of a tile, rows x keys, fit its score array (attention_tile.wgsl);
                 // four rows take their keys one at a time and hold no such array.
                 let score_slots = size::ATTENTION_MAX_BLOCK_KV as usize;
+                // Staged scores take two key slices where they may: the stages' workgroup memory
+                // then holds twice the invocations, which raises waves per SIMD where it binds them
+                // (RDNA3 at head_dim 64: 6 -> 10, `scalewise shader-stats`). 16-key tiles still:
+                // 32-key ones in two slices take 41.5 KiB for 8 waves, and ACO's estimate is worse.
+                let staged = rows == 4 && !shuffled;
+                let slices: &[usize] = if staged && caps.attention_staged_key_slices { &[2, 1] } else { &[1] };
                 for bkv in [16, 32, 8, 4].into_iter().filter(|&bkv| rows == 4 || rows * bkv <= score_slots) {
-                    if let Some(tiles) = tiles(bq, bkv, 1, rows, shuffled) {
-                        return Ok(within_token_tables(tiles));
+                    for &slices in slices.iter().filter(|&&s| bkv / s >= KEYS_PER_SLICE) {
+                        if let Some(tiles) = tiles(bq, bkv, slices, rows, shuffled) {
+                            return Ok(within_token_tables(tiles));
+                        }
                     }
                 }
             }

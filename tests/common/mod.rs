@@ -122,23 +122,31 @@ pub fn full_device() -> &'static Device {
 }
 
 /// The same adapter with f16, subgroups and timestamps switched off: the portable path
-/// (`wgpu_portable`).
+/// (`wgpu_portable`). Its staged attention scores split their keys in two as on a GPU, where
+/// `wgpu_full` (on a CPU adapter) keeps them whole.
 pub fn portable_device() -> &'static Device {
     static DEVICE: OnceLock<Device> = OnceLock::new();
     DEVICE.get_or_init(|| {
-        let options =
-            DeviceOptions { allow_f16: false, allow_subgroups: false, allow_timestamps: false, ..wgpu_options() };
+        let options = DeviceOptions {
+            allow_f16: false,
+            allow_subgroups: false,
+            allow_timestamps: false,
+            staged_key_slices_on_cpu: true,
+            ..wgpu_options()
+        };
         Device::new(&options).expect("a portable device")
     })
 }
 
-/// wgpu's GL backend with every optional feature it has (`wgpu_gl`), or why it cannot be opened here.
+/// wgpu's GL backend with every optional feature it has (`wgpu_gl`), or why it cannot be opened here;
+/// its staged attention scores split their keys as on a GPU (as `wgpu_portable`'s).
 /// Under `SCALEWISE_TEST_GL=require` a GL adapter must open: the test fails instead of skipping.
 pub fn gl_device() -> Result<&'static Device, &'static str> {
     static DEVICE: OnceLock<Result<Device, String>> = OnceLock::new();
     let device = DEVICE
         .get_or_init(|| {
-            let options = DeviceOptions { backend: BackendChoice::Gl, ..wgpu_options() };
+            let options =
+                DeviceOptions { backend: BackendChoice::Gl, staged_key_slices_on_cpu: true, ..wgpu_options() };
             Device::new(&options).map_err(|e| e.to_string())
         })
         .as_ref()

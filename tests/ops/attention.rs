@@ -173,15 +173,24 @@ backend_tests! {
         // A row's threads can sum through shuffles: a power of two within the narrowest subgroup.
         let shuffles =
             |threads: usize| caps.subgroups && threads > 1 && threads.is_power_of_two() && threads <= caps.subgroup_sizes.0 as usize;
+        // Staged scores split their keys on GPUs; on a CPU adapter only where the test device asks
+        // (wgpu_portable and wgpu_gl do, wgpu_full does not).
+        if config == "wgpu_full" {
+            assert_eq!(caps.attention_staged_key_slices, caps.attention_key_split && !caps.is_cpu, "{config}");
+        }
         let mut layouts = Vec::new();
         for dtype in dtypes(device) {
             let shapes = [(64, 67), (128, 33), (256, 21), (80, 45), (200, 19), (rng.range(1, 31), 70), (64, 1 + 2 * rng.range(4, 60))];
-            for (dim, lq) in shapes {
+            // And head dim 64 over fewer keys than half a 16-key tile, and over one more: staged
+            // scores' second key slice attends none or one of them.
+            let few_keys = [(64, 67, 7), (64, 45, 9)].map(|(dim, lq, lk)| (dim, lq, Some(lk)));
+            for (dim, lq, keys) in shapes.map(|(dim, lq)| (dim, lq, None)).into_iter().chain(few_keys) {
                 let heads = rng.range(1, 2);
-                let lk = rng.range(40, 150);
-                let kv_len = rng.range(lk - 30, lk);
+                let lk = keys.unwrap_or_else(|| rng.range(40, 150));
+                let kv_len = if keys.is_some() { lk } else { rng.range(lk - 30, lk) };
                 let tiles = attention_tiles(device, dim, lq, kv_len).unwrap();
-                if scalar_rows && tiles.key_slices == 1 {
+                // Blocks of many rows; staged scores' may split their keys too.
+                if scalar_rows && (tiles.key_slices == 1 || tiles.staged_scores()) {
                     let layout = (tiles.rows_per_thread, tiles.subgroup_exchange);
                     layouts.push(layout);
                     // Four rows on ceil(dim / 8) threads where those can shuffle, else pairs on
@@ -205,8 +214,8 @@ backend_tests! {
                     assert_eq!(layout, want, "{config}: head_dim {dim}, {lq} rows: {tiles:?}");
                 }
                 let what = format!(
-                    "{config} {dtype} lq{lq} kv{kv_len} d{dim} rows/thread {} subgroup exchange {}",
-                    tiles.rows_per_thread, tiles.subgroup_exchange
+                    "{config} {dtype} lq{lq} kv{kv_len} d{dim} rows/thread {} subgroup exchange {} key slices {}",
+                    tiles.rows_per_thread, tiles.subgroup_exchange, tiles.key_slices
                 );
                 check_one_batch(device, &mut rng, dtype, (heads, dim), (lq, lk, kv_len), &what);
             }
@@ -221,6 +230,9 @@ backend_tests! {
             if staged && !caps.subgroups {
                 let at_64 = attention_tiles(device, 64, 67, 100).unwrap();
                 assert!(at_64.staged_scores(), "{config}: head dim 64 without subgroups: {at_64:?}");
+                // In two key slices where the device splits them and 256 invocations are allowed.
+                let slices = if caps.attention_staged_key_slices && caps.max_threads_per_group >= 256 { 2 } else { 1 };
+                assert_eq!(at_64.key_slices, slices, "{config}: head dim 64 without subgroups: {at_64:?}");
             }
             // Head dim 64: 8 threads per four rows; head dim 128: 16 per four, 8 per pair.
             if shuffles(8) {
@@ -481,6 +493,7 @@ fn shuffled_rows_only_in_blocks_of_full_subgroups() {
         let (narrowest, widest) = (sizes.0 as usize, sizes.1 as usize);
         for (key_split, staged) in [(false, true), (true, true), (true, false)] {
             caps.attention_key_split = key_split;
+            caps.attention_staged_key_slices = key_split;
             caps.attention_staged_scores = staged;
             for dim in [16, 40, 64, 128, 256] {
                 for (rows, keys) in [(1, 680), (3, 40), (8, 100), (16, 680), (100, 300), (256, 680)] {
@@ -497,6 +510,9 @@ fn shuffled_rows_only_in_blocks_of_full_subgroups() {
                     assert!(t.rows_per_thread != 2 || t.subgroup_exchange, "{what}");
                     assert_eq!(t.staged_scores(), t.rows_per_thread == 4 && !t.subgroup_exchange, "{what}");
                     assert!(staged || !t.staged_scores(), "{what}");
+                    // Keys split only where allowed; staged scores merge two slices at most.
+                    assert!(key_split || t.key_slices == 1, "{what}");
+                    assert!(!t.staged_scores() || t.key_slices <= 2, "{what}");
                     // The entry points fill the block's token table one row per thread.
                     assert!(t.threads >= t.block_q, "{what}");
                     seen.insert((t.rows_per_thread, t.subgroup_exchange, full));

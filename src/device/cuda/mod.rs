@@ -287,6 +287,7 @@ mod enabled {
             attention_key_split: false,
             // Its blocks hold a score per thread (AttentionDesign::ScoreTiles).
             attention_staged_scores: false,
+            attention_staged_key_slices: false,
         }
     }
 

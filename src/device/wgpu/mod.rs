@@ -215,6 +215,8 @@ impl WgpuDevice {
             (false, _) => MatrixUnits::None,
         };
         imp.info.caps.attention_key_split = options.allow_key_split;
+        imp.info.caps.attention_staged_key_slices =
+            options.allow_key_split && (!imp.info.caps.is_cpu || options.staged_key_slices_on_cpu);
         imp.info.caps.attention_staged_scores = options.allow_staged_scores;
         Ok(imp)
     }
@@ -245,6 +247,7 @@ impl WgpuDevice {
             attention: AttentionDesign::RowsInRegisters,
             attention_key_split: true,
             attention_staged_scores: true,
+            attention_staged_key_slices: adapter_info.device_type != wgpu::DeviceType::Cpu,
         };
         let info = DeviceInfo { adapter: AdapterSummary::from_info(adapter_info), caps, cuda: None };
         let lost = Arc::new(Mutex::new(None));
