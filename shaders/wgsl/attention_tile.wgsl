@@ -33,10 +33,10 @@
 // key's four scores (one vec4, the same for all of a group's threads, so they take the same lazy-max
 // steps) and weigh their share of the values as with shuffles (4 FMAs per word). q leaves the
 // registers; the output stays. The stages make the block's workgroup memory large for its 128
-// threads (at head_dim 64, 29 KiB: 6 waves per SIMD on RDNA3), so on GPUs the host gives it two key
-// slices where the adapter allows 256 invocations: the same memory for twice the waves, each slice weighing
-// half of every tile's keys with its own max, sum and output, merged through the stages at the end
-// (merge_staged_key_slices).
+// threads (at head_dim 64, 29 KiB: 6 waves per SIMD on RDNA3), so on GPUs the host gives it two
+// key slices where the adapter allows 256 invocations: the same memory for twice the waves, each
+// slice weighing half of every tile's keys with its own max, sum and output, merged through the
+// stages at the end (merge_staged_key_slices).
 //
 // Flash-decoding inside the workgroup: a block of few query rows would leave most of a GPU's lanes
 // idle and stream every key through one thread per row, so the workgroup holds KV_SPLIT copies of the
